@@ -1,0 +1,5 @@
+import sys
+
+from greentrack.cli import main
+
+sys.exit(main())

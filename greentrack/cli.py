@@ -1,0 +1,164 @@
+"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``.
+
+Every invalid argument ends in one line on stderr naming the setting, the value and what is
+allowed, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from greentrack.errors import ConfigError, GreenTrackError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"greentrack: {message} (see `{self.prog} --help`)\n")
+
+
+def _settings(ns: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
+                 "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id"):
+        value = getattr(ns, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(ns, "run_dir", None):
+        out["run_dir"] = ns.run_dir
+    return out
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="run directory (default: greentrack-runs/<timestamp>)")
+    p.add_argument("--interval", dest="interval_s", type=float, metavar="S",
+                   help="fast poll period in seconds (default 0.05)")
+    p.add_argument("--counter-interval", dest="counter_interval_s", type=float, metavar="S",
+                   help="NVML energy counter period in seconds (default 1.0)")
+    p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S")
+    p.add_argument("--resolution", dest="resolution_s", type=float, metavar="S",
+                   help="stored time-series bucket width in seconds (default 1.0)")
+    p.add_argument("--mode", choices=["machine", "process"],
+                   help="machine: all host CPU/DRAM energy (default); process: the command's share")
+    p.add_argument("--gpus", help="comma-separated CUDA ordinals or UUIDs (default: all visible)")
+    p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W")
+    p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W")
+    p.add_argument("--run-id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="greentrack", description="Energy and carbon tracking for ML training.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a command and track its energy",
+                         description="Run CMD, track the machine's energy while it runs, exit with "
+                                     "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
+    _add_settings(run)
+    run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
+    doctor.add_argument("--json", action="store_true")
+    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)")
+    summary.add_argument("run_dir", metavar="RUN_DIR")
+    summary.add_argument("--json", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from greentrack import __version__
+    return f"greentrack {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        if ns.command == "run":
+            return cmd_run(ns)
+        if ns.command == "doctor":
+            return cmd_doctor(ns)
+        return cmd_summary(ns)
+    except ConfigError as e:
+        print(f"greentrack: {e}", file=sys.stderr)
+        return 2
+    except GreenTrackError as e:
+        print(f"greentrack: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_summary(ns: argparse.Namespace) -> int:
+    from greentrack.summary import format_summary, summarize
+    s = summarize(ns.run_dir)
+    print(json.dumps(s, indent=2) if ns.json else format_summary(s))
+    return 0
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from greentrack.doctor import diagnose, format_diagnosis
+    d = diagnose()
+    print(json.dumps(d, indent=2) if ns.json else format_diagnosis(d))
+    return 0
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from greentrack.config import Config
+    from greentrack.summary import format_summary
+    from greentrack.tracker import Tracker
+
+    cmd = list(ns.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ConfigError("CMD", "", "give the command to run after `--`, e.g. "
+                          "`greentrack run -- python train.py`")
+    settings = _settings(ns)
+    if "run_dir" not in settings:
+        import time
+        settings["run_dir"] = os.path.join("greentrack-runs", time.strftime("%Y%m%d-%H%M%S"))
+    config = Config.from_env(**settings)
+    tracker = Tracker(config=config)
+    tracker.start()
+    env = dict(os.environ, GREENTRACK_PARENT_RUN_DIR=str(config.run_dir))
+    try:
+        child = subprocess.Popen(cmd, env=env)
+    except OSError as e:
+        tracker.stop("failed")
+        raise ConfigError("CMD", cmd[0], f"cannot be started ({e.strerror or e})") from None
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        forwarded.append(signum)
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C while forwarding
+                continue
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    status = "completed" if rc == 0 else ("stopped" if forwarded or rc < 0 else "failed")
+    tracker.stop(status)
+    if not ns.quiet:
+        print(format_summary(tracker.summary()), file=sys.stderr)
+    # A child killed by signal N: exit like the shell does (128 + N).
+    return 128 - rc if rc < 0 else rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

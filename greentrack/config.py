@@ -1,0 +1,155 @@
+"""One typed configuration object, validated once, with one-line errors.
+
+Every field can also come from the environment as ``GREENTRACK_<FIELD>`` (upper case), which is how
+``greentrack run`` and launchers pass settings to processes they start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from greentrack.errors import ConfigError
+
+Mode = Literal["machine", "process"]
+MODES = ("machine", "process")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a :class:`greentrack.Tracker`.
+
+    Attributes:
+        run_dir: directory of the run; each process writes its own store file in it.
+        interval_s: period of the fast poll (GPU instant power, RAPL counters). 0.05 s catches
+            every ~100 ms NVML update (see docs/methodology.md).
+        counter_interval_s: period of the NVML total-energy counter read (it costs ~3 ms a call
+            on an H100) and of utilization-based estimates.
+        flush_interval_s: how often the store commits; bounds what SIGKILL can lose.
+        resolution_s: width of the stored power/energy time series buckets.
+        mode: ``machine`` counts every CPU/DRAM joule of the host (a dedicated training node);
+            ``process`` splits shared CPU and DRAM energy by the tracked process tree's share.
+        gpus: ``None`` for automatic (all visible, or this rank's GPU under torchrun), or a tuple
+            of NVML indices / UUIDs.
+        host_energy: measure CPU and DRAM in this process. ``None``: yes unless this is not local
+            rank 0 (one process per node measures the host, so ranks are not double counted).
+        cpu_tdp_w: override the CPU TDP used when RAPL is unreadable.
+        dram_w_per_gb: power per GB of memory used when no DRAM zone is readable.
+        run_id: identifier shared by every process of the run (default: from the run directory).
+        rank: global rank of this process (default: ``RANK`` from the environment, else 0).
+    """
+
+    run_dir: Path = Path("greentrack-runs/latest")
+    interval_s: float = 0.05
+    counter_interval_s: float = 1.0
+    flush_interval_s: float = 0.5
+    resolution_s: float = 1.0
+    mode: Mode = "machine"
+    gpus: tuple[int | str, ...] | None = None
+    host_energy: bool | None = None
+    cpu_tdp_w: float | None = None
+    dram_w_per_gb: float = 0.3725
+    run_id: str | None = None
+    rank: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s"):
+            _positive(name, getattr(self, name), upper=3600.0)
+        if self.counter_interval_s < self.interval_s:
+            raise ConfigError("counter_interval_s", self.counter_interval_s,
+                              f"must be >= interval_s ({self.interval_s})")
+        if self.mode not in MODES:
+            raise ConfigError("mode", self.mode, f"must be one of {', '.join(MODES)}")
+        if self.cpu_tdp_w is not None:
+            _positive("cpu_tdp_w", self.cpu_tdp_w, upper=5000.0)
+        _positive("dram_w_per_gb", self.dram_w_per_gb, upper=100.0)
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", _parse_gpus(self.gpus))
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
+                                      or self.rank < 0):
+            raise ConfigError("rank", self.rank, "must be an integer >= 0")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some fields changed; unknown names are a ConfigError."""
+        known = {f.name for f in fields(self)}
+        for name in changes:
+            if name not in known:
+                raise ConfigError(name, changes[name], f"unknown setting; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Config":
+        """Build from ``GREENTRACK_*`` variables, then apply ``overrides`` (which win)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"GREENTRACK_{f.name.upper()}")
+            if raw is None or f.name == "extra":
+                continue
+            values[f.name] = _from_text(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        for name in values:
+            if name not in known:
+                raise ConfigError(name, values[name], f"unknown setting; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, for the run's metadata."""
+        d = dataclasses.asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        d["gpus"] = list(self.gpus) if self.gpus is not None else None
+        return d
+
+
+def _positive(name: str, value: Any, upper: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0 or value > upper:
+        raise ConfigError(name, value, f"must be a number > 0 and <= {upper:g}")
+
+
+def _parse_gpus(value: Any) -> tuple[int | str, ...]:
+    if isinstance(value, (str, int)):
+        value = str(value).split(",") if isinstance(value, str) else [value]
+    out: list[int | str] = []
+    for item in value:
+        text = str(item).strip()
+        if text.isdigit():
+            out.append(int(text))
+        elif text.startswith(("GPU-", "MIG-")):
+            out.append(text)
+        else:
+            raise ConfigError("gpus", item, "each GPU must be an NVML index (0, 1, ...) or a UUID (GPU-...)")
+    if not out:
+        raise ConfigError("gpus", value, "must name at least one GPU, or be left unset for all")
+    return tuple(out)
+
+
+_FLOATS = {"interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "cpu_tdp_w",
+           "dram_w_per_gb"}
+
+
+def _from_text(name: str, raw: str) -> Any:
+    raw = raw.strip()
+    if name in _FLOATS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"GREENTRACK_{name.upper()}", raw, "must be a number") from None
+    if name == "rank":
+        if not raw.isdigit():
+            raise ConfigError("GREENTRACK_RANK", raw, "must be an integer >= 0")
+        return int(raw)
+    if name == "host_energy":
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError("GREENTRACK_HOST_ENERGY", raw, "must be true or false")
+        return raw.lower() in ("1", "true", "yes")
+    if name == "gpus":
+        return raw
+    return raw

@@ -1,0 +1,58 @@
+"""``greentrack doctor``: what this machine can measure, how, and how to unlock the rest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from greentrack.config import Config
+
+
+def in_container() -> bool:
+    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
+        return True
+    try:
+        return any(k in Path("/proc/1/cgroup").read_text() for k in ("docker", "kubepods", "containerd"))
+    except OSError:
+        return False
+
+
+def diagnose(config: Config | None = None) -> dict[str, Any]:
+    """Open every channel once (as a tracker would), describe it, and close it again."""
+    from greentrack.samplers import _rapl, discover
+
+    config = config or Config.from_env()
+    found = discover(config)
+    devices = [ch.info.as_dict() for ch in found.channels]
+    for ch in found.channels:
+        ch.close()
+    return {
+        "devices": devices,
+        "notes": [n.__dict__ for n in found.notes],
+        "powercap_root": str(_rapl.powercap_root()),
+        "container": in_container(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "mode": config.mode,
+    }
+
+
+def format_diagnosis(d: dict[str, Any]) -> str:
+    lines = ["greentrack doctor: what this machine can measure", ""]
+    for dev in d["devices"]:
+        tag = "measured " if dev["measured"] else "ESTIMATED"
+        lines.append(f"  {dev['kind']:<4} {dev['device']:<13} {tag} {dev['method']}")
+        lines.append(f"       {dev['name']}: {dev['source']}")
+        lines.append(f"       uncertainty: {dev['uncertainty']}")
+    if not any(dev["kind"] == "gpu" for dev in d["devices"]):
+        lines.append("  gpu  (none)         no NVIDIA GPU measured (see below)")
+    lines.append("")
+    for n in d["notes"]:
+        lines.append(f"  [{n['level']}] {n['message']}")
+        if n["hint"]:
+            lines.append(f"      how to fix: {n['hint']}")
+    if d["container"]:
+        lines.append("  [info] running in a container: powercap and NVML come from the host only if "
+                     "mounted/passed through (GREENTRACK_POWERCAP_ROOT, --gpus)")
+    lines.append(f"  powercap root: {d['powercap_root']}   mode: {d['mode']}")
+    return "\n".join(lines)

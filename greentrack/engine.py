@@ -1,0 +1,339 @@
+"""The sampling engine: one background thread per tracker, on the monotonic clock.
+
+It polls every channel on a fast cadence (``interval_s``) and a slow one (``counter_interval_s``),
+keeps each channel's finalized ``(t, joules)`` points in a bounded timeline, cuts them into stored
+buckets of ``resolution_s``, resolves step windows into joules once every live channel has final
+points past the window's end, and commits to the store every ``flush_interval_s``.
+
+The training thread only ever appends a finished step window to a deque (no lock, no I/O). Nothing
+here raises into it: a failed read becomes a recorded gap, a failed commit a warning and a retry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from greentrack.config import Config
+from greentrack.errors import DeviceLost, RunStoreError, SamplerError
+from greentrack.samplers.base import Channel, Point
+from greentrack.store import StoreWriter
+
+log = logging.getLogger("greentrack")
+
+#: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
+MAX_POINTS = 100_000
+
+
+@dataclass
+class StepSpan:
+    """A finished step window, on the monotonic clock, queued by the training thread."""
+
+    idx: int
+    phase: str
+    t0: float
+    t1: float
+    flops: float | None = None
+    samples: float | None = None
+    tokens: float | None = None
+    timeline: str = "host"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Timeline:
+    """Finalized cumulative-energy points of one channel; energy at any time by interpolation."""
+
+    def __init__(self) -> None:
+        self.t: deque[float] = deque(maxlen=MAX_POINTS)
+        self.e: deque[float] = deque(maxlen=MAX_POINTS)
+
+    def extend(self, points: list[Point], offset: float) -> None:
+        for t, e in points:
+            if self.t and t <= self.t[-1]:
+                continue  # points are strictly increasing in time
+            self.t.append(t)
+            self.e.append(e + offset)
+
+    @property
+    def until(self) -> float | None:
+        return self.t[-1] if self.t else None
+
+    @property
+    def last(self) -> float:
+        return self.e[-1] if self.e else 0.0
+
+    def at(self, t: float) -> float:
+        """Energy at ``t``: clamped to the first/last point outside the timeline."""
+        if not self.t:
+            return 0.0
+        if t <= self.t[0]:
+            return self.e[0]
+        if t >= self.t[-1]:
+            return self.e[-1]
+        i = bisect.bisect_left(self.t, t)
+        ta, tb, ea, eb = self.t[i - 1], self.t[i], self.e[i - 1], self.e[i]
+        return ea + (eb - ea) * (t - ta) / (tb - ta)
+
+    def prune(self, before: float) -> None:
+        while len(self.t) > 2 and self.t[1] < before:
+            self.t.popleft()
+            self.e.popleft()
+
+
+class _State:
+    """Bookkeeping of one channel inside the engine."""
+
+    def __init__(self, cid: int, channel: Channel, origin: float) -> None:
+        self.id = cid
+        self.channel = channel
+        self.kind = channel.info.kind
+        self.timeline = Timeline()
+        self.offset = 0.0  # energy carried over a counter reset
+        self.status = "ok"  # ok | failing | lost
+        self.fail_since: float | None = None
+        self.gap_s = 0.0
+        self.next_bucket = origin
+
+
+class Engine:
+    """Runs the sampler thread and owns all accounting. See the module docstring."""
+
+    def __init__(self, channels: list[Channel], writer: StoreWriter, config: Config,
+                 origin: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.origin = origin
+        self._clock = clock
+        self._writer = writer
+        self.states = [_State(i + 1, ch, origin) for i, ch in enumerate(channels)]
+        for st in self.states:
+            writer.add_channel(st.id, st.channel.info.as_dict())
+        self._spans: deque[StepSpan] = deque()
+        self._waiting: list[StepSpan] = []
+        self.resolved: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.steps_done = 0
+        self.steps_energy_j = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_failures = 0
+        self.thread_cpu_s = 0.0
+        self.polls = 0
+        self.last_sample_t: float | None = None
+        self.errors = 0
+
+    # -- called from the training thread (cheap) ------------------------------------------
+    def submit(self, span: StepSpan) -> None:
+        self._spans.append(span)
+
+    def event(self, level: str, kind: str, message: str, **details: Any) -> None:
+        """Record an event (thread-safe; committed at the next flush)."""
+        self._writer.add_event(self._clock() - self.origin, level, kind, message, None, details)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._poll_all(self._clock(), slow=True)
+        self._flush()
+        self._thread = threading.Thread(target=self._run, name="greentrack-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread, take a last reading, attribute what is left, commit. Returns False if
+        the thread did not stop in time (a hung device read); it is a daemon and cannot keep the
+        process alive, and what was recorded is still committed."""
+        self._stop.set()
+        joined = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            joined = not self._thread.is_alive()
+        if joined:
+            self._guard(lambda: self._poll_all(self._clock(), slow=True))
+            self._guard(lambda: self._account(final=True))
+        else:
+            self.event("warning", "sampler-hung", f"sampler thread did not stop within {timeout:g} s "
+                       "(a device read hung); the last readings are missing")
+            self._guard(lambda: self._account(final=True))
+        for st in self.states:
+            if st.status != "ok" and st.fail_since is not None:
+                st.gap_s += max(0.0, self._clock() - st.fail_since)
+                st.fail_since = None
+            try:
+                st.channel.close()
+            except Exception:  # noqa: BLE001 - closing must not raise
+                pass
+        self._flush()
+        return joined
+
+    def _run(self) -> None:
+        cfg = self.config
+        now = self._clock()
+        next_fast, next_slow = now + cfg.interval_s, now + cfg.counter_interval_s
+        next_flush = now + cfg.flush_interval_s
+        while not self._stop.wait(max(0.0, next_fast - self._clock())):
+            now = self._clock()
+            slow = now >= next_slow
+            self._guard(lambda: self._poll_all(now, slow))
+            if slow:
+                next_slow += cfg.counter_interval_s
+                if next_slow <= now:
+                    next_slow = now + cfg.counter_interval_s
+            self._guard(lambda: self._account(final=False))
+            if now >= next_flush:
+                self._flush()
+                next_flush = now + cfg.flush_interval_s
+            next_fast += cfg.interval_s
+            if next_fast <= now:
+                next_fast = now + cfg.interval_s
+            self.thread_cpu_s = time.thread_time()
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the sampler must never die or raise into training
+            self.errors += 1
+            if self.errors <= 3:
+                log.warning("greentrack: internal sampler error (recorded): %s", e)
+            self.event("error", "internal-error", f"{type(e).__name__}: {e}")
+
+    # -- polling ------------------------------------------------------------------------------
+    def _poll_all(self, now: float, slow: bool) -> None:
+        self.polls += 1
+        for st in self.states:
+            if st.status == "lost" or (st.status == "failing" and not slow):
+                continue  # retry a failing device on the slow cadence only
+            t = self._clock()
+            try:
+                points = st.channel.poll(t, slow)
+            except DeviceLost as e:
+                self._on_failure(st, t, e, lost=True)
+                continue
+            except SamplerError as e:
+                pts = getattr(e, "points", None)
+                if pts:  # the read worked but needs a note (counter reset, possible missed wrap)
+                    st.timeline.extend(pts, st.offset)
+                    self._writer.add_event(t - self.origin, "warning", "estimate", str(e), st.id)
+                    continue
+                self._on_failure(st, t, e, lost=False)
+                continue
+            except Exception as e:  # noqa: BLE001 - an unexpected backend bug is a failed read
+                self._on_failure(st, t, e, lost=False)
+                continue
+            if st.status == "failing" and st.fail_since is not None:
+                gap = t - st.fail_since
+                st.gap_s += gap
+                self._writer.add_event(t - self.origin, "info", "gap-end",
+                                       f"{st.channel.info.device}: readings back after {gap:.2f} s",
+                                       st.id, {"gap_s": gap})
+                st.status, st.fail_since = "ok", None
+            st.timeline.extend(points, st.offset)
+        self.last_sample_t = now
+
+    def _on_failure(self, st: _State, t: float, e: Exception, lost: bool) -> None:
+        device = st.channel.info.device
+        if st.status == "ok":
+            st.fail_since = t
+            self._writer.add_event(t - self.origin, "warning", "gap-start",
+                                   f"{device}: read failed: {e}", st.id)
+            log.warning("greentrack: %s read failed (recorded as a gap): %s", device, e)
+        if lost and st.status != "lost":
+            self._writer.add_event(t - self.origin, "error", "device-lost",
+                                   f"{device}: device lost, no more readings: {e}", st.id)
+        st.status = "lost" if lost else "failing"
+
+    # -- accounting ------------------------------------------------------------------------------
+    def _final_until(self, st: _State) -> float | None:
+        return st.timeline.until
+
+    def _account(self, final: bool) -> None:
+        while self._spans:
+            self._waiting.append(self._spans.popleft())
+        live = [st for st in self.states if st.status != "lost"]
+        horizon = min((st.timeline.until or float("-inf") for st in live), default=float("inf"))
+        still: list[StepSpan] = []
+        for span in self._waiting:
+            if final or span.t1 <= horizon:
+                self._resolve(span, partial=span.t1 > horizon)
+            else:
+                still.append(span)
+        self._waiting = still
+        res = self.config.resolution_s
+        for st in self.states:
+            until = st.timeline.until
+            if until is None:
+                continue
+            while st.next_bucket + res <= until:
+                b = st.next_bucket
+                self._writer.add_sample(st.id, b - self.origin, res,
+                                        st.timeline.at(b + res) - st.timeline.at(b))
+                st.next_bucket = b + res
+            if final and until > st.next_bucket:
+                b = st.next_bucket
+                self._writer.add_sample(st.id, b - self.origin, until - b,
+                                        st.timeline.last - st.timeline.at(b))
+                st.next_bucket = until
+            keep = min([st.next_bucket] + [s.t0 for s in self._waiting]) - 1.0
+            st.timeline.prune(keep)
+
+    def _resolve(self, span: StepSpan, partial: bool) -> None:
+        by_kind = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
+        present = set()
+        n_gpus = 0
+        for st in self.states:
+            tl = st.timeline
+            if not tl.t:
+                continue
+            present.add(st.kind)
+            by_kind[st.kind] += max(0.0, tl.at(span.t1) - tl.at(span.t0))
+            n_gpus += st.kind == "gpu"
+        duration = max(0.0, span.t1 - span.t0)
+        row = {"idx": span.idx, "phase": span.phase, "t0": span.t0 - self.origin,
+               "t1": span.t1 - self.origin, "duration_s": duration,
+               "gpu_j": by_kind["gpu"] if "gpu" in present else None,
+               "cpu_j": by_kind["cpu"] if "cpu" in present else None,
+               "dram_j": by_kind["dram"] if "dram" in present else None,
+               "gpu_seconds": duration * n_gpus, "flops": span.flops, "samples": span.samples,
+               "tokens": span.tokens, "timeline": span.timeline,
+               "extra": {**span.extra, **({"partial": True} if partial else {})}}
+        self._writer.add_step(row)
+        self.steps_done += 1
+        self.steps_energy_j += sum(by_kind.values())
+        self.resolved.append(row)
+
+    def _flush(self) -> None:
+        for st in self.states:
+            self._writer.update_channel(st.id, st.timeline.last, _rel(st.timeline.until, self.origin),
+                                        st.gap_s, st.status)
+        self._writer.set_meta({"heartbeat_unix": time.time(), "sampler_cpu_s": self.thread_cpu_s,
+                               "polls": self.polls})
+        try:
+            self._writer.flush()
+            if self._flush_failures:
+                log.warning("greentrack: store writable again after %d failed commits",
+                            self._flush_failures)
+                self._writer.add_event(self._clock() - self.origin, "warning", "store-recovered",
+                                       f"{self._flush_failures} commits failed before this one")
+                self._flush_failures = 0
+        except RunStoreError as e:
+            self._flush_failures += 1
+            if self._flush_failures == 1:
+                log.warning("greentrack: cannot write the run store (will retry; training goes "
+                            "on): %s", e)
+
+    # -- live view, for exporters and progress logs ------------------------------------------
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for st in self.states:
+            info = st.channel.info
+            out.append({"id": st.id, "kind": info.kind, "device": info.device,
+                        "measured": info.measured, "method": info.method,
+                        "energy_j": st.timeline.last, "power_w": st.channel.power_w(),
+                        "status": st.status, "gap_s": st.gap_s})
+        return out
+
+
+def _rel(t: float | None, origin: float) -> float | None:
+    return None if t is None else t - origin

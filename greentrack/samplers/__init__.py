@@ -1,0 +1,66 @@
+"""Samplers: one contract (:mod:`.base`), one private module per backend, one factory.
+
+>>> from greentrack.config import Config
+>>> found = discover(Config())            # what this machine can measure, and how
+>>> [ch.info.method for ch in found.channels]   # doctest: +SKIP
+['nvml-energy-counter', 'rapl-powercap', 'rapl-powercap']
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from greentrack.config import Config
+from greentrack.samplers.base import Channel, ChannelInfo, Discovery, Note, Point
+
+__all__ = ["Channel", "ChannelInfo", "Discovery", "Note", "Point", "discover"]
+
+
+def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | None = None,
+             pynvml: ModuleType | None = None) -> Discovery:
+    """Open every channel this process should measure, with notes on what it cannot.
+
+    GPUs come from NVML; CPU and DRAM from RAPL when readable, else from labelled estimates, and
+    only when this process measures the host (see :attr:`Config.host_energy`).
+    """
+    from greentrack.samplers import _nvml, _rapl  # lazy: pynvml only loads inside open_gpus
+
+    env = dict(os.environ) if env is None else env
+    pid = os.getpid() if pid is None else pid
+    found = Discovery()
+    gpus, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)
+    found.channels.extend(gpus)
+    found.notes.extend(notes)
+    if not measures_host(config, env):
+        found.notes.append(Note("info", "cpu", "host CPU and DRAM are measured by local rank 0 of "
+                                "this node, not by this process (no double counting)"))
+        return found
+    zones, notes = _rapl.open_zones(env)
+    found.notes.extend(notes)
+    if config.mode == "process":
+        from greentrack.samplers._share import ProcessShare
+        found.channels.extend(ProcessShare(z, pid) for z in zones)
+    else:
+        found.channels.extend(zones)
+    kinds = {z.info.kind for z in zones}
+    from greentrack.samplers._estimate import CpuEstimate, DramEstimate
+    if "cpu" not in kinds:
+        found.channels.append(CpuEstimate(config.mode, pid, config.cpu_tdp_w))
+        found.notes.append(Note("warning", "cpu", "CPU energy is ESTIMATED from TDP x utilization "
+                                "(no readable RAPL package zone)", "see the RAPL note for how to enable "
+                                "measurement; set cpu_tdp_w to override the TDP"))
+    if "dram" not in kinds:
+        found.channels.append(DramEstimate(config.mode, pid, config.dram_w_per_gb))
+        found.notes.append(Note("info", "dram", "DRAM energy is ESTIMATED per GB (no readable RAPL "
+                                "dram zone; AMD CPUs expose none)", "set dram_w_per_gb to override "
+                                "the 0.3725 W/GB default"))
+    return found
+
+
+def measures_host(config: Config, env: dict[str, str]) -> bool:
+    """Whether this process measures host CPU/DRAM: one process per node does (local rank 0)."""
+    if config.host_energy is not None:
+        return config.host_energy
+    local_rank = env.get("LOCAL_RANK")
+    return local_rank is None or not local_rank.isdigit() or int(local_rank) == 0

@@ -1,0 +1,263 @@
+"""The run store: one SQLite database (WAL) per process in the run directory.
+
+Why SQLite in WAL mode: it is in the standard library, a reader never blocks the writer (the run is
+readable while it goes), a committed transaction survives SIGKILL of the writer, and one file per
+process means ranks on many hosts share a run directory without any locking.
+
+Layout of a run directory::
+
+    RUN_DIR/run.json                          run id, created once by whichever process is first
+    RUN_DIR/<host>-r<rank>-<segment>.gtdb     one store per process and segment (resume = new segment)
+
+Tables: ``meta`` (key -> JSON), ``channels`` (how each device is measured, its running total),
+``samples`` (energy per channel per time bucket), ``steps``, ``events`` (gaps, errors, estimates).
+Times are seconds on the process's monotonic clock since the segment start (``t``), plus the wall
+clock of the segment start in ``meta`` so wall times are derived, never read mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from greentrack.errors import ConfigError, RunStoreError
+
+SCHEMA_VERSION = 1
+SUFFIX = ".gtdb"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL, name TEXT,
+    method TEXT NOT NULL, measured INTEGER NOT NULL, source TEXT, uncertainty TEXT,
+    host_scope INTEGER NOT NULL, details TEXT,
+    energy_j REAL NOT NULL DEFAULT 0, until_t REAL, gap_s REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'ok');
+CREATE TABLE IF NOT EXISTS samples (
+    channel_id INTEGER NOT NULL, t REAL NOT NULL, dt REAL NOT NULL, energy_j REAL NOT NULL,
+    PRIMARY KEY (channel_id, t)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY, idx INTEGER NOT NULL, phase TEXT NOT NULL, t0 REAL NOT NULL,
+    t1 REAL NOT NULL, duration_s REAL NOT NULL, gpu_j REAL, cpu_j REAL, dram_j REAL,
+    gpu_seconds REAL, flops REAL, samples REAL, tokens REAL, timeline TEXT, extra TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, t REAL NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL,
+    channel_id INTEGER, message TEXT NOT NULL, details TEXT);
+"""
+
+
+def safe_host() -> str:
+    host = socket.gethostname().split(".")[0] or "host"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in host)[:40]
+
+
+def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
+    """Create the run directory if needed and return the run id, shared by all its processes.
+
+    The first process creates ``run.json`` atomically (``O_EXCL``); the others read it. No locks,
+    so it works across hosts on a shared filesystem.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("run_dir", str(run_dir), f"cannot create it ({e.strerror or e})") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError("run_dir", str(run_dir), "is not writable by this user")
+    path = run_dir / "run.json"
+    record = {"run_id": run_id or uuid.uuid4().hex[:12], "created_unix": time.time(),
+              "format": "greentrack-run", "schema_version": SCHEMA_VERSION}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            try:
+                existing = json.loads(path.read_text())
+                return str(existing["run_id"])
+            except (ValueError, KeyError, OSError):
+                time.sleep(0.02)
+        raise ConfigError("run_dir", str(run_dir), "has a damaged run.json; use a new directory") from None
+    except OSError as e:
+        raise ConfigError("run_dir", str(run_dir), f"cannot write run.json ({e.strerror or e})") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return str(record["run_id"])
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # commits survive a process crash
+    return conn
+
+
+class StoreWriter:
+    """Writes one process's store. Thread-safe: the engine thread and ``Tracker.stop`` share it.
+
+    Writes are buffered and committed by :meth:`flush` in one transaction, so what SIGKILL can lose
+    is bounded by the flush interval.
+    """
+
+    def __init__(self, run_dir: Path, rank: int, meta: dict[str, Any]) -> None:
+        self.segment = uuid.uuid4().hex[:8]
+        self.path = run_dir / f"{safe_host()}-r{rank}-{self.segment}{SUFFIX}"
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        try:
+            self._conn = _connect(self.path, readonly=False)
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise ConfigError("run_dir", str(run_dir), f"cannot create the store ({e})") from None
+        self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION})
+        self.flush()
+
+    # -- buffered writes (cheap; committed by flush) -----------------------------------------
+    def _queue(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._pending.append((sql, args))
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            self._queue("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    def add_channel(self, channel_id: int, info: dict[str, Any]) -> None:
+        self._queue(
+            "INSERT INTO channels (id, kind, device, name, method, measured, source, uncertainty, "
+            "host_scope, details) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (channel_id, info["kind"], info["device"], info["name"], info["method"],
+             int(info["measured"]), info["source"], info["uncertainty"], int(info["host_scope"]),
+             json.dumps(info["details"])))
+
+    def update_channel(self, channel_id: int, energy_j: float, until_t: float | None,
+                       gap_s: float, status: str) -> None:
+        self._queue("UPDATE channels SET energy_j=?, until_t=?, gap_s=?, status=? WHERE id=?",
+                    (energy_j, until_t, gap_s, status, channel_id))
+
+    def add_sample(self, channel_id: int, t: float, dt: float, energy_j: float) -> None:
+        self._queue("INSERT OR REPLACE INTO samples VALUES (?,?,?,?)", (channel_id, t, dt, energy_j))
+
+    def add_step(self, row: dict[str, Any]) -> None:
+        self._queue(
+            "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
+            "flops, samples, tokens, timeline, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["idx"], row["phase"], row["t0"], row["t1"], row["duration_s"], row.get("gpu_j"),
+             row.get("cpu_j"), row.get("dram_j"), row.get("gpu_seconds"), row.get("flops"),
+             row.get("samples"), row.get("tokens"), row.get("timeline", "host"),
+             json.dumps(row.get("extra") or {})))
+
+    def add_event(self, t: float, level: str, kind: str, message: str,
+                  channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
+        self._queue("INSERT INTO events (t, level, kind, channel_id, message, details) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (t, level, kind, channel_id, message, json.dumps(details or {})))
+
+    def flush(self) -> None:
+        """Commit everything queued in one transaction. Raises RunStoreError on failure, keeping
+        the rows queued so a later flush can retry (e.g. after a full disk frees up)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            with self._transaction():
+                for sql, args in batch:
+                    self._conn.execute(sql, args)
+        except sqlite3.Error as e:
+            with self._lock:
+                self._pending[:0] = batch
+                if len(self._pending) > 200_000:  # bounded: drop oldest samples, keep the rest
+                    self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
+            raise RunStoreError(f"store {self.path.name}: {e}") from e
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self._conn.close()
+
+
+class StoreReader:
+    """Reads one store, while its run goes on or after. Damaged rows are skipped and counted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.damaged: list[str] = []
+        try:
+            self._conn = _connect(path, readonly=True)
+            self.meta = {k: _loads(v, self.damaged, f"meta {k}")
+                         for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        except sqlite3.Error as e:
+            raise RunStoreError(f"{path}: not a readable greentrack store ({e})") from None
+
+    def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        self._conn.row_factory = sqlite3.Row
+        try:
+            return list(self._conn.execute(sql, tuple(args)))
+        except sqlite3.DatabaseError as e:
+            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
+            return []
+
+    def channels(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.rows("SELECT * FROM channels ORDER BY id"):
+            d = dict(r)
+            d["measured"] = bool(d["measured"])
+            d["host_scope"] = bool(d["host_scope"])
+            d["details"] = _loads(d["details"], self.damaged, f"channel {d['id']}") or {}
+            out.append(d)
+        return out
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM steps ORDER BY id")]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM events ORDER BY id")]
+
+    def samples(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM samples ORDER BY t, channel_id")]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _loads(text: Any, damaged: list[str], where: str) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except (TypeError, ValueError):
+        damaged.append(f"{where}: not JSON")
+        return None
+
+
+def store_paths(run_dir: Path) -> list[Path]:
+    """The store files of a run directory, or a ConfigError naming what is wrong."""
+    if not run_dir.exists():
+        raise ConfigError("RUN_DIR", str(run_dir), "does not exist")
+    if not run_dir.is_dir():
+        raise ConfigError("RUN_DIR", str(run_dir), "is not a directory")
+    paths = sorted(run_dir.glob(f"*{SUFFIX}"))
+    if not paths:
+        raise ConfigError("RUN_DIR", str(run_dir), "holds no greentrack run (no *.gtdb store)")
+    return paths

@@ -1,0 +1,287 @@
+"""The public entry point: :class:`Tracker`.
+
+Example:
+    >>> import greentrack
+    >>> with greentrack.Tracker("runs/demo") as tracker:      # doctest: +SKIP
+    ...     for batch in loader:
+    ...         with tracker.step(samples=len(batch)):
+    ...             train_step(batch)
+    >>> greentrack.summarize("runs/demo")["energy_j"]["total"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from greentrack import __version__
+from greentrack.config import Config
+from greentrack.engine import Engine, StepSpan
+from greentrack.errors import ConfigError
+from greentrack.store import StoreWriter, prepare_run_dir
+
+log = logging.getLogger("greentrack")
+
+_ACTIVE: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
+_HOOKS = {"fork": False, "sigterm": False}
+_PREV_SIGTERM: Any = None
+
+
+class Tracker:
+    """Tracks the energy of this process's devices into a run directory.
+
+    Args:
+        run_dir: the run directory (overrides ``config.run_dir``).
+        config: a :class:`~greentrack.config.Config`; default from ``GREENTRACK_*`` variables.
+        **settings: any :class:`Config` field, overriding ``config``.
+
+    Raises:
+        ConfigError: a setting is invalid, a named GPU does not exist, or the run directory
+            cannot be written. Raised by the constructor or :meth:`start`, before any training.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str] | None = None, *,
+                 config: Config | None = None, **settings: Any) -> None:
+        if run_dir is not None:
+            settings["run_dir"] = Path(run_dir)
+        self.config = (config or Config.from_env()).replace(**settings) if settings else (
+            config or Config.from_env())
+        self._engine: Engine | None = None
+        self._writer: StoreWriter | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idx: dict[str, int] = {}
+        self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
+        self._next_token = 0
+        self.run_id: str | None = None
+        self.notes: list[Any] = []
+        self.status = "created"
+        self._t_start = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running" and os.getpid() == self._pid
+
+    def start(self) -> "Tracker":
+        """Discover devices, open the store, start the sampler thread. Idempotent."""
+        if self.status == "running":
+            return self
+        from greentrack.samplers import discover
+
+        self._pid = os.getpid()
+        cfg = self.config
+        self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or _env_run_id())
+        found = discover(cfg)
+        self.notes = found.notes
+        rank = cfg.rank if cfg.rank is not None else _env_int("RANK", 0)
+        self._t_start = time.monotonic()
+        meta = {
+            "run_id": self.run_id, "host": socket.gethostname(), "pid": self._pid,
+            "pid_create_time": _create_time(self._pid), "rank": rank,
+            "local_rank": _env_int("LOCAL_RANK", 0), "world_size": _env_int("WORLD_SIZE", 1),
+            "started_unix": time.time(), "status": "running", "mode": cfg.mode,
+            "settings": cfg.as_dict(), "argv": sys.argv[:8],
+            "versions": {"greentrack": __version__, "python": platform.python_version(),
+                         "platform": platform.platform()},
+            "notes": [n.__dict__ for n in found.notes],
+        }
+        self._writer = StoreWriter(cfg.run_dir, rank, meta)
+        self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start)
+        for note in found.notes:
+            self._writer.add_event(0.0, note.level, "estimate" if "ESTIMATED" in note.message
+                                   else "discovery", note.message, None, {"hint": note.hint})
+            if note.level == "warning":
+                log.warning("greentrack: %s", note.message)
+        self._engine.start()
+        self.status = "running"
+        _install_hooks(self)
+        return self
+
+    def stop(self, status: str | None = None) -> None:
+        """Stop sampling, attribute what is left, and close the store.
+
+        Args:
+            status: the run's final status: ``completed`` (default), ``failed`` or ``stopped``.
+        """
+        with self._lock:
+            if self.status != "running" or os.getpid() != self._pid or self._engine is None:
+                return
+            self.status = "stopping"
+        _ACTIVE.discard(self)
+        final = status or "completed"
+        try:
+            if self._open:
+                self._engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open "
+                                   "at stop were not recorded")
+            self._engine.stop()
+            assert self._writer is not None
+            self._writer.set_meta({"status": final, "ended_unix": time.time(),
+                                   "duration_s": time.monotonic() - self._t_start})
+            self._writer.flush()
+            self._writer.close()
+        except Exception as e:  # noqa: BLE001 - stopping must never raise into training
+            log.warning("greentrack: error while stopping (data up to the last commit is kept): %s", e)
+        self.status = final
+
+    def __enter__(self) -> "Tracker":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.stop("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.stop("stopped")
+        else:
+            self.stop("failed")
+
+    # -- steps (the hot path: a clock read and a deque append) --------------------------------
+    def begin_step(self, phase: str = "train", **info: Any) -> int:
+        """Mark the start of a step; returns a token for :meth:`end_step`."""
+        t = time.monotonic()
+        token = self._next_token
+        self._next_token += 1
+        self._open[token] = (phase, t, info)
+        return token
+
+    def end_step(self, token: int, **info: Any) -> None:
+        """Mark the end of the step ``token``. Its joules are attributed a little later, off the
+        training thread, once every device has final readings past this moment."""
+        t1 = time.monotonic()
+        opened = self._open.pop(token, None)
+        if opened is None or not self.running or self._engine is None:
+            return
+        phase, t0, begin_info = opened
+        merged = {**begin_info, **info}
+        self.submit_window(phase, t0, t1, **merged)
+
+    def submit_window(self, phase: str, t0: float, t1: float, *, flops: float | None = None,
+                      samples: float | None = None, tokens: float | None = None,
+                      timeline: str = "host", **extra: Any) -> None:
+        """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
+        integrations that mark steps on the GPU timeline and map them to host time later."""
+        if not self.running or self._engine is None:
+            return
+        idx = self._idx.get(phase, 0)
+        self._idx[phase] = idx + 1
+        self._engine.submit(StepSpan(idx, phase, t0, t1, flops, samples, tokens, timeline, extra))
+
+    @contextmanager
+    def step(self, phase: str = "train", **info: Any) -> Iterator[None]:
+        """Context manager around one step: ``with tracker.step(samples=32): ...``.
+
+        Keyword arguments ``flops``, ``samples`` and ``tokens`` are recorded with the step; any
+        other keyword lands in the step's ``extra``. A step that raises is still recorded, with
+        ``extra.error`` set, and the exception propagates unchanged.
+        """
+        token = self.begin_step(phase, **info)
+        try:
+            yield
+        except BaseException as e:
+            self.end_step(token, error=type(e).__name__)
+            raise
+        self.end_step(token)
+
+    # -- live figures --------------------------------------------------------------------------
+    def totals(self) -> dict[str, float]:
+        """Energy so far in joules by kind (``gpu``, ``cpu``, ``dram``, ``total``); live."""
+        out = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
+        if self._engine is not None:
+            for ch in self._engine.snapshot():
+                out[ch["kind"]] += ch["energy_j"]
+        out["total"] = sum(out.values())
+        return out
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    def summary(self) -> dict[str, Any]:
+        """The run directory's summary (all its processes), as ``greentrack summary --json``."""
+        from greentrack.summary import summarize
+        return summarize(self.run_dir)
+
+
+# -- process-wide hooks: fork, SIGTERM, atexit ------------------------------------------------
+
+def _after_fork_in_child() -> None:
+    # A forked child (DataLoader worker) inherits the trackers but not their threads. It must
+    # never sample, write the parent's store through a copied SQLite handle, or run a second
+    # sampler: every tracker is inert there (its methods check the pid).
+    _ACTIVE.clear()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    for tracker in list(_ACTIVE):
+        tracker.stop("stopped")
+    prev = _PREV_SIGTERM
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_IGN:
+        return
+    else:  # default action: die of SIGTERM, so the exit status says so
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_all_at_exit() -> None:
+    for tracker in list(_ACTIVE):
+        tracker.stop("completed" if sys.exc_info()[0] is None else "failed")
+
+
+def _install_hooks(tracker: Tracker) -> None:
+    global _PREV_SIGTERM
+    _ACTIVE.add(tracker)
+    if not _HOOKS["fork"]:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        atexit.register(_stop_all_at_exit)
+        _HOOKS["fork"] = True
+    if not _HOOKS["sigterm"] and threading.current_thread() is threading.main_thread():
+        try:
+            _PREV_SIGTERM = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _HOOKS["sigterm"] = True
+        except (ValueError, OSError):
+            pass
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.isdigit() else default
+
+
+def _env_run_id() -> str | None:
+    for name in ("GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        value = os.environ.get(name)
+        if value and value != "none":
+            return "".join(c for c in value if c.isalnum() or c in "-_.")[:64] or None
+    return None
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        import psutil
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - metadata only
+        return None
+
+
+__all__ = ["Tracker", "ConfigError"]
