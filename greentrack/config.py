@@ -55,6 +55,23 @@ class Config:
     dram_w_per_gb: float = 0.3725
     run_id: str | None = None
     rank: int | None = None
+    # -- Prometheus (greentrack.exporters) --
+    prometheus_port: int | None = None
+    prometheus_addr: str = "127.0.0.1"
+    pushgateway_url: str | None = None
+    push_interval_s: float = 15.0
+    job: str | None = None
+    # -- carbon and cost (greentrack.carbon); None = not set --
+    country: str | None = None
+    region: str | None = None
+    cloud: str | None = None
+    carbon_intensity_g_per_kwh: float | None = None
+    intensity_csv: str | None = None
+    market_factor_g_per_kwh: float | None = None
+    pue: float | None = None
+    electricity_price: float | None = None
+    gpu_hour_price: float | None = None
+    currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +88,22 @@ class Config:
         _positive("dram_w_per_gb", self.dram_w_per_gb, upper=100.0)
         if self.gpus is not None:
             object.__setattr__(self, "gpus", _parse_gpus(self.gpus))
+        if self.prometheus_port is not None and (isinstance(self.prometheus_port, bool) or
+                                                 not isinstance(self.prometheus_port, int) or
+                                                 not 0 <= self.prometheus_port <= 65535):
+            raise ConfigError("prometheus_port", self.prometheus_port,
+                              "must be an integer 0-65535 (0 picks a free port)")
+        _positive("push_interval_s", self.push_interval_s, upper=86400.0)
+        for name in ("carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "electricity_price",
+                     "gpu_hour_price"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ConfigError(name, value, "must be a number >= 0")
+        if self.pue is not None:
+            if isinstance(self.pue, bool) or not isinstance(self.pue, (int, float)) \
+                    or not math.isfinite(self.pue) or not 1.0 <= self.pue <= 5.0:
+                raise ConfigError("pue", self.pue, "must be a number between 1.0 and 5.0")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
                                       or self.rank < 0):
             raise ConfigError("rank", self.rank, "must be an integer >= 0")
@@ -132,7 +165,9 @@ def _parse_gpus(value: Any) -> tuple[int | str, ...]:
 
 
 _FLOATS = {"interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "cpu_tdp_w",
-           "dram_w_per_gb"}
+           "dram_w_per_gb", "push_interval_s", "carbon_intensity_g_per_kwh",
+           "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price"}
+_INTS = {"rank", "prometheus_port"}
 
 
 def _from_text(name: str, raw: str) -> Any:
@@ -142,9 +177,9 @@ def _from_text(name: str, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"GREENTRACK_{name.upper()}", raw, "must be a number") from None
-    if name == "rank":
+    if name in _INTS:
         if not raw.isdigit():
-            raise ConfigError("GREENTRACK_RANK", raw, "must be an integer >= 0")
+            raise ConfigError(f"GREENTRACK_{name.upper()}", raw, "must be an integer >= 0")
         return int(raw)
     if name == "host_energy":
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):

@@ -116,6 +116,8 @@ class Engine:
         self._spans: deque[StepSpan] = deque()
         self._waiting: list[StepSpan] = []
         self.resolved: deque[dict[str, Any]] = deque(maxlen=10_000)
+        #: Called on the sampler thread with each resolved step row; must be quick and not raise.
+        self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.steps_done = 0
         self.steps_energy_j = 0.0
         self._stop = threading.Event()
@@ -302,6 +304,11 @@ class Engine:
         self.steps_done += 1
         self.steps_energy_j += sum(by_kind.values())
         self.resolved.append(row)
+        for listener in list(self.step_listeners):
+            try:
+                listener(row)
+            except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
+                self.event("warning", "listener-error", f"step listener failed: {e}")
 
     def _flush(self) -> None:
         for st in self.states:

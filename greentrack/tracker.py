@@ -54,7 +54,8 @@ class Tracker:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str] | None = None, *,
-                 config: Config | None = None, **settings: Any) -> None:
+                 config: Config | None = None, sinks: list[Any] | None = None,
+                 **settings: Any) -> None:
         if run_dir is not None:
             settings["run_dir"] = Path(run_dir)
         self.config = (config or Config.from_env()).replace(**settings) if settings else (
@@ -70,6 +71,10 @@ class Tracker:
         self.notes: list[Any] = []
         self.status = "created"
         self._t_start = 0.0
+        #: Objects with ``start(tracker)`` and ``stop(tracker)``, started after the sampler and
+        #: stopped after it (so a final push sees final totals). Prometheus sinks are added
+        #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
+        self.sinks: list[Any] = list(sinks or [])
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -113,7 +118,26 @@ class Tracker:
         self._engine.start()
         self.status = "running"
         _install_hooks(self)
+        if cfg.prometheus_port is not None or cfg.pushgateway_url:
+            from greentrack.exporters import sinks_for  # lazy: prometheus_client only when asked
+            self.sinks.extend(sinks_for(cfg))
+        for sink in self.sinks:
+            try:
+                sink.start(self)
+            except ConfigError:
+                self.stop("failed")
+                raise
+            except Exception as e:  # noqa: BLE001 - a sink must not break training
+                log.warning("greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
+                self._engine.event("warning", "sink-error", f"{type(sink).__name__}: {e}")
         return self
+
+    def add_step_listener(self, fn: Any) -> None:
+        """Call ``fn(row)`` on the sampler thread for each step once its joules are resolved.
+        ``row`` has ``idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, flops,
+        samples, tokens, timeline, extra``. Must be quick and thread-safe."""
+        if self._engine is not None:
+            self._engine.step_listeners.append(fn)
 
     def stop(self, status: str | None = None) -> None:
         """Stop sampling, attribute what is left, and close the store.
@@ -132,6 +156,11 @@ class Tracker:
                 self._engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open "
                                    "at stop were not recorded")
             self._engine.stop()
+            for sink in self.sinks:
+                try:
+                    sink.stop(self)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("greentrack: %s failed at stop: %s", type(sink).__name__, e)
             assert self._writer is not None
             self._writer.set_meta({"status": final, "ended_unix": time.time(),
                                    "duration_s": time.monotonic() - self._t_start})

@@ -103,7 +103,7 @@ class RaplZone:
             self._last_power = delta / 1e6 / dt
         if dt > self.range_uj / 1e6 / MAX_ZONE_POWER_W:
             raise _PossibleMissedWrap(
-                f"{self.path.name}: {dt:.0f} s between reads is longer than the shortest wrap "
+                f"{self.path.name}: {dt:.2f} s between reads is longer than the shortest wrap "
                 f"time of this counter; a full wrap may have been missed", [(t, self._energy_j)])
         return [(t, self._energy_j)]
 
