@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
-                 "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id"):
+                 "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
+                 "prometheus_addr", "pushgateway_url", "job"):
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
@@ -41,7 +42,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", dest="interval_s", type=float, metavar="S",
                    help="fast poll period in seconds (default 0.05)")
     p.add_argument("--counter-interval", dest="counter_interval_s", type=float, metavar="S",
-                   help="NVML energy counter period in seconds (default 1.0)")
+                   help="NVML energy counter period in seconds (default 0.2)")
     p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S")
     p.add_argument("--resolution", dest="resolution_s", type=float, metavar="S",
                    help="stored time-series bucket width in seconds (default 1.0)")
@@ -51,6 +52,16 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W")
     p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W")
     p.add_argument("--run-id")
+    p.add_argument("--prometheus-port", dest="prometheus_port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics on PORT (+ LOCAL_RANK per rank; 0: a free port)")
+    p.add_argument("--prometheus-addr", dest="prometheus_addr", metavar="ADDR",
+                   help="address the /metrics endpoint binds to (default 127.0.0.1)")
+    p.add_argument("--pushgateway", dest="pushgateway_url", metavar="URL",
+                   help="push metrics to this Pushgateway (http://HOST:PORT) every "
+                        "GREENTRACK_PUSH_INTERVAL_S (15 s) and at the end")
+    p.add_argument("--job", metavar="NAME",
+                   help="job label of the metrics (default: Slurm job id, Kubernetes pod, "
+                        "else greentrack)")
 
 
 def build_parser() -> argparse.ArgumentParser:

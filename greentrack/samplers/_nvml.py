@@ -28,6 +28,10 @@ from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, Sampler
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, mW
+#: NVML refreshes power and energy every ~100 ms (measured on an H100, FIELD_NOTES).
+UPDATE_PERIOD_S = 0.1
+#: The instant-power figure is the mean of the last ~25 ms before its update (arXiv 2312.02741).
+INSTANT_WINDOW_S = 0.025
 _T = TypeVar("_T")
 
 
@@ -61,6 +65,9 @@ class NvmlGpu:
         self._energy_j = 0.0
         self._shape: list[tuple[float, float]] = []  # (t, W) since the last counter read
         self._last_power: float | None = None
+        self._last_mw: int | None = None
+        self._prev_poll: float | None = None
+        self._tick: float | None = None  # latest NVML update instant seen (monotonic)
         self.has_counter = self._probe(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         self.has_instant = self._probe(self._read_instant_mw)
         if self.has_counter:
@@ -102,36 +109,66 @@ class NvmlGpu:
             raise self._nv.NVMLError(v.nvmlReturn)
         return int(v.value.uiVal)
 
-    def _power_w(self) -> float:
+    def _read_power(self, t: float) -> tuple[float, float]:
+        """Power in W, and the time it describes.
+
+        NVML values describe its last ~100 ms update, not the moment of the read. When the value
+        changes between two polls, the update happened between them: the midpoint dates that
+        update tick, later ticks follow every 100 ms, and the same ticks date the energy counter
+        (both refresh together). The instant field is the mean of the tick's last ~25 ms.
+        """
         if self.has_instant:
             mw = _nvml_call(self._nv, self._read_instant_mw)
         else:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
-        return float(mw) / 1000.0
+        if mw != self._last_mw:
+            self._tick = t if self._prev_poll is None else (self._prev_poll + t) / 2.0
+            self._last_mw = mw
+        self._prev_poll = t
+        when = self._latest_tick(t)
+        if self.has_instant:
+            when -= INSTANT_WINDOW_S / 2.0
+        return float(mw) / 1000.0, when
+
+    def _latest_tick(self, t: float) -> float:
+        """Best estimate of the last NVML update at or before ``t``."""
+        if self._tick is None or self._tick > t:
+            return t - UPDATE_PERIOD_S / 2.0
+        return self._tick + ((t - self._tick) // UPDATE_PERIOD_S) * UPDATE_PERIOD_S
 
     def power_w(self) -> float | None:
         return self._last_power
 
     # -- the Channel contract ----------------------------------------------------------------
     def poll(self, t: float, slow: bool) -> list[Point]:
-        watts = self._power_w()
+        watts, when = self._read_power(t)
         self._last_power = watts
         if not self.has_counter:
-            return self._integrate(t, watts)
-        self._shape.append((t, watts))
+            return self._integrate(when, watts)
+        if not self._shape or when > self._shape[-1][0]:
+            self._shape.append((when, watts))
         if not slow and self._counter_t is not None:
             return []
         t0 = self._clock()
         mj = int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
-        tc = (t0 + self._clock()) / 2.0  # the read takes milliseconds: stamp its middle
-        return self._on_counter(tc, mj)
+        tc = (t0 + self._clock()) / 2.0  # the read takes milliseconds: take its middle
+        tick = self._latest_tick(tc)
+        if self._counter_t is not None and tick <= self._counter_t:
+            return []  # no NVML update since the last read: nothing new to finalize
+        return self._on_counter(tick, mj)
 
     def _integrate(self, t: float, watts: float) -> list[Point]:
-        if self._shape:
-            tp, wp = self._shape[-1]
-            self._energy_j += (watts + wp) / 2.0 * max(0.0, t - tp)
+        if not self._shape:
+            self._shape = [(t, watts)]
+            return [(t, 0.0)]
+        tp, wp = self._shape[-1]
+        if t <= tp:
+            return []
+        pts = _shape_points(tp, t, [(tp, wp), (t, watts)], None)
+        start = self._energy_j
+        self._energy_j += pts[-1][1]
         self._shape = [(t, watts)]
-        return [(t, self._energy_j)]
+        return [(x, start + e) for x, e in pts]
 
     def _on_counter(self, tc: float, mj: int) -> list[Point]:
         prev_mj, prev_t = self._counter_mj, self._counter_t
@@ -170,30 +207,37 @@ class _CounterReset(SamplerError):
 
 def _shape_points(t0: float, t1: float, samples: list[tuple[float, float]],
                   total_j: float | None) -> list[Point]:
-    """Distribute energy over (t0, t1] in proportion to the power samples.
+    """Distribute energy over (t0, t1] following the power samples, as a step function.
 
-    Returns cumulative points relative to t0 (joules since t0) at each sample time inside the
-    interval and at t1. With ``total_j`` the points are scaled so the last equals it (counter
-    mode); without, they are the trapezoidal integral itself (estimate mode). Power before the
-    first sample and after the last is held constant (sample-and-hold, as NVML itself updates).
+    GPU power moves in steps at kernel boundaries, so between two samples the power is taken to
+    switch from one value to the next at their midpoint (power before the first sample and after
+    the last is held). Returns cumulative points relative to t0 (joules since t0) at each switch,
+    each sample time and t1. With ``total_j`` the points are scaled so the last equals it (counter
+    mode); without, they are the integral itself (power-polling mode).
     """
     inside = [(t, w) for t, w in samples if t0 < t < t1]
     before = [w for t, w in samples if t <= t0]
     w_start = before[-1] if before else (inside[0][1] if inside else (samples[-1][1] if samples else 0.0))
     w_end = inside[-1][1] if inside else w_start
     knots = [(t0, w_start), *inside, (t1, w_end)]
-    cum = [0.0]
+    pts: list[Point] = []
+    acc = 0.0
     for (ta, wa), (tb, wb) in zip(knots, knots[1:]):
-        cum.append(cum[-1] + (wa + wb) / 2.0 * (tb - ta))
-    integral = cum[-1]
+        mid = (ta + tb) / 2.0
+        if wa != wb and ta < mid < tb:
+            acc += wa * (mid - ta)
+            pts.append((mid, acc))
+            acc += wb * (tb - mid)
+        else:
+            acc += wa * (tb - ta)
+        pts.append((tb, acc))
     if total_j is None:
-        scale = 1.0
-    elif integral > 0:
-        scale = total_j / integral
-    else:  # no power information: spread evenly in time
+        return pts
+    if acc <= 0:  # no power information: spread evenly in time
         span = max(t1 - t0, 1e-9)
-        return [(t, total_j * (t - t0) / span) for t, _ in knots[1:]]
-    return [(t, c * scale) for (t, _), c in zip(knots[1:], cum[1:])]
+        return [(t, total_j * (t - t0) / span) for t, _ in pts]
+    scale = total_j / acc
+    return [(t, e * scale) for t, e in pts]
 
 
 # -- discovery ---------------------------------------------------------------------------------

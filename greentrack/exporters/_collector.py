@@ -1,0 +1,304 @@
+"""The custom collector: fresh metric families built from a live tracker on every scrape or push.
+
+Nothing is registered at import; :class:`TrackerCollector` goes into a registry created per
+tracker. Every family carries ``run, job, host, rank``; device families add ``kind, device`` and
+``source`` (``measured`` or ``estimated``), step families add ``phase`` (at most
+:data:`MAX_PHASES` values, the rest are counted as ``other``). No label ever holds a step number.
+
+Metrics (Prometheus base units):
+
+======================================================  =========  ================================
+name                                                    type       extra labels
+======================================================  =========  ================================
+``greentrack_energy_joules_total``                      counter    kind, device, source
+``greentrack_power_watts``                              gauge      kind, device, source
+``greentrack_device_info``                              gauge (1)  kind, device, name, method,
+                                                                   source, uncertainty
+``greentrack_device_up``                                gauge      kind, device
+``greentrack_device_gap_seconds_total``                 counter    kind, device
+``greentrack_gpu_seconds_total``                        counter
+``greentrack_steps_total``                              counter    phase
+``greentrack_step_energy_joules``                       histogram  phase
+``greentrack_flops_total``                              counter    phase
+``greentrack_mfu_ratio``                                gauge      phase (when steps report mfu)
+``greentrack_emissions_grams_total``                    counter    (when an intensity is known)
+``greentrack_carbon_intensity_grams_per_kilowatt_hour`` gauge      source (when known)
+``greentrack_sampler_errors_total``                     counter
+``greentrack_sampler_polls_total``                      counter
+``greentrack_last_sample_age_seconds``                  gauge
+``greentrack_push_failures_total``                      counter    (when pushing)
+``greentrack_run_info``                                 gauge (1)  version, mode
+``greentrack_run_start_time_seconds``                   gauge
+======================================================  =========  ================================
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from greentrack import __version__
+from greentrack.config import Config
+
+log = logging.getLogger("greentrack")
+
+BASE_LABELS = ("run", "job", "host", "rank")
+#: Per-step energy buckets (J), one process's share of a step: from a small CPU step (~0.1 J:
+#: 50 W for 2 ms) through an H100 step (0.3 s at 700 W = 210 J) to a node-wide step of a large
+#: model (2 s on 8 GPUs at 700 W = 11 kJ), with headroom to 100 kJ.
+STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+                         1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
+MAX_PHASES = 8
+INTENSITY_TTL_S = 300.0
+J_PER_KWH = 3.6e6
+
+
+class StepStats:
+    """Per-phase step accumulators, fed on the sampler thread by ``tracker.add_step_listener``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count: dict[str, int] = {}
+        self.energy_j: dict[str, float] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.flops: dict[str, float] = {}
+        self.mfu: dict[str, float] = {}
+
+    def _phase(self, phase: Any) -> str:
+        name = str(phase)[:32] or "train"
+        if name in self.count or len(self.count) < MAX_PHASES:
+            return name
+        return "other"
+
+    def observe(self, row: dict[str, Any]) -> None:
+        """Step listener: add one resolved step row."""
+        joules = sum(row[k] or 0.0 for k in ("gpu_j", "cpu_j", "dram_j"))
+        extra = row.get("extra") or {}
+        with self._lock:
+            phase = self._phase(row.get("phase", "train"))
+            if phase not in self.count:
+                self.count[phase], self.energy_j[phase], self.flops[phase] = 0, 0.0, 0.0
+                self.buckets[phase] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
+            self.count[phase] += 1
+            self.energy_j[phase] += joules
+            self.buckets[phase][bisect.bisect_left(STEP_ENERGY_BUCKETS_J, joules)] += 1
+            if row.get("flops"):
+                self.flops[phase] += float(row["flops"])
+            mfu = extra.get("mfu")
+            if isinstance(mfu, (int, float)) and not isinstance(mfu, bool) and mfu >= 0:
+                self.mfu[phase] = float(mfu)
+
+    def copy(self) -> dict[str, Any]:
+        with self._lock:
+            return {"count": dict(self.count), "energy_j": dict(self.energy_j),
+                    "buckets": {p: list(b) for p, b in self.buckets.items()},
+                    "flops": dict(self.flops), "mfu": dict(self.mfu)}
+
+
+class Intensity:
+    """The carbon intensity in use (g/kWh, source), or None when unknown.
+
+    ``Config.carbon_intensity_g_per_kwh`` wins when set. Otherwise ``greentrack.carbon.
+    live_intensity(config)`` is asked, if that module exists, at most every
+    :data:`INTENSITY_TTL_S`; a failure keeps the last known value and is reported once.
+    """
+
+    def __init__(self, config: Config, on_error: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config, self._on_error, self._clock = config, on_error, clock
+        self._value: tuple[float, str] | None = None
+        self._next = 0.0
+        self._failed = False
+        self._lookup: Callable[[Config], Any] | None = None
+        self._imported = False
+        self._lock = threading.Lock()  # the scrape and push threads both ask
+
+    def current(self) -> tuple[float, str] | None:
+        if self.config.carbon_intensity_g_per_kwh is not None:
+            return float(self.config.carbon_intensity_g_per_kwh), "config"
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> tuple[float, str] | None:
+        if not self._imported:
+            self._imported = True
+            try:
+                from greentrack.carbon import live_intensity  # type: ignore[attr-defined]
+                self._lookup = live_intensity
+            except ImportError:
+                self._lookup = None
+        if self._lookup is None or self._clock() < self._next:
+            return self._value
+        self._next = self._clock() + INTENSITY_TTL_S
+        try:
+            got = self._lookup(self.config)
+            if got is not None:
+                self._value = (float(got[0]), str(got[1])[:64])
+        except Exception as e:  # noqa: BLE001 - a lookup failure must not break the exporter
+            if not self._failed:
+                self._failed = True
+                self._on_error(f"carbon intensity lookup failed (keeping the last value): {e}")
+        return self._value
+
+
+class PushHealth:
+    """Counts failed pushes; shared by the pusher and the collector."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+
+class TrackerCollector:
+    """A prometheus_client custom collector reading ``tracker`` on each ``collect()``.
+
+    Args:
+        tracker: a started :class:`greentrack.Tracker`.
+        labels: values of ``run, job, host, rank``.
+        intensity: the carbon intensity source.
+        push: push health when pushing, else None.
+
+    Example:
+        >>> from prometheus_client import CollectorRegistry, generate_latest  # doctest: +SKIP
+        >>> registry = CollectorRegistry(auto_describe=False)                # doctest: +SKIP
+        >>> registry.register(TrackerCollector(tracker, labels, intensity))  # doctest: +SKIP
+        >>> print(generate_latest(registry).decode())                        # doctest: +SKIP
+    """
+
+    def __init__(self, tracker: Any, labels: dict[str, str], intensity: Intensity,
+                 push: PushHealth | None = None) -> None:
+        self.tracker, self.intensity, self.push = tracker, intensity, push
+        self.base = [labels[k] for k in BASE_LABELS]
+        self.steps = StepStats()
+        self._lock = threading.Lock()
+        self._emitted_j = 0.0  # energy already converted to emissions
+        self._emissions_g = 0.0
+        engine = tracker.engine
+        self._origin = engine.origin
+        self.start_unix = time.time() - (time.monotonic() - engine.origin)
+
+    def describe(self) -> list[Any]:
+        return []  # no scrape at registration time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            InfoMetricFamily)
+        engine = self.tracker.engine
+        channels = engine.snapshot()
+        base, dev = list(BASE_LABELS), [*BASE_LABELS, "kind", "device"]
+
+        energy = CounterMetricFamily("greentrack_energy_joules", "Energy used by each device since "
+                                     "the tracker started, in joules.", labels=[*dev, "source"])
+        power = GaugeMetricFamily("greentrack_power_watts", "Latest power reading of each device, "
+                                  "in watts.", labels=[*dev, "source"])
+        info = InfoMetricFamily("greentrack_device", "How each device's figures are obtained.",
+                                labels=dev)
+        up = GaugeMetricFamily("greentrack_device_up", "1 while the device's readings succeed, 0 "
+                               "while they fail (a gap) or after it was lost.", labels=dev)
+        gaps = CounterMetricFamily("greentrack_device_gap_seconds", "Seconds of closed reading gaps "
+                                   "of each device (an open gap shows as device_up 0).", labels=dev)
+        for ch in channels:
+            values = [*self.base, ch["kind"], ch["device"]]
+            source = "measured" if ch["measured"] else "estimated"
+            energy.add_metric([*values, source], float(ch["energy_j"]))
+            if ch["power_w"] is not None:
+                power.add_metric([*values, source], float(ch["power_w"]))
+            meta = self._channel_info(engine, ch)
+            info.add_metric(values, {"name": meta["name"], "method": ch["method"], "source": source,
+                                     "uncertainty": meta["uncertainty"]})
+            up.add_metric(values, 1.0 if ch["status"] == "ok" else 0.0)
+            gaps.add_metric(values, float(ch["gap_s"]))
+        yield from (energy, power, info, up, gaps)
+
+        now = time.monotonic()
+        end = now if self.tracker.running else (engine.last_sample_t or now)
+        n_gpus = sum(ch["kind"] == "gpu" for ch in channels)
+        yield self._counter("greentrack_gpu_seconds", "GPU-seconds: seconds since the tracker "
+                            "started times the number of GPUs it measures.",
+                            max(0.0, end - self._origin) * n_gpus)
+        yield from self._step_families()
+        yield from self._carbon_families(sum(float(ch["energy_j"]) for ch in channels))
+
+        yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
+                            "(each also recorded as an event in the run store).", engine.errors)
+        yield self._counter("greentrack_sampler_polls", "Polls made by the sampler thread.",
+                            engine.polls)
+        age = GaugeMetricFamily("greentrack_last_sample_age_seconds", "Seconds since the sampler "
+                                "last polled the devices.", labels=base)
+        if engine.last_sample_t is not None:
+            age.add_metric(self.base, max(0.0, now - engine.last_sample_t))
+        yield age
+        if self.push is not None:
+            yield self._counter("greentrack_push_failures", "Failed pushes to the Pushgateway.",
+                                self.push.failures)
+        run = InfoMetricFamily("greentrack_run", "The tracked process.", labels=base)
+        run.add_metric(self.base, {"version": __version__, "mode": self.tracker.config.mode})
+        yield run
+        start = GaugeMetricFamily("greentrack_run_start_time_seconds", "Unix time at which the "
+                                  "tracker started.", labels=base)
+        start.add_metric(self.base, self.start_unix)
+        yield start
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _counter(self, name: str, doc: str, value: float) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+        fam = CounterMetricFamily(name, doc, labels=list(BASE_LABELS))
+        fam.add_metric(self.base, float(value))
+        return fam
+
+    @staticmethod
+    def _channel_info(engine: Any, ch: dict[str, Any]) -> dict[str, str]:
+        for st in engine.states:
+            if st.id == ch["id"]:
+                return {"name": str(st.channel.info.name)[:64],
+                        "uncertainty": str(st.channel.info.uncertainty)[:64]}
+        return {"name": "", "uncertainty": ""}
+
+    def _step_families(self) -> Iterator[Any]:
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        from prometheus_client.utils import floatToGoString
+        s = self.steps.copy()
+        labels = [*BASE_LABELS, "phase"]
+        steps = CounterMetricFamily("greentrack_steps", "Steps whose energy has been attributed.",
+                                    labels=labels)
+        hist = HistogramMetricFamily("greentrack_step_energy_joules", "Energy attributed to each "
+                                     "step (this process's devices), in joules.", labels=labels)
+        flops = CounterMetricFamily("greentrack_flops", "Floating-point operations reported with "
+                                    "steps (tracker.step(flops=...)).", labels=labels)
+        mfu = GaugeMetricFamily("greentrack_mfu_ratio", "Model FLOPs utilization of the latest "
+                                "step that reported one (0-1).", labels=labels)
+        for phase, count in sorted(s["count"].items()):
+            values = [*self.base, phase]
+            steps.add_metric(values, count)
+            cumulative, buckets = 0, []
+            for le, n in zip([*STEP_ENERGY_BUCKETS_J, float("inf")], s["buckets"][phase]):
+                cumulative += n
+                buckets.append((floatToGoString(le), cumulative))
+            hist.add_metric(values, buckets, s["energy_j"][phase])
+            flops.add_metric(values, s["flops"][phase])
+            if phase in s["mfu"]:
+                mfu.add_metric(values, s["mfu"][phase])
+        yield from (steps, hist, flops, mfu)
+
+    def _carbon_families(self, total_j: float) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        got = self.intensity.current()
+        if got is None:
+            return
+        g_per_kwh, source = got
+        pue = self.tracker.config.pue or 1.0
+        with self._lock:  # energy since the last collect, at the intensity in use now
+            self._emissions_g += max(0.0, total_j - self._emitted_j) / J_PER_KWH * g_per_kwh * pue
+            self._emitted_j = max(self._emitted_j, total_j)
+            grams = self._emissions_g
+        yield self._counter("greentrack_emissions_grams", "Operational emissions in grams CO2e: "
+                            "energy x PUE (when set) x the carbon intensity in use.", grams)
+        gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
+                                  "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",
+                                  labels=[*BASE_LABELS, "source"])
+        gauge.add_metric([*self.base, source], g_per_kwh)
+        yield gauge

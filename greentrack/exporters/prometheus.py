@@ -1,0 +1,161 @@
+"""Prometheus exporter: a ``/metrics`` endpoint inside the tracked process, and/or Pushgateway pushes.
+
+The metrics are listed in :mod:`greentrack.exporters._collector`. Each tracker gets its own
+``CollectorRegistry``; nothing is registered at import.
+
+Several ranks on one host: with a fixed ``prometheus_port`` P, the process of local rank L
+(``LOCAL_RANK``, set by torchrun, Lightning and Accelerate) listens on P + L, so a scrape config
+lists P, P+1, ... P+N-1 per node. With port 0 each process gets a free port from the kernel, printed
+at start and recorded in the run as an ``exporter-listening`` event.
+
+Example:
+    >>> tracker = greentrack.Tracker("runs/x", prometheus_port=9400)  # doctest: +SKIP
+    >>> tracker.start(); tracker.sinks[0].url                         # doctest: +SKIP
+    'http://127.0.0.1:9400/metrics'
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from greentrack.config import Config
+from greentrack.errors import ConfigError
+from greentrack.exporters import default_job
+from greentrack.exporters._collector import Intensity, PushHealth, TrackerCollector
+from greentrack.exporters._push import Pusher
+
+log = logging.getLogger("greentrack")
+
+
+def gateway_url(value: str) -> str:
+    """``value`` as ``http(s)://host:port``; ``host:port`` means http. ConfigError otherwise."""
+    text = value.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+            or parts.query or parts.fragment:
+        raise ConfigError("pushgateway_url", value,
+                          "must be http(s)://HOST:PORT of a Pushgateway, e.g. http://127.0.0.1:9091")
+    return text.rstrip("/")
+
+
+def listen_port(base: int, env: Mapping[str, str]) -> int:
+    """The port this process listens on: 0 stays 0 (a free port), else ``base + LOCAL_RANK``."""
+    if base == 0:
+        return 0
+    local = env.get("LOCAL_RANK", "")
+    return base + (int(local) if local.isdigit() else 0)
+
+
+def run_labels(tracker: Any, config: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """Values of ``run, job, host, rank`` for this process."""
+    raw = env.get("RANK", "")
+    rank = config.rank if config.rank is not None else (int(raw) if raw.isdigit() else 0)
+    return {"run": str(tracker.run_id or "unknown"), "job": config.job or default_job(env),
+            "host": socket.gethostname(), "rank": str(rank)}
+
+
+class PrometheusExporter:
+    """A tracker sink serving ``/metrics`` (``prometheus_port`` set) and pushing to a Pushgateway
+    (``pushgateway_url`` set).
+
+    Args:
+        config: the tracker's settings (``prometheus_port``, ``prometheus_addr``,
+            ``pushgateway_url``, ``push_interval_s``, ``job``).
+        env: environment for ``LOCAL_RANK``, ``RANK`` and the scheduler's job id (default
+            ``os.environ``).
+
+    Attributes:
+        port: the port actually listened on (None: not serving, e.g. the port was taken).
+        url: ``http://ADDR:PORT/metrics`` or None.
+        registry: the per-tracker ``CollectorRegistry``.
+        labels: the ``run, job, host, rank`` values.
+        pusher: the :class:`~greentrack.exporters._push.Pusher`, or None.
+    """
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = dict(os.environ if env is None else env)
+        self.port: int | None = None
+        self.url: str | None = None
+        self.registry: Any = None
+        self.labels: dict[str, str] = {}
+        self.pusher: Pusher | None = None
+        self.collector: TrackerCollector | None = None
+        self._server: Any = None
+
+    def start(self, tracker: Any) -> None:
+        from prometheus_client import CollectorRegistry
+        cfg = self.config
+        gateway = gateway_url(cfg.pushgateway_url) if cfg.pushgateway_url else None
+
+        def record(level: str, kind: str, message: str, **details: Any) -> None:
+            if tracker.engine is not None:
+                tracker.engine.event(level, kind, message, **details)
+
+        self.labels = run_labels(tracker, cfg, self.env)
+        health = PushHealth() if gateway else None
+        intensity = Intensity(cfg, lambda msg: record("warning", "intensity-error", msg))
+        self.collector = TrackerCollector(tracker, self.labels, intensity, health)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        tracker.add_step_listener(self.collector.steps.observe)
+        if cfg.prometheus_port is not None:
+            self._serve(listen_port(cfg.prometheus_port, self.env), record)
+        if gateway is not None and health is not None:
+            self.pusher = Pusher(gateway, self.labels["job"],
+                                 {"run": self.labels["run"], "rank": self.labels["rank"]},
+                                 self.registry, cfg.push_interval_s, health,
+                                 lambda level, kind, msg: record(level, kind, msg))
+            self.pusher.start()
+
+    def _serve(self, port: int, record: Any) -> None:
+        from prometheus_client import start_http_server
+        addr = self.config.prometheus_addr
+        if port > 65535:
+            msg = (f"Prometheus endpoint not started: port {port} (prometheus_port + LOCAL_RANK) is "
+                   "above 65535; training goes on")
+            log.warning("greentrack: %s", msg)
+            record("warning", "exporter-error", msg, port=port)
+            return
+        try:
+            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e})"
+            msg = (f"Prometheus endpoint not started: {addr}:{port} {why}; training goes on "
+                   "(set another prometheus_port, or 0 for a free port)")
+            log.warning("greentrack: %s", msg)
+            record("warning", "exporter-error", msg, port=port, addr=addr)
+            return
+        self.port = int(self._server.server_address[1])
+        host = f"[{addr}]" if ":" in addr else addr
+        self.url = f"http://{host}:{self.port}/metrics"
+        # Printed, not only logged: with port 0 this line is how a user learns the port.
+        print(f"greentrack: Prometheus metrics of rank {self.labels['rank']} at {self.url}",
+              file=sys.stderr)
+        record("info", "exporter-listening", f"serving Prometheus metrics at {self.url}",
+               port=self.port, addr=addr)
+
+    def stop(self, tracker: Any) -> None:
+        """Final push (bounded wait), then close the endpoint."""
+        if self.pusher is not None:
+            self.pusher.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+__all__ = ["PrometheusExporter", "gateway_url", "listen_port", "run_labels"]

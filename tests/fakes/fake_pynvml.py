@@ -1,0 +1,231 @@
+"""A fake ``pynvml`` module that behaves like NVML on an H100, for machines without a GPU.
+
+It is built from the real ``pynvml`` module: the same error classes (``NVMLError`` subclasses with
+the same codes), constants and ctypes structs, so code under test cannot tell the two apart at
+the module boundary. What it simulates, from measurements on a real H100 (FIELD_NOTES):
+
+* the total-energy counter (mJ since "driver load") updates every 100 ms, and can cost
+  milliseconds per call (``counter_cost_s``);
+* ``NVML_FI_DEV_POWER_INSTANT`` updates every 100 ms and is the mean of only the last 25 ms;
+* ``nvmlDeviceGetPowerUsage`` is a 1 s moving average on Hopper (``avg_window_s``);
+* pre-Volta GPUs: the counter raises NotSupported and the instant field returns NotSupported;
+* faults: the GPU falls off the bus (GpuIsLost), the counter resets (driver reload), reads become
+  slow or hang, NVML is missing or refuses (NoPermission).
+
+Power follows a :class:`PowerTrace` on the fake's clock, so tests know the exact true energy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pynvml as _real
+
+UPDATE_S = 0.1
+
+
+class PowerTrace:
+    """Piecewise-constant power: ``[(duration_s, watts), ...]`` from ``t0``, then ``idle_w``."""
+
+    def __init__(self, segments: list[tuple[float, float]], idle_w: float = 77.0,
+                 t0: float = 0.0) -> None:
+        self.t0, self.idle_w = t0, idle_w
+        self.edges = [t0]
+        self.watts = []
+        for d, w in segments:
+            self.edges.append(self.edges[-1] + d)
+            self.watts.append(w)
+
+    def power(self, t: float) -> float:
+        if t < self.t0 or t >= self.edges[-1]:
+            return self.idle_w
+        for i, w in enumerate(self.watts):
+            if t < self.edges[i + 1]:
+                return w
+        return self.idle_w
+
+    def energy(self, t: float) -> float:
+        """Exact joules from the trace start (idle before t0 counts from t0 - 1000 s)."""
+        base = -1000.0 + self.t0
+        total = 0.0
+        if t <= self.t0:
+            return (t - base) * self.idle_w
+        total += (self.t0 - base) * self.idle_w
+        for i, w in enumerate(self.watts):
+            a, b = self.edges[i], self.edges[i + 1]
+            if t <= a:
+                return total
+            total += (min(t, b) - a) * w
+        if t > self.edges[-1]:
+            total += (t - self.edges[-1]) * self.idle_w
+        return total
+
+    def mean(self, a: float, b: float) -> float:
+        return (self.energy(b) - self.energy(a)) / (b - a) if b > a else self.power(a)
+
+    @staticmethod
+    def bursty(t0: float = 0.0) -> "PowerTrace":
+        """The 17 s trace measured on the H100 (FIELD_NOTES): 1 s busy / 1 s idle three times,
+        then ten 50 ms bursts; 77 W idle, 731 W peak."""
+        segs: list[tuple[float, float]] = [(1.0, 77.0)]
+        for _ in range(3):
+            segs += [(1.0, 731.0), (1.0, 77.0)]
+        for _ in range(10):
+            segs += [(0.05, 731.0), (0.45, 77.0)]
+        segs += [(5.0, 77.0)]
+        return PowerTrace(segs, idle_w=77.0, t0=t0)
+
+
+@dataclass
+class FakeGpu:
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = "GPU-11111111-2222-3333-4444-555555555555"
+    trace: PowerTrace = field(default_factory=lambda: PowerTrace([], idle_w=77.0))
+    has_counter: bool = True
+    has_instant: bool = True
+    mig: bool | None = False  # None: MIG not supported (raises NotSupported)
+    avg_window_s: float = 1.0
+    counter_base_mj: int = 987_654_321
+    counter_cost_s: float = 0.0
+    lost_at: float | None = None  # fake-clock time after which every read raises GpuIsLost
+    reset_at: float | None = None  # counter restarts from 0 at this time (driver reload)
+    fail_reads: int = 0  # the next N reads raise NVMLError_Unknown
+    hang: threading.Event | None = None  # reads block until this event is set
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+class FakeNvml:
+    """The fake's state; :meth:`module` returns a module object to put in ``sys.modules``."""
+
+    def __init__(self, gpus: list[FakeGpu], clock: Callable[[], float] = time.monotonic,
+                 init_error: int | None = None, driver: str = "580.159.04",
+                 tick_phase: float = 0.0371) -> None:
+        self.gpus, self.clock, self.init_error, self.driver = gpus, clock, init_error, driver
+        # The driver's 100 ms refresh runs on its own clock: its phase against the reader's polls
+        # is arbitrary (never exactly aligned, as a virtual clock would otherwise make it).
+        self.tick_phase = tick_phase
+        self.initialized = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check(self, gpu: FakeGpu, what: str) -> float:
+        gpu.calls[what] = gpu.calls.get(what, 0) + 1
+        if not self.initialized:
+            raise _real.NVMLError(_real.NVML_ERROR_UNINITIALIZED)
+        if gpu.hang is not None:
+            gpu.hang.wait()
+        t = self.clock()
+        if gpu.lost_at is not None and t >= gpu.lost_at:
+            raise _real.NVMLError(_real.NVML_ERROR_GPU_IS_LOST)
+        if gpu.fail_reads > 0:
+            gpu.fail_reads -= 1
+            raise _real.NVMLError(_real.NVML_ERROR_UNKNOWN)
+        return t
+
+    def _tick(self, t: float) -> float:
+        return math.floor((t - self.tick_phase) / UPDATE_S) * UPDATE_S + self.tick_phase
+
+    def counter_mj(self, gpu: FakeGpu, t: float) -> int:
+        q = self._tick(t)
+        if gpu.reset_at is not None and t >= gpu.reset_at:
+            return int((gpu.trace.energy(q) - gpu.trace.energy(gpu.reset_at)) * 1000)
+        return gpu.counter_base_mj + int(gpu.trace.energy(q) * 1000)
+
+    # -- the module --------------------------------------------------------------------------
+    def module(self) -> types.ModuleType:
+        m = types.ModuleType("pynvml")
+        for name in dir(_real):
+            if name.startswith(("NVML", "c_nvml", "nvmlExceptionClass")):
+                setattr(m, name, getattr(_real, name))
+        fake = self
+
+        def nvmlInit() -> None:
+            if fake.init_error is not None:
+                raise _real.NVMLError(fake.init_error)
+            fake.initialized += 1
+
+        def nvmlShutdown() -> None:
+            fake.initialized = max(0, fake.initialized - 1)
+
+        def nvmlDeviceGetCount() -> int:
+            if not fake.initialized:
+                raise _real.NVMLError(_real.NVML_ERROR_UNINITIALIZED)
+            return len(fake.gpus)
+
+        def nvmlDeviceGetHandleByIndex(i: int) -> FakeGpu:
+            if not 0 <= i < len(fake.gpus):
+                raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
+            return fake.gpus[i]
+
+        def nvmlDeviceGetHandleByUUID(uuid: bytes | str) -> FakeGpu:
+            u = uuid.decode() if isinstance(uuid, bytes) else uuid
+            for g in fake.gpus:
+                if g.uuid == u:
+                    return g
+            raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
+
+        def nvmlDeviceGetName(h: FakeGpu) -> str:
+            fake._check(h, "name")
+            return h.name
+
+        def nvmlDeviceGetUUID(h: FakeGpu) -> str:
+            fake._check(h, "uuid")
+            return h.uuid
+
+        def nvmlDeviceGetTotalEnergyConsumption(h: FakeGpu) -> int:
+            t = fake._check(h, "energy")
+            if not h.has_counter:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
+            if h.counter_cost_s:
+                time.sleep(h.counter_cost_s)
+            return fake.counter_mj(h, t)
+
+        def nvmlDeviceGetPowerUsage(h: FakeGpu) -> int:
+            t = fake._check(h, "power_usage")
+            q = fake._tick(t)
+            return int(h.trace.mean(q - h.avg_window_s, q) * 1000)
+
+        def nvmlDeviceGetFieldValues(h: FakeGpu, ids: list[int]) -> object:
+            t = fake._check(h, "field_values")
+            values = (_real.c_nvmlFieldValue_t * len(ids))()
+            for i, fid in enumerate(ids):
+                values[i].fieldId = fid
+                values[i].timestamp = int(t * 1e6)
+                if fid == _real.NVML_FI_DEV_POWER_INSTANT and h.has_instant:
+                    q = fake._tick(t)
+                    values[i].valueType = _real.NVML_VALUE_TYPE_UNSIGNED_INT
+                    values[i].value.uiVal = int(h.trace.mean(q - 0.025, q) * 1000)
+                    values[i].nvmlReturn = _real.NVML_SUCCESS
+                else:
+                    values[i].nvmlReturn = _real.NVML_ERROR_NOT_SUPPORTED
+            return values
+
+        def nvmlDeviceGetMigMode(h: FakeGpu) -> list[int]:
+            fake._check(h, "mig")
+            if h.mig is None:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
+            return [int(h.mig), int(h.mig)]
+
+        def nvmlSystemGetDriverVersion() -> str:
+            return fake.driver
+
+        for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex,
+                   nvmlDeviceGetHandleByUUID, nvmlDeviceGetName, nvmlDeviceGetUUID,
+                   nvmlDeviceGetTotalEnergyConsumption, nvmlDeviceGetPowerUsage,
+                   nvmlDeviceGetFieldValues, nvmlDeviceGetMigMode, nvmlSystemGetDriverVersion):
+            setattr(m, fn.__name__, fn)
+        return m
+
+
+class VirtualClock:
+    """A clock tests advance by hand, for replaying seconds of trace in microseconds."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
