@@ -153,6 +153,14 @@ class Engine:
             self._thread.join(timeout)
             joined = not self._thread.is_alive()
         if joined:
+            # Counters only know the energy up to their last refresh (NVML: every 100 ms): wait
+            # for one more refresh so the last step is covered. Training is over by now.
+            settle = max((getattr(st.channel, "settle_s", 0.0) for st in self.states
+                          if st.status == "ok"), default=0.0)
+            if settle:
+                time.sleep(settle / 2)
+                self._guard(lambda: self._poll_all(self._clock(), slow=False))
+                time.sleep(settle / 2)
             self._guard(lambda: self._poll_all(self._clock(), slow=True))
             self._guard(lambda: self._account(final=True))
         else:

@@ -51,6 +51,9 @@ def _nvml_call(pynvml: ModuleType, fn: Callable[..., _T], *args: Any) -> _T:
 class NvmlGpu:
     """One physical GPU. See the module docstring for the method."""
 
+    #: A final reading must wait this long after the end of the run to cover it (one refresh).
+    settle_s = UPDATE_PERIOD_S * 1.2
+
     def __init__(self, pynvml: ModuleType, handle: Any, index: int, *, ordinal: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._nv = pynvml
@@ -122,7 +125,8 @@ class NvmlGpu:
         else:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
         if mw != self._last_mw:
-            self._tick = t if self._prev_poll is None else (self._prev_poll + t) / 2.0
+            if self._prev_poll is not None:  # a change seen between two polls dates a tick
+                self._tick = (self._prev_poll + t) / 2.0
             self._last_mw = mw
         self._prev_poll = t
         when = self._latest_tick(t)

@@ -96,6 +96,7 @@ class FakeGpu:
     reset_at: float | None = None  # counter restarts from 0 at this time (driver reload)
     fail_reads: int = 0  # the next N reads raise NVMLError_Unknown
     hang: threading.Event | None = None  # reads block until this event is set
+    noise_w: float = 1.5  # sensor jitter per 100 ms update, as a real board's readings show
     calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -128,6 +129,12 @@ class FakeNvml:
 
     def _tick(self, t: float) -> float:
         return math.floor((t - self.tick_phase) / UPDATE_S) * UPDATE_S + self.tick_phase
+
+    def sensed_w(self, gpu: FakeGpu, mean_w: float, q: float) -> float:
+        """Power as the sensor reports it for update ``q``: the true mean plus a fixed per-update
+        jitter (deterministic, so tests are repeatable). The counter carries no jitter."""
+        k = int(round((q - self.tick_phase) / UPDATE_S))
+        return mean_w + gpu.noise_w * (((k * 2654435761) % 1000) / 500.0 - 1.0)
 
     def counter_mj(self, gpu: FakeGpu, t: float) -> int:
         q = self._tick(t)
@@ -187,7 +194,7 @@ class FakeNvml:
         def nvmlDeviceGetPowerUsage(h: FakeGpu) -> int:
             t = fake._check(h, "power_usage")
             q = fake._tick(t)
-            return int(h.trace.mean(q - h.avg_window_s, q) * 1000)
+            return int(fake.sensed_w(h, h.trace.mean(q - h.avg_window_s, q), q) * 1000)
 
         def nvmlDeviceGetFieldValues(h: FakeGpu, ids: list[int]) -> object:
             t = fake._check(h, "field_values")
@@ -198,7 +205,7 @@ class FakeNvml:
                 if fid == _real.NVML_FI_DEV_POWER_INSTANT and h.has_instant:
                     q = fake._tick(t)
                     values[i].valueType = _real.NVML_VALUE_TYPE_UNSIGNED_INT
-                    values[i].value.uiVal = int(h.trace.mean(q - 0.025, q) * 1000)
+                    values[i].value.uiVal = int(fake.sensed_w(h, h.trace.mean(q - 0.025, q), q) * 1000)
                     values[i].nvmlReturn = _real.NVML_SUCCESS
                 else:
                     values[i].nvmlReturn = _real.NVML_ERROR_NOT_SUPPORTED

@@ -1,0 +1,216 @@
+"""Time-resolved carbon intensity: read a series, integrate it against the run's energy over time.
+
+Accepted CSV (documented in docs/methodology-carbon.md):
+
+* greentrack's own: a header with a time column (``start``, ``datetime``, ``timestamp`` or
+  ``time``), a value column (``g_per_kwh``, ``carbon_intensity`` or ``intensity``, gCO2e/kWh) and
+  optionally ``end``. Times are ISO 8601 (``2026-01-01T00:00:00Z``; no offset = UTC) or unix
+  seconds. Each row holds from its start to its ``end``, or to the next row's start; the last row
+  holds for the median spacing. Lines starting with ``#`` are comments.
+* an Electricity Maps history export, as downloaded: ``Datetime (UTC)`` and
+  ``Carbon Intensity gCO₂eq/kWh (direct)`` (direct emissions, the GHG Protocol Scope 2 factor;
+  the life-cycle column is used only when there is no direct one). ``Zone Id`` is recorded.
+
+Integration: the run's energy is binned over wall time (each bin's energy spread evenly over the
+bin, bins no wider than the store's resolution for short runs), each bin split across the
+intensity intervals it overlaps, and emissions = sum(E_bin_part x I_interval). Energy outside the
+series' span gets the ``fallback`` factor and is reported as uncovered.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from greentrack.errors import ConfigError
+
+TIME_COLUMNS = ("start", "datetime", "timestamp", "time", "datetime (utc)")
+VALUE_COLUMNS = ("g_per_kwh", "carbon_intensity", "intensity", "carbon_intensity_avg")
+
+
+@dataclass
+class IntensitySeries:
+    """Intervals ``[starts[i], ends[i])`` (unix seconds) with ``values[i]`` gCO2e/kWh."""
+
+    starts: list[float]
+    ends: list[float]
+    values: list[float]
+    source: str
+    zone: str | None = None
+    column: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def value_at(self, t_unix: float) -> float | None:
+        i = bisect.bisect_right(self.starts, t_unix) - 1
+        if i >= 0 and t_unix < self.ends[i]:
+            return self.values[i]
+        return None
+
+    @property
+    def span(self) -> tuple[float, float]:
+        return self.starts[0], self.ends[-1]
+
+
+def _bad(path: Path, line: int, why: str) -> ConfigError:
+    return ConfigError("intensity_csv", f"{path} line {line}", why)
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 (naive = UTC) or unix seconds -> unix seconds. Raises ValueError."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    iso = text.replace(" ", "T", 1) if "T" not in text and " " in text else text
+    if iso.endswith("Z"):
+        iso = iso[:-1] + "+00:00"
+    dt = datetime.fromisoformat(iso)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _pick(header: list[str], path: Path) -> tuple[int, int, int | None, int | None, str]:
+    low = [h.strip().lower() for h in header]
+    t_col = next((low.index(c) for c in TIME_COLUMNS if c in low), None)
+    v_col = next((low.index(c) for c in VALUE_COLUMNS if c in low), None)
+    kind = "greentrack"
+    if v_col is None:  # Electricity Maps export: prefer direct, then life-cycle
+        em = [i for i, h in enumerate(low) if h.startswith("carbon intensity")]
+        direct = [i for i in em if "direct" in low[i]]
+        lca = [i for i in em if "lca" in low[i] or "life cycle" in low[i] or "lifecycle" in low[i]]
+        v_col = (direct or lca or [None])[0]
+        kind = "electricitymaps"
+    if t_col is None or v_col is None:
+        raise _bad(path, 1, "the header needs a time column (" + ", ".join(TIME_COLUMNS) +
+                   ") and an intensity column (" + ", ".join(VALUE_COLUMNS) +
+                   ", or an Electricity Maps 'Carbon Intensity gCO₂eq/kWh (direct)')")
+    end_col = low.index("end") if "end" in low else None
+    zone_col = low.index("zone id") if "zone id" in low else (low.index("zone") if "zone" in low else None)
+    return t_col, v_col, end_col, zone_col, f"{kind}:{header[v_col].strip()}"
+
+
+def read_csv(path: str | Path) -> IntensitySeries:
+    """Read an intensity CSV (see the module docstring).
+
+    Raises:
+        ConfigError: missing file, unknown header, or a malformed line (named by number).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("intensity_csv", str(path), f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ConfigError("intensity_csv", str(path), "is empty")
+    rows = list(csv.reader(line for _, line in lines))
+    t_col, v_col, end_col, zone_col, column = _pick(rows[0], path)
+    starts: list[float] = []
+    ends: list[float | None] = []
+    values: list[float] = []
+    zones: set[str] = set()
+    for (n, _), row in zip(lines[1:], rows[1:]):
+        try:
+            cell = row[t_col]
+        except IndexError:
+            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(rows[0])}") from None
+        try:
+            t = parse_time(cell)
+        except ValueError:
+            raise _bad(path, n, f"{cell!r} is not a time (use ISO 8601 or unix seconds)") from None
+        raw = row[v_col].strip() if v_col < len(row) else ""
+        if raw == "":  # Electricity Maps leaves a gap empty: nothing is known for that interval
+            if ends and ends[-1] is None and t > starts[-1]:
+                ends[-1] = t
+            continue
+        try:
+            v = float(raw)
+        except ValueError:
+            raise _bad(path, n, f"{raw!r} is not a number of gCO2e/kWh") from None
+        if not math.isfinite(v) or v < 0:
+            raise _bad(path, n, f"{raw!r}: intensity must be a number >= 0")
+        if starts and t <= starts[-1]:
+            raise _bad(path, n, f"{cell!r} is not after the previous row's time (rows must be in "
+                       "increasing time order, without duplicates)")
+        end = None
+        if end_col is not None and end_col < len(row) and row[end_col].strip():
+            try:
+                end = parse_time(row[end_col])
+            except ValueError:
+                raise _bad(path, n, f"end {row[end_col]!r} is not a time") from None
+            if end <= t:
+                raise _bad(path, n, "end must be after start")
+        if zone_col is not None and zone_col < len(row) and row[zone_col].strip():
+            zones.add(row[zone_col].strip())
+        starts.append(t)
+        ends.append(end)
+        values.append(v)
+    if not starts:
+        raise ConfigError("intensity_csv", str(path), "has a header but no intensity rows")
+    spacing = statistics.median(b - a for a, b in zip(starts, starts[1:])) if len(starts) > 1 else 3600.0
+    full_ends = [e if e is not None else (starts[i + 1] if i + 1 < len(starts) else starts[i] + spacing)
+                 for i, e in enumerate(ends)]
+    zone = ",".join(sorted(zones)) or None
+    return IntensitySeries(starts, full_ends, values, source=f"{path.name} ({column})", zone=zone,
+                           column=column, extra={"rows": len(starts), "interval_s": spacing})
+
+
+@dataclass
+class Integration:
+    """Result of integrating energy against a series."""
+
+    emissions_g: float           # for the binned energy (IT energy; PUE applied by the caller)
+    energy_kwh: float            # binned energy integrated
+    covered_kwh: float           # part that fell inside the series' span
+    effective_g_per_kwh: float   # emissions_g / energy_kwh
+    intervals_used: int
+
+    @property
+    def coverage(self) -> float:
+        return self.covered_kwh / self.energy_kwh if self.energy_kwh > 0 else 1.0
+
+
+def integrate(series: IntensitySeries, bins: list[tuple[float, float, float]],
+              fallback_g_per_kwh: float) -> Integration:
+    """Integrate ``bins`` of ``(start_unix, end_unix, energy_j)`` against ``series``.
+
+    Each bin's energy is spread uniformly over its span and split across the series' intervals by
+    overlap; a part outside every interval is charged at ``fallback_g_per_kwh``.
+    """
+    starts, ends, values = series.starts, series.ends, series.values
+    total_g = covered_j = energy_j = 0.0
+    used: set[int] = set()
+    for a, b, e in bins:
+        if e == 0.0:
+            continue
+        energy_j += e
+        width = b - a
+        if width <= 0:  # an instant: charge at the interval containing it
+            v = series.value_at(a)
+            total_g += e / 3.6e6 * (fallback_g_per_kwh if v is None else v)
+            covered_j += e if v is not None else 0.0
+            continue
+        i = max(bisect.bisect_right(starts, a) - 1, 0)
+        inside_j = 0.0
+        while i < len(starts) and starts[i] < b:
+            lo, hi = max(a, starts[i]), min(b, ends[i])
+            if hi > lo:
+                part = e * (hi - lo) / width
+                inside_j += part
+                total_g += part / 3.6e6 * values[i]
+                used.add(i)
+            i += 1
+        covered_j += inside_j
+        total_g += (e - inside_j) / 3.6e6 * fallback_g_per_kwh
+    kwh = energy_j / 3.6e6
+    return Integration(total_g, kwh, covered_j / 3.6e6,
+                       total_g / kwh if kwh > 0 else fallback_g_per_kwh, len(used))

@@ -1,0 +1,229 @@
+"""Tracker and engine end to end: real threads, real SQLite, counters advancing at known watts."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import greentrack
+from greentrack.config import Config
+from greentrack.errors import ConfigError
+from greentrack.store import StoreReader, store_paths
+from tests.conftest import FAST
+from tests.fakes.fake_pynvml import FakeNvml
+from tests.fakes.powercap import LiveCounters, PowercapTree
+
+WATTS = {"intel-rapl:0": 60.0, "intel-rapl:0:1": 6.0}
+
+
+def busy(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_totals_and_steps_match_known_power(powercap: PowercapTree, tmp_path: Path) -> None:
+    with LiveCounters(powercap, WATTS):
+        with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+            t_start = time.monotonic()
+            for _ in range(4):
+                with tracker.step(samples=8):
+                    time.sleep(0.25)
+            t_end = time.monotonic()
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["status"] == "completed" and s["steps"] == 4
+    assert s["energy_j"]["gpu"] is None  # no GPU channel: not a silent 0 J
+    assert s["energy_j"]["cpu"] == pytest.approx(60.0 * (t_end - t_start), rel=0.05)
+    assert s["energy_j"]["dram"] == pytest.approx(6.0 * (t_end - t_start), rel=0.05)
+    steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    for st in steps:
+        assert st["cpu_j"] == pytest.approx(60.0 * st["duration_s"], rel=0.05)
+        assert st["samples"] == 8 and st["phase"] == "train"
+    assert sum(st["cpu_j"] + st["dram_j"] for st in steps) <= s["energy_j"]["total"]
+    assert {src["method"] for src in s["sources"]} == {"rapl-powercap"}
+
+
+def test_gpu_steps_with_fake_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for _ in range(3):
+            with tracker.step():
+                time.sleep(0.3)
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["energy_j"]["gpu"] == pytest.approx(300.0 * s["duration_s"], rel=0.1)
+    assert s["gpu_seconds"] == pytest.approx(s["duration_s"], rel=0.01)
+    gpu_src = next(x for x in s["sources"] if x["kind"] == "gpu")
+    assert gpu_src["method"] == "nvml-energy-counter" and gpu_src["measured"]
+    steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert [st["idx"] for st in steps] == [0, 1, 2]
+    for st in steps:
+        assert st["gpu_j"] == pytest.approx(300.0 * st["duration_s"], rel=0.1)
+        assert st["gpu_seconds"] == pytest.approx(st["duration_s"])
+
+
+def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    fake_nvml.gpus[0].lost_at = time.monotonic() + 0.4
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for _ in range(4):
+            with tracker.step():
+                time.sleep(0.2)
+    store = StoreReader(store_paths(tmp_path / "run")[0])
+    kinds = [e["kind"] for e in store.events()]
+    assert "device-lost" in kinds and "gap-start" in kinds
+    assert store.meta["status"] == "completed" and len(store.steps()) == 4
+    gpu = next(c for c in store.channels() if c["kind"] == "gpu")
+    assert gpu["status"] == "lost" and gpu["gap_s"] > 0.3
+    assert gpu["energy_j"] == pytest.approx(300.0 * 0.4, rel=0.35)
+
+
+def test_transient_read_failures_recover(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    with greentrack.Tracker(tmp_path / "run", **FAST):
+        time.sleep(0.2)
+        fake_nvml.gpus[0].fail_reads = 3
+        time.sleep(0.8)
+    store = StoreReader(store_paths(tmp_path / "run")[0])
+    kinds = [e["kind"] for e in store.events()]
+    assert "gap-start" in kinds and "gap-end" in kinds
+    s = greentrack.summarize(tmp_path / "run")
+    # the counter kept counting through the failed reads: no energy lost
+    assert s["energy_j"]["gpu"] == pytest.approx(300.0 * s["duration_s"], rel=0.1)
+
+
+def test_exception_propagates_and_run_is_failed(no_host_env: Path, tmp_path: Path) -> None:
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom):
+        with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+            with tracker.step():
+                raise Boom("training code failed")
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["status"] == "failed"
+    steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert len(steps) == 1 and '"error": "Boom"' in steps[0]["extra"]
+
+
+def test_store_is_readable_while_running(no_host_env: Path, tmp_path: Path) -> None:
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for _ in range(3):
+            with tracker.step():
+                time.sleep(0.1)
+        time.sleep(0.5)
+        live = greentrack.summarize(tmp_path / "run")
+        assert live["status"] == "running" and live["steps"] == 3
+        assert live["energy_j"]["total"] > 0
+
+
+def test_memory_is_bounded_over_a_long_run(no_host_env: Path, tmp_path: Path) -> None:
+    """Points are pruned once bucketed: a timeline keeps seconds, not the run."""
+    tracker = greentrack.Tracker(tmp_path / "run", interval_s=0.001, counter_interval_s=0.002,
+                                 flush_interval_s=0.2, resolution_s=0.05).start()
+    assert tracker.engine is not None
+    try:
+        time.sleep(1.2)
+        early = [len(st.timeline.t) for st in tracker.engine.states]
+        time.sleep(1.2)
+        late = [len(st.timeline.t) for st in tracker.engine.states]
+    finally:
+        tracker.stop()
+    # about one second of points (the pruning margin), whatever the run's length
+    assert all(0 < b <= a * 1.25 + 20 for a, b in zip(early, late)), (early, late)
+
+
+def test_stop_is_idempotent_and_leaves_no_thread(no_host_env: Path, tmp_path: Path) -> None:
+    tracker = greentrack.Tracker(tmp_path / "run", **FAST).start()
+    tracker.stop()
+    tracker.stop()
+    assert not [t for t in threading.enumerate() if t.name == "greentrack-sampler"]
+
+
+def test_resumed_segments_add_up(no_host_env: Path, tmp_path: Path) -> None:
+    for _ in range(2):
+        with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+            with tracker.step():
+                time.sleep(0.2)
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["stores"] == 2 and s["steps"] == 2
+    run_ids = {StoreReader(p).meta["run_id"] for p in store_paths(tmp_path / "run")}
+    assert run_ids == {s["run_id"]}
+
+
+def test_forked_child_never_touches_the_store(no_host_env: Path, tmp_path: Path) -> None:
+    """A DataLoader worker started by fork inherits the tracker: it must stay inert."""
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        pid = os.fork()
+        if pid == 0:  # child: use the tracker as training code would, then exit through atexit
+            try:
+                with tracker.step():
+                    pass
+                tracker.stop("failed")
+            finally:
+                os._exit(0 if not tracker.running else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with tracker.step():
+            time.sleep(0.1)
+    store = StoreReader(store_paths(tmp_path / "run")[0])
+    assert store.meta["status"] == "completed"
+    assert len(store.steps()) == 1
+    assert len(store_paths(tmp_path / "run")) == 1
+
+
+def test_torch_dataloader_workers_do_not_double_count(no_host_env: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for x, y in DataLoader(data, batch_size=16, num_workers=2,
+                               multiprocessing_context="fork"):
+            with tracker.step(samples=len(x)):
+                (x.sum() - y.sum()).item()
+    assert len(store_paths(tmp_path / "run")) == 1
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["steps"] == 4 and s["status"] == "completed"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"interval_s": 0}, "interval_s=0 is invalid: must be a number > 0"),
+    ({"interval_s": float("nan")}, "interval_s=nan is invalid"),
+    ({"counter_interval_s": 0.01}, "counter_interval_s=0.01 is invalid: must be >= interval_s"),
+    ({"mode": "node"}, "mode='node' is invalid: must be one of machine, process"),
+    ({"gpus": "first"}, "gpus='first' is invalid"),
+    ({"pue": 0.5}, "pue=0.5 is invalid: must be a number between 1.0 and 5.0"),
+    ({"prometheus_port": 70000}, "prometheus_port=70000 is invalid"),
+    ({"frobnicate": 1}, "frobnicate=1 is invalid: unknown setting"),
+])
+def test_bad_settings_are_one_line_errors(settings: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.Tracker(tmp_path / "run", **settings)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREENTRACK_INTERVAL_S", "fast")
+    with pytest.raises(ConfigError, match="GREENTRACK_INTERVAL_S='fast' is invalid: must be a number"):
+        Config.from_env()
+
+
+def test_unwritable_run_dir(no_host_env: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="run_dir=.* is invalid: cannot create it"):
+        greentrack.Tracker(blocker / "run").start()
+
+
+def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) -> None:
+    with greentrack.Tracker(tmp_path / "run", **FAST):
+        time.sleep(0.2)
+    path = store_paths(tmp_path / "run")[0]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE channels SET details='{broken' WHERE id=1")
+        conn.execute("UPDATE meta SET value='not json' WHERE key='argv'")
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["status"] == "completed"
+    assert any("damaged" in w for w in s["warnings"])
