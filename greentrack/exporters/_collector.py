@@ -102,19 +102,20 @@ class StepStats:
 class Intensity:
     """The carbon intensity in use (g/kWh, source), or None when unknown.
 
-    ``Config.carbon_intensity_g_per_kwh`` wins when set. Otherwise ``greentrack.carbon.
-    live_intensity(config)`` is asked, if that module exists, at most every
+    ``Config.carbon_intensity_g_per_kwh`` wins when set. Otherwise ``lookup(config)`` is asked
+    (default: ``greentrack.carbon.live_intensity`` when that module provides it) at most every
     :data:`INTENSITY_TTL_S`; a failure keeps the last known value and is reported once.
     """
 
     def __init__(self, config: Config, on_error: Callable[[str], None],
+                 lookup: Callable[[Config], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config, self._on_error, self._clock = config, on_error, clock
         self._value: tuple[float, str] | None = None
         self._next = 0.0
         self._failed = False
-        self._lookup: Callable[[Config], Any] | None = None
-        self._imported = False
+        self._lookup = lookup
+        self._imported = lookup is not None
         self._lock = threading.Lock()  # the scrape and push threads both ask
 
     def current(self) -> tuple[float, str] | None:

@@ -16,7 +16,8 @@ from greentrack.exporters._collector import PushHealth
 
 log = logging.getLogger("greentrack")
 
-#: Socket timeout of one push; a loopback or in-cluster gateway answers in milliseconds.
+#: Socket timeout of one push (at most the push interval); a loopback or in-cluster gateway
+#: answers in milliseconds.
 PUSH_TIMEOUT_S = 2.0
 
 
@@ -38,7 +39,9 @@ class Pusher:
                  record: Callable[[str, str, str], None],
                  timeout_s: float = PUSH_TIMEOUT_S) -> None:
         self.gateway, self.job, self.grouping_key = gateway, job, grouping_key
-        self.registry, self.interval_s, self.timeout_s = registry, interval_s, timeout_s
+        # A push slower than the interval is pointless: the next one carries newer figures.
+        self.registry, self.interval_s = registry, interval_s
+        self.timeout_s = min(timeout_s, interval_s)
         self.health, self._record = health, record
         self.pushes = 0
         self._failing = False
