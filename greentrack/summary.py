@@ -150,12 +150,12 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable summary: totals, then how each figure was obtained."""
-    e = {k: (v if v is not None else float("nan")) for k, v in s["energy_j"].items()}
+    e = {k: ("none" if v is None else f"{v:.1f} J") for k, v in s["energy_j"].items()}
     lines = [
         f"greentrack run {s['run_id']}  status={s['status']}  mode={s['mode']}",
         f"  duration   {s['duration_s']:.1f} s   steps {s['steps']}   GPU-seconds {s['gpu_seconds']:.1f}",
-        f"  energy     {e['total']:.1f} J ({s['energy_kwh'] * 1000:.4f} Wh)   "
-        f"gpu {e['gpu']:.1f} J   cpu {e['cpu']:.1f} J   dram {e['dram']:.1f} J",
+        f"  energy     {e['total']} ({s['energy_kwh'] * 1000:.4f} Wh)   "
+        f"gpu {e['gpu']}   cpu {e['cpu']}   dram {e['dram']}",
         "  sources:",
     ]
     for src in s["sources"]:
