@@ -213,6 +213,12 @@ class Tracker:
         self._idx[phase] = idx + 1
         self._engine.submit(StepSpan(idx, phase, t0, t1, flops, samples, tokens, timeline, extra))
 
+    def continue_steps(self, counts: dict[str, int]) -> None:
+        """Number the next steps of each phase after ``counts`` (``{phase: steps done}``): a run
+        resumed from a checkpoint continues its step indices in the new store segment."""
+        for phase, n in counts.items():
+            self._idx[phase] = max(self._idx.get(phase, 0), int(n))
+
     @contextmanager
     def step(self, phase: str = "train", **info: Any) -> Iterator[None]:
         """Context manager around one step: ``with tracker.step(samples=32): ...``.
