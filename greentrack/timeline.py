@@ -1,0 +1,183 @@
+"""Step marks on the timeline where the work happens, resolved without synchronization.
+
+On a GPU the host runs ahead: when Python reaches the end of step ``n`` the GPU may still be in step
+``n - 2``. A step's energy is the device energy between the moments the *GPU* started and finished
+its work, so :class:`StepMarks` records a CUDA event on the current stream at each step boundary and
+turns the pair into a window on the host monotonic clock (the sampler's clock) once the GPU has passed
+it. Nothing waits: each boundary costs two ``cudaEventRecord``-class calls and one
+``cudaEventQuery`` on the oldest pending step; never ``synchronize()``.
+
+Mapping GPU time to the host clock: events give GPU time relative to a base event (``elapsed_time``,
+in ms, once both are complete). The host time at which the base event executed, ``G0``, is unknown,
+but every event ``i`` recorded right after a host timestamp ``h_i`` executed no earlier than ``h_i``,
+so ``G0 >= h_i - d_i`` (``d_i`` the event's GPU time after the base). ``G0`` is the largest such bound:
+exact to the launch latency (microseconds) whenever the stream was idle at a mark (the first mark,
+any ``.item()``, a data-loader wait, a validation pass), and never later than the truth. To follow a
+drift between the GPU timer and the host clock, a bound ages by :data:`DRIFT_PPM`: the estimate stays
+a lower bound, with an error of at most the host's lead at the last idle moment. Steps therefore
+arrive at the tracker a little late, with their true GPU windows.
+
+On CPU-only runs (or when ``device`` is not CUDA) marks are host timestamps, submitted at once.
+
+Example:
+    >>> marks = StepMarks(tracker, device="cuda")          # doctest: +SKIP
+    >>> marks.begin("train"); train_step(); marks.end(samples=32)
+    >>> marks.drain()                                       # at the end of training
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+#: Assumed bound of the drift between the GPU event timer and CLOCK_MONOTONIC, in parts per million.
+DRIFT_PPM = 20.0
+#: Rebase GPU times on a newer event past this many seconds (``elapsed_time`` is a float32 of ms).
+REBASE_AFTER_S = 300.0
+#: Events kept for reuse (creating one costs a driver call).
+POOL_SIZE = 64
+
+
+class StepMarks:
+    """Marks step boundaries and submits each finished step to a tracker as a window.
+
+    Args:
+        tracker: a started :class:`greentrack.Tracker` (anything with ``submit_window``).
+        device: ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` to mark on that device's current
+            stream; ``None`` or a CPU device for host marks.
+        clock: the host clock (``time.monotonic``; injectable for tests).
+    """
+
+    def __init__(self, tracker: Any, device: Any = None, clock: Any = time.monotonic) -> None:
+        self.tracker = tracker
+        self._clock = clock
+        self._open: tuple[str, float, Any] | None = None
+        self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
+        self.submitted = 0
+        self._torch: Any = None
+        self._device: Any = None
+        if device is not None and "cuda" in str(getattr(device, "type", device)):
+            import torch
+            self._torch = torch
+            self._device = torch.device(device)
+            if self._device.index is None:
+                self._device = torch.device("cuda", torch.cuda.current_device())
+            self._pool: list[Any] = []
+            self._base = self._event()
+            h = clock()
+            self._base.record(torch.cuda.current_stream(self._device))
+            self._g0 = h  # host time at which the base ran: refined by every later mark
+            self._g0_d = 0.0  # GPU time (s after base) of the mark that gave the bound
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._torch is not None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open is not None
+
+    @property
+    def open_phase(self) -> str | None:
+        """Phase of the open step, or None."""
+        return self._open[0] if self._open is not None else None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- the hot path -------------------------------------------------------------------------
+    def begin(self, phase: str = "train") -> None:
+        """Open a step of ``phase`` (an open one is replaced)."""
+        if self._torch is None:
+            self._open = (phase, self._clock(), None)
+            return
+        ev = self._event()
+        h = self._clock()
+        ev.record(self._torch.cuda.current_stream(self._device))
+        self._open = (phase, h, ev)
+
+    def end(self, **info: Any) -> None:
+        """Close the open step; ``info`` (``flops``, ``samples``, ``tokens``, extras) goes with it."""
+        opened, self._open = self._open, None
+        if opened is None:
+            return
+        phase, h0, ev0 = opened
+        if self._torch is None:
+            self.submitted += 1
+            self.tracker.submit_window(phase, h0, self._clock(), timeline="host", **info)
+            return
+        ev1 = self._event()
+        h1 = self._clock()
+        ev1.record(self._torch.cuda.current_stream(self._device))
+        self._pending.append((phase, h0, ev0, h1, ev1, info))
+        self.poll()
+
+    def cancel(self) -> None:
+        """Drop the open step (e.g. the window opened after the last batch of a loop)."""
+        opened, self._open = self._open, None
+        if opened is not None and opened[2] is not None:
+            self._recycle(opened[2])
+
+    def poll(self) -> int:
+        """Submit every pending step the GPU has finished; returns how many. Never blocks."""
+        done = 0
+        while self._pending and self._pending[0][4].query():
+            phase, h0, ev0, h1, ev1, info = self._pending.popleft()
+            d0 = self._base.elapsed_time(ev0) / 1000.0
+            d1 = self._base.elapsed_time(ev1) / 1000.0
+            self._bound(h0, d0)
+            self._bound(h1, d1)
+            self.submitted += 1
+            self.tracker.submit_window(phase, self._g0 + d0, self._g0 + d1, timeline="gpu", **info)
+            self._recycle(ev0)
+            if d1 > REBASE_AFTER_S and not self._pending:
+                self._rebase(ev1, d1)
+            else:
+                self._recycle(ev1)
+            done += 1
+        return done
+
+    # -- end of a loop ----------------------------------------------------------------------------
+    def drain(self, timeout_s: float = 10.0) -> int:
+        """Submit what is pending, waiting (by polling, not by synchronizing) up to ``timeout_s``
+        for the GPU to finish it. For the end of training, off the step loop. Returns how many
+        steps were left unresolved (dropped)."""
+        self.cancel()
+        deadline = time.monotonic() + timeout_s
+        while self._pending:
+            self.poll()
+            if not self._pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        left = len(self._pending)
+        self._pending.clear()
+        return left
+
+    # -- GPU clock mapping ------------------------------------------------------------------------
+    def _bound(self, h: float, d: float) -> None:
+        # Age the current bound by the allowed drift, then keep the larger (tighter) of the two.
+        aged = self._g0 - abs(d - self._g0_d) * DRIFT_PPM * 1e-6
+        if h - d >= aged:
+            self._g0, self._g0_d = h - d, d
+        else:
+            self._g0, self._g0_d = aged, d
+
+    def _rebase(self, ev: Any, d: float) -> None:
+        old, self._base = self._base, ev
+        self._g0 += d
+        self._g0_d -= d
+        self._recycle(old)
+
+    def _event(self) -> Any:
+        if self._pool:
+            return self._pool.pop()
+        return self._torch.cuda.Event(enable_timing=True)
+
+    def _recycle(self, ev: Any) -> None:
+        if len(self._pool) < POOL_SIZE:
+            self._pool.append(ev)
+
+
+__all__ = ["StepMarks", "DRIFT_PPM"]
