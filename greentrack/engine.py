@@ -127,6 +127,7 @@ class Engine:
         self.polls = 0
         self.last_sample_t: float | None = None
         self.errors = 0
+        self._abandoned = False
 
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan) -> None:
@@ -143,30 +144,26 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="greentrack-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the thread, take a last reading, attribute what is left, commit. Returns False if
-        the thread did not stop in time (a hung device read); it is a daemon and cannot keep the
-        process alive, and what was recorded is still committed."""
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the thread, which takes a last reading and attributes what is left; commit.
+
+        The last reading happens on the sampler thread, never the caller's: a device read that
+        hangs then costs the caller ``timeout`` seconds at most, not its exit. Returns False if the
+        thread did not finish in time; it is then abandoned (a daemon: it cannot keep the process
+        alive, and it touches nothing once it wakes up), and what was recorded is committed.
+        """
         self._stop.set()
         joined = True
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout + self._settle_s())
             joined = not self._thread.is_alive()
-        if joined:
-            # Counters only know the energy up to their last refresh (NVML: every 100 ms): wait
-            # for one more refresh so the last step is covered. Training is over by now.
-            settle = max((getattr(st.channel, "settle_s", 0.0) for st in self.states
-                          if st.status == "ok"), default=0.0)
-            if settle:
-                time.sleep(settle / 2)
-                self._guard(lambda: self._poll_all(self._clock(), slow=False))
-                time.sleep(settle / 2)
-            self._guard(lambda: self._poll_all(self._clock(), slow=True))
-            self._guard(lambda: self._account(final=True))
-        else:
+        if not joined:
+            self._abandoned = True
             self.event("warning", "sampler-hung", f"sampler thread did not stop within {timeout:g} s "
-                       "(a device read hung); the last readings are missing")
+                       "(a device read hung); readings after its last poll are missing")
             self._guard(lambda: self._account(final=True))
+        elif self._thread is None:
+            self._final_reading()
         for st in self.states:
             if st.status != "ok" and st.fail_since is not None:
                 st.gap_s += max(0.0, self._clock() - st.fail_since)
@@ -178,6 +175,22 @@ class Engine:
         self._flush()
         return joined
 
+    def _settle_s(self) -> float:
+        return max((getattr(st.channel, "settle_s", 0.0) for st in self.states
+                    if st.status == "ok"), default=0.0)
+
+    def _final_reading(self) -> None:
+        # Counters only know the energy up to their last refresh (NVML: every 100 ms): wait for
+        # one more refresh so the last step is covered. Training is over by now.
+        settle = self._settle_s()
+        if settle:
+            time.sleep(settle / 2)
+            self._guard(lambda: self._poll_all(self._clock(), slow=False))
+            time.sleep(settle / 2)
+        self._guard(lambda: self._poll_all(self._clock(), slow=True))
+        if not self._abandoned:
+            self._guard(lambda: self._account(final=True))
+
     def _run(self) -> None:
         cfg = self.config
         now = self._clock()
@@ -187,6 +200,8 @@ class Engine:
             now = self._clock()
             slow = now >= next_slow
             self._guard(lambda: self._poll_all(now, slow))
+            if self._abandoned:
+                return
             if slow:
                 next_slow += cfg.counter_interval_s
                 if next_slow <= now:
@@ -199,6 +214,9 @@ class Engine:
             if next_fast <= now:
                 next_fast = now + cfg.interval_s
             self.thread_cpu_s = time.thread_time()
+        if not self._abandoned:
+            self._final_reading()
+        self.thread_cpu_s = time.thread_time()
 
     def _guard(self, fn: Callable[[], None]) -> None:
         try:
@@ -213,6 +231,8 @@ class Engine:
     def _poll_all(self, now: float, slow: bool) -> None:
         self.polls += 1
         for st in self.states:
+            if self._abandoned:
+                return  # stop() gave up on this thread: touch nothing
             if st.status == "lost" or (st.status == "failing" and not slow):
                 continue  # retry a failing device on the slow cadence only
             t = self._clock()

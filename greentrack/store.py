@@ -76,7 +76,8 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
     record = {"run_id": run_id or uuid.uuid4().hex[:12], "created_unix": time.time(),
               "format": "greentrack-run", "schema_version": SCHEMA_VERSION}
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # 0o644 before the umask, like SQLite's own files: never world-writable.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         for _ in range(50):  # another process may be writing it right now
             try:

@@ -49,23 +49,25 @@ def socket_count() -> int:
 def lookup_tdp(model: str) -> tuple[float, str] | None:
     """TDP in watts per socket from codecarbon's CPU table, with the matched name; None when the
     model is not in it (ambiguous fuzzy matches count as not found: no guess posing as a fact)."""
-    try:
-        from codecarbon.input import DataSource
-        from rapidfuzz import fuzz, process, utils
-    except ImportError:
+    from greentrack._codecarbon import cpu_power_table
+    table = cpu_power_table()
+    if not table:
         return None
-    table = DataSource().get_cpu_power_data()
-    names = list(table["Name"])
+    names = [name for name, _ in table]
     cleaned = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|@\s*[\d.]+\s*GHz|\d+-Core", " ", model)
     cleaned = re.sub(r"\s+", " ", cleaned).strip()
     for candidate in (model, cleaned):
-        for i, name in enumerate(names):
+        for name, tdp in table:
             if name.lower() == candidate.lower():
-                return float(table["TDP"].iloc[i]), name
+                return tdp, name
+    try:
+        from rapidfuzz import fuzz, process, utils  # codecarbon's own matcher library
+    except ImportError:
+        return None
     hits = process.extract(cleaned, names, processor=utils.default_process,
                            scorer=fuzz.token_set_ratio, score_cutoff=100, limit=2)
     if len(hits) == 1 or (len(hits) == 2 and hits[0][1] != hits[1][1]):
-        return float(table["TDP"].iloc[hits[0][2]]), hits[0][0]
+        return table[hits[0][2]][1], hits[0][0]
     return None
 
 
@@ -159,7 +161,9 @@ class CpuEstimate(_Integrating):
             found = lookup_tdp(model)
             if found:
                 tdp, matched = found
-                tdp_source = f"codecarbon CPU TDP table (cpu_power.csv), entry {matched!r}"
+                from greentrack._codecarbon import version
+                tdp_source = (f"codecarbon {version()} CPU TDP table (data/hardware/cpu_power.csv), "
+                              f"entry {matched!r}")
             else:
                 cores = os.cpu_count() or 1
                 tdp = DEFAULT_W_PER_CORE * cores / sockets
