@@ -96,10 +96,11 @@ class Pushgateway(Server):
 
 class Prometheus(Server):
     """Prometheus configured from the shipped ``grafana/prometheus.yml`` with its targets replaced
-    (see :meth:`configure`) and a 1 s scrape interval."""
+    (see :meth:`add_targets`) and a 1 s scrape interval."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self.config_path = workdir / "prometheus.yml"
+        self._targets: dict[str, list[str]] = {}
         self.config_path.write_text(yaml.safe_dump(self.config_from_shipped({})))
         port = free_port()
         super().__init__([binary, f"--config.file={self.config_path}",
@@ -118,9 +119,16 @@ class Prometheus(Server):
             job["static_configs"] = [{"targets": targets.get(job["job_name"], [])}]
         return config
 
-    def configure(self, targets: dict[str, list[str]]) -> None:
-        """Point the shipped scrape jobs at ``targets`` (job name -> host:port list) and reload."""
-        self.config_path.write_text(yaml.safe_dump(self.config_from_shipped(targets)))
+    def add_targets(self, targets: dict[str, list[str]]) -> None:
+        """Add ``targets`` (job name -> host:port list) to the shipped scrape jobs and reload.
+        Prometheus picks up new targets within 5 s (its discovery update period); targets it has
+        already keep being scraped without that delay, so tests add theirs early."""
+        new = {job: sorted(set(self._targets.get(job, [])) | set(hosts))
+               for job, hosts in {**self._targets, **targets}.items()}
+        if new == self._targets:
+            return
+        self._targets = new
+        self.config_path.write_text(yaml.safe_dump(self.config_from_shipped(new)))
         req = urllib.request.Request(self.url + "/-/reload", method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
             assert r.status == 200
