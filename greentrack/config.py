@@ -150,17 +150,22 @@ def _positive(name: str, value: Any, upper: float) -> None:
 
 
 def _parse_gpus(value: Any) -> tuple[int | str, ...]:
+    allowed = "each GPU must be an NVML index (0, 1, ...) or a UUID (GPU-...)"
+    if isinstance(value, bool) or not isinstance(value, (str, int, list, tuple)):
+        raise ConfigError("gpus", value, allowed + ", as a list or comma-separated text")
     if isinstance(value, (str, int)):
         value = str(value).split(",") if isinstance(value, str) else [value]
     out: list[int | str] = []
     for item in value:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise ConfigError("gpus", item, allowed)
         text = str(item).strip()
         if text.isdigit():
             out.append(int(text))
         elif text.startswith(("GPU-", "MIG-")):
             out.append(text)
         else:
-            raise ConfigError("gpus", item, "each GPU must be an NVML index (0, 1, ...) or a UUID (GPU-...)")
+            raise ConfigError("gpus", item, allowed)
     if not out:
         raise ConfigError("gpus", value, "must name at least one GPU, or be left unset for all")
     return tuple(out)
