@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
-from greentrack.exporters._collector import STEP_ENERGY_BUCKETS_J, Intensity
+from greentrack.exporters._collector import (INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J, USER_INTENSITY,
+                                             Intensity)
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
 from greentrack.store import StoreReader, store_paths
 from greentrack.tracker import Tracker
@@ -107,7 +108,7 @@ def test_metrics_pass_promtool_and_say_what_was_measured(tmp_path: Path, fake_nv
     grams = fams["greentrack_emissions_grams"].samples[0].value
     assert grams == pytest.approx(joules / 3.6e6 * 1.2 * 250.0, rel=1e-9)
     intensity = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
-    assert intensity.value == 250.0 and intensity.labels["source"] == "config"
+    assert intensity.value == 250.0 and intensity.labels["source"] == USER_INTENSITY
     assert fams["greentrack_gpu_seconds"].samples[0].value == pytest.approx(t0, abs=0.3)
     assert fams["greentrack_sampler_errors"].samples[0].value == 0
     assert 0 <= fams["greentrack_last_sample_age_seconds"].samples[0].value < 0.5
@@ -260,6 +261,25 @@ def test_bad_pushgateway_url_is_a_one_line_config_error(tmp_path: Path, no_host_
     assert cli.stderr.splitlines()[-1].startswith("greentrack: pushgateway_url='nope://x' is invalid")
 
 
+def test_an_invalid_location_fails_the_start_before_training(tmp_path: Path,
+                                                             no_host_env: Path) -> None:
+    pytest.importorskip("greentrack.carbon", reason="greentrack.carbon provides live intensities")
+    with pytest.raises(ConfigError, match="country='XXX' is invalid"):
+        Tracker(tmp_path / "run", prometheus_port=0, country="XXX", **FAST).start()
+
+
+def test_intensity_from_the_location_when_no_figure_is_given(tmp_path: Path,
+                                                            fake_nvml: FakeNvml) -> None:
+    carbon = pytest.importorskip("greentrack.carbon")
+    expected = carbon.live_intensity(Config(country="FRA"))
+    with Tracker(tmp_path / "run", prometheus_port=0, country="FRA", **FAST) as tracker:
+        time.sleep(0.3)  # a few GPU readings
+        fams = families(http_get(tracker.sinks[0].url).decode())
+    sample = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
+    assert (sample.value, sample.labels["source"]) == (expected[0], expected[1][:160])
+    assert fams["greentrack_emissions_grams"].samples[0].value > 0
+
+
 def no_host_env_env(root: Path) -> dict[str, str]:
     return {"GREENTRACK_POWERCAP_ROOT": str(root), "GREENTRACK_INTERVAL_S": "0.02",
             "GREENTRACK_COUNTER_INTERVAL_S": "0.1", "GREENTRACK_FLUSH_INTERVAL_S": "0.1"}
@@ -288,15 +308,15 @@ def test_intensity_lookup_is_cached_and_its_failures_reported_once() -> None:
 
     source = Intensity(Config(), errors.append, lookup=lookup, clock=lambda: now[0])
     assert source.current() == (300.0, "zone FR, 2024")
-    now[0] = 100.0
+    now[0] = INTENSITY_TTL_S / 2
     assert source.current() == (300.0, "zone FR, 2024") and len(calls) == 1  # cached
-    now[0] = 400.0
+    now[0] = INTENSITY_TTL_S * 1.5
     assert source.current() == (300.0, "zone FR, 2024")  # failed: last value kept
     assert len(errors) == 1 and "provider down" in errors[0]
-    now[0] = 800.0
+    now[0] = INTENSITY_TTL_S * 3
     assert source.current() == (280.0, "zone FR")
     fixed = Intensity(Config(carbon_intensity_g_per_kwh=56.0), errors.append, lookup=lookup)
-    assert fixed.current() == (56.0, "config") and len(calls) == 3  # an explicit figure wins
+    assert fixed.current() == (56.0, USER_INTENSITY) and len(calls) == 3  # explicit figure wins
 
 
 def test_each_tracker_has_its_own_registry_and_import_stays_light(tmp_path: Path,

@@ -43,6 +43,7 @@ from typing import Any
 
 from greentrack import __version__
 from greentrack.config import Config
+from greentrack.errors import ConfigError
 
 log = logging.getLogger("greentrack")
 
@@ -53,7 +54,9 @@ BASE_LABELS = ("run", "job", "host", "rank")
 STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
                          1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
 MAX_PHASES = 8
-INTENSITY_TTL_S = 300.0
+INTENSITY_TTL_S = 60.0
+#: Source text of a user-given intensity (the same words as greentrack.carbon's reports).
+USER_INTENSITY = "user setting (carbon_intensity_g_per_kwh)"
 J_PER_KWH = 3.6e6
 
 
@@ -103,8 +106,10 @@ class Intensity:
     """The carbon intensity in use (g/kWh, source), or None when unknown.
 
     ``Config.carbon_intensity_g_per_kwh`` wins when set. Otherwise ``lookup(config)`` is asked
-    (default: ``greentrack.carbon.live_intensity`` when that module provides it) at most every
-    :data:`INTENSITY_TTL_S`; a failure keeps the last known value and is reported once.
+    (default: ``greentrack.carbon.live_intensity`` when that module exists) at most every
+    :data:`INTENSITY_TTL_S`. :meth:`check` asks once at start and lets a
+    :class:`~greentrack.errors.ConfigError` (an invalid location setting) through; later failures
+    keep the last known value and are reported once.
     """
 
     def __init__(self, config: Config, on_error: Callable[[str], None],
@@ -118,17 +123,24 @@ class Intensity:
         self._imported = lookup is not None
         self._lock = threading.Lock()  # the scrape and push threads both ask
 
+    def check(self) -> tuple[float, str] | None:
+        """First lookup, at start; raises ConfigError for an invalid setting."""
+        if self.config.carbon_intensity_g_per_kwh is not None:
+            return self.current()
+        with self._lock:
+            return self._current(strict=True)
+
     def current(self) -> tuple[float, str] | None:
         if self.config.carbon_intensity_g_per_kwh is not None:
-            return float(self.config.carbon_intensity_g_per_kwh), "config"
+            return float(self.config.carbon_intensity_g_per_kwh), USER_INTENSITY
         with self._lock:
-            return self._current()
+            return self._current(strict=False)
 
-    def _current(self) -> tuple[float, str] | None:
+    def _current(self, strict: bool) -> tuple[float, str] | None:
         if not self._imported:
             self._imported = True
             try:
-                from greentrack.carbon import live_intensity  # type: ignore[attr-defined]
+                from greentrack.carbon import live_intensity
                 self._lookup = live_intensity
             except ImportError:
                 self._lookup = None
@@ -138,12 +150,19 @@ class Intensity:
         try:
             got = self._lookup(self.config)
             if got is not None:
-                self._value = (float(got[0]), str(got[1])[:64])
+                self._value = (float(got[0]), str(got[1])[:160])
+        except ConfigError:
+            if strict:
+                raise
+            self._report("invalid carbon setting")
         except Exception as e:  # noqa: BLE001 - a lookup failure must not break the exporter
-            if not self._failed:
-                self._failed = True
-                self._on_error(f"carbon intensity lookup failed (keeping the last value): {e}")
+            self._report(str(e))
         return self._value
+
+    def _report(self, why: str) -> None:
+        if not self._failed:
+            self._failed = True
+            self._on_error(f"carbon intensity lookup failed (keeping the last value): {why}")
 
 
 class PushHealth:
@@ -261,7 +280,6 @@ class TrackerCollector:
     def _step_families(self) -> Iterator[Any]:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
-        from prometheus_client.utils import floatToGoString
         s = self.steps.copy()
         labels = [*BASE_LABELS, "phase"]
         steps = CounterMetricFamily("greentrack_steps", "Steps whose energy has been attributed.",
@@ -278,7 +296,7 @@ class TrackerCollector:
             cumulative, buckets = 0, []
             for le, n in zip([*STEP_ENERGY_BUCKETS_J, float("inf")], s["buckets"][phase]):
                 cumulative += n
-                buckets.append((floatToGoString(le), cumulative))
+                buckets.append(("+Inf" if le == float("inf") else str(le), cumulative))
             hist.add_metric(values, buckets, s["energy_j"][phase])
             flops.add_metric(values, s["flops"][phase])
             if phase in s["mfu"]:

@@ -108,6 +108,7 @@ class PrometheusExporter:
         self.labels = run_labels(tracker, cfg, self.env)
         health = PushHealth() if gateway else None
         intensity = Intensity(cfg, lambda msg: record("warning", "intensity-error", msg))
+        intensity.check()  # an invalid location setting fails the start, before any training
         self.collector = TrackerCollector(tracker, self.labels, intensity, health)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
