@@ -1,4 +1,4 @@
-"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``.
+"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``report``, ``compare``.
 
 Every invalid argument ends in one line on stderr naming the setting, the value and what is
 allowed, and exit status 2; never a traceback.
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)")
     summary.add_argument("run_dir", metavar="RUN_DIR")
     summary.add_argument("--json", action="store_true")
+    from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
+    add_carbon_options(run)
+    add_commands(sub)
     return parser
 
 
@@ -92,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
+        if hasattr(ns, "handler"):
+            return int(ns.handler(ns))
         if ns.command == "run":
             return cmd_run(ns)
         if ns.command == "doctor":
@@ -130,7 +135,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if not cmd:
         raise ConfigError("CMD", "", "give the command to run after `--`, e.g. "
                           "`greentrack run -- python train.py`")
-    settings = _settings(ns)
+    from greentrack.reports.cli import carbon_settings
+    settings = {**carbon_settings(ns), **_settings(ns)}
     if "run_dir" not in settings:
         import time
         settings["run_dir"] = os.path.join("greentrack-runs", time.strftime("%Y%m%d-%H%M%S"))

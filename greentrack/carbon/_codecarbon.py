@@ -1,91 +1,105 @@
 """codecarbon's maintained grid data, read at run time (never retyped), with its citation.
 
-Files are located through ``codecarbon.input.DataSource`` and read with ``json``/``csv`` rather
-than its pandas-backed getters, so a report (or the live exporter) does not pay for importing
-pandas. Every loader returns plain dicts and caches them for the process.
+The files are the ones ``codecarbon.input.DataSource`` reads (same relative paths under the
+installed package's ``data/``), located by :mod:`greentrack._codecarbon` without importing
+codecarbon: its import probes GPU vendor libraries and prints to stdout, which must never reach a
+training job's output (the live exporter calls this in the training process).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
-import json
 from typing import Any
 
-PACKAGE = "codecarbon"
+from greentrack import _codecarbon as base
+from greentrack.errors import ConfigError
+
+version = base.version
+LBS_PER_MWH_TO_G_PER_KWH = 453.59237 / 1000.0  # 1 lb = 453.59237 g (exact); 1 MWh = 1000 kWh
 
 
-def version() -> str:
-    try:
-        from importlib.metadata import version as _v
-        return _v("codecarbon")
-    except Exception:  # noqa: BLE001 - metadata only
-        return "unknown"
+def _json(*parts: str) -> Any:
+    data = base.read_json(*parts)
+    if data is None:
+        raise ConfigError("codecarbon", version(), f"its data file data/{'/'.join(parts)} is missing; "
+                          "reinstall codecarbon (pip install codecarbon)")
+    return data
 
 
-def _path(relative: str) -> Any:
-    from codecarbon.input import DataSource
-    return DataSource.get_ressource_path(PACKAGE, relative)
-
-
-@functools.lru_cache(maxsize=None)
 def global_energy_mix() -> dict[str, dict[str, Any]]:
     """ISO alpha-3 -> record with ``carbon_intensity`` (gCO2e/kWh), ``country_name``, ``year``."""
-    from codecarbon.input import DataSource
-    with open(DataSource().global_energy_mix_data_path, encoding="utf-8") as f:
-        return dict(json.load(f))
+    return dict(_json("private_infra", "global_energy_mix.json"))
 
 
-@functools.lru_cache(maxsize=None)
 def usa_states() -> dict[str, Any]:
     """eGRID state factors in lbs/MWh, with ``_source`` (name, url, field, year)."""
-    from codecarbon.input import DataSource
-    return dict(DataSource().get_country_emissions_data("usa"))
+    return dict(_json("private_infra", "2023", "usa_emissions.json"))
 
 
-@functools.lru_cache(maxsize=None)
 def canada_provinces() -> dict[str, Any]:
     """Generation mix (percent by source) per province."""
-    from codecarbon.input import DataSource
-    return dict(DataSource().get_country_energy_mix_data("can"))
+    return dict(_json("private_infra", "2023", "canada_energy_mix.json"))
 
 
-@functools.lru_cache(maxsize=None)
 def nordic_zones() -> dict[str, Any]:
-    with open(_path("data/private_infra/nordic_emissions.json"), encoding="utf-8") as f:
-        return dict(json.load(f))
+    return dict(_json("private_infra", "nordic_emissions.json"))
 
 
-@functools.lru_cache(maxsize=None)
 def china_provinces() -> dict[str, Any]:
-    with open(_path("data/private_infra/2023/china_provincial_emissions.json"), encoding="utf-8") as f:
-        return dict(json.load(f))
+    return dict(_json("private_infra", "2023", "china_provincial_emissions.json"))
 
 
-@functools.lru_cache(maxsize=None)
 def per_source() -> dict[str, Any]:
     """Lifecycle gCO2e/kWh per generation source, incl. ``world_average`` and its source."""
-    from codecarbon.input import DataSource
-    with open(DataSource().carbon_intensity_per_source_path, encoding="utf-8") as f:
-        return dict(json.load(f))
+    return dict(_json("private_infra", "carbon_intensity_per_source.json"))
 
 
 @functools.lru_cache(maxsize=None)
 def cloud_regions() -> tuple[dict[str, str], ...]:
     """Rows of codecarbon's ``data/cloud/impact.csv`` (``provider``, ``region``, ``impact``...)."""
-    from codecarbon.input import DataSource
-    with open(DataSource().cloud_emissions_path, encoding="utf-8-sig", newline="") as f:
+    path = base.data_file("cloud", "impact.csv")
+    if path is None:
+        return ()
+    with path.open(encoding="utf-8-sig", newline="") as f:
         return tuple(dict(r) for r in csv.DictReader(f))
 
 
-def canada_g_per_kwh(mix: dict[str, Any]) -> float:
-    """A province's generation mix to gCO2e/kWh with codecarbon's own conversion (its source
-    factors for coal, petroleum and natural gas), so the figure matches codecarbon's."""
-    from codecarbon.core.emissions import Emissions
-    return float(Emissions._region_energy_mix_to_emissions_rate(mix).kgs_per_kWh) * 1000.0
+# codecarbon's Canadian mix names -> its per-source factor names
+_CANADA_SOURCES = {"naturalGas": "natural_gas", "hydro": "hydroelectricity", "biomass": "biomass",
+                   "coal": "coal", "nuclear": "nuclear", "petroleum": "petroleum", "solar": "solar",
+                   "wind": "wind"}
 
 
-def lbs_per_mwh_to_g_per_kwh(lbs_per_mwh: float) -> float:
-    """eGRID's lbs/MWh to g/kWh with codecarbon's converter."""
-    from codecarbon.core.units import EmissionsPerKWh
-    return float(EmissionsPerKWh.from_lbs_per_mWh(lbs_per_mwh).kgs_per_kWh) * 1000.0
+def canada_g_per_kwh(mix: dict[str, Any]) -> tuple[float, float]:
+    """(gCO2e/kWh, share of generation that has a factor) of a province's mix: each source's share
+    x codecarbon's lifecycle factor for it. Sources without a factor (tidal, other) count as 0, so
+    the value is a lower bound when the returned coverage is below 1."""
+    factors = per_source()
+    total = float(mix.get("total") or 0.0) or sum(float(v) for k, v in mix.items() if k != "total")
+    g = covered = 0.0
+    for name, share in mix.items():
+        key = _CANADA_SOURCES.get(name)
+        if key is None or name == "total":
+            continue
+        g += float(share) / total * float(factors[key])
+        covered += float(share) / total
+    return g, covered
+
+
+@functools.lru_cache(maxsize=1)
+def emissions_csv_columns() -> list[str]:
+    """The fields of codecarbon's ``EmissionsData`` (the ``emissions.csv`` header, in order), read
+    from its installed source with ``ast`` rather than by importing codecarbon."""
+    root = base.package_dir()
+    path = root / "output_methods" / "emissions_data.py" if root else None
+    if path is None or not path.is_file():
+        raise ConfigError("codecarbon", version(), "output_methods/emissions_data.py not found; "
+                          "reinstall codecarbon to write its emissions.csv layout")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "EmissionsData":
+            return [st.target.id for st in node.body
+                    if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)]
+    raise ConfigError("codecarbon", version(), "has no EmissionsData class to take columns from")

@@ -55,6 +55,15 @@ class Factor:
         return asdict(self)
 
 
+def _pycountry() -> Any:
+    """pycountry (installed with codecarbon) for ISO alpha-2 codes and subdivisions, or None."""
+    try:
+        import pycountry
+        return pycountry
+    except ImportError:
+        return None
+
+
 def _norm(text: str) -> str:
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
@@ -76,8 +85,8 @@ def resolve_country(value: str) -> str:
     if text.upper() in mix:
         return text.upper()
     if len(text) == 2:
-        import pycountry  # a codecarbon dependency
-        found = pycountry.countries.get(alpha_2=text.upper())
+        pycountry = _pycountry()
+        found = pycountry.countries.get(alpha_2=text.upper()) if pycountry else None
         if found is not None and found.alpha_3 in mix:
             return str(found.alpha_3)
     by_name = {_norm(rec["country_name"]): code for code, rec in mix.items()}
@@ -95,7 +104,7 @@ def resolve_country(value: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _regions() -> dict[str, dict[str, str]]:
     """country alpha-3 -> {normalized alias -> canonical key in codecarbon's table}."""
-    import pycountry
+    pycountry = _pycountry()
     out: dict[str, dict[str, str]] = {"USA": {}, "CAN": {}, "CHN": {}, "SWE": {}, "NOR": {}, "FIN": {}}
     for key, rec in cc.usa_states().items():
         if key.startswith("_") or not isinstance(rec, dict) or key == "usa":
@@ -107,7 +116,7 @@ def _regions() -> dict[str, dict[str, str]]:
             out["USA"][f"us {code.lower()}"] = key
     for key in cc.canada_provinces():
         out["CAN"][_norm(key)] = key
-    for sub in pycountry.subdivisions.get(country_code="CA") or []:
+    for sub in (pycountry.subdivisions.get(country_code="CA") if pycountry else None) or []:
         if _norm(sub.name) in out["CAN"]:
             canonical = out["CAN"][_norm(sub.name)]
             out["CAN"][_norm(sub.code)] = canonical          # "ca qc"
@@ -155,16 +164,17 @@ def _region_factor(country: str, region: str) -> Factor:
     if country == "USA":
         table = cc.usa_states()
         src = table.get("_source", {})
-        g = cc.lbs_per_mwh_to_g_per_kwh(float(table[region]["emissions"]))
+        g = float(table[region]["emissions"]) * cc.LBS_PER_MWH_TO_G_PER_KWH
         year = int(src["year"]) if "year" in src else None
         name = src.get("name", "EPA eGRID")
         return Factor(g, "yearly-average", f"{name} ({src.get('field', '')}), state {region}, via "
                       f"codecarbon {cc.version()} usa_emissions.json", name, year, loc)
     if country == "CAN":
-        g = cc.canada_g_per_kwh(cc.canada_provinces()[region])
-        return Factor(g, "yearly-average", f"codecarbon {cc.version()} canada_energy_mix.json "
-                      f"(2023 generation mix of {region}; fossil shares x codecarbon's source "
-                      "factors)", "codecarbon canada_energy_mix.json", 2023, loc)
+        g, covered = cc.canada_g_per_kwh(cc.canada_provinces()[region])
+        return Factor(g, "yearly-average", f"{region} generation mix (codecarbon {cc.version()} "
+                      "canada_energy_mix.json, 2023 folder) x lifecycle factor per source "
+                      f"(codecarbon carbon_intensity_per_source.json); {covered:.1%} of generation "
+                      "has a factor", "codecarbon canada_energy_mix.json", 2023, loc)
     if country == "CHN":
         data = cc.china_provinces()
         rec, meta = data["data"][region], data.get("metadata", {})

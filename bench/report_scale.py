@@ -1,0 +1,174 @@
+"""How long does the full report of a large run take? Target: <= 10 s on 2 cores.
+
+Generates a 7-day, 8-GPU run store (one process tracking 8 GPUs, a CPU package and a DRAM zone)
+written straight through the store's schema at the default 1 s resolution: 10 channels x 604,800
+buckets = 6.05 M sample rows, plus one training step every 2 s (302,400 step rows). Then times
+``greentrack report RUN_DIR --format all`` (json, md, html, csv, boamps, hf) in-process, with a
+country and an hourly intensity CSV so the time-resolved path is exercised too.
+
+    python bench/report_scale.py              # generate (cached in /tmp), time, append to RESULTS.md
+    python bench/report_scale.py --no-record  # time only
+
+Power is synthetic but shaped like training: GPUs alternate ~650 W compute and ~250 W data phases
+with a daily 30-minute evaluation dip; CPU ~180 W, DRAM ~25 W.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from greentrack.store import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
+
+DAYS = 7
+GPUS = 8
+RES_S = 1.0
+STEP_S = 2.0
+START_UNIX = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+
+
+def _gpu_w(i: int, t: float) -> float:
+    if (t % 86400.0) < 1800.0:  # daily evaluation: GPUs mostly idle
+        return 120.0 + 3.0 * i
+    return (650.0 if (t % STEP_S) < 1.4 else 250.0) + 10.0 * math.sin(t / 600.0 + i)
+
+
+def generate(run_dir: Path, days: float = DAYS, gpus: int = GPUS) -> Path:
+    """Write the synthetic store; returns its path. Reuses an existing complete one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"benchhost-r0-00000000{SUFFIX}"
+    done = run_dir / ".complete"
+    if done.exists() and path.exists():
+        return path
+    for p in run_dir.glob("*"):
+        p.unlink()
+    duration = days * 86400.0
+    n = int(duration / RES_S)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript(_SCHEMA)
+    conn.execute("BEGIN")
+    meta = {"run_id": "bench7d8gpu", "host": "benchhost", "pid": 1, "rank": 0, "local_rank": 0,
+            "world_size": 1, "started_unix": START_UNIX, "status": "completed", "mode": "machine",
+            "settings": {"resolution_s": RES_S}, "schema_version": SCHEMA_VERSION,
+            "segment": "00000000", "duration_s": duration, "ended_unix": START_UNIX + duration,
+            "versions": {"greentrack": "bench", "python": platform.python_version(),
+                         "platform": platform.platform()}}
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+    channels = [(i + 1, "gpu", f"gpu{i}", "NVIDIA H100 80GB HBM3", "nvml-energy-counter", 1,
+                 "NVML total energy counter", "high (+-10%): board counter", 0) for i in range(gpus)]
+    channels += [(gpus + 1, "cpu", "package-0", "package-0", "rapl-powercap", 1, "powercap",
+                  "high (+-10%)", 1),
+                 (gpus + 2, "dram", "dram-0", "dram", "rapl-powercap", 1, "powercap", "high (+-10%)", 1)]
+    totals = {c[0]: 0.0 for c in channels}
+    for cid in totals:
+        def rows(cid: int = cid):  # noqa: ANN202 - generator of sample rows
+            for k in range(n):
+                t = k * RES_S
+                w = _gpu_w(cid - 1, t) if cid <= gpus else (180.0 if cid == gpus + 1 else 25.0)
+                totals[cid] += w * RES_S
+                yield (cid, t, RES_S, w * RES_S)
+        conn.executemany("INSERT INTO samples VALUES (?,?,?,?)", rows())
+    conn.executemany(
+        "INSERT INTO channels (id, kind, device, name, method, measured, source, uncertainty, "
+        "host_scope, details, energy_j, until_t, gap_s, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(*c, "{}", totals[c[0]], duration, 0.0, "ok") for c in channels])
+
+    def steps():  # noqa: ANN202
+        for k in range(int(duration / STEP_S)):
+            t0 = k * STEP_S
+            g = sum(_gpu_w(i, t0) for i in range(gpus)) * STEP_S
+            yield (k, "train", t0, t0 + STEP_S, STEP_S, g, 180.0 * STEP_S, 25.0 * STEP_S,
+                   gpus * STEP_S, 8 * 3.0e14, 256.0, 256.0 * 2048, "host", "{}")
+    conn.executemany(
+        "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
+        "flops, samples, tokens, timeline, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", steps())
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "bench7d8gpu", "format": "greentrack-run",
+                                                  "schema_version": SCHEMA_VERSION}))
+    done.write_text("ok\n")
+    return path
+
+
+def hourly_csv(path: Path, days: float = DAYS) -> Path:
+    """An Electricity Maps-style hourly export covering the run."""
+    lines = ["Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"
+             "Carbon Intensity gCO₂eq/kWh (LCA),Low Carbon Percentage,Renewable Percentage,"
+             "Data Source,Data Estimated,Data Estimation Method"]
+    for h in range(int(days * 24) + 2):
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(START_UNIX + h * 3600))
+        direct = 50.0 + 30.0 * math.sin(h / 24.0 * 2 * math.pi)
+        lines.append(f"{ts},France,France,FR,{direct:.2f},{direct + 25:.2f},90,30,entsoe.eu,false,")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default="/tmp/greentrack-bench-7d8gpu")
+    ap.add_argument("--days", type=float, default=DAYS)
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    base = Path(args.dir)
+    run_dir = base / "run"
+    t = time.perf_counter()
+    generate(run_dir, args.days)
+    gen_s = time.perf_counter() - t
+    csv_path = hourly_csv(base / "fr-hourly.csv", args.days)
+    out = base / "out"
+    from greentrack.cli import main as report_main
+
+    t = time.perf_counter()
+    rc = report_main(["report", str(run_dir), "--format", "all", "--out", str(out),
+                      "--country", "FRA", "--intensity-csv", str(csv_path),
+                      "--electricity-price", "0.2", "--gpu-hour-price", "2.5", "--currency", "EUR"])
+    report_s = time.perf_counter() - t
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    rows = sqlite3.connect(next(run_dir.glob(f"*{SUFFIX}"))).execute(
+        "SELECT (SELECT COUNT(*) FROM samples), (SELECT COUNT(*) FROM steps)").fetchone()
+    print(f"generate {gen_s:.1f} s; report (all formats) {report_s:.2f} s, rc={rc}; "
+          f"{rows[0]:,} samples, {rows[1]:,} steps; outputs {sizes}")
+    if not args.no_record and rc == 0:
+        _record(report_s, rows, sizes, args.days)
+    return 0 if rc == 0 and report_s <= 10.0 else 1
+
+
+def _record(report_s: float, rows: tuple[int, int], sizes: dict[str, int], days: float) -> None:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    results = Path(__file__).resolve().parent / "RESULTS.md"
+    section = (
+        f"\n## report_scale.py: full report of a {days:g}-day, {GPUS}-GPU run "
+        f"({time.strftime('%Y-%m-%d')})\n\n"
+        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}.\n"
+        f"Store: {rows[0]:,} sample rows (1 s buckets, 10 channels), {rows[1]:,} steps.\n\n"
+        f"| what | result | target |\n| --- | --- | --- |\n"
+        f"| `greentrack report RUN --format all` (json, md, html, csv, boamps, hf), "
+        f"hourly intensity CSV | {report_s:.2f} s | <= 10 s |\n\n"
+        f"Output sizes (bytes): {', '.join(f'{k} {v:,}' for k, v in sizes.items())}.\n"
+        f"Reproduce: `python bench/report_scale.py` (store cached in /tmp/greentrack-bench-7d8gpu).\n")
+    with results.open("a", encoding="utf-8") as f:
+        f.write(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Disclosure reports built from run directories: one module per format.
+
+``json`` (greentrack's own, versioned, schema in greentrack/schemas), ``md`` and ``html`` (human
+disclosures with charts and methodology), ``csv`` (codecarbon's emissions.csv columns), ``boamps``
+(Boavizta BoAmps) and ``hf`` (Hugging Face model-card block). All render one document built by
+:func:`greentrack.reports.build.build_report`, so every format states the same figures.
+
+>>> from greentrack.reports import generate                       # doctest: +SKIP
+>>> generate(["runs/demo"], Config(country="FR"), ["json", "md"], Path("out"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("json", "md", "html", "csv", "boamps", "hf")
+
+
+def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> dict[str, Any]:
+    """The report document of one run directory (see ``report-v1.schema.json``)."""
+    from greentrack.reports.build import build_report
+    from greentrack.reports.run_data import read_run
+    return build_report(read_run(run_dir), config, sci_unit)
+
+
+def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,
+                  options: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``doc`` in each format into ``out_dir``; returns the files written."""
+    from greentrack.reports import to_boamps, to_csv, to_hf, to_html, to_json, to_markdown
+    opts = options or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for fmt in formats:
+        if fmt == "json":
+            written += to_json.write(doc, out_dir)
+        elif fmt == "md":
+            written += to_markdown.write(doc, out_dir)
+        elif fmt == "html":
+            written += to_html.write(doc, out_dir)
+        elif fmt == "csv":
+            written += to_csv.write(doc, out_dir)
+        elif fmt == "boamps":
+            written += to_boamps.write(doc, out_dir, opts.get("boamps"))
+        elif fmt == "hf":
+            written += to_hf.write(doc, out_dir, opts.get("hf"))
+    return written
+
+
+def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,
+                 sci_unit: str = "run") -> Iterator[tuple[dict[str, Any], list[Path]]]:
+    """Build and write each run's report; yields ``(document, files written)``. With several runs,
+    each goes to its own sub-directory of ``out`` (named after the run directory)."""
+    names: set[str] = set()
+    for run_dir in run_dirs:
+        doc = report_document(run_dir, config, sci_unit)
+        target = out
+        if len(run_dirs) > 1:
+            name = Path(run_dir).resolve().name or "run"
+            while name in names:
+                name += "_"
+            names.add(name)
+            target = out / name
+        yield doc, write_formats(doc, formats, target, getattr(config, "extra", None))
+
+
+def generate(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,
+             sci_unit: str = "run") -> list[Path]:
+    """Write the reports of several runs; returns every file written."""
+    return [p for _, paths in iter_reports(run_dirs, config, formats, out, sci_unit) for p in paths]

@@ -1,0 +1,242 @@
+"""The report document (JSON-ready dict, schema ``greentrack/schemas/report-v1.schema.json``).
+
+Every output format renders this one document, so the figures are identical across formats.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from greentrack.carbon.accounting import EnergyProfile, account
+from greentrack.reports.methodology import (energy_basis, methodology, overall_quality,
+                                            short_methodology)
+from greentrack.reports.run_data import RunData
+
+FORMAT = "greentrack-report"
+VERSION = "1.0"
+SCHEMA = "greentrack/schemas/report-v1.schema.json"
+PLOT_POINTS = 600
+
+
+def utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+
+
+def _quantile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def _resample(bins: list[tuple[float, float, float]], t0: float, width: float, n: int) -> list[float]:
+    """Energy per grid cell ``[t0 + k*width, t0 + (k+1)*width)``, each bin split by overlap."""
+    out = [0.0] * n
+    for a, b, e in bins:
+        span = b - a
+        k = max(int((a - t0) // width), 0)
+        if span <= 0:
+            if k < n:
+                out[k] += e
+            continue
+        while k < n:
+            lo, hi = max(a, t0 + k * width), min(b, t0 + (k + 1) * width)
+            if hi > lo:
+                out[k] += e * (hi - lo) / span
+            if t0 + (k + 1) * width >= b:
+                break
+            k += 1
+    return out
+
+
+def _timeseries(data: RunData) -> dict[str, Any]:
+    duration = max(data.end_unix - data.start_unix, 1e-9)
+    n = max(1, min(PLOT_POINTS, int(math.ceil(duration / data.bin_s))))
+    width = duration / n
+    groups: dict[str, list[tuple[float, float, float]]] = {}
+    kinds: dict[str, str] = {}
+    many = len(data.channels) > 16  # a big job: one line per host and kind
+    for c in data.channels:
+        key = f"{c.host} {c.kind}" if many else (c.key if len({x.host for x in data.channels}) > 1
+                                                  else c.device)
+        groups.setdefault(key, []).extend(c.bins)
+        kinds[key] = c.kind
+    series, cumulative = [], [0.0] * n
+    for key, bins in groups.items():
+        energy = _resample(bins, data.start_unix, width, n)
+        series.append({"label": key, "kind": kinds[key],
+                       "power_w": [round(e / width, 3) for e in energy]})
+        cumulative = [c + e for c, e in zip(cumulative, energy)]
+    run_total, cum = 0.0, []
+    for e in cumulative:
+        run_total += e
+        cum.append(round(run_total / 3.6e6, 9))
+    return {"t0_unix": data.start_unix, "step_s": width,
+            "t_s": [round((k + 0.5) * width, 3) for k in range(n)],
+            "series": series, "cumulative_kwh": cum}
+
+
+def _steps(data: RunData) -> dict[str, Any]:
+    by_phase = {}
+    for phase, p in data.phases.items():
+        e = data.step_energies_j.get(phase, [])
+        by_phase[phase] = {
+            "count": int(p["n"]), "energy_j": p["energy_j"], "duration_s": p["duration_s"],
+            "flops": p["flops"] if p["n_flops"] else None,
+            "samples": p["samples"] if p["n_samples"] else None,
+            "tokens": p["tokens"] if p["n_tokens"] else None,
+            "energy_per_step_j": {"mean": p["energy_j"] / p["n"] if p["n"] else None,
+                                  "median": _quantile(e, 0.5) if e else None,
+                                  "p5": _quantile(e, 0.05) if e else None,
+                                  "p95": _quantile(e, 0.95) if e else None,
+                                  "min": e[0] if e else None, "max": e[-1] if e else None},
+        }
+    main = "train" if "train" in by_phase else max(by_phase, key=lambda k: by_phase[k]["count"],
+                                                     default=None)
+    hist = None
+    if main is not None and data.step_energies_j.get(main):
+        hist = _histogram(data.step_energies_j[main])
+        hist["phase"] = main
+    return {"count": int(sum(p["n"] for p in data.phases.values())), "by_phase": by_phase,
+            "main_phase": main, "histogram": hist}
+
+
+def _histogram(vals: list[float], n_bins: int = 30) -> dict[str, Any]:
+    lo, hi = vals[0], vals[-1]
+    if hi <= lo:
+        return {"edges_j": [lo, lo], "counts": [len(vals)]}
+    width = (hi - lo) / n_bins
+    counts = [0] * n_bins
+    for v in vals:
+        counts[min(int((v - lo) / width), n_bins - 1)] += 1
+    return {"edges_j": [lo + k * width for k in range(n_bins + 1)], "counts": counts}
+
+
+def _hardware(data: RunData) -> dict[str, Any]:
+    gpus = Counter(c.name for c in data.channels if c.kind == "gpu")
+    cpus = Counter(c.name for c in data.channels if c.kind == "cpu")
+    text = "; ".join([f"{n} x {name}" for name, n in gpus.items()] +
+                     [f"CPU {name}" + (f" x {n}" if n > 1 else "") for name, n in cpus.items()])
+    return {"gpus": dict(gpus), "gpu_count": sum(gpus.values()), "cpus": dict(cpus),
+            "hosts": len(data.hosts), "text": text or "unknown"}
+
+
+def build_report(data: RunData, config: Any, sci_unit: str = "run",
+                 now: float | None = None) -> dict[str, Any]:
+    """The full report document of one run."""
+    s = data.summary
+    hw = _hardware(data)
+    flops = data.total("flops")
+    tokens = data.total("tokens")
+    samples = data.total("samples")
+    it_kwh = float(s["energy_kwh"])
+    profile = EnergyProfile(
+        it_kwh=it_kwh, bins=data.bins, start_unix=data.start_unix, end_unix=data.end_unix,
+        gpu_seconds=float(s["gpu_seconds"]), host_seconds=sum(data.hosts.values()),
+        n_gpus=hw["gpu_count"], n_hosts=len(data.hosts), steps=int(s["steps"]), tokens=tokens,
+        flops=flops)
+    acc = account(config, profile, sci_unit)
+    devices = [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
+                "rank": c.rank, "method": c.method, "measured": c.measured,
+                "source": next((x["source"] for x in s["sources"] if x["device"] == c.device and
+                                x["host"] == c.host and x["rank"] == c.rank), c.method),
+                "uncertainty": c.uncertainty, "energy_j": c.energy_j, "samples": c.samples,
+                "gap_s": c.gap_s} for c in data.channels]
+    measured_j = sum(d["energy_j"] for d in devices if d["measured"])
+    estimated_j = sum(d["energy_j"] for d in devices if not d["measured"])
+    quality = overall_quality(devices)
+    basis = energy_basis(measured_j, estimated_j)
+    gap_s = sum(d["gap_s"] for d in devices)
+    gpu_hours = float(s["gpu_seconds"]) / 3600.0
+    total_j = float(s["energy_j"]["total"])
+    steps = _steps(data)
+    loc = acc["intensity"]["location_based"]
+    method_text = (f"summed from per-step FLOPs recorded in the run's step rows ({', '.join(data.flops_methods)})"
+                   if flops and data.flops_methods else
+                   "summed from per-step FLOPs recorded in the run's step rows (method not recorded)"
+                   if flops else "not recorded (no step carried FLOPs)")
+    hardware_days = (s["gpu_seconds"] / 86400.0) if hw["gpu_count"] else sum(data.hosts.values()) / 86400.0
+    doc: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "schema": SCHEMA,
+        "generated_at": utc(time.time() if now is None else now),
+        "generator": {"name": "greentrack", "version": _version(),
+                      "recorded_with": data.versions.get("greentrack")},
+        "run": {"run_id": s["run_id"], "run_dir": str(data.run_dir), "status": s["status"],
+                "started_at": utc(data.start_unix), "ended_at": utc(data.end_unix),
+                "duration_s": float(s["duration_s"]), "stores": int(s["stores"]),
+                "hosts": {h: round(v, 3) for h, v in data.hosts.items()}, "mode": s["mode"],
+                "python": data.versions.get("python"), "platform": data.versions.get("platform")},
+        "energy": {"total_j": total_j, "it_kwh": it_kwh, "facility_kwh": acc["facility_energy_kwh"],
+                   "by_kind_j": {k: s["energy_j"][k] for k in ("gpu", "cpu", "dram")},
+                   "measured_kwh": measured_j / 3.6e6, "estimated_kwh": estimated_j / 3.6e6,
+                   "basis": basis, "devices": devices, "gaps": int(s["gaps"]), "gap_s": gap_s,
+                   "steps_energy_j": float(s.get("steps_energy_j") or 0.0)},
+        "pue": acc["pue"],
+        "location": acc["location"],
+        "intensity": acc["intensity"],
+        "scope2": acc["scope2"],
+        "embodied": acc["embodied"],
+        "sci": acc["sci"],
+        "cost": acc["cost"],
+        "compute": {
+            "steps": steps["count"], "flops": flops, "flops_method": method_text,
+            "samples": samples, "tokens": tokens, "gpu_count": hw["gpu_count"],
+            "gpu_hours": gpu_hours, "hardware": hw, "hardware_days": hardware_days,
+            "wall_clock_days": float(s["duration_s"]) / 86400.0,
+            "joules_per_step": total_j / steps["count"] if steps["count"] else None,
+            "joules_per_sample": total_j / samples if samples else None,
+            "joules_per_token": total_j / tokens if tokens else None,
+            "flops_per_joule": flops / total_j if flops and total_j > 0 else None,
+            "mfu": data.mfu,
+        },
+        "steps": steps,
+        "timeseries_resolution_s": data.resolution_s,
+        "timeseries": _timeseries(data),
+        "warnings": list(data.warnings) + acc["warnings"],
+    }
+    doc["methodology"] = methodology(devices, int(s["gaps"]), gap_s, quality, loc, data.resolution_s)
+    if s["status"] in ("running", "incomplete"):
+        doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
+    doc["eu_ai_act"] = {
+        "training_energy_mwh": it_kwh / 1000.0,
+        "training_energy_mwh_text": sig(it_kwh / 1000.0, 3),
+        "facility_energy_mwh": acc["facility_energy_kwh"] / 1000.0,
+        "energy_basis": basis,
+        "training_compute_flops": flops,
+        "training_compute_method": method_text,
+        "wall_clock_days": float(s["duration_s"]) / 86400.0,
+        "hardware_days": hardware_days,
+        "hardware_days_unit": "GPU-days" if hw["gpu_count"] else "host-days (no GPU tracked)",
+        "hardware": hw["text"],
+    }
+    doc["eu_ai_act"]["methodology"] = short_methodology(doc)
+    doc["summary"] = {
+        "status": s["status"], "duration_s": float(s["duration_s"]), "energy_kwh": it_kwh,
+        "facility_energy_kwh": acc["facility_energy_kwh"], "pue": acc["pue"]["value"],
+        "carbon_intensity_g_per_kwh": loc["g_per_kwh"], "intensity_method": loc["method"],
+        "emissions_location_kg": acc["scope2"]["location_based_kg"],
+        "emissions_market_kg": acc["scope2"]["market_based_kg"],
+        "embodied_kg": acc["embodied"]["sci_m_kg"], "gpu_hours": gpu_hours, "flops": flops,
+        "sci_g": acc["sci"]["score_g"], "sci_unit": acc["sci"]["functional_unit"],
+        "cost_total": acc["cost"]["total"] if acc["cost"] else None,
+        "currency": acc["cost"]["currency"] if acc["cost"] else None,
+        "energy_basis": basis, "quality": quality["band"],
+    }
+    return doc
+
+
+def _version() -> str:
+    from greentrack import __version__
+    return __version__

@@ -1,0 +1,193 @@
+"""``greentrack report`` and ``greentrack compare``, and the carbon/cost options they share with
+``greentrack run``.
+
+Settings are merged in this order, later wins: ``GREENTRACK_*`` environment variables, the
+``--config`` TOML file (or ``GREENTRACK_CONFIG``), command-line flags. Bad input ends in one line
+naming the setting, the value and what is allowed (exit 2); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from greentrack.errors import ConfigError
+
+#: flag -> (Config field, type, help)
+CARBON_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "--country": ("country", str, "ISO 3166 alpha-3 or alpha-2 code (FRA, FR) or English name"),
+    "--region": ("region", str, "US state, Canadian/Chinese province or Nordic zone (CA, QC, SE3)"),
+    "--cloud": ("cloud", str, "PROVIDER:REGION, e.g. gcp:europe-west9, aws:us-east-1"),
+    "--carbon-intensity": ("carbon_intensity_g_per_kwh", float, "location-based gCO2e/kWh to use"),
+    "--intensity-csv": ("intensity_csv", str, "time series of gCO2e/kWh (greentrack CSV or an "
+                                              "Electricity Maps export), integrated over the run"),
+    "--market-factor": ("market_factor_g_per_kwh", float, "market-based gCO2e/kWh (contracts, "
+                                                          "supplier or residual mix)"),
+    "--pue": ("pue", float, "power usage effectiveness (default: provider's, else 1.56)"),
+    "--electricity-price": ("electricity_price", float, "price per kWh"),
+    "--gpu-hour-price": ("gpu_hour_price", float, "price per GPU-hour"),
+    "--currency": ("currency", str, "currency code of the prices, e.g. EUR"),
+}
+TABLES = {"embodied", "boamps", "hf", "report", "electricitymaps"}
+
+
+def add_carbon_options(p: argparse.ArgumentParser) -> None:
+    """The carbon and cost flags, and ``--config``."""
+    g = p.add_argument_group("carbon and cost")
+    for flag, (dest, typ, help_) in CARBON_OPTIONS.items():
+        g.add_argument(flag, dest=dest, type=typ, metavar=flag[2:].upper().replace("-", "_"),
+                       help=help_)
+    g.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="TOML file with these settings (default: $GREENTRACK_CONFIG)")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Config overrides from a TOML file: top-level keys (or a ``[greentrack]`` table) are Config
+    fields; ``[embodied]``, ``[boamps]``, ``[hf]``, ``[report]`` and ``[electricitymaps]`` go into
+    ``Config.extra``.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown key, or a secret in the file.
+    """
+    import tomllib
+    from dataclasses import fields
+
+    from greentrack.config import Config
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError("config", str(path), f"cannot be read ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("config", str(path), f"is not valid TOML ({e})") from None
+    known = {f.name for f in fields(Config)} - {"extra"}
+    out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    flat = {**{k: v for k, v in data.items() if k != "greentrack"}, **dict(data.get("greentrack") or {})}
+    for key, value in flat.items():
+        if key in TABLES and isinstance(value, dict):
+            if key == "electricitymaps":
+                if "token" in value:
+                    raise ConfigError("electricitymaps.token", "***", "put the token in "
+                                      "GREENTRACK_ELECTRICITYMAPS_TOKEN, never in a file that may be shared")
+                for k, v in value.items():
+                    extra[f"electricitymaps_{k}"] = v
+            elif key == "report":
+                extra.update(value)
+            else:
+                extra[key] = dict(value)
+        elif key in known:
+            out[key] = value
+        else:
+            raise ConfigError(f"{path.name}: {key}", value, "unknown setting; known: "
+                              + ", ".join(sorted(known | TABLES)))
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def carbon_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """Overrides from ``--config`` (or $GREENTRACK_CONFIG) then from the flags."""
+    out: dict[str, Any] = {}
+    file = getattr(ns, "config_file", None) or os.environ.get("GREENTRACK_CONFIG")
+    if file:
+        out.update(load_config_file(file))
+    for dest, _, _ in CARBON_OPTIONS.values():
+        value = getattr(ns, dest, None)
+        if value is not None:
+            out[dest] = value
+    return out
+
+
+def make_config(ns: argparse.Namespace) -> Any:
+    from greentrack.config import Config
+    return Config.from_env(**carbon_settings(ns))
+
+
+def _formats(text: str) -> list[str]:
+    from greentrack.reports import FORMATS
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if "all" in names:
+        return list(FORMATS)
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise ConfigError("--format", text, f"must be all or a comma list of {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``report`` and ``compare`` on the main parser's subparsers."""
+    rep = sub.add_parser("report", help="disclosure reports of one or more runs",
+                         description="Write energy, carbon and cost disclosures of RUN_DIR(s): "
+                                     "json, md, html, csv (codecarbon columns), boamps, hf.")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--format", default="all", help="all, or a comma list of json, md, html, csv, "
+                                                     "boamps, hf (default all)")
+    rep.add_argument("--out", default="greentrack-report", metavar="DIR",
+                     help="output directory (one sub-directory per run when several)")
+    rep.add_argument("--sci-unit", choices=["run", "million-tokens", "flop"],
+                     help="SCI functional unit (default run)")
+    add_carbon_options(rep)
+    rep.set_defaults(handler=cmd_report)
+    cmp_ = sub.add_parser("compare", help="compare runs side by side",
+                          description="Joules per step/sample/token, FLOPs per joule, MFU, duration, "
+                                      "emissions and cost of each run, with ratios to the first.")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--json", action="store_true", help="machine-readable output")
+    add_carbon_options(cmp_)
+    cmp_.set_defaults(handler=cmd_compare)
+
+
+def _guard(fn: Any, ns: argparse.Namespace) -> int:
+    """Run a command; anything unexpected becomes one line (GREENTRACK_DEBUG=1 re-raises)."""
+    try:
+        return int(fn(ns))
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError("path", str(e.filename or ""), f"cannot be used ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - never a traceback for the user
+        if os.environ.get("GREENTRACK_DEBUG"):
+            raise
+        print(f"greentrack: internal error ({type(e).__name__}: {e}); rerun with GREENTRACK_DEBUG=1 "
+              "for details", file=sys.stderr)
+        return 1
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    return _guard(_report, ns)
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from greentrack.reports import iter_reports
+    from greentrack.store import store_paths
+    formats = _formats(ns.format)
+    config = make_config(ns)
+    unit = ns.sci_unit or str((config.extra or {}).get("sci_unit") or "run")
+    out = Path(ns.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "exists and is not a directory")
+    for run_dir in ns.run_dirs:  # check every directory before writing anything
+        store_paths(Path(run_dir))
+    for doc, written in iter_reports(ns.run_dirs, config, formats, out, unit):
+        for path in written:
+            print(path)
+        for w in doc["warnings"]:
+            print(f"greentrack: warning: {doc['run']['run_dir']}: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    return _guard(_compare, ns)
+
+
+def _compare(ns: argparse.Namespace) -> int:
+    from greentrack.reports.compare import compare, format_table
+    config = make_config(ns)
+    result = compare(ns.run_dirs, config)
+    print(json.dumps(result, indent=2, allow_nan=False) if ns.json else format_table(result))
+    return 0

@@ -1,0 +1,64 @@
+"""``--format csv``: one row per run in codecarbon's ``emissions.csv`` layout.
+
+The header is read at run time from codecarbon's ``EmissionsData`` dataclass, so dashboards built on
+codecarbon's file keep working. As in codecarbon, energies and powers include the PUE (codecarbon
+multiplies them by its ``pue``), ``emissions`` is kg CO2e (location-based), ``emissions_rate`` kg/s,
+powers are run averages in W and energies kWh. Fields greentrack does not know stay empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+FILENAME = "emissions.csv"
+
+
+def columns() -> list[str]:
+    from greentrack.carbon._codecarbon import emissions_csv_columns
+    return list(emissions_csv_columns())
+
+
+def row(doc: dict[str, Any]) -> dict[str, Any]:
+    s, e, run, loc = doc["summary"], doc["energy"], doc["run"], doc["location"]
+    pue, dur = float(s["pue"]), max(float(s["duration_s"]), 1e-9)
+    kwh = {k: (v or 0.0) / 3.6e6 * pue for k, v in e["by_kind_j"].items()}
+    hw = doc["compute"]["hardware"]
+    cpu_model = ", ".join(hw["cpus"]) if hw["cpus"] else ""
+    return {
+        "timestamp": run["ended_at"].rstrip("Z"), "project_name": Path(run["run_dir"]).name,
+        "run_id": run["run_id"] or "", "experiment_id": "", "duration": s["duration_s"],
+        "emissions": s["emissions_location_kg"], "emissions_rate": s["emissions_location_kg"] / dur,
+        "cpu_power": kwh["cpu"] * 3.6e6 / dur, "gpu_power": kwh["gpu"] * 3.6e6 / dur,
+        "ram_power": kwh["dram"] * 3.6e6 / dur, "cpu_energy": kwh["cpu"], "gpu_energy": kwh["gpu"],
+        "ram_energy": kwh["dram"], "energy_consumed": s["facility_energy_kwh"], "water_consumed": 0.0,
+        "country_name": loc.get("country_name", ""), "country_iso_code": loc.get("country_iso3", ""),
+        "region": loc.get("region", "") or "", "cloud_provider": loc.get("cloud_provider", ""),
+        "cloud_region": loc.get("cloud_region", ""), "os": run.get("platform") or "",
+        "python_version": run.get("python") or "",
+        "codecarbon_version": f"greentrack-{doc['generator']['version']}",
+        "cpu_count": "", "cpu_model": cpu_model, "gpu_count": hw["gpu_count"],
+        "gpu_model": "; ".join(f"{n} x {name}" for name, n in hw["gpus"].items()),
+        "longitude": "", "latitude": "", "ram_total_size": "",
+        "tracking_mode": run["mode"] if isinstance(run["mode"], str) else ",".join(run["mode"]),
+        "on_cloud": "Y" if loc.get("cloud_provider") else "N", "pue": pue, "wue": 0.0,
+    }
+
+
+def render(docs: list[dict[str, Any]]) -> str:
+    cols = columns()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for doc in docs:
+        r = row(doc)
+        writer.writerow({c: r.get(c, "") for c in cols})
+    return buf.getvalue()
+
+
+def write(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    path = out_dir / FILENAME
+    path.write_text(render([doc]), encoding="utf-8")
+    return [path]
