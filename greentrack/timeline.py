@@ -47,32 +47,36 @@ class StepMarks:
         device: ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` to mark on that device's current
             stream; ``None`` or a CPU device for host marks.
         clock: the host clock (``time.monotonic``; injectable for tests).
+        cuda: the ``torch.cuda`` module (injectable for tests without a GPU).
     """
 
-    def __init__(self, tracker: Any, device: Any = None, clock: Any = time.monotonic) -> None:
+    def __init__(self, tracker: Any, device: Any = None, clock: Any = time.monotonic,
+                 cuda: Any = None) -> None:
         self.tracker = tracker
         self._clock = clock
         self._open: tuple[str, float, Any] | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
         self.submitted = 0
-        self._torch: Any = None
+        self._cuda: Any = None
         self._device: Any = None
         if device is not None and "cuda" in str(getattr(device, "type", device)):
-            import torch
-            self._torch = torch
-            self._device = torch.device(device)
-            if self._device.index is None:
-                self._device = torch.device("cuda", torch.cuda.current_device())
+            if cuda is None:
+                import torch
+                cuda = torch.cuda
+                device = torch.device(device)
+                if device.index is None:
+                    device = torch.device("cuda", cuda.current_device())
+            self._cuda, self._device = cuda, device
             self._pool: list[Any] = []
             self._base = self._event()
             h = clock()
-            self._base.record(torch.cuda.current_stream(self._device))
+            self._base.record(cuda.current_stream(device))
             self._g0 = h  # host time at which the base ran: refined by every later mark
             self._g0_d = 0.0  # GPU time (s after base) of the mark that gave the bound
 
     @property
     def on_gpu(self) -> bool:
-        return self._torch is not None
+        return self._cuda is not None
 
     @property
     def is_open(self) -> bool:
@@ -90,12 +94,12 @@ class StepMarks:
     # -- the hot path -------------------------------------------------------------------------
     def begin(self, phase: str = "train") -> None:
         """Open a step of ``phase`` (an open one is replaced)."""
-        if self._torch is None:
+        if self._cuda is None:
             self._open = (phase, self._clock(), None)
             return
         ev = self._event()
         h = self._clock()
-        ev.record(self._torch.cuda.current_stream(self._device))
+        ev.record(self._cuda.current_stream(self._device))
         self._open = (phase, h, ev)
 
     def end(self, **info: Any) -> None:
@@ -104,13 +108,13 @@ class StepMarks:
         if opened is None:
             return
         phase, h0, ev0 = opened
-        if self._torch is None:
+        if self._cuda is None:
             self.submitted += 1
             self.tracker.submit_window(phase, h0, self._clock(), timeline="host", **info)
             return
         ev1 = self._event()
         h1 = self._clock()
-        ev1.record(self._torch.cuda.current_stream(self._device))
+        ev1.record(self._cuda.current_stream(self._device))
         self._pending.append((phase, h0, ev0, h1, ev1, info))
         self.poll()
 
@@ -173,7 +177,7 @@ class StepMarks:
     def _event(self) -> Any:
         if self._pool:
             return self._pool.pop()
-        return self._torch.cuda.Event(enable_timing=True)
+        return self._cuda.Event(enable_timing=True)
 
     def _recycle(self, ev: Any) -> None:
         if len(self._pool) < POOL_SIZE:
