@@ -127,7 +127,9 @@ def read_csv(path: str | Path) -> IntensitySeries:
             t = parse_time(cell)
         except ValueError:
             raise _bad(path, n, f"{cell!r} is not a time (use ISO 8601 or unix seconds)") from None
-        raw = row[v_col].strip() if v_col < len(row) else ""
+        if v_col >= len(row):
+            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(rows[0])}")
+        raw = row[v_col].strip()
         if raw == "":  # Electricity Maps leaves a gap empty: nothing is known for that interval
             if ends and ends[-1] is None and t > starts[-1]:
                 ends[-1] = t

@@ -82,7 +82,7 @@ def _timeseries(data: RunData) -> dict[str, Any]:
     run_total, cum = 0.0, []
     for e in cumulative:
         run_total += e
-        cum.append(round(run_total / 3.6e6, 9))
+        cum.append(float(f"{run_total / 3.6e6:.9g}"))
     return {"t0_unix": data.start_unix, "step_s": width,
             "t_s": [round((k + 0.5) * width, 3) for k in range(n)],
             "series": series, "cumulative_kwh": cum}

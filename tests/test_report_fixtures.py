@@ -1,0 +1,116 @@
+"""Real run directories for the carbon/report tests (helpers only; no tests here).
+
+Runs are made by a real Tracker (real sampler thread, real SQLite store) on a powercap tree whose
+counters advance at known watts from another process, plus the fake NVML (an H100 at a known
+power) when a GPU is wanted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.cli import main
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
+from tests.fakes.powercap import LiveCounters, PowercapTree
+
+REPO = Path(__file__).resolve().parents[1]
+BOAMPS_DIR = REPO.parent / "shared" / "schemas" / "boamps"
+SCHEMA = REPO / "greentrack" / "schemas" / "report-v1.schema.json"
+FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1, "resolution_s": 0.1}
+CLEAN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES",
+             "GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "GREENTRACK_CONFIG",
+             "GREENTRACK_ELECTRICITYMAPS_TOKEN", "GREENTRACK_ELECTRICITYMAPS_ZONE",
+             "GREENTRACK_ELECTRICITYMAPS_URL", "GREENTRACK_CACHE_DIR", "GREENTRACK_COUNTRY",
+             "GREENTRACK_REGION", "GREENTRACK_CLOUD", "GREENTRACK_CARBON_INTENSITY_G_PER_KWH",
+             "GREENTRACK_INTENSITY_CSV", "GREENTRACK_MARKET_FACTOR_G_PER_KWH", "GREENTRACK_PUE",
+             "GREENTRACK_ELECTRICITY_PRICE", "GREENTRACK_GPU_HOUR_PRICE", "GREENTRACK_CURRENCY")
+
+
+@contextlib.contextmanager
+def clean_env(mp: pytest.MonkeyPatch, root: Path) -> Iterator[None]:
+    for name in CLEAN_ENV:
+        mp.delenv(name, raising=False)
+    mp.setenv("GREENTRACK_POWERCAP_ROOT", str(root / "no-powercap"))
+    yield
+
+
+def make_run(root: Path, name: str = "run", cpu_w: float = 40.0, dram_w: float = 4.0,
+             gpu_w: float | None = None, steps: int = 8, step_s: float = 0.1,
+             step_info: dict[str, Any] | None = None, **settings: Any) -> Path:
+    """A finished run directory with known power. The caller's environment must be clean."""
+    tree = PowercapTree(root / f"{name}-powercap")
+    run_dir = root / name
+    info = {"samples": 4, "tokens": 512, "flops": 2.0e9} if step_info is None else step_info
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        if gpu_w is not None:
+            fake = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=gpu_w))])
+            mp.setitem(sys.modules, "pynvml", fake.module())
+        with LiveCounters(tree, {"intel-rapl:0": cpu_w, "intel-rapl:0:1": dram_w}):
+            with greentrack.Tracker(run_dir, **{**FAST, **settings}) as tracker:
+                for _ in range(steps):
+                    with tracker.step(**info):
+                        time.sleep(step_s)
+    return run_dir
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``greentrack ARGV`` in-process; (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def report_json(out_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((out_dir / "report.json").read_text(encoding="utf-8")))
+
+
+def validate_own_schema(doc: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    Draft202012Validator(schema).validate(doc)
+
+
+def boamps_validator() -> Any:
+    """A draft-04 validator of BoAmps' report schema whose https $refs resolve to the local files."""
+    if not BOAMPS_DIR.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"BoAmps schemas missing at {BOAMPS_DIR}")
+        pytest.skip(f"BoAmps schemas not found at {BOAMPS_DIR} (../shared/schemas/boamps)")
+    from jsonschema import Draft4Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+    resources = []
+    for path in sorted(BOAMPS_DIR.glob("*_schema.json")):
+        contents = json.loads(path.read_text(encoding="utf-8"))
+        resources.append((contents["id"], Resource.from_contents(contents, default_specification=DRAFT4)))
+    registry = Registry().with_resources(resources)
+    schema = json.loads((BOAMPS_DIR / "report_schema.json").read_text(encoding="utf-8"))
+    return Draft4Validator(schema, registry=registry)
+
+
+def samples_by_store(run_dir: Path) -> list[tuple[float, list[dict[str, Any]]]]:
+    """(started_unix, raw sample rows) of each store, read with the store's own reader."""
+    from greentrack.store import StoreReader, store_paths
+    out = []
+    for path in store_paths(run_dir):
+        r = StoreReader(path)
+        out.append((float(r.meta["started_unix"]), r.samples()))
+        r.close()
+    return out
