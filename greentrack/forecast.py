@@ -53,7 +53,10 @@ class Forecast:
 
     def observe(self, steps_done: int, energy_j: float, elapsed_s: float) -> None:
         """Record the run's position: steps done, energy so far, seconds so far (all segments)."""
-        if self._obs and steps_done <= self._obs[-1][0]:
+        if self._obs and steps_done < self._obs[-1][0]:
+            return
+        if self._obs and steps_done == self._obs[-1][0] and len(self._obs) > 1:
+            self._obs[-1] = (steps_done, energy_j, elapsed_s)  # same step, newer totals
             return
         self._obs.append((steps_done, energy_j, elapsed_s))
 
