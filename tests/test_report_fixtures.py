@@ -114,3 +114,21 @@ def samples_by_store(run_dir: Path) -> list[tuple[float, list[dict[str, Any]]]]:
         out.append((float(r.meta["started_unix"]), r.samples()))
         r.close()
     return out
+
+
+def expected_integration(run_dir: Path, rows: list[tuple[float, float, float]],
+                          fallback: float) -> tuple[float, float]:
+    """(g, kWh) from the raw stored buckets, each spread over its span and split by overlap."""
+    g = j = 0.0
+    for s0, samples in samples_by_store(run_dir):
+        for r in samples:
+            a, b, e = s0 + r["t"], s0 + r["t"] + r["dt"], r["energy_j"]
+            j += e
+            inside = 0.0
+            for lo, hi, v in rows:
+                ov = min(b, hi) - max(a, lo)
+                if ov > 0:
+                    inside += e * ov / (b - a)
+                    g += e * ov / (b - a) / 3.6e6 * v
+            g += (e - inside) / 3.6e6 * fallback
+    return g, j / 3.6e6

@@ -4,6 +4,7 @@ time-resolved integration against the stored energy buckets, embodied M, SCI, co
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 import greentrack
-from tests.test_report_fixtures import (clean_env, make_run, report_json, run_cli,
-                                        samples_by_store, validate_own_schema)
+from tests.test_report_fixtures import (clean_env, expected_integration, make_run, report_json,
+                                        run_cli, samples_by_store, validate_own_schema)
 
 YEAR_S = 365.25 * 86400.0
 STEP = {"samples": 4, "tokens": 512, "flops": 2.0e9, "flops_method": "user-given", "mfu": 0.4}
@@ -106,24 +107,6 @@ def test_eu_ai_act_fields(gpu_run: Path, tmp_path: Path, env: None) -> None:
         assert needed.lower() in eu["methodology"].lower()
 
 
-def _expected_integration(run_dir: Path, rows: list[tuple[float, float, float]],
-                          fallback: float) -> tuple[float, float]:
-    """(g, kWh) from the raw stored buckets, each spread over its span and split by overlap."""
-    g = j = 0.0
-    for s0, samples in samples_by_store(run_dir):
-        for r in samples:
-            a, b, e = s0 + r["t"], s0 + r["t"] + r["dt"], r["energy_j"]
-            j += e
-            inside = 0.0
-            for lo, hi, v in rows:
-                ov = min(b, hi) - max(a, lo)
-                if ov > 0:
-                    inside += e * ov / (b - a)
-                    g += e * ov / (b - a) / 3.6e6 * v
-            g += (e - inside) / 3.6e6 * fallback
-    return g, j / 3.6e6
-
-
 def _csv(path: Path, rows: list[tuple[float, float, float]]) -> Path:
     path.write_text("start,end,g_per_kwh\n" + "".join(f"{a!r},{b!r},{v}\n" for a, b, v in rows))
     return path
@@ -142,7 +125,7 @@ def test_time_resolved_intensity_is_integrated_against_the_stored_energy(gpu_run
         t, k = t + 0.25, k + 1
     csv = _csv(tmp_path / "i.csv", rows)
     doc = report(gpu_run, tmp_path / "o", "--intensity-csv", str(csv), "--pue", "1.1")
-    g, kwh = _expected_integration(gpu_run, rows, fallback=475.0)
+    g, kwh = expected_integration(gpu_run, rows, fallback=475.0)
     eff = g / kwh
     loc = doc["intensity"]["location_based"]
     assert loc["method"] == "time-resolved" and loc["coverage"] == pytest.approx(1.0)
@@ -161,7 +144,7 @@ def test_partial_coverage_charges_the_rest_at_the_yearly_factor_and_warns(gpu_ru
     rows = [(start - 10.0, start + 0.3, 10.0)]  # covers only the first 0.3 s
     csv = _csv(tmp_path / "i.csv", rows)
     doc = report(gpu_run, tmp_path / "o", "--intensity-csv", str(csv), "--country", "FRA")
-    g, kwh = _expected_integration(gpu_run, rows, fallback=fra_g_per_kwh())
+    g, kwh = expected_integration(gpu_run, rows, fallback=fra_g_per_kwh())
     loc = doc["intensity"]["location_based"]
     assert 0.0 < loc["coverage"] < 1.0
     assert loc["g_per_kwh"] == pytest.approx(g / kwh, rel=1e-6)
@@ -204,3 +187,33 @@ def test_time_series_and_sample_counts_match_the_store(gpu_run: Path, tmp_path: 
     assert doc["methodology"]["uncertainty"]["band"] == "high"
     steps = doc["steps"]["by_phase"]["train"]
     assert steps["count"] == 8 and sum(doc["steps"]["histogram"]["counts"]) == 8
+
+
+def test_resumed_segments_merge_and_several_runs_get_a_directory_each(gpu_run: Path, tmp_path: Path,
+                                                                      env: None) -> None:
+    make_run(tmp_path, "seg", cpu_w=40.0, steps=3)
+    time.sleep(0.3)  # a pause between segments: not counted as run time
+    make_run(tmp_path, "seg", cpu_w=80.0, steps=3)  # resume: a second store in the same directory
+    run = tmp_path / "seg"
+    stores = samples_by_store(run)
+    assert len(stores) == 2
+    summ = greentrack.summarize(run)
+    code, out, err = run_cli(["report", str(run), str(gpu_run), "--country", "FR", "--format", "json",
+                              "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    doc = report_json(tmp_path / "o" / "seg")
+    assert report_json(tmp_path / "o" / "run")["run"]["run_dir"] == str(gpu_run)
+    assert doc["summary"]["energy_kwh"] == summ["energy_kwh"]
+    assert doc["summary"]["duration_s"] == summ["duration_s"]
+    assert doc["run"]["stores"] == 2 and doc["steps"]["count"] == 6
+    total_j = sum(r["energy_j"] for _, rows in stores for r in rows)
+    assert doc["timeseries"]["cumulative_kwh"][-1] == pytest.approx(total_j / 3.6e6, rel=1e-6)
+    span = max(s0 for s0, _ in stores) - min(s0 for s0, _ in stores)
+    assert doc["run"]["hosts"][next(iter(doc["run"]["hosts"]))] < span + summ["duration_s"]
+    # 100 g/kWh until shortly into the second segment, 400 after: both segments are integrated
+    second = max(s0 for s0, _ in stores)
+    rows = [(second - 60.0, second + 0.2, 100.0), (second + 0.2, second + 99.0, 400.0)]
+    doc = report(run, tmp_path / "o2", "--intensity-csv", str(_csv(tmp_path / "i.csv", rows)))
+    g, kwh = expected_integration(run, rows, fallback=475.0)
+    assert doc["summary"]["carbon_intensity_g_per_kwh"] == pytest.approx(g / kwh, rel=1e-6)
+    assert 100.0 < doc["summary"]["carbon_intensity_g_per_kwh"] < 400.0

@@ -24,16 +24,16 @@ NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21
 # than GROUP BY on an expression, which sorts every row in a temporary B-tree.
 _BINS_SQL = """
 WITH RECURSIVE k(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ? AND t < (i + 1) * ? - ?)
-FROM k"""
+SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ?
+           AND t < (i + 1) * ? - ?) AS e FROM k"""
 
 _STEPS_SQL = """
 SELECT phase, COUNT(*) AS n, SUM(duration_s) AS duration_s,
        SUM(COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)) AS energy_j,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
-       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens
-FROM steps GROUP BY phase"""
+       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
+GROUP BY phase"""
 
 
 @dataclass
