@@ -92,9 +92,14 @@ class TrainingMeter:
     def begin(self, phase: str = "train") -> None:
         """Open a step. The first training step is counted when ``flops="auto"``."""
         if phase == "train" and self._counter is not None and not self._counter.active:
-            if not self._counter.start():
-                self._counting_failed()
+            self.start_counting()
         self.marks.begin(phase)
+
+    def start_counting(self) -> None:
+        """Start counting FLOPs now (``flops="auto"``), up to the end of the next training step.
+        Call it outside any module's forward (``begin`` does this for you)."""
+        if self._counter is not None and not self._counter.active and not self._counter.start():
+            self._counting_failed(self._counter.error)
 
     def end(self, **info: Any) -> None:
         """Close the open step; ``info`` may carry ``samples``, ``tokens`` and extras."""
@@ -185,6 +190,11 @@ class TrainingMeter:
         with self._lock:
             return dict(self._phase.get(phase, _zero()))
 
+    def phase_energy_j(self, phase: str) -> float:
+        """Joules of ``phase`` steps attributed so far, earlier segments included."""
+        prior = float((self.prior.get("phase_energy_j") or {}).get(phase, 0.0))
+        return prior + self.phase_totals(phase)["energy_j"]
+
     # -- metrics (training thread, at the logging cadence) ------------------------------------
     def energy_so_far_j(self) -> float:
         """This process's energy so far, earlier segments included (live, from the sampler)."""
@@ -232,12 +242,15 @@ class TrainingMeter:
         """What a checkpoint needs to continue this run (see the integrations' resume)."""
         steps = dict(self.prior["steps"])
         steps["train"] = self.train_steps
+        phase_j = dict(self.prior.get("phase_energy_j") or {})
         with self._lock:
             for phase, sums in self._phase.items():
                 if phase != "train":
                     steps[phase] = int(self.prior["steps"].get(phase, 0) + sums["n"])
+                phase_j[phase] = phase_j.get(phase, 0.0) + sums["energy_j"]
         return {"run_dir": str(self.tracker.run_dir), "run_id": self.tracker.run_id,
                 "energy_j": self.energy_so_far_j(), "elapsed_s": self.elapsed_s(), "steps": steps,
+                "phase_energy_j": phase_j,
                 "flops": self.flops.flops if self.flops else None,
                 "flops_method": self.flops.method if self.flops else None,
                 "flops_detail": self.flops.detail if self.flops else None}
@@ -258,6 +271,68 @@ class TrainingMeter:
         self.tracker.stop(status)
 
 
+def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
+    """The integration's :class:`~greentrack.config.Config` (validated now, so a bad setting fails
+    before training) and whether the user chose the run directory (argument, ``config`` or
+    ``GREENTRACK_RUN_DIR``). Otherwise the integration picks a fresh one on rank 0."""
+    import os
+
+    from greentrack.config import Config
+
+    if run_dir is not None:
+        settings = {**settings, "run_dir": run_dir}
+    base = config if config is not None else Config.from_env()
+    cfg = base.replace(**settings) if settings else base
+    chosen = (run_dir is not None or "GREENTRACK_RUN_DIR" in os.environ
+              or (config is not None and config.run_dir != Config().run_dir)
+              or "run_dir" in settings)
+    return cfg, chosen
+
+
+def new_run_dir(root: Any) -> Any:
+    """A fresh run directory under ``root/greentrack/`` (time-stamped, never a reused one)."""
+    import uuid
+    from pathlib import Path
+    return Path(root) / "greentrack" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_totals(run_dir: Any) -> dict[str, Any]:
+    """The whole run's totals (every rank and segment, :func:`greentrack.summarize`) with the
+    energy of each phase's steps added as ``phase_energy_j``."""
+    from pathlib import Path
+
+    from greentrack.store import StoreReader, store_paths
+    from greentrack.summary import summarize
+
+    out = summarize(run_dir)
+    by_phase: dict[str, float] = {}
+    for path in store_paths(Path(run_dir)):
+        try:
+            store = StoreReader(path)
+        except Exception:  # noqa: BLE001 - summarize already reported it
+            continue
+        for row in store.rows("SELECT phase, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)+"
+                              "COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
+            by_phase[row["phase"]] = by_phase.get(row["phase"], 0.0) + float(row["e"] or 0.0)
+        store.close()
+    out["phase_energy_j"] = by_phase
+    return out
+
+
+def totals_metrics(totals: dict[str, Any]) -> dict[str, float]:
+    """Flat run totals for loggers (``run_energy_j``, ``run_gpu_energy_j``, ...)."""
+    e = totals["energy_j"]
+    out = {"run_energy_j": float(e["total"]), "run_energy_kwh": float(totals["energy_kwh"]),
+           "run_duration_s": float(totals["duration_s"]), "run_steps": float(totals["steps"]),
+           "run_gpu_seconds": float(totals["gpu_seconds"])}
+    for kind in ("gpu", "cpu", "dram"):
+        if e.get(kind) is not None:
+            out[f"run_{kind}_energy_j"] = float(e[kind])
+    for phase, joules in totals.get("phase_energy_j", {}).items():
+        out[f"run_{phase}_steps_energy_j"] = joules
+    return out
+
+
 def resume_flops(state: dict[str, Any]) -> StepFlops | None:
     """The FLOPs per step a resumed run had measured, so it is not counted again."""
     if state.get("flops") and state.get("flops_method"):
@@ -266,4 +341,5 @@ def resume_flops(state: dict[str, Any]) -> StepFlops | None:
     return None
 
 
-__all__ = ["TrainingMeter", "resume_flops", "METHOD_COUNTED"]
+__all__ = ["TrainingMeter", "resume_flops", "resolve_config", "new_run_dir", "run_totals",
+           "totals_metrics", "METHOD_COUNTED"]

@@ -1,0 +1,164 @@
+"""Plain PyTorch: one line before a hand-written loop makes every optimizer step a tracked step.
+
+Example:
+    >>> from greentrack.integrations.torch import track_optimizer
+    >>> tracking = track_optimizer(optimizer, "runs/exp1", model=model)   # doctest: +SKIP
+    >>> for x, y in loader:                                                # unchanged loop
+    ...     loss = loss_fn(model(x), y)
+    ...     loss.backward()
+    ...     optimizer.step()
+    ...     optimizer.zero_grad()
+    ...     tracking.count(samples=len(x))          # optional: joules per sample
+    >>> with tracking.step("validation"):           # other phases, kept apart
+    ...     evaluate(model)
+    >>> tracking.close()                             # or use it as a context manager
+
+How steps are found: ``optimizer.step`` gets a post-hook (``register_step_post_hook``), so a step is
+an optimizer step, whatever the gradient accumulation. With ``model=``, a step starts at the model's
+first forward in training mode after the previous optimizer step (data loading and evaluation between
+steps are not part of it); without, it starts where the previous one ended. A step that
+``GradScaler`` skips (inf/NaN gradients) is not an optimizer step: its work joins the next one.
+
+On a CUDA model, step boundaries are CUDA events on the current stream, resolved later without
+synchronizing (see :mod:`greentrack.timeline`). ``tracking.metrics()`` gives the live metrics of
+:mod:`greentrack.training` for any logger.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from greentrack.training import TrainingMeter
+
+
+class OptimizerTracking:
+    """The handle :func:`track_optimizer` returns; see the module docstring."""
+
+    def __init__(self, optimizer: Any, tracker: Any, meter: TrainingMeter, model: Any,
+                 owns_tracker: bool, samples_per_step: float | None,
+                 tokens_per_step: float | None) -> None:
+        self.optimizer, self.tracker, self.meter, self.model = optimizer, tracker, meter, model
+        self._owns = owns_tracker
+        self._samples = 0.0
+        self._tokens = 0.0
+        self._fixed = (samples_per_step, tokens_per_step)
+        self._hooks = [optimizer.register_step_post_hook(self._after_step)]
+        if model is not None:
+            self._hooks.append(model.register_forward_pre_hook(self._before_forward))
+        else:
+            meter.begin("train")
+
+    # -- hooks (hot path) ----------------------------------------------------------------------
+    def _before_forward(self, module: Any, args: Any) -> None:
+        if module.training and self.meter.marks.open_phase is None:
+            self.meter.begin("train")
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        meter = self.meter
+        if meter.marks.open_phase == "train":
+            samples, tokens = self._fixed
+            meter.end(samples=self._samples or samples, tokens=self._tokens or tokens)
+        self._samples = self._tokens = 0.0
+        if self.model is None:
+            meter.begin("train")
+
+    def count(self, samples: float | None = None, tokens: float | None = None) -> None:
+        """Add samples and tokens to the current step (recorded when it ends)."""
+        if samples:
+            self._samples += samples
+        if tokens:
+            self._tokens += tokens
+
+    # -- other phases ----------------------------------------------------------------------------
+    @contextmanager
+    def step(self, phase: str = "validation", **info: Any) -> Iterator[None]:
+        """One step of another phase (``validation``, ``test``...), on the same timeline."""
+        meter = self.meter
+        resume_train = meter.marks.open_phase == "train" and self.model is None
+        if meter.marks.open_phase is not None:
+            meter.cancel()  # the open training window would overlap this step
+        meter.begin(phase)
+        try:
+            yield
+        finally:
+            meter.end(**info)
+            if resume_train:
+                meter.begin("train")
+
+    def metrics(self) -> dict[str, float]:
+        """Live metrics (``step_energy_j``, ``mfu``, ``energy_j``, forecast...): no I/O."""
+        return self.meter.metrics()
+
+    # -- end -------------------------------------------------------------------------------------
+    def close(self, status: str = "completed") -> None:
+        """Remove the hooks and resolve the last steps; stop the tracker if this call made it."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._owns:
+            self.meter.close(status)
+        else:
+            self.meter.marks.drain()
+
+    def __enter__(self) -> "OptimizerTracking":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close("completed" if exc_type is None else
+                   "stopped" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+
+
+def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, flops: Any = None,
+                    dtype: Any = None, samples_per_step: float | None = None,
+                    tokens_per_step: float | None = None, planned_steps: int | None = None,
+                    progress_every_s: float | None = 60.0, **settings: Any) -> OptimizerTracking:
+    """Track every step of ``optimizer`` from now on.
+
+    Args:
+        optimizer: a ``torch.optim.Optimizer``.
+        tracker: a :class:`greentrack.Tracker` (started here if needed, stopped by the caller), or a
+            run directory (a tracker is made with ``**settings`` and stopped by ``close``), or None
+            (``GREENTRACK_RUN_DIR`` or the default directory).
+        model: the model; when given, steps start at its first training-mode forward.
+        flops: FLOPs per optimizer step: ``"auto"`` counts the first step once (call this right
+            before the loop), a number, a :class:`greentrack.flops.StepFlops`, or None.
+        dtype: compute dtype for MFU (default: the parameters'; give it under autocast).
+        samples_per_step, tokens_per_step: constants per step (or use ``count``).
+        planned_steps: optimizer steps of the run, for the forecast.
+        progress_every_s: period of the forecast line in the Python log (rank 0; None: never).
+        **settings: any :class:`greentrack.Config` field, for a tracker made here.
+
+    Raises:
+        ConfigError: a setting is invalid.
+    """
+    from greentrack.tracker import Tracker
+
+    owns = not isinstance(tracker, Tracker)
+    if owns:
+        run_dir = Path(tracker) if tracker is not None else None
+        tracker = Tracker(run_dir, **settings)
+    if not tracker.running:
+        tracker.start()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device if params else None
+    meter = TrainingMeter(tracker, device=device, flops=flops,
+                          dtype=dtype if dtype is not None else (params[0].dtype if params else None),
+                          planned_steps=planned_steps, main=_env_rank() == 0,
+                          progress_every_s=progress_every_s)
+    meter.start_counting()  # outside any forward: the counter sees whole module calls
+    return OptimizerTracking(optimizer, tracker, meter, model, owns, samples_per_step,
+                             tokens_per_step)
+
+
+def _env_rank() -> int:
+    raw = os.environ.get("RANK", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+__all__ = ["track_optimizer", "OptimizerTracking"]

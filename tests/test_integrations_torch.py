@@ -1,0 +1,154 @@
+"""Plain PyTorch: ``track_optimizer`` on real loops, real tracker, counters at known watts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.errors import ConfigError
+from greentrack.flops import count
+from greentrack.store import StoreReader, store_paths
+from tests.conftest import FAST
+from tests.fakes.powercap import LiveCounters, PowercapTree
+
+torch = pytest.importorskip("torch")
+from greentrack.integrations.torch import track_optimizer  # noqa: E402
+
+WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
+
+
+def steps_of(run_dir: Path) -> list[dict[str, Any]]:
+    rows = [r for p in store_paths(run_dir) for r in StoreReader(p).steps()]
+    for r in rows:
+        r["extra"] = json.loads(r["extra"])
+    return rows
+
+
+def model_and_opt() -> tuple[Any, Any]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+def test_each_optimizer_step_is_a_step_with_its_joules(powercap: PowercapTree, tmp_path: Path) -> None:
+    model, opt = model_and_opt()
+    run = tmp_path / "run"
+    optimizer_steps = 0
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t_begin = time.monotonic()
+        with track_optimizer(opt, run, model=model, **FAST) as tracking:
+            for _ in range(6):
+                time.sleep(0.03)  # "data loading": not part of the step (model= given)
+                for _ in range(3):  # gradient accumulation: 3 micro-batches, one step
+                    model(torch.randn(8, 16)).sum().backward()
+                    tracking.count(samples=8)
+                    time.sleep(0.02)
+                opt.step()
+                optimizer_steps += 1
+                opt.zero_grad()
+        wall = time.monotonic() - t_begin
+    rows = steps_of(run)
+    assert [r["idx"] for r in rows] == list(range(optimizer_steps))
+    assert all(r["phase"] == "train" and r["samples"] == 24 and r["timeline"] == "host" for r in rows)
+    assert min(r["duration_s"] for r in rows) >= 0.06  # every micro-batch is in its step
+    for r in rows:
+        assert r["cpu_j"] == pytest.approx(40.0 * r["duration_s"], rel=0.1)
+        assert r["dram_j"] == pytest.approx(4.0 * r["duration_s"], rel=0.1)
+    assert sum(r["duration_s"] for r in rows) < wall - 6 * 0.03  # the data loading is not
+    s = greentrack.summarize(run)
+    assert s["status"] == "completed" and s["steps"] == optimizer_steps
+    assert s["steps_energy_j"] <= s["energy_j"]["total"]
+
+
+def test_without_a_model_steps_are_contiguous_and_other_phases_apart(no_host_env: Path,
+                                                                      tmp_path: Path) -> None:
+    model, opt = model_and_opt()
+    run = tmp_path / "run"
+    with track_optimizer(opt, run, **FAST) as tracking:
+        for i in range(6):
+            model(torch.randn(8, 16)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            if i == 2:
+                with tracking.step("validation", samples=8), torch.no_grad():
+                    model(torch.randn(8, 16))
+                    time.sleep(0.02)
+    rows = sorted(steps_of(run), key=lambda r: r["t0"])
+    assert [r["phase"] for r in rows].count("train") == 6
+    assert [r["phase"] for r in rows].count("validation") == 1
+    for a, b in zip(rows, rows[1:]):
+        assert b["t0"] >= a["t1"] - 1e-9  # no overlap: no joule in two steps
+    train = [r for r in rows if r["phase"] == "train"]
+    gaps = [b["t0"] - a["t1"] for a, b in zip(train, train[1:])]
+    assert sum(g < 1e-3 for g in gaps) >= 4  # contiguous, except around the validation step
+
+
+def test_auto_flops_counts_the_first_step_once(no_host_env: Path, tmp_path: Path) -> None:
+    model, opt = model_and_opt()
+    x = torch.randn(8, 16)
+    expected = count(lambda: model(x).sum().backward()).flops
+    opt.zero_grad()
+    run = tmp_path / "run"
+    with track_optimizer(opt, run, model=model, flops="auto", **FAST):
+        for _ in range(4):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    rows = steps_of(run)
+    assert [r["flops"] for r in rows] == [expected] * 4
+    assert [r["extra"].get("flops_counted_here", False) for r in rows] == [True, False, False, False]
+    assert all(r["extra"]["flops_method"] == "counted" for r in rows)
+    assert all("mfu" not in r["extra"] for r in rows)  # CPU: no peak in the table
+    events = [e for p in store_paths(run) for e in StoreReader(p).events() if e["kind"] == "flops"]
+    assert len(events) == 1 and json.loads(events[0]["details"])["method"] == "counted"
+
+
+def test_metrics_and_forecast_while_training(powercap: PowercapTree, tmp_path: Path) -> None:
+    model, opt = model_and_opt()
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        tracking = track_optimizer(opt, tmp_path / "run", model=model, flops=1e9,
+                                   samples_per_step=8, tokens_per_step=64, planned_steps=20, **FAST)
+        for _ in range(10):
+            model(torch.randn(8, 16)).sum().backward()
+            time.sleep(0.02)
+            opt.step()
+            opt.zero_grad()
+        tracking.metrics()  # the first observation of the forecast
+        time.sleep(0.15)  # let the sampler attribute them
+        for _ in range(2):
+            model(torch.randn(8, 16)).sum().backward()
+            opt.step()
+        m = tracking.metrics()
+        tracking.close()
+    assert m["step_energy_j"] == pytest.approx(44.0 * m["step_duration_s"], rel=0.15)
+    assert m["energy_per_sample_j"] == pytest.approx(m["step_energy_j"] / 8, rel=1e-6)
+    assert m["energy_per_token_j"] == pytest.approx(m["step_energy_j"] / 64, rel=1e-6)
+    assert m["flops_per_j"] == pytest.approx(1e9 / m["step_energy_j"], rel=1e-6)
+    assert m["energy_j"] > 0 and m["steps"] >= 8 and "step_gpu_energy_j" not in m
+    assert m["forecast_energy_j"] > m["energy_j"]  # 8 of 20 steps left
+    assert "mfu" not in m
+
+
+def test_a_tracker_passed_in_is_left_running(no_host_env: Path, tmp_path: Path) -> None:
+    model, opt = model_and_opt()
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        tracking = track_optimizer(opt, tracker, model=model)
+        model(torch.randn(8, 16)).sum().backward()
+        opt.step()
+        tracking.close()
+        assert tracker.running
+        model(torch.randn(8, 16)).sum().backward()
+        opt.step()  # the hook is gone: not a step
+    assert greentrack.summarize(tmp_path / "run")["steps"] == 1
+
+
+def test_bad_setting_is_one_line_before_any_step(tmp_path: Path) -> None:
+    _, opt = model_and_opt()
+    with pytest.raises(ConfigError) as e:
+        track_optimizer(opt, tmp_path / "run", interval_s=-1)
+    assert str(e.value).startswith("interval_s=-1") and "\n" not in str(e.value)
