@@ -6,7 +6,7 @@ buckets = 6.05 M sample rows, plus one training step every 2 s (302,400 step row
 ``greentrack report RUN_DIR --format all`` (json, md, html, csv, boamps, hf) in-process, with a
 country and an hourly intensity CSV so the time-resolved path is exercised too.
 
-    python bench/report_scale.py              # generate (cached in /tmp), time, append to RESULTS.md
+    python bench/report_scale.py              # generate (cached in /tmp), time, record in RESULTS.md
     python bench/report_scale.py --no-record  # time only
 
 Power is synthetic but shaped like training: GPUs alternate ~650 W compute and ~250 W data phases
@@ -21,11 +21,13 @@ import math
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from greentrack.store import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
 
@@ -119,6 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="/tmp/greentrack-bench-7d8gpu")
     ap.add_argument("--days", type=float, default=DAYS)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     base = Path(args.dir)
@@ -128,25 +131,35 @@ def main() -> int:
     gen_s = time.perf_counter() - t
     csv_path = hourly_csv(base / "fr-hourly.csv", args.days)
     out = base / "out"
-    from greentrack.cli import main as report_main
-
-    t = time.perf_counter()
-    rc = report_main(["report", str(run_dir), "--format", "all", "--out", str(out),
-                      "--country", "FRA", "--intensity-csv", str(csv_path),
-                      "--electricity-price", "0.2", "--gpu-hour-price", "2.5", "--currency", "EUR"])
-    report_s = time.perf_counter() - t
+    argv = [sys.executable, "-m", "greentrack", "report", str(run_dir), "--format", "all", "--out",
+            str(out), "--country", "FRA", "--intensity-csv", str(csv_path), "--electricity-price",
+            "0.2", "--gpu-hour-price", "2.5", "--currency", "EUR"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GREENTRACK_ELECTRICITYMAPS_TOKEN", None)
+    times = []
+    for _ in range(args.repeat):  # a fresh process each time: interpreter start and imports included
+        t = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - t)
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return 1
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    rows = sqlite3.connect(next(run_dir.glob(f"*{SUFFIX}"))).execute(
-        "SELECT (SELECT COUNT(*) FROM samples), (SELECT COUNT(*) FROM steps)").fetchone()
-    print(f"generate {gen_s:.1f} s; report (all formats) {report_s:.2f} s, rc={rc}; "
-          f"{rows[0]:,} samples, {rows[1]:,} steps; outputs {sizes}")
-    if not args.no_record and rc == 0:
-        _record(report_s, rows, sizes, args.days)
-    return 0 if rc == 0 and report_s <= 10.0 else 1
+    conn = sqlite3.connect(next(run_dir.glob(f"*{SUFFIX}")))
+    rows = conn.execute("SELECT (SELECT COUNT(*) FROM samples), (SELECT COUNT(*) FROM steps)").fetchone()
+    conn.close()
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    worst = max(times)
+    print(f"generate {gen_s:.1f} s; report (all formats) {', '.join(f'{x:.2f}' for x in times)} s "
+          f"(worst {worst:.2f} s); {rows[0]:,} samples, {rows[1]:,} steps; energy "
+          f"{summary['energy_kwh']:.1f} kWh, {summary['emissions_location_kg']:.1f} kgCO2e")
+    if not args.no_record:
+        _record(times, rows, sizes, args.days, summary)
+    return 0 if worst <= 10.0 else 1
 
 
-def _record(report_s: float, rows: tuple[int, int], sizes: dict[str, int], days: float) -> None:
-    cpu = "unknown CPU"
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -154,20 +167,34 @@ def _record(report_s: float, rows: tuple[int, int], sizes: dict[str, int], days:
                 break
     except OSError:
         pass
-    results = Path(__file__).resolve().parent / "RESULTS.md"
-    section = (
-        f"\n## report_scale.py: full report of a {days:g}-day, {GPUS}-GPU run "
-        f"({time.strftime('%Y-%m-%d')})\n\n"
-        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}.\n"
-        f"Store: {rows[0]:,} sample rows (1 s buckets, 10 channels), {rows[1]:,} steps.\n\n"
-        f"| what | result | target |\n| --- | --- | --- |\n"
-        f"| `greentrack report RUN --format all` (json, md, html, csv, boamps, hf), "
-        f"hourly intensity CSV | {report_s:.2f} s | <= 10 s |\n\n"
-        f"Output sizes (bytes): {', '.join(f'{k} {v:,}' for k, v in sizes.items())}.\n"
-        f"Reproduce: `python bench/report_scale.py` (store cached in /tmp/greentrack-bench-7d8gpu).\n")
-    with results.open("a", encoding="utf-8") as f:
-        f.write(section)
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+
+
+def _record(times: list[float], rows: tuple[int, int], sizes: dict[str, int], days: float,
+            summary: dict) -> None:
+    """Replace this benchmark's section of RESULTS.md (between its markers), keep the others."""
+    body = (
+        f"## Report at scale: {days:g}-day, {GPUS}-GPU run (`bench/report_scale.py`)\n\n"
+        f"Machine: {_machine()}. Measured {time.strftime('%Y-%m-%d')}.\n"
+        f"Store: {rows[0]:,} sample rows (1 s buckets x 10 channels: 8 GPUs, CPU package, DRAM), "
+        f"{rows[1]:,} steps; {summary['energy_kwh']:.0f} kWh.\n"
+        "Command: `python bench/report_scale.py` (store generated once, cached in "
+        "/tmp/greentrack-bench-7d8gpu; each timing is a fresh `python -m greentrack report RUN "
+        "--format all` process with an hourly Electricity Maps-style CSV, page cache warm).\n\n"
+        "| what | runs (s) | worst (s) | target |\n| --- | --- | --- | --- |\n"
+        f"| full report, all six formats | {', '.join(f'{x:.2f}' for x in times)} | "
+        f"{max(times):.2f} | <= 10 s on 2 cores |\n\n"
+        f"Output sizes (bytes): {', '.join(f'{k} {v:,}' for k, v in sizes.items())}.\n")
+    begin, end = "<!-- bench:report_scale -->", "<!-- /bench:report_scale -->"
+    results = REPO / "bench" / "RESULTS.md"
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
+    block = f"{begin}\n{body}{end}\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    results.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def zone_for(config: Any, location: dict[str, Any] | None) -> str | None:
     if region and location["country_iso3"] in ("SWE", "NOR"):
         return f"{a2}-{region}"
     if region and location["country_iso3"] == "CAN":
-        for sub in pycountry.subdivisions.get(country_code="CA") or []:
+        for sub in pycountry.subdivisions.get(country_code="CA") or []:  # type: ignore[no-untyped-call]
             if sub.name.lower() == str(region).lower():
                 return str(sub.code)
     if location["country_iso3"] == "USA":

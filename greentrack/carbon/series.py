@@ -86,7 +86,7 @@ def _pick(header: list[str], path: Path) -> tuple[int, int, int | None, int | No
         em = [i for i, h in enumerate(low) if h.startswith("carbon intensity")]
         direct = [i for i in em if "direct" in low[i]]
         lca = [i for i in em if "lca" in low[i] or "life cycle" in low[i] or "lifecycle" in low[i]]
-        v_col = (direct or lca or [None])[0]
+        v_col = (direct + lca)[0] if direct or lca else None
         kind = "electricitymaps"
     if t_col is None or v_col is None:
         raise _bad(path, 1, "the header needs a time column (" + ", ".join(TIME_COLUMNS) +

@@ -89,7 +89,7 @@ def _timeseries(data: RunData) -> dict[str, Any]:
 
 
 def _steps(data: RunData) -> dict[str, Any]:
-    by_phase = {}
+    by_phase: dict[str, dict[str, Any]] = {}
     for phase, p in data.phases.items():
         e = data.step_energies_j.get(phase, [])
         by_phase[phase] = {
@@ -148,7 +148,7 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
         n_gpus=hw["gpu_count"], n_hosts=len(data.hosts), steps=int(s["steps"]), tokens=tokens,
         flops=flops)
     acc = account(config, profile, sci_unit)
-    devices = [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
+    devices: list[dict[str, Any]] = [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
                 "rank": c.rank, "method": c.method, "measured": c.measured,
                 "source": next((x["source"] for x in s["sources"] if x["device"] == c.device and
                                 x["host"] == c.host and x["rank"] == c.rank), c.method),

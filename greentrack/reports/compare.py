@@ -14,11 +14,11 @@ from typing import Any
 from greentrack.reports import report_document
 from greentrack.reports.build import sig
 
-#: (key, label, unit, lower_is_better)
-METRICS: tuple[tuple[str, str, str, bool], ...] = (
+#: (key, label, unit, lower_is_better; None: neither)
+METRICS: tuple[tuple[str, str, str, bool | None], ...] = (
     ("duration_s", "duration", "s", True),
     ("energy_kwh", "IT energy", "kWh", True),
-    ("steps", "steps", "", False),
+    ("steps", "steps", "", None),
     ("joules_per_step", "energy per step", "J", True),
     ("joules_per_sample", "energy per sample", "J", True),
     ("joules_per_token", "energy per token", "J", True),
@@ -73,7 +73,7 @@ def format_table(result: dict[str, Any]) -> str:
             text = "n/a" if v is None else sig(float(v), 4)
             ratio = r["ratios"][key]
             if i and ratio is not None:
-                better = (ratio < 1) == lower if ratio != 1 else None
+                better = (ratio < 1) == lower if ratio != 1 and lower is not None else None
                 text += f" (x{ratio:.3g}{'' if better is None else ', better' if better else ', worse'})"
             cells.append(text)
         body.append(cells)

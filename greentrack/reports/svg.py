@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from typing import Any
 
 W, H = 760, 300
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 30, 45
@@ -132,7 +133,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     return "\n".join(out)
 
 
-def plots(doc: dict) -> dict[str, str]:
+def plots(doc: dict[str, Any]) -> dict[str, str]:
     """The report's three charts by name: ``power``, ``cumulative``, ``steps`` (when any)."""
     ts = doc["timeseries"]
     out = {
