@@ -201,3 +201,26 @@ def test_cli_end_to_end_from_greentrack_run_with_env_file_and_flags(tmp_path: Pa
         from greentrack.store import StoreReader, store_paths
         settings = StoreReader(store_paths(run_dir)[0]).meta["settings"]
         assert settings["country"] == "SE" and settings["region"] == "SE3"
+
+
+def test_estimated_energy_is_labelled_as_such_in_every_format(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):  # no powercap tree, no GPU: CPU and DRAM are estimates
+        run = tmp_path / "est"
+        with greentrack.Tracker(run, interval_s=0.02, counter_interval_s=0.1) as tracker:
+            for _ in range(3):
+                with tracker.step():
+                    sum(i * i for i in range(20000))
+        code, out, err = run_cli(["report", str(run), "--country", "FR", "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    doc = report_json(tmp_path / "o")
+    validate_own_schema(doc)
+    assert doc["summary"]["energy_basis"] == doc["eu_ai_act"]["energy_basis"] == "estimated"
+    assert doc["summary"]["quality"] == "low" and doc["energy"]["measured_kwh"] == 0
+    assert doc["methodology"]["estimated"] and not doc["methodology"]["measured"]
+    assert "ESTIMATED" in (tmp_path / "o" / "report.md").read_text()
+    assert "ESTIMATED" in (tmp_path / "o" / "report.html").read_text()
+    assert json.loads((tmp_path / "o" / "boamps-report.json").read_text())["quality"] == "low"
+    card = yaml.safe_load((tmp_path / "o" / "model-card.md").read_text().split("---\n")[1])
+    assert "estimated energy" in card["co2_eq_emissions"]["source"]
+    assert "Estimated:" in doc["eu_ai_act"]["methodology"]

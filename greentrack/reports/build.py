@@ -133,41 +133,93 @@ def _hardware(data: RunData) -> dict[str, Any]:
             "hosts": len(data.hosts), "text": text or "unknown"}
 
 
+def _devices(data: RunData) -> list[dict[str, Any]]:
+    sources = {(x["host"], x["rank"], x["device"]): x["source"] for x in data.summary["sources"]}
+    return [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
+             "rank": c.rank, "method": c.method, "measured": c.measured,
+             "source": sources.get((c.host, c.rank, c.device)) or c.method,
+             "uncertainty": c.uncertainty, "energy_j": c.energy_j, "samples": c.samples,
+             "gap_s": c.gap_s} for c in data.channels]
+
+
+def _energy(data: RunData, devices: list[dict[str, Any]], facility_kwh: float) -> dict[str, Any]:
+    s = data.summary
+    measured_j = sum(d["energy_j"] for d in devices if d["measured"])
+    estimated_j = sum(d["energy_j"] for d in devices if not d["measured"])
+    return {"total_j": float(s["energy_j"]["total"]), "it_kwh": float(s["energy_kwh"]),
+            "facility_kwh": facility_kwh,
+            "by_kind_j": {k: s["energy_j"][k] for k in ("gpu", "cpu", "dram")},
+            "measured_kwh": measured_j / 3.6e6, "estimated_kwh": estimated_j / 3.6e6,
+            "basis": energy_basis(measured_j, estimated_j), "devices": devices,
+            "gaps": int(s["gaps"]), "gap_s": sum(d["gap_s"] for d in devices),
+            "steps_energy_j": float(s.get("steps_energy_j") or 0.0)}
+
+
+def _compute(data: RunData, steps: dict[str, Any]) -> dict[str, Any]:
+    s, hw = data.summary, _hardware(data)
+    flops, tokens, samples = data.total("flops"), data.total("tokens"), data.total("samples")
+    total_j = float(s["energy_j"]["total"])
+    recorded = "summed from per-step FLOPs recorded in the run's step rows"
+    method = (f"{recorded} ({', '.join(data.flops_methods)})" if flops and data.flops_methods else
+              f"{recorded} (method not recorded)" if flops else "not recorded (no step carried FLOPs)")
+    return {
+        "steps": steps["count"], "flops": flops, "flops_method": method, "samples": samples,
+        "tokens": tokens, "gpu_count": hw["gpu_count"], "gpu_hours": float(s["gpu_seconds"]) / 3600.0,
+        "hardware": hw,
+        "hardware_days": (float(s["gpu_seconds"]) if hw["gpu_count"] else sum(data.hosts.values()))
+        / 86400.0,
+        "wall_clock_days": float(s["duration_s"]) / 86400.0,
+        "joules_per_step": total_j / steps["count"] if steps["count"] else None,
+        "joules_per_sample": total_j / samples if samples else None,
+        "joules_per_token": total_j / tokens if tokens else None,
+        "flops_per_joule": flops / total_j if flops and total_j > 0 else None,
+        "mfu": data.mfu,
+    }
+
+
+def _eu_ai_act(doc: dict[str, Any]) -> dict[str, Any]:
+    e, c = doc["energy"], doc["compute"]
+    eu = {"training_energy_mwh": e["it_kwh"] / 1000.0,
+          "training_energy_mwh_text": sig(e["it_kwh"] / 1000.0, 3),
+          "facility_energy_mwh": e["facility_kwh"] / 1000.0, "energy_basis": e["basis"],
+          "training_compute_flops": c["flops"], "training_compute_method": c["flops_method"],
+          "wall_clock_days": c["wall_clock_days"], "hardware_days": c["hardware_days"],
+          "hardware_days_unit": "GPU-days" if c["gpu_count"] else "host-days (no GPU tracked)",
+          "hardware": c["hardware"]["text"]}
+    eu["methodology"] = short_methodology(doc)
+    return eu
+
+
+def _summary(doc: dict[str, Any]) -> dict[str, Any]:
+    run, e, loc = doc["run"], doc["energy"], doc["intensity"]["location_based"]
+    cost = doc["cost"]
+    return {
+        "status": run["status"], "duration_s": run["duration_s"], "energy_kwh": e["it_kwh"],
+        "facility_energy_kwh": e["facility_kwh"], "pue": doc["pue"]["value"],
+        "carbon_intensity_g_per_kwh": loc["g_per_kwh"], "intensity_method": loc["method"],
+        "emissions_location_kg": doc["scope2"]["location_based_kg"],
+        "emissions_market_kg": doc["scope2"]["market_based_kg"],
+        "embodied_kg": doc["embodied"]["sci_m_kg"], "gpu_hours": doc["compute"]["gpu_hours"],
+        "flops": doc["compute"]["flops"], "sci_g": doc["sci"]["score_g"],
+        "sci_unit": doc["sci"]["functional_unit"], "cost_total": cost["total"] if cost else None,
+        "currency": cost["currency"] if cost else None, "energy_basis": e["basis"],
+        "quality": doc["methodology"]["uncertainty"]["band"],
+    }
+
+
 def build_report(data: RunData, config: Any, sci_unit: str = "run",
                  now: float | None = None) -> dict[str, Any]:
     """The full report document of one run."""
     s = data.summary
-    hw = _hardware(data)
-    flops = data.total("flops")
-    tokens = data.total("tokens")
-    samples = data.total("samples")
-    it_kwh = float(s["energy_kwh"])
-    profile = EnergyProfile(
-        it_kwh=it_kwh, bins=data.bins, start_unix=data.start_unix, end_unix=data.end_unix,
-        gpu_seconds=float(s["gpu_seconds"]), host_seconds=sum(data.hosts.values()),
-        n_gpus=hw["gpu_count"], n_hosts=len(data.hosts), steps=int(s["steps"]), tokens=tokens,
-        flops=flops)
-    acc = account(config, profile, sci_unit)
-    devices: list[dict[str, Any]] = [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
-                "rank": c.rank, "method": c.method, "measured": c.measured,
-                "source": next((x["source"] for x in s["sources"] if x["device"] == c.device and
-                                x["host"] == c.host and x["rank"] == c.rank), c.method),
-                "uncertainty": c.uncertainty, "energy_j": c.energy_j, "samples": c.samples,
-                "gap_s": c.gap_s} for c in data.channels]
-    measured_j = sum(d["energy_j"] for d in devices if d["measured"])
-    estimated_j = sum(d["energy_j"] for d in devices if not d["measured"])
-    quality = overall_quality(devices)
-    basis = energy_basis(measured_j, estimated_j)
-    gap_s = sum(d["gap_s"] for d in devices)
-    gpu_hours = float(s["gpu_seconds"]) / 3600.0
-    total_j = float(s["energy_j"]["total"])
     steps = _steps(data)
-    loc = acc["intensity"]["location_based"]
-    method_text = (f"summed from per-step FLOPs recorded in the run's step rows ({', '.join(data.flops_methods)})"
-                   if flops and data.flops_methods else
-                   "summed from per-step FLOPs recorded in the run's step rows (method not recorded)"
-                   if flops else "not recorded (no step carried FLOPs)")
-    hardware_days = (s["gpu_seconds"] / 86400.0) if hw["gpu_count"] else sum(data.hosts.values()) / 86400.0
+    compute = _compute(data, steps)
+    acc = account(config, EnergyProfile(
+        it_kwh=float(s["energy_kwh"]), bins=data.bins, start_unix=data.start_unix,
+        end_unix=data.end_unix, gpu_seconds=float(s["gpu_seconds"]),
+        host_seconds=sum(data.hosts.values()), n_gpus=compute["gpu_count"], n_hosts=len(data.hosts),
+        steps=int(s["steps"]), tokens=compute["tokens"], flops=compute["flops"]), sci_unit)
+    devices = _devices(data)
+    energy = _energy(data, devices, acc["facility_energy_kwh"])
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "schema": SCHEMA,
         "generated_at": utc(time.time() if now is None else now),
@@ -178,62 +230,20 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
                 "duration_s": float(s["duration_s"]), "stores": int(s["stores"]),
                 "hosts": {h: round(v, 3) for h, v in data.hosts.items()}, "mode": s["mode"],
                 "python": data.versions.get("python"), "platform": data.versions.get("platform")},
-        "energy": {"total_j": total_j, "it_kwh": it_kwh, "facility_kwh": acc["facility_energy_kwh"],
-                   "by_kind_j": {k: s["energy_j"][k] for k in ("gpu", "cpu", "dram")},
-                   "measured_kwh": measured_j / 3.6e6, "estimated_kwh": estimated_j / 3.6e6,
-                   "basis": basis, "devices": devices, "gaps": int(s["gaps"]), "gap_s": gap_s,
-                   "steps_energy_j": float(s.get("steps_energy_j") or 0.0)},
-        "pue": acc["pue"],
-        "location": acc["location"],
-        "intensity": acc["intensity"],
-        "scope2": acc["scope2"],
-        "embodied": acc["embodied"],
-        "sci": acc["sci"],
-        "cost": acc["cost"],
-        "compute": {
-            "steps": steps["count"], "flops": flops, "flops_method": method_text,
-            "samples": samples, "tokens": tokens, "gpu_count": hw["gpu_count"],
-            "gpu_hours": gpu_hours, "hardware": hw, "hardware_days": hardware_days,
-            "wall_clock_days": float(s["duration_s"]) / 86400.0,
-            "joules_per_step": total_j / steps["count"] if steps["count"] else None,
-            "joules_per_sample": total_j / samples if samples else None,
-            "joules_per_token": total_j / tokens if tokens else None,
-            "flops_per_joule": flops / total_j if flops and total_j > 0 else None,
-            "mfu": data.mfu,
-        },
+        "energy": energy,
+        **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost")},
+        "compute": compute,
         "steps": steps,
         "timeseries_resolution_s": data.resolution_s,
         "timeseries": _timeseries(data),
+        "methodology": methodology(devices, energy["gaps"], energy["gap_s"], overall_quality(devices),
+                                   acc["intensity"]["location_based"], data.resolution_s),
         "warnings": list(data.warnings) + acc["warnings"],
     }
-    doc["methodology"] = methodology(devices, int(s["gaps"]), gap_s, quality, loc, data.resolution_s)
     if s["status"] in ("running", "incomplete"):
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
-    doc["eu_ai_act"] = {
-        "training_energy_mwh": it_kwh / 1000.0,
-        "training_energy_mwh_text": sig(it_kwh / 1000.0, 3),
-        "facility_energy_mwh": acc["facility_energy_kwh"] / 1000.0,
-        "energy_basis": basis,
-        "training_compute_flops": flops,
-        "training_compute_method": method_text,
-        "wall_clock_days": float(s["duration_s"]) / 86400.0,
-        "hardware_days": hardware_days,
-        "hardware_days_unit": "GPU-days" if hw["gpu_count"] else "host-days (no GPU tracked)",
-        "hardware": hw["text"],
-    }
-    doc["eu_ai_act"]["methodology"] = short_methodology(doc)
-    doc["summary"] = {
-        "status": s["status"], "duration_s": float(s["duration_s"]), "energy_kwh": it_kwh,
-        "facility_energy_kwh": acc["facility_energy_kwh"], "pue": acc["pue"]["value"],
-        "carbon_intensity_g_per_kwh": loc["g_per_kwh"], "intensity_method": loc["method"],
-        "emissions_location_kg": acc["scope2"]["location_based_kg"],
-        "emissions_market_kg": acc["scope2"]["market_based_kg"],
-        "embodied_kg": acc["embodied"]["sci_m_kg"], "gpu_hours": gpu_hours, "flops": flops,
-        "sci_g": acc["sci"]["score_g"], "sci_unit": acc["sci"]["functional_unit"],
-        "cost_total": acc["cost"]["total"] if acc["cost"] else None,
-        "currency": acc["cost"]["currency"] if acc["cost"] else None,
-        "energy_basis": basis, "quality": quality["band"],
-    }
+    doc["eu_ai_act"] = _eu_ai_act(doc)
+    doc["summary"] = _summary(doc)
     return doc
 
 

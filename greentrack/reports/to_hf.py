@@ -50,7 +50,7 @@ def render(doc: dict[str, Any], opts: dict[str, Any] | None = None) -> str:
         f"{sig(eu['hardware_days'], 3)} {eu['hardware_days_unit']} on {c['hardware']['text']}.", "",
         f"- **Emissions (location-based, Scope 2):** {sig(grams, 3)} gCO2e at "
         f"{sig(s['carbon_intensity_g_per_kwh'], 3)} gCO2e/kWh ({li['source']}).",
-        f"- **Emissions (market-based):** " + (f"{sig(market * 1000.0, 3)} gCO2e." if market is not None
+        "- **Emissions (market-based):** " + (f"{sig(market * 1000.0, 3)} gCO2e." if market is not None
                                                else "not reported (no contractual factor given)."),
         f"- **Embodied hardware emissions, amortized (SCI M):** {sig(s['embodied_kg'] * 1000.0, 3)} gCO2e.",
         f"- **SCI per {s['sci_unit']}:** {sig(s['sci_g'], 3) if s['sci_g'] is not None else 'n/a'} gCO2e.",
