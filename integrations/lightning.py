@@ -1,0 +1,305 @@
+"""Lightning: per-step joules, FLOPs and MFU for every optimizer step, through every logger.
+
+Example:
+    >>> from greentrack.integrations.lightning import GreenTrackCallback
+    >>> trainer = L.Trainer(callbacks=[GreenTrackCallback()])          # doctest: +SKIP
+    >>> trainer.fit(model)                                             # doctest: +SKIP
+
+Metrics, logged with ``pl_module.log`` at the trainer's logging cadence (``log_every_n_steps``) so
+TensorBoard, CSV, W&B, MLflow and the progress bar all receive them: ``greentrack/step_energy_j``,
+``greentrack/step_gpu_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
+``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
+``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps``,
+``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
+:mod:`greentrack.training`), ``greentrack/validation_energy_j`` at each validation epoch end, and
+``energy_kJ``/``forecast_kJ`` on the progress bar. At the end of ``fit``/``validate``/``test``,
+rank 0 logs the whole run's totals (all ranks) as ``greentrack/run_*``.
+
+Phases: ``train`` (one step per optimizer step: with ``accumulate_grad_batches=k`` a step spans
+its ``k`` micro-batches), ``validation``, ``sanity_check``, ``test`` and ``predict`` (one step per
+batch), kept apart in the store.
+
+Distributed (``strategy="ddp"``): every rank measures its own GPUs; CPU and DRAM are measured by
+local rank 0 of each node only; rank 0 chooses the run directory and broadcasts it, so every rank
+writes its store into the same one.
+
+Resume: the callback's ``state_dict`` holds the run directory and id; loading a checkpoint continues
+the same run in a new store segment (totals are the sum of segments, nothing counted twice) with
+step indices continuing from the checkpoint's ``global_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from greentrack.errors import ConfigError
+from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
+                                 run_totals, totals_metrics)
+
+log = logging.getLogger("greentrack")
+PREFIX = "greentrack/"
+
+
+class GreenTrackCallback(Callback):
+    """Tracks the energy of a Lightning run; see the module docstring.
+
+    Args:
+        run_dir: run directory; default ``<default_root_dir>/greentrack/<time>-<id>`` (or
+            ``GREENTRACK_RUN_DIR``).
+        flops: FLOPs per optimizer step: ``"auto"`` counts the first step once, a number, a
+            :class:`greentrack.flops.StepFlops` (e.g. ``analytic(...)``), or None.
+        samples_fn: ``batch -> samples``; default: the first dimension of the batch's first tensor.
+        tokens_fn: ``batch -> tokens``, for joules per token (default: not recorded).
+        planned_steps: optimizer steps of the run, for the forecast (default: the trainer's
+            ``estimated_stepping_batches``).
+        prog_bar: show ``energy_kJ`` and ``forecast_kJ`` on the progress bar.
+        log_totals: rank 0 logs the whole run's totals at the end of each stage.
+        progress_every_s: period of the forecast line in the Python log (None: never).
+        config: a :class:`greentrack.Config`; ``**settings`` (any Config field) override it.
+
+    Raises:
+        ConfigError: a setting is invalid (at construction, before any training).
+    """
+
+    def __init__(self, run_dir: str | Path | None = None, *, flops: Any = "auto",
+                 samples_fn: Any = None, tokens_fn: Any = None, planned_steps: int | None = None,
+                 prog_bar: bool = True, log_totals: bool = True,
+                 progress_every_s: float | None = 60.0, config: Any = None,
+                 **settings: Any) -> None:
+        self._config, self._dir_chosen = resolve_config(run_dir, config, settings)
+        self._flops, self._samples_fn, self._tokens_fn = flops, samples_fn, tokens_fn
+        self._planned = planned_steps
+        self._prog_bar, self._log_totals = prog_bar, log_totals
+        self._progress_every_s = progress_every_s
+        self._run_dir: Path | None = None
+        self._carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
+        self.meter: TrainingMeter | None = None
+        #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
+        self.summary: dict[str, Any] | None = None
+        self._last_gs = 0
+        self._samples = 0.0
+        self._tokens = 0.0
+        # Each rank logs its own validation energy on purpose (no collective in a callback that
+        # must never hang training); Lightning's advice to sync it does not apply.
+        warnings.filterwarnings("ignore", message=r".*'greentrack/validation_energy_j'.*sync_dist")
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return self.meter.state() if self.meter is not None else dict(self._carry)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._carry = dict(state_dict)
+        saved = state_dict.get("run_dir")
+        if saved and self._run_dir is not None and Path(saved) != self._run_dir:
+            log.info("greentrack: resuming run %s in %s (from the checkpoint)",
+                     state_dict.get("run_id"), saved)
+        if saved:
+            self._run_dir = Path(saved)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._run_dir is None:  # rank 0 decides, every rank writes into the same directory
+            chosen = self._config.run_dir if self._dir_chosen else \
+                new_run_dir(trainer.default_root_dir)
+            self._run_dir = Path(trainer.strategy.broadcast(str(chosen), src=0))
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
+        if self.meter is not None:
+            return
+        if self._run_dir is None:
+            self.setup(trainer, pl_module, "")
+        cfg = self._config.replace(run_dir=self._run_dir, rank=trainer.global_rank,
+                                   run_id=self._carry.get("run_id") or self._config.run_id)
+        if cfg.host_energy is None:  # one process per node measures CPU and DRAM
+            cfg = cfg.replace(host_energy=trainer.local_rank == 0)
+        from greentrack.tracker import Tracker
+        try:
+            tracker = Tracker(config=cfg).start()
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never break training over measurement
+            log.warning("greentrack: tracking disabled for this run: %s", e)
+            return
+        flops = resume_flops(self._carry) or self._flops
+        self.meter = TrainingMeter(
+            tracker, device=pl_module.device, flops=flops, dtype=trainer.precision,
+            planned_steps=self._planned, prior=self._carry, main=trainer.is_global_zero,
+            progress_every_s=self._progress_every_s)
+        tracker.continue_steps({k: int(v) for k, v in self._carry.get("steps", {}).items()})
+
+    def _stop(self, trainer: Any, status: str, totals: bool) -> None:
+        meter, self.meter = self.meter, None
+        if meter is not None:
+            self._carry = meter.state()
+            meter.close(status)
+        if not (totals and self._log_totals) or self._run_dir is None:
+            return
+        # Every rank's store is closed past this point (reached by every rank, tracked or not).
+        trainer.strategy.barrier("greentrack-totals")
+        if not trainer.is_global_zero:
+            return
+        try:
+            self.summary = run_totals(self._run_dir)
+        except Exception as e:  # noqa: BLE001
+            log.warning("greentrack: could not read the run's totals: %s", e)
+            return
+        flat = {PREFIX + k: v for k, v in totals_metrics(self.summary).items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
+        log.info("greentrack: run %s: %.1f J (%.4g kWh) over %.1f s, %d steps, all ranks; %s",
+                 self.summary["run_id"], self.summary["energy_j"]["total"],
+                 self.summary["energy_kwh"], self.summary["duration_s"], self.summary["steps"],
+                 self._run_dir)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        meter = self.meter
+        if meter is None:
+            return
+        # The loops' progress is restored after on_fit_start: continue the step count from it.
+        self._last_gs = trainer.global_step
+        meter.train_steps = trainer.global_step
+        meter.tracker.continue_steps({"train": trainer.global_step})
+        planned = self._planned
+        if planned is None:
+            try:
+                est = trainer.estimated_stepping_batches
+                planned = int(est) if est != float("inf") else None
+            except Exception:  # noqa: BLE001 - no forecast then
+                planned = None
+        meter.forecast.planned_steps = planned
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._stop(trainer, "completed", totals=True)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._stop(trainer, "stopped" if isinstance(exception, KeyboardInterrupt) else "failed",
+                   totals=False)
+
+    # -- training steps (hot path) -------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        meter = self.meter
+        if meter is None:
+            return
+        if meter.marks.open_phase != "train":
+            meter.begin("train")
+        self._count(batch)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        meter = self.meter
+        if meter is None:
+            return
+        gs = trainer.global_step
+        if gs == self._last_gs:
+            return  # gradient accumulation: the optimizer step is not done yet
+        self._last_gs = gs
+        meter.end(samples=self._samples or None, tokens=self._tokens or None)
+        self._samples = self._tokens = 0.0
+        if self._logging_now(trainer):
+            self._log(pl_module, meter.metrics())
+
+    def _count(self, batch: Any) -> None:
+        if self._samples_fn is not None:
+            self._samples += float(self._samples_fn(batch) or 0)
+        else:
+            self._samples += float(_batch_size(batch) or 0)
+        if self._tokens_fn is not None:
+            self._tokens += float(self._tokens_fn(batch) or 0)
+
+    def _logging_now(self, trainer: Any) -> bool:
+        # Lightning's own monitors ask the logger connector; fall back to the public cadence.
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None and hasattr(connector, "should_update_logs"):
+            return bool(connector.should_update_logs)
+        n = trainer.log_every_n_steps
+        return bool(n) and trainer.global_step % n == 0
+
+    def _log(self, pl_module: Any, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            pl_module.log(PREFIX + name, value, on_step=True, on_epoch=False, batch_size=1)
+        if self._prog_bar:
+            pl_module.log("energy_kJ", metrics["energy_j"] / 1000.0, prog_bar=True, logger=False,
+                          on_step=True, on_epoch=False, batch_size=1)
+            if "forecast_energy_j" in metrics:
+                pl_module.log("forecast_kJ", metrics["forecast_energy_j"] / 1000.0, prog_bar=True,
+                              logger=False, on_step=True, on_epoch=False, batch_size=1)
+
+    # -- evaluation steps ----------------------------------------------------------------------
+    def _eval_begin(self, trainer: Any, phase: str) -> None:
+        meter = self.meter
+        if meter is not None:
+            meter.begin("sanity_check" if trainer.sanity_checking else phase)
+
+    def _eval_end(self, batch: Any) -> None:
+        meter = self.meter
+        if meter is not None:
+            samples = self._samples_fn(batch) if self._samples_fn is not None else _batch_size(batch)
+            tokens = self._tokens_fn(batch) if self._tokens_fn is not None else None
+            meter.end(samples=samples, tokens=tokens)
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._eval_begin(trainer, "validation")
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_end(batch)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        meter = self.meter
+        if meter is None or trainer.sanity_checking:
+            return
+        meter.marks.poll()
+        pl_module.log(PREFIX + "validation_energy_j", meter.phase_energy_j("validation"),
+                      on_step=False, on_epoch=True, batch_size=1)
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._eval_begin(trainer, "test")
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_end(batch)
+
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        self._eval_begin(trainer, "predict")
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_end(batch)
+
+
+def _batch_size(batch: Any) -> int | None:
+    """First dimension of the batch's first tensor (tensors, lists, tuples, dicts)."""
+    for _ in range(4):
+        shape = getattr(batch, "shape", None)
+        if shape is not None:
+            return int(shape[0]) if len(shape) else None
+        if isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        elif isinstance(batch, dict) and batch:
+            batch = next(iter(batch.values()))
+        else:
+            return None
+    return None
+
+
+__all__ = ["GreenTrackCallback"]

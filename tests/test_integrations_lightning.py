@@ -1,0 +1,217 @@
+"""Lightning: a real ``Trainer`` on a tiny CPU model, real tracker, counters at known watts.
+
+DDP (2 processes) is in ``test_integrations_distributed.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.errors import ConfigError
+from greentrack.store import StoreReader, store_paths
+from tests.conftest import FAST
+from tests.fakes.powercap import LiveCounters, PowercapTree
+
+L = pytest.importorskip("lightning")
+torch = pytest.importorskip("torch")
+from lightning.pytorch.loggers.logger import Logger  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from greentrack.integrations.lightning import GreenTrackCallback  # noqa: E402
+
+WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
+BATCH = 8
+
+
+class Recording(Logger):
+    """A logger that keeps what it is given (what TensorBoard, CSV, W&B... would receive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def values(self, name: str) -> list[float]:
+        return [m[name] for _, m in self.metrics if name in m]
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        self.fail_at = fail_at
+        self.val_batches = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.fail_at is not None and self.global_step == self.fail_at:
+            raise RuntimeError("boom")
+        time.sleep(0.004)  # ~5 ms steps
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_batches += 1
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def data(n: int, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(n, 16, generator=g), torch.randn(n, 1, generator=g)),
+                      batch_size=BATCH)
+
+
+def trainer(root: Path, callbacks: list[Any], logger: Any, **kw: Any) -> Any:
+    args = dict(accelerator="cpu", devices=1, max_steps=10, log_every_n_steps=2,
+                limit_val_batches=2, num_sanity_val_steps=1, default_root_dir=root,
+                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, logger=logger, **args)
+
+
+def rows(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in store_paths(run_dir):
+        store = StoreReader(p)
+        for r in store.steps():
+            r["store"] = p.name
+            r["started_unix"] = store.meta["started_unix"]
+            out.append(r)
+    return out
+
+
+def test_steps_phases_and_metrics_through_every_logger(powercap: PowercapTree, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    logger = Recording()
+    callback = GreenTrackCallback(run, progress_every_s=None, **FAST)
+    model = Tiny()
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], logger, accumulate_grad_batches=2, val_check_interval=6)
+        t.fit(model, data(24 * BATCH), data(8 * BATCH, 1))
+        fit_metrics = dict(t.callback_metrics)
+        t.test(model, data(3 * BATCH, 2), verbose=False)
+    steps = rows(run)
+    train = [r for r in steps if r["phase"] == "train"]
+    assert len(train) == t.global_step == 10
+    assert sorted(r["idx"] for r in train) == list(range(10))
+    assert all(r["samples"] == 2 * BATCH for r in train)  # a step is an optimizer step
+    by_phase = {p: sum(r["phase"] == p for r in steps) for p in ("validation", "sanity_check", "test")}
+    assert by_phase == {"validation": model.val_batches, "sanity_check": 1, "test": 3}
+    assert model.val_batches > 0
+    for store in {r["store"] for r in steps}:  # within a process, no joule is in two steps
+        mine = sorted((r for r in steps if r["store"] == store), key=lambda r: r["t0"])
+        assert all(b["t0"] >= a["t1"] - 1e-9 for a, b in zip(mine, mine[1:]))
+    s = greentrack.summarize(run)
+    assert s["steps_energy_j"] <= s["energy_j"]["total"] and s["stores"] == 2  # fit, then test
+    train_j = sum(r["cpu_j"] + r["dram_j"] for r in train)
+    assert train_j == pytest.approx(44.0 * sum(r["duration_s"] for r in train), rel=0.15)
+    # per-step and cumulative metrics reached the logger through pl_module.log
+    assert logger.values("greentrack/step_energy_j") and logger.values("greentrack/energy_j")
+    assert logger.values("greentrack/validation_energy_j")
+    assert "greentrack/energy_j" in fit_metrics and "greentrack/step_energy_j" in fit_metrics
+    # the run's totals, logged once per stage by rank 0, equal the merged stores
+    totals = logger.values("greentrack/run_energy_j")
+    assert len(totals) == 2 and totals[-1] == pytest.approx(s["energy_j"]["total"])
+    assert logger.values("greentrack/run_train_steps_energy_j")[-1] == pytest.approx(train_j)
+    assert callback.summary is not None and callback.summary["steps_by_phase"]["train"] == 10
+
+
+def test_resume_continues_the_same_run(powercap: PowercapTree, tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+
+    def fit(max_steps: int, resume: bool) -> tuple[Any, Recording]:
+        logger = Recording()
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
+                                                   every_n_train_steps=3)
+        t = trainer(tmp_path, [GreenTrackCallback(progress_every_s=None, **FAST), ckpt], logger,
+                    max_steps=max_steps, enable_checkpointing=True, limit_val_batches=0)
+        t.fit(Tiny(), data(40 * BATCH), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+        return t, logger
+
+    with LiveCounters(powercap, WATTS):
+        first, _ = fit(6, resume=False)
+        resumed_from = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["callbacks"][
+            "GreenTrackCallback"]
+        assert resumed_from["steps"]["train"] == 6
+        second, logger2 = fit(12, resume=True)
+    # the first callback chose a fresh directory under default_root_dir; the resumed one, made
+    # without a run_dir, continued it (from the checkpoint) instead of choosing another
+    run_dirs = list((tmp_path / "greentrack").iterdir())
+    assert len(run_dirs) == 1
+    run = run_dirs[0]
+    s2 = greentrack.summarize(run)
+    first_store = StoreReader(min(store_paths(run), key=lambda p: StoreReader(p).meta["started_unix"]))
+    s1 = {"run_id": first_store.meta["run_id"],
+          "energy_j": {"total": sum(c["energy_j"] for c in first_store.channels())}}
+    assert s2["run_id"] == s1["run_id"] and s2["stores"] == 2
+    assert s2["steps_by_phase"]["train"] == second.global_step == 12
+    segments: dict[str, list[int]] = {}
+    for r in rows(run):
+        segments.setdefault(r["store"], []).append(r["idx"])
+    assert sorted(sorted(v) for v in segments.values()) == [list(range(6)), list(range(6, 12))]
+    # nothing counted twice: the second segment adds its own energy to the first's
+    stores = [StoreReader(p) for p in store_paths(run)]
+    per_store = [sum(c["energy_j"] for c in st.channels()) for st in stores]
+    assert s2["energy_j"]["total"] == pytest.approx(sum(per_store))
+    assert s2["energy_j"]["total"] > s1["energy_j"]["total"]
+    starts = sorted((st.meta["started_unix"], st.meta["started_unix"] + st.meta["duration_s"])
+                    for st in stores)
+    assert starts[1][0] >= starts[0][1]  # segments do not overlap
+    # the logged cumulative energy continues from the checkpoint's
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["callbacks"]["GreenTrackCallback"]
+    assert saved["run_id"] == s1["run_id"] and saved["steps"]["train"] == 12
+    assert min(logger2.values("greentrack/energy_j")) >= resumed_from["energy_j"] > 0
+
+
+def test_a_failing_run_is_recorded_as_failed(no_host_env: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    t = trainer(tmp_path, [GreenTrackCallback(run, progress_every_s=None, **FAST)], False,
+                limit_val_batches=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        t.fit(Tiny(fail_at=3), data(40 * BATCH))
+    s = greentrack.summarize(run)
+    assert s["status"] == "failed" and s["steps_by_phase"]["train"] == 3
+
+
+def test_bad_setting_fails_at_construction() -> None:
+    with pytest.raises(ConfigError) as e:
+        GreenTrackCallback(counter_interval_s="often")
+    assert str(e.value).startswith("counter_interval_s=") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        GreenTrackCallback(intervall_s=0.1)
+
+
+def test_settings_reach_the_tracker(no_host_env: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    callback = GreenTrackCallback(run, progress_every_s=None, mode="process", dram_w_per_gb=1.0,
+                                  **FAST)
+    trainer(tmp_path, [callback], False, max_steps=2, limit_val_batches=0).fit(Tiny(), data(40))
+    meta = StoreReader(store_paths(run)[0]).meta
+    assert meta["mode"] == "process" and meta["settings"]["dram_w_per_gb"] == 1.0
+    assert meta["settings"]["interval_s"] == FAST["interval_s"] and meta["rank"] == 0
+    assert json.loads(json.dumps(callback.state_dict()))["run_dir"] == str(run)
