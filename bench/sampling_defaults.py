@@ -66,7 +66,10 @@ class CounterReference:
         return self.fake.counter_mj(self.gpu, t) / 1000.0
 
 
-def replay(trace: PowerTrace, fast: float, counter: float, seconds: float) -> Timeline:
+def replay(trace: PowerTrace, fast: float, counter: float, seconds: float,
+           dither: float = 0.05) -> Timeline:
+    """Poll as the engine does: fast polls dithered by +-``dither`` of the interval."""
+    rng = random.Random(0x9E3779B9)
     clock = VirtualClock(0.0)
     gpu = FakeGpu(trace=trace)
     mod = FakeNvml([gpu], clock=clock).module()
@@ -80,7 +83,7 @@ def replay(trace: PowerTrace, fast: float, counter: float, seconds: float) -> Ti
             next_slow += counter
         tl.extend(ch.poll(clock.t, slow), 0.0)
         i += 1
-        clock.t = round(i * fast, 9)
+        clock.t = round(clock.t + fast * (1.0 - dither + 2 * dither * rng.random()), 9)
     return tl
 
 

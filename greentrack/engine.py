@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -128,6 +129,7 @@ class Engine:
         self.last_sample_t: float | None = None
         self.errors = 0
         self._abandoned = False
+        self._rng = random.Random(0x9E3779B9)
 
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan) -> None:
@@ -210,7 +212,9 @@ class Engine:
             if now >= next_flush:
                 self._flush()
                 next_flush = now + cfg.flush_interval_s
-            next_fast += cfg.interval_s
+            # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
+            # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
+            next_fast += cfg.interval_s * (0.95 + 0.1 * self._rng.random())
             if next_fast <= now:
                 next_fast = now + cfg.interval_s
             self.thread_cpu_s = time.thread_time()

@@ -97,6 +97,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
                                check_same_thread=False)
+        # a damaged page can hold invalid UTF-8: read it as replacement characters, not a crash
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")
     else:
         conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -208,16 +210,17 @@ class StoreReader:
         self.damaged: list[str] = []
         try:
             self._conn = _connect(path, readonly=True)
-            self.meta = {k: _loads(v, self.damaged, f"meta {k}")
-                         for k, v in self._conn.execute("SELECT key, value FROM meta")}
-        except sqlite3.Error as e:
+            raw = {k: _loads(v, self.damaged, f"meta {k}")
+                   for k, v in self._conn.execute("SELECT key, value FROM meta")}
+            self.meta = _valid_meta(raw, self.damaged)
+        except (sqlite3.Error, ValueError) as e:
             raise RunStoreError(f"{path}: not a readable greentrack store ({e})") from None
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row
         try:
             return list(self._conn.execute(sql, tuple(args)))
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, ValueError) as e:
             self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
             return []
 
@@ -225,6 +228,11 @@ class StoreReader:
         out = []
         for r in self.rows("SELECT * FROM channels ORDER BY id"):
             d = dict(r)
+            if d.get("kind") not in ("gpu", "cpu", "dram") or not _is_num(d.get("energy_j")) \
+                    or not (d.get("until_t") is None or _is_num(d.get("until_t"))) \
+                    or not _is_num(d.get("gap_s")):
+                self.damaged.append(f"channel row {d.get('id')!r}: unreadable values, skipped")
+                continue
             d["measured"] = bool(d["measured"])
             d["host_scope"] = bool(d["host_scope"])
             d["details"] = _loads(d["details"], self.damaged, f"channel {d['id']}") or {}
@@ -242,6 +250,33 @@ class StoreReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+#: Types of the meta keys readers rely on; a damaged value is dropped (and reported), not used.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "host": (str,), "status": (str,), "mode": (str,), "segment": (str,),
+    "started_unix": (int, float), "ended_unix": (int, float), "heartbeat_unix": (int, float),
+    "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
+    "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
+}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        want = _META_TYPES.get(key)
+        if value is None and want is not None:
+            continue  # already reported by _loads, or never set
+        if want is not None and (not isinstance(value, want) or isinstance(value, bool)
+                                 or ((int in want or float in want) and not _is_num(value))):
+            damaged.append(f"meta {key}: unexpected value, ignored")
+            continue
+        out[key] = value
+    return out
 
 
 def _loads(text: Any, damaged: list[str], where: str) -> Any:

@@ -300,7 +300,7 @@ def _install_hooks(tracker: Tracker) -> None:
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
-    return int(raw) if raw.isdigit() else default
+    return int(raw) if (raw.isascii() and raw.isdigit()) else default
 
 
 def _env_run_id() -> str | None:

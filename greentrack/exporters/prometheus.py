@@ -56,13 +56,13 @@ def listen_port(base: int, env: Mapping[str, str]) -> int:
     if base == 0:
         return 0
     local = env.get("LOCAL_RANK", "")
-    return base + (int(local) if local.isdigit() else 0)
+    return base + (int(local) if (local.isascii() and local.isdigit()) else 0)
 
 
 def run_labels(tracker: Any, config: Config, env: Mapping[str, str]) -> dict[str, str]:
     """Values of ``run, job, host, rank`` for this process."""
     raw = env.get("RANK", "")
-    rank = config.rank if config.rank is not None else (int(raw) if raw.isdigit() else 0)
+    rank = config.rank if config.rank is not None else (int(raw) if (raw.isascii() and raw.isdigit()) else 0)
     return {"run": str(tracker.run_id or "unknown"), "job": config.job or default_job(env),
             "host": socket.gethostname(), "rank": str(rank)}
 

@@ -63,4 +63,4 @@ def measures_host(config: Config, env: dict[str, str]) -> bool:
     if config.host_energy is not None:
         return config.host_energy
     local_rank = env.get("LOCAL_RANK")
-    return local_rank is None or not local_rank.isdigit() or int(local_rank) == 0
+    return local_rank is None or not (local_rank.isascii() and local_rank.isdigit()) or int(local_rank) == 0

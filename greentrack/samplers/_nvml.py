@@ -71,6 +71,8 @@ class NvmlGpu:
         self._last_mw: int | None = None
         self._prev_poll: float | None = None
         self._tick: float | None = None  # latest NVML update instant seen (monotonic)
+        self._tick_lo: float | None = None  # bounds of that instant, narrowed over detections
+        self._tick_hi: float | None = None
         self.has_counter = self._probe(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         self.has_instant = self._probe(self._read_instant_mw)
         if self.has_counter:
@@ -126,13 +128,29 @@ class NvmlGpu:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
         if mw != self._last_mw:
             if self._prev_poll is not None:  # a change seen between two polls dates a tick
-                self._tick = (self._prev_poll + t) / 2.0
+                self._observe_tick(self._prev_poll, t)
             self._last_mw = mw
         self._prev_poll = t
         when = self._latest_tick(t)
         if self.has_instant:
             when -= INSTANT_WINDOW_S / 2.0
         return float(mw) / 1000.0, when
+
+    def _observe_tick(self, a: float, b: float) -> None:
+        """A refresh happened in (a, b]. Intersect with the earlier bounds carried forward whole
+        periods (polls are dithered, so intervals land at different phases and the intersection
+        narrows to a few ms); allow 0.5 ms of drift per period; start over if they disagree."""
+        if self._tick_lo is not None and self._tick_hi is not None:
+            k = round(((a + b) - (self._tick_lo + self._tick_hi)) / 2.0 / UPDATE_PERIOD_S)
+            slack = abs(k) * 0.0005
+            lo = max(a, self._tick_lo + k * UPDATE_PERIOD_S - slack)
+            hi = min(b, self._tick_hi + k * UPDATE_PERIOD_S + slack)
+            if lo < hi:
+                self._tick_lo, self._tick_hi = lo, hi
+                self._tick = (lo + hi) / 2.0
+                return
+        self._tick_lo, self._tick_hi = a, b
+        self._tick = (a + b) / 2.0
 
     def _latest_tick(self, t: float) -> float:
         """Best estimate of the last NVML update at or before ``t``."""
@@ -271,7 +289,7 @@ def _visible(env: dict[str, str], uuids: list[str]) -> list[tuple[int, bool]]:
         return [(i, False) for i in range(len(uuids))]
     out: list[tuple[int, bool]] = []
     for entry in (e.strip() for e in raw.split(",")):
-        if entry.isdigit() and int(entry) < len(uuids):
+        if (entry.isascii() and entry.isdigit()) and int(entry) < len(uuids):
             out.append((int(entry), False))
         elif entry.startswith("GPU-"):
             hits = [i for i, u in enumerate(uuids) if u.startswith(entry)]
@@ -368,10 +386,10 @@ def _choose(gpus: tuple[int | str, ...] | None, visible: list[tuple[int, bool]],
                 out.append(hits[0])
         return out
     local_rank, local_world = env.get("LOCAL_RANK"), env.get("LOCAL_WORLD_SIZE")
-    if local_rank is not None and local_rank.isdigit() and len(ordinals) > 1:
+    if local_rank is not None and (local_rank.isascii() and local_rank.isdigit()) and len(ordinals) > 1:
         lr = int(local_rank)
         # One process per GPU (torchrun, Lightning DDP): each rank measures its own GPU.
-        if local_world is None or (local_world.isdigit() and int(local_world) > 1):
+        if local_world is None or ((local_world.isascii() and local_world.isdigit()) and int(local_world) > 1):
             return [ordinals[lr % len(ordinals)]]
     return ordinals
 
