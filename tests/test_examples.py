@@ -1,0 +1,64 @@
+"""The examples run as users run them (real processes, CPU), each well under a minute.
+
+``examples/lightning_model.py`` (with DDP) and ``examples/ddp_torchrun.py`` (under torchrun) run in
+``test_integrations_distributed.py``, on a powercap tree at known watts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from tests.conftest import REPO, python_env
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], tmp_path: Path, **env: str) -> tuple[dict[str, Any], float]:
+    # No powercap tree: CPU and DRAM are estimated (cpu_tdp_w skips the TDP table lookup).
+    e = python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "no-powercap"), GREENTRACK_CPU_TDP_W="65",
+                   **env)
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID"):
+        e.pop(name, None)
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=e, capture_output=True,
+                          text=True, timeout=120)
+    elapsed = time.monotonic() - t
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith('{"')]
+    return json.loads(line), elapsed
+
+
+def test_plain_torch_example_with_the_run_dir_from_the_environment(tmp_path: Path) -> None:
+    out, elapsed = run(["examples/plain_torch.py", "--steps", "200"], tmp_path,
+                       GREENTRACK_RUN_DIR=str(tmp_path / "run"))
+    s = greentrack.summarize(tmp_path / "run")
+    assert out["steps_by_phase"] == s["steps_by_phase"] == {"train": 200, "validation": 2}
+    assert s["status"] == "completed" and elapsed < 60
+
+
+def test_hf_trainer_example(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    out, elapsed = run(["examples/hf_trainer.py", str(tmp_path / "run"), "--steps", "6"], tmp_path)
+    s = greentrack.summarize(tmp_path / "run")
+    assert out["global_step"] == 6 == s["steps_by_phase"]["train"]
+    assert s["steps_by_phase"]["validation"] > 0 and elapsed < 60
+
+
+@pytest.mark.parametrize("example", ["plain_torch.py", "ddp_torchrun.py"])
+def test_an_example_without_a_run_dir_says_so_in_one_line(example: str, tmp_path: Path) -> None:
+    e = python_env()
+    e.pop("GREENTRACK_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, f"examples/{example}"], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("give RUN_DIR or set GREENTRACK_RUN_DIR")
