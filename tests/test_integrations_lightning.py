@@ -108,7 +108,7 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
 def test_steps_phases_and_metrics_through_every_logger(powercap: PowercapTree, tmp_path: Path) -> None:
     run = tmp_path / "run"
     logger = Recording()
-    callback = GreenTrackCallback(run, progress_every_s=None, **FAST)
+    callback = GreenTrackCallback(run, progress_every_s=None, log_every_s=0, **FAST)
     model = Tiny()
     with LiveCounters(powercap, WATTS, period_s=0.001):
         t = trainer(tmp_path, [callback], logger, accumulate_grad_batches=2, val_check_interval=6)
@@ -148,7 +148,7 @@ def test_resume_continues_the_same_run(powercap: PowercapTree, tmp_path: Path) -
         logger = Recording()
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                                    every_n_train_steps=3)
-        t = trainer(tmp_path, [GreenTrackCallback(progress_every_s=None, **FAST), ckpt], logger,
+        t = trainer(tmp_path, [GreenTrackCallback(progress_every_s=None, log_every_s=0, **FAST), ckpt], logger,
                     max_steps=max_steps, enable_checkpointing=True, limit_val_batches=0)
         t.fit(Tiny(), data(40 * BATCH), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
         return t, logger
@@ -209,8 +209,11 @@ def test_bad_setting_fails_at_construction() -> None:
 def test_settings_reach_the_tracker(no_host_env: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     callback = GreenTrackCallback(run, progress_every_s=None, mode="process", dram_w_per_gb=1.0,
-                                  **FAST)
-    trainer(tmp_path, [callback], False, max_steps=2, limit_val_batches=0).fit(Tiny(), data(40))
+                                  log_every_s=3600, **FAST)
+    logger = Recording()
+    trainer(tmp_path, [callback], logger, max_steps=6, limit_val_batches=0,
+            log_every_n_steps=1).fit(Tiny(), data(80))
+    assert len(logger.values("greentrack/energy_j")) == 1  # at most one log per log_every_s
     meta = StoreReader(store_paths(run)[0]).meta
     assert meta["mode"] == "process" and meta["settings"]["dram_w_per_gb"] == 1.0
     assert meta["settings"]["interval_s"] == FAST["interval_s"] and meta["rank"] == 0
