@@ -216,3 +216,53 @@ def test_run_files_are_never_world_writable(tmp_path: Path) -> None:
     assert files
     for f in files:
         assert not os.stat(f).st_mode & stat.S_IWOTH, f
+
+
+class _ErroringGateway:
+    """A Pushgateway that answers every push with an HTTP error (overloaded, misconfigured)."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _fail(self) -> None:
+                gateway.requests += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "5")
+                self.end_headers()
+                self.wfile.write(b"error")
+
+            do_PUT = do_POST = do_DELETE = _fail
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [500, 400])
+def test_pushgateway_returning_errors(status: int, fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    gateway = _ErroringGateway(status)
+    try:
+        with greentrack.Tracker(tmp_path / "run", pushgateway_url=gateway.url, push_interval_s=0.2,
+                                **FAST) as tracker:
+            for _ in range(10):
+                with tracker.step():
+                    time.sleep(0.05)
+    finally:
+        gateway.close()
+    assert gateway.requests >= 2
+    assert greentrack.summarize(tmp_path / "run")["steps"] == 10
+    errors = [e for p in store_paths(tmp_path / "run") for e in StoreReader(p).events()
+              if e["kind"] == "push-error"]
+    assert errors and str(status) in errors[0]["message"]
