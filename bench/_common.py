@@ -12,6 +12,7 @@ official-bindings check, the Grace-Hopper C2C probe and the architecture), added
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import os
@@ -127,7 +128,7 @@ def record(name: str, text: str, path: Path = RESULTS) -> None:
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{begin}\n{text.strip()}\n{end}"
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(old):
         new = pattern.sub(lambda _: block, old, count=1)
     else:
@@ -212,7 +213,7 @@ class EnvPatch:
         self.values = values
         self.saved: dict[str, str | None] = {}
 
-    def __enter__(self) -> "EnvPatch":
+    def __enter__(self) -> EnvPatch:
         for k, v in self.values.items():
             self.saved[k] = os.environ.get(k)
             if v is None:
@@ -336,8 +337,8 @@ class VirtualRun:
                 self._next_slow += self.config.counter_interval_s
                 if self._next_slow <= now:
                     self._next_slow = now + self.config.counter_interval_s
-            eng._guard(lambda: eng._poll_all(now, slow))
-            eng._guard(lambda: eng._account(final=False))
+            eng._guard(functools.partial(eng._poll_all, now, slow))
+            eng._guard(functools.partial(eng._account, final=False))
             if now >= self._next_flush - 1e-9:
                 eng._flush()
                 self._next_flush = now + self.config.flush_interval_s
@@ -391,11 +392,11 @@ class QuietGate:
         self.busy.append(busy)
         return busy
 
-    def summary(self) -> str:
+    def summary(self, unit: str = "round") -> str:
         if not self.busy:
             return ""
         quiet = sum(b <= self.max_busy for b in self.busy)
         return (f"other processes on this host used {median(self.busy):.2f} cores (median; max "
-                f"{max(self.busy):.2f}) at the start of the rounds; {quiet} of {len(self.busy)} rounds "
-                f"started with the rest of the host below {self.max_busy:g} core (waited "
-                f"{self.waited_s:.0f} s in all, at most {self.max_wait:g} s a round)")
+                f"{max(self.busy):.2f}) at the start of each {unit}; {quiet} of {len(self.busy)} "
+                f"{unit}s started with the rest of the host below {self.max_busy:g} core (waited "
+                f"{self.waited_s:.0f} s in all, at most {self.max_wait:g} s per {unit})")

@@ -3,9 +3,10 @@
 A week cannot be waited for, so it is replayed: the real engine, samplers and store
 (:class:`bench._common.VirtualRun`) run on a virtual clock, tick by tick as the sampler thread would,
 fed a week of samples at the store's default resolution (one poll per 1 s bucket), with a training
-step submitted every 2 s (302,400 steps) and the store committed every 0.5 s of virtual time (the
-default flush interval). Channels: one fake H100 through the real NVML sampler, and the real RAPL
-sampler on a fake powercap tree (package and DRAM). A second, shorter part replays one hour at the
+step submitted every 2 s (302,400 steps) and a commit per virtual second (the default flush
+interval is 0.5 s; a commit empties the write queue, so how often it runs does not change what is
+held). Channels: one fake H100 through the real NVML sampler, and the real RAPL sampler on a fake
+powercap tree (package and DRAM). A second, shorter part replays one hour at the
 real default cadence (50 ms fast polls, 200 ms counter reads) to show the per-channel point
 buffers stay bounded there too.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import VirtualRun, md_table, record, rss_mb, section  # noqa: E402
+from _common import VirtualRun, md_table, record, rss_mb, section
 
 
 def _state(vr: VirtualRun) -> dict[str, float]:
@@ -115,7 +116,7 @@ def main() -> None:
         f"The real engine, NVML and RAPL samplers and SQLite store on a virtual clock "
         f"(`bench/_common.py: VirtualRun`), fed {args.days:g} days at one poll per 1 s bucket "
         f"(the store's default resolution), {args.gpus} fake H100 + RAPL package and DRAM "
-        f"(fake powercap tree), a step every 2 s, commits every 0.5 s of virtual time. "
+        f"(fake powercap tree), a step every 2 s, a commit per virtual second. "
         f"\"steps kept\" is the live-view buffer (`Engine.resolved`, capped at 10,000 rows); "
         f"\"store MB\" grows by design (it is the record, on disk, not in memory).\n\n"
         + md_table(headers, week_rows) + f"\n\n{verdict}\n")

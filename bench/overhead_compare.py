@@ -42,15 +42,22 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (QuietGate, cuda_device, fake_nvml_module, md_table, median,  # noqa: E402
-                     powercap_tree, quantile, record, section)
-from _workloads import Workload, cpu_workload, gpu_workload  # noqa: E402
-from _variants import (Variant, codecarbon_variants, greentrack_variant,  # noqa: E402
-                       zeus_variant)
+from _common import (
+    QuietGate,
+    cuda_device,
+    fake_nvml_module,
+    md_table,
+    median,
+    powercap_tree,
+    quantile,
+    record,
+    section,
+)
+from _variants import Variant, codecarbon_variants, greentrack_variant, zeus_variant
+from _workloads import Workload, cpu_workload, gpu_workload
 
 WARMUP_STEPS = 20
 
@@ -132,9 +139,9 @@ HEADERS = ["variant", "median step ms", "mean step ms", "overhead: median step (
 
 # -- CPU ---------------------------------------------------------------------------------------
 def cpu_section(args: argparse.Namespace) -> None:
-    from tests.fakes.powercap import LiveCounters
-
     import pynvml as real_pynvml  # the host as found (on a host without NVIDIA: no GPU)
+
+    from tests.fakes.powercap import LiveCounters
 
     work_dir = Path(tempfile.mkdtemp(prefix="gt-overhead-"))
     tree = powercap_tree(work_dir / "powercap")

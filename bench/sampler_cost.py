@@ -38,8 +38,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (EnvPatch, cuda_device, fake_nvml_module, md_table, powercap_tree,  # noqa: E402
-                     record, section)
+from _common import (
+    EnvPatch,
+    QuietGate,
+    cuda_device,
+    fake_nvml_module,
+    md_table,
+    powercap_tree,
+    record,
+    section,
+)
 
 WARMUP_S = 1.0
 
@@ -188,7 +196,9 @@ def run_zeus(window_s: float, rapl_dir: Path, exclude: tuple[int, ...]) -> dict[
     rss = sum(c.memory_info().rss for c in helpers) / 2**20
     for cpu in getattr(monitor.cpus, "cpus", []):
         for f in (getattr(cpu, "rapl_file", None), getattr(cpu, "dram", None)):
-            tracker = getattr(f, "_wraparound_tracker", None)
+            # Zeus 0.16 creates it lazily (`_wraparound_tracker`), 0.10.1 eagerly
+            attrs = vars(f) if f is not None else {}
+            tracker = attrs.get("_wraparound_tracker") or attrs.get("wraparound_tracker")
             if tracker is not None:
                 tracker._stop()
     out.update(methods=f"RAPL read in the caller's thread per window; {pollers} spawned wrap-around "
@@ -270,9 +280,11 @@ def fake_nvml_cost_s(fake: Any, n_calls: dict[str, int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--window", type=float, default=15.0, help="seconds measured per configuration")
+    ap.add_argument("--window", type=float, default=12.0, help="seconds measured per configuration")
     ap.add_argument("--codecarbon-window", type=float, default=31.0,
                     help="codecarbon measures every 15 s: a window that covers two of them")
+    ap.add_argument("--quiet-wait", type=float, default=5.0,
+                    help="before each configuration, wait up to this long for other processes to idle")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
@@ -311,7 +323,9 @@ def main() -> None:
                         lambda: run_codecarbon(args.codecarbon_window, exclude), None))
         configs.append(("Zeus (ZeusMonitor), RAPL (fake powercap), no GPU",
                         lambda: run_zeus(W, tree.root / "intel-rapl", exclude), None))
+        gate = QuietGate(max_wait_s=args.quiet_wait)
         for name, fn, fake in configs:
+            gate.wait()
             print(f"{name} ...", flush=True)
             try:
                 r = fn()
@@ -358,7 +372,8 @@ def main() -> None:
             "functions the fake does not model; its GPU cost is for the H100 run of this script.\n\n"
             f"{table}\n\n" + (f"{probe}\n\n" if probe else "") +
             "Sampler thread CPU is the engine's own `time.thread_time()` (what it records as "
-            "`sampler_cpu_s`); cross-check over the same windows: " + cross + ".\n")
+            "`sampler_cpu_s`); cross-check over the same windows: " + cross + ".\n\n"
+            f"Conditions: {gate.summary('configuration')}.\n")
     record("sampler_cost", section("sampler_cost",
                                    "Sampler cost at defaults, % of one core: sampler_cost.py",
                                    body, gpu if has_cuda else None))
