@@ -38,6 +38,28 @@ from _common import (EnvPatch, QuietGate, cuda_device, fake_nvml_module, md_tabl
                      median, powercap_tree, quantile, record, section)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
+HOOK_S: list[float] = []  # seconds spent inside greentrack's hooks, per call (training thread)
+
+
+def timed(fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            HOOK_S.append(time.perf_counter() - t)
+    return wrapper
+
+
+def probe_hooks() -> None:
+    """Time every greentrack hook that runs on the training thread (for the hook-cost column)."""
+    from greentrack.integrations import lightning
+    from greentrack.integrations import torch as gt_torch
+    for cls, names in ((gt_torch.OptimizerTracking, ("_after_step", "_before_forward", "metrics")),
+                       (lightning.GreenTrackCallback, ("on_train_batch_start",
+                                                       "on_train_batch_end"))):
+        for name in names:
+            setattr(cls, name, timed(getattr(cls, name)))
 
 
 class Loop:
@@ -88,8 +110,9 @@ class Loop:
         return (time.perf_counter() - t) / steps
 
 
-def block(loop: Loop, steps: int, tracked: bool, env: dict[str, str]) -> float:
-    """Mean step time of one block (the tool started before and stopped after, untimed)."""
+def block(loop: Loop, steps: int, tracked: bool, env: dict[str, str]) -> tuple[float, float]:
+    """Mean step time of one block and the training thread's CPU seconds per step (the tool
+    started before and stopped after, untimed)."""
     from greentrack.integrations.torch import track_optimizer
 
     tracking, run_dir = None, None
@@ -102,51 +125,68 @@ def block(loop: Loop, steps: int, tracked: bool, env: dict[str, str]) -> float:
     for _ in range(5):  # warm-up (and the counted FLOPs step)
         loop.step()
     loop.sync()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.thread_time()
     for i in range(steps):
         loop.step()
         if tracking is not None and i % EVERY == EVERY - 1:
             tracking.metrics()
     loop.sync()
-    took = (time.perf_counter() - t) / steps
+    took, cpu = (time.perf_counter() - t) / steps, (time.thread_time() - cpu) / steps
     if tracking is not None:
         tracking.close()
         shutil.rmtree(run_dir or "", ignore_errors=True)
-    return took
+    return took, cpu
 
 
-def interleaved(run: Any, rounds: int, gate: QuietGate) -> dict[str, Any]:
-    """``run(tracked) -> step seconds``; U T U, then T U T, alternating; per round the tracked
-    mean over the untracked mean of its neighbours."""
-    overheads, untracked, tracked = [], [], []
+def interleaved(run: Any, rounds: int, gate: QuietGate, a: Any = False, b: Any = True
+                ) -> dict[str, Any]:
+    """``run(variant) -> (step s, cpu s)``; A B A, then B A B, alternating; per round the B mean
+    over the A mean of its neighbours. ``a == b`` is the A/A control: the noise floor."""
+    overheads, cpu_ratio, untracked, tracked = [], [], [], []
+    HOOK_S.clear()
+    blocks_tracked = 0
     for r in range(rounds):
-        gate.wait()
-        if r % 2 == 0:  # U T U
-            u0, t, u1 = run(False), run(True), run(False)
-            base = (u0 + u1) / 2
-        else:  # T U T
-            t0, base, t1 = run(True), run(False), run(True)
-            t = (t0 + t1) / 2
+        if r % 4 == 0:
+            gate.wait()
+        if r % 2 == 0:  # A B A
+            (u0, c0), (t, ct), (u1, c1) = run(a), run(b), run(a)
+            base, cbase = (u0 + u1) / 2, (c0 + c1) / 2
+        else:  # B A B
+            (t0, c0), (base, cbase), (t1, c1) = run(b), run(a), run(b)
+            t, ct = (t0 + t1) / 2, (c0 + c1) / 2
         overheads.append(t / base - 1.0)
+        cpu_ratio.append(ct / cbase - 1.0)
         untracked.append(base)
         tracked.append(t)
+        blocks_tracked += (1 if r % 2 == 0 else 2) if b else 0
+    hooks = sum(HOOK_S) / blocks_tracked if blocks_tracked else 0.0
     return {"median": median(overheads), "p25": quantile(overheads, 0.25),
-            "p75": quantile(overheads, 0.75), "u": median(untracked), "t": median(tracked)}
+            "p75": quantile(overheads, 0.75), "u": median(untracked), "t": median(tracked),
+            "cpu": median(cpu_ratio), "hooks_per_block": hooks}
 
 
-def lightning_block(steps: int, tracked: bool, env: dict[str, str], width: int) -> float:
+def row(name: str, workload: str, res: dict[str, Any], goal: str, steps: int) -> list[Any]:
+    hook_us = res["hooks_per_block"] / steps * 1e6  # all hook time of a block, per step
+    hook = f"{hook_us:.1f} us ({hook_us / (res['u'] * 1e6) * 100:.2f}%)" if hook_us else "-"
+    return [name, workload, f"{res['u'] * 1e3:.3f}", f"{res['t'] * 1e3:.3f}", pct(res["median"]),
+            f"{pct(res['p25'])} .. {pct(res['p75'])}", pct(res["cpu"]), hook, goal]
+
+
+def lightning_block(steps: int, tracked: bool, env: dict[str, str], width: int
+                    ) -> tuple[float, float]:
     import lightning as L
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
     from greentrack.integrations.lightning import GreenTrackCallback
+    from torch.utils.data import DataLoader, TensorDataset
 
     class Timer(L.Callback):
         def __init__(self) -> None:
             self.t: list[float] = []
+            self.c: list[float] = []
 
         def on_train_batch_end(self, *a: Any) -> None:
             self.t.append(time.perf_counter())
+            self.c.append(time.thread_time())
 
     class Model(L.LightningModule):
         def __init__(self) -> None:
@@ -173,8 +213,8 @@ def lightning_block(steps: int, tracked: bool, env: dict[str, str], width: int) 
     with EnvPatch(**env):
         trainer.fit(Model(), data)
     shutil.rmtree(run_dir, ignore_errors=True)
-    t = timer.t[10:]
-    return (t[-1] - t[0]) / (len(t) - 1)
+    t, c = timer.t[10:], timer.c[10:]
+    return (t[-1] - t[0]) / (len(t) - 1), (c[-1] - c[0]) / (len(c) - 1)
 
 
 def pct(x: float) -> str:
@@ -184,13 +224,14 @@ def pct(x: float) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "gpu", "all"), default="all")
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--steps", type=int, default=400, help="steps per CPU block")
+    p.add_argument("--rounds", type=int, default=24)
+    p.add_argument("--steps", type=int, default=150, help="steps per CPU block")
     p.add_argument("--no-lightning", action="store_true")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     logging.getLogger("greentrack").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
+    probe_hooks()
     import torch
     torch.set_num_threads(1)
     rows: list[list[Any]] = []
@@ -203,17 +244,18 @@ def main() -> int:
         sys.modules["pynvml"] = nvml  # the sampler's NVML: a fake H100 (3 ms counter reads)
         env = {"GREENTRACK_POWERCAP_ROOT": str(tree.root), "CUDA_VISIBLE_DEVICES": None}
         loop = Loop("cpu", 5.0)
-        res = interleaved(lambda tracked: block(loop, args.steps, tracked, env), args.rounds, gate)
-        rows.append(["CPU, plain loop + `track_optimizer`", loop.describe,
-                     f"{res['u'] * 1e3:.3f}", f"{res['t'] * 1e3:.3f}", pct(res["median"]),
-                     f"{pct(res['p25'])} .. {pct(res['p75'])}", "<= 1%"])
+        plain = lambda tracked: block(loop, args.steps, tracked, env)  # noqa: E731
+        rows.append(row("CPU, A/A control (untracked vs untracked)", loop.describe,
+                        interleaved(plain, args.rounds, gate, False, False), "noise floor",
+                        args.steps))
+        rows.append(row("CPU, plain loop + `track_optimizer`", loop.describe,
+                        interleaved(plain, args.rounds, gate), "<= 1%", args.steps))
         if not args.no_lightning:
-            res = interleaved(lambda tracked: lightning_block(args.steps, tracked, env, 512),
-                              max(3, args.rounds // 2), gate)
-            rows.append(["CPU, Lightning `Trainer` + `GreenTrackCallback`",
-                         "MLP 256-512-10, batch 256, SGD, 1 thread; Lightning's own loop",
-                         f"{res['u'] * 1e3:.3f}", f"{res['t'] * 1e3:.3f}", pct(res["median"]),
-                         f"{pct(res['p25'])} .. {pct(res['p75'])}", "<= 1%"])
+            light = lambda tracked: lightning_block(args.steps, tracked, env, 512)  # noqa: E731
+            rows.append(row("CPU, Lightning `Trainer` + `GreenTrackCallback`",
+                            "MLP 256-512-10, batch 256, SGD, 1 thread; Lightning's own loop",
+                            interleaved(light, max(4, args.rounds // 2), gate), "<= 1%",
+                            args.steps + 10))
         del sys.modules["pynvml"]
         shutil.rmtree(work, ignore_errors=True)
     gpu_ok, gpu_name = cuda_device()
@@ -224,14 +266,15 @@ def main() -> int:
             for target in (10.0, 50.0, 100.0):
                 loop = Loop("cuda:0", target)
                 steps = max(20, int(2.0 / loop.step_s))
-                res = interleaved(lambda tracked: block(loop, steps, tracked, {}), args.rounds, gate)
-                rows.append([f"GPU ({gpu_name}), `track_optimizer`, CUDA-event marks", loop.describe,
-                             f"{res['u'] * 1e3:.3f}", f"{res['t'] * 1e3:.3f}", pct(res["median"]),
-                             f"{pct(res['p25'])} .. {pct(res['p75'])}", "<= 0.5%"])
+                gpu_run = lambda tracked, lp=loop, n=steps: block(lp, n, tracked, {})  # noqa: E731
+                rows.append(row(f"GPU ({gpu_name}), `track_optimizer`, CUDA-event marks",
+                                loop.describe, interleaved(gpu_run, args.rounds, gate), "<= 0.5%",
+                                steps))
     table = md_table(["loop", "workload", "untracked ms/step", "tracked ms/step",
-                      "overhead (median)", "p25 .. p75", "goal"], rows)
+                      "overhead (median)", "p25 .. p75", "training-thread CPU/step",
+                      "in greentrack hooks/step", "goal"], rows)
     body = (f"{table}\n\n{args.rounds} rounds of interleaved blocks (U T U and T U T, "
-            f"alternating); {args.steps} steps per CPU block, ~2 s per GPU block; `metrics()` every "
+            f"alternating; Lightning: half as many); {args.steps} steps per CPU block, ~2 s per GPU block; `metrics()` every "
             f"{EVERY} steps. {gate.summary()} " + " ".join(notes))
     print(body)
     if not args.no_record:

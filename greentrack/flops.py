@@ -138,7 +138,7 @@ class FirstStepCounter:
             from torch.utils.flop_counter import FlopCounterMode
 
             mode = FlopCounterMode(display=False)
-            mode.__enter__()
+            mode.__enter__()  # type: ignore[no-untyped-call]
         except Exception as e:  # noqa: BLE001 - counting is optional, training is not
             self.error = f"{type(e).__name__}: {e}"
             return False

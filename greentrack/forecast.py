@@ -83,7 +83,7 @@ class Forecast:
         }
 
     @classmethod
-    def for_config(cls, planned_steps: int | None, config: Any) -> "Forecast":
+    def for_config(cls, planned_steps: int | None, config: Any) -> Forecast:
         """A forecast using the carbon and price settings of a :class:`greentrack.Config`."""
         return cls(planned_steps, carbon_g_per_kwh=_intensity(config),
                    price_per_kwh=getattr(config, "electricity_price", None),

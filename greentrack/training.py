@@ -198,7 +198,7 @@ class TrainingMeter:
     # -- metrics (training thread, at the logging cadence) ------------------------------------
     def energy_so_far_j(self) -> float:
         """This process's energy so far, earlier segments included (live, from the sampler)."""
-        return float(self.prior["energy_j"]) + self.tracker.totals()["total"]
+        return float(self.prior["energy_j"]) + float(self.tracker.totals()["total"])
 
     def elapsed_s(self) -> float:
         return float(self.prior["elapsed_s"]) + time.monotonic() - self._t_start

@@ -105,7 +105,7 @@ class OptimizerTracking:
         else:
             self.meter.marks.drain()
 
-    def __enter__(self) -> "OptimizerTracking":
+    def __enter__(self) -> OptimizerTracking:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

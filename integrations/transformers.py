@@ -84,7 +84,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         self._tokens_seen = 0
         self._world = 1
 
-    def attach(self, trainer: Any) -> "GreenTrackTrainerCallback":
+    def attach(self, trainer: Any) -> GreenTrackTrainerCallback:
         """Put this callback right after the Trainer's flow callback (which decides when to log
         and evaluate) and before every reporting callback (see the module docstring)."""
         from transformers.trainer_callback import DefaultFlowCallback

@@ -29,18 +29,18 @@ class Clock:
 
 
 class FakeEvent:
-    def __init__(self, stream: "FakeStream") -> None:
+    def __init__(self, stream: FakeStream) -> None:
         self.stream = stream
         self.at: float | None = None  # true host time at which the GPU reaches it
 
-    def record(self, stream: "FakeStream") -> None:
+    def record(self, stream: FakeStream) -> None:
         self.at = stream.enqueue(0.0)
 
     def query(self) -> bool:
         self.stream.queries += 1
         return self.at is not None and self.at <= self.stream.clock.t
 
-    def elapsed_time(self, end: "FakeEvent") -> float:
+    def elapsed_time(self, end: FakeEvent) -> float:
         if not (self.query() and end.query()):
             raise RuntimeError("cudaErrorNotReady")  # as CUDA: both must be complete
         assert self.at is not None and end.at is not None
@@ -63,7 +63,7 @@ class FakeStream:
         assert enable_timing
         return FakeEvent(self)
 
-    def current_stream(self, device: Any = None) -> "FakeStream":
+    def current_stream(self, device: Any = None) -> FakeStream:
         return self
 
     def synchronize(self) -> None:
