@@ -7,9 +7,10 @@ everything between steps (validation, checkpoints, data loading), over the steps
 
 The recent window (the last :data:`WINDOW` observations) follows a run whose speed changes (warm-up,
 a longer sequence length) better than the run-wide mean. Emissions and cost follow from the energy
-when the run has the settings for them: a carbon intensity (``carbon_intensity_g_per_kwh``, times
-``pue`` when set) and an electricity price. A location-based intensity from ``greentrack.carbon`` is
-used when that module is installed and resolves one; without any, they are ``None``.
+when the run has the settings for them: a location or factor (``country``, ``region``, ``cloud``,
+``carbon_intensity_g_per_kwh``, ``intensity_csv``), resolved by :mod:`greentrack.carbon` as the
+reports do and times the PUE, and an ``electricity_price`` (per kWh of facility energy, likewise);
+without them they are ``None``.
 
 Example:
     >>> f = Forecast(planned_steps=100)
@@ -39,7 +40,7 @@ class Forecast:
     Args:
         planned_steps: optimizer steps the whole run will take (``None``: no forecast).
         carbon_g_per_kwh: grams CO2e per kWh of IT energy (PUE included), or ``None``.
-        price_per_kwh: electricity price per kWh, or ``None``.
+        price_per_kwh: electricity price per kWh of IT energy (PUE included), or ``None``.
         currency: the price's currency, for display.
     """
 
@@ -85,27 +86,40 @@ class Forecast:
     @classmethod
     def for_config(cls, planned_steps: int | None, config: Any) -> Forecast:
         """A forecast using the carbon and price settings of a :class:`greentrack.Config`."""
-        return cls(planned_steps, carbon_g_per_kwh=_intensity(config),
-                   price_per_kwh=getattr(config, "electricity_price", None),
+        g, price = _intensity(config), getattr(config, "electricity_price", None)
+        pue = _pue(config) if g is not None or price is not None else 1.0
+        return cls(planned_steps, carbon_g_per_kwh=None if g is None else g * pue,
+                   price_per_kwh=None if price is None else float(price) * pue,
                    currency=getattr(config, "currency", None))
 
 
 def _intensity(config: Any) -> float | None:
-    """Grams per kWh of IT energy: the explicit setting, else ``greentrack.carbon`` when it can
-    resolve the configured location; times the PUE when one is set."""
-    g = getattr(config, "carbon_intensity_g_per_kwh", None)
-    if g is None and (getattr(config, "country", None) or getattr(config, "cloud", None)):
-        try:
-            from greentrack import carbon  # optional: another part of greentrack
-            resolve = getattr(carbon, "intensity_g_per_kwh", None)
-            g = float(resolve(config)) if callable(resolve) else None
-        except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
-            log.debug("greentrack: no carbon intensity for the forecast: %s", e)
-            g = None
-    if g is None:
+    """Grams CO2e per kWh of facility energy, or None without any location or factor setting:
+    :mod:`greentrack.carbon`'s live precedence (the user's factor, an intensity CSV, Electricity
+    Maps, the location's yearly factor), as the reports use it."""
+    try:
+        from greentrack.carbon import live_intensity
+    except ImportError:  # greentrack.carbon is optional here: the explicit factor only
+        g = getattr(config, "carbon_intensity_g_per_kwh", None)
+        return None if g is None else float(g)
+    try:
+        found = live_intensity(config)
+    except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
+        log.warning("greentrack: no carbon intensity for the forecast: %s", e)
         return None
-    pue = getattr(config, "pue", None)
-    return float(g) * (float(pue) if pue else 1.0)
+    return None if found is None else float(found[0])
+
+
+def _pue(config: Any) -> float:
+    """Facility over IT energy: the setting, else the location's default as the reports use it."""
+    if getattr(config, "pue", None) is not None:
+        return float(config.pue)
+    try:
+        from greentrack.carbon.factors import resolve_pue
+        from greentrack.carbon.location import resolve_location
+        return float(resolve_pue(config, resolve_location(config))["value"])
+    except Exception:  # noqa: BLE001 - without greentrack.carbon: IT energy only
+        return 1.0
 
 
 def format_forecast(est: dict[str, Any]) -> str:

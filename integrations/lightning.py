@@ -119,8 +119,9 @@ class GreenTrackCallback(Callback):
             return
         if self._run_dir is None:
             self.setup(trainer, pl_module, "")
-        cfg = self._config.replace(run_dir=self._run_dir, rank=trainer.global_rank,
-                                   run_id=self._carry.get("run_id") or self._config.run_id)
+        cfg = self._config.replace(
+            run_dir=self._run_dir, run_id=self._carry.get("run_id") or self._config.run_id,
+            rank=self._config.rank if self._config.rank is not None else trainer.global_rank)
         if cfg.host_energy is None:  # one process per node measures CPU and DRAM
             cfg = cfg.replace(host_energy=trainer.local_rank == 0)
         from greentrack.tracker import Tracker

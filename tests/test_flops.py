@@ -197,9 +197,24 @@ def test_forecast_from_config_uses_intensity_and_pue() -> None:
     from greentrack.config import Config
     f = Forecast.for_config(10, Config(carbon_intensity_g_per_kwh=100.0, pue=1.5,
                                        electricity_price=0.3, currency="USD"))
-    assert f.carbon_g_per_kwh == pytest.approx(150.0) and f.price_per_kwh == 0.3
+    assert f.carbon_g_per_kwh == pytest.approx(150.0)  # facility energy: IT x PUE
+    assert f.price_per_kwh == pytest.approx(0.45)
     none = Forecast.for_config(10, Config())
     assert none.carbon_g_per_kwh is None and none.price_per_kwh is None
+
+
+def test_forecast_from_a_location_uses_the_reports_factors() -> None:
+    carbon = pytest.importorskip("greentrack.carbon")
+    from greentrack.carbon.factors import resolve_pue
+    from greentrack.carbon.location import resolve_location
+    from greentrack.config import Config
+    cfg = Config(country="FRA")
+    found = carbon.live_intensity(cfg)
+    pue = resolve_pue(cfg, resolve_location(cfg))
+    assert found is not None and pue["default"]  # no PUE set: the location's default, as reports
+    f = Forecast.for_config(10, cfg)
+    assert f.carbon_g_per_kwh == pytest.approx(found[0] * pue["value"])
+    assert 20.0 < found[0] < 200.0  # France's low-carbon grid, from codecarbon's data
 
 
 def test_importing_the_training_core_loads_no_framework() -> None:
