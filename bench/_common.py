@@ -89,6 +89,8 @@ def versions(extra: tuple[str, ...] = ()) -> str:
     out.append(f"SQLite {sqlite3.sqlite_version}")
     try:
         import pynvml
+        if getattr(pynvml, "__file__", None) is None:
+            raise ImportError("a fake pynvml is installed (tests/fakes): no driver to report")
         pynvml.nvmlInit()
         out.append(f"NVIDIA driver {pynvml.nvmlSystemGetDriverVersion()}")
     except Exception:  # noqa: BLE001 - metadata only; no driver on CPU hosts

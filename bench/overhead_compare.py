@@ -186,7 +186,9 @@ def cpu_section(args: argparse.Namespace) -> None:
             "process (running during every block, untracked ones included), and an NVML H100 "
             "whose counter read sleeps 3 ms (time in the driver, measured on an H100). Zeus's "
             "`sync_execution` is off on CPU (nothing to synchronize; its default raises without "
-            "CUDA when GPUs are monitored). Goal for greentrack: <= 1% on 5 ms CPU steps.\n\n"
+            "CUDA when GPUs are monitored). codecarbon's own measurement every 15 s falls outside "
+            "these short blocks (its cost is in the sampler-cost table); its 1 s power monitor "
+            "runs. Goal for greentrack: <= 1% on 5 ms CPU steps.\n\n"
             + table + f"\n\nConditions: {gate.summary()}.\n")
     record("overhead_compare:cpu", section("overhead_compare:cpu",
                                            "Step-time overhead on CPU, head to head: overhead_compare.py",

@@ -365,7 +365,7 @@ def main() -> None:
             "greentrack's Prometheus thread). Fake NVML: the 3 ms counter read is a sleep (time "
             "waiting in the driver, not CPU); the fake's own Python code is estimated from its "
             "per-call cost and shown so it can be subtracted (real NVML field reads cost ~3 us). "
-            + ("" if has_cuda else f"No GPU on this host ({gpu}): GPU rows use the fake. ")
+            + ("" if has_cuda else f"This host has {gpu}: GPU rows use the fake. ")
             + "Zeus reads GPU energy counters only inside `begin_window`/`end_window`, on the "
             "training thread (see the overhead table), so it has no GPU sampler thread to measure. "
             "codecarbon is not run on the fake GPUs: its NVML layer calls about ten NVML "
