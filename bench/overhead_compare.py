@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def cpu_section(args: argparse.Namespace) -> None:
             v.prepare()
         gate = QuietGate(max_wait_s=args.quiet_wait)
         rows = compare(work, variants, args.rounds, args.steps, gate)
+    shutil.rmtree(work_dir, ignore_errors=True)
     table = md_table(HEADERS, rows)
     print("\n" + table)
     if args.no_record:

@@ -27,6 +27,7 @@ its "this host as found" rows then read the real GPUs.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -343,6 +344,7 @@ def main() -> None:
             rows.append(_row(name, r))
             print("  " + " | ".join(rows[-1][1:]), flush=True)
 
+    shutil.rmtree(work, ignore_errors=True)
     headers = ["configuration", "sampler thread, % of a core", "all background threads, %",
                "helper processes, %", "of which fake NVML code, %", "polls/s", "methods"]
     probe = probe_real_nvml()
