@@ -54,7 +54,7 @@ def check_host_counted_once(run: Path, steps_per_rank: int) -> dict[str, Any]:
         assert st.meta["status"] == "completed"
     s = greentrack.summarize(run)
     measured_s = stores[0].meta["duration_s"]
-    assert measured_s > 1.0
+    assert measured_s > 0.5
     assert s["energy_j"]["cpu"] == pytest.approx(40.0 * measured_s, rel=0.05)
     assert s["energy_j"]["dram"] == pytest.approx(4.0 * measured_s, rel=0.05)
     assert s["energy_j"]["cpu"] < 1.5 * 40.0 * s["duration_s"]  # not once per rank
@@ -83,6 +83,6 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     out = run_example([sys.executable, "-m", "torch.distributed.run", "--standalone",
                        "--nproc_per_node", "2", "examples/ddp_torchrun.py", str(run),
-                       "--steps", "400"], tree)
-    s = check_host_counted_once(run, steps_per_rank=400)
+                       "--steps", "800"], tree)
+    s = check_host_counted_once(run, steps_per_rank=800)
     assert out["stores"] == 2 and out["energy_j"]["total"] == pytest.approx(s["energy_j"]["total"])
