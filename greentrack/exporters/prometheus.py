@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -154,9 +155,15 @@ class PrometheusExporter:
         if self.pusher is not None:
             self.pusher.stop()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            # shutdown() waits out serve_forever's 0.5 s poll: do it off the caller's thread, so
+            # the end of training is not held up (measured: stop() took 0.47 s with the endpoint).
+            server, self._server = self._server, None
+
+            def close() -> None:
+                server.shutdown()
+                server.server_close()
+
+            threading.Thread(target=close, name="greentrack-exporter-close", daemon=True).start()
 
 
 __all__ = ["PrometheusExporter", "gateway_url", "listen_port", "run_labels"]
