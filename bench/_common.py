@@ -36,13 +36,8 @@ PACKAGES = ("greentrack", "torch", "codecarbon", "zeus", "nvidia-ml-py", "psutil
 
 # -- what ran, where ---------------------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from greentrack.samplers._estimate import cpu_model as model
+    return model()
 
 
 def memory_gb() -> float | None:

@@ -343,3 +343,23 @@ def resume_flops(state: dict[str, Any]) -> StepFlops | None:
 
 __all__ = ["TrainingMeter", "resume_flops", "resolve_config", "new_run_dir", "run_totals",
            "totals_metrics", "METHOD_COUNTED"]
+
+
+def start_tracker(config: Any, local_zero: bool) -> Any:
+    """Start a tracker for a framework integration, or return None if it cannot start.
+
+    ``local_zero``: this process is the node's first (it measures host CPU and DRAM unless the
+    settings say otherwise). A bad setting (``ConfigError``) propagates, before any training;
+    anything else is a warning and the run trains untracked: measurement never breaks training.
+    """
+    from greentrack.errors import ConfigError
+    from greentrack.tracker import Tracker
+    if config.host_energy is None:
+        config = config.replace(host_energy=local_zero)
+    try:
+        return Tracker(config=config).start()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - never break training over measurement
+        log.warning("greentrack: tracking disabled for this run: %s", e)
+        return None

@@ -39,9 +39,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from greentrack.errors import ConfigError
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 run_totals, totals_metrics)
+                                 start_tracker, run_totals, totals_metrics)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -122,15 +121,8 @@ class GreenTrackCallback(Callback):
         cfg = self._config.replace(
             run_dir=self._run_dir, run_id=self._carry.get("run_id") or self._config.run_id,
             rank=self._config.rank if self._config.rank is not None else trainer.global_rank)
-        if cfg.host_energy is None:  # one process per node measures CPU and DRAM
-            cfg = cfg.replace(host_energy=trainer.local_rank == 0)
-        from greentrack.tracker import Tracker
-        try:
-            tracker = Tracker(config=cfg).start()
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - never break training over measurement
-            log.warning("greentrack: tracking disabled for this run: %s", e)
+        tracker = start_tracker(cfg, local_zero=trainer.local_rank == 0)
+        if tracker is None:
             return
         flops = resume_flops(self._carry) or self._flops
         self.meter = TrainingMeter(

@@ -40,9 +40,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from greentrack.errors import ConfigError
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 run_totals, totals_metrics)
+                                 start_tracker, run_totals, totals_metrics)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -119,15 +118,8 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
                                    run_id=self._carry.get("run_id") or self._config.run_id)
         if distributed and cfg.rank is None:
             cfg = cfg.replace(rank=dist.get_rank())
-        if cfg.host_energy is None:
-            cfg = cfg.replace(host_energy=state.is_local_process_zero)
-        from greentrack.tracker import Tracker
-        try:
-            tracker = Tracker(config=cfg).start()
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - never break training over measurement
-            log.warning("greentrack: tracking disabled for this run: %s", e)
+        tracker = start_tracker(cfg, local_zero=state.is_local_process_zero)
+        if tracker is None:
             return
         self.meter = TrainingMeter(
             tracker, device=args.device, flops=resume_flops(self._carry) or self._flops,

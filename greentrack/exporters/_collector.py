@@ -304,7 +304,7 @@ class TrackerCollector:
         yield from (steps, hist, flops, mfu)
 
     def _carbon_families(self, total_j: float) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
         got = self.intensity.current()
         if got is None:
             return
