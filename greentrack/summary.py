@@ -124,7 +124,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
             by_phase[row["phase"]] = by_phase.get(row["phase"], 0) + int(row["n"])
             steps += int(row["n"])
             step_energy += float(row["e"] or 0.0)
-        gaps += sum(1 for e in store.events() if e["kind"] in ("gap-start", "device-lost"))
+        # one gap per interruption: a loss is recorded as gap-start then device-lost
+        gaps += sum(1 for e in store.events() if e["kind"] == "gap-start")
         warnings.extend(f"{path.name}: damaged {d}" for d in store.damaged)
         store.close()
     # A kind with no channel at all is None (not measured, not estimated), never a silent 0 J.

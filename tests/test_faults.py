@@ -266,3 +266,30 @@ def test_pushgateway_returning_errors(status: int, fake_nvml: FakeNvml, tmp_path
     errors = [e for p in store_paths(tmp_path / "run") for e in StoreReader(p).events()
               if e["kind"] == "push-error"]
     assert errors and str(status) in errors[0]["message"]
+
+
+def test_metrics_endpoint_binds_loopback_by_default(no_host_env: Path, tmp_path: Path) -> None:
+    with greentrack.Tracker(tmp_path / "run", prometheus_port=0, **FAST) as tracker:
+        exporter = tracker.sinks[0]
+        assert exporter._server.server_address[0] == "127.0.0.1"
+        assert exporter.url.startswith("http://127.0.0.1:")
+
+
+def test_a_lost_device_is_a_counted_gap_in_the_report(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    import json
+
+    from greentrack.config import Config
+    from greentrack.reports import generate
+
+    fake_nvml.gpus[0].lost_at = time.monotonic() + 0.3
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for _ in range(4):
+            with tracker.step():
+                time.sleep(0.15)
+    generate([tmp_path / "run"], Config(carbon_intensity_g_per_kwh=100.0), ["json", "md"],
+             tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    # one interruption (the GPU lost for good), and its time without readings
+    assert doc["methodology"]["gaps"] == 1 and doc["methodology"]["gap_s"] > 0.2
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"Gaps: {doc['methodology']['gaps']} (" in md
