@@ -23,10 +23,12 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops, device_peak,
                               given)
@@ -363,3 +365,42 @@ def start_tracker(config: Any, local_zero: bool) -> Any:
     except Exception as e:  # noqa: BLE001 - never break training over measurement
         log.warning("greentrack: tracking disabled for this run: %s", e)
         return None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_HOOK_ERRORS: dict[tuple[int, str], int] = {}
+#: Events recorded per hook and meter before further errors of that hook are only counted.
+MAX_HOOK_EVENTS = 10
+
+
+def guarded(fn: _F) -> _F:
+    """For the integrations' per-step hooks: an exception (a greentrack bug, a user's
+    ``samples_fn`` failing, a CUDA event refused) is recorded as a ``hook-error`` event and
+    warned about once; it never reaches the training loop, which goes on (that step may be
+    missing from the per-step record; device totals are unaffected). Not for hooks that hold a
+    collective (a barrier skipped on one rank would hang the others)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            _report_hook_error(getattr(self, "meter", None), name, e)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
+    key = (id(meter), hook)
+    n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
+    if n == 1:
+        log.warning("greentrack: %s failed (training goes on; recorded in the run): %s: %s",
+                    hook, type(error).__name__, error)
+    if n <= MAX_HOOK_EVENTS:
+        try:
+            meter.tracker.engine.event("error", "hook-error", f"{hook}: {type(error).__name__}: "
+                                       f"{error}", occurrence=n)
+        except Exception:  # noqa: BLE001 - no tracker (yet): the warning stands alone
+            pass

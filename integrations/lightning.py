@@ -40,7 +40,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 start_tracker, run_totals, totals_metrics)
+                                 guarded, start_tracker, run_totals, totals_metrics)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -192,6 +192,7 @@ class GreenTrackCallback(Callback):
                    totals=False)
 
     # -- training steps (hot path) -------------------------------------------------------------
+    @guarded
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         meter = self.meter
         if meter is None:
@@ -200,6 +201,7 @@ class GreenTrackCallback(Callback):
             meter.begin("train")
         self._count(batch)
 
+    @guarded
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         meter = self.meter
@@ -256,14 +258,17 @@ class GreenTrackCallback(Callback):
             tokens = self._tokens_fn(batch) if self._tokens_fn is not None else None
             meter.end(samples=samples, tokens=tokens)
 
+    @guarded
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         self._eval_begin(trainer, "validation")
 
+    @guarded
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_end(batch)
 
+    @guarded
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         meter = self.meter
         if meter is None or trainer.sanity_checking:
@@ -272,18 +277,22 @@ class GreenTrackCallback(Callback):
         pl_module.log(PREFIX + "validation_energy_j", _cpu(meter.phase_energy_j("validation")),
                       on_step=False, on_epoch=True, batch_size=1)
 
+    @guarded
     def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         self._eval_begin(trainer, "test")
 
+    @guarded
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_end(batch)
 
+    @guarded
     def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                dataloader_idx: int = 0) -> None:
         self._eval_begin(trainer, "predict")
 
+    @guarded
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_end(batch)

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from greentrack.training import TrainingMeter
+from greentrack.training import TrainingMeter, guarded
 
 
 class OptimizerTracking:
@@ -54,10 +54,12 @@ class OptimizerTracking:
             meter.begin("train")
 
     # -- hooks (hot path) ----------------------------------------------------------------------
+    @guarded
     def _before_forward(self, module: Any, args: Any) -> None:
         if module.training and self.meter.marks.open_phase is None:
             self.meter.begin("train")
 
+    @guarded
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         meter = self.meter
         if meter.marks.open_phase == "train":

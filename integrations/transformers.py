@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 start_tracker, run_totals, totals_metrics)
+                                 guarded, start_tracker, run_totals, totals_metrics)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -168,15 +168,18 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         self._stop(state, "completed", None)
 
     # -- training steps (hot path) -------------------------------------------------------------
+    @guarded
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         meter = self.meter
         if meter is not None:
             self._micro = 1
             meter.begin("train")
 
+    @guarded
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._micro += 1
 
+    @guarded
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         meter = self.meter
         if meter is None:
@@ -190,6 +193,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         if control.should_evaluate:  # evaluation runs right after this step
             meter.begin("validation")
 
+    @guarded
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         meter = self.meter
         if meter is not None and control.should_evaluate and meter.marks.open_phase is None:
@@ -198,7 +202,11 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
     # -- evaluation ------------------------------------------------------------------------------
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.meter is None:
-            self._start(args, state)
+            self._start(args, state)  # holds a broadcast: never skipped on one rank
+        self._eval_step(args)
+
+    @guarded
+    def _eval_step(self, args: Any) -> None:
         meter = self.meter
         if meter is None:
             return
@@ -206,6 +214,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
             meter.end(samples=args.per_device_eval_batch_size)
         meter.begin("validation")
 
+    @guarded
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.meter is not None and self.meter.marks.open_phase == "validation":
             self.meter.cancel()  # the window opened after the last batch
@@ -213,17 +222,25 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
     # -- logs ------------------------------------------------------------------------------------
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
-        meter = self.meter
         if logs is None:
             return
-        if meter is not None and any(k.startswith("eval_") for k in logs):
-            _add(logs, state, {PREFIX + "validation_energy_j": meter.phase_energy_j("validation")})
+        if self._add_metrics(state, logs):
             return
-        if meter is not None:
-            _add(logs, state, {PREFIX + k: v for k, v in meter.metrics().items()})
         if "train_loss" in logs and "loss" not in logs:
             # The Trainer's final training log (its run-wide ``train_loss``): totals go in it.
+            # Outside the guard: _stop holds a barrier that every rank must reach.
             self._stop(state, "completed", logs)
+
+    @guarded
+    def _add_metrics(self, state: Any, logs: dict[str, Any]) -> bool:
+        """Add greentrack's metrics to a log; True for an evaluation log (nothing more to do)."""
+        meter = self.meter
+        if meter is not None and any(k.startswith("eval_") for k in logs):
+            _add(logs, state, {PREFIX + "validation_energy_j": meter.phase_energy_j("validation")})
+            return True
+        if meter is not None:
+            _add(logs, state, {PREFIX + k: v for k, v in meter.metrics().items()})
+        return False
 
 
 def _add(logs: dict[str, Any], state: Any, metrics: dict[str, float]) -> None:

@@ -293,3 +293,46 @@ def test_a_lost_device_is_a_counted_gap_in_the_report(fake_nvml: FakeNvml, tmp_p
     assert doc["methodology"]["gaps"] == 1 and doc["methodology"]["gap_s"] > 0.2
     md = (tmp_path / "out" / "report.md").read_text()
     assert f"Gaps: {doc['methodology']['gaps']} (" in md
+
+
+def hook_errors(run: Path) -> list[str]:
+    return [e["message"] for p in store_paths(run) for e in StoreReader(p).events()
+            if e["kind"] == "hook-error"]
+
+
+def test_a_failing_lightning_hook_never_reaches_training(no_host_env: Path, tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    from greentrack.integrations.lightning import GreenTrackCallback
+    from tests.test_integrations_lightning import BATCH, Tiny, data, trainer
+
+    def broken_samples_fn(batch: object) -> int:
+        raise ValueError("user's samples_fn is broken")
+
+    run = tmp_path / "run"
+    t = trainer(tmp_path, [GreenTrackCallback(run, progress_every_s=None, samples_fn=broken_samples_fn,
+                                              **FAST)], False, limit_val_batches=0, max_epochs=1)
+    t.fit(Tiny(), data(6 * BATCH))
+    assert t.global_step == 6 and t.state.finished
+    errors = hook_errors(run)
+    assert errors and "on_train_batch_start: ValueError: user's samples_fn is broken" in errors[0]
+    assert greentrack.summarize(run)["status"] == "completed"
+
+
+def test_a_failing_optimizer_hook_never_reaches_training(no_host_env: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from greentrack.integrations.torch import track_optimizer
+
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with track_optimizer(opt, tmp_path / "run", model=model, flops=None, **FAST) as tracking:
+        def broken(**info: object) -> None:
+            raise RuntimeError("greentrack bug")
+        tracking.meter.end = broken  # type: ignore[method-assign]
+        before = model.weight.detach().clone()
+        for _ in range(3):
+            model(torch.randn(8, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert not torch.equal(before, model.weight)  # the optimizer really stepped
+    errors = hook_errors(tmp_path / "run")
+    assert len(errors) == 3 and errors[0] == "_after_step: RuntimeError: greentrack bug"
