@@ -86,9 +86,35 @@ class Tracker:
         return self.status == "running" and os.getpid() == self._pid
 
     def start(self) -> "Tracker":
-        """Discover devices, open the store, start the sampler thread. Idempotent."""
-        if self.status == "running":
+        """Discover devices, open the store, start the sampler thread. Idempotent.
+
+        Raises only :class:`ConfigError` (a bad setting, before any training). Any other failure
+        is a warning and the tracker is ``disabled``: steps and ``stop()`` become no-ops and the
+        training runs untracked, never broken by its measurement.
+        """
+        if self.status in ("running", "disabled"):
             return self
+        try:
+            return self._start()
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            log.warning("greentrack: tracking disabled for this run (training goes on): %s: %s",
+                        type(e).__name__, e)
+            self._disable()
+            return self
+
+    def _disable(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        _ACTIVE.discard(self)
+        self.status = "disabled"
+
+    def _start(self) -> "Tracker":
         from greentrack.samplers import discover
 
         self._pid = os.getpid()

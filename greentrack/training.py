@@ -359,12 +359,13 @@ def start_tracker(config: Any, local_zero: bool) -> Any:
     if config.host_energy is None:
         config = config.replace(host_energy=local_zero)
     try:
-        return Tracker(config=config).start()
+        tracker = Tracker(config=config).start()  # warns and disables itself on any failure
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - never break training over measurement
         log.warning("greentrack: tracking disabled for this run: %s", e)
         return None
+    return tracker if tracker.status == "running" else None
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -336,3 +336,23 @@ def test_a_failing_optimizer_hook_never_reaches_training(no_host_env: Path, tmp_
     assert not torch.equal(before, model.weight)  # the optimizer really stepped
     errors = hook_errors(tmp_path / "run")
     assert len(errors) == 3 and errors[0] == "_after_step: RuntimeError: greentrack bug"
+
+
+def test_an_unexpected_start_failure_disables_tracking_not_training(
+        monkeypatch: pytest.MonkeyPatch, no_host_env: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import greentrack.samplers
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("sysfs went away")
+
+    monkeypatch.setattr(greentrack.samplers, "discover", broken)
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for _ in range(3):
+            with tracker.step():
+                pass
+    assert tracker.status == "disabled"
+    assert any("tracking disabled for this run (training goes on): OSError: sysfs went away"
+               in r.getMessage() for r in caplog.records)
+    with pytest.raises(greentrack.ConfigError):  # bad settings still fail loudly, before training
+        greentrack.Tracker(tmp_path / "run", interval_s=-1).start()
