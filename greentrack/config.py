@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -119,12 +120,12 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
         """Build from ``GREENTRACK_*`` variables, then apply ``overrides`` (which win)."""
-        env = os.environ if env is None else env
+        source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"GREENTRACK_{f.name.upper()}")
+            raw = source.get(f"GREENTRACK_{f.name.upper()}")
             if raw is None or f.name == "extra":
                 continue
             values[f.name] = _from_text(f.name, raw)

@@ -48,7 +48,7 @@ def _process_alive(meta: dict[str, Any]) -> bool | None:
         created = meta.get("pid_create_time")
         if created is not None and abs(proc.create_time() - float(created)) > 1.0:
             return False  # the pid was reused by another process
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except (KeyError, TypeError, ValueError):
         return None
     except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends
@@ -129,14 +129,15 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         warnings.extend(f"{path.name}: damaged {d}" for d in store.damaged)
         store.close()
     # A kind with no channel at all is None (not measured, not estimated), never a silent 0 J.
-    energy["total"] = sum(v for v in energy.values() if v is not None)
+    total_j = sum(v for v in energy.values() if v is not None)
+    energy["total"] = total_j
     return {
         "run_id": sorted(str(r) for r in run_ids if r)[0] if run_ids - {None} else None,
         "run_dir": str(run_dir),
         "status": _merge_status(statuses),
         "duration_s": _union_length(spans),
         "energy_j": energy,
-        "energy_kwh": energy["total"] / 3.6e6,
+        "energy_kwh": total_j / 3.6e6,
         "gpu_seconds": gpu_seconds,
         "steps": steps,
         "steps_by_phase": by_phase,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from greentrack.errors import DeviceLost, PermissionDenied, SamplerError
@@ -37,9 +38,9 @@ PERMISSION_HINT = (
 )
 
 
-def powercap_root(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("GREENTRACK_POWERCAP_ROOT") or DEFAULT_ROOT)
+def powercap_root(env: Mapping[str, str] | None = None) -> Path:
+    source = os.environ if env is None else env
+    return Path(source.get("GREENTRACK_POWERCAP_ROOT") or DEFAULT_ROOT)
 
 
 class RaplZone:
