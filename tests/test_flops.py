@@ -142,7 +142,11 @@ def test_the_sparse_entries_of_lightnings_table_are_halved_here() -> None:
 @pytest.mark.parametrize("name, dtype", [("NVIDIA A10G", "bfloat16"), ("Tesla T4", "bfloat16"),
                                          ("cpu device", "float32"), ("NVIDIA B200", "bfloat16")])
 def test_unknown_device_or_dtype_is_none_with_a_warning(name: str, dtype: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import greentrack.flops
+    # the warning is once per process: earlier tests (a CPU trainer) may have used it up
+    monkeypatch.setattr(greentrack.flops, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="greentrack"):
         assert peak_flops(name, dtype) is None
         assert peak_flops(name, dtype) is None
