@@ -321,6 +321,17 @@ def run_totals(run_dir: Any) -> dict[str, Any]:
     return out
 
 
+def final_totals(run_dir: Any) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """For rank 0 at the end of a stage: the run's totals and their flat metrics, or None (with
+    a warning) if the run directory cannot be read; the training is never failed over it."""
+    try:
+        totals = run_totals(run_dir)
+    except Exception as e:  # noqa: BLE001
+        log.warning("greentrack: could not read the run's totals: %s", e)
+        return None
+    return totals, totals_metrics(totals)
+
+
 def totals_metrics(totals: dict[str, Any]) -> dict[str, float]:
     """Flat run totals for loggers (``run_energy_j``, ``run_gpu_energy_j``, ...)."""
     e = totals["energy_j"]

@@ -40,7 +40,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 guarded, start_tracker, run_totals, totals_metrics)
+                                 final_totals, guarded, start_tracker)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -142,12 +142,11 @@ class GreenTrackCallback(Callback):
         trainer.strategy.barrier("greentrack-totals")
         if not trainer.is_global_zero:
             return
-        try:
-            self.summary = run_totals(self._run_dir)
-        except Exception as e:  # noqa: BLE001
-            log.warning("greentrack: could not read the run's totals: %s", e)
+        found = final_totals(self._run_dir)
+        if found is None:
             return
-        flat = {PREFIX + k: v for k, v in totals_metrics(self.summary).items()}
+        self.summary = found[0]
+        flat = {PREFIX + k: v for k, v in found[1].items()}
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
         log.info("greentrack: run %s: %.1f J (%.4g kWh) over %.1f s, %d steps, all ranks; %s",

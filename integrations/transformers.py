@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 guarded, start_tracker, run_totals, totals_metrics)
+                                 final_totals, guarded, start_tracker)
 
 log = logging.getLogger("greentrack")
 PREFIX = "greentrack/"
@@ -140,12 +140,11 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
             dist.barrier()  # every rank's store is closed (reached by every rank, tracked or not)
         if not state.is_world_process_zero:
             return
-        try:
-            self.summary = run_totals(self._run_dir)
-        except Exception as e:  # noqa: BLE001
-            log.warning("greentrack: could not read the run's totals: %s", e)
+        found = final_totals(self._run_dir)
+        if found is None:
             return
-        _add(logs, state, {PREFIX + k: v for k, v in totals_metrics(self.summary).items()})
+        self.summary = found[0]
+        _add(logs, state, {PREFIX + k: v for k, v in found[1].items()})
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         saved = getattr(self, "_saved_state", None)  # set by HF when it restores callback states
