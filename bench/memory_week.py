@@ -11,8 +11,8 @@ real default cadence (50 ms fast polls, 200 ms counter reads) to show the per-ch
 buffers stay bounded there too.
 
 Printed every 12 virtual hours: RSS, Python objects alive (``gc``), points held in the channel
-timelines, steps kept for live views (``Engine.resolved``, capped at 10,000), writes queued for the
-next commit, and the store's size on disk (which grows, by design: that is the record).
+timelines, steps waiting for attribution, writes queued for the next commit, and the store's size
+on disk (which grows, by design: that is the record).
 
     python bench/memory_week.py                 # about 2-3 minutes on 2 cores; records RESULTS.md
     python bench/memory_week.py --days 1 --no-record
@@ -38,7 +38,7 @@ def _state(vr: VirtualRun) -> dict[str, float]:
     store = sum(p.stat().st_size for p in vr.run_dir.glob("*.gtdb*"))
     return {"rss_mb": rss_mb(), "objects": len(gc.get_objects()),
             "points": sum(len(st.timeline.t) for st in eng.states),
-            "resolved": len(eng.resolved), "waiting": len(eng._waiting) + len(eng._spans),
+            "waiting": len(eng._waiting) + len(eng._spans),
             "queued": len(vr.writer._pending), "store_mb": store / 2**20}
 
 
@@ -60,7 +60,7 @@ def replay(days: float, poll_s: float, every_h: float, gpus: int) -> tuple[list[
             s = _state(vr)
             states.append(s)
             rows.append([_hours(vr.elapsed_s), f"{s['rss_mb']:.1f}", f"{s['objects']:,}",
-                         f"{s['points']:,}", f"{s['resolved']:,}", f"{s['waiting']:,}",
+                         f"{s['points']:,}", f"{s['waiting']:,}",
                          f"{s['queued']:,}", f"{s['store_mb']:.1f}",
                          f"{time.perf_counter() - t0:.0f}"])
             print(" | ".join(rows[-1]), flush=True)
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     args = ap.parse_args()
 
-    headers = ["virtual time", "RSS MB", "Python objects", "timeline points", "steps kept",
+    headers = ["virtual time", "RSS MB", "Python objects", "timeline points",
                "steps waiting", "writes queued", "store on disk MB (db + WAL)", "wall s"]
     print(f"Part 1: {args.days:g} days, one poll per 1 s bucket, {args.gpus} GPU(s) + RAPL package "
           f"and DRAM, a step every 2 s\n" + " | ".join(headers))
@@ -117,7 +117,6 @@ def main() -> None:
         f"(`bench/_common.py: VirtualRun`), fed {args.days:g} days at one poll per 1 s bucket "
         f"(the store's default resolution), {args.gpus} fake H100 + RAPL package and DRAM "
         f"(fake powercap tree), a step every 2 s, a commit per virtual second. "
-        f"\"steps kept\" is the live-view buffer (`Engine.resolved`, capped at 10,000 rows); "
         f"\"store MB\" grows by design (it is the record, on disk, not in memory).\n\n"
         + md_table(headers, week_rows) + f"\n\n{verdict}\n")
     if cadence is not None:

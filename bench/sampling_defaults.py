@@ -81,7 +81,7 @@ def replay(trace: PowerTrace, fast: float, counter: float, seconds: float,
         slow = clock.t >= next_slow - 1e-9
         if slow:
             next_slow += counter
-        tl.extend(ch.poll(clock.t, slow), 0.0)
+        tl.extend(ch.poll(clock.t, slow))
         i += 1
         clock.t = round(clock.t + fast * (1.0 - dither + 2 * dither * rng.random()), 9)
     return tl

@@ -54,12 +54,12 @@ class Timeline:
         self.t: deque[float] = deque(maxlen=MAX_POINTS)
         self.e: deque[float] = deque(maxlen=MAX_POINTS)
 
-    def extend(self, points: list[Point], offset: float) -> None:
+    def extend(self, points: list[Point]) -> None:
         for t, e in points:
             if self.t and t <= self.t[-1]:
                 continue  # points are strictly increasing in time
             self.t.append(t)
-            self.e.append(e + offset)
+            self.e.append(e)
 
     @property
     def until(self) -> float | None:
@@ -95,7 +95,6 @@ class _State:
         self.channel = channel
         self.kind = channel.info.kind
         self.timeline = Timeline()
-        self.offset = 0.0  # energy carried over a counter reset
         self.status = "ok"  # ok | failing | lost
         self.fail_since: float | None = None
         self.gap_s = 0.0
@@ -116,7 +115,6 @@ class Engine:
             writer.add_channel(st.id, st.channel.info.as_dict())
         self._spans: deque[StepSpan] = deque()
         self._waiting: list[StepSpan] = []
-        self.resolved: deque[dict[str, Any]] = deque(maxlen=10_000)
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.steps_done = 0
@@ -248,7 +246,7 @@ class Engine:
             except SamplerError as e:
                 pts = getattr(e, "points", None)
                 if pts:  # the read worked but needs a note (counter reset, possible missed wrap)
-                    st.timeline.extend(pts, st.offset)
+                    st.timeline.extend(pts)
                     self._writer.add_event(t - self.origin, "warning", "estimate", str(e), st.id)
                     continue
                 self._on_failure(st, t, e, lost=False)
@@ -263,7 +261,7 @@ class Engine:
                                        f"{st.channel.info.device}: readings back after {gap:.2f} s",
                                        st.id, {"gap_s": gap})
                 st.status, st.fail_since = "ok", None
-            st.timeline.extend(points, st.offset)
+            st.timeline.extend(points)
         self.last_sample_t = now
 
     def _on_failure(self, st: _State, t: float, e: Exception, lost: bool) -> None:
@@ -279,9 +277,6 @@ class Engine:
         st.status = "lost" if lost else "failing"
 
     # -- accounting ------------------------------------------------------------------------------
-    def _final_until(self, st: _State) -> float | None:
-        return st.timeline.until
-
     def _account(self, final: bool) -> None:
         while self._spans:
             self._waiting.append(self._spans.popleft())
@@ -335,7 +330,6 @@ class Engine:
         self._writer.add_step(row)
         self.steps_done += 1
         self.steps_energy_j += sum(by_kind.values())
-        self.resolved.append(row)
         for listener in list(self.step_listeners):
             try:
                 listener(row)

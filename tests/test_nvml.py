@@ -91,7 +91,7 @@ def replay(gpu: FakeGpu, clock: VirtualClock, seconds: float, fast: float = 0.05
     i = 0
     clock.t = start
     while clock.t <= start + seconds + 1e-9:
-        tl.extend(ch.poll(clock.t, slow=(i % slow_every == 0)), 0.0)
+        tl.extend(ch.poll(clock.t, slow=(i % slow_every == 0)))
         i += 1
         clock.t = round(start + i * fast, 9)
     return ch, tl, fake
@@ -178,10 +178,10 @@ def test_counter_going_backwards_is_flagged_and_estimated() -> None:
     for i in range(0, 81):
         clock.t = i * 0.05
         try:
-            tl.extend(ch.poll(clock.t, slow=(i % 20 == 0)), 0.0)
+            tl.extend(ch.poll(clock.t, slow=(i % 20 == 0)))
         except SamplerError as e:
             flagged.append(str(e))
-            tl.extend(e.points, 0.0)  # type: ignore[attr-defined]
+            tl.extend(e.points)  # type: ignore[attr-defined]
     assert flagged and "went backwards" in flagged[0]
     assert tl.last == pytest.approx(200.0 * 4.0, rel=0.03)  # monotone, no negative joules
 
