@@ -144,6 +144,13 @@ class Config:
         return d
 
 
+def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """An integer environment variable (``RANK``, ``LOCAL_RANK``...), or ``default`` when unset
+    or not plain ASCII digits (``str.isdigit`` would accept '²' and then crash ``int``)."""
+    raw = (os.environ if env is None else env).get(name, "")
+    return int(raw) if raw.isascii() and raw.isdigit() else default
+
+
 def _positive(name: str, value: Any, upper: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value <= 0 or value > upper:

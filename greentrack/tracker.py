@@ -28,7 +28,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from greentrack import __version__
-from greentrack.config import Config
+from greentrack.config import Config, env_int
 from greentrack.engine import Engine, StepSpan
 from greentrack.errors import ConfigError
 from greentrack.store import StoreWriter, prepare_run_dir
@@ -122,12 +122,12 @@ class Tracker:
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or _env_run_id())
         found = discover(cfg)
         self.notes = found.notes
-        rank = cfg.rank if cfg.rank is not None else _env_int("RANK", 0)
+        rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
         self._t_start = time.monotonic()
         meta = {
             "run_id": self.run_id, "host": socket.gethostname(), "pid": self._pid,
             "pid_create_time": _create_time(self._pid), "rank": rank,
-            "local_rank": _env_int("LOCAL_RANK", 0), "world_size": _env_int("WORLD_SIZE", 1),
+            "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
             "started_unix": time.time(), "status": "running", "mode": cfg.mode,
             "settings": cfg.as_dict(), "argv": sys.argv[:8],
             "versions": {"greentrack": __version__, "python": platform.python_version(),
@@ -322,11 +322,6 @@ def _install_hooks(tracker: Tracker) -> None:
             _HOOKS["sigterm"] = True
         except (ValueError, OSError):
             pass
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if (raw.isascii() and raw.isdigit()) else default
 
 
 def _env_run_id() -> str | None:

@@ -26,13 +26,13 @@ synchronizing (see :mod:`greentrack.timeline`). ``tracking.metrics()`` gives the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from greentrack.config import env_int
 from greentrack.training import TrainingMeter, guarded
 
 
@@ -151,16 +151,12 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
     device = params[0].device if params else None
     meter = TrainingMeter(tracker, device=device, flops=flops,
                           dtype=dtype if dtype is not None else (params[0].dtype if params else None),
-                          planned_steps=planned_steps, main=_env_rank() == 0,
+                          planned_steps=planned_steps, main=env_int("RANK", 0) == 0,
                           progress_every_s=progress_every_s)
     meter.start_counting()  # outside any forward: the counter sees whole module calls
     return OptimizerTracking(optimizer, tracker, meter, model, owns, samples_per_step,
                              tokens_per_step)
 
-
-def _env_rank() -> int:
-    raw = os.environ.get("RANK", "0")
-    return int(raw) if raw.isdigit() else 0
 
 
 __all__ = ["track_optimizer", "OptimizerTracking"]

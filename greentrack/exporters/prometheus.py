@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from greentrack.config import Config
+from greentrack.config import Config, env_int
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job
 from greentrack.exporters._collector import Intensity, PushHealth, TrackerCollector
@@ -56,14 +56,12 @@ def listen_port(base: int, env: Mapping[str, str]) -> int:
     """The port this process listens on: 0 stays 0 (a free port), else ``base + LOCAL_RANK``."""
     if base == 0:
         return 0
-    local = env.get("LOCAL_RANK", "")
-    return base + (int(local) if (local.isascii() and local.isdigit()) else 0)
+    return base + env_int("LOCAL_RANK", 0, env)
 
 
 def run_labels(tracker: Any, config: Config, env: Mapping[str, str]) -> dict[str, str]:
     """Values of ``run, job, host, rank`` for this process."""
-    raw = env.get("RANK", "")
-    rank = config.rank if config.rank is not None else (int(raw) if (raw.isascii() and raw.isdigit()) else 0)
+    rank = config.rank if config.rank is not None else env_int("RANK", 0, env)
     return {"run": str(tracker.run_id or "unknown"), "job": config.job or default_job(env),
             "host": socket.gethostname(), "rank": str(rank)}
 

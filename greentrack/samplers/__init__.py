@@ -1,6 +1,6 @@
 """Samplers: one contract (:mod:`.base`), one private module per backend, one factory.
 
->>> from greentrack.config import Config
+>>> from greentrack.config import Config, env_int
 >>> found = discover(Config())            # what this machine can measure, and how
 >>> [ch.info.method for ch in found.channels]   # doctest: +SKIP
 ['nvml-energy-counter', 'rapl-powercap', 'rapl-powercap']
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from greentrack.config import Config
+from greentrack.config import Config, env_int
 from greentrack.samplers.base import Channel, ChannelInfo, Discovery, Note, Point
 
 __all__ = ["Channel", "ChannelInfo", "Discovery", "Note", "Point", "discover"]
@@ -62,5 +62,4 @@ def measures_host(config: Config, env: dict[str, str]) -> bool:
     """Whether this process measures host CPU/DRAM: one process per node does (local rank 0)."""
     if config.host_energy is not None:
         return config.host_energy
-    local_rank = env.get("LOCAL_RANK")
-    return local_rank is None or not (local_rank.isascii() and local_rank.isdigit()) or int(local_rank) == 0
+    return env_int("LOCAL_RANK", 0, env) == 0

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
+from greentrack.config import env_int
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
@@ -385,12 +386,11 @@ def _choose(gpus: tuple[int | str, ...] | None, visible: list[tuple[int, bool]],
                     raise ConfigError("gpus", g, "matches no visible GPU UUID (see `greentrack doctor`)")
                 out.append(hits[0])
         return out
-    local_rank, local_world = env.get("LOCAL_RANK"), env.get("LOCAL_WORLD_SIZE")
-    if local_rank is not None and (local_rank.isascii() and local_rank.isdigit()) and len(ordinals) > 1:
-        lr = int(local_rank)
-        # One process per GPU (torchrun, Lightning DDP): each rank measures its own GPU.
-        if local_world is None or ((local_world.isascii() and local_world.isdigit()) and int(local_world) > 1):
-            return [ordinals[lr % len(ordinals)]]
+    local_rank = env_int("LOCAL_RANK", -1, env)
+    local_world = env_int("LOCAL_WORLD_SIZE", 0 if "LOCAL_WORLD_SIZE" in env else 2, env)
+    # One process per GPU (torchrun, Lightning DDP): each rank measures its own GPU.
+    if local_rank >= 0 and local_world > 1 and len(ordinals) > 1:
+        return [ordinals[local_rank % len(ordinals)]]
     return ordinals
 
 
