@@ -97,6 +97,9 @@ class FakeGpu:
     fail_reads: int = 0  # the next N reads raise NVMLError_Unknown
     hang: threading.Event | None = None  # reads block until this event is set
     noise_w: float = 1.5  # sensor jitter per 100 ms update, as a real board's readings show
+    # The energy counter's refresh relative to the power sensor's, in seconds. 0 assumes they
+    # refresh together (what greentrack's tick dating assumes; not yet checked on an H100).
+    counter_phase_s: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -137,7 +140,7 @@ class FakeNvml:
         return mean_w + gpu.noise_w * (((k * 2654435761) % 1000) / 500.0 - 1.0)
 
     def counter_mj(self, gpu: FakeGpu, t: float) -> int:
-        q = self._tick(t)
+        q = self._tick(t - gpu.counter_phase_s) + gpu.counter_phase_s
         if gpu.reset_at is not None and t >= gpu.reset_at:
             return int((gpu.trace.energy(q) - gpu.trace.energy(gpu.reset_at)) * 1000)
         return gpu.counter_base_mj + int(gpu.trace.energy(q) * 1000)
