@@ -133,7 +133,8 @@ def record(name: str, text: str, path: Path = RESULTS) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new, encoding="utf-8")
     os.replace(tmp, path)
-    print(f"recorded section '{name}' in {path.relative_to(REPO)}")
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    print(f"recorded section '{name}' in {shown}")
 
 
 # -- statistics ---------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _common import record  # noqa: E402
 
 from greentrack.store import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
 
@@ -173,7 +176,6 @@ def _machine() -> str:
 
 def _record(times: list[float], rows: tuple[int, int], sizes: dict[str, int], days: float,
             summary: dict) -> None:
-    """Replace this benchmark's section of RESULTS.md (between its markers), keep the others."""
     body = (
         f"## Report at scale: {days:g}-day, {GPUS}-GPU run (`bench/report_scale.py`)\n\n"
         f"Machine: {_machine()}. Measured {time.strftime('%Y-%m-%d')}.\n"
@@ -186,16 +188,7 @@ def _record(times: list[float], rows: tuple[int, int], sizes: dict[str, int], da
         f"| full report, all six formats | {', '.join(f'{x:.2f}' for x in times)} | "
         f"{max(times):.2f} | <= 10 s on 2 cores |\n\n"
         f"Output sizes (bytes): {', '.join(f'{k} {v:,}' for k, v in sizes.items())}.\n")
-    begin, end = "<!-- bench:report_scale -->", "<!-- /bench:report_scale -->"
-    results = REPO / "bench" / "RESULTS.md"
-    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{body}{end}\n"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    results.write_text(text, encoding="utf-8")
-
+    record("report_scale", body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,8 @@ a 1 s moving average. Traces: the 17 s bursty trace measured there, and a traini
 steps (heavy/light kernels, 120-400 ms). For each (fast interval, counter interval) this prints the
 total error against the true energy, and the error of 200 ms / 500 ms windows and of steps.
 
-    python bench/sampling_defaults.py            # prints a table, appends it to bench/RESULTS.md
+    python bench/sampling_defaults.py            # prints a table, records it in bench/RESULTS.md
+    python bench/sampling_defaults.py --no-record
 
 Each cell: energy-weighted mean absolute error / 95th percentile of per-window error.
 "vs truth" is the exact trace energy (what no sensor sees: the instant-power field samples 25 ms of
@@ -18,12 +19,14 @@ mean absolute error), and the 95th percentile of per-window relative error.
 
 from __future__ import annotations
 
-import platform
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import record, section  # noqa: E402
 
 from greentrack.engine import Timeline  # noqa: E402
 from greentrack.samplers._nvml import NvmlGpu  # noqa: E402
@@ -141,18 +144,9 @@ def main() -> None:
               "an H100):\n\n" + "\n".join(phase_lines))
     print(table)
     if "--no-record" not in sys.argv:
-        out = Path(__file__).with_name("RESULTS.md")
-        note = (f"\n## Sampler cadence (simulated H100 NVML behaviour)\n\nMachine: {platform.node()} "
-                f"({platform.processor() or platform.machine()}), Python {platform.python_version()}. "
-                f"Command: `python bench/sampling_defaults.py`.\n\n{table}\n")
-        text = out.read_text() if out.exists() else "# Benchmark results\n"
-        marker = "\n## Sampler cadence (simulated H100 NVML behaviour)\n"
-        if marker in text:
-            start = text.index(marker)
-            nxt = text.find("\n## ", start + len(marker))
-            text = text[:start] + (text[nxt:] if nxt != -1 else "")
-        out.write_text(text.rstrip("\n") + "\n" + note)
-
+        record("sampling_defaults", section(
+            "sampling_defaults", "Sampler cadence (simulated H100 NVML behaviour): sampling_defaults.py",
+            table))
 
 if __name__ == "__main__":
     main()
