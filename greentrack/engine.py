@@ -5,6 +5,13 @@ keeps each channel's finalized ``(t, joules)`` points in a bounded timeline, cut
 buckets of ``resolution_s``, resolves step windows into joules once every live channel has final
 points past the window's end, and commits to the store every ``flush_interval_s``.
 
+Slow reads (the NVML energy counter: ~3 ms each on an H100) are staggered: each channel has its
+own phase of the slow cadence, so eight GPUs cost two counter reads per fast poll rather than
+eight in one. Their CPU time is measured as they happen; if together they would take more than
+:data:`SLOW_READ_CPU_BUDGET` of a core, the slow cadence stretches (to
+:data:`MAX_COUNTER_INTERVAL_S` at most) and an event says so. Totals stay exact (the counter
+still bounds every interval); windows lean more on the instant-power shape.
+
 The training thread only ever appends a finished step window to a deque (no lock, no I/O). Nothing
 here raises into it: a failed read becomes a recorded gap, a failed commit a warning and a retry.
 """
@@ -30,6 +37,11 @@ log = logging.getLogger("greentrack")
 
 #: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
 MAX_POINTS = 100_000
+#: CPU the slow reads of all channels together may take, as a fraction of one core.
+SLOW_READ_CPU_BUDGET = 0.005
+#: The slow cadence never stretches beyond this (``bench/sampling_defaults.py``: at 1 s, 500 ms
+#: windows stay within 3.4% and 120-400 ms steps within 4.9%; totals are exact at any interval).
+MAX_COUNTER_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -99,6 +111,8 @@ class _State:
         self.fail_since: float | None = None
         self.gap_s = 0.0
         self.next_bucket = origin
+        self.next_slow = origin  # this channel's next slow read (staggered between channels)
+        self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
 
 
 class Engine:
@@ -128,6 +142,8 @@ class Engine:
         self.errors = 0
         self._abandoned = False
         self._rng = random.Random(0x9E3779B9)
+        #: The slow cadence in force: ``config.counter_interval_s`` unless slow reads cost too much.
+        self.counter_interval_s = config.counter_interval_s
 
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan) -> None:
@@ -139,7 +155,7 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self._poll_all(self._clock(), slow=True)
+        self._poll_all(self._clock(), force_slow=True)
         self._flush()
         self._thread = threading.Thread(target=self._run, name="greentrack-sampler", daemon=True)
         self._thread.start()
@@ -185,28 +201,27 @@ class Engine:
         settle = self._settle_s()
         if settle:
             time.sleep(settle / 2)
-            self._guard(lambda: self._poll_all(self._clock(), slow=False))
+            self._guard(lambda: self._poll_all(self._clock()))
             time.sleep(settle / 2)
-        self._guard(lambda: self._poll_all(self._clock(), slow=True))
+        self._guard(lambda: self._poll_all(self._clock(), force_slow=True))
         if not self._abandoned:
             self._guard(lambda: self._account(final=True))
 
     def _run(self) -> None:
         cfg = self.config
         now = self._clock()
-        next_fast, next_slow = now + cfg.interval_s, now + cfg.counter_interval_s
+        for k, st in enumerate(self.states):  # stagger the slow reads over the slow period
+            st.next_slow = now + cfg.counter_interval_s * (1.0 + k / len(self.states))
+        next_fast, next_account = now + cfg.interval_s, now + cfg.counter_interval_s
         next_flush = now + cfg.flush_interval_s
         while not self._stop.wait(max(0.0, next_fast - self._clock())):
             now = self._clock()
-            slow = now >= next_slow
-            self._guard(lambda: self._poll_all(now, slow))
+            self._guard(lambda: self._poll_all(now, measure=True))
             if self._abandoned:
                 return
-            if slow:
-                next_slow += cfg.counter_interval_s
-                if next_slow <= now:
-                    next_slow = now + cfg.counter_interval_s
-            self._guard(lambda: self._account(final=False))
+            if now >= next_account:  # nothing waits on it: steps are resolved a little late
+                self._guard(lambda: self._account(final=False))
+                next_account = now + cfg.counter_interval_s
             if now >= next_flush:
                 self._flush()
                 next_flush = now + cfg.flush_interval_s
@@ -230,14 +245,24 @@ class Engine:
             self.event("error", "internal-error", f"{type(e).__name__}: {e}")
 
     # -- polling ------------------------------------------------------------------------------
-    def _poll_all(self, now: float, slow: bool) -> None:
+    def _poll_all(self, now: float, force_slow: bool = False, measure: bool = False) -> None:
+        """Poll every channel; slow reads for those whose slow tick is due (all: ``force_slow``).
+        ``measure``: time the slow reads' CPU (on the sampler thread only) and adapt the cadence."""
         self.polls += 1
+        any_slow = False
         for st in self.states:
             if self._abandoned:
                 return  # stop() gave up on this thread: touch nothing
+            slow = force_slow or now >= st.next_slow
+            if slow:
+                any_slow = True
+                st.next_slow += self.counter_interval_s
+                if st.next_slow <= now:
+                    st.next_slow = now + self.counter_interval_s
             if st.status == "lost" or (st.status == "failing" and not slow):
                 continue  # retry a failing device on the slow cadence only
             t = self._clock()
+            cpu0 = time.thread_time() if slow and measure else None
             try:
                 points = st.channel.poll(t, slow)
             except DeviceLost as e:
@@ -254,6 +279,10 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - an unexpected backend bug is a failed read
                 self._on_failure(st, t, e, lost=False)
                 continue
+            finally:
+                if cpu0 is not None:
+                    used = time.thread_time() - cpu0
+                    st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
             if st.status == "failing" and st.fail_since is not None:
                 gap = t - st.fail_since
                 st.gap_s += gap
@@ -263,6 +292,29 @@ class Engine:
                 st.status, st.fail_since = "ok", None
             st.timeline.extend(points)
         self.last_sample_t = now
+        if any_slow and measure:
+            self._adapt_slow_cadence()
+
+    def _adapt_slow_cadence(self) -> None:
+        """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget."""
+        cost = sum(st.slow_cpu_s for st in self.states
+                   if st.slow_cpu_s is not None and st.status != "lost")
+        base = self.config.counter_interval_s
+        want = min(max(base, cost / SLOW_READ_CPU_BUDGET), max(base, MAX_COUNTER_INTERVAL_S))
+        now_s = self.counter_interval_s
+        if want == now_s or (want != base and abs(want - now_s) < 0.25 * now_s):
+            return  # hysteresis: only changes of a quarter or more, or back to the setting
+        self.counter_interval_s = want
+        share = cost / want
+        over = f"; still {share:.1%} of a core at the {want:g} s cap" if share > SLOW_READ_CPU_BUDGET * 1.01 else ""
+        self.event("warning" if want > base else "info", "slow-cadence",
+                   f"slow reads (energy counters) cost {cost * 1e3:.2f} ms of CPU per round: slow "
+                   f"cadence {now_s:.3g} s -> {want:.3g} s to keep them within "
+                   f"{SLOW_READ_CPU_BUDGET:.1%} of a core{over}; totals stay exact, windows lean "
+                   "more on instant power", cpu_per_round_s=cost, counter_interval_s=want,
+                   configured_s=base)
+        log.info("greentrack: slow cadence %.3g s -> %.3g s (slow reads cost %.2f ms CPU a round)",
+                 now_s, want, cost * 1e3)
 
     def _on_failure(self, st: _State, t: float, e: Exception, lost: bool) -> None:
         device = st.channel.info.device
@@ -341,7 +393,7 @@ class Engine:
             self._writer.update_channel(st.id, st.timeline.last, _rel(st.timeline.until, self.origin),
                                         st.gap_s, st.status)
         self._writer.set_meta({"heartbeat_unix": time.time(), "sampler_cpu_s": self.thread_cpu_s,
-                               "polls": self.polls})
+                               "polls": self.polls, "counter_interval_s": self.counter_interval_s})
         try:
             self._writer.flush()
             if self._flush_failures:

@@ -5,7 +5,8 @@ the same codes), constants and ctypes structs, so code under test cannot tell th
 the module boundary. What it simulates, from measurements on a real H100 (FIELD_NOTES):
 
 * the total-energy counter (mJ since "driver load") updates every 100 ms, and can cost
-  milliseconds per call (``counter_cost_s``);
+  milliseconds per call: waiting (``counter_cost_s``, a sleep) or spinning (``counter_cpu_s``,
+  CPU time; whether a real driver waits or spins is not yet measured);
 * ``NVML_FI_DEV_POWER_INSTANT`` updates every 100 ms and is the mean of only the last 25 ms;
 * ``nvmlDeviceGetPowerUsage`` is a 1 s moving average on Hopper (``avg_window_s``);
 * pre-Volta GPUs: the counter raises NotSupported and the instant field returns NotSupported;
@@ -91,7 +92,8 @@ class FakeGpu:
     mig: bool | None = False  # None: MIG not supported (raises NotSupported)
     avg_window_s: float = 1.0
     counter_base_mj: int = 987_654_321
-    counter_cost_s: float = 0.0
+    counter_cost_s: float = 0.0  # wall time of a counter read spent waiting (sleep)
+    counter_cpu_s: float = 0.0  # CPU time of a counter read spent spinning (a busy driver)
     lost_at: float | None = None  # fake-clock time after which every read raises GpuIsLost
     reset_at: float | None = None  # counter restarts from 0 at this time (driver reload)
     fail_reads: int = 0  # the next N reads raise NVMLError_Unknown
@@ -192,6 +194,10 @@ class FakeNvml:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
             if h.counter_cost_s:
                 time.sleep(h.counter_cost_s)
+            if h.counter_cpu_s:
+                end = time.thread_time() + h.counter_cpu_s
+                while time.thread_time() < end:
+                    pass
             return fake.counter_mj(h, t)
 
         def nvmlDeviceGetPowerUsage(h: FakeGpu) -> int:

@@ -1,0 +1,108 @@
+"""The slow cadence (NVML energy-counter reads, ~3 ms each on an H100) with many GPUs: reads are
+staggered between polls, and their measured CPU time is held to a budget by stretching the cadence.
+
+Real threads, real SQLite; eight fake H100s whose counter read waits (a sleep) or spins (CPU),
+since whether the real driver waits or spins is not yet measured."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.engine import MAX_COUNTER_INTERVAL_S
+from greentrack.store import StoreReader, store_paths
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
+
+WATTS = 300.0
+
+
+def install(monkeypatch: pytest.MonkeyPatch, n: int, **gpu: Any) -> tuple[FakeNvml, list[tuple[int, str]]]:
+    """``n`` fake H100s as ``pynvml``; returns the fake and a log of (engine poll, GPU) per
+    counter read, filled once ``log_polls`` is pointed at the engine."""
+    fake = FakeNvml([FakeGpu(uuid=f"GPU-{i:08d}-2222-3333-4444-555555555555",
+                             trace=PowerTrace([], idle_w=WATTS), **gpu) for i in range(n)])
+    mod = fake.module()
+    reads: list[tuple[int, str]] = []
+    real_read = mod.nvmlDeviceGetTotalEnergyConsumption
+
+    def logged(h: FakeGpu) -> int:
+        engine = log_polls.get("engine")
+        reads.append((engine.polls if engine is not None else -1, h.uuid))
+        return int(real_read(h))
+
+    mod.nvmlDeviceGetTotalEnergyConsumption = logged
+    monkeypatch.setitem(sys.modules, "pynvml", mod)
+    return fake, reads
+
+
+log_polls: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reset_log() -> None:
+    log_polls.clear()
+
+
+def run(tmp_path: Path, seconds: float, **settings: Any) -> tuple[greentrack.Tracker, float]:
+    tracker = greentrack.Tracker(tmp_path / "run", **settings).start()
+    log_polls["engine"] = tracker.engine
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    duration = time.monotonic() - t0
+    tracker.stop()
+    return tracker, duration
+
+
+def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatch,
+                                                  no_host_env: Path, tmp_path: Path) -> None:
+    _, reads = install(monkeypatch, 8)
+    tracker, _ = run(tmp_path, 1.5, interval_s=0.02, counter_interval_s=0.1)
+    assert tracker.engine is not None
+    last = tracker.engine.polls
+    in_loop = [(p, g) for p, g in reads if 1 < p < last - 2]  # not the start or final reading
+    per_poll = Counter(p for p, _ in in_loop)
+    per_gpu = Counter(g for _, g in in_loop)
+    # 8 GPUs over 5 polls per slow period: 1 or 2 counter reads per poll, never all 8 at once
+    assert max(per_poll.values()) <= 3, per_poll.most_common(3)
+    assert len(per_gpu) == 8 and min(per_gpu.values()) >= 8, per_gpu  # each still ~every 0.1 s
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["energy_j"]["gpu"] == pytest.approx(8 * WATTS * s["duration_s"], rel=0.1)
+
+
+def test_counter_reads_that_burn_cpu_stretch_the_slow_cadence(monkeypatch: pytest.MonkeyPatch,
+                                                              no_host_env: Path,
+                                                              tmp_path: Path) -> None:
+    _, reads = install(monkeypatch, 8, counter_cpu_s=0.003)  # 3 ms of CPU per read, 8 GPUs
+    tracker, duration = run(tmp_path, 3.0)  # defaults: 0.05 s polls, 0.2 s counter reads
+    engine = tracker.engine
+    assert engine is not None
+    # 24 ms a round every 0.2 s would be 12% of a core; the cadence stretched to its cap instead
+    assert engine.counter_interval_s == MAX_COUNTER_INTERVAL_S
+    store = StoreReader(store_paths(tmp_path / "run")[0])
+    events = [e for e in store.events() if e["kind"] == "slow-cadence"]
+    assert events and events[0]["level"] == "warning", store.events()
+    assert "cost" in events[0]["message"] and "totals stay exact" in events[0]["message"]
+    assert store.meta["counter_interval_s"] == MAX_COUNTER_INTERVAL_S
+    late = Counter(g for p, g in reads if p > engine.polls - 20 and p > 0)  # the last ~1 s of polls
+    assert late and max(late.values()) <= 3, late
+    assert engine.thread_cpu_s / duration < 0.06  # ~2.4% at the 1 s cap, not ~12%
+    # stretching never costs the total: every interval is still bounded by two counter reads
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["energy_j"]["gpu"] == pytest.approx(8 * WATTS * s["duration_s"], rel=0.05)
+
+
+def test_counter_reads_that_only_wait_keep_the_configured_cadence(monkeypatch: pytest.MonkeyPatch,
+                                                                  no_host_env: Path,
+                                                                  tmp_path: Path) -> None:
+    install(monkeypatch, 2, counter_cost_s=0.003)  # 3 ms waiting in the "driver": no CPU
+    tracker, _ = run(tmp_path, 1.5)
+    assert tracker.engine is not None and tracker.engine.counter_interval_s == 0.2
+    store = StoreReader(store_paths(tmp_path / "run")[0])
+    assert not [e for e in store.events() if e["kind"] == "slow-cadence"]
+    assert store.meta["counter_interval_s"] == 0.2
