@@ -162,19 +162,20 @@ def rss_mb() -> float:
 
 # -- hardware fakes (tests/fakes), for hosts without the hardware ------------------------------
 def fake_nvml_module(n_gpus: int, counter_cost_s: float = 0.003, idle_w: float = 300.0,
-                     clock: Any = None) -> tuple[Any, Any]:
+                     clock: Any = None, counter_cpu_s: float = 0.0) -> tuple[Any, Any]:
     """A fake NVML with ``n_gpus`` H100s, as a module object for ``sys.modules['pynvml']``.
 
     ``counter_cost_s`` models the ~3 ms ``nvmlDeviceGetTotalEnergyConsumption`` of a real H100
-    (FIELD_NOTES) as a sleep: time spent waiting in the driver, not CPU time. Returns
-    ``(module, FakeNvml)``.
+    (FIELD_NOTES) as a sleep: time spent waiting in the driver, not CPU time; ``counter_cpu_s``
+    models it as CPU spent spinning instead. Returns ``(module, FakeNvml)``.
     """
     import pynvml as real
 
     from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 
     gpus = [FakeGpu(uuid=f"GPU-{i:08d}-2222-3333-4444-555555555555", counter_cost_s=counter_cost_s,
-                    trace=PowerTrace([], idle_w=idle_w)) for i in range(n_gpus)]
+                    counter_cpu_s=counter_cpu_s, trace=PowerTrace([], idle_w=idle_w))
+            for i in range(n_gpus)]
     fake = FakeNvml(gpus) if clock is None else FakeNvml(gpus, clock=clock)
     mod = fake.module()
 

@@ -107,7 +107,7 @@ def main() -> None:
     train, steps = training_trace()
     rows = []
     for fast in (0.01, 0.05, 0.1):
-        for counter in (0.1, 0.2, 0.5, 1.0):
+        for counter in (0.1, 0.2, 0.5, 1.0, 2.0):
             if counter < fast:
                 continue
             tl = replay(bursty, fast, counter, 18.0)

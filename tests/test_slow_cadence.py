@@ -6,6 +6,8 @@ since whether the real driver waits or spins is not yet measured."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -17,6 +19,7 @@ import pytest
 import greentrack
 from greentrack.engine import MAX_COUNTER_INTERVAL_S
 from greentrack.store import StoreReader, store_paths
+from tests.conftest import python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 
 WATTS = 300.0
@@ -59,6 +62,17 @@ def run(tmp_path: Path, seconds: float, **settings: Any) -> tuple[greentrack.Tra
     return tracker, duration
 
 
+def report_sampling(run_dir: Path, out: Path) -> str:
+    """The "Sampling" line of the run's JSON report, through the CLI."""
+    proc = subprocess.run([sys.executable, "-m", "greentrack", "report", str(run_dir), "--format",
+                           "json,md", "--out", str(out), "--country", "FR"], env=python_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    sampling = json.loads((out / "report.json").read_text())["methodology"]["sampling"]
+    assert f"Sampling: {sampling}." in (out / "report.md").read_text()
+    return str(sampling)
+
+
 def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatch,
                                                   no_host_env: Path, tmp_path: Path) -> None:
     _, reads = install(monkeypatch, 8)
@@ -95,6 +109,10 @@ def test_counter_reads_that_burn_cpu_stretch_the_slow_cadence(monkeypatch: pytes
     # stretching never costs the total: every interval is still bounded by two counter reads
     s = greentrack.summarize(tmp_path / "run")
     assert s["energy_j"]["gpu"] == pytest.approx(8 * WATTS * s["duration_s"], rel=0.05)
+    # and the disclosure says so, next to the cadence that was configured
+    sampling = report_sampling(tmp_path / "run", tmp_path / "report")
+    assert "slow reads every 0.2 s" in sampling
+    assert f"stretched to {MAX_COUNTER_INTERVAL_S:g} s in " in sampling and "slow-cadence" in sampling
 
 
 def test_counter_reads_that_only_wait_keep_the_configured_cadence(monkeypatch: pytest.MonkeyPatch,
@@ -106,3 +124,5 @@ def test_counter_reads_that_only_wait_keep_the_configured_cadence(monkeypatch: p
     store = StoreReader(store_paths(tmp_path / "run")[0])
     assert not [e for e in store.events() if e["kind"] == "slow-cadence"]
     assert store.meta["counter_interval_s"] == 0.2
+    sampling = report_sampling(tmp_path / "run", tmp_path / "report")
+    assert "fast polls every 0.05 s" in sampling and "stretched" not in sampling

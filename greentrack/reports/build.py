@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from greentrack.carbon.accounting import EnergyProfile, account
-from greentrack.reports.methodology import (energy_basis, methodology, overall_quality,
+from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
 from greentrack.reports.run_data import RunData
 
@@ -237,7 +237,8 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
         "timeseries_resolution_s": data.resolution_s,
         "timeseries": _timeseries(data),
         "methodology": methodology(devices, energy["gaps"], energy["gap_s"], overall_quality(devices),
-                                   acc["intensity"]["location_based"], data.resolution_s),
+                                   acc["intensity"]["location_based"], data.resolution_s,
+                                   sampling(data.settings, data.stretched_slow_s)),
         "warnings": list(data.warnings) + acc["warnings"],
     }
     if s["status"] in ("running", "incomplete"):

@@ -122,6 +122,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                   f"Estimated: {', '.join(meth['estimated']) or 'nothing'}.",
                   f"Samples: {meth['samples_total']:,} stored buckets of {meth['resolution_s']:g} s "
                   f"({', '.join(f'{k}: {v:,}' for k, v in meth['sample_counts'].items())}).",
+                  f"Sampling: {meth.get('sampling') or 'not recorded'}.",
                   f"Gaps: {meth['gaps']} ({meth['gap_s']:g} s of device time without readings).",
                   f"Uncertainty: {meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%); "
                   f"{meth['uncertainty']['basis']}.",

@@ -69,10 +69,26 @@ def short_methodology(doc: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def sampling(settings: dict[str, Any], stretched: dict[str, float]) -> str:
+    """How often devices were read, and where the slow cadence was stretched (and why)."""
+    fast, slow = settings.get("interval_s"), settings.get("counter_interval_s")
+    if fast is None or slow is None:
+        return "cadence not recorded"
+    text = (f"fast polls every {float(fast):g} s (GPU instant power, RAPL counters), slow reads "
+            f"every {float(slow):g} s (NVML energy counters, utilization estimates)")
+    if stretched:
+        text += ("; slow reads were stretched to " + ", ".join(
+            f"{v:g} s in {k}" for k, v in sorted(stretched.items())) + " because they cost more "
+            "CPU than the sampler's budget (events of kind slow-cadence): totals stay exact, "
+            "per-step energy leans more on instant power")
+    return text
+
+
 def methodology(devices: list[dict[str, Any]], gaps: int, gap_s: float, quality: dict[str, Any],
-                intensity: dict[str, Any], resolution_s: float) -> dict[str, Any]:
+                intensity: dict[str, Any], resolution_s: float, cadence: str = "") -> dict[str, Any]:
     samples = sum(d["samples"] for d in devices)
     return {
+        "sampling": cadence,
         "measured": _methods(devices, True),
         "estimated": _methods(devices, False),
         "sample_counts": {d["key"]: d["samples"] for d in devices},

@@ -72,6 +72,8 @@ class RunData:
     versions: dict[str, Any]
     settings: dict[str, Any]
     warnings: list[str]
+    #: slow cadence in force at the end of each store whose engine stretched it (store -> s)
+    stretched_slow_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -190,7 +192,20 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
         hosts={h: _spans_union(s) for h, s in host_spans.items()}, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=dict(first.meta.get("settings") or {}),
-        warnings=warnings)
+        warnings=warnings, stretched_slow_s=_stretched(stores))
+
+
+def _stretched(stores: list[StoreReader]) -> dict[str, float]:
+    """Stores whose engine stretched its slow cadence (slow reads cost too much CPU): the longest
+    cadence it used, from its ``slow-cadence`` events."""
+    out: dict[str, float] = {}
+    for s in stores:
+        for r in s.rows("SELECT json_extract(details, '$.counter_interval_s') AS v, "
+                        "json_extract(details, '$.configured_s') AS c FROM events "
+                        "WHERE kind = 'slow-cadence'"):
+            if r["v"] is not None and r["c"] is not None and float(r["v"]) > float(r["c"]):
+                out[s.path.name] = max(out.get(s.path.name, 0.0), float(r["v"]))
+    return out
 
 
 def _channel_bins(store: StoreReader, channel_id: int, s0: float, lo: float, tmax: float,
