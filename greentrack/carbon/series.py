@@ -178,7 +178,8 @@ class Integration:
 
     @property
     def coverage(self) -> float:
-        return self.covered_kwh / self.energy_kwh if self.energy_kwh > 0 else 1.0
+        # covered_kwh sums per-interval shares of each bin: float rounding can exceed the whole
+        return min(1.0, self.covered_kwh / self.energy_kwh) if self.energy_kwh > 0 else 1.0
 
 
 def integrate(series: IntensitySeries, bins: list[tuple[float, float, float]],
