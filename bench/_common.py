@@ -12,7 +12,6 @@ official-bindings check, the Grace-Hopper C2C probe and the architecture), added
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import math
 import os
@@ -257,10 +256,10 @@ class PeriodicTrace:
 class VirtualRun:
     """The real :class:`~greentrack.engine.Engine`, samplers and store, driven on a virtual clock.
 
-    Each :meth:`advance` tick does what one iteration of the sampler thread does (``Engine._run``:
-    poll every channel, attribute, commit every ``flush_interval_s``), at ``poll_s`` of virtual
-    time, so days of a run pass in minutes; counters are read on the slow cadence
-    (``counter_interval_s``) as the engine does (with ``poll_s`` >= it, on every tick). Channels:
+    Each :meth:`advance` tick runs one iteration of the sampler thread (``Engine.iterate``: poll
+    every channel, attribute, commit when due), at ``poll_s`` of virtual time, so days of a run
+    pass in minutes; counters are read on the engine's own slow cadence (with ``poll_s`` >= it,
+    on every tick). Channels:
     ``n_gpus`` fake H100s read through the real NVML sampler
     (:class:`~greentrack.samplers._nvml.NvmlGpu`) drawing a training-like :class:`PeriodicTrace`,
     and the real RAPL sampler on a fake powercap tree (package-0 and its DRAM zone) whose counters
@@ -301,10 +300,9 @@ class VirtualRun:
         self.writer = StoreWriter(self.run_dir, 0, meta)
         self.engine = Engine(channels, self.writer, self.config, origin=self.T0, clock=self.clock)
         self._set_rapl(self.T0)
-        self.engine._poll_all(self.T0, slow=True)
+        self.engine._poll_all(self.T0, force_slow=True)  # as Engine.start
         self.engine._flush()
-        self._next_flush = self.T0 + self.config.flush_interval_s
-        self._next_slow = self.T0 + self.config.counter_interval_s
+        self.engine.schedule(self.T0)
         self._next_step = self.T0 + step_s
         self.steps = 0
         self._ticks = 0
@@ -331,16 +329,7 @@ class VirtualRun:
                 eng.submit(StepSpan(self.steps, "train", now - self.step_s, now, samples=32.0))
                 self.steps += 1
                 self._next_step += self.step_s
-            slow = now >= self._next_slow - 1e-9
-            if slow:  # the same schedule as Engine._run
-                self._next_slow += self.config.counter_interval_s
-                if self._next_slow <= now:
-                    self._next_slow = now + self.config.counter_interval_s
-            eng._guard(functools.partial(eng._poll_all, now, slow))
-            eng._guard(functools.partial(eng._account, final=False))
-            if now >= self._next_flush - 1e-9:
-                eng._flush()
-                self._next_flush = now + self.config.flush_interval_s
+            eng.iterate(now, measure=False)  # what one turn of the sampler thread does
 
     def close(self) -> Path:
         """Final reading and commit (as ``Tracker.stop``); returns the store's path."""

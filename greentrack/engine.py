@@ -144,6 +144,7 @@ class Engine:
         self._rng = random.Random(0x9E3779B9)
         #: The slow cadence in force: ``config.counter_interval_s`` unless slow reads cost too much.
         self.counter_interval_s = config.counter_interval_s
+        self._next_account = self._next_flush = origin
 
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan) -> None:
@@ -207,24 +208,38 @@ class Engine:
         if not self._abandoned:
             self._guard(lambda: self._account(final=True))
 
+    def schedule(self, now: float) -> None:
+        """Set the cadences running from ``now``: slow reads staggered over the slow period."""
+        cfg = self.config
+        for k, st in enumerate(self.states):
+            st.next_slow = now + cfg.counter_interval_s * (1.0 + k / len(self.states))
+        self._next_account = now + cfg.counter_interval_s
+        self._next_flush = now + cfg.flush_interval_s
+
+    def iterate(self, now: float, measure: bool = True) -> None:
+        """One iteration of the sampler thread at ``now``: poll, attribute, commit when due.
+        (``bench/_common.VirtualRun`` drives it on a virtual clock, ``measure=False``.)"""
+        cfg = self.config
+        self._guard(lambda: self._poll_all(now, measure=measure))
+        if self._abandoned:
+            return
+        if now >= self._next_account:  # nothing waits on it: steps are resolved a little late
+            self._guard(lambda: self._account(final=False))
+            self._next_account = now + cfg.counter_interval_s
+        if now >= self._next_flush:
+            self._flush()
+            self._next_flush = now + cfg.flush_interval_s
+
     def _run(self) -> None:
         cfg = self.config
         now = self._clock()
-        for k, st in enumerate(self.states):  # stagger the slow reads over the slow period
-            st.next_slow = now + cfg.counter_interval_s * (1.0 + k / len(self.states))
-        next_fast, next_account = now + cfg.interval_s, now + cfg.counter_interval_s
-        next_flush = now + cfg.flush_interval_s
+        self.schedule(now)
+        next_fast = now + cfg.interval_s
         while not self._stop.wait(max(0.0, next_fast - self._clock())):
             now = self._clock()
-            self._guard(lambda: self._poll_all(now, measure=True))
+            self.iterate(now)
             if self._abandoned:
                 return
-            if now >= next_account:  # nothing waits on it: steps are resolved a little late
-                self._guard(lambda: self._account(final=False))
-                next_account = now + cfg.counter_interval_s
-            if now >= next_flush:
-                self._flush()
-                next_flush = now + cfg.flush_interval_s
             # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
             # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
             next_fast += cfg.interval_s * (0.95 + 0.1 * self._rng.random())
