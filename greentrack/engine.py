@@ -42,6 +42,10 @@ SLOW_READ_CPU_BUDGET = 0.005
 #: The slow cadence never stretches beyond this (``bench/sampling_defaults.py``: at 1 s, 500 ms
 #: windows stay within 3.4% and 120-400 ms steps within 4.9%; totals are exact at any interval).
 MAX_COUNTER_INTERVAL_S = 1.0
+#: After a change, the slow cadence holds for this long (no flapping on a noisy cost), and only
+#: the first few changes are events (the rest are counted in the store's meta): bounded either way.
+CADENCE_HOLD_S = 10.0
+CADENCE_EVENTS = 10
 
 
 @dataclass
@@ -113,6 +117,7 @@ class _State:
         self.next_bucket = origin
         self.next_slow = origin  # this channel's next slow read (staggered between channels)
         self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
+        self.slow_reads = 0  # slow reads measured
 
 
 class Engine:
@@ -144,6 +149,9 @@ class Engine:
         self._rng = random.Random(0x9E3779B9)
         #: The slow cadence in force: ``config.counter_interval_s`` unless slow reads cost too much.
         self.counter_interval_s = config.counter_interval_s
+        self.counter_interval_max_s = config.counter_interval_s
+        self.cadence_changes = 0
+        self._cadence_changed_at = float("-inf")
         self._next_account = self._next_flush = origin
 
     # -- called from the training thread (cheap) ------------------------------------------
@@ -298,6 +306,7 @@ class Engine:
                 if cpu0 is not None:
                     used = time.thread_time() - cpu0
                     st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
+                    st.slow_reads += 1
             if st.status == "failing" and st.fail_since is not None:
                 gap = t - st.fail_since
                 st.gap_s += gap
@@ -308,28 +317,48 @@ class Engine:
             st.timeline.extend(points)
         self.last_sample_t = now
         if any_slow and measure:
-            self._adapt_slow_cadence()
+            self._adapt_slow_cadence(now)
 
-    def _adapt_slow_cadence(self) -> None:
-        """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget."""
-        cost = sum(st.slow_cpu_s for st in self.states
-                   if st.slow_cpu_s is not None and st.status != "lost")
+    def _adapt_slow_cadence(self, now: float) -> None:
+        """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget.
+
+        A round of slow reads (one per live channel) costs ``cost`` seconds of CPU every
+        ``counter_interval_s``; the budget needs ``cost / SLOW_READ_CPU_BUDGET``. Changes need a
+        quarter's margin either way and hold for :data:`CADENCE_HOLD_S`, so a noisy cost cannot
+        make the cadence (or the event log) flap."""
+        live = [st for st in self.states if st.status != "lost"]
+        if any(st.slow_reads < 2 for st in live):
+            return  # a cost for every channel first (its first read may be a cold one)
+        cost = sum(st.slow_cpu_s or 0.0 for st in live)
         base = self.config.counter_interval_s
-        want = min(max(base, cost / SLOW_READ_CPU_BUDGET), max(base, MAX_COUNTER_INTERVAL_S))
-        now_s = self.counter_interval_s
-        if want == now_s or (want != base and abs(want - now_s) < 0.25 * now_s):
-            return  # hysteresis: only changes of a quarter or more, or back to the setting
+        need, cur = cost / SLOW_READ_CPU_BUDGET, self.counter_interval_s
+        if need > cur * 1.25 and cur < max(base, MAX_COUNTER_INTERVAL_S):
+            want = min(need, max(base, MAX_COUNTER_INTERVAL_S))
+        elif need < cur * 0.75 and cur > base:
+            want = max(need, base)
+        else:
+            return
+        if now - self._cadence_changed_at < CADENCE_HOLD_S:
+            return
+        self._cadence_changed_at = now
         self.counter_interval_s = want
+        self.counter_interval_max_s = max(self.counter_interval_max_s, want)
+        self.cadence_changes += 1
+        log.info("greentrack: slow cadence %.3g s -> %.3g s (slow reads cost %.2f ms CPU a round)",
+                 cur, want, cost * 1e3)
+        if self.cadence_changes > CADENCE_EVENTS:
+            return  # counted in the meta from here on
         share = cost / want
-        over = f"; still {share:.1%} of a core at the {want:g} s cap" if share > SLOW_READ_CPU_BUDGET * 1.01 else ""
+        over = (f"; still {share:.1%} of a core at the {want:g} s cap"
+                if share > SLOW_READ_CPU_BUDGET * 1.01 else "")
+        last = (f" (change {CADENCE_EVENTS}: later changes are only counted in the store's meta)"
+                if self.cadence_changes == CADENCE_EVENTS else "")
         self.event("warning" if want > base else "info", "slow-cadence",
                    f"slow reads (energy counters) cost {cost * 1e3:.2f} ms of CPU per round: slow "
-                   f"cadence {now_s:.3g} s -> {want:.3g} s to keep them within "
+                   f"cadence {cur:.3g} s -> {want:.3g} s to keep them within "
                    f"{SLOW_READ_CPU_BUDGET:.1%} of a core{over}; totals stay exact, windows lean "
-                   "more on instant power", cpu_per_round_s=cost, counter_interval_s=want,
+                   f"more on instant power{last}", cpu_per_round_s=cost, counter_interval_s=want,
                    configured_s=base)
-        log.info("greentrack: slow cadence %.3g s -> %.3g s (slow reads cost %.2f ms CPU a round)",
-                 now_s, want, cost * 1e3)
 
     def _on_failure(self, st: _State, t: float, e: Exception, lost: bool) -> None:
         device = st.channel.info.device
@@ -408,7 +437,9 @@ class Engine:
             self._writer.update_channel(st.id, st.timeline.last, _rel(st.timeline.until, self.origin),
                                         st.gap_s, st.status)
         self._writer.set_meta({"heartbeat_unix": time.time(), "sampler_cpu_s": self.thread_cpu_s,
-                               "polls": self.polls, "counter_interval_s": self.counter_interval_s})
+                               "polls": self.polls, "counter_interval_s": self.counter_interval_s,
+                               "counter_interval_max_s": self.counter_interval_max_s,
+                               "slow_cadence_changes": self.cadence_changes})
         try:
             self._writer.flush()
             if self._flush_failures:

@@ -258,6 +258,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "started_unix": (int, float), "ended_unix": (int, float), "heartbeat_unix": (int, float),
     "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
+    "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
+    "slow_cadence_changes": (int,),
 }
 
 

@@ -53,13 +53,17 @@ def _reset_log() -> None:
 
 
 def run(tmp_path: Path, seconds: float, **settings: Any) -> tuple[greentrack.Tracker, float]:
+    """Track for ``seconds``; returns the tracker and the sampler thread's share of a core over
+    the second half (the steady state: after start-up, before the final reading)."""
     tracker = greentrack.Tracker(tmp_path / "run", **settings).start()
+    assert tracker.engine is not None
     log_polls["engine"] = tracker.engine
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    duration = time.monotonic() - t0
+    time.sleep(seconds / 2)
+    cpu0, t0 = tracker.engine.thread_cpu_s, time.monotonic()
+    time.sleep(seconds / 2)
+    share = (tracker.engine.thread_cpu_s - cpu0) / (time.monotonic() - t0)
     tracker.stop()
-    return tracker, duration
+    return tracker, share
 
 
 def report_sampling(run_dir: Path, out: Path) -> str:
@@ -93,7 +97,7 @@ def test_counter_reads_that_burn_cpu_stretch_the_slow_cadence(monkeypatch: pytes
                                                               no_host_env: Path,
                                                               tmp_path: Path) -> None:
     _, reads = install(monkeypatch, 8, counter_cpu_s=0.003)  # 3 ms of CPU per read, 8 GPUs
-    tracker, duration = run(tmp_path, 3.0)  # defaults: 0.05 s polls, 0.2 s counter reads
+    tracker, share = run(tmp_path, 3.0)  # defaults: 0.05 s polls, 0.2 s counter reads
     engine = tracker.engine
     assert engine is not None
     # 24 ms a round every 0.2 s would be 12% of a core; the cadence stretched to its cap instead
@@ -105,7 +109,7 @@ def test_counter_reads_that_burn_cpu_stretch_the_slow_cadence(monkeypatch: pytes
     assert store.meta["counter_interval_s"] == MAX_COUNTER_INTERVAL_S
     late = Counter(g for p, g in reads if p > engine.polls - 20 and p > 0)  # the last ~1 s of polls
     assert late and max(late.values()) <= 3, late
-    assert engine.thread_cpu_s / duration < 0.06  # ~2.4% at the 1 s cap, not ~12%
+    assert share < 0.06, share  # 8 x 3 ms a second (2.4%) + polling at the 1 s cap; not 12%
     # stretching never costs the total: every interval is still bounded by two counter reads
     s = greentrack.summarize(tmp_path / "run")
     assert s["energy_j"]["gpu"] == pytest.approx(8 * WATTS * s["duration_s"], rel=0.05)
@@ -126,3 +130,47 @@ def test_counter_reads_that_only_wait_keep_the_configured_cadence(monkeypatch: p
     assert store.meta["counter_interval_s"] == 0.2
     sampling = report_sampling(tmp_path / "run", tmp_path / "report")
     assert "fast polls every 0.05 s" in sampling and "stretched" not in sampling
+
+
+def test_cadence_changes_need_a_margin_hold_and_stop_logging(tmp_path: Path) -> None:
+    """The budget logic on a real engine and store, with slow-read costs set by hand: a cost
+    near the budget does not flap the cadence, changes hold for a while, and a cost that keeps
+    swinging writes a bounded number of events (the rest are counted in the meta)."""
+    from greentrack.config import Config
+    from greentrack.engine import CADENCE_EVENTS, CADENCE_HOLD_S, SLOW_READ_CPU_BUDGET, Engine
+    from greentrack.samplers._nvml import open_gpus
+    from greentrack.store import StoreWriter, prepare_run_dir
+
+    fake = FakeNvml([FakeGpu(uuid=f"GPU-{i:08d}-2222-3333-4444-555555555555") for i in range(8)])
+    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
+    config = Config(run_dir=tmp_path / "run")
+    run_id = prepare_run_dir(config.run_dir)
+    writer = StoreWriter(config.run_dir, 0, {"run_id": run_id, "settings": config.as_dict()})
+    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+
+    def cost(per_read_s: float, now: float) -> float:
+        for st in engine.states:
+            st.slow_cpu_s, st.slow_reads = per_read_s, st.slow_reads + 1
+        engine._adapt_slow_cadence(now)
+        return engine.counter_interval_s
+
+    assert cost(0.003, 0.0) == 0.2  # one read per channel is not yet a cost
+    near = 0.2 * 1.2 * SLOW_READ_CPU_BUDGET / 8  # needs 0.24 s: within the 25% margin of 0.2 s
+    assert cost(near, 0.5) == 0.2
+    assert cost(0.003, 1.0) == MAX_COUNTER_INTERVAL_S  # 24 ms a round: stretched at once
+    assert cost(0.0, 2.0) == MAX_COUNTER_INTERVAL_S  # cheap again, but the change holds
+    assert cost(0.0, 1.0 + CADENCE_HOLD_S) == 0.2  # then back to the setting
+    t = 1.0 + CADENCE_HOLD_S
+    for k in range(3 * CADENCE_EVENTS):  # a cost that keeps swinging
+        t += CADENCE_HOLD_S
+        cost(0.003 if k % 2 == 0 else 0.0, t)
+    assert engine.cadence_changes == 2 + 3 * CADENCE_EVENTS
+    engine._flush()
+    writer.close()
+    store = StoreReader(writer.path)
+    events = [e for e in store.events() if e["kind"] == "slow-cadence"]
+    assert len(events) == CADENCE_EVENTS
+    assert "later changes are only counted" in events[-1]["message"]
+    assert [e["level"] for e in events[:2]] == ["warning", "info"]
+    assert store.meta["slow_cadence_changes"] == 2 + 3 * CADENCE_EVENTS
+    assert store.meta["counter_interval_max_s"] == MAX_COUNTER_INTERVAL_S

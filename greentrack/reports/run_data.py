@@ -197,14 +197,13 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
 
 def _stretched(stores: list[StoreReader]) -> dict[str, float]:
     """Stores whose engine stretched its slow cadence (slow reads cost too much CPU): the longest
-    cadence it used, from its ``slow-cadence`` events."""
+    cadence it used (store meta ``counter_interval_max_s`` against its settings)."""
     out: dict[str, float] = {}
     for s in stores:
-        for r in s.rows("SELECT json_extract(details, '$.counter_interval_s') AS v, "
-                        "json_extract(details, '$.configured_s') AS c FROM events "
-                        "WHERE kind = 'slow-cadence'"):
-            if r["v"] is not None and r["c"] is not None and float(r["v"]) > float(r["c"]):
-                out[s.path.name] = max(out.get(s.path.name, 0.0), float(r["v"]))
+        configured = (s.meta.get("settings") or {}).get("counter_interval_s")
+        longest = s.meta.get("counter_interval_max_s")
+        if isinstance(configured, (int, float)) and longest is not None and longest > configured:
+            out[s.path.name] = float(longest)
     return out
 
 
