@@ -132,7 +132,7 @@ class Engine:
         self.states = [_State(i + 1, ch, origin) for i, ch in enumerate(channels)]
         for st in self.states:
             writer.add_channel(st.id, st.channel.info.as_dict())
-        self._spans: deque[StepSpan] = deque()
+        self._spans: deque[StepSpan | tuple[Any, ...]] = deque()
         self._waiting: list[StepSpan] = []
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -155,7 +155,9 @@ class Engine:
         self._next_account = self._next_flush = origin
 
     # -- called from the training thread (cheap) ------------------------------------------
-    def submit(self, span: StepSpan) -> None:
+    def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
+        """Queue a finished step: a :class:`StepSpan`, or the tuple of its fields in order (the
+        training thread's cheaper form; the sampler thread builds the span)."""
         self._spans.append(span)
 
     def event(self, level: str, kind: str, message: str, **details: Any) -> None:
@@ -375,7 +377,8 @@ class Engine:
     # -- accounting ------------------------------------------------------------------------------
     def _account(self, final: bool) -> None:
         while self._spans:
-            self._waiting.append(self._spans.popleft())
+            span = self._spans.popleft()
+            self._waiting.append(span if isinstance(span, StepSpan) else StepSpan(*span))
         live = [st for st in self.states if st.status != "lost"]
         horizon = min((st.timeline.until or float("-inf") for st in live), default=float("inf"))
         still: list[StepSpan] = []

@@ -29,7 +29,7 @@ from typing import Any
 
 from greentrack import __version__
 from greentrack.config import Config, env_int
-from greentrack.engine import Engine, StepSpan
+from greentrack.engine import Engine
 from greentrack.errors import ConfigError
 from greentrack.store import StoreWriter, prepare_run_dir
 
@@ -37,6 +37,9 @@ log = logging.getLogger("greentrack")
 
 _ACTIVE: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
 _HOOKS = {"fork": False, "sigterm": False}
+#: Bumped in every forked child: a tracker started in another generation is inert there. (The
+#: per-step check is then a list read, not a getpid() system call.)
+_FORK_GENERATION = [0]
 _PREV_SIGTERM: Any = None
 
 
@@ -63,6 +66,7 @@ class Tracker:
         self._engine: Engine | None = None
         self._writer: StoreWriter | None = None
         self._pid = os.getpid()
+        self._gen = _FORK_GENERATION[0]
         self._lock = threading.Lock()
         self._idx: dict[str, int] = {}
         self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
@@ -83,7 +87,7 @@ class Tracker:
 
     @property
     def running(self) -> bool:
-        return self.status == "running" and os.getpid() == self._pid
+        return self.status == "running" and self._gen == _FORK_GENERATION[0]
 
     def start(self) -> "Tracker":
         """Discover devices, open the store, start the sampler thread. Idempotent.
@@ -118,6 +122,7 @@ class Tracker:
         from greentrack.samplers import discover
 
         self._pid = os.getpid()
+        self._gen = _FORK_GENERATION[0]
         cfg = self.config
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or _env_run_id())
         found = discover(cfg)
@@ -172,7 +177,7 @@ class Tracker:
             status: the run's final status: ``completed`` (default), ``failed`` or ``stopped``.
         """
         with self._lock:
-            if self.status != "running" or os.getpid() != self._pid or self._engine is None:
+            if not self.running or self._engine is None:
                 return
             self.status = "stopping"
         _ACTIVE.discard(self)
@@ -233,11 +238,13 @@ class Tracker:
                       timeline: str = "host", **extra: Any) -> None:
         """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
         integrations that mark steps on the GPU timeline and map them to host time later."""
-        if not self.running or self._engine is None:
+        engine = self._engine
+        if engine is None or self.status != "running" or self._gen != _FORK_GENERATION[0]:
             return
         idx = self._idx.get(phase, 0)
         self._idx[phase] = idx + 1
-        self._engine.submit(StepSpan(idx, phase, t0, t1, flops, samples, tokens, timeline, extra))
+        # the hot path of every step: a tuple appended; the sampler thread builds the StepSpan
+        engine.submit((idx, phase, t0, t1, flops, samples, tokens, timeline, extra))
 
     def continue_steps(self, counts: dict[str, int]) -> None:
         """Number the next steps of each phase after ``counts`` (``{phase: steps done}``): a run
@@ -286,7 +293,8 @@ class Tracker:
 def _after_fork_in_child() -> None:
     # A forked child (DataLoader worker) inherits the trackers but not their threads. It must
     # never sample, write the parent's store through a copied SQLite handle, or run a second
-    # sampler: every tracker is inert there (its methods check the pid).
+    # sampler: every tracker is inert there (its methods check the fork generation).
+    _FORK_GENERATION[0] += 1
     _ACTIVE.clear()
 
 
