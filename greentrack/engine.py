@@ -236,6 +236,8 @@ class Engine:
         if now >= self._next_account:  # nothing waits on it: steps are resolved a little late
             self._guard(lambda: self._account(final=False))
             self._next_account = now + cfg.counter_interval_s
+            if measure:  # once per slow period, like the costs it weighs
+                self._guard(lambda: self._adapt_slow_cadence(now))
         if now >= self._next_flush:
             self._flush()
             self._next_flush = now + cfg.flush_interval_s
@@ -272,15 +274,13 @@ class Engine:
     # -- polling ------------------------------------------------------------------------------
     def _poll_all(self, now: float, force_slow: bool = False, measure: bool = False) -> None:
         """Poll every channel; slow reads for those whose slow tick is due (all: ``force_slow``).
-        ``measure``: time the slow reads' CPU (on the sampler thread only) and adapt the cadence."""
+        ``measure``: time the slow reads' CPU (on the sampler thread only)."""
         self.polls += 1
-        any_slow = False
         for st in self.states:
             if self._abandoned:
                 return  # stop() gave up on this thread: touch nothing
             slow = force_slow or now >= st.next_slow
             if slow:
-                any_slow = True
                 st.next_slow += self.counter_interval_s
                 if st.next_slow <= now:
                     st.next_slow = now + self.counter_interval_s
@@ -318,8 +318,6 @@ class Engine:
                 st.status, st.fail_since = "ok", None
             st.timeline.extend(points)
         self.last_sample_t = now
-        if any_slow and measure:
-            self._adapt_slow_cadence(now)
 
     def _adapt_slow_cadence(self, now: float) -> None:
         """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget.
