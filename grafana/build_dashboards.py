@@ -122,6 +122,15 @@ def training_panels() -> list[dict[str, Any]]:
                target(f"sum by (host, rank) (increase(greentrack_sampler_errors_total{{{SEL}}}"
                       "[$__rate_interval]))", "errors {{host}} rank {{rank}}", "B")], "s", 12, 8,
               fieldConfig={"defaults": {"unit": "s"}, "overrides": [right_axis("B", "none")]}),
+        panel("timeseries", "Sampler cost", "Share of one core the sampler thread uses (left; "
+              "greentrack's goal is under 1% with 8 GPUs) and the period of its energy-counter "
+              "reads (right; above the setting when those reads cost more CPU than its budget).",
+              [target(f"max by (host, rank) (rate(greentrack_sampler_cpu_seconds_total{{{SEL}}}"
+                      "[$__rate_interval]))", "cpu {{host}} rank {{rank}}"),
+               target(f"max by (host, rank) (greentrack_sampler_slow_interval_seconds{{{SEL}}})",
+                      "slow reads every (s) {{host}} rank {{rank}}", "B")], "percentunit", 12, 8,
+              fieldConfig={"defaults": {"unit": "percentunit"},
+                           "overrides": [right_axis("B", "s")]}),
         panel("timeseries", "Device readings", "1 while a device's readings succeed, 0 during a "
               "gap or after it was lost (left); closed gaps in seconds (right).",
               [target(f"min by (host, device) (greentrack_device_up{{{SEL}}})", "up {{host}} "

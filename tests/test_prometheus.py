@@ -116,6 +116,9 @@ def test_metrics_pass_promtool_and_say_what_was_measured(tmp_path: Path, fake_nv
     assert fams["greentrack_gpu_seconds"].samples[0].value == pytest.approx(t0, abs=0.3)
     assert fams["greentrack_sampler_errors"].samples[0].value == 0
     assert 0 <= fams["greentrack_last_sample_age_seconds"].samples[0].value < 0.5
+    assert 0 < fams["greentrack_sampler_cpu_seconds"].samples[0].value < t0  # a share of a core
+    assert fams["greentrack_sampler_slow_interval_seconds"].samples[0].value == \
+        tracker.config.counter_interval_s
     assert all("step" not in name for s in fams.values() for x in s.samples for name in x.labels)
     check = promtool("check", "metrics", stdin=text)  # last: skips where promtool is missing
     assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check

@@ -25,6 +25,8 @@ name                                                    type       extra labels
 ``greentrack_carbon_intensity_grams_per_kilowatt_hour`` gauge      source (when known)
 ``greentrack_sampler_errors_total``                     counter
 ``greentrack_sampler_polls_total``                      counter
+``greentrack_sampler_cpu_seconds_total``                counter
+``greentrack_sampler_slow_interval_seconds``            gauge
 ``greentrack_last_sample_age_seconds``                  gauge
 ``greentrack_push_failures_total``                      counter    (when pushing)
 ``greentrack_run_info``                                 gauge (1)  version, mode
@@ -246,6 +248,15 @@ class TrackerCollector:
                             "(each also recorded as an event in the run store).", engine.errors)
         yield self._counter("greentrack_sampler_polls", "Polls made by the sampler thread.",
                             engine.polls)
+        yield self._counter("greentrack_sampler_cpu_seconds", "CPU time of the sampler thread "
+                            "(its rate is the share of one core greentrack costs).",
+                            engine.thread_cpu_s)
+        slow = GaugeMetricFamily("greentrack_sampler_slow_interval_seconds", "Period of the slow "
+                                 "reads (NVML energy counters) in force: the setting, or longer "
+                                 "if the reads cost more CPU than the sampler's budget.",
+                                 labels=base)
+        slow.add_metric(self.base, engine.counter_interval_s)
+        yield slow
         age = GaugeMetricFamily("greentrack_last_sample_age_seconds", "Seconds since the sampler "
                                 "last polled the devices.", labels=base)
         if engine.last_sample_t is not None:
