@@ -70,7 +70,7 @@ class NvmlGpu:
         self._shape: list[tuple[float, float]] = []  # (t, W) since the last counter read
         self._last_power: float | None = None
         self._last_mw: int | None = None
-        self._prev_poll: float | None = None
+        self._prev_read: float | None = None  # when the previous instant-power read began
         self._tick: float | None = None  # latest NVML update instant seen (monotonic)
         self._tick_lo: float | None = None  # bounds of that instant, narrowed over detections
         self._tick_hi: float | None = None
@@ -119,20 +119,23 @@ class NvmlGpu:
         """Power in W, and the time it describes.
 
         NVML values describe its last ~100 ms update, not the moment of the read. When the value
-        changes between two polls, the update happened between them: the midpoint dates that
-        update tick, later ticks follow every 100 ms, and the same ticks date the energy counter
-        (both refresh together). The instant field is the mean of the tick's last ~25 ms.
+        changes between two reads, the update happened after the earlier read began and before
+        the later one ended: that bracket dates the update tick (timed around the reads
+        themselves, so a sampler thread preempted between ``t`` and the read cannot misdate it),
+        later ticks follow every 100 ms, and the same ticks date the energy counter (both refresh
+        together). The instant field is the mean of the tick's last ~25 ms.
         """
+        start = self._clock()
         if self.has_instant:
             mw = _nvml_call(self._nv, self._read_instant_mw)
         else:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
         if mw != self._last_mw:
-            if self._prev_poll is not None:  # a change seen between two polls dates a tick
-                self._observe_tick(self._prev_poll, t)
+            if self._prev_read is not None:  # a change seen between two reads dates a tick
+                self._observe_tick(self._prev_read, self._clock())
             self._last_mw = mw
-        self._prev_poll = t
-        when = self._latest_tick(t)
+        self._prev_read = start
+        when = self._latest_tick(start)
         if self.has_instant:
             when -= INSTANT_WINDOW_S / 2.0
         return float(mw) / 1000.0, when
