@@ -88,7 +88,9 @@ def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatc
     per_gpu = Counter(g for _, g in in_loop)
     # 8 GPUs over 5 polls per slow period: 1 or 2 counter reads per poll, never all 8 at once
     assert max(per_poll.values()) <= 3, per_poll.most_common(3)
-    assert len(per_gpu) == 8 and min(per_gpu.values()) >= 8, per_gpu  # each still ~every 0.1 s
+    # each GPU still read about every 5th poll (counted in polls: a busy host polls less often)
+    rounds = (last - 4) / 5
+    assert len(per_gpu) == 8 and min(per_gpu.values()) >= max(3, 0.6 * rounds), (per_gpu, last)
     s = greentrack.summarize(tmp_path / "run")
     assert s["energy_j"]["gpu"] == pytest.approx(8 * WATTS * s["duration_s"], rel=0.1)
 
