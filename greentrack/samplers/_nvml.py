@@ -66,6 +66,7 @@ class NvmlGpu:
         mig = _mig_enabled(pynvml, handle)
         self._counter_mj: int | None = None
         self._counter_t: float | None = None
+        self._first: tuple[float, int] | None = None  # first counter read, until the phase is known
         self._energy_j = 0.0
         self._shape: list[tuple[float, float]] = []  # (t, W) since the last counter read
         self._last_power: float | None = None
@@ -157,8 +158,9 @@ class NvmlGpu:
         self._tick = (a + b) / 2.0
 
     def _latest_tick(self, t: float) -> float:
-        """Best estimate of the last NVML update at or before ``t``."""
-        if self._tick is None or self._tick > t:
+        """Best estimate of the last NVML update at or before ``t`` (earlier than the tick seen
+        too: updates come every period, so the phase dates a read kept from before it was known)."""
+        if self._tick is None:
             return t - UPDATE_PERIOD_S / 2.0
         return self._tick + ((t - self._tick) // UPDATE_PERIOD_S) * UPDATE_PERIOD_S
 
@@ -173,15 +175,25 @@ class NvmlGpu:
             return self._integrate(when, watts)
         if not self._shape or when > self._shape[-1][0]:
             self._shape.append((when, watts))
-        if not slow and self._counter_t is not None:
+        if not slow and (self._counter_t is not None or self._first is not None):
             return []
         t0 = self._clock()
         mj = int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
         tc = (t0 + self._clock()) / 2.0  # the read takes milliseconds: take its middle
+        if self._counter_t is None and self._first is None and self._tick is None:
+            # The refresh phase is not known yet (no power change seen): this value could be
+            # dated anywhere in the last 100 ms. Keep it; date it at the next counter read, by
+            # which time the fast polls have usually seen a refresh.
+            self._first = (tc, mj)
+            return []
+        points: list[Point] = []
+        if self._first is not None:
+            (ftc, fmj), self._first = self._first, None
+            points = self._on_counter(self._latest_tick(ftc), fmj)
         tick = self._latest_tick(tc)
         if self._counter_t is not None and tick <= self._counter_t:
-            return []  # no NVML update since the last read: nothing new to finalize
-        return self._on_counter(tick, mj)
+            return points  # no NVML update since the last read: nothing new to finalize
+        return points + self._on_counter(tick, mj)
 
     def _integrate(self, t: float, watts: float) -> list[Point]:
         if not self._shape:
@@ -200,7 +212,9 @@ class NvmlGpu:
         prev_mj, prev_t = self._counter_mj, self._counter_t
         self._counter_mj, self._counter_t = mj, tc
         if prev_mj is None or prev_t is None:
-            self._shape = self._shape[-1:]
+            # keep the power shape from this point on (and the sample that holds at it)
+            before = [x for x in self._shape if x[0] <= tc]
+            self._shape = before[-1:] + [x for x in self._shape if x[0] > tc]
             return [(tc, 0.0)]
         delta_j = (mj - prev_mj) / 1000.0
         if delta_j < 0:
