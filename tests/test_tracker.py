@@ -61,8 +61,14 @@ def test_gpu_steps_with_fake_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
     assert [st["idx"] for st in steps] == [0, 1, 2]
     for st in steps:
-        assert st["gpu_j"] == pytest.approx(300.0 * st["duration_s"], rel=0.1)
+        # Within one NVML refresh's energy (docs/methodology.md: in a run's first seconds the
+        # refresh phase is still known to ~+-10 ms, and a counter read that close to a refresh
+        # can be dated a period off, moving 300 W x 0.1 s to the neighbouring step; ~1 run in 10
+        # here). Totals are exact either way (checked above).
+        assert abs(st["gpu_j"] - 300.0 * st["duration_s"]) <= 300.0 * 0.1 * 1.15
         assert st["gpu_seconds"] == pytest.approx(st["duration_s"])
+    assert sum(st["gpu_j"] for st in steps) == pytest.approx(
+        300.0 * sum(st["duration_s"] for st in steps), rel=0.1)
 
 
 def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path) -> None:
