@@ -239,7 +239,7 @@ class Tracker:
         """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
         integrations that mark steps on the GPU timeline and map them to host time later."""
         engine = self._engine
-        if engine is None or self.status != "running" or self._gen != _FORK_GENERATION[0]:
+        if engine is None or not self.running:
             return
         idx = self._idx.get(phase, 0)
         self._idx[phase] = idx + 1

@@ -72,7 +72,7 @@ class RunData:
     versions: dict[str, Any]
     settings: dict[str, Any]
     warnings: list[str]
-    #: slow cadence in force at the end of each store whose engine stretched it (store -> s)
+    #: the longest slow cadence of each store whose engine stretched it (store file -> s)
     stretched_slow_s: dict[str, float] = field(default_factory=dict)
 
     @property

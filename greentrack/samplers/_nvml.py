@@ -116,13 +116,13 @@ class NvmlGpu:
             raise self._nv.NVMLError(v.nvmlReturn)
         return int(v.value.uiVal)
 
-    def _read_power(self, t: float) -> tuple[float, float]:
+    def _read_power(self) -> tuple[float, float]:
         """Power in W, and the time it describes.
 
         NVML values describe its last ~100 ms update, not the moment of the read. When the value
         changes between two reads, the update happened after the earlier read began and before
         the later one ended: that bracket dates the update tick (timed around the reads
-        themselves, so a sampler thread preempted between ``t`` and the read cannot misdate it),
+        themselves, so a sampler thread preempted before the read cannot misdate it),
         later ticks follow every 100 ms, and the same ticks date the energy counter (both refresh
         together). The instant field is the mean of the tick's last ~25 ms.
         """
@@ -169,7 +169,7 @@ class NvmlGpu:
 
     # -- the Channel contract ----------------------------------------------------------------
     def poll(self, t: float, slow: bool) -> list[Point]:
-        watts, when = self._read_power(t)
+        watts, when = self._read_power()
         self._last_power = watts
         if not self.has_counter:
             return self._integrate(when, watts)
