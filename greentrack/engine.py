@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from greentrack import stepvalues
 from greentrack.config import Config
 from greentrack.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.samplers.base import Channel, Point
@@ -46,6 +47,17 @@ MAX_COUNTER_INTERVAL_S = 1.0
 #: the first few changes are events (the rest are counted in the store's meta): bounded either way.
 CADENCE_HOLD_S = 10.0
 CADENCE_EVENTS = 10
+#: Finished steps queued for the sampler thread before further ones are coalesced into one row per
+#: phase (a row with ``n`` steps): memory stays bounded, and the store counts every step once, when
+#: steps come faster than the sampler can attribute them one by one (~10 us each).
+MAX_BACKLOG = 20_000
+#: At stop, how long the sampler thread may still be attributing a backlog before it is abandoned;
+#: a thread inside a device read is abandoned after ``stop(timeout)`` alone.
+BACKLOG_GRACE_S = 10.0
+#: At stop, how long to wait for CUDA values of the last steps to reach the host.
+DEVICE_VALUE_WAIT_S = 2.0
+#: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
+BAD_FIELD_EVENTS = 20
 
 
 @dataclass
@@ -61,6 +73,12 @@ class StepSpan:
     tokens: float | None = None
     timeline: str = "host"
     extra: dict[str, Any] = field(default_factory=dict)
+    n: int = 1  # steps in this row: more than one only when coalesced (see MAX_BACKLOG)
+
+    def pending(self) -> bool:
+        """A CUDA value of this step is still on its way to the host."""
+        return any(stepvalues.pending(v) for v in (self.flops, self.samples, self.tokens)) or \
+            any(stepvalues.pending(v) for v in self.extra.values())
 
 
 class Timeline:
@@ -134,6 +152,16 @@ class Engine:
             writer.add_channel(st.id, st.channel.info.as_dict())
         self._spans: deque[StepSpan | tuple[Any, ...]] = deque()
         self._waiting: list[StepSpan] = []
+        #: Steps merged while the backlog is full, one row per phase (training threads, locked).
+        self._overflow: dict[str, list[Any]] = {}
+        self._overflow_lock = threading.Lock()
+        self.steps_coalesced = 0
+        #: One thread attributes at a time: the sampler, or stop() once it gave up on the sampler.
+        self._account_lock = threading.Lock()
+        #: When the sampler thread entered a device read (None outside one): stop() abandons a
+        #: thread stuck in a read, but waits for one that is only attributing a backlog.
+        self._in_read_since: float | None = None
+        self.bad_fields: dict[str, int] = {}
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.steps_done = 0
@@ -157,8 +185,42 @@ class Engine:
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
         """Queue a finished step: a :class:`StepSpan`, or the tuple of its fields in order (the
-        training thread's cheaper form; the sampler thread builds the span)."""
-        self._spans.append(span)
+        training thread's cheaper form; the sampler thread builds the span). Past
+        :data:`MAX_BACKLOG` queued steps, steps are coalesced instead of queued."""
+        if self._overflow or len(self._spans) >= MAX_BACKLOG:
+            self._coalesce(span if isinstance(span, tuple) else _fields(span))
+        else:
+            self._spans.append(span)
+
+    def _coalesce(self, span: tuple[Any, ...]) -> None:
+        with self._overflow_lock:
+            if len(self._spans) < MAX_BACKLOG // 2:  # the sampler caught up: hand the rows over
+                self._release_overflow()
+                self._spans.append(span)
+                return
+            idx, phase, t0, t1, flops, samples, tokens, timeline, extra = span[:9]
+            n = span[9] if len(span) > 9 else 1
+            row = self._overflow.get(phase)
+            if row is None:
+                if len(self._overflow) >= 16:  # bounded either way: a 17th phase is queued
+                    self._spans.append(span)
+                    return
+                self._overflow[phase] = [idx, phase, t0, t1, flops, samples, tokens, timeline,
+                                         dict(extra), n]
+                return
+            row[2], row[3] = min(row[2], t0), max(row[3], t1)
+            for k, value in ((4, flops), (5, samples), (6, tokens)):
+                row[k] = stepvalues.merge(row[k], value)
+            if len(row[8]) < 64:
+                row[8].update(extra)
+            row[9] += n
+
+    def _release_overflow(self) -> None:
+        """Queue the coalesced rows (caller holds ``_overflow_lock``)."""
+        for row in self._overflow.values():
+            self._spans.append(tuple(row))
+            self.steps_coalesced += row[9]
+        self._overflow.clear()
 
     def event(self, level: str, kind: str, message: str, **details: Any) -> None:
         """Record an event (thread-safe; committed at the next flush)."""
@@ -183,11 +245,22 @@ class Engine:
         joined = True
         if self._thread is not None:
             self._thread.join(timeout + self._settle_s())
+            # Still attributing a backlog (not inside a device read): that work ends, wait for it.
+            deadline = time.monotonic() + BACKLOG_GRACE_S
+            while self._thread.is_alive() and self._in_read_since is None \
+                    and time.monotonic() < deadline:
+                self._thread.join(0.05)
             joined = not self._thread.is_alive()
         if not joined:
             self._abandoned = True
-            self.event("warning", "sampler-hung", f"sampler thread did not stop within {timeout:g} s "
-                       "(a device read hung); readings after its last poll are missing")
+            if self._in_read_since is not None:
+                self.event("warning", "sampler-hung", f"sampler thread did not stop within "
+                           f"{timeout:g} s (a device read hung); readings after its last poll "
+                           "are missing")
+            else:
+                self.event("warning", "sampler-slow", "sampler thread was still attributing a "
+                           f"backlog of steps {BACKLOG_GRACE_S:g} s after stop; the rest are "
+                           "attributed at stop")
             self._guard(lambda: self._account(final=True))
         elif self._thread is None:
             self._final_reading()
@@ -288,6 +361,7 @@ class Engine:
                 continue  # retry a failing device on the slow cadence only
             t = self._clock()
             cpu0 = time.thread_time() if slow and measure else None
+            self._in_read_since = t
             try:
                 points = st.channel.poll(t, slow)
             except DeviceLost as e:
@@ -305,6 +379,7 @@ class Engine:
                 self._on_failure(st, t, e, lost=False)
                 continue
             finally:
+                self._in_read_since = None
                 if cpu0 is not None:
                     used = time.thread_time() - cpu0
                     st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
@@ -374,18 +449,35 @@ class Engine:
 
     # -- accounting ------------------------------------------------------------------------------
     def _account(self, final: bool) -> None:
+        # Blocking: stop() may attribute on its own thread only once the sampler thread has let go.
+        with self._account_lock:
+            if self._abandoned and threading.current_thread() is self._thread:
+                return  # stop() gave up on this thread and attributes in its place
+            self._attribute(final)
+
+    def _attribute(self, final: bool) -> None:
+        with self._overflow_lock:
+            self._release_overflow()
         while self._spans:
             span = self._spans.popleft()
             self._waiting.append(span if isinstance(span, StepSpan) else StepSpan(*span))
+        if final:  # the last steps' CUDA values: training is over, a short wait costs nothing
+            deadline = time.monotonic() + DEVICE_VALUE_WAIT_S
+            while any(s.pending() for s in self._waiting) and time.monotonic() < deadline:
+                time.sleep(0.01)
         live = [st for st in self.states if st.status != "lost"]
         horizon = min((st.timeline.until or float("-inf") for st in live), default=float("inf"))
-        still: list[StepSpan] = []
-        for span in self._waiting:
-            if final or span.t1 <= horizon:
+        waiting, self._waiting = self._waiting, []
+        for i, span in enumerate(waiting):
+            if not final and (span.t1 > horizon or span.pending()):
+                self._waiting.append(span)
+                continue
+            try:  # one step that cannot be attributed never holds back (or repeats) the others
                 self._resolve(span, partial=span.t1 > horizon)
-            else:
-                still.append(span)
-        self._waiting = still
+            except Exception as e:  # noqa: BLE001
+                self.errors += 1
+                self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
+                           f"recorded: {type(e).__name__}: {e}")
         res = self.config.resolution_s
         for st in self.states:
             until = st.timeline.until
@@ -404,7 +496,39 @@ class Engine:
             keep = min([st.next_bucket] + [s.t0 for s in self._waiting]) - 1.0
             st.timeline.prune(keep)
 
+    def _clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """The step's counts and extra fields as recordable values; a bad one is dropped and
+        reported (:meth:`_bad_field`), the rest of the step kept."""
+        counts: dict[str, float | None] = {}
+        for name, value in (("flops", span.flops), ("samples", span.samples),
+                            ("tokens", span.tokens)):
+            counts[name], why = stepvalues.count(name, value)
+            if why is not None:
+                self._bad_field(name, why, span)
+        extra: dict[str, Any] = {}
+        for name, value in span.extra.items():
+            clean, why = stepvalues.extra_value(value)
+            if why is not None:
+                self._bad_field(str(name), why, span)
+            else:
+                extra[str(name)[:64]] = clean
+        return counts, extra
+
+    def _bad_field(self, name: str, why: str, span: StepSpan) -> None:
+        name = name[:64]
+        seen = self.bad_fields.get(name, 0)
+        if seen == 0 and len(self.bad_fields) < BAD_FIELD_EVENTS:
+            msg = (f"step field {name!r} dropped ({why}), first at {span.phase} step {span.idx}; "
+                   "the step and its energy are kept; later drops of this field are counted in "
+                   "the store's meta (bad_step_fields)")
+            log.warning("greentrack: %s", msg)
+            self.event("warning", "bad-step-field", msg, field=name, reason=why)
+        if seen or len(self.bad_fields) < 10 * BAD_FIELD_EVENTS:
+            self.bad_fields[name] = seen + 1
+
     def _resolve(self, span: StepSpan, partial: bool) -> None:
+        counts, extra = self._clean(span)
+        phase = stepvalues.phase_name(span.phase)
         by_kind = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
         present = set()
         n_gpus = 0
@@ -416,16 +540,18 @@ class Engine:
             by_kind[st.kind] += max(0.0, tl.at(span.t1) - tl.at(span.t0))
             n_gpus += st.kind == "gpu"
         duration = max(0.0, span.t1 - span.t0)
-        row = {"idx": span.idx, "phase": span.phase, "t0": span.t0 - self.origin,
+        if partial:
+            extra["partial"] = True
+        row = {"idx": span.idx, "phase": phase, "t0": span.t0 - self.origin,
                "t1": span.t1 - self.origin, "duration_s": duration,
                "gpu_j": by_kind["gpu"] if "gpu" in present else None,
                "cpu_j": by_kind["cpu"] if "cpu" in present else None,
                "dram_j": by_kind["dram"] if "dram" in present else None,
-               "gpu_seconds": duration * n_gpus, "flops": span.flops, "samples": span.samples,
-               "tokens": span.tokens, "timeline": span.timeline,
-               "extra": {**span.extra, **({"partial": True} if partial else {})}}
+               "gpu_seconds": duration * n_gpus, "flops": counts["flops"],
+               "samples": counts["samples"], "tokens": counts["tokens"],
+               "timeline": span.timeline, "extra": extra, "n": span.n}
         self._writer.add_step(row)
-        self.steps_done += 1
+        self.steps_done += span.n
         self.steps_energy_j += sum(by_kind.values())
         for listener in list(self.step_listeners):
             try:
@@ -440,7 +566,9 @@ class Engine:
         self._writer.set_meta({"heartbeat_unix": time.time(), "sampler_cpu_s": self.thread_cpu_s,
                                "polls": self.polls, "counter_interval_s": self.counter_interval_s,
                                "counter_interval_max_s": self.counter_interval_max_s,
-                               "slow_cadence_changes": self.cadence_changes})
+                               "slow_cadence_changes": self.cadence_changes,
+                               "bad_step_fields": dict(self.bad_fields),
+                               "steps_coalesced": self.steps_coalesced})
         try:
             self._writer.flush()
             if self._flush_failures:
@@ -469,3 +597,8 @@ class Engine:
 
 def _rel(t: float | None, origin: float) -> float | None:
     return None if t is None else t - origin
+
+
+def _fields(span: StepSpan) -> tuple[Any, ...]:
+    return (span.idx, span.phase, span.t0, span.t1, span.flops, span.samples, span.tokens,
+            span.timeline, span.extra, span.n)

@@ -31,7 +31,8 @@ from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
 
-SCHEMA_VERSION = 1
+#: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
+SCHEMA_VERSION = 2
 SUFFIX = ".gtdb"
 
 _SCHEMA = """
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY, idx INTEGER NOT NULL, phase TEXT NOT NULL, t0 REAL NOT NULL,
     t1 REAL NOT NULL, duration_s REAL NOT NULL, gpu_j REAL, cpu_j REAL, dram_j REAL,
-    gpu_seconds REAL, flops REAL, samples REAL, tokens REAL, timeline TEXT, extra TEXT);
+    gpu_seconds REAL, flops REAL, samples REAL, tokens REAL, timeline TEXT, extra TEXT,
+    n INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, t REAL NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL,
     channel_id INTEGER, message TEXT NOT NULL, details TEXT);
@@ -118,6 +120,7 @@ class StoreWriter:
         self.path = run_dir / f"{safe_host()}-r{rank}-{self.segment}{SUFFIX}"
         self._lock = threading.Lock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.rows_rejected = 0
         try:
             self._conn = _connect(self.path, readonly=False)
             self._conn.executescript(_SCHEMA)
@@ -133,7 +136,7 @@ class StoreWriter:
 
     def set_meta(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
-            self._queue("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+            self._queue("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
 
     def add_channel(self, channel_id: int, info: dict[str, Any]) -> None:
         self._queue(
@@ -154,29 +157,50 @@ class StoreWriter:
     def add_step(self, row: dict[str, Any]) -> None:
         self._queue(
             "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
-            "flops, samples, tokens, timeline, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row["idx"], row["phase"], row["t0"], row["t1"], row["duration_s"], row.get("gpu_j"),
              row.get("cpu_j"), row.get("dram_j"), row.get("gpu_seconds"), row.get("flops"),
              row.get("samples"), row.get("tokens"), row.get("timeline", "host"),
-             json.dumps(row.get("extra") or {})))
+             _json(row.get("extra") or {}), row.get("n", 1)))
 
     def add_event(self, t: float, level: str, kind: str, message: str,
                   channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
         self._queue("INSERT INTO events (t, level, kind, channel_id, message, details) "
                     "VALUES (?,?,?,?,?,?)",
-                    (t, level, kind, channel_id, message, json.dumps(details or {})))
+                    (t, level, kind, channel_id, message, _json(details or {})))
 
     def flush(self) -> None:
         """Commit everything queued in one transaction. Raises RunStoreError on failure, keeping
-        the rows queued so a later flush can retry (e.g. after a full disk frees up)."""
+        the rows queued so a later flush can retry (e.g. after a full disk frees up).
+
+        A row that SQLite refuses for what it holds (a value it cannot bind, a constraint) is set
+        aside and counted in ``rows_rejected`` (and the meta key of that name); the rows behind it
+        are committed. Only a failure of the database itself (full disk, I/O) keeps the batch."""
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:
             return
+        rejected: list[str] = []
         try:
             with self._transaction():
                 for sql, args in batch:
-                    self._conn.execute(sql, args)
+                    try:
+                        self._conn.execute(sql, args)
+                    except sqlite3.OperationalError:
+                        raise  # the database, not the row: keep the batch for a retry
+                    except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+                        rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
+                if rejected:
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       ("rows_rejected", str(self.rows_rejected + len(rejected))))
+                    if self.rows_rejected == 0:  # the first time: say what it was
+                        self._conn.execute(
+                            "INSERT INTO events (t, level, kind, channel_id, message, details) "
+                            "VALUES (?,?,?,?,?,?)",
+                            (0.0, "warning", "row-rejected", None, "a row could not be written "
+                             f"and was set aside (later ones are counted in the meta key "
+                             f"rows_rejected): {rejected[0][:300]}", "{}"))
+            self.rows_rejected += len(rejected)
         except sqlite3.Error as e:
             with self._lock:
                 self._pending[:0] = batch
@@ -213,8 +237,12 @@ class StoreReader:
             raw = {k: _loads(v, self.damaged, f"meta {k}")
                    for k, v in self._conn.execute("SELECT key, value FROM meta")}
             self.meta = _valid_meta(raw, self.damaged)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(steps)")}
         except (sqlite3.Error, ValueError) as e:
             raise RunStoreError(f"{path}: not a readable greentrack store ({e})") from None
+
+        #: SQL for the steps a row stands for: ``n`` (coalesced rows, schema 2), else one per row.
+        self.step_n = "n" if "n" in columns else "1"
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row
@@ -259,7 +287,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
     "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
-    "slow_cadence_changes": (int,),
+    "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,),
+    "bad_step_fields": (dict,),
 }
 
 
@@ -287,6 +316,25 @@ def _loads(text: Any, damaged: list[str], where: str) -> Any:
     except (TypeError, ValueError):
         damaged.append(f"{where}: not JSON")
         return None
+
+
+def _json(value: Any) -> str:
+    """JSON for a store column: standard JSON only (NaN and infinities become null), and any
+    object that slipped through as its type name rather than an error that loses the row."""
+    try:
+        return json.dumps(value, allow_nan=False, default=lambda o: f"<{type(o).__name__}>")
+    except ValueError:
+        return json.dumps(_finite(value), default=lambda o: f"<{type(o).__name__}>")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def store_paths(run_dir: Path) -> list[Path]:

@@ -17,6 +17,9 @@ from typing import Any
 from greentrack.errors import RunStoreError
 from greentrack.store import StoreReader, store_paths
 
+#: Events that say part of the record is missing or doubtful: every summary repeats them.
+RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
+                             "sampler-slow", "steps-open", "internal-error"})
 #: A running store whose heartbeat is older than this, and whose process is gone, is incomplete.
 STALE_AFTER_S = 10.0
 
@@ -119,13 +122,16 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                             "estimated": not c["measured"], "source": c["source"],
                             "uncertainty": c["uncertainty"], "energy_j": c["energy_j"],
                             "gap_s": c["gap_s"], "status": c["status"]})
-        for row in store.rows("SELECT phase, COUNT(*) AS n, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)"
+        for row in store.rows(f"SELECT phase, SUM({store.step_n}) AS n, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)"
                               "+COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
             by_phase[row["phase"]] = by_phase.get(row["phase"], 0) + int(row["n"])
             steps += int(row["n"])
             step_energy += float(row["e"] or 0.0)
         # one gap per interruption: a loss is recorded as gap-start then device-lost
-        gaps += sum(1 for e in store.events() if e["kind"] == "gap-start")
+        events = store.events()
+        gaps += sum(1 for e in events if e["kind"] == "gap-start")
+        warnings.extend(f"{path.name}: {e['message']}" for e in events
+                        if e["kind"] in RECORD_WARNINGS)
         warnings.extend(f"{path.name}: damaged {d}" for d in store.damaged)
         store.close()
     # A kind with no channel at all is None (not measured, not estimated), never a silent 0 J.

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import platform
@@ -30,6 +31,7 @@ from typing import Any
 from greentrack import __version__
 from greentrack.config import Config, env_int
 from greentrack.engine import Engine
+from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
 from greentrack.store import StoreWriter, prepare_run_dir
 
@@ -69,8 +71,10 @@ class Tracker:
         self._gen = _FORK_GENERATION[0]
         self._lock = threading.Lock()
         self._idx: dict[str, int] = {}
+        self._idx_lock = threading.Lock()  # steps may end on several threads: distinct indices
         self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
-        self._next_token = 0
+        self._tokens = itertools.count()  # next() of a count is atomic under the GIL
+        self._hook_errors = 0
         self.run_id: str | None = None
         self.notes: list[Any] = []
         self.status = "created"
@@ -217,8 +221,7 @@ class Tracker:
     def begin_step(self, phase: str = "train", **info: Any) -> int:
         """Mark the start of a step; returns a token for :meth:`end_step`."""
         t = time.monotonic()
-        token = self._next_token
-        self._next_token += 1
+        token = next(self._tokens)
         self._open[token] = (phase, t, info)
         return token
 
@@ -230,27 +233,57 @@ class Tracker:
         if opened is None or not self.running or self._engine is None:
             return
         phase, t0, begin_info = opened
-        merged = {**begin_info, **info}
-        self.submit_window(phase, t0, t1, **merged)
+        self._submit(phase, t0, t1, {**begin_info, **info} if begin_info else info)
 
-    def submit_window(self, phase: str, t0: float, t1: float, *, flops: float | None = None,
-                      samples: float | None = None, tokens: float | None = None,
-                      timeline: str = "host", **extra: Any) -> None:
+    def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
         """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
-        integrations that mark steps on the GPU timeline and map them to host time later."""
+        integrations that mark steps on the GPU timeline and map them to host time later.
+
+        ``info`` may hold ``flops``, ``samples``, ``tokens`` (numbers: int, float, NumPy scalars,
+        Decimal, one-element tensors, CUDA ones included), ``timeline`` and extra fields (JSON
+        values or numbers). A value that cannot be recorded drops that field of that step, with
+        a ``bad-step-field`` event; it never raises."""
+        self._submit(phase, t0, t1, info)
+
+    def _submit(self, phase: Any, t0: float, t1: float, info: dict[str, Any]) -> None:
         engine = self._engine
         if engine is None or not self.running:
             return
-        idx = self._idx.get(phase, 0)
-        self._idx[phase] = idx + 1
-        # the hot path of every step: a tuple appended; the sampler thread builds the StepSpan
-        engine.submit((idx, phase, t0, t1, flops, samples, tokens, timeline, extra))
+        try:
+            # The hot path of every step: plain values go as they are (one set lookup each);
+            # tensors are snapshotted without a device sync; the sampler thread does the rest.
+            if type(phase) is not str:
+                phase = phase_name(phase)
+            flops = info.pop("flops", None)
+            samples = info.pop("samples", None)
+            tokens = info.pop("tokens", None)
+            timeline = info.pop("timeline", "host")
+            if type(flops) not in PLAIN:
+                flops = capture(flops)
+            if type(samples) not in PLAIN:
+                samples = capture(samples)
+            if type(tokens) not in PLAIN:
+                tokens = capture(tokens)
+            for key, value in info.items():
+                if type(value) not in PLAIN:
+                    info[key] = capture(value)
+            with self._idx_lock:
+                idx = self._idx.get(phase, 0)
+                self._idx[phase] = idx + 1
+            engine.submit((idx, phase, t0, t1, flops, samples, tokens, timeline, info))
+        except Exception as e:  # noqa: BLE001 - a step must never raise into training
+            self._hook_errors += 1
+            if self._hook_errors == 1:
+                log.warning("greentrack: a step could not be recorded (training goes on): %s: %s",
+                            type(e).__name__, e)
+                engine.event("warning", "hook-error", f"step not recorded: {type(e).__name__}: {e}")
 
     def continue_steps(self, counts: dict[str, int]) -> None:
         """Number the next steps of each phase after ``counts`` (``{phase: steps done}``): a run
         resumed from a checkpoint continues its step indices in the new store segment."""
-        for phase, n in counts.items():
-            self._idx[phase] = max(self._idx.get(phase, 0), int(n))
+        with self._idx_lock:
+            for phase, n in counts.items():
+                self._idx[phase] = max(self._idx.get(phase, 0), int(n))
 
     @contextmanager
     def step(self, phase: str = "train", **info: Any) -> Iterator[None]:

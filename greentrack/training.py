@@ -172,7 +172,7 @@ class TrainingMeter:
             sums = self._phase.setdefault(row["phase"], _zero())
             targets = (sums, self._fresh) if row["phase"] == "train" else (sums,)
             for s in targets:
-                s["n"] += 1
+                s["n"] += row.get("n", 1)
                 s["energy_j"] += energy
                 s["gpu_j"] += row["gpu_j"] or 0.0
                 s["gpu_n"] += row["gpu_j"] is not None

@@ -88,7 +88,7 @@ class StepStats:
             if phase not in self.count:
                 self.count[phase], self.energy_j[phase], self.flops[phase] = 0, 0.0, 0.0
                 self.buckets[phase] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
-            self.count[phase] += 1
+            self.count[phase] += row.get("n", 1)
             self.energy_j[phase] += joules
             self.buckets[phase][bisect.bisect_left(STEP_ENERGY_BUCKETS_J, joules)] += 1
             if row.get("flops"):

@@ -28,7 +28,7 @@ SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ?
            AND t < (i + 1) * ? - ?) AS e FROM k"""
 
 _STEPS_SQL = """
-SELECT phase, COUNT(*) AS n, SUM(duration_s) AS duration_s,
+SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
        SUM(COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)) AS energy_j,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
@@ -165,7 +165,7 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
                 ch.bins = _channel_bins(store, c["id"], s0, float(st["lo"]), float(st["tmax"]),
                                         float(st["hi"]), bin_s, resolution)
             channels.append(ch)
-        for r in store.rows(_STEPS_SQL):
+        for r in store.rows(_STEPS_SQL.format(n=store.step_n)):
             p = phases.setdefault(r["phase"], {k: 0.0 for k in r.keys() if k != "phase"})
             for k in p:
                 p[k] += float(r[k] or 0.0)
