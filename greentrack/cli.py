@@ -38,7 +38,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", help="run directory (default: greentrack-runs/<timestamp>)")
+    p.add_argument("--run-dir", help="run directory (default: greentrack-runs/<job id> under a "
+                                     "launcher, else greentrack-runs/<UTC time>-<pid>)")
     p.add_argument("--interval", dest="interval_s", type=float, metavar="S",
                    help="fast poll period in seconds (default 0.05)")
     p.add_argument("--counter-interval", dest="counter_interval_s", type=float, metavar="S",
@@ -137,13 +138,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
                           "`greentrack run -- python train.py`")
     from greentrack.reports.cli import carbon_settings
     settings = {**carbon_settings(ns), **_settings(ns)}
-    if "run_dir" not in settings:
-        import time
-        settings["run_dir"] = os.path.join("greentrack-runs", time.strftime("%Y%m%d-%H%M%S"))
     config = Config.from_env(**settings)
     tracker = Tracker(config=config)
-    tracker.start()
-    env = dict(os.environ, GREENTRACK_PARENT_RUN_DIR=str(config.run_dir))
+    env = dict(os.environ, **tracker.accept_joins())
+    tracker.start()  # checks every setting before it creates anything (Config.check)
+    if tracker.status != "running":
+        env = dict(os.environ)  # tracking is off (a full disk...): the command runs untracked
     try:
         child = subprocess.Popen(cmd, env=env)
     except OSError as e:
@@ -171,8 +171,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
             signal.signal(s, h)
     status = "completed" if rc == 0 else ("stopped" if forwarded or rc < 0 else "failed")
     tracker.stop(status)
-    if not ns.quiet:
-        print(format_summary(tracker.summary()), file=sys.stderr)
+    if not ns.quiet and tracker.status != "disabled":
+        try:
+            print(format_summary(tracker.summary()), file=sys.stderr)
+        except GreenTrackError as e:  # the command's exit status matters more than our summary
+            print(f"greentrack: no summary: {e}", file=sys.stderr)
     # A child killed by signal N: exit like the shell does (128 + N).
     return 128 - rc if rc < 0 else rc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +26,9 @@ class Config:
     """Settings of a :class:`greentrack.Tracker`.
 
     Attributes:
-        run_dir: directory of the run; each process writes its own store file in it.
+        run_dir: directory of the run; each process writes its own store file in it. Default
+            (:func:`default_run_dir`): ``greentrack-runs/<launcher's job id>`` under a launcher
+            (every rank in one directory), else ``greentrack-runs/<UTC time>-<pid>``: one per run.
         interval_s: period of the fast poll (GPU instant power, RAPL counters). 0.05 s catches
             every ~100 ms NVML update (see docs/methodology.md).
         counter_interval_s: period of the NVML total-energy counter read (it costs ~3 ms a call
@@ -47,7 +50,7 @@ class Config:
         rank: global rank of this process (default: ``RANK`` from the environment, else 0).
     """
 
-    run_dir: Path = Path("greentrack-runs/latest")
+    run_dir: Path = field(default_factory=lambda: default_run_dir())
     interval_s: float = 0.05
     counter_interval_s: float = 0.2
     flush_interval_s: float = 0.5
@@ -80,16 +83,15 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
-        for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s"):
-            _positive(name, getattr(self, name), upper=3600.0)
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None or name not in _UNSET_OK:
+                _in_range(name, value, low, high)
         if self.counter_interval_s < self.interval_s:
             raise ConfigError("counter_interval_s", self.counter_interval_s,
                               f"must be >= interval_s ({self.interval_s})")
         if self.mode not in MODES:
             raise ConfigError("mode", self.mode, f"must be one of {', '.join(MODES)}")
-        if self.cpu_tdp_w is not None:
-            _positive("cpu_tdp_w", self.cpu_tdp_w, upper=5000.0)
-        _positive("dram_w_per_gb", self.dram_w_per_gb, upper=100.0)
         if self.gpus is not None:
             object.__setattr__(self, "gpus", _parse_gpus(self.gpus))
         if self.prometheus_port is not None and (isinstance(self.prometheus_port, bool) or
@@ -97,20 +99,36 @@ class Config:
                                                  not 0 <= self.prometheus_port <= 65535):
             raise ConfigError("prometheus_port", self.prometheus_port,
                               "must be an integer 0-65535 (0 picks a free port)")
-        _positive("push_interval_s", self.push_interval_s, upper=86400.0)
-        for name in ("carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "electricity_price",
-                     "gpu_hour_price"):
+        for name in ("run_id", "job"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value < 0):
-                raise ConfigError(name, value, "must be a number >= 0")
-        if self.pue is not None:
-            if isinstance(self.pue, bool) or not isinstance(self.pue, (int, float)) \
-                    or not math.isfinite(self.pue) or not 1.0 <= self.pue <= 5.0:
-                raise ConfigError("pue", self.pue, "must be a number between 1.0 and 5.0")
+            if value is not None and (not isinstance(value, str) or not _LABEL.fullmatch(value)):
+                raise ConfigError(name, value, "must be 1-64 characters of letters, digits, "
+                                  "'.', '_' or '-'")
+        if self.currency is not None and (not isinstance(self.currency, str)
+                                          or not _CURRENCY.fullmatch(self.currency)):
+            raise ConfigError("currency", self.currency, "must be a three-letter ISO 4217 code, "
+                              "e.g. EUR")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
                                       or self.rank < 0):
             raise ConfigError("rank", self.rank, "must be an integer >= 0")
+
+    def check(self) -> None:
+        """Check the settings that need data or a parse: country, region and cloud (against
+        codecarbon's tables), the intensity CSV (read whole), the Pushgateway URL. ``Tracker.start``
+        and ``greentrack run`` call it before they create anything.
+
+        Raises:
+            ConfigError: one line naming the setting, the value and what is allowed.
+        """
+        if self.country or self.region or self.cloud:
+            from greentrack.carbon.location import resolve_location
+            resolve_location(self)
+        if self.intensity_csv:
+            from greentrack.carbon.series import read_csv
+            read_csv(self.intensity_csv)
+        if self.pushgateway_url:
+            from greentrack.exporters.prometheus import gateway_url
+            gateway_url(self.pushgateway_url)
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed; unknown names are a ConfigError."""
@@ -145,6 +163,28 @@ class Config:
         return d
 
 
+def env_run_id(env: Mapping[str, str] | None = None) -> str | None:
+    """The job's id from its launcher (``GREENTRACK_RUN_ID``, torchrun's ``TORCHELASTIC_RUN_ID``,
+    ``SLURM_JOB_ID``), cut to a safe label, or None."""
+    source = os.environ if env is None else env
+    for name in ("GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        value = source.get(name)
+        if value and value != "none":
+            return "".join(c for c in value if c.isalnum() or c in "-_.")[:64] or None
+    return None
+
+
+def default_run_dir() -> Path:
+    """Where a run goes when no ``run_dir`` is given: ``greentrack-runs/<job id>`` when a launcher
+    names the job (so all its ranks share one directory), else ``greentrack-runs/<UTC
+    time>-<pid>``. Two unrelated runs never share a directory (and so never a run id)."""
+    job = env_run_id()
+    if job:
+        return Path("greentrack-runs") / job
+    import time
+    return Path("greentrack-runs") / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+
+
 def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
     """An integer environment variable (``RANK``, ``LOCAL_RANK``...), or ``default`` when unset
     or not plain ASCII digits (``str.isdigit`` would accept '²' and then crash ``int``)."""
@@ -152,10 +192,35 @@ def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> in
     return int(raw) if raw.isascii() and raw.isdigit() else default
 
 
-def _positive(name: str, value: Any, upper: float) -> None:
+#: Every numeric setting's allowed range, inclusive. The floors
+#: are where a smaller value stops measuring anything better and starts costing: NVML refreshes
+#: every ~100 ms, so polls faster than 5 ms (200 Hz) only burn CPU; buckets under 0.1 s multiply
+#: the store (1e-5 s wrote 14 MB for a 2 s run); a commit more often than 20 Hz is I/O for nothing.
+RANGES: dict[str, tuple[float, float]] = {
+    "interval_s": (0.005, 60.0),
+    "counter_interval_s": (0.01, 3600.0),
+    "flush_interval_s": (0.05, 3600.0),
+    "resolution_s": (0.1, 3600.0),
+    "push_interval_s": (0.1, 86400.0),
+    "cpu_tdp_w": (1.0, 5000.0),
+    "dram_w_per_gb": (0.01, 100.0),
+    "carbon_intensity_g_per_kwh": (0.0, 3000.0),  # lignite is ~1100 g/kWh at the plant
+    "market_factor_g_per_kwh": (0.0, 3000.0),
+    "pue": (1.0, 5.0),
+    "electricity_price": (0.0, 1000.0),  # per kWh
+    "gpu_hour_price": (0.0, 100000.0),
+}
+#: Numeric settings that may be left unset (None): the rest always have a value.
+_UNSET_OK = frozenset({"cpu_tdp_w", "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue",
+                       "electricity_price", "gpu_hour_price"})
+_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+def _in_range(name: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0 or value > upper:
-        raise ConfigError(name, value, f"must be a number > 0 and <= {upper:g}")
+            or not low <= value <= high:
+        raise ConfigError(name, value, f"must be a number from {low:g} to {high:g}")
 
 
 def _parse_gpus(value: Any) -> tuple[int | str, ...]:

@@ -136,6 +136,33 @@ class _State:
         self.next_slow = origin  # this channel's next slow read (staggered between channels)
         self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
         self.slow_reads = 0  # slow reads measured
+        #: Handed over to a joined tracker (another process measures this device): intervals
+        #: ``[a, b)`` of monotonic time whose energy this engine leaves out (b = inf while held).
+        self.handed_over: list[list[float]] = []
+        self.offset = 0.0  # energy left out so far
+        self.raw_last: float | None = None
+
+    @property
+    def key(self) -> str:
+        return channel_key(self.channel)
+
+    def take(self, points: list[Point]) -> None:
+        """Add finalized points, leaving out the energy of handed-over intervals."""
+        if not points:
+            return
+        if self.handed_over:
+            adjusted = []
+            for t, e in points:
+                if self.raw_last is not None and any(a <= t < b for a, b in self.handed_over):
+                    self.offset += e - self.raw_last
+                self.raw_last = e
+                adjusted.append((t, e - self.offset))
+            if all(t >= b for _, b in self.handed_over):
+                self.handed_over.clear()  # every interval ended and passed: the cheap path again
+            self.timeline.extend(adjusted)
+            return
+        self.raw_last = points[-1][1]
+        self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
 
 
 class Engine:
@@ -162,6 +189,9 @@ class Engine:
         #: thread stuck in a read, but waits for one that is only attributing a backlog.
         self._in_read_since: float | None = None
         self.bad_fields: dict[str, int] = {}
+        #: Called on the sampler thread at every poll with the time (cheap checks: other runs on
+        #: this machine, trackers joining this run); must not raise (guarded anyway).
+        self.watchers: list[Callable[[float], None]] = []
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.steps_done = 0
@@ -291,6 +321,24 @@ class Engine:
         if not self._abandoned:
             self._guard(lambda: self._account(final=True))
 
+    def hand_over(self, keys: set[str], t: float) -> list[str]:
+        """Stop counting the devices ``keys`` from ``t``: a joined tracker measures them now.
+        Returns the keys of this engine's channels that matched."""
+        matched = []
+        for st in self.states:
+            if st.key in keys and not any(b == float("inf") for _, b in st.handed_over):
+                st.handed_over.append([t, float("inf")])
+                matched.append(st.key)
+        return matched
+
+    def take_back(self, keys: set[str], t: float) -> None:
+        """Count the devices ``keys`` again from ``t`` (the joined tracker stopped)."""
+        for st in self.states:
+            if st.key in keys:
+                for span in st.handed_over:
+                    if span[1] == float("inf"):
+                        span[1] = t
+
     def schedule(self, now: float) -> None:
         """Set the cadences running from ``now``: slow reads staggered over the slow period."""
         cfg = self.config
@@ -306,6 +354,8 @@ class Engine:
         self._guard(lambda: self._poll_all(now, measure=measure))
         if self._abandoned:
             return
+        for watch in self.watchers:
+            self._guard(lambda: watch(now))
         if now >= self._next_account:  # nothing waits on it: steps are resolved a little late
             self._guard(lambda: self._account(final=False))
             self._next_account = now + cfg.counter_interval_s
@@ -370,7 +420,7 @@ class Engine:
             except SamplerError as e:
                 pts = getattr(e, "points", None)
                 if pts:  # the read worked but needs a note (counter reset, possible missed wrap)
-                    st.timeline.extend(pts)
+                    st.take(pts)
                     self._writer.add_event(t - self.origin, "warning", "estimate", str(e), st.id)
                     continue
                 self._on_failure(st, t, e, lost=False)
@@ -391,7 +441,7 @@ class Engine:
                                        f"{st.channel.info.device}: readings back after {gap:.2f} s",
                                        st.id, {"gap_s": gap})
                 st.status, st.fail_since = "ok", None
-            st.timeline.extend(points)
+            st.take(points)
         self.last_sample_t = now
 
     def _adapt_slow_cadence(self, now: float) -> None:
@@ -602,3 +652,12 @@ def _rel(t: float | None, origin: float) -> float | None:
 def _fields(span: StepSpan) -> tuple[Any, ...]:
     return (span.idx, span.phase, span.t0, span.t1, span.flops, span.samples, span.tokens,
             span.timeline, span.extra, span.n)
+
+
+def channel_key(channel: Channel) -> str:
+    """A device's identity across the processes of one machine: the GPU's UUID, or the host's CPU
+    or DRAM (whichever method reads it)."""
+    info = channel.info
+    if info.host_scope:
+        return f"host:{info.kind}"
+    return f"{info.kind}:{info.details.get('uuid') or info.device}"

@@ -18,7 +18,10 @@ class ConfigError(GreenTrackError, ValueError):
 
     def __init__(self, setting: str, value: object, allowed: str) -> None:
         self.setting, self.value, self.allowed = setting, value, allowed
-        super().__init__(f"{setting}={value!r} is invalid: {allowed}")
+        shown = repr(value)
+        if len(shown) > 80:  # a long bad value is cut: the line stays one readable line
+            shown = shown[:60] + f"...({len(shown)} chars)"
+        super().__init__(f"{setting}={shown} is invalid: {allowed}")
 
 
 class SamplerError(GreenTrackError):

@@ -17,6 +17,7 @@ clock of the segment start in ``meta`` so wall times are derived, never read mid
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -71,6 +72,7 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _raise_if_no_space(e, run_dir)
         raise ConfigError("run_dir", str(run_dir), f"cannot create it ({e.strerror or e})") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError("run_dir", str(run_dir), "is not writable by this user")
@@ -89,10 +91,23 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
                 time.sleep(0.02)
         raise ConfigError("run_dir", str(run_dir), "has a damaged run.json; use a new directory") from None
     except OSError as e:
+        _raise_if_no_space(e, run_dir)
         raise ConfigError("run_dir", str(run_dir), f"cannot write run.json ({e.strerror or e})") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+    except OSError as e:  # a full disk: no half-written run.json left to damage the next run
+        path.unlink(missing_ok=True)
+        _raise_if_no_space(e, run_dir)
+        raise ConfigError("run_dir", str(run_dir), f"cannot write run.json ({e.strerror or e})") from None
     return str(record["run_id"])
+
+
+def _raise_if_no_space(e: OSError, run_dir: Path) -> None:
+    """A full disk or quota is the machine's state, not a bad setting: RunStoreError (tracking is
+    then disabled and training goes on), where a bad path stays a ConfigError."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise RunStoreError(f"run directory {run_dir}: no space left ({e.strerror or e})") from None
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -125,6 +140,8 @@ class StoreWriter:
             self._conn = _connect(self.path, readonly=False)
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise RunStoreError(f"store {self.path.name}: {e}") from None
             raise ConfigError("run_dir", str(run_dir), f"cannot create the store ({e})") from None
         self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION})
         self.flush()

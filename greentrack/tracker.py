@@ -29,8 +29,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from greentrack import __version__
-from greentrack.config import Config, env_int
-from greentrack.engine import Engine
+from greentrack.config import Config, env_int, env_run_id
+from greentrack import sharing
+from greentrack.engine import Engine, channel_key
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
 from greentrack.store import StoreWriter, prepare_run_dir
@@ -63,6 +64,9 @@ class Tracker:
                  **settings: Any) -> None:
         if run_dir is not None:
             settings["run_dir"] = Path(run_dir)
+        #: A run directory the user named (a joined tracker says it was not used).
+        self._named_run_dir = "run_dir" in settings or "GREENTRACK_RUN_DIR" in os.environ or (
+            config is not None)
         self.config = (config or Config.from_env()).replace(**settings) if settings else (
             config or Config.from_env())
         self._engine: Engine | None = None
@@ -75,6 +79,8 @@ class Tracker:
         self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
         self._tokens = itertools.count()  # next() of a count is atomic under the GIL
         self._hook_errors = 0
+        self._leases: list[Any] = []  # host lease, join lease: released at stop
+        self._join_token: str | None = None
         self.run_id: str | None = None
         self.notes: list[Any] = []
         self.status = "created"
@@ -112,6 +118,14 @@ class Tracker:
             self._disable()
             return self
 
+    def _release_leases(self) -> None:
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            try:
+                lease.close() if hasattr(lease, "close") else lease.release()
+            except Exception as e:  # noqa: BLE001 - leases end with the process anyway
+                log.warning("greentrack: could not release a lease: %s", e)
+
     def _disable(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
@@ -119,6 +133,7 @@ class Tracker:
                 engine.stop()
             except Exception:  # noqa: BLE001
                 pass
+        self._release_leases()
         _ACTIVE.discard(self)
         self.status = "disabled"
 
@@ -128,9 +143,17 @@ class Tracker:
         self._pid = os.getpid()
         self._gen = _FORK_GENERATION[0]
         cfg = self.config
-        self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or _env_run_id())
+        cfg.check()  # settings that need data, before anything is created
+        parent = None if self._join_token else sharing.parent_run()
+        if parent is not None and cfg.run_dir != parent[0]:
+            if self._named_run_dir:
+                log.warning("greentrack: run_dir %s not used: this process runs under `greentrack "
+                            "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
+            cfg = self.config = cfg.replace(run_dir=parent[0])
+        self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
         found = discover(cfg)
         self.notes = found.notes
+        joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
         self._t_start = time.monotonic()
         meta = {
@@ -143,6 +166,8 @@ class Tracker:
                          "platform": platform.platform()},
             "notes": [n.__dict__ for n in found.notes],
         }
+        if parent is not None:
+            meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
         self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start)
         for note in found.notes:
@@ -150,6 +175,14 @@ class Tracker:
                                    else "discovery", note.message, None, {"hint": note.hint})
             if note.level == "warning":
                 log.warning("greentrack: %s", note.message)
+        if parent is not None:
+            self._engine.event("info" if joined is not None else "warning", "joined-parent",
+                               f"joined the run of `greentrack run` in {parent[0]}; it stopped "
+                               f"counting {', '.join(joined or []) or 'no device'} while this "
+                               "process measures them" if joined is not None else
+                               "`greentrack run` did not answer the join within "
+                               f"{sharing.JOIN_ACK_S:g} s: both may count this machine's devices")
+        self._watch(found.channels)
         self._engine.start()
         self.status = "running"
         _install_hooks(self)
@@ -166,6 +199,41 @@ class Tracker:
                 log.warning("greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
                 self._engine.event("warning", "sink-error", f"{type(sink).__name__}: {e}")
         return self
+
+    def accept_joins(self) -> dict[str, str]:
+        """Let trackers in child processes join this run (``greentrack run`` does this before
+        :meth:`start`). Returns the environment variables to give the children."""
+        import uuid
+        self._join_token = self._join_token or uuid.uuid4().hex
+        return {sharing.PARENT_ENV: str(self.run_dir.resolve()), sharing.TOKEN_ENV: self._join_token}
+
+    def _join(self, parent: tuple[Path, str], channels: list[Any]) -> list[str] | None:
+        try:
+            answer = sharing.join_parent(parent[0], parent[1], [channel_key(c) for c in channels])
+        except OSError as e:
+            log.warning("greentrack: could not join the parent run (measuring alone): %s", e)
+            return None
+        if answer is None:
+            return None
+        self._leases.append(answer[0])
+        return answer[1]
+
+    def _watch(self, channels: list[Any]) -> None:
+        """Leases: other runs measuring this host, and trackers joining this run."""
+        assert self._engine is not None
+        try:
+            if any(c.info.host_scope for c in channels):
+                watch = sharing.HostWatch(self._engine, {
+                    "run_id": self.run_id, "pid": self._pid, "mode": self.config.mode,
+                    "run_dir": str(self.run_dir.resolve()), "host": socket.gethostname()})
+                self._leases.append(watch)
+                self._engine.watchers.append(watch)
+            if self._join_token:
+                self._engine.watchers.append(
+                    sharing.JoinWatch(self._engine, self.run_dir, self._join_token))
+        except OSError as e:  # no lease directory: runs cannot see each other, say so
+            log.warning("greentrack: cannot check for other runs on this machine: %s", e)
+            self._engine.event("warning", "lease-error", f"cannot check for other runs: {e}")
 
     def add_step_listener(self, fn: Any) -> None:
         """Call ``fn(row)`` on the sampler thread for each step once its joules are resolved.
@@ -191,6 +259,7 @@ class Tracker:
                 self._engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open "
                                    "at stop were not recorded")
             self._engine.stop()
+            self._release_leases()
             for sink in self.sinks:
                 try:
                     sink.stop(self)
@@ -363,14 +432,6 @@ def _install_hooks(tracker: Tracker) -> None:
             _HOOKS["sigterm"] = True
         except (ValueError, OSError):
             pass
-
-
-def _env_run_id() -> str | None:
-    for name in ("GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
-        value = os.environ.get(name)
-        if value and value != "none":
-            return "".join(c for c in value if c.isalnum() or c in "-_.")[:64] or None
-    return None
 
 
 def _create_time(pid: int) -> float | None:

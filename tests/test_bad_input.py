@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import greentrack
 from greentrack.cli import main
-from greentrack.config import Config
+from greentrack.config import RANGES, Config
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import store_paths
 
@@ -37,9 +37,9 @@ def test_config_accepts_or_explains_in_one_line(changes: dict) -> None:
         text = str(e)
         assert "\n" not in text and text.startswith(f"{e.setting}=") and "is invalid:" in text
         return
-    for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s"):
+    for name, (low, high) in RANGES.items():  # every numeric setting accepted is in its range
         value = getattr(cfg, name)
-        assert math.isfinite(value) and value > 0
+        assert value is None or (math.isfinite(value) and low <= value <= high)
 
 
 @settings(max_examples=150, deadline=None)

@@ -56,7 +56,7 @@ def test_summary_json_fields(env: dict[str, str], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["summary", "/nonexistent/run"], "RUN_DIR='/nonexistent/run' is invalid: does not exist"),
-    (["run", "--interval", "-1", "--", "true"], "interval_s=-1.0 is invalid: must be a number > 0"),
+    (["run", "--interval", "-1", "--", "true"], "interval_s=-1.0 is invalid: must be a number from 0.005 to 60"),
     (["run", "--mode", "node", "--", "true"], "invalid choice: 'node'"),
     (["run"], "CMD='' is invalid: give the command to run"),
     (["run", "--gpus", "0", "--", "true"], "gpus='0' is invalid: NVML unavailable"),

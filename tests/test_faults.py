@@ -144,7 +144,7 @@ DISK_FULL = """
 import resource, signal, sys, time, greentrack
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG instead
 t = greentrack.Tracker(sys.argv[1], interval_s=0.005, counter_interval_s=0.01,
-                       flush_interval_s=0.05, resolution_s=0.01).start()
+                       flush_interval_s=0.05, resolution_s=0.1).start()
 time.sleep(0.3)
 limit = sum(p.stat().st_size for p in __import__('pathlib').Path(sys.argv[1]).glob('*')) + 4096
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))   # the disk is now full

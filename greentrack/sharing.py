@@ -1,0 +1,166 @@
+"""Runs that meet on one machine: found by leases (:mod:`greentrack.leases`), never guessed.
+
+* :class:`HostWatch`: this run measures the host's CPU/DRAM. In ``machine`` mode, another run doing
+  the same at the same time means both count the whole host: both runs record a ``host-shared``
+  event naming the other, and every summary and report repeats it with the fix (``--mode
+  process``). Checked at start and about once a second on the sampler thread.
+* :class:`JoinWatch` and :func:`join_parent`: a tracker started inside ``greentrack run`` (which
+  exports ``GREENTRACK_PARENT_RUN_DIR``) joins the parent's run instead of starting a second
+  measurement of the same machine. It takes a join lease listing its devices and waits (up to
+  :data:`JOIN_ACK_S`) until the parent has stopped counting them; the parent counts them again
+  when the lease ends (the tracker stopped, or its process died). Each device is then counted by
+  exactly one process at a time, with at most one poll (~50 ms) uncounted at each hand-over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from greentrack.leases import Lease, host_lease_dir, is_held, live_leases
+
+log = logging.getLogger("greentrack")
+
+PARENT_ENV = "GREENTRACK_PARENT_RUN_DIR"
+TOKEN_ENV = "GREENTRACK_PARENT_TOKEN"  # which tracker of that run answers joins: the parent's
+JOIN_DIR = ".joins"
+#: How long a joining tracker waits for the parent to stop counting its devices.
+JOIN_ACK_S = 2.0
+#: How often the host leases are scanned, and held join leases probed (a dead child's lease).
+SCAN_EVERY_S = 1.0
+MAX_REPORTED = 8  # other runs named per run: bounded
+
+_SAFE = re.compile(r"[^A-Za-z0-9._/-]")
+
+
+def _label(value: Any, limit: int = 64) -> str:
+    return _SAFE.sub("_", str(value))[:limit]
+
+
+class HostWatch:
+    """Holds this run's host lease and reports other runs measuring the host at the same time."""
+
+    def __init__(self, engine: Any, record: dict[str, Any]) -> None:
+        self.engine = engine
+        self.record = record
+        self.lease = Lease(host_lease_dir(), record, shared=True)
+        self.seen: dict[str, dict[str, Any]] = {}
+        self._next = 0.0
+        self.check(time.monotonic())
+
+    def __call__(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + SCAN_EVERY_S
+            self.check(now)
+
+    def check(self, now: float) -> None:
+        for other in self.lease.others():
+            run_id = _label(other.get("run_id"))
+            if other.get("run_id") == self.record["run_id"] or run_id in self.seen:
+                continue  # the same run (a joined tracker, another rank of it): not a double count
+            if len(self.seen) >= MAX_REPORTED:
+                return
+            self.seen[run_id] = other
+            self._report(run_id, other)
+
+    def _report(self, run_id: str, other: dict[str, Any]) -> None:
+        mine, theirs = self.record.get("mode"), _label(other.get("mode"), 16)
+        if mine != "machine":
+            return  # this run counts its own processes' share: right whatever else runs
+        msg = (f"another run measures this host at the same time (run {run_id}, pid "
+               f"{_label(other.get('pid'), 12)}, mode {theirs}, {_label(other.get('run_dir'), 200)}):"
+               " in machine mode each run counts the whole host's CPU and DRAM energy, so these "
+               "runs' host figures overlap; track each with --mode process (Config(mode='process')) "
+               "to split the host by process")
+        log.warning("greentrack: %s", msg)
+        self.engine.event("warning", "host-shared", msg, other_run_id=run_id,
+                          other_pid=other.get("pid"), other_mode=theirs)
+
+    def close(self) -> None:
+        self.check(time.monotonic())  # a run that met this one late is still named
+        self.lease.release()
+
+
+class JoinWatch:
+    """In the parent (any tracker): hands devices over to trackers that join this run."""
+
+    def __init__(self, engine: Any, run_dir: Path, token: str) -> None:
+        self.engine = engine
+        self.token = token
+        self.directory = run_dir / JOIN_DIR
+        self.directory.mkdir(mode=0o755, exist_ok=True)
+        self._mtime = -1
+        self._next_probe = 0.0
+        self.active: dict[Path, set[str]] = {}
+
+    def __call__(self, now: float) -> None:
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return
+        if mtime != self._mtime:  # a lease came or went (a cheap stat per poll otherwise)
+            self._mtime = mtime
+            self._scan(now)
+        elif self.active and now >= self._next_probe:  # a child that died keeps its file
+            self._next_probe = now + SCAN_EVERY_S
+            for path in [p for p in self.active if not is_held(p)]:
+                self._end(path, now)
+
+    def _scan(self, now: float) -> None:
+        live = dict(live_leases(self.directory))
+        for path in [p for p in self.active if p not in live]:
+            self._end(path, now)
+        for path, record in live.items():
+            if path in self.active or record.get("token") != self.token:
+                continue
+            keys = {str(k) for k in record.get("devices") or []}
+            matched = self.engine.hand_over(keys, now)
+            self.active[path] = set(matched)
+            ack = path.with_suffix(".ack")
+            tmp = ack.with_suffix(".ack.tmp")
+            tmp.write_text(json.dumps({"t": now, "devices": matched}))
+            os.replace(tmp, ack)
+            self.engine.event("info", "joined", f"tracker pid {_label(record.get('pid'), 12)} "
+                              f"joined this run; it measures {', '.join(matched) or 'no device'} "
+                              "of this process's devices until it stops", devices=matched,
+                              pid=record.get("pid"))
+
+    def _end(self, path: Path, now: float) -> None:
+        keys = self.active.pop(path)
+        self.engine.take_back(keys, now)
+        path.with_suffix(".ack").unlink(missing_ok=True)
+        self.engine.event("info", "join-ended", "a joined tracker stopped; this process counts "
+                          f"{', '.join(sorted(keys)) or 'no device'} again", devices=sorted(keys))
+
+
+def parent_run() -> tuple[Path, str] | None:
+    """The run directory and join token of the ``greentrack run`` this process runs under."""
+    value, token = os.environ.get(PARENT_ENV), os.environ.get(TOKEN_ENV)
+    if not value or not token:
+        return None
+    path = Path(value)
+    return (path, token) if (path / "run.json").is_file() else None
+
+
+def join_parent(parent_dir: Path, token: str, devices: list[str]) -> tuple[Lease, list[str]] | None:
+    """Take a join lease in the parent's run and wait until the parent has handed ``devices``
+    over. Returns the lease and the devices the parent stopped counting, or None (after
+    :data:`JOIN_ACK_S`) if no parent answered: the caller then measures on its own."""
+    lease = Lease(parent_dir / JOIN_DIR, {"pid": os.getpid(), "token": token,
+                                          "host": socket.gethostname(), "devices": devices})
+    ack = lease.path.with_suffix(".ack")
+    deadline = time.monotonic() + JOIN_ACK_S
+    while time.monotonic() < deadline:
+        try:
+            answer = json.loads(ack.read_text())
+            return lease, [str(d) for d in answer.get("devices") or []]
+        except (OSError, ValueError):
+            time.sleep(0.005)
+    lease.release()
+    return None
