@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from greentrack.errors import ConfigError
 
@@ -50,7 +50,7 @@ class Config:
         rank: global rank of this process (default: ``RANK`` from the environment, else 0).
     """
 
-    run_dir: Path = field(default_factory=lambda: default_run_dir())
+    run_dir: Path = None  # type: ignore[assignment]  # None: default_run_dir(), at construction
     interval_s: float = 0.05
     counter_interval_s: float = 0.2
     flush_interval_s: float = 0.5
@@ -80,9 +80,13 @@ class Config:
     gpu_hour_price: float | None = None
     currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: True when no run directory was given (set at construction; integrations then pick one).
+    run_dir_is_default: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        object.__setattr__(self, "run_dir_is_default", self.run_dir is None)
+        object.__setattr__(self, "run_dir", default_run_dir() if self.run_dir is None
+                           else Path(self.run_dir))
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
             if value is not None or name not in _UNSET_OK:
@@ -136,7 +140,10 @@ class Config:
         for name in changes:
             if name not in known:
                 raise ConfigError(name, changes[name], f"unknown setting; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **changes)
+        new = dataclasses.replace(self, **changes)
+        if self.run_dir_is_default and "run_dir" not in changes:
+            object.__setattr__(new, "run_dir_is_default", True)  # the same default directory
+        return new
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":

@@ -192,6 +192,10 @@ class Engine:
         #: Called on the sampler thread at every poll with the time (cheap checks: other runs on
         #: this machine, trackers joining this run); must not raise (guarded anyway).
         self.watchers: list[Callable[[float], None]] = []
+        #: Each returns the start (monotonic) of the earliest step still open or not yet submitted
+        #: by its owner (the tracker, step marks), or None: readings from there on are kept, so a
+        #: long step gets all its energy, not the last second of it.
+        self.holds: list[Callable[[], float | None]] = []
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.steps_done = 0
@@ -529,6 +533,14 @@ class Engine:
                 self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
                            f"recorded: {type(e).__name__}: {e}")
         res = self.config.resolution_s
+        held = [s.t0 for s in self._waiting]
+        for hold in self.holds:
+            try:
+                t = hold()
+            except Exception:  # noqa: BLE001 - a racing owner: keep everything this time
+                t = float("-inf")
+            if t is not None:
+                held.append(t)
         for st in self.states:
             until = st.timeline.until
             if until is None:
@@ -543,8 +555,7 @@ class Engine:
                 self._writer.add_sample(st.id, b - self.origin, until - b,
                                         st.timeline.last - st.timeline.at(b))
                 st.next_bucket = until
-            keep = min([st.next_bucket] + [s.t0 for s in self._waiting]) - 1.0
-            st.timeline.prune(keep)
+            st.timeline.prune(min([st.next_bucket] + held) - 1.0)
 
     def _clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
         """The step's counts and extra fields as recordable values; a bad one is dropped and

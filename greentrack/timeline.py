@@ -57,6 +57,9 @@ class StepMarks:
         self._open: tuple[str, float, Any] | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
         self.submitted = 0
+        engine = getattr(tracker, "engine", None)
+        if engine is not None:  # keep the readings of a step as long as it is open or pending
+            engine.holds.append(self._earliest)
         self._cuda: Any = None
         self._device: Any = None
         if device is not None and "cuda" in str(getattr(device, "type", device)):
@@ -73,6 +76,13 @@ class StepMarks:
             self._base.record(cuda.current_stream(device))
             self._g0 = h  # host time at which the base ran: refined by every later mark
             self._g0_d = 0.0  # GPU time (s after base) of the mark that gave the bound
+
+    def _earliest(self) -> float | None:
+        opened, pending = self._open, self._pending
+        starts = [opened[1]] if opened is not None else []
+        if pending:
+            starts.append(pending[0][1])
+        return min(starts) if starts else None
 
     @property
     def on_gpu(self) -> bool:

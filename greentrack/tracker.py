@@ -64,11 +64,10 @@ class Tracker:
                  **settings: Any) -> None:
         if run_dir is not None:
             settings["run_dir"] = Path(run_dir)
-        #: A run directory the user named (a joined tracker says it was not used).
-        self._named_run_dir = "run_dir" in settings or "GREENTRACK_RUN_DIR" in os.environ or (
-            config is not None)
         self.config = (config or Config.from_env()).replace(**settings) if settings else (
             config or Config.from_env())
+        #: A run directory the user named (a joined tracker says it was not used).
+        self._named_run_dir = not self.config.run_dir_is_default
         self._engine: Engine | None = None
         self._writer: StoreWriter | None = None
         self._pid = os.getpid()
@@ -170,6 +169,7 @@ class Tracker:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
         self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start)
+        self._engine.holds.append(self._earliest_open)
         for note in found.notes:
             self._writer.add_event(0.0, note.level, "estimate" if "ESTIMATED" in note.message
                                    else "discovery", note.message, None, {"hint": note.hint})
@@ -346,6 +346,11 @@ class Tracker:
                 log.warning("greentrack: a step could not be recorded (training goes on): %s: %s",
                             type(e).__name__, e)
                 engine.event("warning", "hook-error", f"step not recorded: {type(e).__name__}: {e}")
+
+    def _earliest_open(self) -> float | None:
+        # list() copies the values in one C call under the GIL: no concurrent-change error
+        opened = list(self._open.values())
+        return min(t for _, t, _ in opened) if opened else None
 
     def continue_steps(self, counts: dict[str, int]) -> None:
         """Number the next steps of each phase after ``counts`` (``{phase: steps done}``): a run

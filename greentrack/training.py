@@ -286,7 +286,7 @@ def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple
     base = config if config is not None else Config.from_env()
     cfg = base.replace(**settings) if settings else base
     chosen = (run_dir is not None or "GREENTRACK_RUN_DIR" in os.environ
-              or (config is not None and config.run_dir != Config().run_dir)
+              or (config is not None and not config.run_dir_is_default)
               or "run_dir" in settings)
     return cfg, chosen
 

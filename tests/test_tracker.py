@@ -233,3 +233,22 @@ def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) 
     s = greentrack.summarize(tmp_path / "run")
     assert s["status"] == "completed"
     assert any("damaged" in w for w in s["warnings"])
+
+
+def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path) -> None:
+    """Readings are kept from the start of the earliest open step (85faba8 kept about a second
+    behind the newest bucket: a 3 s step got the last ~1.5 s of its energy)."""
+    from greentrack.timeline import StepMarks
+
+    with LiveCounters(powercap, WATTS):
+        with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+            marks = StepMarks(tracker)  # the integrations' host marks
+            marks.begin("validation")
+            with tracker.step():
+                time.sleep(3.0)
+            marks.end()
+    steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert len(steps) == 2
+    for st in steps:
+        assert st["duration_s"] >= 3.0
+        assert st["cpu_j"] == pytest.approx(60.0 * st["duration_s"], rel=0.05)
