@@ -29,6 +29,43 @@ RESULTS = REPO / "bench" / "RESULTS.md"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+
+def ensure_integrations() -> str:
+    """Make ``greentrack.integrations`` importable from this checkout, without installing.
+
+    pyproject maps the top-level ``integrations/`` folder to ``greentrack.integrations``, so the
+    repository on ``sys.path`` gives ``greentrack`` but not its integrations. On a host where the
+    package is not installed (a short GPU allocation without network), register that folder as
+    the subpackage. Returns how greentrack was found, for the record."""
+    import importlib.util
+
+    try:
+        import greentrack.integrations  # noqa: F401 - installed, or an editable install
+        return "installed"
+    except ImportError:
+        pass
+    import greentrack
+    init = REPO / "integrations" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "greentrack.integrations", init, submodule_search_locations=[str(init.parent)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["greentrack.integrations"] = module
+    spec.loader.exec_module(module)
+    greentrack.integrations = module  # type: ignore[attr-defined]
+    return f"path shim ({REPO})"
+
+
+def importable(name: str) -> bool:
+    """Whether ``import name`` would find the package (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent missing, or a module blocked in sys.modules
+        return False
+
+
 PACKAGES = ("greentrack", "torch", "codecarbon", "zeus", "nvidia-ml-py", "psutil",
             "prometheus-client")
 

@@ -98,3 +98,35 @@ def gpu_workload(target_ms: float, on_cpu: bool = False) -> Workload:
     return Workload(make(batch), sync, batch, not on_cpu,
                     f"MLP 4 x {width}x{width} {str(dtype).replace('torch.', '')}, batch {batch}, "
                     f"SGD on {where}, {took * 1e3:.1f} ms/step when sized", str(device), True)
+
+
+def gpu_kinds(step_s: float = 0.2) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A heavy step (bf16 matmuls) and a light one (a GPU spin at low power), each ~``step_s`` of
+    GPU time on ``cuda:0``, calibrated here with events and synchronize (outside anything
+    measured). Used by the mixed-steps checks: each kind alone, then interleaved."""
+    import torch
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(a)
+
+    def gpu_time(fn: Callable[[], object]) -> float:
+        fn()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        return float(s.elapsed_time(e)) / 1000.0
+
+    per_mm = gpu_time(lambda: [torch.matmul(a, a, out=out) for _ in range(20)]) / 20
+    n_mm = max(1, round(step_s / per_mm))
+    cycles = 50_000_000
+    cycles = int(cycles * step_s / gpu_time(lambda: torch.cuda._sleep(cycles)))
+
+    def heavy() -> None:
+        for _ in range(n_mm):
+            torch.matmul(a, a, out=out)
+
+    def light() -> None:
+        torch.cuda._sleep(cycles)
+
+    return heavy, light

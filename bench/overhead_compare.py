@@ -50,6 +50,7 @@ from _common import (
     QuietGate,
     cuda_device,
     fake_nvml_module,
+    importable,
     md_table,
     median,
     powercap_tree,
@@ -67,7 +68,7 @@ def run_block(work: Workload, variant: Variant, steps: int) -> dict[str, float]:
     """One block: start the tool, warm up, time ``steps`` steps, stop the tool."""
     variant.open()
     try:
-        for _ in range(WARMUP_STEPS if not work.cuda else 3):
+        for _ in range(WARMUP_STEPS if not work.gpu_part else 3):  # GPU steps are long
             with variant.step():
                 work.step()
         work.sync()
@@ -85,14 +86,17 @@ def run_block(work: Workload, variant: Variant, steps: int) -> dict[str, float]:
     return {"mean": wall / steps, "median": median(per_step), "cpu": cpu / steps}
 
 
-def compare(work: Workload, variants: list[Variant], rounds: int, steps: int,
-            gate: QuietGate) -> list[list[str]]:
+Blocks = dict[str, list[dict[str, float]]]  # variant -> per-block statistics
+Ratios = dict[str, dict[str, list[float]]]  # tool -> statistic -> per-round overhead
+
+
+def interleave(work: Workload, variants: list[Variant], rounds: int, steps: int,
+               gate: QuietGate) -> tuple[Blocks, Ratios]:
     """Rounds of ``U T1 U T2 U ... Tn U`` (U: untracked; the tools' order rotates every round).
     Each tool block is compared with the mean of the untracked blocks just before and after it."""
     none, tools = variants[0], variants[1:]
-    blocks: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
-    ratios: dict[str, dict[str, list[float]]] = {v.name: {"median": [], "mean": [], "cpu": []}
-                                                 for v in tools}
+    blocks: Blocks = {v.name: [] for v in variants}
+    ratios: Ratios = {v.name: {"median": [], "mean": [], "cpu": []} for v in tools}
     for r in range(rounds):
         order = tools[r % len(tools):] + tools[:r % len(tools)]
         gate.wait()
@@ -109,12 +113,19 @@ def compare(work: Workload, variants: list[Variant], rounds: int, steps: int,
         print(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{v.name.split(',')[0].split(' (')[0]} {ratios[v.name]['median'][-1]:+.1%}"
             for v in order), flush=True)
+    return blocks, ratios
+
+
+def compare(work: Workload, variants: list[Variant], rounds: int, steps: int,
+            gate: QuietGate) -> list[list[str]]:
+    """The table's rows for :func:`interleave`'s rounds."""
+    blocks, ratios = interleave(work, variants, rounds, steps, gate)
     rows = []
     for v in variants:
         b = blocks[v.name]
         row = [v.name, f"{median([x['median'] for x in b]) * 1e3:.3f}",
                f"{median([x['mean'] for x in b]) * 1e3:.3f}"]
-        if v is none:
+        if v is variants[0]:
             row += ["", "", "", ""]
         else:
             rr = ratios[v.name]
@@ -198,6 +209,28 @@ def cpu_section(args: argparse.Namespace) -> None:
 
 
 # -- GPU ---------------------------------------------------------------------------------------
+GREENTRACK_GPU = "greentrack (StepMarks on the GPU timeline)"
+ZEUS_GPU = "Zeus (windows per step, sync_execution=True)"
+
+
+def gpu_variants(work: Workload, on_cpu: bool) -> tuple[list[Variant], list[str]]:
+    """The GPU part's variants: untracked, A/A, greentrack, then codecarbon and Zeus where they
+    are installed (neither is needed to measure greentrack). Returns (variants, tools missing)."""
+    variants = baseline()
+    variants.append(greentrack_variant(GREENTRACK_GPU, work, None, {}, prometheus=True))
+    missing = []
+    if importable("codecarbon"):
+        variants += codecarbon_variants(work)
+    else:
+        missing.append("codecarbon")
+    if importable("zeus"):
+        variants.append(zeus_variant(ZEUS_GPU, None, gpus=[] if on_cpu else [0],
+                                     sync=not on_cpu))
+    else:
+        missing.append("zeus")
+    return variants, missing
+
+
 def gpu_section(args: argparse.Namespace) -> None:
     ok, gpu = cuda_device()
     if not ok and not args.gpu_on_cpu:
@@ -208,13 +241,9 @@ def gpu_section(args: argparse.Namespace) -> None:
         work = gpu_workload(target, on_cpu=args.gpu_on_cpu)
         steps = args.gpu_steps or max(20, round(args.gpu_block_s * 1000 / target))
         print(f"workload: {work.describe}; {steps} steps per block")
-        variants = baseline()
-        variants.append(greentrack_variant("greentrack (StepMarks on the GPU timeline)", work,
-                                           None, {}, prometheus=True))
-        variants += codecarbon_variants(work)
-        variants.append(zeus_variant("Zeus (windows per step, sync_execution=True)", None,
-                                     gpus=[] if args.gpu_on_cpu else [0],
-                                     sync=not args.gpu_on_cpu))
+        variants, missing = gpu_variants(work, on_cpu=args.gpu_on_cpu)
+        for name in missing:
+            print(f"{name}: not installed, its rows skipped")
         for v in variants:
             v.prepare()
         gate = QuietGate(max_wait_s=args.quiet_wait)

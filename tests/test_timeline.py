@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from greentrack.timeline import DRIFT_PPM, REBASE_AFTER_S, StepMarks
-from tests.conftest import FAST
+from tests.conftest import FAST, REPO
 
 
 class Clock:
@@ -226,34 +227,10 @@ CUDA_REASON = _cuda_reason()
 
 
 def _kinds(step_s: float = 0.2) -> tuple[Any, Any]:
-    """A heavy step (bf16 matmuls) and a light one (a GPU spin at low power), each ~step_s of
-    GPU time, calibrated here with events and synchronize (outside anything measured)."""
-    import torch
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty_like(a)
-
-    def gpu_time(fn: Any) -> float:
-        fn()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        return s.elapsed_time(e) / 1000.0
-
-    per_mm = gpu_time(lambda: [torch.matmul(a, a, out=out) for _ in range(20)]) / 20
-    n_mm = max(1, round(step_s / per_mm))
-    cycles = 50_000_000
-    cycles = int(cycles * step_s / gpu_time(lambda: torch.cuda._sleep(cycles)))
-
-    def heavy() -> None:
-        for _ in range(n_mm):
-            torch.matmul(a, a, out=out)
-
-    def light() -> None:
-        torch.cuda._sleep(cycles)
-
-    return heavy, light
+    """A heavy and a light ~step_s GPU step (bench/_workloads.py, shared with the quick checks)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from _workloads import gpu_kinds
+    return gpu_kinds(step_s)
 
 
 @pytest.mark.gpu

@@ -18,6 +18,7 @@ Power follows a :class:`PowerTrace` on the fake's clock, so tests know the exact
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -82,11 +83,46 @@ class PowerTrace:
         return PowerTrace(segs, idle_w=77.0, t0=t0)
 
 
+class LiveTrace:
+    """Power set as it happens by the code that plays the GPU's workload (``set(watts)``), on
+    ``time.monotonic``: what the fake NVML reads while a benchmark's "GPU" work runs on the CPU.
+    Duck-types :class:`PowerTrace`; the sampler thread reads it while the workload writes it."""
+
+    def __init__(self, idle_w: float = 80.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_w, self.clock = idle_w, clock
+        self._lock = threading.Lock()
+        # change times, the power from each, and the energy up to each (from 1000 s before)
+        t0 = clock()
+        self._at, self._w, self._j = [t0 - 1000.0], [idle_w], [0.0]
+
+    def set(self, watts: float) -> None:
+        with self._lock:
+            t = max(self.clock(), self._at[-1])
+            self._j.append(self._j[-1] + (t - self._at[-1]) * self._w[-1])
+            self._at.append(t)
+            self._w.append(watts)
+
+    def _index(self, t: float) -> int:
+        return max(0, bisect.bisect_right(self._at, t) - 1)
+
+    def power(self, t: float) -> float:
+        with self._lock:
+            return self._w[self._index(t)]
+
+    def energy(self, t: float) -> float:
+        with self._lock:
+            i = self._index(t)
+            return self._j[i] + (t - self._at[i]) * self._w[i]
+
+    def mean(self, a: float, b: float) -> float:
+        return (self.energy(b) - self.energy(a)) / (b - a) if b > a else self.power(a)
+
+
 @dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-11111111-2222-3333-4444-555555555555"
-    trace: PowerTrace = field(default_factory=lambda: PowerTrace([], idle_w=77.0))
+    trace: PowerTrace | LiveTrace = field(default_factory=lambda: PowerTrace([], idle_w=77.0))
     has_counter: bool = True
     has_instant: bool = True
     mig: bool | None = False  # None: MIG not supported (raises NotSupported)
