@@ -73,8 +73,10 @@ class Tracker:
         self._pid = os.getpid()
         self._gen = _FORK_GENERATION[0]
         self._lock = threading.Lock()
-        self._idx: dict[str, int] = {}
-        self._idx_lock = threading.Lock()  # steps may end on several threads: distinct indices
+        #: Per phase, the next step index: next() of a count is atomic, so steps ending on several
+        #: threads get distinct indices without a lock on the hot path.
+        self._idx: dict[str, itertools.count[int]] = {}
+        self._idx_lock = threading.Lock()  # only to create a phase's counter, or to move it
         self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
         self._tokens = itertools.count()  # next() of a count is atomic under the GIL
         self._hook_errors = 0
@@ -302,19 +304,25 @@ class Tracker:
         if opened is None or not self.running or self._engine is None:
             return
         phase, t0, begin_info = opened
-        self._submit(phase, t0, t1, {**begin_info, **info} if begin_info else info)
+        merged = {**begin_info, **info} if begin_info else info
+        try:
+            self.submit_window(phase, t0, t1, **merged)
+        except TypeError:  # a field named like an argument of submit_window: kept, renamed
+            for name in ("phase", "t0", "t1"):
+                if name in merged:
+                    merged[f"field_{name}"] = merged.pop(name)
+            self.submit_window(phase, t0, t1, **merged)
 
-    def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
+    def submit_window(self, phase: str, t0: float, t1: float, *, flops: Any = None,
+                      samples: Any = None, tokens: Any = None, timeline: str = "host",
+                      **extra: Any) -> None:
         """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
         integrations that mark steps on the GPU timeline and map them to host time later.
 
-        ``info`` may hold ``flops``, ``samples``, ``tokens`` (numbers: int, float, NumPy scalars,
-        Decimal, one-element tensors, CUDA ones included), ``timeline`` and extra fields (JSON
-        values or numbers). A value that cannot be recorded drops that field of that step, with
-        a ``bad-step-field`` event; it never raises."""
-        self._submit(phase, t0, t1, info)
-
-    def _submit(self, phase: Any, t0: float, t1: float, info: dict[str, Any]) -> None:
+        ``flops``, ``samples``, ``tokens`` and ``extra`` fields may be any number: int, float,
+        NumPy scalars, Decimal, one-element tensors (CUDA ones too); extras may also be JSON
+        values. A value that cannot be recorded drops that field of that step, with a
+        ``bad-step-field`` event; this never raises."""
         engine = self._engine
         if engine is None or not self.running:
             return
@@ -323,23 +331,21 @@ class Tracker:
             # tensors are snapshotted without a device sync; the sampler thread does the rest.
             if type(phase) is not str:
                 phase = phase_name(phase)
-            flops = info.pop("flops", None)
-            samples = info.pop("samples", None)
-            tokens = info.pop("tokens", None)
-            timeline = info.pop("timeline", "host")
             if type(flops) not in PLAIN:
                 flops = capture(flops)
             if type(samples) not in PLAIN:
                 samples = capture(samples)
             if type(tokens) not in PLAIN:
                 tokens = capture(tokens)
-            for key, value in info.items():
-                if type(value) not in PLAIN:
-                    info[key] = capture(value)
-            with self._idx_lock:
-                idx = self._idx.get(phase, 0)
-                self._idx[phase] = idx + 1
-            engine.submit((idx, phase, t0, t1, flops, samples, tokens, timeline, info))
+            if extra:
+                for key, value in extra.items():
+                    if type(value) not in PLAIN:
+                        extra[key] = capture(value)
+            counter = self._idx.get(phase)
+            if counter is None:
+                with self._idx_lock:
+                    counter = self._idx.setdefault(phase, itertools.count())
+            engine.submit((next(counter), phase, t0, t1, flops, samples, tokens, timeline, extra))
         except Exception as e:  # noqa: BLE001 - a step must never raise into training
             self._hook_errors += 1
             if self._hook_errors == 1:
@@ -357,7 +363,9 @@ class Tracker:
         resumed from a checkpoint continues its step indices in the new store segment."""
         with self._idx_lock:
             for phase, n in counts.items():
-                self._idx[phase] = max(self._idx.get(phase, 0), int(n))
+                counter = self._idx.get(phase)
+                done = next(counter) if counter is not None else 0
+                self._idx[phase] = itertools.count(max(done, int(n)))
 
     @contextmanager
     def step(self, phase: str = "train", **info: Any) -> Iterator[None]:
