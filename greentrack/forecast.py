@@ -94,15 +94,10 @@ class Forecast:
 
 
 def _intensity(config: Any) -> float | None:
-    """Grams CO2e per kWh of facility energy, or None without any location or factor setting:
-    :mod:`greentrack.carbon`'s live precedence (the user's factor, an intensity CSV, Electricity
-    Maps, the location's yearly factor), as the reports use it."""
+    """Grams CO2e per kWh of facility energy, by the precedence every output uses
+    (:mod:`greentrack.carbon.resolve`), or None if it cannot be had."""
     try:
         from greentrack.carbon import live_intensity
-    except ImportError:  # greentrack.carbon is optional here: the explicit factor only
-        g = getattr(config, "carbon_intensity_g_per_kwh", None)
-        return None if g is None else float(g)
-    try:
         found = live_intensity(config)
     except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
         log.warning("greentrack: no carbon intensity for the forecast: %s", e)
@@ -111,14 +106,11 @@ def _intensity(config: Any) -> float | None:
 
 
 def _pue(config: Any) -> float:
-    """Facility over IT energy: the setting, else the location's default as the reports use it."""
-    if getattr(config, "pue", None) is not None:
-        return float(config.pue)
+    """Facility over IT energy: :func:`greentrack.carbon.resolve.pue_in_use`, as every output."""
     try:
-        from greentrack.carbon.factors import resolve_pue
-        from greentrack.carbon.location import resolve_location
-        return float(resolve_pue(config, resolve_location(config))["value"])
-    except Exception:  # noqa: BLE001 - without greentrack.carbon: IT energy only
+        from greentrack.carbon.resolve import pue_in_use
+        return float(pue_in_use(config)["value"])
+    except Exception:  # noqa: BLE001 - an invalid location was refused at start already
         return 1.0
 
 

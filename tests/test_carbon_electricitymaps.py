@@ -184,7 +184,10 @@ def test_live_intensity_without_a_token(tmp_path: Path, monkeypatch: pytest.Monk
         fr = DataSource().get_global_energy_mix_data()["FRA"]["carbon_intensity"]
         value, source = live_intensity(Config(country="FR"))
         assert value == fr and "global_energy_mix.json" in source and "2023" in source
-        assert live_intensity(Config()) is None
+        # no location: the world average, labelled, as every report uses it (not None any more)
+        from greentrack.carbon.location import world_average
+        assert live_intensity(Config()) == (world_average().g_per_kwh, world_average().source)
+        assert "no location was set" in world_average().source
         assert live_intensity(Config(carbon_intensity_g_per_kwh=12.5))[0] == 12.5
         now = time.time()
         csv = tmp_path / "i.csv"

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
-from greentrack.exporters._collector import (INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J, USER_INTENSITY,
+from greentrack.exporters._collector import (INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J,
                                              Intensity)
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
 from greentrack.store import StoreReader, store_paths
@@ -30,6 +30,8 @@ from greentrack.tracker import Tracker
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import free_port, http_get, promtool
+
+USER_INTENSITY = "user setting (carbon_intensity_g_per_kwh)"  # as every report says it
 
 GPU_W = 300.0  # the fake_nvml fixture's H100 draws a constant 300 W
 
@@ -324,7 +326,7 @@ def test_intensity_lookup_is_cached_and_its_failures_reported_once() -> None:
     assert len(errors) == 1 and "provider down" in errors[0]
     now[0] = INTENSITY_TTL_S * 3
     assert source.current() == (280.0, "zone FR")
-    fixed = Intensity(Config(carbon_intensity_g_per_kwh=56.0), errors.append, lookup=lookup)
+    fixed = Intensity(Config(carbon_intensity_g_per_kwh=56.0), errors.append)  # the real lookup
     assert fixed.current() == (56.0, USER_INTENSITY) and len(calls) == 3  # explicit figure wins
 
 

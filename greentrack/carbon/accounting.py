@@ -1,13 +1,8 @@
 """Carbon and cost accounting of one run, from its energy (never from hardware).
 
-Order of precedence for the location-based intensity I:
-
-1. ``carbon_intensity_g_per_kwh`` (the user's factor);
-2. ``intensity_csv``: a time series integrated against the run's energy over time;
-3. the Electricity Maps API when ``GREENTRACK_ELECTRICITYMAPS_TOKEN`` is set (hourly past data,
-   integrated the same way; on failure a warning and the next option);
-4. the yearly factor of the cloud region, sub-national region or country (codecarbon data);
-5. codecarbon's world average, with a warning that no location was set.
+The location-based intensity I and the PUE follow :mod:`greentrack.carbon.resolve` (one precedence
+for reports, live metrics and the forecast); a time series is integrated against the run's energy
+over time.
 
 Scope 2 is reported both ways (GHG Protocol): location-based = facility kWh x I; market-based =
 facility kWh x ``market_factor_g_per_kwh`` (contractual instruments), null when not given.
@@ -20,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greentrack.carbon import factors
-from greentrack.carbon.location import Factor, resolve_location, world_average, yearly_factor
+from greentrack.carbon.location import Factor, resolve_location
+from greentrack.carbon.resolve import intensity_plan, pue_in_use
 from greentrack.carbon.series import IntensitySeries, integrate, read_csv
 
 
@@ -75,25 +71,26 @@ def _time_resolved(series: IntensitySeries, profile: EnergyProfile, fallback: Fa
 
 
 def location_intensity(config: Any, profile: EnergyProfile, warnings: list[str]) -> dict[str, Any]:
-    """The location-based factor in use, as a JSON-ready dict (see the module docstring)."""
-    base = yearly_factor(config)  # validates country/region/cloud even when not used
-    location = base.location if base else None
-    fallback = base or world_average()
-    if config.carbon_intensity_g_per_kwh is not None:
+    """The location-based factor in use, as a JSON-ready dict (precedence:
+    :func:`greentrack.carbon.resolve.intensity_plan`)."""
+    plan = intensity_plan(config)
+    base, fallback = plan.base, plan.fallback
+    if plan.kind == "user":
         return {"g_per_kwh": float(config.carbon_intensity_g_per_kwh), "method": "user-setting",
                 "source": "user setting (carbon_intensity_g_per_kwh)", "dataset": "user",
-                "year": None, "location": location or {}, "coverage": 1.0}
-    if config.intensity_csv:
+                "year": None, "location": base.location if base else {}, "coverage": 1.0}
+    if plan.kind == "csv":
         series = read_csv(config.intensity_csv)
         return _time_resolved(series, profile, fallback, base, "intensity CSV", warnings)
-    from greentrack.carbon.electricitymaps import ElectricityMaps, ElectricityMapsError
-    try:
-        client = ElectricityMaps.from_config(config, location)
-        if client is not None:
-            series = client.past_range(profile.start_unix, profile.end_unix)
+    if plan.kind == "electricitymaps":
+        from greentrack.carbon.electricitymaps import ElectricityMapsError
+        try:
+            series = plan.client.past_range(profile.start_unix, profile.end_unix)
             return _time_resolved(series, profile, fallback, base, "Electricity Maps API", warnings)
-    except ElectricityMapsError as e:
-        warnings.append(f"{e}; used {fallback.source}")
+        except ElectricityMapsError as e:
+            warnings.append(f"{e}; used {fallback.source}")
+    if plan.error:
+        warnings.append(plan.error)
     if base is None:
         warnings.append("no location set (--country, --region, --cloud or --carbon-intensity): "
                         "emissions use the world average and are only indicative")
@@ -108,7 +105,7 @@ def account(config: Any, profile: EnergyProfile, sci_unit: str = "run") -> dict[
     """
     warnings: list[str] = []
     location = resolve_location(config)
-    pue = factors.resolve_pue(config, location)
+    pue = pue_in_use(config)
     facility_kwh = profile.it_kwh * pue["value"]
     loc = location_intensity(config, profile, warnings)
     market = config.market_factor_g_per_kwh

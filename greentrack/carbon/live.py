@@ -1,8 +1,8 @@
 """The carbon intensity in force now, for live gauges (the Prometheus exporter).
 
-Same precedence as the report (see :mod:`greentrack.carbon.accounting`), evaluated at the current
-time: the user's factor; the intensity CSV's interval covering now; the Electricity Maps latest
-value (cached 10 minutes on disk); the location's yearly factor. Results are memoized per setting
+Same precedence as the report (:func:`greentrack.carbon.resolve.intensity_plan`), evaluated at the
+current time: the user's factor; the intensity CSV's interval covering now; the Electricity Maps
+latest value (cached 10 minutes on disk); the location's yearly factor; the world average. Results are memoized per setting
 for a minute so a scrape never waits on files or the network more than once a minute.
 """
 
@@ -22,7 +22,7 @@ _lock = threading.Lock()
 
 
 def live_intensity(config: Any) -> tuple[float, str] | None:
-    """``(gCO2e/kWh, source)`` in force now, or None when no location or factor is configured.
+    """``(gCO2e/kWh, source)`` in force now (the world average, labelled, when no location is set).
 
     Never raises for a network or file problem (it falls back and logs once); raises
     :class:`~greentrack.errors.ConfigError` only for an invalid setting (unknown country...), so an
@@ -45,12 +45,12 @@ def live_intensity(config: Any) -> tuple[float, str] | None:
 
 
 def _resolve(config: Any, now: float) -> tuple[float, str] | None:
-    from greentrack.carbon.location import yearly_factor
+    from greentrack.carbon.resolve import intensity_plan
 
-    if config.carbon_intensity_g_per_kwh is not None:
+    plan = intensity_plan(config)
+    if plan.kind == "user":
         return float(config.carbon_intensity_g_per_kwh), "user setting (carbon_intensity_g_per_kwh)"
-    base = yearly_factor(config)
-    if config.intensity_csv:
+    if plan.kind == "csv":
         from greentrack.carbon.series import read_csv
         try:
             series = read_csv(config.intensity_csv)
@@ -60,13 +60,13 @@ def _resolve(config: Any, now: float) -> tuple[float, str] | None:
             log.info("greentrack: %s does not cover the current time", series.source)
         except ConfigError as e:
             log.warning("greentrack: intensity CSV unusable for live figures: %s", e)
-    from greentrack.carbon.electricitymaps import ElectricityMaps, ElectricityMapsError
-    try:
-        client = ElectricityMaps.from_config(config, base.location if base else None)
-        if client is not None:
-            return client.latest()
-    except ElectricityMapsError as e:
-        log.warning("greentrack: live intensity falls back to yearly data: %s", e)
-    if base is None:
-        return None
-    return base.g_per_kwh, base.source
+    if plan.kind == "electricitymaps":
+        from greentrack.carbon.electricitymaps import ElectricityMapsError
+        try:
+            got: tuple[float, str] = plan.client.latest()
+            return got
+        except ElectricityMapsError as e:
+            log.warning("greentrack: live intensity falls back to yearly data: %s", e)
+    elif plan.error:
+        log.warning("greentrack: %s", plan.error)
+    return plan.fallback.g_per_kwh, plan.fallback.source

@@ -57,8 +57,6 @@ STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
                          1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
 MAX_PHASES = 8
 INTENSITY_TTL_S = 60.0
-#: Source text of a user-given intensity (the same words as greentrack.carbon's reports).
-USER_INTENSITY = "user setting (carbon_intensity_g_per_kwh)"
 J_PER_KWH = 3.6e6
 
 
@@ -127,14 +125,10 @@ class Intensity:
 
     def check(self) -> tuple[float, str] | None:
         """First lookup, at start; raises ConfigError for an invalid setting."""
-        if self.config.carbon_intensity_g_per_kwh is not None:
-            return self.current()
         with self._lock:
             return self._current(strict=True)
 
     def current(self) -> tuple[float, str] | None:
-        if self.config.carbon_intensity_g_per_kwh is not None:
-            return float(self.config.carbon_intensity_g_per_kwh), USER_INTENSITY
         with self._lock:
             return self._current(strict=False)
 
@@ -198,6 +192,9 @@ class TrackerCollector:
         self._lock = threading.Lock()
         self._emitted_j = 0.0  # energy already converted to emissions
         self._emissions_g = 0.0
+        from greentrack.carbon.resolve import pue_in_use
+        #: The PUE every output applies (the setting, else the documented default).
+        self.pue = pue_in_use(tracker.config)
         engine = tracker.engine
         self._origin = engine.origin
         self.start_unix = time.time() - (time.monotonic() - engine.origin)
@@ -320,13 +317,19 @@ class TrackerCollector:
         if got is None:
             return
         g_per_kwh, source = got
-        pue = self.tracker.config.pue or 1.0
+        pue = self.pue["value"]
         with self._lock:  # energy since the last collect, at the intensity in use now
             self._emissions_g += max(0.0, total_j - self._emitted_j) / J_PER_KWH * g_per_kwh * pue
             self._emitted_j = max(self._emitted_j, total_j)
             grams = self._emissions_g
         yield self._counter("greentrack_emissions_grams", "Operational emissions in grams CO2e: "
-                            "energy x PUE (when set) x the carbon intensity in use.", grams)
+                            "IT energy x the PUE in use x the carbon intensity in use (as the "
+                            "reports compute them).", grams)
+        pue_gauge = GaugeMetricFamily("greentrack_pue_ratio", "Power usage effectiveness applied "
+                                      "to IT energy, and where it comes from (setting or default).",
+                                      labels=[*BASE_LABELS, "source"])
+        pue_gauge.add_metric([*self.base, str(self.pue["source"])[:160]], pue)
+        yield pue_gauge
         gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
                                   "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",
                                   labels=[*BASE_LABELS, "source"])

@@ -1,0 +1,106 @@
+"""The one place that decides which carbon and cost settings apply, and which intensity and PUE.
+
+Live metrics (the Prometheus exporter), the forecast and every report call these functions, so the
+same run with the same settings gives the same grams everywhere.
+
+Precedence of a setting (:func:`config_for_run`): an explicit flag or argument, then the setting
+recorded in the run when it started, then the environment (``GREENTRACK_*``), then the default.
+
+Precedence of the location-based intensity (:func:`intensity_plan`):
+
+1. ``carbon_intensity_g_per_kwh`` (the user's factor);
+2. ``intensity_csv``: a time series (integrated against the run's energy over time; live: the
+   interval covering now);
+3. Electricity Maps when ``GREENTRACK_ELECTRICITYMAPS_TOKEN`` is set (past hours, or the latest);
+4. the yearly factor of the cloud region, sub-national region or country (codecarbon's data);
+5. codecarbon's world average, labelled "no location was set".
+
+The PUE in use (:func:`pue_in_use`): the ``pue`` setting, else the cloud provider's default, else
+the default for an unknown data centre (1.56, Uptime Institute 2024); each with its source, and
+always applied: facility energy = IT energy x PUE, in live metrics and reports alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from greentrack.config import Config
+
+#: The settings that decide carbon and cost figures (and are recorded with every run).
+CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "intensity_csv",
+                 "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price",
+                 "currency")
+
+
+def config_for_run(recorded: Mapping[str, Any] | None, explicit: Mapping[str, Any],
+                   env: Mapping[str, str] | None = None) -> Config:
+    """The Config to account a run with: ``explicit`` (flags) over the settings ``recorded`` in
+    the run at start over the environment over defaults. ``extra`` tables merge the same way.
+
+    Raises:
+        ConfigError: an invalid value at any level.
+    """
+    base = Config.from_env(env)
+    values: dict[str, Any] = {}
+    extra = dict(base.extra)
+    for layer in (recorded or {}, explicit):
+        values.update({k: v for k, v in layer.items() if k in CARBON_FIELDS and v is not None})
+        if isinstance(layer.get("extra"), dict):
+            extra.update(layer["extra"])
+    values.update({k: v for k, v in explicit.items() if k not in CARBON_FIELDS and k != "extra"
+                   and v is not None})
+    return base.replace(**values, extra=extra)
+
+
+@dataclass(frozen=True)
+class IntensityPlan:
+    """Which source gives the location-based intensity (see the module docstring).
+
+    Attributes:
+        kind: ``user``, ``csv``, ``electricitymaps``, ``yearly`` or ``world``.
+        base: the location's yearly factor (None without a location); the fallback of a series.
+        fallback: what a series falls back to: ``base``, else the world average.
+        client: the Electricity Maps client, for ``electricitymaps``.
+        error: why a better source was skipped (shown as a warning), or None.
+    """
+
+    kind: str
+    base: Any
+    fallback: Any
+    client: Any = None
+    error: str | None = None
+
+
+def intensity_plan(config: Any) -> IntensityPlan:
+    """Decide the intensity source for ``config``; validates the location settings.
+
+    Raises:
+        ConfigError: an unknown country, region or cloud region.
+    """
+    from greentrack.carbon.location import world_average, yearly_factor
+
+    base = yearly_factor(config)  # validates country/region/cloud even when not used
+    fallback = base or world_average()
+    if config.carbon_intensity_g_per_kwh is not None:
+        return IntensityPlan("user", base, fallback)
+    if config.intensity_csv:
+        return IntensityPlan("csv", base, fallback)
+    from greentrack.carbon.electricitymaps import ElectricityMaps, ElectricityMapsError
+    error = None
+    try:
+        client = ElectricityMaps.from_config(config, base.location if base else None)
+        if client is not None:
+            return IntensityPlan("electricitymaps", base, fallback, client)
+    except ElectricityMapsError as e:
+        error = f"{e}; used {fallback.source}"
+    return IntensityPlan("yearly" if base is not None else "world", base, fallback, error=error)
+
+
+def pue_in_use(config: Any) -> dict[str, Any]:
+    """``{"value", "source", "default"}``: the PUE applied to this config's IT energy."""
+    from greentrack.carbon.factors import resolve_pue
+    from greentrack.carbon.location import resolve_location
+
+    return resolve_pue(config, resolve_location(config))
