@@ -157,7 +157,10 @@ def test_prometheus_scrapes_a_training_run_and_every_panel_has_data(
         assert before - 1.0 <= energy <= after + 1.0
         grams = float(prometheus.query(f"sum(greentrack_emissions_grams_total{{{sel}}})",
                                        t_end)[0]["value"][1])
-        assert grams == pytest.approx(energy * INTENSITY / 3.6e6, rel=1e-6)
+        pue = prometheus.query(f"greentrack_pue_ratio{{{sel}}}", t_end)
+        assert float(pue[0]["value"][1]) == 1.56 and "Uptime Institute" in pue[0]["metric"]["source"]
+        # the report's formula: IT energy x PUE in use (the documented default) x intensity
+        assert grams == pytest.approx(energy * 1.56 * INTENSITY / 3.6e6, rel=1e-6)
         sources = {r["metric"]["source"] for r in prometheus.query(
             f"greentrack_energy_joules_total{{{sel}}}", t_end)}
         assert sources == {"measured", "estimated"}
