@@ -417,7 +417,23 @@ def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
                                      and not _is_num(value, *_META_RANGES.get(key, (-math.inf, math.inf))))):
             damaged.append(f"meta {key}: unexpected value, ignored")
             continue
+        if key == "settings":
+            value = _valid_settings(value, damaged)
         out[key] = value
+    return out
+
+
+#: Settings readers compute with (bin widths, cadences): each a number > 0 and <= a day.
+_NUMERIC_SETTINGS = ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s")
+
+
+def _valid_settings(settings: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
+    out = dict(settings)
+    for name in _NUMERIC_SETTINGS:
+        if name in out and out[name] is not None and not (_is_num(out[name], 0.0, 86400.0)
+                                                          and out[name] > 0):
+            damaged.append(f"meta settings {name}: unexpected value, ignored")
+            del out[name]
     return out
 
 

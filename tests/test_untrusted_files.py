@@ -117,6 +117,9 @@ def _damage(store: Path, kind: str) -> None:
     elif kind == "huge-times":
         _sql(store, "UPDATE meta SET value = '1e300' WHERE key = 'started_unix'",
              "UPDATE meta SET value = '-1e300' WHERE key = 'duration_s'")
+    elif kind == "bad-settings":
+        _sql(store, "UPDATE meta SET value = '{\"resolution_s\": -1, \"interval_s\": \"abc\", "
+             "\"counter_interval_s\": 1e999}' WHERE key = 'settings'")
     elif kind == "not-sqlite":
         store.write_bytes(b"this is not a database, it is a text file\n" * 200)
     elif kind == "zero-bytes":
@@ -133,7 +136,7 @@ def _damage(store: Path, kind: str) -> None:
 
 VALUE_DAMAGE = ["negative-channel", "infinite-channel", "nan-channel", "negative-samples",
                 "infinite-samples", "huge-sample-time", "infinite-steps", "negative-steps",
-                "huge-times"]
+                "huge-times", "bad-settings"]
 #: the summary does not read samples (its figures are channel totals): the report says
 SAMPLE_DAMAGE = {"negative-samples", "infinite-samples", "huge-sample-time"}
 UNREADABLE = ["newer-schema", "not-sqlite", "zero-bytes", "directory", "dangling-link"]
