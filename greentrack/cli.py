@@ -7,7 +7,6 @@ allowed, and exit status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from greentrack._text import json_text, printable
 from greentrack.errors import ConfigError, GreenTrackError
 
 
@@ -92,9 +92,29 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point of every subcommand. Output cut short by the reader (``| head -1``) ends
+    quietly, as it does for other Unix tools."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the exit-time flush is silent
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, argparse's own errors
+        return e.code if isinstance(e.code, int) else 2 if e.code else 0
     try:
         if hasattr(ns, "handler"):
             return int(ns.handler(ns))
@@ -104,24 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_doctor(ns)
         return cmd_summary(ns)
     except ConfigError as e:
-        print(f"greentrack: {e}", file=sys.stderr)
+        print(f"greentrack: {printable(e)}", file=sys.stderr)
         return 2
     except GreenTrackError as e:
-        print(f"greentrack: {e}", file=sys.stderr)
+        print(f"greentrack: {printable(e)}", file=sys.stderr)
         return 1
 
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     from greentrack.summary import format_summary, summarize
     s = summarize(ns.run_dir)
-    print(json.dumps(s, indent=2) if ns.json else format_summary(s))
+    print(json_text(s) if ns.json else format_summary(s))
     return 0
 
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
     from greentrack.doctor import diagnose, format_diagnosis
     d = diagnose()
-    print(json.dumps(d, indent=2) if ns.json else format_diagnosis(d))
+    print(json_text(d) if ns.json else format_diagnosis(d))
     return 0
 
 

@@ -50,6 +50,8 @@ CADENCE_EVENTS = 10
 #: Readings kept behind the oldest bucket or open step, for windows submitted after the fact
 #: (``Tracker.submit_window`` with an earlier ``t0``): ~1,200 points a channel at 50 ms, ~80 kB.
 RETAIN_S = 60.0
+#: How often committed data moves from the -wal file into the store itself (PASSIVE: never blocks).
+CHECKPOINT_S = 10.0
 #: Finished steps queued for the sampler thread before further ones are coalesced into one row per
 #: phase (a row with ``n`` steps): memory stays bounded, and the store counts every step once, when
 #: steps come faster than the sampler can attribute them one by one (~10 us each).
@@ -218,6 +220,7 @@ class Engine:
         self.cadence_changes = 0
         self._cadence_changed_at = float("-inf")
         self._next_account = self._next_flush = origin
+        self._next_checkpoint = origin + CHECKPOINT_S
 
     # -- called from the training thread (cheap) ------------------------------------------
     def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
@@ -642,6 +645,10 @@ class Engine:
                                "steps_coalesced": self.steps_coalesced})
         try:
             self._writer.flush()
+            now = self._clock()
+            if now >= self._next_checkpoint:  # a copy of the .gtdb alone loses at most this long
+                self._next_checkpoint = now + CHECKPOINT_S
+                self._writer.checkpoint()
             if self._flush_failures:
                 log.warning("greentrack: store writable again after %d failed commits",
                             self._flush_failures)

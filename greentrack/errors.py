@@ -16,12 +16,15 @@ class ConfigError(GreenTrackError, ValueError):
     """An invalid setting or argument. ``str()`` is one line naming the setting, the value and what
     is allowed, fit to print to a user as is."""
 
+    #: the longest a setting's name or value is shown; a longer one is cut (its repr ends in "...")
+    MAX_SHOWN = 120
+
     def __init__(self, setting: str, value: object, allowed: str) -> None:
+        from greentrack._text import printable
         self.setting, self.value, self.allowed = setting, value, allowed
-        shown = repr(value)
-        if len(shown) > 80:  # a long bad value is cut: the line stays one readable line
-            shown = shown[:60] + f"...({len(shown)} chars)"
-        super().__init__(f"{setting}={shown} is invalid: {allowed}")
+        # Values come from users, files and shells: shown by repr, printable, cut; one line.
+        super().__init__(f"{printable(setting, self.MAX_SHOWN)}={printable(repr(value), self.MAX_SHOWN)}"
+                         f" is invalid: {printable(allowed)}")
 
 
 class SamplerError(GreenTrackError):

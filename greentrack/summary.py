@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import RunStoreError
-from greentrack.store import StoreReader, store_paths
+from greentrack._text import printable
+from greentrack.errors import ConfigError, RunStoreError
+from greentrack.store import VALID_STEP, StoreReader, store_paths
 
 #: Events that say part of the record is missing or doubtful: every summary repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
@@ -89,7 +90,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     """The run's totals as a JSON-ready dict (the ``greentrack summary --json`` document).
 
     Raises:
-        ConfigError: ``run_dir`` is missing or holds no run.
+        ConfigError: ``run_dir`` is missing, holds no run, or none of its stores can be read
+        (one that cannot is a warning when another can).
     """
     run_dir = Path(run_dir)
     paths = store_paths(run_dir)
@@ -122,8 +124,10 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                             "estimated": not c["measured"], "source": c["source"],
                             "uncertainty": c["uncertainty"], "energy_j": c["energy_j"],
                             "gap_s": c["gap_s"], "status": c["status"]})
-        for row in store.rows(f"SELECT phase, SUM({store.step_n}) AS n, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)"
-                              "+COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
+        store.invalid_rows("steps")
+        for row in store.rows(f"SELECT phase, SUM({store.step_n}) AS n, SUM(COALESCE(gpu_j,0)+"
+                              f"COALESCE(cpu_j,0)+COALESCE(dram_j,0)) AS e FROM steps WHERE "
+                              f"{VALID_STEP} GROUP BY phase"):
             by_phase[row["phase"]] = by_phase.get(row["phase"], 0) + int(row["n"])
             steps += int(row["n"])
             step_energy += float(row["e"] or 0.0)
@@ -134,6 +138,9 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                         if e["kind"] in RECORD_WARNINGS)
         warnings.extend(f"{path.name}: damaged {d}" for d in store.damaged)
         store.close()
+    if not statuses:  # nothing recorded can be read: an error, never an empty run that exits 0
+        raise ConfigError("RUN_DIR", str(run_dir), "none of its stores can be read: "
+                          + "; ".join(warnings))
     # A kind with no channel at all is None (not measured, not estimated), never a silent 0 J.
     total_j = sum(v for v in energy.values() if v is not None)
     energy["total"] = total_j
@@ -157,10 +164,12 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable summary: totals, then how each figure was obtained."""
+    """Human-readable summary: totals, then how each figure was obtained. Every value read from
+    the run is shown printable (a run id or a device name cannot move the cursor or add a line)."""
+    p = printable
     e = {k: ("none" if v is None else f"{v:.1f} J") for k, v in s["energy_j"].items()}
     lines = [
-        f"greentrack run {s['run_id']}  status={s['status']}  mode={s['mode']}",
+        f"greentrack run {p(s['run_id'])}  status={p(s['status'])}  mode={p(s['mode'])}",
         f"  duration   {s['duration_s']:.1f} s   steps {s['steps']}   GPU-seconds {s['gpu_seconds']:.1f}",
         f"  energy     {e['total']} ({s['energy_kwh'] * 1000:.4f} Wh)   "
         f"gpu {e['gpu']}   cpu {e['cpu']}   dram {e['dram']}",
@@ -168,9 +177,9 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for src in s["sources"]:
         tag = "measured" if src["measured"] else "ESTIMATED"
-        lines.append(f"    {src['kind']:<4} {src['device']:<13} {tag:<9} {src['method']}  "
-                     f"[{src['uncertainty'].split(':')[0]}]")
+        lines.append(f"    {p(src['kind']):<4} {p(src['device']):<13} {tag:<9} {p(src['method'])}  "
+                     f"[{p(str(src['uncertainty'] or '').split(':')[0])}]")
     if s["gaps"]:
         lines.append(f"  gaps: {s['gaps']} (see the run's events)")
-    lines.extend(f"  warning: {w}" for w in s["warnings"])
+    lines.extend(f"  warning: {p(w)}" for w in s["warnings"])
     return "\n".join(lines)

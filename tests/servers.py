@@ -84,7 +84,10 @@ class Server:
 class Pushgateway(Server):
     def __init__(self, binary: str, workdir: Path) -> None:
         port = free_port()
-        super().__init__([binary, f"--web.listen-address=127.0.0.1:{port}"], port, workdir)
+        # Its own persistence file: the Debian default (/var/lib/prometheus/pushgateway.data) would
+        # carry this test's groups into every later gateway on the machine.
+        super().__init__([binary, f"--web.listen-address=127.0.0.1:{port}",
+                          f"--persistence.file={workdir / 'pushgateway.data'}"], port, workdir)
 
     def groups(self) -> list[dict[str, Any]]:
         """``/api/v1/metrics``: one entry per pushed group with its labels and metric families."""

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from greentrack._files import make_dirs
 from greentrack.carbon.series import IntensitySeries, parse_time
 from greentrack.errors import GreenTrackError
 
@@ -137,7 +138,7 @@ class ElectricityMaps:
             raise ElectricityMapsError(f"Electricity Maps {path}: unexpected answer")
         if cached is not None:
             try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(cached.parent)  # never group- or world-writable
                 tmp = cached.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"fetched_unix": time.time(), "body": body}))
                 os.replace(tmp, cached)

@@ -61,20 +61,34 @@ def _bad(path: Path, line: int, why: str) -> ConfigError:
     return ConfigError("intensity_csv", f"{path} line {line}", why)
 
 
+#: times a series may hold: 1970-01-01 to 9999-12-31 (NaN, infinities and beyond are errors)
+MIN_TIME, MAX_TIME = 0.0, 253402300799.0
+TIME_HELP = "is not a time from 1970 to 9999 (use ISO 8601 or unix seconds)"
+
+
 def parse_time(text: str) -> float:
-    """ISO 8601 (naive = UTC) or unix seconds -> unix seconds. Raises ValueError."""
+    """ISO 8601 (naive = UTC) or unix seconds -> unix seconds, from 1970 to 9999.
+
+    Raises:
+        ValueError: anything else, NaN and infinities included.
+    """
     text = text.strip()
     try:
-        return float(text)
+        t = float(text)
     except ValueError:
-        pass
-    iso = text.replace(" ", "T", 1) if "T" not in text and " " in text else text
-    if iso.endswith("Z"):
-        iso = iso[:-1] + "+00:00"
-    dt = datetime.fromisoformat(iso)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        iso = text.replace(" ", "T", 1) if "T" not in text and " " in text else text
+        if iso.endswith("Z"):
+            iso = iso[:-1] + "+00:00"
+        dt = datetime.fromisoformat(iso)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        try:
+            t = dt.timestamp()
+        except (OverflowError, OSError):
+            raise ValueError(f"{text!r}: out of range") from None
+    if not (math.isfinite(t) and MIN_TIME <= t <= MAX_TIME):
+        raise ValueError(f"{text!r}: out of range")
+    return t
 
 
 def _pick(header: list[str], path: Path) -> tuple[int, int, int | None, int | None, str]:
@@ -126,7 +140,7 @@ def read_csv(path: str | Path) -> IntensitySeries:
         try:
             t = parse_time(cell)
         except ValueError:
-            raise _bad(path, n, f"{cell!r} is not a time (use ISO 8601 or unix seconds)") from None
+            raise _bad(path, n, f"{cell.strip()!r} {TIME_HELP}") from None
         if v_col >= len(row):
             raise _bad(path, n, f"has {len(row)} column(s), the header has {len(rows[0])}")
         raw = row[v_col].strip()
@@ -140,6 +154,9 @@ def read_csv(path: str | Path) -> IntensitySeries:
             raise _bad(path, n, f"{raw!r} is not a number of gCO2e/kWh") from None
         if not math.isfinite(v) or v < 0:
             raise _bad(path, n, f"{raw!r}: intensity must be a number >= 0")
+        if ends and ends[-1] is not None and t < ends[-1]:
+            raise _bad(path, n, f"starts at {cell.strip()!r}, before the previous row's end: it "
+                       "overlaps the previous interval (intervals must not overlap)")
         if starts and t <= starts[-1]:
             raise _bad(path, n, f"{cell!r} is not after the previous row's time (rows must be in "
                        "increasing time order, without duplicates)")
@@ -148,7 +165,7 @@ def read_csv(path: str | Path) -> IntensitySeries:
             try:
                 end = parse_time(row[end_col])
             except ValueError:
-                raise _bad(path, n, f"end {row[end_col]!r} is not a time") from None
+                raise _bad(path, n, f"end {row[end_col].strip()!r} {TIME_HELP}") from None
             if end <= t:
                 raise _bad(path, n, "end must be after start")
         if zone_col is not None and zone_col < len(row) and row[zone_col].strip():

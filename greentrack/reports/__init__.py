@@ -27,25 +27,30 @@ def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> 
 
 def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,
                   options: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``doc`` in each format into ``out_dir``; returns the files written."""
+    """Write ``doc`` in each format into ``out_dir``; returns the files written.
+
+    All or nothing: the files are written into a fresh directory beside ``out_dir`` and then moved
+    into it (replacing same-named entries, never following a symlink planted there); on error
+    ``out_dir`` is left as it was. Directories created are never group- or world-writable."""
+    from greentrack._files import staged_dir
     from greentrack.reports import to_boamps, to_csv, to_hf, to_html, to_json, to_markdown
     opts = options or {}
-    out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for fmt in formats:
-        if fmt == "json":
-            written += to_json.write(doc, out_dir)
-        elif fmt == "md":
-            written += to_markdown.write(doc, out_dir)
-        elif fmt == "html":
-            written += to_html.write(doc, out_dir)
-        elif fmt == "csv":
-            written += to_csv.write(doc, out_dir)
-        elif fmt == "boamps":
-            written += to_boamps.write(doc, out_dir, opts.get("boamps"))
-        elif fmt == "hf":
-            written += to_hf.write(doc, out_dir, opts.get("hf"))
-    return written
+    with staged_dir(out_dir) as tmp:
+        for fmt in formats:
+            if fmt == "json":
+                written += to_json.write(doc, tmp)
+            elif fmt == "md":
+                written += to_markdown.write(doc, tmp)
+            elif fmt == "html":
+                written += to_html.write(doc, tmp)
+            elif fmt == "csv":
+                written += to_csv.write(doc, tmp)
+            elif fmt == "boamps":
+                written += to_boamps.write(doc, tmp, opts.get("boamps"))
+            elif fmt == "hf":
+                written += to_hf.write(doc, tmp, opts.get("hf"))
+    return [out_dir / p.relative_to(tmp) for p in written]
 
 
 def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,

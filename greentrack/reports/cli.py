@@ -9,12 +9,12 @@ naming the setting, the value and what is allowed (exit 2); never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from greentrack._text import json_text, printable
 from greentrack.errors import ConfigError
 
 #: flag -> (Config field, type, help)
@@ -146,14 +146,14 @@ def _guard(fn: Any, ns: argparse.Namespace) -> int:
     """Run a command; anything unexpected becomes one line (GREENTRACK_DEBUG=1 re-raises)."""
     try:
         return int(fn(ns))
-    except ConfigError:
+    except (ConfigError, BrokenPipeError):
         raise
     except OSError as e:
         raise ConfigError("path", str(e.filename or ""), f"cannot be used ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - never a traceback for the user
         if os.environ.get("GREENTRACK_DEBUG"):
             raise
-        print(f"greentrack: internal error ({type(e).__name__}: {e}); rerun with GREENTRACK_DEBUG=1 "
+        print(f"greentrack: internal error ({type(e).__name__}: {printable(e, 300)}); rerun with GREENTRACK_DEBUG=1 "
               "for details", file=sys.stderr)
         return 1
 
@@ -163,6 +163,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _report(ns: argparse.Namespace) -> int:
+    from greentrack._files import staged_dir
     from greentrack.reports import iter_reports
     from greentrack.store import store_paths
     formats = _formats(ns.format)
@@ -173,11 +174,16 @@ def _report(ns: argparse.Namespace) -> int:
         raise ConfigError("--out", str(out), "exists and is not a directory")
     for run_dir in ns.run_dirs:  # check every directory before writing anything
         store_paths(Path(run_dir))
-    for doc, written in iter_reports(ns.run_dirs, config, formats, out, unit):
+    # The whole set is written into a temporary directory beside --out and moved into place only
+    # when every run's report is done: an error leaves --out as it was.
+    with staged_dir(out) as tmp:
+        results = list(iter_reports(ns.run_dirs, config, formats, tmp, unit))
+    for doc, written in results:
         for path in written:
-            print(path)
+            print(printable(out / path.relative_to(tmp)))
         for w in doc["warnings"]:
-            print(f"greentrack: warning: {doc['run']['run_dir']}: {w}", file=sys.stderr)
+            print(f"greentrack: warning: {printable(doc['run']['run_dir'])}: {printable(w)}",
+                  file=sys.stderr)
     return 0
 
 
@@ -189,5 +195,5 @@ def _compare(ns: argparse.Namespace) -> int:
     from greentrack.reports.compare import compare, format_table
     config = make_config(ns)
     result = compare(ns.run_dirs, config)
-    print(json.dumps(result, indent=2, allow_nan=False) if ns.json else format_table(result))
+    print(json_text(result) if ns.json else format_table(result))
     return 0

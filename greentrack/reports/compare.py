@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from greentrack._text import printable
 from greentrack.reports import report_document
 from greentrack.reports.build import sig
 
@@ -60,14 +61,14 @@ def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run") -> d
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table: one column per run, ``value (x ratio)`` after the first."""
     runs = result["runs"]
-    headers = ["metric"] + [f"{Path(r['run_dir']).name} ({r['run_id']})" for r in runs]
+    headers = ["metric"] + [printable(f"{Path(r['run_dir']).name} ({r['run_id']})", 60) for r in runs]
     body = []
     for key, label, unit, lower in METRICS:
         cells = [f"{label}{' (' + unit + ')' if unit else ''}"]
         if key == "cost_total" and runs[0]["currency"]:
-            cells[0] = f"cost ({runs[0]['currency']})"
+            cells[0] = f"cost ({printable(runs[0]['currency'], 20)})"
         if key == "sci_g":
-            cells[0] = f"SCI (gCO2e per {runs[0]['sci_unit']})"
+            cells[0] = f"SCI (gCO2e per {printable(runs[0]['sci_unit'])})"
         for i, r in enumerate(runs):
             v = r[key]
             text = "n/a" if v is None else sig(float(v), 4)
@@ -77,10 +78,10 @@ def format_table(result: dict[str, Any]) -> str:
                 text += f" (x{ratio:.3g}{'' if better is None else ', better' if better else ', worse'})"
             cells.append(text)
         body.append(cells)
-    body.append(["energy basis"] + [r["energy_basis"] for r in runs])
+    body.append(["energy basis"] + [printable(r["energy_basis"]) for r in runs])
     widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    lines.append(f"ratios are to the first run ({result['baseline']})")
+    lines.append(f"ratios are to the first run ({printable(result['baseline'])})")
     return "\n".join(lines)

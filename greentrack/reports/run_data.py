@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
-from greentrack.store import StoreReader, store_paths
+from greentrack.store import VALID_SAMPLE, VALID_STEP, StoreReader, sql_number, store_paths
 from greentrack.summary import summarize
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
@@ -25,7 +25,7 @@ NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21
 _BINS_SQL = """
 WITH RECURSIVE k(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM k WHERE i < ?)
 SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ?
-           AND t < (i + 1) * ? - ?) AS e FROM k"""
+           AND t < (i + 1) * ? - ? AND """ + VALID_SAMPLE + """) AS e FROM k"""
 
 _STEPS_SQL = """
 SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
@@ -33,7 +33,16 @@ SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
        COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
-GROUP BY phase"""
+WHERE """ + VALID_STEP + """ GROUP BY phase"""
+
+_MFU_OK = sql_number("json_extract(extra, '$.mfu')", 0.0, 1000.0)
+
+# Per channel: the usable samples' count and span, and how many are not usable (left out).
+_STATS_SQL = f"""
+SELECT channel_id, COUNT(*) FILTER (WHERE {VALID_SAMPLE}) AS n,
+       MIN(t) FILTER (WHERE {VALID_SAMPLE}) AS lo, MAX(t) FILTER (WHERE {VALID_SAMPLE}) AS tmax,
+       MAX(t + dt) FILTER (WHERE {VALID_SAMPLE}) AS hi, COUNT(*) FILTER (WHERE NOT {VALID_SAMPLE}) AS bad
+FROM samples GROUP BY channel_id"""
 
 
 @dataclass
@@ -146,10 +155,11 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
     for store, s0 in zip(stores, starts):
         host = str(store.meta.get("host", "?"))
         rank = int(store.meta.get("rank") or 0)
-        stats = {r["channel_id"]: r for r in store.rows(
-            "SELECT channel_id, COUNT(*) AS n, MIN(t) AS lo, MAX(t) AS tmax, MAX(t + dt) AS hi "
-            "FROM samples "
-            "GROUP BY channel_id")}
+        stats = {r["channel_id"]: r for r in store.rows(_STATS_SQL)}
+        bad = sum(int(r["bad"] or 0) for r in stats.values())
+        if bad:
+            store.damaged.append(f"samples: {bad} row(s) with negative, non-finite or out-of-range "
+                                 "values, left out")
         span_end = s0 + float(store.meta.get("duration_s") or max(
             [float(r["hi"] or 0) for r in stats.values()] or [0.0]))
         host_spans.setdefault(host, []).append((s0, span_end))
@@ -170,7 +180,7 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
             for k in p:
                 p[k] += float(r[k] or 0.0)
         for r in store.rows("SELECT phase, COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + "
-                            "COALESCE(dram_j, 0) AS e FROM steps"):
+                            f"COALESCE(dram_j, 0) AS e FROM steps WHERE {VALID_STEP}"):
             energies.setdefault(r["phase"], []).append(float(r["e"]))
         for r in store.rows("SELECT DISTINCT json_extract(extra, '$.flops_method') AS m FROM steps "
                             "WHERE extra LIKE '%flops_method%'"):
@@ -178,7 +188,8 @@ def _read(run_dir: Path, summary: dict[str, Any], stores: list[StoreReader],
                 methods.add(str(r["m"]))
         for r in store.rows("SELECT SUM(json_extract(extra, '$.mfu') * duration_s) AS a, "
                             "SUM(duration_s) AS b FROM steps WHERE extra LIKE '%\"mfu\"%' "
-                            "AND json_extract(extra, '$.mfu') IS NOT NULL"):
+                            "AND json_extract(extra, '$.mfu') IS NOT NULL AND "
+                            f"{_MFU_OK} AND {VALID_STEP}"):
             mfu_num += float(r["a"] or 0.0)
             mfu_den += float(r["b"] or 0.0)
         warnings.extend(f"{store.path.name}: damaged {d}" for d in store.damaged
@@ -213,6 +224,11 @@ def _channel_bins(store: StoreReader, channel_id: int, s0: float, lo: float, tma
     before multiples of ``bin_s`` so float noise in a bucket's ``t`` never moves it across."""
     half = resolution / 2.0
     first, last = int(math.floor((lo + half) / bin_s)), int(math.floor((tmax + half) / bin_s))
+    if last - first > 4 * MAX_BINS:  # a damaged time far beyond the run: never millions of bins
+        store.damaged.append(f"samples of channel {channel_id}: times beyond the run's span, "
+                             "left out of the time series")
+        last = first + 4 * MAX_BINS
+        hi = min(hi, (last + 1) * bin_s)
     rows = store.rows(_BINS_SQL, (first, max(first, last), channel_id, bin_s, half, bin_s, half))
     out = []
     for r in rows:

@@ -7,10 +7,19 @@ to the Markdown report). Values are downsampled by the caller; nothing here is q
 from __future__ import annotations
 
 import math
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
+from greentrack._text import printable
+
 W, H = 760, 300
+
+
+def escape(text: str) -> str:
+    """Literal text in SVG (XML): markup escaped, control characters (invalid XML) as escapes."""
+    return _html_escape(printable(text))
+
+
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 30, 45
 PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
            "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6", "#ff7f00", "#6a3d9a", "#b15928", "#17becf")

@@ -47,6 +47,18 @@ def row(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: what makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: Any) -> Any:
+    """A string cell that a spreadsheet would run as a formula gets a leading single quote, as
+    OWASP recommends; numbers (a negative one included) stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render(docs: list[dict[str, Any]]) -> str:
     cols = columns()
     buf = io.StringIO()
@@ -54,7 +66,7 @@ def render(docs: list[dict[str, Any]]) -> str:
     writer.writeheader()
     for doc in docs:
         r = row(doc)
-        writer.writerow({c: r.get(c, "") for c in cols})
+        writer.writerow({c: cell(r.get(c, "")) for c in cols})
     return buf.getvalue()
 
 

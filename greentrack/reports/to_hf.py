@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from greentrack._text import md_escape
 from greentrack.reports.build import sig
 
 FILENAME = "model-card.md"
@@ -42,22 +43,23 @@ def render(doc: dict[str, Any], opts: dict[str, Any] | None = None) -> str:
         "---",
     ])
     market = s["emissions_market_kg"]
+    e = md_escape  # values from the run (device names, sources) are literal text in Markdown
     body = [
         "## Environmental impact", "",
         f"Training this model used {sig(s['energy_kwh'], 3)} kWh of electricity on the tracked "
-        f"devices ({doc['energy']['basis']}), {sig(s['facility_energy_kwh'], 3)} kWh including "
+        f"devices ({e(doc['energy']['basis'])}), {sig(s['facility_energy_kwh'], 3)} kWh including "
         f"data-centre overhead (PUE {s['pue']:g}), over {sig(eu['wall_clock_days'], 3)} days and "
-        f"{sig(eu['hardware_days'], 3)} {eu['hardware_days_unit']} on {c['hardware']['text']}.", "",
+        f"{sig(eu['hardware_days'], 3)} {e(eu['hardware_days_unit'])} on {e(c['hardware']['text'])}.", "",
         f"- **Emissions (location-based, Scope 2):** {sig(grams, 3)} gCO2e at "
-        f"{sig(s['carbon_intensity_g_per_kwh'], 3)} gCO2e/kWh ({li['source']}).",
+        f"{sig(s['carbon_intensity_g_per_kwh'], 3)} gCO2e/kWh ({e(li['source'])}).",
         "- **Emissions (market-based):** " + (f"{sig(market * 1000.0, 3)} gCO2e." if market is not None
                                                else "not reported (no contractual factor given)."),
         f"- **Embodied hardware emissions, amortized (SCI M):** {sig(s['embodied_kg'] * 1000.0, 3)} gCO2e.",
-        f"- **SCI per {s['sci_unit']}:** {sig(s['sci_g'], 3) if s['sci_g'] is not None else 'n/a'} gCO2e.",
+        f"- **SCI per {e(s['sci_unit'])}:** {sig(s['sci_g'], 3) if s['sci_g'] is not None else 'n/a'} gCO2e.",
         f"- **Training compute:** {sig(c['flops'], 3) + ' FLOP' if c['flops'] else 'not recorded'}.",
         f"- **Uncertainty:** {doc['methodology']['uncertainty']['band']} "
         f"(+-{doc['methodology']['uncertainty']['pct']:g}%).", "",
-        f"Methodology: {eu['methodology']}", "",
+        f"Methodology: {e(eu['methodology'])}", "",
     ]
     return yaml + "\n\n" + "\n".join(body)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from html import escape
+from html import escape as _html_escape
 from pathlib import Path
 from typing import Any
 
+from greentrack._text import printable
 from greentrack.reports import svg
 from greentrack.reports.content import blocks
 
@@ -14,6 +15,11 @@ STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}figure{margin:1em 0}
 .warn li{color:#a40}"""
+
+
+def escape(text: str) -> str:
+    """Literal text in HTML: markup escaped, control characters shown as escapes."""
+    return _html_escape(printable(text))
 
 
 def render(doc: dict[str, Any]) -> str:

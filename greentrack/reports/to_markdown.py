@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from greentrack._text import md_escape
 from greentrack.reports import svg
 from greentrack.reports.content import blocks
 
@@ -12,7 +13,7 @@ FILENAME = "report.md"
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return md_escape(text)  # literal text: no markup, no control characters, no line breaks
 
 
 def render(doc: dict[str, Any], plot_files: dict[str, str]) -> str:
@@ -20,13 +21,13 @@ def render(doc: dict[str, Any], plot_files: dict[str, str]) -> str:
     for block in blocks(doc):
         kind = block[0]
         if kind == "h1":
-            lines += [f"# {block[1]}", ""]
+            lines += [f"# {md_escape(block[1])}", ""]
         elif kind == "h2":
-            lines += [f"## {block[1]}", ""]
+            lines += [f"## {md_escape(block[1])}", ""]
         elif kind == "p":
-            lines += [block[1], ""]
+            lines += [md_escape(block[1]), ""]
         elif kind == "list":
-            lines += [f"- {item}" for item in block[1]] + [""]
+            lines += [f"- {md_escape(item)}" for item in block[1]] + [""]
         elif kind == "table":
             headers, rows = block[1], block[2]
             lines.append("| " + " | ".join(_cell(h) for h in headers) + " |")
