@@ -331,6 +331,8 @@ class StoreReader:
         self.path = path
         self.damaged: list[str] = []
         self._private: Path | None = None  # a private copy read instead (see _open_reader)
+        wal = path.with_name(path.name + "-wal")
+        had_wal = wal.exists() and wal.stat().st_size > 0  # before SQLite creates an empty one
         try:
             self._conn, self._private = _open_reader(path)
             raw = {k: _loads(v, self.damaged, f"meta {k}")
@@ -350,6 +352,21 @@ class StoreReader:
 
         #: SQL for the steps a row stands for: ``n`` (coalesced rows, schema 2), else one per row.
         self.step_n = "n" if "n" in columns else "1"
+        self._check_wal(had_wal)
+
+    def _check_wal(self, had_wal: bool) -> None:
+        """A store never closed (its process was killed, or it still runs) keeps its latest data
+        in ``-wal`` until a checkpoint (every 10 s): a copy without that file misses it."""
+        if self.meta.get("status") != "running" or had_wal:
+            return
+        if "heartbeat_unix" not in self.meta:  # not one flush of readings reached the .gtdb
+            self.close()
+            raise RunStoreError(f"{self.path}: holds only its header: its readings are in "
+                                f"{self.path.name}-wal, which is missing: copy a run with its "
+                                "-wal files")
+        self.damaged.append(f"no {self.path.name}-wal beside a store that was not closed: if "
+                            "this is a copy, readings after its last checkpoint (at most 10 s) "
+                            "are missing")
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import PowercapTree
 
 REPO = Path(__file__).resolve().parents[1]
+# This test session's runs meet only each other: another test session on the same machine (CI
+# beside a developer's terminal) must not show up as a second run measuring the host.
+os.environ["GREENTRACK_LEASE_DIR"] = tempfile.mkdtemp(prefix="greentrack-test-leases-")
 FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1}
 
 

@@ -203,8 +203,10 @@ def test_forecast_from_config_uses_intensity_and_pue() -> None:
                                        electricity_price=0.3, currency="USD"))
     assert f.carbon_g_per_kwh == pytest.approx(150.0)  # facility energy: IT x PUE
     assert f.price_per_kwh == pytest.approx(0.45)
-    none = Forecast.for_config(10, Config())
-    assert none.carbon_g_per_kwh is None and none.price_per_kwh is None
+    none = Forecast.for_config(10, Config())  # no location: the world average, as every report
+    from greentrack.carbon.location import world_average
+    assert none.carbon_g_per_kwh == pytest.approx(world_average().g_per_kwh * 1.56)
+    assert none.price_per_kwh is None
 
 
 def test_forecast_from_a_location_uses_the_reports_factors() -> None:

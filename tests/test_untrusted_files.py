@@ -296,7 +296,8 @@ def test_a_checkpointed_store_copied_without_its_wal_keeps_its_data(tmp_path: Pa
     only the .gtdb files loses at most what came after the last checkpoint."""
     run = tmp_path / "run"
     run.mkdir()
-    w = StoreWriter(run, 0, {"run_id": "ckpt", "status": "running", "started_unix": time.time()})
+    w = StoreWriter(run, 0, {"run_id": "ckpt", "status": "running", "started_unix": time.time(),
+                             "heartbeat_unix": time.time()})  # as the engine's first flush
     w.add_channel(1, {"kind": "cpu", "device": "cpu0", "name": "cpu", "method": "m",
                       "measured": True, "source": "s", "uncertainty": "high", "host_scope": True,
                       "details": {}})
@@ -359,9 +360,18 @@ def test_report_writers_never_follow_a_planted_symlink(good_run: Path, tmp_path:
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 100
 
 
+def plant_run_id(run: Path, value: str) -> None:
+    """A hostile run id in the run's files (Config refuses one at input; a file may hold anything)."""
+    for path in store_paths(run):
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'run_id'", (json.dumps(value),))
+    (run / "run.json").write_text(json.dumps({"run_id": value}))
+
+
 def test_csv_cells_are_never_formulas(tmp_path: Path, env: None) -> None:
-    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2, run_id="@SUM(1+1)")
-    code, stdout, err = run_cli(["report", str(run), "--format", "csv", "--currency=-EUR",
+    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2)
+    plant_run_id(run, "@SUM(1+1)")
+    code, stdout, err = run_cli(["report", str(run), "--format", "csv", "--currency=EUR",
                                  "--out", str(tmp_path / "o")])
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO((tmp_path / "o" / "emissions.csv").read_text())))
@@ -402,12 +412,16 @@ HOSTILE = "evil\x1b[2J\x07\r<script>alert(1)</script>*[x](http://e)\u202e"
 
 
 def test_ids_names_and_currency_carry_no_control_characters_or_markup(tmp_path: Path, env: None) -> None:
-    run = make_run(tmp_path, name="run", steps=2, run_id=HOSTILE)
+    run = make_run(tmp_path, name="run", steps=2)
+    plant_run_id(run, HOSTILE)
     code, out, err = run_cli(["summary", str(run)])
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "\u202e" not in out
     code, out, err = run_cli(["report", str(run), "--currency", "EUR\x1b]0;pwned\x07<b>",
                               "--electricity-price", "0.2", "--out", str(tmp_path / "o")])
+    assert code == 2 and "currency=" in err and "\x1b" not in err  # refused at input, printable
+    code, out, err = run_cli(["report", str(run), "--currency", "EUR", "--electricity-price", "0.2",
+                              "--out", str(tmp_path / "o")])
     assert code == 0, err
     md = (tmp_path / "o" / "report.md").read_text()
     html = (tmp_path / "o" / "report.html").read_text()
@@ -418,7 +432,9 @@ def test_ids_names_and_currency_carry_no_control_characters_or_markup(tmp_path: 
     assert report_json(tmp_path / "o")["run"]["run_id"] == HOSTILE  # the record keeps the value
     code, out, err = run_cli(["compare", str(run), str(run), "--currency", "\x1b[31mEUR",
                               "--electricity-price", "1"])
-    assert code == 0 and "\x1b" not in out + err
+    assert code == 2 and "\x1b" not in out + err  # refused, and the refusal is printable
+    code, out, err = run_cli(["compare", str(run), str(run), "--electricity-price", "1"])
+    assert code == 0 and not any(c in out + err for c in "\x1b\x07\r\u202e")
 
 
 def test_a_long_or_hostile_bad_value_is_cut_in_error_messages(good_run: Path, tmp_path: Path,

@@ -125,8 +125,9 @@ def _histogram(vals: list[float], n_bins: int = 30) -> dict[str, Any]:
 
 
 def _hardware(data: RunData) -> dict[str, Any]:
-    gpus = Counter(c.name for c in data.channels if c.kind == "gpu")
-    cpus = Counter(c.name for c in data.channels if c.kind == "cpu")
+    # each device once, however many segments (a resumed run) or ranks measured it
+    gpus = Counter(d.name for d in data.devices if d.kind == "gpu")
+    cpus = Counter(d.name for d in data.devices if d.kind == "cpu")
     text = "; ".join([f"{n} x {name}" for name, n in gpus.items()] +
                      [f"CPU {name}" + (f" x {n}" if n > 1 else "") for name, n in cpus.items()])
     return {"gpus": dict(gpus), "gpu_count": sum(gpus.values()), "cpus": dict(cpus),
@@ -134,12 +135,16 @@ def _hardware(data: RunData) -> dict[str, Any]:
 
 
 def _devices(data: RunData) -> list[dict[str, Any]]:
-    sources = {(x["host"], x["rank"], x["device"]): x["source"] for x in data.summary["sources"]}
-    return [{"key": c.key, "kind": c.kind, "device": c.device, "name": c.name, "host": c.host,
-             "rank": c.rank, "method": c.method, "measured": c.measured,
-             "source": sources.get((c.host, c.rank, c.device)) or c.method,
-             "uncertainty": c.uncertainty, "energy_j": c.energy_j, "samples": c.samples,
-             "gap_s": c.gap_s} for c in data.channels]
+    samples = Counter[str]()
+    for c in data.channels:
+        samples[c.identity] += c.samples
+    hosts = len({d.host for d in data.devices})
+    return [{"key": f"{d.host}/r{d.rank}/{d.device}" if hosts > 1 else d.device, "kind": d.kind,
+             "device": d.device, "name": d.name, "host": d.host, "rank": d.rank,
+             "method": d.method, "measured": d.measured, "source": d.source,
+             "uncertainty": d.uncertainty, "energy_j": d.energy_j,
+             "samples": samples[d.identity], "gap_s": d.gap_s, "segments": d.stores}
+            for d in data.devices]
 
 
 def _energy(data: RunData, devices: list[dict[str, Any]], facility_kwh: float) -> dict[str, Any]:

@@ -1,0 +1,406 @@
+"""The read model of a run directory: each store opened once, every query of a run in one place.
+
+Everything that shows a run reads through :class:`Run`: ``greentrack summary``
+(:func:`greentrack.summary.summarize`), the reports (:func:`greentrack.reports.run_data.read_run`),
+``compare``, the integrations' final totals and ``Tracker.stop()``. So one run gives one set of
+figures, whoever asks. (Writing is :class:`greentrack.store.StoreWriter`'s; no other module holds
+SQL.)
+
+Merging rules, each chosen so nothing is counted twice:
+
+* **energy**: the sum over stores of each channel's total. Host CPU/DRAM channels exist in one
+  process per node (local rank 0), so summing ranks does not double count the host.
+* **devices**: one entry per device identity and method (a GPU's UUID; the host and zone for CPU
+  and DRAM), whatever the number of segments (a resumed run) or ranks it appeared in.
+* **duration**: the length of the union of the stores' wall-clock spans (ranks overlap; resumed
+  segments add up, the pause between them does not).
+* **GPU-seconds**: per store, its duration x its GPUs, summed.
+* **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from greentrack.errors import ConfigError, RunStoreError
+from greentrack.store import VALID_SAMPLE, VALID_STEP, StoreReader, sql_number, store_paths
+
+#: A running store whose heartbeat is older than this, and whose process is gone, is incomplete.
+STALE_AFTER_S = 10.0
+#: Events that say part of the record is missing or doubtful: every summary and report repeats them.
+RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
+                             "sampler-slow", "steps-open", "internal-error"})
+KINDS = ("gpu", "cpu", "dram")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the run, however many segments and ranks measured it.
+
+    ``energy_j`` and ``gap_s`` are summed over its stores; ``status`` is the last store's.
+    """
+
+    identity: str
+    kind: str
+    device: str
+    name: str
+    host: str
+    rank: int
+    method: str
+    measured: bool
+    source: str
+    uncertainty: str
+    energy_j: float
+    gap_s: float
+    status: str
+    stores: int
+
+    def as_source(self) -> dict[str, Any]:
+        """The ``sources`` entry of ``greentrack summary --json``."""
+        return {"kind": self.kind, "device": self.device, "name": self.name, "host": self.host,
+                "rank": self.rank, "method": self.method, "measured": self.measured,
+                "estimated": not self.measured, "source": self.source,
+                "uncertainty": self.uncertainty, "energy_j": self.energy_j, "gap_s": self.gap_s,
+                "status": self.status, "stores": self.stores}
+
+
+@dataclass
+class Segment:
+    """One store: one process of one segment of the run."""
+
+    reader: StoreReader
+    meta: dict[str, Any]
+    channels: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    status: str
+    start_unix: float
+    end_unix: float
+    #: per phase: steps (``SUM(n)``) and their joules (all kinds)
+    phases: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def host(self) -> str:
+        return str(self.meta.get("host", "?"))
+
+    @property
+    def rank(self) -> int:
+        rank = self.meta.get("rank")
+        return rank if isinstance(rank, int) else 0
+
+    # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
+    def sample_stats(self) -> dict[int, Any]:
+        """Per channel id: usable samples' count ``n`` and span ``lo``/``tmax``/``hi``; rows that
+        are not usable are counted as damage."""
+        stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
+        bad = sum(int(r["bad"] or 0) for r in stats.values())
+        if bad:
+            self.reader.damaged.append(f"samples: {bad} row(s) with negative, non-finite or "
+                                       "out-of-range values, left out")
+        return stats
+
+    def channel_bins(self, channel_id: int, first: int, last: int, bin_s: float,
+                     half: float) -> list[tuple[int, float]]:
+        """``(i, joules)`` of bins ``first..last`` of width ``bin_s`` (edges ``half`` early)."""
+        rows = self.reader.rows(_BINS_SQL, (first, last, channel_id, bin_s, half, bin_s, half))
+        return [(int(r[0]), float(r[1])) for r in rows if r[1] is not None]
+
+    def step_phases(self) -> dict[str, dict[str, float]]:
+        """Per phase: steps, duration, energy (all kinds, GPU), GPU-seconds, FLOPs, samples and
+        tokens, with how many rows carried each of the last three."""
+        out = {}
+        for r in self.reader.rows(_STEPS_SQL.format(n=self.reader.step_n)):
+            out[str(r["phase"])] = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
+        return out
+
+    def step_energies(self) -> dict[str, list[float]]:
+        """Per phase, each valid row's joules (all kinds)."""
+        out: dict[str, list[float]] = {}
+        for r in self.reader.rows("SELECT phase, COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + "
+                                  f"COALESCE(dram_j, 0) AS e FROM steps WHERE {VALID_STEP}"):
+            out.setdefault(str(r["phase"]), []).append(float(r["e"]))
+        return out
+
+    def flops_methods(self) -> set[str]:
+        rows = self.reader.rows("SELECT DISTINCT json_extract(extra, '$.flops_method') AS m "
+                                "FROM steps WHERE extra LIKE '%flops_method%'")
+        return {str(r["m"]) for r in rows if r["m"]}
+
+    def mfu_sums(self) -> tuple[float, float]:
+        """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""
+        for r in self.reader.rows(_MFU_SQL):
+            return float(r["a"] or 0.0), float(r["b"] or 0.0)
+        return 0.0, 0.0
+
+
+class Run:
+    """A run directory, read. Use as a context manager (the stores stay open for queries).
+
+    Raises (from :meth:`open`):
+        ConfigError: ``run_dir`` is missing, holds no run, or none of its stores can be read
+            (one that cannot is a warning when another can).
+    """
+
+    def __init__(self, run_dir: Path, segments: list[Segment], stores: int,
+                 warnings: list[str]) -> None:
+        self.run_dir = run_dir
+        self.segments = segments
+        self.stores = stores
+        self.warnings = warnings
+
+    @classmethod
+    def open(cls, run_dir: str | Path, now: float | None = None) -> "Run":
+        run_dir = Path(run_dir)
+        paths = store_paths(run_dir)
+        now = time.time() if now is None else now
+        segments: list[Segment] = []
+        warnings: list[str] = []
+        for path in paths:
+            try:
+                reader = StoreReader(path)
+            except RunStoreError as e:
+                warnings.append(str(e))
+                continue
+            segments.append(_segment(reader, now))
+        if not segments:  # nothing recorded can be read: an error, never an empty run
+            raise ConfigError("RUN_DIR", str(run_dir), "none of its stores can be read: "
+                              + "; ".join(warnings))
+        segments.sort(key=lambda s: s.start_unix)
+        for seg in segments:
+            warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
+                            if e["kind"] in RECORD_WARNINGS)
+        run = cls(run_dir, segments, len(paths), warnings)
+        run.add_damage()
+        return run
+
+    def add_damage(self) -> None:
+        """Add the stores' damaged-row notes to :attr:`warnings` (once each)."""
+        for seg in self.segments:
+            for d in seg.reader.damaged:
+                line = f"{seg.path.name}: damaged {d}"
+                if line not in self.warnings:
+                    self.warnings.append(line)
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.reader.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- figures -----------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        ids = sorted({str(s.meta["run_id"]) for s in self.segments if s.meta.get("run_id")})
+        return ids[0] if ids else None
+
+    @property
+    def status(self) -> str:
+        statuses = [s.status for s in self.segments]
+        for s in ("running", "failed", "incomplete", "stopped"):
+            if s in statuses:
+                return s
+        return "completed"
+
+    @property
+    def mode(self) -> str | list[str]:
+        modes = sorted({str(s.meta.get("mode", "machine")) for s in self.segments})
+        return modes[0] if len(modes) == 1 else modes
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded when the run started (its first segment)."""
+        return dict(self.segments[0].meta.get("settings") or {})
+
+    @property
+    def start_unix(self) -> float:
+        return min(s.start_unix for s in self.segments)
+
+    @property
+    def duration_s(self) -> float:
+        return union_length([(s.start_unix, s.end_unix) for s in self.segments])
+
+    @property
+    def gpu_seconds(self) -> float:
+        return float(sum((s.end_unix - s.start_unix) * sum(c["kind"] == "gpu" for c in s.channels)
+                         for s in self.segments))
+
+    def energy_j(self) -> dict[str, float | None]:
+        """Joules by kind (None: no channel of that kind at all, never a silent 0) and total."""
+        out: dict[str, float | None] = dict.fromkeys(KINDS)
+        for seg in self.segments:
+            for c in seg.channels:
+                out[c["kind"]] = (out[c["kind"]] or 0.0) + float(c["energy_j"] or 0.0)
+        out["total"] = sum(v for v in out.values() if v is not None)
+        return out
+
+    def steps_by_phase(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for seg in self.segments:
+            for phase, (n, _) in seg.phases.items():
+                out[phase] = out.get(phase, 0) + n
+        return out
+
+    def phase_energy_j(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for seg in self.segments:
+            for phase, (_, e) in seg.phases.items():
+                out[phase] = out.get(phase, 0.0) + e
+        return out
+
+    @property
+    def gaps(self) -> int:
+        # one gap per interruption: a loss is recorded as gap-start then device-lost
+        return sum(1 for s in self.segments for e in s.events if e["kind"] == "gap-start")
+
+    def devices(self) -> list[Device]:
+        """Every device once (see the module docstring), in order of first appearance."""
+        found: dict[str, Device] = {}
+        for seg in self.segments:
+            for c in seg.channels:
+                key = device_identity(seg.host, seg.rank, c)
+                old = found.get(key)
+                found[key] = Device(
+                    identity=key, kind=c["kind"], device=c["device"], name=c["name"] or c["device"],
+                    host=seg.host, rank=old.rank if old else seg.rank, method=c["method"],
+                    measured=bool(c["measured"]), source=c["source"] or c["method"],
+                    uncertainty=c["uncertainty"] or "",
+                    energy_j=(old.energy_j if old else 0.0) + float(c["energy_j"] or 0.0),
+                    gap_s=(old.gap_s if old else 0.0) + float(c["gap_s"] or 0.0),
+                    status=str(c["status"]), stores=(old.stores if old else 0) + 1)
+        return list(found.values())
+
+    def events(self, *kinds: str) -> list[dict[str, Any]]:
+        return [e for s in self.segments for e in s.events if not kinds or e["kind"] in kinds]
+
+    def summary(self) -> dict[str, Any]:
+        """The ``greentrack summary --json`` document."""
+        energy = self.energy_j()
+        by_phase = self.steps_by_phase()
+        return {
+            "run_id": self.run_id, "run_dir": str(self.run_dir), "status": self.status,
+            "duration_s": self.duration_s, "energy_j": energy,
+            "energy_kwh": float(energy["total"] or 0.0) / J_PER_KWH,
+            "gpu_seconds": self.gpu_seconds, "steps": sum(by_phase.values()),
+            "steps_by_phase": by_phase, "steps_energy_j": sum(self.phase_energy_j().values()),
+            "mode": self.mode, "stores": self.stores, "gaps": self.gaps,
+            "sources": [d.as_source() for d in self.devices()], "warnings": list(self.warnings),
+        }
+
+
+J_PER_KWH = 3.6e6
+
+# One scalar subquery per bin walks the (channel_id, t) primary key in order: several times faster
+# than GROUP BY on an expression, which sorts every row in a temporary B-tree.
+_BINS_SQL = """
+WITH RECURSIVE k(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM k WHERE i < ?)
+SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ?
+           AND t < (i + 1) * ? - ? AND """ + VALID_SAMPLE + """) AS e FROM k"""
+
+_STEPS_SQL = """
+SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
+       SUM(COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)) AS energy_j,
+       SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
+       SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
+       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
+WHERE """ + VALID_STEP + """ GROUP BY phase"""
+
+_MFU = "json_extract(extra, '$.mfu')"
+_MFU_SQL = (f"SELECT SUM({_MFU} * duration_s) AS a, SUM(duration_s) AS b FROM steps WHERE "
+            f"extra LIKE '%\"mfu\"%' AND {_MFU} IS NOT NULL AND {sql_number(_MFU, 0.0, 1000.0)} "
+            f"AND {VALID_STEP}")
+
+# Per channel: the usable samples' count and span, and how many are not usable (left out).
+_STATS_SQL = f"""
+SELECT channel_id, COUNT(*) FILTER (WHERE {VALID_SAMPLE}) AS n,
+       MIN(t) FILTER (WHERE {VALID_SAMPLE}) AS lo, MAX(t) FILTER (WHERE {VALID_SAMPLE}) AS tmax,
+       MAX(t + dt) FILTER (WHERE {VALID_SAMPLE}) AS hi, COUNT(*) FILTER (WHERE NOT {VALID_SAMPLE}) AS bad
+FROM samples GROUP BY channel_id"""
+
+
+def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
+    """Who a channel measures, across segments and ranks (``greentrack.engine.channel_key`` is
+    the same idea within one machine): a GPU's UUID; a host zone by host and device."""
+    details = channel.get("details") or {}
+    uuid = details.get("uuid") if isinstance(details, dict) else None
+    if channel["kind"] == "gpu" and uuid:
+        base = f"gpu:{uuid}"
+    elif channel.get("host_scope"):
+        base = f"{host}:{channel['kind']}:{channel['device']}"
+    else:
+        base = f"{host}:r{rank}:{channel['kind']}:{channel['device']}"
+    return f"{base}:{channel['method']}"
+
+
+def union_length(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``[a, b]`` spans."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def store_status(meta: dict[str, Any], now: float | None = None) -> str:
+    """``running``, ``completed``, ``failed``, ``stopped``, or ``incomplete`` for a store whose
+    process died without closing it (SIGKILL, OOM, power loss)."""
+    status = str(meta.get("status", "incomplete"))
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    alive = _process_alive(meta)
+    if alive is False:
+        return "incomplete"
+    heartbeat = meta.get("heartbeat_unix") or meta.get("started_unix") or 0.0
+    if alive is None and now - float(heartbeat) > STALE_AFTER_S:
+        return "incomplete"
+    return "running"
+
+
+def _process_alive(meta: dict[str, Any]) -> bool | None:
+    """True/False when the writer is on this host and we can tell; None otherwise."""
+    if meta.get("host") != socket.gethostname():
+        return None
+    try:
+        import psutil
+        proc = psutil.Process(int(meta["pid"]))
+        created = meta.get("pid_create_time")
+        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
+            return False  # the pid was reused by another process
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (KeyError, TypeError, ValueError):
+        return None
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends
+        return False
+
+
+def _segment(reader: StoreReader, now: float) -> Segment:
+    meta, channels = reader.meta, reader.channels()
+    status = store_status(meta, now)
+    start = float(meta.get("started_unix", now))
+    if "duration_s" in meta:
+        end = start + float(meta["duration_s"])
+    else:
+        until = max((c["until_t"] or 0.0 for c in channels), default=0.0)
+        end = max(start + until, now) if status == "running" else start + until
+    seg = Segment(reader, meta, channels, reader.events(), status, start, end)
+    reader.invalid_rows("steps")
+    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM(COALESCE(gpu_j,0)+"
+                           f"COALESCE(cpu_j,0)+COALESCE(dram_j,0)) AS e FROM steps WHERE "
+                           f"{VALID_STEP} GROUP BY phase"):
+        seg.phases[str(row["phase"])] = (int(row["n"] or 0), float(row["e"] or 0.0))
+    return seg
