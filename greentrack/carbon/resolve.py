@@ -34,10 +34,15 @@ CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "in
                  "currency")
 
 
+#: Country, region and cloud together name one place: a layer that sets any of them replaces all.
+LOCATION_FIELDS = ("country", "region", "cloud")
+
+
 def config_for_run(recorded: Mapping[str, Any] | None, explicit: Mapping[str, Any],
                    env: Mapping[str, str] | None = None) -> Config:
     """The Config to account a run with: ``explicit`` (flags) over the settings ``recorded`` in
-    the run at start over the environment over defaults. ``extra`` tables merge the same way.
+    the run at start over the environment over defaults. ``extra`` tables merge the same way;
+    country, region and cloud go together (``--country NO`` drops a recorded ``region=SE3``).
 
     Raises:
         ConfigError: an invalid value at any level.
@@ -46,7 +51,10 @@ def config_for_run(recorded: Mapping[str, Any] | None, explicit: Mapping[str, An
     values: dict[str, Any] = {}
     extra = dict(base.extra)
     for layer in (recorded or {}, explicit):
-        values.update({k: v for k, v in layer.items() if k in CARBON_FIELDS and v is not None})
+        given = {k: v for k, v in layer.items() if k in CARBON_FIELDS and v is not None}
+        if any(k in given for k in LOCATION_FIELDS):  # a location is one setting: all or none
+            values.update(dict.fromkeys(LOCATION_FIELDS))
+        values.update(given)
         if isinstance(layer.get("extra"), dict):
             extra.update(layer["extra"])
     values.update({k: v for k, v in explicit.items() if k not in CARBON_FIELDS and k != "extra"

@@ -19,10 +19,23 @@ FORMATS = ("json", "md", "html", "csv", "boamps", "hf")
 
 
 def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> dict[str, Any]:
-    """The report document of one run directory (see ``report-v1.schema.json``)."""
+    """The report document of one run directory (see ``report-v1.schema.json``).
+
+    ``config``: a :class:`greentrack.Config` used as it is, or a mapping of explicit settings
+    (the command line's), which win over the settings recorded in the run, which win over the
+    environment (:func:`greentrack.carbon.resolve.config_for_run`)."""
+    return _document(run_dir, config, sci_unit)[0]
+
+
+def _document(run_dir: str | Path, config: Any, sci_unit: str) -> tuple[dict[str, Any], Any]:
+    from greentrack.config import Config
     from greentrack.reports.build import build_report
     from greentrack.reports.run_data import read_run
-    return build_report(read_run(run_dir), config, sci_unit)
+    data = read_run(run_dir)
+    if not isinstance(config, Config):
+        from greentrack.carbon.resolve import config_for_run
+        config = config_for_run(data.settings, config or {})
+    return build_report(data, config, sci_unit), config
 
 
 def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,
@@ -59,7 +72,7 @@ def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], ou
     each goes to its own sub-directory of ``out`` (named after the run directory)."""
     names: set[str] = set()
     for run_dir in run_dirs:
-        doc = report_document(run_dir, config, sci_unit)
+        doc, run_config = _document(run_dir, config, sci_unit)
         target = out
         if len(run_dirs) > 1:
             name = Path(run_dir).resolve().name or "run"
@@ -67,7 +80,7 @@ def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], ou
                 name += "_"
             names.add(name)
             target = out / name
-        yield doc, write_formats(doc, formats, target, getattr(config, "extra", None))
+        yield doc, write_formats(doc, formats, target, getattr(run_config, "extra", None))
 
 
 def generate(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,

@@ -103,9 +103,13 @@ def carbon_settings(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def make_config(ns: argparse.Namespace) -> Any:
-    from greentrack.config import Config
-    return Config.from_env(**carbon_settings(ns))
+def make_config(ns: argparse.Namespace) -> dict[str, Any]:
+    """The explicit settings of the command line (and ``--config``), checked now: a report or
+    compare applies them over each run's recorded settings, over the environment."""
+    from greentrack.carbon.resolve import config_for_run
+    explicit = carbon_settings(ns)
+    config_for_run(None, explicit).check()  # one clear line for a bad flag, before any reading
+    return explicit
 
 
 def _formats(text: str) -> list[str]:
@@ -168,7 +172,7 @@ def _report(ns: argparse.Namespace) -> int:
     from greentrack.store import store_paths
     formats = _formats(ns.format)
     config = make_config(ns)
-    unit = ns.sci_unit or str((config.extra or {}).get("sci_unit") or "run")
+    unit = ns.sci_unit or str((config.get("extra") or {}).get("sci_unit") or "run")
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "exists and is not a directory")
