@@ -69,6 +69,29 @@ class Device:
                 "status": self.status, "stores": self.stores}
 
 
+@dataclass(frozen=True)
+class Totals:
+    """A run's totals in code, as :meth:`greentrack.Tracker.stop` returns them.
+
+    ``emissions_g`` (IT energy x PUE x intensity, as every report computes it) and the intensity
+    are None unless a location or an intensity is set. ``energy_j`` has ``gpu``, ``cpu``, ``dram``
+    (None: not tracked) and ``total``.
+    """
+
+    run_id: str | None
+    run_dir: str
+    status: str
+    duration_s: float
+    energy_j: dict[str, float | None]
+    energy_kwh: float
+    steps: int
+    gpu_hours: float
+    emissions_g: float | None = None
+    intensity_g_per_kwh: float | None = None
+    intensity_source: str | None = None
+    pue: float | None = None
+
+
 @dataclass
 class Segment:
     """One store: one process of one segment of the run."""
@@ -284,6 +307,28 @@ class Run:
 
     def events(self, *kinds: str) -> list[dict[str, Any]]:
         return [e for s in self.segments for e in s.events if not kinds or e["kind"] in kinds]
+
+    def totals(self, config: Any = None) -> Totals:
+        """The run's :class:`Totals`; with emissions when ``config`` (default: the settings
+        recorded in the run) names a location or an intensity."""
+        from greentrack.carbon.resolve import config_for_run, pue_in_use
+
+        energy = self.energy_j()
+        kwh = float(energy["total"] or 0.0) / J_PER_KWH
+        cfg = config if config is not None else config_for_run(self.settings, {})
+        carbon: dict[str, Any] = {}
+        if any(getattr(cfg, k, None) for k in ("country", "region", "cloud", "intensity_csv")) \
+                or cfg.carbon_intensity_g_per_kwh is not None:
+            from greentrack.carbon import live_intensity
+            found = live_intensity(cfg)
+            pue = float(pue_in_use(cfg)["value"])
+            if found is not None:
+                carbon = {"intensity_g_per_kwh": found[0], "intensity_source": found[1],
+                          "pue": pue, "emissions_g": kwh * pue * found[0]}
+        return Totals(run_id=self.run_id, run_dir=str(self.run_dir), status=self.status,
+                      duration_s=self.duration_s, energy_j=energy, energy_kwh=kwh,
+                      steps=sum(self.steps_by_phase().values()),
+                      gpu_hours=self.gpu_seconds / 3600.0, **carbon)
 
     def summary(self) -> dict[str, Any]:
         """The ``greentrack summary --json`` document."""

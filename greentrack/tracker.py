@@ -32,6 +32,7 @@ from greentrack import __version__
 from greentrack.config import Config, env_int, env_run_id
 from greentrack import sharing
 from greentrack.engine import Engine, channel_key
+from greentrack.run import Run, Totals
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
 from greentrack.store import StoreWriter, prepare_run_dir
@@ -82,6 +83,8 @@ class Tracker:
         self._hook_errors = 0
         self._leases: list[Any] = []  # host lease, join lease: released at stop
         self._join_token: str | None = None
+        #: The run's totals, once stopped (what :meth:`stop` returned).
+        self.result: Totals | None = None
         self.run_id: str | None = None
         self.notes: list[Any] = []
         self.status = "created"
@@ -244,15 +247,23 @@ class Tracker:
         if self._engine is not None:
             self._engine.step_listeners.append(fn)
 
-    def stop(self, status: str | None = None) -> None:
+    def stop(self, status: str | None = None) -> Totals | None:
         """Stop sampling, attribute what is left, and close the store.
 
         Args:
             status: the run's final status: ``completed`` (default), ``failed`` or ``stopped``.
+
+        Returns:
+            The run's :class:`~greentrack.run.Totals` (energy by kind, duration, steps, GPU-hours,
+            and emissions with the intensity and its source when a location is set), also kept as
+            :attr:`result`; None when tracking was off or the run cannot be read. Never raises.
         """
+        return self._stop(status, read_totals=True)
+
+    def _stop(self, status: str | None, read_totals: bool) -> Totals | None:
         with self._lock:
             if not self.running or self._engine is None:
-                return
+                return self.result
             self.status = "stopping"
         _ACTIVE.discard(self)
         final = status or "completed"
@@ -275,6 +286,14 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: error while stopping (data up to the last commit is kept): %s", e)
         self.status = final
+        if not read_totals:  # a signal or the interpreter's exit: be quick
+            return None
+        try:
+            with Run.open(self.run_dir) as run:
+                self.result = run.totals(self.config)
+        except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
+            log.warning("greentrack: could not read the run's totals: %s", e)
+        return self.result
 
     def __enter__(self) -> "Tracker":
         return self.start()
@@ -415,7 +434,7 @@ def _after_fork_in_child() -> None:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     for tracker in list(_ACTIVE):
-        tracker.stop("stopped")
+        tracker._stop("stopped", read_totals=False)
     prev = _PREV_SIGTERM
     if callable(prev):
         prev(signum, frame)
@@ -428,7 +447,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _stop_all_at_exit() -> None:
     for tracker in list(_ACTIVE):
-        tracker.stop("completed" if sys.exc_info()[0] is None else "failed")
+        tracker._stop("completed" if sys.exc_info()[0] is None else "failed", read_totals=False)
 
 
 def _install_hooks(tracker: Tracker) -> None:

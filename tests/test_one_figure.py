@@ -138,3 +138,28 @@ def test_every_output_gives_the_same_figures(segments: int, ranks: int, steps: i
     assert doc["scope2"]["location_based_kg"] == pytest.approx(
         s["energy_kwh"] * pue_in_use(cfg)["value"] * g_per_kwh / 1000)
     json.dumps(s, allow_nan=False)
+
+
+def test_stop_returns_the_runs_totals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As codecarbon users expect of ``stop()`` (85faba8 returned None)."""
+    with clean_env(monkeypatch, tmp_path):
+        tree = PowercapTree(tmp_path / "pc")
+        monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
+            t = greentrack.Tracker(tmp_path / "run", country="FRA", **FAST).start()
+            for _ in range(3):
+                with t.step():
+                    time.sleep(0.05)
+            totals = t.stop()
+            plain = greentrack.Tracker(tmp_path / "plain", **FAST).start()
+            time.sleep(0.2)
+            no_location = plain.stop()
+    assert totals is not None and totals is t.result and t.stop() is totals
+    s = greentrack.summarize(tmp_path / "run")
+    assert totals.steps == s["steps"] == 3 and totals.energy_j == s["energy_j"]
+    assert totals.energy_kwh == pytest.approx(s["energy_kwh"]) and totals.status == "completed"
+    doc = report_document(tmp_path / "run", {})
+    assert totals.intensity_g_per_kwh == pytest.approx(FRA, rel=1e-3)
+    assert totals.emissions_g == pytest.approx(doc["scope2"]["location_based_kg"] * 1000)
+    assert totals.pue == 1.56 and "global_energy_mix" in str(totals.intensity_source)
+    assert no_location is not None and no_location.emissions_g is None  # no location: not guessed
