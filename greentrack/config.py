@@ -7,7 +7,6 @@ Every field can also come from the environment as ``GREENTRACK_<FIELD>`` (upper 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from greentrack.errors import ConfigError
+from greentrack.units import check_number
 
 Mode = Literal["machine", "process"]
 MODES = ("machine", "process")
@@ -225,9 +225,7 @@ _CURRENCY = re.compile(r"[A-Za-z]{3}")
 
 
 def _in_range(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ConfigError(name, value, f"must be a number from {low:g} to {high:g}")
+    check_number(name, value, low, high)
 
 
 def _parse_gpus(value: Any) -> tuple[int | str, ...]:

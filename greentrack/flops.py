@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.errors import ConfigError
+from greentrack.units import is_number
 
 log = logging.getLogger("greentrack")
 
@@ -79,8 +79,7 @@ def given(flops: float) -> StepFlops:
     Raises:
         ConfigError: ``flops`` is not a finite number > 0.
     """
-    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) \
-            or flops <= 0:
+    if not is_number(flops) or flops <= 0:
         raise ConfigError("flops", flops, "must be a number > 0 (FLOPs per optimizer step), "
                           "'auto' to count the first step, or None")
     return StepFlops(float(flops), METHOD_USER, "given by the user")

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from greentrack.units import J_PER_KWH
 from collections import deque
 from typing import Any
 
@@ -31,7 +32,6 @@ log = logging.getLogger("greentrack")
 
 #: Observations kept for the recent rate.
 WINDOW = 50
-J_PER_KWH = 3.6e6
 
 
 class Forecast:

@@ -29,6 +29,7 @@ from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import VALID_SAMPLE, VALID_STEP, StoreReader, sql_number, store_paths
+from greentrack.units import J_PER_KWH
 
 #: A running store whose heartbeat is older than this, and whose process is gone, is incomplete.
 STALE_AFTER_S = 10.0
@@ -345,7 +346,6 @@ class Run:
         }
 
 
-J_PER_KWH = 3.6e6
 
 # One scalar subquery per bin walks the (channel_id, t) primary key in order: several times faster
 # than GROUP BY on an expression, which sorts every row in a temporary B-tree.

@@ -36,6 +36,7 @@ from typing import Any
 
 from greentrack._files import make_dirs
 from greentrack.errors import ConfigError, RunStoreError
+from greentrack.units import is_number
 
 #: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
 SCHEMA_VERSION = 2
@@ -465,9 +466,7 @@ _META_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _is_num(v: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-        and lo <= v <= hi
+_is_num = is_number
 
 
 def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from greentrack.carbon import factors
 from greentrack.carbon.location import Factor, resolve_location
 from greentrack.carbon.resolve import intensity_plan, pue_in_use
 from greentrack.carbon.series import IntensitySeries, integrate, read_csv
+from greentrack.units import utc
 
 
 @dataclass
@@ -51,8 +52,8 @@ def _time_resolved(series: IntensitySeries, profile: EnergyProfile, fallback: Fa
     result = integrate(series, profile.bins, fallback.g_per_kwh)
     if result.covered_kwh <= 0 and result.energy_kwh > 0:
         a, b = series.span
-        warnings.append(f"the intensity series ({series.source}) covers {_utc(a)} to {_utc(b)}, "
-                        f"none of the run ({_utc(profile.start_unix)} to {_utc(profile.end_unix)}); "
+        warnings.append(f"the intensity series ({series.source}) covers {utc(a)} to {utc(b)}, "
+                        f"none of the run ({utc(profile.start_unix)} to {utc(profile.end_unix)}); "
                         f"used {fallback.source}")
         return {**fallback.as_dict(), "coverage": 0.0}
     if result.coverage < 0.999:
@@ -128,7 +129,7 @@ def account(config: Any, profile: EnergyProfile, sci_unit: str = "run") -> dict[
             "location_based_kg": o_g / 1000.0,
             "market_based_kg": None if market is None else facility_kwh * float(market) / 1000.0,
             "boundary": "electricity of the tracked devices (GPU, CPU package, DRAM) x PUE",
-            "period": {"start": _utc(profile.start_unix), "end": _utc(profile.end_unix)},
+            "period": {"start": utc(profile.start_unix), "end": utc(profile.end_unix)},
             "formula": "kg = IT kWh x PUE x gCO2e/kWh / 1000",
         },
         "embodied": emb,
@@ -139,5 +140,3 @@ def account(config: Any, profile: EnergyProfile, sci_unit: str = "run") -> dict[
     }
 
 
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -25,6 +25,7 @@ from typing import Any
 from greentrack._files import make_dirs
 from greentrack.carbon.series import IntensitySeries, parse_time
 from greentrack.errors import GreenTrackError
+from greentrack.units import utc
 
 DEFAULT_URL = "https://api.electricitymaps.com"
 LATEST_TTL_S = 600.0
@@ -165,7 +166,7 @@ class ElectricityMaps:
         now = time.time()
         while t0 < end_unix:
             t1 = min(t0 + CHUNK_S, float(int(end_unix // 3600 + 1) * 3600))
-            params = {"zone": self.zone, "start": _iso(t0), "end": _iso(t1),
+            params = {"zone": self.zone, "start": utc(t0), "end": utc(t1),
                       "emissionFactorType": "direct"}
             body = self._get("/v3/carbon-intensity/past-range", params,
                              None if t1 < now - FINAL_AFTER_S else LATEST_TTL_S)
@@ -189,5 +190,3 @@ class ElectricityMaps:
                                extra={"rows": len(starts), "interval_s": 3600.0})
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from greentrack.errors import ConfigError
+from greentrack.units import is_number
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SECONDS_PER_YEAR = 365.25 * 86400.0
@@ -45,8 +45,7 @@ def resolve_pue(config: Any, location: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _positive(name: str, value: Any, allowed: str = "must be a number > 0") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
+    if not is_number(value) or value <= 0:
         raise ConfigError(name, value, allowed)
     return float(value)
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.carbon import _codecarbon as cc
+from greentrack import _codecarbon as cc
 from greentrack.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data"

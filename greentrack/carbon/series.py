@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.errors import ConfigError
+from greentrack.units import J_PER_KWH
 
 TIME_COLUMNS = ("start", "datetime", "timestamp", "time", "datetime (utc)")
 VALUE_COLUMNS = ("g_per_kwh", "carbon_intensity", "intensity", "carbon_intensity_avg")
@@ -216,7 +217,7 @@ def integrate(series: IntensitySeries, bins: list[tuple[float, float, float]],
         width = b - a
         if width <= 0:  # an instant: charge at the interval containing it
             v = series.value_at(a)
-            total_g += e / 3.6e6 * (fallback_g_per_kwh if v is None else v)
+            total_g += e / J_PER_KWH * (fallback_g_per_kwh if v is None else v)
             covered_j += e if v is not None else 0.0
             continue
         i = max(bisect.bisect_right(starts, a) - 1, 0)
@@ -226,11 +227,11 @@ def integrate(series: IntensitySeries, bins: list[tuple[float, float, float]],
             if hi > lo:
                 part = e * (hi - lo) / width
                 inside_j += part
-                total_g += part / 3.6e6 * values[i]
+                total_g += part / J_PER_KWH * values[i]
                 used.add(i)
             i += 1
         covered_j += inside_j
-        total_g += (e - inside_j) / 3.6e6 * fallback_g_per_kwh
-    kwh = energy_j / 3.6e6
-    return Integration(total_g, kwh, covered_j / 3.6e6,
+        total_g += (e - inside_j) / J_PER_KWH * fallback_g_per_kwh
+    kwh = energy_j / J_PER_KWH
+    return Integration(total_g, kwh, covered_j / J_PER_KWH,
                        total_g / kwh if kwh > 0 else fallback_g_per_kwh, len(used))

@@ -46,6 +46,7 @@ from typing import Any
 from greentrack import __version__
 from greentrack.config import Config
 from greentrack.errors import ConfigError
+from greentrack.units import J_PER_KWH
 
 log = logging.getLogger("greentrack")
 
@@ -57,7 +58,6 @@ STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
                          1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
 MAX_PHASES = 8
 INTENSITY_TTL_S = 60.0
-J_PER_KWH = 3.6e6
 
 
 class StepStats:

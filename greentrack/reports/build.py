@@ -14,6 +14,7 @@ from greentrack.carbon.accounting import EnergyProfile, account
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
 from greentrack.reports.run_data import RunData
+from greentrack.units import J_PER_KWH, utc
 
 FORMAT = "greentrack-report"
 VERSION = "1.0"
@@ -21,8 +22,6 @@ SCHEMA = "greentrack/schemas/report-v1.schema.json"
 PLOT_POINTS = 600
 
 
-def utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def sig(x: float, digits: int = 3) -> str:
@@ -82,7 +81,7 @@ def _timeseries(data: RunData) -> dict[str, Any]:
     run_total, cum = 0.0, []
     for e in cumulative:
         run_total += e
-        cum.append(float(f"{run_total / 3.6e6:.9g}"))
+        cum.append(float(f"{run_total / J_PER_KWH:.9g}"))
     return {"t0_unix": data.start_unix, "step_s": width,
             "t_s": [round((k + 0.5) * width, 3) for k in range(n)],
             "series": series, "cumulative_kwh": cum}
@@ -154,7 +153,7 @@ def _energy(data: RunData, devices: list[dict[str, Any]], facility_kwh: float) -
     return {"total_j": float(s["energy_j"]["total"]), "it_kwh": float(s["energy_kwh"]),
             "facility_kwh": facility_kwh,
             "by_kind_j": {k: s["energy_j"][k] for k in ("gpu", "cpu", "dram")},
-            "measured_kwh": measured_j / 3.6e6, "estimated_kwh": estimated_j / 3.6e6,
+            "measured_kwh": measured_j / J_PER_KWH, "estimated_kwh": estimated_j / J_PER_KWH,
             "basis": energy_basis(measured_j, estimated_j), "devices": devices,
             "gaps": int(s["gaps"]), "gap_s": sum(d["gap_s"] for d in devices),
             "steps_energy_j": float(s.get("steps_energy_j") or 0.0)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from greentrack.units import J_PER_KWH
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,22 @@ FILENAME = "emissions.csv"
 
 
 def columns() -> list[str]:
-    from greentrack.carbon._codecarbon import emissions_csv_columns
+    from greentrack._codecarbon import emissions_csv_columns
     return list(emissions_csv_columns())
 
 
 def row(doc: dict[str, Any]) -> dict[str, Any]:
     s, e, run, loc = doc["summary"], doc["energy"], doc["run"], doc["location"]
     pue, dur = float(s["pue"]), max(float(s["duration_s"]), 1e-9)
-    kwh = {k: (v or 0.0) / 3.6e6 * pue for k, v in e["by_kind_j"].items()}
+    kwh = {k: (v or 0.0) / J_PER_KWH * pue for k, v in e["by_kind_j"].items()}
     hw = doc["compute"]["hardware"]
     cpu_model = ", ".join(hw["cpus"]) if hw["cpus"] else ""
     return {
         "timestamp": run["ended_at"].rstrip("Z"), "project_name": Path(run["run_dir"]).name,
         "run_id": run["run_id"] or "", "experiment_id": "", "duration": s["duration_s"],
         "emissions": s["emissions_location_kg"], "emissions_rate": s["emissions_location_kg"] / dur,
-        "cpu_power": kwh["cpu"] * 3.6e6 / dur, "gpu_power": kwh["gpu"] * 3.6e6 / dur,
-        "ram_power": kwh["dram"] * 3.6e6 / dur, "cpu_energy": kwh["cpu"], "gpu_energy": kwh["gpu"],
+        "cpu_power": kwh["cpu"] * J_PER_KWH / dur, "gpu_power": kwh["gpu"] * J_PER_KWH / dur,
+        "ram_power": kwh["dram"] * J_PER_KWH / dur, "cpu_energy": kwh["cpu"], "gpu_energy": kwh["gpu"],
         "ram_energy": kwh["dram"], "energy_consumed": s["facility_energy_kwh"], "water_consumed": 0.0,
         "country_name": loc.get("country_name", ""), "country_iso_code": loc.get("country_iso3", ""),
         "region": loc.get("region", "") or "", "cloud_provider": loc.get("cloud_provider", ""),
