@@ -355,7 +355,7 @@ class VirtualRun:
 
     def advance(self, seconds: float) -> None:
         """Run ``seconds`` of virtual time through the engine."""
-        from greentrack.engine import StepSpan
+        from greentrack.steps import StepSpan
 
         eng, clock = self.engine, self.clock
         for _ in range(round(seconds / self.poll_s)):

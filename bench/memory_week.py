@@ -38,7 +38,7 @@ def _state(vr: VirtualRun) -> dict[str, float]:
     store = sum(p.stat().st_size for p in vr.run_dir.glob("*.gtdb*"))
     return {"rss_mb": rss_mb(), "objects": len(gc.get_objects()),
             "points": sum(len(st.timeline.t) for st in eng.states),
-            "waiting": len(eng._waiting) + len(eng._spans),
+            "waiting": len(eng._waiting) + len(eng.steps),
             "queued": len(vr.writer._pending), "store_mb": store / 2**20}
 
 

@@ -18,26 +18,25 @@ here raises into it: a failed read becomes a recorded gap, a failed commit a war
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from greentrack import stepvalues
+from greentrack.channelstate import ChannelState, channel_key
 from greentrack.config import Config
 from greentrack.errors import DeviceLost, RunStoreError, SamplerError
-from greentrack.samplers.base import Channel, Point
+from greentrack.samplers.base import Channel
+from greentrack.stepvalues import phase_name
+from greentrack.steps import FieldCleaner, StepQueue, StepSpan
 from greentrack.store import StoreWriter
+
+__all__ = ["Engine", "StepSpan", "channel_key"]
 
 log = logging.getLogger("greentrack")
 
-#: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
-MAX_POINTS = 100_000
 #: CPU the slow reads of all channels together may take, as a fraction of one core.
 SLOW_READ_CPU_BUDGET = 0.005
 #: The slow cadence never stretches beyond this (``bench/sampling_defaults.py``: at 1 s, 500 ms
@@ -52,122 +51,11 @@ CADENCE_EVENTS = 10
 RETAIN_S = 60.0
 #: How often committed data moves from the -wal file into the store itself (PASSIVE: never blocks).
 CHECKPOINT_S = 10.0
-#: Finished steps queued for the sampler thread before further ones are coalesced into one row per
-#: phase (a row with ``n`` steps): memory stays bounded, and the store counts every step once, when
-#: steps come faster than the sampler can attribute them one by one (~10 us each).
-MAX_BACKLOG = 20_000
 #: At stop, how long the sampler thread may still be attributing a backlog before it is abandoned;
 #: a thread inside a device read is abandoned after ``stop(timeout)`` alone.
 BACKLOG_GRACE_S = 10.0
 #: At stop, how long to wait for CUDA values of the last steps to reach the host.
 DEVICE_VALUE_WAIT_S = 2.0
-#: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
-BAD_FIELD_EVENTS = 20
-
-
-@dataclass
-class StepSpan:
-    """A finished step window, on the monotonic clock, queued by the training thread."""
-
-    idx: int
-    phase: str
-    t0: float
-    t1: float
-    flops: float | None = None
-    samples: float | None = None
-    tokens: float | None = None
-    timeline: str = "host"
-    extra: dict[str, Any] = field(default_factory=dict)
-    n: int = 1  # steps in this row: more than one only when coalesced (see MAX_BACKLOG)
-
-    def pending(self) -> bool:
-        """A CUDA value of this step is still on its way to the host."""
-        return any(stepvalues.pending(v) for v in (self.flops, self.samples, self.tokens)) or \
-            any(stepvalues.pending(v) for v in self.extra.values())
-
-
-class Timeline:
-    """Finalized cumulative-energy points of one channel; energy at any time by interpolation."""
-
-    def __init__(self) -> None:
-        self.t: deque[float] = deque(maxlen=MAX_POINTS)
-        self.e: deque[float] = deque(maxlen=MAX_POINTS)
-
-    def extend(self, points: list[Point]) -> None:
-        for t, e in points:
-            if self.t and t <= self.t[-1]:
-                continue  # points are strictly increasing in time
-            self.t.append(t)
-            self.e.append(e)
-
-    @property
-    def until(self) -> float | None:
-        return self.t[-1] if self.t else None
-
-    @property
-    def last(self) -> float:
-        return self.e[-1] if self.e else 0.0
-
-    def at(self, t: float) -> float:
-        """Energy at ``t``: clamped to the first/last point outside the timeline."""
-        if not self.t:
-            return 0.0
-        if t <= self.t[0]:
-            return self.e[0]
-        if t >= self.t[-1]:
-            return self.e[-1]
-        i = bisect.bisect_left(self.t, t)
-        ta, tb, ea, eb = self.t[i - 1], self.t[i], self.e[i - 1], self.e[i]
-        return ea + (eb - ea) * (t - ta) / (tb - ta)
-
-    def prune(self, before: float) -> None:
-        while len(self.t) > 2 and self.t[1] < before:
-            self.t.popleft()
-            self.e.popleft()
-
-
-class _State:
-    """Bookkeeping of one channel inside the engine."""
-
-    def __init__(self, cid: int, channel: Channel, origin: float) -> None:
-        self.id = cid
-        self.channel = channel
-        self.kind = channel.info.kind
-        self.timeline = Timeline()
-        self.status = "ok"  # ok | failing | lost
-        self.fail_since: float | None = None
-        self.gap_s = 0.0
-        self.next_bucket = origin
-        self.next_slow = origin  # this channel's next slow read (staggered between channels)
-        self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
-        self.slow_reads = 0  # slow reads measured
-        #: Handed over to a joined tracker (another process measures this device): intervals
-        #: ``[a, b)`` of monotonic time whose energy this engine leaves out (b = inf while held).
-        self.handed_over: list[list[float]] = []
-        self.offset = 0.0  # energy left out so far
-        self.raw_last: float | None = None
-
-    @property
-    def key(self) -> str:
-        return channel_key(self.channel)
-
-    def take(self, points: list[Point]) -> None:
-        """Add finalized points, leaving out the energy of handed-over intervals."""
-        if not points:
-            return
-        if self.handed_over:
-            adjusted = []
-            for t, e in points:
-                if self.raw_last is not None and any(a <= t < b for a, b in self.handed_over):
-                    self.offset += e - self.raw_last
-                self.raw_last = e
-                adjusted.append((t, e - self.offset))
-            if all(t >= b for _, b in self.handed_over):
-                self.handed_over.clear()  # every interval ended and passed: the cheap path again
-            self.timeline.extend(adjusted)
-            return
-        self.raw_last = points[-1][1]
-        self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
 
 
 class Engine:
@@ -179,21 +67,19 @@ class Engine:
         self.origin = origin
         self._clock = clock
         self._writer = writer
-        self.states = [_State(i + 1, ch, origin) for i, ch in enumerate(channels)]
+        self.states = [ChannelState(i + 1, ch, origin) for i, ch in enumerate(channels)]
         for st in self.states:
             writer.add_channel(st.id, st.channel.info.as_dict())
-        self._spans: deque[StepSpan | tuple[Any, ...]] = deque()
+        #: Finished steps from the training threads; ``submit`` is the hot path of every step.
+        self.steps = StepQueue()
+        self.submit = self.steps.submit
         self._waiting: list[StepSpan] = []
-        #: Steps merged while the backlog is full, one row per phase (training threads, locked).
-        self._overflow: dict[str, list[Any]] = {}
-        self._overflow_lock = threading.Lock()
-        self.steps_coalesced = 0
+        self.cleaner = FieldCleaner(self.event)
         #: One thread attributes at a time: the sampler, or stop() once it gave up on the sampler.
         self._account_lock = threading.Lock()
         #: When the sampler thread entered a device read (None outside one): stop() abandons a
         #: thread stuck in a read, but waits for one that is only attributing a backlog.
         self._in_read_since: float | None = None
-        self.bad_fields: dict[str, int] = {}
         #: Called on the sampler thread at every poll with the time (cheap checks: other runs on
         #: this machine, trackers joining this run); must not raise (guarded anyway).
         self.watchers: list[Callable[[float], None]] = []
@@ -223,45 +109,6 @@ class Engine:
         self._next_checkpoint = origin + CHECKPOINT_S
 
     # -- called from the training thread (cheap) ------------------------------------------
-    def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
-        """Queue a finished step: a :class:`StepSpan`, or the tuple of its fields in order (the
-        training thread's cheaper form; the sampler thread builds the span). Past
-        :data:`MAX_BACKLOG` queued steps, steps are coalesced instead of queued."""
-        if self._overflow or len(self._spans) >= MAX_BACKLOG:
-            self._coalesce(span if isinstance(span, tuple) else _fields(span))
-        else:
-            self._spans.append(span)
-
-    def _coalesce(self, span: tuple[Any, ...]) -> None:
-        with self._overflow_lock:
-            if len(self._spans) < MAX_BACKLOG // 2:  # the sampler caught up: hand the rows over
-                self._release_overflow()
-                self._spans.append(span)
-                return
-            idx, phase, t0, t1, flops, samples, tokens, timeline, extra = span[:9]
-            n = span[9] if len(span) > 9 else 1
-            row = self._overflow.get(phase)
-            if row is None:
-                if len(self._overflow) >= 16:  # bounded either way: a 17th phase is queued
-                    self._spans.append(span)
-                    return
-                self._overflow[phase] = [idx, phase, t0, t1, flops, samples, tokens, timeline,
-                                         dict(extra), n]
-                return
-            row[2], row[3] = min(row[2], t0), max(row[3], t1)
-            for k, value in ((4, flops), (5, samples), (6, tokens)):
-                row[k] = stepvalues.merge(row[k], value)
-            if len(row[8]) < 64:
-                row[8].update(extra)
-            row[9] += n
-
-    def _release_overflow(self) -> None:
-        """Queue the coalesced rows (caller holds ``_overflow_lock``)."""
-        for row in self._overflow.values():
-            self._spans.append(tuple(row))
-            self.steps_coalesced += row[9]
-        self._overflow.clear()
-
     def event(self, level: str, kind: str, message: str, **details: Any) -> None:
         """Record an event (thread-safe; committed at the next flush)."""
         self._writer.add_event(self._clock() - self.origin, level, kind, message, None, details)
@@ -495,7 +342,7 @@ class Engine:
                    f"more on instant power{last}", cpu_per_round_s=cost, counter_interval_s=want,
                    configured_s=base)
 
-    def _on_failure(self, st: _State, t: float, e: Exception, lost: bool) -> None:
+    def _on_failure(self, st: ChannelState, t: float, e: Exception, lost: bool) -> None:
         device = st.channel.info.device
         if st.status == "ok":
             st.fail_since = t
@@ -516,11 +363,7 @@ class Engine:
             self._attribute(final)
 
     def _attribute(self, final: bool) -> None:
-        with self._overflow_lock:
-            self._release_overflow()
-        while self._spans:
-            span = self._spans.popleft()
-            self._waiting.append(span if isinstance(span, StepSpan) else StepSpan(*span))
+        self._waiting.extend(self.steps.take())
         if final:  # the last steps' CUDA values: training is over, a short wait costs nothing
             deadline = time.monotonic() + DEVICE_VALUE_WAIT_S
             while any(s.pending() for s in self._waiting) and time.monotonic() < deadline:
@@ -563,46 +406,10 @@ class Engine:
                 st.next_bucket = until
             st.timeline.prune(min([st.next_bucket] + held) - RETAIN_S)
 
-    def _clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
-        """The step's counts and extra fields as recordable values; a bad one is dropped and
-        reported (:meth:`_bad_field`), the rest of the step kept."""
-        counts: dict[str, float | None] = {}
-        for name, value in (("flops", span.flops), ("samples", span.samples),
-                            ("tokens", span.tokens)):
-            if value is None or (type(value) is int or type(value) is float) \
-                    and 0 <= value <= stepvalues.COUNT_LIMITS[name]:
-                counts[name] = value  # the common case, without a call
-                continue
-            counts[name], why = stepvalues.count(name, value)
-            if why is not None:
-                self._bad_field(name, why, span)
-        extra: dict[str, Any] = {}
-        if not span.extra:
-            return counts, extra
-        for name, value in span.extra.items():
-            clean, why = stepvalues.extra_value(value)
-            if why is not None:
-                self._bad_field(str(name), why, span)
-            else:
-                extra[str(name)[:64]] = clean
-        return counts, extra
-
-    def _bad_field(self, name: str, why: str, span: StepSpan) -> None:
-        name = name[:64]
-        seen = self.bad_fields.get(name, 0)
-        if seen == 0 and len(self.bad_fields) < BAD_FIELD_EVENTS:
-            msg = (f"step field {name!r} dropped ({why}), first at {span.phase} step {span.idx}; "
-                   "the step and its energy are kept; later drops of this field are counted in "
-                   "the store's meta (bad_step_fields)")
-            log.warning("greentrack: %s", msg)
-            self.event("warning", "bad-step-field", msg, field=name, reason=why)
-        if seen or len(self.bad_fields) < 10 * BAD_FIELD_EVENTS:
-            self.bad_fields[name] = seen + 1
-
     def _resolve(self, span: StepSpan, partial: bool) -> None:
-        counts, extra = self._clean(span)
+        counts, extra = self.cleaner.clean(span)
         phase = span.phase if type(span.phase) is str and len(span.phase) <= 64 \
-            else stepvalues.phase_name(span.phase)
+            else phase_name(span.phase)
         by_kind = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
         present = set()
         n_gpus = 0
@@ -641,8 +448,8 @@ class Engine:
                                "polls": self.polls, "counter_interval_s": self.counter_interval_s,
                                "counter_interval_max_s": self.counter_interval_max_s,
                                "slow_cadence_changes": self.cadence_changes,
-                               "bad_step_fields": dict(self.bad_fields),
-                               "steps_coalesced": self.steps_coalesced})
+                               "bad_step_fields": dict(self.cleaner.bad_fields),
+                               "steps_coalesced": self.steps.coalesced})
         try:
             self._writer.flush()
             now = self._clock()
@@ -677,15 +484,3 @@ def _rel(t: float | None, origin: float) -> float | None:
     return None if t is None else t - origin
 
 
-def _fields(span: StepSpan) -> tuple[Any, ...]:
-    return (span.idx, span.phase, span.t0, span.t1, span.flops, span.samples, span.tokens,
-            span.timeline, span.extra, span.n)
-
-
-def channel_key(channel: Channel) -> str:
-    """A device's identity across the processes of one machine: the GPU's UUID, or the host's CPU
-    or DRAM (whichever method reads it)."""
-    info = channel.info
-    if info.host_scope:
-        return f"host:{info.kind}"
-    return f"{info.kind}:{info.details.get('uuid') or info.device}"

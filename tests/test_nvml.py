@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml as real_pynvml
 import pytest
 
-from greentrack.engine import Timeline
+from greentrack.channelstate import Timeline
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers._nvml import NvmlGpu, _shape_points, open_gpus
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace, VirtualClock

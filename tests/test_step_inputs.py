@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import greentrack
-from greentrack.engine import MAX_BACKLOG
+from greentrack.steps import MAX_BACKLOG
 from greentrack.store import StoreReader, StoreWriter, store_paths
 from tests.conftest import FAST
 
@@ -181,8 +181,8 @@ def test_a_stalled_sampler_coalesces_instead_of_queueing(no_host_env: Path, tmp_
         for i in range(n):
             with t.step("train" if i % 3 else "eval", samples=1, tokens=torch.tensor(2)):
                 pass
-        assert len(engine._spans) <= MAX_BACKLOG  # bounded: the rest are merged rows
-        assert 0 < len(engine._overflow) <= 2
+        assert len(engine.steps) <= MAX_BACKLOG  # bounded: the rest are merged rows
+        assert 0 < len(engine.steps._overflow) <= 2
     t.stop()
     rows = _store(tmp_path / "run").steps()
     assert len(rows) < n

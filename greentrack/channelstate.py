@@ -1,0 +1,110 @@
+"""What the engine keeps of each channel: its finalized energy points and its bookkeeping.
+
+A :class:`Timeline` holds a channel's cumulative ``(t, joules)`` points; energy between two times
+is an interpolation between final points. :class:`ChannelState` adds the channel's status (gaps,
+loss), its slow-read phase and cost, and the intervals handed over to a joined tracker, whose
+energy it leaves out.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+
+from greentrack.samplers.base import Channel, Point
+
+#: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
+MAX_POINTS = 100_000
+
+
+class Timeline:
+    """Finalized cumulative-energy points of one channel; energy at any time by interpolation."""
+
+    def __init__(self) -> None:
+        self.t: deque[float] = deque(maxlen=MAX_POINTS)
+        self.e: deque[float] = deque(maxlen=MAX_POINTS)
+
+    def extend(self, points: list[Point]) -> None:
+        for t, e in points:
+            if self.t and t <= self.t[-1]:
+                continue  # points are strictly increasing in time
+            self.t.append(t)
+            self.e.append(e)
+
+    @property
+    def until(self) -> float | None:
+        return self.t[-1] if self.t else None
+
+    @property
+    def last(self) -> float:
+        return self.e[-1] if self.e else 0.0
+
+    def at(self, t: float) -> float:
+        """Energy at ``t``: clamped to the first/last point outside the timeline."""
+        if not self.t:
+            return 0.0
+        if t <= self.t[0]:
+            return self.e[0]
+        if t >= self.t[-1]:
+            return self.e[-1]
+        i = bisect.bisect_left(self.t, t)
+        ta, tb, ea, eb = self.t[i - 1], self.t[i], self.e[i - 1], self.e[i]
+        return ea + (eb - ea) * (t - ta) / (tb - ta)
+
+    def prune(self, before: float) -> None:
+        while len(self.t) > 2 and self.t[1] < before:
+            self.t.popleft()
+            self.e.popleft()
+
+
+class ChannelState:
+    """Bookkeeping of one channel inside the engine."""
+
+    def __init__(self, cid: int, channel: Channel, origin: float) -> None:
+        self.id = cid
+        self.channel = channel
+        self.kind = channel.info.kind
+        self.timeline = Timeline()
+        self.status = "ok"  # ok | failing | lost
+        self.fail_since: float | None = None
+        self.gap_s = 0.0
+        self.next_bucket = origin
+        self.next_slow = origin  # this channel's next slow read (staggered between channels)
+        self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
+        self.slow_reads = 0  # slow reads measured
+        #: Handed over to a joined tracker (another process measures this device): intervals
+        #: ``[a, b)`` of monotonic time whose energy this engine leaves out (b = inf while held).
+        self.handed_over: list[list[float]] = []
+        self.offset = 0.0  # energy left out so far
+        self.raw_last: float | None = None
+
+    @property
+    def key(self) -> str:
+        return channel_key(self.channel)
+
+    def take(self, points: list[Point]) -> None:
+        """Add finalized points, leaving out the energy of handed-over intervals."""
+        if not points:
+            return
+        if self.handed_over:
+            adjusted = []
+            for t, e in points:
+                if self.raw_last is not None and any(a <= t < b for a, b in self.handed_over):
+                    self.offset += e - self.raw_last
+                self.raw_last = e
+                adjusted.append((t, e - self.offset))
+            if all(t >= b for _, b in self.handed_over):
+                self.handed_over.clear()  # every interval ended and passed: the cheap path again
+            self.timeline.extend(adjusted)
+            return
+        self.raw_last = points[-1][1]
+        self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
+
+
+def channel_key(channel: Channel) -> str:
+    """A device's identity across the processes of one machine: the GPU's UUID, or the host's CPU
+    or DRAM (whichever method reads it)."""
+    info = channel.info
+    if info.host_scope:
+        return f"host:{info.kind}"
+    return f"{info.kind}:{info.details.get('uuid') or info.device}"

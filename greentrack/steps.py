@@ -1,0 +1,162 @@
+"""Steps on their way from the training thread to the store.
+
+The training thread hands each finished step to :meth:`StepQueue.submit`: a tuple appended to a
+deque, no lock, no I/O. Past :data:`MAX_BACKLOG` queued steps (the sampler attributes about 100,000
+a second on a small VM) further steps are merged into one row per phase whose ``n`` says how many
+steps it stands for, so memory stays bounded and every step is counted once. The sampler thread
+takes them all (:meth:`StepQueue.take`) and, once their energy is resolved, turns what the user
+handed over into recordable values (:class:`FieldCleaner`, with :mod:`greentrack.stepvalues`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from greentrack import stepvalues
+
+log = logging.getLogger("greentrack")
+
+#: Finished steps queued for the sampler before further ones are coalesced (see the docstring).
+MAX_BACKLOG = 20_000
+#: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
+BAD_FIELD_EVENTS = 20
+
+
+@dataclass
+class StepSpan:
+    """A finished step window, on the monotonic clock, queued by the training thread."""
+
+    idx: int
+    phase: str
+    t0: float
+    t1: float
+    flops: float | None = None
+    samples: float | None = None
+    tokens: float | None = None
+    timeline: str = "host"
+    extra: dict[str, Any] = field(default_factory=dict)
+    n: int = 1  # steps in this row: more than one only when coalesced (see MAX_BACKLOG)
+
+    def pending(self) -> bool:
+        """A CUDA value of this step is still on its way to the host."""
+        return any(stepvalues.pending(v) for v in (self.flops, self.samples, self.tokens)) or \
+            any(stepvalues.pending(v) for v in self.extra.values())
+
+
+class StepQueue:
+    """Finished steps from any training thread to the sampler thread; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._spans: deque[StepSpan | tuple[Any, ...]] = deque()
+        #: Steps merged while the backlog is full, one row per phase (training threads, locked).
+        self._overflow: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self.coalesced = 0  # steps that went through a merged row
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
+        """Queue a finished step: a :class:`StepSpan`, or the tuple of its fields in order (the
+        training thread's cheaper form). Past :data:`MAX_BACKLOG` queued steps, steps are
+        coalesced instead of queued."""
+        if self._overflow or len(self._spans) >= MAX_BACKLOG:
+            self._coalesce(span if isinstance(span, tuple) else _fields(span))
+        else:
+            self._spans.append(span)
+
+    def _coalesce(self, span: tuple[Any, ...]) -> None:
+        with self._lock:
+            if len(self._spans) < MAX_BACKLOG // 2:  # the sampler caught up: hand the rows over
+                self._release_overflow()
+                self._spans.append(span)
+                return
+            idx, phase, t0, t1, flops, samples, tokens, timeline, extra = span[:9]
+            n = span[9] if len(span) > 9 else 1
+            row = self._overflow.get(phase)
+            if row is None:
+                if len(self._overflow) >= 16:  # bounded either way: a 17th phase is queued
+                    self._spans.append(span)
+                    return
+                self._overflow[phase] = [idx, phase, t0, t1, flops, samples, tokens, timeline,
+                                         dict(extra), n]
+                return
+            row[2], row[3] = min(row[2], t0), max(row[3], t1)
+            for k, value in ((4, flops), (5, samples), (6, tokens)):
+                row[k] = stepvalues.merge(row[k], value)
+            if len(row[8]) < 64:
+                row[8].update(extra)
+            row[9] += n
+
+    def _release_overflow(self) -> None:
+        """Queue the coalesced rows (caller holds ``_lock``)."""
+        for row in self._overflow.values():
+            self._spans.append(tuple(row))
+            self.coalesced += row[9]
+        self._overflow.clear()
+
+    def take(self) -> list[StepSpan]:
+        """Every step submitted so far, as spans (sampler thread)."""
+        with self._lock:
+            self._release_overflow()
+        out = []
+        while self._spans:
+            span = self._spans.popleft()
+            out.append(span if isinstance(span, StepSpan) else StepSpan(*span))
+        return out
+
+
+class FieldCleaner:
+    """Counts and extra fields of resolved steps as recordable values; a bad one is dropped, with
+    one ``bad-step-field`` event per field name (through ``event``) and a count in
+    :attr:`bad_fields`."""
+
+    def __init__(self, event: Callable[..., None]) -> None:
+        self._event = event
+        self.bad_fields: dict[str, int] = {}
+
+    def clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """The step's counts and extra fields as recordable values; a bad one is dropped and
+        reported, the rest of the step kept."""
+        counts: dict[str, float | None] = {}
+        for name, value in (("flops", span.flops), ("samples", span.samples),
+                            ("tokens", span.tokens)):
+            if value is None or (type(value) is int or type(value) is float) \
+                    and 0 <= value <= stepvalues.COUNT_LIMITS[name]:
+                counts[name] = value  # the common case, without a call
+                continue
+            counts[name], why = stepvalues.count(name, value)
+            if why is not None:
+                self._bad(name, why, span)
+        extra: dict[str, Any] = {}
+        if not span.extra:
+            return counts, extra
+        for name, value in span.extra.items():
+            clean, why = stepvalues.extra_value(value)
+            if why is not None:
+                self._bad(str(name), why, span)
+            else:
+                extra[str(name)[:64]] = clean
+        return counts, extra
+
+    def _bad(self, name: str, why: str, span: StepSpan) -> None:
+        name = name[:64]
+        seen = self.bad_fields.get(name, 0)
+        if seen == 0 and len(self.bad_fields) < BAD_FIELD_EVENTS:
+            msg = (f"step field {name!r} dropped ({why}), first at {span.phase} step {span.idx}; "
+                   "the step and its energy are kept; later drops of this field are counted in "
+                   "the store's meta (bad_step_fields)")
+            log.warning("greentrack: %s", msg)
+            self._event("warning", "bad-step-field", msg, field=name, reason=why)
+        if seen or len(self.bad_fields) < 10 * BAD_FIELD_EVENTS:
+            self.bad_fields[name] = seen + 1
+
+
+def _fields(span: StepSpan) -> tuple[Any, ...]:
+    return (span.idx, span.phase, span.t0, span.t1, span.flops, span.samples, span.tokens,
+            span.timeline, span.extra, span.n)
