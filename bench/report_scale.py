@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from _common import record  # noqa: E402
 
-from greentrack.store import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
+from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
 
 DAYS = 7
 GPUS = 8

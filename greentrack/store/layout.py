@@ -1,0 +1,91 @@
+"""The run directory and the store's schema (see :mod:`greentrack.store`)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from greentrack._files import make_dirs
+from greentrack.errors import ConfigError, RunStoreError
+
+#: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
+SCHEMA_VERSION = 2
+SUFFIX = ".gtdb"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL, name TEXT,
+    method TEXT NOT NULL, measured INTEGER NOT NULL, source TEXT, uncertainty TEXT,
+    host_scope INTEGER NOT NULL, details TEXT,
+    energy_j REAL NOT NULL DEFAULT 0, until_t REAL, gap_s REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'ok');
+CREATE TABLE IF NOT EXISTS samples (
+    channel_id INTEGER NOT NULL, t REAL NOT NULL, dt REAL NOT NULL, energy_j REAL NOT NULL,
+    PRIMARY KEY (channel_id, t)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY, idx INTEGER NOT NULL, phase TEXT NOT NULL, t0 REAL NOT NULL,
+    t1 REAL NOT NULL, duration_s REAL NOT NULL, gpu_j REAL, cpu_j REAL, dram_j REAL,
+    gpu_seconds REAL, flops REAL, samples REAL, tokens REAL, timeline TEXT, extra TEXT,
+    n INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, t REAL NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL,
+    channel_id INTEGER, message TEXT NOT NULL, details TEXT);
+"""
+
+
+def safe_host() -> str:
+    host = socket.gethostname().split(".")[0] or "host"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in host)[:40]
+
+
+def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
+    """Create the run directory if needed and return the run id, shared by all its processes.
+
+    The first process creates ``run.json`` atomically (``O_EXCL``); the others read it. No locks,
+    so it works across hosts on a shared filesystem.
+    """
+    try:
+        make_dirs(run_dir)  # it and the parents it needs: never group- or world-writable
+    except OSError as e:
+        _raise_if_no_space(e, run_dir)
+        raise ConfigError("run_dir", str(run_dir), f"cannot create it ({e.strerror or e})") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError("run_dir", str(run_dir), "is not writable by this user")
+    path = run_dir / "run.json"
+    record = {"run_id": run_id or uuid.uuid4().hex[:12], "created_unix": time.time(),
+              "format": "greentrack-run", "schema_version": SCHEMA_VERSION}
+    try:
+        # 0o644 before the umask, like SQLite's own files: never world-writable.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            try:
+                existing = json.loads(path.read_text())
+                return str(existing["run_id"])
+            except (ValueError, KeyError, OSError):
+                time.sleep(0.02)
+        raise ConfigError("run_dir", str(run_dir), "has a damaged run.json; use a new directory") from None
+    except OSError as e:
+        _raise_if_no_space(e, run_dir)
+        raise ConfigError("run_dir", str(run_dir), f"cannot write run.json ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+    except OSError as e:  # a full disk: no half-written run.json left to damage the next run
+        path.unlink(missing_ok=True)
+        _raise_if_no_space(e, run_dir)
+        raise ConfigError("run_dir", str(run_dir), f"cannot write run.json ({e.strerror or e})") from None
+    return str(record["run_id"])
+
+
+def _raise_if_no_space(e: OSError, run_dir: Path) -> None:
+    """A full disk or quota is the machine's state, not a bad setting: RunStoreError (tracking is
+    then disabled and training goes on), where a bad path stays a ConfigError."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise RunStoreError(f"run directory {run_dir}: no space left ({e.strerror or e})") from None

@@ -1,0 +1,281 @@
+"""Reads any store, while its run goes on or after; every value read is checked, damaged or
+hostile rows are left out and reported (see :mod:`greentrack.store`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import tempfile
+import urllib.parse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from greentrack.errors import ConfigError, RunStoreError
+from greentrack.units import is_number
+
+from greentrack.store.layout import SCHEMA_VERSION, SUFFIX
+
+
+def _reader_uri(path: Path, **params: str) -> str:
+    """A SQLite URI for ``path``: quoted, so ``?``, ``#`` or ``%`` in a directory name are just
+    characters of the name."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(str(path.absolute()))}?{query}"
+
+
+def _reader_connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+    try:
+        # a damaged page can hold invalid UTF-8: read it as replacement characters, not a crash
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the WAL now
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_reader(path: Path) -> tuple[sqlite3.Connection, Path | None]:
+    """A read-only connection to a store, and the private copy it reads when there is one.
+
+    A reader of a WAL database needs its ``-shm`` index beside it, which SQLite creates when it
+    is missing. Where it cannot (a read-only directory or copy of a finished or killed run), the
+    store is read as it is: without a ``-wal`` file, as an immutable file; with one (committed
+    data a killed writer never checkpointed), from a private copy of both, so nothing is lost.
+    """
+    if not path.is_file():
+        raise RunStoreError("a directory" if path.is_dir() else
+                            "a link to nothing" if path.is_symlink() else "not a regular file")
+    try:
+        return _reader_connect(_reader_uri(path, mode="ro")), None
+    except sqlite3.OperationalError as e:
+        if "unable to open" not in str(e) and "readonly" not in str(e):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return _reader_connect(_reader_uri(path, mode="ro", immutable="1")), None
+    private = Path(tempfile.mkdtemp(prefix="greentrack-read-"))
+    try:
+        shutil.copyfile(path, private / path.name)
+        shutil.copyfile(wal, private / wal.name)
+        return _reader_connect(_reader_uri(private / path.name, mode="ro")), private
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+
+
+def _why(path: Path, e: BaseException) -> str:
+    """Why a store cannot be read, with what to do where we can tell."""
+    text = str(e)
+    try:
+        if "no such table" in text:
+            if path.stat().st_size == 0:
+                return "an empty file"
+            wal = path.with_name(path.name + "-wal")
+            if not wal.exists() or wal.stat().st_size == 0:
+                return (f"{text}; its data may still be in {path.name}-wal: copy a run with its "
+                        "-wal files")
+    except OSError:
+        pass
+    return text
+
+
+class StoreReader:
+    """Reads one store, while its run goes on or after. Damaged rows are skipped and counted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.damaged: list[str] = []
+        self._private: Path | None = None  # a private copy read instead (see _open_reader)
+        wal = path.with_name(path.name + "-wal")
+        had_wal = wal.exists() and wal.stat().st_size > 0  # before SQLite creates an empty one
+        try:
+            self._conn, self._private = _open_reader(path)
+            raw = {k: _loads(v, self.damaged, f"meta {k}")
+                   for k, v in self._conn.execute("SELECT key, value FROM meta")}
+            self.meta = _valid_meta(raw, self.damaged)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(steps)")}
+        except (sqlite3.Error, ValueError, OSError, RunStoreError) as e:
+            self.close()
+            raise RunStoreError(f"{path}: not a readable greentrack store ({_why(path, e)})") from None
+        version = raw.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            self.close()
+            from greentrack import __version__
+            raise RunStoreError(f"{path}: written by a newer greentrack (schema_version {version}; "
+                                f"greentrack {__version__} reads {SCHEMA_VERSION}): upgrade "
+                                "greentrack to read it")
+
+        #: SQL for the steps a row stands for: ``n`` (coalesced rows, schema 2), else one per row.
+        self.step_n = "n" if "n" in columns else "1"
+        self._check_wal(had_wal)
+
+    def _check_wal(self, had_wal: bool) -> None:
+        """A store never closed (its process was killed, or it still runs) keeps its latest data
+        in ``-wal`` until a checkpoint (every 10 s): a copy without that file misses it."""
+        if self.meta.get("status") != "running" or had_wal:
+            return
+        if "heartbeat_unix" not in self.meta:  # not one flush of readings reached the .gtdb
+            self.close()
+            raise RunStoreError(f"{self.path}: holds only its header: its readings are in "
+                                f"{self.path.name}-wal, which is missing: copy a run with its "
+                                "-wal files")
+        self.damaged.append(f"no {self.path.name}-wal beside a store that was not closed: if "
+                            "this is a copy, readings after its last checkpoint (at most 10 s) "
+                            "are missing")
+
+    def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        self._conn.row_factory = sqlite3.Row
+        try:
+            return list(self._conn.execute(sql, tuple(args)))
+        except (sqlite3.DatabaseError, ValueError) as e:
+            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
+            return []
+
+    def channels(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.rows("SELECT * FROM channels ORDER BY id"):
+            d = dict(r)
+            if d.get("kind") not in ("gpu", "cpu", "dram") \
+                    or not _is_num(d.get("energy_j"), 0.0, MAX_ENERGY_J) \
+                    or not (d.get("until_t") is None or _is_num(d.get("until_t"), -MAX_T_S, MAX_T_S)) \
+                    or not _is_num(d.get("gap_s"), 0.0, MAX_T_S):
+                self.damaged.append(f"channel row {d.get('id')!r}: unreadable values, skipped")
+                continue
+            d["measured"] = bool(d["measured"])
+            d["host_scope"] = bool(d["host_scope"])
+            d["details"] = _loads(d["details"], self.damaged, f"channel {d['id']}") or {}
+            out.append(d)
+        return out
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM steps ORDER BY id")]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM events ORDER BY id")]
+
+    def samples(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows("SELECT * FROM samples ORDER BY t, channel_id")]
+
+    def invalid_rows(self, table: str) -> int:
+        """Rows of ``steps`` or ``samples`` whose values no greentrack writes (negative or
+        non-finite energies, times out of range); readers leave them out (``WHERE`` with
+        :data:`VALID_STEP` / :data:`VALID_SAMPLE`) and this reports them in ``damaged``."""
+        cond = {"steps": VALID_STEP, "samples": VALID_SAMPLE}[table]
+        rows = self.rows(f"SELECT COUNT(*) AS n FROM {table} WHERE NOT {cond}")
+        n = int(rows[0]["n"] or 0) if rows else 0
+        if n:
+            self.damaged.append(f"{table}: {n} row(s) with negative, non-finite or out-of-range "
+                                "values, left out")
+        return n
+
+    def close(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+
+
+#: The most energy one row or one channel may hold (1 EJ: far beyond any training run); more is
+#: damage, like a negative or non-finite value.
+MAX_ENERGY_J = 1e18
+#: The longest span of a store's monotonic times (about 31 years), and of a step or a gap.
+MAX_T_S = 1e9
+
+
+def sql_number(col: str, lo: float, hi: float, null_ok: bool = False) -> str:
+    """SQL: ``col`` is a number within [lo, hi] (NaN reads as NULL in SQLite; text is rejected)."""
+    cond = f"(typeof({col}) IN ('integer', 'real') AND {col} BETWEEN {lo!r} AND {hi!r})"
+    return f"({col} IS NULL OR {cond})" if null_ok else cond
+
+
+#: SQL conditions of a usable row: what a damaged or hostile store holds outside them is left out
+#: of every figure (and counted by :meth:`StoreReader.invalid_rows`).
+VALID_SAMPLE = "(" + " AND ".join([sql_number("t", -3600.0, MAX_T_S), sql_number("dt", 0.0, MAX_T_S),
+                             sql_number("energy_j", 0.0, MAX_ENERGY_J)]) + ")"
+VALID_STEP = "(" + " AND ".join(
+    [sql_number("t0", -3600.0, MAX_T_S), sql_number("t1", -3600.0, MAX_T_S),
+     sql_number("duration_s", 0.0, MAX_T_S)]
+    + [sql_number(c, 0.0, MAX_ENERGY_J, null_ok=True) for c in ("gpu_j", "cpu_j", "dram_j")]
+    + [sql_number(c, 0.0, 1e200, null_ok=True) for c in ("gpu_seconds", "flops", "samples", "tokens")]) + ")"
+
+#: Types of the meta keys readers rely on; a damaged value is dropped (and reported), not used.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "host": (str,), "status": (str,), "mode": (str,), "segment": (str,),
+    "started_unix": (int, float), "ended_unix": (int, float), "heartbeat_unix": (int, float),
+    "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
+    "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
+    "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
+    "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,),
+    "bad_step_fields": (dict,),
+}
+
+
+#: Ranges of numeric meta keys: a damaged value outside is dropped (and reported), not used.
+_META_RANGES: dict[str, tuple[float, float]] = {
+    "started_unix": (0.0, 1e11), "ended_unix": (0.0, 1e11), "heartbeat_unix": (0.0, 1e11),
+    "pid_create_time": (0.0, 1e11), "duration_s": (0.0, MAX_T_S),
+    "counter_interval_s": (0.0, 86400.0), "counter_interval_max_s": (0.0, 86400.0),
+}
+
+
+_is_num = is_number
+
+
+def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        want = _META_TYPES.get(key)
+        if value is None and want is not None:
+            continue  # already reported by _loads, or never set
+        if want is not None and (not isinstance(value, want) or isinstance(value, bool)
+                                 or ((int in want or float in want)
+                                     and not _is_num(value, *_META_RANGES.get(key, (-math.inf, math.inf))))):
+            damaged.append(f"meta {key}: unexpected value, ignored")
+            continue
+        if key == "settings":
+            value = _valid_settings(value, damaged)
+        out[key] = value
+    return out
+
+
+#: Settings readers compute with (bin widths, cadences): each a number > 0 and <= a day.
+_NUMERIC_SETTINGS = ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s")
+
+
+def _valid_settings(settings: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
+    out = dict(settings)
+    for name in _NUMERIC_SETTINGS:
+        if name in out and out[name] is not None and not (_is_num(out[name], 0.0, 86400.0)
+                                                          and out[name] > 0):
+            damaged.append(f"meta settings {name}: unexpected value, ignored")
+            del out[name]
+    return out
+
+
+def _loads(text: Any, damaged: list[str], where: str) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except (TypeError, ValueError):
+        damaged.append(f"{where}: not JSON")
+        return None
+
+
+def store_paths(run_dir: Path) -> list[Path]:
+    """The store files of a run directory, or a ConfigError naming what is wrong."""
+    try:
+        if not run_dir.exists():
+            raise ConfigError("RUN_DIR", str(run_dir), "does not exist")
+        if not run_dir.is_dir():
+            raise ConfigError("RUN_DIR", str(run_dir), "is not a directory")
+        paths = sorted(run_dir.glob(f"*{SUFFIX}"))
+    except OSError as e:  # a name too long, a loop of links, no permission
+        raise ConfigError("RUN_DIR", str(run_dir), f"cannot be read ({e.strerror or e})") from None
+    if not paths:
+        raise ConfigError("RUN_DIR", str(run_dir), "holds no greentrack run (no *.gtdb store)")
+    return paths

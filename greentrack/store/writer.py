@@ -1,0 +1,180 @@
+"""Writes one process's store (see :mod:`greentrack.store`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from greentrack.errors import ConfigError, RunStoreError
+
+from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, safe_host
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+        # a damaged page can hold invalid UTF-8: read it as replacement characters, not a crash
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")
+    else:
+        conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # commits survive a process crash
+    return conn
+
+
+class StoreWriter:
+    """Writes one process's store. Thread-safe: the engine thread and ``Tracker.stop`` share it.
+
+    Writes are buffered and committed by :meth:`flush` in one transaction, so what SIGKILL can lose
+    is bounded by the flush interval.
+    """
+
+    def __init__(self, run_dir: Path, rank: int, meta: dict[str, Any]) -> None:
+        self.segment = uuid.uuid4().hex[:8]
+        self.path = run_dir / f"{safe_host()}-r{rank}-{self.segment}{SUFFIX}"
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.rows_rejected = 0
+        try:
+            self._conn = _connect(self.path, readonly=False)
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise RunStoreError(f"store {self.path.name}: {e}") from None
+            raise ConfigError("run_dir", str(run_dir), f"cannot create the store ({e})") from None
+        self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION})
+        self.flush()
+        self.checkpoint()  # the schema and the run's identity in the .gtdb itself, not only the -wal
+
+    # -- buffered writes (cheap; committed by flush) -----------------------------------------
+    def _queue(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._pending.append((sql, args))
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            self._queue("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
+
+    def add_channel(self, channel_id: int, info: dict[str, Any]) -> None:
+        self._queue(
+            "INSERT INTO channels (id, kind, device, name, method, measured, source, uncertainty, "
+            "host_scope, details) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (channel_id, info["kind"], info["device"], info["name"], info["method"],
+             int(info["measured"]), info["source"], info["uncertainty"], int(info["host_scope"]),
+             json.dumps(info["details"])))
+
+    def update_channel(self, channel_id: int, energy_j: float, until_t: float | None,
+                       gap_s: float, status: str) -> None:
+        self._queue("UPDATE channels SET energy_j=?, until_t=?, gap_s=?, status=? WHERE id=?",
+                    (energy_j, until_t, gap_s, status, channel_id))
+
+    def add_sample(self, channel_id: int, t: float, dt: float, energy_j: float) -> None:
+        self._queue("INSERT OR REPLACE INTO samples VALUES (?,?,?,?)", (channel_id, t, dt, energy_j))
+
+    def add_step(self, row: dict[str, Any]) -> None:
+        self._queue(
+            "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
+            "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["idx"], row["phase"], row["t0"], row["t1"], row["duration_s"], row.get("gpu_j"),
+             row.get("cpu_j"), row.get("dram_j"), row.get("gpu_seconds"), row.get("flops"),
+             row.get("samples"), row.get("tokens"), row.get("timeline", "host"),
+             _json(row.get("extra") or {}), row.get("n", 1)))
+
+    def add_event(self, t: float, level: str, kind: str, message: str,
+                  channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
+        self._queue("INSERT INTO events (t, level, kind, channel_id, message, details) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (t, level, kind, channel_id, message, _json(details or {})))
+
+    def flush(self) -> None:
+        """Commit everything queued in one transaction. Raises RunStoreError on failure, keeping
+        the rows queued so a later flush can retry (e.g. after a full disk frees up).
+
+        A row that SQLite refuses for what it holds (a value it cannot bind, a constraint) is set
+        aside and counted in ``rows_rejected`` (and the meta key of that name); the rows behind it
+        are committed. Only a failure of the database itself (full disk, I/O) keeps the batch."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        rejected: list[str] = []
+        try:
+            with self._transaction():
+                for sql, args in batch:
+                    try:
+                        self._conn.execute(sql, args)
+                    except sqlite3.OperationalError:
+                        raise  # the database, not the row: keep the batch for a retry
+                    except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+                        rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
+                if rejected:
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       ("rows_rejected", str(self.rows_rejected + len(rejected))))
+                    if self.rows_rejected == 0:  # the first time: say what it was
+                        self._conn.execute(
+                            "INSERT INTO events (t, level, kind, channel_id, message, details) "
+                            "VALUES (?,?,?,?,?,?)",
+                            (0.0, "warning", "row-rejected", None, "a row could not be written "
+                             f"and was set aside (later ones are counted in the meta key "
+                             f"rows_rejected): {rejected[0][:300]}", "{}"))
+            self.rows_rejected += len(rejected)
+        except sqlite3.Error as e:
+            with self._lock:
+                self._pending[:0] = batch
+                if len(self._pending) > 200_000:  # bounded: drop oldest samples, keep the rest
+                    self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
+            raise RunStoreError(f"store {self.path.name}: {e}") from e
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self._conn.close()
+
+    def checkpoint(self) -> None:
+        """Move committed data from ``X.gtdb-wal`` into ``X.gtdb`` (``PASSIVE``: it never waits
+        for a reader nor blocks a writer). Until a checkpoint, committed data lives only in the
+        -wal file, so a copy of a running or killed run without its -wal files loses it; called
+        every few seconds, that loss is bounded by the period. Call it from the thread that
+        flushes. Errors are ignored: the data is safe in the WAL either way."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+
+
+def _json(value: Any) -> str:
+    """JSON for a store column: standard JSON only (NaN and infinities become null), and any
+    object that slipped through as its type name rather than an error that loses the row."""
+    try:
+        return json.dumps(value, allow_nan=False, default=lambda o: f"<{type(o).__name__}>")
+    except ValueError:
+        return json.dumps(_finite(value), default=lambda o: f"<{type(o).__name__}>")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
