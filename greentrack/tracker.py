@@ -11,26 +11,23 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
 import platform
-import signal
 import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from greentrack import __version__
 from greentrack.config import Config, env_int, env_run_id
-from greentrack import sharing
+from greentrack import lifecycle, sharing
 from greentrack.engine import Engine, channel_key
 from greentrack.run import Run, Totals
 from greentrack.stepvalues import PLAIN, capture, phase_name
@@ -39,12 +36,6 @@ from greentrack.store import StoreWriter, prepare_run_dir
 
 log = logging.getLogger("greentrack")
 
-_ACTIVE: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
-_HOOKS = {"fork": False, "sigterm": False}
-#: Bumped in every forked child: a tracker started in another generation is inert there. (The
-#: per-step check is then a list read, not a getpid() system call.)
-_FORK_GENERATION = [0]
-_PREV_SIGTERM: Any = None
 
 
 class Tracker:
@@ -72,7 +63,7 @@ class Tracker:
         self._engine: Engine | None = None
         self._writer: StoreWriter | None = None
         self._pid = os.getpid()
-        self._gen = _FORK_GENERATION[0]
+        self._gen = lifecycle.FORK_GENERATION[0]
         self._lock = threading.Lock()
         #: Per phase, the next step index: next() of a count is atomic, so steps ending on several
         #: threads get distinct indices without a lock on the hot path.
@@ -101,7 +92,7 @@ class Tracker:
 
     @property
     def running(self) -> bool:
-        return self.status == "running" and self._gen == _FORK_GENERATION[0]
+        return self.status == "running" and self._gen == lifecycle.FORK_GENERATION[0]
 
     def start(self) -> "Tracker":
         """Discover devices, open the store, start the sampler thread. Idempotent.
@@ -138,14 +129,14 @@ class Tracker:
             except Exception:  # noqa: BLE001
                 pass
         self._release_leases()
-        _ACTIVE.discard(self)
+        lifecycle.forget(self)
         self.status = "disabled"
 
     def _start(self) -> "Tracker":
         from greentrack.samplers import discover
 
         self._pid = os.getpid()
-        self._gen = _FORK_GENERATION[0]
+        self._gen = lifecycle.FORK_GENERATION[0]
         cfg = self.config
         cfg.check()  # settings that need data, before anything is created
         parent = None if self._join_token else sharing.parent_run()
@@ -190,7 +181,7 @@ class Tracker:
         self._watch(found.channels)
         self._engine.start()
         self.status = "running"
-        _install_hooks(self)
+        lifecycle.install(self)
         if cfg.prometheus_port is not None or cfg.pushgateway_url:
             from greentrack.exporters import sinks_for  # lazy: prometheus_client only when asked
             self.sinks.extend(sinks_for(cfg))
@@ -265,7 +256,7 @@ class Tracker:
             if not self.running or self._engine is None:
                 return self.result
             self.status = "stopping"
-        _ACTIVE.discard(self)
+        lifecycle.forget(self)
         final = status or "completed"
         try:
             if self._open:
@@ -420,50 +411,6 @@ class Tracker:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
         from greentrack.summary import summarize
         return summarize(self.run_dir)
-
-
-# -- process-wide hooks: fork, SIGTERM, atexit ------------------------------------------------
-
-def _after_fork_in_child() -> None:
-    # A forked child (DataLoader worker) inherits the trackers but not their threads. It must
-    # never sample, write the parent's store through a copied SQLite handle, or run a second
-    # sampler: every tracker is inert there (its methods check the fork generation).
-    _FORK_GENERATION[0] += 1
-    _ACTIVE.clear()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    for tracker in list(_ACTIVE):
-        tracker._stop("stopped", read_totals=False)
-    prev = _PREV_SIGTERM
-    if callable(prev):
-        prev(signum, frame)
-    elif prev == signal.SIG_IGN:
-        return
-    else:  # default action: die of SIGTERM, so the exit status says so
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop_all_at_exit() -> None:
-    for tracker in list(_ACTIVE):
-        tracker._stop("completed" if sys.exc_info()[0] is None else "failed", read_totals=False)
-
-
-def _install_hooks(tracker: Tracker) -> None:
-    global _PREV_SIGTERM
-    _ACTIVE.add(tracker)
-    if not _HOOKS["fork"]:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        atexit.register(_stop_all_at_exit)
-        _HOOKS["fork"] = True
-    if not _HOOKS["sigterm"] and threading.current_thread() is threading.main_thread():
-        try:
-            _PREV_SIGTERM = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _on_sigterm)
-            _HOOKS["sigterm"] = True
-        except (ValueError, OSError):
-            pass
 
 
 def _create_time(pid: int) -> float | None:
