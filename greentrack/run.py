@@ -20,7 +20,6 @@ Merging rules, each chosen so nothing is counted twice:
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,9 @@ from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import VALID_SAMPLE, VALID_STEP, StoreReader, sql_number, store_paths
+from greentrack.store.reader import store_status
 from greentrack.units import J_PER_KWH
 
-#: A running store whose heartbeat is older than this, and whose process is gone, is incomplete.
-STALE_AFTER_S = 10.0
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
                              "sampler-slow", "steps-open", "internal-error"})
@@ -398,39 +396,6 @@ def union_length(spans: list[tuple[float, float]]) -> float:
         total += b - max(a, end)
         end = b
     return total
-
-
-def store_status(meta: dict[str, Any], now: float | None = None) -> str:
-    """``running``, ``completed``, ``failed``, ``stopped``, or ``incomplete`` for a store whose
-    process died without closing it (SIGKILL, OOM, power loss)."""
-    status = str(meta.get("status", "incomplete"))
-    if status != "running":
-        return status
-    now = time.time() if now is None else now
-    alive = _process_alive(meta)
-    if alive is False:
-        return "incomplete"
-    heartbeat = meta.get("heartbeat_unix") or meta.get("started_unix") or 0.0
-    if alive is None and now - float(heartbeat) > STALE_AFTER_S:
-        return "incomplete"
-    return "running"
-
-
-def _process_alive(meta: dict[str, Any]) -> bool | None:
-    """True/False when the writer is on this host and we can tell; None otherwise."""
-    if meta.get("host") != socket.gethostname():
-        return None
-    try:
-        import psutil
-        proc = psutil.Process(int(meta["pid"]))
-        created = meta.get("pid_create_time")
-        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
-            return False  # the pid was reused by another process
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except (KeyError, TypeError, ValueError):
-        return None
-    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends
-        return False
 
 
 def _segment(reader: StoreReader, now: float) -> Segment:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from greentrack._text import printable
-from greentrack.run import RECORD_WARNINGS, STALE_AFTER_S, Run, store_status
+from greentrack.run import RECORD_WARNINGS, Run
+from greentrack.store.reader import STALE_AFTER_S, store_status
 
 __all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "format_summary", "store_status", "summarize"]
 

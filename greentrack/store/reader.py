@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import socket
 import sqlite3
+import time
 import tempfile
 import urllib.parse
 from collections.abc import Iterable
@@ -279,3 +281,40 @@ def store_paths(run_dir: Path) -> list[Path]:
     if not paths:
         raise ConfigError("RUN_DIR", str(run_dir), "holds no greentrack run (no *.gtdb store)")
     return paths
+
+
+#: A running store whose heartbeat is older than this, and whose process is gone, is incomplete.
+STALE_AFTER_S = 10.0
+
+
+def store_status(meta: dict[str, Any], now: float | None = None) -> str:
+    """``running``, ``completed``, ``failed``, ``stopped``, or ``incomplete`` for a store whose
+    process died without closing it (SIGKILL, OOM, power loss)."""
+    status = str(meta.get("status", "incomplete"))
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    alive = _process_alive(meta)
+    if alive is False:
+        return "incomplete"
+    heartbeat = meta.get("heartbeat_unix") or meta.get("started_unix") or 0.0
+    if alive is None and now - float(heartbeat) > STALE_AFTER_S:
+        return "incomplete"
+    return "running"
+
+
+def _process_alive(meta: dict[str, Any]) -> bool | None:
+    """True/False when the writer is on this host and we can tell; None otherwise."""
+    if meta.get("host") != socket.gethostname():
+        return None
+    try:
+        import psutil
+        proc = psutil.Process(int(meta["pid"]))
+        created = meta.get("pid_create_time")
+        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
+            return False  # the pid was reused by another process
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (KeyError, TypeError, ValueError):
+        return None
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends
+        return False
