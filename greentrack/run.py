@@ -146,8 +146,7 @@ class Segment:
     def step_energies(self) -> dict[str, list[float]]:
         """Per phase, each valid row's joules (all kinds)."""
         out: dict[str, list[float]] = {}
-        for r in self.reader.rows("SELECT phase, COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + "
-                                  f"COALESCE(dram_j, 0) AS e FROM steps WHERE {VALID_STEP}"):
+        for r in self.reader.rows(f"SELECT phase, {STEP_J} AS e FROM steps WHERE {VALID_STEP}"):
             out.setdefault(str(r["phase"]), []).append(float(r["e"]))
         return out
 
@@ -345,6 +344,9 @@ class Run:
 
 
 
+#: A step row's joules, all kinds (``greentrack.steps.StepRow.energy_j`` in Python).
+STEP_J = "COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)"
+
 # One scalar subquery per bin walks the (channel_id, t) primary key in order: several times faster
 # than GROUP BY on an expression, which sorts every row in a temporary B-tree.
 _BINS_SQL = """
@@ -354,7 +356,7 @@ SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ?
 
 _STEPS_SQL = """
 SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
-       SUM(COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)) AS energy_j,
+       SUM(""" + STEP_J + """) AS energy_j,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
        COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
@@ -409,8 +411,7 @@ def _segment(reader: StoreReader, now: float) -> Segment:
         end = max(start + until, now) if status == "running" else start + until
     seg = Segment(reader, meta, channels, reader.events(), status, start, end)
     reader.invalid_rows("steps")
-    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM(COALESCE(gpu_j,0)+"
-                           f"COALESCE(cpu_j,0)+COALESCE(dram_j,0)) AS e FROM steps WHERE "
-                           f"{VALID_STEP} GROUP BY phase"):
+    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM({STEP_J}) AS e FROM steps "
+                           f"WHERE {VALID_STEP} GROUP BY phase"):
         seg.phases[str(row["phase"])] = (int(row["n"] or 0), float(row["e"] or 0.0))
     return seg

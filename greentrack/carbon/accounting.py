@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greentrack.carbon import factors
-from greentrack.carbon.location import Factor, resolve_location
+from greentrack.carbon.location import Factor, resolve_location, world_average
 from greentrack.carbon.resolve import intensity_plan, pue_in_use
 from greentrack.carbon.series import IntensitySeries, integrate, read_csv
 from greentrack.units import utc
@@ -75,7 +75,7 @@ def location_intensity(config: Any, profile: EnergyProfile, warnings: list[str])
     """The location-based factor in use, as a JSON-ready dict (precedence:
     :func:`greentrack.carbon.resolve.intensity_plan`)."""
     plan = intensity_plan(config)
-    base, fallback = plan.base, plan.fallback
+    base, fallback = plan.base, plan.fallback or world_average()  # a report needs the data
     if plan.kind == "user":
         return {"g_per_kwh": float(config.carbon_intensity_g_per_kwh), "method": "user-setting",
                 "source": "user setting (carbon_intensity_g_per_kwh)", "dataset": "user",

@@ -69,4 +69,6 @@ def _resolve(config: Any, now: float) -> tuple[float, str] | None:
             log.warning("greentrack: live intensity falls back to yearly data: %s", e)
     elif plan.error:
         log.warning("greentrack: %s", plan.error)
+    if plan.fallback is None:
+        return None  # no location and no codecarbon data: no live emissions, not an error
     return plan.fallback.g_per_kwh, plan.fallback.source

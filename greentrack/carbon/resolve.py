@@ -69,7 +69,8 @@ class IntensityPlan:
     Attributes:
         kind: ``user``, ``csv``, ``electricitymaps``, ``yearly`` or ``world``.
         base: the location's yearly factor (None without a location); the fallback of a series.
-        fallback: what a series falls back to: ``base``, else the world average.
+        fallback: what a series falls back to: ``base``, else the world average (None without
+            codecarbon's data).
         client: the Electricity Maps client, for ``electricitymaps``.
         error: why a better source was skipped (shown as a warning), or None.
     """
@@ -87,10 +88,10 @@ def intensity_plan(config: Any) -> IntensityPlan:
     Raises:
         ConfigError: an unknown country, region or cloud region.
     """
-    from greentrack.carbon.location import world_average, yearly_factor
+    from greentrack.carbon.location import yearly_factor
 
     base = yearly_factor(config)  # validates country/region/cloud even when not used
-    fallback = base or world_average()
+    fallback = base or _world_average_or_none()
     if config.carbon_intensity_g_per_kwh is not None:
         return IntensityPlan("user", base, fallback)
     if config.intensity_csv:
@@ -102,8 +103,19 @@ def intensity_plan(config: Any) -> IntensityPlan:
         if client is not None:
             return IntensityPlan("electricitymaps", base, fallback, client)
     except ElectricityMapsError as e:
-        error = f"{e}; used {fallback.source}"
+        error = f"{e}; used {fallback.source if fallback else 'no intensity'}"
     return IntensityPlan("yearly" if base is not None else "world", base, fallback, error=error)
+
+
+def _world_average_or_none() -> Any:
+    """codecarbon's world average, or None without codecarbon's data: measuring never needs
+    codecarbon (a report does, and says so)."""
+    from greentrack.carbon.location import world_average
+    from greentrack.errors import ConfigError
+    try:
+        return world_average()
+    except ConfigError:
+        return None
 
 
 def pue_in_use(config: Any) -> dict[str, Any]:
