@@ -33,7 +33,8 @@ from types import TracebackType
 from typing import Any
 
 from greentrack.config import env_int
-from greentrack.training import TrainingMeter, guarded
+from greentrack.integrating import guarded
+from greentrack.training import TrainingMeter
 
 
 class OptimizerTracking:
