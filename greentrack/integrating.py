@@ -164,6 +164,23 @@ class IntegrationRun:
         return prefixed(found[1])
 
 
+class RunCallback:
+    """What the framework callbacks expose from their :class:`IntegrationRun` (``self.run``)."""
+
+    run: IntegrationRun
+
+    @property
+    def meter(self) -> TrainingMeter | None:
+        """The live meter, while a stage runs (None otherwise, or when tracking is off)."""
+        return self.run.meter
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The whole run's totals (all ranks and segments), on rank 0 after each stage."""
+        return self.run.summary
+
+
+
 def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
     """The integration's :class:`~greentrack.config.Config` (validated now, so a bad setting fails
     before training) and whether the user chose the run directory (argument, ``config`` or
@@ -318,6 +335,6 @@ def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
             pass
 
 
-__all__ = ["IntegrationRun", "PREFIX", "prefixed", "resume_flops", "resolve_config", "new_run_dir",
+__all__ = ["IntegrationRun", "RunCallback", "PREFIX", "prefixed", "resume_flops", "resolve_config", "new_run_dir",
            "run_totals", "totals_metrics", "final_totals", "start_tracker", "guarded",
            "MAX_HOOK_EVENTS"]

@@ -39,13 +39,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from greentrack.integrating import PREFIX, IntegrationRun, guarded
-from greentrack.training import TrainingMeter
+from greentrack.integrating import PREFIX, IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
 
 
-class GreenTrackCallback(Callback):
+class GreenTrackCallback(Callback, RunCallback):
     """Tracks the energy of a Lightning run; see the module docstring.
 
     Args:
@@ -87,15 +86,6 @@ class GreenTrackCallback(Callback):
         # Each rank logs its own validation energy on purpose (no collective in a callback that
         # must never hang training); Lightning's advice to sync it does not apply.
         warnings.filterwarnings("ignore", message=r".*'greentrack/validation_energy_j'.*sync_dist")
-
-    @property
-    def meter(self) -> TrainingMeter | None:
-        return self.run.meter
-
-    @property
-    def summary(self) -> dict[str, Any] | None:
-        """The whole run's totals (all ranks and segments), on rank 0 after each stage."""
-        return self.run.summary
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -40,14 +40,13 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from greentrack.integrating import IntegrationRun, guarded
-from greentrack.training import TrainingMeter
+from greentrack.integrating import IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
 _JSON = (str, int, float, bool, type(None))
 
 
-class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
+class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
     """Tracks the energy of a Hugging Face ``Trainer`` run; see the module docstring.
 
     Args:
@@ -77,15 +76,6 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         self._micro = 1
         self._tokens_seen = 0
         self._world = 1
-
-    @property
-    def meter(self) -> TrainingMeter | None:
-        return self.run.meter
-
-    @property
-    def summary(self) -> dict[str, Any] | None:
-        """The whole run's totals (all ranks and segments), on the main process after training."""
-        return self.run.summary
 
     def attach(self, trainer: Any) -> GreenTrackTrainerCallback:
         """Put this callback right after the Trainer's flow callback (which decides when to log
