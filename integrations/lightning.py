@@ -5,16 +5,22 @@ Example:
     >>> trainer = L.Trainer(callbacks=[GreenTrackCallback()])          # doctest: +SKIP
     >>> trainer.fit(model)                                             # doctest: +SKIP
 
-Metrics, logged with ``pl_module.log`` at the trainer's logging cadence (``log_every_n_steps``, and
-at most once per ``log_every_s``) so TensorBoard, CSV, W&B, MLflow and the progress bar all receive
-them, as CPU tensors (no device copy, so no synchronization): ``greentrack/step_energy_j``,
+Metrics, sent by rank 0 to every logger (TensorBoard, CSV, W&B, MLflow...) at the trainer's
+logging cadence (``log_every_n_steps``, and at most once per ``log_every_s``) with
+``step=trainer.global_step``, each only when it has new data since the previous log (no plateau of
+a stale value, no 0 standing for "no reading yet"), and once more when training ends (a run shorter
+than ``log_every_s`` gets its figures too): ``greentrack/step_energy_j``,
 ``greentrack/step_gpu_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
-``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps``,
-``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
-:mod:`greentrack.training`), ``greentrack/validation_energy_j`` at each validation epoch end, and
-``energy_kJ``/``forecast_kJ`` on the progress bar. At the end of ``fit``/``validate``/``test``,
-rank 0 logs the whole run's totals (all ranks) as ``greentrack/run_*``.
+``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps`` (the global
+step), ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
+:mod:`greentrack.training`). They also reach ``callback_metrics`` (``pl_module.log`` with
+``logger=False``, as CPU tensors: no device copy, so no synchronization), and ``energy_kJ`` /
+``forecast_kJ`` the progress bar. ``greentrack/validation_energy_j``: the joules of that
+validation epoch's steps, logged at its end once they are resolved (a bounded wait, at most 2 s).
+At the end of ``fit``/``validate``/``test``, rank 0 logs the whole run's totals (all ranks) as
+``greentrack/run_*``, with ``run_steps`` the global step and ``run_joules_per_step`` the whole
+job's energy per optimizer step.
 
 Phases: ``train`` (one step per optimizer step: with ``accumulate_grad_batches=k`` a step spans
 its ``k`` micro-batches), ``validation``, ``sanity_check``, ``test`` and ``predict`` (one step per

@@ -11,12 +11,15 @@ integration (TensorBoard, W&B, MLflow...) and ``trainer.state.log_history``. Pas
 ``Trainer(callbacks=[...])`` instead, it runs after the reporting callbacks: the metrics still reach
 ``log_history`` and the console, not those integrations.
 
-Metrics added to training logs: ``greentrack/step_energy_j``, ``greentrack/step_duration_s``,
-``greentrack/mfu``, ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``,
-``greentrack/energy_per_token_j``, ``greentrack/energy_j``, ``greentrack/steps``,
-``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see :mod:`greentrack.training`);
-to evaluation logs ``greentrack/validation_energy_j``; to the final training log the whole run's
-totals (all ranks) as ``greentrack/run_*``.
+Metrics added to training logs, each only when it has new data since the previous log:
+``greentrack/step_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
+``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
+``greentrack/energy_j``, ``greentrack/steps`` (``state.global_step``),
+``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
+:mod:`greentrack.training`); to each evaluation's log ``greentrack/validation_energy_j``, the joules
+of that evaluation's batches (once resolved, a bounded wait); to the final training log the last
+figures and the whole run's totals (all ranks) as ``greentrack/run_*``, with ``run_steps`` the
+global step and ``run_joules_per_step`` the whole job's energy per optimizer step.
 
 Steps: one ``train`` step per optimizer step (``on_step_begin`` to ``on_step_end``, all
 gradient-accumulation micro-batches included). Samples per step are nominal
