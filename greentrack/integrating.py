@@ -118,7 +118,7 @@ class IntegrationRun:
     # -- figures -------------------------------------------------------------------------------
     def live_metrics(self) -> dict[str, float]:
         """The meter's live figures with new data, prefixed (training thread; no I/O)."""
-        return prefixed(self.meter.metrics()) if self.meter is not None else {}
+        return prefixed(self.meter.new_metrics()) if self.meter is not None else {}
 
     def evaluation_metrics(self, phase: str = "validation",
                            timeout_s: float = SETTLE_S) -> dict[str, float]:

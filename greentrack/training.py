@@ -20,8 +20,8 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
 * ``forecast_energy_j``, ``forecast_duration_s`` (and ``forecast_emissions_g``, ``forecast_cost``
   when the carbon and price settings allow): the whole run, see :mod:`greentrack.forecast`.
 
-A call returns only the figures with new data since the previous call (no stale value repeated,
-no 0 standing for "no reading yet"). Figures of a whole evaluation (one validation epoch's joules)
+:meth:`TrainingMeter.new_metrics` (what the framework callbacks log) returns only the figures with
+new data since its previous call (no stale value repeated, no 0 standing for "no reading yet"). Figures of a whole evaluation (one validation epoch's joules)
 come from :meth:`TrainingMeter.take_phase`. The framework callbacks' shared start/stop sequence
 and the run's totals are in :mod:`greentrack.integrating`.
 """
@@ -43,6 +43,9 @@ from greentrack.timeline import StepMarks
 log = logging.getLogger("greentrack")
 
 _SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "samples", "tokens", "flops_s")
+#: Metrics that are means over the steps since the previous call: new whenever present.
+_PER_STEP = frozenset({"step_energy_j", "step_gpu_energy_j", "step_duration_s", "mfu",
+                       "flops_per_j", "energy_per_sample_j", "energy_per_token_j"})
 #: The first progress line comes after this many seconds (or after ``progress_every_s`` if shorter).
 FIRST_PROGRESS_S = 10.0
 #: Longest wait of :meth:`TrainingMeter.settle` for the steps a figure needs (polling, no sync).
@@ -118,7 +121,7 @@ class TrainingMeter:
         self._fresh = _zero()
         self._ended: dict[str, int] = {}  # steps ended per phase in this segment (training thread)
         self._taken: dict[str, dict[str, float]] = {}  # phase sums at the last take_phase
-        self._logged: dict[str, float] = {}  # the values metrics() returned last
+        self._logged: dict[str, float] = {}  # the values new_metrics() returned last
         if self.flops is not None:
             self._on_flops_known()
         tracker.add_step_listener(self._on_row)
@@ -293,7 +296,8 @@ class TrainingMeter:
         return float(self.prior["elapsed_s"]) + time.monotonic() - self._t_start
 
     def metrics(self) -> dict[str, float]:
-        """Metrics to log now (see the module docstring); cheap, no I/O."""
+        """Metrics now (see the module docstring); cheap, no I/O. The per-step means are over
+        the steps attributed since the previous call, and absent when there are none."""
         self.marks.poll()
         with self._lock:
             fresh, self._fresh = self._fresh, _zero()
@@ -312,9 +316,7 @@ class TrainingMeter:
                 out["energy_per_sample_j"] = fresh["energy_j"] / fresh["samples"]
             if fresh["tokens"]:
                 out["energy_per_token_j"] = fresh["energy_j"] / fresh["tokens"]
-        energy = self.energy_so_far_j()
-        if energy > 0:  # 0 J is "no reading yet", not a figure
-            out["energy_j"] = energy
+        out["energy_j"] = self.energy_so_far_j()
         out["steps"] = float(self.train_steps)
         est = self._observe()
         if est is not None:
@@ -324,9 +326,16 @@ class TrainingMeter:
                 out["forecast_emissions_g"] = est["emissions_g"]
             if est["cost"] is not None:
                 out["forecast_cost"] = est["cost"]
-        # Only what has new data since the last call: a logger never shows a stale value again.
-        new = {k: v for k, v in out.items() if k.startswith("step_") or k in ("mfu", "flops_per_j")
-               or k.startswith("energy_per_") or self._logged.get(k) != v}
+        return out
+
+    def new_metrics(self) -> dict[str, float]:
+        """:meth:`metrics`, less what has no new data since the previous call: a figure equal to
+        the one returned last, and ``energy_j`` before the first reading (0 J is "no data yet",
+        not a figure). For loggers, which would otherwise show plateaus of stale values."""
+        out = self.metrics()
+        new = {k: v for k, v in out.items() if k in _PER_STEP or self._logged.get(k) != v}
+        if not new.get("energy_j", 1.0) > 0:
+            del new["energy_j"]
         self._logged.update(new)
         return new
 
