@@ -16,19 +16,24 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
 * ``mfu``, ``flops_per_j``, ``energy_per_sample_j``, ``energy_per_token_j``: over the same steps,
   when FLOPs, samples or tokens are known (MFU also needs the device's peak).
 * ``energy_j``: energy of this process so far, all segments of a resumed run included.
-* ``steps``: training steps attributed so far, all segments included.
+* ``steps``: optimizer steps ended so far, all segments included (the framework's global step).
 * ``forecast_energy_j``, ``forecast_duration_s`` (and ``forecast_emissions_g``, ``forecast_cost``
   when the carbon and price settings allow): the whole run, see :mod:`greentrack.forecast`.
+
+:meth:`TrainingMeter.new_metrics` (what the framework callbacks log) returns only the figures with
+new data since its previous call (no stale value repeated, no 0 standing for "no reading yet"). Figures of a whole evaluation (one validation epoch's joules)
+come from :meth:`TrainingMeter.take_phase`. The framework callbacks' shared start/stop sequence
+and the run's totals are in :mod:`greentrack.integrating`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops, device_peak,
                               given)
@@ -38,6 +43,30 @@ from greentrack.timeline import StepMarks
 log = logging.getLogger("greentrack")
 
 _SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "samples", "tokens", "flops_s")
+#: Metrics that are means over the steps since the previous call: new whenever present.
+_PER_STEP = frozenset({"step_energy_j", "step_gpu_energy_j", "step_duration_s", "mfu",
+                       "flops_per_j", "energy_per_sample_j", "energy_per_token_j"})
+#: The first progress line comes after this many seconds (or after ``progress_every_s`` if shorter).
+FIRST_PROGRESS_S = 10.0
+#: Longest wait of :meth:`TrainingMeter.settle` for the steps a figure needs (polling, no sync).
+SETTLE_S = 2.0
+
+
+def progress_period(progress_every_s: float | None) -> float | None:
+    """The progress line's period: ``progress_every_s``, unless ``GREENTRACK_PROGRESS`` says
+    otherwise (``0``, ``off``, ``false``, ``no``: never; a number of seconds: that period)."""
+    env = os.environ.get("GREENTRACK_PROGRESS", "").strip().lower()
+    if env in ("0", "off", "false", "no", "none"):
+        return None
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            log.warning("greentrack: GREENTRACK_PROGRESS=%r is not a number of seconds or 0; "
+                        "ignored", env)
+        else:
+            return value if value > 0 else None
+    return progress_every_s if progress_every_s and progress_every_s > 0 else None
 
 
 def _zero() -> dict[str, float]:
@@ -56,7 +85,9 @@ class TrainingMeter:
         planned_steps: optimizer steps of the whole run, for the forecast.
         prior: totals of earlier segments of a resumed run: ``energy_j``, ``elapsed_s``, ``steps``.
         main: this process writes the progress line (rank 0).
-        progress_every_s: period of the progress line (``None``: never).
+        progress_every_s: period of the progress line on stderr (``None``: never; the first
+            after :data:`FIRST_PROGRESS_S` at most; ``GREENTRACK_PROGRESS`` overrides it, see
+            :func:`progress_period`).
     """
 
     def __init__(self, tracker: Any, *, device: Any = None, flops: Any = None, dtype: Any = None,
@@ -80,12 +111,17 @@ class TrainingMeter:
         self.train_steps = int(self.prior["steps"].get("train", 0))  # steps ended, all segments
         self._t_start = time.monotonic()
         self.forecast = Forecast.for_config(planned_steps, tracker.config)
+        self._forecast_lock = threading.Lock()  # observed on both threads
         self.main = main
-        self._progress_every_s = progress_every_s
-        self._next_progress = time.monotonic() + (progress_every_s or 0.0)
+        self._progress_every_s = progress_period(progress_every_s) if main else None
+        self._next_progress = time.monotonic() + min(FIRST_PROGRESS_S,
+                                                     self._progress_every_s or 0.0)
         self._lock = threading.Lock()
         self._phase: dict[str, dict[str, float]] = {}
         self._fresh = _zero()
+        self._ended: dict[str, int] = {}  # steps ended per phase in this segment (training thread)
+        self._taken: dict[str, dict[str, float]] = {}  # phase sums at the last take_phase
+        self._logged: dict[str, float] = {}  # the values new_metrics() returned last
         if self.flops is not None:
             self._on_flops_known()
         tracker.add_step_listener(self._on_row)
@@ -108,6 +144,7 @@ class TrainingMeter:
         phase = self.marks.open_phase
         if phase is None:
             return
+        self._ended[phase] = self._ended.get(phase, 0) + 1
         if phase == "train":
             self.train_steps += 1
             if self._counter is not None and self._counter.active:
@@ -181,11 +218,64 @@ class TrainingMeter:
                 s["flops_s"] += row["duration_s"] if flops else 0.0
                 s["samples"] += row["samples"] or 0.0
                 s["tokens"] += row["tokens"] or 0.0
-        if self.main and self._progress_every_s and time.monotonic() >= self._next_progress:
-            self._next_progress = time.monotonic() + self._progress_every_s
-            est = self.forecast.estimate()
+        every = self._progress_every_s
+        if every and time.monotonic() >= self._next_progress:
+            self._next_progress = time.monotonic() + every
+            self._write_progress()
+
+    def _write_progress(self) -> None:
+        """The progress line, on stderr (sampler thread, rank 0): visible without any logging
+        setup, silenced by ``progress_every_s=None`` or ``GREENTRACK_PROGRESS=0``."""
+        try:
+            est = self._observe()
             if est is not None:
-                log.info(format_forecast(est))
+                line = format_forecast(est)
+            else:
+                planned = self.forecast.planned_steps
+                line = (f"greentrack: step {self.train_steps}"
+                        + (f"/{planned}" if planned else "")
+                        + f", {self.energy_so_far_j() / 3600.0:.3g} Wh so far")
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except Exception as e:  # noqa: BLE001 - a closed stderr never stops attribution
+            log.debug("greentrack: progress line not written: %s", e)
+
+    def _observe(self) -> dict[str, Any] | None:
+        """Observe the run's position in the forecast (either thread) and return its estimate."""
+        energy, elapsed = self.energy_so_far_j(), self.elapsed_s()
+        with self._forecast_lock:
+            if energy > 0:  # before the first reading there is nothing to extrapolate
+                self.forecast.observe(self.train_steps, energy, elapsed)
+            return self.forecast.estimate()
+
+    # -- figures that need every step of a phase (evaluation ends) ------------------------------
+    def ended(self, phase: str) -> int:
+        """Steps of ``phase`` ended in this segment (resolved or not)."""
+        return self._ended.get(phase, 0)
+
+    def settle(self, phase: str, timeout_s: float = SETTLE_S) -> bool:
+        """Wait until every ended step of ``phase`` has come back resolved, at most ``timeout_s``,
+        polling (GPU marks are queried, never synchronized). True if they all have."""
+        want = self.ended(phase)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.marks.poll()
+            if self.phase_totals(phase)["n"] >= want:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    def take_phase(self, phase: str, timeout_s: float = SETTLE_S) -> dict[str, float] | None:
+        """Sums of ``phase``'s steps resolved since the previous call (after :meth:`settle`), e.g.
+        one validation epoch's; None when none came back (never a 0 standing for "no data").
+        A step that resolves after ``timeout_s`` is counted in the next call's figures."""
+        self.settle(phase, timeout_s)
+        now = self.phase_totals(phase)
+        before = self._taken.get(phase, _zero())
+        self._taken[phase] = now
+        delta = {k: now[k] - before[k] for k in _SUMS}
+        return delta if delta["n"] > 0 else None
 
     def phase_totals(self, phase: str) -> dict[str, float]:
         """Steps and joules of ``phase`` attributed so far in this segment."""
@@ -206,11 +296,11 @@ class TrainingMeter:
         return float(self.prior["elapsed_s"]) + time.monotonic() - self._t_start
 
     def metrics(self) -> dict[str, float]:
-        """Metrics to log now (see the module docstring); cheap, no I/O."""
+        """Metrics now (see the module docstring); cheap, no I/O. The per-step means are over
+        the steps attributed since the previous call, and absent when there are none."""
         self.marks.poll()
         with self._lock:
             fresh, self._fresh = self._fresh, _zero()
-            steps = self._phase.get("train", _zero())["n"]
         out: dict[str, float] = {}
         n = fresh["n"]
         if n:
@@ -226,11 +316,9 @@ class TrainingMeter:
                 out["energy_per_sample_j"] = fresh["energy_j"] / fresh["samples"]
             if fresh["tokens"]:
                 out["energy_per_token_j"] = fresh["energy_j"] / fresh["tokens"]
-        energy = self.energy_so_far_j()
-        out["energy_j"] = energy
-        out["steps"] = float(self.prior["steps"].get("train", 0) + steps)
-        self.forecast.observe(self.train_steps, energy, self.elapsed_s())
-        est = self.forecast.estimate()
+        out["energy_j"] = self.energy_so_far_j()
+        out["steps"] = float(self.train_steps)
+        est = self._observe()
         if est is not None:
             out["forecast_energy_j"] = est["energy_j"]
             out["forecast_duration_s"] = est["duration_s"]
@@ -239,6 +327,17 @@ class TrainingMeter:
             if est["cost"] is not None:
                 out["forecast_cost"] = est["cost"]
         return out
+
+    def new_metrics(self) -> dict[str, float]:
+        """:meth:`metrics`, less what has no new data since the previous call: a figure equal to
+        the one returned last, and ``energy_j`` before the first reading (0 J is "no data yet",
+        not a figure). For loggers, which would otherwise show plateaus of stale values."""
+        out = self.metrics()
+        new = {k: v for k, v in out.items() if k in _PER_STEP or self._logged.get(k) != v}
+        if not new.get("energy_j", 1.0) > 0:
+            del new["energy_j"]
+        self._logged.update(new)
+        return new
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to continue this run (see the integrations' resume)."""
@@ -273,146 +372,16 @@ class TrainingMeter:
         self.tracker.stop(status)
 
 
-def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
-    """The integration's :class:`~greentrack.config.Config` (validated now, so a bad setting fails
-    before training) and whether the user chose the run directory (argument, ``config`` or
-    ``GREENTRACK_RUN_DIR``). Otherwise the integration picks a fresh one on rank 0."""
-    import os
-
-    from greentrack.config import Config
-
-    if run_dir is not None:
-        settings = {**settings, "run_dir": run_dir}
-    base = config if config is not None else Config.from_env()
-    cfg = base.replace(**settings) if settings else base
-    chosen = (run_dir is not None or "GREENTRACK_RUN_DIR" in os.environ
-              or (config is not None and not config.run_dir_is_default)
-              or "run_dir" in settings)
-    return cfg, chosen
+#: Names that moved to :mod:`greentrack.integrating` (importable from here, lazily, as before).
+_MOVED = ("resume_flops", "resolve_config", "new_run_dir", "run_totals", "totals_metrics",
+          "final_totals", "start_tracker", "guarded", "MAX_HOOK_EVENTS")
 
 
-def new_run_dir(root: Any) -> Any:
-    """A fresh run directory under ``root/greentrack/`` (time-stamped, never a reused one)."""
-    import uuid
-    from pathlib import Path
-    return Path(root) / "greentrack" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from greentrack import integrating
+        return getattr(integrating, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run_totals(run_dir: Any) -> dict[str, Any]:
-    """The whole run's totals (every rank and segment, :func:`greentrack.summarize`) with the
-    energy of each phase's steps added as ``phase_energy_j``."""
-    from pathlib import Path
-
-    from greentrack.store import StoreReader, store_paths
-    from greentrack.summary import summarize
-
-    out = summarize(run_dir)
-    by_phase: dict[str, float] = {}
-    for path in store_paths(Path(run_dir)):
-        try:
-            store = StoreReader(path)
-        except Exception:  # noqa: BLE001 - summarize already reported it
-            continue
-        for row in store.rows("SELECT phase, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)+"
-                              "COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
-            by_phase[row["phase"]] = by_phase.get(row["phase"], 0.0) + float(row["e"] or 0.0)
-        store.close()
-    out["phase_energy_j"] = by_phase
-    return out
-
-
-def final_totals(run_dir: Any) -> tuple[dict[str, Any], dict[str, float]] | None:
-    """For rank 0 at the end of a stage: the run's totals and their flat metrics, or None (with
-    a warning) if the run directory cannot be read; the training is never failed over it."""
-    try:
-        totals = run_totals(run_dir)
-    except Exception as e:  # noqa: BLE001
-        log.warning("greentrack: could not read the run's totals: %s", e)
-        return None
-    return totals, totals_metrics(totals)
-
-
-def totals_metrics(totals: dict[str, Any]) -> dict[str, float]:
-    """Flat run totals for loggers (``run_energy_j``, ``run_gpu_energy_j``, ...)."""
-    e = totals["energy_j"]
-    out = {"run_energy_j": float(e["total"]), "run_energy_kwh": float(totals["energy_kwh"]),
-           "run_duration_s": float(totals["duration_s"]), "run_steps": float(totals["steps"]),
-           "run_gpu_seconds": float(totals["gpu_seconds"])}
-    for kind in ("gpu", "cpu", "dram"):
-        if e.get(kind) is not None:
-            out[f"run_{kind}_energy_j"] = float(e[kind])
-    for phase, joules in totals.get("phase_energy_j", {}).items():
-        out[f"run_{phase}_steps_energy_j"] = joules
-    return out
-
-
-def resume_flops(state: dict[str, Any]) -> StepFlops | None:
-    """The FLOPs per step a resumed run had measured, so it is not counted again."""
-    if state.get("flops") and state.get("flops_method"):
-        return StepFlops(float(state["flops"]), str(state["flops_method"]),
-                         str(state.get("flops_detail") or "") + " (from the resumed checkpoint)")
-    return None
-
-
-__all__ = ["TrainingMeter", "resume_flops", "resolve_config", "new_run_dir", "run_totals",
-           "totals_metrics", "METHOD_COUNTED"]
-
-
-def start_tracker(config: Any, local_zero: bool) -> Any:
-    """Start a tracker for a framework integration, or return None if it cannot start.
-
-    ``local_zero``: this process is the node's first (it measures host CPU and DRAM unless the
-    settings say otherwise). A bad setting (``ConfigError``) propagates, before any training;
-    anything else is a warning and the run trains untracked: measurement never breaks training.
-    """
-    from greentrack.errors import ConfigError
-    from greentrack.tracker import Tracker
-    if config.host_energy is None:
-        config = config.replace(host_energy=local_zero)
-    try:
-        tracker = Tracker(config=config).start()  # warns and disables itself on any failure
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 - never break training over measurement
-        log.warning("greentrack: tracking disabled for this run: %s", e)
-        return None
-    return tracker if tracker.status == "running" else None
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-_HOOK_ERRORS: dict[tuple[int, str], int] = {}
-#: Events recorded per hook and meter before further errors of that hook are only counted.
-MAX_HOOK_EVENTS = 10
-
-
-def guarded(fn: _F) -> _F:
-    """For the integrations' per-step hooks: an exception (a greentrack bug, a user's
-    ``samples_fn`` failing, a CUDA event refused) is recorded as a ``hook-error`` event and
-    warned about once; it never reaches the training loop, which goes on (that step may be
-    missing from the per-step record; device totals are unaffected). Not for hooks that hold a
-    collective (a barrier skipped on one rank would hang the others)."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - measurement must never break training
-            _report_hook_error(getattr(self, "meter", None), name, e)
-            return None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
-    key = (id(meter), hook)
-    n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
-    if n == 1:
-        log.warning("greentrack: %s failed (training goes on; recorded in the run): %s: %s",
-                    hook, type(error).__name__, error)
-    if n <= MAX_HOOK_EVENTS:
-        try:
-            meter.tracker.engine.event("error", "hook-error", f"{hook}: {type(error).__name__}: "
-                                       f"{error}", occurrence=n)
-        except Exception:  # noqa: BLE001 - no tracker (yet): the warning stands alone
-            pass
+__all__ = ["TrainingMeter", "progress_period", "FIRST_PROGRESS_S", "SETTLE_S", "METHOD_COUNTED"]

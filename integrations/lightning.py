@@ -5,16 +5,22 @@ Example:
     >>> trainer = L.Trainer(callbacks=[GreenTrackCallback()])          # doctest: +SKIP
     >>> trainer.fit(model)                                             # doctest: +SKIP
 
-Metrics, logged with ``pl_module.log`` at the trainer's logging cadence (``log_every_n_steps``, and
-at most once per ``log_every_s``) so TensorBoard, CSV, W&B, MLflow and the progress bar all receive
-them, as CPU tensors (no device copy, so no synchronization): ``greentrack/step_energy_j``,
+Metrics, sent by rank 0 to every logger (TensorBoard, CSV, W&B, MLflow...) at the trainer's
+logging cadence (``log_every_n_steps``, and at most once per ``log_every_s``) with
+``step=trainer.global_step``, each only when it has new data since the previous log (no plateau of
+a stale value, no 0 standing for "no reading yet"), and once more when training ends (a run shorter
+than ``log_every_s`` gets its figures too): ``greentrack/step_energy_j``,
 ``greentrack/step_gpu_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
-``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps``,
-``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
-:mod:`greentrack.training`), ``greentrack/validation_energy_j`` at each validation epoch end, and
-``energy_kJ``/``forecast_kJ`` on the progress bar. At the end of ``fit``/``validate``/``test``,
-rank 0 logs the whole run's totals (all ranks) as ``greentrack/run_*``.
+``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps`` (the global
+step), ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
+:mod:`greentrack.training`). They also reach ``callback_metrics`` (``pl_module.log`` with
+``logger=False``, as CPU tensors: no device copy, so no synchronization), and ``energy_kJ`` /
+``forecast_kJ`` the progress bar. ``greentrack/validation_energy_j``: the joules of that
+validation epoch's steps, logged at its end once they are resolved (a bounded wait, at most 2 s).
+At the end of ``fit``/``validate``/``test``, rank 0 logs the whole run's totals (all ranks) as
+``greentrack/run_*``, with ``run_steps`` the global step and ``run_joules_per_step`` the whole
+job's energy per optimizer step.
 
 Phases: ``train`` (one step per optimizer step: with ``accumulate_grad_batches=k`` a step spans
 its ``k`` micro-batches), ``validation``, ``sanity_check``, ``test`` and ``predict`` (one step per
@@ -39,14 +45,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 final_totals, guarded, start_tracker)
+from greentrack.integrating import PREFIX, IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
-PREFIX = "greentrack/"
 
 
-class GreenTrackCallback(Callback):
+class GreenTrackCallback(Callback, RunCallback):
     """Tracks the energy of a Lightning run; see the module docstring.
 
     Args:
@@ -62,7 +66,9 @@ class GreenTrackCallback(Callback):
         log_totals: rank 0 logs the whole run's totals at the end of each stage.
         log_every_s: log at the trainer's cadence, but at most once per this many seconds
             (``pl_module.log`` costs ~0.3 ms a metric on a slow CPU; 0: at every cadence point).
-        progress_every_s: period of the forecast line in the Python log (None: never).
+            The figures of the last steps are logged when training ends, however short the run.
+        progress_every_s: period of the progress line on stderr, rank 0 (None: never;
+            ``GREENTRACK_PROGRESS=0`` silences it too).
         config: a :class:`greentrack.Config`; ``**settings`` (any Config field) override it.
 
     Raises:
@@ -74,18 +80,12 @@ class GreenTrackCallback(Callback):
                  prog_bar: bool = True, log_totals: bool = True, log_every_s: float = 2.0,
                  progress_every_s: float | None = 60.0, config: Any = None,
                  **settings: Any) -> None:
-        self._config, self._dir_chosen = resolve_config(run_dir, config, settings)
-        self._flops, self._samples_fn, self._tokens_fn = flops, samples_fn, tokens_fn
-        self._planned = planned_steps
+        self.run = IntegrationRun(run_dir, config, settings, flops=flops,
+                                  planned_steps=planned_steps, progress_every_s=progress_every_s)
+        self._samples_fn, self._tokens_fn = samples_fn, tokens_fn
         self._prog_bar, self._log_totals = prog_bar, log_totals
         self._log_every_s = log_every_s
         self._next_log = 0.0
-        self._progress_every_s = progress_every_s
-        self._run_dir: Path | None = None
-        self._carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
-        self.meter: TrainingMeter | None = None
-        #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
-        self.summary: dict[str, Any] | None = None
         self._last_gs = 0
         self._samples = 0.0
         self._tokens = 0.0
@@ -95,64 +95,30 @@ class GreenTrackCallback(Callback):
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self.meter.state() if self.meter is not None else dict(self._carry)
+        return self.run.state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._carry = dict(state_dict)
-        saved = state_dict.get("run_dir")
-        if saved and self._run_dir is not None and Path(saved) != self._run_dir:
-            log.info("greentrack: resuming run %s in %s (from the checkpoint)",
-                     state_dict.get("run_id"), saved)
-        if saved:
-            self._run_dir = Path(saved)
+        self.run.restore(state_dict)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._run_dir is None:  # rank 0 decides, every rank writes into the same directory
-            chosen = self._config.run_dir if self._dir_chosen else \
-                new_run_dir(trainer.default_root_dir)
-            self._run_dir = Path(trainer.strategy.broadcast(str(chosen), src=0))
+        # rank 0 decides, every rank writes into the same directory
+        self.run.choose_dir(trainer.default_root_dir,
+                            lambda chosen: str(trainer.strategy.broadcast(chosen, src=0)))
 
     def _start(self, trainer: Any, pl_module: Any) -> None:
-        if self.meter is not None:
-            return
-        if self._run_dir is None:
-            self.setup(trainer, pl_module, "")
-        cfg = self._config.replace(
-            run_dir=self._run_dir, run_id=self._carry.get("run_id") or self._config.run_id,
-            rank=self._config.rank if self._config.rank is not None else trainer.global_rank)
-        tracker = start_tracker(cfg, local_zero=trainer.local_rank == 0)
-        if tracker is None:
-            return
-        flops = resume_flops(self._carry) or self._flops
-        self.meter = TrainingMeter(
-            tracker, device=pl_module.device, flops=flops, dtype=trainer.precision,
-            planned_steps=self._planned, prior=self._carry, main=trainer.is_global_zero,
-            progress_every_s=self._progress_every_s)
-        tracker.continue_steps({k: int(v) for k, v in self._carry.get("steps", {}).items()})
+        self.setup(trainer, pl_module, "")
+        self.run.start(rank=trainer.global_rank, local_zero=trainer.local_rank == 0,
+                       main=trainer.is_global_zero, device=pl_module.device,
+                       dtype=trainer.precision)
 
     def _stop(self, trainer: Any, status: str, totals: bool) -> None:
-        meter, self.meter = self.meter, None
-        if meter is not None:
-            self._carry = meter.state()
-            meter.close(status)
-        if not (totals and self._log_totals) or self._run_dir is None:
-            return
-        # Every rank's store is closed past this point (reached by every rank, tracked or not).
-        trainer.strategy.barrier("greentrack-totals")
-        if not trainer.is_global_zero:
-            return
-        found = final_totals(self._run_dir)
-        if found is None:
-            return
-        self.summary = found[0]
-        flat = {PREFIX + k: v for k, v in found[1].items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(flat, step=trainer.global_step)
-        log.info("greentrack: run %s: %.1f J (%.4g kWh) over %.1f s, %d steps, all ranks; %s",
-                 self.summary["run_id"], self.summary["energy_j"]["total"],
-                 self.summary["energy_kwh"], self.summary["duration_s"], self.summary["steps"],
-                 self._run_dir)
+        flat = self.run.stop(status, totals=totals and self._log_totals,
+                             barrier=lambda: trainer.strategy.barrier("greentrack-totals"),
+                             main=trainer.is_global_zero, optimizer_steps=trainer.global_step)
+        if flat:
+            for logger in trainer.loggers:
+                logger.log_metrics(flat, step=trainer.global_step)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(trainer, pl_module)
@@ -167,21 +133,23 @@ class GreenTrackCallback(Callback):
         self._start(trainer, pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        meter = self.meter
-        if meter is None:
-            return
         # The loops' progress is restored after on_fit_start: continue the step count from it.
         self._last_gs = trainer.global_step
-        meter.train_steps = trainer.global_step
-        meter.tracker.continue_steps({"train": trainer.global_step})
-        planned = self._planned
-        if planned is None:
-            try:
-                est = trainer.estimated_stepping_batches
-                planned = int(est) if est != float("inf") else None
-            except Exception:  # noqa: BLE001 - no forecast then
-                planned = None
-        meter.forecast.planned_steps = planned
+        planned = None
+        try:
+            est = trainer.estimated_stepping_batches
+            planned = int(est) if est != float("inf") else None
+        except Exception:  # noqa: BLE001 - no forecast then
+            planned = None
+        self.run.begin_training(trainer.global_step, planned)
+
+    @guarded
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # The last figures, however short the run (rank 0 logs; Lightning's loggers are rank 0's).
+        if trainer.is_global_zero and self.meter is not None:
+            flat = self.run.final_metrics()
+            for logger in trainer.loggers if flat else ():
+                logger.log_metrics(flat, step=trainer.global_step)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._stop(trainer, "completed", totals=True)
@@ -215,7 +183,7 @@ class GreenTrackCallback(Callback):
         now = time.monotonic()
         if now >= self._next_log and self._logging_now(trainer):
             self._next_log = now + self._log_every_s
-            self._log(pl_module, meter.metrics())
+            self._log(trainer, pl_module, self.run.live_metrics())
 
     def _count(self, batch: Any) -> None:
         if self._samples_fn is not None:
@@ -233,16 +201,24 @@ class GreenTrackCallback(Callback):
         n = trainer.log_every_n_steps
         return bool(n) and trainer.global_step % n == 0
 
-    def _log(self, pl_module: Any, metrics: dict[str, float]) -> None:
+    def _log(self, trainer: Any, pl_module: Any, metrics: dict[str, float]) -> None:
+        """Rank 0 sends the figures to every logger itself, at this step only: a value given to
+        ``pl_module.log(on_step=True)`` would be logged again at every later logging step until
+        replaced (a plateau of stale values). ``pl_module.log(logger=False)`` still puts them in
+        ``callback_metrics`` (for monitors) and, for the energy, on the progress bar."""
+        if not metrics:
+            return
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
         for name, value in metrics.items():
-            pl_module.log(PREFIX + name, _cpu(value), on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(name, _cpu(value), logger=False, on_step=True, on_epoch=False,
+                          batch_size=1)
         if self._prog_bar:
-            pl_module.log("energy_kJ", _cpu(metrics["energy_j"] / 1000.0), prog_bar=True,
-                          logger=False, on_step=True, on_epoch=False, batch_size=1)
-            if "forecast_energy_j" in metrics:
-                pl_module.log("forecast_kJ", _cpu(metrics["forecast_energy_j"] / 1000.0),
-                              prog_bar=True, logger=False, on_step=True, on_epoch=False,
-                              batch_size=1)
+            for name, shown in (("energy_j", "energy_kJ"), ("forecast_energy_j", "forecast_kJ")):
+                if PREFIX + name in metrics:
+                    pl_module.log(shown, _cpu(metrics[PREFIX + name] / 1000.0), prog_bar=True,
+                                  logger=False, on_step=True, on_epoch=False, batch_size=1)
 
     # -- evaluation steps ----------------------------------------------------------------------
     def _eval_begin(self, trainer: Any, phase: str) -> None:
@@ -269,12 +245,11 @@ class GreenTrackCallback(Callback):
 
     @guarded
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        meter = self.meter
-        if meter is None or trainer.sanity_checking:
+        if self.meter is None or trainer.sanity_checking:
             return
-        meter.marks.poll()
-        pl_module.log(PREFIX + "validation_energy_j", _cpu(meter.phase_energy_j("validation")),
-                      on_step=False, on_epoch=True, batch_size=1)
+        # This epoch's validation steps, once resolved (they come back on the sampler thread).
+        for name, value in self.run.evaluation_metrics("validation").items():
+            pl_module.log(name, _cpu(value), on_step=False, on_epoch=True, batch_size=1)
 
     @guarded
     def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,

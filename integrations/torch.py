@@ -33,7 +33,8 @@ from types import TracebackType
 from typing import Any
 
 from greentrack.config import env_int
-from greentrack.training import TrainingMeter, guarded
+from greentrack.integrating import guarded
+from greentrack.training import TrainingMeter
 
 
 class OptimizerTracking:
@@ -133,7 +134,8 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
         dtype: compute dtype for MFU (default: the parameters'; give it under autocast).
         samples_per_step, tokens_per_step: constants per step (or use ``count``).
         planned_steps: optimizer steps of the run, for the forecast.
-        progress_every_s: period of the forecast line in the Python log (rank 0; None: never).
+        progress_every_s: period of the progress line on stderr (``RANK`` 0; None: never;
+            ``GREENTRACK_PROGRESS=0`` silences it too).
         **settings: any :class:`greentrack.Config` field, for a tracker made here.
 
     Raises:

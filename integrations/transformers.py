@@ -11,12 +11,15 @@ integration (TensorBoard, W&B, MLflow...) and ``trainer.state.log_history``. Pas
 ``Trainer(callbacks=[...])`` instead, it runs after the reporting callbacks: the metrics still reach
 ``log_history`` and the console, not those integrations.
 
-Metrics added to training logs: ``greentrack/step_energy_j``, ``greentrack/step_duration_s``,
-``greentrack/mfu``, ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``,
-``greentrack/energy_per_token_j``, ``greentrack/energy_j``, ``greentrack/steps``,
-``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see :mod:`greentrack.training`);
-to evaluation logs ``greentrack/validation_energy_j``; to the final training log the whole run's
-totals (all ranks) as ``greentrack/run_*``.
+Metrics added to training logs, each only when it has new data since the previous log:
+``greentrack/step_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
+``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
+``greentrack/energy_j``, ``greentrack/steps`` (``state.global_step``),
+``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
+:mod:`greentrack.training`); to each evaluation's log ``greentrack/validation_energy_j``, the joules
+of that evaluation's batches (once resolved, a bounded wait); to the final training log the last
+figures and the whole run's totals (all ranks) as ``greentrack/run_*``, with ``run_steps`` the
+global step and ``run_joules_per_step`` the whole job's energy per optimizer step.
 
 Steps: one ``train`` step per optimizer step (``on_step_begin`` to ``on_step_end``, all
 gradient-accumulation micro-batches included). Samples per step are nominal
@@ -40,15 +43,13 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from greentrack.training import (TrainingMeter, new_run_dir, resolve_config, resume_flops,
-                                 final_totals, guarded, start_tracker)
+from greentrack.integrating import IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
-PREFIX = "greentrack/"
 _JSON = (str, int, float, bool, type(None))
 
 
-class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
+class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
     """Tracks the energy of a Hugging Face ``Trainer`` run; see the module docstring.
 
     Args:
@@ -58,7 +59,8 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
             :class:`greentrack.flops.StepFlops`, or None.
         planned_steps: optimizer steps of the run, for the forecast (default: ``state.max_steps``).
         log_totals: add the whole run's totals to the final training log (rank 0).
-        progress_every_s: period of the forecast line in the Python log (None: never).
+        progress_every_s: period of the progress line on stderr, main process (None: never;
+            ``GREENTRACK_PROGRESS=0`` silences it too).
         config: a :class:`greentrack.Config`; ``**settings`` (any Config field) override it.
 
     Raises:
@@ -69,16 +71,11 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
                  planned_steps: int | None = None, log_totals: bool = True,
                  progress_every_s: float | None = 60.0, config: Any = None,
                  **settings: Any) -> None:
-        self._config, self._dir_chosen = resolve_config(run_dir, config, settings)
+        self.run = IntegrationRun(run_dir, config, settings, flops=flops,
+                                  planned_steps=planned_steps, progress_every_s=progress_every_s)
         self._init_args = {k: v for k, v in {"run_dir": str(run_dir) if run_dir else None,
                                               **settings}.items() if isinstance(v, _JSON)}
-        self._flops, self._planned, self._log_totals = flops, planned_steps, log_totals
-        self._progress_every_s = progress_every_s
-        self._run_dir: Path | None = None
-        self._carry: dict[str, Any] = {}
-        self.meter: TrainingMeter | None = None
-        #: The whole run's totals (all ranks and segments), on the main process after training.
-        self.summary: dict[str, Any] | None = None
+        self._log_totals = log_totals
         self._micro = 1
         self._tokens_seen = 0
         self._world = 1
@@ -97,8 +94,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
 
     # -- state (ExportableState: saved in trainer_state.json at each checkpoint) ---------------
     def state(self) -> dict[str, Any]:
-        current = self.meter.state() if self.meter is not None else dict(self._carry)
-        return {"args": dict(self._init_args), "attributes": {"_saved_state": current}}
+        return {"args": dict(self._init_args), "attributes": {"_saved_state": self.run.state()}}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _start(self, args: Any, state: Any) -> None:
@@ -107,44 +103,29 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         import torch.distributed as dist
         distributed = dist.is_available() and dist.is_initialized()
         self._world = dist.get_world_size() if distributed else 1
-        if self._run_dir is None:
-            chosen = self._config.run_dir if self._dir_chosen else new_run_dir(args.output_dir)
-            if distributed:  # rank 0 decides, every rank writes into the same directory
-                box = [str(chosen)]
-                dist.broadcast_object_list(box, src=0)
-                chosen = box[0]
-            self._run_dir = Path(chosen)
-        cfg = self._config.replace(run_dir=self._run_dir,
-                                   run_id=self._carry.get("run_id") or self._config.run_id)
-        if distributed and cfg.rank is None:
-            cfg = cfg.replace(rank=dist.get_rank())
-        tracker = start_tracker(cfg, local_zero=state.is_local_process_zero)
-        if tracker is None:
-            return
-        self.meter = TrainingMeter(
-            tracker, device=args.device, flops=resume_flops(self._carry) or self._flops,
-            dtype="bf16" if args.bf16 else "16" if args.fp16 else "tf32" if args.tf32 else "32",
-            planned_steps=self._planned or state.max_steps or None, prior=self._carry,
-            main=state.is_world_process_zero, progress_every_s=self._progress_every_s)
-        tracker.continue_steps({k: int(v) for k, v in self._carry.get("steps", {}).items()})
+
+        def broadcast(chosen: str) -> str:  # rank 0 decides, every rank writes into it
+            box = [chosen]
+            dist.broadcast_object_list(box, src=0)
+            return str(box[0])
+
+        self.run.choose_dir(args.output_dir, broadcast if distributed else None)
+        self.run.start(
+            rank=dist.get_rank() if distributed else None, local_zero=state.is_local_process_zero,
+            main=state.is_world_process_zero, device=args.device,
+            dtype="bf16" if args.bf16 else "16" if args.fp16 else "tf32" if args.tf32 else "32")
 
     def _stop(self, state: Any, status: str, logs: dict[str, Any] | None) -> None:
-        meter, self.meter = self.meter, None
-        if meter is not None:
-            self._carry = meter.state()
-            meter.close(status)
-        if logs is None or not self._log_totals or self._run_dir is None:
-            return
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank's store is closed (reached by every rank, tracked or not)
-        if not state.is_world_process_zero:
-            return
-        found = final_totals(self._run_dir)
-        if found is None:
-            return
-        self.summary = found[0]
-        _add(logs, state, {PREFIX + k: v for k, v in found[1].items()})
+        def barrier() -> None:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+
+        flat = self.run.stop(status, totals=logs is not None and self._log_totals,
+                             barrier=barrier, main=state.is_world_process_zero,
+                             optimizer_steps=state.global_step)
+        if logs is not None and flat:
+            _add(logs, state, flat)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         saved = getattr(self, "_saved_state", None)  # set by HF when it restores callback states
@@ -154,13 +135,9 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
         if state.global_step > 0 and isinstance(stored, dict):
             saved = stored.get("attributes", {}).get("_saved_state") or saved
         if state.global_step > 0 and saved:
-            self._carry = dict(saved)
-            if saved.get("run_dir"):
-                self._run_dir = Path(saved["run_dir"])
+            self.run.restore(saved)
         self._start(args, state)
-        if self.meter is not None:
-            self.meter.train_steps = state.global_step
-            self.meter.tracker.continue_steps({"train": state.global_step})
+        self.run.begin_training(state.global_step, state.max_steps or None)
         self._tokens_seen = state.num_input_tokens_seen or 0
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -234,11 +211,16 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState):
     def _add_metrics(self, state: Any, logs: dict[str, Any]) -> bool:
         """Add greentrack's metrics to a log; True for an evaluation log (nothing more to do)."""
         meter = self.meter
-        if meter is not None and any(k.startswith("eval_") for k in logs):
-            _add(logs, state, {PREFIX + "validation_energy_j": meter.phase_energy_j("validation")})
+        if meter is None:
+            return False
+        if any(k.startswith("eval_") for k in logs):
+            if meter.marks.open_phase == "validation":
+                meter.cancel()  # the window opened after the last batch
+            _add(logs, state, self.run.evaluation_metrics("validation"))
             return True
-        if meter is not None:
-            _add(logs, state, {PREFIX + k: v for k, v in meter.metrics().items()})
+        final = "train_loss" in logs and "loss" not in logs
+        _add(logs, state, self.run.final_metrics() if final and state.is_world_process_zero
+             else self.run.live_metrics())
         return False
 
 

@@ -7,6 +7,8 @@ measuring process's duration, not twice that (codecarbon #544: 4 ranks gave 4x t
 
 from __future__ import annotations
 
+import ast
+import csv
 import json
 import subprocess
 import sys
@@ -36,9 +38,11 @@ def run_example(cmd: list[str], tree: PowercapTree, timeout_s: float = 120) -> d
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=timeout_s)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"')]
     assert len(lines) == 1, proc.stdout  # rank 0 alone prints the run's totals
-    return json.loads(lines[0])
+    out: dict[str, Any] = json.loads(lines[0])
+    out["stdout"] = proc.stdout
+    return out
 
 
 def check_host_counted_once(run: Path, steps_per_rank: int) -> dict[str, Any]:
@@ -76,6 +80,16 @@ def test_lightning_ddp_two_processes(tmp_path: Path) -> None:
     (csv_file,) = (run / "lightning" / "csv").glob("version_*/metrics.csv")
     header = csv_file.read_text().splitlines()[0].split(",")
     assert "greentrack/run_energy_j" in header and "greentrack/step_energy_j" in header
+    # Per step means per optimizer step as Lightning counts them (global_step: one rank's
+    # training steps, no sanity check or validation step), with the whole job's energy.
+    logged = list(csv.DictReader(csv_file.open()))
+    (totals,) = [r for r in logged if r["greentrack/run_steps"]]
+    assert float(totals["greentrack/run_steps"]) == out["global_step"] == 200
+    assert float(totals["greentrack/run_energy_j"]) == pytest.approx(s["energy_j"]["total"])
+    assert float(totals["greentrack/run_joules_per_step"]) == pytest.approx(
+        s["energy_j"]["total"] / 200)
+    live = [r for r in logged if r["greentrack/steps"]]
+    assert len(live) >= 3 and all(float(r["greentrack/steps"]) == int(r["step"]) for r in live)
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
@@ -86,3 +100,28 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
                        "--steps", "800"], tree)
     s = check_host_counted_once(run, steps_per_rank=800)
     assert out["stores"] == 2 and out["energy_j"]["total"] == pytest.approx(s["energy_j"]["total"])
+
+
+def test_hf_trainer_ddp_two_processes(tmp_path: Path) -> None:
+    """Per step means per optimizer step as the Trainer counts them (``state.global_step``), with
+    the whole job's energy: not ranks x steps with the evaluation steps in."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    tree = PowercapTree(tmp_path / "powercap")
+    run = tmp_path / "run"
+    out = run_example([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node", "2", "examples/hf_trainer.py", str(run),
+                       "--steps", "8"], tree)
+    s = check_host_counted_once(run, steps_per_rank=8)
+    assert out["global_step"] == 8 and s["steps"] > 16  # both ranks' train and eval rows
+    # the Trainer prints each log (rounded to 4 digits) on the main process only
+    logs = [ast.literal_eval(line) for line in out["stdout"].splitlines()
+            if line.startswith("{'")]
+    (final,) = [log for log in logs if "train_loss" in log]
+    assert float(final["greentrack/run_steps"]) == 8
+    assert float(final["greentrack/run_energy_j"]) == pytest.approx(s["energy_j"]["total"],
+                                                                    rel=1e-3)
+    assert float(final["greentrack/run_joules_per_step"]) == pytest.approx(
+        s["energy_j"]["total"] / 8, rel=1e-3)
+    train = [log for log in logs if "loss" in log]
+    assert [float(log["greentrack/steps"]) for log in train] == [2, 4, 6, 8]

@@ -6,6 +6,7 @@ DDP (2 processes) is in ``test_integrations_distributed.py``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,93 @@ def test_settings_reach_the_tracker(no_host_env: Path, tmp_path: Path) -> None:
 
     trainer(tmp_path, [callback], Recording(), max_steps=6, limit_val_batches=0,
             log_every_n_steps=1).fit(Counting(), data(80))
-    assert calls.count("greentrack/energy_j") == 1  # at most one log per log_every_s
+    assert calls.count("greentrack/steps") == 1  # at most one live log per log_every_s
     meta = StoreReader(store_paths(run)[0]).meta
     assert meta["mode"] == "process" and meta["settings"]["dram_w_per_gb"] == 1.0
     assert meta["settings"]["interval_s"] == FAST["interval_s"] and meta["rank"] == 0
     assert json.loads(json.dumps(callback.state_dict()))["run_dir"] == str(run)
+
+
+def energy(row: dict[str, Any]) -> float:
+    return sum(row[k] or 0.0 for k in ("gpu_j", "cpu_j", "dram_j"))
+
+
+def test_validation_energy_is_each_epochs_own(powercap: PowercapTree, tmp_path: Path) -> None:
+    """Issue 12: it was 0.0 at every validation epoch end (the steps resolve on the sampler
+    thread after the hook read them), and cumulative when it was not."""
+    run = tmp_path / "run"
+    logger = Recording()
+    callback = GreenTrackCallback(run, progress_every_s=None, log_every_s=0, **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], logger, max_steps=30, val_check_interval=10,
+                    limit_val_batches=3)
+        t.fit(Tiny(), data(40 * BATCH), data(8 * BATCH, 1))
+    logged = logger.values("greentrack/validation_energy_j")
+    validation = sorted((r for r in rows(run) if r["phase"] == "validation"), key=lambda r: r["t0"])
+    epochs = [validation[i:i + 3] for i in range(0, len(validation), 3)]
+    assert len(epochs) == 3 and len(logged) == 3
+    # each logged value is that epoch's three steps, as the store has them; none is 0 or a sum
+    assert logged == pytest.approx([sum(energy(r) for r in epoch) for epoch in epochs], rel=1e-9)
+    assert all(v > 0 for v in logged)
+
+
+def test_loggers_get_only_new_figures_aligned_with_global_step(powercap: PowercapTree,
+                                                                tmp_path: Path) -> None:
+    """Issue 12: with log_every_s the logger showed plateaus (a value logged once was logged
+    again at every later logging step) and ``steps`` lagged behind the global step."""
+    logger = Recording()
+    callback = GreenTrackCallback(tmp_path / "run", progress_every_s=None, log_every_s=0.05,
+                                  **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        trainer(tmp_path, [callback], logger, max_steps=60, log_every_n_steps=1,
+                limit_val_batches=0).fit(Tiny(), data(80 * BATCH))
+    live = [(step, m) for step, m in logger.metrics if "greentrack/steps" in m]
+    assert len(live) >= 5
+    for step, m in live:
+        assert m["greentrack/steps"] == step  # the optimizer steps done, as Lightning counts them
+    for name in ("greentrack/energy_j", "greentrack/steps", "greentrack/forecast_energy_j"):
+        values = logger.values(name)
+        assert len(values) >= 3 and all(v > 0 for v in values), name
+        assert all(b != a for a, b in zip(values, values[1:])), f"{name} repeated: {values}"
+
+
+def test_a_run_shorter_than_log_every_s_gets_its_figures(powercap: PowercapTree,
+                                                          tmp_path: Path) -> None:
+    """Issue 12: a run under ``log_every_s`` logged 0.0 (no reading yet) and nothing after."""
+    logger = Recording()
+    callback = GreenTrackCallback(tmp_path / "run", progress_every_s=None, log_every_s=3600,
+                                  **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], logger, max_steps=8, log_every_n_steps=1,
+                    limit_val_batches=0)
+        t.fit(Tiny(), data(40 * BATCH))
+    live = {k: v for _, m in logger.metrics for k, v in m.items()
+            if k.startswith("greentrack/") and not k.startswith("greentrack/run_")}
+    assert all(v > 0 for _, m in logger.metrics for k, v in m.items()
+               if k.startswith("greentrack/") and "run_" not in k)  # no 0 for "no data yet"
+    assert live["greentrack/steps"] == t.global_step == 8
+    assert live["greentrack/step_energy_j"] > 0 and live["greentrack/energy_j"] > 0
+    run_j = logger.values("greentrack/run_energy_j")[-1]
+    assert 0 < live["greentrack/energy_j"] <= run_j
+
+
+PROGRESS = re.compile(r"^greentrack: step \d+/100, forecast [\d.e+-]+ Wh, ", re.M)
+
+
+def test_progress_line_is_visible_by_default_and_can_be_silenced(
+        powercap: PowercapTree, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: the documented forecast line went to a logger without a handler: never seen."""
+    monkeypatch.delenv("GREENTRACK_PROGRESS", raising=False)
+
+    def fit(name: str) -> str:
+        callback = GreenTrackCallback(tmp_path / name, progress_every_s=0.1, **FAST)
+        with LiveCounters(powercap, WATTS, period_s=0.001):
+            trainer(tmp_path, [callback], False, max_steps=100,
+                    limit_val_batches=0).fit(Tiny(), data(100 * BATCH))
+        return capfd.readouterr().err
+
+    err = fit("shown")
+    assert len(PROGRESS.findall(err)) >= 2, err[-2000:]
+    monkeypatch.setenv("GREENTRACK_PROGRESS", "0")
+    assert "greentrack: step" not in fit("silenced")

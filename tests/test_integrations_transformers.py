@@ -94,7 +94,7 @@ def test_steps_logs_and_totals(no_host_env: Path, tmp_path: Path) -> None:
     assert all(r["samples"] == BATCH * ACCUMULATE for r in train)  # one optimizer step each
     assert all(r["tokens"] == BATCH * ACCUMULATE * LENGTH for r in train)
     assert train[0]["extra"]["flops_method"] == "counted" and train[0]["flops"] > 0
-    validation = [r for r in rows if r["phase"] == "validation"]
+    validation = sorted((r for r in rows if r["phase"] == "validation"), key=lambda r: r["t0"])
     assert reporter.evaluations >= 2 and len(validation) == 2 * reporter.evaluations
     ordered = sorted(rows, key=lambda r: r["t0"])
     assert all(b["t0"] >= a["t1"] - 1e-9 for a, b in zip(ordered, ordered[1:]))
@@ -102,13 +102,24 @@ def test_steps_logs_and_totals(no_host_env: Path, tmp_path: Path) -> None:
     assert s["steps_energy_j"] <= s["energy_j"]["total"] and s["status"] == "completed"
     # the metrics reached the callback standing where reporting integrations are, and the history
     train_logs = [log for log in reporter.logs if "loss" in log]
-    assert train_logs and all("greentrack/energy_j" in log for log in train_logs)
-    assert any("greentrack/step_energy_j" in log for log in train_logs)
-    assert any("greentrack/validation_energy_j" in log for log in reporter.logs)
+    assert train_logs and any("greentrack/step_energy_j" in log for log in train_logs)
+    # each log has the figures with new data only: steps as the Trainer counts them, the energy
+    # rising, never a 0 standing for "no reading yet"
+    assert [log["greentrack/steps"] for log in train_logs] == [2.0, 4.0, 6.0]
+    # (logs closer together than a counter read have no new energy: it is left out, not repeated)
+    energy = [log["greentrack/energy_j"] for log in reporter.logs if "greentrack/energy_j" in log]
+    assert energy and energy[0] > 0 and all(a < b for a, b in zip(energy, energy[1:]))
+    # each evaluation's joules are its own steps' (two batches), not a running sum
+    evals = [log["greentrack/validation_energy_j"] for log in reporter.logs if "eval_loss" in log]
+    by_eval = [validation[i:i + 2] for i in range(0, len(validation), 2)]
+    assert evals == pytest.approx([sum(r["cpu_j"] + r["dram_j"] for r in e) for e in by_eval])
+    assert all(v > 0 for v in evals)
     final = reporter.logs[-1]
     assert "train_loss" in final and final["greentrack/run_energy_j"] == pytest.approx(
         s["energy_j"]["total"])
-    assert final["greentrack/run_steps"] == s["steps"]
+    # per optimizer step as the Trainer counts them: no evaluation step in the count
+    assert final["greentrack/run_steps"] == trainer.state.global_step == 6 < s["steps"]
+    assert final["greentrack/run_joules_per_step"] == pytest.approx(s["energy_j"]["total"] / 6)
     history = trainer.state.log_history
     assert history[-1]["greentrack/run_energy_j"] == final["greentrack/run_energy_j"]
     assert callback.summary is not None

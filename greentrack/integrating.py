@@ -1,0 +1,340 @@
+"""The framework integrations' shared sequence: run directory, start, resume, stop, totals.
+
+The Lightning and Hugging Face callbacks each map their hooks onto one :class:`IntegrationRun`:
+
+* :meth:`IntegrationRun.choose_dir`: rank 0 picks the run directory (the user's, else a fresh one
+  under the framework's output directory) and every rank gets it through the framework's
+  broadcast;
+* :meth:`IntegrationRun.start`: a tracker for this rank (host CPU and DRAM on local rank 0) and a
+  :class:`~greentrack.training.TrainingMeter`, continuing a resumed run (``carry``);
+* :meth:`IntegrationRun.begin_training`: step indices continue from the framework's global step;
+* :meth:`IntegrationRun.evaluation_metrics`: one evaluation's joules, once its steps are resolved;
+* :meth:`IntegrationRun.final_metrics`: the last live figures of a stage (a run shorter than the
+  logging period gets its figures too);
+* :meth:`IntegrationRun.stop`: close this rank's store, a barrier, and on rank 0 the whole run's
+  totals (every rank and segment) as ``greentrack/run_*`` metrics, with ``run_steps`` the
+  framework's global step.
+
+Nothing here imports a framework; torch is imported by the meter only for CUDA marks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from greentrack.flops import StepFlops
+from greentrack.training import SETTLE_S, TrainingMeter
+
+log = logging.getLogger("greentrack")
+#: Prefix of every metric the integrations log.
+PREFIX = "greentrack/"
+
+
+def prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {PREFIX + k: v for k, v in metrics.items()}
+
+
+class IntegrationRun:
+    """One framework callback's run: the state it keeps across stages and checkpoints.
+
+    Args:
+        run_dir, config, settings: as the callbacks take them (see :func:`resolve_config`).
+        flops: FLOPs per optimizer step for the meter (``"auto"``, a number, a StepFlops, None).
+        planned_steps: optimizer steps of the run, for the forecast (None: the framework's).
+        progress_every_s: period of the progress line (rank 0; None: never).
+    """
+
+    def __init__(self, run_dir: Any, config: Any, settings: dict[str, Any], *, flops: Any,
+                 planned_steps: int | None, progress_every_s: float | None) -> None:
+        self.config, self.dir_chosen = resolve_config(run_dir, config, settings)
+        self.flops, self.planned_steps = flops, planned_steps
+        self.progress_every_s = progress_every_s
+        self.run_dir: Path | None = None
+        self.carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
+        self.meter: TrainingMeter | None = None
+        #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
+        self.summary: dict[str, Any] | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the live meter's state, else the last one."""
+        return self.meter.state() if self.meter is not None else dict(self.carry)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue the run a checkpoint's :meth:`state` describes."""
+        self.carry = dict(saved)
+        where = saved.get("run_dir")
+        if where and self.run_dir is not None and Path(where) != self.run_dir:
+            log.info("greentrack: resuming run %s in %s (from the checkpoint)",
+                     saved.get("run_id"), where)
+        if where:
+            self.run_dir = Path(where)
+
+    # -- start ---------------------------------------------------------------------------------
+    def choose_dir(self, root: Any, broadcast: Callable[[str], str] | None = None) -> Path:
+        """The run directory: kept if known, else the user's or a fresh one under ``root``, as rank
+        0 chose it (``broadcast``: the framework's, rank 0's value to every rank)."""
+        if self.run_dir is None:
+            chosen = str(self.config.run_dir if self.dir_chosen else new_run_dir(root))
+            self.run_dir = Path(broadcast(chosen) if broadcast is not None else chosen)
+        return self.run_dir
+
+    def start(self, *, rank: int | None, local_zero: bool, main: bool, device: Any,
+              dtype: Any) -> TrainingMeter | None:
+        """Start this rank's tracker and meter (once; None if tracking could not start).
+        Call :meth:`choose_dir` first. A bad setting raises ``ConfigError``."""
+        if self.meter is not None or self.run_dir is None:
+            return self.meter
+        cfg = self.config.replace(run_dir=self.run_dir,
+                                  run_id=self.carry.get("run_id") or self.config.run_id)
+        if cfg.rank is None and rank is not None:
+            cfg = cfg.replace(rank=rank)
+        tracker = start_tracker(cfg, local_zero=local_zero)
+        if tracker is None:
+            return None
+        self.meter = TrainingMeter(
+            tracker, device=device, flops=resume_flops(self.carry) or self.flops, dtype=dtype,
+            planned_steps=self.planned_steps, prior=self.carry, main=main,
+            progress_every_s=self.progress_every_s)
+        tracker.continue_steps({k: int(v) for k, v in self.carry.get("steps", {}).items()})
+        return self.meter
+
+    def begin_training(self, global_step: int, planned_steps: int | None = None) -> None:
+        """Training starts (or resumes) at ``global_step``: steps continue from it."""
+        meter = self.meter
+        if meter is None:
+            return
+        meter.train_steps = global_step
+        meter.tracker.continue_steps({"train": global_step})
+        planned = self.planned_steps if self.planned_steps is not None else planned_steps
+        if planned is not None:
+            meter.forecast.planned_steps = planned
+
+    # -- figures -------------------------------------------------------------------------------
+    def live_metrics(self) -> dict[str, float]:
+        """The meter's live figures with new data, prefixed (training thread; no I/O)."""
+        return prefixed(self.meter.new_metrics()) if self.meter is not None else {}
+
+    def evaluation_metrics(self, phase: str = "validation",
+                           timeout_s: float = SETTLE_S) -> dict[str, float]:
+        """``greentrack/<phase>_energy_j``: the joules of the evaluation steps ended since the
+        previous call (one validation epoch), waiting up to ``timeout_s`` for them to resolve;
+        empty if none did."""
+        meter = self.meter
+        if meter is None:
+            return {}
+        sums = meter.take_phase(phase, timeout_s)
+        return {} if sums is None else {f"{PREFIX}{phase}_energy_j": sums["energy_j"]}
+
+    def final_metrics(self, timeout_s: float = SETTLE_S) -> dict[str, float]:
+        """The live figures once the stage's last training steps are resolved (bounded wait)."""
+        meter = self.meter
+        if meter is None:
+            return {}
+        meter.settle("train", timeout_s)
+        return self.live_metrics()
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop(self, status: str, *, totals: bool, barrier: Callable[[], None], main: bool,
+             optimizer_steps: int | None) -> dict[str, float]:
+        """Close this rank's meter and store; with ``totals``, after ``barrier`` (every rank must
+        call this), rank 0 (``main``) returns the whole run's ``greentrack/run_*`` metrics and
+        keeps the totals in :attr:`summary`. Empty otherwise."""
+        meter, self.meter = self.meter, None
+        if meter is not None:
+            self.carry = meter.state()
+            meter.close(status)
+        if not totals or self.run_dir is None:
+            return {}
+        barrier()  # every rank's store is closed past this point (reached tracked or not)
+        if not main:
+            return {}
+        found = final_totals(self.run_dir, optimizer_steps)
+        if found is None:
+            return {}
+        self.summary = s = found[0]
+        log.info("greentrack: run %s: %.1f J (%.4g kWh) over %.1f s, %d optimizer steps, all "
+                 "ranks; %s", s["run_id"], s["energy_j"]["total"], s["energy_kwh"],
+                 s["duration_s"], s["optimizer_steps"], self.run_dir)
+        return prefixed(found[1])
+
+
+class RunCallback:
+    """What the framework callbacks expose from their :class:`IntegrationRun` (``self.run``)."""
+
+    run: IntegrationRun
+
+    @property
+    def meter(self) -> TrainingMeter | None:
+        """The live meter, while a stage runs (None otherwise, or when tracking is off)."""
+        return self.run.meter
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The whole run's totals (all ranks and segments), on rank 0 after each stage."""
+        return self.run.summary
+
+
+
+def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
+    """The integration's :class:`~greentrack.config.Config` (validated now, so a bad setting fails
+    before training) and whether the user chose the run directory (argument, ``config`` or
+    ``GREENTRACK_RUN_DIR``). Otherwise the integration picks a fresh one on rank 0."""
+    import os
+
+    from greentrack.config import Config
+
+    if run_dir is not None:
+        settings = {**settings, "run_dir": run_dir}
+    base = config if config is not None else Config.from_env()
+    cfg = base.replace(**settings) if settings else base
+    chosen = (run_dir is not None or "GREENTRACK_RUN_DIR" in os.environ
+              or (config is not None and not config.run_dir_is_default)
+              or "run_dir" in settings)
+    return cfg, chosen
+
+
+def new_run_dir(root: Any) -> Any:
+    """A fresh run directory under ``root/greentrack/`` (time-stamped, never a reused one)."""
+    import uuid
+    from pathlib import Path
+    return Path(root) / "greentrack" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_totals(run_dir: Any) -> dict[str, Any]:
+    """The whole run's totals (every rank and segment, :func:`greentrack.summarize`) with the
+    energy of each phase's steps added as ``phase_energy_j``."""
+    from pathlib import Path
+
+    from greentrack.store import StoreReader, store_paths
+    from greentrack.summary import summarize
+
+    out = summarize(run_dir)
+    by_phase: dict[str, float] = {}
+    for path in store_paths(Path(run_dir)):
+        try:
+            store = StoreReader(path)
+        except Exception:  # noqa: BLE001 - summarize already reported it
+            continue
+        for row in store.rows("SELECT phase, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)+"
+                              "COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
+            by_phase[row["phase"]] = by_phase.get(row["phase"], 0.0) + float(row["e"] or 0.0)
+        store.close()
+    out["phase_energy_j"] = by_phase
+    return out
+
+
+def final_totals(run_dir: Any, optimizer_steps: int | None = None
+                 ) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """For rank 0 at the end of a stage: the run's totals and their flat metrics, or None (with
+    a warning) if the run directory cannot be read; the training is never failed over it.
+    ``optimizer_steps``: the framework's global step (see :func:`totals_metrics`)."""
+    try:
+        totals = run_totals(run_dir)
+    except Exception as e:  # noqa: BLE001
+        log.warning("greentrack: could not read the run's totals: %s", e)
+        return None
+    flat = totals_metrics(totals, optimizer_steps)
+    totals["optimizer_steps"] = int(flat["run_steps"])
+    return totals, flat
+
+
+def totals_metrics(totals: dict[str, Any], optimizer_steps: int | None = None) -> dict[str, float]:
+    """Flat run totals for loggers (``run_energy_j``, ``run_gpu_energy_j``, ...).
+
+    ``run_steps`` is the run's optimizer steps as the framework counts them (its global step: one
+    rank's training steps, all segments, no evaluation or sanity-check step), not the rows of every
+    rank and phase; ``run_joules_per_step`` is the whole job's energy (every rank) per such step.
+    Without ``optimizer_steps`` (one process), the run's ``train`` steps."""
+    e = totals["energy_j"]
+    steps = optimizer_steps if optimizer_steps is not None else \
+        int(totals.get("steps_by_phase", {}).get("train", 0))
+    out = {"run_energy_j": float(e["total"]), "run_energy_kwh": float(totals["energy_kwh"]),
+           "run_duration_s": float(totals["duration_s"]), "run_steps": float(steps),
+           "run_gpu_seconds": float(totals["gpu_seconds"])}
+    if steps > 0:
+        out["run_joules_per_step"] = float(e["total"]) / steps
+    for kind in ("gpu", "cpu", "dram"):
+        if e.get(kind) is not None:
+            out[f"run_{kind}_energy_j"] = float(e[kind])
+    for phase, joules in totals.get("phase_energy_j", {}).items():
+        out[f"run_{phase}_steps_energy_j"] = joules
+    return out
+
+
+def resume_flops(state: dict[str, Any]) -> StepFlops | None:
+    """The FLOPs per step a resumed run had measured, so it is not counted again."""
+    if state.get("flops") and state.get("flops_method"):
+        return StepFlops(float(state["flops"]), str(state["flops_method"]),
+                         str(state.get("flops_detail") or "") + " (from the resumed checkpoint)")
+    return None
+
+
+def start_tracker(config: Any, local_zero: bool) -> Any:
+    """Start a tracker for a framework integration, or return None if it cannot start.
+
+    ``local_zero``: this process is the node's first (it measures host CPU and DRAM unless the
+    settings say otherwise). A bad setting (``ConfigError``) propagates, before any training;
+    anything else is a warning and the run trains untracked: measurement never breaks training.
+    """
+    from greentrack.errors import ConfigError
+    from greentrack.tracker import Tracker
+    if config.host_energy is None:
+        config = config.replace(host_energy=local_zero)
+    try:
+        tracker = Tracker(config=config).start()  # warns and disables itself on any failure
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - never break training over measurement
+        log.warning("greentrack: tracking disabled for this run: %s", e)
+        return None
+    return tracker if tracker.status == "running" else None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_HOOK_ERRORS: dict[tuple[int, str], int] = {}
+#: Events recorded per hook and meter before further errors of that hook are only counted.
+MAX_HOOK_EVENTS = 10
+
+
+def guarded(fn: _F) -> _F:
+    """For the integrations' per-step hooks: an exception (a greentrack bug, a user's
+    ``samples_fn`` failing, a CUDA event refused) is recorded as a ``hook-error`` event and
+    warned about once; it never reaches the training loop, which goes on (that step may be
+    missing from the per-step record; device totals are unaffected). Not for hooks that hold a
+    collective (a barrier skipped on one rank would hang the others)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            _report_hook_error(getattr(self, "meter", None), name, e)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
+    key = (id(meter), hook)
+    n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
+    if n == 1:
+        log.warning("greentrack: %s failed (training goes on; recorded in the run): %s: %s",
+                    hook, type(error).__name__, error)
+    if n <= MAX_HOOK_EVENTS:
+        try:
+            meter.tracker.engine.event("error", "hook-error", f"{hook}: {type(error).__name__}: "
+                                       f"{error}", occurrence=n)
+        except Exception:  # noqa: BLE001 - no tracker (yet): the warning stands alone
+            pass
+
+
+__all__ = ["IntegrationRun", "RunCallback", "PREFIX", "prefixed", "resume_flops", "resolve_config", "new_run_dir",
+           "run_totals", "totals_metrics", "final_totals", "start_tracker", "guarded",
+           "MAX_HOOK_EVENTS"]
