@@ -207,25 +207,13 @@ def new_run_dir(root: Any) -> Any:
 
 
 def run_totals(run_dir: Any) -> dict[str, Any]:
-    """The whole run's totals (every rank and segment, :func:`greentrack.summarize`) with the
-    energy of each phase's steps added as ``phase_energy_j``."""
-    from pathlib import Path
+    """The whole run's totals (every rank and segment, as ``greentrack summary --json``) with the
+    energy of each phase's steps added as ``phase_energy_j``: one read of the run."""
+    from greentrack.run import Run
 
-    from greentrack.store import StoreReader, store_paths
-    from greentrack.summary import summarize
-
-    out = summarize(run_dir)
-    by_phase: dict[str, float] = {}
-    for path in store_paths(Path(run_dir)):
-        try:
-            store = StoreReader(path)
-        except Exception:  # noqa: BLE001 - summarize already reported it
-            continue
-        for row in store.rows("SELECT phase, SUM(COALESCE(gpu_j,0)+COALESCE(cpu_j,0)+"
-                              "COALESCE(dram_j,0)) AS e FROM steps GROUP BY phase"):
-            by_phase[row["phase"]] = by_phase.get(row["phase"], 0.0) + float(row["e"] or 0.0)
-        store.close()
-    out["phase_energy_j"] = by_phase
+    with Run.open(run_dir) as run:
+        out = run.summary()
+        out["phase_energy_j"] = run.phase_energy_j()
     return out
 
 
@@ -250,10 +238,9 @@ def totals_metrics(totals: dict[str, Any], optimizer_steps: int | None = None) -
     ``run_steps`` is the run's optimizer steps as the framework counts them (its global step: one
     rank's training steps, all segments, no evaluation or sanity-check step), not the rows of every
     rank and phase; ``run_joules_per_step`` is the whole job's energy (every rank) per such step.
-    Without ``optimizer_steps`` (one process), the run's ``train`` steps."""
+    Without ``optimizer_steps``, the read model's (one rank's train steps, all segments)."""
     e = totals["energy_j"]
-    steps = optimizer_steps if optimizer_steps is not None else \
-        int(totals.get("steps_by_phase", {}).get("train", 0))
+    steps = optimizer_steps if optimizer_steps is not None else int(totals.get("optimizer_steps", 0))
     out = {"run_energy_j": float(e["total"]), "run_energy_kwh": float(totals["energy_kwh"]),
            "run_duration_s": float(totals["duration_s"]), "run_steps": float(steps),
            "run_gpu_seconds": float(totals["gpu_seconds"])}

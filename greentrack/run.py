@@ -274,6 +274,17 @@ class Run:
                 out[phase] = out.get(phase, 0) + n
         return out
 
+    def optimizer_steps(self) -> int:
+        """Training steps as the framework counts them (its global step): one rank's ``train``
+        steps over all its segments (the most of any rank); never evaluation, sanity-check or
+        other ranks' copies of the same step."""
+        per_rank: dict[tuple[str, int], int] = {}
+        for seg in self.segments:
+            n = seg.phases.get("train", (0, 0.0))[0]
+            key = (seg.host, seg.rank)
+            per_rank[key] = per_rank.get(key, 0) + n
+        return max(per_rank.values(), default=0)
+
     def phase_energy_j(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for seg in self.segments:
@@ -337,7 +348,8 @@ class Run:
             "duration_s": self.duration_s, "energy_j": energy,
             "energy_kwh": float(energy["total"] or 0.0) / J_PER_KWH,
             "gpu_seconds": self.gpu_seconds, "steps": sum(by_phase.values()),
-            "steps_by_phase": by_phase, "steps_energy_j": sum(self.phase_energy_j().values()),
+            "steps_by_phase": by_phase, "optimizer_steps": self.optimizer_steps(),
+            "steps_energy_j": sum(self.phase_energy_j().values()),
             "mode": self.mode, "stores": self.stores, "gaps": self.gaps,
             "sources": [d.as_source() for d in self.devices()], "warnings": list(self.warnings),
         }

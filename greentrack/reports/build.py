@@ -173,7 +173,10 @@ def _compute(data: RunData, steps: dict[str, Any]) -> dict[str, Any]:
         "hardware_days": (float(s["gpu_seconds"]) if hw["gpu_count"] else sum(data.hosts.values()))
         / 86400.0,
         "wall_clock_days": float(s["duration_s"]) / 86400.0,
-        "joules_per_step": total_j / steps["count"] if steps["count"] else None,
+        # per optimizer step (one rank's train steps) when the run has any, as the integrations
+        # log it; else per recorded step of any phase
+        "joules_per_step": (total_j / s["optimizer_steps"] if s.get("optimizer_steps") else
+                            total_j / steps["count"] if steps["count"] else None),
         "joules_per_sample": total_j / samples if samples else None,
         "joules_per_token": total_j / tokens if tokens else None,
         "flops_per_joule": flops / total_j if flops and total_j > 0 else None,
