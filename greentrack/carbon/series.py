@@ -230,6 +230,7 @@ def integrate(series: IntensitySeries, bins: list[tuple[float, float, float]],
                 total_g += part / J_PER_KWH * values[i]
                 used.add(i)
             i += 1
+        inside_j = min(inside_j, e)  # the parts' rounding may pass the whole by an ulp
         covered_j += inside_j
         total_g += (e - inside_j) / J_PER_KWH * fallback_g_per_kwh
     kwh = energy_j / J_PER_KWH
