@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from typing import NamedTuple
 
 from greentrack.samplers.base import Channel, Point
 
 #: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
 MAX_POINTS = 100_000
+
+
+class ChannelSnapshot(NamedTuple):
+    """One channel as live outputs (the exporter, ``Tracker.totals``) see it."""
+
+    id: int
+    kind: str
+    device: str
+    measured: bool
+    method: str
+    energy_j: float
+    power_w: float | None
+    status: str
+    gap_s: float
 
 
 class Timeline:

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greentrack.channelstate import ChannelState, channel_key
+from greentrack.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.config import Config
 from greentrack.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.samplers.base import Channel
 from greentrack.stepvalues import phase_name
-from greentrack.steps import FieldCleaner, StepQueue, StepSpan
+from greentrack.steps import FieldCleaner, StepQueue, StepRow, StepSpan
 from greentrack.store import StoreWriter
 
 __all__ = ["Engine", "StepSpan", "channel_key"]
@@ -88,7 +88,7 @@ class Engine:
         #: long step gets all its energy, not the last second of it.
         self.holds: list[Callable[[], float | None]] = []
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
-        self.step_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.step_listeners: list[Callable[[StepRow], None]] = []
         self.steps_done = 0
         self.steps_energy_j = 0.0
         self._stop = threading.Event()
@@ -423,17 +423,15 @@ class Engine:
         duration = max(0.0, span.t1 - span.t0)
         if partial:
             extra["partial"] = True
-        row = {"idx": span.idx, "phase": phase, "t0": span.t0 - self.origin,
-               "t1": span.t1 - self.origin, "duration_s": duration,
-               "gpu_j": by_kind["gpu"] if "gpu" in present else None,
-               "cpu_j": by_kind["cpu"] if "cpu" in present else None,
-               "dram_j": by_kind["dram"] if "dram" in present else None,
-               "gpu_seconds": duration * n_gpus, "flops": counts["flops"],
-               "samples": counts["samples"], "tokens": counts["tokens"],
-               "timeline": span.timeline, "extra": extra, "n": span.n}
+        row = StepRow(span.idx, phase, span.t0 - self.origin, span.t1 - self.origin, duration,
+                      by_kind["gpu"] if "gpu" in present else None,
+                      by_kind["cpu"] if "cpu" in present else None,
+                      by_kind["dram"] if "dram" in present else None,
+                      duration * n_gpus, counts["flops"], counts["samples"], counts["tokens"],
+                      span.timeline, extra, span.n)
         self._writer.add_step(row)
         self.steps_done += span.n
-        self.steps_energy_j += sum(by_kind.values())
+        self.steps_energy_j += row.energy_j
         for listener in list(self.step_listeners):
             try:
                 listener(row)
@@ -469,15 +467,12 @@ class Engine:
                             "on): %s", e)
 
     # -- live view, for exporters and progress logs ------------------------------------------
-    def snapshot(self) -> list[dict[str, Any]]:
-        out = []
-        for st in self.states:
-            info = st.channel.info
-            out.append({"id": st.id, "kind": info.kind, "device": info.device,
-                        "measured": info.measured, "method": info.method,
-                        "energy_j": st.timeline.last, "power_w": st.channel.power_w(),
-                        "status": st.status, "gap_s": st.gap_s})
-        return out
+    def snapshot(self) -> list[ChannelSnapshot]:
+        """Every channel now, for live outputs."""
+        return [ChannelSnapshot(st.id, st.channel.info.kind, st.channel.info.device,
+                                st.channel.info.measured, st.channel.info.method,
+                                st.timeline.last, st.channel.power_w(), st.status, st.gap_s)
+                for st in self.states]
 
 
 def _rel(t: float | None, origin: float) -> float | None:

@@ -232,9 +232,9 @@ class Tracker:
             self._engine.event("warning", "lease-error", f"cannot check for other runs: {e}")
 
     def add_step_listener(self, fn: Any) -> None:
-        """Call ``fn(row)`` on the sampler thread for each step once its joules are resolved.
-        ``row`` has ``idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, flops,
-        samples, tokens, timeline, extra``. Must be quick and thread-safe."""
+        """Call ``fn(row)`` on the sampler thread for each step once its joules are resolved;
+        ``row`` is a :class:`~greentrack.steps.StepRow` (``row.energy_j`` sums its kinds). Must be
+        quick and thread-safe."""
         if self._engine is not None:
             self._engine.step_listeners.append(fn)
 
@@ -399,7 +399,7 @@ class Tracker:
         out = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
         if self._engine is not None:
             for ch in self._engine.snapshot():
-                out[ch["kind"]] += ch["energy_j"]
+                out[ch.kind] += ch.energy_j
         out["total"] = sum(out.values())
         return out
 

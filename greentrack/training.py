@@ -38,6 +38,7 @@ from typing import Any
 from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops, device_peak,
                               given)
 from greentrack.forecast import Forecast, format_forecast
+from greentrack.steps import StepRow
 from greentrack.timeline import StepMarks
 
 log = logging.getLogger("greentrack")
@@ -202,22 +203,22 @@ class TrainingMeter:
             engine.event(level, kind, message, **details)
 
     # -- resolved steps (sampler thread) ------------------------------------------------------
-    def _on_row(self, row: dict[str, Any]) -> None:
-        energy = (row["gpu_j"] or 0.0) + (row["cpu_j"] or 0.0) + (row["dram_j"] or 0.0)
-        flops = row["flops"] or 0.0
+    def _on_row(self, row: StepRow) -> None:
+        energy = row.energy_j
+        flops = row.flops or 0.0
         with self._lock:
-            sums = self._phase.setdefault(row["phase"], _zero())
-            targets = (sums, self._fresh) if row["phase"] == "train" else (sums,)
+            sums = self._phase.setdefault(row.phase, _zero())
+            targets = (sums, self._fresh) if row.phase == "train" else (sums,)
             for s in targets:
-                s["n"] += row.get("n", 1)
+                s["n"] += row.n
                 s["energy_j"] += energy
-                s["gpu_j"] += row["gpu_j"] or 0.0
-                s["gpu_n"] += row["gpu_j"] is not None
-                s["duration_s"] += row["duration_s"]
+                s["gpu_j"] += row.gpu_j or 0.0
+                s["gpu_n"] += row.gpu_j is not None
+                s["duration_s"] += row.duration_s
                 s["flops"] += flops
-                s["flops_s"] += row["duration_s"] if flops else 0.0
-                s["samples"] += row["samples"] or 0.0
-                s["tokens"] += row["tokens"] or 0.0
+                s["flops_s"] += row.duration_s if flops else 0.0
+                s["samples"] += row.samples or 0.0
+                s["tokens"] += row.tokens or 0.0
         every = self._progress_every_s
         if every and time.monotonic() >= self._next_progress:
             self._next_progress = time.monotonic() + every

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import greentrack
-from greentrack.steps import MAX_BACKLOG
+from greentrack.steps import MAX_BACKLOG, StepRow
 from greentrack.store import StoreReader, StoreWriter, store_paths
 from tests.conftest import FAST
 
@@ -112,13 +112,13 @@ def test_odd_phases_and_colliding_names_never_raise(no_host_env: Path, tmp_path:
 
 def test_a_row_sqlite_refuses_is_set_aside_and_the_rest_commit(tmp_path: Path) -> None:
     w = StoreWriter(tmp_path, 0, {"run_id": "r"})
-    row = {"idx": 0, "phase": "train", "t0": 0.0, "t1": 1.0, "duration_s": 1.0}
-    w.add_step({**row, "idx": 0})
-    w.add_step({**row, "idx": 1, "samples": object()})  # cannot be bound: refused by SQLite
-    w.add_step({**row, "idx": 2, "tokens": 2**70})  # too large for SQLite's INTEGER: refused
-    w.add_step({**row, "idx": 3, "extra": {"x": float("nan")}})  # JSON without NaN
+    row = StepRow(0, "train", 0.0, 1.0, 1.0, None, None, None, 0.0, None, None, None, "host", {})
+    w.add_step(row)
+    w.add_step(row._replace(idx=1, samples=object()))  # cannot be bound: refused by SQLite
+    w.add_step(row._replace(idx=2, tokens=2**70))  # too large for SQLite's INTEGER: refused
+    w.add_step(row._replace(idx=3, extra={"x": float("nan")}))  # JSON without NaN
     w.flush()
-    w.add_step({**row, "idx": 4})
+    w.add_step(row._replace(idx=4))
     w.flush()
     w.close()
     r = StoreReader(w.path)

@@ -46,6 +46,8 @@ from typing import Any
 from greentrack import __version__
 from greentrack.config import Config
 from greentrack.errors import ConfigError
+from greentrack.channelstate import ChannelSnapshot
+from greentrack.steps import StepRow
 from greentrack.units import J_PER_KWH
 
 log = logging.getLogger("greentrack")
@@ -77,20 +79,20 @@ class StepStats:
             return name
         return "other"
 
-    def observe(self, row: dict[str, Any]) -> None:
+    def observe(self, row: StepRow) -> None:
         """Step listener: add one resolved step row."""
-        joules = sum(row[k] or 0.0 for k in ("gpu_j", "cpu_j", "dram_j"))
-        extra = row.get("extra") or {}
+        joules = row.energy_j
+        extra = row.extra or {}
         with self._lock:
-            phase = self._phase(row.get("phase", "train"))
+            phase = self._phase(row.phase)
             if phase not in self.count:
                 self.count[phase], self.energy_j[phase], self.flops[phase] = 0, 0.0, 0.0
                 self.buckets[phase] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
-            self.count[phase] += row.get("n", 1)
+            self.count[phase] += row.n
             self.energy_j[phase] += joules
             self.buckets[phase][bisect.bisect_left(STEP_ENERGY_BUCKETS_J, joules)] += 1
-            if row.get("flops"):
-                self.flops[phase] += float(row["flops"])
+            if row.flops:
+                self.flops[phase] += float(row.flops)
             mfu = extra.get("mfu")
             if isinstance(mfu, (int, float)) and not isinstance(mfu, bool) and mfu >= 0:
                 self.mfu[phase] = float(mfu)
@@ -220,26 +222,26 @@ class TrackerCollector:
         gaps = CounterMetricFamily("greentrack_device_gap_seconds", "Seconds of closed reading gaps "
                                    "of each device (an open gap shows as device_up 0).", labels=dev)
         for ch in channels:
-            values = [*self.base, ch["kind"], ch["device"]]
-            source = "measured" if ch["measured"] else "estimated"
-            energy.add_metric([*values, source], float(ch["energy_j"]))
-            if ch["power_w"] is not None:
-                power.add_metric([*values, source], float(ch["power_w"]))
+            values = [*self.base, ch.kind, ch.device]
+            source = "measured" if ch.measured else "estimated"
+            energy.add_metric([*values, source], float(ch.energy_j))
+            if ch.power_w is not None:
+                power.add_metric([*values, source], float(ch.power_w))
             meta = self._channel_info(engine, ch)
-            info.add_metric(values, {"name": meta["name"], "method": ch["method"], "source": source,
+            info.add_metric(values, {"name": meta["name"], "method": ch.method, "source": source,
                                      "uncertainty": meta["uncertainty"]})
-            up.add_metric(values, 1.0 if ch["status"] == "ok" else 0.0)
-            gaps.add_metric(values, float(ch["gap_s"]))
+            up.add_metric(values, 1.0 if ch.status == "ok" else 0.0)
+            gaps.add_metric(values, float(ch.gap_s))
         yield from (energy, power, info, up, gaps)
 
         now = time.monotonic()
         end = now if self.tracker.running else (engine.last_sample_t or now)
-        n_gpus = sum(ch["kind"] == "gpu" for ch in channels)
+        n_gpus = sum(ch.kind == "gpu" for ch in channels)
         yield self._counter("greentrack_gpu_seconds", "GPU-seconds: seconds since the tracker "
                             "started times the number of GPUs it measures.",
                             max(0.0, end - self._origin) * n_gpus)
         yield from self._step_families()
-        yield from self._carbon_families(sum(float(ch["energy_j"]) for ch in channels))
+        yield from self._carbon_families(sum(float(ch.energy_j) for ch in channels))
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
                             "(each also recorded as an event in the run store).", engine.errors)
@@ -278,9 +280,9 @@ class TrackerCollector:
         return fam
 
     @staticmethod
-    def _channel_info(engine: Any, ch: dict[str, Any]) -> dict[str, str]:
+    def _channel_info(engine: Any, ch: ChannelSnapshot) -> dict[str, str]:
         for st in engine.states:
-            if st.id == ch["id"]:
+            if st.id == ch.id:
                 return {"name": str(st.channel.info.name)[:64],
                         "uncertainty": str(st.channel.info.uncertainty)[:64]}
         return {"name": "", "uncertainty": ""}

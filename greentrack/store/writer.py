@@ -13,6 +13,7 @@ from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
 
+from greentrack.steps import StepRow
 from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, safe_host
 
 
@@ -78,14 +79,13 @@ class StoreWriter:
     def add_sample(self, channel_id: int, t: float, dt: float, energy_j: float) -> None:
         self._queue("INSERT OR REPLACE INTO samples VALUES (?,?,?,?)", (channel_id, t, dt, energy_j))
 
-    def add_step(self, row: dict[str, Any]) -> None:
+    def add_step(self, row: StepRow) -> None:
         self._queue(
             "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
             "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (row["idx"], row["phase"], row["t0"], row["t1"], row["duration_s"], row.get("gpu_j"),
-             row.get("cpu_j"), row.get("dram_j"), row.get("gpu_seconds"), row.get("flops"),
-             row.get("samples"), row.get("tokens"), row.get("timeline", "host"),
-             _json(row.get("extra") or {}), row.get("n", 1)))
+            (row.idx, row.phase, row.t0, row.t1, row.duration_s, row.gpu_j, row.cpu_j, row.dram_j,
+             row.gpu_seconds, row.flops, row.samples, row.tokens, row.timeline,
+             _json(row.extra or {}), row.n))
 
     def add_event(self, t: float, level: str, kind: str, message: str,
                   channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
