@@ -240,7 +240,7 @@ def check_totals_windows(dev: Device, rows: Rows) -> None:
 def _mixed_run(dev: Device, run_dir: Path, kinds: list[str],
                fns: dict[str, Callable[[], None]]) -> dict[str, float]:
     """Mean joules per kind of step (the first two skipped: clocks ramp up), as
-    tests/test_timeline.py::test_gpu_mixed_steps_match_each_kind_alone measures them."""
+    tests/test_stepmarks.py::test_gpu_mixed_steps_match_each_kind_alone measures them."""
     import greentrack
     from greentrack.store import StoreReader, store_paths
     from greentrack.training import TrainingMeter

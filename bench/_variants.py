@@ -79,7 +79,7 @@ def greentrack_variant(name: str, work: Workload, pynvml: Any, env: dict[str, st
             tracker = Tracker(state["dir"], **settings).start()
         state["tracker"] = tracker
         if work.gpu_part:  # device "cpu" (a dry run) gives host marks through the same calls
-            from greentrack.timeline import StepMarks
+            from greentrack.stepmarks import StepMarks
             state["marks"] = StepMarks(tracker, device=work.device)
 
     def step() -> AbstractContextManager[Any]:

@@ -53,7 +53,7 @@ check() {
     [ "$rc" -eq 0 ] || status=1
 }
 check nvml-probe python bench/nvml_probe.py
-check gpu-tests python -m pytest -v -m gpu tests/test_gpu_real.py tests/test_timeline.py
+check gpu-tests python -m pytest -v -m gpu tests/test_gpu_real.py tests/test_stepmarks.py
 check gpu-bursty python bench/gpu_bursty.py
 check step-overhead python bench/step_overhead.py --device gpu
 check overhead-compare python bench/overhead_compare.py --device cuda

@@ -1,7 +1,7 @@
 """Step-time overhead of full tracking through the integrations, against no tracking.
 
 Goal (issue 3): on ~5 ms CPU steps, median overhead <= 1%; on 10-100 ms GPU steps, <= 0.5% with no
-synchronization added (``tests/test_timeline.py`` counts syncs on a GPU).
+synchronization added (``tests/test_stepmarks.py`` counts syncs on a GPU).
 
 Variants run in blocks of ``--steps`` steps, interleaved (U T U, then T U T, alternating) so the
 machine's drift lands on both alike; a round's overhead is its tracked mean step time over its

@@ -39,7 +39,7 @@ from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
                               given)
 from greentrack.forecast import Forecast, format_forecast
 from greentrack.steps import StepRow
-from greentrack.timeline import StepMarks
+from greentrack.stepmarks import StepMarks
 
 log = logging.getLogger("greentrack")
 

@@ -20,7 +20,7 @@ steps are not part of it); without, it starts where the previous one ended. A st
 ``GradScaler`` skips (inf/NaN gradients) is not an optimizer step: its work joins the next one.
 
 On a CUDA model, step boundaries are CUDA events on the current stream, resolved later without
-synchronizing (see :mod:`greentrack.timeline`). ``tracking.metrics()`` gives the live metrics of
+synchronizing (see :mod:`greentrack.stepmarks`). ``tracking.metrics()`` gives the live metrics of
 :mod:`greentrack.training` for any logger.
 """
 

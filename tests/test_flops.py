@@ -224,7 +224,7 @@ def test_forecast_from_a_location_uses_the_reports_factors() -> None:
 
 
 def test_importing_the_training_core_loads_no_framework() -> None:
-    code = ("import sys, greentrack.flops, greentrack.timeline, greentrack.training, "
+    code = ("import sys, greentrack.flops, greentrack.stepmarks, greentrack.training, "
             "greentrack.forecast, greentrack.integrations; "
             "bad = [m for m in ('torch', 'lightning', 'transformers', 'pynvml') if m in sys.modules]; "
             "assert not bad, bad")

@@ -240,7 +240,7 @@ def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) 
 def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path) -> None:
     """Readings are kept from the start of the earliest open step (85faba8 kept about a second
     behind the newest bucket: a 3 s step got the last ~1.5 s of its energy)."""
-    from greentrack.timeline import StepMarks
+    from greentrack.stepmarks import StepMarks
 
     with LiveCounters(powercap, WATTS):
         with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:

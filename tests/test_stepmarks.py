@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from greentrack.timeline import DRIFT_PPM, REBASE_AFTER_S, StepMarks
+from greentrack.stepmarks import DRIFT_PPM, REBASE_AFTER_S, StepMarks
 from tests.conftest import FAST, REPO
 
 
