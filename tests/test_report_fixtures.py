@@ -132,3 +132,18 @@ def expected_integration(run_dir: Path, rows: list[tuple[float, float, float]],
                     g += e * ov / (b - a) / 3.6e6 * v
             g += (e - inside) / 3.6e6 * fallback
     return g, j / 3.6e6
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One finished run for a module's tests (they must not change it)."""
+    root = tmp_path_factory.mktemp("good")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        yield make_run(root, steps=3)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A clean environment for one test."""
+    with clean_env(monkeypatch, tmp_path):
+        yield

@@ -26,7 +26,8 @@ import pytest
 import greentrack
 from greentrack.store import SCHEMA_VERSION, StoreReader, StoreWriter, store_paths
 from tests.conftest import python_env
-from tests.test_report_fixtures import clean_env, make_run, report_json, run_cli, validate_own_schema
+from tests.test_report_fixtures import (clean_env, env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
+                                        validate_own_schema)
 
 
 def _strict(text: str) -> Any:
@@ -45,17 +46,6 @@ def one_line_error(code: int, out: str, err: str, *words: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("untrusted")
-    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
-        yield make_run(root, steps=3)
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    with clean_env(monkeypatch, tmp_path):
-        yield
 
 
 # -- files read: intensity CSV ---------------------------------------------------------------
