@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_report_fixtures import (clean_env, env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
+from tests.test_report_fixtures import (env, good_run, report_json, run_cli,  # noqa: F401 - fixtures
                                         validate_own_schema)
 
 
