@@ -25,7 +25,7 @@ import pytest
 import greentrack
 from greentrack.store import SCHEMA_VERSION, StoreReader, StoreWriter, store_paths
 from tests.conftest import python_env
-from tests.test_report_fixtures import (clean_env, env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
+from tests.test_report_fixtures import (env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
                                         validate_own_schema)
 
 
