@@ -34,6 +34,11 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
             out[name] = value
     if getattr(ns, "run_dir", None):
         out["run_dir"] = ns.run_dir
+    if getattr(ns, "labels", None):
+        from greentrack.labels import parse_labels
+        env = os.environ.get("GREENTRACK_LABELS")
+        out["labels"] = {**parse_labels(env, "GREENTRACK_LABELS"),
+                         **parse_labels(ns.labels, "--label")}
     return out
 
 
@@ -60,6 +65,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pushgateway", dest="pushgateway_url", metavar="URL",
                    help="push metrics to this Pushgateway (http://HOST:PORT) every "
                         "GREENTRACK_PUSH_INTERVAL_S (15 s) and at the end")
+    p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE",
+                   help="a label of the run, e.g. precision=bf16 or method=lora (repeatable; "
+                        "also GREENTRACK_LABELS=KEY=VALUE,...)")
     p.add_argument("--job", metavar="NAME",
                    help="job label of the metrics (default: Slurm job id, Kubernetes pod, "
                         "else greentrack)")

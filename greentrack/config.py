@@ -48,6 +48,10 @@ class Config:
         dram_w_per_gb: power per GB of memory used when no DRAM zone is readable.
         run_id: identifier shared by every process of the run (default: from the run directory).
         rank: global rank of this process (default: ``RANK`` from the environment, else 0).
+        labels: what kind of experiment this is, e.g. ``{"precision": "bf16", "method": "lora"}``
+            (or ``"precision=bf16,method=lora"``): at most 16, keys ``[a-z][a-z0-9_]{0,31}``,
+            values 1-64 printable characters (:mod:`greentrack.labels`). Integrations add the
+            precision the framework uses when none is given.
     """
 
     run_dir: Path = None  # type: ignore[assignment]  # None: default_run_dir(), at construction
@@ -80,6 +84,7 @@ class Config:
     gpu_hour_price: float | None = None
     currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     #: True when no run directory was given (set at construction; integrations then pick one).
     run_dir_is_default: ClassVar[bool] = False
 
@@ -87,6 +92,8 @@ class Config:
         object.__setattr__(self, "run_dir_is_default", self.run_dir is None)
         object.__setattr__(self, "run_dir", default_run_dir() if self.run_dir is None
                            else Path(self.run_dir))
+        from greentrack.labels import parse_labels
+        object.__setattr__(self, "labels", parse_labels(self.labels, "labels"))
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
             if value is not None or name not in _UNSET_OK:
@@ -273,4 +280,7 @@ def _from_text(name: str, raw: str) -> Any:
         return raw.lower() in ("1", "true", "yes")
     if name == "gpus":
         return raw
+    if name == "labels":
+        from greentrack.labels import parse_labels
+        return parse_labels(raw, "GREENTRACK_LABELS")
     return raw

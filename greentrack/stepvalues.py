@@ -137,6 +137,11 @@ def count(name: str, value: Any) -> tuple[float | None, str | None]:
     return out, None
 
 
+def metric_value(value: Any) -> float | str:
+    """A recorded metric (``Tracker.record``) as a float, or why it cannot be one."""
+    return _number(value)
+
+
 def extra_value(value: Any) -> tuple[Any, str | None]:
     """An extra step field as a JSON value: ``(value, None)``, or ``(None, reason)`` to drop it."""
     if value is None or isinstance(value, bool):

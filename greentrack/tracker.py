@@ -80,6 +80,8 @@ class Tracker:
         self.notes: list[Any] = []
         self.status = "created"
         self._t_start = 0.0
+        #: The run's labels (``Config.labels``, then :meth:`add_labels`), as stored.
+        self.labels: dict[str, str] = dict(self.config.labels)
         #: Objects with ``start(tracker)`` and ``stop(tracker)``, started after the sampler and
         #: stopped after it (so a final push sees final totals). Prometheus sinks are added
         #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
@@ -159,8 +161,9 @@ class Tracker:
             "settings": cfg.as_dict(), "argv": sys.argv[:8],
             "versions": {"greentrack": __version__, "python": platform.python_version(),
                          "platform": platform.platform()},
-            "notes": [n.__dict__ for n in found.notes],
+            "notes": [n.__dict__ for n in found.notes], "labels": dict(cfg.labels),
         }
+        self.labels = dict(cfg.labels)
         if parent is not None:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
@@ -392,6 +395,50 @@ class Tracker:
             self.end_step(token, error=type(e).__name__)
             raise
         self.end_step(token)
+
+    # -- labels and quality ----------------------------------------------------------------------
+    def add_labels(self, labels: dict[str, Any] | None = None, *, only_missing: bool = False,
+                   **more: Any) -> dict[str, str]:
+        """Add labels to the run (``precision``, ``method``...), stored at once. With
+        ``only_missing`` (how integrations set what they detect), a label already set is kept.
+
+        Raises:
+            ConfigError: a bad key or value, or more than 16 labels in all (one line).
+        """
+        from greentrack.labels import parse_labels
+        new = parse_labels({**(labels or {}), **more})
+        if only_missing:
+            new = {k: v for k, v in new.items() if k not in self.labels}
+        if not new:
+            return dict(self.labels)
+        merged = parse_labels({**self.labels, **new})
+        self.labels = merged
+        if self._writer is not None and self.running:
+            self._writer.set_meta({"labels": merged})
+        return dict(merged)
+
+    def record(self, loss: Any = None, *, step: int | None = None, **metrics: Any) -> None:
+        """Record a loss and any named metric (``val_loss=..., accuracy=...``) now, with the step
+        (default: the training steps submitted so far) and, resolved on the sampler thread, the
+        cumulative energy at this moment. Values may be numbers or one-element tensors (a CUDA
+        one is read once its step is done, without a sync). Cheap; never raises."""
+        engine = self._engine
+        if engine is None or not self.running:
+            return
+        t = time.monotonic()
+        try:
+            values = {"loss": loss, **metrics} if loss is not None else metrics
+            for key, value in values.items():
+                if type(value) not in PLAIN:
+                    values[key] = capture(value)
+            if step is None:
+                counter = self._idx.get("train")
+                step = int(repr(counter)[6:-1]) if counter is not None else 0  # "count(N)": a peek
+            engine.metrics.append((t, step, values))
+        except Exception as e:  # noqa: BLE001 - never into training
+            self._hook_errors += 1
+            if self._hook_errors == 1:
+                engine.event("warning", "hook-error", f"metrics not recorded: {type(e).__name__}: {e}")
 
     # -- live figures --------------------------------------------------------------------------
     def totals(self) -> dict[str, float]:

@@ -142,6 +142,11 @@ def add_commands(sub: Any) -> None:
                                       "emissions and cost of each run, with ratios to the first.")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--json", action="store_true", help="machine-readable output")
+    cmp_.add_argument("--target", metavar="METRIC<=X",
+                      help="energy, emissions, cost, GPU-hours, time, steps and tokens until a "
+                           "recorded metric first reached X (<=, >=, <, >), e.g. val_loss<=2.5")
+    cmp_.add_argument("--group", action="append", metavar="NAME=RUN,RUN",
+                      help="repeated runs of one setting: mean and spread (repeatable)")
     add_carbon_options(cmp_)
     cmp_.set_defaults(handler=cmd_compare)
 
@@ -196,8 +201,10 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from greentrack.reports.compare import compare, format_table
+    from greentrack.reports.compare import compare, format_table, parse_groups, parse_target
+    target = parse_target(ns.target) if ns.target is not None else None
+    groups = parse_groups(ns.group, ns.run_dirs)
     config = make_config(ns)
-    result = compare(ns.run_dirs, config)
+    result = compare(ns.run_dirs, config, target=target, groups=groups)
     print(json_text(result) if ns.json else format_table(result))
     return 0

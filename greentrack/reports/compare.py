@@ -11,7 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import re
+
 from greentrack._text import printable
+from greentrack.errors import ConfigError
+from greentrack.units import J_PER_KWH
 from greentrack.reports import report_document
 from greentrack.reports.build import sig
 
@@ -35,6 +39,8 @@ METRICS: tuple[tuple[str, str, str, bool | None], ...] = (
 def _row(doc: dict[str, Any]) -> dict[str, Any]:
     s, c = doc["summary"], doc["compute"]
     return {"run_id": doc["run"]["run_id"], "run_dir": doc["run"]["run_dir"],
+            "labels": dict(doc["run"].get("labels") or {}), "tokens": c["tokens"],
+            "samples": c["samples"], "gpu_hours": c["gpu_hours"],
             "status": s["status"], "duration_s": s["duration_s"], "energy_kwh": s["energy_kwh"],
             "steps": c["steps"], "joules_per_step": c["joules_per_step"],
             "joules_per_sample": c["joules_per_sample"], "joules_per_token": c["joules_per_token"],
@@ -45,17 +51,152 @@ def _row(doc: dict[str, Any]) -> dict[str, Any]:
             "energy_basis": s["energy_basis"], "quality": s["quality"]}
 
 
-def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run") -> dict[str, Any]:
-    """Figures of each run and ``ratios`` (run / first run) for every metric both have."""
-    rows = [_row(report_document(d, config, sci_unit)) for d in run_dirs]
+#: Totals (not per-unit figures): their ratios only mean something for equal work.
+TOTALS = frozenset({"duration_s", "energy_kwh", "emissions_location_kg", "emissions_market_kg",
+                    "sci_g", "cost_total"})
+#: Work is equal when every unit both runs count is within this relative difference.
+EQUAL_WORK_REL = 0.01
+_TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_./-]{0,63})\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*")
+
+
+def parse_target(text: str) -> tuple[str, str, float]:
+    """``"val_loss<=2.5"`` -> ``("val_loss", "<=", 2.5)``; a ConfigError naming ``--target``."""
+    m = _TARGET.fullmatch(text or "")
+    try:
+        value = float(m.group(3)) if m else math.nan
+    except ValueError:
+        value = math.nan
+    if m is None or not math.isfinite(value):
+        raise ConfigError("--target", text, "must be METRIC<=X, METRIC>=X, METRIC<X or METRIC>X "
+                          "with a finite number X, e.g. val_loss<=2.5")
+    return m.group(1), m.group(2), value
+
+
+def parse_groups(items: list[str] | None, run_dirs: list[str]) -> dict[str, list[str]]:
+    """``--group NAME=RUN,RUN`` options -> {name: run dirs}; runs named only in groups are added."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        name, sep, runs = item.partition("=")
+        dirs = [r.strip() for r in runs.split(",") if r.strip()]
+        if not sep or not name.strip() or not dirs:
+            raise ConfigError("--group", item, "must be NAME=RUN_DIR[,RUN_DIR...]")
+        out.setdefault(name.strip(), []).extend(dirs)
+    return out
+
+
+def work(row: dict[str, Any]) -> dict[str, float]:
+    """The units of work a run counts: steps, samples, tokens (those it recorded)."""
+    return {k: float(row[k]) for k in ("steps", "samples", "tokens")
+            if isinstance(row.get(k), (int, float)) and row[k]}
+
+
+def equal_work(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, str]:
+    """Whether two runs did the same work (every unit both count within 1%), and the difference."""
+    wa, wb = work(a), work(b)
+    common = [k for k in ("tokens", "samples", "steps") if k in wa and k in wb]
+    if not common:
+        return False, "no unit of work recorded by both runs"
+    diffs = [f"{k} {sig(wa[k], 4)} vs {sig(wb[k], 4)}" for k in common
+             if abs(wa[k] - wb[k]) > EQUAL_WORK_REL * max(wa[k], wb[k])]
+    return not diffs, "; ".join(diffs)
+
+
+def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
+            target: tuple[str, str, float] | None = None,
+            groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Figures of each run and ``ratios`` (run / first run). Ratios of totals only for equal work
+    (:func:`equal_work`), otherwise only per-unit ratios; with ``target``, each run's
+    ``to_target``; with ``groups``, each group's mean and spread."""
+    from greentrack.run import Run, to_target
+    dirs = [str(d) for d in run_dirs]
+    for members in (groups or {}).values():
+        dirs += [d for d in members if d not in dirs]
+    rows = [_row(report_document(d, config, sci_unit)) for d in dirs]
     base = rows[0]
     for r in rows:
+        same, diff = equal_work(r, base)
+        r["equal_work"] = same
+        r["work_difference"] = None if same else diff
         r["ratios"] = {}
         for key, *_ in METRICS:
             a, b = r[key], base[key]
-            r["ratios"][key] = (a / b if isinstance(a, (int, float)) and isinstance(b, (int, float))
-                                and b and math.isfinite(a / b) else None)
-    return {"baseline": base["run_dir"], "metrics": [m[0] for m in METRICS], "runs": rows}
+            ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b \
+                and math.isfinite(a / b) and (same or key not in TOTALS)
+            r["ratios"][key] = a / b if ok else None
+        if target is not None:
+            with Run.open(r["run_dir"]) as run:
+                t = to_target(run, *target)
+                total_j = float(run.energy_j()["total"] or 0.0)
+            share = (t.energy_j / total_j) if t.reached and t.energy_j is not None and total_j else None
+            r["to_target"] = {
+                "metric": target[0], "target": f"{target[0]}{target[1]}{target[2]:g}",
+                "reached": t.reached, "best": t.best, "energy_j": t.energy_j,
+                "energy_kwh": None if t.energy_j is None else t.energy_j / J_PER_KWH,
+                "emissions_location_kg": _share(r["emissions_location_kg"], share),
+                "cost_total": _share(r["cost_total"], share),
+                "gpu_hours": t.gpu_hours, "duration_s": t.duration_s, "steps": t.steps,
+                "tokens": t.tokens, "samples": t.samples}
+    out: dict[str, Any] = {"baseline": base["run_dir"], "metrics": [m[0] for m in METRICS],
+                           "runs": rows}
+    if target is not None:
+        out["target"] = f"{target[0]}{target[1]}{target[2]:g}"
+    if groups:
+        out["groups"] = _groups(groups, {r["run_dir"]: r for r in rows}, target is not None)
+    return out
+
+
+def _share(total: Any, share: float | None) -> float | None:
+    """A total pro rata of the energy spent until the target (emissions, cost)."""
+    return float(total) * share if isinstance(total, (int, float)) and share is not None else None
+
+
+#: What groups are compared on: energy per unit of work, and energy to the target when given.
+GROUP_FIGURES = ("joules_per_step", "joules_per_sample", "joules_per_token")
+
+
+def _groups(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]],
+            with_target: bool) -> dict[str, Any]:
+    """Mean and spread (sample standard deviation; half the range for two runs is the same
+    scale) of each group's figures, and each group against the first: a difference smaller
+    than the two spreads together is ``within noise``."""
+    figures = (("to_target_energy_j",) if with_target else ()) + GROUP_FIGURES
+    stats: dict[str, Any] = {}
+    for name, members in groups.items():
+        g: dict[str, Any] = {"runs": members, "figures": {}}
+        for fig in figures:
+            vals = [_figure(rows[m], fig) for m in members]
+            nums = [v for v in vals if v is not None]
+            if not nums:
+                continue
+            mean = sum(nums) / len(nums)
+            spread = (math.sqrt(sum((v - mean) ** 2 for v in nums) / (len(nums) - 1))
+                      if len(nums) > 1 else None)
+            g["figures"][fig] = {"mean": mean, "spread": spread, "n": len(nums),
+                                 "of": len(members)}
+        stats[name] = g
+    first = next(iter(stats))
+    for name, g in stats.items():
+        g["versus_first"] = {}
+        for fig, st in g["figures"].items():
+            b = stats[first]["figures"].get(fig)
+            if b is None or name == first or not b["mean"]:
+                continue
+            noise = (st["spread"] or 0.0) + (b["spread"] or 0.0)
+            diff = st["mean"] - b["mean"]
+            g["versus_first"][fig] = {
+                "ratio": st["mean"] / b["mean"], "difference": diff,
+                "within_noise": None if st["spread"] is None or b["spread"] is None
+                else abs(diff) <= noise}
+    return stats
+
+
+def _figure(row: dict[str, Any], fig: str) -> float | None:
+    if fig == "to_target_energy_j":
+        t = row.get("to_target") or {}
+        v = t.get("energy_j") if t.get("reached") else None
+    else:
+        v = row.get(fig)
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -79,9 +220,44 @@ def format_table(result: dict[str, Any]) -> str:
             cells.append(text)
         body.append(cells)
     body.append(["energy basis"] + [printable(r["energy_basis"]) for r in runs])
+    body.insert(0, ["labels"] + [printable(",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+                                           or "-", 60) for r in runs])
+    if "target" in result:
+        name = f"to {printable(result['target'], 80)}:"
+        body.append([name] + ["" for _ in runs])
+        for key, label, fmt in (("energy_kwh", "  IT energy (kWh)", 4), ("energy_j", "  IT energy (J)", 4),
+                                ("emissions_location_kg", "  emissions (kgCO2e)", 3),
+                                ("cost_total", "  cost", 3), ("gpu_hours", "  GPU-hours", 3),
+                                ("duration_s", "  wall time (s)", 4), ("steps", "  steps", 4),
+                                ("tokens", "  tokens", 4)):
+            cells = [label]
+            for r in runs:
+                t = r["to_target"]
+                v = t[key]
+                cells.append(sig(float(v), fmt) if t["reached"] and isinstance(v, (int, float))
+                             else "n/a" if t["reached"] else
+                             f"not reached (best {sig(t['best'], 4) if t['best'] is not None else 'none'})")
+            body.append(cells)
     widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
     lines.append(f"ratios are to the first run ({printable(result['baseline'])})")
+    for r in runs[1:]:
+        if not r["equal_work"]:
+            lines.append(f"{printable(Path(r['run_dir']).name, 60)}: not the same work as the first "
+                         f"run ({printable(r['work_difference'], 200)}): ratios of totals left out, "
+                         "compare per step, sample or token")
+    for name, g in (result.get("groups") or {}).items():
+        parts = []
+        for fig, st in g["figures"].items():
+            text = f"{fig} {sig(st['mean'], 4)}"
+            text += f" +/- {sig(st['spread'], 2)}" if st["spread"] is not None else " (one run)"
+            vs = g["versus_first"].get(fig)
+            if vs is not None:
+                text += (f" (x{vs['ratio']:.3g}, " + ("within noise" if vs["within_noise"] else
+                         "spread unknown" if vs["within_noise"] is None else
+                         "better" if vs["difference"] < 0 else "worse") + ")")
+            parts.append(text)
+        lines.append(f"group {printable(name, 40)} ({len(g['runs'])} runs): " + "; ".join(parts))
     return "\n".join(lines)

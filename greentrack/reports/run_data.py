@@ -59,6 +59,8 @@ class RunData:
     warnings: list[str]
     #: the longest slow cadence of each store whose engine stretched it (store file -> s)
     stretched_slow_s: dict[str, float] = field(default_factory=dict)
+    #: the run's labels (greentrack.run.Run.labels)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -138,7 +140,8 @@ def _read(run: Run) -> RunData:
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
         hosts={h: union_length(s) for h, s in host_spans.items()}, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
-        warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments))
+        warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
+        labels=run.labels)
 
 
 def _stretched(stores: list[Segment]) -> dict[str, float]:

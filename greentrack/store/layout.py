@@ -36,7 +36,12 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, t REAL NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL,
     channel_id INTEGER, message TEXT NOT NULL, details TEXT);
+CREATE TABLE IF NOT EXISTS metrics (
+    t REAL NOT NULL, step INTEGER, name TEXT NOT NULL, value REAL NOT NULL, energy_j REAL NOT NULL);
 """
+#: ``metrics`` (``Tracker.record``: losses and named metrics with the cumulative energy of this
+#: store's channels at that moment) is a new table, not a change: older readers ignore it and
+#: :meth:`StoreReader.metrics` reads a store without it as having none, so SCHEMA_VERSION stays.
 
 
 def safe_host() -> str:

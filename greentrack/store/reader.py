@@ -162,6 +162,23 @@ class StoreReader:
     def samples(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rows("SELECT * FROM samples ORDER BY t, channel_id")]
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """``Tracker.record`` rows (``t``, ``step``, ``name``, ``value``, ``energy_j``) by time;
+        none for a store written before the table existed. Rows out of range are left out."""
+        if not self.rows("SELECT name FROM sqlite_master WHERE type='table' AND name='metrics'"):
+            return []
+        return [dict(r) for r in self.rows(
+            f"SELECT t, step, name, value, energy_j FROM metrics WHERE {VALID_METRIC} "
+            "ORDER BY t, rowid")]
+
+    def energy_until(self, t: float) -> float:
+        """Joules of every channel of this store from its start until ``t`` (store seconds), from
+        the stored buckets (the one that holds ``t`` pro rata)."""
+        rows = self.rows("SELECT SUM(CASE WHEN t + dt <= ? THEN energy_j WHEN t < ? AND dt > 0 "
+                         "THEN energy_j * (? - t) / dt ELSE 0 END) AS e FROM samples WHERE "
+                         f"{VALID_SAMPLE}", (t, t, t))
+        return float(rows[0]["e"] or 0.0) if rows else 0.0
+
     def invalid_rows(self, table: str) -> int:
         """Rows of ``steps`` or ``samples`` whose values no greentrack writes (negative or
         non-finite energies, times out of range); readers leave them out (``WHERE`` with
@@ -206,6 +223,11 @@ VALID_STEP = "(" + " AND ".join(
     + [sql_number(c, 0.0, MAX_ENERGY_J, null_ok=True) for c in ("gpu_j", "cpu_j", "dram_j")]
     + [sql_number(c, 0.0, 1e200, null_ok=True) for c in ("gpu_seconds", "flops", "samples", "tokens")]) + ")"
 
+VALID_METRIC = "(" + " AND ".join(
+    [sql_number("t", -3600.0, MAX_T_S), sql_number("value", -1e300, 1e300),
+     sql_number("energy_j", 0.0, MAX_ENERGY_J), sql_number("step", 0, 1e15, null_ok=True),
+     "typeof(name) = 'text'"]) + ")"
+
 #: Types of the meta keys readers rely on; a damaged value is dropped (and reported), not used.
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "host": (str,), "status": (str,), "mode": (str,), "segment": (str,),
@@ -214,7 +236,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
     "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
     "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,),
-    "bad_step_fields": (dict,),
+    "bad_step_fields": (dict,), "labels": (dict,),
 }
 
 
@@ -242,6 +264,13 @@ def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
             continue
         if key == "settings":
             value = _valid_settings(value, damaged)
+        if key == "labels":
+            from greentrack.labels import parse_labels
+            try:
+                value = parse_labels(value)
+            except ConfigError:
+                damaged.append("meta labels: unexpected value, ignored")
+                continue
         out[key] = value
     return out
 

@@ -87,6 +87,11 @@ class StoreWriter:
              row.gpu_seconds, row.flops, row.samples, row.tokens, row.timeline,
              _json(row.extra or {}), row.n))
 
+    def add_metric(self, t: float, step: int | None, name: str, value: float,
+                   energy_j: float) -> None:
+        self._queue("INSERT INTO metrics (t, step, name, value, energy_j) VALUES (?,?,?,?,?)",
+                    (t, step, name, value, energy_j))
+
     def add_event(self, t: float, level: str, kind: str, message: str,
                   channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
         self._queue("INSERT INTO events (t, level, kind, channel_id, message, details) "

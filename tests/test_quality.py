@@ -1,0 +1,130 @@
+"""Issue 14: labels, recorded metrics with their energy, energy to a target, fair comparison."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import greentrack
+from greentrack.config import Config
+from greentrack.errors import ConfigError
+from greentrack.run import Run, metric_points, to_target
+from tests.test_report_fixtures import FAST, clean_env, make_run, run_cli
+
+
+def _tracked(run_dir: Path, losses: list[float], labels: dict[str, str] | None = None,
+             steps_per_record: int = 1, **info: float) -> Path:
+    with greentrack.Tracker(run_dir, labels=labels or {}, **FAST) as tr:
+        for loss in losses:
+            for _ in range(steps_per_record):
+                with tr.step(**info):
+                    time.sleep(0.01)
+            tr.record(loss=loss)
+    return run_dir
+
+
+def test_labels_from_tracker_env_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):
+        _tracked(tmp_path / "a", [1.0], labels={"precision": "bf16", "method": "lora"})
+        with Run.open(tmp_path / "a") as run:
+            assert run.labels == {"precision": "bf16", "method": "lora"}
+        monkeypatch.setenv("GREENTRACK_LABELS", "precision=fp8,sparsity=0.5")
+        assert Config.from_env().labels == {"precision": "fp8", "sparsity": "0.5"}
+        monkeypatch.delenv("GREENTRACK_LABELS")
+        code, out, err = run_cli(["run", "--run-dir", str(tmp_path / "c"), "--quiet",
+                                  "--label", "precision=int8", "--label", "batch_size=32", "--",
+                                  "true"])
+        assert code == 0, err
+        with Run.open(tmp_path / "c") as run:
+            assert run.labels == {"precision": "int8", "batch_size": "32"}
+        code, out, err = run_cli(["report", str(tmp_path / "c"), "--format", "json,md",
+                                  "--out", str(tmp_path / "rep")])
+        assert code == 0, err
+        doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+        assert doc["run"]["labels"] == {"precision": "int8", "batch_size": "32"}
+        assert "batch_size=32, precision=int8" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["Precision=bf16", "x" * 40 + "=1", "precision=" + "v" * 65,
+                                 "precision", ",".join(f"k{i}=v" for i in range(17)),
+                                 "precision=a\tb"])
+def test_bad_labels_are_one_line(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_env({"GREENTRACK_LABELS": bad})
+    assert "\n" not in str(e.value) and "GREENTRACK_LABELS" in str(e.value)
+    code, out, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--label", bad, "--", "true"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--label" in err
+
+
+def test_metrics_carry_cumulative_energy_and_target_is_interpolated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):
+        d = _tracked(tmp_path / "r", [3.0, 2.8, 2.6, 2.4, 2.2, 2.0], tokens=100)
+        with Run.open(d) as run:
+            pts = metric_points(run, "loss")
+            assert [p.value for p in pts] == [3.0, 2.8, 2.6, 2.4, 2.2, 2.0]
+            assert [p.step for p in pts] == [1, 2, 3, 4, 5, 6]
+            assert all(b.energy_j >= a.energy_j for a, b in zip(pts, pts[1:]))
+            t = to_target(run, "loss", "<=", 2.5)
+            # 2.5 lies halfway between the recordings 2.6 and 2.4: exactly halfway in energy
+            assert t.reached and t.energy_j == pytest.approx((pts[2].energy_j + pts[3].energy_j) / 2)
+            assert t.steps == pytest.approx(3.5)
+            assert t.duration_s == pytest.approx((pts[2].t_unix + pts[3].t_unix) / 2 - run.start_unix)
+            miss = to_target(run, "loss", "<", 1.0)
+            assert not miss.reached and miss.best == 2.0 and miss.energy_j is None
+        code, out, err = run_cli(["compare", str(d), "--target", "loss<=2.5", "--json"])
+        assert code == 0, err
+        row = json.loads(out)["runs"][0]
+        assert row["to_target"]["reached"] and row["to_target"]["energy_j"] == pytest.approx(t.energy_j)
+        code, out, err = run_cli(["compare", str(d), "--target", "loss<1"])
+        assert code == 0 and "not reached (best 2)" in out
+
+
+@pytest.mark.parametrize("bad", ["loss", "loss=<2", "loss<=abc", "<=2", "loss<=inf"])
+def test_bad_target_is_one_line(bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):
+        d = _tracked(tmp_path / "r", [1.0])
+        code, out, err = run_cli(["compare", str(d), "--target", bad])
+    assert code == 2 and "--target" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unequal_work_prints_no_totals_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 303-step run against a 151-step run: never 'IT energy x0.5, better'."""
+    with clean_env(monkeypatch, tmp_path):
+        long = make_run(tmp_path, "long", steps=303, step_s=0.001, step_info={"tokens": 10})
+        short = make_run(tmp_path, "short", steps=151, step_s=0.001, step_info={"tokens": 10})
+        code, out, err = run_cli(["compare", str(long), str(short), "--json"])
+        assert code == 0, err
+        second = json.loads(out)["runs"][1]
+        assert not second["equal_work"] and "steps 151 vs 303" in second["work_difference"]
+        assert second["ratios"]["energy_kwh"] is None and second["ratios"]["duration_s"] is None
+        assert second["ratios"]["joules_per_step"] is not None
+        code, out, err = run_cli(["compare", str(long), str(short)])
+    energy_line = next(line for line in out.splitlines() if line.startswith("IT energy"))
+    assert "better" not in energy_line and "worse" not in energy_line
+    assert "not the same work" in out and "steps 151 vs 303" in out
+
+
+def test_groups_mean_spread_and_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):
+        a = [make_run(tmp_path, f"a{i}", cpu_w=40.0, steps=4, step_s=0.05) for i in range(2)]
+        b = [make_run(tmp_path, f"b{i}", cpu_w=40.0, steps=4, step_s=0.05) for i in range(2)]
+        c = [make_run(tmp_path, f"c{i}", cpu_w=160.0, steps=4, step_s=0.05) for i in range(2)]
+        argv = ["compare", str(a[0]), "--group", f"a={a[0]},{a[1]}", "--group", f"b={b[0]},{b[1]}",
+                "--group", f"c={c[0]},{c[1]}"]
+        code, out, err = run_cli(argv + ["--json"])
+        assert code == 0, err
+        groups = json.loads(out)["groups"]
+        fa, fb = groups["a"]["figures"]["joules_per_step"], groups["b"]["figures"]["joules_per_step"]
+        assert fa["n"] == 2 and fa["spread"] is not None
+        runs = {r["run_dir"]: r for r in json.loads(out)["runs"]}
+        assert fa["mean"] == pytest.approx(sum(runs[str(p)]["joules_per_step"] for p in a) / 2)
+        assert groups["c"]["versus_first"]["joules_per_step"]["within_noise"] is False
+        assert groups["c"]["versus_first"]["joules_per_step"]["ratio"] > 2
+        del fb
+        code, out, err = run_cli(argv)
+    assert code == 0 and any(line.startswith("group c (2 runs)") and "worse" in line
+                             for line in out.splitlines())
