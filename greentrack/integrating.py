@@ -59,6 +59,8 @@ class IntegrationRun:
         self.meter: TrainingMeter | None = None
         #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
         self.summary: dict[str, Any] | None = None
+        #: the last value of each logged metric recorded (``record`` records only new ones)
+        self._last_metrics: dict[str, Any] = {}
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -102,7 +104,29 @@ class IntegrationRun:
             planned_steps=self.planned_steps, prior=self.carry, main=main,
             progress_every_s=self.progress_every_s)
         tracker.continue_steps({k: int(v) for k, v in self.carry.get("steps", {}).items()})
+        from greentrack.labels import precision_of
+        precision = precision_of(dtype)
+        if precision is not None:  # what the framework uses, unless the user labelled it
+            tracker.add_labels(precision=precision, only_missing=True)
         return self.meter
+
+    def record(self, metrics: dict[str, Any], step: int | None) -> None:
+        """Record the framework's logged metrics (losses...) that changed since the last call,
+        with the cumulative energy (``Tracker.record``); greentrack's own are left out."""
+        meter = self.meter
+        if meter is None:
+            return
+        new = {}
+        for name, value in metrics.items():
+            name = str(name)
+            if name.startswith(PREFIX) or isinstance(value, (str, bool)) or value is None:
+                continue
+            if self._last_metrics.get(name) is value:
+                continue
+            self._last_metrics[name] = value
+            new[name] = value
+        if new:
+            meter.tracker.record(step=step, **new)
 
     def begin_training(self, global_step: int, planned_steps: int | None = None) -> None:
         """Training starts (or resumes) at ``global_step``: steps continue from it."""

@@ -77,7 +77,7 @@ def framework_precision(value: Any) -> str | None:
     """Lightning's ``trainer.precision`` (``"bf16-mixed"``, ``"16-mixed"``, ``"32-true"``,
     ``"transformer-engine"``...) -> ``bf16``, ``fp16``, ``fp32``, ``fp8``; None when unknown."""
     text = str(value).lower()
-    for key, name in (("bf16", "bf16"), ("transformer-engine", "fp8"), ("fp8", "fp8"),
+    for key, name in (("bf16", "bf16"), ("tf32", "tf32"), ("transformer-engine", "fp8"), ("fp8", "fp8"),
                       ("16", "fp16"), ("64", "fp64"), ("32", "fp32")):
         if key in text:
             return name
@@ -108,3 +108,12 @@ def autocast_precision() -> str | None:
     except Exception:  # noqa: BLE001 - older torch, or none
         return None
     return None
+
+
+def precision_of(value: Any) -> str | None:
+    """A precision from what a framework says: a torch dtype, or its precision setting."""
+    if value is None:
+        return None
+    if type(value).__name__ == "dtype":
+        return dtype_precision(value)
+    return framework_precision(value)

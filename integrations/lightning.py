@@ -180,6 +180,7 @@ class GreenTrackCallback(Callback, RunCallback):
         self._last_gs = gs
         meter.end(samples=self._samples or None, tokens=self._tokens or None)
         self._samples = self._tokens = 0.0
+        self.run.record(dict(trainer.callback_metrics), step=gs)
         now = time.monotonic()
         if now >= self._next_log and self._logging_now(trainer):
             self._next_log = now + self._log_every_s
@@ -247,6 +248,7 @@ class GreenTrackCallback(Callback, RunCallback):
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.meter is None or trainer.sanity_checking:
             return
+        self.run.record(dict(trainer.callback_metrics), step=trainer.global_step)
         # This epoch's validation steps, once resolved (they come back on the sampler thread).
         for name, value in self.run.evaluation_metrics("validation").items():
             pl_module.log(name, _cpu(value), on_step=False, on_epoch=True, batch_size=1)

@@ -200,12 +200,19 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
                **kwargs: Any) -> None:
         if logs is None:
             return
+        self._record(state, logs)
         if self._add_metrics(state, logs):
             return
         if "train_loss" in logs and "loss" not in logs:
             # The Trainer's final training log (its run-wide ``train_loss``): totals go in it.
             # Outside the guard: _stop holds a barrier that every rank must reach.
             self._stop(state, "completed", logs)
+
+    @guarded
+    def _record(self, state: Any, logs: dict[str, Any]) -> None:
+        """The Trainer's losses and metrics (``loss``, ``eval_loss``...), with their energy."""
+        self.run.record({k: v for k, v in logs.items() if k not in ("epoch", "step")
+                         and not k.startswith("train_")}, step=state.global_step)
 
     @guarded
     def _add_metrics(self, state: Any, logs: dict[str, Any]) -> bool:

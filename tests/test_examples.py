@@ -62,3 +62,24 @@ def test_an_example_without_a_run_dir_says_so_in_one_line(example: str, tmp_path
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("give RUN_DIR or set GREENTRACK_RUN_DIR")
+
+
+def test_precision_sweep_example_compares_energy_to_a_target(tmp_path: Path) -> None:
+    e = python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "no-powercap"), GREENTRACK_CPU_TDP_W="65")
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID",
+                 "GREENTRACK_LABELS"):
+        e.pop(name, None)
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "examples/precision_sweep.py", str(tmp_path / "sweep"),
+                           "--steps", "120", "--target", "0.05"], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - t < 120
+    out = proc.stdout
+    assert "greentrack compare" in out and "to loss<=0.05:" in out
+    assert any(line.startswith("group fp32 (2 runs): to_target_energy_j") for line in out.splitlines())
+    assert any(line.startswith("group bf16 (2 runs): to_target_energy_j") for line in out.splitlines())
+    from greentrack.run import Run
+    for precision in ("fp32", "bf16"):
+        with Run.open(tmp_path / "sweep" / f"{precision}-1") as run:
+            assert run.labels["precision"] == precision

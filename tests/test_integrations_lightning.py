@@ -140,6 +140,27 @@ def test_steps_phases_and_metrics_through_every_logger(powercap: PowercapTree, t
     assert len(totals) == 2 and totals[-1] == pytest.approx(s["energy_j"]["total"])
     assert logger.values("greentrack/run_train_steps_energy_j")[-1] == pytest.approx(train_j)
     assert callback.summary is not None and callback.summary["steps_by_phase"]["train"] == 10
+    # issue 14: the precision Lightning uses is the run's label; the logged val_loss is recorded
+    # once per validation (only when new) with the cumulative energy at that moment
+    from greentrack.run import Run, metric_points
+    with Run.open(run) as r:
+        assert r.labels == {"precision": "fp32"}
+        val = metric_points(r, "val_loss")
+        assert val and val[-1].value == pytest.approx(float(fit_metrics["val_loss"]), rel=1e-5)
+        assert all(0 < p.energy_j <= s["energy_j"]["total"] for p in val)
+        assert all(a.energy_j <= b.energy_j and a.step < b.step for a, b in zip(val, val[1:]))
+
+
+def test_bf16_precision_and_user_labels(powercap: PowercapTree, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    callback = GreenTrackCallback(run, progress_every_s=None, labels={"method": "distillation"},
+                                  **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], Recording(), precision="bf16-mixed", max_steps=2)
+        t.fit(Tiny(), data(4 * BATCH))
+    from greentrack.run import Run
+    with Run.open(run) as r:
+        assert r.labels == {"method": "distillation", "precision": "bf16"}
 
 
 def test_resume_continues_the_same_run(powercap: PowercapTree, tmp_path: Path) -> None:

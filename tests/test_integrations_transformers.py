@@ -123,6 +123,16 @@ def test_steps_logs_and_totals(no_host_env: Path, tmp_path: Path) -> None:
     history = trainer.state.log_history
     assert history[-1]["greentrack/run_energy_j"] == final["greentrack/run_energy_j"]
     assert callback.summary is not None
+    # issue 14: the Trainer's precision is the run's label; its logged losses are recorded with
+    # the step and the cumulative energy at that moment
+    from greentrack.run import Run, metric_points
+    with Run.open(run) as r:
+        assert r.labels["precision"] == "fp32"
+        losses = metric_points(r, "loss")
+        assert [p.step for p in losses] == [2, 4, 6]
+        assert [p.value for p in losses] == pytest.approx([log["loss"] for log in train_logs])
+        assert all(a.energy_j <= b.energy_j for a, b in zip(losses, losses[1:]))
+        assert len(metric_points(r, "eval_loss")) == reporter.evaluations
 
 
 def test_resume_continues_the_same_run(no_host_env: Path, tmp_path: Path) -> None:
