@@ -48,6 +48,9 @@ class OptimizerTracking:
         self._samples = 0.0
         self._tokens = 0.0
         self._fixed = (samples_per_step, tokens_per_step)
+        #: the precision is still to be told from the first training forward (autocast) or the
+        #: parameters' dtype (see :func:`track_optimizer`)
+        self._precision_open = "precision" not in tracker.labels
         self._hooks = [optimizer.register_step_post_hook(self._after_step)]
         if model is not None:
             self._hooks.append(model.register_forward_pre_hook(self._before_forward))
@@ -59,6 +62,17 @@ class OptimizerTracking:
     def _before_forward(self, module: Any, args: Any) -> None:
         if module.training and self.meter.marks.open_phase is None:
             self.meter.begin("train")
+        if self._precision_open and module.training:
+            self._label_precision(module)
+
+    def _label_precision(self, module: Any) -> None:
+        """The run's ``precision`` label, once: an active autocast's dtype, else the model's
+        parameters' (``labels.model_precision``)."""
+        from greentrack.labels import autocast_precision, model_precision
+        self._precision_open = False
+        found = autocast_precision() or model_precision(module)
+        if found is not None:
+            self.tracker.add_labels(precision=found, only_missing=True)
 
     @guarded
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -67,6 +81,13 @@ class OptimizerTracking:
             samples, tokens = self._fixed
             meter.end(samples=self._samples or samples, tokens=self._tokens or tokens)
         self._samples = self._tokens = 0.0
+        if self._precision_open and self.model is None:  # no forward seen: the parameters'
+            self._precision_open = False
+            from greentrack.labels import dtype_precision
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            found = dtype_precision(params[0].dtype) if params else None
+            if found is not None:
+                self.tracker.add_labels(precision=found, only_missing=True)
         if self.model is None:
             meter.begin("train")
 
@@ -131,7 +152,10 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
         model: the model; when given, steps start at its first training-mode forward.
         flops: FLOPs per optimizer step: ``"auto"`` counts the first step once (call this right
             before the loop), a number, a :class:`greentrack.flops.StepFlops`, or None.
-        dtype: compute dtype for MFU (default: the parameters'; give it under autocast).
+        dtype: compute dtype for MFU (default: the parameters'; give it under autocast). It is
+            also the run's ``precision`` label unless one is set; without it, the label is the
+            autocast dtype at the model's first training forward (``model=``), else the
+            parameters' dtype.
         samples_per_step, tokens_per_step: constants per step (or use ``count``).
         planned_steps: optimizer steps of the run, for the forecast.
         progress_every_s: period of the progress line on stderr (``RANK`` 0; None: never;
@@ -156,6 +180,11 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
                           planned_steps=planned_steps, main=env_int("RANK", 0) == 0,
                           progress_every_s=progress_every_s)
     meter.start_counting()  # outside any forward: the counter sees whole module calls
+    if dtype is not None:
+        from greentrack.labels import precision_of
+        found = precision_of(dtype)
+        if found is not None:
+            tracker.add_labels(precision=found, only_missing=True)
     return OptimizerTracking(optimizer, tracker, meter, model, owns, samples_per_step,
                              tokens_per_step)
 

@@ -152,3 +152,29 @@ def test_bad_setting_is_one_line_before_any_step(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         track_optimizer(opt, tmp_path / "run", interval_s=-1)
     assert str(e.value).startswith("interval_s=-1") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["autocast", "parameters", "given", "user"])
+def test_precision_label_from_autocast_parameters_or_dtype(how: str, no_host_env: Path,
+                                                            tmp_path: Path) -> None:
+    from greentrack.run import Run, metric_points
+    model, opt = model_and_opt()
+    run = tmp_path / "run"
+    kwargs: dict[str, Any] = {"model": model} if how in ("autocast", "user") else {}
+    if how == "given":
+        kwargs["dtype"] = torch.float16
+    if how == "user":
+        kwargs["labels"] = {"precision": "int8", "method": "qat"}
+    with track_optimizer(opt, run, **kwargs, **FAST) as tracking:
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how in ("autocast", "user")):
+                loss = model(torch.randn(8, 16)).float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            tracking.tracker.record(loss=loss.detach(), accuracy=0.5)
+    with Run.open(run) as r:
+        assert r.labels["precision"] == {"autocast": "bf16", "parameters": "fp32", "given": "fp16",
+                                         "user": "int8"}[how]
+        losses = metric_points(r, "loss")
+        assert [p.step for p in losses] == [1, 2, 3] and len(metric_points(r, "accuracy")) == 3

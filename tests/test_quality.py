@@ -128,3 +128,45 @@ def test_groups_mean_spread_and_noise(tmp_path: Path, monkeypatch: pytest.Monkey
         code, out, err = run_cli(argv)
     assert code == 0 and any(line.startswith("group c (2 runs)") and "worse" in line
                              for line in out.splitlines())
+
+
+def test_a_store_without_the_metrics_table_reads_as_no_metrics(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written before ``metrics`` existed: no metrics, no damage; compare says so."""
+    import sqlite3
+
+    from greentrack.store import store_paths
+    with clean_env(monkeypatch, tmp_path):
+        d = _tracked(tmp_path / "old", [1.0, 0.5])
+        for path in store_paths(d):
+            with sqlite3.connect(path) as conn:
+                conn.execute("DROP TABLE metrics")
+                conn.execute("DELETE FROM meta WHERE key = 'labels'")
+        with Run.open(d) as run:
+            assert metric_points(run, "loss") == [] and run.labels == {}
+            assert not any("metrics" in w for w in run.warnings)
+            t = to_target(run, "loss", "<=", 0.7)
+            assert not t.reached and t.best is None
+        code, out, err = run_cli(["compare", str(d), "--target", "loss<=0.7"])
+    assert code == 0 and "not reached (best none)" in out
+
+
+def test_hostile_metric_rows_and_values_are_left_out(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from greentrack.store import store_paths
+    with clean_env(monkeypatch, tmp_path):
+        with greentrack.Tracker(tmp_path / "r", **FAST) as tr:
+            with tr.step():
+                time.sleep(0.01)
+            tr.record(loss=float("nan"), acc="high", ok=1.5)  # bad values dropped, the rest kept
+        (path,) = store_paths(tmp_path / "r")
+        with sqlite3.connect(path) as conn:
+            conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)",
+                             [(1.0, 1, "ok", "text", 1.0), (1.0, 1, "ok", 2.0, -5.0),
+                              (1e300, 1, "ok", 2.0, 1.0)])
+        with Run.open(tmp_path / "r") as run:
+            assert [p.value for p in metric_points(run, "ok")] == [1.5]
+            assert metric_points(run, "loss") == [] and metric_points(run, "acc") == []
+            assert any("metric 'loss' dropped" in w for w in run.warnings)
