@@ -170,3 +170,21 @@ def test_hostile_metric_rows_and_values_are_left_out(tmp_path: Path,
             assert [p.value for p in metric_points(run, "ok")] == [1.5]
             assert metric_points(run, "loss") == [] and metric_points(run, "acc") == []
             assert any("metric 'loss' dropped" in w for w in run.warnings)
+
+
+def test_compare_formats_md_html_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with clean_env(monkeypatch, tmp_path):
+        a = _tracked(tmp_path / "a<b>", [3.0, 2.0, 1.0], labels={"precision": "fp32"}, tokens=10)
+        b = _tracked(tmp_path / "b", [3.0, 1.5, 0.5], labels={"precision": "bf16"}, tokens=10)
+        base = ["compare", str(a), str(b), "--target", "loss<=1.5"]
+        code, md, err = run_cli(base + ["--format", "md"])
+        assert code == 0, err
+        assert md.startswith("# greentrack compare") and "| labels | precision=fp32 |" in md
+        code, html, err = run_cli(base + ["--format", "html"])
+        assert code == 0, err
+        assert html.count("<polyline") == 2 and "cumulative IT energy (kWh)" in html
+        assert "a<b>" not in html and "a&lt;b&gt;" in html
+        code, js, err = run_cli(base + ["--format", "json"])
+        assert code == 0 and json.loads(js)["runs"][1]["labels"] == {"precision": "bf16"}
+        code, out, err = run_cli(base + ["--format", "pdf"])
+    assert code == 2 and "--format" in err

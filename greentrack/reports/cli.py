@@ -141,7 +141,10 @@ def add_commands(sub: Any) -> None:
                           description="Joules per step/sample/token, FLOPs per joule, MFU, duration, "
                                       "emissions and cost of each run, with ratios to the first.")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    cmp_.add_argument("--json", action="store_true", help="machine-readable output")
+    cmp_.add_argument("--json", action="store_true", help="machine-readable output (--format json)")
+    cmp_.add_argument("--format", dest="cmp_format", choices=["text", "json", "md", "html"],
+                      default=None, help="text (default), json, md, or html (with the metric of "
+                                         "--target, else loss, against cumulative kWh per run)")
     cmp_.add_argument("--target", metavar="METRIC<=X",
                       help="energy, emissions, cost, GPU-hours, time, steps and tokens until a "
                            "recorded metric first reached X (<=, >=, <, >), e.g. val_loss<=2.5")
@@ -201,10 +204,16 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from greentrack.reports.compare import compare, format_table, parse_groups, parse_target
+    from greentrack.reports.compare import (compare, curves, format_html, format_markdown,
+                                            format_table, parse_groups, parse_target)
     target = parse_target(ns.target) if ns.target is not None else None
     groups = parse_groups(ns.group, ns.run_dirs)
+    fmt = ns.cmp_format or ("json" if ns.json else "text")
     config = make_config(ns)
     result = compare(ns.run_dirs, config, target=target, groups=groups)
-    print(json_text(result) if ns.json else format_table(result))
+    if fmt == "html":
+        result["curves"] = curves([r["run_dir"] for r in result["runs"]],
+                                  target[0] if target else "loss")
+    render = {"json": json_text, "text": format_table, "md": format_markdown, "html": format_html}
+    sys.stdout.write(render[fmt](result).rstrip("\n") + "\n")
     return 0

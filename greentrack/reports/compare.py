@@ -199,8 +199,8 @@ def _figure(row: dict[str, Any], fig: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table: one column per run, ``value (x ratio)`` after the first."""
+def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, rows and notes of the comparison: one column per run, ``value (x ratio)``."""
     runs = result["runs"]
     headers = ["metric"] + [printable(f"{Path(r['run_dir']).name} ({r['run_id']})", 60) for r in runs]
     body = []
@@ -238,11 +238,7 @@ def format_table(result: dict[str, Any]) -> str:
                              else "n/a" if t["reached"] else
                              f"not reached (best {sig(t['best'], 4) if t['best'] is not None else 'none'})")
             body.append(cells)
-    widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    lines.append(f"ratios are to the first run ({printable(result['baseline'])})")
+    lines: list[str] = [f"ratios are to the first run ({printable(result['baseline'])})"]
     for r in runs[1:]:
         if not r["equal_work"]:
             lines.append(f"{printable(Path(r['run_dir']).name, 60)}: not the same work as the first "
@@ -260,4 +256,68 @@ def format_table(result: dict[str, Any]) -> str:
                          "better" if vs["difference"] < 0 else "worse") + ")")
             parts.append(text)
         lines.append(f"group {printable(name, 40)} ({len(g['runs'])} runs): " + "; ".join(parts))
-    return "\n".join(lines)
+    return headers, body, lines
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table: one column per run, ``value (x ratio)`` after the first; then notes."""
+    headers, body, notes = _table(result)
+    widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    return "\n".join(lines + notes)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table and notes (every cell literal text)."""
+    from greentrack._text import md_escape
+    headers, body, notes = _table(result)
+    out = ["# greentrack compare", "",
+           "| " + " | ".join(md_escape(h) for h in headers) + " |",
+           "|" + " --- |" * len(headers)]
+    out += ["| " + " | ".join(md_escape(c.strip()) for c in row) + " |" for row in body]
+    out += [""] + [f"- {md_escape(n)}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def format_html(result: dict[str, Any]) -> str:
+    """A standalone HTML page: the table, the notes and, when runs recorded the metric, the
+    metric against cumulative IT energy (kWh), one line per run."""
+    from html import escape
+    from greentrack.reports import svg
+    headers, body, notes = _table(result)
+    rows = "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>\n"
+                   for row in body)
+    parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+             "<title>greentrack compare</title><style>body{font-family:sans-serif;margin:2em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:left}</style></head><body><h1>greentrack compare</h1>",
+             "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>\n"
+             + rows + "</table>",
+             "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"]
+    curves = result.get("curves")
+    if curves and any(c["points"] for c in curves["runs"]):
+        series = [(f"{Path(c['run_dir']).name}", [p[0] for p in c["points"]],
+                   [p[1] for p in c["points"]]) for c in curves["runs"]]
+        parts.append(svg.xy_lines(f"{curves['metric']} against cumulative IT energy", series,
+                                  "cumulative IT energy (kWh)", curves["metric"]))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+#: Points per run in the ``curves`` of :func:`compare` (evenly thinned past this).
+MAX_CURVE_POINTS = 500
+
+
+def curves(run_dirs: list[str], metric: str) -> dict[str, Any]:
+    """``metric`` against the run's cumulative IT energy (kWh) at each recording, per run."""
+    from greentrack.run import Run, metric_points
+    out = []
+    for d in run_dirs:
+        with Run.open(d) as run:
+            pts = metric_points(run, metric)
+        step = max(1, len(pts) // MAX_CURVE_POINTS)
+        out.append({"run_dir": d, "points": [(p.energy_j / J_PER_KWH, p.value)
+                                             for p in pts[::step]]})
+    return {"metric": metric, "runs": out}

@@ -109,6 +109,39 @@ def lines(title: str, t_s: list[float], series: list[tuple[str, list[float]]], y
     return "\n".join(out)
 
 
+def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xlabel: str,
+             ylabel: str) -> str:
+    """One polyline per ``(label, xs, ys)``; both axes span the data (x from 0)."""
+    xs_all = [x for _, xs, _ in series for x in xs if math.isfinite(x)]
+    ys_all = [y for _, _, ys in series for y in ys if math.isfinite(y)]
+    hi_x = max(xs_all, default=1.0) or 1.0
+    lo_y, hi_y = min(ys_all, default=0.0), max(ys_all, default=1.0)
+    if hi_y <= lo_y:
+        lo_y, hi_y = lo_y - 0.5, hi_y + 0.5
+    xt, yt = _nice_ticks(0.0, hi_x), _nice_ticks(lo_y, hi_y)
+    top_x, lo_t, hi_t = max(xt[-1], hi_x), min(yt[0], lo_y), max(yt[-1], hi_y)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+
+    def sx(v: float) -> float:
+        return x0 + v / top_x * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y0 - (v - lo_t) / ((hi_t - lo_t) or 1.0) * (y0 - y1)
+
+    out = _frame(title, xlabel, ylabel, xt, [v for v in yt if lo_t <= v <= hi_t], sx, sy)
+    for i, (label, xs, ys) in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys)
+                       if math.isfinite(x) and math.isfinite(y))
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        ly = TOP + 14 * i + 6
+        if i < 16:
+            out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
+                       f'<text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
               marks: dict[str, float] | None = None) -> str:
     """Bars over ``edges`` (len(counts) + 1), with optional labelled vertical marks."""
