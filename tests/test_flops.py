@@ -114,6 +114,10 @@ def test_every_peak_row_is_well_formed_and_sourced() -> None:
     ("NVIDIA H200 NVL", "bfloat16", 8.355e14, "NVIDIA H200 NVL"),
     ("NVIDIA GH200 480GB", "bfloat16", 9.895e14, "NVIDIA GH200"),
     ("NVIDIA L40S", "bfloat16", 3.665e14, "NVIDIA L40S"),
+    ("NVIDIA B200", "bfloat16", 2.25e15, "NVIDIA B200"),
+    ("NVIDIA B200", "float8", 4.5e15, "NVIDIA B200"),
+    ("AMD Instinct MI300X", "bfloat16", 1.3074e15, "AMD Instinct MI300X"),
+    ("AMD Instinct MI300X", "float32", 1.634e14, "AMD Instinct MI300X"),
     ("NVIDIA L40", "bfloat16", 1.81e14, "NVIDIA L40"),
     ("NVIDIA L4", "bfloat16", 1.21e14, "NVIDIA L4"),
     ("NVIDIA A10", "float16", 1.25e14, "NVIDIA A10"),
@@ -140,7 +144,7 @@ def test_the_sparse_entries_of_lightnings_table_are_halved_here() -> None:
 
 
 @pytest.mark.parametrize("name, dtype", [("NVIDIA A10G", "bfloat16"), ("Tesla T4", "bfloat16"),
-                                         ("cpu device", "float32"), ("NVIDIA B200", "bfloat16")])
+                                         ("cpu device", "float32"), ("NVIDIA GB200", "bfloat16")])
 def test_unknown_device_or_dtype_is_none_with_a_warning(name: str, dtype: str,
                                                         caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
