@@ -188,3 +188,47 @@ def test_compare_formats_md_html_json(tmp_path: Path, monkeypatch: pytest.Monkey
         assert code == 0 and json.loads(js)["runs"][1]["labels"] == {"precision": "bf16"}
         code, out, err = run_cli(base + ["--format", "pdf"])
     assert code == 2 and "--format" in err
+
+
+class _SlowEvent:
+    """A CUDA event stand-in: not complete until ``done`` is set (the GPU still working)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+
+class _Host:
+    def __init__(self, v: float) -> None:
+        self.v = v
+
+    def item(self) -> float:
+        return self.v
+
+
+def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path of ``record`` (``stepvalues.DeviceValue``): the training thread never waits;
+    the sampler holds the record until the value is on the host, then stores the energy at the
+    moment ``record`` was called, not when the value arrived."""
+    from greentrack.stepvalues import DeviceValue
+    with clean_env(monkeypatch, tmp_path):
+        value = object.__new__(DeviceValue)
+        event = _SlowEvent()
+        value.host, value.event = _Host(0.25), event
+        with greentrack.Tracker(tmp_path / "r", **FAST) as tr:
+            with tr.step():
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            tr.record(loss=value)
+            assert time.monotonic() - t0 < 0.05  # no wait on the training thread
+            time.sleep(0.6)  # several attribution passes: the record waits, it is not dropped
+            event.done = True
+            time.sleep(0.6)
+        with Run.open(tmp_path / "r") as run:
+            (p,) = metric_points(run, "loss")
+            total = float(run.energy_j()["total"] or 0.0)
+            assert p.value == 0.25 and p.step == 1
+            assert 0 < p.energy_j < 0.6 * total  # the energy at record time, not 1.2 s later
