@@ -236,7 +236,8 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
                 v = t[key]
                 cells.append(sig(float(v), fmt) if t["reached"] and isinstance(v, (int, float))
                              else "n/a" if t["reached"] else
-                             f"not reached (best {sig(t['best'], 4) if t['best'] is not None else 'none'})")
+                             (f"not reached (best {sig(t['best'], 4)})" if t["best"] is not None
+                              else f"not reached ({printable(t['metric'], 40)} not recorded)"))
             body.append(cells)
     lines: list[str] = [f"ratios are to the first run ({printable(result['baseline'])})"]
     for r in runs[1:]:
