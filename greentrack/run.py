@@ -155,6 +155,37 @@ class Segment:
                                 "FROM steps WHERE extra LIKE '%flops_method%'")
         return {str(r["m"]) for r in rows if r["m"]}
 
+    def step_cover(self) -> tuple[float, float]:
+        """``(union, sum)`` of the valid step windows' lengths, in seconds: less union than sum
+        means windows overlapped (nested or concurrent steps)."""
+        for r in self.reader.rows(_COVER_SQL):
+            return float(r["u"] or 0.0), float(r["s"] or 0.0)
+        return 0.0, 0.0
+
+    def channel_power(self, channel_id: int, min_dt: float,
+                      quantile: float) -> tuple[float, float, int]:
+        """``(low, high, count)`` of one channel's bucket power (energy / dt): its ``quantile``
+        and ``1 - quantile`` quantiles (a late read shifts energy between two neighbouring
+        buckets: the extremes are noise), over usable buckets at least ``min_dt`` long, its
+        first and last left out (they straddle the start and the stop)."""
+        rows = self.reader.rows(_COUNT_SQL, (channel_id, min_dt))
+        n = int(rows[0]["n"] or 0) if rows else 0
+        if not n:
+            return 0.0, 0.0, 0
+        k = int(quantile * (n - 1))
+        lo = self.reader.rows(_RANKED_SQL.format(order="ASC"), (channel_id, min_dt, k))
+        hi = self.reader.rows(_RANKED_SQL.format(order="DESC"), (channel_id, min_dt, k))
+        if not lo or not hi:
+            return 0.0, 0.0, 0
+        return float(lo[0]["w"]), float(hi[0]["w"]), n
+
+    def channel_below(self, channel_id: int, min_dt: float, watts: float) -> tuple[float, float]:
+        """``(seconds, joules)`` of one channel's buckets (as :meth:`channel_power` takes them)
+        whose power is at most ``watts``."""
+        for r in self.reader.rows(_BELOW_SQL, (channel_id, min_dt, watts)):
+            return float(r["s"] or 0.0), float(r["e"] or 0.0)
+        return 0.0, 0.0
+
     def mfu_sums(self) -> tuple[float, float]:
         """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""
         for r in self.reader.rows(_MFU_SQL):
@@ -298,6 +329,59 @@ class Run:
                 out[phase] = out.get(phase, 0.0) + e
         return out
 
+    def steps_inside_j(self) -> tuple[dict[str, float], float, float]:
+        """Energy spent inside step windows, per phase: ``(joules by phase, union s, sum s)``.
+
+        Each store's step rows carry the joules of that store's devices over their windows (the
+        engine attributes them once). Where a store's windows overlap (union shorter than their
+        sum), its phases' joules are scaled by union / sum so no second is counted twice."""
+        out: dict[str, float] = {}
+        union_s = sum_s = 0.0
+        for seg in self.segments:
+            u, s = seg.step_cover()
+            union_s, sum_s = union_s + u, sum_s + s
+            scale = u / s if s > u > 0 else 1.0
+            for phase, (_, e) in seg.phases.items():
+                out[phase] = out.get(phase, 0.0) + e * scale
+        return out, union_s, sum_s
+
+    def gpu_power(self, idle_margin: float, idle_peak_share: float, min_dt: float,
+                  quantile: float = 0.1) -> list[dict[str, Any]]:
+        """Per GPU (identity, over its stores): low and peak bucket power (the ``quantile`` and
+        ``1 - quantile`` quantiles, :meth:`Segment.channel_power`), the near-idle
+        threshold ``min(lowest x (1 + idle_margin), highest x idle_peak_share)`` and the seconds
+        and joules of its buckets at or under it; with its measured seconds and joules."""
+        found: dict[str, dict[str, Any]] = {}
+        chans: list[tuple[str, Segment, int]] = []
+        for seg in self.segments:
+            for c in seg.channels:
+                if c["kind"] != "gpu":
+                    continue
+                key = device_identity(seg.host, seg.rank, c)
+                lo, hi, n = seg.channel_power(c["id"], min_dt, quantile)
+                g = found.setdefault(key, {"identity": key, "device": c["device"],
+                                           "name": c["name"] or c["device"], "host": seg.host,
+                                           "low_w": None, "peak_w": None, "buckets": 0})
+                if n:
+                    g["low_w"] = lo if g["low_w"] is None else min(g["low_w"], lo)
+                    g["peak_w"] = hi if g["peak_w"] is None else max(g["peak_w"], hi)
+                    g["buckets"] += n
+                chans.append((key, seg, c["id"]))
+        for g in found.values():
+            g["threshold_w"] = (None if g["low_w"] is None else
+                                min(g["low_w"] * (1.0 + idle_margin), g["peak_w"] * idle_peak_share))
+            g.update(seconds=0.0, energy_j=0.0, idle_s=0.0, idle_j=0.0)
+        for key, seg, cid in chans:
+            g = found[key]
+            s, e = seg.channel_below(cid, min_dt, float("inf"))
+            g["seconds"] += s
+            g["energy_j"] += e
+            if g["threshold_w"] is not None:
+                s, e = seg.channel_below(cid, min_dt, g["threshold_w"])
+                g["idle_s"] += s
+                g["idle_j"] += e
+        return list(found.values())
+
     @property
     def gaps(self) -> int:
         # one gap per interruption: a loss is recorded as gap-start then device-lost
@@ -384,6 +468,27 @@ _MFU = "json_extract(extra, '$.mfu')"
 _MFU_SQL = (f"SELECT SUM({_MFU} * duration_s) AS a, SUM(duration_s) AS b FROM steps WHERE "
             f"extra LIKE '%\"mfu\"%' AND {_MFU} IS NOT NULL AND {sql_number(_MFU, 0.0, 1000.0)} "
             f"AND {VALID_STEP}")
+
+# Union of step windows: each row adds what it reaches past the furthest end before it.
+_COVER_SQL = f"""
+SELECT SUM(MAX(0.0, t1 - MAX(t0, COALESCE(prev, t0)))) AS u, SUM(t1 - t0) AS s FROM (
+  SELECT t0, t1, MAX(t1) OVER (ORDER BY t0, t1 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+         AS prev FROM steps WHERE {VALID_STEP} AND t1 >= t0)"""
+
+# A channel's buckets for power statistics: usable, at least ?2 s long, and neither its first nor
+# its last (they straddle the start and the stop, when the device was read part of the time).
+_INNER = f"""channel_id = ?1 AND dt > 0 AND dt >= ?2 AND {VALID_SAMPLE}
+AND t > (SELECT MIN(t) FROM samples WHERE channel_id = ?1)
+AND t < (SELECT MAX(t) FROM samples WHERE channel_id = ?1)"""
+
+_COUNT_SQL = f"SELECT COUNT(*) AS n FROM samples WHERE {_INNER}"
+# The bucket power ?3 places from the bottom (ASC) or the top (DESC): a quantile without reading
+# the rows into Python.
+_RANKED_SQL = "SELECT energy_j / dt AS w FROM samples WHERE " + _INNER + \
+    " ORDER BY energy_j / dt {order} LIMIT 1 OFFSET ?3"
+
+_BELOW_SQL = f"""
+SELECT SUM(dt) AS s, SUM(energy_j) AS e FROM samples WHERE {_INNER} AND energy_j / dt <= ?3"""
 
 # Per channel: the usable samples' count and span, and how many are not usable (left out).
 _STATS_SQL = f"""

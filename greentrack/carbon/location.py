@@ -293,3 +293,20 @@ def world_average() -> Factor:
                   f"world average ({src.get('world_average_source')}), via codecarbon "
                   f"{cc.version()} carbon_intensity_per_source.json; no location was set",
                   "codecarbon carbon_intensity_per_source.json (IEA 2019)", 2019, {})
+
+
+def cloud_region_factors(provider: str) -> list[tuple[str, Factor]]:
+    """``(PROVIDER:REGION, yearly factor)`` of every known region of one cloud provider
+    (codecarbon's cloud data, then greentrack's region list), for comparing regions."""
+    out = []
+    for prov, region in sorted(_cloud_table()):
+        if prov == provider:
+            out.append((f"{prov}:{region}", _cloud_factor(prov, region)))
+    return out
+
+
+def country_factors(codes: tuple[str, ...]) -> list[tuple[str, Factor]]:
+    """``(ISO alpha-3, yearly factor)`` of the countries in ``codes`` that codecarbon's global
+    mix has (others are left out)."""
+    mix = cc.global_energy_mix()
+    return [(code, _country_factor(code)) for code in codes if code in mix]

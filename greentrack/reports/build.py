@@ -251,6 +251,9 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
     }
     if s["status"] in ("running", "incomplete"):
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
+    from greentrack.reports.advise import TOP, advise
+    doc["opportunities"] = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
+                                  acc["pue"]["value"])[:TOP]
     doc["eu_ai_act"] = _eu_ai_act(doc)
     doc["summary"] = _summary(doc)
     return doc

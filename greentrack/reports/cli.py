@@ -152,6 +152,16 @@ def add_commands(sub: Any) -> None:
                       help="repeated runs of one setting: mean and spread (repeatable)")
     add_carbon_options(cmp_)
     cmp_.set_defaults(handler=cmd_compare)
+    adv = sub.add_parser("advise", help="where a run's energy could go further, ranked",
+                         description="Findings ranked by the joules (and grams, and money when "
+                                     "prices are set) at stake, each with its evidence from the "
+                                     "run's own measurements and a suggestion: energy outside "
+                                     "steps, idle GPUs, low MFU, start time (--intensity-csv), "
+                                     "region.")
+    adv.add_argument("run_dir", metavar="RUN_DIR")
+    adv.add_argument("--json", action="store_true", help="machine-readable output")
+    add_carbon_options(adv)
+    adv.set_defaults(handler=cmd_advise)
 
 
 def _guard(fn: Any, ns: argparse.Namespace) -> int:
@@ -216,4 +226,27 @@ def _compare(ns: argparse.Namespace) -> int:
                                   target[0] if target else "loss")
     render = {"json": json_text, "text": format_table, "md": format_markdown, "html": format_html}
     sys.stdout.write(render[fmt](result).rstrip("\n") + "\n")
+    return 0
+
+
+def cmd_advise(ns: argparse.Namespace) -> int:
+    return _guard(_advise, ns)
+
+
+def _advise(ns: argparse.Namespace) -> int:
+    from greentrack.carbon.resolve import config_for_run
+    from greentrack.reports.advise import advise, format_text
+    from greentrack.reports.run_data import read_run
+    explicit = make_config(ns)
+    data = read_run(ns.run_dir)
+    config = config_for_run(data.settings, explicit)
+    findings = advise(data, config)
+    if ns.json:
+        print(json_text({"run_id": data.summary["run_id"], "run_dir": str(data.run_dir),
+                         "energy_j": data.summary["energy_j"]["total"], "findings": findings,
+                         "warnings": list(data.warnings)}))
+    else:
+        print(format_text(findings, data))
+        for w in data.warnings:
+            print(f"greentrack: warning: {printable(w)}", file=sys.stderr)
     return 0

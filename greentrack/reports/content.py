@@ -25,6 +25,15 @@ def _money(x: float | None, currency: str | None) -> str:
     return f"{x:,.4g} {currency or '(no currency given)'}"
 
 
+def _stake(o: dict[str, Any]) -> str:
+    parts = [f"{_n(o['joules'], 'J')} ({o['share']:.1%} of the run)"] if o["joules"] else []
+    if o.get("grams") is not None:
+        parts.append(_n(o["grams"], "gCO2e"))
+    if o.get("cost") is not None:
+        parts.append(_money(o["cost"], o.get("currency")))
+    return ", ".join(parts)
+
+
 def blocks(doc: dict[str, Any]) -> list[Block]:
     s, run, e, c = doc["summary"], doc["run"], doc["energy"], doc["compute"]
     loc, market = doc["intensity"]["location_based"], doc["intensity"]["market_based"]
@@ -58,6 +67,13 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
     ]
     if doc["warnings"]:
         out += [("h2", "Warnings"), ("list", list(doc["warnings"]))]
+    if doc.get("opportunities"):
+        out += [("h2", "Opportunities"),
+                ("p", "The top findings of greentrack advise, from this run's own measurements, "
+                      "ranked by what is at stake."),
+                ("table", ["finding", "at stake", "evidence", "suggestion"],
+                 [[o["kind"], _stake(o), o["evidence"]["text"], o["suggestion"]]
+                  for o in doc["opportunities"]])]
     out += [
         ("h2", "Energy"),
         ("plot", "power"), ("plot", "cumulative"),

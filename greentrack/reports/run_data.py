@@ -61,6 +61,15 @@ class RunData:
     stretched_slow_s: dict[str, float] = field(default_factory=dict)
     #: the run's labels (greentrack.run.Run.labels)
     labels: dict[str, str] = field(default_factory=dict)
+    #: joules inside step windows per phase, and the windows' union and summed seconds
+    #: (:meth:`greentrack.run.Run.steps_inside_j`)
+    steps_inside_j: dict[str, float] = field(default_factory=dict)
+    step_union_s: float = 0.0
+    step_sum_s: float = 0.0
+    #: seconds the stores ran, summed (ranks and segments each count)
+    store_s: float = 0.0
+    #: per GPU: bucket power and near-idle time (:meth:`greentrack.run.Run.gpu_power`)
+    gpu_power: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -130,6 +139,9 @@ def _read(run: Run) -> RunData:
         methods |= seg.flops_methods()
         a, b = seg.mfu_sums()
         mfu_num, mfu_den = mfu_num + a, mfu_den + b
+    from greentrack.reports.advise import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE
+    inside, union_s, sum_s = run.steps_inside_j()
+    gpu_power = run.gpu_power(IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0, POWER_QUANTILE)
     run.add_damage()  # rows the report's queries left out, too
     for e in energies.values():
         e.sort()
@@ -141,7 +153,8 @@ def _read(run: Run) -> RunData:
         hosts={h: union_length(s) for h, s in host_spans.items()}, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
-        labels=run.labels)
+        labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
+        store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments))
 
 
 def _stretched(stores: list[Segment]) -> dict[str, float]:

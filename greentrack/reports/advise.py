@@ -1,0 +1,318 @@
+"""``greentrack advise``: where a run's energy could have gone further, ranked, each finding from
+the run's own measurements (never guessed), with its evidence and a suggestion.
+
+One function, :func:`advise`, computes the findings; ``greentrack advise`` prints them and the
+report's ``opportunities`` section holds its top ones. Kinds:
+
+* ``outside-steps``: the run's energy minus the energy inside step windows (steps of every phase
+  are steps; the rest is "no step": input stalls, evaluation loops without steps, checkpointing,
+  start-up).
+* ``idle-gpu``: GPU time and joules at near-idle power (rule: :data:`IDLE_RULE`), per GPU, and
+  GPUs that never worked.
+* ``low-mfu``: only when the step rows carry MFU (FLOPs and the device's peak were known).
+* ``start-time``: with an intensity series (``--intensity-csv``), the same power profile
+  re-integrated at each start the series covers: the best start and the grams it saves.
+* ``region``: the same energy at the yearly factors of the cloud provider's other regions, or
+  without a cloud, of :data:`REGION_COUNTRIES`.
+* ``power-limit`` needs a measured power/throughput curve; there is none yet, so it is never
+  emitted.
+
+``joules`` is the energy at stake (0 for ``start-time`` and ``region``: the same energy, other
+grams); ``grams`` (with PUE) and ``cost`` (when a price is set) follow from it. Findings are
+ranked by grams at stake when an intensity is known, else by joules.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from greentrack.units import J_PER_KWH, utc
+
+if TYPE_CHECKING:
+    from greentrack.reports.run_data import RunData
+
+#: a bucket is near-idle at or under min(lowest x (1 + IDLE_MARGIN), peak x IDLE_PEAK_SHARE)
+IDLE_MARGIN = 0.10
+IDLE_PEAK_SHARE = 0.5
+#: a GPU never worked: its peak within NEVER_SPREAD x its lowest, and under NEVER_PEER x the
+#: highest peak of the run's GPUs (a lone flat GPU may be one at steady full load: not flagged)
+NEVER_SPREAD = 1.25
+NEVER_PEER = 0.5
+#: a GPU's "lowest" and "peak" bucket power are these quantiles of its buckets' power
+POWER_QUANTILE = 0.1
+IDLE_RULE = (f"a {{res}} s bucket (a GPU's first and last left out) is near-idle when its power "
+             f"(energy / duration) is at most min({1 + IDLE_MARGIN:g} x the GPU's lowest bucket "
+             f"power, {IDLE_PEAK_SHARE:g} x its peak bucket power), lowest and peak being the "
+             f"{POWER_QUANTILE:.0%} and {1 - POWER_QUANTILE:.0%} quantiles of its bucket powers; "
+             f"a GPU never worked when its peak is within {NEVER_SPREAD:g} x its lowest and under "
+             f"{NEVER_PEER:g} x the highest peak of the run's GPUs")
+#: the MFU the low-mfu finding measures against (well-tuned dense training reaches 0.4 to 0.6)
+MFU_REFERENCE = 0.5
+#: countries compared when the run names no cloud (a spread of low- and high-carbon grids)
+REGION_COUNTRIES = ("SWE", "NOR", "FRA", "CHE", "CAN", "FIN", "GBR", "DEU", "USA", "JPN", "IND",
+                    "AUS")
+#: findings under this share of the run's energy are left out (start-time and region: grams)
+MIN_SHARE = 0.01
+#: how many findings the report's Opportunities section shows
+TOP = 3
+#: at most this many start times are tried
+MAX_STARTS = 20000
+
+
+class _Money:
+    """grams and cost of a number of IT joules, from the intensity, PUE and prices in use."""
+
+    def __init__(self, config: Any, g_per_kwh: float | None, pue: float) -> None:
+        self.g, self.pue = g_per_kwh, pue
+        self.price = getattr(config, "electricity_price", None)
+        self.gpu_price = getattr(config, "gpu_hour_price", None)
+        self.currency = getattr(config, "currency", None)
+
+    def add(self, f: dict[str, Any], gpu_s: float = 0.0) -> dict[str, Any]:
+        kwh = f["joules"] / J_PER_KWH * self.pue
+        if self.g is not None and "grams" not in f:
+            f["grams"] = kwh * self.g
+        if (f["joules"] > 0 and self.price is not None) or (self.gpu_price is not None and gpu_s > 0):
+            f["cost"] = (kwh * self.price if self.price is not None else 0.0) + \
+                (gpu_s / 3600.0 * self.gpu_price if self.gpu_price is not None else 0.0)
+            f["currency"] = self.currency
+        return f
+
+
+def advise(data: RunData, config: Any, g_per_kwh: float | None = None,
+           pue: float | None = None) -> list[dict[str, Any]]:
+    """The findings of one run, ranked (see the module docstring). ``g_per_kwh`` and ``pue``:
+    the intensity and PUE in use when the caller has them (the report), else resolved here.
+
+    Raises:
+        ConfigError: an invalid location, intensity CSV or price.
+    """
+    from greentrack.carbon.resolve import pue_in_use
+    total_j = float(data.summary["energy_j"]["total"] or 0.0)
+    if pue is None:
+        pue = float(pue_in_use(config)["value"])
+    if g_per_kwh is None:
+        g_per_kwh = _intensity(data, config)
+    money = _Money(config, g_per_kwh, pue)
+    found: list[dict[str, Any]] = []
+    if total_j > 0:
+        for make in (_outside_steps, _idle_gpu, _low_mfu):
+            f = make(data, total_j)
+            if f is not None and f["share"] >= MIN_SHARE:
+                found.append(money.add(f, float(f.pop("_gpu_s", 0.0))))
+        for f in (_start_time(data, config, pue), _region(data, config, pue)):
+            if f is not None:
+                found.append(money.add(f))
+    known = g_per_kwh is not None
+    found.sort(key=lambda f: (f.get("grams", 0.0) if known else f["joules"], f["joules"]),
+               reverse=True)
+    return found
+
+
+def _intensity(data: RunData, config: Any) -> float | None:
+    """The location-based intensity the report would use; None without codecarbon's data."""
+    from greentrack.carbon.accounting import EnergyProfile, location_intensity
+    from greentrack.errors import ConfigError
+    profile = EnergyProfile(it_kwh=float(data.summary["energy_kwh"]), bins=data.bins,
+                            start_unix=data.start_unix, end_unix=data.end_unix)
+    try:
+        return float(location_intensity(config, profile, [])["g_per_kwh"])
+    except ConfigError as e:
+        if e.setting == "codecarbon":  # no data to turn joules into grams: rank by joules
+            return None
+        raise
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _outside_steps(data: RunData, total_j: float) -> dict[str, Any] | None:
+    if not data.phases:
+        return None  # no step recorded: nothing to tell steps from the rest
+    inside = data.steps_inside_j
+    no_step_j = max(0.0, total_j - sum(inside.values()))
+    outside_s = max(0.0, data.store_s - data.step_union_s)
+    shares = {**{p: j / total_j for p, j in sorted(inside.items())}, "no step": no_step_j / total_j}
+    phases = ", ".join(f"{p} {_pct(v)}" for p, v in shares.items())
+    return {
+        "kind": "outside-steps", "joules": no_step_j, "share": no_step_j / total_j,
+        "evidence": {
+            "text": f"{_pct(no_step_j / total_j)} of the run's energy was spent while no step ran: "
+                    f"{outside_s:.4g} of {data.store_s:.4g} process-seconds were outside every step "
+                    f"window; energy by phase: {phases}",
+            "phase_share": shares, "outside_s": outside_s, "process_s": data.store_s,
+            "steps_union_s": data.step_union_s,
+            "overlapping_steps": data.step_sum_s > data.step_union_s * 1.001},
+        "suggestion": "overlap input loading with compute (DataLoader num_workers, pin_memory, "
+                      "prefetching), checkpoint asynchronously or less often, evaluate less often or "
+                      "on a subset, and cache start-up work (downloads, tokenization, compilation)",
+    }
+
+
+def _idle_gpu(data: RunData, total_j: float) -> dict[str, Any] | None:
+    gpus = [g for g in data.gpu_power if g["low_w"] is not None]
+    if not gpus:
+        return None
+    top = max(g["peak_w"] for g in gpus)
+    per_gpu, idle_j, idle_s, never = [], 0.0, 0.0, []
+    for g in gpus:
+        lazy = g["peak_w"] <= g["low_w"] * NEVER_SPREAD and g["peak_w"] < top * NEVER_PEER
+        s, j = (g["seconds"], g["energy_j"]) if lazy else (g["idle_s"], g["idle_j"])
+        idle_j, idle_s = idle_j + j, idle_s + s
+        if lazy:
+            never.append(g["device"])
+        per_gpu.append({"device": g["device"], "name": g["name"], "host": g["host"],
+                        "lowest_w": g["low_w"], "peak_w": g["peak_w"],
+                        "threshold_w": g["threshold_w"], "idle_s": s, "seconds": g["seconds"],
+                        "idle_share": s / g["seconds"] if g["seconds"] > 0 else 0.0,
+                        "idle_j": j, "never_worked": lazy})
+    if idle_j <= 0:
+        return None
+    each = "; ".join(f"{p['device']}: {_pct(p['idle_share'])} of {p['seconds']:.4g} s near idle "
+                     f"(<= {p['threshold_w']:.4g} W; lowest {p['lowest_w']:.4g} W, peak "
+                     f"{p['peak_w']:.4g} W){', never worked' if p['never_worked'] else ''}"
+                     for p in per_gpu)
+    return {
+        "kind": "idle-gpu", "joules": idle_j, "share": idle_j / total_j, "_gpu_s": idle_s,
+        "evidence": {"text": f"{idle_s:.4g} GPU-seconds at near-idle power ({idle_j:.4g} J): {each}",
+                     "rule": IDLE_RULE.format(res=f"{data.resolution_s:g}"),
+                     "idle_gpu_seconds": idle_s, "gpus": per_gpu, "never_worked": never},
+        "suggestion": ("release the GPUs that never worked (CUDA_VISIBLE_DEVICES, fewer processes) "
+                       "and " if never else "") +
+                      "keep the GPUs fed: larger batches or more data-loader workers, fewer "
+                      "host-side syncs, and no GPU reserved while the job waits",
+    }
+
+
+def _low_mfu(data: RunData, total_j: float) -> dict[str, Any] | None:
+    if data.mfu is None or data.mfu >= MFU_REFERENCE:
+        return None
+    mfu = data.mfu
+    gpu_j = sum(p.get("gpu_j", 0.0) for p in data.phases.values())
+    base_j = gpu_j if gpu_j > 0 else sum(p["energy_j"] for p in data.phases.values())
+    at_stake = base_j * (1.0 - mfu / MFU_REFERENCE)
+    method = ", ".join(data.flops_methods) or "method not recorded"
+    return {
+        "kind": "low-mfu", "joules": at_stake, "share": at_stake / total_j,
+        "evidence": {"text": f"measured MFU {mfu:.2g} (duration-weighted over the steps that "
+                             f"carry it; its precision is that of the FLOPs: {method}, and of the "
+                             f"device's peak); at MFU {MFU_REFERENCE:g} the same FLOPs would take "
+                             f"{mfu / MFU_REFERENCE:.2g} x the step time: at most {at_stake:.4g} J "
+                             f"of the steps' {'GPU ' if gpu_j > 0 else ''}energy, if power stayed "
+                             "the same",
+                     "mfu": mfu, "reference_mfu": MFU_REFERENCE, "flops_method": method,
+                     "steps_energy_j": base_j},
+        "suggestion": "mixed precision (bf16), fused kernels and torch.compile, a larger batch "
+                      "per GPU, FlashAttention, and fewer host-device syncs usually raise MFU",
+    }
+
+
+def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
+    if not getattr(config, "intensity_csv", None):
+        return None
+    from greentrack.carbon.resolve import intensity_plan
+    from greentrack.carbon.series import integrate, read_csv
+    from greentrack.reports.build import _resample
+    series = read_csv(config.intensity_csv)
+    plan = intensity_plan(config)
+    fallback = plan.fallback.g_per_kwh if plan.fallback is not None else \
+        sum(series.values) / len(series.values)
+    bins = data.bins
+    as_run = integrate(series, bins, fallback).emissions_g * pue
+    duration = max(data.end_unix - data.start_unix, 1e-9)
+    width = max(data.bin_s, float(series.extra.get("interval_s") or 3600.0))
+    n = max(1, int(math.ceil(duration / width)))
+    profile = _resample(bins, data.start_unix, width, n)
+    end = series.ends[-1]
+    starts = [s for s in series.starts if s + n * width <= end][:MAX_STARTS]
+    if not starts:
+        return None
+    best_g, best_t = math.inf, starts[0]
+    for s in starts:
+        g = integrate(series, [(s + k * width, s + (k + 1) * width, e)
+                               for k, e in enumerate(profile)], fallback).emissions_g * pue
+        if g < best_g:
+            best_g, best_t = g, s
+    saving = as_run - best_g
+    if saving <= 0 or saving < as_run * MIN_SHARE:
+        return None
+    hour = time.strftime("%H:%M", time.gmtime(best_t))
+    return {
+        "kind": "start-time", "joules": 0.0, "share": 0.0, "grams": saving,
+        "evidence": {"text": f"the run's power profile re-integrated at {len(starts)} start times "
+                             f"of {series.source}: as run (from {utc(data.start_unix)}) "
+                             f"{as_run:.4g} g; best from {utc(best_t)} ({hour} UTC) {best_g:.4g} g "
+                             f"(IT energy x PUE {pue:g}, series at {width:g} s bins)",
+                     "series": series.source, "starts_tried": len(starts), "as_run_g": as_run,
+                     "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g},
+        "suggestion": f"start at {hour} UTC (from {utc(best_t)} in this series) or schedule on a "
+                      "low-carbon window: the same energy, fewer grams",
+    }
+
+
+def _region(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
+    from greentrack.carbon.location import (cloud_region_factors, country_factors, parse_cloud,
+                                            world_average, yearly_factor)
+    from greentrack.errors import ConfigError
+    try:
+        here = yearly_factor(config) or world_average()
+        if getattr(config, "cloud", None):
+            provider = parse_cloud(config.cloud)[0]
+            others = cloud_region_factors(provider)
+            compared = f"the other {provider} regions (codecarbon's cloud data)"
+            current = f"{provider}:{here.location.get('cloud_region')}"
+        else:
+            current = str(here.location.get("country_iso3") or "world average")
+            others = [(c, f) for c, f in country_factors(REGION_COUNTRIES) if c != current]
+            compared = "the countries " + ", ".join(code for code, _ in others)
+    except ConfigError as e:
+        if e.setting == "codecarbon":
+            return None
+        raise
+    kwh = float(data.summary["energy_kwh"]) * pue
+    ranked = sorted((f.g_per_kwh, name) for name, f in others if name != current)
+    if not ranked or kwh <= 0:
+        return None
+    as_run = kwh * here.g_per_kwh
+    best: list[dict[str, Any]] = [
+        {"region": name, "g_per_kwh": g, "grams": kwh * g, "saving_g": as_run - kwh * g}
+        for g, name in ranked[:3]]
+    if best[0]["saving_g"] <= 0:
+        return None
+    b = best[0]
+    return {
+        "kind": "region", "joules": 0.0, "share": 0.0, "grams": b["saving_g"],
+        "evidence": {"text": f"the run's {kwh:.4g} kWh (with PUE {pue:g}) at {current}'s yearly "
+                             f"factor ({here.g_per_kwh:.4g} g/kWh) is {as_run:.4g} g; compared with "
+                             f"{compared}: lowest {b['region']} at {b['g_per_kwh']:.4g} g/kWh, "
+                             f"{b['grams']:.4g} g",
+                     "current": current, "current_g_per_kwh": here.g_per_kwh,
+                     "compared": compared, "best": best},
+        "suggestion": f"run in {b['region']} (or another low-carbon region) when data residency "
+                      "and latency allow: the same energy, fewer grams",
+    }
+
+
+def format_text(findings: list[dict[str, Any]], data: RunData) -> str:
+    """``greentrack advise``'s human output."""
+    s = data.summary
+    lines = [f"greentrack advise: run {s['run_id']} ({s['run_dir']}): "
+             f"{float(s['energy_j']['total'] or 0):.4g} J over {float(s['duration_s']):.4g} s"]
+    if not findings:
+        lines.append("no finding: nothing measured points at energy to save")
+    for i, f in enumerate(findings, 1):
+        stake = [f"{f['joules']:.4g} J ({_pct(f['share'])} of the run)"] if f["joules"] else []
+        if "grams" in f:
+            stake.append(f"{f['grams']:.4g} gCO2e")
+        if "cost" in f:
+            stake.append(f"{f['cost']:.4g} {f.get('currency') or ''}".rstrip())
+        lines += [f"{i}. {f['kind']}: {', '.join(stake)} at stake",
+                  f"   evidence: {f['evidence']['text']}"]
+        if "rule" in f["evidence"]:
+            lines.append(f"   rule: {f['evidence']['rule']}")
+        lines.append(f"   suggestion: {f['suggestion']}")
+    lines.append("(power-limit: needs a measured power/throughput curve; none is recorded)")
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""``greentrack advise`` and the report's Opportunities: each finding on a run whose true answer
+is known (a real Tracker on the fake powercap tree and the fake NVML at known watts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, LiveTrace
+from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.test_report_fixtures import (FAST, clean_env, env, report_json, run_cli,
+                                        validate_own_schema)
+
+__all__ = ["env"]  # the fixture, imported for the tests here
+
+
+def advise_json(argv: list[str]) -> dict[str, Any]:
+    code, out, err = run_cli(["advise", *argv, "--json"])
+    assert code == 0, err
+    return dict(json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}")))
+
+
+def finding(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = [f for f in doc["findings"] if f["kind"] == kind]
+    assert found, [f["kind"] for f in doc["findings"]]
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def stall_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """CPU 40 W + DRAM 4 W throughout; 6 train steps of 0.25 s, each followed by 0.25 s with
+    no step (half the wall time outside steps), then 2 validation steps of 0.25 s."""
+    root = tmp_path_factory.mktemp("stall")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        tree = PowercapTree(root / "powercap")
+        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        run_dir = root / "run"
+        with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
+            with greentrack.Tracker(run_dir, **FAST) as tracker:
+                for _ in range(6):
+                    with tracker.step(samples=4):
+                        time.sleep(0.25)
+                    time.sleep(0.25)
+                for _ in range(2):
+                    with tracker.step(phase="validation", samples=4):
+                        time.sleep(0.25)
+        yield run_dir
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Two fake H100s: GPU 0 busy at 400 W for 1.2 s then idle at 80 W for 1.2 s (idle half the
+    time); GPU 1 idle at 80 W throughout (never worked). The run reports MFU 0.2 on each step."""
+    root = tmp_path_factory.mktemp("gpu")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        tree = PowercapTree(root / "powercap")
+        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        busy, lazy = LiveTrace(idle_w=80.0), LiveTrace(idle_w=80.0)
+        fake = FakeNvml([FakeGpu(trace=busy, uuid="GPU-aaaaaaaa-0000-0000-0000-000000000000"),
+                         FakeGpu(trace=lazy, uuid="GPU-bbbbbbbb-0000-0000-0000-000000000000")])
+        mp.setitem(sys.modules, "pynvml", fake.module())
+        run_dir = root / "run"
+        with LiveCounters(tree, {"intel-rapl:0": 20.0, "intel-rapl:0:1": 2.0}):
+            with greentrack.Tracker(run_dir, **{**FAST, "resolution_s": 0.2}) as tracker:
+                busy.set(400.0)
+                for _ in range(4):
+                    with tracker.step(mfu=0.2, flops=1e12):
+                        time.sleep(0.3)
+                busy.set(80.0)
+                time.sleep(1.2)
+        yield run_dir
+
+
+def test_outside_steps_share_is_the_wall_time_outside_steps(stall_run: Path, env: None) -> None:
+    f = finding(advise_json([str(stall_run), "--country", "FR"]), "outside-steps")
+    # constant power: the energy outside steps is its share of wall time: 6 x 0.25 s of 3.5 s
+    # plus start-up and stop (a few tens of ms)
+    share = f["share"]
+    assert 0.40 <= share <= 0.55, share
+    phases = f["evidence"]["phase_share"]
+    assert set(phases) == {"train", "validation", "no step"}
+    assert phases["no step"] == pytest.approx(share)
+    assert phases["validation"] == pytest.approx(0.5 / 3.5, abs=0.05)
+    assert phases["train"] == pytest.approx(1.5 / 3.5, abs=0.06)
+    assert sum(phases.values()) == pytest.approx(1.0)
+    assert f["joules"] > 0 and f["grams"] > 0 and "suggestion" in f
+    assert not f["evidence"]["overlapping_steps"]
+
+
+def test_idle_gpu_share_and_never_worked(gpu_run: Path, env: None) -> None:
+    f = finding(advise_json([str(gpu_run), "--country", "FR"]), "idle-gpu")
+    gpus = {g["device"]: g for g in f["evidence"]["gpus"]}
+    assert set(gpus) == {"gpu0", "gpu1"}
+    worked, lazy = gpus["gpu0"], gpus["gpu1"]
+    assert not worked["never_worked"] and lazy["never_worked"], (worked, lazy)
+    assert worked["idle_share"] == pytest.approx(0.5, abs=0.12), worked
+    assert worked["lowest_w"] == pytest.approx(80.0, rel=0.1)
+    assert worked["peak_w"] == pytest.approx(400.0, rel=0.2)
+    assert lazy["idle_share"] == 1.0
+    assert lazy["idle_j"] == pytest.approx(80.0 * lazy["seconds"], rel=0.1)
+    # joules at stake: the near-idle energy of both GPUs
+    assert f["joules"] == pytest.approx(worked["idle_j"] + lazy["idle_j"])
+    assert worked["idle_j"] == pytest.approx(80.0 * worked["idle_s"], rel=0.1)
+    assert f["evidence"]["never_worked"] == ["gpu1"]
+    assert "near-idle" in f["evidence"]["rule"]
+
+
+def test_low_mfu_only_when_measured(gpu_run: Path, stall_run: Path, env: None) -> None:
+    f = finding(advise_json([str(gpu_run), "--country", "FR"]), "low-mfu")
+    assert f["evidence"]["mfu"] == pytest.approx(0.2)
+    gpu_j = f["evidence"]["steps_energy_j"]
+    assert f["joules"] == pytest.approx(gpu_j * (1 - 0.2 / 0.5))
+    # no step carried MFU: never guessed
+    doc = advise_json([str(stall_run), "--country", "FR"])
+    assert "low-mfu" not in [x["kind"] for x in doc["findings"]]
+
+
+def test_start_time_finds_the_clean_hour(stall_run: Path, env: None, tmp_path: Path) -> None:
+    day = int(time.time() // 86400) * 86400
+    rows = ["start,g_per_kwh"]
+    for h in range(-48, 48):  # four days around the run: 500 g, except 50 g at 02:00
+        t = day + h * 3600
+        rows.append(f"{t},{50 if time.gmtime(t).tm_hour == 2 else 500}")
+    csv = tmp_path / "hourly.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    f = finding(advise_json([str(stall_run), "--intensity-csv", str(csv)]), "start-time")
+    ev = f["evidence"]
+    assert ev["best_start_hour_utc"] == "02:00"
+    # a run of seconds fits inside the 02:00 hour: 500 g/kWh -> 50 g/kWh, 90% less
+    assert ev["as_run_g"] > 0 and ev["best_g"] == pytest.approx(ev["as_run_g"] / 10, rel=0.02)
+    assert f["grams"] == pytest.approx(ev["as_run_g"] - ev["best_g"])
+    assert f["joules"] == 0.0
+
+
+def test_region_finds_the_lowest_factor(stall_run: Path, env: None) -> None:
+    from greentrack.carbon.location import cloud_region_factors, country_factors
+    from greentrack.reports.advise import REGION_COUNTRIES
+    f = finding(advise_json([str(stall_run), "--cloud", "aws:us-east-1"]), "region")
+    lowest = min(cloud_region_factors("aws"), key=lambda x: x[1].g_per_kwh)
+    assert f["evidence"]["best"][0]["g_per_kwh"] == lowest[1].g_per_kwh
+    assert f["evidence"]["best"][0]["region"].startswith("aws:")
+    here = f["evidence"]["current_g_per_kwh"]
+    kwh = f["evidence"]["best"][0]["grams"] / lowest[1].g_per_kwh
+    assert f["grams"] == pytest.approx(kwh * (here - lowest[1].g_per_kwh))
+    # no cloud: a stated list of countries, the run's own left out
+    f = finding(advise_json([str(stall_run), "--country", "DE"]), "region")
+    assert "DEU" not in f["evidence"]["compared"]
+    best = min((x for x in country_factors(REGION_COUNTRIES) if x[0] != "DEU"),
+               key=lambda x: x[1].g_per_kwh)
+    assert f["evidence"]["best"][0]["region"] == best[0]
+
+
+def test_ranked_with_cost_when_priced(stall_run: Path, env: None) -> None:
+    doc = advise_json([str(stall_run), "--country", "DE", "--electricity-price", "0.3",
+                       "--currency", "EUR"])
+    grams = [f["grams"] for f in doc["findings"]]
+    assert grams == sorted(grams, reverse=True)
+    f = finding(doc, "outside-steps")
+    assert f["cost"] == pytest.approx(f["joules"] / 3.6e6 * 1.56 * 0.3)
+    assert f["currency"] == "EUR"
+    assert "power-limit" not in [x["kind"] for x in doc["findings"]]
+
+
+def test_text_output_and_bad_arguments(stall_run: Path, env: None, tmp_path: Path) -> None:
+    code, out, err = run_cli(["advise", str(stall_run), "--country", "FR"])
+    assert code == 0, err
+    assert "outside-steps" in out and "suggestion:" in out
+    for argv in (["advise", str(tmp_path / "missing")],
+                 ["advise", str(stall_run), "--country", "Atlantis"],
+                 ["advise", str(stall_run), "--intensity-csv", str(tmp_path / "none.csv")],
+                 ["advise", str(stall_run), "--electricity-price", "-1"],
+                 ["advise", str(stall_run), "--cloud", "gcp"]):
+        code, out, err = run_cli(argv)
+        assert code == 2, (argv, err)
+        assert err.startswith("greentrack: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_report_opportunities_are_advise_top(stall_run: Path, env: None, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    code, _, err = run_cli(["report", str(stall_run), "--format", "json,md,html", "--out", str(out),
+                            "--country", "FR"])
+    assert code == 0, err
+    doc = report_json(out)
+    validate_own_schema(doc)
+    adv = advise_json([str(stall_run), "--country", "FR"])
+    assert [f["kind"] for f in doc["opportunities"]] == [f["kind"] for f in adv["findings"]][:3]
+    assert doc["opportunities"][0]["joules"] == pytest.approx(adv["findings"][0]["joules"])
+    md = (out / "report.md").read_text()
+    assert "## Opportunities" in md and "outside-steps" in md
+    assert "Opportunities" in (out / "report.html").read_text()
