@@ -1,35 +1,18 @@
-"""The read model of a run directory: each store opened once, every query of a run in one place.
-
-Everything that shows a run reads through :class:`Run`: ``greentrack summary``
-(:func:`greentrack.summary.summarize`), the reports (:func:`greentrack.reports.run_data.read_run`),
-``compare``, the integrations' final totals and ``Tracker.stop()``. So one run gives one set of
-figures, whoever asks. (Writing is :class:`greentrack.store.StoreWriter`'s; no other module holds
-SQL.)
-
-Merging rules, each chosen so nothing is counted twice:
-
-* **energy**: the sum over stores of each channel's total. Host CPU/DRAM channels exist in one
-  process per node (local rank 0), so summing ranks does not double count the host.
-* **devices**: one entry per device identity and method (a GPU's UUID; the host and zone for CPU
-  and DRAM), whatever the number of segments (a resumed run) or ranks it appeared in.
-* **duration**: the length of the union of the stores' wall-clock spans (ranks overlap; resumed
-  segments add up, the pause between them does not).
-* **GPU-seconds**: per store, its duration x its GPUs, summed.
-* **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
-"""
+"""The read model's classes (see :mod:`greentrack.run`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from greentrack.errors import ConfigError, RunStoreError
-from greentrack.store import VALID_SAMPLE, VALID_STEP, StoreReader, sql_number, store_paths
-from greentrack.store.reader import store_status
+from greentrack.store import StoreReader, store_paths
 from greentrack.units import J_PER_KWH
+from greentrack.run.segment import Segment, segment
+
 
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
@@ -91,108 +74,6 @@ class Totals:
     pue: float | None = None
 
 
-@dataclass
-class Segment:
-    """One store: one process of one segment of the run."""
-
-    reader: StoreReader
-    meta: dict[str, Any]
-    channels: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    status: str
-    start_unix: float
-    end_unix: float
-    #: per phase: steps (``SUM(n)``) and their joules (all kinds)
-    phases: dict[str, tuple[int, float]] = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        return self.reader.path
-
-    @property
-    def host(self) -> str:
-        return str(self.meta.get("host", "?"))
-
-    @property
-    def rank(self) -> int:
-        rank = self.meta.get("rank")
-        return rank if isinstance(rank, int) else 0
-
-    # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
-    def sample_stats(self) -> dict[int, Any]:
-        """Per channel id: usable samples' count ``n`` and span ``lo``/``tmax``/``hi``; rows that
-        are not usable are counted as damage."""
-        stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
-        bad = sum(int(r["bad"] or 0) for r in stats.values())
-        if bad:
-            self.reader.damaged.append(f"samples: {bad} row(s) with negative, non-finite or "
-                                       "out-of-range values, left out")
-        return stats
-
-    def channel_bins(self, channel_id: int, first: int, last: int, bin_s: float,
-                     half: float) -> list[tuple[int, float]]:
-        """``(i, joules)`` of bins ``first..last`` of width ``bin_s`` (edges ``half`` early)."""
-        rows = self.reader.rows(_BINS_SQL, (first, last, channel_id, bin_s, half, bin_s, half))
-        return [(int(r[0]), float(r[1])) for r in rows if r[1] is not None]
-
-    def step_phases(self) -> dict[str, dict[str, float]]:
-        """Per phase: steps, duration, energy (all kinds, GPU), GPU-seconds, FLOPs, samples and
-        tokens, with how many rows carried each of the last three."""
-        out = {}
-        for r in self.reader.rows(_STEPS_SQL.format(n=self.reader.step_n)):
-            out[str(r["phase"])] = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
-        return out
-
-    def step_energies(self) -> dict[str, list[float]]:
-        """Per phase, each valid row's joules (all kinds)."""
-        out: dict[str, list[float]] = {}
-        for r in self.reader.rows(f"SELECT phase, {STEP_J} AS e FROM steps WHERE {VALID_STEP}"):
-            out.setdefault(str(r["phase"]), []).append(float(r["e"]))
-        return out
-
-    def flops_methods(self) -> set[str]:
-        rows = self.reader.rows("SELECT DISTINCT json_extract(extra, '$.flops_method') AS m "
-                                "FROM steps WHERE extra LIKE '%flops_method%'")
-        return {str(r["m"]) for r in rows if r["m"]}
-
-    def step_cover(self) -> tuple[float, float]:
-        """``(union, sum)`` of the valid step windows' lengths, in seconds: less union than sum
-        means windows overlapped (nested or concurrent steps)."""
-        for r in self.reader.rows(_COVER_SQL):
-            return float(r["u"] or 0.0), float(r["s"] or 0.0)
-        return 0.0, 0.0
-
-    def channel_power(self, channel_id: int, min_dt: float,
-                      quantile: float) -> tuple[float, float, int]:
-        """``(low, high, count)`` of one channel's bucket power (energy / dt): its ``quantile``
-        and ``1 - quantile`` quantiles (a late read shifts energy between two neighbouring
-        buckets: the extremes are noise), over usable buckets at least ``min_dt`` long, its
-        first and last left out (they straddle the start and the stop)."""
-        rows = self.reader.rows(_COUNT_SQL, (channel_id, min_dt))
-        n = int(rows[0]["n"] or 0) if rows else 0
-        if not n:
-            return 0.0, 0.0, 0
-        k = int(quantile * (n - 1))
-        lo = self.reader.rows(_RANKED_SQL.format(order="ASC"), (channel_id, min_dt, k))
-        hi = self.reader.rows(_RANKED_SQL.format(order="DESC"), (channel_id, min_dt, k))
-        if not lo or not hi:
-            return 0.0, 0.0, 0
-        return float(lo[0]["w"]), float(hi[0]["w"]), n
-
-    def channel_below(self, channel_id: int, min_dt: float, watts: float) -> tuple[float, float]:
-        """``(seconds, joules)`` of one channel's buckets (as :meth:`channel_power` takes them)
-        whose power is at most ``watts``."""
-        for r in self.reader.rows(_BELOW_SQL, (channel_id, min_dt, watts)):
-            return float(r["s"] or 0.0), float(r["e"] or 0.0)
-        return 0.0, 0.0
-
-    def mfu_sums(self) -> tuple[float, float]:
-        """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""
-        for r in self.reader.rows(_MFU_SQL):
-            return float(r["a"] or 0.0), float(r["b"] or 0.0)
-        return 0.0, 0.0
-
-
 class Run:
     """A run directory, read. Use as a context manager (the stores stay open for queries).
 
@@ -221,7 +102,7 @@ class Run:
             except RunStoreError as e:
                 warnings.append(str(e))
                 continue
-            segments.append(_segment(reader, now))
+            segments.append(segment(reader, now))
         if not segments:  # nothing recorded can be read: an error, never an empty run
             raise ConfigError("RUN_DIR", str(run_dir), "none of its stores can be read: "
                               + "; ".join(warnings))
@@ -445,59 +326,6 @@ class Run:
         }
 
 
-
-#: A step row's joules, all kinds (``greentrack.steps.StepRow.energy_j`` in Python).
-STEP_J = "COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)"
-
-# One scalar subquery per bin walks the (channel_id, t) primary key in order: several times faster
-# than GROUP BY on an expression, which sorts every row in a temporary B-tree.
-_BINS_SQL = """
-WITH RECURSIVE k(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ?
-           AND t < (i + 1) * ? - ? AND """ + VALID_SAMPLE + """) AS e FROM k"""
-
-_STEPS_SQL = """
-SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
-       SUM(""" + STEP_J + """) AS energy_j,
-       SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
-       SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
-       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
-WHERE """ + VALID_STEP + """ GROUP BY phase"""
-
-_MFU = "json_extract(extra, '$.mfu')"
-_MFU_SQL = (f"SELECT SUM({_MFU} * duration_s) AS a, SUM(duration_s) AS b FROM steps WHERE "
-            f"extra LIKE '%\"mfu\"%' AND {_MFU} IS NOT NULL AND {sql_number(_MFU, 0.0, 1000.0)} "
-            f"AND {VALID_STEP}")
-
-# Union of step windows: each row adds what it reaches past the furthest end before it.
-_COVER_SQL = f"""
-SELECT SUM(MAX(0.0, t1 - MAX(t0, COALESCE(prev, t0)))) AS u, SUM(t1 - t0) AS s FROM (
-  SELECT t0, t1, MAX(t1) OVER (ORDER BY t0, t1 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-         AS prev FROM steps WHERE {VALID_STEP} AND t1 >= t0)"""
-
-# A channel's buckets for power statistics: usable, at least ?2 s long, and neither its first nor
-# its last (they straddle the start and the stop, when the device was read part of the time).
-_INNER = f"""channel_id = ?1 AND dt > 0 AND dt >= ?2 AND {VALID_SAMPLE}
-AND t > (SELECT MIN(t) FROM samples WHERE channel_id = ?1)
-AND t < (SELECT MAX(t) FROM samples WHERE channel_id = ?1)"""
-
-_COUNT_SQL = f"SELECT COUNT(*) AS n FROM samples WHERE {_INNER}"
-# The bucket power ?3 places from the bottom (ASC) or the top (DESC): a quantile without reading
-# the rows into Python.
-_RANKED_SQL = "SELECT energy_j / dt AS w FROM samples WHERE " + _INNER + \
-    " ORDER BY energy_j / dt {order} LIMIT 1 OFFSET ?3"
-
-_BELOW_SQL = f"""
-SELECT SUM(dt) AS s, SUM(energy_j) AS e FROM samples WHERE {_INNER} AND energy_j / dt <= ?3"""
-
-# Per channel: the usable samples' count and span, and how many are not usable (left out).
-_STATS_SQL = f"""
-SELECT channel_id, COUNT(*) FILTER (WHERE {VALID_SAMPLE}) AS n,
-       MIN(t) FILTER (WHERE {VALID_SAMPLE}) AS lo, MAX(t) FILTER (WHERE {VALID_SAMPLE}) AS tmax,
-       MAX(t + dt) FILTER (WHERE {VALID_SAMPLE}) AS hi, COUNT(*) FILTER (WHERE NOT {VALID_SAMPLE}) AS bad
-FROM samples GROUP BY channel_id"""
-
-
 def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
     """Who a channel measures, across segments and ranks (``greentrack.engine.channel_key`` is
     the same idea within one machine): a GPU's UUID; a host zone by host and device."""
@@ -523,50 +351,9 @@ def union_length(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def _segment(reader: StoreReader, now: float) -> Segment:
-    meta, channels = reader.meta, reader.channels()
-    status = store_status(meta, now)
-    start = float(meta.get("started_unix", now))
-    if "duration_s" in meta:
-        end = start + float(meta["duration_s"])
-    else:
-        until = max((c["until_t"] or 0.0 for c in channels), default=0.0)
-        end = max(start + until, now) if status == "running" else start + until
-    seg = Segment(reader, meta, channels, reader.events(), status, start, end)
-    reader.invalid_rows("steps")
-    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM({STEP_J}) AS e FROM steps "
-                           f"WHERE {VALID_STEP} GROUP BY phase"):
-        seg.phases[str(row["phase"])] = (int(row["n"] or 0), float(row["e"] or 0.0))
-    return seg
 
 
 # -- labels, recorded metrics and energy to a target (greentrack compare --target) --------------
-@dataclass(frozen=True)
-class MetricPoint:
-    """One ``Tracker.record`` value: unix time, step, value, and the cumulative joules of the
-    store that recorded it at that moment."""
-
-    t_unix: float
-    step: int | None
-    value: float
-    energy_j: float
-
-
-@dataclass(frozen=True)
-class ToTarget:
-    """What a run spent until a metric first reached a target (linear interpolation between the
-    two recordings that bracket the crossing), or ``reached=False`` with the best value seen."""
-
-    metric: str
-    reached: bool
-    best: float | None
-    energy_j: float | None = None
-    duration_s: float | None = None
-    steps: float | None = None
-    tokens: float | None = None
-    samples: float | None = None
-    gpu_hours: float | None = None
-    t_unix: float | None = None
 
 
 def _labels(run: Run) -> dict[str, str]:
@@ -576,92 +363,3 @@ def _labels(run: Run) -> dict[str, str]:
         if isinstance(labels, dict):
             out.update(labels)
     return out
-
-
-def _metric_segments(run: Run, name: str) -> tuple[list[Segment], list[MetricPoint]]:
-    """The stores of the one process (lowest rank) that recorded ``name``, and its points."""
-    by_rank: dict[tuple[int, str], list[tuple[Segment, list[dict[str, Any]]]]] = {}
-    for seg in run.segments:
-        rows = [r for r in seg.reader.metrics() if r["name"] == name]
-        if rows:
-            by_rank.setdefault((seg.rank, seg.host), []).append((seg, rows))
-    if not by_rank:
-        return [], []
-    chosen = by_rank[min(by_rank)]
-    points = [MetricPoint(seg.start_unix + float(r["t"]), None if r["step"] is None
-                          else int(r["step"]), float(r["value"]), float(r["energy_j"]))
-              for seg, rows in chosen for r in rows]
-    return [seg for seg, _ in chosen], sorted(points, key=lambda p: p.t_unix)
-
-
-def metric_names(run: Run) -> list[str]:
-    names: set[str] = set()
-    for seg in run.segments:
-        names.update(str(r["name"]) for r in seg.reader.metrics())
-    return sorted(names)
-
-
-def metric_points(run: Run, name: str) -> list[MetricPoint]:
-    """``name``'s recordings, with the energy of the whole run so far (other stores' from their
-    stored buckets) in ``energy_j``."""
-    segs, points = _metric_segments(run, name)
-    return [MetricPoint(p.t_unix, p.step, p.value, p.energy_j + _others_energy(run, segs, p.t_unix,
-                                                                              p))
-            for p in points]
-
-
-def _others_energy(run: Run, own: list[Segment], t_unix: float, point: MetricPoint | None) -> float:
-    """Joules until ``t_unix`` of every store but the one whose recording gave the value."""
-    total = 0.0
-    for seg in run.segments:
-        if point is not None and seg in own and seg.start_unix <= t_unix <= seg.end_unix + 1e-9 \
-                and _holds(seg, point):
-            continue
-        if seg.start_unix >= t_unix:
-            continue
-        total += seg.reader.energy_until(t_unix - seg.start_unix)
-    return total
-
-
-def _holds(seg: Segment, point: MetricPoint) -> bool:
-    return seg.start_unix <= point.t_unix <= max(seg.end_unix, seg.start_unix) + 1.0
-
-
-def _hit(op: str, value: float, target: float) -> bool:
-    return {"<=": value <= target, ">=": value >= target, "<": value < target,
-            ">": value > target}[op]
-
-
-def to_target(run: Run, name: str, op: str, target: float) -> ToTarget:
-    """Energy, time, steps, tokens, samples and GPU-hours until ``name op target`` first held."""
-    segs, points = _metric_segments(run, name)
-    better = min if op in ("<=", "<") else max
-    best = better((p.value for p in points), default=None)
-    for i, p in enumerate(points):
-        if not _hit(op, p.value, target):
-            continue
-        if i == 0 or points[i - 1].value == p.value:
-            f, a = 1.0, p
-        else:
-            a = points[i - 1]
-            f = min(1.0, max(0.0, (target - a.value) / (p.value - a.value)))
-        t = a.t_unix + f * (p.t_unix - a.t_unix)
-        own = a.energy_j + f * (p.energy_j - a.energy_j)
-        owner = next((s for s in segs if _holds(s, p)), None)
-        if owner is not None and a is not p and not _holds(owner, a):  # a resumed segment between
-            own = p.energy_j * f
-        energy = own + _others_energy(run, [owner] if owner else [], t, p)
-        step = None if p.step is None or a.step is None else a.step + f * (p.step - a.step)
-        tokens = samples = 0.0
-        for seg in run.segments:
-            rel = t - seg.start_unix
-            for r in seg.reader.rows(f"SELECT SUM(tokens) AS k, SUM(samples) AS s FROM steps "
-                                     f"WHERE {VALID_STEP} AND t1 <= ?", (rel,)):
-                tokens += float(r["k"] or 0.0)
-                samples += float(r["s"] or 0.0)
-        gpu_s = sum(max(0.0, min(s.end_unix, t) - s.start_unix)
-                    * sum(c["kind"] == "gpu" for c in s.channels) for s in run.segments)
-        return ToTarget(name, True, best, energy_j=energy, duration_s=t - run.start_unix,
-                        steps=step, tokens=tokens or None, samples=samples or None,
-                        gpu_hours=gpu_s / 3600.0, t_unix=t)
-    return ToTarget(name, False, best)

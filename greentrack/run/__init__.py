@@ -1,0 +1,31 @@
+"""The read model of a run directory: each store opened once, every query of a run in one place.
+
+Everything that shows a run reads through :class:`Run`: ``greentrack summary``
+(:func:`greentrack.summary.summarize`), the reports (:func:`greentrack.reports.run_data.read_run`),
+``compare``, the integrations' final totals and ``Tracker.stop()``. So one run gives one set of
+figures, whoever asks. (Writing is :class:`greentrack.store.StoreWriter`'s; no other module holds
+SQL.)
+
+Merging rules, each chosen so nothing is counted twice:
+
+* **energy**: the sum over stores of each channel's total. Host CPU/DRAM channels exist in one
+  process per node (local rank 0), so summing ranks does not double count the host.
+* **devices**: one entry per device identity and method (a GPU's UUID; the host and zone for CPU
+  and DRAM), whatever the number of segments (a resumed run) or ranks it appeared in.
+* **duration**: the length of the union of the stores' wall-clock spans (ranks overlap; resumed
+  segments add up, the pause between them does not).
+* **GPU-seconds**: per store, its duration x its GPUs, summed.
+* **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
+"""
+
+from __future__ import annotations
+
+from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, Totals, device_identity,
+                                  union_length)
+from greentrack.run.segment import Segment
+from greentrack.run.queries import STEP_J
+from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
+
+__all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "Run", "Segment",
+           "ToTarget", "Totals", "device_identity", "metric_names", "metric_points", "to_target",
+           "union_length"]

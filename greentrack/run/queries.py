@@ -1,0 +1,58 @@
+"""The read model's SQL (see :mod:`greentrack.run`): one place for every read query."""
+
+from __future__ import annotations
+
+
+from greentrack.store import VALID_SAMPLE, VALID_STEP, sql_number
+
+
+#: A step row's joules, all kinds (``greentrack.steps.StepRow.energy_j`` in Python).
+STEP_J = "COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)"
+
+# One scalar subquery per bin walks the (channel_id, t) primary key in order: several times faster
+# than GROUP BY on an expression, which sorts every row in a temporary B-tree.
+_BINS_SQL = """
+WITH RECURSIVE k(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM k WHERE i < ?)
+SELECT i, (SELECT SUM(energy_j) FROM samples WHERE channel_id = ? AND t >= i * ? - ?
+           AND t < (i + 1) * ? - ? AND """ + VALID_SAMPLE + """) AS e FROM k"""
+
+_STEPS_SQL = """
+SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
+       SUM(""" + STEP_J + """) AS energy_j,
+       SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
+       SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
+       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
+WHERE """ + VALID_STEP + """ GROUP BY phase"""
+
+_MFU = "json_extract(extra, '$.mfu')"
+_MFU_SQL = (f"SELECT SUM({_MFU} * duration_s) AS a, SUM(duration_s) AS b FROM steps WHERE "
+            f"extra LIKE '%\"mfu\"%' AND {_MFU} IS NOT NULL AND {sql_number(_MFU, 0.0, 1000.0)} "
+            f"AND {VALID_STEP}")
+
+# Union of step windows: each row adds what it reaches past the furthest end before it.
+_COVER_SQL = f"""
+SELECT SUM(MAX(0.0, t1 - MAX(t0, COALESCE(prev, t0)))) AS u, SUM(t1 - t0) AS s FROM (
+  SELECT t0, t1, MAX(t1) OVER (ORDER BY t0, t1 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+         AS prev FROM steps WHERE {VALID_STEP} AND t1 >= t0)"""
+
+# A channel's buckets for power statistics: usable, at least ?2 s long, and neither its first nor
+# its last (they straddle the start and the stop, when the device was read part of the time).
+_INNER = f"""channel_id = ?1 AND dt > 0 AND dt >= ?2 AND {VALID_SAMPLE}
+AND t > (SELECT MIN(t) FROM samples WHERE channel_id = ?1)
+AND t < (SELECT MAX(t) FROM samples WHERE channel_id = ?1)"""
+
+_COUNT_SQL = f"SELECT COUNT(*) AS n FROM samples WHERE {_INNER}"
+# The bucket power ?3 places from the bottom (ASC) or the top (DESC): a quantile without reading
+# the rows into Python.
+_RANKED_SQL = "SELECT energy_j / dt AS w FROM samples WHERE " + _INNER + \
+    " ORDER BY energy_j / dt {order} LIMIT 1 OFFSET ?3"
+
+_BELOW_SQL = f"""
+SELECT SUM(dt) AS s, SUM(energy_j) AS e FROM samples WHERE {_INNER} AND energy_j / dt <= ?3"""
+
+# Per channel: the usable samples' count and span, and how many are not usable (left out).
+_STATS_SQL = f"""
+SELECT channel_id, COUNT(*) FILTER (WHERE {VALID_SAMPLE}) AS n,
+       MIN(t) FILTER (WHERE {VALID_SAMPLE}) AS lo, MAX(t) FILTER (WHERE {VALID_SAMPLE}) AS tmax,
+       MAX(t + dt) FILTER (WHERE {VALID_SAMPLE}) AS hi, COUNT(*) FILTER (WHERE NOT {VALID_SAMPLE}) AS bad
+FROM samples GROUP BY channel_id"""

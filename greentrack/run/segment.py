@@ -1,0 +1,132 @@
+"""One store of a run, read: its meta, channels, events and step totals, and the queries the
+reports and advice run on it (see :mod:`greentrack.run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greentrack.store import VALID_STEP, StoreReader
+from greentrack.store.reader import store_status
+from greentrack.run.queries import (_BELOW_SQL, _BINS_SQL, _COUNT_SQL, _COVER_SQL, _MFU_SQL,
+                                    _RANKED_SQL, _STATS_SQL, _STEPS_SQL, STEP_J)
+
+
+@dataclass
+class Segment:
+    """One store: one process of one segment of the run."""
+
+    reader: StoreReader
+    meta: dict[str, Any]
+    channels: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    status: str
+    start_unix: float
+    end_unix: float
+    #: per phase: steps (``SUM(n)``) and their joules (all kinds)
+    phases: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def host(self) -> str:
+        return str(self.meta.get("host", "?"))
+
+    @property
+    def rank(self) -> int:
+        rank = self.meta.get("rank")
+        return rank if isinstance(rank, int) else 0
+
+    # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
+    def sample_stats(self) -> dict[int, Any]:
+        """Per channel id: usable samples' count ``n`` and span ``lo``/``tmax``/``hi``; rows that
+        are not usable are counted as damage."""
+        stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
+        bad = sum(int(r["bad"] or 0) for r in stats.values())
+        if bad:
+            self.reader.damaged.append(f"samples: {bad} row(s) with negative, non-finite or "
+                                       "out-of-range values, left out")
+        return stats
+
+    def channel_bins(self, channel_id: int, first: int, last: int, bin_s: float,
+                     half: float) -> list[tuple[int, float]]:
+        """``(i, joules)`` of bins ``first..last`` of width ``bin_s`` (edges ``half`` early)."""
+        rows = self.reader.rows(_BINS_SQL, (first, last, channel_id, bin_s, half, bin_s, half))
+        return [(int(r[0]), float(r[1])) for r in rows if r[1] is not None]
+
+    def step_phases(self) -> dict[str, dict[str, float]]:
+        """Per phase: steps, duration, energy (all kinds, GPU), GPU-seconds, FLOPs, samples and
+        tokens, with how many rows carried each of the last three."""
+        out = {}
+        for r in self.reader.rows(_STEPS_SQL.format(n=self.reader.step_n)):
+            out[str(r["phase"])] = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
+        return out
+
+    def step_energies(self) -> dict[str, list[float]]:
+        """Per phase, each valid row's joules (all kinds)."""
+        out: dict[str, list[float]] = {}
+        for r in self.reader.rows(f"SELECT phase, {STEP_J} AS e FROM steps WHERE {VALID_STEP}"):
+            out.setdefault(str(r["phase"]), []).append(float(r["e"]))
+        return out
+
+    def flops_methods(self) -> set[str]:
+        rows = self.reader.rows("SELECT DISTINCT json_extract(extra, '$.flops_method') AS m "
+                                "FROM steps WHERE extra LIKE '%flops_method%'")
+        return {str(r["m"]) for r in rows if r["m"]}
+
+    def step_cover(self) -> tuple[float, float]:
+        """``(union, sum)`` of the valid step windows' lengths, in seconds: less union than sum
+        means windows overlapped (nested or concurrent steps)."""
+        for r in self.reader.rows(_COVER_SQL):
+            return float(r["u"] or 0.0), float(r["s"] or 0.0)
+        return 0.0, 0.0
+
+    def channel_power(self, channel_id: int, min_dt: float,
+                      quantile: float) -> tuple[float, float, int]:
+        """``(low, high, count)`` of one channel's bucket power (energy / dt): its ``quantile``
+        and ``1 - quantile`` quantiles (a late read shifts energy between two neighbouring
+        buckets: the extremes are noise), over usable buckets at least ``min_dt`` long, its
+        first and last left out (they straddle the start and the stop)."""
+        rows = self.reader.rows(_COUNT_SQL, (channel_id, min_dt))
+        n = int(rows[0]["n"] or 0) if rows else 0
+        if not n:
+            return 0.0, 0.0, 0
+        k = int(quantile * (n - 1))
+        lo = self.reader.rows(_RANKED_SQL.format(order="ASC"), (channel_id, min_dt, k))
+        hi = self.reader.rows(_RANKED_SQL.format(order="DESC"), (channel_id, min_dt, k))
+        if not lo or not hi:
+            return 0.0, 0.0, 0
+        return float(lo[0]["w"]), float(hi[0]["w"]), n
+
+    def channel_below(self, channel_id: int, min_dt: float, watts: float) -> tuple[float, float]:
+        """``(seconds, joules)`` of one channel's buckets (as :meth:`channel_power` takes them)
+        whose power is at most ``watts``."""
+        for r in self.reader.rows(_BELOW_SQL, (channel_id, min_dt, watts)):
+            return float(r["s"] or 0.0), float(r["e"] or 0.0)
+        return 0.0, 0.0
+
+    def mfu_sums(self) -> tuple[float, float]:
+        """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""
+        for r in self.reader.rows(_MFU_SQL):
+            return float(r["a"] or 0.0), float(r["b"] or 0.0)
+        return 0.0, 0.0
+
+
+def segment(reader: StoreReader, now: float) -> Segment:
+    meta, channels = reader.meta, reader.channels()
+    status = store_status(meta, now)
+    start = float(meta.get("started_unix", now))
+    if "duration_s" in meta:
+        end = start + float(meta["duration_s"])
+    else:
+        until = max((c["until_t"] or 0.0 for c in channels), default=0.0)
+        end = max(start + until, now) if status == "running" else start + until
+    seg = Segment(reader, meta, channels, reader.events(), status, start, end)
+    reader.invalid_rows("steps")
+    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM({STEP_J}) AS e FROM steps "
+                           f"WHERE {VALID_STEP} GROUP BY phase"):
+        seg.phases[str(row["phase"])] = (int(row["n"] or 0), float(row["e"] or 0.0))
+    return seg
