@@ -22,14 +22,13 @@ import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from greentrack import stepvalues
 from greentrack.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.config import Config
 from greentrack.errors import DeviceLost, RunStoreError, SamplerError
+from greentrack.records import MetricQueue
 from greentrack.samplers.base import Channel
 from greentrack.stepvalues import phase_name
 from greentrack.steps import FieldCleaner, StepQueue, StepRow, StepSpan
@@ -93,11 +92,10 @@ class Engine:
         self.step_listeners: list[Callable[[StepRow], None]] = []
         self.steps_done = 0
         self.steps_energy_j = 0.0
-        #: ``Tracker.record`` calls: ``(t, step, {name: value})``, appended by the training thread
-        #: (values captured like step values), resolved here once readings pass ``t``.
-        self.metrics: deque[tuple[float, int | None, dict[str, Any]]] = deque()
-        self._metrics_waiting: list[tuple[float, int | None, dict[str, Any]]] = []
-        self.bad_metrics = 0
+        #: ``Tracker.record`` values (greentrack.records); the training thread appends to
+        #: ``metrics``, resolved here once readings pass their time.
+        self.records = MetricQueue(self.event, writer.add_metric)
+        self.metrics = self.records.queue
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._flush_failures = 0
@@ -373,8 +371,7 @@ class Engine:
         self._waiting.extend(self.steps.take())
         if final:  # the last steps' CUDA values: training is over, a short wait costs nothing
             deadline = time.monotonic() + DEVICE_VALUE_WAIT_S
-            while (any(s.pending() for s in self._waiting) or any(
-                    stepvalues.pending(v) for m in self.metrics for v in m[2].values())) \
+            while (any(s.pending() for s in self._waiting) or self.records.pending_values()) \
                     and time.monotonic() < deadline:
                 time.sleep(0.01)
         live = [st for st in self.states if st.status != "lost"]
@@ -390,9 +387,9 @@ class Engine:
                 self.errors += 1
                 self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
                            f"recorded: {type(e).__name__}: {e}")
-        self._attribute_metrics(final, horizon)
+        self.records.attribute(final, horizon, self._energy_at, self.origin)
         res = self.config.resolution_s
-        held = [s.t0 for s in self._waiting] + [m[0] for m in self._metrics_waiting]
+        held = [s.t0 for s in self._waiting] + self.records.held()
         for hold in self.holds:
             try:
                 t = hold()
@@ -448,27 +445,9 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
                 self.event("warning", "listener-error", f"step listener failed: {e}")
 
-    def _attribute_metrics(self, final: bool, horizon: float) -> None:
-        """Resolve ``Tracker.record`` values whose time the readings have passed: each with the
-        cumulative energy of every channel at that time (``Timeline.at``, summed)."""
-        while self.metrics:
-            self._metrics_waiting.append(self.metrics.popleft())
-        waiting, self._metrics_waiting = self._metrics_waiting, []
-        for rec in waiting:
-            t, step, values = rec
-            if not final and (t > horizon or any(stepvalues.pending(v) for v in values.values())):
-                self._metrics_waiting.append(rec)
-                continue
-            energy = sum(st.timeline.at(t) for st in self.states if st.timeline.t)
-            for name, value in values.items():
-                number = stepvalues.metric_value(value)
-                if isinstance(number, str):
-                    self.bad_metrics += 1
-                    if self.bad_metrics == 1:
-                        self.event("warning", "bad-step-field", f"metric {str(name)[:64]!r} "
-                                   f"dropped ({number}); later drops are not reported")
-                    continue
-                self._writer.add_metric(t - self.origin, step, str(name)[:64], number, energy)
+    def _energy_at(self, t: float) -> float:
+        """Cumulative energy of every channel at ``t``."""
+        return sum(st.timeline.at(t) for st in self.states if st.timeline.t)
 
     def _flush(self) -> None:
         for st in self.states:
