@@ -42,7 +42,8 @@ NEVER_SPREAD = 1.25
 NEVER_PEER = 0.5
 #: a GPU's "lowest" and "peak" bucket power are these quantiles of its buckets' power
 POWER_QUANTILE = 0.1
-IDLE_RULE = (f"a {{res}} s bucket (a GPU's first and last left out) is near-idle when its power "
+IDLE_RULE = (f"a {{res}} s bucket (past ~3,000 buckets a GPU, a report time bin; a GPU's first "
+             f"and last left out) is near-idle when its power "
              f"(energy / duration) is at most min({1 + IDLE_MARGIN:g} x the GPU's lowest bucket "
              f"power, {IDLE_PEAK_SHARE:g} x its peak bucket power), lowest and peak being the "
              f"{POWER_QUANTILE:.0%} and {1 - POWER_QUANTILE:.0%} quantiles of its bucket powers; "

@@ -68,7 +68,7 @@ class RunData:
     step_sum_s: float = 0.0
     #: seconds the stores ran, summed (ranks and segments each count)
     store_s: float = 0.0
-    #: per GPU: bucket power and near-idle time (:meth:`greentrack.run.Run.gpu_power`)
+    #: per GPU: bucket power and near-idle time (:func:`_gpu_power`, from the time series)
     gpu_power: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -141,7 +141,8 @@ def _read(run: Run) -> RunData:
         mfu_num, mfu_den = mfu_num + a, mfu_den + b
     from greentrack.reports.advise import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE
     inside, union_s, sum_s = run.steps_inside_j()
-    gpu_power = run.gpu_power(IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0, POWER_QUANTILE)
+    gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
+                           POWER_QUANTILE)
     run.add_damage()  # rows the report's queries left out, too
     for e in energies.values():
         e.sort()
@@ -186,3 +187,44 @@ def _channel_bins(seg: Segment, channel_id: int, lo: float, tmax: float, hi: flo
         a, b = max(i * bin_s, lo), min((i + 1) * bin_s, hi)
         out.append((s0 + a, s0 + max(b, a), e))
     return out
+
+
+def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: float, min_dt: float,
+               quantile: float) -> list[dict[str, Any]]:
+    """Per GPU (identity, over its stores), from the time series already read for the report
+    (the stored buckets themselves up to ~3,000 per channel, else the report's wider bins: never
+    a sort of millions of rows): low and peak power (the ``quantile`` and ``1 - quantile``
+    quantiles; each channel's first and last bin left out, they straddle start and stop), the
+    near-idle threshold ``min(low x (1 + idle_margin), peak x idle_peak_share)`` and the seconds
+    and joules at or under it, with the GPU's measured seconds and joules."""
+    found: dict[str, dict[str, Any]] = {}
+    per_channel: list[tuple[str, list[tuple[float, float]]]] = []
+    for c in channels:
+        if c.kind != "gpu":
+            continue
+        bins = [(b - a, e) for a, b, e in c.bins[1:-1] if b - a >= min_dt and b > a]
+        g = found.setdefault(c.identity, {"identity": c.identity, "device": c.device,
+                                          "name": c.name, "host": c.host, "low_w": None,
+                                          "peak_w": None, "buckets": 0})
+        powers = sorted(e / dt for dt, e in bins)
+        if powers:
+            k = int(quantile * (len(powers) - 1))
+            lo, hi = powers[k], powers[-1 - k]
+            g["low_w"] = lo if g["low_w"] is None else min(g["low_w"], lo)
+            g["peak_w"] = hi if g["peak_w"] is None else max(g["peak_w"], hi)
+            g["buckets"] += len(powers)
+        per_channel.append((c.identity, bins))
+    for g in found.values():
+        g["threshold_w"] = (None if g["low_w"] is None else
+                            min(g["low_w"] * (1.0 + idle_margin), g["peak_w"] * idle_peak_share))
+        g.update(seconds=0.0, energy_j=0.0, idle_s=0.0, idle_j=0.0)
+    for key, bins in per_channel:
+        g = found[key]
+        for dt, e in bins:
+            g["seconds"] += dt
+            g["energy_j"] += e
+            if g["threshold_w"] is not None and e / dt <= g["threshold_w"]:
+                g["idle_s"] += dt
+                g["idle_j"] += e
+    return list(found.values())
+

@@ -226,43 +226,6 @@ class Run:
                 out[phase] = out.get(phase, 0.0) + e * scale
         return out, union_s, sum_s
 
-    def gpu_power(self, idle_margin: float, idle_peak_share: float, min_dt: float,
-                  quantile: float = 0.1) -> list[dict[str, Any]]:
-        """Per GPU (identity, over its stores): low and peak bucket power (the ``quantile`` and
-        ``1 - quantile`` quantiles, :meth:`Segment.channel_power`), the near-idle
-        threshold ``min(lowest x (1 + idle_margin), highest x idle_peak_share)`` and the seconds
-        and joules of its buckets at or under it; with its measured seconds and joules."""
-        found: dict[str, dict[str, Any]] = {}
-        chans: list[tuple[str, Segment, int]] = []
-        for seg in self.segments:
-            for c in seg.channels:
-                if c["kind"] != "gpu":
-                    continue
-                key = device_identity(seg.host, seg.rank, c)
-                lo, hi, n = seg.channel_power(c["id"], min_dt, quantile)
-                g = found.setdefault(key, {"identity": key, "device": c["device"],
-                                           "name": c["name"] or c["device"], "host": seg.host,
-                                           "low_w": None, "peak_w": None, "buckets": 0})
-                if n:
-                    g["low_w"] = lo if g["low_w"] is None else min(g["low_w"], lo)
-                    g["peak_w"] = hi if g["peak_w"] is None else max(g["peak_w"], hi)
-                    g["buckets"] += n
-                chans.append((key, seg, c["id"]))
-        for g in found.values():
-            g["threshold_w"] = (None if g["low_w"] is None else
-                                min(g["low_w"] * (1.0 + idle_margin), g["peak_w"] * idle_peak_share))
-            g.update(seconds=0.0, energy_j=0.0, idle_s=0.0, idle_j=0.0)
-        for key, seg, cid in chans:
-            g = found[key]
-            s, e = seg.channel_below(cid, min_dt, float("inf"))
-            g["seconds"] += s
-            g["energy_j"] += e
-            if g["threshold_w"] is not None:
-                s, e = seg.channel_below(cid, min_dt, g["threshold_w"])
-                g["idle_s"] += s
-                g["idle_j"] += e
-        return list(found.values())
-
     @property
     def gaps(self) -> int:
         # one gap per interruption: a loss is recorded as gap-start then device-lost

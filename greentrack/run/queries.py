@@ -35,21 +35,6 @@ SELECT SUM(MAX(0.0, t1 - MAX(t0, COALESCE(prev, t0)))) AS u, SUM(t1 - t0) AS s F
   SELECT t0, t1, MAX(t1) OVER (ORDER BY t0, t1 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
          AS prev FROM steps WHERE {VALID_STEP} AND t1 >= t0)"""
 
-# A channel's buckets for power statistics: usable, at least ?2 s long, and neither its first nor
-# its last (they straddle the start and the stop, when the device was read part of the time).
-_INNER = f"""channel_id = ?1 AND dt > 0 AND dt >= ?2 AND {VALID_SAMPLE}
-AND t > (SELECT MIN(t) FROM samples WHERE channel_id = ?1)
-AND t < (SELECT MAX(t) FROM samples WHERE channel_id = ?1)"""
-
-_COUNT_SQL = f"SELECT COUNT(*) AS n FROM samples WHERE {_INNER}"
-# The bucket power ?3 places from the bottom (ASC) or the top (DESC): a quantile without reading
-# the rows into Python.
-_RANKED_SQL = "SELECT energy_j / dt AS w FROM samples WHERE " + _INNER + \
-    " ORDER BY energy_j / dt {order} LIMIT 1 OFFSET ?3"
-
-_BELOW_SQL = f"""
-SELECT SUM(dt) AS s, SUM(energy_j) AS e FROM samples WHERE {_INNER} AND energy_j / dt <= ?3"""
-
 # Per channel: the usable samples' count and span, and how many are not usable (left out).
 _STATS_SQL = f"""
 SELECT channel_id, COUNT(*) FILTER (WHERE {VALID_SAMPLE}) AS n,

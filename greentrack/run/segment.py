@@ -9,8 +9,7 @@ from typing import Any
 
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
-from greentrack.run.queries import (_BELOW_SQL, _BINS_SQL, _COUNT_SQL, _COVER_SQL, _MFU_SQL,
-                                    _RANKED_SQL, _STATS_SQL, _STEPS_SQL, STEP_J)
+from greentrack.run.queries import _BINS_SQL, _COVER_SQL, _MFU_SQL, _STATS_SQL, _STEPS_SQL, STEP_J
 
 
 @dataclass
@@ -82,30 +81,6 @@ class Segment:
         means windows overlapped (nested or concurrent steps)."""
         for r in self.reader.rows(_COVER_SQL):
             return float(r["u"] or 0.0), float(r["s"] or 0.0)
-        return 0.0, 0.0
-
-    def channel_power(self, channel_id: int, min_dt: float,
-                      quantile: float) -> tuple[float, float, int]:
-        """``(low, high, count)`` of one channel's bucket power (energy / dt): its ``quantile``
-        and ``1 - quantile`` quantiles (a late read shifts energy between two neighbouring
-        buckets: the extremes are noise), over usable buckets at least ``min_dt`` long, its
-        first and last left out (they straddle the start and the stop)."""
-        rows = self.reader.rows(_COUNT_SQL, (channel_id, min_dt))
-        n = int(rows[0]["n"] or 0) if rows else 0
-        if not n:
-            return 0.0, 0.0, 0
-        k = int(quantile * (n - 1))
-        lo = self.reader.rows(_RANKED_SQL.format(order="ASC"), (channel_id, min_dt, k))
-        hi = self.reader.rows(_RANKED_SQL.format(order="DESC"), (channel_id, min_dt, k))
-        if not lo or not hi:
-            return 0.0, 0.0, 0
-        return float(lo[0]["w"]), float(hi[0]["w"]), n
-
-    def channel_below(self, channel_id: int, min_dt: float, watts: float) -> tuple[float, float]:
-        """``(seconds, joules)`` of one channel's buckets (as :meth:`channel_power` takes them)
-        whose power is at most ``watts``."""
-        for r in self.reader.rows(_BELOW_SQL, (channel_id, min_dt, watts)):
-            return float(r["s"] or 0.0), float(r["e"] or 0.0)
         return 0.0, 0.0
 
     def mfu_sums(self) -> tuple[float, float]:
