@@ -9,7 +9,8 @@ from typing import Any
 
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
-from greentrack.run.queries import _BINS_SQL, _COVER_SQL, _MFU_SQL, _STATS_SQL, _STEPS_SQL, STEP_J
+from greentrack.run.queries import (_BINS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL, _STATS_SQL, _STEPS_SQL,
+                                    STEP_J)
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Segment:
         """Per channel id: usable samples' count ``n`` and span ``lo``/``tmax``/``hi``; rows that
         are not usable are counted as damage."""
         stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
-        bad = sum(int(r["bad"] or 0) for r in stats.values())
+        rows = sum(int(r["n"] or 0) for r in self.reader.rows(_ROWS_SQL))
+        bad = rows - sum(int(r["n"] or 0) for r in stats.values())
         if bad:
             self.reader.damaged.append(f"samples: {bad} row(s) with negative, non-finite or "
                                        "out-of-range values, left out")

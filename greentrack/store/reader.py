@@ -208,8 +208,10 @@ MAX_T_S = 1e9
 
 
 def sql_number(col: str, lo: float, hi: float, null_ok: bool = False) -> str:
-    """SQL: ``col`` is a number within [lo, hi] (NaN reads as NULL in SQLite; text is rejected)."""
-    cond = f"(typeof({col}) IN ('integer', 'real') AND {col} BETWEEN {lo!r} AND {hi!r})"
+    """SQL: ``col`` is a number within [lo, hi]. NaN reads as NULL (and NULL is never BETWEEN);
+    text and blobs sort after every number in SQLite, so a numeric BETWEEN rejects them too, with no
+    ``typeof()`` call per row (which made the report's scan of a 7-day store 3x slower)."""
+    cond = f"({col} BETWEEN {lo!r} AND {hi!r})"
     return f"({col} IS NULL OR {cond})" if null_ok else cond
 
 
