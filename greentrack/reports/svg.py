@@ -97,16 +97,24 @@ def lines(title: str, t_s: list[float], series: list[tuple[str, list[float]]], y
         return y0 - v / top * (y0 - y1)
 
     out = _frame(title, xlabel, ylabel, _nice_ticks(lo_x, hi_x), yt, sx, sy)
-    for i, (label, vals) in enumerate(series):
+    _polylines(out, [(label, list(zip(xs, vals))) for label, vals in series], sx, sy, x1)
+    return "\n".join(out)
+
+
+def _polylines(out: list[str], series: list[tuple[str, list[tuple[float, float]]]],
+               sx: Any, sy: Any, x1: float) -> None:
+    """A coloured polyline per ``(label, points)`` (non-finite points skipped), a legend for the
+    first 16, and the closing tag."""
+    for i, (label, points) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
-        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, vals) if math.isfinite(y))
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points
+                       if math.isfinite(x) and math.isfinite(y))
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
         ly = TOP + 14 * i + 6
         if i < 16:
             out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
                        f'<text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
     out.append("</svg>")
-    return "\n".join(out)
 
 
 def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xlabel: str,
@@ -129,16 +137,7 @@ def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xla
         return y0 - (v - lo_t) / ((hi_t - lo_t) or 1.0) * (y0 - y1)
 
     out = _frame(title, xlabel, ylabel, xt, [v for v in yt if lo_t <= v <= hi_t], sx, sy)
-    for i, (label, xs, ys) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys)
-                       if math.isfinite(x) and math.isfinite(y))
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        ly = TOP + 14 * i + 6
-        if i < 16:
-            out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                       f'<text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
-    out.append("</svg>")
+    _polylines(out, [(label, list(zip(xs, ys))) for label, xs, ys in series], sx, sy, x1)
     return "\n".join(out)
 
 
