@@ -44,10 +44,14 @@ class MetricQueue:
         waiting, self._waiting = self._waiting, []
         for rec in waiting:
             t, step, values = rec
-            if not final and (t > horizon or any(stepvalues.pending(v) for v in values.values())):
+            if not final and (t > horizon or stepvalues.pending(step)
+                              or any(stepvalues.pending(v) for v in values.values())):
                 self._waiting.append(rec)
                 continue
             energy = energy_at(t)
+            if step is not None and type(step) is not int:
+                at, _ = stepvalues.count("step", step)  # a bad step is left out, not the record
+                step = int(at) if at is not None and at < 2**62 else None
             for name, value in values.items():
                 number = stepvalues.metric_value(value)
                 if isinstance(number, str):

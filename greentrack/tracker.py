@@ -434,6 +434,8 @@ class Tracker:
             if step is None:
                 counter = self._idx.get("train")
                 step = int(repr(counter)[6:-1]) if counter is not None else 0  # "count(N)": a peek
+            elif type(step) is not int:
+                step = capture(step)  # a tensor or NumPy step, like any value: cleaned later
             engine.metrics.append((t, step, values))
         except Exception as e:  # noqa: BLE001 - never into training
             self._hook_errors += 1

@@ -232,3 +232,18 @@ def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
             total = float(run.energy_j()["total"] or 0.0)
             assert p.value == 0.25 and p.step == 1
             assert 0 < p.energy_j < 0.6 * total  # the energy at record time, not 1.2 s later
+
+
+def test_record_takes_any_step_value_and_drops_only_bad_ones(no_host_env: Path, tmp_path: Path) -> None:
+    """A NumPy or tensor step is a step; a text step is left out of that record, not the record."""
+    import numpy as np
+    import torch
+
+    from greentrack.run import Run, metric_points
+    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+        t.record(loss=torch.tensor(0.5), step=np.int64(3))
+        t.record(loss=0.25, step=torch.tensor(7))
+        t.record(loss=0.125, step="x")
+    with Run.open(tmp_path / "run") as run:
+        assert [(p.step, p.value) for p in metric_points(run, "loss")] == [(3, 0.5), (7, 0.25),
+                                                                           (None, 0.125)]
