@@ -28,7 +28,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
                  "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
-                 "prometheus_addr", "pushgateway_url", "job"):
+                 "prometheus_addr", "pushgateway_url", "job", "calibrate_power_limits",
+                 "calibration_steps", "calibration_warmup_steps"):
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
@@ -73,6 +74,19 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                         "else greentrack)")
 
 
+def _add_calibration(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("power-limit calibration (changes the run while it calibrates)")
+    g.add_argument("--calibrate-power-limits", dest="calibrate_power_limits", metavar="W,W...",
+                   help="measure joules and seconds per training step at each GPU power limit "
+                        "(watts) over the first steps, then restore the original limit; done by "
+                        "the command's greentrack Tracker (it needs steps) and needs root or "
+                        "CAP_SYS_ADMIN (without: one line, nothing changes)")
+    g.add_argument("--calibration-steps", dest="calibration_steps", type=int, metavar="N",
+                   help="training steps measured at each limit (default 20)")
+    g.add_argument("--calibration-warmup-steps", dest="calibration_warmup_steps", type=int,
+                   metavar="N", help="steps discarded after each limit change (default 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="greentrack", description="Energy and carbon tracking for ML training.")
     parser.add_argument("--version", action="version", version=_version())
@@ -81,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run CMD, track the machine's energy while it runs, exit with "
                                      "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
     _add_settings(run)
+    _add_calibration(run)
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
@@ -167,11 +182,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from greentrack.reports.cli import carbon_settings
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
+    # Calibration needs training steps: the command's own trackers do it (they join this run and
+    # measure the GPUs); this process only checks the limits first.
+    calibration = _calibration_env(config)
+    config = config.replace(calibrate_power_limits=None)
     tracker = Tracker(config=config)
-    env = dict(os.environ, **tracker.accept_joins())
+    env = dict(os.environ, **tracker.accept_joins(), **calibration)
     tracker.start()  # checks every setting before it creates anything (Config.check)
+    if calibration and tracker.status == "running":
+        _check_calibration(tracker, config, calibration)
     if tracker.status != "running":
-        env = dict(os.environ)  # tracking is off (a full disk...): the command runs untracked
+        env = dict(os.environ, **calibration)  # tracking is off: the command runs untracked
     try:
         child = subprocess.Popen(cmd, env=env)
     except OSError as e:
@@ -199,6 +220,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
             signal.signal(s, h)
     status = "completed" if rc == 0 else ("stopped" if forwarded or rc < 0 else "failed")
     tracker.stop(status)
+    if calibration and tracker.status != "disabled":
+        _calibration_outcome(tracker)
     if not ns.quiet and tracker.status != "disabled":
         try:
             print(format_summary(tracker.summary()), file=sys.stderr)
@@ -206,6 +229,46 @@ def cmd_run(ns: argparse.Namespace) -> int:
             print(f"greentrack: no summary: {e}", file=sys.stderr)
     # A child killed by signal N: exit like the shell does (128 + N).
     return 128 - rc if rc < 0 else rc
+
+
+
+def _calibration_env(config: Any) -> dict[str, str]:
+    """The calibration settings for the command's trackers (``GREENTRACK_*``); none when off."""
+    if not config.calibrate_power_limits:
+        return {}
+    return {"GREENTRACK_CALIBRATE_POWER_LIMITS": ",".join(f"{w:g}"
+                                                          for w in config.calibrate_power_limits),
+            "GREENTRACK_CALIBRATION_STEPS": str(config.calibration_steps),
+            "GREENTRACK_CALIBRATION_WARMUP_STEPS": str(config.calibration_warmup_steps)}
+
+
+def _check_calibration(tracker: Any, config: Any, calibration: dict[str, str]) -> None:
+    """Limits outside a GPU's constraints end ``greentrack run`` before the command starts."""
+    from greentrack.calibration import check_limits, limit_gpus
+    from greentrack.config import parse_power_limits
+    engine = tracker.engine
+    gpus = limit_gpus([st.channel for st in engine.states]) if engine is not None else []
+    try:
+        check_limits(gpus, parse_power_limits(calibration["GREENTRACK_CALIBRATE_POWER_LIMITS"]))
+    except ConfigError:
+        tracker.stop("failed")
+        raise
+    except GreenTrackError as e:  # NVML cannot tell the range: the command's tracker says so
+        logging.getLogger("greentrack").debug("power limit constraints unknown: %s", e)
+
+
+def _calibration_outcome(tracker: Any) -> None:
+    """One line when no process of the command stored a power-limit curve."""
+    from greentrack.run import Run
+    try:
+        with Run.open(tracker.run_dir) as run:
+            if run.power_limit_curves():
+                return
+    except GreenTrackError:
+        return
+    print("greentrack: --calibrate-power-limits: no power-limit curve was stored: the command "
+          "needs a greentrack Tracker or integration marking its training steps, enough steps, "
+          "and the privilege to set the limit (see the run's events)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from greentrack.errors import ConfigError
-from greentrack.units import check_number
+from greentrack.units import check_number, is_number
 
 Mode = Literal["machine", "process"]
 MODES = ("machine", "process")
@@ -52,6 +52,12 @@ class Config:
             (or ``"precision=bf16,method=lora"``): at most 16, keys ``[a-z][a-z0-9_]{0,31}``,
             values 1-64 printable characters (:mod:`greentrack.labels`). Integrations add the
             precision the framework uses when none is given.
+        calibrate_power_limits: GPU power limits in watts to measure the run at, over its first
+            training steps (:mod:`greentrack.calibration`; needs the privilege to set the limit,
+            and changes the run while it calibrates). ``None``: off. Text ``"250,300"`` works too.
+        calibration_steps: training steps measured at each limit (default 20).
+        calibration_warmup_steps: steps discarded after each limit change, before those measured
+            (default 5), so the clocks and temperature settle.
     """
 
     run_dir: Path = None  # type: ignore[assignment]  # None: default_run_dir(), at construction
@@ -85,6 +91,10 @@ class Config:
     currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # -- power-limit calibration (greentrack.calibration); None = off --
+    calibrate_power_limits: tuple[float, ...] | None = None
+    calibration_steps: int = 20
+    calibration_warmup_steps: int = 5
     #: True when no run directory was given (set at construction; integrations then pick one).
     run_dir_is_default: ClassVar[bool] = False
 
@@ -122,6 +132,13 @@ class Config:
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
                                       or self.rank < 0):
             raise ConfigError("rank", self.rank, "must be an integer >= 0")
+        if self.calibrate_power_limits is not None:
+            object.__setattr__(self, "calibrate_power_limits",
+                               parse_power_limits(self.calibrate_power_limits))
+        for name, low in (("calibration_steps", 1), ("calibration_warmup_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100_000:
+                raise ConfigError(name, value, f"must be an integer from {low} to 100000")
 
     def check(self) -> None:
         """Check the settings that need data or a parse: country, region and cloud (against
@@ -174,6 +191,8 @@ class Config:
         d = dataclasses.asdict(self)
         d["run_dir"] = str(self.run_dir)
         d["gpus"] = list(self.gpus) if self.gpus is not None else None
+        d["calibrate_power_limits"] = (list(self.calibrate_power_limits)
+                                       if self.calibrate_power_limits is not None else None)
         return d
 
 
@@ -257,10 +276,44 @@ def _parse_gpus(value: Any) -> tuple[int | str, ...]:
     return tuple(out)
 
 
+#: The most power limits one calibration measures, and the range of each (W): the board's own
+#: constraints are checked when the tracker starts (greentrack.calibration).
+MAX_POWER_LIMITS = 16
+POWER_LIMIT_RANGE_W = (1.0, 5000.0)
+
+
+def parse_power_limits(value: Any, setting: str = "calibrate_power_limits") -> tuple[float, ...]:
+    """Power limits in watts from a list or ``"250,300"``: each a number in
+    :data:`POWER_LIMIT_RANGE_W`, 1 to :data:`MAX_POWER_LIMITS` of them, repeats dropped."""
+    lo, hi = POWER_LIMIT_RANGE_W
+    allowed = (f"must be 1 to {MAX_POWER_LIMITS} power limits in watts, each from {lo:g} to "
+               f"{hi:g}, as a list or comma-separated text (e.g. 250,300,350)")
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(setting, value, allowed)
+    out: list[float] = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = float(item)
+            except ValueError:
+                raise ConfigError(setting, value, allowed) from None
+        if isinstance(item, bool) or not is_number(item, lo, hi):
+            raise ConfigError(setting, value, allowed)
+        if float(item) not in out:
+            out.append(float(item))
+    if not 1 <= len(out) <= MAX_POWER_LIMITS:
+        raise ConfigError(setting, value, allowed)
+    return tuple(out)
+
+
 _FLOATS = {"interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "cpu_tdp_w",
            "dram_w_per_gb", "push_interval_s", "carbon_intensity_g_per_kwh",
            "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price"}
-_INTS = {"rank", "prometheus_port"}
+_INTS = {"rank", "prometheus_port", "calibration_steps", "calibration_warmup_steps"}
 
 
 def _from_text(name: str, raw: str) -> Any:

@@ -64,6 +64,7 @@ class Tracker:
         self._writer: StoreWriter | None = None
         self._pid = os.getpid()
         self._gen = lifecycle.FORK_GENERATION[0]
+        self._calibration: Any = None  # greentrack.calibration.Calibration, when asked and allowed
         self._lock = threading.Lock()
         #: Per phase, the next step index: next() of a count is atomic, so steps ending on several
         #: threads get distinct indices without a lock on the hot path.
@@ -123,7 +124,13 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - leases end with the process anyway
                 log.warning("greentrack: could not release a lease: %s", e)
 
+    def _end_calibration(self) -> None:
+        calibration, self._calibration = self._calibration, None
+        if calibration is not None:
+            calibration.close()  # restores the original power limit; never raises
+
     def _disable(self) -> None:
+        self._end_calibration()
         engine, self._engine = self._engine, None
         if engine is not None:
             try:
@@ -150,6 +157,11 @@ class Tracker:
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
         found = discover(cfg)
         self.notes = found.notes
+        calibration_notes: list[Any] = []
+        if cfg.calibrate_power_limits:
+            from greentrack import calibration
+            # limits outside a GPU's constraints are a ConfigError here, before anything exists
+            self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
         self._t_start = time.monotonic()
@@ -181,6 +193,11 @@ class Tracker:
                                "process measures them" if joined is not None else
                                "`greentrack run` did not answer the join within "
                                f"{sharing.JOIN_ACK_S:g} s: both may count this machine's devices")
+        for note in calibration_notes:
+            log.warning("greentrack: %s", note.message)
+            self._engine.event(note.level, "power-limit-calibration", note.message)
+        if self._calibration is not None:
+            self._calibration.attach(self._engine, self._writer.add_power_limit)
         self._watch(found.channels)
         self._engine.start()
         self.status = "running"
@@ -261,6 +278,7 @@ class Tracker:
             self.status = "stopping"
         lifecycle.forget(self)
         final = status or "completed"
+        self._end_calibration()  # first: the GPUs' own limits back before anything else
         try:
             if self._open:
                 self._engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open "

@@ -14,8 +14,11 @@ report's ``opportunities`` section holds its top ones. Kinds:
   re-integrated at each start the series covers: the best start and the grams it saves.
 * ``region``: the same energy at the yearly factors of the cloud provider's other regions, or
   without a cloud, of :data:`REGION_COUNTRIES`.
-* ``power-limit`` needs a measured power/throughput curve; there is none yet, so it is never
-  emitted.
+* ``power-limit``: only from a curve the run measured (``calibrate_power_limits``,
+  :mod:`greentrack.calibration`; never guessed): the limit with the fewest joules per training
+  step among those whose seconds per step are within ``max_slowdown`` of the reference (the
+  original limit), when its saving exceeds :data:`SIGNIFICANT` standard errors of the difference;
+  the joules at stake are that saving per step times the store's training steps.
 
 ``joules`` is the energy at stake (0 for ``start-time`` and ``region``: the same energy, other
 grams); ``grams`` (with PUE) and ``cost`` (when a price is set) follow from it. Findings are
@@ -32,6 +35,7 @@ from greentrack.units import J_PER_KWH, utc
 
 if TYPE_CHECKING:
     from greentrack.reports.run_data import RunData
+    from greentrack.run import PowerLimitCurve
 
 #: a bucket is near-idle at or under min(lowest x (1 + IDLE_MARGIN), peak x IDLE_PEAK_SHARE)
 IDLE_MARGIN = 0.10
@@ -60,6 +64,11 @@ MIN_SHARE = 0.01
 TOP = 3
 #: at most this many start times are tried
 MAX_STARTS = 20000
+#: the slowdown per step ``advise`` accepts for a lower power limit, by default (5%)
+MAX_SLOWDOWN = 0.05
+#: a power-limit saving counts only beyond this many standard errors of the difference of the
+#: two means (about 95% one-sided for normal step energies)
+SIGNIFICANT = 2.0
 
 
 class _Money:
@@ -83,9 +92,10 @@ class _Money:
 
 
 def advise(data: RunData, config: Any, g_per_kwh: float | None = None,
-           pue: float | None = None) -> list[dict[str, Any]]:
+           pue: float | None = None, max_slowdown: float = MAX_SLOWDOWN) -> list[dict[str, Any]]:
     """The findings of one run, ranked (see the module docstring). ``g_per_kwh`` and ``pue``:
     the intensity and PUE in use when the caller has them (the report), else resolved here.
+    ``max_slowdown``: the slower steps a ``power-limit`` finding may ask for (0.05: 5%).
 
     Raises:
         ConfigError: an invalid location, intensity CSV or price.
@@ -99,7 +109,8 @@ def advise(data: RunData, config: Any, g_per_kwh: float | None = None,
     money = _Money(config, g_per_kwh, pue)
     found: list[dict[str, Any]] = []
     if total_j > 0:
-        for make in (_outside_steps, _idle_gpu, _low_mfu):
+        for make in (_outside_steps, _idle_gpu, _low_mfu,
+                     lambda d, t: _power_limit(d, t, max_slowdown)):
             f = make(data, total_j)
             if f is not None and f["share"] >= MIN_SHARE:
                 found.append(money.add(f, float(f.pop("_gpu_s", 0.0))))
@@ -211,6 +222,61 @@ def _low_mfu(data: RunData, total_j: float) -> dict[str, Any] | None:
     }
 
 
+def best_power_limit(curve: PowerLimitCurve, max_slowdown: float) -> dict[str, Any] | None:
+    """On one measured curve: the limit with the fewest joules per step among those at most
+    ``max_slowdown`` slower per step than the reference, its saving per step and that saving's
+    standard error. None without a reference point (an unfinished calibration)."""
+    ref = curve.reference
+    if ref is None:
+        return None
+    allowed = [p for p in curve.points if p.s_per_step <= ref.s_per_step * (1.0 + max_slowdown)]
+    best = min(allowed, key=lambda p: (p.j_per_step, p.reference is False))
+    saving = ref.j_per_step - best.j_per_step
+    se = math.sqrt(ref.j_per_step_sd ** 2 / ref.steps + best.j_per_step_sd ** 2 / best.steps)
+    return {"limit_w": best.limit_w, "reference_w": ref.limit_w,
+            "j_per_step": best.j_per_step, "reference_j_per_step": ref.j_per_step,
+            "saving_j_per_step": saving, "saving_se_j": se,
+            "saving_share": saving / ref.j_per_step if ref.j_per_step > 0 else 0.0,
+            "slowdown": best.s_per_step / ref.s_per_step - 1.0 if ref.s_per_step > 0 else 0.0,
+            "significant": best is not ref and saving > SIGNIFICANT * se,
+            "train_steps": curve.train_steps, "saving_j": saving * curve.train_steps,
+            "host": curve.host, "rank": curve.rank, "devices": list(curve.devices)}
+
+
+def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str, Any] | None:
+    picks = [b for b in (best_power_limit(c, max_slowdown) for c in data.power_limit_curves)
+             if b is not None]
+    good = [b for b in picks if b["significant"] and b["saving_j"] > 0]
+    if not good:
+        return None
+    joules = sum(b["saving_j"] for b in good)
+    each = "; ".join(
+        f"{'+'.join(b['devices'])} ({b['host']} r{b['rank']}): {b['limit_w']:g} W instead of "
+        f"{b['reference_w']:g} W: {b['j_per_step']:.4g} instead of {b['reference_j_per_step']:.4g} "
+        f"J per step ({_pct(b['saving_share'])} less, +-{b['saving_se_j']:.2g} J), steps "
+        f"{b['slowdown']:+.1%} in time, over {b['train_steps']} training steps"
+        for b in good)
+    limits = sorted({f"{b['limit_w']:g} W" for b in good})
+    return {
+        "kind": "power-limit", "joules": joules, "share": joules / total_j,
+        "evidence": {"text": f"measured power-limit curve (calibrate_power_limits), within "
+                             f"{_pct(max_slowdown)} slower steps: {each}",
+                     "max_slowdown": max_slowdown, "best": good,
+                     "curves": [{"host": c.host, "rank": c.rank, "store": c.store,
+                                 "devices": list(c.devices), "train_steps": c.train_steps,
+                                 "points": [p._asdict() for p in c.points]}
+                                for c in data.power_limit_curves],
+                     "rule": f"the limit with the fewest joules per training step whose seconds "
+                             f"per step are at most {1 + max_slowdown:g} x the reference's (the "
+                             f"original limit, measured last); kept when the saving exceeds "
+                             f"{SIGNIFICANT:g} standard errors of the difference of the means"},
+        "suggestion": f"set the GPU power limit to {' or '.join(limits)} for this workload "
+                      f"(`nvidia-smi -pl W` as root, or NVML nvmlDeviceSetPowerManagementLimit), "
+                      f"and restore it after: the same steps for fewer joules, each at most "
+                      f"{_pct(max_slowdown)} slower",
+    }
+
+
 def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
     if not getattr(config, "intensity_csv", None):
         return None
@@ -315,5 +381,19 @@ def format_text(findings: list[dict[str, Any]], data: RunData) -> str:
         if "rule" in f["evidence"]:
             lines.append(f"   rule: {f['evidence']['rule']}")
         lines.append(f"   suggestion: {f['suggestion']}")
-    lines.append("(power-limit: needs a measured power/throughput curve; none is recorded)")
+    if not any(f["kind"] == "power-limit" for f in findings):
+        lines.append(_no_power_limit(data))
     return "\n".join(lines)
+
+
+def _no_power_limit(data: RunData) -> str:
+    """Why there is no power-limit finding, in one line."""
+    curves = data.power_limit_curves
+    if not curves:
+        return ("(power-limit: needs a measured curve; this run has none: run with "
+                "--calibrate-power-limits W,W... or Tracker(calibrate_power_limits=[...]))")
+    if all(c.reference is None for c in curves):
+        return ("(power-limit: the calibration did not reach its reference point (the original "
+                "limit, measured last): no saving can be stated)")
+    return ("(power-limit: on the measured curve no limit saves energy beyond the measurement's "
+            "spread within the accepted slowdown)")

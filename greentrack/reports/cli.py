@@ -9,6 +9,7 @@ naming the setting, the value and what is allowed (exit 2); never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -157,9 +158,12 @@ def add_commands(sub: Any) -> None:
                                      "prices are set) at stake, each with its evidence from the "
                                      "run's own measurements and a suggestion: energy outside "
                                      "steps, idle GPUs, low MFU, start time (--intensity-csv), "
-                                     "region.")
+                                     "region, power limit (from a measured curve only).")
     adv.add_argument("run_dir", metavar="RUN_DIR")
     adv.add_argument("--json", action="store_true", help="machine-readable output")
+    adv.add_argument("--max-slowdown", metavar="FRACTION", default=None,
+                     help="slower steps accepted for a lower GPU power limit, as a fraction or a "
+                          "percentage (default 0.05, i.e. 5%%)")
     add_carbon_options(adv)
     adv.set_defaults(handler=cmd_advise)
 
@@ -240,7 +244,7 @@ def _advise(ns: argparse.Namespace) -> int:
     explicit = make_config(ns)
     data = read_run(ns.run_dir)
     config = config_for_run(data.settings, explicit)
-    findings = advise(data, config)
+    findings = advise(data, config, max_slowdown=parse_slowdown(ns.max_slowdown))
     if ns.json:
         print(json_text({"run_id": data.summary["run_id"], "run_dir": str(data.run_dir),
                          "energy_j": data.summary["energy_j"]["total"], "findings": findings,
@@ -250,3 +254,19 @@ def _advise(ns: argparse.Namespace) -> int:
         for w in data.warnings:
             print(f"greentrack: warning: {printable(w)}", file=sys.stderr)
     return 0
+
+
+def parse_slowdown(text: str | None) -> float:
+    """``--max-slowdown``: a fraction (0.05) or a percentage (5%), from 0 to 10 (1000%)."""
+    from greentrack.reports.advise import MAX_SLOWDOWN
+    if text is None:
+        return MAX_SLOWDOWN
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 10.0:  # NaN fails too
+        raise ConfigError("--max-slowdown", text, "must be a fraction from 0 to 10 (0.05) or a "
+                          "percentage from 0% to 1000% (5%)")
+    return value

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.run import Device, Run, Segment, device_identity, union_length
+from greentrack.run import (Device, PowerLimitCurve, Run, Segment, device_identity,
+                            union_length)
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
 NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
@@ -70,6 +71,8 @@ class RunData:
     store_s: float = 0.0
     #: per GPU: bucket power and near-idle time (:func:`_gpu_power`, from the time series)
     gpu_power: list[dict[str, Any]] = field(default_factory=list)
+    #: measured power-limit curves (:meth:`greentrack.run.Run.power_limit_curves`)
+    power_limit_curves: list[PowerLimitCurve] = field(default_factory=list)
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -143,6 +146,7 @@ def _read(run: Run) -> RunData:
     inside, union_s, sum_s = run.steps_inside_j()
     gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
                            POWER_QUANTILE)
+    curves = run.power_limit_curves()
     run.add_damage()  # rows the report's queries left out, too
     for e in energies.values():
         e.sort()
@@ -155,7 +159,8 @@ def _read(run: Run) -> RunData:
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
-        store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments))
+        store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
+        power_limit_curves=curves)
 
 
 def _stretched(stores: list[Segment]) -> dict[str, float]:

@@ -23,9 +23,10 @@ from __future__ import annotations
 from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, Totals, device_identity,
                                   union_length)
 from greentrack.run.segment import Segment
+from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
 from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
 
-__all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "Run", "Segment",
+__all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve", "PowerLimitPoint", "Run", "Segment",
            "ToTarget", "Totals", "device_identity", "metric_names", "metric_points", "to_target",
            "union_length"]

@@ -6,12 +6,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import StoreReader, store_paths
 from greentrack.units import J_PER_KWH
 from greentrack.run.segment import Segment, segment
+
+if TYPE_CHECKING:
+    from greentrack.run.power_limits import PowerLimitCurve
 
 
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
@@ -184,6 +187,12 @@ class Run:
                 out[c["kind"]] = (out[c["kind"]] or 0.0) + float(c["energy_j"] or 0.0)
         out["total"] = sum(v for v in out.values() if v is not None)
         return out
+
+    def power_limit_curves(self) -> list["PowerLimitCurve"]:
+        """The measured power-limit curves, one per store that calibrated
+        (:mod:`greentrack.calibration`); none for a run without (or an older store)."""
+        from greentrack.run.power_limits import curves
+        return curves(self.segments)
 
     def steps_by_phase(self) -> dict[str, int]:
         out: dict[str, int] = {}

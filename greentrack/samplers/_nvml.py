@@ -167,6 +167,23 @@ class NvmlGpu:
     def power_w(self) -> float | None:
         return self._last_power
 
+    # -- the power limit (greentrack.calibration), in NVML's unit, the milliwatt ---------------
+    def power_limit_mw(self) -> int:
+        """The power management limit in force now (``nvmlDeviceGetPowerManagementLimit``)."""
+        return int(_nvml_call(self._nv, self._nv.nvmlDeviceGetPowerManagementLimit, self._h))
+
+    def power_limit_constraints_mw(self) -> tuple[int, int]:
+        """The lowest and highest limit the board accepts
+        (``nvmlDeviceGetPowerManagementLimitConstraints``)."""
+        lo, hi = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerManagementLimitConstraints, self._h)
+        return int(lo), int(hi)
+
+    def set_power_limit_mw(self, mw: int) -> None:
+        """Set the limit (``nvmlDeviceSetPowerManagementLimit``: root or CAP_SYS_ADMIN, else
+        :class:`PermissionDenied`). It holds until set again or the driver reloads; the process
+        ending does not undo it."""
+        _nvml_call(self._nv, self._nv.nvmlDeviceSetPowerManagementLimit, self._h, int(mw))
+
     # -- the Channel contract ----------------------------------------------------------------
     def poll(self, t: float, slow: bool) -> list[Point]:
         watts, when = self._read_power()

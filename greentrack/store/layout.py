@@ -14,7 +14,9 @@ from greentrack._files import make_dirs
 from greentrack.errors import ConfigError, RunStoreError
 
 #: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
-SCHEMA_VERSION = 2
+#: 3: ``power_limits``, the measured power-limit curve (greentrack.calibration). A store of
+#: version 2 or older has no such table and is read as having no curve.
+SCHEMA_VERSION = 3
 SUFFIX = ".gtdb"
 
 _SCHEMA = """
@@ -38,7 +40,17 @@ CREATE TABLE IF NOT EXISTS events (
     channel_id INTEGER, message TEXT NOT NULL, details TEXT);
 CREATE TABLE IF NOT EXISTS metrics (
     t REAL NOT NULL, step INTEGER, name TEXT NOT NULL, value REAL NOT NULL, energy_j REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS power_limits (
+    limit_w REAL NOT NULL, reference INTEGER NOT NULL, devices TEXT NOT NULL,
+    steps INTEGER NOT NULL, warmup_steps INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
+    j_per_step REAL NOT NULL, j_per_step_sd REAL NOT NULL, gpu_j_per_step REAL,
+    gpu_j_per_step_sd REAL, s_per_step REAL NOT NULL, s_per_step_sd REAL NOT NULL);
 """
+#: ``power_limits``: one row per power limit a calibration measured (greentrack.calibration):
+#: ``limit_w`` set on every GPU of ``devices`` (JSON list), ``reference`` 1 for the limit in force
+#: before the calibration (measured last, after it was restored), ``steps`` measured after
+#: ``warmup_steps`` discarded, between ``t0`` and ``t1`` (store seconds), and per step the mean and
+#: standard deviation of the joules (all kinds; GPU apart) and of the seconds.
 #: ``metrics`` (``Tracker.record``: losses and named metrics with the cumulative energy of this
 #: store's channels at that moment) is a new table, not a change: older readers ignore it and
 #: :meth:`StoreReader.metrics` reads a store without it as having none, so SCHEMA_VERSION stays.

@@ -171,6 +171,31 @@ class StoreReader:
             f"SELECT t, step, name, value, energy_j FROM metrics WHERE {VALID_METRIC} "
             "ORDER BY t, rowid")]
 
+    def power_limits(self) -> list[dict[str, Any]]:
+        """The measured power-limit curve (table ``power_limits``, schema 3), by limit; none for
+        an older store. Rows out of range are left out and reported in ``damaged``."""
+        if not self.rows("SELECT name FROM sqlite_master WHERE type='table' AND name='power_limits'"):
+            return []
+        out = []
+        for r in self.rows("SELECT * FROM power_limits ORDER BY limit_w, rowid"):
+            d = dict(r)
+            devices = _loads(d.get("devices"), self.damaged, "power_limits devices")
+            ok = (isinstance(devices, list) and all(isinstance(x, str) for x in devices)
+                  and _is_num(d.get("limit_w"), 1.0, 1e5) and d.get("reference") in (0, 1)
+                  and _is_num(d.get("steps"), 1, 1e9) and _is_num(d.get("warmup_steps"), 0, 1e9)
+                  and all(_is_num(d.get(c), -3600.0, MAX_T_S) for c in ("t0", "t1"))
+                  and all(_is_num(d.get(c), 0.0, MAX_ENERGY_J) for c in
+                          ("j_per_step", "j_per_step_sd", "s_per_step", "s_per_step_sd"))
+                  and all(d.get(c) is None or _is_num(d.get(c), 0.0, MAX_ENERGY_J)
+                          for c in ("gpu_j_per_step", "gpu_j_per_step_sd")))
+            if not ok:
+                self.damaged.append(f"power_limits row at {d.get('limit_w')!r} W: unreadable "
+                                    "values, left out")
+                continue
+            d["devices"], d["reference"] = devices, bool(d["reference"])
+            out.append(d)
+        return out
+
     def energy_until(self, t: float) -> float:
         """Joules of every channel of this store from its start until ``t`` (store seconds), from
         the stored buckets (the one that holds ``t`` pro rata)."""

@@ -92,6 +92,16 @@ class StoreWriter:
         self._queue("INSERT INTO metrics (t, step, name, value, energy_j) VALUES (?,?,?,?,?)",
                     (t, step, name, value, energy_j))
 
+    def add_power_limit(self, point: dict[str, Any]) -> None:
+        """One measured point of a power-limit curve (the ``power_limits`` columns by name)."""
+        cols = ("limit_w", "reference", "devices", "steps", "warmup_steps", "t0", "t1",
+                "j_per_step", "j_per_step_sd", "gpu_j_per_step", "gpu_j_per_step_sd",
+                "s_per_step", "s_per_step_sd")
+        values = tuple(_json(point[c]) if c == "devices" else
+                       int(point[c]) if c == "reference" else point[c] for c in cols)
+        self._queue(f"INSERT INTO power_limits ({', '.join(cols)}) VALUES "
+                    f"({','.join('?' * len(cols))})", values)
+
     def add_event(self, t: float, level: str, kind: str, message: str,
                   channel_id: int | None = None, details: dict[str, Any] | None = None) -> None:
         self._queue("INSERT INTO events (t, level, kind, channel_id, message, details) "

@@ -12,6 +12,13 @@ the module boundary. What it simulates, from measurements on a real H100 (FIELD_
 * pre-Volta GPUs: the counter raises NotSupported and the instant field returns NotSupported;
 * faults: the GPU falls off the bus (GpuIsLost), the counter resets (driver reload), reads become
   slow or hang, NVML is missing or refuses (NoPermission).
+* the power limit, in milliwatts as NVML has it: ``nvmlDeviceGetPowerManagementLimit``,
+  ``...LimitConstraints`` (min, max), ``...DefaultLimit``, ``nvmlDeviceGetEnforcedPowerLimit`` and
+  ``nvmlDeviceSetPowerManagementLimit``, which raises NoPermission for a process without the
+  privilege (``privileged=False``) and InvalidArgument outside the constraints. The limit is
+  driver state, not process state: with ``limit_file`` it is kept in a file, so a test sees what
+  a killed process left set. :meth:`FakeGpu.work` plays a step whose power and time follow the
+  limit (:func:`capped`).
 
 Power follows a :class:`PowerTrace` on the fake's clock, so tests know the exact true energy.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import threading
 import time
 import types
@@ -139,6 +147,57 @@ class FakeGpu:
     # refresh together (what greentrack's tick dating assumes; not yet checked on an H100).
     counter_phase_s: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
+    # -- the power limit (mW), its constraints and who may set it --
+    limit_mw: int = 700_000
+    default_limit_mw: int = 700_000
+    min_limit_mw: int = 200_000
+    max_limit_mw: int = 700_000
+    privileged: bool = True  # False: nvmlDeviceSetPowerManagementLimit raises NoPermission
+    limit_supported: bool = True  # False: every limit call raises NotSupported
+    limit_file: str | None = None  # keep the limit here (driver state outlives a process)
+    limit_sets: list[int] = field(default_factory=list)  # every limit set, in order
+    static_w: float = 100.0  # the board's power at the lowest clock: what a cap cannot remove
+
+    def current_limit_mw(self) -> int:
+        if self.limit_file is not None:
+            try:
+                with open(self.limit_file) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        return self.limit_mw
+
+    def store_limit_mw(self, mw: int) -> None:
+        self.limit_mw = mw
+        self.limit_sets.append(mw)
+        if self.limit_file is not None:
+            with open(self.limit_file + ".tmp", "w") as f:
+                f.write(str(mw))
+            os.replace(self.limit_file + ".tmp", self.limit_file)
+
+    def work(self, base_s: float, demand_w: float) -> tuple[float, float]:
+        """Play one step of a GPU kept busy (the next step's kernels are queued): a step that
+        takes ``base_s`` at ``demand_w`` uncapped runs at the capped power for the capped time
+        (:func:`capped`) under the limit in force when it starts. Needs a :class:`LiveTrace`;
+        the caller sets it back to idle when the work ends. Returns (W, s)."""
+        assert isinstance(self.trace, LiveTrace), "work() plays on a LiveTrace"
+        watts, seconds = capped(base_s, demand_w, self.current_limit_mw() / 1000.0, self.static_w)
+        self.trace.set(watts)
+        time.sleep(seconds)
+        return watts, seconds
+
+
+def capped(base_s: float, demand_w: float, limit_w: float, static_w: float) -> tuple[float, float]:
+    """Power and time of a step under a power cap, for a compute-bound step.
+
+    Dynamic power goes with the cube of the clock (P = static + dynamic x r^3, r the clock's share
+    of its uncapped value: voltage follows frequency); the step's time goes with 1 / r. Under a
+    cap the board lowers r until P fits: r = ((limit - static) / (demand - static))^(1/3).
+    """
+    if limit_w >= demand_w:
+        return demand_w, base_s
+    r = ((limit_w - static_w) / (demand_w - static_w)) ** (1.0 / 3.0)
+    return limit_w, base_s / r
 
 
 class FakeNvml:
@@ -265,10 +324,45 @@ class FakeNvml:
         def nvmlSystemGetDriverVersion() -> str:
             return fake.driver
 
+        def _limit_check(h: FakeGpu, what: str) -> None:
+            fake._check(h, what)
+            if not h.limit_supported:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
+
+        def nvmlDeviceGetPowerManagementLimit(h: FakeGpu) -> int:
+            _limit_check(h, "limit")
+            return h.current_limit_mw()
+
+        def nvmlDeviceGetEnforcedPowerLimit(h: FakeGpu) -> int:
+            _limit_check(h, "enforced_limit")
+            return h.current_limit_mw()
+
+        def nvmlDeviceGetPowerManagementDefaultLimit(h: FakeGpu) -> int:
+            _limit_check(h, "default_limit")
+            return h.default_limit_mw
+
+        def nvmlDeviceGetPowerManagementLimitConstraints(h: FakeGpu) -> list[int]:
+            _limit_check(h, "limit_constraints")
+            return [h.min_limit_mw, h.max_limit_mw]
+
+        def nvmlDeviceSetPowerManagementLimit(h: FakeGpu, limit: int) -> None:
+            # the real binding passes c_uint(limit): an int of milliwatts
+            _limit_check(h, "set_limit")
+            if not h.privileged:
+                raise _real.NVMLError(_real.NVML_ERROR_NO_PERMISSION)
+            mw = int(limit)
+            if mw != limit or not h.min_limit_mw <= mw <= h.max_limit_mw:
+                raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
+            h.store_limit_mw(mw)
+
         for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex,
                    nvmlDeviceGetHandleByUUID, nvmlDeviceGetName, nvmlDeviceGetUUID,
                    nvmlDeviceGetTotalEnergyConsumption, nvmlDeviceGetPowerUsage,
-                   nvmlDeviceGetFieldValues, nvmlDeviceGetMigMode, nvmlSystemGetDriverVersion):
+                   nvmlDeviceGetFieldValues, nvmlDeviceGetMigMode, nvmlSystemGetDriverVersion,
+                   nvmlDeviceGetPowerManagementLimit, nvmlDeviceGetEnforcedPowerLimit,
+                   nvmlDeviceGetPowerManagementDefaultLimit,
+                   nvmlDeviceGetPowerManagementLimitConstraints,
+                   nvmlDeviceSetPowerManagementLimit):
             setattr(m, fn.__name__, fn)
         return m
 
