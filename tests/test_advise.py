@@ -196,3 +196,124 @@ def test_report_opportunities_are_advise_top(stall_run: Path, env: None, tmp_pat
     md = (out / "report.md").read_text()
     assert "## Opportunities" in md and "outside-steps" in md
     assert "Opportunities" in (out / "report.html").read_text()
+
+
+# -- power-limit: only from a measured curve (greentrack.calibration) ------------------------------
+
+#: (limit W, J per step, s per step): the reference 400 W; the fewest joules within 5% slower
+#: steps is 250 W (84 J, +4.9%); 200 W saves more but is 20% slower.
+CURVE = [(400.0, 100.0, 1.000), (350.0, 92.0, 1.02), (300.0, 86.0, 1.04), (250.0, 84.0, 1.049),
+         (200.0, 80.0, 1.20)]
+
+
+def put_curve(run_dir: Path, curve: list[tuple[float, float, float]], sd_j: float = 2.0,
+              reference: float | None = 400.0, steps: int = 20) -> None:
+    """Write a known curve into the run's store, as the calibration writes it."""
+    import sqlite3
+    from greentrack.store import store_paths
+    (path,) = store_paths(run_dir)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM power_limits")
+        for limit, j, s in curve:
+            conn.execute(
+                "INSERT INTO power_limits (limit_w, reference, devices, steps, warmup_steps, t0, "
+                "t1, j_per_step, j_per_step_sd, gpu_j_per_step, gpu_j_per_step_sd, s_per_step, "
+                "s_per_step_sd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (limit, int(limit == reference), '["gpu0"]', steps, 5, 0.0, 1.0, j, sd_j,
+                 j * 0.9, sd_j, s, 0.01))
+
+
+@pytest.fixture(scope="module")
+def curve_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real run of 8 training steps on a fake GPU, then a known curve in its store."""
+    from tests.test_report_fixtures import make_run
+    root = tmp_path_factory.mktemp("curve")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        run_dir = make_run(root, gpu_w=300.0, steps=8, step_s=0.05)
+    put_curve(run_dir, CURVE)
+    yield run_dir
+
+
+def test_power_limit_is_the_least_energy_within_the_slowdown(curve_run: Path, env: None) -> None:
+    doc = advise_json([str(curve_run), "--country", "FR"])
+    f = finding(doc, "power-limit")
+    (best,) = f["evidence"]["best"]
+    assert best["limit_w"] == 250.0 and best["reference_w"] == 400.0
+    assert best["saving_j_per_step"] == pytest.approx(16.0)
+    assert best["train_steps"] == 8 and f["joules"] == pytest.approx(16.0 * 8)
+    assert f["share"] == pytest.approx(f["joules"] / doc["energy_j"])
+    assert best["slowdown"] == pytest.approx(0.049) and f["evidence"]["max_slowdown"] == 0.05
+    assert "250 W" in f["suggestion"] and f["grams"] > 0
+    assert [p["limit_w"] for p in f["evidence"]["curves"][0]["points"]] == [200, 250, 300, 350, 400]
+    # the slowdown accepted moves the answer: 20% slower steps allowed -> 200 W
+    f = finding(advise_json([str(curve_run), "--country", "FR", "--max-slowdown", "25%"]),
+                "power-limit")
+    assert f["evidence"]["best"][0]["limit_w"] == 200.0 and f["joules"] == pytest.approx(160.0)
+    # none accepted: the reference is the answer, no finding
+    doc = advise_json([str(curve_run), "--country", "FR", "--max-slowdown", "0"])
+    assert "power-limit" not in [x["kind"] for x in doc["findings"]]
+
+
+def test_power_limit_never_guessed(curve_run: Path, env: None, tmp_path: Path) -> None:
+    import shutil
+    noisy = tmp_path / "noisy"
+    shutil.copytree(curve_run, noisy)
+    # a spread of 40 J per step over 20 steps: 16 J is within two standard errors (12.6 J each)
+    put_curve(noisy, CURVE, sd_j=40.0)
+    doc = advise_json([str(noisy), "--country", "FR"])
+    assert "power-limit" not in [x["kind"] for x in doc["findings"]]
+    code, out, _ = run_cli(["advise", str(noisy), "--country", "FR"])
+    assert code == 0 and "beyond the measurement's spread" in out
+    # no reference point (the calibration was stopped before it): no saving can be stated
+    put_curve(noisy, CURVE[1:], reference=None)
+    code, out, _ = run_cli(["advise", str(noisy), "--country", "FR"])
+    assert code == 0 and "did not reach its reference point" in out
+    # no curve at all
+    put_curve(noisy, [])
+    code, out, _ = run_cli(["advise", str(noisy), "--country", "FR"])
+    assert code == 0 and "--calibrate-power-limits" in out and "power-limit:" in out
+
+
+def test_power_limit_curve_in_the_report(curve_run: Path, env: None, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    code, _, err = run_cli(["report", str(curve_run), "--format", "json,md,html", "--out",
+                            str(out), "--country", "FR"])
+    assert code == 0, err
+    doc = report_json(out)
+    validate_own_schema(doc)
+    (curve,) = doc["power_limit_curves"]
+    assert curve["complete"] and curve["train_steps"] == 8
+    assert [p["limit_w"] for p in curve["points"]] == [200, 250, 300, 350, 400]
+    assert "power-limit" in [o["kind"] for o in doc["opportunities"]]
+    md = (out / "report.md").read_text()
+    assert "## Power-limit curve (measured)" in md and "400 (original)" in md
+    assert "84 +- 2" in md
+    assert "Power-limit curve" in (out / "report.html").read_text()
+
+
+def test_store_before_the_curve_table_reads_as_no_curve(curve_run: Path, env: None,
+                                                         tmp_path: Path) -> None:
+    """A schema-2 store (no power_limits table) still reads: no curve, the rest unchanged."""
+    import shutil
+    import sqlite3
+    from greentrack.store import store_paths
+    old = tmp_path / "old"
+    shutil.copytree(curve_run, old)
+    (path,) = store_paths(old)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE power_limits")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    doc = advise_json([str(old), "--country", "FR"])
+    assert "power-limit" not in [x["kind"] for x in doc["findings"]]
+    assert not doc["warnings"]
+    out = tmp_path / "rep"
+    code, _, err = run_cli(["report", str(old), "--format", "json", "--out", str(out)])
+    assert code == 0, err
+    assert "power_limit_curves" not in report_json(out)
+
+
+def test_max_slowdown_bad_values(curve_run: Path, env: None) -> None:
+    for bad in ("x", "-0.1", "nan", "2000%", "inf"):
+        code, _, err = run_cli(["advise", str(curve_run), "--max-slowdown", bad])
+        assert code == 2, (bad, err)
+        assert err.startswith("greentrack: --max-slowdown=") and err.count("\n") == 1, err

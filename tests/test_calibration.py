@@ -267,3 +267,52 @@ def test_restored_at_interpreter_exit_without_stop(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert int(limit_file.read_text()) == ORIGINAL_MW
     assert "power-limit-set" in [e["kind"] for e in events(tmp_path / "run")]
+
+
+# -- greentrack run ------------------------------------------------------------------------------
+
+def _fake_for_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[FakeGpu, Path]:
+    limit_file = tmp_path / "limit_mw"
+    limit_file.write_text(str(ORIGINAL_MW))
+    g = FakeGpu(trace=LiveTrace(idle_w=80.0), limit_file=str(limit_file))
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([g]).module())
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    for name, value in FAST.items():
+        monkeypatch.setenv(f"GREENTRACK_{name.upper()}", str(value))
+    return g, limit_file
+
+
+def test_greentrack_run_calibrates_in_the_command(monkeypatch: pytest.MonkeyPatch,
+                                                  no_host_env: Path, tmp_path: Path) -> None:
+    """The settings reach the command's Tracker (which sees the steps); `greentrack run` itself
+    only checks the limits and never sets one."""
+    from tests.test_report_fixtures import run_cli
+    g, limit_file = _fake_for_run(monkeypatch, tmp_path)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["run", "--run-dir", str(run_dir), "--quiet",
+                            "--calibrate-power-limits", "300", "--calibration-steps", "3",
+                            "--calibration-warmup-steps", "1", "--", sys.executable, "-m",
+                            "tests.calibration_child", "run", str(limit_file), "-"])
+    assert code == 0, err
+    assert int(limit_file.read_text()) == ORIGINAL_MW
+    assert g.limit_sets == []  # this process never set a limit: the command's tracker did
+    with Run.open(run_dir) as run:
+        (curve,) = run.power_limit_curves()
+    assert [(p.limit_w, p.steps, p.warmup_steps) for p in curve.points] == [(300.0, 3, 1),
+                                                                             (700.0, 3, 1)]
+    assert "no power-limit curve" not in err
+
+
+def test_greentrack_run_refuses_bad_limits_before_the_command(monkeypatch: pytest.MonkeyPatch,
+                                                              no_host_env: Path,
+                                                              tmp_path: Path) -> None:
+    from tests.test_report_fixtures import run_cli
+    _fake_for_run(monkeypatch, tmp_path)
+    marker = tmp_path / "ran"
+    cmd = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    for limits, says in (("150", "accepts limits from 200 to 700 W"), ("abc", "watts")):
+        code, _, err = run_cli(["run", "--run-dir", str(tmp_path / limits), "--quiet",
+                                "--calibrate-power-limits", limits, *cmd])
+        assert code == 2, err
+        assert err.startswith("greentrack: calibrate_power_limits=") and says in err, err
+        assert err.count("\n") == 1 and not marker.exists()

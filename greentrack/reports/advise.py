@@ -262,10 +262,7 @@ def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str
         "evidence": {"text": f"measured power-limit curve (calibrate_power_limits), within "
                              f"{_pct(max_slowdown)} slower steps: {each}",
                      "max_slowdown": max_slowdown, "best": good,
-                     "curves": [{"host": c.host, "rank": c.rank, "store": c.store,
-                                 "devices": list(c.devices), "train_steps": c.train_steps,
-                                 "points": [p._asdict() for p in c.points]}
-                                for c in data.power_limit_curves],
+                     "curves": [c.as_dict() for c in data.power_limit_curves],
                      "rule": f"the limit with the fewest joules per training step whose seconds "
                              f"per step are at most {1 + max_slowdown:g} x the reference's (the "
                              f"original limit, measured last); kept when the saving exceeds "

@@ -254,6 +254,8 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
     from greentrack.reports.advise import TOP, advise
     doc["opportunities"] = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
                                   acc["pue"]["value"])[:TOP]
+    if data.power_limit_curves:  # measured by a calibration (greentrack.calibration) only
+        doc["power_limit_curves"] = [c.as_dict() for c in data.power_limit_curves]
     doc["eu_ai_act"] = _eu_ai_act(doc)
     doc["summary"] = _summary(doc)
     return doc

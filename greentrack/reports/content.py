@@ -124,6 +124,8 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
     ]
     if doc["steps"].get("histogram"):
         out.append(("plot", "steps"))
+    if doc.get("power_limit_curves"):
+        out += _power_limit_curves(doc["power_limit_curves"])
     out += [
         ("h2", "EU AI Act / GPAI Code of Practice fields"),
         ("table", ["field", "value"], [
@@ -148,3 +150,29 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                   f"Steps: {meth['steps']}."]),
     ]
     return out
+
+
+def _pm(mean: float | None, sd: float | None) -> str:
+    return "n/a" if mean is None else f"{sig(mean, 4)} +- {sig(sd or 0.0, 2)}"
+
+
+def _power_limit_curves(curves: list[dict[str, Any]]) -> list[Block]:
+    rows = []
+    for c in curves:
+        for p in c["points"]:
+            rows.append([f"{'+'.join(c['devices'])} ({c['host']} r{c['rank']})",
+                         f"{p['limit_w']:g}" + (" (original)" if p["reference"] else ""),
+                         _pm(p["j_per_step"], p["j_per_step_sd"]),
+                         _pm(p["gpu_j_per_step"], p["gpu_j_per_step_sd"]),
+                         _pm(p["s_per_step"], p["s_per_step_sd"]),
+                         f"{p['steps']} ({p['warmup_steps']} discarded before)"])
+    incomplete = [c["store"] for c in curves if not c["complete"]]
+    return [("h2", "Power-limit curve (measured)"),
+            ("p", "Measured by calibrate_power_limits over the first training steps: each limit "
+                  "set on the GPUs in turn, the original last (after it was restored); per step "
+                  "the mean +- standard deviation of all joules this process measured (GPU apart) "
+                  "and of seconds. The run ran at these limits while it calibrated."
+                  + (f" Not finished (no reference point): {', '.join(incomplete)}."
+                     if incomplete else "")),
+            ("table", ["GPUs", "limit (W)", "J per step", "GPU J per step", "s per step",
+                       "steps measured"], rows)]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from greentrack.run.segment import Segment
@@ -47,6 +47,13 @@ class PowerLimitCurve:
     def reference(self) -> PowerLimitPoint | None:
         """The point at the original limit; None when the calibration did not reach it."""
         return next((p for p in self.points if p.reference), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The curve as the report's ``power_limit_curves`` and ``advise --json`` show it."""
+        return {"host": self.host, "rank": self.rank, "store": self.store,
+                "devices": list(self.devices), "train_steps": self.train_steps,
+                "complete": self.reference is not None,
+                "points": [p._asdict() for p in self.points]}
 
 
 def curves(segments: list["Segment"]) -> list[PowerLimitCurve]:
