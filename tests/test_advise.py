@@ -317,3 +317,23 @@ def test_max_slowdown_bad_values(curve_run: Path, env: None) -> None:
         code, _, err = run_cli(["advise", str(curve_run), "--max-slowdown", bad])
         assert code == 2, (bad, err)
         assert err.startswith("greentrack: --max-slowdown=") and err.count("\n") == 1, err
+
+
+def test_hostile_curve_rows_are_left_out(curve_run: Path, env: None, tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+    from greentrack.store import store_paths
+    bad = tmp_path / "bad"
+    shutil.copytree(curve_run, bad)
+    (path,) = store_paths(bad)
+    with sqlite3.connect(path) as conn:  # a negative energy, a non-list devices, a NaN limit
+        conn.execute("UPDATE power_limits SET j_per_step = -5 WHERE limit_w = 250")
+        conn.execute("UPDATE power_limits SET devices = '\"gpu0\"' WHERE limit_w = 300")
+        conn.execute("UPDATE power_limits SET limit_w = 'x' WHERE limit_w = 350")
+    # with 250 W left out nothing within 5% saves energy: no finding
+    doc = advise_json([str(bad), "--country", "FR"])
+    assert "power-limit" not in [x["kind"] for x in doc["findings"]]
+    assert sum("power_limits row" in w for w in doc["warnings"]) == 3, doc["warnings"]
+    f = finding(advise_json([str(bad), "--country", "FR", "--max-slowdown", "0.25"]), "power-limit")
+    assert [p["limit_w"] for p in f["evidence"]["curves"][0]["points"]] == [200, 400]
+    assert f["evidence"]["best"][0]["limit_w"] == 200.0
