@@ -316,3 +316,30 @@ def test_greentrack_run_refuses_bad_limits_before_the_command(monkeypatch: pytes
         assert code == 2, err
         assert err.startswith("greentrack: calibrate_power_limits=") and says in err, err
         assert err.count("\n") == 1 and not marker.exists()
+
+
+def test_a_forked_worker_never_touches_the_limit(monkeypatch: pytest.MonkeyPatch,
+                                                 no_host_env: Path, tmp_path: Path) -> None:
+    """A DataLoader-style fork inherits the tracker; its stop() and its exit leave the limit (the
+    driver's state, shared by both) to the parent."""
+    import os
+    limit_file = tmp_path / "limit_mw"
+    limit_file.write_text(str(ORIGINAL_MW))
+    g = FakeGpu(trace=LiveTrace(idle_w=80.0), limit_file=str(limit_file))
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([g]).module())
+    tracker = greentrack.Tracker(tmp_path / "run", calibrate_power_limits=[300],
+                                 calibration_steps=1000, **FAST).start()
+    train(tracker, g, 200, until=changed(g))
+    pid = os.fork()
+    if pid == 0:  # the worker: stop() is a no-op here, and the exit runs no handler
+        code = 4
+        try:
+            tracker.stop()
+            code = 0 if int(limit_file.read_text()) == 300_000 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(limit_file.read_text()) == 300_000  # untouched by the worker
+    tracker.stop()
+    assert int(limit_file.read_text()) == ORIGINAL_MW
