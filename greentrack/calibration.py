@@ -130,7 +130,9 @@ class Calibration:
         self._skipped = 0
         self._rows: list[tuple[float, float | None, float, int]] = []  # J, GPU J, s per step; n
         self._t0 = 0.0
-        self._changed = False  # a GPU may be at a limit other than its original
+        #: per GPU: it may be at a limit other than its original (set before each attempt, so a
+        #: set that fails halfway is restored too; cleared when NVML refused: nothing changed)
+        self._dirty = [False] * len(gpus)
         self._switch_due = False  # on_step asks, on_poll sets the next limit
         self._next_retry = 0.0
         self._restore_failures = 0
@@ -219,26 +221,32 @@ class Calibration:
                         points=len(self.points))
             return
         limit_w, targets, ref = self.schedule[self._index]
-        if not ref:
-            self._changed = True  # before the first set: a partial failure is restored too
         if not self._set(targets, f"{limit_w:g} W" + (" (the original: restored)" if ref else "")):
             self._abort(f"setting {limit_w:g} W failed")
             return
-        self._changed = not ref
         self.state = "running"
         self._since = self._clock() - self._origin
         self._t0 = self._since
         self._skipped, self._rows = 0, []
 
+    @property
+    def _changed(self) -> bool:
+        return any(self._dirty)
+
     def _set(self, targets: list[int], what: str) -> bool:
         ok = True
-        for gpu, mw, orig in zip(self.gpus, targets, self.originals_mw):
+        for i, (gpu, mw, orig) in enumerate(zip(self.gpus, targets, self.originals_mw)):
+            before = self._dirty[i]
+            self._dirty[i] = before or mw != orig
             try:
                 gpu.set_power_limit_mw(mw)
+                self._dirty[i] = mw != orig
                 self._event("info", "power-limit-set", f"{gpu.info.device}: power limit {what}",
                             device=gpu.info.device, limit_mw=mw, original_mw=orig)
             except Exception as e:  # noqa: BLE001 - never into training; the caller restores
                 ok = False
+                if isinstance(e, PermissionDenied):
+                    self._dirty[i] = before  # refused: this call changed nothing
                 self._event("error", "power-limit-error", f"{gpu.info.device}: could not set the "
                             f"power limit to {mw / 1000:g} W: {e}", device=gpu.info.device,
                             limit_mw=mw, original_mw=orig)
@@ -249,9 +257,12 @@ class Calibration:
         if not self._changed:
             return True
         failed = []
-        for gpu, orig in zip(self.gpus, self.originals_mw):
+        for i, (gpu, orig) in enumerate(zip(self.gpus, self.originals_mw)):
+            if not self._dirty[i]:
+                continue
             try:
                 gpu.set_power_limit_mw(orig)
+                self._dirty[i] = False
             except Exception as e:  # noqa: BLE001 - recorded; retried at the next poll and stop
                 failed.append(f"{gpu.info.device}: {e}")
         if failed:
@@ -264,7 +275,6 @@ class Calibration:
                             original_mw=self.originals_mw)
                 log.warning("greentrack: %s", msg)
             return False
-        self._changed = False
         self._event("info", "power-limit-set", "power limit restored to the original "
                     + ", ".join(f"{mw / 1000:g} W" for mw in self.originals_mw),
                     devices=self._devices(), original_mw=self.originals_mw)

@@ -343,3 +343,17 @@ def test_a_forked_worker_never_touches_the_limit(monkeypatch: pytest.MonkeyPatch
     assert int(limit_file.read_text()) == 300_000  # untouched by the worker
     tracker.stop()
     assert int(limit_file.read_text()) == ORIGINAL_MW
+
+
+def test_privilege_lost_after_the_probe_changes_nothing(gpu: FakeGpu, tmp_path: Path) -> None:
+    """If the probe passed but the first real set is refused, nothing changed: the calibration
+    stops, with no restore to fail and no limit left behind."""
+    tracker = greentrack.Tracker(tmp_path / "run", calibrate_power_limits=[300],
+                                 calibration_steps=1000, **FAST).start()
+    gpu.privileged = False
+    train(tracker, gpu, 200, until=lambda: any(
+        "calibration stopped" in str(e["message"]) for e in events(tmp_path / "run")))
+    tracker.stop()
+    assert gpu.limit_sets == [ORIGINAL_MW] and gpu.current_limit_mw() == ORIGINAL_MW
+    kinds = [e["kind"] for e in events(tmp_path / "run")]
+    assert "power-limit-error" in kinds and "power-limit-restore-failed" not in kinds

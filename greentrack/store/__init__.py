@@ -10,7 +10,8 @@ Layout of a run directory::
     RUN_DIR/<host>-r<rank>-<segment>.gtdb     one store per process and segment (resume = new segment)
 
 Tables: ``meta`` (key -> JSON), ``channels`` (how each device is measured, its running total),
-``samples`` (energy per channel per time bucket), ``steps``, ``events`` (gaps, errors, estimates).
+``samples`` (energy per channel per time bucket), ``steps``, ``events`` (gaps, errors, estimates),
+``metrics`` (``Tracker.record``) and ``power_limits`` (a measured power-limit curve, schema 3).
 Times are seconds on the process's monotonic clock since the segment start (``t``), plus the wall
 clock of the segment start in ``meta`` so wall times are derived, never read mid-run.
 
