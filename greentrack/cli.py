@@ -185,12 +185,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
     # Calibration needs training steps: the command's own trackers do it (they join this run and
     # measure the GPUs); this process only checks the limits first.
     calibration = _calibration_env(config)
+    if calibration:
+        config.check()  # the other settings first, in the order Tracker.start checks them
+        _check_calibration(config)
     config = config.replace(calibrate_power_limits=None)
     tracker = Tracker(config=config)
     env = dict(os.environ, **tracker.accept_joins(), **calibration)
     tracker.start()  # checks every setting before it creates anything (Config.check)
-    if calibration and tracker.status == "running":
-        _check_calibration(tracker, config, calibration)
     if tracker.status != "running":
         env = dict(os.environ, **calibration)  # tracking is off: the command runs untracked
     try:
@@ -242,16 +243,15 @@ def _calibration_env(config: Any) -> dict[str, str]:
             "GREENTRACK_CALIBRATION_WARMUP_STEPS": str(config.calibration_warmup_steps)}
 
 
-def _check_calibration(tracker: Any, config: Any, calibration: dict[str, str]) -> None:
-    """Limits outside a GPU's constraints end ``greentrack run`` before the command starts."""
+def _check_calibration(config: Any) -> None:
+    """Limits outside a GPU's constraints end ``greentrack run`` before anything is created or
+    the command started (the command's trackers check them again, and do the rest)."""
     from greentrack.calibration import check_limits, limit_gpus
-    from greentrack.config import parse_power_limits
-    engine = tracker.engine
-    gpus = limit_gpus([st.channel for st in engine.states]) if engine is not None else []
+    from greentrack.samplers._nvml import open_gpus
     try:
-        check_limits(gpus, parse_power_limits(calibration["GREENTRACK_CALIBRATE_POWER_LIMITS"]))
+        gpus, _ = open_gpus(config.gpus)
+        check_limits(limit_gpus(gpus), config.calibrate_power_limits)
     except ConfigError:
-        tracker.stop("failed")
         raise
     except GreenTrackError as e:  # NVML cannot tell the range: the command's tracker says so
         logging.getLogger("greentrack").debug("power limit constraints unknown: %s", e)

@@ -316,6 +316,7 @@ def test_greentrack_run_refuses_bad_limits_before_the_command(monkeypatch: pytes
         assert code == 2, err
         assert err.startswith("greentrack: calibrate_power_limits=") and says in err, err
         assert err.count("\n") == 1 and not marker.exists()
+        assert not (tmp_path / limits).exists()  # nothing created
 
 
 def test_a_forked_worker_never_touches_the_limit(monkeypatch: pytest.MonkeyPatch,
