@@ -358,3 +358,51 @@ def test_privilege_lost_after_the_probe_changes_nothing(gpu: FakeGpu, tmp_path: 
     assert gpu.limit_sets == [ORIGINAL_MW] and gpu.current_limit_mw() == ORIGINAL_MW
     kinds = [e["kind"] for e in events(tmp_path / "run")]
     assert "power-limit-error" in kinds and "power-limit-restore-failed" not in kinds
+
+
+def test_a_real_lightning_trainer_calibrates_and_restores(gpu: FakeGpu, tmp_path: Path) -> None:
+    """Through GreenTrackCallback's settings: a real Trainer whose steps play the fake GPU's work
+    (their time follows the limit); then a run that raises mid-calibration."""
+    L = pytest.importorskip("lightning")
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+    from greentrack.integrations.lightning import GreenTrackCallback
+
+    class Tiny(L.LightningModule):  # type: ignore[misc]
+        def __init__(self, fail_at: int | None = None) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+            self.fail_at = fail_at
+
+        def training_step(self, batch: object, batch_idx: int) -> object:
+            if self.global_step == self.fail_at:
+                raise RuntimeError("boom")
+            gpu.work(0.03, DEMAND_W)
+            x, y = batch  # type: ignore[misc]
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self) -> object:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=2)
+
+    def fit(run_dir: Path, fail_at: int | None, steps: int) -> None:
+        cb = GreenTrackCallback(run_dir, calibrate_power_limits=[300], calibration_steps=steps,
+                                calibration_warmup_steps=1, progress_every_s=None, **FAST)
+        trainer = L.Trainer(max_steps=30, callbacks=[cb], logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            accelerator="cpu")
+        trainer.fit(Tiny(fail_at), data)
+
+    fit(tmp_path / "ok", None, 4)
+    assert gpu.limit_sets == [ORIGINAL_MW, 300_000, ORIGINAL_MW]
+    with Run.open(tmp_path / "ok") as run:
+        (curve,) = run.power_limit_curves()
+    low, ref = curve.points
+    assert (low.limit_w, ref.limit_w, ref.reference) == (300.0, 700.0, True)
+    assert low.s_per_step > ref.s_per_step  # capped: slower steps
+    gpu.limit_sets.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tmp_path / "fail", 8, 1000)  # mid-calibration: only the restore brings 700 W back
+    assert gpu.limit_sets == [ORIGINAL_MW, 300_000, ORIGINAL_MW]
+    assert gpu.current_limit_mw() == ORIGINAL_MW
