@@ -258,7 +258,7 @@ def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str
         for b in good)
     limits = sorted({f"{b['limit_w']:g} W" for b in good})
     return {
-        "kind": "power-limit", "joules": joules, "share": joules / total_j,
+        "kind": "power-limit", "joules": joules, "share": min(1.0, joules / total_j),
         "evidence": {"text": f"measured power-limit curve (calibrate_power_limits), within "
                              f"{_pct(max_slowdown)} slower steps: {each}",
                      "max_slowdown": max_slowdown, "best": good,
@@ -392,5 +392,5 @@ def _no_power_limit(data: RunData) -> str:
     if all(c.reference is None for c in curves):
         return ("(power-limit: the calibration did not reach its reference point (the original "
                 "limit, measured last): no saving can be stated)")
-    return ("(power-limit: on the measured curve no limit saves energy beyond the measurement's "
-            "spread within the accepted slowdown)")
+    return ("(power-limit: on the measured curve no limit within the accepted slowdown saves "
+            f"energy beyond the measurement's spread and {MIN_SHARE:.0%} of the run)")
