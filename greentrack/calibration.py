@@ -8,7 +8,9 @@ How it runs (on the sampler thread, from resolved step rows; nothing on the trai
    limit in force is read (the *reference*); the privilege is probed by setting that same limit.
    Without the privilege (NVML ``NoPermission``), or without a GPU or limit support, one warning
    line says so and nothing changes.
-2. At the first resolved training step, the first limit is set on every measured GPU. After
+2. Once the first training step is resolved, the first limit is set on every measured GPU (at the
+   sampler's next poll: step rows arrive under the engine's attribution lock, NVML is never
+   called under it). After
    ``calibration_warmup_steps`` steps that started after the change (discarded: clocks and
    temperature settle), ``calibration_steps`` steps are measured: per step, all joules this process
    attributes to it (GPU, CPU, DRAM: a slower step also costs host energy) and its seconds.
@@ -20,7 +22,7 @@ The original limit is restored on every way out: the last point, :meth:`Calibrat
 ``Tracker.stop`` (which SIGTERM and the interpreter's exit also call, see :mod:`greentrack.lifecycle`),
 an exception leaving a ``with Tracker`` block, and a failing GPU read (the sampler's watcher aborts
 the calibration). A restore that fails is an ``error`` event naming the limit and the command that
-restores it; it is retried at each poll and at stop. SIGKILL cannot be caught: the events
+restores it; it is retried every :data:`RETRY_S` and at stop. SIGKILL cannot be caught: the events
 ``power-limit-set`` carry the original limit for ``nvidia-smi -pl``.
 """
 
