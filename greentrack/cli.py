@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
     _add_settings(run)
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    green = run.add_argument_group("carbon-aware start")
+    green.add_argument("--start-when-greener", action="store_true",
+                       help="wait (countdown on stderr; Ctrl-C cancels, exit 130) for the start "
+                            "within --max-delay that gives --expected-duration the fewest "
+                            "forecast grams in --intensity-csv, then run CMD")
+    green.add_argument("--max-delay", metavar="DURATION",
+                       help="longest wait for --start-when-greener, e.g. 6h, 90m, 1h30m")
+    green.add_argument("--expected-duration", metavar="DURATION",
+                       help="how long CMD is expected to run, e.g. 3h (for --start-when-greener)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
     doctor.add_argument("--json", action="store_true")
@@ -167,11 +176,21 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from greentrack.reports.cli import carbon_settings
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
+    plan = _start_plan(ns, config)
+    if plan is not None:
+        from greentrack.greener import wait_for
+        code = wait_for(plan)
+        if code is not None:
+            return code  # cancelled: nothing started, no run directory
     tracker = Tracker(config=config)
     env = dict(os.environ, **tracker.accept_joins())
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
         env = dict(os.environ)  # tracking is off (a full disk...): the command runs untracked
+    elif plan is not None and tracker.engine is not None:
+        import time
+        tracker.engine.event("info", "start-when-greener", plan.text(),
+                             **plan.details(waited_s=max(0.0, time.time() - plan.asked_unix)))
     try:
         child = subprocess.Popen(cmd, env=env)
     except OSError as e:
@@ -206,6 +225,26 @@ def cmd_run(ns: argparse.Namespace) -> int:
             print(f"greentrack: no summary: {e}", file=sys.stderr)
     # A child killed by signal N: exit like the shell does (128 + N).
     return 128 - rc if rc < 0 else rc
+
+
+def _start_plan(ns: argparse.Namespace, config: Any) -> Any:
+    """The carbon-aware start of ``--start-when-greener`` (checked settings first), or None."""
+    if not ns.start_when_greener:
+        for flag, value in (("--max-delay", ns.max_delay),
+                            ("--expected-duration", ns.expected_duration)):
+            if value is not None:
+                raise ConfigError(flag, value, "is used only with --start-when-greener")
+        return None
+    from greentrack.units import parse_duration
+    for flag, value in (("--max-delay", ns.max_delay), ("--expected-duration", ns.expected_duration)):
+        if value is None:
+            raise ConfigError(flag, None, "--start-when-greener needs --max-delay and "
+                              "--expected-duration, e.g. --max-delay 6h --expected-duration 3h")
+    max_delay = parse_duration("--max-delay", ns.max_delay, allow_zero=True)
+    duration = parse_duration("--expected-duration", ns.expected_duration)
+    config.check()  # the intensity CSV and the location, before planning on them
+    from greentrack.greener import plan_start
+    return plan_start(config, max_delay, duration)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
     if not getattr(config, "intensity_csv", None):
         return None
     from greentrack.carbon.resolve import intensity_plan
+    from greentrack.carbon.schedule import best_start
     from greentrack.carbon.series import integrate, read_csv
     from greentrack.reports.build import _resample
     series = read_csv(config.intensity_csv)
@@ -229,14 +230,11 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
     profile = _resample(bins, data.start_unix, width, n)
     end = series.ends[-1]
     starts = [s for s in series.starts if s + n * width <= end][:MAX_STARTS]
-    if not starts:
+    choice = best_start(series, [(k * width, (k + 1) * width, e) for k, e in enumerate(profile)],
+                        starts, fallback)
+    if choice is None:
         return None
-    best_g, best_t = math.inf, starts[0]
-    for s in starts:
-        g = integrate(series, [(s + k * width, s + (k + 1) * width, e)
-                               for k, e in enumerate(profile)], fallback).emissions_g * pue
-        if g < best_g:
-            best_g, best_t = g, s
+    best_g, best_t = choice.grams * pue, choice.start_unix
     saving = as_run - best_g
     if saving <= 0 or saving < as_run * MIN_SHARE:
         return None
