@@ -136,8 +136,7 @@ class IntegrationRun:
         meter.train_steps = global_step
         meter.tracker.continue_steps({"train": global_step})
         planned = self.planned_steps if self.planned_steps is not None else planned_steps
-        if planned is not None:
-            meter.forecast.planned_steps = planned
+        meter.plan(planned)
 
     # -- figures -------------------------------------------------------------------------------
     def live_metrics(self) -> dict[str, float]:

@@ -86,6 +86,9 @@ class Tracker:
         #: stopped after it (so a final push sees final totals). Prometheus sinks are added
         #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
         self.sinks: list[Any] = list(sinks or [])
+        #: Callables returning the run's forecast (:mod:`greentrack.forecast`) or None, added by
+        #: the training meter; the Prometheus exporter shows the first one's as gauges.
+        self.forecast_sources: list[Any] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property

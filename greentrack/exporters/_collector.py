@@ -31,7 +31,17 @@ name                                                    type       extra labels
 ``greentrack_push_failures_total``                      counter    (when pushing)
 ``greentrack_run_info``                                 gauge (1)  version, mode
 ``greentrack_run_start_time_seconds``                   gauge
+``greentrack_forecast_energy_joules``                   gauge      bound (with a training meter)
+``greentrack_forecast_duration_seconds``                gauge      bound
+``greentrack_forecast_end_time_seconds``                gauge      bound (Unix time)
+``greentrack_forecast_gpu_seconds``                     gauge      bound
+``greentrack_forecast_emissions_grams``                 gauge      bound (when an intensity is known)
+``greentrack_forecast_cost``                            gauge      bound, currency (when priced)
+``greentrack_forecast_planned_steps``                   gauge
 ======================================================  =========  ================================
+
+The forecast gauges are the whole run's (:mod:`greentrack.forecast`): ``bound`` is ``estimate``,
+``low`` or ``high`` (the interval; absent until it is known).
 """
 
 from __future__ import annotations
@@ -242,6 +252,7 @@ class TrackerCollector:
                             max(0.0, end - self._origin) * n_gpus)
         yield from self._step_families()
         yield from self._carbon_families(sum(float(ch.energy_j) for ch in channels))
+        yield from self._forecast_families()
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
                             "(each also recorded as an event in the run store).", engine.errors)
@@ -312,6 +323,48 @@ class TrackerCollector:
             if phase in s["mfu"]:
                 mfu.add_metric(values, s["mfu"][phase])
         yield from (steps, hist, flops, mfu)
+
+    def _forecast_families(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        sources = getattr(self.tracker, "forecast_sources", None) or []
+        try:
+            est = sources[0]() if sources else None
+        except Exception as e:  # noqa: BLE001 - a forecast never breaks a scrape
+            log.debug("greentrack: no forecast for the scrape: %s", e)
+            est = None
+        if est is None:
+            return
+        labels = [*BASE_LABELS, "bound"]
+        bounds = (("estimate", ""), ("low", "_low"), ("high", "_high"))
+        for name, key, scale, doc in (
+                ("energy_joules", "energy_j", 1.0, "IT energy of the whole run, in joules"),
+                ("duration_seconds", "duration_s", 1.0, "Duration of the whole run, in seconds"),
+                ("end_time_seconds", "end_unix", 1.0, "Unix time at which the run will end"),
+                ("gpu_seconds", "gpu_hours", 3600.0, "GPU-seconds of the whole run (this "
+                                                     "process's GPUs)"),
+                ("emissions_grams", "emissions_g", 1.0, "Operational emissions of the whole run "
+                                                        "in grams CO2e (with PUE)")):
+            if est.get(key) is None:
+                continue
+            fam = GaugeMetricFamily(f"greentrack_forecast_{name}", f"Forecast: {doc}; bound is "
+                                    "estimate, low or high (the interval).", labels=labels)
+            for bound, suffix in bounds:
+                if est.get(key + suffix) is not None:
+                    fam.add_metric([*self.base, bound], float(est[key + suffix]) * scale)
+            yield fam
+        if est.get("cost") is not None:
+            fam = GaugeMetricFamily("greentrack_forecast_cost", "Forecast: cost of the whole run "
+                                    "(electricity with PUE, plus GPU-hours), in the currency "
+                                    "label.", labels=[*labels, "currency"])
+            currency = str(est.get("currency") or "unknown")[:8]
+            for bound, suffix in bounds:
+                if est.get("cost" + suffix) is not None:
+                    fam.add_metric([*self.base, bound, currency], float(est["cost" + suffix]))
+            yield fam
+        planned = GaugeMetricFamily("greentrack_forecast_planned_steps", "Optimizer steps the "
+                                    "forecast assumes for the whole run.", labels=BASE_LABELS)
+        planned.add_metric(self.base, float(est["planned_steps"]))
+        yield planned
 
     def _carbon_families(self, total_j: float) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
