@@ -145,11 +145,13 @@ class Forecast:
                     out[key + suffix] = None
                 continue
             e, d = bounds[suffix]
-            out.update({f"{k}{suffix}": v for k, v in self._figures(e, d, t1, wall).items()})
+            out.update({f"{k}{suffix}": v for k, v in self.figures(e, d, t1, wall).items()})
         return out
 
-    def _figures(self, energy_j: float, duration_s: float, elapsed_s: float,
-                 wall: float) -> dict[str, Any]:
+    def figures(self, energy_j: float, duration_s: float, elapsed_s: float,
+                wall: float) -> dict[str, Any]:
+        """Every figure of a run of ``energy_j`` and ``duration_s``, seen at ``elapsed_s`` (wall
+        time ``wall``): the estimate and its bounds use it, and so does a report's check."""
         kwh = energy_j / J_PER_KWH
         gpu_h = duration_s * self.gpus / 3600.0
         elec = kwh * self.price_per_kwh if self.price_per_kwh is not None else None

@@ -117,6 +117,12 @@ def test_waits_for_the_clean_minimum_then_runs_and_records_the_wait(
     assert d["expected_saving_share"] == pytest.approx(0.9)
     assert d["expected_saving_g_per_kwh"] == pytest.approx(450.0)
     assert d["max_delay_s"] == 30.0 and d["expected_duration_s"] == 3.0
+    # the report says it, with the grams expected saved for the run's own energy
+    assert main(["report", str(run), "--format", "json", "--out", str(tmp_path / "rep")]) == 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    g = doc["run"]["start_when_greener"]
+    assert g["waited_s"] == d["waited_s"]
+    assert g["expected_saving_g"] == pytest.approx(450.0 * doc["energy"]["facility_kwh"])
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

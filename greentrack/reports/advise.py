@@ -246,7 +246,8 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
                              f"{as_run:.4g} g; best from {utc(best_t)} ({hour} UTC) {best_g:.4g} g "
                              f"(IT energy x PUE {pue:g}, series at {width:g} s bins)",
                      "series": series.source, "starts_tried": len(starts), "as_run_g": as_run,
-                     "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g},
+                     "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g,
+                     "best_start_unix": best_t, "window_s": duration},
         "suggestion": f"start at {hour} UTC (from {utc(best_t)} in this series) or schedule on a "
                       "low-carbon window: the same energy, fewer grams",
     }

@@ -19,7 +19,6 @@ from greentrack.units import J_PER_KWH, utc
 FORMAT = "greentrack-report"
 VERSION = "1.0"
 SCHEMA = "greentrack/schemas/report-v1.schema.json"
-PLOT_POINTS = 600
 
 
 
@@ -61,9 +60,7 @@ def _resample(bins: list[tuple[float, float, float]], t0: float, width: float, n
 
 
 def _timeseries(data: RunData) -> dict[str, Any]:
-    duration = max(data.end_unix - data.start_unix, 1e-9)
-    n = max(1, min(PLOT_POINTS, int(math.ceil(duration / data.bin_s))))
-    width = duration / n
+    n, width = data.plot_grid()
     groups: dict[str, list[tuple[float, float, float]]] = {}
     kinds: dict[str, str] = {}
     many = len(data.channels) > 16  # a big job: one line per host and kind
@@ -84,7 +81,10 @@ def _timeseries(data: RunData) -> dict[str, Any]:
         cum.append(float(f"{run_total / J_PER_KWH:.9g}"))
     return {"t0_unix": data.start_unix, "step_s": width,
             "t_s": [round((k + 0.5) * width, 3) for k in range(n)],
-            "series": series, "cumulative_kwh": cum}
+            "series": series, "cumulative_kwh": cum,
+            # share of each cell during which a step (any phase) ran: when steps ran
+            "steps_coverage": [round(min(1.0, c / width), 4) if width > 0 else 0.0
+                               for c in data.step_cells] if data.step_cells else None}
 
 
 def _steps(data: RunData) -> dict[str, Any]:
@@ -252,8 +252,19 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
     if s["status"] in ("running", "incomplete"):
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
     from greentrack.reports.advise import TOP, advise
-    doc["opportunities"] = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
-                                  acc["pue"]["value"])[:TOP]
+    from greentrack.reports.forecasting import forecast_section, start_window
+    findings = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
+                      acc["pue"]["value"])
+    doc["opportunities"] = findings[:TOP]
+    doc["start_window"] = start_window(data, findings, config)
+    if data.greener_start is not None:  # greentrack run --start-when-greener: what it expected
+        g = data.greener_start
+        per_kwh = g.get("expected_saving_g_per_kwh")
+        doc["run"]["start_when_greener"] = {
+            **g, "expected_saving_g": per_kwh * acc["facility_energy_kwh"]
+            if isinstance(per_kwh, (int, float)) else None}
+    doc["forecast"] = forecast_section(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
+                                       acc["pue"]["value"], compute["gpu_count"])
     doc["eu_ai_act"] = _eu_ai_act(doc)
     doc["summary"] = _summary(doc)
     return doc

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from greentrack.reports.build import sig
+from greentrack.units import utc
 
 Block = tuple[Any, ...]
 
@@ -34,6 +35,77 @@ def _stake(o: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _greener(run: dict[str, Any]) -> list[Block]:
+    g = run.get("start_when_greener")
+    if not g:
+        return []
+    try:
+        return [("p", f"Started when greener (greentrack run --start-when-greener): asked at "
+                      f"{g['asked_at']}, waited {float(g['waited_s']):.0f} s for the start "
+                      f"{g['chosen_start']}; forecast {_n(g['chosen_g_per_kwh'], 'gCO2e/kWh')} "
+                      f"against {_n(g['now_g_per_kwh'])} at once, "
+                      f"{float(g['expected_saving_share']):.1%} fewer grams expected "
+                      f"({_n(g.get('expected_saving_g'), 'gCO2e')} for this run's facility energy; "
+                      f"series {g['series']}).")]
+    except (KeyError, TypeError, ValueError):
+        return [("p", "Started when greener: the record of the wait is damaged.")]
+
+
+def _timeline(doc: dict[str, Any]) -> list[Block]:
+    """The picture of the run's power, its steps and the best start window (html)."""
+    out: list[Block] = [("p", "The run's power over time; the strip along the time axis is when "
+                              "steps ran (darker: more of the interval)."), ("plot", "timeline")]
+    w = doc.get("start_window")
+    if w:
+        out += [("p", f"The intensity series ({w['series']}) with the run as it ran and its best "
+                      f"start window, from {w['best_start']}: {_n(w['best_g'], 'gCO2e')} instead "
+                      f"of {_n(w['as_run_g'], 'gCO2e')}, {_n(w['saving_g'], 'gCO2e')} less."),
+                ("plot", "start_window")]
+    return out
+
+
+def _forecast(doc: dict[str, Any]) -> list[Block]:
+    f = doc.get("forecast")
+    if not f:
+        return []
+    est, act, cov = f["estimate"], f.get("actual") or {}, f.get("covered") or {}
+    cur = f.get("currency")
+
+    def when(t: float | None) -> str:
+        return "n/a" if t is None else utc(t)
+
+    rows = []
+    for key, name, show in (
+            ("energy_j", "IT energy", lambda v: _n(v / 3.6e6, "kWh")),
+            ("duration_s", "duration", lambda v: _n(v / 3600.0, "h")),
+            ("end_unix", "end", when),
+            ("gpu_hours", "GPU-hours", lambda v: _n(v)),
+            ("emissions_g", "emissions (with PUE)", lambda v: _n(v, "gCO2e")),
+            ("cost", "cost (electricity + GPU-hours)", lambda v: _money(v, cur))):
+        if est.get(key) is None:
+            continue
+        lo, hi = est.get(key + "_low"), est.get(key + "_high")
+        row = [name, show(est[key]), f"{show(lo)} to {show(hi)}" if lo is not None else
+               "not known (fewer than 3 observations)"]
+        if f["kind"] == "check":
+            row += [show(act[key]) if act.get(key) is not None else "n/a",
+                    "n/a" if cov.get(key) is None else "yes" if cov[key] else "NO"]
+        rows.append(row)
+    level = f"{f['level']:.0%} interval"
+    if f["kind"] == "check":
+        intro = (f"The forecast as it stood after {f['made_at_steps']} of {f['planned_steps']} "
+                 f"{f['phase']} steps ({f['made_at']}; planned steps: {f['planned_source']}), "
+                 "against what the run used until its last step ended.")
+        headers = ["figure", "forecast", level, "actual", "inside the interval"]
+    else:
+        intro = (f"The whole run ({f['planned_steps']} {f['phase']} steps, "
+                 f"{f['planned_source']}), forecast from the {f['made_at_steps']} done by "
+                 f"{f['made_at']}.")
+        headers = ["figure", "forecast", level]
+    return [("h2", "Forecast"), ("p", intro), ("table", headers, rows),
+            ("p", f"Method: {f['method']}.")]
+
+
 def blocks(doc: dict[str, Any]) -> list[Block]:
     s, run, e, c = doc["summary"], doc["run"], doc["energy"], doc["compute"]
     loc, market = doc["intensity"]["location_based"], doc["intensity"]["market_based"]
@@ -46,6 +118,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
               f"{doc['generated_at']} (report format {doc['format']} v{doc['version']})."),
         ("p", "Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(run.get("labels", {}).items()))
                             or "none (Tracker(labels=...), --label KEY=VALUE, GREENTRACK_LABELS)")),
+        *_greener(run),
         ("h2", "Summary"),
         ("table", ["figure", "value", "how obtained"], [
             ["IT energy", _n(s["energy_kwh"], "kWh"), e["basis"]],
@@ -74,6 +147,8 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                 ("table", ["finding", "at stake", "evidence", "suggestion"],
                  [[o["kind"], _stake(o), o["evidence"]["text"], o["suggestion"]]
                   for o in doc["opportunities"]])]
+    out += _timeline(doc)
+    out += _forecast(doc)
     out += [
         ("h2", "Energy"),
         ("plot", "power"), ("plot", "cumulative"),

@@ -16,6 +16,9 @@ from typing import Any
 from greentrack.run import Device, Run, Segment, device_identity, union_length
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
+PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
+#: about this many step marks are kept for the forecast's observations (one every N/MARKS steps)
+MARKS = 200
 NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
@@ -70,6 +73,41 @@ class RunData:
     store_s: float = 0.0
     #: per GPU: bucket power and near-idle time (:func:`_gpu_power`, from the time series)
     gpu_power: list[dict[str, Any]] = field(default_factory=list)
+    #: the main phase's (``train`` if any) steps done at about :data:`MARKS` step ends of the
+    #: lowest rank, all its segments: ``(steps done, unix time)``
+    step_marks: list[tuple[int, float]] = field(default_factory=list)
+    main_phase: str | None = None
+    #: seconds of each :func:`plot_grid` cell covered by step windows (any phase, any store)
+    step_cells: list[float] = field(default_factory=list)
+    #: the latest ``planned-steps`` event (the training integration's horizon), if any
+    planned_steps: int | None = None
+    #: details of the ``start-when-greener`` event (``greentrack run --start-when-greener``)
+    greener_start: dict[str, Any] | None = None
+
+    def plot_grid(self) -> tuple[int, float]:
+        """``(cells, width_s)`` of the report's time series from :attr:`start_unix`."""
+        duration = max(self.end_unix - self.start_unix, 1e-9)
+        n = max(1, min(PLOT_POINTS, int(math.ceil(duration / self.bin_s))))
+        return n, duration / n
+
+    def energy_until(self, times_unix: list[float]) -> list[float]:
+        """Joules of every channel from the start until each of ``times_unix``, from the
+        time-series bins (the bin that holds a time pro rata); a bisection per channel and time."""
+        import bisect
+        out = [0.0] * len(times_unix)
+        for c in self.channels:
+            ends = [b for _, b, _ in c.bins]
+            prefix = [0.0]
+            for _, _, e in c.bins:
+                prefix.append(prefix[-1] + e)
+            for i, t in enumerate(times_unix):
+                k = bisect.bisect_right(ends, t)  # bins [0, k) end by t
+                out[i] += prefix[k]
+                if k < len(c.bins):
+                    a, b, e = c.bins[k]
+                    if a < t < b:
+                        out[i] += e * (t - a) / (b - a)
+        return out
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -143,11 +181,15 @@ def _read(run: Run) -> RunData:
     inside, union_s, sum_s = run.steps_inside_j()
     gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
                            POWER_QUANTILE)
+    main = "train" if "train" in phases else max(phases, key=lambda p: phases[p]["n"], default=None)
+    marks = _step_marks(run, main, int(phases[main]["n"]) if main else 0)
+    planned = [e for e in run.events("planned-steps")]
+    greener = run.events("start-when-greener")
     run.add_damage()  # rows the report's queries left out, too
     for e in energies.values():
         e.sort()
     first = run.segments[0]
-    return RunData(
+    data = RunData(
         run_dir=run.run_dir, summary=summary, devices=run.devices(), start_unix=start, end_unix=end, bin_s=bin_s,
         channels=channels, phases=phases, step_energies_j=energies, flops_methods=sorted(methods),
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
@@ -155,7 +197,48 @@ def _read(run: Run) -> RunData:
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
-        store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments))
+        store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
+        step_marks=marks, main_phase=main, planned_steps=_planned(planned),
+        greener_start=_details(greener[-1]) if greener else None)
+    n, width = data.plot_grid()
+    cells = [0.0] * n
+    for seg in run.segments:
+        cells = [a + b for a, b in zip(cells, seg.step_cells(start, width, n))]
+    data.step_cells = cells
+    return data
+
+
+def _step_marks(run: Run, phase: str | None, steps: int) -> list[tuple[int, float]]:
+    """``(steps done, unix time)`` at about :data:`MARKS` step ends of ``phase`` on the lowest
+    rank (its segments in time order, steps counted on across them)."""
+    if phase is None:
+        return []
+    rank = min(seg.rank for seg in run.segments)
+    every = max(1, steps // MARKS // max(1, len({s.rank for s in run.segments})))
+    out: list[tuple[int, float]] = []
+    done = 0
+    for seg in sorted((s for s in run.segments if s.rank == rank), key=lambda s: s.start_unix):
+        ends = seg.step_ends(phase, every)
+        out += [(done + n, t) for n, t in ends]
+        done += ends[-1][0] if ends else 0
+    return out
+
+
+def _details(event: dict[str, Any]) -> dict[str, Any] | None:
+    import json
+    try:
+        found = json.loads(event.get("details") or "{}")
+    except (TypeError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _planned(events: list[dict[str, Any]]) -> int | None:
+    for e in reversed(events):
+        n = (_details(e) or {}).get("planned_steps")
+        if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 10 ** 12:
+            return n
+    return None
 
 
 def _stretched(stores: list[Segment]) -> dict[str, float]:

@@ -190,3 +190,106 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
                                  hist["edges_j"], hist["counts"], "energy per step (J)",
                                  {k: e[k] for k in ("median", "p95") if e.get(k) is not None})
     return out
+
+
+
+def _span_axis(lo: float, hi: float) -> tuple[float, str]:
+    """The unit of a time axis from ``lo`` to ``hi`` seconds: ``(divisor, label)``."""
+    for unit, div in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if hi - lo >= 2 * div:
+            return div, f"time from the run's start ({unit})"
+    return 1.0, "time from the run's start (s)"
+
+
+def _legend(out: list[str], row: int, color: str, label: str, x1: float) -> None:
+    ly = TOP + 14 * row + 6
+    out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}" '
+               f'fill-opacity="0.6"/><text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
+
+
+def timeline(title: str, t_s: list[float], step_s: float, series: list[tuple[str, list[float]]],
+             coverage: list[float] | None) -> str:
+    """Power over time (a line per ``(label, watts)`` at cell centres ``t_s``, cells ``step_s``
+    wide) and, along the time axis, a strip showing the share of each cell during which steps
+    ran (darker: covered longer). The axes span the run and every value."""
+    hi = max((t_s[-1] + step_s / 2) if t_s else 1.0, 1e-9)
+    div, xlabel = _span_axis(0.0, hi)
+    values = [v for _, vals in series for v in vals if math.isfinite(v)]
+    top_v = max(values, default=1.0) or 1.0
+    yt = _nice_ticks(0.0, top_v * 1.05)
+    top = max(yt[-1], top_v)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+
+    def sx(v: float) -> float:  # v in axis units
+        return x0 + v / (hi / div) * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y0 - v / top * (y0 - y1)
+
+    out = _frame(title, xlabel, "power (W)", _nice_ticks(0.0, hi / div), yt, sx, sy)
+    if coverage:
+        strip = 8.0
+        for k, share in enumerate(coverage):
+            if share > 0:
+                a, b = sx(k * step_s / div), sx(min((k + 1) * step_s, hi) / div)
+                out.append(f'<rect x="{a:.1f}" y="{y0 - strip:.1f}" width="{max(b - a, 0.5):.1f}" '
+                           f'height="{strip:.0f}" fill="#7570b3" '
+                           f'fill-opacity="{min(1.0, share):.2f}"/>')
+        _legend(out, min(len(series), 16), "#7570b3", "steps running", x1)
+    _polylines(out, [(label, [(t / div, v) for t, v in zip(t_s, vals)]) for label, vals in series],
+               sx, sy, x1)
+    return "\n".join(out)
+
+
+def windows(title: str, starts_s: list[float], ends_s: list[float], values: list[float],
+            spans: list[tuple[str, float, float]], ylabel: str) -> str:
+    """A step line of ``values`` over intervals ``[starts_s, ends_s)`` (seconds from the run's
+    start, before it negative) and shaded ``(label, start_s, end_s)`` spans. The time axis spans
+    the intervals and the spans, the value axis every value."""
+    points = [(a, b, v) for a, b, v in zip(starts_s, ends_s, values)
+              if math.isfinite(a) and math.isfinite(b) and math.isfinite(v)]
+    lo = min([a for a, _, _ in points] + [a for _, a, _ in spans], default=0.0)
+    hi = max([b for _, b, _ in points] + [b for _, _, b in spans], default=1.0)
+    hi = hi if hi > lo else lo + 1.0
+    div, xlabel = _span_axis(lo, hi)
+    top_v = max((v for _, _, v in points), default=1.0) or 1.0
+    yt = _nice_ticks(0.0, top_v * 1.05)
+    top = max(yt[-1], top_v)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+
+    def sx(v: float) -> float:  # v in axis units
+        return x0 + (v - lo / div) / ((hi - lo) / div) * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y0 - v / top * (y0 - y1)
+
+    xt = [v for v in _nice_ticks(lo / div, hi / div) if lo / div <= v <= hi / div]
+    out = _frame(title, xlabel, ylabel, xt, yt, sx, sy)
+    colors = ("#999999", "#1b9e77", "#d95f02", "#7570b3")
+    for i, (label, a, b) in enumerate(spans):
+        color = colors[i % len(colors)]
+        left, right = sx(a / div), sx(b / div)
+        out.append(f'<rect x="{left:.1f}" y="{y1}" width="{max(right - left, 1.0):.1f}" '
+                   f'height="{y0 - y1}" fill="{color}" fill-opacity="0.2" stroke="{color}"/>')
+        _legend(out, 1 + i, color, label, x1)
+    step_line = [(p, v) for a, b, v in points for p in (a / div, b / div)]
+    _polylines(out, [("intensity", step_line)], sx, sy, x1)
+    return "\n".join(out)
+
+
+def opportunity_plots(doc: dict[str, Any]) -> dict[str, str]:
+    """``timeline``: the run's power and when steps ran; ``start_window`` (when the report has
+    a best start: an intensity series was given and a better start exists): the series, the
+    run as it ran and the best start window."""
+    ts = doc["timeseries"]
+    out = {"timeline": timeline("Power over time and when steps ran", ts["t_s"], ts["step_s"],
+                                [(s["label"], s["power_w"]) for s in ts["series"]],
+                                ts.get("steps_coverage"))}
+    w = doc.get("start_window")
+    if w and w.get("series_start_s"):
+        out["start_window"] = windows(
+            "Carbon intensity: the run as it ran and the best start", w["series_start_s"],
+            w["series_end_s"], w["series_g_per_kwh"],
+            [("as run", 0.0, w["end_s"] - w["start_s"]), ("best start", w["start_s"], w["end_s"])],
+            "gCO2e/kWh")
+    return out

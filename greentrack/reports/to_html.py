@@ -23,7 +23,7 @@ def escape(text: str) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    charts = svg.plots(doc)
+    charts = {**svg.plots(doc), **svg.opportunity_plots(doc)}
     title = f"greentrack report: run {doc['run']['run_id']}"
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"]
