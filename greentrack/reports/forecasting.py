@@ -1,11 +1,13 @@
 """The report's ``forecast`` and ``start_window`` sections.
 
 ``forecast``: :class:`greentrack.forecast.Forecast` (the live forecast's own code) fed with
-observations read back from the run: the main phase's steps done at step ends (lowest rank) and
-the energy until then (the stored time series). For a run still going (``running``,
+observations read back from the run: the main phase's steps done (lowest rank) by the end of each
+cell of the report's time grid (600 cells at most) and the energy until then (the stored time
+series), as a logging cadence in time would observe them. For a run still going (``running``,
 ``incomplete``) with planned steps recorded, the forecast of the whole run now. For a run that
 ended, a check: the forecast as it stood after the first :data:`CHECK_SHARE` of its steps,
-against what the run then used until its last step ended, and whether the interval held it.
+against what the run then used until the end of the cell of its last step, and whether the
+interval held it, to the grid's resolution (one cell, at most 1/600 of the run: ``resolution_s``).
 Emissions use the report's location-based intensity (x PUE), costs its prices, as the live
 forecast does.
 
@@ -83,9 +85,14 @@ def forecast_section(data: RunData, config: Any, g_per_kwh: float | None, pue: f
         out["actual"] = {k: actual[k] for k in FIGURES}
         out["actual"]["steps"] = last_n
         if est["interval"]["known"]:
-            out["covered"] = {k: est[k + "_low"] <= actual[k] <= est[k + "_high"]
-                              for k in FIGURES if actual[k] is not None
-                              and est[k + "_low"] is not None}
+            # the observations and the actual sit on the time grid: inside to one cell's share
+            _, width = data.plot_grid()
+            share = width / duration if duration > 0 else 0.0
+            out["covered"] = {
+                k: est[k + "_low"] - tol <= actual[k] <= est[k + "_high"] + tol
+                for k in FIGURES if actual[k] is not None and est[k + "_low"] is not None
+                for tol in (width if k == "end_unix" else abs(actual[k]) * share,)}
+            out["resolution_s"] = width
     return out
 
 

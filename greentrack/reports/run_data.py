@@ -17,8 +17,6 @@ from greentrack.run import Device, Run, Segment, device_identity, union_length
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
-#: about this many step marks are kept for the forecast's observations (one every N/MARKS steps)
-MARKS = 200
 NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
@@ -73,8 +71,8 @@ class RunData:
     store_s: float = 0.0
     #: per GPU: bucket power and near-idle time (:func:`_gpu_power`, from the time series)
     gpu_power: list[dict[str, Any]] = field(default_factory=list)
-    #: the main phase's (``train`` if any) steps done at about :data:`MARKS` step ends of the
-    #: lowest rank, all its segments: ``(steps done, unix time)``
+    #: the main phase's (``train`` if any) steps done by the end of each :func:`plot_grid` cell
+    #: in which some ended, on the lowest rank (all its segments): ``(steps done, unix time)``
     step_marks: list[tuple[int, float]] = field(default_factory=list)
     main_phase: str | None = None
     #: seconds of each :func:`plot_grid` cell covered by step windows (any phase, any store)
@@ -182,7 +180,6 @@ def _read(run: Run) -> RunData:
     gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
                            POWER_QUANTILE)
     main = "train" if "train" in phases else max(phases, key=lambda p: phases[p]["n"], default=None)
-    marks = _step_marks(run, main, int(phases[main]["n"]) if main else 0)
     planned = [e for e in run.events("planned-steps")]
     greener = run.events("start-when-greener")
     run.add_damage()  # rows the report's queries left out, too
@@ -198,29 +195,28 @@ def _read(run: Run) -> RunData:
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
         store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
-        step_marks=marks, main_phase=main, planned_steps=_planned(planned),
+        main_phase=main, planned_steps=_planned(planned),
         greener_start=_details(greener[-1]) if greener else None)
     n, width = data.plot_grid()
-    cells = [0.0] * n
+    cells, ending = [0.0] * n, [0] * n
+    rank = min(seg.rank for seg in run.segments)
     for seg in run.segments:
-        cells = [a + b for a, b in zip(cells, seg.step_cells(start, width, n))]
+        covered, by_phase = seg.step_cells(start, width, n)
+        cells = [a + b for a, b in zip(cells, covered)]
+        if seg.rank == rank and main in by_phase:  # one rank's steps: the optimizer steps
+            ending = [a + b for a, b in zip(ending, by_phase[main])]
     data.step_cells = cells
+    data.step_marks = _marks(ending, start, width)
     return data
 
 
-def _step_marks(run: Run, phase: str | None, steps: int) -> list[tuple[int, float]]:
-    """``(steps done, unix time)`` at about :data:`MARKS` step ends of ``phase`` on the lowest
-    rank (its segments in time order, steps counted on across them)."""
-    if phase is None:
-        return []
-    rank = min(seg.rank for seg in run.segments)
-    every = max(1, steps // MARKS // max(1, len({s.rank for s in run.segments})))
-    out: list[tuple[int, float]] = []
-    done = 0
-    for seg in sorted((s for s in run.segments if s.rank == rank), key=lambda s: s.start_unix):
-        ends = seg.step_ends(phase, every)
-        out += [(done + n, t) for n, t in ends]
-        done += ends[-1][0] if ends else 0
+def _marks(ending: list[int], start: float, width: float) -> list[tuple[int, float]]:
+    """``(steps done, unix time)`` at the end of each cell in which steps ended."""
+    out, done = [], 0
+    for k, count in enumerate(ending):
+        if count:
+            done += count
+            out.append((done, start + (k + 1) * width))
     return out
 
 

@@ -48,19 +48,11 @@ SELECT channel_id, COUNT(*) AS n, MIN(t) AS lo, MAX(t) AS tmax, MAX(t + dt) AS h
 WHERE {VALID_SAMPLE} GROUP BY channel_id"""
 _ROWS_SQL = "SELECT channel_id, COUNT(*) AS n FROM samples GROUP BY channel_id"
 
-# Steps of one phase done at the end of every k-th row (by end time), and the last row: the
-# forecast's observations from a stored run. One scan, one sort.
-_STEP_ENDS_SQL = """
-SELECT rn, cum, t1 FROM (
-  SELECT t1, SUM({n}) OVER (ORDER BY t1, id ROWS UNBOUNDED PRECEDING) AS cum,
-         ROW_NUMBER() OVER (ORDER BY t1, id) AS rn, COUNT(*) OVER () AS total
-  FROM steps WHERE phase = ? AND """ + VALID_STEP + """)
-WHERE rn % ? = 0 OR rn = total ORDER BY rn"""
-
-# Step windows grouped by the grid cells of their start and end (cell = floor((t - origin) / w)):
-# with each group's count and summed t0 and t1, the seconds each cell is covered follow exactly
-# (greentrack.run.Segment.step_cells). One scan; as many rows as occupied cell pairs.
-_CELLS_SQL = f"""
-SELECT CAST((t0 - ?) / ? AS INTEGER) AS k0, CAST((t1 - ?) / ? AS INTEGER) AS k1,
-       COUNT(*) AS c, SUM(t0) AS s0, SUM(t1) AS s1
-FROM steps WHERE {VALID_STEP} AND t1 >= t0 GROUP BY k0, k1"""
+# Step windows grouped by phase and the grid cells of their start and end (cell = floor((t -
+# origin) / w)): with each group's count and summed t0 and t1, the seconds each cell is covered
+# follow exactly, and the steps ending in each cell (greentrack.run.Segment.step_cells). One
+# scan; as many rows as occupied (phase, cell, cell) triples.
+_CELLS_SQL = """
+SELECT phase, CAST((t0 - ?) / ? AS INTEGER) AS k0, CAST((t1 - ?) / ? AS INTEGER) AS k1,
+       COUNT(*) AS c, SUM({n}) AS steps, SUM(t0) AS s0, SUM(t1) AS s1
+FROM steps WHERE """ + VALID_STEP + """ AND t1 >= t0 GROUP BY phase, k0, k1"""

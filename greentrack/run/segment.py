@@ -10,7 +10,7 @@ from typing import Any
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
 from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL,
-                                    _STATS_SQL, _STEP_ENDS_SQL, _STEPS_SQL, STEP_J)
+                                    _STATS_SQL, _STEPS_SQL, STEP_J)
 
 
 @dataclass
@@ -85,20 +85,19 @@ class Segment:
             return float(r["u"] or 0.0), float(r["s"] or 0.0)
         return 0.0, 0.0
 
-    def step_ends(self, phase: str, every: int) -> list[tuple[int, float]]:
-        """``(steps of phase done, unix time)`` at the end of every ``every``-th valid row of
-        ``phase`` (by end time) and of the last one."""
-        rows = self.reader.rows(_STEP_ENDS_SQL.format(n=self.reader.step_n),
-                                (phase, max(1, int(every))))
-        return [(int(r["cum"]), self.start_unix + float(r["t1"])) for r in rows]
-
-    def step_cells(self, origin_unix: float, width_s: float, n: int) -> list[float]:
-        """Seconds of each cell ``[origin + k w, origin + (k+1) w)``, ``k < n``, covered by a
-        step window of any phase (overlapping windows each count: cap at ``w`` for a share)."""
+    def step_cells(self, origin_unix: float, width_s: float,
+                   n: int) -> tuple[list[float], dict[str, list[int]]]:
+        """Over the cells ``[origin + k w, origin + (k+1) w)``, ``k < n``: the seconds each is
+        covered by a step window of any phase (overlapping windows each count: cap at ``w`` for
+        a share), and per phase the steps whose window ends in each."""
         out = [0.0] * n
+        ending: dict[str, list[int]] = {}
         origin = origin_unix - self.start_unix  # the grid's origin in this store's seconds
-        for r in self.reader.rows(_CELLS_SQL, (origin, width_s, origin, width_s)):
+        for r in self.reader.rows(_CELLS_SQL.format(n=self.reader.step_n),
+                                  (origin, width_s, origin, width_s)):
             k0, k1, c = int(r["k0"]), int(r["k1"]), int(r["c"])
+            counts = ending.setdefault(str(r["phase"]), [0] * n)
+            counts[min(max(k1, 0), n - 1)] += int(r["steps"] or 0)
             x0, x1 = float(r["s0"]) - c * origin, float(r["s1"]) - c * origin  # sums, grid s
             if k0 == k1:
                 if 0 <= k0 < n:
@@ -109,7 +108,7 @@ class Segment:
                     out[k] += part
             for k in range(max(k0 + 1, 0), min(k1, n)):
                 out[k] += c * width_s
-        return out
+        return out, ending
 
     def mfu_sums(self) -> tuple[float, float]:
         """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""
