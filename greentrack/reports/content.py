@@ -82,8 +82,8 @@ def _forecast(doc: dict[str, Any]) -> list[Block]:
             ("gpu_hours", "GPU-hours", lambda v: _n(v)),
             ("emissions_g", "emissions (with PUE)", lambda v: _n(v, "gCO2e")),
             ("cost", "cost (electricity + GPU-hours)", lambda v: _money(v, cur))):
-        if est.get(key) is None:
-            continue
+        if est.get(key) is None or (key == "gpu_hours" and not est[key]):
+            continue  # no GPU: no GPU-hours row
         lo, hi = est.get(key + "_low"), est.get(key + "_high")
         row = [name, show(est[key]), f"{show(lo)} to {show(hi)}" if lo is not None else
                "not known (fewer than 3 observations)"]
@@ -95,7 +95,8 @@ def _forecast(doc: dict[str, Any]) -> list[Block]:
     if f["kind"] == "check":
         intro = (f"The forecast as it stood after {f['made_at_steps']} of {f['planned_steps']} "
                  f"{f['phase']} steps ({f['made_at']}; planned steps: {f['planned_source']}), "
-                 "against what the run used until its last step ended.")
+                 "against what the run used until the end of the time cell of its last step "
+                 f"(inside: to that resolution, {f.get('resolution_s', 0):.3g} s).")
         headers = ["figure", "forecast", level, "actual", "inside the interval"]
     else:
         intro = (f"The whole run ({f['planned_steps']} {f['phase']} steps, "
