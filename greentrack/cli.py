@@ -177,20 +177,22 @@ def cmd_run(ns: argparse.Namespace) -> int:
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
     plan = _start_plan(ns, config)
+    waited_s = 0.0
     if plan is not None:
+        import time
         from greentrack.greener import wait_for
         code = wait_for(plan)
         if code is not None:
             return code  # cancelled: nothing started, no run directory
+        waited_s = max(0.0, time.time() - plan.asked_unix)
     tracker = Tracker(config=config)
     env = dict(os.environ, **tracker.accept_joins())
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
         env = dict(os.environ)  # tracking is off (a full disk...): the command runs untracked
     elif plan is not None and tracker.engine is not None:
-        import time
         tracker.engine.event("info", "start-when-greener", plan.text(),
-                             **plan.details(waited_s=max(0.0, time.time() - plan.asked_unix)))
+                             **plan.details(waited_s=waited_s))
     try:
         child = subprocess.Popen(cmd, env=env)
     except OSError as e:

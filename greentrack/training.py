@@ -397,7 +397,15 @@ class TrainingMeter:
                             f"GPU after {timeout_s:g} s were not recorded")
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: could not resolve the last steps: %s", e)
+        self.release_forecast()
         self.tracker.stop(status)
+
+    def release_forecast(self) -> None:
+        """Stop offering this meter's forecast to the tracker's exporters (training is over: a
+        tracker left running shows no stale forecast)."""
+        sources = getattr(self.tracker, "forecast_sources", None)
+        if isinstance(sources, list) and self.forecast_estimate in sources:
+            sources.remove(self.forecast_estimate)
 
 
 #: Names that moved to :mod:`greentrack.integrating` (importable from here, lazily, as before).

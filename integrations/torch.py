@@ -128,6 +128,7 @@ class OptimizerTracking:
             self.meter.close(status)
         else:
             self.meter.marks.drain()
+            self.meter.release_forecast()
 
     def __enter__(self) -> OptimizerTracking:
         return self

@@ -138,7 +138,9 @@ def test_forecast_gauges_in_prometheus(tmp_path: Path, fake_nvml: FakeNvml) -> N
             meter.end()
             metrics = meter.metrics()
         text = http_get(tracker.sinks[0].url).decode()
+        assert tracker.forecast_sources == [meter.forecast_estimate]
         meter.close()
+        assert tracker.forecast_sources == []  # training over: no stale forecast offered
     assert metrics["forecast_energy_j_low"] <= metrics["forecast_energy_j"] \
         <= metrics["forecast_energy_j_high"]
     assert metrics["forecast_end_unix"] > time.time() - 60

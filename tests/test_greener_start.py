@@ -201,3 +201,23 @@ def test_the_options_need_each_other_and_a_series(tmp_path: Path,
                  "--intensity-csv", str(past), *cmd]) == 2
     assert "not now" in capsys.readouterr().err
     read_csv(past)  # the file itself is valid: only its span is refused
+
+
+def test_the_countdown_rewrites_one_line_on_a_terminal() -> None:
+    """On a terminal the countdown is rewritten in place (``\\r``) until the start comes."""
+    import io
+
+    from greentrack.greener import StartPlan, wait_for
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = time.time()
+    plan = StartPlan(now, now + 1.5, 60.0, 10.0, 400.0, 100.0, 3, "test")
+    out = Terminal()
+    assert wait_for(plan, out) is None
+    assert time.time() >= now + 1.5
+    text = out.getvalue()
+    assert text.startswith("greentrack: start at ") and "75.0% fewer grams" in text
+    assert "\rgreentrack: starting in 0:00:0" in text and text.endswith("\n")
