@@ -1,4 +1,4 @@
-"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``report``, ``compare``.
+"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``merge``, ``report``, ``compare``.
 
 Every invalid argument ends in one line on stderr naming the setting, the value and what is
 allowed, and exit status 2; never a traceback.
@@ -85,9 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
     doctor.add_argument("--json", action="store_true")
-    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)")
-    summary.add_argument("run_dir", metavar="RUN_DIR")
-    summary.add_argument("--json", action="store_true")
+    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)",
+                             description="Totals of a run. Several RUN_DIRs are read as one run "
+                                         "(node-local directories of a multi-node job): each "
+                                         "store counts once; directories of different runs are "
+                                         "refused.")
+    summary.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="the run's directory, or its node-local directories")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    merge = sub.add_parser("merge", help="merge node-local directories of one run into one",
+                           description="Copy the stores of RUN_DIRs (directories of one run: the "
+                                       "same run id, else refused) into OUT, each store once "
+                                       "(host, boot id, rank and segment: a directory copied "
+                                       "twice adds nothing). Inputs are never changed.")
+    merge.add_argument("out", metavar="OUT", help="new directory (must not exist, or be empty)")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="node-local directories of the run")
     from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
     add_carbon_options(run)
     add_commands(sub)
@@ -130,6 +143,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_run(ns)
         if ns.command == "doctor":
             return cmd_doctor(ns)
+        if ns.command == "merge":
+            return cmd_merge(ns)
         return cmd_summary(ns)
     except ConfigError as e:
         print(f"greentrack: {printable(e)}", file=sys.stderr)
@@ -141,8 +156,21 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     from greentrack.summary import format_summary, summarize
-    s = summarize(ns.run_dir)
+    s = summarize(ns.run_dirs)
     print(json_text(s) if ns.json else format_summary(s))
+    return 0
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from greentrack.merge import merge_runs
+    result = merge_runs(ns.out, ns.run_dirs)
+    print(f"greentrack: merged run {printable(result.run_id)}: {result.stores} store(s) from "
+          f"{len(ns.run_dirs)} director{'y' if len(ns.run_dirs) == 1 else 'ies'} into "
+          f"{printable(result.out)}"
+          + (f"; {result.duplicates} store(s) found in more than one input, each counted once"
+             if result.duplicates else ""))
+    for line in result.skipped:
+        print(f"greentrack: warning: not merged: {printable(line)}", file=sys.stderr)
     return 0
 
 

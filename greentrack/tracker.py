@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import platform
-import socket
 import sys
 import threading
 import time
@@ -32,7 +31,8 @@ from greentrack.engine import Engine, channel_key
 from greentrack.run import Run, Totals
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
-from greentrack.store import StoreWriter, prepare_run_dir
+from greentrack.jobinfo import job_metadata
+from greentrack.store import StoreWriter, host_identity, prepare_run_dir
 
 log = logging.getLogger("greentrack")
 
@@ -91,6 +91,11 @@ class Tracker:
     @property
     def run_dir(self) -> Path:
         return self.config.run_dir
+
+    @property
+    def store_path(self) -> Path | None:
+        """This process's store file (None before :meth:`start` or when tracking is off)."""
+        return self._writer.path if self._writer is not None else None
 
     @property
     def running(self) -> bool:
@@ -153,8 +158,9 @@ class Tracker:
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
         self._t_start = time.monotonic()
+        host, boot_id = host_identity()
         meta = {
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": self._pid,
+            "run_id": self.run_id, "host": host, "boot_id": boot_id, "pid": self._pid,
             "pid_create_time": _create_time(self._pid), "rank": rank,
             "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
             "started_unix": time.time(), "status": "running", "mode": cfg.mode,
@@ -162,6 +168,7 @@ class Tracker:
             "versions": {"greentrack": __version__, "python": platform.python_version(),
                          "platform": platform.platform()},
             "notes": [n.__dict__ for n in found.notes], "labels": dict(cfg.labels),
+            "job": job_metadata(),
         }
         self.labels = dict(cfg.labels)
         if parent is not None:
@@ -224,7 +231,7 @@ class Tracker:
             if any(c.info.host_scope for c in channels):
                 watch = sharing.HostWatch(self._engine, {
                     "run_id": self.run_id, "pid": self._pid, "mode": self.config.mode,
-                    "run_dir": str(self.run_dir.resolve()), "host": socket.gethostname()})
+                    "run_dir": str(self.run_dir.resolve()), "host": host_identity()[0]})
                 self._leases.append(watch)
                 self._engine.watchers.append(watch)
             if self._join_token:

@@ -29,7 +29,11 @@ name                                                    type       extra labels
 ``greentrack_sampler_slow_interval_seconds``            gauge
 ``greentrack_last_sample_age_seconds``                  gauge
 ``greentrack_push_failures_total``                      counter    (when pushing)
-``greentrack_run_info``                                 gauge (1)  version, mode
+``greentrack_run_info``                                 gauge (1)  version, mode, slurm_job_id,
+                                                                   slurm_array_task_id,
+                                                                   k8s_namespace, k8s_pod,
+                                                                   elastic_run_id,
+                                                                   elastic_restart_count
 ``greentrack_run_start_time_seconds``                   gauge
 ======================================================  =========  ================================
 """
@@ -200,6 +204,9 @@ class TrackerCollector:
         engine = tracker.engine
         self._origin = engine.origin
         self.start_unix = time.time() - (time.monotonic() - engine.origin)
+        from greentrack.jobinfo import job_metadata, prometheus_labels
+        #: the scheduler's names of this job, one value each ("" unset): bounded, never a node list
+        self.job_labels = prometheus_labels(job_metadata())
 
     def describe(self) -> list[Any]:
         return []  # no scrape at registration time
@@ -265,7 +272,8 @@ class TrackerCollector:
             yield self._counter("greentrack_push_failures", "Failed pushes to the Pushgateway.",
                                 self.push.failures)
         run = InfoMetricFamily("greentrack_run", "The tracked process.", labels=base)
-        run.add_metric(self.base, {"version": __version__, "mode": self.tracker.config.mode})
+        run.add_metric(self.base, {"version": __version__, "mode": self.tracker.config.mode,
+                                   **self.job_labels})
         yield run
         start = GaugeMetricFamily("greentrack_run_start_time_seconds", "Unix time at which the "
                                   "tracker started.", labels=base)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 from greentrack.config import Config, env_int
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job
+from greentrack.store.layout import host_identity
 from greentrack.exporters._collector import Intensity, PushHealth, TrackerCollector
 from greentrack.exporters._push import Pusher
 
@@ -63,7 +63,7 @@ def run_labels(tracker: Any, config: Config, env: Mapping[str, str]) -> dict[str
     """Values of ``run, job, host, rank`` for this process."""
     rank = config.rank if config.rank is not None else env_int("RANK", 0, env)
     return {"run": str(tracker.run_id or "unknown"), "job": config.job or default_job(env),
-            "host": socket.gethostname(), "rank": str(rank)}
+            "host": host_identity()[0], "rank": str(rank)}
 
 
 class PrometheusExporter:
