@@ -61,9 +61,10 @@ def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: b
     paths = list(own)
     if local_zero and run_dir is not None:
         try:
-            paths += [p for p in store_paths(run_dir) if p not in paths]
-        except Exception as e:  # noqa: BLE001 - a ConfigError (nothing there) or an OSError
-            if not paths:
+            if run_dir.is_dir() or tracked:  # no directory, no tracker: nothing recorded here
+                paths += [p for p in store_paths(run_dir) if p not in paths]
+        except Exception as e:  # noqa: BLE001 - a ConfigError (no store) or an OSError
+            if tracked or paths:
                 errors.append(f"{run_dir}: {e}")
     tmp = Path(tempfile.mkdtemp(prefix="greentrack-part-"))
     try:

@@ -128,7 +128,9 @@ def add_commands(sub: Any) -> None:
     rep = sub.add_parser("report", help="disclosure reports of one or more runs",
                          description="Write energy, carbon and cost disclosures of RUN_DIR(s): "
                                      "json, md, html, csv (codecarbon columns), boamps, hf.")
-    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="a run directory; node-local directories of one run joined by '+' "
+                          "(node0/run+node1/run) are one run, each store counted once")
     rep.add_argument("--format", default="all", help="all, or a comma list of json, md, html, csv, "
                                                      "boamps, hf (default all)")
     rep.add_argument("--out", default="greentrack-report", metavar="DIR",
@@ -140,7 +142,9 @@ def add_commands(sub: Any) -> None:
     cmp_ = sub.add_parser("compare", help="compare runs side by side",
                           description="Joules per step/sample/token, FLOPs per joule, MFU, duration, "
                                       "emissions and cost of each run, with ratios to the first.")
-    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="a run directory; node-local directories of one run joined by '+' "
+                           "(node0/run+node1/run) are one run")
     cmp_.add_argument("--json", action="store_true", help="machine-readable output (--format json)")
     cmp_.add_argument("--format", dest="cmp_format", choices=["text", "json", "md", "html"],
                       default=None, help="text (default), json, md, or html (with the metric of "
@@ -194,8 +198,10 @@ def _report(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "exists and is not a directory")
+    from greentrack.run import run_dirs_of
     for run_dir in ns.run_dirs:  # check every directory before writing anything
-        store_paths(Path(run_dir))
+        for one in run_dirs_of(run_dir):
+            store_paths(one)
     # The whole set is written into a temporary directory beside --out and moved into place only
     # when every run's report is done: an error leaves --out as it was.
     with staged_dir(out) as tmp:

@@ -25,11 +25,11 @@ Merging rules, each chosen so nothing is counted twice:
 from __future__ import annotations
 
 from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, Totals, device_identity,
-                                  store_identity, union_length)
+                                  run_dirs_of, store_identity, union_length)
 from greentrack.run.segment import Segment
 from greentrack.run.queries import STEP_J
 from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
 
 __all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "Run", "Segment",
-           "ToTarget", "Totals", "device_identity", "metric_names", "metric_points", "store_identity",
+           "ToTarget", "Totals", "device_identity", "metric_names", "metric_points", "run_dirs_of", "store_identity",
            "to_target", "union_length"]

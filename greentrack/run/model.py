@@ -96,7 +96,7 @@ class Run:
     def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
              note_copies: bool = True) -> "Run":
         """Read a run directory, or several directories of one run (node-local directories,
-        copies): a store found in more than one (same host, boot id, rank and segment) is read
+        copies; a list, or one text joining them with ``+``, see :func:`run_dirs_of`): a store found in more than one (same host, boot id, rank and segment) is read
         once, the most complete copy (closed before running, then the latest heartbeat), and
         noted in :attr:`warnings` unless ``note_copies`` is False (copies expected, as in the
         integrations' gather).
@@ -105,7 +105,8 @@ class Run:
             ConfigError: a directory is missing or holds no store, none of the stores can be
                 read, or the directories hold different runs (one line naming the directory).
         """
-        dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+        dirs = (run_dirs_of(run_dir) if isinstance(run_dir, (str, Path))
+                else [Path(d) for d in run_dir])
         if not dirs:
             raise ConfigError("RUN_DIR", "", "give at least one run directory")
         listed = [(d, store_paths(d)) for d in dirs]  # every directory checked before reading
@@ -357,6 +358,18 @@ def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
     else:
         base = f"{host}:r{rank}:{channel['kind']}:{channel['device']}"
     return f"{base}:{channel['method']}"
+
+
+def run_dirs_of(arg: str | Path) -> list[Path]:
+    """The directories one ``RUN_DIR`` argument names: itself, or, where no such path exists and
+    it holds ``+``, the directories it joins (``node0/run+node1/run``: node-local directories of
+    one run, as ``greentrack report`` and ``compare`` take them)."""
+    text = str(arg)
+    if "+" in text and not Path(text).exists():
+        parts = [Path(p) for p in text.split("+") if p]
+        if parts:
+            return parts
+    return [Path(arg)]
 
 
 def store_identity(seg: Segment) -> tuple[str, ...]:
