@@ -57,7 +57,7 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
     if not run_dirs:
         raise ConfigError("RUN_DIR", "", "give at least one run directory to merge")
     with Run.open(run_dirs) as run:
-        duplicates = sum(1 for w in run.warnings if w.endswith(": counted once"))
+        duplicates = run.copies
         skipped = [w for w in run.warnings if "not a readable greentrack store" in w
                    or "written by a newer greentrack" in w]
         with staged_dir(out) as tmp:

@@ -91,13 +91,16 @@ class Run:
         self.segments = segments
         self.stores = stores
         self.warnings = warnings
+        #: stores found more than once (copies of one store, counted once)
+        self.copies = 0
 
     @classmethod
     def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
              note_copies: bool = True) -> "Run":
         """Read a run directory, or several directories of one run (node-local directories,
         copies; a list, or one text joining them with ``+``, see :func:`run_dirs_of`): a store found in more than one (same host, boot id, rank and segment) is read
-        once, the most complete copy (closed before running, then the latest heartbeat), and
+        once, the most complete copy (closed before running, less damage first, then the latest
+        heartbeat), and
         noted in :attr:`warnings` unless ``note_copies`` is False (copies expected, as in the
         integrations' gather).
 
@@ -114,7 +117,7 @@ class Run:
         found: dict[tuple[str, ...], tuple[Segment, Path]] = {}
         warnings: list[str] = []
         first_id: tuple[str, Path] | None = None
-        unreadable = 0
+        unreadable = copies = 0
         for directory, paths in listed:
             for path in paths:
                 try:
@@ -141,8 +144,9 @@ class Run:
                     found[key] = (seg, directory)
                     continue
                 keep, drop = (seg, old[0]) if _more_complete(seg, old[0]) else (old[0], seg)
+                copies += 1
                 if note_copies:
-                    warnings.append(f"{seg.path.name}: in {old[1]} and {directory}: counted once")
+                    warnings.append(_copy_note(seg, directory, *old, keep))
                 found[key] = (keep, directory if keep is seg else old[1])
                 drop.reader.close()
         segments = [seg for seg, _ in found.values()]
@@ -154,6 +158,7 @@ class Run:
             warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
                             if e["kind"] in RECORD_WARNINGS)
         run = cls(dirs[0], segments, len(segments) + unreadable, warnings, dirs)
+        run.copies = copies
         run.add_damage()
         return run
 
@@ -382,11 +387,19 @@ def store_identity(seg: Segment) -> tuple[str, ...]:
     return ("?", seg.path.name, repr(meta.get("started_unix")))
 
 
+def _copy_note(seg: Segment, directory: Path, old: Segment, old_dir: Path, kept: Segment) -> str:
+    if seg.path.name == old.path.name:
+        return f"{seg.path.name}: in {old_dir} and {directory}: counted once"
+    return (f"{old.path.name} and {seg.path.name} are copies of one store (the same host, boot id, "
+            f"rank and segment): counted once, from {kept.path.name}")
+
+
 def _more_complete(a: Segment, b: Segment) -> bool:
-    """Of two copies of one store: a closed one, else the one with the later heartbeat."""
-    def rank(s: Segment) -> tuple[bool, float]:
+    """Of two copies of one store: a closed one, then the one with less damage (unreadable rows,
+    values out of range), then the one with the later heartbeat; the first on a tie."""
+    def rank(s: Segment) -> tuple[bool, int, float]:
         last = s.meta.get("ended_unix") or s.meta.get("heartbeat_unix") or 0.0
-        return s.meta.get("status") != "running", float(last)
+        return s.meta.get("status") != "running", -len(s.reader.damaged), float(last)
     return rank(a) > rank(b)
 
 
