@@ -125,14 +125,24 @@ def by_host(summary: dict[str, Any], kind: str) -> dict[str, list[dict[str, Any]
     return out
 
 
-def store_seconds(node: Node) -> dict[int, float]:
-    """Each store's measured seconds, by local rank."""
+def measured(node: Node) -> dict[tuple[int, str], tuple[float, float]]:
+    """Each channel of the node's stores: (local rank, kind) -> (joules, seconds from the store's
+    start to its last reading)."""
     out = {}
     for path in store_paths(node.run_dir):
         reader = StoreReader(path)
-        out[int(reader.meta["local_rank"])] = float(reader.meta["duration_s"])
+        for c in reader.channels():
+            out[(int(reader.meta["local_rank"]), c["kind"])] = (c["energy_j"], c["until_t"])
         reader.close()
     return out
+
+
+def check_watts(joules: float, seconds: float, watts: float) -> None:
+    """Counters advance at ``watts``: a channel read over at most ``seconds`` holds at most that
+    (2% for the fake's 100 ms ticks), and not much less (its first reading comes a little after
+    the store's start, later on a loaded host)."""
+    assert 0.75 * watts * seconds <= joules <= 1.02 * watts * seconds + 0.1 * watts, \
+        (joules, seconds, watts)
 
 
 def test_two_nodes_gathered_and_merged_agree(tmp_path: Path) -> None:
@@ -157,18 +167,23 @@ def test_two_nodes_gathered_and_merged_agree(tmp_path: Path) -> None:
     assert gathered["energy_j"]["total"] > alone["energy_j"]["total"] * 1.5
 
     for node in nodes:
-        seconds = store_seconds(node)
-        # host CPU and DRAM: one device per node, measured by its local rank 0, at its watts
+        channels = measured(node)
+        # host CPU and DRAM: one device per node, its local rank 0's reading, counted once
         (cpu,) = by_host(gathered, "cpu")[node.host]
         (dram,) = by_host(gathered, "dram")[node.host]
         assert cpu["method"] == "rapl-powercap" and cpu["stores"] == 1
-        assert cpu["energy_j"] == pytest.approx(node.cpu_w * seconds[0], rel=0.05)
-        assert dram["energy_j"] == pytest.approx(node.cpu_w / 10 * seconds[0], rel=0.05)
+        assert cpu["energy_j"] == channels[(0, "cpu")][0]
+        assert dram["energy_j"] == channels[(0, "dram")][0]
+        assert {kind for rank, kind in channels if rank == 1} == {"gpu"}
+        check_watts(*channels[(0, "cpu")], node.cpu_w)
+        check_watts(*channels[(0, "dram")], node.cpu_w / 10)
         # GPUs: one per rank, each at its watts, all of them added up
         gpus = by_host(gathered, "gpu")[node.host]
         assert len(gpus) == 2 and all(g["measured"] and g["stores"] == 1 for g in gpus)
         assert sum(g["energy_j"] for g in gpus) == pytest.approx(
-            sum(w * seconds[r] for r, (_, w) in enumerate(node.gpus)), rel=0.1)
+            channels[(0, "gpu")][0] + channels[(1, "gpu")][0])
+        for rank, (_, watts) in enumerate(node.gpus):
+            check_watts(*channels[(rank, "gpu")], watts)
     assert gathered["energy_j"]["cpu"] == pytest.approx(
         sum(s["energy_j"] for s in gathered["sources"] if s["kind"] == "cpu"))
     # the job as the scheduler and launcher name it
