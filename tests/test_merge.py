@@ -177,3 +177,20 @@ def test_run_open_refuses_no_directory() -> None:
     from greentrack.run import Run
     with pytest.raises(ConfigError, match="at least one run directory"):
         Run.open([])
+
+
+def test_a_damaged_copy_beside_its_original_counts_once_from_the_original(nodes: list[Path]) -> None:
+    (store,) = store_paths(nodes[0])
+    before = greentrack.summarize(nodes[0])
+    copy = store.with_name("renamed-copy.gtdb")
+    shutil.copy(store, copy)
+    import sqlite3
+    with sqlite3.connect(copy) as conn:  # a damaged copy: a channel's total no greentrack writes
+        conn.execute("UPDATE channels SET energy_j = -1 WHERE id = (SELECT MIN(id) FROM channels)")
+    conn.close()
+    s = greentrack.summarize(nodes[0])
+    assert s["stores"] == 1 and s["energy_j"] == before["energy_j"]
+    (note,) = [w for w in s["warnings"] if "copies of one store" in w]
+    assert note.startswith(f"renamed-copy.gtdb and {store.name} are copies") or \
+        note.startswith(f"{store.name} and renamed-copy.gtdb are copies")
+    assert note.endswith(f"counted once, from {store.name}")
