@@ -66,11 +66,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = ()) -> dict[str, Any] | None:
-    """Run the job (every rank at once); return rank 0's gathered totals."""
+def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = (),
+           lightning: bool = False) -> dict[str, Any] | None:
+    """Run the job (every rank at once); return rank 0's gathered totals. ``lightning``: the
+    Lightning example instead, each node in its own working directory with the run directory
+    given as ``run`` (rank 0 broadcasts that path; each node resolves it on its own disk)."""
     per_node = len(nodes[0].gpus)
     world = per_node * len(nodes)
-    init = f"tcp://127.0.0.1:{free_port()}"
+    port = free_port()
     procs: list[subprocess.Popen[str]] = []
     counters = [LiveCounters(n.tree, n.watts) for n in nodes]
     for c in counters:
@@ -87,12 +90,26 @@ def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = ()) -> di
                            GREENTRACK_BOOT_ID=node.boot, GREENTRACK_PROGRESS="0",
                            GREENTRACK_LEASE_DIR=str(node.run_dir.parent / "leases"),
                            GT_TEST_GPUS=",".join(f"{u}:{w}" for u, w in node.gpus),
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                            TORCHELASTIC_RUN_ID="job-17", TORCHELASTIC_RESTART_COUNT="0",
                            GROUP_RANK=str(n_idx), SLURM_JOB_ID="4242",
                            SLURM_JOB_NODELIST="node-[a-b]")
-                cmd = [sys.executable, "tests/multinode_job.py", str(node.run_dir), "--init", init,
-                       "--steps", str(steps)] + (["--untracked"] if rank in untracked else [])
-                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, text=True,
+                if lightning:  # Lightning's own environment: no launcher names the run
+                    for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                                 "GROUP_RANK", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "RANK"):
+                        del env[name]
+                    env["NODE_RANK"] = str(n_idx)
+                    node.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                    cmd = [sys.executable, str(REPO / "examples" / "lightning_model.py"), "run",
+                           "--devices", str(per_node), "--num-nodes", str(len(nodes)),
+                           "--steps", str(steps)]
+                    cwd = node.run_dir.parent
+                else:
+                    cmd = [sys.executable, "tests/multinode_job.py", str(node.run_dir), "--init",
+                           f"tcp://127.0.0.1:{port}", "--steps", str(steps)]
+                    cmd += ["--untracked"] if rank in untracked else []
+                    cwd = REPO
+                procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, text=True,
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         outputs = []
         for proc in procs:
@@ -206,3 +223,26 @@ def test_a_rank_without_tracker_is_a_recorded_gap(tmp_path: Path) -> None:
     reader.close()
     assert len(events) == 1 and "rank 1 on node-b" in events[0]["message"]
     assert any("rank 1 on node-b" in w for w in greentrack.summarize(nodes[0].run_dir)["warnings"])
+
+
+def test_lightning_two_nodes_each_with_its_own_directory(tmp_path: Path) -> None:
+    """Lightning ``num_nodes=2`` (its own cluster environment: no launcher gives a run id): rank 0
+    broadcasts the run directory and the run id; each node writes its own copy; rank 0's logged ``greentrack/run_energy_j`` is the whole job's, equal to
+    ``greentrack merge`` of the two directories, each host counted once."""
+    pytest.importorskip("lightning")
+    nodes = make_nodes(tmp_path, per_node=2)
+    out = launch(nodes, steps=16, lightning=True)
+    assert out is not None and out["global_step"] == 16 and out["stores"] == 4
+    merged = greentrack.summarize(merge_runs(tmp_path / "merged", [n.run_dir for n in nodes]).out)
+    assert merged["run_id"] == out["run_id"] and merged["stores"] == 4  # one run id, broadcast
+    assert out["energy_j"]["total"] == pytest.approx(merged["energy_j"]["total"], rel=1e-9)
+    assert sorted(merged["hosts"]) == ["node-a", "node-b"]
+    for node in nodes:
+        assert len(store_paths(node.run_dir)) == 2  # node-local: each node wrote its own ranks
+        (cpu,) = by_host(merged, "cpu")[node.host]
+        check_watts(*measured(node)[(0, "cpu")], node.cpu_w)
+        assert cpu["energy_j"] == measured(node)[(0, "cpu")][0]
+    import csv
+    (metrics,) = (nodes[0].run_dir / "lightning" / "csv").glob("version_*/metrics.csv")
+    (row,) = [r for r in csv.DictReader(metrics.open()) if r.get("greentrack/run_energy_j")]
+    assert float(row["greentrack/run_energy_j"]) == pytest.approx(merged["energy_j"]["total"])
