@@ -138,7 +138,7 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
                 log.warning("greentrack: could not record it in %s: %s", store.name, e)
     tmp = Path(tempfile.mkdtemp(prefix="greentrack-gather-"))
     try:
-        dirs = [run_dir]
+        dirs = [run_dir] if _has_stores(run_dir) else []  # rank 0 untracked: the others' only
         for i, p in enumerate(got):
             if not p.stores:
                 continue
@@ -170,13 +170,21 @@ def _gaps(parts: list[NodePart], failure: str | None, world_size: int | None) ->
     return out
 
 
+def _has_stores(run_dir: Path) -> bool:
+    from greentrack.store import store_paths
+    try:
+        return bool(store_paths(run_dir))
+    except Exception:  # noqa: BLE001 - a ConfigError: missing, not a directory, no store
+        return False
+
+
 def _read(dirs: list[Path], run_dir: Path, gaps: list[str]) -> dict[str, Any]:
     from greentrack.errors import ConfigError
     from greentrack.run import Run
     try:
         run = Run.open(dirs, note_copies=False)
     except ConfigError as e:  # another run's stores in a node's directory: this node's alone
-        if len(dirs) == 1:
+        if len(dirs) == 1 or dirs[0] != run_dir:
             raise
         gaps = [*gaps, f"the nodes' stores could not be read as one run ({e}): the totals cover "
                        "only this node's directory"]

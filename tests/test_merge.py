@@ -194,3 +194,15 @@ def test_a_damaged_copy_beside_its_original_counts_once_from_the_original(nodes:
     assert note.startswith(f"renamed-copy.gtdb and {store.name} are copies") or \
         note.startswith(f"{store.name} and renamed-copy.gtdb are copies")
     assert note.endswith(f"counted once, from {store.name}")
+
+
+def test_rank_zero_without_a_store_still_gets_the_other_nodes(nodes: list[Path],
+                                                             tmp_path: Path) -> None:
+    part_b = node_part(nodes[1], [], rank=1, local_zero=True, tracked=True)
+    mine = node_part(tmp_path / "never-created", [], rank=0, local_zero=True, tracked=False)
+    assert mine.stores == [] and mine.errors == []  # nothing tracked here: nothing to send
+    totals = job_totals(tmp_path / "never-created", mine, main=True, store=None,
+                        gather=lambda p: [p, part_b], world_size=2)
+    assert totals is not None and totals["hosts"] == ["node-b"]
+    assert totals["energy_j"] == greentrack.summarize(nodes[1])["energy_j"]
+    assert [w for w in totals["warnings"] if "rank 0 on" in w and "no tracker" in w]
