@@ -14,6 +14,7 @@ with the part as the only other node), against reading the full store.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sqlite3
 import sys
@@ -60,7 +61,7 @@ def main() -> int:
         rows = conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     body = f"""## Multi-node gather: one node's part of a 7-day, 8-GPU store (`bench/gather_part.py`)
 
-Machine: {platform.machine()}, Linux {platform.release()}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. Measured {time.strftime('%Y-%m-%d')}.
+Machine: {os.cpu_count()} logical CPUs ({platform.machine()}), Linux {platform.release()}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. Measured {time.strftime('%Y-%m-%d')}.
 Store: {rows:,} sample rows, {store.stat().st_size / 1e6:,.0f} MB (`bench/report_scale.py`'s).
 Command: `python bench/gather_part.py`.
 

@@ -5,8 +5,9 @@ the run directory. Merging reads them as :class:`greentrack.run.Run` does (every
 run: the same run id, else refused), keeps each store once (a store is known by host, boot id,
 rank and segment, so a directory copied twice adds nothing) and writes a consistent copy of each
 (SQLite's backup: committed data, ``-wal`` included) into ``OUT``, with a ``run.json`` naming the
-inputs. The inputs are only read. ``OUT`` must not exist or be empty; it appears whole or not at
-all (written beside it, then moved).
+inputs. The inputs are only read (SQLite may add the ``-shm`` index beside a store it reads, as
+every reader does; a read-only input is read from a private copy). ``OUT`` must not exist or be
+empty, and not lie inside an input; it appears whole or not at all (written beside it, then moved).
 
 Example:
     >>> from greentrack.merge import merge_runs
@@ -56,6 +57,11 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
                           "new one (inputs are never changed)")
     if not run_dirs:
         raise ConfigError("RUN_DIR", "", "give at least one run directory to merge")
+    target = Path(os.path.abspath(out))
+    for d in run_dirs:
+        if target.is_relative_to(Path(os.path.abspath(d))):
+            raise ConfigError("OUT", str(out), f"is inside the input {d}: merge into a directory "
+                              "outside the inputs (they are never changed)")
     with Run.open(run_dirs) as run:
         duplicates = run.copies
         skipped = [w for w in run.warnings if "not a readable greentrack store" in w

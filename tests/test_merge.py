@@ -78,7 +78,7 @@ def test_merge_counts_each_store_once_and_never_touches_inputs(nodes: list[Path]
     assert any("counted once" in w for w in s["warnings"])
 
 
-@pytest.mark.parametrize("case", ["other-run", "out-not-empty", "out-a-file"])
+@pytest.mark.parametrize("case", ["other-run", "out-not-empty", "out-a-file", "out-in-input"])
 def test_merge_refuses_with_one_line(nodes: list[Path], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     out_dir = tmp_path / "out"
@@ -93,14 +93,20 @@ def test_merge_refuses_with_one_line(nodes: list[Path], tmp_path: Path,
         (out_dir / "notes.txt").write_text("mine")
         expected = (f"OUT='{out_dir}' is invalid: exists and is not an empty directory: merge "
                     "into a new one (inputs are never changed)")
-    else:
+    elif case == "out-a-file":
         out_dir.write_text("a file")
         expected = f"OUT='{out_dir}' is invalid: exists and is not an empty directory"
+    else:
+        out_dir = nodes[1] / "merged"
+        expected = (f"OUT='{out_dir}' is invalid: is inside the input {nodes[1]}: merge into a "
+                    "directory outside the inputs (they are never changed)")
+    before = {d: digest(d) for d in nodes}
     out = gt("merge", str(out_dir), *inputs)
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"greentrack: {expected}"), out.stderr
     assert "Traceback" not in out.stderr
+    assert {d: digest(d) for d in nodes} == before
     if case == "other-run":
         assert not out_dir.exists()
         summary = gt("summary", *inputs)
