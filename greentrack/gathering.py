@@ -50,14 +50,18 @@ class NodePart:
 
 
 def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: bool,
-              tracked: bool) -> NodePart:
+              tracked: bool, main_host: tuple[str, str] | None = None) -> NodePart:
     """This rank's part: compact copies of its own stores ``own`` and, on local rank 0, of every
-    store in ``run_dir``. Never raises (a failure is in ``errors``)."""
+    store in ``run_dir``. ``main_host``: rank 0's ``(host, boot id)`` where known (the
+    integrations broadcast it with the run directory): a rank on that host writes into the very
+    directory rank 0 reads, so it sends no store. Never raises (a failure is in ``errors``)."""
     from greentrack.store import StoreReader, compact_store, host_identity, store_paths
 
     host, boot = host_identity()
     stores: list[tuple[str, bytes]] = []
     errors: list[str] = []
+    if main_host is not None and (host, boot) == tuple(main_host):
+        return NodePart(rank, host, boot, tracked, stores, errors)
     paths = list(own)
     if local_zero and run_dir is not None:
         try:

@@ -61,6 +61,9 @@ class IntegrationRun:
         self.run_id: str | None = None
         #: this rank's store files, every stage (sent to rank 0 at the end of each)
         self.stores: list[Path] = []
+        #: rank 0's (host, boot id), broadcast with the run directory: ranks on that host write
+        #: into the directory rank 0 reads, and send it nothing at the end of a stage
+        self.main_host: tuple[str, str] | None = None
         self.local_zero = True
         self.carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
         self.meter: TrainingMeter | None = None
@@ -99,11 +102,13 @@ class IntegrationRun:
             if broadcast is None:
                 self.run_dir = Path(chosen)
                 return self.run_dir
+            from greentrack.store import host_identity
             run_id = (self.carry.get("run_id") or self.config.run_id or env_run_id()
                       or uuid.uuid4().hex[:12])
             try:
-                got = json.loads(broadcast(json.dumps([chosen, run_id])))
+                got = json.loads(broadcast(json.dumps([chosen, run_id, *host_identity()])))
                 self.run_dir, self.run_id = Path(got[0]), str(got[1])
+                self.main_host = (str(got[2]), str(got[3]))
             except (TypeError, ValueError, IndexError):  # a broadcast of older code's plain text
                 self.run_dir = Path(chosen)
         return self.run_dir
@@ -210,7 +215,8 @@ class IntegrationRun:
             import torch.distributed as dist
             rank = dist.get_rank()
             part = gathering.node_part(self.run_dir, self.stores, rank=rank,
-                                       local_zero=self.local_zero, tracked=tracked)
+                                       local_zero=self.local_zero, tracked=tracked,
+                                       main_host=self.main_host)
             found_totals = gathering.job_totals(
                 self.run_dir, part, main=main, store=self.stores[-1] if self.stores else None,
                 world_size=dist.get_world_size())

@@ -212,3 +212,17 @@ def test_rank_zero_without_a_store_still_gets_the_other_nodes(nodes: list[Path],
     assert totals is not None and totals["hosts"] == ["node-b"]
     assert totals["energy_j"] == greentrack.summarize(nodes[1])["energy_j"]
     assert [w for w in totals["warnings"] if "rank 0 on" in w and "no tracker" in w]
+
+
+def test_a_rank_on_rank_zeros_host_sends_nothing(nodes: list[Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under Lightning or the HF Trainer, rank 0 broadcasts its host identity with the run
+    directory: ranks on that host write into the directory rank 0 reads, so they send no copy."""
+    monkeypatch.setenv("GREENTRACK_HOSTNAME", "node-a")
+    monkeypatch.setenv("GREENTRACK_BOOT_ID", "boot-node-a")
+    (store,) = store_paths(nodes[0])
+    same = node_part(nodes[0], [store], rank=1, local_zero=True, tracked=True,
+                     main_host=("node-a", "boot-node-a"))
+    other = node_part(nodes[0], [store], rank=1, local_zero=True, tracked=True,
+                      main_host=("node-a", "another-boot"))  # a namesake host, not this one
+    assert same.stores == [] and same.tracked and [n for n, _ in other.stores] == [store.name]
