@@ -297,17 +297,9 @@ class Tracker:
         return self.result
 
     def _append_emissions_csv(self) -> None:
-        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); a failure is
-        a warning: the run is stored and ``greentrack report --emissions-csv`` can write it."""
-        try:
-            from greentrack.reports import report_document
-            from greentrack.reports.emissions_log import append
-            for w in append([report_document(self.run_dir, self.config)],
-                            str(self.config.emissions_csv)):
-                log.warning("greentrack: %s", w)
-        except Exception as e:  # noqa: BLE001 - never raise from stop
-            log.warning("greentrack: the run's row was not appended to %s: %s",
-                        self.config.emissions_csv, e)
+        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
+        from greentrack.reports.emissions_log import append_run
+        append_run(self.run_dir, self.config)
 
     def __enter__(self) -> "Tracker":
         return self.start()

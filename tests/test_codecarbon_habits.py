@@ -236,3 +236,20 @@ def test_a_missing_directory_is_refused_before_the_run(no_host_env: Path, tmp_pa
         tracker.start()
     assert "emissions_csv" in str(e.value) and "does not exist" in str(e.value)
     assert not (tmp_path / "run").exists() and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.slow
+def test_a_trainer_run_appends_one_row_for_the_whole_run(no_host_env: Path, tmp_path: Path) -> None:
+    """The integration's trackers leave the row to the end of the run (rank 0, after the
+    barrier): one row, though the callback stops at the final log and again at train end."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    from tests.test_hf_model_card import _tiny_config, _trainer
+    from transformers import GPT2LMHeadModel
+    cb = GreenTrackTrainerCallback(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
+    _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb).train()
+    df = pd.read_csv(tmp_path / "e.csv")
+    assert len(df) == 1 and df["project_name"].iloc[0] == "run"
+    assert df["run_id"].iloc[0] == cb.run.summary["run_id"]
+    assert df["energy_consumed"].iloc[0] > 0

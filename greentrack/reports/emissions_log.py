@@ -57,6 +57,20 @@ def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
                           f"cannot be written ({e.strerror or e})") from None
 
 
+def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
+    """Append the row of the run in ``run_dir`` to ``config.emissions_csv``, when a run stops.
+    Never raises: a failure is a warning (the run is stored; ``greentrack report --emissions-csv``
+    can append it later)."""
+    import logging
+    log = logging.getLogger("greentrack")
+    try:
+        from greentrack.reports import report_document
+        for w in append([report_document(Path(run_dir), config)], str(config.emissions_csv)):
+            log.warning("greentrack: %s", w)
+    except Exception as e:  # noqa: BLE001 - never raise from a stop
+        log.warning("greentrack: the run's row was not appended to %s: %s", config.emissions_csv, e)
+
+
 def check_path(path: str | os.PathLike[str]) -> None:
     """The file's directory must exist (a typo must not create directories) and the path must
     not be a directory.
