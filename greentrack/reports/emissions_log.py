@@ -93,7 +93,12 @@ def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> l
         return []
     header, old, problem = _parse(text)
     if problem is not None:
-        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():  # never over an earlier damaged copy
+            n += 1
+            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
         os.replace(path, aside)
         _replace(path, cols, rows)
         return [f"{path} could not be read as a CSV ({problem}); it is kept unchanged as {aside} "
