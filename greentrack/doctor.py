@@ -43,7 +43,7 @@ def format_diagnosis(d: dict[str, Any]) -> str:
         tag = "measured " if dev["measured"] else "ESTIMATED"
         lines.append(f"  {dev['kind']:<4} {dev['device']:<13} {tag} {dev['method']}")
         lines.append(f"       {dev['name']}: {dev['source']}")
-        lines.append(f"       uncertainty: {dev['uncertainty']}")
+        lines.append(f"       quality band: {dev['uncertainty']}")
     if not any(dev["kind"] == "gpu" for dev in d["devices"]):
         lines.append("  gpu  (none)         no NVIDIA GPU measured (see below)")
     lines.append("")

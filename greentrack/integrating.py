@@ -96,7 +96,8 @@ class IntegrationRun:
                                   run_id=self.carry.get("run_id") or self.config.run_id)
         if cfg.rank is None and rank is not None:
             cfg = cfg.replace(rank=rank)
-        tracker = start_tracker(cfg, local_zero=local_zero)
+        # the emissions.csv row is the whole run's: rank 0 appends it in stop(), after the barrier
+        tracker = start_tracker(cfg.replace(emissions_csv=None), local_zero=local_zero)
         if tracker is None:
             return None
         self.meter = TrainingMeter(
@@ -173,11 +174,16 @@ class IntegrationRun:
         if meter is not None:
             self.carry = meter.state()
             meter.close(status)
+        csv_row = meter is not None and main and bool(self.config.emissions_csv)
         if not totals or self.run_dir is None:
+            if csv_row:  # no barrier to wait for: what the stores hold now
+                self._append_csv()
             return {}
         barrier()  # every rank's store is closed past this point (reached tracked or not)
         if not main:
             return {}
+        if csv_row:
+            self._append_csv()
         found = final_totals(self.run_dir, optimizer_steps)
         if found is None:
             return {}
@@ -186,6 +192,12 @@ class IntegrationRun:
                  "ranks; %s", s["run_id"], s["energy_j"]["total"], s["energy_kwh"],
                  s["duration_s"], s["optimizer_steps"], self.run_dir)
         return prefixed(found[1])
+
+
+    def _append_csv(self) -> None:
+        from greentrack.reports.emissions_log import append_run
+        if self.run_dir is not None:
+            append_run(self.run_dir, self.config.replace(run_dir=self.run_dir))
 
 
 class RunCallback:

@@ -74,6 +74,7 @@ class Tracker:
         self._hook_errors = 0
         self._leases: list[Any] = []  # host lease, join lease: released at stop
         self._join_token: str | None = None
+        self._writes_csv = False
         #: The run's totals, once stopped (what :meth:`stop` returned).
         self.result: Totals | None = None
         self.run_id: str | None = None
@@ -152,6 +153,9 @@ class Tracker:
         self.notes = found.notes
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
+        # one row per run in the emissions CSV: rank 0 writes it, a process that joined
+        # `greentrack run` leaves it to that command
+        self._writes_csv = bool(cfg.emissions_csv) and rank == 0 and parent is None
         self._t_start = time.monotonic()
         meta = {
             "run_id": self.run_id, "host": socket.gethostname(), "pid": self._pid,
@@ -162,6 +166,7 @@ class Tracker:
             "versions": {"greentrack": __version__, "python": platform.python_version(),
                          "platform": platform.platform()},
             "notes": [n.__dict__ for n in found.notes], "labels": dict(cfg.labels),
+            "machine": _machine(),
         }
         self.labels = dict(cfg.labels)
         if parent is not None:
@@ -287,7 +292,14 @@ class Tracker:
                 self.result = run.totals(self.config)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
+        if self._writes_csv:
+            self._append_emissions_csv()
         return self.result
+
+    def _append_emissions_csv(self) -> None:
+        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
+        from greentrack.reports.emissions_log import append_run
+        append_run(self.run_dir, self.config)
 
     def __enter__(self) -> "Tracker":
         return self.start()
@@ -460,6 +472,16 @@ class Tracker:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
         from greentrack.summary import summarize
         return summarize(self.run_dir)
+
+
+def _machine() -> dict[str, Any]:
+    """The host's logical CPUs and installed memory (GiB, as codecarbon's ``ram_total_size``),
+    recorded once per store for the reports; empty where psutil cannot tell."""
+    try:
+        import psutil
+        return {"cpu_count": psutil.cpu_count(), "ram_total_gb": psutil.virtual_memory().total / 2**30}
+    except Exception:  # noqa: BLE001 - metadata only
+        return {}
 
 
 def _create_time(pid: int) -> float | None:

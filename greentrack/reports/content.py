@@ -61,7 +61,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
             ["GPU-hours", _n(s["gpu_hours"]), "device time x GPUs, per process"],
             ["Training compute", _n(s["flops"], "FLOP"), c["flops_method"]],
             ["Cost", _money(s["cost_total"], s["currency"]), "see Cost"],
-            ["Uncertainty", f"{meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%)",
+            ["Quality band", f"{meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%)",
              meth["uncertainty"]["basis"]],
         ]),
     ]
@@ -78,7 +78,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
         ("h2", "Energy"),
         ("plot", "power"), ("plot", "cumulative"),
         ("table", ["device", "host / rank", "kind", "method", "measured", "energy (J)", "samples",
-                   "gap (s)", "uncertainty"],
+                   "gap (s)", "quality band"],
          [[d["name"] if d["name"] == d["device"] else f"{d['device']} ({d['name']})",
            f"{d.get('host', '')} / r{d.get('rank', 0)}", d["kind"], d["method"],
            "measured" if d["measured"] else "ESTIMATED", f"{d['energy_j']:,.1f}", str(d["samples"]),
@@ -142,7 +142,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                   f"({', '.join(f'{k}: {v:,}' for k, v in meth['sample_counts'].items())}).",
                   f"Sampling: {meth.get('sampling') or 'not recorded'}.",
                   f"Gaps: {meth['gaps']} ({meth['gap_s']:g} s of device time without readings).",
-                  f"Uncertainty: {meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%); "
+                  f"Quality band: {meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%); "
                   f"{meth['uncertainty']['basis']}.",
                   f"Carbon intensity: {meth['intensity']}.",
                   f"Steps: {meth['steps']}."]),
