@@ -65,11 +65,24 @@ def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | No
 
 def _open_gpus(config: Config, env: dict[str, str], pid: int, run_id: str | None,
                pynvml: ModuleType | None, amdsmi: ModuleType | None) -> tuple[list[Channel], list[Note]]:
-    """NVIDIA GPUs through NVML, each counting this run's share while it is shared."""
-    from greentrack.samplers import _gpushare, _nvml
+    """NVIDIA GPUs through NVML; where NVML finds none, AMD GPUs through amdsmi. A GPU named in
+    ``config.gpus`` that neither finds raises NVML's :class:`ConfigError`."""
+    from greentrack.errors import ConfigError
+    from greentrack.samplers import _amdsmi, _gpushare, _nvml
 
-    nvidia, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)
-    return _gpushare.share_gpus(nvidia, pid, run_id), notes
+    try:
+        nvidia, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)
+    except ConfigError:
+        amd, _ = _amdsmi.open_gpus(config.gpus, env=env, amdsmi=amdsmi)
+        if amd:
+            return list(amd), []
+        raise
+    if nvidia:
+        return _gpushare.share_gpus(nvidia, pid, run_id), notes
+    amd, amd_notes = _amdsmi.open_gpus(config.gpus, env=env, amdsmi=amdsmi)
+    if amd:
+        return list(amd), amd_notes
+    return [], notes + amd_notes
 
 
 def measures_host(config: Config, env: dict[str, str]) -> bool:
