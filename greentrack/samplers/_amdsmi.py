@@ -364,8 +364,11 @@ def open_gpus(gpus: tuple[int | str, ...] | None, env: dict[str, str],
     if amdsmi is None:
         amdsmi, why = import_amdsmi()
         if amdsmi is None:
-            return [], [Note("info", "gpu", f"no AMD GPU measured: {why}",
-                             "pip install amdsmi (with ROCm's amd-smi-lib installed)")]
+            hint = ("pip install 'greentrack[amd]' (AMD SMI's Python package; it needs ROCm's "
+                    "amd-smi-lib)" if why == "amdsmi is not installed" else
+                    "install ROCm's amd-smi-lib (libamd_smi.so), or point ROCM_PATH at the ROCm "
+                    "install")
+            return [], [Note("info", "gpu", f"no AMD GPU measured: {why}", hint)]
     try:
         amdsmi.amdsmi_init(amdsmi.AmdSmiInitFlags.INIT_AMD_GPUS)
         handles = list(amdsmi.amdsmi_get_processor_handles())
