@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import greentrack
+from greentrack.config import Config
 from greentrack.channelstate import Timeline
 from greentrack.leases import Lease, live_leases
 from greentrack.samplers._gpushare import METHOD_SUFFIX, GpuShare, lease_peers
@@ -198,8 +199,14 @@ def test_a_tracked_run_on_a_shared_gpu_reports_it(fake_nvml: FakeNvml, tmp_path:
     s = greentrack.summarize(tmp_path / "run")
     (dev,) = [d for d in s["sources"] if d["kind"] == "gpu"]
     assert dev["estimated"] and "process share" in dev["method"]
-    assert any("is shared: 2 processes use it (1 of this run, 0 tracked by other greentrack runs, "
-               "1 untracked)" in w for w in s["warnings"])
+    shared = ("is shared: 2 processes use it (1 of this run, 0 tracked by other greentrack runs, "
+              "1 untracked)")
+    assert any(shared in w for w in s["warnings"])
+    from greentrack.reports import report_document
+    from greentrack.reports.to_markdown import render
+    doc = report_document(tmp_path / "run", Config())
+    assert shared in render(doc, {})
+    assert "process share (NVML per-process SM utilization)" in render(doc, {})
 
 
 def test_every_tracker_lease_lists_its_gpus(fake_nvml: FakeNvml, tmp_path: Path,
