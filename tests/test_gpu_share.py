@@ -7,6 +7,8 @@ what a real untracked user of the GPU is to greentrack; a tracked one holds a re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,22 @@ def test_other_tracked_processes_are_told_from_untracked_ones_by_their_lease(tmp
         assert "1 tracked by other greentrack runs, 0 untracked" in event.message
     finally:
         lease.release()
+
+
+def test_descendants_are_this_runs_unless_they_track_the_gpu_themselves() -> None:
+    """``greentrack run`` measures its child: a real child process using the GPU is this run's.
+    A child with its own tracker of this GPU (a lease listing it) counts its own share."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs = [FakeProcess(ME, 0), FakeProcess(child.pid, 60), FakeProcess(OTHER, 20)]
+        ch, _, _ = replay(gpu(*procs), 2.0)
+        assert ch.share == pytest.approx(0.75)
+        own = [{"run_id": "run-c", "pid": child.pid, "gpus": [FakeGpu().uuid]}]
+        ch, _, _ = replay(gpu(*procs), 2.0, peers=lambda: own)
+        assert ch.share == 0.0  # this process used no SM time; the child's is its own run's
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_process_of_the_same_run_on_this_gpu_is_this_runs(tmp_path: Path) -> None:

@@ -150,7 +150,8 @@ class GpuShare:
             self._whole("namespace", "none of the PIDs NVML lists exists in this PID namespace "
                         "(a container?): this run's processes cannot be told from others")
             return
-        mine = self._mine(listed)
+        leases = self._leases()
+        mine = self._mine(listed, leases)
         if listed <= mine:
             self.share = 1.0
             return
@@ -163,20 +164,30 @@ class GpuShare:
             self.share = sum(util.get(p, 0.0) for p in users & mine) / total
         else:  # nobody used the SMs: the listed processes keep the GPU awake together
             self.share = len(listed & mine) / len(listed)
-        self._shared(t, users, mine)
+        self._shared(t, users, mine, leases)
 
-    def _mine(self, listed: set[int]) -> set[int]:
+    def _mine(self, listed: set[int], leases: list[dict[str, Any]]) -> set[int]:
         """This run's processes among ``listed``: this process, its descendants and the run's
         other processes, less those that hold their own lease for this GPU (they count their own
         share)."""
-        try:
-            tree = {c.pid for c in self._psutil.Process(self._pid).children(recursive=True)}
-        except self._psutil.Error:
-            tree = set()
-        leases = self._leases()
+        tree = {p for p in listed if p != self._pid and self._descends(p)}
         own = {_pid(r) for r in leases if self.uuid and self.uuid in (r.get("gpus") or [])}
         run = {_pid(r) for r in leases if self.run_id and r.get("run_id") == self.run_id}
         return ((tree | run) - own | {self._pid}) & listed
+
+    def _descends(self, pid: int) -> bool:
+        """Whether ``pid`` descends from the tracked process: its parent chain, walked up (a few
+        reads per listed process, not a scan of every process on the machine)."""
+        for _ in range(64):
+            try:
+                pid = int(self._psutil.Process(pid).ppid())
+            except self._psutil.Error:
+                return False
+            if pid == self._pid:
+                return True
+            if pid <= 1:
+                return False
+        return False
 
     def _leases(self) -> list[dict[str, Any]]:
         try:
@@ -235,9 +246,10 @@ class GpuShare:
             msg = f"{self.info.device}: {why}; the whole GPU's energy is counted while this holds"
             self._events.append(ChannelEvent("info", "gpu-share", msg, {"reason": reason}))
 
-    def _shared(self, t: float, users: set[int], mine: set[int]) -> None:
+    def _shared(self, t: float, users: set[int], mine: set[int],
+                leases: list[dict[str, Any]]) -> None:
         others = users - mine
-        tracked_pids = {_pid(r) for r in self._leases()}
+        tracked_pids = {_pid(r) for r in leases}
         tracked = len(others & tracked_pids)
         grew = len(users) > self.max_processes or tracked > self.max_tracked
         self.max_processes = max(self.max_processes, len(users))
