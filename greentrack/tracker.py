@@ -149,7 +149,7 @@ class Tracker:
                             "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
-        found = discover(cfg)
+        found = discover(cfg, run_id=self.run_id)
         self.notes = found.notes
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
@@ -223,13 +223,19 @@ class Tracker:
         return answer[1]
 
     def _watch(self, channels: list[Any]) -> None:
-        """Leases: other runs measuring this host, and trackers joining this run."""
+        """Leases: other runs measuring this host or sharing its GPUs, and trackers joining this
+        run. The lease lists the GPUs this process measures: a shared GPU's other trackers are
+        told apart from untracked processes by it (``samplers/_gpushare.py``)."""
         assert self._engine is not None
         try:
-            if any(c.info.host_scope for c in channels):
+            host_scope = any(c.info.host_scope for c in channels)
+            gpus = [str(c.info.details["uuid"]) for c in channels
+                    if c.info.kind == "gpu" and c.info.details.get("uuid")]
+            if host_scope or gpus:
                 watch = sharing.HostWatch(self._engine, {
                     "run_id": self.run_id, "pid": self._pid, "mode": self.config.mode,
-                    "run_dir": str(self.run_dir.resolve()), "host": socket.gethostname()})
+                    "run_dir": str(self.run_dir.resolve()), "host": socket.gethostname(),
+                    "host_scope": host_scope, "gpus": gpus[:sharing.MAX_LEASE_GPUS]})
                 self._leases.append(watch)
                 self._engine.watchers.append(watch)
             if self._join_token:

@@ -16,7 +16,8 @@ from greentrack.run.segment import Segment, segment
 
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
-                             "sampler-slow", "steps-open", "internal-error"})
+                             "sampler-slow", "steps-open", "internal-error", "gpu-shared",
+                             "gpu-share-unavailable"})
 KINDS = ("gpu", "cpu", "dram")
 
 
