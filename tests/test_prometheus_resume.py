@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from greentrack.run import Run
-from tests.conftest import python_env
+from greentrack.tracker import Tracker
+from tests.conftest import FAST, python_env
+from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import Prometheus, free_port, prometheus  # noqa: F401
-
-pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 INTENSITY = 56.0
 SEGMENT = """
@@ -67,6 +67,8 @@ def segment(tmp_path: Path, run_dir: Path, port: int, steps: int, prom: Promethe
     return t0, time.time()
 
 
+@pytest.mark.servers
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_counters_in_prometheus(tmp_path: Path,
                                                             prometheus: Prometheus) -> None:
     port = free_port()
@@ -116,3 +118,80 @@ def test_a_resumed_run_continues_its_counters_in_prometheus(tmp_path: Path,
     # and no counter reset at the resume (the second segment started where the first ended)
     assert value(f'resets(greentrack_steps_total{{{sel}, phase="train"}}[{rng}])') == 0
     assert value(f"sum(resets(greentrack_energy_joules_total{{{sel}}}[{rng}]))") == 0
+
+
+def scrape(tracker: Tracker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The tracker's exposition, parsed by prometheus_client's own parser."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    text = generate_latest(tracker.sinks[0].registry).decode()
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items()
+                                  if k in ("kind", "device", "phase", "le")))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def steps(tracker: Tracker, n: int) -> None:
+    for _ in range(n):
+        with tracker.step("train", flops=2e9):
+            time.sleep(0.01)
+
+
+def test_a_second_tracker_on_the_run_starts_from_its_recorded_totals(
+        tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    run_dir = tmp_path / "run"
+    with Tracker(run_dir, prometheus_port=0, carbon_intensity_g_per_kwh=INTENSITY, **FAST) as t1:
+        steps(t1, 6)
+    with Run.open(run_dir) as run:
+        (seg,) = run.segments
+        gpu_j = next(float(c["energy_j"]) for c in seg.channels if c["kind"] == "gpu")
+        gaps = {c["device"]: float(c["gap_s"]) for c in seg.channels}
+        gpu_s = seg.gpu_seconds
+    t2 = Tracker(run_dir, prometheus_port=0, carbon_intensity_g_per_kwh=INTENSITY, **FAST)
+    t2.start()
+    try:
+        got = scrape(t2)
+        assert got[("greentrack_steps_total", (("phase", "train"),))] == 6
+        assert got[("greentrack_step_energy_joules_count", (("phase", "train"),))] == 6
+        assert got[("greentrack_flops_total", (("phase", "train"),))] == 12e9
+        # every step's energy is in some bucket: the +Inf bucket counts them all
+        assert got[("greentrack_step_energy_joules_bucket", (("le", "+Inf"), ("phase", "train")))] == 6
+        energy = got[("greentrack_energy_joules_total", (("device", "gpu0"), ("kind", "gpu")))]
+        assert gpu_j <= energy <= gpu_j + 300.0 * 2  # + this segment's few tenths of a second
+        assert got[("greentrack_gpu_seconds_total", ())] >= gpu_s
+        assert got[("greentrack_device_gap_seconds_total", (("device", "gpu0"), ("kind", "gpu")))] \
+            >= gaps["gpu0"]
+        steps(t2, 4)
+        deadline = time.monotonic() + 10
+        while t2.engine.steps_done < 4 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert scrape(t2)[("greentrack_steps_total", (("phase", "train"),))] == 10
+    finally:
+        t2.stop()
+    assert any(e["kind"] == "exporter-continued" for e in Run.open(run_dir).events())
+
+
+def test_a_live_store_of_another_process_is_not_an_earlier_segment(
+        tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    """Two trackers measuring at once (both running) never add each other's figures."""
+    run_dir = tmp_path / "run"
+    with Tracker(run_dir, **FAST) as first:
+        steps(first, 5)
+        time.sleep(0.3)  # flushed: its store holds steps and energy
+        with Tracker(run_dir, prometheus_port=0, **FAST) as second:
+            got = scrape(second)
+            assert ("greentrack_steps_total", (("phase", "train"),)) not in got
+            assert got[("greentrack_energy_joules_total", (("device", "gpu0"), ("kind", "gpu")))] \
+                < 300.0 * 1.0
+
+
+def test_an_unreadable_earlier_store_starts_the_counters_at_zero(
+        tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    run_dir = tmp_path / "run"
+    with Tracker(run_dir, **FAST) as t1:
+        steps(t1, 3)
+    for store in run_dir.glob("*.gtdb"):
+        store.write_bytes(b"not a store" * 100)  # the first segment is lost
+    with Tracker(run_dir, prometheus_port=0, **FAST) as t2:
+        steps(t2, 2)  # training goes on
+        assert ("greentrack_steps_total", (("phase", "train"),)) not in scrape(t2) or \
+            scrape(t2)[("greentrack_steps_total", (("phase", "train"),))] <= 2

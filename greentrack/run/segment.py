@@ -43,7 +43,8 @@ class Segment:
     @property
     def gpu_seconds(self) -> float:
         """This store's wall-clock span x the GPUs it measured."""
-        return (self.end_unix - self.start_unix) * sum(c["kind"] == "gpu" for c in self.channels)
+        return float((self.end_unix - self.start_unix)
+                     * sum(c["kind"] == "gpu" for c in self.channels))
 
     # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
     def sample_stats(self) -> dict[int, Any]:
