@@ -5,7 +5,7 @@ The committed JSON is the importable artifact; this script keeps the two dashboa
 fails when the committed files differ from what this script writes, or when a panel or a table
 column has no unit. Run after an edit (``pip install -e '.[dev]'`` installs the SDK):
 
-    python3 grafana/build_dashboards.py
+    .venv/bin/python grafana/build_dashboards.py
 
 The SDK is pinned to the release generated from Grafana 11.2's schema, the Grafana version of
 docker-compose.yml (its versions are ``EPOCH!GRAFANA_VERSION``; an unpinned install picks the

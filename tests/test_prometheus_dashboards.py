@@ -48,7 +48,7 @@ def _build() -> dict[str, dict[str, Any]]:
 def test_committed_dashboards_are_what_the_generator_writes() -> None:
     built = _build()
     committed = {p.name: json.loads(p.read_text()) for p in (GRAFANA / "dashboards").glob("*.json")}
-    assert committed == built, "run `python3 grafana/build_dashboards.py` and commit the result"
+    assert committed == built, "run `.venv/bin/python grafana/build_dashboards.py` and commit the result"
 
 
 def test_dashboards_select_datasource_job_run_and_host() -> None:
