@@ -31,6 +31,8 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return [lo]
     raw = (hi - lo) / n
+    if not (raw > 0 and math.isfinite(raw)):  # a span too small (subnormal) or too large to divide
+        return [lo, hi]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     k = math.floor(lo / step + 1e-9)
@@ -59,11 +61,14 @@ def _fmt(v: float) -> str:
 
 
 def _tick_labels(ticks: list[float]) -> list[str]:
-    """Tick labels as :func:`_fmt` writes them, with more digits where two would read the same
-    (ticks 99,701.2 and 99,701.4; 100,000 and 105,000)."""
+    """Tick labels as :func:`_fmt` writes them, with more digits where one would not read as its
+    tick (1,250,000 as "1.2e+06"; 0.0125 as "0.013") or two would read the same."""
+    def exact(label: str, v: float) -> bool:
+        return abs(float(label.replace(",", "")) - v) <= 1e-9 * abs(v)
+
     labels = [_fmt(v) for v in ticks]
     digits = 3
-    while len(set(labels)) < len(labels) and digits <= 15:
+    while (len(set(labels)) < len(labels) or not all(map(exact, labels, ticks))) and digits <= 17:
         labels = [f"{v:.{digits}g}" for v in ticks]
         digits += 1
     return labels
