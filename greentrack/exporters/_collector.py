@@ -61,6 +61,9 @@ STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
                          1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
 MAX_PHASES = 8
 INTENSITY_TTL_S = 60.0
+#: How long a scrape or push waits for a resumed run's earlier totals (read on a thread at start)
+#: before it answers with no series: never a lower value that Prometheus would take for a reset.
+CONTINUE_WAIT_S = 2.0
 
 
 class StepStats:
@@ -208,6 +211,10 @@ class TrackerCollector:
         self.steps = StepStats()
         #: Totals of the run's earlier segments of this host and rank (:meth:`continue_from`).
         self.before = RecordedBefore()
+        #: Cleared while those totals are being read: scrapes then wait, at most
+        #: :data:`CONTINUE_WAIT_S`, and serve nothing rather than counters that would go back.
+        self.ready = threading.Event()
+        self.ready.set()
         self._lock = threading.Lock()
         self._emitted_j = 0.0  # energy already converted to emissions
         self._emissions_g = 0.0
@@ -223,7 +230,7 @@ class TrackerCollector:
         steps, step energy, FLOPs and emissions start at what those segments recorded, so
         ``increase()`` and ``max_over_time()`` over the run give its total. Call before steps."""
         self.before = before
-        self.steps.seed(before)
+        self.steps.seed(before)  # adds: steps observed meanwhile are kept
 
     def describe(self) -> list[Any]:
         return []  # no scrape at registration time
@@ -231,6 +238,8 @@ class TrackerCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                             InfoMetricFamily)
+        if not self.ready.wait(CONTINUE_WAIT_S):
+            return
         engine = self.tracker.engine
         channels = engine.snapshot()
         base, dev = list(BASE_LABELS), [*BASE_LABELS, "kind", "device"]
