@@ -112,7 +112,7 @@ class PrometheusExporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         # A resumed run's earlier totals: read off the training thread (a long segment's store
-        # takes ~0.6 s per 100,000 steps to sum); scrapes wait for them (CONTINUE_WAIT_S).
+        # took 0.6-1.3 s per 100,000 steps to sum here); scrapes wait for them (CONTINUE_WAIT_S).
         self.collector.ready.clear()
         threading.Thread(target=self._continue_run, args=(tracker, record),
                          name="greentrack-exporter-continue", daemon=True).start()
