@@ -174,8 +174,7 @@ class Run:
 
     @property
     def gpu_seconds(self) -> float:
-        return float(sum((s.end_unix - s.start_unix) * sum(c["kind"] == "gpu" for c in s.channels)
-                         for s in self.segments))
+        return float(sum(s.gpu_seconds for s in self.segments))
 
     def energy_j(self) -> dict[str, float | None]:
         """Joules by kind (None: no channel of that kind at all, never a silent 0) and total."""
