@@ -124,7 +124,8 @@ class IntegrationRun:
         if cfg.rank is None and rank is not None:
             cfg = cfg.replace(rank=rank)
         self.local_zero = local_zero
-        tracker = start_tracker(cfg, local_zero=local_zero)
+        # the emissions.csv row is the whole run's: rank 0 appends it in stop(), after the barrier
+        tracker = start_tracker(cfg.replace(emissions_csv=None), local_zero=local_zero)
         if tracker is None:
             return None
         if tracker.store_path is not None:
@@ -208,7 +209,10 @@ class IntegrationRun:
         if meter is not None:
             self.carry = meter.state()
             meter.close(status)
+        csv_row = meter is not None and main and bool(self.config.emissions_csv)
         if not totals or self.run_dir is None:
+            if csv_row:  # no barrier to wait for: what the stores hold now
+                self._append_csv()
             return {}
         from greentrack import gathering
         if gathering.distributed():
@@ -219,11 +223,13 @@ class IntegrationRun:
                                        main_host=self.main_host)
             found_totals = gathering.job_totals(
                 self.run_dir, part, main=main, store=self.stores[-1] if self.stores else None,
-                world_size=dist.get_world_size())
+                world_size=dist.get_world_size())  # synchronizes every rank, like the barrier
             found = None if found_totals is None else _with_metrics(found_totals, optimizer_steps)
         else:
             barrier()  # every rank's store is closed past this point (reached tracked or not)
             found = final_totals(self.run_dir, optimizer_steps) if main else None
+        if main and csv_row:  # this directory's stores (node-local directories: this node's)
+            self._append_csv()
         if not main or found is None:
             return {}
         self.summary = s = found[0]
@@ -231,6 +237,12 @@ class IntegrationRun:
                  "ranks; %s", s["run_id"], s["energy_j"]["total"], s["energy_kwh"],
                  s["duration_s"], s["optimizer_steps"], self.run_dir)
         return prefixed(found[1])
+
+
+    def _append_csv(self) -> None:
+        from greentrack.reports.emissions_log import append_run
+        if self.run_dir is not None:
+            append_run(self.run_dir, self.config.replace(run_dir=self.run_dir))
 
 
 class RunCallback:

@@ -63,7 +63,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
             ["GPU-hours", _n(s["gpu_hours"]), "device time x GPUs, per process"],
             ["Training compute", _n(s["flops"], "FLOP"), c["flops_method"]],
             ["Cost", _money(s["cost_total"], s["currency"]), "see Cost"],
-            ["Uncertainty", f"{meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%)",
+            ["Quality band", f"{meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%)",
              meth["uncertainty"]["basis"]],
         ]),
     ]
@@ -78,9 +78,12 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                   for o in doc["opportunities"]])]
     out += [
         ("h2", "Energy"),
+        ("p", f"Power over time: the mean power of each device over {_n(doc['timeseries']['step_s'])}-s "
+              "intervals, measured and estimated devices alike (the table below says which is "
+              "which). Cumulative IT energy: all devices summed, before PUE."),
         ("plot", "power"), ("plot", "cumulative"),
         ("table", ["device", "host / rank", "kind", "method", "measured", "energy (J)", "samples",
-                   "gap (s)", "uncertainty"],
+                   "gap (s)", "quality band"],
          [[d["name"] if d["name"] == d["device"] else f"{d['device']} ({d['name']})",
            f"{d.get('host', '')} / r{d.get('rank', 0)}", d["kind"], d["method"],
            "measured" if d["measured"] else "ESTIMATED", f"{d['energy_j']:,.1f}", str(d["samples"]),
@@ -120,12 +123,20 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
         ("table", ["figure", "value"], [
             ["steps", str(c["steps"])], ["FLOPs", _n(c["flops"])], ["samples", _n(c["samples"])],
             ["tokens", _n(c["tokens"])], ["hardware", c["hardware"]["text"]],
-            ["J per step", _n(c["joules_per_step"])], ["J per sample", _n(c["joules_per_sample"])],
-            ["J per token", _n(c["joules_per_token"])], ["FLOPs per J", _n(c["flops_per_joule"])],
+            ["J per step (all the run's energy / steps)", _n(c["joules_per_step"])],
+            ["J per sample (all the run's energy / samples)", _n(c["joules_per_sample"])],
+            ["J per token (all the run's energy / tokens)", _n(c["joules_per_token"])], ["FLOPs per J", _n(c["flops_per_joule"])],
             ["MFU", _n(c["mfu"]) if c["mfu"] is not None else "not recorded"]]),
     ]
-    if doc["steps"].get("histogram"):
-        out.append(("plot", "steps"))
+    hist = doc["steps"].get("histogram")
+    if hist:
+        own = doc["steps"]["by_phase"][hist["phase"]]["energy_per_step_j"]
+        out += [("p", f"J per step above divides all the run's IT energy over its wall time (idle "
+                      "time, data loading, evaluation and checkpoints included) by the steps. The "
+                      f"histogram below shows each {hist['phase']} step's own energy, the joules "
+                      f"inside its window only: median {_n(own['median'], 'J')}, p95 "
+                      f"{_n(own['p95'], 'J')}."),
+                ("plot", "steps")]
     out += [
         ("h2", "EU AI Act / GPAI Code of Practice fields"),
         ("table", ["field", "value"], [
@@ -144,7 +155,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                   f"({', '.join(f'{k}: {v:,}' for k, v in meth['sample_counts'].items())}).",
                   f"Sampling: {meth.get('sampling') or 'not recorded'}.",
                   f"Gaps: {meth['gaps']} ({meth['gap_s']:g} s of device time without readings).",
-                  f"Uncertainty: {meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%); "
+                  f"Quality band: {meth['uncertainty']['band']} (+-{meth['uncertainty']['pct']:g}%); "
                   f"{meth['uncertainty']['basis']}.",
                   f"Carbon intensity: {meth['intensity']}.",
                   f"Steps: {meth['steps']}."]),

@@ -17,7 +17,8 @@ from greentrack.run.segment import Segment, segment
 
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
-                             "sampler-slow", "steps-open", "internal-error", "gather-gap"})
+                             "sampler-slow", "steps-open", "internal-error", "gather-gap",
+                             "gpu-shared", "gpu-share-unavailable"})
 KINDS = ("gpu", "cpu", "dram")
 
 
@@ -233,8 +234,7 @@ class Run:
 
     @property
     def gpu_seconds(self) -> float:
-        return float(sum((s.end_unix - s.start_unix) * sum(c["kind"] == "gpu" for c in s.channels)
-                         for s in self.segments))
+        return float(sum(s.gpu_seconds for s in self.segments))
 
     def energy_j(self) -> dict[str, float | None]:
         """Joules by kind (None: no channel of that kind at all, never a silent 0) and total."""

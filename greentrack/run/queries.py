@@ -47,3 +47,11 @@ _STATS_SQL = f"""
 SELECT channel_id, COUNT(*) AS n, MIN(t) AS lo, MAX(t) AS tmax, MAX(t + dt) AS hi FROM samples
 WHERE {VALID_SAMPLE} GROUP BY channel_id"""
 _ROWS_SQL = "SELECT channel_id, COUNT(*) AS n FROM samples GROUP BY channel_id"
+
+
+def step_buckets_sql(edges_j: tuple[float, ...]) -> str:
+    """Per phase and histogram bucket ``b`` (the first edge with joules <= edge, as Prometheus'
+    ``le``; ``len(edges_j)``: above them all), the number of valid step rows, counted in SQLite."""
+    cases = " ".join(f"WHEN ({STEP_J}) <= {float(e)!r} THEN {i}" for i, e in enumerate(edges_j))
+    return (f"SELECT phase, CASE {cases} ELSE {len(edges_j)} END AS b, COUNT(*) AS n FROM steps "
+            f"WHERE {VALID_STEP} GROUP BY phase, b")

@@ -71,6 +71,13 @@ class StoreWriter:
              int(info["measured"]), info["source"], info["uncertainty"], int(info["host_scope"]),
              json.dumps(info["details"])))
 
+    def update_channel_info(self, channel_id: int, info: dict[str, Any]) -> None:
+        """A channel's new description (a GPU that became shared is an estimated share from then
+        on): method, measured, source, uncertainty and details are replaced."""
+        self._queue("UPDATE channels SET method=?, measured=?, source=?, uncertainty=?, details=? "
+                    "WHERE id=?", (info["method"], int(info["measured"]), info["source"],
+                                   info["uncertainty"], json.dumps(info["details"]), channel_id))
+
     def update_channel(self, channel_id: int, energy_j: float, until_t: float | None,
                        gap_s: float, status: str) -> None:
         self._queue("UPDATE channels SET energy_j=?, until_t=?, gap_s=?, status=? WHERE id=?",
