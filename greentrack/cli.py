@@ -1,4 +1,4 @@
-"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``report``, ``compare``.
+"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``merge``, ``report``, ``compare``.
 
 Every invalid argument ends in one line on stderr naming the setting, the value and what is
 allowed, and exit status 2; never a traceback.
@@ -28,7 +28,7 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
                  "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
-                 "prometheus_addr", "pushgateway_url", "job"):
+                 "prometheus_addr", "pushgateway_url", "job", "emissions_csv"):
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
@@ -49,15 +49,23 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="fast poll period in seconds (default 0.05)")
     p.add_argument("--counter-interval", dest="counter_interval_s", type=float, metavar="S",
                    help="NVML energy counter period in seconds (default 0.2)")
-    p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S")
+    p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S",
+                   help="how often the store commits, in seconds: bounds what a SIGKILL can lose "
+                        "(default 0.5)")
     p.add_argument("--resolution", dest="resolution_s", type=float, metavar="S",
                    help="stored time-series bucket width in seconds (default 1.0)")
     p.add_argument("--mode", choices=["machine", "process"],
                    help="machine: all host CPU/DRAM energy (default); process: the command's share")
     p.add_argument("--gpus", help="comma-separated CUDA ordinals or UUIDs (default: all visible)")
-    p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W")
-    p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W")
-    p.add_argument("--run-id")
+    p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W",
+                   help="CPU TDP in watts per socket for the estimate used when RAPL is unreadable "
+                        "(default: codecarbon's CPU table)")
+    p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W",
+                   help="memory power in W per GB when no DRAM zone is readable (default 0.3725, "
+                        "Green Algorithms)")
+    p.add_argument("--run-id", help="identifier shared by every process of the run, 1-64 of "
+                                    "A-Z a-z 0-9 . _ - (default: the launcher's job id, else "
+                                    "from the run directory)")
     p.add_argument("--prometheus-port", dest="prometheus_port", type=int, metavar="PORT",
                    help="serve Prometheus /metrics on PORT (+ LOCAL_RANK per rank; 0: a free port)")
     p.add_argument("--prometheus-addr", dest="prometheus_addr", metavar="ADDR",
@@ -71,12 +79,24 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", metavar="NAME",
                    help="job label of the metrics (default: Slurm job id, Kubernetes pod, "
                         "else greentrack)")
+    p.add_argument("--emissions-csv", dest="emissions_csv", metavar="FILE",
+                   help="append the run's row to FILE in codecarbon's emissions.csv columns "
+                        "(created if missing; also GREENTRACK_EMISSIONS_CSV)")
+    add_training_type(p)
+
+
+def add_training_type(p: argparse.ArgumentParser) -> None:
+    from greentrack.config import TRAINING_TYPES
+    p.add_argument("--training-type", dest="training_type", choices=TRAINING_TYPES,
+                   help="what the run is, for the model card's co2_eq_emissions.training_type "
+                        "(default: the Hugging Face integration's inference, else not stated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="greentrack", description="Energy and carbon tracking for ML training.")
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", help="run `greentrack COMMAND --help` for its options")
     run = sub.add_parser("run", help="run a command and track its energy",
                          description="Run CMD, track the machine's energy while it runs, exit with "
                                      "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
@@ -92,11 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     green.add_argument("--expected-duration", metavar="DURATION",
                        help="how long CMD is expected to run, e.g. 3h (for --start-when-greener)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
-    doctor.add_argument("--json", action="store_true")
-    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)")
-    summary.add_argument("run_dir", metavar="RUN_DIR")
-    summary.add_argument("--json", action="store_true")
+    doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest",
+                            description="Open every device once as a tracker would, and say how "
+                                        "each is measured (or estimated, and from what), with its "
+                                        "quality band and how to unlock what is missing.")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)",
+                             description="Energy by kind, duration, steps and sources of a run, "
+                                         "read from its stores (all ranks and segments). Several "
+                                         "RUN_DIRs are read as one run (node-local directories of "
+                                         "a multi-node job): each store counts once; directories "
+                                         "of different runs are refused.")
+    summary.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="the run's directory, or its node-local directories")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    merge = sub.add_parser("merge", help="merge node-local directories of one run into one",
+                           description="Copy the stores of RUN_DIRs (directories of one run: the "
+                                       "same run id, else refused) into OUT, each store once "
+                                       "(host, boot id, rank and segment: a directory copied "
+                                       "twice adds nothing). Inputs are never changed.")
+    merge.add_argument("out", metavar="OUT", help="new directory (must not exist, or be empty)")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="node-local directories of the run")
     from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
     add_carbon_options(run)
     add_commands(sub)
@@ -139,6 +176,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_run(ns)
         if ns.command == "doctor":
             return cmd_doctor(ns)
+        if ns.command == "merge":
+            return cmd_merge(ns)
         return cmd_summary(ns)
     except ConfigError as e:
         print(f"greentrack: {printable(e)}", file=sys.stderr)
@@ -150,8 +189,21 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     from greentrack.summary import format_summary, summarize
-    s = summarize(ns.run_dir)
+    s = summarize(ns.run_dirs)
     print(json_text(s) if ns.json else format_summary(s))
+    return 0
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from greentrack.merge import merge_runs
+    result = merge_runs(ns.out, ns.run_dirs)
+    print(f"greentrack: merged run {printable(result.run_id)}: {result.stores} store(s) from "
+          f"{len(ns.run_dirs)} director{'y' if len(ns.run_dirs) == 1 else 'ies'} into "
+          f"{printable(result.out)}"
+          + (f"; {result.duplicates} store(s) found in more than one input, each counted once"
+             if result.duplicates else ""))
+    for line in result.skipped:
+        print(f"greentrack: warning: not merged: {printable(line)}", file=sys.stderr)
     return 0
 
 

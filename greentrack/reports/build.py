@@ -123,14 +123,29 @@ def _histogram(vals: list[float], n_bins: int = 30) -> dict[str, Any]:
     return {"edges_j": [lo + k * width for k in range(n_bins + 1)], "counts": counts}
 
 
+def _training_type(config: Any) -> dict[str, Any]:
+    """The run's training type (``Config.training_type``) and how it is known."""
+    value = getattr(config, "training_type", None)
+    if value is None:
+        return {"training_type": None, "training_type_basis": "not set (training_type setting)"}
+    basis = (getattr(config, "extra", None) or {}).get("training_type_basis")
+    return {"training_type": value,
+            "training_type_basis": str(basis) if basis else "the training_type setting"}
+
+
 def _hardware(data: RunData) -> dict[str, Any]:
     # each device once, however many segments (a resumed run) or ranks measured it
     gpus = Counter(d.name for d in data.devices if d.kind == "gpu")
     cpus = Counter(d.name for d in data.devices if d.kind == "cpu")
     text = "; ".join([f"{n} x {name}" for name, n in gpus.items()] +
                      [f"CPU {name}" + (f" x {n}" if n > 1 else "") for name, n in cpus.items()])
+    machines = list(data.machines.values())
+
+    def total(key: str) -> float | None:  # summed over hosts; None unless every host recorded it
+        return sum(m[key] for m in machines) if machines and all(key in m for m in machines) else None
     return {"gpus": dict(gpus), "gpu_count": sum(gpus.values()), "cpus": dict(cpus),
-            "hosts": len(data.hosts), "text": text or "unknown"}
+            "hosts": len(data.hosts), "text": text or "unknown",
+            "cpu_count": total("cpu_count"), "ram_total_gb": total("ram_total_gb")}
 
 
 def _devices(data: RunData) -> list[dict[str, Any]]:
@@ -237,7 +252,8 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
                 "duration_s": float(s["duration_s"]), "stores": int(s["stores"]),
                 "hosts": {h: round(v, 3) for h, v in data.hosts.items()}, "mode": s["mode"],
                 "python": data.versions.get("python"), "platform": data.versions.get("platform"),
-                "labels": dict(data.labels)},
+                "labels": dict(data.labels), "run_dirs": list(s.get("run_dirs") or []),
+                "job": dict(s.get("job") or {}), **_training_type(config)},
         "energy": energy,
         **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost")},
         "compute": compute,

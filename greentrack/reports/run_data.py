@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.run import Device, Run, Segment, device_identity, union_length
+from greentrack.units import is_number
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
@@ -56,6 +57,8 @@ class RunData:
     hosts: dict[str, float]            # host -> seconds it ran (union of its stores' spans)
     resolution_s: float
     versions: dict[str, Any]
+    #: host -> what its first store recorded of the machine (``cpu_count``, ``ram_total_gb``)
+    machines: dict[str, dict[str, Any]]
     settings: dict[str, Any]
     warnings: list[str]
     #: the longest slow cadence of each store whose engine stretched it (store file -> s)
@@ -192,6 +195,7 @@ def _read(run: Run) -> RunData:
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
         hosts={h: union_length(s) for h, s in host_spans.items()}, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
+        machines=_machines(run.segments),
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
         store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
@@ -307,3 +311,17 @@ def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: flo
                 g["idle_j"] += e
     return list(found.values())
 
+
+
+def _machines(segments: list[Segment]) -> dict[str, dict[str, Any]]:
+    """Each host's machine record, once (several ranks or segments ran on it); hosts whose stores
+    predate the record, or hold a damaged one, map to an empty dict."""
+    out: dict[str, dict[str, Any]] = {}
+    for seg in segments:
+        m = seg.meta.get("machine")
+        m = m if isinstance(m, dict) else {}
+        good = {k: m[k] for k in ("cpu_count", "ram_total_gb") if is_number(m.get(k))
+                and float(m[k]) > 0}
+        if not out.get(seg.host):
+            out[seg.host] = good
+    return out

@@ -26,17 +26,29 @@ PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round ticks from the last one at or below ``lo`` to the first one at or above ``hi``, so
+    an axis drawn from the first tick to the last covers every value in ``[lo, hi]``."""
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return [lo]
     raw = (hi - lo) / n
+    if not (raw > 0 and math.isfinite(raw)):  # a span too small (subnormal) or too large to divide
+        return [lo, hi]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    out, v = [], first
-    while v <= hi + step * 1e-9:
-        out.append(round(v, 12))
-        v += step
-    return out
+    k = math.floor(lo / step + 1e-9)
+    out: list[float] = []
+    while True:
+        v = k * step
+        out.append(float(f"{v:.12g}"))  # 0.30000000000000004 -> 0.3, at any magnitude
+        if v >= hi - step * 1e-9:
+            return out
+        k += 1
+
+
+def _within(ticks: list[float], lo: float, hi: float) -> list[float]:
+    """The ticks inside ``[lo, hi]``: for an axis that spans the data exactly (time, bins)."""
+    eps = (hi - lo) * 1e-9
+    return [v for v in ticks if lo - eps <= v <= hi + eps]
 
 
 def _fmt(v: float) -> str:
@@ -46,6 +58,20 @@ def _fmt(v: float) -> str:
     if a >= 1e5 or a < 1e-3:
         return f"{v:.2g}"
     return f"{v:,.{0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3}f}"
+
+
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """Tick labels as :func:`_fmt` writes them, with more digits where one would not read as its
+    tick (1,250,000 as "1.2e+06"; 0.0125 as "0.013") or two would read the same."""
+    def exact(label: str, v: float) -> bool:
+        return abs(float(label.replace(",", "")) - v) <= 1e-9 * abs(v)
+
+    labels = [_fmt(v) for v in ticks]
+    digits = 3
+    while (len(set(labels)) < len(labels) or not all(map(exact, labels, ticks))) and digits <= 17:
+        labels = [f"{v:.{digits}g}" for v in ticks]
+        digits += 1
+    return labels
 
 
 def _frame(title: str, xlabel: str, ylabel: str, xt: list[float], yt: list[float],
@@ -58,14 +84,14 @@ def _frame(title: str, xlabel: str, ylabel: str, xt: list[float], yt: list[float
     x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#333"/>')
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#333"/>')
-    for v in xt:
+    for v, label in zip(xt, _tick_labels(xt)):
         x = sx(v)  # type: ignore[operator]
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="#333"/>'
-                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{_fmt(v)}</text>')
-    for v in yt:
+                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{label}</text>')
+    for v, label in zip(yt, _tick_labels(yt)):
         y = sy(v)  # type: ignore[operator]
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
+                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append(f'<text x="14" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
                f'transform="rotate(-90 14 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>')
@@ -96,7 +122,8 @@ def lines(title: str, t_s: list[float], series: list[tuple[str, list[float]]], y
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, ylabel, _nice_ticks(lo_x, hi_x), yt, sx, sy)
+    # time spans the full width; the y axis goes up to the tick above the highest value
+    out = _frame(title, xlabel, ylabel, _within(_nice_ticks(lo_x, hi_x), lo_x, hi_x), yt, sx, sy)
     _polylines(out, [(label, list(zip(xs, vals))) for label, vals in series], sx, sy, x1)
     return "\n".join(out)
 
@@ -148,7 +175,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
     top_c = max(counts, default=1) or 1
-    yt = [float(v) for v in _nice_ticks(0.0, top_c * 1.05)]
+    yt = [float(v) for v in _nice_ticks(0.0, max(top_c * 1.05, 5.0))]  # whole steps per tick
     top = max(yt[-1], top_c)
     x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
 
@@ -158,7 +185,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, "steps", _nice_ticks(lo, hi), yt, sx, sy)
+    out = _frame(title, xlabel, "steps", _within(_nice_ticks(lo, hi), lo, hi), yt, sx, sy)
     for k, c in enumerate(counts):
         if c <= 0:
             continue

@@ -44,7 +44,8 @@ def render(doc: dict[str, Any]) -> str:
                            for row in block[2])
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "plot" and block[1] in charts:
-            out.append(f"<figure>{charts[block[1]]}</figure>")
+            # an id per chart: report.html#plot-power links to (and scrolls to) one chart
+            out.append(f'<figure id="plot-{escape(block[1])}">{charts[block[1]]}</figure>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -10,7 +10,7 @@ from typing import Any
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
 from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL,
-                                    _STATS_SQL, _STEPS_SQL, STEP_J)
+                                    _STATS_SQL, _STEPS_SQL, STEP_J, step_buckets_sql)
 
 
 @dataclass
@@ -39,6 +39,12 @@ class Segment:
     def rank(self) -> int:
         rank = self.meta.get("rank")
         return rank if isinstance(rank, int) else 0
+
+    @property
+    def gpu_seconds(self) -> float:
+        """This store's wall-clock span x the GPUs it measured."""
+        return float((self.end_unix - self.start_unix)
+                     * sum(c["kind"] == "gpu" for c in self.channels))
 
     # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
     def sample_stats(self) -> dict[int, Any]:
@@ -71,6 +77,14 @@ class Segment:
         out: dict[str, list[float]] = {}
         for r in self.reader.rows(f"SELECT phase, {STEP_J} AS e FROM steps WHERE {VALID_STEP}"):
             out.setdefault(str(r["phase"]), []).append(float(r["e"]))
+        return out
+
+    def step_buckets(self, edges_j: tuple[float, ...]) -> dict[str, list[int]]:
+        """Per phase, valid step rows per energy bucket (``len(edges_j) + 1`` counts, the last
+        above every edge), as the exporter's ``greentrack_step_energy_joules`` histogram counts."""
+        out: dict[str, list[int]] = {}
+        for r in self.reader.rows(step_buckets_sql(edges_j)):
+            out.setdefault(str(r["phase"]), [0] * (len(edges_j) + 1))[int(r["b"])] += int(r["n"])
         return out
 
     def flops_methods(self) -> set[str]:
