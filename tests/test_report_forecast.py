@@ -46,7 +46,7 @@ def constructed(seed: int, steps: int = 200, every: int = 2) -> tuple[RunData, f
     data = RunData(run_dir=Path("constructed"), summary={"status": "completed"}, devices=[],
                    start_unix=start, end_unix=start + seconds, bin_s=1.0, channels=[ch],
                    phases={}, step_energies_j={}, flops_methods=[], mfu=None, hosts={},
-                   resolution_s=1.0, versions={}, settings={}, warnings=[], step_marks=marks,
+                   resolution_s=1.0, versions={}, settings={}, warnings=[], step_marks=marks, machines={},
                    main_phase="train")
     return data, WATTS * (ends[-1] - start), ends[-1] - start
 
