@@ -3,9 +3,10 @@
     torchrun --standalone --nproc_per_node 2 examples/ddp_torchrun.py RUN_DIR [--steps 200]
 
 Each rank measures its own GPU (if any) and writes its own store into RUN_DIR (every rank must be
-given the same RUN_DIR, or ``GREENTRACK_RUN_DIR``); CPU and DRAM are measured once per node, by local
-rank 0. The run id comes from ``RUN_DIR/run.json``, created by whichever rank is first. At the end,
-rank 0 prints the whole run's totals, merged from every rank's store. On CPU this uses gloo.
+given the same RUN_DIR, or ``GREENTRACK_RUN_DIR``: a shared directory or each node's own); CPU and
+DRAM are measured once per node, by local rank 0. The run id is torchrun's (``TORCHELASTIC_RUN_ID``).
+At the end, leaving the ``with`` block gathers every node's stores to rank 0 over the job's process
+group, and rank 0 prints the whole job's totals (``tracking.summary``). On CPU this uses gloo.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from greentrack.integrations.torch import track_optimizer
 from greentrack.summary import format_summary
-from greentrack.training import run_totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with track_optimizer(optimizer, args.run_dir, model=model, samples_per_step=32,
                          planned_steps=args.steps, interval_s=0.02, counter_interval_s=0.1,
-                         flush_interval_s=0.2, progress_every_s=None):
+                         flush_interval_s=0.2, progress_every_s=None) as tracking:
         for _ in range(args.steps):
             x = torch.randn(32, 64, device=device)
             nn.functional.mse_loss(model(x), x).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    dist.barrier()  # every rank's store is closed: the totals below are final
-    if rank == 0:
-        totals = run_totals(args.run_dir)
+    # leaving the block gathered every node's totals to rank 0 (a collective: no barrier needed)
+    totals = tracking.summary
+    if rank == 0 and totals is not None:
         print(format_summary(totals))
         print(json.dumps({"energy_j": totals["energy_j"], "steps_by_phase": totals["steps_by_phase"],
                           "stores": totals["stores"], "run_id": totals["run_id"]}))

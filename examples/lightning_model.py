@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", nargs="?", default=os.environ.get("GREENTRACK_RUN_DIR"))
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1,
+                   help="nodes of a multi-node job (each node's processes started by torchrun or "
+                        "the scheduler, e.g. srun)")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--accumulate", type=int, default=1)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/lightning/last.ckpt")
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                   flush_interval_s=0.2, log_every_s=0.2, progress_every_s=None)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "lightning", save_last=True)
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes,
+        strategy="ddp" if args.devices * args.num_nodes > 1 else "auto",
         max_steps=args.steps, accumulate_grad_batches=args.accumulate, log_every_n_steps=4,
         limit_val_batches=3, val_check_interval=8, check_val_every_n_epoch=None,
         default_root_dir=run_dir / "lightning", callbacks=[callback, ckpt],

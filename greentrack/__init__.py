@@ -6,6 +6,8 @@
 >>> with greentrack.Tracker("runs/demo") as tracker:   # doctest: +SKIP
 ...     with tracker.step():
 ...         ...
+>>> @greentrack.track(country="FR")                    # doctest: +SKIP
+... def train(): ...
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from greentrack.config import Config
+    from greentrack.decorate import track
     from greentrack.errors import ConfigError, GreenTrackError
     from greentrack.summary import summarize
     from greentrack.tracker import Tracker
 
-__all__ = ["Config", "ConfigError", "GreenTrackError", "Tracker", "summarize", "__version__"]
+__all__ = ["Config", "ConfigError", "GreenTrackError", "Tracker", "summarize", "track", "__version__"]
 
 _LAZY = {
     "Tracker": "greentrack.tracker",
@@ -28,6 +31,7 @@ _LAZY = {
     "ConfigError": "greentrack.errors",
     "GreenTrackError": "greentrack.errors",
     "summarize": "greentrack.summary",
+    "track": "greentrack.decorate",
 }
 
 

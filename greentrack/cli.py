@@ -1,4 +1,4 @@
-"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``report``, ``compare``.
+"""The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``merge``, ``report``, ``compare``.
 
 Every invalid argument ends in one line on stderr naming the setting, the value and what is
 allowed, and exit status 2; never a traceback.
@@ -28,8 +28,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
                  "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
-                 "prometheus_addr", "pushgateway_url", "job", "calibrate_power_limits",
-                 "calibration_steps", "calibration_warmup_steps"):
+                 "prometheus_addr", "pushgateway_url", "job", "emissions_csv",
+                 "calibrate_power_limits", "calibration_steps", "calibration_warmup_steps"):
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
@@ -50,15 +50,23 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="fast poll period in seconds (default 0.05)")
     p.add_argument("--counter-interval", dest="counter_interval_s", type=float, metavar="S",
                    help="NVML energy counter period in seconds (default 0.2)")
-    p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S")
+    p.add_argument("--flush-interval", dest="flush_interval_s", type=float, metavar="S",
+                   help="how often the store commits, in seconds: bounds what a SIGKILL can lose "
+                        "(default 0.5)")
     p.add_argument("--resolution", dest="resolution_s", type=float, metavar="S",
                    help="stored time-series bucket width in seconds (default 1.0)")
     p.add_argument("--mode", choices=["machine", "process"],
                    help="machine: all host CPU/DRAM energy (default); process: the command's share")
     p.add_argument("--gpus", help="comma-separated CUDA ordinals or UUIDs (default: all visible)")
-    p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W")
-    p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W")
-    p.add_argument("--run-id")
+    p.add_argument("--cpu-tdp", dest="cpu_tdp_w", type=float, metavar="W",
+                   help="CPU TDP in watts per socket for the estimate used when RAPL is unreadable "
+                        "(default: codecarbon's CPU table)")
+    p.add_argument("--dram-w-per-gb", dest="dram_w_per_gb", type=float, metavar="W",
+                   help="memory power in W per GB when no DRAM zone is readable (default 0.3725, "
+                        "Green Algorithms)")
+    p.add_argument("--run-id", help="identifier shared by every process of the run, 1-64 of "
+                                    "A-Z a-z 0-9 . _ - (default: the launcher's job id, else "
+                                    "from the run directory)")
     p.add_argument("--prometheus-port", dest="prometheus_port", type=int, metavar="PORT",
                    help="serve Prometheus /metrics on PORT (+ LOCAL_RANK per rank; 0: a free port)")
     p.add_argument("--prometheus-addr", dest="prometheus_addr", metavar="ADDR",
@@ -72,6 +80,17 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", metavar="NAME",
                    help="job label of the metrics (default: Slurm job id, Kubernetes pod, "
                         "else greentrack)")
+    p.add_argument("--emissions-csv", dest="emissions_csv", metavar="FILE",
+                   help="append the run's row to FILE in codecarbon's emissions.csv columns "
+                        "(created if missing; also GREENTRACK_EMISSIONS_CSV)")
+    add_training_type(p)
+
+
+def add_training_type(p: argparse.ArgumentParser) -> None:
+    from greentrack.config import TRAINING_TYPES
+    p.add_argument("--training-type", dest="training_type", choices=TRAINING_TYPES,
+                   help="what the run is, for the model card's co2_eq_emissions.training_type "
+                        "(default: the Hugging Face integration's inference, else not stated)")
 
 
 def _add_calibration(p: argparse.ArgumentParser) -> None:
@@ -90,19 +109,46 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="greentrack", description="Energy and carbon tracking for ML training.")
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", help="run `greentrack COMMAND --help` for its options")
     run = sub.add_parser("run", help="run a command and track its energy",
                          description="Run CMD, track the machine's energy while it runs, exit with "
                                      "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
     _add_settings(run)
     _add_calibration(run)
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    green = run.add_argument_group("carbon-aware start")
+    green.add_argument("--start-when-greener", action="store_true",
+                       help="wait (countdown on stderr; Ctrl-C cancels, exit 130) for the start "
+                            "within --max-delay that gives --expected-duration the fewest "
+                            "forecast grams in --intensity-csv, then run CMD")
+    green.add_argument("--max-delay", metavar="DURATION",
+                       help="longest wait for --start-when-greener, e.g. 6h, 90m, 1h30m")
+    green.add_argument("--expected-duration", metavar="DURATION",
+                       help="how long CMD is expected to run, e.g. 3h (for --start-when-greener)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest")
-    doctor.add_argument("--json", action="store_true")
-    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)")
-    summary.add_argument("run_dir", metavar="RUN_DIR")
-    summary.add_argument("--json", action="store_true")
+    doctor = sub.add_parser("doctor", help="what this machine can measure, and how to unlock the rest",
+                            description="Open every device once as a tracker would, and say how "
+                                        "each is measured (or estimated, and from what), with its "
+                                        "quality band and how to unlock what is missing.")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    summary = sub.add_parser("summary", help="totals of a run (running, finished or killed)",
+                             description="Energy by kind, duration, steps and sources of a run, "
+                                         "read from its stores (all ranks and segments). Several "
+                                         "RUN_DIRs are read as one run (node-local directories of "
+                                         "a multi-node job): each store counts once; directories "
+                                         "of different runs are refused.")
+    summary.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="the run's directory, or its node-local directories")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    merge = sub.add_parser("merge", help="merge node-local directories of one run into one",
+                           description="Copy the stores of RUN_DIRs (directories of one run: the "
+                                       "same run id, else refused) into OUT, each store once "
+                                       "(host, boot id, rank and segment: a directory copied "
+                                       "twice adds nothing). Inputs are never changed.")
+    merge.add_argument("out", metavar="OUT", help="new directory (must not exist, or be empty)")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="node-local directories of the run")
     from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
     add_carbon_options(run)
     add_commands(sub)
@@ -145,6 +191,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_run(ns)
         if ns.command == "doctor":
             return cmd_doctor(ns)
+        if ns.command == "merge":
+            return cmd_merge(ns)
         return cmd_summary(ns)
     except ConfigError as e:
         print(f"greentrack: {printable(e)}", file=sys.stderr)
@@ -156,8 +204,21 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     from greentrack.summary import format_summary, summarize
-    s = summarize(ns.run_dir)
+    s = summarize(ns.run_dirs)
     print(json_text(s) if ns.json else format_summary(s))
+    return 0
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from greentrack.merge import merge_runs
+    result = merge_runs(ns.out, ns.run_dirs)
+    print(f"greentrack: merged run {printable(result.run_id)}: {result.stores} store(s) from "
+          f"{len(ns.run_dirs)} director{'y' if len(ns.run_dirs) == 1 else 'ies'} into "
+          f"{printable(result.out)}"
+          + (f"; {result.duplicates} store(s) found in more than one input, each counted once"
+             if result.duplicates else ""))
+    for line in result.skipped:
+        print(f"greentrack: warning: not merged: {printable(line)}", file=sys.stderr)
     return 0
 
 
@@ -189,11 +250,23 @@ def cmd_run(ns: argparse.Namespace) -> int:
         config.check()  # the other settings first, in the order Tracker.start checks them
         _check_calibration(config)
     config = config.replace(calibrate_power_limits=None)
+    plan = _start_plan(ns, config)
+    waited_s = 0.0
+    if plan is not None:
+        import time
+        from greentrack.greener import wait_for
+        code = wait_for(plan)
+        if code is not None:
+            return code  # cancelled: nothing started, no run directory
+        waited_s = max(0.0, time.time() - plan.asked_unix)
     tracker = Tracker(config=config)
     env = dict(os.environ, **tracker.accept_joins(), **calibration)
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
-        env = dict(os.environ, **calibration)  # tracking is off: the command runs untracked
+        env = dict(os.environ, **calibration)  # tracking is off (a full disk...): the command runs untracked
+    elif plan is not None and tracker.engine is not None:
+        tracker.engine.event("info", "start-when-greener", plan.text(),
+                             **plan.details(waited_s=waited_s))
     try:
         child = subprocess.Popen(cmd, env=env)
     except OSError as e:
@@ -269,6 +342,26 @@ def _calibration_outcome(tracker: Any) -> None:
     print("greentrack: --calibrate-power-limits: no power-limit curve was stored: the command "
           "needs a greentrack Tracker or integration marking its training steps, enough steps, "
           "and the privilege to set the limit (see the run's events)", file=sys.stderr)
+
+
+def _start_plan(ns: argparse.Namespace, config: Any) -> Any:
+    """The carbon-aware start of ``--start-when-greener`` (checked settings first), or None."""
+    if not ns.start_when_greener:
+        for flag, value in (("--max-delay", ns.max_delay),
+                            ("--expected-duration", ns.expected_duration)):
+            if value is not None:
+                raise ConfigError(flag, value, "is used only with --start-when-greener")
+        return None
+    from greentrack.units import parse_duration
+    for flag, value in (("--max-delay", ns.max_delay), ("--expected-duration", ns.expected_duration)):
+        if value is None:
+            raise ConfigError(flag, None, "--start-when-greener needs --max-delay and "
+                              "--expected-duration, e.g. --max-delay 6h --expected-duration 3h")
+    max_delay = parse_duration("--max-delay", ns.max_delay, allow_zero=True)
+    duration = parse_duration("--expected-duration", ns.expected_duration)
+    config.check()  # the intensity CSV and the location, before planning on them
+    from greentrack.greener import plan_start
+    return plan_start(config, max_delay, duration)
 
 
 if __name__ == "__main__":

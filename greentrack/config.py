@@ -19,6 +19,9 @@ from greentrack.units import check_number, is_number
 
 Mode = Literal["machine", "process"]
 MODES = ("machine", "process")
+#: ``co2_eq_emissions.training_type`` values of the Hugging Face Hub's model card specification
+#: (https://huggingface.co/docs/hub/model-cards-co2: "pre-training or fine-tuning")
+TRAINING_TYPES = ("pre-training", "fine-tuning")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Config:
         dram_w_per_gb: power per GB of memory used when no DRAM zone is readable.
         run_id: identifier shared by every process of the run (default: from the run directory).
         rank: global rank of this process (default: ``RANK`` from the environment, else 0).
+        emissions_csv: a per-project CSV in codecarbon's ``emissions.csv`` columns; the run's row
+            is appended at stop (:mod:`greentrack.reports.emissions_log`). None: no file.
+        training_type: ``pre-training`` or ``fine-tuning`` (the Hugging Face Hub's
+            ``co2_eq_emissions.training_type``); None: unknown, or inferred by the Hugging Face
+            integration.
         labels: what kind of experiment this is, e.g. ``{"precision": "bf16", "method": "lora"}``
             (or ``"precision=bf16,method=lora"``): at most 16, keys ``[a-z][a-z0-9_]{0,31}``,
             values 1-64 printable characters (:mod:`greentrack.labels`). Integrations add the
@@ -89,6 +97,9 @@ class Config:
     electricity_price: float | None = None
     gpu_hour_price: float | None = None
     currency: str | None = None
+    # -- outputs --
+    emissions_csv: str | None = None
+    training_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     # -- power-limit calibration (greentrack.calibration); None = off --
@@ -129,6 +140,13 @@ class Config:
                                           or not _CURRENCY.fullmatch(self.currency)):
             raise ConfigError("currency", self.currency, "must be a three-letter ISO 4217 code, "
                               "e.g. EUR")
+        if self.training_type is not None and self.training_type not in TRAINING_TYPES:
+            raise ConfigError("training_type", self.training_type,
+                              f"must be one of {', '.join(TRAINING_TYPES)} (the Hugging Face Hub's "
+                              "co2_eq_emissions values)")
+        if self.emissions_csv is not None and (not isinstance(self.emissions_csv, (str, os.PathLike))
+                                               or not str(self.emissions_csv).strip()):
+            raise ConfigError("emissions_csv", self.emissions_csv, "must be a file path")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
                                       or self.rank < 0):
             raise ConfigError("rank", self.rank, "must be an integer >= 0")
@@ -142,7 +160,8 @@ class Config:
 
     def check(self) -> None:
         """Check the settings that need data or a parse: country, region and cloud (against
-        codecarbon's tables), the intensity CSV (read whole), the Pushgateway URL. ``Tracker.start``
+        codecarbon's tables), the intensity CSV (read whole), the Pushgateway URL, the emissions
+        CSV's directory. ``Tracker.start``
         and ``greentrack run`` call it before they create anything.
 
         Raises:
@@ -157,6 +176,9 @@ class Config:
         if self.pushgateway_url:
             from greentrack.exporters.prometheus import gateway_url
             gateway_url(self.pushgateway_url)
+        if self.emissions_csv:  # now, not when the run ends
+            from greentrack.reports.emissions_log import check_path
+            check_path(self.emissions_csv)
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed; unknown names are a ConfigError."""
@@ -193,6 +215,7 @@ class Config:
         d["gpus"] = list(self.gpus) if self.gpus is not None else None
         d["calibrate_power_limits"] = (list(self.calibrate_power_limits)
                                        if self.calibrate_power_limits is not None else None)
+        d["emissions_csv"] = str(self.emissions_csv) if self.emissions_csv is not None else None
         return d
 
 

@@ -33,8 +33,20 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
         "powercap_root": str(_rapl.powercap_root()),
         "container": in_container(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "hip_visible_devices": os.environ.get("HIP_VISIBLE_DEVICES"),
+        "rocr_visible_devices": os.environ.get("ROCR_VISIBLE_DEVICES"),
+        "amdsmi": _amdsmi_version(devices),
         "mode": config.mode,
     }
+
+
+def _amdsmi_version(devices: list[dict[str, Any]]) -> str | None:
+    """AMD SMI's library version, when an AMD GPU was opened (the library is loaded then)."""
+    if not any(str(d["method"]).startswith("amdsmi") for d in devices):
+        return None
+    from greentrack.samplers._amdsmi import import_amdsmi, lib_version
+    module, _ = import_amdsmi()
+    return lib_version(module) if module is not None else None
 
 
 def format_diagnosis(d: dict[str, Any]) -> str:
@@ -43,9 +55,10 @@ def format_diagnosis(d: dict[str, Any]) -> str:
         tag = "measured " if dev["measured"] else "ESTIMATED"
         lines.append(f"  {dev['kind']:<4} {dev['device']:<13} {tag} {dev['method']}")
         lines.append(f"       {dev['name']}: {dev['source']}")
-        lines.append(f"       uncertainty: {dev['uncertainty']}")
+        lines.append(f"       quality band: {dev['uncertainty']}")
     if not any(dev["kind"] == "gpu" for dev in d["devices"]):
-        lines.append("  gpu  (none)         no NVIDIA GPU measured (see below)")
+        lines.append("  gpu  (none)         no GPU measured: NVIDIA through NVML, AMD through "
+                     "amdsmi (see below)")
     lines.append("")
     for n in d["notes"]:
         lines.append(f"  [{n['level']}] {n['message']}")
@@ -54,5 +67,12 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     if d["container"]:
         lines.append("  [info] running in a container: powercap and NVML come from the host only if "
                      "mounted/passed through (GREENTRACK_POWERCAP_ROOT, --gpus)")
+    visible = [f"{name.upper()}={d[name]}" for name in
+               ("cuda_visible_devices", "hip_visible_devices", "rocr_visible_devices")
+               if d.get(name) is not None]
+    if visible:
+        lines.append(f"  visible devices: {' '.join(visible)}")
+    if d.get("amdsmi"):
+        lines.append(f"  AMD SMI library: {d['amdsmi']}")
     lines.append(f"  powercap root: {d['powercap_root']}   mode: {d['mode']}")
     return "\n".join(lines)

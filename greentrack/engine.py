@@ -29,7 +29,7 @@ from greentrack.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.config import Config
 from greentrack.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.records import MetricQueue
-from greentrack.samplers.base import Channel
+from greentrack.samplers.base import Channel, EventSource
 from greentrack.stepvalues import phase_name
 from greentrack.steps import FieldCleaner, StepQueue, StepRow, StepSpan
 from greentrack.store import StoreWriter
@@ -71,6 +71,9 @@ class Engine:
         self.states = [ChannelState(i + 1, ch, origin) for i, ch in enumerate(channels)]
         for st in self.states:
             writer.add_channel(st.id, st.channel.info.as_dict())
+        #: Channels that report events of their own (a GPU that became shared), by state id.
+        self._event_sources = {st.id: st.channel for st in self.states
+                               if isinstance(st.channel, EventSource)}
         #: Finished steps from the training threads; ``submit`` is the hot path of every step.
         self.steps = StepQueue()
         self.submit = self.steps.submit
@@ -304,7 +307,19 @@ class Engine:
                                        st.id, {"gap_s": gap})
                 st.status, st.fail_since = "ok", None
             st.take(points)
+            if slow and st.id in self._event_sources:
+                self._drain_events(st, t)
         self.last_sample_t = now
+
+    def _drain_events(self, st: ChannelState, t: float) -> None:
+        """Record what a channel reported (and its new description, when it changed)."""
+        for ev in self._event_sources[st.id].drain_events():
+            if ev.info is not None:
+                self._writer.update_channel_info(st.id, ev.info.as_dict())
+            self._writer.add_event(t - self.origin, ev.level, ev.kind, ev.message, st.id,
+                                   ev.details)
+            if ev.level == "warning":
+                log.warning("greentrack: %s", ev.message)
 
     def _adapt_slow_cadence(self, now: float) -> None:
         """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget.

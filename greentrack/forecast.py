@@ -1,4 +1,5 @@
-"""Forecast of a whole run's energy and duration from the steps done so far.
+"""Forecast of a whole run's energy, emissions, cost and end time from the steps done so far,
+each with an interval.
 
 The forecast extrapolates the *recent* rate, joules and seconds per training step including
 everything between steps (validation, checkpoints, data loading), over the steps still planned::
@@ -9,29 +10,68 @@ The recent window (the last :data:`WINDOW` observations) follows a run whose spe
 a longer sequence length) better than the run-wide mean. Emissions and cost follow from the energy
 when the run has the settings for them: a location or factor (``country``, ``region``, ``cloud``,
 ``carbon_intensity_g_per_kwh``, ``intensity_csv``), resolved by :mod:`greentrack.carbon` as the
-reports do and times the PUE, and an ``electricity_price`` (per kWh of facility energy, likewise);
-without them they are ``None``.
+reports do and times the PUE, an ``electricity_price`` (per kWh of facility energy, likewise) and
+a ``gpu_hour_price`` (times the forecast duration and the GPUs this process measures); without
+them they are ``None``.
+
+**Interval** (:data:`LEVEL`, two-sided): from the spread of the joules (and seconds) per step
+between successive observations of the window. Each gap between observations covers ``k`` steps;
+with steps independent and alike, its joules have mean ``k mu`` and variance ``k sigma^2``, so
+``mu = sum dE / sum k`` and ``sigma^2 = sum((dE - mu k)^2 / k) / (m - 1)`` over the ``m`` gaps.
+The steps left (``L``) then cost ``L mu`` with variance ``L sigma^2`` (their own spread) plus
+``L^2 sigma^2 / n`` (the error of ``mu`` from ``n`` steps), and the bounds are ``+- t`` standard
+deviations (Student's t, ``m - 1`` degrees of freedom). The interval needs two gaps (three
+observations); before that the ``*_low``/``*_high`` keys are ``None``. It does not cover a change
+of speed still to come (a longer sequence length later in the run), nor the uncertainty of the
+intensity factor or of the measurement itself (see the report's methodology). Emissions and
+cost bounds follow from the energy and duration bounds.
 
 Example:
     >>> f = Forecast(planned_steps=100)
-    >>> f.observe(steps_done=0, energy_j=0.0, elapsed_s=0.0)
-    >>> f.observe(steps_done=10, energy_j=500.0, elapsed_s=20.0)
+    >>> for steps, joules, seconds in ((0, 0.0, 0.0), (10, 500.0, 20.0), (20, 1000.0, 40.0)):
+    ...     f.observe(steps_done=steps, energy_j=joules, elapsed_s=seconds)
     >>> est = f.estimate()
-    >>> est["energy_j"], est["duration_s"]
-    (5000.0, 200.0)
+    >>> est["energy_j"], est["duration_s"], est["energy_j_low"], est["energy_j_high"]
+    (5000.0, 200.0, 5000.0, 5000.0)
 """
 
 from __future__ import annotations
 
 import logging
-from greentrack.units import J_PER_KWH
+import math
+import time
 from collections import deque
 from typing import Any
+
+from greentrack.units import J_PER_KWH
 
 log = logging.getLogger("greentrack")
 
 #: Observations kept for the recent rate.
 WINDOW = 50
+#: Coverage of the forecast interval (two-sided).
+LEVEL = 0.90
+#: One-sided 0.95 quantiles of Student's t for 1..30 degrees of freedom (any statistics table,
+#: e.g. NIST/SEMATECH e-Handbook of Statistical Methods, 1.3.6.7.2); beyond 30, the normal 1.645.
+T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771,
+       1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706,
+       1.703, 1.701, 1.699, 1.697)
+Z95 = 1.645
+METHOD = ("recent rate (last {window} observations) x steps left; {level:.0%} interval from the "
+          "spread of joules and seconds per step between observations (Student's t)")
+
+
+def _t95(dof: int) -> float:
+    return T95[dof - 1] if dof <= len(T95) else Z95
+
+
+def _spread(gaps: list[tuple[int, float]], rate: float, steps_seen: int, left: int) -> float | None:
+    """Half-width of the interval of ``left`` more steps at ``rate`` per step, from ``gaps`` of
+    ``(steps, amount)`` (see the module docstring); None with fewer than two gaps."""
+    if len(gaps) < 2 or steps_seen <= 0:
+        return None
+    var = sum((amount - rate * k) ** 2 / k for k, amount in gaps) / (len(gaps) - 1)
+    return _t95(len(gaps) - 1) * math.sqrt(left * var + left * left * var / steps_seen)
 
 
 class Forecast:
@@ -42,55 +82,100 @@ class Forecast:
         carbon_g_per_kwh: grams CO2e per kWh of IT energy (PUE included), or ``None``.
         price_per_kwh: electricity price per kWh of IT energy (PUE included), or ``None``.
         currency: the price's currency, for display.
+        gpu_hour_price: price per GPU-hour, or ``None``.
+        gpus: GPUs this process measures (GPU-hours = duration x gpus).
     """
 
     def __init__(self, planned_steps: int | None, *, carbon_g_per_kwh: float | None = None,
-                 price_per_kwh: float | None = None, currency: str | None = None) -> None:
+                 price_per_kwh: float | None = None, currency: str | None = None,
+                 gpu_hour_price: float | None = None, gpus: int = 0) -> None:
         self.planned_steps = planned_steps
         self.carbon_g_per_kwh = carbon_g_per_kwh
         self.price_per_kwh = price_per_kwh
         self.currency = currency
-        self._obs: deque[tuple[int, float, float]] = deque(maxlen=WINDOW)
+        self.gpu_hour_price = gpu_hour_price
+        self.gpus = gpus
+        self._obs: deque[tuple[int, float, float, float]] = deque(maxlen=WINDOW)
 
-    def observe(self, steps_done: int, energy_j: float, elapsed_s: float) -> None:
-        """Record the run's position: steps done, energy so far, seconds so far (all segments)."""
+    def observe(self, steps_done: int, energy_j: float, elapsed_s: float,
+                now_unix: float | None = None) -> None:
+        """Record the run's position: steps done, energy so far, seconds so far (all segments),
+        at wall time ``now_unix`` (default: now; the end time is forecast from it)."""
+        wall = time.time() if now_unix is None else now_unix
         if self._obs and steps_done < self._obs[-1][0]:
             return
         if self._obs and steps_done == self._obs[-1][0] and len(self._obs) > 1:
-            self._obs[-1] = (steps_done, energy_j, elapsed_s)  # same step, newer totals
+            self._obs[-1] = (steps_done, energy_j, elapsed_s, wall)  # same step, newer totals
             return
-        self._obs.append((steps_done, energy_j, elapsed_s))
+        self._obs.append((steps_done, energy_j, elapsed_s, wall))
 
     def estimate(self) -> dict[str, Any] | None:
-        """``{energy_j, duration_s, remaining_s, emissions_g, cost, ...}`` for the whole run, or
-        ``None`` before two observations or without planned steps."""
+        """The whole run: ``energy_j``, ``duration_s``, ``remaining_s``, ``end_unix``,
+        ``gpu_hours``, ``emissions_g``, ``cost`` (electricity + GPU-hours; its parts
+        ``cost_electricity``, ``cost_gpu_hours``), each of them with ``*_low`` and ``*_high``
+        (the :data:`LEVEL` interval; None before three observations), and ``interval`` (level,
+        method, observations). ``None`` before two observations or without planned steps."""
         if not self.planned_steps or len(self._obs) < 2:
             return None
-        s0, e0, t0 = self._obs[0]
-        s1, e1, t1 = self._obs[-1]
+        obs = list(self._obs)
+        s0, e0, t0, _ = obs[0]
+        s1, e1, t1, wall = obs[-1]
         if s1 <= s0:
             return None
         left = max(0, self.planned_steps - s1)
-        energy = e1 + left * (e1 - e0) / (s1 - s0)
-        duration = t1 + left * (t1 - t0) / (s1 - s0)
-        kwh = energy / J_PER_KWH
-        return {
-            "steps_done": s1, "planned_steps": self.planned_steps,
-            "energy_j": energy, "energy_kwh": kwh, "duration_s": duration,
-            "remaining_s": duration - t1,
-            "emissions_g": kwh * self.carbon_g_per_kwh if self.carbon_g_per_kwh is not None else None,
-            "cost": kwh * self.price_per_kwh if self.price_per_kwh is not None else None,
-            "currency": self.currency,
-        }
+        rate_e, rate_t = (e1 - e0) / (s1 - s0), (t1 - t0) / (s1 - s0)
+        gaps = [(b[0] - a[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(obs, obs[1:])
+                if b[0] > a[0]]
+        half_e = _spread([(k, de) for k, de, _ in gaps], rate_e, s1 - s0, left)
+        half_t = _spread([(k, dt) for k, _, dt in gaps], rate_t, s1 - s0, left)
+        energy, duration = e1 + left * rate_e, t1 + left * rate_t
+        out: dict[str, Any] = {
+            "steps_done": s1, "planned_steps": self.planned_steps, "currency": self.currency,
+            "interval": {"level": LEVEL, "method": METHOD.format(window=WINDOW, level=LEVEL),
+                         "observations": len(obs), "known": half_e is not None}}
+        bounds = {"": (energy, duration)}
+        if half_e is not None and half_t is not None:
+            bounds["_low"] = (max(e1, energy - half_e), max(t1, duration - half_t))
+            bounds["_high"] = (energy + half_e, duration + half_t)
+        for suffix in ("", "_low", "_high"):
+            if suffix not in bounds:
+                for key in ("energy_j", "energy_kwh", "duration_s", "remaining_s", "end_unix",
+                            "gpu_hours", "emissions_g", "cost", "cost_electricity",
+                            "cost_gpu_hours"):
+                    out[key + suffix] = None
+                continue
+            e, d = bounds[suffix]
+            out.update({f"{k}{suffix}": v for k, v in self.figures(e, d, t1, wall).items()})
+        return out
+
+    def figures(self, energy_j: float, duration_s: float, elapsed_s: float,
+                wall: float) -> dict[str, Any]:
+        """Every figure of a run of ``energy_j`` and ``duration_s``, seen at ``elapsed_s`` (wall
+        time ``wall``): the estimate and its bounds use it, and so does a report's check."""
+        kwh = energy_j / J_PER_KWH
+        gpu_h = duration_s * self.gpus / 3600.0
+        elec = kwh * self.price_per_kwh if self.price_per_kwh is not None else None
+        gpu_cost = gpu_h * self.gpu_hour_price if self.gpu_hour_price is not None and self.gpus \
+            else None
+        return {"energy_j": energy_j, "energy_kwh": kwh, "duration_s": duration_s,
+                "remaining_s": duration_s - elapsed_s, "end_unix": wall + duration_s - elapsed_s,
+                "gpu_hours": gpu_h,
+                "emissions_g": kwh * self.carbon_g_per_kwh if self.carbon_g_per_kwh is not None
+                else None,
+                "cost": None if elec is None and gpu_cost is None else (elec or 0.0) + (gpu_cost or 0.0),
+                "cost_electricity": elec, "cost_gpu_hours": gpu_cost}
 
     @classmethod
-    def for_config(cls, planned_steps: int | None, config: Any) -> Forecast:
-        """A forecast using the carbon and price settings of a :class:`greentrack.Config`."""
+    def for_config(cls, planned_steps: int | None, config: Any, gpus: int = 0) -> Forecast:
+        """A forecast using the carbon and price settings of a :class:`greentrack.Config`, for
+        a process measuring ``gpus`` GPUs."""
         g, price = _intensity(config), getattr(config, "electricity_price", None)
         pue = _pue(config) if g is not None or price is not None else 1.0
+        gpu_price = getattr(config, "gpu_hour_price", None)
         return cls(planned_steps, carbon_g_per_kwh=None if g is None else g * pue,
                    price_per_kwh=None if price is None else float(price) * pue,
-                   currency=getattr(config, "currency", None))
+                   currency=getattr(config, "currency", None),
+                   gpu_hour_price=None if gpu_price is None else float(gpu_price), gpus=gpus)
 
 
 def _intensity(config: Any) -> float | None:
@@ -114,16 +199,35 @@ def _pue(config: Any) -> float:
         return 1.0
 
 
+def _range(est: dict[str, Any], key: str, scale: float, fmt: str = ".3g") -> str:
+    lo, hi = est.get(key + "_low"), est.get(key + "_high")
+    if lo is None or hi is None:
+        return ""
+    return f" [{lo * scale:{fmt}}-{hi * scale:{fmt}}]"
+
+
+HMS = "%H:%M:%S"
+
+
 def format_forecast(est: dict[str, Any]) -> str:
-    """One line for logs and progress displays."""
+    """One line for logs and progress displays; ``[low-high]`` is the interval (see
+    :data:`LEVEL`), absent until three observations."""
+    level = f" ({est['interval']['level']:.0%} intervals in [])" if est["interval"]["known"] \
+        else " (interval after 3 observations)"
     parts = [f"step {est['steps_done']}/{est['planned_steps']}",
-             f"forecast {est['energy_kwh'] * 1000:.3g} Wh",
-             f"{est['duration_s'] / 60:.1f} min ({est['remaining_s'] / 60:.1f} min left)"]
+             f"forecast {est['energy_kwh'] * 1000:.3g} Wh{_range(est, 'energy_kwh', 1000)}",
+             f"{est['duration_s'] / 60:.1f} min{_range(est, 'duration_s', 1 / 60, '.1f')} "
+             f"({est['remaining_s'] / 60:.1f} min left)",
+             "ends " + time.strftime(HMS, time.gmtime(est["end_unix"])) + " UTC"
+             + (f" [{time.strftime(HMS, time.gmtime(est['end_unix_low']))}-"
+                f"{time.strftime(HMS, time.gmtime(est['end_unix_high']))}]"
+                if est.get("end_unix_low") is not None else "")]
     if est.get("emissions_g") is not None:
-        parts.append(f"{est['emissions_g']:.3g} gCO2e")
+        parts.append(f"{est['emissions_g']:.3g} gCO2e{_range(est, 'emissions_g', 1)}")
     if est.get("cost") is not None:
-        parts.append(f"{est['cost']:.3g} {est.get('currency') or ''}".rstrip())
-    return "greentrack: " + ", ".join(parts)
+        parts.append((f"{est['cost']:.3g} {est.get('currency') or ''}".rstrip())
+                     + _range(est, "cost", 1))
+    return "greentrack: " + ", ".join(parts) + level
 
 
-__all__ = ["Forecast", "format_forecast"]
+__all__ = ["Forecast", "format_forecast", "LEVEL", "WINDOW"]

@@ -3,17 +3,19 @@
 The Lightning and Hugging Face callbacks each map their hooks onto one :class:`IntegrationRun`:
 
 * :meth:`IntegrationRun.choose_dir`: rank 0 picks the run directory (the user's, else a fresh one
-  under the framework's output directory) and every rank gets it through the framework's
-  broadcast;
+  under the framework's output directory) and the run id, and every rank gets both through the
+  framework's broadcast (node-local directories of one job then carry one run id);
 * :meth:`IntegrationRun.start`: a tracker for this rank (host CPU and DRAM on local rank 0) and a
   :class:`~greentrack.training.TrainingMeter`, continuing a resumed run (``carry``);
 * :meth:`IntegrationRun.begin_training`: step indices continue from the framework's global step;
 * :meth:`IntegrationRun.evaluation_metrics`: one evaluation's joules, once its steps are resolved;
 * :meth:`IntegrationRun.final_metrics`: the last live figures of a stage (a run shorter than the
   logging period gets its figures too);
-* :meth:`IntegrationRun.stop`: close this rank's store, a barrier, and on rank 0 the whole run's
-  totals (every rank and segment) as ``greentrack/run_*`` metrics, with ``run_steps`` the
-  framework's global step.
+* :meth:`IntegrationRun.stop`: close this rank's store; under ``torch.distributed`` every rank
+  sends its node's stores (compact copies) to rank 0 in one ``gather_object``
+  (:mod:`greentrack.gathering`: no shared filesystem needed), else a barrier; on rank 0 the whole
+  job's totals (every node, rank and segment, each host once) as ``greentrack/run_*`` metrics,
+  with ``run_steps`` the framework's global step.
 
 Nothing here imports a framework; torch is imported by the meter only for CUDA marks.
 """
@@ -55,6 +57,14 @@ class IntegrationRun:
         self.flops, self.planned_steps = flops, planned_steps
         self.progress_every_s = progress_every_s
         self.run_dir: Path | None = None
+        #: the run id rank 0 chose and broadcast (None: not distributed, run.json decides)
+        self.run_id: str | None = None
+        #: this rank's store files, every stage (sent to rank 0 at the end of each)
+        self.stores: list[Path] = []
+        #: rank 0's (host, boot id), broadcast with the run directory: ranks on that host write
+        #: into the directory rank 0 reads, and send it nothing at the end of a stage
+        self.main_host: tuple[str, str] | None = None
+        self.local_zero = True
         self.carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
         self.meter: TrainingMeter | None = None
         #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
@@ -80,10 +90,27 @@ class IntegrationRun:
     # -- start ---------------------------------------------------------------------------------
     def choose_dir(self, root: Any, broadcast: Callable[[str], str] | None = None) -> Path:
         """The run directory: kept if known, else the user's or a fresh one under ``root``, as rank
-        0 chose it (``broadcast``: the framework's, rank 0's value to every rank)."""
+        0 chose it (``broadcast``: the framework's, rank 0's value to every rank). With a
+        broadcast, rank 0's run id goes with it: nodes that write into their own copy of the
+        directory record one run."""
         if self.run_dir is None:
+            import json
+            import uuid
+
+            from greentrack.config import env_run_id
             chosen = str(self.config.run_dir if self.dir_chosen else new_run_dir(root))
-            self.run_dir = Path(broadcast(chosen) if broadcast is not None else chosen)
+            if broadcast is None:
+                self.run_dir = Path(chosen)
+                return self.run_dir
+            from greentrack.store import host_identity
+            run_id = (self.carry.get("run_id") or self.config.run_id or env_run_id()
+                      or uuid.uuid4().hex[:12])
+            try:
+                got = json.loads(broadcast(json.dumps([chosen, run_id, *host_identity()])))
+                self.run_dir, self.run_id = Path(got[0]), str(got[1])
+                self.main_host = (str(got[2]), str(got[3]))
+            except (TypeError, ValueError, IndexError):  # a broadcast of older code's plain text
+                self.run_dir = Path(chosen)
         return self.run_dir
 
     def start(self, *, rank: int | None, local_zero: bool, main: bool, device: Any,
@@ -92,13 +119,17 @@ class IntegrationRun:
         Call :meth:`choose_dir` first. A bad setting raises ``ConfigError``."""
         if self.meter is not None or self.run_dir is None:
             return self.meter
-        cfg = self.config.replace(run_dir=self.run_dir,
-                                  run_id=self.carry.get("run_id") or self.config.run_id)
+        cfg = self.config.replace(run_dir=self.run_dir, run_id=self.carry.get("run_id")
+                                  or self.config.run_id or self.run_id)
         if cfg.rank is None and rank is not None:
             cfg = cfg.replace(rank=rank)
-        tracker = start_tracker(cfg, local_zero=local_zero)
+        self.local_zero = local_zero
+        # the emissions.csv row is the whole run's: rank 0 appends it in stop(), after the barrier
+        tracker = start_tracker(cfg.replace(emissions_csv=None), local_zero=local_zero)
         if tracker is None:
             return None
+        if tracker.store_path is not None:
+            self.stores.append(tracker.store_path)
         self.meter = TrainingMeter(
             tracker, device=device, flops=resume_flops(self.carry) or self.flops, dtype=dtype,
             planned_steps=self.planned_steps, prior=self.carry, main=main,
@@ -136,8 +167,7 @@ class IntegrationRun:
         meter.train_steps = global_step
         meter.tracker.continue_steps({"train": global_step})
         planned = self.planned_steps if self.planned_steps is not None else planned_steps
-        if planned is not None:
-            meter.forecast.planned_steps = planned
+        meter.plan(planned)
 
     # -- figures -------------------------------------------------------------------------------
     def live_metrics(self) -> dict[str, float]:
@@ -166,26 +196,52 @@ class IntegrationRun:
     # -- stop ----------------------------------------------------------------------------------
     def stop(self, status: str, *, totals: bool, barrier: Callable[[], None], main: bool,
              optimizer_steps: int | None) -> dict[str, float]:
-        """Close this rank's meter and store; with ``totals``, after ``barrier`` (every rank must
-        call this), rank 0 (``main``) returns the whole run's ``greentrack/run_*`` metrics and
-        keeps the totals in :attr:`summary`. Empty otherwise."""
+        """Close this rank's meter and store; with ``totals`` (every rank must call this), rank 0
+        (``main``) returns the whole job's ``greentrack/run_*`` metrics and keeps the totals in
+        :attr:`summary`. Empty otherwise.
+
+        Under ``torch.distributed`` (more than one rank) the ranks' stores reach rank 0 through
+        one ``gather_object`` (:func:`greentrack.gathering.job_totals`), which is also the
+        synchronization; otherwise ``barrier`` is called, then rank 0 reads the run directory."""
         meter, self.meter = self.meter, None
+        tracked = meter is not None
         if meter is not None:
             self.carry = meter.state()
             meter.close(status)
+        csv_row = meter is not None and main and bool(self.config.emissions_csv)
         if not totals or self.run_dir is None:
+            if csv_row:  # no barrier to wait for: what the stores hold now
+                self._append_csv()
             return {}
-        barrier()  # every rank's store is closed past this point (reached tracked or not)
-        if not main:
-            return {}
-        found = final_totals(self.run_dir, optimizer_steps)
-        if found is None:
+        from greentrack import gathering
+        if gathering.distributed():
+            import torch.distributed as dist
+            rank = dist.get_rank()
+            part = gathering.node_part(self.run_dir, self.stores, rank=rank,
+                                       local_zero=self.local_zero, tracked=tracked,
+                                       main_host=self.main_host)
+            found_totals = gathering.job_totals(
+                self.run_dir, part, main=main, store=self.stores[-1] if self.stores else None,
+                world_size=dist.get_world_size())  # synchronizes every rank, like the barrier
+            found = None if found_totals is None else _with_metrics(found_totals, optimizer_steps)
+        else:
+            barrier()  # every rank's store is closed past this point (reached tracked or not)
+            found = final_totals(self.run_dir, optimizer_steps) if main else None
+        if main and csv_row:  # this directory's stores (node-local directories: this node's)
+            self._append_csv()
+        if not main or found is None:
             return {}
         self.summary = s = found[0]
         log.info("greentrack: run %s: %.1f J (%.4g kWh) over %.1f s, %d optimizer steps, all "
                  "ranks; %s", s["run_id"], s["energy_j"]["total"], s["energy_kwh"],
                  s["duration_s"], s["optimizer_steps"], self.run_dir)
         return prefixed(found[1])
+
+
+    def _append_csv(self) -> None:
+        from greentrack.reports.emissions_log import append_run
+        if self.run_dir is not None:
+            append_run(self.run_dir, self.config.replace(run_dir=self.run_dir))
 
 
 class RunCallback:
@@ -251,6 +307,11 @@ def final_totals(run_dir: Any, optimizer_steps: int | None = None
     except Exception as e:  # noqa: BLE001
         log.warning("greentrack: could not read the run's totals: %s", e)
         return None
+    return _with_metrics(totals, optimizer_steps)
+
+
+def _with_metrics(totals: dict[str, Any], optimizer_steps: int | None
+                  ) -> tuple[dict[str, Any], dict[str, float]]:
     flat = totals_metrics(totals, optimizer_steps)
     totals["optimizer_steps"] = int(flat["run_steps"])
     return totals, flat

@@ -1,6 +1,8 @@
 """Runs that meet on one machine: found by leases (:mod:`greentrack.leases`), never guessed.
 
-* :class:`HostWatch`: this run measures the host's CPU/DRAM. In ``machine`` mode, another run doing
+* :class:`HostWatch`: every tracker that measures the host's CPU/DRAM or a GPU holds a host lease
+  saying which (``host_scope``, ``gpus``): a shared GPU's sampler tells other trackers from untracked
+  processes by it. For the host: this run measures the host's CPU/DRAM. In ``machine`` mode, another run doing
   the same at the same time means both count the whole host: both runs record a ``host-shared``
   event naming the other, and every summary and report repeats it with the fix (``--mode
   process``). Checked at start and about once a second on the sampler thread.
@@ -35,6 +37,7 @@ JOIN_ACK_S = 2.0
 #: How often the host leases are scanned, and held join leases probed (a dead child's lease).
 SCAN_EVERY_S = 1.0
 MAX_REPORTED = 8  # other runs named per run: bounded
+MAX_LEASE_GPUS = 16  # GPU UUIDs listed in a lease (it is read up to 4 KiB)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._/-]")
 
@@ -60,7 +63,11 @@ class HostWatch:
             self.check(now)
 
     def check(self, now: float) -> None:
+        if self.record.get("host_scope") is False:
+            return  # this process measures no host figure: nothing to overlap
         for other in self.lease.others():
+            if other.get("host_scope") is False:
+                continue  # a tracker of GPUs only (another rank): it does not count the host
             run_id = _label(other.get("run_id"))
             if other.get("run_id") == self.record["run_id"] or run_id in self.seen:
                 continue  # the same run (a joined tracker, another rank of it): not a double count

@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import platform
-import socket
 import sys
 import threading
 import time
@@ -32,7 +31,8 @@ from greentrack.engine import Engine, channel_key
 from greentrack.run import Run, Totals
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
-from greentrack.store import StoreWriter, prepare_run_dir
+from greentrack.jobinfo import job_metadata
+from greentrack.store import StoreWriter, host_identity, prepare_run_dir
 
 log = logging.getLogger("greentrack")
 
@@ -75,6 +75,7 @@ class Tracker:
         self._hook_errors = 0
         self._leases: list[Any] = []  # host lease, join lease: released at stop
         self._join_token: str | None = None
+        self._writes_csv = False
         #: The run's totals, once stopped (what :meth:`stop` returned).
         self.result: Totals | None = None
         self.run_id: str | None = None
@@ -87,11 +88,19 @@ class Tracker:
         #: stopped after it (so a final push sees final totals). Prometheus sinks are added
         #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
         self.sinks: list[Any] = list(sinks or [])
+        #: Callables returning the run's forecast (:mod:`greentrack.forecast`) or None, added by
+        #: the training meter; the Prometheus exporter shows the first one's as gauges.
+        self.forecast_sources: list[Any] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def run_dir(self) -> Path:
         return self.config.run_dir
+
+    @property
+    def store_path(self) -> Path | None:
+        """This process's store file (None before :meth:`start` or when tracking is off)."""
+        return self._writer.path if self._writer is not None else None
 
     @property
     def running(self) -> bool:
@@ -155,7 +164,7 @@ class Tracker:
                             "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
-        found = discover(cfg)
+        found = discover(cfg, run_id=self.run_id)
         self.notes = found.notes
         calibration_notes: list[Any] = []
         if cfg.calibrate_power_limits:
@@ -164,9 +173,13 @@ class Tracker:
             self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
+        # one row per run in the emissions CSV: rank 0 writes it, a process that joined
+        # `greentrack run` leaves it to that command
+        self._writes_csv = bool(cfg.emissions_csv) and rank == 0 and parent is None
         self._t_start = time.monotonic()
+        host, boot_id = host_identity()
         meta = {
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": self._pid,
+            "run_id": self.run_id, "host": host, "boot_id": boot_id, "pid": self._pid,
             "pid_create_time": _create_time(self._pid), "rank": rank,
             "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
             "started_unix": time.time(), "status": "running", "mode": cfg.mode,
@@ -174,6 +187,7 @@ class Tracker:
             "versions": {"greentrack": __version__, "python": platform.python_version(),
                          "platform": platform.platform()},
             "notes": [n.__dict__ for n in found.notes], "labels": dict(cfg.labels),
+            "job": job_metadata(), "machine": _machine(),
         }
         self.labels = dict(cfg.labels)
         if parent is not None:
@@ -235,13 +249,19 @@ class Tracker:
         return answer[1]
 
     def _watch(self, channels: list[Any]) -> None:
-        """Leases: other runs measuring this host, and trackers joining this run."""
+        """Leases: other runs measuring this host or sharing its GPUs, and trackers joining this
+        run. The lease lists the GPUs this process measures: a shared GPU's other trackers are
+        told apart from untracked processes by it (``samplers/_gpushare.py``)."""
         assert self._engine is not None
         try:
-            if any(c.info.host_scope for c in channels):
+            host_scope = any(c.info.host_scope for c in channels)
+            gpus = [str(c.info.details["uuid"]) for c in channels
+                    if c.info.kind == "gpu" and c.info.details.get("uuid")]
+            if host_scope or gpus:
                 watch = sharing.HostWatch(self._engine, {
                     "run_id": self.run_id, "pid": self._pid, "mode": self.config.mode,
-                    "run_dir": str(self.run_dir.resolve()), "host": socket.gethostname()})
+                    "run_dir": str(self.run_dir.resolve()), "host": host_identity()[0],
+                    "host_scope": host_scope, "gpus": gpus[:sharing.MAX_LEASE_GPUS]})
                 self._leases.append(watch)
                 self._engine.watchers.append(watch)
             if self._join_token:
@@ -305,7 +325,14 @@ class Tracker:
                 self.result = run.totals(self.config)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
+        if self._writes_csv:
+            self._append_emissions_csv()
         return self.result
+
+    def _append_emissions_csv(self) -> None:
+        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
+        from greentrack.reports.emissions_log import append_run
+        append_run(self.run_dir, self.config)
 
     def __enter__(self) -> "Tracker":
         return self.start()
@@ -478,6 +505,16 @@ class Tracker:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
         from greentrack.summary import summarize
         return summarize(self.run_dir)
+
+
+def _machine() -> dict[str, Any]:
+    """The host's logical CPUs and installed memory (GiB, as codecarbon's ``ram_total_size``),
+    recorded once per store for the reports; empty where psutil cannot tell."""
+    try:
+        import psutil
+        return {"cpu_count": psutil.cpu_count(), "ram_total_gb": psutil.virtual_memory().total / 2**30}
+    except Exception:  # noqa: BLE001 - metadata only
+        return {}
 
 
 def _create_time(pid: int) -> float | None:

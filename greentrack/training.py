@@ -17,8 +17,11 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
   when FLOPs, samples or tokens are known (MFU also needs the device's peak).
 * ``energy_j``: energy of this process so far, all segments of a resumed run included.
 * ``steps``: optimizer steps ended so far, all segments included (the framework's global step).
-* ``forecast_energy_j``, ``forecast_duration_s`` (and ``forecast_emissions_g``, ``forecast_cost``
-  when the carbon and price settings allow): the whole run, see :mod:`greentrack.forecast`.
+* ``forecast_energy_j``, ``forecast_duration_s``, ``forecast_end_unix`` (and
+  ``forecast_emissions_g``, ``forecast_cost`` when the carbon and price settings allow): the whole
+  run, see :mod:`greentrack.forecast`; each with ``_low`` and ``_high`` (its interval) once known.
+  The same estimate feeds the progress line and the Prometheus ``greentrack_forecast_*`` gauges
+  (the meter adds :meth:`TrainingMeter.forecast_estimate` to ``tracker.forecast_sources``).
 
 :meth:`TrainingMeter.new_metrics` (what the framework callbacks log) returns only the figures with
 new data since its previous call (no stale value repeated, no 0 standing for "no reading yet"). Figures of a whole evaluation (one validation epoch's joules)
@@ -70,6 +73,15 @@ def progress_period(progress_every_s: float | None) -> float | None:
     return progress_every_s if progress_every_s and progress_every_s > 0 else None
 
 
+def _gpus(tracker: Any) -> int:
+    """GPUs the tracker measures (for the forecast's GPU-hours); 0 when it cannot tell."""
+    try:
+        engine = getattr(tracker, "engine", None)
+        return sum(ch.kind == "gpu" for ch in engine.snapshot()) if engine is not None else 0
+    except Exception:  # noqa: BLE001 - a forecast detail never stops training
+        return 0
+
+
 def _zero() -> dict[str, float]:
     return dict.fromkeys(_SUMS, 0.0)
 
@@ -111,7 +123,7 @@ class TrainingMeter:
         self._train_info: dict[str, Any] = {}
         self.train_steps = int(self.prior["steps"].get("train", 0))  # steps ended, all segments
         self._t_start = time.monotonic()
-        self.forecast = Forecast.for_config(planned_steps, tracker.config)
+        self.forecast = Forecast.for_config(None, tracker.config, _gpus(tracker))
         self._forecast_lock = threading.Lock()  # observed on both threads
         self.main = main
         self._progress_every_s = progress_period(progress_every_s) if main else None
@@ -125,7 +137,11 @@ class TrainingMeter:
         self._logged: dict[str, float] = {}  # the values new_metrics() returned last
         if self.flops is not None:
             self._on_flops_known()
+        self.plan(planned_steps)
         tracker.add_step_listener(self._on_row)
+        sources = getattr(tracker, "forecast_sources", None)
+        if isinstance(sources, list):
+            sources.append(self.forecast_estimate)
 
     # -- the hot path (training thread) ---------------------------------------------------------
     def begin(self, phase: str = "train") -> None:
@@ -162,6 +178,15 @@ class TrainingMeter:
         if self.peak is not None and info.get("flops") and t1 > t0:
             info["mfu"] = info["flops"] / (t1 - t0) / self.peak.flops_per_s
         self.tracker.submit_window(phase, t0, t1, **info)
+
+    def plan(self, planned_steps: int | None) -> None:
+        """Set the optimizer steps of the whole run (the forecast's horizon); recorded in the run
+        (event ``planned-steps``) so a report can forecast or check the forecast later."""
+        if planned_steps is None or planned_steps == self.forecast.planned_steps:
+            return
+        self.forecast.planned_steps = planned_steps
+        self._event("info", "planned-steps", f"{planned_steps} optimizer steps planned",
+                    planned_steps=planned_steps)
 
     # -- FLOPs ----------------------------------------------------------------------------------
     def _finish_counting(self, info: dict[str, Any]) -> None:
@@ -240,6 +265,10 @@ class TrainingMeter:
             sys.stderr.flush()
         except Exception as e:  # noqa: BLE001 - a closed stderr never stops attribution
             log.debug("greentrack: progress line not written: %s", e)
+
+    def forecast_estimate(self) -> dict[str, Any] | None:
+        """The whole run's forecast now (see :mod:`greentrack.forecast`), or None; any thread."""
+        return self._observe()
 
     def _observe(self) -> dict[str, Any] | None:
         """Observe the run's position in the forecast (either thread) and return its estimate."""
@@ -321,12 +350,10 @@ class TrainingMeter:
         out["steps"] = float(self.train_steps)
         est = self._observe()
         if est is not None:
-            out["forecast_energy_j"] = est["energy_j"]
-            out["forecast_duration_s"] = est["duration_s"]
-            if est["emissions_g"] is not None:
-                out["forecast_emissions_g"] = est["emissions_g"]
-            if est["cost"] is not None:
-                out["forecast_cost"] = est["cost"]
+            for key in ("energy_j", "duration_s", "end_unix", "emissions_g", "cost"):
+                for suffix in ("", "_low", "_high"):
+                    if est.get(key + suffix) is not None:
+                        out[f"forecast_{key}{suffix}"] = float(est[key + suffix])
         return out
 
     def new_metrics(self) -> dict[str, float]:
@@ -370,7 +397,15 @@ class TrainingMeter:
                             f"GPU after {timeout_s:g} s were not recorded")
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: could not resolve the last steps: %s", e)
+        self.release_forecast()
         self.tracker.stop(status)
+
+    def release_forecast(self) -> None:
+        """Stop offering this meter's forecast to the tracker's exporters (training is over: a
+        tracker left running shows no stale forecast)."""
+        sources = getattr(self.tracker, "forecast_sources", None)
+        if isinstance(sources, list) and self.forecast_estimate in sources:
+            sources.remove(self.forecast_estimate)
 
 
 #: Names that moved to :mod:`greentrack.integrating` (importable from here, lazily, as before).

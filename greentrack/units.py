@@ -34,3 +34,25 @@ def check_number(name: str, value: Any, lo: float, hi: float = math.inf,
         raise ConfigError(name, value, allowed or (f"must be a number from {lo:g} to {hi:g}"
                                                    if hi != math.inf else f"must be a number >= {lo:g}"))
     return float(value)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_HELP = "must be a duration {sign} like 90s, 15m, 6h, 1h30m or 1.5d (s, m, h, d; a bare number: s)"
+
+
+def parse_duration(setting: str, text: str, allow_zero: bool = False) -> float:
+    """``text`` (``90``, ``90s``, ``15m``, ``6h``, ``1h30m``, ``1.5d``) in seconds, or a one-line
+    :class:`~greentrack.errors.ConfigError` naming ``setting``. Negative, non-finite and (unless
+    ``allow_zero``) zero durations are refused."""
+    import re
+
+    from greentrack.errors import ConfigError
+    raw = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", raw)
+    allowed = DURATION_HELP.format(sign=">= 0" if allow_zero else "> 0")
+    if not raw or re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd])+|\d+(?:\.\d+)?", raw) is None:
+        raise ConfigError(setting, text, allowed)
+    seconds = sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+    if not math.isfinite(seconds) or (seconds == 0 and not allow_zero):
+        raise ConfigError(setting, text, allowed)
+    return seconds

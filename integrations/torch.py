@@ -22,6 +22,14 @@ steps are not part of it); without, it starts where the previous one ended. A st
 On a CUDA model, step boundaries are CUDA events on the current stream, resolved later without
 synchronizing (see :mod:`greentrack.stepmarks`). ``tracking.metrics()`` gives the live metrics of
 :mod:`greentrack.training` for any logger.
+
+Distributed (``torch.distributed`` initialized, more than one rank): ``close()`` (or the end of the
+``with`` block without an exception) gathers every node's stores to rank 0 over the job's process
+group, so ``tracking.summary`` on rank 0 holds the whole job's totals, each host counted once,
+even where every node writes its own directory (:mod:`greentrack.gathering`). It is a collective:
+every rank must call ``close``; pass ``gather_totals=False`` if only some ranks track. Every node
+must record the same run id: torchrun's ``TORCHELASTIC_RUN_ID`` does it, else set
+``GREENTRACK_RUN_ID`` (or ``run_id=``) alike on every node.
 """
 
 from __future__ import annotations
@@ -42,9 +50,13 @@ class OptimizerTracking:
 
     def __init__(self, optimizer: Any, tracker: Any, meter: TrainingMeter, model: Any,
                  owns_tracker: bool, samples_per_step: float | None,
-                 tokens_per_step: float | None) -> None:
+                 tokens_per_step: float | None, gather_totals: bool = True) -> None:
         self.optimizer, self.tracker, self.meter, self.model = optimizer, tracker, meter, model
         self._owns = owns_tracker
+        self._gather = gather_totals
+        #: On global rank 0 after ``close()`` under ``torch.distributed``: the whole job's totals
+        #: (``greentrack summary --json``, every node); None elsewhere.
+        self.summary: dict[str, Any] | None = None
         self._samples = 0.0
         self._tokens = 0.0
         self._fixed = (samples_per_step, tokens_per_step)
@@ -120,14 +132,29 @@ class OptimizerTracking:
 
     # -- end -------------------------------------------------------------------------------------
     def close(self, status: str = "completed") -> None:
-        """Remove the hooks and resolve the last steps; stop the tracker if this call made it."""
-        for hook in self._hooks:
+        """Remove the hooks and resolve the last steps; stop the tracker if this call made it.
+        Under ``torch.distributed``, a completed close by a tracker made here gathers the job's
+        totals to rank 0 (:attr:`summary`; a collective: see the module docstring)."""
+        hooks, self._hooks = self._hooks, []
+        for hook in hooks:
             hook.remove()
-        self._hooks = []
-        if self._owns:
-            self.meter.close(status)
-        else:
+        if not self._owns:
             self.meter.marks.drain()
+            self.meter.release_forecast()
+            return
+        if not hooks:
+            return  # closed already: no second collective
+        tracked = self.tracker.status == "running"
+        self.meter.close(status)
+        from greentrack import gathering
+        if status == "completed" and self._gather and gathering.distributed():
+            import torch.distributed as dist
+            own = [self.tracker.store_path] if self.tracker.store_path is not None else []
+            part = gathering.node_part(self.tracker.run_dir, own, rank=dist.get_rank(),
+                                       local_zero=env_int("LOCAL_RANK", 0) == 0, tracked=tracked)
+            self.summary = gathering.job_totals(
+                self.tracker.run_dir, part, main=dist.get_rank() == 0,
+                store=own[0] if own else None, world_size=dist.get_world_size())
 
     def __enter__(self) -> OptimizerTracking:
         return self
@@ -141,7 +168,8 @@ class OptimizerTracking:
 def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, flops: Any = None,
                     dtype: Any = None, samples_per_step: float | None = None,
                     tokens_per_step: float | None = None, planned_steps: int | None = None,
-                    progress_every_s: float | None = 60.0, **settings: Any) -> OptimizerTracking:
+                    progress_every_s: float | None = 60.0, gather_totals: bool = True,
+                    **settings: Any) -> OptimizerTracking:
     """Track every step of ``optimizer`` from now on.
 
     Args:
@@ -160,6 +188,8 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
         planned_steps: optimizer steps of the run, for the forecast.
         progress_every_s: period of the progress line on stderr (``RANK`` 0; None: never;
             ``GREENTRACK_PROGRESS=0`` silences it too).
+        gather_totals: under ``torch.distributed``, ``close()`` gathers the job's totals to rank
+            0 (every rank must then call it); False: no collective (rank 0 reads its directory).
         **settings: any :class:`greentrack.Config` field, for a tracker made here.
 
     Raises:
@@ -186,7 +216,7 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
         if found is not None:
             tracker.add_labels(precision=found, only_missing=True)
     return OptimizerTracking(optimizer, tracker, meter, model, owns, samples_per_step,
-                             tokens_per_step)
+                             tokens_per_step, gather_totals)
 
 
 

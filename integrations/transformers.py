@@ -29,6 +29,14 @@ size. Evaluation batches are ``validation`` steps, from one ``on_prediction_step
 first batch of an ``evaluate()`` called outside training has no start mark and is not a step; its
 energy is still in the totals).
 
+Model card: ``attach`` also makes the trainer's ``create_model_card`` (which ``push_to_hub`` calls
+before uploading) add the run's ``co2_eq_emissions`` metadata and an "Environmental impact"
+section to the ``README.md`` it writes (:func:`greentrack.reports.to_hf.add_to_card`), so a model
+pushed to the Hub carries them. ``training_type``, unless set, is inferred when training begins as
+the Trainer's own card infers ``finetuned_from``: a model with a ``name_or_path`` was loaded with
+``from_pretrained`` (``fine-tuning``); one without was built from a config (``pre-training``). The
+card states this basis.
+
 Resume: the callback is an ``ExportableState``: its state (run directory and id, totals so far) is
 saved in each checkpoint's ``trainer_state.json``, and ``train(resume_from_checkpoint=...)``
 continues the same run in a new store segment.
@@ -36,7 +44,9 @@ continues the same run in a new store segment.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +100,41 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
             callbacks.remove(self)
         flow = [i for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)]
         callbacks.insert(flow[-1] + 1 if flow else 0, self)
+        self._hook_model_card(trainer)
         return self
+
+    def _hook_model_card(self, trainer: Any) -> None:
+        """After the trainer writes its card (``create_model_card``, also from ``push_to_hub``),
+        add this run's emissions to it."""
+        original = trainer.create_model_card
+        if getattr(original, "_greentrack", False):
+            return
+
+        @functools.wraps(original)
+        def create_model_card(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if trainer.is_world_process_zero():  # the only process that writes the card
+                self.add_to_model_card(os.path.join(trainer.args.output_dir, "README.md"))
+            return result
+
+        create_model_card._greentrack = True  # type: ignore[attr-defined]
+        trainer.create_model_card = create_model_card
+
+    def add_to_model_card(self, path: str | Path) -> bool:
+        """Add the run's ``co2_eq_emissions`` and "Environmental impact" section to the model card
+        at ``path`` (see :func:`greentrack.reports.to_hf.add_to_card`). Never raises: a failure is
+        a warning and the card stays as the Trainer wrote it. True when the card was updated."""
+        run_dir = self.run.run_dir
+        if run_dir is None or not Path(path).is_file():
+            return False
+        try:
+            from greentrack.reports import report_document
+            from greentrack.reports.to_hf import add_to_card
+            add_to_card(path, report_document(run_dir, {}))
+            return True
+        except Exception as e:  # noqa: BLE001 - a card without our block beats a failed push
+            log.warning("greentrack: emissions not added to the model card %s: %s", path, e)
+            return False
 
     # -- state (ExportableState: saved in trainer_state.json at each checkpoint) ---------------
     def state(self) -> dict[str, Any]:
@@ -136,6 +180,8 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
             saved = stored.get("attributes", {}).get("_saved_state") or saved
         if state.global_step > 0 and saved:
             self.run.restore(saved)
+        if self.run.config.training_type is None and kwargs.get("model") is not None:
+            self.run.config = _with_training_type(self.run.config, kwargs["model"])
         self._start(args, state)
         self.run.begin_training(state.global_step, state.max_steps or None)
         self._tokens_seen = state.num_input_tokens_seen or 0
@@ -229,6 +275,24 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         _add(logs, state, self.run.final_metrics() if final and state.is_world_process_zero
              else self.run.live_metrics())
         return False
+
+
+def _with_training_type(config: Any, model: Any) -> Any:
+    """``config`` with the training type of ``model`` and how it was inferred: the Trainer's own
+    card takes ``config._name_or_path`` as what a model was ``finetuned_from``; a model built from
+    a config alone has none. (The path itself is not recorded: it may name a private directory.)"""
+    try:
+        name = getattr(model, "name_or_path", None)
+    except Exception:  # noqa: BLE001 - an inference, never worth breaking training for
+        return config
+    if not isinstance(name, str):
+        return config
+    if name:
+        kind, why = "fine-tuning", "the model has a name_or_path, so it was loaded with from_pretrained"
+    else:
+        kind, why = "pre-training", "the model has no name_or_path: it was built from a config"
+    basis = f"inferred by greentrack's Hugging Face integration: {why}"
+    return config.replace(training_type=kind, extra={**config.extra, "training_type_basis": basis})
 
 
 def _add(logs: dict[str, Any], state: Any, metrics: dict[str, float]) -> None:

@@ -63,3 +63,17 @@ def python_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
+
+
+def as_another_process(store: Path, host: str = "otherhost", rank: int = 1) -> None:
+    """Make a copied store another process's: its meta names ``host``, ``rank`` and a segment from
+    its file name (``<host>-r<rank>-<segment>.gtdb``), as a store that process wrote would. A plain
+    copy is the same store (host, boot id, rank and segment), read once."""
+    import json
+    import sqlite3
+    segment = store.stem.rsplit("-", 1)[-1]
+    conn = sqlite3.connect(store)
+    for key, value in (("host", host), ("rank", rank), ("segment", segment)):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+    conn.commit()
+    conn.close()

@@ -118,6 +118,10 @@ class Prometheus(Server):
         config = yaml.safe_load(SHIPPED_PROMETHEUS_YML.read_text())
         config["global"]["scrape_interval"] = "1s"
         config["global"]["scrape_timeout"] = "1s"
+        config["global"]["evaluation_interval"] = "1s"  # recorded series within the test's seconds
+        # the shipped rules, found from the shipped config's folder (the test's config is elsewhere)
+        config["rule_files"] = [str(SHIPPED_PROMETHEUS_YML.parent / p)
+                                for p in config.get("rule_files", [])]
         for job in config["scrape_configs"]:
             job["static_configs"] = [{"targets": targets.get(job["job_name"], [])}]
         return config

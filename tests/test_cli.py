@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,62 @@ def test_doctor_lists_methods(env: dict[str, str]) -> None:
     assert {(x["kind"], x["method"]) for x in d["devices"]} == {("cpu", "rapl-powercap"),
                                                               ("dram", "rapl-powercap")}
     assert any("NVML" in n["message"] for n in d["notes"])
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "greentrack"
+             ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """The parser and every subcommand's parser, however deep."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_option_of_every_subcommand_has_help() -> None:
+    """Walks the real parser, so an option added later without help text fails here too."""
+    from greentrack.cli import build_parser
+    missing = []
+    seen = 0
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            seen += 1
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            if not (isinstance(action.help, str) and action.help.strip()):
+                missing.append(f"{path}: {name}")
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:  # each subcommand's line in --help
+                    if not (choice.help or "").strip():
+                        missing.append(f"{path}: subcommand {choice.dest}")
+        if parser.prog != "greentrack" and not (parser.description or "").strip():
+            missing.append(f"{path}: no description")
+    assert seen > 60  # the walk reached the subcommands' options
+    assert not missing, "options without help text:\n" + "\n".join(missing)
+
+
+def test_doctor_cpu_estimate_line_reads_as_a_sentence(tmp_path: Path) -> None:
+    """No RAPL (an empty powercap root): the CPU is estimated and doctor says from what TDP."""
+    (tmp_path / "empty").mkdir()
+    out = gt("doctor", env=python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "empty")))
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if "W/socket" in x)
+    assert re.search(r"TDP [\d.]+ W/socket x \d+ socket\(s\) (from|=) ", line), line
+    assert "from not" not in line and "socket(s) not" not in line
+    assert "quality band: low (+-50%)" in out.stdout and "uncertainty:" not in out.stdout
+    user = gt("doctor", env=python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "empty"),
+                                       GREENTRACK_CPU_TDP_W="65"))
+    assert "TDP 65 W/socket x" in user.stdout and "from the cpu_tdp_w setting" in user.stdout
+
+
+def test_cpu_estimate_source_for_a_cpu_outside_codecarbons_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from greentrack.samplers import _estimate
+    monkeypatch.setattr(_estimate, "cpu_model", lambda: "Imaginary CPU 9000")
+    monkeypatch.setattr(_estimate, "socket_count", lambda: 2)
+    est = _estimate.CpuEstimate("machine", os.getpid(), None)
+    cores = os.cpu_count() or 1
+    assert f"TDP {4.0 * cores / 2:g} W/socket x 2 socket(s) = 4 W per logical core x {cores} " \
+           "core(s), codecarbon's default per-core figure, as this CPU is not in codecarbon's " \
+           "CPU table;" in est.info.source
+    est.close()

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import greentrack
 from greentrack.store import SCHEMA_VERSION, store_paths
 from tests.test_report_fixtures import clean_env, make_run, run_cli
+from tests.conftest import as_another_process
 
 
 def strict_json(text: str) -> Any:
@@ -146,6 +147,7 @@ def test_fuzz_store_damage_summary(recorded: Path, tmp_path_factory: pytest.Temp
     shutil.copytree(recorded, run)
     other = run / "otherhost-r1-0badf00d.gtdb"
     shutil.copy(store_paths(run)[0], other)
+    as_another_process(other)
     _apply_sql(other, sql, newer)
     for extra in (other.with_name(other.name + "-wal"), other.with_name(other.name + "-shm")):
         extra.unlink(missing_ok=True)

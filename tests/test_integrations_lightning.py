@@ -311,7 +311,9 @@ def test_a_run_shorter_than_log_every_s_gets_its_figures(powercap: PowercapTree,
     assert 0 < live["greentrack/energy_j"] <= run_j
 
 
-PROGRESS = re.compile(r"^greentrack: step \d+/100, forecast [\d.e+-]+ Wh, ", re.M)
+# the interval [low-high] follows the estimate once the forecast has three observations
+PROGRESS = re.compile(r"^greentrack: step \d+/100, forecast [\d.e+-]+ Wh( \[[\d.e+-]+-[\d.e+-]+\])?, ",
+                      re.M)
 
 
 def test_progress_line_is_visible_by_default_and_can_be_silenced(

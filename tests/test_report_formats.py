@@ -146,7 +146,7 @@ def test_html_and_markdown_disclosures(outputs: Path) -> None:
     html = (outputs / "report.html").read_text()
     checker = _Checker()
     checker.feed(html)
-    assert checker.svgs == 3 and not checker.stack
+    assert checker.svgs == 4 and not checker.stack  # power, cumulative, steps, timeline
     md = (outputs / "report.md").read_text()
     doc = report_json(outputs)
     for text in (html, md):
@@ -155,7 +155,7 @@ def test_html_and_markdown_disclosures(outputs: Path) -> None:
                        "Uptime Institute" if doc["pue"]["default"] else "user setting (pue)",
                        "global_energy_mix.json", str(doc["methodology"]["samples_total"])):
             assert needed in text, needed
-    for name in ("power", "cumulative", "steps"):
+    for name in ("power", "cumulative", "steps", "timeline"):
         assert f"](report-{name}.svg)" in md
         root = ET.parse(outputs / f"report-{name}.svg").getroot()  # well-formed XML
         assert root.tag == "{http://www.w3.org/2000/svg}svg"

@@ -103,7 +103,7 @@ def test_eu_ai_act_fields(gpu_run: Path, tmp_path: Path, env: None) -> None:
     assert eu["hardware_days"] == pytest.approx(summ["gpu_seconds"] / 86400.0)
     words = len(eu["methodology"].split())
     assert 60 <= words <= 160, eu["methodology"]
-    for needed in ("nvml-energy-counter", "rapl-powercap", "PUE", "FLOP", "Uncertainty"):
+    for needed in ("nvml-energy-counter", "rapl-powercap", "PUE", "FLOP", "Quality band"):
         assert needed.lower() in eu["methodology"].lower()
 
 

@@ -72,8 +72,10 @@ def test_gpu_steps_with_fake_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
 
 
 def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path) -> None:
-    fake_nvml.gpus[0].lost_at = time.monotonic() + 0.4
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        # lost 0.4 s after the tracker's first reading (set once it has started: a slow start-up on
+        # a loaded host must not eat the window, as it did when set before start)
+        fake_nvml.gpus[0].lost_at = time.monotonic() + 0.4
         for _ in range(4):
             with tracker.step():
                 time.sleep(0.2)

@@ -24,7 +24,7 @@ import pytest
 
 import greentrack
 from greentrack.store import SCHEMA_VERSION, StoreReader, StoreWriter, store_paths
-from tests.conftest import python_env
+from tests.conftest import as_another_process, python_env
 from tests.test_report_fixtures import (env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
                                         validate_own_schema)
 
@@ -147,6 +147,7 @@ def test_damaged_or_hostile_store_beside_a_good_one(good_run: Path, tmp_path: Pa
     good = greentrack.summarize(good_run)
     other = run / "otherhost-r1-deadbeef.gtdb"
     shutil.copy(store_paths(run)[0], other)
+    as_another_process(other)
     _damage(other, kind)
     code, s, err = _summary_json(run)
     assert code == 0, err

@@ -34,6 +34,9 @@ CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "in
                  "currency")
 
 
+#: Settings recorded with a run that its disclosures state (the model card's training type).
+DISCLOSURE_FIELDS = ("training_type",)
+
 #: Country, region and cloud together name one place: a layer that sets any of them replaces all.
 LOCATION_FIELDS = ("country", "region", "cloud")
 
@@ -51,14 +54,17 @@ def config_for_run(recorded: Mapping[str, Any] | None, explicit: Mapping[str, An
     values: dict[str, Any] = {}
     extra = dict(base.extra)
     for layer in (recorded or {}, explicit):
-        given = {k: v for k, v in layer.items() if k in CARBON_FIELDS and v is not None}
+        given = {k: v for k, v in layer.items() if k in CARBON_FIELDS + DISCLOSURE_FIELDS
+                 and v is not None}
         if any(k in given for k in LOCATION_FIELDS):  # a location is one setting: all or none
             values.update(dict.fromkeys(LOCATION_FIELDS))
+        if "training_type" in given:  # how a lower layer's value was inferred no longer applies
+            extra.pop("training_type_basis", None)
         values.update(given)
         if isinstance(layer.get("extra"), dict):
             extra.update(layer["extra"])
-    values.update({k: v for k, v in explicit.items() if k not in CARBON_FIELDS and k != "extra"
-                   and v is not None})
+    values.update({k: v for k, v in explicit.items() if k not in CARBON_FIELDS + DISCLOSURE_FIELDS
+                   and k != "extra" and v is not None})
     return base.replace(**values, extra=extra)
 
 

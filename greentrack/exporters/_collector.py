@@ -29,9 +29,23 @@ name                                                    type       extra labels
 ``greentrack_sampler_slow_interval_seconds``            gauge
 ``greentrack_last_sample_age_seconds``                  gauge
 ``greentrack_push_failures_total``                      counter    (when pushing)
-``greentrack_run_info``                                 gauge (1)  version, mode
+``greentrack_run_info``                                 gauge (1)  version, mode, slurm_job_id,
+                                                                   slurm_array_task_id,
+                                                                   k8s_namespace, k8s_pod,
+                                                                   elastic_run_id,
+                                                                   elastic_restart_count
 ``greentrack_run_start_time_seconds``                   gauge
+``greentrack_forecast_energy_joules``                   gauge      bound (with a training meter)
+``greentrack_forecast_duration_seconds``                gauge      bound
+``greentrack_forecast_end_time_seconds``                gauge      bound (Unix time)
+``greentrack_forecast_gpu_seconds``                     gauge      bound
+``greentrack_forecast_emissions_grams``                 gauge      bound (when an intensity is known)
+``greentrack_forecast_cost``                            gauge      bound, currency (when priced)
+``greentrack_forecast_planned_steps``                   gauge
 ======================================================  =========  ================================
+
+The forecast gauges are the whole run's (:mod:`greentrack.forecast`): ``bound`` is ``estimate``,
+``low`` or ``high`` (the interval; absent until it is known).
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from greentrack import __version__
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.channelstate import ChannelSnapshot
+from greentrack.run.resumed import RecordedBefore
 from greentrack.steps import StepRow
 from greentrack.units import J_PER_KWH
 
@@ -60,6 +75,9 @@ STEP_ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
                          1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5)
 MAX_PHASES = 8
 INTENSITY_TTL_S = 60.0
+#: How long a scrape or push waits for a resumed run's earlier totals (read on a thread at start)
+#: before it answers with no series: never a lower value that Prometheus would take for a reset.
+CONTINUE_WAIT_S = 2.0
 
 
 class StepStats:
@@ -96,6 +114,20 @@ class StepStats:
             mfu = extra.get("mfu")
             if isinstance(mfu, (int, float)) and not isinstance(mfu, bool) and mfu >= 0:
                 self.mfu[phase] = float(mfu)
+
+    def seed(self, before: RecordedBefore) -> None:
+        """Start from the steps of the run's earlier segments (a resumed run), before any step."""
+        with self._lock:
+            for phase, n in before.steps.items():
+                name = self._phase(phase)
+                if name not in self.count:
+                    self.count[name], self.energy_j[name], self.flops[name] = 0, 0.0, 0.0
+                    self.buckets[name] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
+                self.count[name] += n
+                self.energy_j[name] += before.step_energy_j.get(phase, 0.0)
+                self.flops[name] += before.flops.get(phase, 0.0)
+                for i, k in enumerate(before.step_buckets.get(phase, [])):
+                    self.buckets[name][i] += k
 
     def copy(self) -> dict[str, Any]:
         with self._lock:
@@ -191,6 +223,12 @@ class TrackerCollector:
         self.tracker, self.intensity, self.push = tracker, intensity, push
         self.base = [labels[k] for k in BASE_LABELS]
         self.steps = StepStats()
+        #: Totals of the run's earlier segments of this host and rank (:meth:`continue_from`).
+        self.before = RecordedBefore()
+        #: Cleared while those totals are being read: scrapes then wait, at most
+        #: :data:`CONTINUE_WAIT_S`, and serve nothing rather than counters that would go back.
+        self.ready = threading.Event()
+        self.ready.set()
         self._lock = threading.Lock()
         self._emitted_j = 0.0  # energy already converted to emissions
         self._emissions_g = 0.0
@@ -200,6 +238,16 @@ class TrackerCollector:
         engine = tracker.engine
         self._origin = engine.origin
         self.start_unix = time.time() - (time.monotonic() - engine.origin)
+        from greentrack.jobinfo import job_metadata, prometheus_labels
+        #: the scheduler's names of this job, one value each ("" unset): bounded, never a node list
+        self.job_labels = prometheus_labels(job_metadata())
+
+    def continue_from(self, before: RecordedBefore) -> None:
+        """Counters continue from the run's earlier segments: energy, gap seconds, GPU-seconds,
+        steps, step energy, FLOPs and emissions start at what those segments recorded, so
+        ``increase()`` and ``max_over_time()`` over the run give its total. Call before steps."""
+        self.before = before
+        self.steps.seed(before)  # adds: steps observed meanwhile are kept
 
     def describe(self) -> list[Any]:
         return []  # no scrape at registration time
@@ -207,6 +255,8 @@ class TrackerCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                             InfoMetricFamily)
+        if not self.ready.wait(CONTINUE_WAIT_S):
+            return
         engine = self.tracker.engine
         channels = engine.snapshot()
         base, dev = list(BASE_LABELS), [*BASE_LABELS, "kind", "device"]
@@ -224,14 +274,16 @@ class TrackerCollector:
         for ch in channels:
             values = [*self.base, ch.kind, ch.device]
             source = "measured" if ch.measured else "estimated"
-            energy.add_metric([*values, source], float(ch.energy_j))
+            energy.add_metric([*values, source], float(ch.energy_j) + self.before.energy_j.get(
+                (ch.kind, ch.device, source), 0.0))
             if ch.power_w is not None:
                 power.add_metric([*values, source], float(ch.power_w))
             meta = self._channel_info(engine, ch)
             info.add_metric(values, {"name": meta["name"], "method": ch.method, "source": source,
                                      "uncertainty": meta["uncertainty"]})
             up.add_metric(values, 1.0 if ch.status == "ok" else 0.0)
-            gaps.add_metric(values, float(ch.gap_s))
+            gaps.add_metric(values, float(ch.gap_s) + self.before.gap_s.get((ch.kind, ch.device),
+                                                                             0.0))
         yield from (energy, power, info, up, gaps)
 
         now = time.monotonic()
@@ -239,9 +291,11 @@ class TrackerCollector:
         n_gpus = sum(ch.kind == "gpu" for ch in channels)
         yield self._counter("greentrack_gpu_seconds", "GPU-seconds: seconds since the tracker "
                             "started times the number of GPUs it measures.",
-                            max(0.0, end - self._origin) * n_gpus)
+                            max(0.0, end - self._origin) * n_gpus + self.before.gpu_seconds)
         yield from self._step_families()
-        yield from self._carbon_families(sum(float(ch.energy_j) for ch in channels))
+        yield from self._carbon_families(sum(float(ch.energy_j) for ch in channels)
+                                         + self.before.total_energy_j)
+        yield from self._forecast_families()
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
                             "(each also recorded as an event in the run store).", engine.errors)
@@ -265,7 +319,8 @@ class TrackerCollector:
             yield self._counter("greentrack_push_failures", "Failed pushes to the Pushgateway.",
                                 self.push.failures)
         run = InfoMetricFamily("greentrack_run", "The tracked process.", labels=base)
-        run.add_metric(self.base, {"version": __version__, "mode": self.tracker.config.mode})
+        run.add_metric(self.base, {"version": __version__, "mode": self.tracker.config.mode,
+                                   **self.job_labels})
         yield run
         start = GaugeMetricFamily("greentrack_run_start_time_seconds", "Unix time at which the "
                                   "tracker started.", labels=base)
@@ -312,6 +367,48 @@ class TrackerCollector:
             if phase in s["mfu"]:
                 mfu.add_metric(values, s["mfu"][phase])
         yield from (steps, hist, flops, mfu)
+
+    def _forecast_families(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        sources = getattr(self.tracker, "forecast_sources", None) or []
+        try:
+            est = sources[0]() if sources else None
+        except Exception as e:  # noqa: BLE001 - a forecast never breaks a scrape
+            log.debug("greentrack: no forecast for the scrape: %s", e)
+            est = None
+        if est is None:
+            return
+        labels = [*BASE_LABELS, "bound"]
+        bounds = (("estimate", ""), ("low", "_low"), ("high", "_high"))
+        for name, key, scale, doc in (
+                ("energy_joules", "energy_j", 1.0, "IT energy of the whole run, in joules"),
+                ("duration_seconds", "duration_s", 1.0, "Duration of the whole run, in seconds"),
+                ("end_time_seconds", "end_unix", 1.0, "Unix time at which the run will end"),
+                ("gpu_seconds", "gpu_hours", 3600.0, "GPU-seconds of the whole run (this "
+                                                     "process's GPUs)"),
+                ("emissions_grams", "emissions_g", 1.0, "Operational emissions of the whole run "
+                                                        "in grams CO2e (with PUE)")):
+            if est.get(key) is None:
+                continue
+            fam = GaugeMetricFamily(f"greentrack_forecast_{name}", f"Forecast: {doc}; bound is "
+                                    "estimate, low or high (the interval).", labels=labels)
+            for bound, suffix in bounds:
+                if est.get(key + suffix) is not None:
+                    fam.add_metric([*self.base, bound], float(est[key + suffix]) * scale)
+            yield fam
+        if est.get("cost") is not None:
+            fam = GaugeMetricFamily("greentrack_forecast_cost", "Forecast: cost of the whole run "
+                                    "(electricity with PUE, plus GPU-hours), in the currency "
+                                    "label.", labels=[*labels, "currency"])
+            currency = str(est.get("currency") or "unknown")[:8]
+            for bound, suffix in bounds:
+                if est.get("cost" + suffix) is not None:
+                    fam.add_metric([*self.base, bound, currency], float(est["cost" + suffix]))
+            yield fam
+        planned = GaugeMetricFamily("greentrack_forecast_planned_steps", "Optimizer steps the "
+                                    "forecast assumes for the whole run.", labels=BASE_LABELS)
+        planned.add_metric(self.base, float(est["planned_steps"]))
+        yield planned
 
     def _carbon_families(self, total_j: float) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

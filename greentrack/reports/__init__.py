@@ -62,7 +62,7 @@ def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,
             elif fmt == "boamps":
                 written += to_boamps.write(doc, tmp, opts.get("boamps"))
             elif fmt == "hf":
-                written += to_hf.write(doc, tmp, opts.get("hf"))
+                written += to_hf.write(doc, tmp)
     return [out_dir / p.relative_to(tmp) for p in written]
 
 

@@ -278,6 +278,7 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
     if not getattr(config, "intensity_csv", None):
         return None
     from greentrack.carbon.resolve import intensity_plan
+    from greentrack.carbon.schedule import best_start
     from greentrack.carbon.series import integrate, read_csv
     from greentrack.reports.build import _resample
     series = read_csv(config.intensity_csv)
@@ -292,14 +293,11 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
     profile = _resample(bins, data.start_unix, width, n)
     end = series.ends[-1]
     starts = [s for s in series.starts if s + n * width <= end][:MAX_STARTS]
-    if not starts:
+    choice = best_start(series, [(k * width, (k + 1) * width, e) for k, e in enumerate(profile)],
+                        starts, fallback)
+    if choice is None:
         return None
-    best_g, best_t = math.inf, starts[0]
-    for s in starts:
-        g = integrate(series, [(s + k * width, s + (k + 1) * width, e)
-                               for k, e in enumerate(profile)], fallback).emissions_g * pue
-        if g < best_g:
-            best_g, best_t = g, s
+    best_g, best_t = choice.grams * pue, choice.start_unix
     saving = as_run - best_g
     if saving <= 0 or saving < as_run * MIN_SHARE:
         return None
@@ -311,7 +309,8 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
                              f"{as_run:.4g} g; best from {utc(best_t)} ({hour} UTC) {best_g:.4g} g "
                              f"(IT energy x PUE {pue:g}, series at {width:g} s bins)",
                      "series": series.source, "starts_tried": len(starts), "as_run_g": as_run,
-                     "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g},
+                     "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g,
+                     "best_start_unix": best_t, "window_s": duration},
         "suggestion": f"start at {hour} UTC (from {utc(best_t)} in this series) or schedule on a "
                       "low-carbon window: the same energy, fewer grams",
     }

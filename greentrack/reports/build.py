@@ -19,7 +19,6 @@ from greentrack.units import J_PER_KWH, utc
 FORMAT = "greentrack-report"
 VERSION = "1.0"
 SCHEMA = "greentrack/schemas/report-v1.schema.json"
-PLOT_POINTS = 600
 
 
 
@@ -61,9 +60,7 @@ def _resample(bins: list[tuple[float, float, float]], t0: float, width: float, n
 
 
 def _timeseries(data: RunData) -> dict[str, Any]:
-    duration = max(data.end_unix - data.start_unix, 1e-9)
-    n = max(1, min(PLOT_POINTS, int(math.ceil(duration / data.bin_s))))
-    width = duration / n
+    n, width = data.plot_grid()
     groups: dict[str, list[tuple[float, float, float]]] = {}
     kinds: dict[str, str] = {}
     many = len(data.channels) > 16  # a big job: one line per host and kind
@@ -84,7 +81,10 @@ def _timeseries(data: RunData) -> dict[str, Any]:
         cum.append(float(f"{run_total / J_PER_KWH:.9g}"))
     return {"t0_unix": data.start_unix, "step_s": width,
             "t_s": [round((k + 0.5) * width, 3) for k in range(n)],
-            "series": series, "cumulative_kwh": cum}
+            "series": series, "cumulative_kwh": cum,
+            # share of each cell during which a step (any phase) ran: when steps ran
+            "steps_coverage": [round(min(1.0, c / width), 4) if width > 0 else 0.0
+                               for c in data.step_cells] if data.step_cells else None}
 
 
 def _steps(data: RunData) -> dict[str, Any]:
@@ -123,14 +123,29 @@ def _histogram(vals: list[float], n_bins: int = 30) -> dict[str, Any]:
     return {"edges_j": [lo + k * width for k in range(n_bins + 1)], "counts": counts}
 
 
+def _training_type(config: Any) -> dict[str, Any]:
+    """The run's training type (``Config.training_type``) and how it is known."""
+    value = getattr(config, "training_type", None)
+    if value is None:
+        return {"training_type": None, "training_type_basis": "not set (training_type setting)"}
+    basis = (getattr(config, "extra", None) or {}).get("training_type_basis")
+    return {"training_type": value,
+            "training_type_basis": str(basis) if basis else "the training_type setting"}
+
+
 def _hardware(data: RunData) -> dict[str, Any]:
     # each device once, however many segments (a resumed run) or ranks measured it
     gpus = Counter(d.name for d in data.devices if d.kind == "gpu")
     cpus = Counter(d.name for d in data.devices if d.kind == "cpu")
     text = "; ".join([f"{n} x {name}" for name, n in gpus.items()] +
                      [f"CPU {name}" + (f" x {n}" if n > 1 else "") for name, n in cpus.items()])
+    machines = list(data.machines.values())
+
+    def total(key: str) -> float | None:  # summed over hosts; None unless every host recorded it
+        return sum(m[key] for m in machines) if machines and all(key in m for m in machines) else None
     return {"gpus": dict(gpus), "gpu_count": sum(gpus.values()), "cpus": dict(cpus),
-            "hosts": len(data.hosts), "text": text or "unknown"}
+            "hosts": len(data.hosts), "text": text or "unknown",
+            "cpu_count": total("cpu_count"), "ram_total_gb": total("ram_total_gb")}
 
 
 def _devices(data: RunData) -> list[dict[str, Any]]:
@@ -237,7 +252,8 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
                 "duration_s": float(s["duration_s"]), "stores": int(s["stores"]),
                 "hosts": {h: round(v, 3) for h, v in data.hosts.items()}, "mode": s["mode"],
                 "python": data.versions.get("python"), "platform": data.versions.get("platform"),
-                "labels": dict(data.labels)},
+                "labels": dict(data.labels), "run_dirs": list(s.get("run_dirs") or []),
+                "job": dict(s.get("job") or {}), **_training_type(config)},
         "energy": energy,
         **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost")},
         "compute": compute,
@@ -252,8 +268,19 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
     if s["status"] in ("running", "incomplete"):
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
     from greentrack.reports.advise import TOP, advise
-    doc["opportunities"] = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
-                                  acc["pue"]["value"])[:TOP]
+    from greentrack.reports.forecasting import forecast_section, start_window
+    findings = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
+                      acc["pue"]["value"])
+    doc["opportunities"] = findings[:TOP]
+    doc["start_window"] = start_window(data, findings, config)
+    if data.greener_start is not None:  # greentrack run --start-when-greener: what it expected
+        g = data.greener_start
+        per_kwh = g.get("expected_saving_g_per_kwh")
+        doc["run"]["start_when_greener"] = {
+            **g, "expected_saving_g": per_kwh * acc["facility_energy_kwh"]
+            if isinstance(per_kwh, (int, float)) else None}
+    doc["forecast"] = forecast_section(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
+                                       acc["pue"]["value"], compute["gpu_count"])
     if data.power_limit_curves:  # measured by a calibration (greentrack.calibration) only
         doc["power_limit_curves"] = [c.as_dict() for c in data.power_limit_curves]
     doc["eu_ai_act"] = _eu_ai_act(doc)

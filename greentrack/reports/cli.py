@@ -79,6 +79,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                     extra[f"electricitymaps_{k}"] = v
             elif key == "report":
                 extra.update(value)
+            elif key == "hf" and "training_type" in value:  # a Config field, validated there
+                rest = dict(value)
+                out.setdefault("training_type", rest.pop("training_type"))
+                if rest:
+                    extra[key] = rest
             else:
                 extra[key] = dict(value)
         elif key in known:
@@ -97,7 +102,7 @@ def carbon_settings(ns: argparse.Namespace) -> dict[str, Any]:
     file = getattr(ns, "config_file", None) or os.environ.get("GREENTRACK_CONFIG")
     if file:
         out.update(load_config_file(file))
-    for dest, _, _ in CARBON_OPTIONS.values():
+    for dest in [d for d, _, _ in CARBON_OPTIONS.values()] + ["training_type"]:
         value = getattr(ns, dest, None)
         if value is not None:
             out[dest] = value
@@ -117,6 +122,11 @@ def _formats(text: str) -> list[str]:
     from greentrack.reports import FORMATS
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if "all" in names:
+        import importlib.util
+        if importlib.util.find_spec("huggingface_hub") is None:  # the optional extra [hf]
+            print("greentrack: warning: no model card (hf): huggingface_hub is not installed "
+                  "(pip install 'greentrack[hf]')", file=sys.stderr)
+            return [f for f in FORMATS if f != "hf"]
         return list(FORMATS)
     bad = [n for n in names if n not in FORMATS]
     if bad or not names:
@@ -129,19 +139,28 @@ def add_commands(sub: Any) -> None:
     rep = sub.add_parser("report", help="disclosure reports of one or more runs",
                          description="Write energy, carbon and cost disclosures of RUN_DIR(s): "
                                      "json, md, html, csv (codecarbon columns), boamps, hf.")
-    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="a run directory; node-local directories of one run joined by '+' "
+                          "(node0/run+node1/run) are one run, each store counted once")
     rep.add_argument("--format", default="all", help="all, or a comma list of json, md, html, csv, "
                                                      "boamps, hf (default all)")
     rep.add_argument("--out", default="greentrack-report", metavar="DIR",
                      help="output directory (one sub-directory per run when several)")
     rep.add_argument("--sci-unit", choices=["run", "million-tokens", "flop"],
                      help="SCI functional unit (default run)")
+    rep.add_argument("--emissions-csv", metavar="FILE",
+                     help="also append each run's row to FILE, a per-project CSV in codecarbon's "
+                          "emissions.csv columns (created if missing)")
+    from greentrack.cli import add_training_type
+    add_training_type(rep)
     add_carbon_options(rep)
     rep.set_defaults(handler=cmd_report)
     cmp_ = sub.add_parser("compare", help="compare runs side by side",
                           description="Joules per step/sample/token, FLOPs per joule, MFU, duration, "
                                       "emissions and cost of each run, with ratios to the first.")
-    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="a run directory; node-local directories of one run joined by '+' "
+                           "(node0/run+node1/run) are one run")
     cmp_.add_argument("--json", action="store_true", help="machine-readable output (--format json)")
     cmp_.add_argument("--format", dest="cmp_format", choices=["text", "json", "md", "html"],
                       default=None, help="text (default), json, md, or html (with the metric of "
@@ -159,7 +178,7 @@ def add_commands(sub: Any) -> None:
                                      "run's own measurements and a suggestion: energy outside "
                                      "steps, idle GPUs, low MFU, start time (--intensity-csv), "
                                      "region, power limit (from a measured curve only).")
-    adv.add_argument("run_dir", metavar="RUN_DIR")
+    adv.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to examine")
     adv.add_argument("--json", action="store_true", help="machine-readable output")
     adv.add_argument("--max-slowdown", metavar="FRACTION", default=None,
                      help="slower steps accepted for a lower GPU power limit, as a fraction or a "
@@ -198,12 +217,18 @@ def _report(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "exists and is not a directory")
+    from greentrack.run import run_dirs_of
     for run_dir in ns.run_dirs:  # check every directory before writing anything
-        store_paths(Path(run_dir))
+        for one in run_dirs_of(run_dir):
+            store_paths(one)
     # The whole set is written into a temporary directory beside --out and moved into place only
     # when every run's report is done: an error leaves --out as it was.
     with staged_dir(out) as tmp:
         results = list(iter_reports(ns.run_dirs, config, formats, tmp, unit))
+    if ns.emissions_csv:
+        from greentrack.reports.emissions_log import append
+        for w in append([doc for doc, _ in results], ns.emissions_csv):
+            print(f"greentrack: warning: {printable(w)}", file=sys.stderr)
     for doc, written in results:
         for path in written:
             print(printable(out / path.relative_to(tmp)))

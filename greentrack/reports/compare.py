@@ -72,6 +72,12 @@ def parse_target(text: str) -> tuple[str, str, float]:
     return m.group(1), m.group(2), value
 
 
+def _name(run_dir: str) -> str:
+    """A run's short name: its directory's, or its directories' joined by ``+``."""
+    from greentrack.run import run_dirs_of
+    return "+".join(d.name for d in run_dirs_of(run_dir))
+
+
 def parse_groups(items: list[str] | None, run_dirs: list[str]) -> dict[str, list[str]]:
     """``--group NAME=RUN,RUN`` options -> {name: run dirs}; runs named only in groups are added."""
     out: dict[str, list[str]] = {}
@@ -107,11 +113,14 @@ def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
     """Figures of each run and ``ratios`` (run / first run). Ratios of totals only for equal work
     (:func:`equal_work`), otherwise only per-unit ratios; with ``target``, each run's
     ``to_target``; with ``groups``, each group's mean and spread."""
-    from greentrack.run import Run, to_target
+    from greentrack.run import Run, run_dirs_of, to_target
     dirs = [str(d) for d in run_dirs]
     for members in (groups or {}).values():
         dirs += [d for d in members if d not in dirs]
     rows = [_row(report_document(d, config, sci_unit)) for d in dirs]
+    for d, r in zip(dirs, rows):
+        if len(run_dirs_of(d)) > 1:  # several directories of one run: named as given
+            r["run_dir"] = d
     base = rows[0]
     for r in rows:
         same, diff = equal_work(r, base)
@@ -202,7 +211,7 @@ def _figure(row: dict[str, Any], fig: str) -> float | None:
 def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows and notes of the comparison: one column per run, ``value (x ratio)``."""
     runs = result["runs"]
-    headers = ["metric"] + [printable(f"{Path(r['run_dir']).name} ({r['run_id']})", 60) for r in runs]
+    headers = ["metric"] + [printable(f"{_name(r['run_dir'])} ({r['run_id']})", 60) for r in runs]
     body = []
     for key, label, unit, lower in METRICS:
         cells = [f"{label}{' (' + unit + ')' if unit else ''}"]
@@ -242,7 +251,7 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
     lines: list[str] = [f"ratios are to the first run ({printable(result['baseline'])})"]
     for r in runs[1:]:
         if not r["equal_work"]:
-            lines.append(f"{printable(Path(r['run_dir']).name, 60)}: not the same work as the first "
+            lines.append(f"{printable(_name(r['run_dir']), 60)}: not the same work as the first "
                          f"run ({printable(r['work_difference'], 200)}): ratios of totals left out, "
                          "compare per step, sample or token")
     for name, g in (result.get("groups") or {}).items():
@@ -299,7 +308,7 @@ def format_html(result: dict[str, Any]) -> str:
              "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"]
     curves = result.get("curves")
     if curves and any(c["points"] for c in curves["runs"]):
-        series = [(f"{Path(c['run_dir']).name}", [p[0] for p in c["points"]],
+        series = [(f"{_name(c['run_dir'])}", [p[0] for p in c["points"]],
                    [p[1] for p in c["points"]]) for c in curves["runs"]]
         parts.append(svg.xy_lines(f"{curves['metric']} against cumulative IT energy", series,
                                   "cumulative IT energy (kWh)", curves["metric"]))

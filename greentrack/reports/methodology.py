@@ -63,7 +63,7 @@ def short_methodology(doc: dict[str, Any]) -> str:
         (f"Estimated: {', '.join(estimated)}." if estimated else "Nothing was estimated."),
         f"Facility energy applies a PUE of {doc['pue']['value']:g} ({'default' if doc['pue']['default'] else 'site value'}).",
         f"Training compute: {c['flops_method']}.",
-        f"Uncertainty: {doc['methodology']['uncertainty']['band']} "
+        f"Quality band: {doc['methodology']['uncertainty']['band']} "
         f"(+-{doc['methodology']['uncertainty']['pct']:g}%).",
     ]
     return " ".join(parts)

@@ -15,8 +15,10 @@ from typing import Any
 
 from greentrack.run import (Device, PowerLimitCurve, Run, Segment, device_identity,
                             union_length)
+from greentrack.units import is_number
 
 MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
+PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
 NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
@@ -56,6 +58,8 @@ class RunData:
     hosts: dict[str, float]            # host -> seconds it ran (union of its stores' spans)
     resolution_s: float
     versions: dict[str, Any]
+    #: host -> what its first store recorded of the machine (``cpu_count``, ``ram_total_gb``)
+    machines: dict[str, dict[str, Any]]
     settings: dict[str, Any]
     warnings: list[str]
     #: the longest slow cadence of each store whose engine stretched it (store file -> s)
@@ -73,6 +77,41 @@ class RunData:
     gpu_power: list[dict[str, Any]] = field(default_factory=list)
     #: measured power-limit curves (:meth:`greentrack.run.Run.power_limit_curves`)
     power_limit_curves: list[PowerLimitCurve] = field(default_factory=list)
+    #: the main phase's (``train`` if any) steps done by the end of each :func:`plot_grid` cell
+    #: in which some ended, on the lowest rank (all its segments): ``(steps done, unix time)``
+    step_marks: list[tuple[int, float]] = field(default_factory=list)
+    main_phase: str | None = None
+    #: seconds of each :func:`plot_grid` cell covered by step windows (any phase, any store)
+    step_cells: list[float] = field(default_factory=list)
+    #: the latest ``planned-steps`` event (the training integration's horizon), if any
+    planned_steps: int | None = None
+    #: details of the ``start-when-greener`` event (``greentrack run --start-when-greener``)
+    greener_start: dict[str, Any] | None = None
+
+    def plot_grid(self) -> tuple[int, float]:
+        """``(cells, width_s)`` of the report's time series from :attr:`start_unix`."""
+        duration = max(self.end_unix - self.start_unix, 1e-9)
+        n = max(1, min(PLOT_POINTS, int(math.ceil(duration / self.bin_s))))
+        return n, duration / n
+
+    def energy_until(self, times_unix: list[float]) -> list[float]:
+        """Joules of every channel from the start until each of ``times_unix``, from the
+        time-series bins (the bin that holds a time pro rata); a bisection per channel and time."""
+        import bisect
+        out = [0.0] * len(times_unix)
+        for c in self.channels:
+            ends = [b for _, b, _ in c.bins]
+            prefix = [0.0]
+            for _, _, e in c.bins:
+                prefix.append(prefix[-1] + e)
+            for i, t in enumerate(times_unix):
+                k = bisect.bisect_right(ends, t)  # bins [0, k) end by t
+                out[i] += prefix[k]
+                if k < len(c.bins):
+                    a, b, e = c.bins[k]
+                    if a < t < b:
+                        out[i] += e * (t - a) / (b - a)
+        return out
 
     @property
     def bins(self) -> list[tuple[float, float, float]]:
@@ -147,20 +186,63 @@ def _read(run: Run) -> RunData:
     gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
                            POWER_QUANTILE)
     curves = run.power_limit_curves()
+    main = "train" if "train" in phases else max(phases, key=lambda p: phases[p]["n"], default=None)
+    planned = [e for e in run.events("planned-steps")]
+    greener = run.events("start-when-greener")
     run.add_damage()  # rows the report's queries left out, too
     for e in energies.values():
         e.sort()
     first = run.segments[0]
-    return RunData(
+    data = RunData(
         run_dir=run.run_dir, summary=summary, devices=run.devices(), start_unix=start, end_unix=end, bin_s=bin_s,
         channels=channels, phases=phases, step_energies_j=energies, flops_methods=sorted(methods),
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
         hosts={h: union_length(s) for h, s in host_spans.items()}, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
+        machines=_machines(run.segments),
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
         store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
-        power_limit_curves=curves)
+        power_limit_curves=curves, main_phase=main, planned_steps=_planned(planned),
+        greener_start=_details(greener[-1]) if greener else None)
+    n, width = data.plot_grid()
+    cells, ending = [0.0] * n, [0] * n
+    rank = min(seg.rank for seg in run.segments)
+    for seg in run.segments:
+        covered, by_phase = seg.step_cells(start, width, n)
+        cells = [a + b for a, b in zip(cells, covered)]
+        if seg.rank == rank and main in by_phase:  # one rank's steps: the optimizer steps
+            ending = [a + b for a, b in zip(ending, by_phase[main])]
+    data.step_cells = cells
+    data.step_marks = _marks(ending, start, width)
+    return data
+
+
+def _marks(ending: list[int], start: float, width: float) -> list[tuple[int, float]]:
+    """``(steps done, unix time)`` at the end of each cell in which steps ended."""
+    out, done = [], 0
+    for k, count in enumerate(ending):
+        if count:
+            done += count
+            out.append((done, start + (k + 1) * width))
+    return out
+
+
+def _details(event: dict[str, Any]) -> dict[str, Any] | None:
+    import json
+    try:
+        found = json.loads(event.get("details") or "{}")
+    except (TypeError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _planned(events: list[dict[str, Any]]) -> int | None:
+    for e in reversed(events):
+        n = (_details(e) or {}).get("planned_steps")
+        if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 10 ** 12:
+            return n
+    return None
 
 
 def _stretched(stores: list[Segment]) -> dict[str, float]:
@@ -233,3 +315,17 @@ def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: flo
                 g["idle_j"] += e
     return list(found.values())
 
+
+
+def _machines(segments: list[Segment]) -> dict[str, dict[str, Any]]:
+    """Each host's machine record, once (several ranks or segments ran on it); hosts whose stores
+    predate the record, or hold a damaged one, map to an empty dict."""
+    out: dict[str, dict[str, Any]] = {}
+    for seg in segments:
+        m = seg.meta.get("machine")
+        m = m if isinstance(m, dict) else {}
+        good = {k: m[k] for k in ("cpu_count", "ram_total_gb") if is_number(m.get(k))
+                and float(m[k]) > 0}
+        if not out.get(seg.host):
+            out[seg.host] = good
+    return out

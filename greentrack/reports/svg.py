@@ -26,17 +26,29 @@ PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round ticks from the last one at or below ``lo`` to the first one at or above ``hi``, so
+    an axis drawn from the first tick to the last covers every value in ``[lo, hi]``."""
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return [lo]
     raw = (hi - lo) / n
+    if not (raw > 0 and math.isfinite(raw)):  # a span too small (subnormal) or too large to divide
+        return [lo, hi]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    out, v = [], first
-    while v <= hi + step * 1e-9:
-        out.append(round(v, 12))
-        v += step
-    return out
+    k = math.floor(lo / step + 1e-9)
+    out: list[float] = []
+    while True:
+        v = k * step
+        out.append(float(f"{v:.12g}"))  # 0.30000000000000004 -> 0.3, at any magnitude
+        if v >= hi - step * 1e-9:
+            return out
+        k += 1
+
+
+def _within(ticks: list[float], lo: float, hi: float) -> list[float]:
+    """The ticks inside ``[lo, hi]``: for an axis that spans the data exactly (time, bins)."""
+    eps = (hi - lo) * 1e-9
+    return [v for v in ticks if lo - eps <= v <= hi + eps]
 
 
 def _fmt(v: float) -> str:
@@ -46,6 +58,20 @@ def _fmt(v: float) -> str:
     if a >= 1e5 or a < 1e-3:
         return f"{v:.2g}"
     return f"{v:,.{0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3}f}"
+
+
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """Tick labels as :func:`_fmt` writes them, with more digits where one would not read as its
+    tick (1,250,000 as "1.2e+06"; 0.0125 as "0.013") or two would read the same."""
+    def exact(label: str, v: float) -> bool:
+        return abs(float(label.replace(",", "")) - v) <= 1e-9 * abs(v)
+
+    labels = [_fmt(v) for v in ticks]
+    digits = 3
+    while (len(set(labels)) < len(labels) or not all(map(exact, labels, ticks))) and digits <= 17:
+        labels = [f"{v:.{digits}g}" for v in ticks]
+        digits += 1
+    return labels
 
 
 def _frame(title: str, xlabel: str, ylabel: str, xt: list[float], yt: list[float],
@@ -58,14 +84,14 @@ def _frame(title: str, xlabel: str, ylabel: str, xt: list[float], yt: list[float
     x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#333"/>')
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#333"/>')
-    for v in xt:
+    for v, label in zip(xt, _tick_labels(xt)):
         x = sx(v)  # type: ignore[operator]
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="#333"/>'
-                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{_fmt(v)}</text>')
-    for v in yt:
+                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{label}</text>')
+    for v, label in zip(yt, _tick_labels(yt)):
         y = sy(v)  # type: ignore[operator]
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
+                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append(f'<text x="14" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
                f'transform="rotate(-90 14 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>')
@@ -96,7 +122,8 @@ def lines(title: str, t_s: list[float], series: list[tuple[str, list[float]]], y
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, ylabel, _nice_ticks(lo_x, hi_x), yt, sx, sy)
+    # time spans the full width; the y axis goes up to the tick above the highest value
+    out = _frame(title, xlabel, ylabel, _within(_nice_ticks(lo_x, hi_x), lo_x, hi_x), yt, sx, sy)
     _polylines(out, [(label, list(zip(xs, vals))) for label, vals in series], sx, sy, x1)
     return "\n".join(out)
 
@@ -148,7 +175,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
     top_c = max(counts, default=1) or 1
-    yt = [float(v) for v in _nice_ticks(0.0, top_c * 1.05)]
+    yt = [float(v) for v in _nice_ticks(0.0, max(top_c * 1.05, 5.0))]  # whole steps per tick
     top = max(yt[-1], top_c)
     x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
 
@@ -158,7 +185,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, "steps", _nice_ticks(lo, hi), yt, sx, sy)
+    out = _frame(title, xlabel, "steps", _within(_nice_ticks(lo, hi), lo, hi), yt, sx, sy)
     for k, c in enumerate(counts):
         if c <= 0:
             continue
@@ -189,4 +216,107 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
         out["steps"] = histogram(f"Energy per {hist['phase']} step ({doc['steps']['by_phase'][hist['phase']]['count']} steps)",
                                  hist["edges_j"], hist["counts"], "energy per step (J)",
                                  {k: e[k] for k in ("median", "p95") if e.get(k) is not None})
+    return out
+
+
+
+def _span_axis(lo: float, hi: float) -> tuple[float, str]:
+    """The unit of a time axis from ``lo`` to ``hi`` seconds: ``(divisor, label)``."""
+    for unit, div in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if hi - lo >= 2 * div:
+            return div, f"time from the run's start ({unit})"
+    return 1.0, "time from the run's start (s)"
+
+
+def _legend(out: list[str], row: int, color: str, label: str, x1: float) -> None:
+    ly = TOP + 14 * row + 6
+    out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}" '
+               f'fill-opacity="0.6"/><text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
+
+
+def timeline(title: str, t_s: list[float], step_s: float, series: list[tuple[str, list[float]]],
+             coverage: list[float] | None) -> str:
+    """Power over time (a line per ``(label, watts)`` at cell centres ``t_s``, cells ``step_s``
+    wide) and, along the time axis, a strip showing the share of each cell during which steps
+    ran (darker: covered longer). The axes span the run and every value."""
+    hi = max((t_s[-1] + step_s / 2) if t_s else 1.0, 1e-9)
+    div, xlabel = _span_axis(0.0, hi)
+    values = [v for _, vals in series for v in vals if math.isfinite(v)]
+    top_v = max(values, default=1.0) or 1.0
+    yt = _nice_ticks(0.0, top_v * 1.05)
+    top = max(yt[-1], top_v)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+
+    def sx(v: float) -> float:  # v in axis units
+        return x0 + v / (hi / div) * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y0 - v / top * (y0 - y1)
+
+    out = _frame(title, xlabel, "power (W)", _nice_ticks(0.0, hi / div), yt, sx, sy)
+    if coverage:
+        strip = 8.0
+        for k, share in enumerate(coverage):
+            if share > 0:
+                a, b = sx(k * step_s / div), sx(min((k + 1) * step_s, hi) / div)
+                out.append(f'<rect x="{a:.1f}" y="{y0 - strip:.1f}" width="{max(b - a, 0.5):.1f}" '
+                           f'height="{strip:.0f}" fill="#7570b3" '
+                           f'fill-opacity="{min(1.0, share):.2f}"/>')
+        _legend(out, min(len(series), 16), "#7570b3", "steps running", x1)
+    _polylines(out, [(label, [(t / div, v) for t, v in zip(t_s, vals)]) for label, vals in series],
+               sx, sy, x1)
+    return "\n".join(out)
+
+
+def windows(title: str, starts_s: list[float], ends_s: list[float], values: list[float],
+            spans: list[tuple[str, float, float]], ylabel: str) -> str:
+    """A step line of ``values`` over intervals ``[starts_s, ends_s)`` (seconds from the run's
+    start, before it negative) and shaded ``(label, start_s, end_s)`` spans. The time axis spans
+    the intervals and the spans, the value axis every value."""
+    points = [(a, b, v) for a, b, v in zip(starts_s, ends_s, values)
+              if math.isfinite(a) and math.isfinite(b) and math.isfinite(v)]
+    lo = min([a for a, _, _ in points] + [a for _, a, _ in spans], default=0.0)
+    hi = max([b for _, b, _ in points] + [b for _, _, b in spans], default=1.0)
+    hi = hi if hi > lo else lo + 1.0
+    div, xlabel = _span_axis(lo, hi)
+    top_v = max((v for _, _, v in points), default=1.0) or 1.0
+    yt = _nice_ticks(0.0, top_v * 1.05)
+    top = max(yt[-1], top_v)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+
+    def sx(v: float) -> float:  # v in axis units
+        return x0 + (v - lo / div) / ((hi - lo) / div) * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y0 - v / top * (y0 - y1)
+
+    xt = [v for v in _nice_ticks(lo / div, hi / div) if lo / div <= v <= hi / div]
+    out = _frame(title, xlabel, ylabel, xt, yt, sx, sy)
+    colors = ("#999999", "#1b9e77", "#d95f02", "#7570b3")
+    for i, (label, a, b) in enumerate(spans):
+        color = colors[i % len(colors)]
+        left, right = sx(a / div), sx(b / div)
+        out.append(f'<rect x="{left:.1f}" y="{y1}" width="{max(right - left, 1.0):.1f}" '
+                   f'height="{y0 - y1}" fill="{color}" fill-opacity="0.2" stroke="{color}"/>')
+        _legend(out, 1 + i, color, label, x1)
+    step_line = [(p, v) for a, b, v in points for p in (a / div, b / div)]
+    _polylines(out, [("intensity", step_line)], sx, sy, x1)
+    return "\n".join(out)
+
+
+def opportunity_plots(doc: dict[str, Any]) -> dict[str, str]:
+    """``timeline``: the run's power and when steps ran; ``start_window`` (when the report has
+    a best start: an intensity series was given and a better start exists): the series, the
+    run as it ran and the best start window."""
+    ts = doc["timeseries"]
+    out = {"timeline": timeline("Power over time and when steps ran", ts["t_s"], ts["step_s"],
+                                [(s["label"], s["power_w"]) for s in ts["series"]],
+                                ts.get("steps_coverage"))}
+    w = doc.get("start_window")
+    if w and w.get("series_start_s"):
+        out["start_window"] = windows(
+            "Carbon intensity: the run as it ran and the best start", w["series_start_s"],
+            w["series_end_s"], w["series_g_per_kwh"],
+            [("as run", 0.0, w["end_s"] - w["start_s"]), ("best start", w["start_s"], w["end_s"])],
+            "gCO2e/kWh")
     return out

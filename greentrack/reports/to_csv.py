@@ -34,18 +34,23 @@ def row(doc: dict[str, Any]) -> dict[str, Any]:
         "emissions": s["emissions_location_kg"], "emissions_rate": s["emissions_location_kg"] / dur,
         "cpu_power": kwh["cpu"] * J_PER_KWH / dur, "gpu_power": kwh["gpu"] * J_PER_KWH / dur,
         "ram_power": kwh["dram"] * J_PER_KWH / dur, "cpu_energy": kwh["cpu"], "gpu_energy": kwh["gpu"],
-        "ram_energy": kwh["dram"], "energy_consumed": s["facility_energy_kwh"], "water_consumed": 0.0,
+        "ram_energy": kwh["dram"], "energy_consumed": s["facility_energy_kwh"], "water_consumed": "",
         "country_name": loc.get("country_name", ""), "country_iso_code": loc.get("country_iso3", ""),
         "region": loc.get("region", "") or "", "cloud_provider": loc.get("cloud_provider", ""),
         "cloud_region": loc.get("cloud_region", ""), "os": run.get("platform") or "",
         "python_version": run.get("python") or "",
         "codecarbon_version": f"greentrack-{doc['generator']['version']}",
-        "cpu_count": "", "cpu_model": cpu_model, "gpu_count": hw["gpu_count"],
+        "cpu_count": _blank(hw.get("cpu_count")), "cpu_model": cpu_model, "gpu_count": hw["gpu_count"],
         "gpu_model": "; ".join(f"{n} x {name}" for name, n in hw["gpus"].items()),
-        "longitude": "", "latitude": "", "ram_total_size": "",
+        "longitude": "", "latitude": "", "ram_total_size": _blank(hw.get("ram_total_gb")),
         "tracking_mode": run["mode"] if isinstance(run["mode"], str) else ",".join(run["mode"]),
-        "on_cloud": "Y" if loc.get("cloud_provider") else "N", "pue": pue, "wue": 0.0,
+        "on_cloud": "Y" if loc.get("cloud_provider") else "N", "pue": pue, "wue": "",
     }
+
+
+def _blank(value: Any) -> Any:
+    """A figure the run did not record is an empty cell (NaN in pandas), never a 0."""
+    return "" if value is None else value
 
 
 #: what makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")

@@ -23,7 +23,7 @@ def escape(text: str) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    charts = svg.plots(doc)
+    charts = {**svg.plots(doc), **svg.opportunity_plots(doc)}
     title = f"greentrack report: run {doc['run']['run_id']}"
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"]
@@ -44,7 +44,8 @@ def render(doc: dict[str, Any]) -> str:
                            for row in block[2])
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "plot" and block[1] in charts:
-            out.append(f"<figure>{charts[block[1]]}</figure>")
+            # an id per chart: report.html#plot-power links to (and scrolls to) one chart
+            out.append(f'<figure id="plot-{escape(block[1])}">{charts[block[1]]}</figure>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -41,7 +41,7 @@ def render(doc: dict[str, Any], plot_files: dict[str, str]) -> str:
 
 def write(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     written, names = [], {}
-    for name, chart in svg.plots(doc).items():
+    for name, chart in {**svg.plots(doc), **svg.opportunity_plots(doc)}.items():
         path = out_dir / f"report-{name}.svg"
         path.write_text(chart + "\n", encoding="utf-8")
         names[name] = path.name

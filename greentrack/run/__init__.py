@@ -16,17 +16,25 @@ Merging rules, each chosen so nothing is counted twice:
   segments add up, the pause between them does not).
 * **GPU-seconds**: per store, its duration x its GPUs, summed.
 * **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
+* **stores**: several directories of one run (node-local directories, ``greentrack merge``'s
+  inputs, the integrations' gather) are read as one; a store is known by host, boot id, rank and
+  segment (:func:`store_identity`), so a copy found twice counts once. Host CPU/DRAM channels are
+  one device per host (``host_scope``), GPUs one per UUID: nodes add up, nothing twice.
+* **a resumed process's live counters** start from :func:`recorded_before`: the finished stores
+  of the same host and rank.
 """
 
 from __future__ import annotations
 
 from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, Totals, device_identity,
-                                  union_length)
+                                  run_dirs_of, store_identity, union_length)
+from greentrack.run.resumed import RecordedBefore, recorded_before
 from greentrack.run.segment import Segment
 from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
 from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
 
-__all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve", "PowerLimitPoint", "Run", "Segment",
-           "ToTarget", "Totals", "device_identity", "metric_names", "metric_points", "to_target",
-           "union_length"]
+__all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve",
+           "PowerLimitPoint", "RecordedBefore", "Run", "Segment", "ToTarget", "Totals",
+           "device_identity", "metric_names", "metric_points", "recorded_before", "run_dirs_of",
+           "store_identity", "to_target", "union_length"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import StoreReader, store_paths
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 
 #: Events that say part of the record is missing or doubtful: every summary and report repeats them.
 RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "sampler-hung",
-                             "sampler-slow", "steps-open", "internal-error"})
+                             "sampler-slow", "steps-open", "internal-error", "gather-gap",
+                             "gpu-shared", "gpu-share-unavailable"})
 KINDS = ("gpu", "cpu", "dram")
 
 
@@ -86,34 +88,81 @@ class Run:
     """
 
     def __init__(self, run_dir: Path, segments: list[Segment], stores: int,
-                 warnings: list[str]) -> None:
+                 warnings: list[str], run_dirs: list[Path] | None = None) -> None:
         self.run_dir = run_dir
+        #: every directory read (node-local directories of one run: several)
+        self.run_dirs = run_dirs or [run_dir]
         self.segments = segments
         self.stores = stores
         self.warnings = warnings
+        #: stores found more than once (copies of one store, counted once)
+        self.copies = 0
 
     @classmethod
-    def open(cls, run_dir: str | Path, now: float | None = None) -> "Run":
-        run_dir = Path(run_dir)
-        paths = store_paths(run_dir)
+    def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
+             note_copies: bool = True) -> "Run":
+        """Read a run directory, or several directories of one run (node-local directories,
+        copies; a list, or one text joining them with ``+``, see :func:`run_dirs_of`): a store found in more than one (same host, boot id, rank and segment) is read
+        once, the most complete copy (closed before running, less damage first, then the latest
+        heartbeat), and
+        noted in :attr:`warnings` unless ``note_copies`` is False (copies expected, as in the
+        integrations' gather).
+
+        Raises:
+            ConfigError: a directory is missing or holds no store, none of the stores can be
+                read, or the directories hold different runs (one line naming the directory).
+        """
+        dirs = (run_dirs_of(run_dir) if isinstance(run_dir, (str, Path))
+                else [Path(d) for d in run_dir])
+        if not dirs:
+            raise ConfigError("RUN_DIR", "", "give at least one run directory")
+        listed = [(d, store_paths(d)) for d in dirs]  # every directory checked before reading
         now = time.time() if now is None else now
-        segments: list[Segment] = []
+        found: dict[tuple[str, ...], tuple[Segment, Path]] = {}
         warnings: list[str] = []
-        for path in paths:
-            try:
-                reader = StoreReader(path)
-            except RunStoreError as e:
-                warnings.append(str(e))
-                continue
-            segments.append(segment(reader, now))
+        first_id: tuple[str, Path] | None = None
+        unreadable = copies = 0
+        for directory, paths in listed:
+            for path in paths:
+                try:
+                    reader = StoreReader(path)
+                except RunStoreError as e:
+                    warnings.append(str(e))
+                    unreadable += 1
+                    continue
+                seg = segment(reader, now)
+                run_id = seg.meta.get("run_id")
+                if len(dirs) > 1 and isinstance(run_id, str):
+                    if first_id is None:
+                        first_id = (run_id, directory)
+                    elif run_id != first_id[0]:
+                        for kept, _ in found.values():
+                            kept.reader.close()
+                        reader.close()
+                        raise ConfigError("RUN_DIR", str(directory), f"holds run {run_id}, not run "
+                                          f"{first_id[0]} of {first_id[1]}: only directories of "
+                                          "one run can be read together")
+                key = store_identity(seg)
+                old = found.get(key)
+                if old is None:
+                    found[key] = (seg, directory)
+                    continue
+                keep, drop = (seg, old[0]) if _more_complete(seg, old[0]) else (old[0], seg)
+                copies += 1
+                if note_copies:
+                    warnings.append(_copy_note(seg, directory, *old, keep))
+                found[key] = (keep, directory if keep is seg else old[1])
+                drop.reader.close()
+        segments = [seg for seg, _ in found.values()]
         if not segments:  # nothing recorded can be read: an error, never an empty run
-            raise ConfigError("RUN_DIR", str(run_dir), "none of its stores can be read: "
+            raise ConfigError("RUN_DIR", str(dirs[0]), "none of its stores can be read: "
                               + "; ".join(warnings))
         segments.sort(key=lambda s: s.start_unix)
         for seg in segments:
             warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
                             if e["kind"] in RECORD_WARNINGS)
-        run = cls(run_dir, segments, len(paths), warnings)
+        run = cls(dirs[0], segments, len(segments) + unreadable, warnings, dirs)
+        run.copies = copies
         run.add_damage()
         return run
 
@@ -167,6 +216,18 @@ class Run:
         return _labels(self)
 
     @property
+    def job(self) -> dict[str, dict[str, str]]:
+        """What the scheduler and launcher call the job (Slurm, Kubernetes, torchrun), merged
+        over the stores (:func:`greentrack.jobinfo.merge_jobs`)."""
+        from greentrack.jobinfo import merge_jobs
+        return merge_jobs([s.meta.get("job") for s in self.segments])
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts the run's stores were written on, in order of first appearance."""
+        return list(dict.fromkeys(s.host for s in self.segments))
+
+    @property
     def start_unix(self) -> float:
         return min(s.start_unix for s in self.segments)
 
@@ -176,8 +237,7 @@ class Run:
 
     @property
     def gpu_seconds(self) -> float:
-        return float(sum((s.end_unix - s.start_unix) * sum(c["kind"] == "gpu" for c in s.channels)
-                         for s in self.segments))
+        return float(sum(s.gpu_seconds for s in self.segments))
 
     def energy_j(self) -> dict[str, float | None]:
         """Joules by kind (None: no channel of that kind at all, never a silent 0) and total."""
@@ -287,13 +347,15 @@ class Run:
         energy = self.energy_j()
         by_phase = self.steps_by_phase()
         return {
-            "run_id": self.run_id, "run_dir": str(self.run_dir), "status": self.status,
+            "run_id": self.run_id, "run_dir": str(self.run_dir),
+            "run_dirs": [str(d) for d in self.run_dirs], "status": self.status,
             "duration_s": self.duration_s, "energy_j": energy,
             "energy_kwh": float(energy["total"] or 0.0) / J_PER_KWH,
             "gpu_seconds": self.gpu_seconds, "steps": sum(by_phase.values()),
             "steps_by_phase": by_phase, "optimizer_steps": self.optimizer_steps(),
             "steps_energy_j": sum(self.phase_energy_j().values()),
-            "mode": self.mode, "stores": self.stores, "gaps": self.gaps,
+            "mode": self.mode, "stores": self.stores, "hosts": self.hosts, "job": self.job,
+            "gaps": self.gaps,
             "sources": [d.as_source() for d in self.devices()], "warnings": list(self.warnings),
         }
 
@@ -310,6 +372,44 @@ def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
     else:
         base = f"{host}:r{rank}:{channel['kind']}:{channel['device']}"
     return f"{base}:{channel['method']}"
+
+
+def run_dirs_of(arg: str | Path) -> list[Path]:
+    """The directories one ``RUN_DIR`` argument names: itself, or, where no such path exists and
+    it holds ``+``, the directories it joins (``node0/run+node1/run``: node-local directories of
+    one run, as ``greentrack report`` and ``compare`` take them)."""
+    text = str(arg)
+    if "+" in text and not Path(text).exists():
+        parts = [Path(p) for p in text.split("+") if p]
+        if parts:
+            return parts
+    return [Path(arg)]
+
+
+def store_identity(seg: Segment) -> tuple[str, ...]:
+    """Who wrote a store, wherever a copy of it is found: host, boot id, rank and segment (each
+    process's store has its own segment id). A store without a segment id (damaged meta) is known
+    by its file name and start instead."""
+    meta = seg.meta
+    if isinstance(meta.get("segment"), str):
+        return (seg.host, str(meta.get("boot_id", "")), str(seg.rank), str(meta["segment"]))
+    return ("?", seg.path.name, repr(meta.get("started_unix")))
+
+
+def _copy_note(seg: Segment, directory: Path, old: Segment, old_dir: Path, kept: Segment) -> str:
+    if seg.path.name == old.path.name:
+        return f"{seg.path.name}: in {old_dir} and {directory}: counted once"
+    return (f"{old.path.name} and {seg.path.name} are copies of one store (the same host, boot id, "
+            f"rank and segment): counted once, from {kept.path.name}")
+
+
+def _more_complete(a: Segment, b: Segment) -> bool:
+    """Of two copies of one store: a closed one, then the one with less damage (unreadable rows,
+    values out of range), then the one with the later heartbeat; the first on a tie."""
+    def rank(s: Segment) -> tuple[bool, int, float]:
+        last = s.meta.get("ended_unix") or s.meta.get("heartbeat_unix") or 0.0
+        return s.meta.get("status") != "running", -len(s.reader.damaged), float(last)
+    return rank(a) > rank(b)
 
 
 def union_length(spans: list[tuple[float, float]]) -> float:

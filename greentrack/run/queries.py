@@ -47,3 +47,19 @@ _STATS_SQL = f"""
 SELECT channel_id, COUNT(*) AS n, MIN(t) AS lo, MAX(t) AS tmax, MAX(t + dt) AS hi FROM samples
 WHERE {VALID_SAMPLE} GROUP BY channel_id"""
 _ROWS_SQL = "SELECT channel_id, COUNT(*) AS n FROM samples GROUP BY channel_id"
+
+# Step windows grouped by phase and the grid cells of their start and end (cell = floor((t -
+# origin) / w)): with each group's count and summed t0 and t1, the seconds each cell is covered
+# follow exactly, and the steps ending in each cell (greentrack.run.Segment.step_cells). One
+# scan; as many rows as occupied (phase, cell, cell) triples.
+_CELLS_SQL = """
+SELECT phase, CAST((t0 - ?) / ? AS INTEGER) AS k0, CAST((t1 - ?) / ? AS INTEGER) AS k1,
+       COUNT(*) AS c, SUM({n}) AS steps, SUM(t0) AS s0, SUM(t1) AS s1
+FROM steps WHERE """ + VALID_STEP + """ AND t1 >= t0 GROUP BY phase, k0, k1"""
+
+def step_buckets_sql(edges_j: tuple[float, ...]) -> str:
+    """Per phase and histogram bucket ``b`` (the first edge with joules <= edge, as Prometheus'
+    ``le``; ``len(edges_j)``: above them all), the number of valid step rows, counted in SQLite."""
+    cases = " ".join(f"WHEN ({STEP_J}) <= {float(e)!r} THEN {i}" for i, e in enumerate(edges_j))
+    return (f"SELECT phase, CASE {cases} ELSE {len(edges_j)} END AS b, COUNT(*) AS n FROM steps "
+            f"WHERE {VALID_STEP} GROUP BY phase, b")

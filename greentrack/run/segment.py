@@ -9,8 +9,8 @@ from typing import Any
 
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
-from greentrack.run.queries import (_BINS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL, _STATS_SQL, _STEPS_SQL,
-                                    STEP_J)
+from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL,
+                                    _STATS_SQL, _STEPS_SQL, STEP_J, step_buckets_sql)
 
 
 @dataclass
@@ -39,6 +39,12 @@ class Segment:
     def rank(self) -> int:
         rank = self.meta.get("rank")
         return rank if isinstance(rank, int) else 0
+
+    @property
+    def gpu_seconds(self) -> float:
+        """This store's wall-clock span x the GPUs it measured."""
+        return float((self.end_unix - self.start_unix)
+                     * sum(c["kind"] == "gpu" for c in self.channels))
 
     # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
     def sample_stats(self) -> dict[int, Any]:
@@ -73,6 +79,14 @@ class Segment:
             out.setdefault(str(r["phase"]), []).append(float(r["e"]))
         return out
 
+    def step_buckets(self, edges_j: tuple[float, ...]) -> dict[str, list[int]]:
+        """Per phase, valid step rows per energy bucket (``len(edges_j) + 1`` counts, the last
+        above every edge), as the exporter's ``greentrack_step_energy_joules`` histogram counts."""
+        out: dict[str, list[int]] = {}
+        for r in self.reader.rows(step_buckets_sql(edges_j)):
+            out.setdefault(str(r["phase"]), [0] * (len(edges_j) + 1))[int(r["b"])] += int(r["n"])
+        return out
+
     def flops_methods(self) -> set[str]:
         rows = self.reader.rows("SELECT DISTINCT json_extract(extra, '$.flops_method') AS m "
                                 "FROM steps WHERE extra LIKE '%flops_method%'")
@@ -84,6 +98,31 @@ class Segment:
         for r in self.reader.rows(_COVER_SQL):
             return float(r["u"] or 0.0), float(r["s"] or 0.0)
         return 0.0, 0.0
+
+    def step_cells(self, origin_unix: float, width_s: float,
+                   n: int) -> tuple[list[float], dict[str, list[int]]]:
+        """Over the cells ``[origin + k w, origin + (k+1) w)``, ``k < n``: the seconds each is
+        covered by a step window of any phase (overlapping windows each count: cap at ``w`` for
+        a share), and per phase the steps whose window ends in each."""
+        out = [0.0] * n
+        ending: dict[str, list[int]] = {}
+        origin = origin_unix - self.start_unix  # the grid's origin in this store's seconds
+        for r in self.reader.rows(_CELLS_SQL.format(n=self.reader.step_n),
+                                  (origin, width_s, origin, width_s)):
+            k0, k1, c = int(r["k0"]), int(r["k1"]), int(r["c"])
+            counts = ending.setdefault(str(r["phase"]), [0] * n)
+            counts[min(max(k1, 0), n - 1)] += int(r["steps"] or 0)
+            x0, x1 = float(r["s0"]) - c * origin, float(r["s1"]) - c * origin  # sums, grid s
+            if k0 == k1:
+                if 0 <= k0 < n:
+                    out[k0] += x1 - x0
+                continue
+            for k, part in ((k0, c * (k0 + 1) * width_s - x0), (k1, x1 - c * k1 * width_s)):
+                if 0 <= k < n:
+                    out[k] += part
+            for k in range(max(k0 + 1, 0), min(k1, n)):
+                out[k] += c * width_s
+        return out, ending
 
     def mfu_sums(self) -> tuple[float, float]:
         """Duration-weighted MFU: ``(sum of mfu x duration, sum of duration)``."""

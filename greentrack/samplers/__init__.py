@@ -12,24 +12,29 @@ import os
 from types import ModuleType
 
 from greentrack.config import Config, env_int
-from greentrack.samplers.base import Channel, ChannelInfo, Discovery, Note, Point
+from greentrack.samplers.base import (Channel, ChannelEvent, ChannelInfo, Discovery, EventSource,
+                                      Note, Point)
 
-__all__ = ["Channel", "ChannelInfo", "Discovery", "Note", "Point", "discover"]
+__all__ = ["Channel", "ChannelEvent", "ChannelInfo", "Discovery", "EventSource", "Note", "Point",
+           "discover"]
 
 
 def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | None = None,
-             pynvml: ModuleType | None = None) -> Discovery:
+             pynvml: ModuleType | None = None, amdsmi: ModuleType | None = None,
+             run_id: str | None = None) -> Discovery:
     """Open every channel this process should measure, with notes on what it cannot.
 
-    GPUs come from NVML; CPU and DRAM from RAPL when readable, else from labelled estimates, and
-    only when this process measures the host (see :attr:`Config.host_energy`).
+    GPUs come from NVML (NVIDIA; each counts this run's share while other processes use it, see
+    :mod:`._gpushare`), else from amdsmi (AMD Instinct); CPU and DRAM from RAPL when readable,
+    else from labelled estimates, and only when this process measures the host (see
+    :attr:`Config.host_energy`).
     """
-    from greentrack.samplers import _nvml, _rapl  # lazy: pynvml only loads inside open_gpus
+    from greentrack.samplers import _rapl  # lazy: vendor libraries only load inside open_gpus
 
     env = dict(os.environ) if env is None else env
     pid = os.getpid() if pid is None else pid
     found = Discovery()
-    gpus, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)
+    gpus, notes = _open_gpus(config, env, pid, run_id, pynvml, amdsmi)
     found.channels.extend(gpus)
     found.notes.extend(notes)
     if not measures_host(config, env):
@@ -56,6 +61,28 @@ def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | No
                                 "dram zone; AMD CPUs expose none)", "set dram_w_per_gb to override "
                                 "the 0.3725 W/GB default"))
     return found
+
+
+def _open_gpus(config: Config, env: dict[str, str], pid: int, run_id: str | None,
+               pynvml: ModuleType | None, amdsmi: ModuleType | None) -> tuple[list[Channel], list[Note]]:
+    """NVIDIA GPUs through NVML; where NVML finds none, AMD GPUs through amdsmi. A GPU named in
+    ``config.gpus`` that neither finds raises NVML's :class:`ConfigError`."""
+    from greentrack.errors import ConfigError
+    from greentrack.samplers import _amdsmi, _gpushare, _nvml
+
+    try:
+        nvidia, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)
+    except ConfigError:
+        amd, _ = _amdsmi.open_gpus(config.gpus, env=env, amdsmi=amdsmi)
+        if amd:
+            return list(amd), []
+        raise
+    if nvidia:
+        return _gpushare.share_gpus(nvidia, pid, run_id), notes
+    amd, amd_notes = _amdsmi.open_gpus(config.gpus, env=env, amdsmi=amdsmi)
+    if amd:
+        return list(amd), amd_notes
+    return [], notes + amd_notes
 
 
 def measures_host(config: Config, env: dict[str, str]) -> bool:

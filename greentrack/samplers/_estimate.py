@@ -155,27 +155,29 @@ class CpuEstimate(_Integrating):
     def __init__(self, mode: str, pid: int, tdp_w: float | None) -> None:
         self.util = Utilization(mode, pid)
         model, sockets = cpu_model(), socket_count()
+        # tdp_source completes "TDP <W> W/socket x <n> socket(s) ..." (doctor and reports)
         if tdp_w is not None:
-            tdp, tdp_source = tdp_w, "cpu_tdp_w setting (user)"
+            tdp, tdp_source = tdp_w, "from the cpu_tdp_w setting (user)"
         else:
             found = lookup_tdp(model)
             if found:
                 tdp, matched = found
                 from greentrack._codecarbon import version
-                tdp_source = (f"codecarbon {version()} CPU TDP table (data/hardware/cpu_power.csv), "
-                              f"entry {matched!r}")
+                tdp_source = (f"from codecarbon {version()} CPU TDP table "
+                              f"(data/hardware/cpu_power.csv), entry {matched!r}")
             else:
                 cores = os.cpu_count() or 1
                 tdp = DEFAULT_W_PER_CORE * cores / sockets
-                tdp_source = (f"not in codecarbon's CPU table: {DEFAULT_W_PER_CORE:g} W per logical "
-                              f"core x {cores} (codecarbon's default per-core figure)")
+                tdp_source = (f"= {DEFAULT_W_PER_CORE:g} W per logical core x {cores} core(s), "
+                              "codecarbon's default per-core figure, as this CPU is not in "
+                              "codecarbon's CPU table")
         self.tdp_w = tdp
         super().__init__(lambda: sockets * tdp * self.util.share())
         self.info = ChannelInfo(
             kind="cpu", device="cpu-estimate", name=model, method="tdp-utilization-estimate",
             measured=False,
             source=f"{GREEN_ALGORITHMS} model P = TDP x utilization; TDP {tdp:g} W/socket x "
-                   f"{sockets} socket(s) from {tdp_source}; utilization from psutil ({mode} mode)",
+                   f"{sockets} socket(s) {tdp_source}; utilization from psutil ({mode} mode)",
             uncertainty=f"{QUALITY_LOW}: TDP is a thermal design figure, not a measurement",
             host_scope=True, details={"tdp_w": tdp, "sockets": sockets, "tdp_source": tdp_source})
 

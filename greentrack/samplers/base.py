@@ -78,6 +78,37 @@ class Channel(Protocol):
 
 
 @dataclass(frozen=True)
+class ChannelEvent:
+    """Something a channel learned while running that the run must record: a GPU became shared
+    and its figure is now an estimated share (``info`` then holds the channel's new description,
+    which the store and every report show from then on), or a share could not be computed.
+
+    Attributes:
+        level: ``info`` or ``warning``.
+        kind: the event kind stored in the run (``gpu-shared``, ``gpu-share-unavailable``...).
+        message: one line for people.
+        details: small JSON values for tools.
+        info: the channel's description from now on, or None when it did not change.
+    """
+
+    level: Literal["info", "warning"]
+    kind: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    info: ChannelInfo | None = None
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A channel that may report :class:`ChannelEvent` values; the engine drains them after slow
+    polls (on the sampler thread) and records them with the channel."""
+
+    def drain_events(self) -> list[ChannelEvent]:
+        """The events since the last call (then forgotten). Never raises."""
+        ...
+
+
+@dataclass(frozen=True)
 class Note:
     """Something discovery found that the user should know: why a device is not measured, or
     why an estimate stands in for it, and how to unlock the measurement."""

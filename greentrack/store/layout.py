@@ -56,9 +56,37 @@ CREATE TABLE IF NOT EXISTS power_limits (
 #: :meth:`StoreReader.metrics` reads a store without it as having none, so SCHEMA_VERSION stays.
 
 
+#: Overrides of this machine's identity (:func:`host_identity`): for tests that run several
+#: simulated nodes on one machine, and containers whose hostname is not the node's.
+HOST_ENV, BOOT_ENV = "GREENTRACK_HOSTNAME", "GREENTRACK_BOOT_ID"
+
+
+def host_identity() -> tuple[str, str]:
+    """``(host, boot id)`` of this machine, as every store records them (meta ``host`` and
+    ``boot_id``): host CPU/DRAM channels are one device per host, and a store is known by host,
+    boot id, rank and segment wherever a copy of it turns up (``greentrack merge``, the
+    integrations' gather). The host is ``socket.gethostname()``; the boot id Linux's
+    ``/proc/sys/kernel/random/boot_id`` ("" where there is none). ``GREENTRACK_HOSTNAME`` and
+    ``GREENTRACK_BOOT_ID`` override them (a character other than a letter, digit, ``.``, ``_`` or
+    ``-`` becomes ``_``; at most 64)."""
+    override = os.environ.get(HOST_ENV)
+    host = _safe(override, 64) if override else socket.gethostname()
+    boot = os.environ.get(BOOT_ENV)
+    if boot is None:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot = ""
+    return host or "host", _safe(boot, 64)
+
+
+def _safe(text: str, limit: int) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:limit]
+
+
 def safe_host() -> str:
-    host = socket.gethostname().split(".")[0] or "host"
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in host)[:40]
+    """This host's name as a store file's prefix (no domain, no odd character)."""
+    return _safe(host_identity()[0].split(".")[0], 40).replace(".", "_") or "host"
 
 
 def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import sqlite3
 import time
 import tempfile
@@ -216,6 +215,10 @@ class StoreReader:
                                 "values, left out")
         return n
 
+    def backup_to(self, target: sqlite3.Connection) -> None:
+        """Copy the store as read (committed data, ``-wal`` included) into ``target``."""
+        self._conn.backup(target)
+
     def close(self) -> None:
         conn = getattr(self, "_conn", None)
         if conn is not None:
@@ -257,7 +260,7 @@ VALID_METRIC = "(" + " AND ".join(
 
 #: Types of the meta keys readers rely on; a damaged value is dropped (and reported), not used.
 _META_TYPES: dict[str, tuple[type, ...]] = {
-    "run_id": (str,), "host": (str,), "status": (str,), "mode": (str,), "segment": (str,),
+    "run_id": (str,), "host": (str,), "boot_id": (str,), "job": (dict,), "status": (str,), "mode": (str,), "segment": (str,),
     "started_unix": (int, float), "ended_unix": (int, float), "heartbeat_unix": (int, float),
     "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
@@ -361,7 +364,8 @@ def store_status(meta: dict[str, Any], now: float | None = None) -> str:
 
 def _process_alive(meta: dict[str, Any]) -> bool | None:
     """True/False when the writer is on this host and we can tell; None otherwise."""
-    if meta.get("host") != socket.gethostname():
+    from greentrack.store.layout import host_identity
+    if meta.get("host") != host_identity()[0]:
         return None
     try:
         import psutil

@@ -71,6 +71,13 @@ class StoreWriter:
              int(info["measured"]), info["source"], info["uncertainty"], int(info["host_scope"]),
              json.dumps(info["details"])))
 
+    def update_channel_info(self, channel_id: int, info: dict[str, Any]) -> None:
+        """A channel's new description (a GPU that became shared is an estimated share from then
+        on): method, measured, source, uncertainty and details are replaced."""
+        self._queue("UPDATE channels SET method=?, measured=?, source=?, uncertainty=?, details=? "
+                    "WHERE id=?", (info["method"], int(info["measured"]), info["source"],
+                                   info["uncertainty"], json.dumps(info["details"]), channel_id))
+
     def update_channel(self, channel_id: int, energy_j: float, until_t: float | None,
                        gap_s: float, status: str) -> None:
         self._queue("UPDATE channels SET energy_j=?, until_t=?, gap_s=?, status=? WHERE id=?",
@@ -193,3 +200,68 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def copy_store(reader: Any, dest: Path) -> None:
+    """A consistent copy of the store ``reader`` reads (SQLite's online backup: committed data,
+    its ``-wal`` included, into one self-contained file), for ``greentrack merge``. The source is
+    only read. Raises ``sqlite3.Error`` or ``OSError``."""
+    target = sqlite3.connect(dest)
+    try:
+        reader.backup_to(target)
+        target.execute("PRAGMA journal_mode=DELETE")  # one file: no -wal to carry with it
+    finally:
+        target.close()
+
+
+#: The step columns a compact store sums per phase (see :func:`compact_store`).
+_SUMMED = ("duration_s", "gpu_j", "cpu_j", "dram_j", "gpu_seconds", "flops", "samples", "tokens")
+
+
+def compact_store(reader: Any, dest: Path) -> None:
+    """What a run's totals need of the store ``reader`` reads, as a small store at ``dest``:
+    its meta (with ``compact: true``), channels (with their totals) and events as they are, and
+    one step row per phase with the valid rows' sums (``n`` their count); no samples. The
+    integrations send these to rank 0 (:mod:`greentrack.gathering`): kilobytes, where the store
+    holds a time series of megabytes. Raises ``sqlite3.Error`` or ``OSError``."""
+    from greentrack.store.reader import VALID_STEP
+    conn = sqlite3.connect(dest, isolation_level=None)
+    try:
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         [tuple(r) for r in reader.rows("SELECT key, value FROM meta")]
+                         + [("compact", "true")])
+        for table in ("channels", "events"):
+            rows = reader.rows(f"SELECT * FROM {table}")
+            if rows:
+                names = list(rows[0].keys())
+                conn.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                                 f"({', '.join('?' * len(names))})", [tuple(r) for r in rows])
+        sums = ", ".join(f"SUM({c})" for c in _SUMMED)
+        conn.executemany(
+            f"INSERT INTO steps (idx, phase, t0, t1, {', '.join(_SUMMED)}, extra, n) "
+            f"VALUES (0, ?, ?, ?, {', '.join('?' * len(_SUMMED))}, '{{}}', ?)",
+            [tuple(r) for r in reader.rows(
+                f"SELECT phase, MIN(t0), MAX(t1), {sums}, SUM({reader.step_n}) FROM steps "
+                f"WHERE {VALID_STEP} GROUP BY phase")])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def append_event(path: Path, level: str, kind: str, message: str,
+                 details: dict[str, Any] | None = None) -> None:
+    """Add an event to a closed store (at its end time): what rank 0 learns of the whole job
+    after its own store is closed (:mod:`greentrack.gathering`). Raises ``sqlite3.Error``."""
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'duration_s'").fetchone()
+        try:
+            t = float(json.loads(row[0])) if row else 0.0
+        except (TypeError, ValueError):
+            t = 0.0
+        conn.execute("INSERT INTO events (t, level, kind, channel_id, message, details) "
+                     "VALUES (?,?,?,?,?,?)", (t, level, kind, None, message, _json(details or {})))
+    finally:
+        conn.close()

@@ -11,7 +11,16 @@ the module boundary. What it simulates, from measurements on a real H100 (FIELD_
 * ``nvmlDeviceGetPowerUsage`` is a 1 s moving average on Hopper (``avg_window_s``);
 * pre-Volta GPUs: the counter raises NotSupported and the instant field returns NotSupported;
 * faults: the GPU falls off the bus (GpuIsLost), the counter resets (driver reload), reads become
-  slow or hang, NVML is missing or refuses (NoPermission).
+  slow or hang, NVML is missing or refuses (NoPermission);
+* processes (:class:`FakeProcess`): ``nvmlDeviceGetComputeRunningProcesses`` lists those alive,
+  as the real call's friendly objects (``pid``, ``usedGpuMemory``...); the driver takes a
+  per-process utilization sample every ``util_period_s`` (the real period is not documented) for
+  each process with non-zero SM utilization in it, keeps the last ``util_buffer`` periods, and
+  ``nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)`` / its successor
+  ``nvmlDeviceGetProcessesUtilizationInfo`` return the samples newer than ``lastSeenTimeStamp``
+  (CPU timestamps in microseconds since the epoch, the real structs) or raise NotFound when there
+  are none. ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
+  drivers before it) or None (NotSupported, as under MIG or before Maxwell).
 * the power limit, in milliwatts as NVML has it: ``nvmlDeviceGetPowerManagementLimit``,
   ``...LimitConstraints`` (min, max), ``...DefaultLimit``, ``nvmlDeviceGetEnforcedPowerLimit`` and
   ``nvmlDeviceSetPowerManagementLimit``, which raises NoPermission for a process without the
@@ -127,6 +136,20 @@ class LiveTrace:
 
 
 @dataclass
+class FakeProcess:
+    """A process using the GPU from ``start`` to ``end`` (fake clock) at ``sm_util`` percent."""
+
+    pid: int
+    sm_util: float = 0.0
+    start: float = float("-inf")
+    end: float = float("inf")
+    used_memory: int = 1 << 30
+
+    def alive(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+@dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-11111111-2222-3333-4444-555555555555"
@@ -146,6 +169,11 @@ class FakeGpu:
     # The energy counter's refresh relative to the power sensor's, in seconds. 0 assumes they
     # refresh together (what greentrack's tick dating assumes; not yet checked on an H100).
     counter_phase_s: float = 0.0
+    processes: list[FakeProcess] = field(default_factory=list)
+    list_processes: bool = True  # False: nvmlDeviceGetComputeRunningProcesses is NotSupported
+    util_api: str | None = "both"
+    util_period_s: float = 0.2
+    util_buffer: int = 10
     calls: dict[str, int] = field(default_factory=dict)
     # -- the power limit (mW), its constraints and who may set it --
     limit_mw: int = 700_000
@@ -211,6 +239,8 @@ class FakeNvml:
         # is arbitrary (never exactly aligned, as a virtual clock would otherwise make it).
         self.tick_phase = tick_phase
         self.initialized = 0
+        #: NVML's process samples carry CPU timestamps in microseconds since the epoch.
+        self.epoch_offset = time.time() - time.monotonic()
 
     # -- helpers -----------------------------------------------------------------------------
     def _check(self, gpu: FakeGpu, what: str) -> float:
@@ -241,6 +271,21 @@ class FakeNvml:
         if gpu.reset_at is not None and t >= gpu.reset_at:
             return int((gpu.trace.energy(q) - gpu.trace.energy(gpu.reset_at)) * 1000)
         return gpu.counter_base_mj + int(gpu.trace.energy(q) * 1000)
+
+    def util_samples(self, gpu: FakeGpu, t: float, last_seen_us: int) -> list[tuple[int, int, int]]:
+        """``(pid, timestamp_us, sm_util)`` of the buffered samples newer than ``last_seen_us``."""
+        q = math.floor(t / gpu.util_period_s)
+        out = []
+        for k in range(q - gpu.util_buffer + 1, q + 1):
+            a, b = (k - 1) * gpu.util_period_s, k * gpu.util_period_s
+            stamp = int(round((b + self.epoch_offset) * 1e6))
+            if stamp <= last_seen_us:
+                continue
+            for p in gpu.processes:
+                if p.alive(a) or p.alive(b - 1e-9):
+                    if int(p.sm_util) > 0:
+                        out.append((p.pid, stamp, int(p.sm_util)))
+        return out
 
     # -- the module --------------------------------------------------------------------------
     def module(self) -> types.ModuleType:
@@ -354,6 +399,35 @@ class FakeNvml:
             if mw != limit or not h.min_limit_mw <= mw <= h.max_limit_mw:
                 raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
             h.store_limit_mw(mw)
+        def nvmlDeviceGetComputeRunningProcesses(h: FakeGpu) -> list[object]:
+            t = fake._check(h, "processes")
+            if not h.list_processes:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
+            return [_real.nvmlStructToFriendlyObject(_real.c_nvmlProcessInfo_t(
+                pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=0xFFFFFFFF,
+                computeInstanceId=0xFFFFFFFF)) for p in h.processes if p.alive(t)]
+
+        def _samples(h: FakeGpu, timeStamp: int, what: str) -> list[tuple[int, int, int]]:
+            t = fake._check(h, what)
+            if h.util_api is None:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
+            found = fake.util_samples(h, t, int(timeStamp))
+            if not found:
+                raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
+            return found
+
+        def nvmlDeviceGetProcessUtilization(h: FakeGpu, timeStamp: int) -> list[object]:
+            return [_real.c_nvmlProcessUtilizationSample_t(pid=pid, timeStamp=ts, smUtil=sm,
+                                                           memUtil=sm // 2, encUtil=0, decUtil=0)
+                    for pid, ts, sm in _samples(h, timeStamp, "process_util")]
+
+        def nvmlDeviceGetProcessesUtilizationInfo(h: FakeGpu, timeStamp: int) -> list[object]:
+            if h.util_api == "legacy":  # _nvmlGetFunctionPointer on a driver without it
+                h.calls["processes_util"] = h.calls.get("processes_util", 0) + 1
+                raise _real.NVMLError(_real.NVML_ERROR_FUNCTION_NOT_FOUND)
+            return [_real.c_nvmlProcessUtilizationInfo_v1_t(
+                timeStamp=ts, pid=pid, smUtil=sm, memUtil=sm // 2, encUtil=0, decUtil=0,
+                jpgUtil=0, ofaUtil=0) for pid, ts, sm in _samples(h, timeStamp, "processes_util")]
 
         for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex,
                    nvmlDeviceGetHandleByUUID, nvmlDeviceGetName, nvmlDeviceGetUUID,
@@ -362,7 +436,9 @@ class FakeNvml:
                    nvmlDeviceGetPowerManagementLimit, nvmlDeviceGetEnforcedPowerLimit,
                    nvmlDeviceGetPowerManagementDefaultLimit,
                    nvmlDeviceGetPowerManagementLimitConstraints,
-                   nvmlDeviceSetPowerManagementLimit):
+                   nvmlDeviceSetPowerManagementLimit,
+                   nvmlDeviceGetComputeRunningProcesses, nvmlDeviceGetProcessUtilization,
+                   nvmlDeviceGetProcessesUtilizationInfo):
             setattr(m, fn.__name__, fn)
         return m
 

@@ -1,0 +1,255 @@
+"""What codecarbon users expect, checked with their own tools: ``@greentrack.track`` around a
+function, and a per-project ``emissions.csv`` read with pandas and appended to by codecarbon's own
+``FileOutput`` (its column check), safe under concurrent appends and damaged files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.errors import ConfigError
+from greentrack.reports import report_document
+from greentrack.reports.emissions_log import append
+from tests.conftest import FAST, python_env
+from tests.test_report_fixtures import clean_env, make_run, run_cli
+
+pd = pytest.importorskip("pandas")
+psutil = pytest.importorskip("psutil")
+
+
+def codecarbon_fields() -> list[str]:
+    """codecarbon's own EmissionsData fields, from the imported package (not from greentrack's
+    reading of its source)."""
+    from codecarbon.output_methods.emissions_data import EmissionsData
+    return [f.name for f in dataclasses.fields(EmissionsData)]
+
+
+@pytest.fixture(scope="module")
+def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cc")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        return report_document(make_run(root, steps=2, country="FR"), {})
+
+
+# -- the decorator ---------------------------------------------------------------------------------
+
+def test_track_returns_the_result_and_exposes_the_totals(no_host_env: Path, tmp_path: Path) -> None:
+    @greentrack.track(run_dir=None, country="FR", **FAST)
+    def train(n: int, *, scale: float = 1.0) -> list[float]:
+        time.sleep(0.3)
+        return [i * scale for i in range(n)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert train(3, scale=2.0) == [0.0, 2.0, 4.0]
+        first = train.last_totals
+        assert train(1) == [0.0]
+    assert train.__name__ == "train" and train.__wrapped__ is not None  # functools.wraps
+    assert first is not None and train.last_totals is not None
+    assert first.status == "completed" and first.energy_j["total"] and first.energy_j["total"] > 0
+    assert first.emissions_g is not None and first.emissions_g > 0  # FR intensity was set
+    assert first.duration_s >= 0.3
+    assert first.run_dir != train.last_totals.run_dir  # each call is its own run
+    assert first.run_id != train.last_totals.run_id
+    assert Path(tmp_path / first.run_dir).is_dir() or Path(first.run_dir).is_dir()
+
+
+def test_track_never_swallows_the_functions_exception(no_host_env: Path, tmp_path: Path) -> None:
+    boom = ValueError("diverged")
+
+    @greentrack.track(run_dir=tmp_path / "run", **FAST)
+    def train() -> None:
+        raise boom
+
+    with pytest.raises(ValueError) as e:
+        train()
+    assert e.value is boom
+    assert train.last_totals is not None and train.last_totals.status == "failed"
+    assert train.last_tracker is not None and not train.last_tracker.running
+
+
+def test_track_bare_and_on_methods(no_host_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GREENTRACK_FLUSH_INTERVAL_S", "0.1")
+
+    @greentrack.track
+    def plain() -> str:
+        return "ok"
+
+    class Model:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @greentrack.track(**FAST)
+        def fit(self, epochs: int) -> int:
+            self.calls += epochs
+            return self.calls
+
+    assert plain() == "ok" and plain.last_totals is not None
+    m = Model()
+    assert m.fit(2) == 2 and m.fit(3) == 5
+
+
+def test_track_checks_settings_when_decorating() -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.track(pue=0.5)
+    assert "pue" in str(e.value) and "0.5" in str(e.value)
+
+
+# -- emissions.csv ---------------------------------------------------------------------------------
+
+def test_runs_append_one_row_each_in_codecarbons_columns(no_host_env: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "emissions.csv"
+
+    @greentrack.track(run_dir=None, country="FR", emissions_csv=str(csv_path), **FAST)
+    def train() -> None:
+        time.sleep(0.2)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        train()
+        first = train.last_totals
+        train()
+    df = pd.read_csv(csv_path)
+    assert list(df.columns) == codecarbon_fields()
+    assert len(df) == 2 and df["run_id"].tolist() == [first.run_id, train.last_totals.run_id]
+    assert (df["cpu_count"] == psutil.cpu_count()).all()
+    assert df["ram_total_size"].tolist() == pytest.approx([psutil.virtual_memory().total / 2**30] * 2)
+    for unknown in ("water_consumed", "wue", "longitude", "latitude"):
+        assert df[unknown].isna().all(), unknown  # empty, not 0.0
+    assert df["energy_consumed"].gt(0).all() and df["emissions"].gt(0).all()
+    assert df["country_iso_code"].tolist() == ["FRA", "FRA"]
+    assert df["emissions"].iloc[0] * 1000.0 == pytest.approx(first.emissions_g, rel=1e-6)
+
+
+def test_codecarbons_own_file_output_keeps_appending_to_it(doc: dict[str, Any], tmp_path: Path) -> None:
+    """codecarbon's FileOutput backs a file up and starts anew when its header differs: it must
+    find ours valid and append its row after ours."""
+    from codecarbon.output_methods.emissions_data import EmissionsData
+    from codecarbon.output_methods.file import FileOutput
+    path = tmp_path / "emissions.csv"
+    assert append([doc], path) == []
+    theirs = pd.read_csv(path).iloc[0].to_dict()
+    theirs.update(run_id="codecarbon-run", water_consumed=0.0, wue=0.0)
+    FileOutput("emissions.csv", str(tmp_path)).out(EmissionsData(**theirs), None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emissions.csv", "emissions.csv.lock"]
+    assert append([doc], path) == []
+    df = pd.read_csv(path)
+    assert len(df) == 3 and df["run_id"].tolist()[1] == "codecarbon-run"
+
+
+APPENDER = """
+import json, sys, time
+from pathlib import Path
+from greentrack.reports.emissions_log import append
+doc = json.loads(Path(sys.argv[1]).read_text())
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.005)
+for i in range(int(sys.argv[4])):
+    doc["run"]["run_id"] = f"{sys.argv[5]}-{i}"
+    append([doc], sys.argv[2])
+"""
+
+
+def test_concurrent_appends_keep_one_header_and_every_row(doc: dict[str, Any], tmp_path: Path) -> None:
+    source = tmp_path / "doc.json"
+    source.write_text(json.dumps(doc))
+    path, go = tmp_path / "emissions.csv", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(source), str(path), str(go), "5",
+                               f"p{k}"], env=python_env()) for k in range(4)]
+    time.sleep(0.5)  # let them all import and wait
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    lines = path.read_text().splitlines()
+    assert sum(line.startswith("timestamp,") for line in lines) == 1
+    df = pd.read_csv(path)
+    assert sorted(df["run_id"]) == sorted(f"p{k}-{i}" for k in range(4) for i in range(5))
+
+
+def test_damaged_file_is_kept_aside_never_lost(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "emissions.csv"
+    damaged = b"timestamp,project_name\n2026-01-01,a\n\xff\xfe\x00garbage,,,,\n"
+    path.write_bytes(damaged)
+    warnings = append([doc], path)
+    assert len(warnings) == 1 and "could not be read as a CSV" in warnings[0]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("emissions.csv.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and str(aside[0]) in warnings[0]
+    assert len(pd.read_csv(path)) == 1
+
+
+def test_other_columns_are_merged_and_old_rows_kept(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "emissions.csv"
+    path.write_text("timestamp,project_name,emissions,my_note\n"
+                    "2025-01-01T00:00:00,old,0.5,first\n2025-01-02T00:00:00,old,0.25,second\n")
+    warnings = append([doc], path)
+    assert len(warnings) == 1 and "my_note" in warnings[0] and "2 old row(s) kept" in warnings[0]
+    df = pd.read_csv(path)
+    assert list(df.columns) == codecarbon_fields() + ["my_note"]
+    assert df["my_note"].tolist()[:2] == ["first", "second"] and pd.isna(df["my_note"].iloc[2])
+    assert df["emissions"].tolist()[:2] == [0.5, 0.25]
+    assert df["project_name"].tolist() == ["old", "old", Path(doc["run"]["run_dir"]).name]
+
+
+def test_report_appends_each_run_and_says_so_in_its_help(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
+        runs = [make_run(tmp_path, name=f"r{i}", steps=2) for i in range(2)]
+        for _ in range(2):
+            code, _, err = run_cli(["report", *map(str, runs), "--format", "json", "--out",
+                                    str(tmp_path / "out"), "--emissions-csv",
+                                    str(tmp_path / "all.csv")])
+            assert code == 0, err
+    df = pd.read_csv(tmp_path / "all.csv")
+    assert len(df) == 4 and df["project_name"].tolist() == ["r0", "r1", "r0", "r1"]
+    code, _, err = run_cli(["report", str(runs[0]), "--emissions-csv",
+                            str(tmp_path / "missing-dir" / "e.csv"), "--format", "json",
+                            "--out", str(tmp_path / "o2")])
+    assert code == 2 and err.count("\n") == 1 and "emissions_csv" in err
+
+
+def test_greentrack_run_appends_its_row(tmp_path: Path) -> None:
+    from tests.fakes.powercap import PowercapTree
+    tree = PowercapTree(tmp_path / "powercap")
+    env = python_env(GREENTRACK_INTERVAL_S="0.02", GREENTRACK_COUNTER_INTERVAL_S="0.1",
+                     GREENTRACK_FLUSH_INTERVAL_S="0.2", **tree.env)
+    out = subprocess.run([sys.executable, "-m", "greentrack", "run", "--run-dir",
+                          str(tmp_path / "run"), "--emissions-csv", str(tmp_path / "e.csv"),
+                          "--quiet", "--", sys.executable, "-c", "pass"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "e.csv")
+    assert len(df) == 1 and df["project_name"].iloc[0] == "run"
+    assert df["cpu_count"].iloc[0] == psutil.cpu_count()
+
+
+def test_a_missing_directory_is_refused_before_the_run(no_host_env: Path, tmp_path: Path) -> None:
+    tracker = greentrack.Tracker(tmp_path / "run", emissions_csv=str(tmp_path / "nope" / "e.csv"),
+                                 **FAST)
+    with pytest.raises(ConfigError) as e:
+        tracker.start()
+    assert "emissions_csv" in str(e.value) and "does not exist" in str(e.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.slow
+def test_a_trainer_run_appends_one_row_for_the_whole_run(no_host_env: Path, tmp_path: Path) -> None:
+    """The integration's trackers leave the row to the end of the run (rank 0, after the
+    barrier): one row, though the callback stops at the final log and again at train end."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    from tests.test_hf_model_card import _tiny_config, _trainer
+    from transformers import GPT2LMHeadModel
+    cb = GreenTrackTrainerCallback(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
+    _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb).train()
+    df = pd.read_csv(tmp_path / "e.csv")
+    assert len(df) == 1 and df["project_name"].iloc[0] == "run"
+    assert df["run_id"].iloc[0] == cb.run.summary["run_id"]
+    assert df["energy_consumed"].iloc[0] > 0

@@ -1,0 +1,210 @@
+"""Issue 15 items 4 and 5 in the report: the forecast section (checked against runs whose truth is
+known), when steps ran, the best start window, and the html pictures whose axes hold every line."""
+
+from __future__ import annotations
+
+import random
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.forecast import Forecast
+from greentrack.reports import svg
+from greentrack.reports.forecasting import forecast_section
+from greentrack.reports.run_data import Channel, RunData
+from greentrack.training import TrainingMeter
+from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.test_report_fixtures import FAST, clean_env, report_json, run_cli, validate_own_schema
+
+SVG = "{http://www.w3.org/2000/svg}"
+WATTS = 100.0
+
+
+# -- the forecast check on constructed runs whose truth is known -----------------------------------
+
+def constructed(seed: int, steps: int = 200, every: int = 2) -> tuple[RunData, float, float]:
+    """A run at a constant 100 W (1 s bins) whose steps take U(0.5, 1.5) s each, back to back,
+    marked every ``every`` steps as the read model marks them; its energy and time until the last
+    step ended are the truth."""
+    rng = random.Random(seed)
+    start = 1_800_000_000.0
+    ends, t = [], start
+    for _ in range(steps):
+        t += rng.uniform(0.5, 1.5)
+        ends.append(t)
+    seconds = int(t - start) + 2
+    ch = Channel(key="h/r0/cpu", identity="h/0/cpu", kind="cpu", device="cpu", name="cpu",
+                 host="h", rank=0, method="rapl", measured=True, uncertainty="", energy_j=0.0,
+                 samples=seconds, gap_s=0.0,
+                 bins=[(start + k, start + k + 1, WATTS) for k in range(seconds)])
+    marks = [(n, ends[n - 1]) for n in range(every, steps + 1, every)]
+    data = RunData(run_dir=Path("constructed"), summary={"status": "completed"}, devices=[],
+                   start_unix=start, end_unix=start + seconds, bin_s=1.0, channels=[ch],
+                   phases={}, step_energies_j={}, flops_methods=[], mfu=None, hosts={},
+                   resolution_s=1.0, versions={}, settings={}, warnings=[], step_marks=marks, machines={},
+                   main_phase="train")
+    return data, WATTS * (ends[-1] - start), ends[-1] - start
+
+
+def test_the_report_check_reproduces_the_live_forecast_and_knows_the_truth() -> None:
+    data, true_j, true_s = constructed(seed=3)
+    f = forecast_section(data, config=None, g_per_kwh=400.0, pue=1.5, gpus=0)
+    assert f is not None and f["kind"] == "check"
+    assert f["planned_steps"] == 200 and f["planned_source"] == "the steps the run took"
+    assert f["made_at_steps"] == 20  # after the first 10% of the steps
+    # the same estimate as the live forecast fed the same observations
+    live = Forecast(200, carbon_g_per_kwh=400.0 * 1.5)
+    for n, t in data.step_marks:
+        if n <= 20:
+            live.observe(n, WATTS * (t - data.start_unix), t - data.start_unix, now_unix=t)
+    want = live.estimate()
+    assert want is not None
+    for key in ("energy_j", "energy_j_low", "energy_j_high", "duration_s", "emissions_g_high"):
+        assert f["estimate"][key] == pytest.approx(want[key], rel=1e-6), key
+    assert f["actual"]["energy_j"] == pytest.approx(true_j, rel=1e-9)
+    assert f["actual"]["duration_s"] == pytest.approx(true_s)
+    assert f["actual"]["emissions_g"] == pytest.approx(true_j / 3.6e6 * 600.0)
+    est = f["estimate"]
+    tol = true_j * f["resolution_s"] / true_s  # inside to the time grid's resolution (one cell)
+    assert f["resolution_s"] == pytest.approx(data.plot_grid()[1])
+    assert f["covered"]["energy_j"] == (est["energy_j_low"] - tol <= true_j
+                                        <= est["energy_j_high"] + tol)
+
+
+def test_the_report_checks_interval_holds_the_truth_about_as_often_as_it_says() -> None:
+    hits = sum(bool(forecast_section(constructed(seed)[0], None, None, 1.0, 0)["covered"]  # type: ignore[index]
+                    ["energy_j"]) for seed in range(200))
+    assert 0.82 <= hits / 200 <= 0.97, hits
+
+
+def test_a_run_still_going_is_forecast_to_its_planned_steps() -> None:
+    data, _, _ = constructed(seed=5)
+    data.summary["status"] = "running"
+    assert forecast_section(data, None, None, 1.0, 0) is None  # no planned steps recorded
+    data.planned_steps = 1000
+    f = forecast_section(data, None, None, 1.0, 0)
+    assert f is not None and f["kind"] == "now" and f["actual"] is None
+    assert f["made_at_steps"] == 200 and f["planned_steps"] == 1000
+    # 800 more steps of about 1 s at 100 W
+    assert f["estimate"]["energy_j"] == pytest.approx(WATTS * 1000, rel=0.1)
+    assert f["estimate"]["energy_j_low"] < f["estimate"]["energy_j"] < f["estimate"]["energy_j_high"]
+
+
+# -- a real run: report json, md, html -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """CPU 40 W + DRAM 4 W; 40 train steps of 30 ms planned and taken, each followed by 30 ms
+    without a step (half the time); an hourly intensity series with a clean minimum 3-5 h ahead."""
+    root = tmp_path_factory.mktemp("forecast")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        tree = PowercapTree(root / "powercap")
+        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        run_dir = root / "run"
+        with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
+            with greentrack.Tracker(run_dir, **FAST) as tracker:
+                meter = TrainingMeter(tracker, planned_steps=40, progress_every_s=None)
+                for _ in range(40):
+                    meter.begin()
+                    time.sleep(0.03)
+                    meter.end()
+                    time.sleep(0.03)
+                meter.close()
+        hour = int(time.time()) // 3600 * 3600
+        csv = root / "intensity.csv"
+        csv.write_text("start,g_per_kwh\n" + "".join(
+            f"{hour + 3600 * h},{60.0 if h in (3, 4) else 400.0}\n" for h in range(-6, 24)))
+        yield run_dir, csv
+
+
+def test_report_has_forecast_coverage_and_start_window(run: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    run_dir, csv = run
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", str(run_dir), "--format", "json,md,html", "--out", str(out),
+                            "--intensity-csv", str(csv)])
+    assert code == 0, err
+    doc = report_json(out)
+    validate_own_schema(doc)
+    f = doc["forecast"]
+    assert f["kind"] == "check" and f["planned_steps"] == 40
+    assert f["planned_source"] == "recorded by the training integration"
+    assert f["actual"]["steps"] == 40 and f["made_at_steps"] < 40
+    est = f["estimate"]
+    assert est["energy_j_low"] <= est["energy_j"] <= est["energy_j_high"]
+    # when steps ran: the covered seconds are the steps' windows (about half the run)
+    ts = doc["timeseries"]
+    covered_s = sum(c * ts["step_s"] for c in ts["steps_coverage"])
+    union_s = next(o for o in _findings(run_dir, csv) if o["kind"] == "outside-steps")[
+        "evidence"]["steps_union_s"]
+    assert covered_s == pytest.approx(union_s, rel=0.02)
+    assert 0.3 < covered_s / doc["run"]["duration_s"] < 0.7
+    # the best start: the clean minimum, 3 h ahead (from the hour's start)
+    w = doc["start_window"]
+    hour = int(doc["timeseries"]["t0_unix"]) // 3600 * 3600
+    assert w["best_start"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hour + 3 * 3600))
+    assert w["start_s"] == pytest.approx(hour + 3 * 3600 - doc["timeseries"]["t0_unix"])
+    assert len(w["series_start_s"]) == len(w["series_g_per_kwh"]) > 0
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 5 and "Power over time and when steps ran" in html
+    assert "the run as it ran and the best start" in html and "## Forecast" in \
+        (out / "report.md").read_text()
+    for name in ("timeline", "start_window"):
+        assert_inside(ET.parse(out / f"report-{name}.svg").getroot())
+
+
+def _findings(run_dir: Path, csv: Path) -> list[dict[str, Any]]:
+    import json
+    code, out, err = run_cli(["advise", str(run_dir), "--json", "--intensity-csv", str(csv)])
+    assert code == 0, err
+    return list(json.loads(out)["findings"])
+
+
+# -- the pictures: every line and shape inside the axes -------------------------------------------
+
+def assert_inside(root: ET.Element) -> None:
+    """Every polyline point and every shape of the plot area lies within the axes (legend
+    swatches, right of the plot, excepted)."""
+    x0, x1, y0, y1 = svg.LEFT, svg.W - svg.RIGHT, svg.TOP, svg.H - svg.BOTTOM
+    lines = root.findall(f"{SVG}polyline")
+    assert lines
+    for line in lines:
+        for pair in line.get("points", "").split():
+            x, y = map(float, pair.split(","))
+            assert x0 - 0.1 <= x <= x1 + 0.1 and y0 - 0.1 <= y <= y1 + 0.1, (x, y)
+    for rect in root.findall(f"{SVG}rect")[1:]:  # the first is the background
+        x, w = float(rect.get("x", 0)), float(rect.get("width", 0))
+        if x > x1:
+            continue  # a legend swatch
+        y, h = float(rect.get("y", 0)), float(rect.get("height", 0))
+        assert x0 - 0.1 <= x and x + w <= x1 + 0.6 and y0 - 0.1 <= y and y + h <= y1 + 0.1, \
+            rect.attrib
+
+
+@pytest.mark.parametrize("best_start_s", [-30_000.0, 0.0, 50_000.0])
+def test_the_start_window_chart_holds_the_series_and_both_windows(best_start_s: float) -> None:
+    starts = [-40_000.0 + 3600 * k for k in range(30)]
+    chart = svg.windows("t", starts, [s + 3600 for s in starts], [300.0 + k for k in range(30)],
+                        [("as run", 0.0, 7200.0), ("best", best_start_s, best_start_s + 7200.0)],
+                        "gCO2e/kWh")
+    root = ET.fromstring(chart)
+    assert_inside(root)
+    shaded = [r for r in root.findall(f"{SVG}rect") if r.get("fill-opacity") == "0.2"]
+    assert len(shaded) == 2
+
+
+def test_the_timeline_holds_power_and_steps() -> None:
+    t = [0.5 + k for k in range(100)]
+    chart = svg.timeline("t", t, 1.0, [("cpu", [50.0 + (k % 7) for k in range(100)]),
+                                       ("gpu", [float(k * 3) for k in range(100)])],
+                         [1.0 if k % 2 else 0.25 for k in range(100)])
+    root = ET.fromstring(chart)
+    assert_inside(root)
+    strip = [r for r in root.findall(f"{SVG}rect") if r.get("fill") == "#7570b3"
+             and float(r.get("x", 0)) < svg.W - svg.RIGHT]
+    assert len(strip) == 100
