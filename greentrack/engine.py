@@ -418,13 +418,12 @@ class Engine:
                 continue
             while st.next_bucket + res <= until:
                 b = st.next_bucket
-                self._writer.add_sample(st.id, b - self.origin, res,
-                                        st.timeline.at(b + res) - st.timeline.at(b))
+                self._writer.add_sample(st.id, b - self.origin, res, st.timeline.between(b, b + res))
                 st.next_bucket = b + res
             if final and until > st.next_bucket:
                 b = st.next_bucket
                 self._writer.add_sample(st.id, b - self.origin, until - b,
-                                        st.timeline.last - st.timeline.at(b))
+                                        st.timeline.between(b, until))
                 st.next_bucket = until
             st.timeline.prune(min([st.next_bucket] + held) - RETAIN_S)
 
@@ -440,7 +439,7 @@ class Engine:
             if not tl.t:
                 continue
             present.add(st.kind)
-            by_kind[st.kind] += max(0.0, tl.at(span.t1) - tl.at(span.t0))
+            by_kind[st.kind] += max(0.0, tl.between(span.t0, span.t1))
             n_gpus += st.kind == "gpu"
         duration = max(0.0, span.t1 - span.t0)
         if partial:

@@ -1,0 +1,47 @@
+"""A channel's cumulative energy never decreases, but its interpolation and the sums behind it
+(a process's share of a host zone, a shared GPU's split) are floating point: a difference a few
+ulps below zero was stored as a -7e-15 J sample by a process joined to `greentrack run`, and the
+report then called the store damaged. Rounding is zero; a real decrease is still seen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from greentrack.channelstate import Timeline
+from greentrack.store import StoreReader
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+
+
+def test_rounding_below_zero_is_zero_and_a_real_decrease_is_not() -> None:
+    tl = Timeline()
+    tl.extend([(0.0, 0.0), (1.0, 5.0), (2.0, 5.0 - 7e-15), (3.0, 4.0)])
+    assert tl.at(2.0) - tl.at(1.0) < 0.0  # what the old code stored
+    assert tl.between(1.0, 2.0) == 0.0
+    assert tl.between(0.0, 1.0) == 5.0 and tl.between(0.5, 1.0) == 2.5
+    assert tl.between(2.0, 3.0) < -0.99  # a counter that really went back: left for the checks
+
+
+def test_the_engine_stores_no_sample_below_zero(tmp_path: Path) -> None:
+    from greentrack.config import Config
+    from greentrack.engine import Engine
+    from greentrack.samplers._nvml import open_gpus
+    from greentrack.store import StoreWriter, prepare_run_dir
+
+    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
+    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
+    config = Config(run_dir=tmp_path / "run", resolution_s=1.0)
+    run_id = prepare_run_dir(config.run_dir)
+    writer = StoreWriter(config.run_dir, 0, {"run_id": run_id, "settings": config.as_dict()})
+    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+    st = engine.states[0]
+    st.timeline.extend([(0.0, 0.3), (1.0, 0.1 + 0.2 + 1.0), (2.0, 1.3 - 7e-15), (3.0, 1.3 - 7e-15)])
+    st.next_bucket = 0.0
+    engine._attribute(final=True)
+    engine._flush()
+    writer.close()
+    store = StoreReader(writer.path)
+    rows = sorted((r["t"], r["energy_j"]) for r in store.samples())
+    assert [round(t) for t, _ in rows] == [0, 1, 2], rows
+    assert all(e >= 0.0 for _, e in rows), rows
+    assert rows[0][1] > 0.99 and rows[1][1] == 0.0
+    assert store.invalid_rows("samples") == 0
