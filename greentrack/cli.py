@@ -260,7 +260,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
             return code  # cancelled: nothing started, no run directory
         waited_s = max(0.0, time.time() - plan.asked_unix)
     tracker = Tracker(config=config)
-    env = dict(os.environ, **tracker.accept_joins(), **calibration)
+    # the command's own trackers join this run: they price and place it as this run does
+    env = dict(os.environ, **tracker.accept_joins(), **calibration, **_carbon_env(config))
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
         env = dict(os.environ, **calibration)  # tracking is off (a full disk...): the command runs untracked
@@ -304,6 +305,19 @@ def cmd_run(ns: argparse.Namespace) -> int:
     # A child killed by signal N: exit like the shell does (128 + N).
     return 128 - rc if rc < 0 else rc
 
+
+
+def _carbon_env(config: Any) -> dict[str, str]:
+    """This run's carbon, price and model-card settings as ``GREENTRACK_*`` variables for the
+    command's trackers, so their live emissions, cost and forecast use what ``greentrack run`` was
+    given (a setting the command's own code passes still wins over the environment)."""
+    from greentrack.reports.cli import CARBON_OPTIONS
+    out = {}
+    for name in [dest for dest, _, _ in CARBON_OPTIONS.values()] + ["training_type"]:
+        value = getattr(config, name, None)
+        if value is not None:
+            out[f"GREENTRACK_{name.upper()}"] = value if isinstance(value, str) else repr(value)
+    return out
 
 
 def _calibration_env(config: Any) -> dict[str, str]:

@@ -265,3 +265,27 @@ def test_a_tracker_under_greentrack_run_joins_its_run(lease_dir: Path, tmp_path:
     kinds = {e["kind"] for e in events(run, "joined")} | {e["kind"] for e in events(run, "join-ended")}
     assert kinds == {"joined", "join-ended"}
     assert not events(run, "host-shared")
+
+
+def test_the_commands_trackers_take_greentrack_runs_carbon_settings(lease_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """A child tracker's live emissions, cost and forecast use what `greentrack run` was given
+    (before, a joined child priced nothing: its forecast had grams but no cost)."""
+    env = python_env(**FAST_ENV, GREENTRACK_LEASE_DIR=str(lease_dir),
+                     GREENTRACK_POWERCAP_ROOT=str(tmp_path / "none"))
+    env.pop("GREENTRACK_RUN_DIR", None)
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent("""
+        import greentrack
+        t = greentrack.Tracker(currency="USD").start()
+        c = t.config
+        print(c.country, c.electricity_price, c.pue, c.currency, c.training_type)
+        t.stop()
+    """))
+    out = gt("run", "--run-dir", str(tmp_path / "run"), "--quiet", "--country", "FR",
+             "--electricity-price", "0.25", "--pue", "1.2", "--currency", "EUR",
+             "--training-type", "fine-tuning", "--", sys.executable, str(script),
+             env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # the flags reach the child; what the child's code sets itself (currency) wins
+    assert out.stdout.split() == ["FR", "0.25", "1.2", "USD", "fine-tuning"], out.stdout
