@@ -29,8 +29,8 @@ size. Evaluation batches are ``validation`` steps, from one ``on_prediction_step
 first batch of an ``evaluate()`` called outside training has no start mark and is not a step; its
 energy is still in the totals).
 
-Model card: ``attach`` also makes the trainer's ``create_model_card`` (which ``push_to_hub`` calls
-before uploading) add the run's ``co2_eq_emissions`` metadata and an "Environmental impact"
+Model card: once a callback exists, ``Trainer.create_model_card`` (which ``push_to_hub`` calls
+before uploading) of a trainer holding it (``Trainer(callbacks=[...])`` or ``attach``) adds the run's ``co2_eq_emissions`` metadata and an "Environmental impact"
 section to the ``README.md`` it writes (:func:`greentrack.reports.to_hf.add_to_card`), so a model
 pushed to the Hub carries them. ``training_type``, unless set, is inferred when training begins as
 the Trainer's own card infers ``finetuned_from``: a model with a ``name_or_path`` was loaded with
@@ -86,6 +86,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         self._init_args = {k: v for k, v in {"run_dir": str(run_dir) if run_dir else None,
                                               **settings}.items() if isinstance(v, _JSON)}
         self._log_totals = log_totals
+        _hook_trainer_cards()
         self._micro = 1
         self._tokens_seen = 0
         self._world = 1
@@ -100,25 +101,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
             callbacks.remove(self)
         flow = [i for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)]
         callbacks.insert(flow[-1] + 1 if flow else 0, self)
-        self._hook_model_card(trainer)
         return self
-
-    def _hook_model_card(self, trainer: Any) -> None:
-        """After the trainer writes its card (``create_model_card``, also from ``push_to_hub``),
-        add this run's emissions to it."""
-        original = trainer.create_model_card
-        if getattr(original, "_greentrack", False):
-            return
-
-        @functools.wraps(original)
-        def create_model_card(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            if trainer.is_world_process_zero():  # the only process that writes the card
-                self.add_to_model_card(os.path.join(trainer.args.output_dir, "README.md"))
-            return result
-
-        create_model_card._greentrack = True  # type: ignore[attr-defined]
-        trainer.create_model_card = create_model_card
 
     def add_to_model_card(self, path: str | Path) -> bool:
         """Add the run's ``co2_eq_emissions`` and "Environmental impact" section to the model card
@@ -304,3 +287,32 @@ def _add(logs: dict[str, Any], state: Any, metrics: dict[str, float]) -> None:
 
 
 __all__ = ["GreenTrackTrainerCallback"]
+
+
+def _hook_trainer_cards() -> None:
+    """Once per process: ``Trainer.create_model_card`` (also what ``push_to_hub`` calls before its
+    upload) then adds the emissions of the greentrack callback the trainer holds, however it was
+    given (``Trainer(callbacks=[...])`` leaves a callback no way to reach its trainer, so the hook
+    is on the class; subclasses that call ``super().create_model_card`` keep it). A trainer
+    without a greentrack callback writes its card unchanged; a failure is a warning."""
+    from transformers import Trainer
+
+    original = Trainer.create_model_card
+    if getattr(original, "_greentrack", False):
+        return
+
+    @functools.wraps(original)
+    def create_model_card(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        try:
+            if self.is_world_process_zero():  # the only process that writes the card
+                for cb in self.callback_handler.callbacks:
+                    if isinstance(cb, GreenTrackTrainerCallback):
+                        cb.add_to_model_card(os.path.join(self.args.output_dir, "README.md"))
+                        break
+        except Exception as e:  # noqa: BLE001 - the card as the Trainer wrote it, never a failed push
+            log.warning("greentrack: emissions not added to the model card: %s", e)
+        return result
+
+    create_model_card._greentrack = True  # type: ignore[attr-defined]
+    Trainer.create_model_card = create_model_card  # type: ignore[method-assign]

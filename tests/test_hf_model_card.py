@@ -120,15 +120,18 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 
-def _trainer(out: Path, model: Any, callback: Any) -> Any:
+def _trainer(out: Path, model: Any, callback: Any, attach: bool = True) -> Any:
+    """A tiny Trainer holding ``callback``: through ``attach``, or as ``Trainer(callbacks=[...])``."""
     from transformers import Trainer, TrainingArguments
 
     from tests.test_integrations_transformers import Tokens
     args = TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2,
                              report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
                              seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=Tokens(16))
-    callback.attach(trainer)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(16),
+                      callbacks=None if attach else [callback])
+    if attach:
+        callback.attach(trainer)
     return trainer
 
 
@@ -139,15 +142,18 @@ def _tiny_config() -> Any:
 
 
 @pytest.mark.slow
-def test_trainer_card_carries_the_emissions_block(no_host_env: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("attach", [True, False], ids=["attach", "callbacks-list"])
+def test_trainer_card_carries_the_emissions_block(no_host_env: Path, tmp_path: Path,
+                                                  attach: bool) -> None:
     """A model built from a config is pre-training; create_model_card (what push_to_hub calls
-    before its upload) writes README.md with the block, read back by huggingface_hub."""
+    before its upload) writes README.md with the block, read back by huggingface_hub, whether
+    the callback was attached or given in ``Trainer(callbacks=[...])``."""
     from transformers import GPT2LMHeadModel
 
     from greentrack.integrations.transformers import GreenTrackTrainerCallback
     torch.manual_seed(0)
     cb = GreenTrackTrainerCallback(tmp_path / "run", country="DE", **_fast())
-    trainer = _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb)
+    trainer = _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb, attach)
     trainer.train()
     trainer.create_model_card(model_name="tiny", license="mit")
     card = hub.ModelCard.load(tmp_path / "out" / "README.md")
