@@ -50,6 +50,24 @@ def make_dirs(path: Path) -> None:
             os.chmod(d, mode & NOT_WRITABLE_BY_OTHERS)
 
 
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists (links followed) and is not a regular file: "a directory",
+    "a FIFO", "a device"...; None for a regular file or nothing there. A file greentrack reads
+    whole must be regular: reading ``/dev/zero`` never ends, opening a FIFO waits for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def _not_writable_by_others(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames, None]:

@@ -118,7 +118,11 @@ def read_csv(path: str | Path) -> IntensitySeries:
     Raises:
         ConfigError: missing file, unknown header, or a malformed line (named by number).
     """
+    from greentrack._files import not_regular
     path = Path(path)
+    what = not_regular(path)
+    if what is not None:  # /dev/zero would be read forever, a FIFO waits for a writer
+        raise ConfigError("intensity_csv", str(path), f"is {what}, not a CSV file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:

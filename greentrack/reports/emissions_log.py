@@ -42,8 +42,10 @@ def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
         ConfigError: the file cannot be written, or another process held the lock ``timeout_s``.
     """
     from filelock import FileLock, Timeout
-    path = Path(path)
     check_path(path)
+    # the user's link to a shared file: append to (and lock, and rewrite) the file it names, never
+    # replace the link with a file of its own
+    path = Path(os.path.realpath(path))
     cols = columns()
     rows = [{c: cell(r.get(c, "")) for c in cols} for r in map(row, docs)]
     try:
@@ -73,17 +75,24 @@ def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
 
 def check_path(path: str | os.PathLike[str]) -> None:
     """The file's directory must exist (a typo must not create directories) and the path must
-    not be a directory.
+    be a regular file or nothing yet (links followed): not a directory, and not a device or a FIFO
+    (reading ``/dev/zero`` whole never ends; a FIFO would hold the run's stop until a writer came).
 
     Raises:
         ConfigError: naming the setting, the path and what is wrong.
     """
+    from greentrack._files import not_regular
     path = Path(path)
     if path.is_dir():
         raise ConfigError("emissions_csv", str(path), "is a directory; name a file, e.g. "
                           f"{path / 'emissions.csv'}")
-    if not path.parent.is_dir():
-        raise ConfigError("emissions_csv", str(path), f"its directory {path.parent} does not exist")
+    what = not_regular(path)
+    if what is not None:
+        raise ConfigError("emissions_csv", str(path), f"is {what}; name a regular file (created "
+                          "if missing)")
+    target = Path(os.path.realpath(path))  # a dangling link: its target's directory must exist
+    if not target.parent.is_dir():
+        raise ConfigError("emissions_csv", str(path), f"its directory {target.parent} does not exist")
 
 
 def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
