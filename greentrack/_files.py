@@ -114,21 +114,32 @@ def _target(out: Path) -> Path:
 
 
 @contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
+def staged_dir(out: Path, exclusive: bool = False) -> Iterator[Path]:
     """A new empty directory to write a set of files into, then moved into ``out`` (created if
-    missing) when the block ends without error. On error, ``out`` is left as it was."""
+    missing) when the block ends without error. On error, ``out`` is left as it was.
+
+    ``exclusive``: ``out`` must be missing or empty when the files are moved, and becomes the
+    staged directory in one ``rename`` (another process that filled ``out`` meanwhile, say a
+    second ``greentrack merge`` into it, makes this one a ConfigError: never a mix of both)."""
     target = _target(out)
     make_dirs(target.parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except PermissionError:
-        if not target.is_dir():
+        if exclusive or not target.is_dir():
             raise
         tmp = Path(tempfile.mkdtemp(prefix=".greentrack-", suffix=".tmp", dir=target))
     try:
         yield tmp
         _not_writable_by_others(tmp)
         os.chmod(tmp, DIR_MODE)  # mkdtemp's 0o700, now the directory's own mode
+        if exclusive:
+            try:
+                os.rename(tmp, target)  # over a missing or empty directory only, atomically
+            except OSError:
+                raise ConfigError("OUT", str(out), "was filled by another process meanwhile; "
+                                  "nothing was written: merge into a new directory") from None
+            return
         if not os.path.lexists(target):
             try:
                 os.rename(tmp, target)

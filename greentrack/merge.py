@@ -24,8 +24,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from greentrack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from greentrack.run import Run
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,6 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
     """
     from greentrack._files import staged_dir
     from greentrack.run import Run
-    from greentrack.store import SCHEMA_VERSION, copy_store
 
     out = Path(out)
     if os.path.lexists(out) and (not out.is_dir() or any(out.iterdir())):
@@ -57,31 +60,42 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
                           "new one (inputs are never changed)")
     if not run_dirs:
         raise ConfigError("RUN_DIR", "", "give at least one run directory to merge")
-    target = Path(os.path.abspath(out))
+    # links resolved on both sides: OUT through a link into an input (or an input given through
+    # a link) is still inside it
+    target = Path(os.path.realpath(out))
     for d in run_dirs:
-        if target.is_relative_to(Path(os.path.abspath(d))):
+        if target.is_relative_to(Path(os.path.realpath(d))):
             raise ConfigError("OUT", str(out), f"is inside the input {d}: merge into a directory "
                               "outside the inputs (they are never changed)")
     with Run.open(run_dirs) as run:
         duplicates = run.copies
         skipped = [w for w in run.warnings if "not a readable greentrack store" in w
                    or "written by a newer greentrack" in w]
-        with staged_dir(out) as tmp:
-            names: set[str] = set()
-            for seg in run.segments:
-                name = seg.path.name
-                while name in names:  # two stores, one name (never written so): keep both
-                    name = f"x{name}"
-                names.add(name)
-                try:
-                    copy_store(seg.reader, tmp / name)
-                except (sqlite3.Error, OSError) as e:
-                    raise ConfigError("RUN_DIR", str(seg.path), f"cannot be copied ({e})") from None
-            record = {"run_id": run.run_id, "created_unix": time.time(), "format": "greentrack-run",
-                      "schema_version": SCHEMA_VERSION,
-                      "merged_from": [str(Path(d).resolve()) for d in run.run_dirs]}
-            (tmp / "run.json").write_text(json.dumps(record))
+        try:
+            with staged_dir(out, exclusive=True) as tmp:
+                _write(run, tmp)
+        except OSError as e:  # an unwritable or missing place for OUT: one line, no traceback
+            raise ConfigError("OUT", str(out), f"cannot be written ({e.strerror or e})") from None
         return MergeResult(out, run.run_id, len(run.segments), duplicates, skipped)
+
+
+def _write(run: "Run", tmp: Path) -> None:
+    """Each store of ``run`` (a consistent copy) and the merged ``run.json`` into ``tmp``."""
+    from greentrack.store import SCHEMA_VERSION, copy_store
+    names: set[str] = set()
+    for seg in run.segments:
+        name = seg.path.name
+        while name in names:  # two stores, one name (never written so): keep both
+            name = f"x{name}"
+        names.add(name)
+        try:
+            copy_store(seg.reader, tmp / name)
+        except (sqlite3.Error, OSError) as e:
+            raise ConfigError("RUN_DIR", str(seg.path), f"cannot be copied ({e})") from None
+    record = {"run_id": run.run_id, "created_unix": time.time(), "format": "greentrack-run",
+              "schema_version": SCHEMA_VERSION,
+              "merged_from": [str(Path(d).resolve()) for d in run.run_dirs]}
+    (tmp / "run.json").write_text(json.dumps(record))
 
 
 __all__ = ["MergeResult", "merge_runs"]

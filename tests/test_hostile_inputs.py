@@ -76,3 +76,55 @@ def test_a_fifo_as_intensity_csv_is_one_line_not_a_hang(tmp_path: Path) -> None:
         pytest.fail("reading a FIFO as --intensity-csv waited for a writer")
     assert len(got) == 1 and isinstance(got[0], ConfigError)
     assert "is a FIFO (named pipe), not a CSV file" in str(got[0])
+
+
+# -- greentrack merge ------------------------------------------------------------------------
+@pytest.fixture
+def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> list[Path]:
+    from tests.test_merge import node_run
+    dirs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    node_run(monkeypatch, dirs[0], "node-a", run_id="job-a")
+    node_run(monkeypatch, dirs[1], "node-b", run_id="job-b")
+    return dirs
+
+
+def test_merge_refuses_an_out_inside_an_input_reached_through_a_link(
+        two_runs: list[Path], tmp_path: Path) -> None:
+    from tests.test_merge import digest, gt
+    link = tmp_path / "alink"
+    link.symlink_to(two_runs[0].parent)
+    before = digest(two_runs[0])
+    for out, given in ((link / "run" / "merged", two_runs[0]), (two_runs[0] / "m", link / "run")):
+        r = gt("merge", str(out), str(given))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "is inside the input" in r.stderr
+    assert digest(two_runs[0]) == before
+
+
+def test_merge_into_an_unwritable_place_is_one_line(two_runs: list[Path]) -> None:
+    from tests.test_merge import gt
+    r = gt("merge", "/proc/greentrack-nowhere/out", str(two_runs[0]))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "OUT='/proc/greentrack-nowhere/out' is invalid: cannot be written" in r.stderr
+
+
+def test_a_second_merge_that_fills_out_meanwhile_is_never_mixed_in(
+        two_runs: list[Path], tmp_path: Path) -> None:
+    """Two merges into one OUT: the one that finishes second used to merge its stores into the
+    first one's directory (a directory of two runs, both 'merged'); now it is refused whole."""
+    from greentrack._files import staged_dir
+    from greentrack.merge import merge_runs
+    from greentrack.store import StoreReader, store_paths
+    out = tmp_path / "merged"
+    with pytest.raises(ConfigError) as e:
+        with staged_dir(out, exclusive=True) as tmp:  # merge_runs' own way of writing OUT
+            (tmp / "run.json").write_text('{"run_id": "job-a"}')
+            merge_runs(out, [two_runs[1]])  # the other merge, done meanwhile
+    assert "was filled by another process meanwhile" in str(e.value)
+    ids = set()
+    for p in store_paths(out):
+        r = StoreReader(p)
+        ids.add(r.meta["run_id"])
+        r.close()
+    assert ids == {"job-b"} and '"job-b"' in (out / "run.json").read_text()
+
