@@ -10,24 +10,34 @@ Example:
     >>> train.last_totals.emissions_g, train.last_totals.energy_kwh        # doctest: +SKIP
 
 Each call is one run: a :class:`~greentrack.Tracker` starts before the function and stops after
-it, with status ``completed``, ``failed`` (the function raised) or ``stopped`` (Ctrl-C). The
+it, with status ``completed`` (also ``sys.exit(0)``), ``failed`` (the function raised, or exited
+with another code) or ``stopped`` (Ctrl-C, a cancelled task, a generator closed early). For an
+``async def`` function the run is the awaiting of the call, for a generator function (sync or
+async) the iteration of what it returns, not the making of the coroutine or generator. The
 function's return value and its exceptions pass through unchanged; the run's
 :class:`~greentrack.run.Totals` (what :meth:`Tracker.stop` returns) are in ``last_totals`` and the
-tracker in ``last_tracker``. Settings are checked when the function is decorated, so a bad one is a
-``ConfigError`` at import time, never in the middle of a job.
+tracker in ``last_tracker``. Settings are checked when the function is decorated (``Config.check``
+too: the emissions CSV's directory, the intensity CSV), so a bad one is a ``ConfigError`` at
+import time, never in the middle of a job; a run directory that cannot be made when a call starts
+is one warning, and that call runs untracked (``last_totals`` None).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from greentrack._text import printable
 from greentrack.config import Config
+from greentrack.errors import ConfigError
 from greentrack.run import Totals
 from greentrack.tracker import Tracker
 
@@ -48,6 +58,9 @@ class Tracked(Generic[P, R]):
                  ) -> None:
         functools.update_wrapper(self, fn)
         self.fn, self.config, self.run_dir = fn, config, run_dir
+        self._kind = ("coroutine" if inspect.iscoroutinefunction(fn) else
+                      "generator" if inspect.isgeneratorfunction(fn) else
+                      "async generator" if inspect.isasyncgenfunction(fn) else "function")
         self.last_totals: Totals | None = None
         self.last_tracker: Tracker | None = None
 
@@ -59,23 +72,88 @@ class Tracked(Generic[P, R]):
         return Path("greentrack-runs") / f"{name}-{stamp}-{os.getpid()}-{next(_CALLS)}"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        tracker = Tracker(config=self.config.replace(run_dir=self._next_run_dir()))
-        self.last_tracker = tracker
-        tracker.start()  # never raises but for a bad setting; a failure leaves it disabled
-        status = "failed"
+        if self._kind == "coroutine":  # the run is the awaiting, not the making of the coroutine
+            return self._await(*args, **kwargs)  # type: ignore[return-value]
+        if self._kind == "generator":  # the run is the iteration
+            return self._iterate(*args, **kwargs)  # type: ignore[return-value]
+        if self._kind == "async generator":
+            return self._aiterate(*args, **kwargs)  # type: ignore[return-value]
+        tracker = self._begin()
+        exc: BaseException | None = None
         try:
-            result = self.fn(*args, **kwargs)
-            status = "completed"
-            return result
-        except KeyboardInterrupt:
-            status = "stopped"
+            return self.fn(*args, **kwargs)
+        except BaseException as e:
+            exc = e
             raise
         finally:  # the function's exception, if any, goes on unchanged: stop() never raises
-            self.last_totals = tracker.stop(status)
+            self._end(tracker, exc)
+
+    async def _await(self, *args: Any, **kwargs: Any) -> Any:
+        tracker = self._begin()
+        exc: BaseException | None = None
+        try:
+            return await self.fn(*args, **kwargs)  # type: ignore[misc]
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            self._end(tracker, exc)
+
+    def _iterate(self, *args: Any, **kwargs: Any) -> Any:
+        tracker = self._begin()
+        exc: BaseException | None = None
+        try:
+            return (yield from self.fn(*args, **kwargs))  # type: ignore[misc]
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            self._end(tracker, exc)
+
+    async def _aiterate(self, *args: Any, **kwargs: Any) -> Any:
+        tracker = self._begin()
+        exc: BaseException | None = None
+        try:
+            async for item in self.fn(*args, **kwargs):  # type: ignore[attr-defined]
+                yield item
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            self._end(tracker, exc)
+
+    def _begin(self) -> Tracker | None:
+        """A started tracker for one call; None (one warning, the call runs untracked) when the
+        run cannot be created: the user's function always runs."""
+        tracker = Tracker(config=self.config.replace(run_dir=self._next_run_dir()))
+        self.last_tracker, self.last_totals = tracker, None
+        try:
+            tracker.start()  # never raises but for a bad setting; a failure leaves it disabled
+        except ConfigError as e:  # the run directory cannot be made now (checked at decoration)
+            logging.getLogger("greentrack").warning("greentrack: %s: this call is not tracked",
+                                                    printable(e))
+            return None
+        return tracker
+
+    def _end(self, tracker: Tracker | None, exc: BaseException | None) -> None:
+        if tracker is not None:
+            self.last_totals = tracker.stop(_status(exc))
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         """A decorated method binds like the function it wraps."""
         return self if obj is None else functools.partial(self.__call__, obj)
+
+
+def _status(exc: BaseException | None) -> str:
+    """The run's status from how the call ended: ``sys.exit(0)`` (or ``exit()``) completes it,
+    Ctrl-C, a closed generator and a cancelled task stop it, any other exception fails it."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        return "completed"
+    asyncio = sys.modules.get("asyncio")  # loaded wherever a task can be cancelled
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or (
+            asyncio is not None and isinstance(exc, asyncio.CancelledError)):
+        return "stopped"
+    return "failed"
 
 
 @overload
@@ -105,6 +183,7 @@ def track(fn: Callable[P, R] | None = None, /, *, run_dir: str | os.PathLike[str
         ConfigError: a setting is invalid (when decorating).
     """
     base = (config or Config.from_env()).replace(**settings) if settings else (config or Config.from_env())
+    base.check()  # the settings that need a file or a table too, now rather than at a call
 
     def decorate(f: Callable[P, R]) -> Tracked[P, R]:
         return Tracked(f, base, run_dir)

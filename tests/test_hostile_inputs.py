@@ -128,3 +128,76 @@ def test_a_second_merge_that_fills_out_meanwhile_is_never_mixed_in(
         r.close()
     assert ids == {"job-b"} and '"job-b"' in (out / "run.json").read_text()
 
+
+
+# -- @greentrack.track -------------------------------------------------------------------------
+def test_track_measures_the_iteration_of_a_generator_and_the_await_of_a_coroutine(
+        no_host_env: Path, tmp_path: Path) -> None:
+    """Before: the run ended when the generator or coroutine object was made (7 ms, 'completed'),
+    before any of the work it stands for ran."""
+    import asyncio
+    import time
+
+    @greentrack.track(run_dir=tmp_path / "gen", **FAST)
+    def batches(n: int) -> Any:
+        for i in range(n):
+            time.sleep(0.2)
+            yield i
+
+    @greentrack.track(run_dir=tmp_path / "co", **FAST)
+    async def train() -> str:
+        await asyncio.sleep(0.4)
+        return "done"
+
+    @greentrack.track(run_dir=tmp_path / "agen", **FAST)
+    async def stream() -> Any:
+        for i in range(2):
+            await asyncio.sleep(0.2)
+            yield i
+
+    assert list(batches(3)) == [0, 1, 2]
+    assert batches.last_totals is not None and batches.last_totals.duration_s >= 0.6
+    assert batches.last_totals.status == "completed"
+    assert asyncio.run(train()) == "done"
+    assert train.last_totals is not None and train.last_totals.duration_s >= 0.4
+
+    async def consume() -> list[int]:
+        return [i async for i in stream()]
+    assert asyncio.run(consume()) == [0, 1]
+    assert stream.last_totals is not None and stream.last_totals.duration_s >= 0.4
+    g = batches(5)
+    next(g)
+    g.close()  # the consumer stopped early
+    assert batches.last_totals is not None and batches.last_totals.status == "stopped"
+
+
+@pytest.mark.parametrize("code,status", [(0, "completed"), (None, "completed"), (3, "failed")])
+def test_track_a_function_that_calls_sys_exit(no_host_env: Path, tmp_path: Path, code: Any,
+                                              status: str) -> None:
+    import sys
+
+    @greentrack.track(run_dir=tmp_path / "run", **FAST)
+    def main() -> None:
+        sys.exit(code)
+
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == code  # passes through unchanged
+    assert main.last_totals is not None and main.last_totals.status == status
+
+
+def test_track_checks_file_settings_when_decorating_and_runs_a_call_it_cannot_record(
+        no_host_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError) as e:  # before: only when the first call started
+        greentrack.track(emissions_csv=str(tmp_path / "no-such-dir" / "e.csv"))
+    assert "emissions_csv" in str(e.value) and "does not exist" in str(e.value)
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # the run directory's parent is a file: it cannot be made
+
+    @greentrack.track(run_dir=blocker / "run", **FAST)
+    def train() -> int:
+        return 42
+
+    assert train() == 42  # before: ConfigError, and the function never ran
+    assert train.last_totals is None
+    assert any("this call is not tracked" in r.getMessage() for r in caplog.records)
