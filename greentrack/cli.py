@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a multi-node job): each store counts once; directories "
                                          "of different runs are refused.")
     summary.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                         help="the run's directory, or its node-local directories")
+                         help="the run's directory, or its node-local directories (apart, or "
+                              "joined by '+' as report and compare take them)")
     summary.add_argument("--json", action="store_true", help="machine-readable output")
     merge = sub.add_parser("merge", help="merge node-local directories of one run into one",
                            description="Copy the stores of RUN_DIRs (directories of one run: the "
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "twice adds nothing). Inputs are never changed.")
     merge.add_argument("out", metavar="OUT", help="new directory (must not exist, or be empty)")
     merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                       help="node-local directories of the run")
+                       help="node-local directories of the run (apart, or joined by '+')")
     from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
     add_carbon_options(run)
     add_commands(sub)
@@ -213,7 +214,7 @@ def cmd_merge(ns: argparse.Namespace) -> int:
     from greentrack.merge import merge_runs
     result = merge_runs(ns.out, ns.run_dirs)
     print(f"greentrack: merged run {printable(result.run_id)}: {result.stores} store(s) from "
-          f"{len(ns.run_dirs)} director{'y' if len(ns.run_dirs) == 1 else 'ies'} into "
+          f"{result.directories} director{'y' if result.directories == 1 else 'ies'} into "
           f"{printable(result.out)}"
           + (f"; {result.duplicates} store(s) found in more than one input, each counted once"
              if result.duplicates else ""))

@@ -35,13 +35,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MergeResult:
     """What :func:`merge_runs` wrote: ``stores`` copied, ``duplicates`` (copies of a store
-    found in several inputs) left out, ``skipped``: unreadable stores, each with why."""
+    found in several inputs) left out, ``skipped``: unreadable stores, each with why,
+    ``directories``: the input directories read (``a+b`` counts two)."""
 
     out: Path
     run_id: str | None
     stores: int
     duplicates: int
     skipped: list[str] = field(default_factory=list)
+    directories: int = 0
 
 
 def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
@@ -62,8 +64,9 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
         raise ConfigError("RUN_DIR", "", "give at least one run directory to merge")
     # links resolved on both sides: OUT through a link into an input (or an input given through
     # a link) is still inside it
+    from greentrack.run import run_dirs_of
     target = Path(os.path.realpath(out))
-    for d in run_dirs:
+    for d in (one for arg in run_dirs for one in run_dirs_of(arg)):
         if target.is_relative_to(Path(os.path.realpath(d))):
             raise ConfigError("OUT", str(out), f"is inside the input {d}: merge into a directory "
                               "outside the inputs (they are never changed)")
@@ -76,7 +79,8 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
                 _write(run, tmp)
         except OSError as e:  # an unwritable or missing place for OUT: one line, no traceback
             raise ConfigError("OUT", str(out), f"cannot be written ({e.strerror or e})") from None
-        return MergeResult(out, run.run_id, len(run.segments), duplicates, skipped)
+        return MergeResult(out, run.run_id, len(run.segments), duplicates, skipped,
+                           len(run.run_dirs))
 
 
 def _write(run: "Run", tmp: Path) -> None:

@@ -201,3 +201,27 @@ def test_track_checks_file_settings_when_decorating_and_runs_a_call_it_cannot_re
     assert train() == 42  # before: ConfigError, and the function never ran
     assert train.last_totals is None
     assert any("this call is not tracked" in r.getMessage() for r in caplog.records)
+
+
+# -- several directories, joined by '+' -------------------------------------------------------
+def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_plus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> None:
+    """``summary a+b`` said 'does not exist' (only report and compare split on '+'), and a
+    directory named ``x+y`` could not be joined to another (it was split inside its name)."""
+    import json
+
+    from tests.test_merge import gt, node_run
+    a, b = tmp_path / "x+y" / "run", tmp_path / "b" / "run"
+    node_run(monkeypatch, a, "node-a")
+    node_run(monkeypatch, b, "node-b", steps=5)
+    apart = gt("summary", "--json", str(a), str(b))
+    assert apart.returncode == 0, apart.stderr
+    for joined in (f"{a}+{b}", f"{b}+{a}"):
+        r = gt("summary", "--json", joined)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["energy_j"] == json.loads(apart.stdout)["energy_j"]
+        assert json.loads(r.stdout)["steps"] == json.loads(apart.stdout)["steps"] == 8
+    r = gt("merge", str(tmp_path / "merged"), f"{a}+{b}")
+    assert r.returncode == 0 and "2 store(s) from 2 directories" in r.stdout, r.stderr
+    r = gt("summary", f"{a}+{tmp_path / 'nope'}")
+    assert r.returncode == 2 and f"RUN_DIR='{tmp_path / 'nope'}' is invalid: does not exist" in r.stderr

@@ -113,7 +113,7 @@ class Run:
                 read, or the directories hold different runs (one line naming the directory).
         """
         dirs = (run_dirs_of(run_dir) if isinstance(run_dir, (str, Path))
-                else [Path(d) for d in run_dir])
+                else [p for d in run_dir for p in run_dirs_of(d)])
         if not dirs:
             raise ConfigError("RUN_DIR", "", "give at least one run directory")
         listed = [(d, store_paths(d)) for d in dirs]  # every directory checked before reading
@@ -380,10 +380,35 @@ def run_dirs_of(arg: str | Path) -> list[Path]:
     one run, as ``greentrack report`` and ``compare`` take them)."""
     text = str(arg)
     if "+" in text and not Path(text).exists():
-        parts = [Path(p) for p in text.split("+") if p]
+        pieces = text.split("+")
+        # a directory whose own name holds '+' (``x+y/run+node1/run``): the split into paths
+        # that exist, longest pieces first; else the longest existing pieces as far as they go
+        # (so the error names the piece that is missing)
+        found = _existing_split(pieces) if len(pieces) <= 32 else None
+        parts = [Path(p) for p in (found or _greedy_split(pieces)) if p]
         if parts:
             return parts
     return [Path(arg)]
+
+
+def _greedy_split(pieces: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(pieces):
+        k = next((k for k in range(len(pieces), i, -1)
+                  if Path("+".join(pieces[i:k])).exists()), i + 1)
+        out.append("+".join(pieces[i:k]))
+        i = k
+    return out
+
+
+def _existing_split(pieces: list[str]) -> list[str] | None:
+    for k in range(len(pieces), 0, -1):
+        head = "+".join(pieces[:k])
+        if head and Path(head).exists():
+            rest = _existing_split(pieces[k:]) if k < len(pieces) else []
+            if rest is not None:
+                return [head, *rest]
+    return None
 
 
 def store_identity(seg: Segment) -> tuple[str, ...]:
