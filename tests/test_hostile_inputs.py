@@ -225,3 +225,16 @@ def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_pl
     assert r.returncode == 0 and "2 store(s) from 2 directories" in r.stdout, r.stderr
     r = gt("summary", f"{a}+{tmp_path / 'nope'}")
     assert r.returncode == 2 and f"RUN_DIR='{tmp_path / 'nope'}' is invalid: does not exist" in r.stderr
+
+
+# -- greentrack advise --max-slowdown ---------------------------------------------------------
+def test_a_bare_max_slowdown_above_one_is_not_taken_as_hundreds_of_percent(tmp_path: Path) -> None:
+    """``--max-slowdown 5`` (meant: 5%) was taken as 500% slower steps: the advice then picked
+    the lowest limit whatever it cost in time."""
+    from greentrack.reports.cli import parse_slowdown
+    with pytest.raises(ConfigError) as e:
+        parse_slowdown("5")
+    assert str(e.value) == ("--max-slowdown='5' is invalid: reads as 500% slower steps: for 5% "
+                            "write 5% or 0.05; a slowdown above 100% is given with its % sign")
+    assert parse_slowdown("150%") == pytest.approx(1.5) and parse_slowdown("1") == 1.0
+    assert parse_slowdown("0.05") == 0.05 and parse_slowdown("5%") == pytest.approx(0.05)

@@ -182,7 +182,7 @@ def add_commands(sub: Any) -> None:
     adv.add_argument("--json", action="store_true", help="machine-readable output")
     adv.add_argument("--max-slowdown", metavar="FRACTION", default=None,
                      help="slower steps accepted for a lower GPU power limit, as a fraction or a "
-                          "percentage (default 0.05, i.e. 5%%)")
+                          "percentage (default 0.05, i.e. 5%%; above 100%% only with the %% sign)")
     add_carbon_options(adv)
     adv.set_defaults(handler=cmd_advise)
 
@@ -294,4 +294,8 @@ def parse_slowdown(text: str | None) -> float:
     if not 0.0 <= value <= 10.0:  # NaN fails too
         raise ConfigError("--max-slowdown", text, "must be a fraction from 0 to 10 (0.05) or a "
                           "percentage from 0% to 1000% (5%)")
+    if value > 1.0 and not raw.endswith("%"):  # '5' meant 5% far more often than 500%
+        raise ConfigError("--max-slowdown", text, f"reads as {value:.0%} slower steps: for "
+                          f"{value:g}% write {value:g}% or {value / 100:g}; a slowdown above "
+                          "100% is given with its % sign")
     return value
