@@ -220,6 +220,10 @@ def cmd_merge(ns: argparse.Namespace) -> int:
              if result.duplicates else ""))
     for line in result.skipped:
         print(f"greentrack: warning: not merged: {printable(line)}", file=sys.stderr)
+    for path in result.live:
+        print(f"greentrack: warning: {printable(path)} was still being written: merged as far as "
+              "it had committed (it reads as incomplete); merge again when the run has ended",
+              file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 class MergeResult:
     """What :func:`merge_runs` wrote: ``stores`` copied, ``duplicates`` (copies of a store
     found in several inputs) left out, ``skipped``: unreadable stores, each with why,
-    ``directories``: the input directories read (``a+b`` counts two)."""
+    ``directories``: the input directories read (``a+b`` counts two), ``live``: stores still
+    being written when they were copied (merged as far as committed)."""
 
     out: Path
     run_id: str | None
@@ -44,6 +45,7 @@ class MergeResult:
     duplicates: int
     skipped: list[str] = field(default_factory=list)
     directories: int = 0
+    live: list[str] = field(default_factory=list)
 
 
 def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
@@ -79,8 +81,9 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
                 _write(run, tmp)
         except OSError as e:  # an unwritable or missing place for OUT: one line, no traceback
             raise ConfigError("OUT", str(out), f"cannot be written ({e.strerror or e})") from None
+        live = [str(seg.path) for seg in run.segments if seg.status == "running"]
         return MergeResult(out, run.run_id, len(run.segments), duplicates, skipped,
-                           len(run.run_dirs))
+                           len(run.run_dirs), live)
 
 
 def _write(run: "Run", tmp: Path) -> None:

@@ -238,3 +238,30 @@ def test_a_bare_max_slowdown_above_one_is_not_taken_as_hundreds_of_percent(tmp_p
                             "write 5% or 0.05; a slowdown above 100% is given with its % sign")
     assert parse_slowdown("150%") == pytest.approx(1.5) and parse_slowdown("1") == 1.0
     assert parse_slowdown("0.05") == 0.05 and parse_slowdown("5%") == pytest.approx(0.05)
+
+
+def test_merging_a_store_still_being_written_says_so(tmp_path: Path, no_host_env: Path) -> None:
+    """The merged copy of a live store reads as 'incomplete' forever: the user is told at once."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import python_env
+    from tests.test_merge import gt
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time, greentrack\n"
+        f"with greentrack.Tracker({str(run)!r}, run_id='live', interval_s=0.02, "
+        "counter_interval_s=0.1, flush_interval_s=0.1) as t:\n"
+        "    t.step(); time.sleep(60)\n")], env=python_env(**{"GREENTRACK_POWERCAP_ROOT": str(no_host_env)}))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(run.glob("*.gtdb")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # a first flush
+        r = gt("merge", str(tmp_path / "merged"), str(run))
+    finally:
+        child.kill()
+        child.wait()
+    assert r.returncode == 0, r.stderr
+    assert "was still being written: merged as far as it had committed" in r.stderr
