@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from greentrack._text import printable
 from greentrack.config import Config
@@ -73,11 +73,11 @@ class Tracked(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._kind == "coroutine":  # the run is the awaiting, not the making of the coroutine
-            return self._await(*args, **kwargs)  # type: ignore[return-value]
+            return cast(R, self._await(*args, **kwargs))
         if self._kind == "generator":  # the run is the iteration
-            return self._iterate(*args, **kwargs)  # type: ignore[return-value]
+            return cast(R, self._iterate(*args, **kwargs))
         if self._kind == "async generator":
-            return self._aiterate(*args, **kwargs)  # type: ignore[return-value]
+            return cast(R, self._aiterate(*args, **kwargs))
         tracker = self._begin()
         exc: BaseException | None = None
         try:
