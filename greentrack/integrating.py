@@ -53,8 +53,9 @@ class IntegrationRun:
 
     def __init__(self, run_dir: Any, config: Any, settings: dict[str, Any], *, flops: Any,
                  planned_steps: int | None, progress_every_s: float | None) -> None:
+        from greentrack.training import planned_steps_of
         self.config, self.dir_chosen = resolve_config(run_dir, config, settings)
-        self.flops, self.planned_steps = flops, planned_steps
+        self.flops, self.planned_steps = flops, planned_steps_of(planned_steps)
         self.progress_every_s = progress_every_s
         self.run_dir: Path | None = None
         #: the run id rank 0 chose and broadcast (None: not distributed, run.json decides)

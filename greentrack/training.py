@@ -46,6 +46,36 @@ from greentrack.stepmarks import StepMarks
 
 log = logging.getLogger("greentrack")
 
+#: the most optimizer steps a run may plan (beyond it a forecast means nothing)
+MAX_PLANNED_STEPS = 10**12
+
+
+def planned_steps_of(value: Any, setting: str = "planned_steps") -> int | None:
+    """``value`` as a count of optimizer steps (an int, a NumPy or 0-d integer tensor, a whole
+    float), or None for None.
+
+    Raises:
+        ConfigError: anything else (text, NaN, a fraction, < 1, > :data:`MAX_PLANNED_STEPS`).
+    """
+    import operator
+
+    from greentrack.errors import ConfigError
+    if value is None:
+        return None
+    allowed = (f"must be a whole number of optimizer steps from 1 to {MAX_PLANNED_STEPS:.0e} "
+               "(or None: the framework's own count)")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except (TypeError, ValueError, RuntimeError):  # a float tensor, a tensor of several values
+        if not (isinstance(value, float) and value.is_integer()):  # NaN and inf are not
+            raise ConfigError(setting, value, allowed) from None
+        n = int(value)
+    if not 1 <= n <= MAX_PLANNED_STEPS:
+        raise ConfigError(setting, value, allowed)
+    return n
+
 _SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "samples", "tokens", "flops_s")
 #: Metrics that are means over the steps since the previous call: new whenever present.
 _PER_STEP = frozenset({"step_energy_j", "step_gpu_energy_j", "step_duration_s", "mfu",
@@ -179,9 +209,17 @@ class TrainingMeter:
             info["mfu"] = info["flops"] / (t1 - t0) / self.peak.flops_per_s
         self.tracker.submit_window(phase, t0, t1, **info)
 
-    def plan(self, planned_steps: int | None) -> None:
+    def plan(self, planned_steps: Any) -> None:
         """Set the optimizer steps of the whole run (the forecast's horizon); recorded in the run
-        (event ``planned-steps``) so a report can forecast or check the forecast later."""
+        (event ``planned-steps``) so a report can forecast or check the forecast later. A value
+        that is not a step count (a framework's -1 for "unknown", NaN, text) is left out: this
+        runs inside training hooks (the user's own value is checked up front, see
+        :func:`planned_steps_of`)."""
+        try:
+            planned_steps = planned_steps_of(planned_steps)
+        except ValueError as e:
+            log.debug("greentrack: no forecast horizon: %s", e)
+            return
         if planned_steps is None or planned_steps == self.forecast.planned_steps:
             return
         self.forecast.planned_steps = planned_steps

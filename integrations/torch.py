@@ -196,7 +196,9 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
         ConfigError: a setting is invalid.
     """
     from greentrack.tracker import Tracker
+    from greentrack.training import planned_steps_of
 
+    planned_steps = planned_steps_of(planned_steps)  # before anything starts
     owns = not isinstance(tracker, Tracker)
     if owns:
         run_dir = Path(tracker) if tracker is not None else None

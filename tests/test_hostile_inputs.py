@@ -265,3 +265,37 @@ def test_merging_a_store_still_being_written_says_so(tmp_path: Path, no_host_env
         child.wait()
     assert r.returncode == 0, r.stderr
     assert "was still being written: merged as far as it had committed" in r.stderr
+
+
+# -- planned_steps (the forecast's horizon) ---------------------------------------------------
+@pytest.mark.parametrize("bad", ["1000", -5, 0, float("nan"), float("inf"), 2.5, 1e30])
+def test_a_bad_planned_steps_is_one_line_before_anything_starts(no_host_env: Path, tmp_path: Path,
+                                                                 bad: Any) -> None:
+    """Before: taken as is; '1000' made every forecast raise TypeError, -5 forecast the run as
+    already over, 1e30 forecast an end in the year 10^21."""
+    torch = pytest.importorskip("torch")
+    from greentrack.integrations.torch import track_optimizer
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ConfigError) as e:
+        track_optimizer(opt, tmp_path / "run", planned_steps=bad, **FAST)
+    assert str(e.value).startswith(f"planned_steps={bad!r} is invalid: must be a whole number")
+    assert not (tmp_path / "run").exists()
+
+
+def test_planned_steps_as_a_tensor_or_numpy_integer_is_a_plain_count(no_host_env: Path,
+                                                                     tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    from greentrack.integrations.torch import track_optimizer
+    for i, given in enumerate((torch.tensor(40), np.int64(40), 40.0)):
+        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        tracking = track_optimizer(opt, tmp_path / f"run{i}", planned_steps=given,
+                                   progress_every_s=None, **FAST)
+        try:
+            planned = tracking.meter.forecast.planned_steps
+            assert planned == 40 and type(planned) is int  # before: the tensor itself
+            tracking.meter.plan(-1)  # a framework's "unknown" inside a hook: left out, no raise
+            tracking.meter.plan("n/a")
+            assert tracking.meter.forecast.planned_steps == 40
+        finally:
+            tracking.close()
