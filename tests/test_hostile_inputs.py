@@ -299,3 +299,22 @@ def test_planned_steps_as_a_tensor_or_numpy_integer_is_a_plain_count(no_host_env
             assert tracking.meter.forecast.planned_steps == 40
         finally:
             tracking.close()
+
+
+def test_a_fifo_or_device_as_config_file_is_one_line(tmp_path: Path) -> None:
+    """``--config`` (or GREENTRACK_CONFIG) naming a FIFO waited for a writer for ever."""
+    import subprocess
+    import sys
+
+    from tests.conftest import python_env
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        try:
+            r = subprocess.run([sys.executable, "-m", "greentrack", "advise", str(tmp_path),
+                                "--config", str(path)], capture_output=True, text=True,
+                               env=python_env(), timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"--config {path} did not end")
+        assert r.returncode == 2 and r.stderr == (f"greentrack: config='{path}' is invalid: is "
+                                                  f"{what}, not a TOML file\n")

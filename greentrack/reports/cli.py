@@ -58,7 +58,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     from dataclasses import fields
 
     from greentrack.config import Config
+    from greentrack._files import not_regular
     path = Path(path)
+    what = not_regular(path)
+    if what is not None:  # a FIFO would wait for a writer, /dev/zero never end
+        raise ConfigError("config", str(path), f"is {what}, not a TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
