@@ -1,7 +1,8 @@
 """The ``greentrack`` command: ``run``, ``doctor``, ``summary``, ``merge``, ``report``, ``compare``.
 
 Every invalid argument ends in one line on stderr naming the setting, the value and what is
-allowed, and exit status 2; never a traceback.
+allowed, and exit status 2; never a traceback. Ctrl-C or SIGTERM to any command but ``run`` (which
+forwards them to its command) ends it with one line and 128 + the signal, its staged files removed.
 """
 
 from __future__ import annotations
@@ -185,6 +186,16 @@ def _main(argv: Sequence[str] | None) -> int:
         ns = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, argparse's own errors
         return e.code if isinstance(e.code, int) else 2 if e.code else 0
+    got: list[int] = []
+    previous = None
+    if ns.command != "run":  # `run` forwards signals to its command (cmd_run)
+        def on_term(signum: int, _frame: Any) -> None:
+            got.append(signum)
+            raise KeyboardInterrupt  # unwinds like Ctrl-C: staged files removed, locks released
+        try:
+            previous = signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            previous = None
     try:
         if hasattr(ns, "handler"):
             return int(ns.handler(ns))
@@ -195,12 +206,22 @@ def _main(argv: Sequence[str] | None) -> int:
         if ns.command == "merge":
             return cmd_merge(ns)
         return cmd_summary(ns)
+    except KeyboardInterrupt:  # one line, as for any other way the command ends
+        if ns.command == "run":  # its tracker's own exit paths record the run: unchanged
+            raise
+        signum = got[0] if got else signal.SIGINT
+        print(f"greentrack: {ns.command} interrupted by {signal.Signals(signum).name}; nothing "
+              "half-written was left", file=sys.stderr)
+        return 128 + signum
     except ConfigError as e:
         print(f"greentrack: {printable(e)}", file=sys.stderr)
         return 2
     except GreenTrackError as e:
         print(f"greentrack: {printable(e)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_summary(ns: argparse.Namespace) -> int:

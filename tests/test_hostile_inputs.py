@@ -318,3 +318,40 @@ def test_a_fifo_or_device_as_config_file_is_one_line(tmp_path: Path) -> None:
             pytest.fail(f"--config {path} did not end")
         assert r.returncode == 2 and r.stderr == (f"greentrack: config='{path}' is invalid: is "
                                                   f"{what}, not a TOML file\n")
+
+
+# -- Ctrl-C and SIGTERM to a report waiting on the emissions.csv lock --------------------------
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_report_waits_is_one_line_and_leaves_nothing_behind(
+        tmp_path: Path, signame: str) -> None:
+    """A real report process blocked on the lock another process holds (not a timing guess:
+    the test waits until the report's files are in place, the step before the append)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from filelock import FileLock
+
+    from tests.conftest import python_env
+    from tests.test_report_fixtures import clean_env, make_run
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
+        run = make_run(tmp_path, steps=2)
+    csv_path, out = tmp_path / "emissions.csv", tmp_path / "out"
+    with FileLock(f"{csv_path}.lock"):
+        p = subprocess.Popen([sys.executable, "-m", "greentrack", "report", str(run), "--format",
+                              "json", "--out", str(out), "--emissions-csv", str(csv_path)],
+                             env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        deadline = time.monotonic() + 60
+        while not (out / "report.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "report.json").exists()
+        time.sleep(0.3)  # into FileLock's wait
+        p.send_signal(getattr(signal, signame))
+        _, err = p.communicate(timeout=60)
+    signum = getattr(signal, signame)
+    assert p.returncode == 128 + signum, err
+    assert err == f"greentrack: report interrupted by {signame}; nothing half-written was left\n"
+    assert not csv_path.exists()  # no row half-written, no temporary file beside it
+    assert sorted(q.name for q in tmp_path.iterdir() if q.name.startswith(".")) == []
