@@ -306,30 +306,41 @@ POWER_LIMIT_RANGE_W = (1.0, 5000.0)
 
 
 def parse_power_limits(value: Any, setting: str = "calibrate_power_limits") -> tuple[float, ...]:
-    """Power limits in watts from a list or ``"250,300"``: each a number in
-    :data:`POWER_LIMIT_RANGE_W`, 1 to :data:`MAX_POWER_LIMITS` of them, repeats dropped."""
+    """Power limits in watts from a list, a NumPy array or tensor, one number or ``"250,300"``:
+    each a number in :data:`POWER_LIMIT_RANGE_W`, 1 to :data:`MAX_POWER_LIMITS` of them, repeats
+    dropped."""
     lo, hi = POWER_LIMIT_RANGE_W
     allowed = (f"must be 1 to {MAX_POWER_LIMITS} power limits in watts, each from {lo:g} to "
                f"{hi:g}, as a list or comma-separated text (e.g. 250,300,350)")
+    given = value
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # a NumPy array or a tensor (0-d: its number)
     if isinstance(value, str):
         items: list[Any] = [v.strip() for v in value.split(",")]
     elif isinstance(value, (list, tuple)):
         items = list(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]  # one limit (measured against the original)
     else:
-        raise ConfigError(setting, value, allowed)
+        raise ConfigError(setting, given, allowed)
     out: list[float] = []
     for item in items:
+        if hasattr(item, "item") and not isinstance(item, (str, bytes, bool)):
+            try:
+                item = item.item()  # a NumPy scalar, a one-element tensor
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(setting, given, allowed) from None
         if isinstance(item, str):
             try:
                 item = float(item)
             except ValueError:
-                raise ConfigError(setting, value, allowed) from None
+                raise ConfigError(setting, given, allowed) from None
         if isinstance(item, bool) or not is_number(item, lo, hi):
-            raise ConfigError(setting, value, allowed)
+            raise ConfigError(setting, given, allowed)
         if float(item) not in out:
             out.append(float(item))
     if not 1 <= len(out) <= MAX_POWER_LIMITS:
-        raise ConfigError(setting, value, allowed)
+        raise ConfigError(setting, given, allowed)
     return tuple(out)
 
 

@@ -355,3 +355,21 @@ def test_a_signal_while_a_report_waits_is_one_line_and_leaves_nothing_behind(
     assert err == f"greentrack: report interrupted by {signame}; nothing half-written was left\n"
     assert not csv_path.exists()  # no row half-written, no temporary file beside it
     assert sorted(q.name for q in tmp_path.iterdir() if q.name.startswith(".")) == []
+
+
+# -- calibrate_power_limits given as NumPy, a tensor, one number ------------------------------
+def test_power_limits_from_numpy_a_tensor_or_one_number(tmp_path: Path) -> None:
+    """Before: ``np.array([250, 300])``, ``[np.int64(250)]``, ``torch.tensor([...])`` and ``250``
+    were all refused as 'not a list'; the bad ones stay refused."""
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    for given in (np.array([250, 300]), [np.int64(250), 300.0], torch.tensor([250.0, 300.0]),
+                  [torch.tensor(250), 300]):
+        assert Config(run_dir=tmp_path, calibrate_power_limits=given).calibrate_power_limits \
+            == (250.0, 300.0)
+    assert Config(run_dir=tmp_path, calibrate_power_limits=250).calibrate_power_limits == (250.0,)
+    for bad in (np.array([np.nan]), [torch.tensor([1.0, 2.0])], True, [np.True_], np.array([0]),
+                "300,,400", [None]):
+        with pytest.raises(ConfigError) as e:
+            Config(run_dir=tmp_path, calibrate_power_limits=bad)
+        assert str(e.value).startswith("calibrate_power_limits=") and "\n" not in str(e.value)
