@@ -221,6 +221,9 @@ def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_pl
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["energy_j"] == json.loads(apart.stdout)["energy_j"]
         assert json.loads(r.stdout)["steps"] == json.loads(apart.stdout)["steps"] == 8
+    r = gt("advise", f"{a}+{b}")  # its first line named the first directory alone
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith(
+        f"greentrack advise: run job-9 ({a}+{b}): "), r.stdout
     r = gt("merge", str(tmp_path / "merged"), f"{a}+{b}")
     assert r.returncode == 0 and "2 store(s) from 2 directories" in r.stdout, r.stderr
     r = gt("summary", f"{a}+{tmp_path / 'nope'}")

@@ -362,7 +362,8 @@ def _region(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
 def format_text(findings: list[dict[str, Any]], data: RunData) -> str:
     """``greentrack advise``'s human output."""
     s = data.summary
-    lines = [f"greentrack advise: run {s['run_id']} ({s['run_dir']}): "
+    where = "+".join(map(str, s.get("run_dirs") or [s["run_dir"]]))  # every directory read
+    lines = [f"greentrack advise: run {s['run_id']} ({where}): "
              f"{float(s['energy_j']['total'] or 0):.4g} J over {float(s['duration_s']):.4g} s"]
     if not findings:
         lines.append("no finding: nothing measured points at energy to save")
