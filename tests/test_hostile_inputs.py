@@ -376,3 +376,12 @@ def test_power_limits_from_numpy_a_tensor_or_one_number(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             Config(run_dir=tmp_path, calibrate_power_limits=bad)
         assert str(e.value).startswith("calibrate_power_limits=") and "\n" not in str(e.value)
+
+
+def test_the_framework_callbacks_refuse_a_bad_planned_steps_when_made(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    with pytest.raises(ConfigError) as e:
+        GreenTrackTrainerCallback(tmp_path / "run", planned_steps="10k")
+    assert str(e.value).startswith("planned_steps='10k' is invalid")
+    assert GreenTrackTrainerCallback(tmp_path / "run", planned_steps=1e4).run.planned_steps == 10000
