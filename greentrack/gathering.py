@@ -142,8 +142,8 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
     if any(p.stores for p in got):
         try:  # TMPDIR removed under the job, a full disk: rank 0 reads its own directory
             tmp = Path(tempfile.mkdtemp(prefix="greentrack-gather-"))
-        except OSError as e:
-            unpack = f"{type(e).__name__}: {e}"
+        except OSError as e:  # named by its directory (a temporary name is filtered out below)
+            unpack = f"{type(e).__name__}: {e.strerror or e} in {tempfile.gettempdir()}"
     gaps = _gaps(got, failure, world_size, unpack)
     for message in gaps:
         log.warning("greentrack: %s", message)
@@ -178,11 +178,11 @@ def _gaps(parts: list[NodePart], failure: str | None, world_size: int | None,
     if failure is not None:
         out.append(f"the gather of every node's totals failed ({failure}): the totals cover "
                    "only this node's directory")
+    elif world_size is not None and len(parts) < world_size:
+        out.append(f"{world_size - len(parts)} rank(s) sent nothing: the totals miss them")
     if unpack is not None:
         out.append(f"the other nodes' stores could not be unpacked on rank 0 ({unpack}): the "
                    "totals cover only this node's directory")
-    elif world_size is not None and len(parts) < world_size:
-        out.append(f"{world_size - len(parts)} rank(s) sent nothing: the totals miss them")
     for p in sorted(parts, key=lambda p: p.rank):
         if not p.tracked:
             out.append(f"rank {p.rank} on {p.host} had no tracker: its devices are not in the "

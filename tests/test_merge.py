@@ -164,6 +164,9 @@ def test_no_temporary_directory_is_a_gap_never_an_error(nodes: list[Path], tmp_p
     and leave every other rank blocked in it until the group's timeout); the failure reaches rank
     0 as text. Rank 0 itself still gets its own node's totals."""
     import tempfile
+    (own,) = store_paths(nodes[0])
+    mine = node_part(nodes[0], [own], rank=0, local_zero=True, tracked=True)
+    assert mine.stores and not mine.errors
     gone = tmp_path / "scratch"
     gone.mkdir()
     gone.rmdir()
@@ -171,8 +174,6 @@ def test_no_temporary_directory_is_a_gap_never_an_error(nodes: list[Path], tmp_p
     (store,) = store_paths(nodes[1])
     part = node_part(nodes[1], [store], rank=1, local_zero=True, tracked=True)
     assert part.stores == [] and len(part.errors) == 1 and "scratch" in part.errors[0]
-    (own,) = store_paths(nodes[0])
-    mine = node_part(nodes[0], [own], rank=0, local_zero=True, tracked=True)
     totals = job_totals(nodes[0], mine, main=True, store=own, gather=lambda p: [p, part],
                         world_size=2)
     assert totals is not None and totals["hosts"] == ["node-a"]
