@@ -155,8 +155,8 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
                 log.warning("greentrack: could not record it in %s: %s", store.name, e)
     try:
         dirs = [run_dir] if _has_stores(run_dir) else []  # rank 0 untracked: the others' only
-        for i, p in enumerate(got if tmp is not None else []):
-            if not p.stores:
+        for i, p in enumerate(got):
+            if not p.stores or tmp is None:
                 continue
             d = tmp / f"rank{p.rank}-{i}"
             d.mkdir()
