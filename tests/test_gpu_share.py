@@ -140,7 +140,7 @@ HOST_PIDS = [FakeProcess(2**22 + 12345, 50), FakeProcess(2**22 + 12346, 50)]
 @pytest.mark.parametrize("procs, kw, reason", [
     ([], {}, "none"),                                                     # no context yet
     ([FakeProcess(ME, 50), FakeProcess(OTHER, 50)], {"list_processes": False}, "processes"),
-    (HOST_PIDS, {}, "namespace"),
+    (HOST_PIDS[:1], {}, "namespace"),                                     # alone, PIDs hidden
 ])
 def test_whole_gpu_fallbacks_are_noted(procs: list[FakeProcess], kw: dict[str, Any],
                                        reason: str) -> None:
@@ -150,6 +150,20 @@ def test_whole_gpu_fallbacks_are_noted(procs: list[FakeProcess], kw: dict[str, A
     events = ch.drain_events()
     assert [(e.kind, e.details["reason"]) for e in events] == [("gpu-share", reason)]
     assert ch.info.measured
+
+
+def test_a_shared_gpu_whose_pids_are_hidden_warns_of_the_overlap() -> None:
+    """Several processes on the GPU, none of whose PIDs exists here (a container): this run's
+    share cannot be told, so it counts the whole GPU, and so may every other container on it.
+    That overlap (the GPU counted more than once across runs) is a warning that says so, like the
+    other shared-but-unattributable cases, not an info note."""
+    g = gpu(*HOST_PIDS)
+    ch, tl, fake = replay(g, 2.0)
+    assert tl.last == pytest.approx(whole_j(fake, g, tl), rel=1e-9)
+    (event,) = ch.drain_events()
+    assert (event.level, event.kind, event.details["reason"]) == \
+        ("warning", "gpu-share-unavailable", "namespace")
+    assert "used by 2 processes" in event.message and "overlaps" in event.message
 
 
 def test_other_tracked_processes_are_told_from_untracked_ones_by_their_lease(tmp_path: Path) -> None:

@@ -126,8 +126,12 @@ class GpuShare(ScaledChannel):
             self.share = 1.0
             return
         if not any(self._psutil.pid_exists(p) for p in listed):
+            # several processes there: the GPU is shared and this run's part cannot be told, so
+            # counting it whole overlaps the others (a warning, as when NVML has no per-process
+            # figures); one process alone is most likely this run, in a container
             self._whole("namespace", "none of the PIDs NVML lists exists in this PID namespace "
-                        "(a container?): this run's processes cannot be told from others")
+                        "(a container?): this run's processes cannot be told from others",
+                        shared=len(listed) > 1)
             return
         leases = self._leases()
         mine = self._mine(listed, leases)
