@@ -56,21 +56,23 @@ class Device:
 
     def __init__(self) -> None:
         import pynvml
-        import torch
         pynvml.nvmlInit()
         self.nv, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
-        self._a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-        self._torch = torch
-
-    def clock(self) -> float:
-        return time.perf_counter()
+        self._a: Any = None  # the CUDA context is made on first use: the shared-GPU check's
+        # parent must hold none (NVML would list it as a third process on the GPU)
 
     def busy(self, seconds: float) -> None:
         """Keep the GPU busy for ``seconds`` of wall time (as gpu_bursty does)."""
+        import torch
+        if self._a is None:
+            self._a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self._a @ self._a
-            self._torch.cuda.synchronize()
+            torch.cuda.synchronize()
+
+    def clock(self) -> float:
+        return time.perf_counter()
 
     def bursts(self, stop: threading.Event) -> str:
         """Uneven bursts until ``stop``, so the power changes at every refresh (the probe's)."""
@@ -349,10 +351,24 @@ def check_sampler_cpu(dev: Device, rows: Rows) -> None:
                        if "fake_cpu" in r else ""))
 
 
+def check_nvml_readonly(dev: Device, rows: Rows) -> None:
+    """The power limit and its constraints, MIG mode, the instant-power read: read, never set."""
+    from _quick_readonly import check
+    check(dev, rows)
+
+
+def check_gpu_share(dev: Device, rows: Rows) -> None:
+    """Two CUDA processes on the GPU, each with its tracker: the split against the counter."""
+    from _quick_share import check
+    check(dev, rows)
+
+
 CHECKS: dict[str, Callable[[Device, Rows], None]] = {
     "nvml_probe": check_nvml_probe,
+    "nvml_readonly": check_nvml_readonly,
     "totals_windows": check_totals_windows,
     "mixed_steps": check_mixed_steps,
+    "gpu_share": check_gpu_share,
     "overhead": check_overhead,
     "sampler_cpu": check_sampler_cpu,
 }

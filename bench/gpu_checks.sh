@@ -2,7 +2,7 @@
 # Every check that needs an NVIDIA GPU, in the order to run them (issues 2, 3 and 6), each with
 # its log.
 #
-# THE one command for a GPU host, offline, in at most 6 minutes (issue 13): only torch,
+# THE one command for a GPU host, offline, in at most 7 minutes (issue 13): only torch,
 # lightning, nvidia-ml-py, psutil, prometheus_client and pytest need be installed; greentrack is
 # used from this checkout, codecarbon and Zeus rows say "not installed" when they are not:
 #
