@@ -245,3 +245,28 @@ def test_every_tracker_lease_lists_its_gpus(fake_nvml: FakeNvml, tmp_path: Path,
     assert "host-shared" not in kinds_seen
     assert not any("another run measures this host" in w
                    for w in greentrack.summarize(tmp_path / "host")["warnings"])
+
+
+def test_fake_process_utilization_matches_the_real_binding() -> None:
+    """The fake returns what nvidia-ml-py's pynvml.py returns: a list of the real ctypes structs,
+    and takes ``timeStamp`` as the binding does (``c_ulonglong``: a float is a TypeError)."""
+    import pynvml as real
+
+    from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, VirtualClock
+
+    clock = VirtualClock(100.0)
+    gpu = FakeGpu(processes=[FakeProcess(4242, 55)])
+    mod = FakeNvml([gpu], clock=clock).module()
+    mod.nvmlInit()
+    legacy = mod.nvmlDeviceGetProcessUtilization(gpu, 0)
+    info = mod.nvmlDeviceGetProcessesUtilizationInfo(gpu, 0)
+    assert legacy and all(type(s) is real.c_nvmlProcessUtilizationSample_t for s in legacy)
+    assert info and all(type(s) is real.c_nvmlProcessUtilizationInfo_v1_t for s in info)
+    assert {f for f, _ in real.c_nvmlProcessUtilizationInfo_v1_t._fields_} >= {
+        "timeStamp", "pid", "smUtil", "jpgUtil", "ofaUtil"}
+    assert {(s.pid, s.smUtil) for s in info} == {(4242, 55)}
+    for fn in (mod.nvmlDeviceGetProcessUtilization, mod.nvmlDeviceGetProcessesUtilizationInfo):
+        with pytest.raises(TypeError):
+            fn(gpu, 1.5)
+        with pytest.raises(real.NVMLError_NotFound):  # nothing newer than the newest sample
+            fn(gpu, max(int(s.timeStamp) for s in legacy))

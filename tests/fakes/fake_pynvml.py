@@ -18,8 +18,12 @@ the module boundary. What it simulates, from measurements on a real H100 (FIELD_
   each process with non-zero SM utilization in it, keeps the last ``util_buffer`` periods, and
   ``nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)`` / its successor
   ``nvmlDeviceGetProcessesUtilizationInfo`` return the samples newer than ``lastSeenTimeStamp``
-  (CPU timestamps in microseconds since the epoch, the real structs) or raise NotFound when there
-  are none. ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
+  (CPU timestamps in microseconds since the epoch; the real binding's structs, fields and
+  argument types as nvidia-ml-py 13.x's ``pynvml.py`` has them: ``c_nvmlProcessUtilizationSample_t``
+  pid/timeStamp/smUtil/memUtil/encUtil/decUtil and ``c_nvmlProcessUtilizationInfo_v1_t`` with
+  jpgUtil/ofaUtil, a list of structs, ``timeStamp`` passed as ``c_ulonglong``) or raise NotFound
+  when there are none. Whether a real driver also lists a process in a period it left the SMs idle
+  (smUtil 0), and its sampling period, are what ``bash bench/gpu_checks.sh --quick`` measures. ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
   drivers before it) or None (NotSupported, as under MIG or before Maxwell).
 * the power limit, in milliwatts as NVML has it: ``nvmlDeviceGetPowerManagementLimit``,
   ``...LimitConstraints`` (min, max), ``...DefaultLimit``, ``nvmlDeviceGetEnforcedPowerLimit`` and
@@ -35,6 +39,7 @@ Power follows a :class:`PowerTrace` on the fake's clock, so tests know the exact
 from __future__ import annotations
 
 import bisect
+import ctypes
 import math
 import os
 import threading
@@ -408,10 +413,13 @@ class FakeNvml:
                 computeInstanceId=0xFFFFFFFF)) for p in h.processes if p.alive(t)]
 
         def _samples(h: FakeGpu, timeStamp: int, what: str) -> list[tuple[int, int, int]]:
+            # the binding passes c_ulonglong(timeStamp): a float is a TypeError there, a negative
+            # number wraps around (nvidia-ml-py 13.x, pynvml.py)
+            last_seen = ctypes.c_ulonglong(timeStamp).value
             t = fake._check(h, what)
             if h.util_api is None:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
-            found = fake.util_samples(h, t, int(timeStamp))
+            found = fake.util_samples(h, t, last_seen)
             if not found:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
             return found
