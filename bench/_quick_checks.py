@@ -374,10 +374,20 @@ CHECKS: dict[str, Callable[[Device, Rows], None]] = {
 }
 
 
+#: Exit status of a check whose Python module is missing: its goals are skipped, not errors.
+MISSING_MODULE = 3
+
+
 def run(name: str, rows_path: Path, fake: bool) -> int:
-    """One check in this process: open the device, measure, write the figures."""
+    """One check in this process: open the device, measure, write the figures. A module that is
+    not installed here (torch, nvidia-ml-py, psutil...) ends the check with MISSING_MODULE and a
+    last line naming it; figures reported before are kept."""
     rows = Rows(rows_path)
-    dev = open_device(fake)  # the fake's pynvml must be in place before greentrack loads
-    print(f"greentrack: {c.ensure_integrations()}", flush=True)
-    CHECKS[name](dev, rows)
+    try:
+        dev = open_device(fake)  # the fake's pynvml must be in place before greentrack loads
+        print(f"greentrack: {c.ensure_integrations()}", flush=True)
+        CHECKS[name](dev, rows)
+    except ModuleNotFoundError as e:
+        print(f"{e.name or e} is not installed", flush=True)
+        return MISSING_MODULE
     return 0

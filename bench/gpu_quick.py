@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
+from _quick_checks import MISSING_MODULE  # noqa: E402
 
 BUDGET_S = {False: 420.0, True: 150.0}  # whole run, real / fake: 7 min, 2.5 min
 GRACE_S = 5.0  # after SIGTERM, before SIGKILL
@@ -190,6 +191,7 @@ class Outcome:
     rows: dict[str, dict[str, Any]]
     wall_s: float
     failure: str | None  # why the check's process did not finish cleanly
+    missing: str | None = None  # a Python module this host lacks: the check's goals are skipped
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -216,19 +218,21 @@ def run_check(check: Check, out: Path, fake: bool, limit: float) -> Outcome:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--check", check.name,
            "--rows", str(rows_path)] + (["--fake"] if fake else [])
     t0 = time.monotonic()
-    failure = None
+    failure = missing = None
     with log.open("wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=c.REPO)
         try:
             rc = proc.wait(limit)
-            if rc:
+            if rc == MISSING_MODULE:
+                missing = _last_line(log)
+            elif rc:
                 failure = f"check exited with status {rc}: {_last_line(log)}"
         except subprocess.TimeoutExpired:
             _stop(proc)
             failure = f"timed out after {limit:.0f} s (stopped)"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
-    return Outcome(rows, time.monotonic() - t0, failure)
+    return Outcome(rows, time.monotonic() - t0, failure, missing)
 
 
 def judge(goal: Goal, row: dict[str, Any] | None, failure: str | None) -> dict[str, Any]:
@@ -267,6 +271,11 @@ def device_info(fake: bool) -> tuple[dict[str, str], str | None]:
         info = {"device": name.decode() if isinstance(name, bytes) else str(name),
                 "driver": str(nv.nvmlSystemGetDriverVersion()),
                 "nvml_version": str(getattr(nv, "nvmlSystemGetNVMLVersion", lambda: "n/a")())}
+    except ModuleNotFoundError as e:  # a bare host: greentrack reads NVIDIA GPUs through it
+        return ({"device": "unknown", "driver": "n/a", "nvml_version": "n/a"},
+                f"nvidia-ml-py is not installed ({e}): greentrack reads NVIDIA GPUs through it; "
+                "on a host without network, carry its wheel (`pip download nvidia-ml-py`) and "
+                "put it on PYTHONPATH")
     except Exception as e:  # noqa: BLE001 - any failure means: no usable GPU here
         return ({"device": "none", "driver": "n/a", "nvml_version": "n/a"},
                 f"no NVIDIA GPU with NVML here ({type(e).__name__}: {e})")
@@ -304,7 +313,10 @@ def run_all(out: Path, fake: bool, no_gpu: str | None) -> list[dict[str, Any]]:
               flush=True)
         o = run_check(check, out, fake, limit)
         for g in goals:
-            entries.append({**judge(g, o.rows.get(g.name), o.failure), "wall_s": round(o.wall_s, 1)})
+            row = o.rows.get(g.name)
+            if row is None and o.missing:
+                row = {"figure": None, "skipped": o.missing}
+            entries.append({**judge(g, row, o.failure), "wall_s": round(o.wall_s, 1)})
         verdicts = ", ".join(f"{e['name']} {e['result']}" for e in entries[-len(goals):])
         print(f"== {check.name}: {o.wall_s:.0f} s; {verdicts}"
               + (f"; {o.failure}" if o.failure else ""), flush=True)

@@ -217,3 +217,22 @@ def test_share_analysis_tells_time_weighted_from_mean_utilization(tmp_path: Path
     assert rows.rows["share_follows_util"]["figure"] == pytest.approx((0.6 - 900 / 1020) * 100)
     assert "60.0%" in rows.rows["share_follows_util"]["detail"]
     assert rows.rows["share_labelled"]["figure"] == 2.0
+
+
+def test_a_missing_module_skips_that_checks_goals(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host without a module a check needs (nvidia-ml-py here; torch, psutil...): that check's
+    goals are 'skipped', naming the module, not errors."""
+    import gpu_quick
+
+    for k, v in _env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    # hide nvidia-ml-py from the check's process, as on a host where it is not installed
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        HIDE.replace('("codecarbon", "zeus")', '("codecarbon", "zeus", "pynvml")'))
+    monkeypatch.setattr(gpu_quick, "CHECKS", [gpu_quick.Check("nvml_readonly", 30, 30)])
+    (tmp_path / "raw").mkdir()
+    entries = gpu_quick.run_all(tmp_path, fake=True, no_gpu=None)
+    assert [e["name"] for e in entries] == [g.name for g in GOALS if g.check == "nvml_readonly"]
+    for e in entries:
+        assert e["result"] == "skipped" and e["reason"] == "pynvml is not installed", e
