@@ -140,6 +140,8 @@ HOST_PIDS = [FakeProcess(2**22 + 12345, 50), FakeProcess(2**22 + 12346, 50)]
 @pytest.mark.parametrize("procs, kw, reason", [
     ([], {}, "none"),                                                     # no context yet
     ([FakeProcess(ME, 50), FakeProcess(OTHER, 50)], {"list_processes": False}, "processes"),
+    # a driver older than the binding's _v3 process list: NVMLLibraryMismatchError, not NVMLError
+    ([FakeProcess(ME, 50), FakeProcess(OTHER, 50)], {"list_processes": "mismatch"}, "processes"),
     (HOST_PIDS, {}, "namespace"),
 ])
 def test_whole_gpu_fallbacks_are_noted(procs: list[FakeProcess], kw: dict[str, Any],

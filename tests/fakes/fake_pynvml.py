@@ -175,7 +175,10 @@ class FakeGpu:
     # refresh together (what greentrack's tick dating assumes; not yet checked on an H100).
     counter_phase_s: float = 0.0
     processes: list[FakeProcess] = field(default_factory=list)
-    list_processes: bool = True  # False: nvmlDeviceGetComputeRunningProcesses is NotSupported
+    # False: nvmlDeviceGetComputeRunningProcesses is NotSupported; "mismatch": the driver lacks its
+    # _v3 entry point, which the binding's @throwOnVersionMismatch turns into
+    # NVMLLibraryMismatchError (an Exception, not an NVMLError)
+    list_processes: bool | str = True
     util_api: str | None = "both"
     util_period_s: float = 0.2
     util_buffer: int = 10
@@ -296,7 +299,7 @@ class FakeNvml:
     def module(self) -> types.ModuleType:
         m = types.ModuleType("pynvml")
         for name in dir(_real):
-            if name.startswith(("NVML", "c_nvml", "nvmlExceptionClass")):
+            if name.startswith(("NVML", "c_nvml", "nvmlExceptionClass")):  # NVMLError*, constants
                 setattr(m, name, getattr(_real, name))
         fake = self
 
@@ -406,6 +409,11 @@ class FakeNvml:
             h.store_limit_mw(mw)
         def nvmlDeviceGetComputeRunningProcesses(h: FakeGpu) -> list[object]:
             t = fake._check(h, "processes")
+            if h.list_processes == "mismatch":
+                raise _real.NVMLLibraryMismatchError(
+                    "Unversioned function called and the pyNVML version does not match the NVML "
+                    "lib version. Either use matching pyNVML and NVML lib versions or use a "
+                    "versioned function such as nvmlDeviceGetComputeRunningProcesses_v2")
             if not h.list_processes:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
             return [_real.nvmlStructToFriendlyObject(_real.c_nvmlProcessInfo_t(
