@@ -385,6 +385,8 @@ def run(name: str, rows_path: Path, fake: bool) -> int:
     rows = Rows(rows_path)
     try:
         dev = open_device(fake)  # the fake's pynvml must be in place before greentrack loads
+        from _quick_readonly import guard
+        guard(dev.nv)  # no check changes the GPU's power limit, whatever it calls
         print(f"greentrack: {c.ensure_integrations()}", flush=True)
         CHECKS[name](dev, rows)
     except ModuleNotFoundError as e:

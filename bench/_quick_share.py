@@ -26,6 +26,7 @@ GPU run's, the figures are known by construction.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -75,11 +76,14 @@ def fake_module(pids: dict[str, int]) -> Any:
 
 # -- a child: one CUDA process with its own tracker ---------------------------------------------
 def child(role: str, sync: Path, fake: bool) -> int:
+    from _quick_readonly import guard
+
     pids = json.loads(_wait_file(sync / "pids.json", READY_S[fake]))
     if fake:
         sys.modules["pynvml"] = fake_module(pids)
         step: Any = lambda: time.sleep(0.05)  # noqa: E731
-    else:
+    guard(importlib.import_module("pynvml"))  # the power limit is never set, whatever runs
+    if not fake:
         import torch
         a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
 

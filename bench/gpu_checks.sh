@@ -9,7 +9,8 @@
 #     bash bench/gpu_checks.sh --quick OUT_DIR          # writes OUT_DIR/summary.{md,json}
 #     bash bench/gpu_checks.sh --quick --fake OUT_DIR   # the same pipeline on the fake NVML (CI)
 #
-# (bench/gpu_quick.py: goals, time limits, exit status.) The full mode, with this repo installed
+# (bench/gpu_quick.py: goals, time limits, exit status.) It only reads the GPU's settings (power
+# limit, MIG mode), never changes them. The full mode, with this repo installed
 # (`pip install -e '.[dev,bench]'`; without the bench extra the codecarbon/Zeus rows say they could
 # not run):
 #

@@ -11,9 +11,13 @@ installed").
 
 Each check runs in its own process under its own time limit (SIGTERM, then SIGKILL), so a hang
 costs that check only; the limits add up to less than the seven minutes. Figures a check reported
-before it was stopped are kept. Writes ``OUT_DIR/summary.md`` and ``OUT_DIR/summary.json`` (every
-goal, its threshold, the figure, pass / fail / info / skipped / error, the device and driver), one
-log per check, and prints the summary last. The benchmarks' record of results is left alone: the full
+before it was stopped are kept; a Python module a check lacks skips that check's goals, naming it.
+Writes ``OUT_DIR/summary.md`` and ``OUT_DIR/summary.json`` (every goal, its threshold, the figure,
+pass / fail / info / pending / skipped / error, the device and driver), one log per check, and
+prints the summary last. ``pending``: deliberately not measured here, with what it needs (a real
+power-limit curve needs a machine where changing the limit is allowed: the GPU's settings, power
+limit and MIG mode, are only read, and the checks' processes replace NVML's limit setter with a
+guard that raises). The benchmarks' record of results is left alone: the full
 mode (``bash bench/gpu_checks.sh``) does that.
 
 Exit status: 0 when every check produced its figures (whether or not each met its goal: the
