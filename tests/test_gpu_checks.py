@@ -111,8 +111,9 @@ def test_quick_fake_run_writes_both_summaries(tmp_path: Path) -> None:
     # two real child processes, each with its tracker: heavy 60% SM, light 20% on the fake
     assert abs(by_name["share_heavy"]["figure"] - 75.0) < 2.0, by_name["share_heavy"]
     assert by_name["util_period"]["figure"] == pytest.approx(200.0, abs=5.0)
-    assert "calibration" in by_name["calibration_curve"]["goal"]
-    assert "changing the GPU power limit is allowed" in by_name["calibration_curve"]["reason"]
+    for name in ("calibration_curve", "calibration_privilege_probe"):
+        assert "changing the GPU power limit is allowed" in by_name[name]["reason"], by_name[name]
+    assert by_name["mig_whole_gpu"]["result"] == "pending"
     assert "pending" in md
     # the summary comes last, after each check's progress line
     assert p.stdout.rstrip().endswith(md.rstrip().splitlines()[-1])
