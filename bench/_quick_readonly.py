@@ -63,26 +63,67 @@ def may_set() -> tuple[bool, str]:
     return os.geteuid() == 0 or admin, f"euid {os.geteuid()}, CAP_SYS_ADMIN {'yes' if admin else 'no'}"
 
 
+def isolated(rows: Any, names: tuple[str, ...], fn: Any, *args: Any) -> None:
+    """Run one part of a check; if it raises, its rows not yet reported get no figure and the
+    error as detail (the summary says 'error' or 'info'), and the next part still runs."""
+    try:
+        fn(*args)
+    except ModuleNotFoundError:
+        raise  # the check's goals are skipped, naming the module
+    except Exception as e:  # noqa: BLE001 - one failing read must not hide the others
+        for name in names:
+            if name not in rows.rows:
+                rows.add(name, None, detail=f"failed: {type(e).__name__}: {e}")
+
+
 def check(dev: Any, rows: Any) -> None:
-    from greentrack.calibration import check_limits
-    from greentrack.errors import ConfigError
     from greentrack.samplers._nvml import open_gpus
 
     nv, h = dev.nv, dev.handle
     attempts = guard(nv)
     gpus, notes = open_gpus((0,), env={}, pynvml=nv)
-    if not gpus:
-        raise RuntimeError(f"greentrack opened no GPU: {[n.message for n in notes]}")
-    gpu = gpus[0]
+    gpu = gpus[0] if gpus else None
+    why = f"greentrack opened no GPU: {[n.message for n in notes]}"
+    limit: list[int] = []
+    isolated(rows, ("power_limit", "limit_check"), _limits, nv, h, gpu, why, rows, limit)
+    allowed, who = may_set()
+    rows.add("limit_privilege", float(allowed),
+             detail=f"{who}: the OS would {'let' if allowed else 'not let'} this process ask; "
+                    "the driver's answer is not probed (no set call)")
+    rows.add("calibration_curve", None, pending=ALLOWED)
+    rows.add("calibration_privilege_probe", None,
+             pending=ALLOWED + ": the probe sets the limit in force")
+    mig = _mig(nv, h)
+    rows.add("mig_mode", mig[0], detail=mig[1])
+    rows.add("mig_whole_gpu", None, pending="needs a MIG-enabled GPU; enabling MIG is a setting, "
+             "left as it is" + ("" if not mig[0] else " (MIG is on here: the other checks' "
+                                "figures are the whole GPU's)"))
+    isolated(rows, ("instant_read_wall",), _instant, nv, h, rows)
+    if attempts or (gpu is not None and limit and gpu.power_limit_mw() != limit[0]):
+        raise RuntimeError(f"the power limit was touched: {attempts}")
+
+
+def _limits(nv: Any, h: Any, gpu: Any, why: str, rows: Any, limit: list[int]) -> None:
+    """The limit and its constraints through greentrack's calls; calibration's range check."""
+    from greentrack.calibration import check_limits
+    from greentrack.errors import ConfigError
+
+    if gpu is None:
+        raise RuntimeError(why)
     t = time.perf_counter()
-    limit = gpu.power_limit_mw()
+    limit.append(gpu.power_limit_mw())
     read_ms = (time.perf_counter() - t) * 1000
     lo, hi = gpu.power_limit_constraints_mw()
-    default = nv.nvmlDeviceGetPowerManagementDefaultLimit(h)
-    enforced = nv.nvmlDeviceGetEnforcedPowerLimit(h)
-    rows.add("power_limit", limit / 1000,
-             detail=f"default {default / 1000:g} W, enforced {enforced / 1000:g} W, constraints "
-                    f"{lo / 1000:g}-{hi / 1000:g} W; read {read_ms:.3f} ms")
+    extra = []
+    for what, fn in (("default", "nvmlDeviceGetPowerManagementDefaultLimit"),
+                     ("enforced", "nvmlDeviceGetEnforcedPowerLimit")):
+        try:
+            extra.append(f"{what} {getattr(nv, fn)(h) / 1000:g} W")
+        except nv.NVMLError as e:
+            extra.append(f"{what} n/a ({type(e).__name__})")
+    rows.add("power_limit", limit[0] / 1000,
+             detail=f"{', '.join(extra)}, constraints {lo / 1000:g}-{hi / 1000:g} W; read "
+                    f"{read_ms:.3f} ms")
     ok = 0
     try:
         check_limits([gpu], (lo / 1000, hi / 1000))
@@ -97,18 +138,9 @@ def check(dev: Any, rows: Any) -> None:
         ok += "\n" not in str(e)
         beyond = f"1 W above refused: {e}"
     rows.add("limit_check", float(ok), detail=f"{inside}; {beyond}")
-    allowed, who = may_set()
-    rows.add("limit_privilege", float(allowed),
-             detail=f"{who}: the OS would {'let' if allowed else 'not let'} this process ask; "
-                    "the driver's answer is not probed (no set call)")
-    rows.add("calibration_curve", None, pending=ALLOWED)
-    rows.add("calibration_privilege_probe", None,
-             pending=ALLOWED + ": the probe sets the limit in force")
-    mig = _mig(nv, h)
-    rows.add("mig_mode", mig[0], detail=mig[1])
-    rows.add("mig_whole_gpu", None, pending="needs a MIG-enabled GPU; enabling MIG is a setting, "
-             "left as it is" + ("" if not mig[0] else " (MIG is on here: the other checks' "
-                                "figures are the whole GPU's)"))
+
+
+def _instant(nv: Any, h: Any, rows: Any) -> None:
     ms = []
     for _ in range(200):
         t = time.perf_counter()
@@ -117,8 +149,6 @@ def check(dev: Any, rows: Any) -> None:
     rows.add("instant_read_wall", c.median(ms) * 1000,
              detail=f"nvmlDeviceGetFieldValues(POWER_INSTANT): p99 {c.quantile(ms, 0.99) * 1000:.1f} us, "
                     f"n={len(ms)}")
-    if attempts or gpu.power_limit_mw() != limit:
-        raise RuntimeError(f"the power limit was touched: {attempts}")
 
 
 def _mig(nv: Any, h: Any) -> tuple[float | None, str]:

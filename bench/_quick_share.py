@@ -224,8 +224,14 @@ def _await(procs: dict[str, subprocess.Popen[bytes]], paths: dict[str, Path],
         time.sleep(0.05)
 
 
+CALL_ROWS = ("proc_list_wall", "proc_util_info_wall", "proc_util_legacy_wall", "share_update_cost",
+             "util_period", "util_zero_samples", "util_none_code")
+SHARE_ROWS = ("share_sum", "share_follows_util", "share_heavy", "share_labelled")
+
+
 def check(dev: Any, rows: Any) -> None:
     from _quick_checks import _counter, _refresh
+    from _quick_readonly import isolated
 
     fake = dev.fake
     sync = Path(tempfile.mkdtemp(prefix="gt-quick-share-"))
@@ -251,10 +257,10 @@ def check(dev: Any, rows: Any) -> None:
         b = _refresh(read)
         _write(sync / "stop", "")
         _write(sync / "window.json", json.dumps({"t0": a[0], "t1": b[0]}))
-        _report_calls(nv, h, log, pids, rows)
+        isolated(rows, CALL_ROWS, _report_calls, nv, h, log, pids, rows)
         _await(procs, {r: sync / f"result-{r}.json" for r in ROLES}, 30.0)
         got = {r: json.loads((sync / f"result-{r}.json").read_text()) for r in ROLES}
-        _report_share(log, pids, got, b[1] - a[1], rows)
+        isolated(rows, SHARE_ROWS, _report_share, log, pids, got, b[1] - a[1], rows)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -285,7 +291,7 @@ def _report_calls(nv: Any, h: Any, log: UtilLog, pids: dict[str, int], rows: Any
         for name in ("share_update_cost", "util_period", "util_zero_samples", "util_none_code"):
             rows.add(name, None, detail="no per-process samples from either API")
         return
-    update = c.median(log.list_ms) + c.median(log.cost_ms[api])
+    update = c.median(log.list_ms) + c.median(log.cost_ms[api]) if log.list_ms else None
     rows.add("share_update_cost", update,
              detail=f"process list + {api}, medians (a share update runs once a second per GPU; "
                     "greentrack's own CPU is bench/gpu_share_cost.py's)")

@@ -237,3 +237,39 @@ def test_a_missing_module_skips_that_checks_goals(tmp_path: Path,
     assert [e["name"] for e in entries] == [g.name for g in GOALS if g.check == "nvml_readonly"]
     for e in entries:
         assert e["result"] == "skipped" and e["reason"] == "pynvml is not installed", e
+
+
+def test_a_failing_read_costs_its_rows_only(tmp_path: Path) -> None:
+    """A GPU whose power limit NVML cannot read (NotSupported): those rows say why, and the
+    check's other rows are still measured."""
+    import _common as c
+    from _quick_checks import Rows
+    from _quick_readonly import check
+
+    nv, fake = c.fake_nvml_module(1)
+    nv.nvmlInit()
+    fake.gpus[0].limit_supported = False
+    dev = type("D", (), {"nv": nv, "handle": fake.gpus[0], "fake": True})()
+    rows = Rows(tmp_path / "rows.json")
+    check(dev, rows)
+    for name in ("power_limit", "limit_check"):
+        assert rows.rows[name]["figure"] is None and "failed" in rows.rows[name]["detail"]
+    assert isinstance(rows.rows["instant_read_wall"]["figure"], float)
+    assert rows.rows["calibration_curve"]["pending"] and rows.rows["mig_mode"]["figure"] == 0.0
+
+
+def test_a_child_that_dies_is_named_not_waited_for(tmp_path: Path) -> None:
+    """The shared-GPU check's child exiting early (CUDA out of memory, an import error) ends the
+    wait at once with its role and status, not after the time limit."""
+    from _quick_share import _await
+
+    procs = {"heavy": subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"]),
+             "light": subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])}
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="heavy process exited with status 7"):
+            _await(procs, {r: tmp_path / f"ready-{r}" for r in procs}, 25.0)
+    finally:
+        procs["light"].kill()
+        procs["light"].wait()
+    assert time.monotonic() - t0 < 20
