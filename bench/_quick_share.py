@@ -191,6 +191,17 @@ def _none_newer(nv: Any, h: Any, api: str) -> tuple[int, str]:
     return int(getattr(err, "value", -1)), f"{type(err).__name__}: {err}"
 
 
+def _per_call(nv: Any, h: Any, api: str) -> float | None:
+    """The most samples of one process in one answer to ``api`` asked for everything buffered."""
+    _, got, err = _timed(getattr(nv, api), h, 0)
+    if err is not None:
+        return None
+    counts: dict[int, int] = {}
+    for sample in got:
+        counts[int(sample.pid)] = counts.get(int(sample.pid), 0) + 1
+    return float(max(counts.values())) if counts else 0.0
+
+
 def _period_ms(samples: list[tuple[int, int, int]]) -> float | None:
     by_pid: dict[int, list[int]] = {}
     for pid, ts, _ in samples:
@@ -225,7 +236,7 @@ def _await(procs: dict[str, subprocess.Popen[bytes]], paths: dict[str, Path],
 
 
 CALL_ROWS = ("proc_list_wall", "proc_util_info_wall", "proc_util_legacy_wall", "share_update_cost",
-             "util_period", "util_zero_samples", "util_none_code")
+             "util_period", "util_zero_samples", "util_samples_per_call", "util_none_code")
 SHARE_ROWS = ("share_sum", "share_follows_util", "share_heavy", "share_labelled")
 
 
@@ -288,7 +299,7 @@ def _report_calls(nv: Any, h: Any, log: UtilLog, pids: dict[str, int], rows: Any
                  detail=f"{api}: {_stat(ms)}; {len(log.samples[api])} new samples; errors: {errs}")
     api = log.api()
     if api is None:
-        for name in ("share_update_cost", "util_period", "util_zero_samples", "util_none_code"):
+        for name in CALL_ROWS[3:]:
             rows.add(name, None, detail="no per-process samples from either API")
         return
     update = c.median(log.list_ms) + c.median(log.cost_ms[api]) if log.list_ms else None
@@ -299,11 +310,17 @@ def _report_calls(nv: Any, h: Any, log: UtilLog, pids: dict[str, int], rows: Any
     period = _period_ms(samples)
     rows.add("util_period", period,
              detail=f"{api}: median gap between one process's sample timestamps over "
-                    f"{len(samples)} samples (the fake assumes 200 ms)")
+                    f"{len(samples)} samples read every 250 ms (the fake assumes 200 ms; if the "
+                    "driver answers only its latest sample, gaps under 250 ms are not seen)")
     zeros = sum(1 for _, _, sm in samples if sm == 0)
     rows.add("util_zero_samples", zeros / len(samples) * 100,
              detail=f"{zeros} of {len(samples)} samples have smUtil 0 (the fake lists a process "
                     "only in periods it used the SMs)")
+    per_call = _per_call(nv, h, api)
+    rows.add("util_samples_per_call", per_call,
+             detail=f"{api}(lastSeenTimeStamp=0): the most samples of one process in one answer "
+                    "(1: only the latest, as NVML's reference describes it; the fake returns every "
+                    "buffered sample, 10 periods)")
     code, what = _none_newer(nv, h, api)
     rows.add("util_none_code", float(code),
              expected=float(nv.NVML_ERROR_NOT_FOUND), detail=f"{api} asked for samples newer than "

@@ -178,6 +178,9 @@ GOALS = [
     Goal("util_zero_samples", "gpu_share",
          "samples with smUtil 0 (the fake lists a process only when it used the SMs)",
          "none", "%", None),
+    Goal("util_samples_per_call", "gpu_share",
+         "one process's samples in one answer, everything buffered asked for (the fake: all of "
+         "them; NVML's reference: the latest)", "none", "samples", None),
     Goal("util_none_code", "gpu_share",
          "no sample newer than the timestamp asked raises NVML_ERROR_NOT_FOUND (greentrack and "
          "the fake assume it)", "NotFound", "NVML code",

@@ -22,8 +22,11 @@ the module boundary. What it simulates, from measurements on a real H100 (FIELD_
   argument types as nvidia-ml-py 13.x's ``pynvml.py`` has them: ``c_nvmlProcessUtilizationSample_t``
   pid/timeStamp/smUtil/memUtil/encUtil/decUtil and ``c_nvmlProcessUtilizationInfo_v1_t`` with
   jpgUtil/ofaUtil, a list of structs, ``timeStamp`` passed as ``c_ulonglong``) or raise NotFound
-  when there are none. Whether a real driver also lists a process in a period it left the SMs idle
-  (smUtil 0), and its sampling period, are what ``bash bench/gpu_checks.sh --quick`` measures. ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
+  when there are none. NVML's API reference describes one sample per process with non-zero
+  utilization in the last sample period; this fake returns every buffered sample newer than
+  ``lastSeenTimeStamp``. Which one a real driver does, whether it lists a process in a period it
+  left the SMs idle (smUtil 0), and its sampling period are what ``bash bench/gpu_checks.sh
+  --quick`` measures (rows ``util_samples_per_call``, ``util_zero_samples``, ``util_period``). ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
   drivers before it) or None (NotSupported, as under MIG or before Maxwell).
 * the power limit, in milliwatts as NVML has it: ``nvmlDeviceGetPowerManagementLimit``,
   ``...LimitConstraints`` (min, max), ``...DefaultLimit``, ``nvmlDeviceGetEnforcedPowerLimit`` and
