@@ -78,7 +78,7 @@ def _command_spans(text: str) -> list[str]:
     for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
         lines = block.splitlines()
         for i, line in enumerate(lines):
-            if re.match(r"^(\$ )?greentrack \w", line):
+            if re.match(r"^(\$ )?greentrack [a-z]+(\s|$)", line):
                 j = i + 1
                 while j < len(lines) and re.match(r"^\s+\[", lines[j]):
                     line += " " + lines[j].strip()
@@ -178,8 +178,10 @@ def test_architecture_figure_places_exist() -> None:
                         obj, "__path__") and hasattr(obj, "__module__") else obj
                     if isinstance(obj, type(importlib)):
                         module = obj
-                elif depth > 0 and "." not in token and obj is not None and hasattr(obj, token):
-                    pass  # an attribute listed after its class
+                elif depth > 0 and "." not in token and isinstance(obj, type):
+                    getattr(obj, token)  # an attribute listed after its class
+                elif depth > 0 and "." not in token:
+                    continue  # a field or table name in a remark
                 else:
                     try:
                         obj = _resolve(token)
