@@ -230,3 +230,18 @@ def test_bench_figures_quoted_in_the_readme_are_in_results() -> None:
         for script in scripts:
             assert (REPO / script).is_file(), script
             assert Path(script).stem in results, f"{script} has no section in bench/RESULTS.md"
+
+
+def test_the_settings_readme_says_greentrack_run_lacks_are_the_ones_it_lacks() -> None:
+    import dataclasses
+
+    from greentrack.cli import build_parser
+    from greentrack.config import Config
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    dests = {a.dest for a in sub.choices["run"]._actions}  # type: ignore[attr-defined]
+    lacking = {f.name for f in dataclasses.fields(Config)} - dests - {"extra"}
+    said = re.search(r"all but (.*?) \(per process", README.read_text(encoding="utf-8"), re.DOTALL)
+    assert said, "README no longer says which settings greentrack run lacks"
+    assert set(re.findall(r"`(\w+)`", said.group(1))) == lacking
