@@ -217,8 +217,10 @@ def test_docs_cite_sources_readers_can_open() -> None:
 
 
 def test_bench_figures_quoted_in_the_readme_are_in_results() -> None:
-    """Each bench command of the README's table is a script that records into bench/RESULTS.md,
-    and each bold figure quoted there appears in RESULTS.md."""
+    """Each bench command of the README's table is a script with a section in bench/RESULTS.md
+    (which gives its machine, date and command), and every figure of the table with a decimal
+    point or a percent sign is written in RESULTS.md as the README quotes it (signed percentages
+    with their sign)."""
     results = (REPO / "bench" / "RESULTS.md").read_text(encoding="utf-8")
     rows = _table_rows(_section(README.read_text(encoding="utf-8"), "Benchmarks"))
     assert rows
@@ -230,6 +232,12 @@ def test_bench_figures_quoted_in_the_readme_are_in_results() -> None:
         for script in scripts:
             assert (REPO / script).is_file(), script
             assert Path(script).stem in results, f"{script} has no section in bench/RESULTS.md"
+    quoted = [n for row in rows for cell in row[1:-1]
+              for n in re.findall(r"\d+\.\d+%?|\d+%", cell)]
+    quoted += [n for row in rows for cell in row for n in re.findall(r"(?<![\w.])[-+]\d+(?:\.\d+)?%", cell)]
+    assert len(quoted) > 20, quoted
+    absent = [n for n in quoted if n not in results]
+    assert not absent, f"README bench figures not in bench/RESULTS.md: {absent}"
 
 
 def test_the_settings_readme_says_greentrack_run_lacks_are_the_ones_it_lacks() -> None:
