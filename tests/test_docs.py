@@ -253,3 +253,15 @@ def test_the_settings_readme_says_greentrack_run_lacks_are_the_ones_it_lacks() -
     said = re.search(r"all but (.*?) \(per process", README.read_text(encoding="utf-8"), re.DOTALL)
     assert said, "README no longer says which settings greentrack run lacks"
     assert set(re.findall(r"`(\w+)`", said.group(1))) == lacking
+
+
+def test_every_cli_option_has_help_text() -> None:
+    from greentrack.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    silent = [f"{name} {a.option_strings or a.dest}"
+              for name, p in sub.choices.items()  # type: ignore[attr-defined]
+              for a in p._actions if not (a.help or "").strip()]
+    assert len(sub.choices) >= 7  # type: ignore[attr-defined]
+    assert not silent, silent
