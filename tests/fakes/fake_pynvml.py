@@ -2,7 +2,9 @@
 
 It is built from the real ``pynvml`` module: the same error classes (``NVMLError`` subclasses with
 the same codes), constants and ctypes structs, so code under test cannot tell the two apart at
-the module boundary. What it simulates, from measurements on a real H100 (FIELD_NOTES):
+the module boundary. What it simulates, from measurements on an H100 80GB HBM3, driver 580.159.04, 2026-11-22 (the refresh and
+25 ms averaging as Yang et al., arXiv 2312.02741, found on A100/H100; ``bench/nvml_probe.py`` checks
+the rest on a GPU host):
 
 * the total-energy counter (mJ since "driver load") updates every 100 ms, and can cost
   milliseconds per call: waiting (``counter_cost_s``, a sleep) or spinning (``counter_cpu_s``,
@@ -97,7 +99,7 @@ class PowerTrace:
 
     @staticmethod
     def bursty(t0: float = 0.0) -> "PowerTrace":
-        """The 17 s trace measured on the H100 (FIELD_NOTES): 1 s busy / 1 s idle three times,
+        """The 17 s trace measured on an H100 80GB HBM3, driver 580.159.04, 2026-11-22: 1 s busy / 1 s idle three times,
         then ten 50 ms bursts; 77 W idle, 731 W peak."""
         segs: list[tuple[float, float]] = [(1.0, 77.0)]
         for _ in range(3):
