@@ -84,11 +84,14 @@ def test_a_shared_gpu_gives_this_run_its_utilization_share_labelled_an_estimate(
     assert ch.power_w() == pytest.approx(0.75 * g.trace.power(0.0), rel=0.02)
 
 
-def test_the_share_follows_processes_coming_and_going() -> None:
-    # Another process uses the GPU from 2 s to 4 s. Shares hold from one update (every second)
+@pytest.mark.parametrize("every_sample", [False, True], ids=["one-per-process", "every-sample"])
+def test_the_share_follows_processes_coming_and_going(every_sample: bool) -> None:
+    # Whether the driver answers one entry a process (NVML's reference) or every buffered sample,
+    # the split is the same. Another process uses the GPU from 2 s to 4 s. Shares hold from one update (every second)
     # to the next and come from the samples since the previous one: at 2 s there are none of the
     # newcomer yet (it counts 0), from 3 s it gets its quarter, at 4 s it is gone.
-    g = gpu(FakeProcess(ME, 60), FakeProcess(OTHER, 20, start=2.0, end=4.0))
+    g = gpu(FakeProcess(ME, 60), FakeProcess(OTHER, 20, start=2.0, end=4.0),
+            util_every_sample=every_sample)
     ch, tl, fake = replay(g, 6.0)
     total = whole_j(fake, g, tl)
     assert tl.last == pytest.approx(total - 0.25 * WATTS * 1.0, rel=0.01)

@@ -187,6 +187,9 @@ class FakeGpu:
     util_api: str | None = "both"
     util_period_s: float = 0.2
     util_buffer: int = 10
+    # every buffered sample newer than the timestamp in one answer (True), or one entry a process as
+    # NVML's API reference describes (False, the default; see FakeNvml.one_per_process)
+    util_every_sample: bool = False
     calls: dict[str, int] = field(default_factory=dict)
     # -- the power limit (mW), its constraints and who may set it --
     limit_mw: int = 700_000
@@ -298,6 +301,24 @@ class FakeNvml:
                 if p.alive(a) or p.alive(b - 1e-9):
                     if int(p.sm_util) > 0:
                         out.append((p.pid, stamp, int(p.sm_util)))
+        return out
+
+    @staticmethod
+    def one_per_process(found: list[tuple[int, int, int]], latest: bool) -> list[tuple[int, int, int]]:
+        """One ``(pid, timestamp_us, sm_util)`` a process, stamped with its newest sample. NVML's
+        API reference: nvmlDeviceGetProcessUtilization returns "one utilization sample structure
+        ... per process running, that had some non-zero utilization during the last sample period"
+        (``latest``: that period's value); nvmlDeviceGetProcessesUtilizationInfo reads "utilization
+        based on all the samples" since ``lastSeenTimeStamp`` (here: their mean).
+        https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html"""
+        by_pid: dict[int, list[tuple[int, int]]] = {}
+        for pid, ts, sm in found:
+            by_pid.setdefault(pid, []).append((ts, sm))
+        out = []
+        for pid, rows in by_pid.items():
+            rows.sort()
+            value = rows[-1][1] if latest else round(sum(sm for _, sm in rows) / len(rows))
+            out.append((pid, rows[-1][0], int(value)))
         return out
 
     # -- the module --------------------------------------------------------------------------
@@ -435,6 +456,8 @@ class FakeNvml:
             found = fake.util_samples(h, t, last_seen)
             if not found:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
+            if not h.util_every_sample:  # one entry a process, as NVML's API reference says
+                return fake.one_per_process(found, latest=what == "process_util")
             return found
 
         def nvmlDeviceGetProcessUtilization(h: FakeGpu, timeStamp: int) -> list[object]:
