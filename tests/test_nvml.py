@@ -111,7 +111,7 @@ def window_error(tl: Timeline, trace: PowerTrace, width: float, a: float, b: flo
 
 
 def test_bursty_trace_total_matches_counter_and_windows() -> None:
-    """The H100 trace from FIELD_NOTES replayed at the default cadence (50 ms fast, 200 ms
+    """The measured H100 trace (``PowerTrace.bursty``) replayed at the default cadence (50 ms fast, 200 ms
     counter): the total equals the counter delta; 500 ms windows are within 5% of the true energy.
     (200 ms windows holding 50 ms bursts cannot be: see bench/sampling_defaults.py.)"""
     trace = PowerTrace.bursty(t0=0.3)

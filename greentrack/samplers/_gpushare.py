@@ -113,9 +113,12 @@ class GpuShare(ScaledChannel):
     # -- the share ---------------------------------------------------------------------------
     def _update(self, t: float) -> None:
         nv = self._nv
+        # nvidia-ml-py raises NVMLLibraryMismatchError (not an NVMLError) where the driver lacks
+        # the _v3 process list its unversioned call uses
+        mismatch = getattr(nv, "NVMLLibraryMismatchError", AttributeError)
         try:
             listed = {int(p.pid) for p in nv.nvmlDeviceGetComputeRunningProcesses(self._h)}
-        except (nv.NVMLError, AttributeError) as e:
+        except (nv.NVMLError, AttributeError, mismatch) as e:
             self._whole("processes", f"NVML cannot list the GPU's processes ({_reason(nv, e)})")
             return
         self.processes = len(listed)

@@ -30,7 +30,8 @@ from greentrack.samplers._counter import CounterReset, CounterShaping, shape_poi
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, mW
-#: NVML refreshes power and energy every ~100 ms (measured on an H100, FIELD_NOTES).
+#: NVML refreshes power and energy every ~100 ms (measured on an H100 80GB HBM3, driver 580.159.04, 2026-11-22;
+#: Yang et al., arXiv 2312.02741, on A100/H100).
 UPDATE_PERIOD_S = 0.1
 #: The instant-power figure is the mean of the last ~25 ms before its update (arXiv 2312.02741).
 INSTANT_WINDOW_S = 0.025
