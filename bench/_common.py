@@ -202,7 +202,7 @@ def fake_nvml_module(n_gpus: int, counter_cost_s: float = 0.003, idle_w: float =
     """A fake NVML with ``n_gpus`` H100s, as a module object for ``sys.modules['pynvml']``.
 
     ``counter_cost_s`` models the ~3 ms ``nvmlDeviceGetTotalEnergyConsumption`` of a real H100
-    (FIELD_NOTES) as a sleep: time spent waiting in the driver, not CPU time; ``counter_cpu_s``
+    (an H100 80GB HBM3, driver 580.159.04, 2026-11-22) as a sleep: time spent waiting in the driver, not CPU time; ``counter_cpu_s``
     models it as CPU spent spinning instead. Returns ``(module, FakeNvml)``.
     """
     import pynvml as real

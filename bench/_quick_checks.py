@@ -56,21 +56,23 @@ class Device:
 
     def __init__(self) -> None:
         import pynvml
-        import torch
         pynvml.nvmlInit()
         self.nv, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
-        self._a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-        self._torch = torch
-
-    def clock(self) -> float:
-        return time.perf_counter()
+        self._a: Any = None  # the CUDA context is made on first use: the shared-GPU check's
+        # parent must hold none (NVML would list it as a third process on the GPU)
 
     def busy(self, seconds: float) -> None:
         """Keep the GPU busy for ``seconds`` of wall time (as gpu_bursty does)."""
+        import torch
+        if self._a is None:
+            self._a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self._a @ self._a
-            self._torch.cuda.synchronize()
+            torch.cuda.synchronize()
+
+    def clock(self) -> float:
+        return time.perf_counter()
 
     def bursts(self, stop: threading.Event) -> str:
         """Uneven bursts until ``stop``, so the power changes at every refresh (the probe's)."""
@@ -349,19 +351,45 @@ def check_sampler_cpu(dev: Device, rows: Rows) -> None:
                        if "fake_cpu" in r else ""))
 
 
+def check_nvml_readonly(dev: Device, rows: Rows) -> None:
+    """The power limit and its constraints, MIG mode, the instant-power read: read, never set."""
+    from _quick_readonly import check
+    check(dev, rows)
+
+
+def check_gpu_share(dev: Device, rows: Rows) -> None:
+    """Two CUDA processes on the GPU, each with its tracker: the split against the counter."""
+    from _quick_share import check
+    check(dev, rows)
+
+
 CHECKS: dict[str, Callable[[Device, Rows], None]] = {
     "nvml_probe": check_nvml_probe,
+    "nvml_readonly": check_nvml_readonly,
     "totals_windows": check_totals_windows,
     "mixed_steps": check_mixed_steps,
+    "gpu_share": check_gpu_share,
     "overhead": check_overhead,
     "sampler_cpu": check_sampler_cpu,
 }
 
 
+#: Exit status of a check whose Python module is missing: its goals are skipped, not errors.
+MISSING_MODULE = 3
+
+
 def run(name: str, rows_path: Path, fake: bool) -> int:
-    """One check in this process: open the device, measure, write the figures."""
+    """One check in this process: open the device, measure, write the figures. A module that is
+    not installed here (torch, nvidia-ml-py, psutil...) ends the check with MISSING_MODULE and a
+    last line naming it; figures reported before are kept."""
     rows = Rows(rows_path)
-    dev = open_device(fake)  # the fake's pynvml must be in place before greentrack loads
-    print(f"greentrack: {c.ensure_integrations()}", flush=True)
-    CHECKS[name](dev, rows)
+    try:
+        dev = open_device(fake)  # the fake's pynvml must be in place before greentrack loads
+        from _quick_readonly import guard
+        guard(dev.nv)  # no check changes the GPU's power limit, whatever it calls
+        print(f"greentrack: {c.ensure_integrations()}", flush=True)
+        CHECKS[name](dev, rows)
+    except ModuleNotFoundError as e:
+        print(f"{e.name or e} is not installed", flush=True)
+        return MISSING_MODULE
     return 0

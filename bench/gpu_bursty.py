@@ -3,7 +3,7 @@ counter, and the sampler's CPU cost, at greentrack's default settings.
 
     python bench/gpu_bursty.py            # on a GPU machine; prints, records in bench/RESULTS.md
 
-Workload (the FIELD_NOTES trace): 1 s busy / 1 s idle three times, then ten 50 ms bursts every
+Workload (the trace measured on an H100 80GB HBM3, driver 580.159.04, 2026-11-22): 1 s busy / 1 s idle three times, then ten 50 ms bursts every
 0.5 s, then a series of alternating 200 ms / 500 ms busy and idle windows. The reference is the
 total-energy counter read synchronously on the main thread at every window edge (each read ~3 ms;
 the counter refreshes every ~100 ms, so the reference itself is quantized to that). greentrack's

@@ -2,14 +2,15 @@
 # Every check that needs an NVIDIA GPU, in the order to run them (issues 2, 3 and 6), each with
 # its log.
 #
-# THE one command for a GPU host, offline, in at most 6 minutes (issue 13): only torch,
+# THE one command for a GPU host, offline, in at most 7 minutes (issue 13): only torch,
 # lightning, nvidia-ml-py, psutil, prometheus_client and pytest need be installed; greentrack is
 # used from this checkout, codecarbon and Zeus rows say "not installed" when they are not:
 #
 #     bash bench/gpu_checks.sh --quick OUT_DIR          # writes OUT_DIR/summary.{md,json}
 #     bash bench/gpu_checks.sh --quick --fake OUT_DIR   # the same pipeline on the fake NVML (CI)
 #
-# (bench/gpu_quick.py: goals, time limits, exit status.) The full mode, with this repo installed
+# (bench/gpu_quick.py: goals, time limits, exit status.) It only reads the GPU's settings (power
+# limit, MIG mode), never changes them. The full mode, with this repo installed
 # (`pip install -e '.[dev,bench]'`; without the bench extra the codecarbon/Zeus rows say they could
 # not run):
 #

@@ -3,7 +3,8 @@
 An update runs once a second per GPU, on the sampler thread: the process list, and while other
 processes are listed, the per-process utilization, the parent chain of each listed process and
 one scan of the host leases. This counts greentrack's own CPU and the fake NVML's Python code; what
-real NVML's process calls cost is not measured yet (no GPU here).
+real NVML's process calls cost is measured on a GPU by ``bash bench/gpu_checks.sh --quick`` (rows
+``proc_*_wall`` and ``share_update_cost`` of its ``gpu_share`` check).
 
     python bench/gpu_share_cost.py
 """

@@ -383,7 +383,7 @@ def main() -> None:
             "still nudge the slow cadence up); the modelled spin is left out. Subtract it to get "
             "greentrack's own cost; real NVML's Python binding does similar ctypes work per call, "
             "plus the driver's. "
-            "(Real NVML field reads cost ~3 us on the H100 of FIELD_NOTES, binding included.) "
+            "(Real NVML field reads cost ~3 us on an H100 80GB HBM3, driver 580.159.04, 2026-11-22, binding included.) "
             + ("" if has_cuda else f"This host has {gpu}: GPU rows use the fake. ")
             + "Zeus reads GPU energy counters only inside `begin_window`/`end_window`, on the "
             "training thread (see the overhead table), so it has no GPU sampler thread to measure. "

@@ -1,6 +1,7 @@
 """Choose the sampler's default cadences by measurement, on a replay of the H100's behaviour.
 
-The fake NVML (tests/fakes/fake_pynvml.py) reproduces what was measured on an H100 (FIELD_NOTES):
+The fake NVML (tests/fakes/fake_pynvml.py) reproduces what was measured on
+an H100 80GB HBM3, driver 580.159.04, 2026-11-22 (and Yang et al., arXiv 2312.02741):
 counter updated every 100 ms, instant power = mean of the last 25 ms of each 100 ms, GetPowerUsage
 a 1 s moving average. Traces: the 17 s bursty trace measured there, and a training-like trace of
 steps (heavy/light kernels, 120-400 ms). For each (fast interval, counter interval) this prints the

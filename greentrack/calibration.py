@@ -329,7 +329,11 @@ class Calibration:
         if not self._changed and self.state not in ("waiting", "running"):
             return
         worker = threading.Thread(target=finish, name="greentrack-power-limit", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had (a pids limit, interpreter shutdown): restore here
+            finish()
+            return
         worker.join(timeout)
 
 

@@ -6,7 +6,8 @@ The FLOPs of one step are known in one of three ways, and every step records whi
 * ``counted``: one real step is run under :class:`torch.utils.flop_counter.FlopCounterMode` and its
   count is reused for every later step. The counter is slow (it dispatches every op in Python), so it
   runs once, never every step. It counts matrix multiplies, convolutions and attention (forward and
-  backward), not elementwise ops, and counts attention as full even when causal (FIELD_NOTES).
+  backward), not elementwise ops, and counts attention as full even when causal (the ops registered in
+  ``torch/utils/flop_counter.py``).
 * ``user``: a number the user gives.
 * ``analytic-6ND``: ``6 x parameters x tokens`` for a dense transformer (Kaplan et al. 2020, "Scaling
   Laws for Neural Language Models"); attention FLOPs are not included.

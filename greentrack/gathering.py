@@ -17,6 +17,8 @@ Never a hang or an error in training:
 * nothing here runs on the exception path (a failed rank may never reach it);
 * a collective that fails (a timeout of the process group, a lost peer) is a warning on every
   rank; rank 0 then reads what it has;
+* no temporary directory (``TMPDIR`` removed under the job, a full disk) is a failure sent as
+  text by the rank that met it, and on rank 0 a gap: rank 0 then reads its own directory;
 * what is missing (a rank without a tracker, a node whose directory could not be read, a failed
   gather) is a ``gather-gap`` event in rank 0's store and a warning in the totals.
 """
@@ -70,9 +72,12 @@ def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: b
         except Exception as e:  # noqa: BLE001 - a ConfigError (no store) or an OSError
             if tracked or paths:
                 errors.append(f"{run_dir}: {e}")
-    tmp = Path(tempfile.mkdtemp(prefix="greentrack-part-"))
+    tmp: Path | None = None
     try:
+        if paths:  # a temporary directory that cannot be made (TMPDIR gone, disk full) is an error
+            tmp = Path(tempfile.mkdtemp(prefix="greentrack-part-"))  # sent, never raised
         for i, path in enumerate(paths):
+            assert tmp is not None
             try:
                 reader = StoreReader(path)
                 try:
@@ -85,7 +90,8 @@ def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: b
     except Exception as e:  # noqa: BLE001
         errors.append(f"{type(e).__name__}: {e}")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return NodePart(rank, host, boot, tracked, stores, errors)
 
 
@@ -131,7 +137,14 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
     if not main:
         return None
     got = parts if parts is not None else [part]
-    gaps = _gaps(got, failure, world_size)
+    tmp: Path | None = None
+    unpack = None
+    if any(p.stores for p in got):
+        try:  # TMPDIR removed under the job, a full disk: rank 0 reads its own directory
+            tmp = Path(tempfile.mkdtemp(prefix="greentrack-gather-"))
+        except OSError as e:  # named by its directory (a temporary name is filtered out below)
+            unpack = f"{type(e).__name__}: {e.strerror or e} in {tempfile.gettempdir()}"
+    gaps = _gaps(got, failure, world_size, unpack)
     for message in gaps:
         log.warning("greentrack: %s", message)
         if store is not None:
@@ -140,11 +153,10 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
                 append_event(store, "warning", GAP_EVENT, message)
             except Exception as e:  # noqa: BLE001
                 log.warning("greentrack: could not record it in %s: %s", store.name, e)
-    tmp = Path(tempfile.mkdtemp(prefix="greentrack-gather-"))
     try:
         dirs = [run_dir] if _has_stores(run_dir) else []  # rank 0 untracked: the others' only
         for i, p in enumerate(got):
-            if not p.stores:
+            if not p.stores or tmp is None:
                 continue
             d = tmp / f"rank{p.rank}-{i}"
             d.mkdir()
@@ -156,16 +168,21 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
         log.warning("greentrack: could not read the job's totals: %s", e)
         return None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _gaps(parts: list[NodePart], failure: str | None, world_size: int | None) -> list[str]:
+def _gaps(parts: list[NodePart], failure: str | None, world_size: int | None,
+          unpack: str | None = None) -> list[str]:
     out = []
     if failure is not None:
         out.append(f"the gather of every node's totals failed ({failure}): the totals cover "
                    "only this node's directory")
     elif world_size is not None and len(parts) < world_size:
         out.append(f"{world_size - len(parts)} rank(s) sent nothing: the totals miss them")
+    if unpack is not None:
+        out.append(f"the other nodes' stores could not be unpacked on rank 0 ({unpack}): the "
+                   "totals cover only this node's directory")
     for p in sorted(parts, key=lambda p: p.rank):
         if not p.tracked:
             out.append(f"rank {p.rank} on {p.host} had no tracker: its devices are not in the "

@@ -136,7 +136,10 @@ class Tracker:
     def _end_calibration(self) -> None:
         calibration, self._calibration = self._calibration, None
         if calibration is not None:
-            calibration.close()  # restores the original power limit; never raises
+            try:
+                calibration.close()  # restores the original power limit; never raises
+            except Exception as e:  # noqa: BLE001 - and if it did, the run's store still closes
+                log.warning("greentrack: power-limit calibration did not end cleanly: %s", e)
 
     def _disable(self) -> None:
         self._end_calibration()

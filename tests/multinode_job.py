@@ -9,6 +9,8 @@ node's GPUs are fake NVML devices (``tests/fakes/fake_pynvml.py``), given as
 real DDP model on CPU; ``track_optimizer`` gathers the job's totals to rank 0, which prints them
 as one JSON line. ``--untracked``: this rank trains without a tracker but still takes part in the
 gather (what an integration does when tracking could not start on a rank).
+``GT_TEST_SCRATCH_GONE=1``: the rank's ``TMPDIR`` is removed after its last step, before the
+gather (a job's scratch directory cleaned under it).
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def main() -> int:
                              interval_s=0.02, counter_interval_s=0.1, flush_interval_s=0.2,
                              progress_every_s=None) as tracking:
             train()
+            if os.environ.get("GT_TEST_SCRATCH_GONE"):  # the job's scratch TMPDIR cleaned under it
+                import shutil
+                import tempfile
+                shutil.rmtree(tempfile.gettempdir())
         summary = tracking.summary
     if rank == 0:
         print(json.dumps(summary))

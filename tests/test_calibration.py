@@ -18,6 +18,7 @@ import greentrack
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.run import Run
+from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, LiveTrace, capped
 
@@ -192,6 +193,29 @@ def test_restored_by_a_normal_stop_mid_calibration(gpu: FakeGpu, tmp_path: Path)
     tracker.stop()
     assert gpu.current_limit_mw() == ORIGINAL_MW
     assert any("ended by the run's stop" in str(e["message"]) for e in events(tmp_path / "run"))
+
+
+def test_restored_when_no_thread_can_be_started(gpu: FakeGpu, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pids limit (or interpreter shutdown) refuses the restore's thread: the restore runs on
+    the stopping thread instead, and stop() still closes the store (it raised before)."""
+    import threading
+    tracker = greentrack.Tracker(tmp_path / "run", calibrate_power_limits=[300],
+                                 calibration_steps=1000, **FAST).start()
+    train(tracker, gpu, 200, until=changed(gpu))
+    assert gpu.current_limit_mw() == 300_000
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "greentrack-power-limit":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    tracker.stop()
+    assert gpu.current_limit_mw() == ORIGINAL_MW
+    assert tracker.status == "completed"
+    assert StoreReader(store_paths(tmp_path / "run")[0]).meta["status"] == "completed"
 
 
 def test_restored_after_an_exception_in_the_training_loop(gpu: FakeGpu, tmp_path: Path) -> None:

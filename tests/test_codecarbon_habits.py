@@ -130,6 +130,36 @@ def test_runs_append_one_row_each_in_codecarbons_columns(no_host_env: Path, tmp_
     assert df["emissions"].iloc[0] * 1000.0 == pytest.approx(first.emissions_g, rel=1e-6)
 
 
+def test_calls_on_one_run_directory_keep_one_row_of_the_whole_run(no_host_env: Path,
+                                                                  tmp_path: Path) -> None:
+    """Every call on one ``run_dir`` adds a segment to one run; each stop's row holds the whole run
+    so far. Two rows of one run would count the first call twice in any sum over the file (what
+    codecarbon's dashboards do): the later row replaces the earlier one, other runs' rows stay."""
+    csv_path = tmp_path / "emissions.csv"
+
+    @greentrack.track(run_dir=tmp_path / "run", country="FR", emissions_csv=str(csv_path), **FAST)
+    def train() -> None:
+        time.sleep(0.2)
+
+    @greentrack.track(run_dir=tmp_path / "other", country="FR", emissions_csv=str(csv_path), **FAST)
+    def other() -> None:
+        time.sleep(0.1)
+
+    train()
+    first = train.last_totals
+    other()
+    train()
+    assert first is not None and train.last_totals is not None and other.last_totals is not None
+    assert train.last_totals.run_id == first.run_id
+    df = pd.read_csv(csv_path)
+    assert sorted(df["run_id"]) == sorted([first.run_id, other.last_totals.run_id])
+    whole = train.last_totals  # Tracker.stop's totals: every segment of the run
+    assert whole.emissions_g is not None and first.emissions_g is not None
+    assert whole.emissions_g > first.emissions_g and whole.energy_kwh > first.energy_kwh
+    (mine,) = df[df["run_id"] == first.run_id]["emissions"]
+    assert mine * 1000.0 == pytest.approx(whole.emissions_g, rel=1e-6)
+
+
 def test_codecarbons_own_file_output_keeps_appending_to_it(doc: dict[str, Any], tmp_path: Path) -> None:
     """codecarbon's FileOutput backs a file up and starts anew when its header differs: it must
     find ours valid and append its row after ours."""

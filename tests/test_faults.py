@@ -119,9 +119,11 @@ def test_counter_wrap_at_odd_ranges(tmp_path: Path, range_uj: int, monkeypatch: 
     monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
     with LiveCounters(tree, {"intel-rapl:0": 60.0, "intel-rapl:0:1": 6.0}):
         with greentrack.Tracker(tmp_path / "run", **FAST):
-            time.sleep(0.6)
+            time.sleep(1.0)
     s = greentrack.summarize(tmp_path / "run")
-    assert s["energy_j"]["cpu"] == pytest.approx(60.0 * s["duration_s"], rel=0.08)
+    # a wrap missed or taken twice is off by the whole range (>= 65.5 J against ~60 J here); the
+    # tolerance is for the counter-writing process lagging on a loaded host (CI: -11% at 8%)
+    assert s["energy_j"]["cpu"] == pytest.approx(60.0 * s["duration_s"], rel=0.2)
 
 
 def test_wall_clock_jumps_do_not_change_durations(monkeypatch: pytest.MonkeyPatch,

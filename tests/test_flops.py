@@ -103,7 +103,8 @@ def test_every_peak_row_is_well_formed_and_sourced() -> None:
 
 
 @pytest.mark.parametrize("name, dtype, expected, device", [
-    # FIELD_NOTES (Lightning's get_available_flops for H100 SXM; dense, per the datasheet)
+    # Lightning's get_available_flops (lightning/fabric/utilities/throughput.py) for H100 SXM; dense,
+    # per NVIDIA's H100 datasheet
     ("NVIDIA H100 80GB HBM3", "bfloat16", 9.895e14, "NVIDIA H100 SXM"),
     ("NVIDIA H100 80GB HBM3", "tf32", 4.945e14, "NVIDIA H100 SXM"),
     ("NVIDIA H100 80GB HBM3", "float32", 6.7e13, "NVIDIA H100 SXM"),

@@ -84,11 +84,14 @@ def test_a_shared_gpu_gives_this_run_its_utilization_share_labelled_an_estimate(
     assert ch.power_w() == pytest.approx(0.75 * g.trace.power(0.0), rel=0.02)
 
 
-def test_the_share_follows_processes_coming_and_going() -> None:
-    # Another process uses the GPU from 2 s to 4 s. Shares hold from one update (every second)
+@pytest.mark.parametrize("every_sample", [False, True], ids=["one-per-process", "every-sample"])
+def test_the_share_follows_processes_coming_and_going(every_sample: bool) -> None:
+    # Whether the driver answers one entry a process (NVML's reference) or every buffered sample,
+    # the split is the same. Another process uses the GPU from 2 s to 4 s. Shares hold from one update (every second)
     # to the next and come from the samples since the previous one: at 2 s there are none of the
     # newcomer yet (it counts 0), from 3 s it gets its quarter, at 4 s it is gone.
-    g = gpu(FakeProcess(ME, 60), FakeProcess(OTHER, 20, start=2.0, end=4.0))
+    g = gpu(FakeProcess(ME, 60), FakeProcess(OTHER, 20, start=2.0, end=4.0),
+            util_every_sample=every_sample)
     ch, tl, fake = replay(g, 6.0)
     total = whole_j(fake, g, tl)
     assert tl.last == pytest.approx(total - 0.25 * WATTS * 1.0, rel=0.01)
@@ -140,7 +143,9 @@ HOST_PIDS = [FakeProcess(2**22 + 12345, 50), FakeProcess(2**22 + 12346, 50)]
 @pytest.mark.parametrize("procs, kw, reason", [
     ([], {}, "none"),                                                     # no context yet
     ([FakeProcess(ME, 50), FakeProcess(OTHER, 50)], {"list_processes": False}, "processes"),
-    (HOST_PIDS, {}, "namespace"),
+    # a driver older than the binding's _v3 process list: NVMLLibraryMismatchError, not NVMLError
+    ([FakeProcess(ME, 50), FakeProcess(OTHER, 50)], {"list_processes": "mismatch"}, "processes"),
+    (HOST_PIDS[:1], {}, "namespace"),                                     # alone, PIDs hidden
 ])
 def test_whole_gpu_fallbacks_are_noted(procs: list[FakeProcess], kw: dict[str, Any],
                                        reason: str) -> None:
@@ -150,6 +155,20 @@ def test_whole_gpu_fallbacks_are_noted(procs: list[FakeProcess], kw: dict[str, A
     events = ch.drain_events()
     assert [(e.kind, e.details["reason"]) for e in events] == [("gpu-share", reason)]
     assert ch.info.measured
+
+
+def test_a_shared_gpu_whose_pids_are_hidden_warns_of_the_overlap() -> None:
+    """Several processes on the GPU, none of whose PIDs exists here (a container): this run's
+    share cannot be told, so it counts the whole GPU, and so may every other container on it.
+    That overlap (the GPU counted more than once across runs) is a warning that says so, like the
+    other shared-but-unattributable cases, not an info note."""
+    g = gpu(*HOST_PIDS)
+    ch, tl, fake = replay(g, 2.0)
+    assert tl.last == pytest.approx(whole_j(fake, g, tl), rel=1e-9)
+    (event,) = ch.drain_events()
+    assert (event.level, event.kind, event.details["reason"]) == \
+        ("warning", "gpu-share-unavailable", "namespace")
+    assert "used by 2 processes" in event.message and "overlaps" in event.message
 
 
 def test_other_tracked_processes_are_told_from_untracked_ones_by_their_lease(tmp_path: Path) -> None:
@@ -245,3 +264,28 @@ def test_every_tracker_lease_lists_its_gpus(fake_nvml: FakeNvml, tmp_path: Path,
     assert "host-shared" not in kinds_seen
     assert not any("another run measures this host" in w
                    for w in greentrack.summarize(tmp_path / "host")["warnings"])
+
+
+def test_fake_process_utilization_matches_the_real_binding() -> None:
+    """The fake returns what nvidia-ml-py's pynvml.py returns: a list of the real ctypes structs,
+    and takes ``timeStamp`` as the binding does (``c_ulonglong``: a float is a TypeError)."""
+    import pynvml as real
+
+    from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, VirtualClock
+
+    clock = VirtualClock(100.0)
+    gpu = FakeGpu(processes=[FakeProcess(4242, 55)])
+    mod = FakeNvml([gpu], clock=clock).module()
+    mod.nvmlInit()
+    legacy = mod.nvmlDeviceGetProcessUtilization(gpu, 0)
+    info = mod.nvmlDeviceGetProcessesUtilizationInfo(gpu, 0)
+    assert legacy and all(type(s) is real.c_nvmlProcessUtilizationSample_t for s in legacy)
+    assert info and all(type(s) is real.c_nvmlProcessUtilizationInfo_v1_t for s in info)
+    assert {f for f, _ in real.c_nvmlProcessUtilizationInfo_v1_t._fields_} >= {
+        "timeStamp", "pid", "smUtil", "jpgUtil", "ofaUtil"}
+    assert {(s.pid, s.smUtil) for s in info} == {(4242, 55)}
+    for fn in (mod.nvmlDeviceGetProcessUtilization, mod.nvmlDeviceGetProcessesUtilizationInfo):
+        with pytest.raises(TypeError):
+            fn(gpu, 1.5)
+        with pytest.raises(real.NVMLError_NotFound):  # nothing newer than the newest sample
+            fn(gpu, max(int(s.timeStamp) for s in legacy))

@@ -157,6 +157,35 @@ def test_a_failed_gather_leaves_rank_zero_its_own_node_and_a_gap(nodes: list[Pat
     assert job_totals(nodes[0], part, main=False, store=None, gather=lost_peer) is None
 
 
+def test_no_temporary_directory_is_a_gap_never_an_error(nodes: list[Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's scratch ``TMPDIR`` removed under it (or a full disk): ``tempfile.mkdtemp`` fails.
+    Building the part must still return (a rank that raised here would never reach the collective
+    and leave every other rank blocked in it until the group's timeout); the failure reaches rank
+    0 as text. Rank 0 itself still gets its own node's totals."""
+    import tempfile
+    (own,) = store_paths(nodes[0])
+    mine = node_part(nodes[0], [own], rank=0, local_zero=True, tracked=True)
+    assert mine.stores and not mine.errors
+    gone = tmp_path / "scratch"
+    gone.mkdir()
+    gone.rmdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))
+    (store,) = store_paths(nodes[1])
+    part = node_part(nodes[1], [store], rank=1, local_zero=True, tracked=True)
+    assert part.stores == [] and len(part.errors) == 1 and "scratch" in part.errors[0]
+    totals = job_totals(nodes[0], mine, main=True, store=own, gather=lambda p: [p, part],
+                        world_size=2)
+    assert totals is not None and totals["hosts"] == ["node-a"]
+    assert totals["energy_j"] == greentrack.summarize(nodes[0])["energy_j"]
+    assert any("rank 1 on node-b: a store could not be sent" in w for w in totals["warnings"])
+    assert any("could not be unpacked on rank 0" in w for w in totals["warnings"])
+    reader = StoreReader(own)
+    assert [e["kind"] for e in reader.events()].count(GAP_EVENT) == 2
+    reader.close()
+    assert not gone.exists()
+
+
 def test_gathered_parts_equal_merging(nodes: list[Path]) -> None:
     """Rank 0 reads compact copies (no samples, one step row per phase) of the other node's
     stores: the same totals as the full stores."""

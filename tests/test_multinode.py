@@ -67,7 +67,8 @@ def free_port() -> int:
 
 
 def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = (),
-           lightning: bool = False) -> dict[str, Any] | None:
+           lightning: bool = False, rank_env: dict[int, dict[str, str]] | None = None
+           ) -> dict[str, Any] | None:
     """Run the job (every rank at once); return rank 0's gathered totals. ``lightning``: the
     Lightning example instead, each node in its own working directory with the run directory
     given as ``run`` (rank 0 broadcasts that path; each node resolves it on its own disk)."""
@@ -94,6 +95,7 @@ def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = (),
                            TORCHELASTIC_RUN_ID="job-17", TORCHELASTIC_RESTART_COUNT="0",
                            GROUP_RANK=str(n_idx), SLURM_JOB_ID="4242",
                            SLURM_JOB_NODELIST="node-[a-b]")
+                env.update((rank_env or {}).get(rank, {}))
                 if lightning:  # Lightning's own environment: no launcher names the run
                     for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
                                  "GROUP_RANK", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "RANK"):
@@ -223,6 +225,21 @@ def test_a_rank_without_tracker_is_a_recorded_gap(tmp_path: Path) -> None:
     reader.close()
     assert len(events) == 1 and "rank 1 on node-b" in events[0]["message"]
     assert any("rank 1 on node-b" in w for w in greentrack.summarize(nodes[0].run_dir)["warnings"])
+
+
+def test_a_rank_that_cannot_pack_its_stores_still_joins_the_gather(tmp_path: Path) -> None:
+    """Rank 1's scratch ``TMPDIR`` is removed before the gather (packing its stores fails): it
+    must still enter the collective and exit cleanly, not raise out of ``close()`` and leave rank
+    0 blocked in ``gather_object`` until the group's timeout. Rank 0's totals name the gap."""
+    nodes = make_nodes(tmp_path, per_node=1)
+    scratch = tmp_path / "scratch-rank1"
+    scratch.mkdir()
+    gathered = launch(nodes, steps=10, rank_env={1: {"TMPDIR": str(scratch),
+                                                     "GT_TEST_SCRATCH_GONE": "1"}})
+    assert not scratch.exists()
+    assert gathered is not None and gathered["hosts"] == ["node-a"]
+    (gap,) = [w for w in gathered["warnings"] if "rank 1 on node-b: a store could not be sent" in w]
+    assert "scratch-rank1" in gap  # and launch() checked that every rank exited with 0
 
 
 def test_lightning_two_nodes_each_with_its_own_directory(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import pytest
 
 from greentrack.channelstate import Timeline
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
-from greentrack.samplers._nvml import NvmlGpu, _shape_points, open_gpus
+from greentrack.samplers._counter import shape_points
+from greentrack.samplers._nvml import NvmlGpu, open_gpus
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace, VirtualClock
 
 UUIDS = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000",
@@ -110,7 +111,7 @@ def window_error(tl: Timeline, trace: PowerTrace, width: float, a: float, b: flo
 
 
 def test_bursty_trace_total_matches_counter_and_windows() -> None:
-    """The H100 trace from FIELD_NOTES replayed at the default cadence (50 ms fast, 200 ms
+    """The measured H100 trace (``PowerTrace.bursty``) replayed at the default cadence (50 ms fast, 200 ms
     counter): the total equals the counter delta; 500 ms windows are within 5% of the true energy.
     (200 ms windows holding 50 ms bursts cannot be: see bench/sampling_defaults.py.)"""
     trace = PowerTrace.bursty(t0=0.3)
@@ -154,10 +155,10 @@ def test_pre_volta_integrates_instant_power() -> None:
 def test_shape_points_step_shape_scaled_to_counter_delta() -> None:
     # 100 W until the switch midway between samples at 0 and 0.5 s, then 300 W; scaled so the
     # interval holds the counter's 200 J.
-    pts = _shape_points(0.0, 1.0, [(0.0, 100.0), (0.5, 300.0)], 200.0)
+    pts = shape_points(0.0, 1.0, [(0.0, 100.0), (0.5, 300.0)], 200.0)
     raw = [(0.25, 25.0), (0.5, 100.0), (1.0, 250.0)]
     assert pts == [(t, pytest.approx(e * 200.0 / 250.0)) for t, e in raw]
-    assert _shape_points(0.0, 2.0, [], 10.0) == [(2.0, 10.0)]  # no power info: even in time
+    assert shape_points(0.0, 2.0, [], 10.0) == [(2.0, 10.0)]  # no power info: even in time
 
 
 def test_gpu_lost_raises_device_lost() -> None:

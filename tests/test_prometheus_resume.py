@@ -15,7 +15,7 @@ from greentrack.run import Run
 from greentrack.tracker import Tracker
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
-from tests.servers import Prometheus, free_port, prometheus  # noqa: F401
+from tests.servers import Prometheus, Pushgateway, free_port, prometheus, pushgateway  # noqa: F401
 
 INTENSITY = 56.0
 SEGMENT = """
@@ -195,3 +195,46 @@ def test_an_unreadable_earlier_store_starts_the_counters_at_zero(
         steps(t2, 2)  # training goes on
         assert ("greentrack_steps_total", (("phase", "train"),)) not in scrape(t2) or \
             scrape(t2)[("greentrack_steps_total", (("phase", "train"),))] <= 2
+
+
+@pytest.mark.servers
+def test_a_push_before_the_earlier_totals_are_read_keeps_the_gateways_values(
+        tmp_path: Path, fake_nvml: FakeNvml, pushgateway: Pushgateway) -> None:
+    """A push is a PUT: it replaces the group's metrics with what the registry yields. While a
+    resumed run's earlier totals are still being read (a long store: about a second per 100,000
+    steps), the collector yields nothing, and an empty PUT deletes the group: the gateway would
+    lose the run's last figures until the next push (for good, if that was the final one). A push
+    then waits for the totals (at most ``CONTINUE_WAIT_S``) and otherwise leaves the gateway as it
+    is; once they are read it pushes the continued counters."""
+    from greentrack.exporters.prometheus import PrometheusExporter
+    run_dir = tmp_path / "run"
+    settings = dict(pushgateway_url=pushgateway.url, push_interval_s=60.0, job="resume-push",
+                    run_id="resumed-push", **FAST)
+
+    def energy() -> float | None:
+        for g in pushgateway.groups():
+            if g["labels"] == {"job": "resume-push", "run": "resumed-push", "rank": "0"}:
+                fam = g.get("greentrack_energy_joules_total")
+                return sum(float(m["value"]) for m in fam["metrics"]) if fam else None
+        return None
+
+    with Tracker(run_dir, **settings) as t1:
+        steps(t1, 5)
+    first = energy()
+    assert first is not None and first > 0  # the first segment's final push
+    t2 = Tracker(run_dir, **settings)
+    t2.start()
+    try:
+        (exporter,) = [s for s in t2.sinks if isinstance(s, PrometheusExporter)]
+        assert exporter.collector is not None and exporter.pusher is not None
+        assert exporter.collector.ready.wait(10)  # the real read is done; now as while it runs:
+        exporter.collector.ready.clear()
+        exporter.pusher.push_once()
+        assert energy() == first
+        exporter.collector.ready.set()
+        assert exporter.pusher.push_once()
+        got = energy()
+        assert got is not None and got >= first  # continued, never a reset
+    finally:
+        exporter.collector.ready.set()
+        t2.stop()

@@ -32,17 +32,24 @@ class Pusher:
         interval_s: seconds between pushes.
         health: failure counter, also exported as ``greentrack_push_failures_total``.
         record: ``record(level, kind, message)`` stores an event in the run.
+        ready: returns False while the registry would yield nothing yet (a resumed run's earlier
+            totals still being read, after a bounded wait): the push is then skipped, since a
+            ``PUT`` of nothing deletes the group's last values from the gateway.
     """
 
     def __init__(self, gateway: str, job: str, grouping_key: dict[str, str], registry: Any,
                  interval_s: float, health: PushHealth,
                  record: Callable[[str, str, str], None],
-                 timeout_s: float = PUSH_TIMEOUT_S) -> None:
+                 timeout_s: float = PUSH_TIMEOUT_S,
+                 ready: Callable[[], bool] | None = None) -> None:
         self.gateway, self.job, self.grouping_key = gateway, job, grouping_key
         # A push slower than the interval is pointless: the next one carries newer figures.
         self.registry, self.interval_s = registry, interval_s
         self.timeout_s = min(timeout_s, interval_s)
         self.health, self._record = health, record
+        self._ready = ready
+        #: pushes left out because the registry was not ready (the gateway kept the last one)
+        self.skipped = 0
         self.pushes = 0
         self._failing = False
         self._stop = threading.Event()
@@ -69,7 +76,11 @@ class Pusher:
         self.push_once()  # final totals, after the engine's last reading
 
     def push_once(self) -> bool:
+        """One ``PUT`` of the registry; False when it failed or was left out (not ready)."""
         from prometheus_client import push_to_gateway
+        if self._ready is not None and not self._ready():
+            self.skipped += 1
+            return False
         try:
             push_to_gateway(self.gateway, job=self.job, registry=self.registry,
                             grouping_key=self.grouping_key, timeout=self.timeout_s)

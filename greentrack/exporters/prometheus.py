@@ -29,7 +29,8 @@ from greentrack.config import Config, env_int
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job
 from greentrack.store.layout import host_identity
-from greentrack.exporters._collector import Intensity, PushHealth, TrackerCollector
+from greentrack.exporters._collector import (CONTINUE_WAIT_S, Intensity, PushHealth,
+                                             TrackerCollector)
 from greentrack.exporters._push import Pusher
 
 log = logging.getLogger("greentrack")
@@ -108,7 +109,7 @@ class PrometheusExporter:
         health = PushHealth() if gateway else None
         intensity = Intensity(cfg, lambda msg: record("warning", "intensity-error", msg))
         intensity.check()  # an invalid location setting fails the start, before any training
-        self.collector = TrackerCollector(tracker, self.labels, intensity, health)
+        self.collector = collector = TrackerCollector(tracker, self.labels, intensity, health)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         # A resumed run's earlier totals: read off the training thread (a long segment's store
@@ -123,7 +124,8 @@ class PrometheusExporter:
             self.pusher = Pusher(gateway, self.labels["job"],
                                  {"run": self.labels["run"], "rank": self.labels["rank"]},
                                  self.registry, cfg.push_interval_s, health,
-                                 lambda level, kind, msg: record(level, kind, msg))
+                                 lambda level, kind, msg: record(level, kind, msg),
+                                 ready=lambda: collector.ready.wait(CONTINUE_WAIT_S))
             self.pusher.start()
 
     def _continue_run(self, tracker: Any, record: Any) -> None:

@@ -8,6 +8,10 @@ codecarbon's ``FileOutput`` keeps appending to it. Set ``Config.emissions_csv`` 
 
 Safety:
 
+* One row per run at stop: a run already in the file (same ``run_id``: a resumed run, a
+  decorated function called again on one run directory) has its row replaced by the new one, which
+  holds the whole run so far (codecarbon's ``on_csv_write="update"``), so a sum over the file
+  counts it once. ``greentrack report --emissions-csv`` appends a row each time it is asked.
 * Processes appending at once take a file lock (``<file>.lock``, the ``filelock`` package; an
   ``flock`` released when its holder dies), so the header is written once and rows never interleave.
 * A file with other columns (an older codecarbon's, a user's extra column) is rewritten with both
@@ -34,9 +38,12 @@ LOCK_TIMEOUT_S = 10.0
 
 
 def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
-           timeout_s: float = LOCK_TIMEOUT_S) -> list[str]:
+           timeout_s: float = LOCK_TIMEOUT_S, *, replace_run: bool = False) -> list[str]:
     """Append one row per report document to the CSV at ``path`` (created with codecarbon's header
     if missing or empty). Returns warnings (a file rewritten or moved aside).
+
+    ``replace_run``: a row of the same ``run_id`` already in the file is replaced, not repeated
+    (what a run's stop does: its row holds the whole run so far).
 
     Raises:
         ConfigError: the file cannot be written, or another process held the lock ``timeout_s``.
@@ -50,7 +57,7 @@ def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
     rows = [{c: cell(r.get(c, "")) for c in cols} for r in map(row, docs)]
     try:
         with FileLock(f"{path}.lock", timeout=timeout_s):
-            return _append_locked(path, cols, rows)
+            return _append_locked(path, cols, rows, replace_run)
     except Timeout:
         raise ConfigError("emissions_csv", str(path), f"is locked by another process for more "
                           f"than {timeout_s:g} s ({path}.lock); row not written") from None
@@ -67,7 +74,8 @@ def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
     log = logging.getLogger("greentrack")
     try:
         from greentrack.reports import report_document
-        for w in append([report_document(Path(run_dir), config)], str(config.emissions_csv)):
+        for w in append([report_document(Path(run_dir), config)], str(config.emissions_csv),
+                        replace_run=True):
             log.warning("greentrack: %s", w)
     except Exception as e:  # noqa: BLE001 - never raise from a stop
         log.warning("greentrack: the run's row was not appended to %s: %s", config.emissions_csv, e)
@@ -95,7 +103,8 @@ def check_path(path: str | os.PathLike[str]) -> None:
         raise ConfigError("emissions_csv", str(path), f"its directory {target.parent} does not exist")
 
 
-def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
+def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]],
+                   replace_run: bool = False) -> list[str]:
     text = path.read_bytes() if path.exists() else b""
     if not text.strip():
         _replace(path, cols, rows)
@@ -113,6 +122,16 @@ def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> l
         return [f"{path} could not be read as a CSV ({problem}); it is kept unchanged as {aside} "
                 f"and {path} was started anew with this run's row"]
     if sorted(header) == sorted(cols):  # codecarbon's check (FileOutput.has_valid_headers)
+        ids = {r["run_id"] for r in rows if r.get("run_id")} if replace_run else set()
+        at = header.index("run_id") if "run_id" in header else None
+        if ids and at is not None and any(r[at] in ids for r in old):
+            # A run already in the file (a resumed run, a decorated function called again on one
+            # run directory, a run reported twice): its new row holds the whole run so far, so it
+            # replaces the old one (codecarbon's on_csv_write="update"); two rows would count
+            # the earlier segments twice in any sum over the file.
+            kept = [dict(zip(header, r)) for r in old if r[at] not in ids]
+            _replace(path, header, kept + rows)
+            return []
         with path.open("a", encoding="utf-8", newline="") as f:
             if not text.endswith(b"\n"):
                 f.write("\n")

@@ -1,4 +1,5 @@
-"""``--format boamps``: a Boavizta BoAmps report (schemas in ../shared/schemas/boamps, draft-04).
+"""``--format boamps``: a Boavizta BoAmps report (schemas at
+https://github.com/Boavizta/BoAmps, draft-04).
 
 What greentrack cannot know about the task (family, algorithm, dataset, publisher) comes from the
 config file's ``[boamps]`` table (``task_family``, ``task_stage``, ``algorithm_type``,

@@ -42,7 +42,8 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from greentrack.errors import DeviceLost, PermissionDenied, SamplerError
-from greentrack.samplers._nvml import _choose, _shape_points
+from greentrack.samplers._counter import CounterReset, CounterShaping
+from greentrack.samplers._nvml import _choose
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
 # amdsmi_status_t values (amdsmi_wrapper.py of the amdsmi package; stable across releases).
@@ -87,7 +88,7 @@ def _unsupported(e: SamplerError) -> bool:
 
 
 
-class AmdGpu:
+class AmdGpu(CounterShaping):
     """One physical AMD GPU (or the partition of one). See the module docstring for the method."""
 
     #: AMD SMI's refresh interval is not documented: wait one slow period's worth at the end.
@@ -203,20 +204,11 @@ class AmdGpu:
         if delta < 0:
             unwrapped = self._unwrap(delta, tc - prev_t)
             if unwrapped is None:
-                shaped = _shape_points(prev_t, tc, self._shape, None)
-                self._shape = self._shape[-1:]
-                start_j = self._energy_j
-                self._energy_j += shaped[-1][1] if shaped else 0.0
-                raise _CounterReset(f"AMD SMI energy count went backwards ({prev_ticks} -> "
-                                    f"{ticks} ticks); interval estimated from power",
-                                    [(x, start_j + e) for x, e in shaped])
+                raise CounterReset(f"AMD SMI energy count went backwards ({prev_ticks} -> "
+                                   f"{ticks} ticks); interval estimated from power",
+                                   self._spread(prev_t, tc, None))
             delta = unwrapped
-        delta_j = delta * (self.resolution_uj or 0.0) / 1e6
-        pts = _shape_points(prev_t, tc, self._shape, delta_j)
-        self._shape = self._shape[-1:]
-        start_j = self._energy_j
-        self._energy_j += delta_j
-        return [(x, start_j + e) for x, e in pts]
+        return self._spread(prev_t, tc, delta * (self.resolution_uj or 0.0) / 1e6)
 
     def _unwrap(self, delta: int, dt: float) -> int | None:
         """The count stepped back by ``-delta`` ticks: a wrap, if one explains it plausibly."""
@@ -238,23 +230,11 @@ class AmdGpu:
             return [(self._shape[0][0], 0.0)]
         if len(self._shape) < 2:
             return []
-        (ta, _), (tb, _) = self._shape[-2], self._shape[-1]
-        pts = _shape_points(ta, tb, self._shape[-2:], None)
-        start_j = self._energy_j
-        self._energy_j += pts[-1][1]
-        self._shape = self._shape[-1:]
-        return [(x, start_j + e) for x, e in pts]
+        self._shape = self._shape[-2:]
+        return self._spread(self._shape[0][0], self._shape[1][0], None)
 
     def close(self) -> None:
         self._shape = []
-
-
-class _CounterReset(SamplerError):
-    """The count went backwards with no plausible wrap; ``points`` carry an estimate."""
-
-    def __init__(self, message: str, points: list[Point]) -> None:
-        super().__init__(message)
-        self.points = points
 
 
 # -- discovery ---------------------------------------------------------------------------------

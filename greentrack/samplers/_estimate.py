@@ -8,7 +8,8 @@ Adv. Sci. 2021); TDP comes from codecarbon's maintained CPU table, or ``cpu_tdp_
 
 DRAM: ``P = GB x dram_w_per_gb``, GB the machine's total memory (``machine``) or the tree's
 resident memory (``process``); default 0.3725 W/GB (Green Algorithms, 2021). codecarbon's
-conventions differ by up to 5x (FIELD_NOTES), hence the low quality band.
+conventions differ by up to 5x (3 W per 8 GB in v2, ~5 W per DIMM in v3; codecarbon issue #629
+shows a 1 TB host estimated at 378 W), hence the low quality band.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from greentrack.samplers._share import ScaledChannel
 from greentrack.samplers.base import QUALITY_LOW, Channel, ChannelEvent, ChannelInfo, Point
 
 #: How often the process list and utilization are read (on the slow cadence, at most this often).
@@ -54,7 +55,7 @@ def lease_peers() -> list[dict[str, Any]]:
     return [rec for _, rec in live_leases(host_lease_dir())]
 
 
-class GpuShare:
+class GpuShare(ScaledChannel):
     """An NVML GPU channel whose energy is this run's share while the GPU is shared.
 
     Args:
@@ -71,8 +72,8 @@ class GpuShare:
                  run_id: str | None = None, peers: Peers = lease_peers, clock: Callable[[], float] = time.monotonic) -> None:
         import psutil  # lazy, like every hardware library
 
+        super().__init__(inner, 1.0)
         self._psutil = psutil
-        self._inner = inner
         self._nv = pynvml
         self._h = handle
         self._pid = pid
@@ -81,10 +82,7 @@ class GpuShare:
         self._clock = clock
         self.info: ChannelInfo = inner.info
         self.uuid = str(inner.info.details.get("uuid") or "")
-        self.share = 1.0
         self.processes = 0  # processes listed at the last update
-        self._energy_j = 0.0
-        self._last_inner: float | None = None
         self._next = float("-inf")
         self._last_seen_us = 0  # NVML's lastSeenTimeStamp: samples after it only
         self._api: str | None = None  # which utilization call works, once known
@@ -108,35 +106,19 @@ class GpuShare:
             raise
         return self._scale(points)
 
-    def _scale(self, points: list[Point]) -> list[Point]:
-        out = []
-        for tp, e in points:
-            if self._last_inner is not None:
-                self._energy_j += (e - self._last_inner) * self.share
-            self._last_inner = e
-            out.append((tp, self._energy_j))
-        return out
-
-    def power_w(self) -> float | None:
-        p = self._inner.power_w()
-        return None if p is None else p * self.share
-
-    def close(self) -> None:
-        self._inner.close()
-
     def drain_events(self) -> list[ChannelEvent]:
         events, self._events = self._events, []
         return events
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     # -- the share ---------------------------------------------------------------------------
     def _update(self, t: float) -> None:
         nv = self._nv
+        # nvidia-ml-py raises NVMLLibraryMismatchError (not an NVMLError) where the driver lacks
+        # the _v3 process list its unversioned call uses
+        mismatch = getattr(nv, "NVMLLibraryMismatchError", AttributeError)
         try:
             listed = {int(p.pid) for p in nv.nvmlDeviceGetComputeRunningProcesses(self._h)}
-        except (nv.NVMLError, AttributeError) as e:
+        except (nv.NVMLError, AttributeError, mismatch) as e:
             self._whole("processes", f"NVML cannot list the GPU's processes ({_reason(nv, e)})")
             return
         self.processes = len(listed)
@@ -147,8 +129,12 @@ class GpuShare:
             self.share = 1.0
             return
         if not any(self._psutil.pid_exists(p) for p in listed):
+            # several processes there: the GPU is shared and this run's part cannot be told, so
+            # counting it whole overlaps the others (a warning, as when NVML has no per-process
+            # figures); one process alone is most likely this run, in a container
             self._whole("namespace", "none of the PIDs NVML lists exists in this PID namespace "
-                        "(a container?): this run's processes cannot be told from others")
+                        "(a container?): this run's processes cannot be told from others",
+                        shared=len(listed) > 1)
             return
         leases = self._leases()
         mine = self._mine(listed, leases)

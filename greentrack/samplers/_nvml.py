@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 
 from greentrack.config import env_int
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
+from greentrack.samplers._counter import CounterReset, CounterShaping, shape_points
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, mW
-#: NVML refreshes power and energy every ~100 ms (measured on an H100, FIELD_NOTES).
+#: NVML refreshes power and energy every ~100 ms (measured on an H100 80GB HBM3, driver 580.159.04, 2026-11-22;
+#: Yang et al., arXiv 2312.02741, on A100/H100).
 UPDATE_PERIOD_S = 0.1
 #: The instant-power figure is the mean of the last ~25 ms before its update (arXiv 2312.02741).
 INSTANT_WINDOW_S = 0.025
@@ -49,7 +51,7 @@ def _nvml_call(pynvml: ModuleType, fn: Callable[..., _T], *args: Any) -> _T:
         raise SamplerError(f"NVML: {e}") from e
 
 
-class NvmlGpu:
+class NvmlGpu(CounterShaping):
     """One physical GPU. See the module docstring for the method."""
 
     #: A final reading must wait this long after the end of the run to cover it (one refresh).
@@ -219,7 +221,7 @@ class NvmlGpu:
         tp, wp = self._shape[-1]
         if t <= tp:
             return []
-        pts = _shape_points(tp, t, [(tp, wp), (t, watts)], None)
+        pts = shape_points(tp, t, [(tp, wp), (t, watts)], None)
         start = self._energy_j
         self._energy_j += pts[-1][1]
         self._shape = [(t, watts)]
@@ -237,64 +239,13 @@ class NvmlGpu:
         if delta_j < 0:
             # The counter went backwards: the driver was reloaded or the GPU reset. The hardware
             # count for this interval is lost; fall back to the power integral for it.
-            shaped = _shape_points(prev_t, tc, self._shape, None)
-            self._shape = self._shape[-1:]
-            start = self._energy_j
-            self._energy_j += shaped[-1][1] if shaped else 0.0
-            raise _CounterReset(f"NVML energy counter went backwards ({prev_mj} -> {mj} mJ); "
-                                "interval estimated from instant power",
-                                [(t, start + e) for t, e in shaped])
-        pts = _shape_points(prev_t, tc, self._shape, delta_j)
-        self._shape = self._shape[-1:]
-        start = self._energy_j
-        self._energy_j += delta_j
-        return [(t, start + e) for t, e in pts]
+            raise CounterReset(f"NVML energy counter went backwards ({prev_mj} -> {mj} mJ); "
+                               "interval estimated from instant power",
+                               self._spread(prev_t, tc, None))
+        return self._spread(prev_t, tc, delta_j)
 
     def close(self) -> None:
         self._shape = []
-
-
-class _CounterReset(SamplerError):
-    """The counter went backwards; ``points`` still carry an estimate for the interval."""
-
-    def __init__(self, message: str, points: list[Point]) -> None:
-        super().__init__(message)
-        self.points = points
-
-
-def _shape_points(t0: float, t1: float, samples: list[tuple[float, float]],
-                  total_j: float | None) -> list[Point]:
-    """Distribute energy over (t0, t1] following the power samples, as a step function.
-
-    GPU power moves in steps at kernel boundaries, so between two samples the power is taken to
-    switch from one value to the next at their midpoint (power before the first sample and after
-    the last is held). Returns cumulative points relative to t0 (joules since t0) at each switch,
-    each sample time and t1. With ``total_j`` the points are scaled so the last equals it (counter
-    mode); without, they are the integral itself (power-polling mode).
-    """
-    inside = [(t, w) for t, w in samples if t0 < t < t1]
-    before = [w for t, w in samples if t <= t0]
-    w_start = before[-1] if before else (inside[0][1] if inside else (samples[-1][1] if samples else 0.0))
-    w_end = inside[-1][1] if inside else w_start
-    knots = [(t0, w_start), *inside, (t1, w_end)]
-    pts: list[Point] = []
-    acc = 0.0
-    for (ta, wa), (tb, wb) in zip(knots, knots[1:]):
-        mid = (ta + tb) / 2.0
-        if wa != wb and ta < mid < tb:
-            acc += wa * (mid - ta)
-            pts.append((mid, acc))
-            acc += wb * (tb - mid)
-        else:
-            acc += wa * (tb - ta)
-        pts.append((tb, acc))
-    if total_j is None:
-        return pts
-    if acc <= 0:  # no power information: spread evenly in time
-        span = max(t1 - t0, 1e-9)
-        return [(t, total_j * (t - t0) / span) for t, _ in pts]
-    scale = total_j / acc
-    return [(t, e * scale) for t, e in pts]
 
 
 # -- discovery ---------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 It is built from the real ``pynvml`` module: the same error classes (``NVMLError`` subclasses with
 the same codes), constants and ctypes structs, so code under test cannot tell the two apart at
-the module boundary. What it simulates, from measurements on a real H100 (FIELD_NOTES):
+the module boundary. What it simulates, from measurements on an H100 80GB HBM3, driver 580.159.04, 2026-11-22 (the refresh and
+25 ms averaging as Yang et al., arXiv 2312.02741, found on A100/H100; ``bench/nvml_probe.py`` checks
+the rest on a GPU host):
 
 * the total-energy counter (mJ since "driver load") updates every 100 ms, and can cost
   milliseconds per call: waiting (``counter_cost_s``, a sleep) or spinning (``counter_cpu_s``,
@@ -18,8 +20,15 @@ the module boundary. What it simulates, from measurements on a real H100 (FIELD_
   each process with non-zero SM utilization in it, keeps the last ``util_buffer`` periods, and
   ``nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp)`` / its successor
   ``nvmlDeviceGetProcessesUtilizationInfo`` return the samples newer than ``lastSeenTimeStamp``
-  (CPU timestamps in microseconds since the epoch, the real structs) or raise NotFound when there
-  are none. ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
+  (CPU timestamps in microseconds since the epoch; the real binding's structs, fields and
+  argument types as nvidia-ml-py 13.x's ``pynvml.py`` has them: ``c_nvmlProcessUtilizationSample_t``
+  pid/timeStamp/smUtil/memUtil/encUtil/decUtil and ``c_nvmlProcessUtilizationInfo_v1_t`` with
+  jpgUtil/ofaUtil, a list of structs, ``timeStamp`` passed as ``c_ulonglong``) or raise NotFound
+  when there are none. NVML's API reference describes one sample per process with non-zero
+  utilization in the last sample period; this fake returns every buffered sample newer than
+  ``lastSeenTimeStamp``. Which one a real driver does, whether it lists a process in a period it
+  left the SMs idle (smUtil 0), and its sampling period are what ``bash bench/gpu_checks.sh
+  --quick`` measures (rows ``util_samples_per_call``, ``util_zero_samples``, ``util_period``). ``util_api``: ``"both"``, ``"legacy"`` (the successor is missing: FunctionNotFound, as on
   drivers before it) or None (NotSupported, as under MIG or before Maxwell).
 * the power limit, in milliwatts as NVML has it: ``nvmlDeviceGetPowerManagementLimit``,
   ``...LimitConstraints`` (min, max), ``...DefaultLimit``, ``nvmlDeviceGetEnforcedPowerLimit`` and
@@ -35,6 +44,7 @@ Power follows a :class:`PowerTrace` on the fake's clock, so tests know the exact
 from __future__ import annotations
 
 import bisect
+import ctypes
 import math
 import os
 import threading
@@ -89,7 +99,7 @@ class PowerTrace:
 
     @staticmethod
     def bursty(t0: float = 0.0) -> "PowerTrace":
-        """The 17 s trace measured on the H100 (FIELD_NOTES): 1 s busy / 1 s idle three times,
+        """The 17 s trace measured on an H100 80GB HBM3, driver 580.159.04, 2026-11-22: 1 s busy / 1 s idle three times,
         then ten 50 ms bursts; 77 W idle, 731 W peak."""
         segs: list[tuple[float, float]] = [(1.0, 77.0)]
         for _ in range(3):
@@ -170,10 +180,16 @@ class FakeGpu:
     # refresh together (what greentrack's tick dating assumes; not yet checked on an H100).
     counter_phase_s: float = 0.0
     processes: list[FakeProcess] = field(default_factory=list)
-    list_processes: bool = True  # False: nvmlDeviceGetComputeRunningProcesses is NotSupported
+    # False: nvmlDeviceGetComputeRunningProcesses is NotSupported; "mismatch": the driver lacks its
+    # _v3 entry point, which the binding's @throwOnVersionMismatch turns into
+    # NVMLLibraryMismatchError (an Exception, not an NVMLError)
+    list_processes: bool | str = True
     util_api: str | None = "both"
     util_period_s: float = 0.2
     util_buffer: int = 10
+    # every buffered sample newer than the timestamp in one answer (True), or one entry a process as
+    # NVML's API reference describes (False, the default; see FakeNvml.one_per_process)
+    util_every_sample: bool = False
     calls: dict[str, int] = field(default_factory=dict)
     # -- the power limit (mW), its constraints and who may set it --
     limit_mw: int = 700_000
@@ -287,11 +303,29 @@ class FakeNvml:
                         out.append((p.pid, stamp, int(p.sm_util)))
         return out
 
+    @staticmethod
+    def one_per_process(found: list[tuple[int, int, int]], latest: bool) -> list[tuple[int, int, int]]:
+        """One ``(pid, timestamp_us, sm_util)`` a process, stamped with its newest sample. NVML's
+        API reference: nvmlDeviceGetProcessUtilization returns "one utilization sample structure
+        ... per process running, that had some non-zero utilization during the last sample period"
+        (``latest``: that period's value); nvmlDeviceGetProcessesUtilizationInfo reads "utilization
+        based on all the samples" since ``lastSeenTimeStamp`` (here: their mean).
+        https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html"""
+        by_pid: dict[int, list[tuple[int, int]]] = {}
+        for pid, ts, sm in found:
+            by_pid.setdefault(pid, []).append((ts, sm))
+        out = []
+        for pid, rows in by_pid.items():
+            rows.sort()
+            value = rows[-1][1] if latest else round(sum(sm for _, sm in rows) / len(rows))
+            out.append((pid, rows[-1][0], int(value)))
+        return out
+
     # -- the module --------------------------------------------------------------------------
     def module(self) -> types.ModuleType:
         m = types.ModuleType("pynvml")
         for name in dir(_real):
-            if name.startswith(("NVML", "c_nvml", "nvmlExceptionClass")):
+            if name.startswith(("NVML", "c_nvml", "nvmlExceptionClass")):  # NVMLError*, constants
                 setattr(m, name, getattr(_real, name))
         fake = self
 
@@ -401,6 +435,11 @@ class FakeNvml:
             h.store_limit_mw(mw)
         def nvmlDeviceGetComputeRunningProcesses(h: FakeGpu) -> list[object]:
             t = fake._check(h, "processes")
+            if h.list_processes == "mismatch":
+                raise _real.NVMLLibraryMismatchError(
+                    "Unversioned function called and the pyNVML version does not match the NVML "
+                    "lib version. Either use matching pyNVML and NVML lib versions or use a "
+                    "versioned function such as nvmlDeviceGetComputeRunningProcesses_v2")
             if not h.list_processes:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
             return [_real.nvmlStructToFriendlyObject(_real.c_nvmlProcessInfo_t(
@@ -408,12 +447,17 @@ class FakeNvml:
                 computeInstanceId=0xFFFFFFFF)) for p in h.processes if p.alive(t)]
 
         def _samples(h: FakeGpu, timeStamp: int, what: str) -> list[tuple[int, int, int]]:
+            # the binding passes c_ulonglong(timeStamp): a float is a TypeError there, a negative
+            # number wraps around (nvidia-ml-py 13.x, pynvml.py)
+            last_seen = ctypes.c_ulonglong(timeStamp).value
             t = fake._check(h, what)
             if h.util_api is None:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_SUPPORTED)
-            found = fake.util_samples(h, t, int(timeStamp))
+            found = fake.util_samples(h, t, last_seen)
             if not found:
                 raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
+            if not h.util_every_sample:  # one entry a process, as NVML's API reference says
+                return fake.one_per_process(found, latest=what == "process_util")
             return found
 
         def nvmlDeviceGetProcessUtilization(h: FakeGpu, timeStamp: int) -> list[object]:
