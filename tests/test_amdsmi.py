@@ -47,12 +47,7 @@ def replay(gpu: FakeAmdGpu, seconds: float, fast: float = 0.05, slow_every: int 
     assert len(chans) == 1, notes
     ch = chans[0]
     ch._clock = clock
-    tl = Timeline()
-    i = 0
-    while clock.t <= seconds + 1e-9:
-        tl.extend(ch.poll(clock.t, slow=(i % slow_every == 0)))
-        i += 1
-        clock.t = round(i * fast, 9)
+    tl = clock.drive(ch, seconds, fast, slow_every)
     return ch, tl, fake
 
 

@@ -38,12 +38,7 @@ def replay(gpu: FakeGpu, seconds: float, peers: Any = lambda: [], run_id: str = 
     mod.nvmlInit()
     ch = GpuShare(NvmlGpu(mod, gpu, 0, ordinal=0, clock=clock), mod, gpu, ME, run_id=run_id,
                   peers=peers, clock=clock)
-    tl = Timeline()
-    i = 0
-    while clock.t <= seconds + 1e-9:
-        tl.extend(ch.poll(clock.t, slow=(i % slow_every == 0)))
-        i += 1
-        clock.t = round(i * fast, 9)
+    tl = clock.drive(ch, seconds, fast, slow_every)
     return ch, tl, fake
 
 

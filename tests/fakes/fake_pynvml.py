@@ -52,6 +52,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pynvml as _real
 
@@ -495,3 +496,15 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self.t
+
+    def drive(self, channel: Any, seconds: float, fast: float = 0.05, slow_every: int = 4) -> Any:
+        """Poll ``channel`` as the engine would (a slow read every ``slow_every`` fast polls),
+        advancing this clock from its time to ``seconds``; the channel's finalized points as a
+        :class:`greentrack.channelstate.Timeline`."""
+        from greentrack.channelstate import Timeline
+        tl, i = Timeline(), 0
+        while self.t <= seconds + 1e-9:
+            tl.extend(channel.poll(self.t, slow=(i % slow_every == 0)))
+            i += 1
+            self.t = round(i * fast, 9)
+        return tl
