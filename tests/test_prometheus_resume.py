@@ -227,8 +227,15 @@ def test_a_push_before_the_earlier_totals_are_read_keeps_the_gateways_values(
     try:
         (exporter,) = [s for s in t2.sinks if isinstance(s, PrometheusExporter)]
         assert exporter.collector is not None and exporter.pusher is not None
-        assert exporter.collector.ready.wait(10)  # the real read is done; now as while it runs:
-        exporter.collector.ready.clear()
+        assert exporter.collector.ready.wait(10)  # the real read is done
+        # the pusher thread's first push (at start) must be over before the test makes the
+        # registry "not ready" again: one caught between its check and its collect PUTs an empty
+        # group (CI saw it; the real flag is only ever set, never cleared, so it cannot happen there)
+        deadline = time.monotonic() + 10
+        while exporter.pusher.pushes + exporter.pusher.skipped < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert exporter.pusher.pushes + exporter.pusher.skipped >= 1
+        exporter.collector.ready.clear()  # now as while the read runs:
         exporter.pusher.push_once()
         assert energy() == first
         exporter.collector.ready.set()
