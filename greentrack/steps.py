@@ -155,9 +155,9 @@ class FieldCleaner:
         counts: dict[str, float | None] = {}
         for name, value in (("flops", span.flops), ("samples", span.samples),
                             ("tokens", span.tokens)):
-            if value is None or (type(value) is int or type(value) is float) \
+            if value is None or (type(value) is float or type(value) is int and value < 2**63) \
                     and 0 <= value <= stepvalues.COUNT_LIMITS[name]:
-                counts[name] = value  # the common case, without a call
+                counts[name] = value  # the common case, without a call (an int SQLite can hold)
                 continue
             counts[name], why = stepvalues.count(name, value)
             if why is not None:

@@ -96,6 +96,7 @@ def _number(value: Any) -> float | str:
             if isinstance(n, str):
                 return n
             out += n
+        out = float(out)  # a sum of plain ints can pass 2**63, which SQLite cannot store
         return out if math.isfinite(out) else f"{out}, not a finite number"
     if isinstance(value, DeviceValue):
         if not value.ready():

@@ -56,6 +56,19 @@ def test_numbers_of_any_everyday_type_are_recorded(no_host_env: Path, tmp_path: 
     assert _bad_events(tmp_path / "run") == []
 
 
+def test_flops_past_a_64_bit_integer_are_recorded(no_host_env: Path, tmp_path: Path) -> None:
+    """6 x 1e12 parameters x 1e6 tokens is 6e18 FLOPs a step, past what SQLite holds as an integer
+    (2**63 - 1): a Python int that size lost the whole step (hypothesis found 2**63)."""
+    big = [2**63, 6 * 10**18 * 2, 10**26]
+    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+        for v in big:
+            with t.step(flops=v, samples=2**40):
+                pass
+    steps = _store(tmp_path / "run").steps()
+    assert [r["flops"] for r in steps] == [float(v) for v in big]
+    assert greentrack.summarize(tmp_path / "run")["steps"] == 3 and _bad_events(tmp_path / "run") == []
+
+
 BAD = {"nan": float("nan"), "inf": math.inf, "negative": -3, "huge": 10**400,
        "implausible": 1e40, "text": "32", "bool": True, "object": object(),
        "vector": torch.ones(3), "nan_tensor": torch.tensor(float("nan"))}
