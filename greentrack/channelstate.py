@@ -87,6 +87,11 @@ class ChannelState:
     def __init__(self, cid: int, channel: Channel, origin: float) -> None:
         self.id = cid
         self.channel = channel
+        self.origin = origin
+        #: The last raw point at or before ``origin``, until a point after it arrives
+        #: (:meth:`_from_origin`); None once the timeline has started.
+        self._pre: Point | None = None
+        self._started = False
         self.kind = channel.info.kind
         self.timeline = Timeline()
         self.status = "ok"  # ok | failing | lost
@@ -108,6 +113,8 @@ class ChannelState:
 
     def take(self, points: list[Point]) -> None:
         """Add finalized points, leaving out the energy of handed-over intervals."""
+        if not self._started:
+            points = self._from_origin(points)
         if not points:
             return
         if self.handed_over:
@@ -123,6 +130,30 @@ class ChannelState:
             return
         self.raw_last = points[-1][1]
         self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
+
+
+    def _from_origin(self, points: list[Point]) -> list[Point]:
+        """The points from the run's start on. A counter's first value is dated at the device's
+        last refresh, which can precede the start (NVML refreshes every 100 ms): the energy
+        between that refresh and the start was drawn before the run and is not the run's. The
+        energy at the start is interpolated between the points around it and left out (as
+        ``offset``), so the timeline starts at (origin, 0)."""
+        out: list[Point] = []
+        for t, e in points:
+            if not self._started and t <= self.origin:
+                self._pre = (t, e)
+                continue
+            if not self._started:
+                self._started = True
+                if self._pre is not None:
+                    ta, ea = self._pre
+                    e0 = ea + (e - ea) * (self.origin - ta) / (t - ta)
+                    self.offset += e0
+                    self.raw_last = e0
+                    out.append((self.origin, e0))
+                self._pre = None
+            out.append((t, e))
+        return out
 
 
 def channel_key(channel: Channel) -> str:

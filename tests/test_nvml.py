@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml as real_pynvml
 import pytest
 
-from greentrack.channelstate import Timeline
+from greentrack.channelstate import ChannelState, Timeline
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers._counter import shape_points
 from greentrack.samplers._nvml import NvmlGpu, open_gpus
@@ -135,6 +135,32 @@ def test_windows_follow_steps_not_read_times() -> None:
     clock = VirtualClock()
     _, tl, _ = replay(FakeGpu(trace=trace), clock, seconds=5.0, slow_every=4)
     assert window_error(tl, trace, 0.3, 1.0, 4.0) <= 0.125
+
+
+def test_energy_before_the_run_started_is_not_the_runs() -> None:
+    """The first counter value is dated at NVML's last refresh, up to 100 ms before the first
+    poll, so before the run's start (CI saw a live counter of 90 J for a 300 W GPU 0.25 s into
+    the run). The run's timeline starts at its origin with 0 J and holds 300 W from there."""
+    clock = VirtualClock()
+    origin = 10.05  # the fake refreshes at ...9.9371, 10.0371, 10.1371: a refresh just before
+    fake = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=300.0))], clock=clock)
+    mod = fake.module()
+    mod.nvmlInit()
+    ch = NvmlGpu(mod, fake.gpus[0], 0, ordinal=0, clock=clock)
+    st = ChannelState(1, ch, origin)
+    clock.t = origin
+    for i in range(41):  # 2 s: a fast poll every 50 ms, a counter read every 4th
+        st.take(ch.poll(clock.t, slow=(i % 4 == 0)))
+        clock.t = round(origin + (i + 1) * 0.05, 9)
+    tl = st.timeline
+    assert tl.t[0] == origin and tl.at(origin) == 0.0
+    until = tl.until
+    assert until is not None and until > origin + 1.5
+    assert tl.last == pytest.approx(300.0 * (until - origin), rel=1e-3)  # the counter is in mJ
+    # a channel whose first point is after the origin is left as it is
+    late = ChannelState(2, ch, origin)
+    late.take([(origin + 0.2, 0.0), (origin + 0.3, 30.0)])
+    assert list(late.timeline.t) == [origin + 0.2, origin + 0.3] and late.timeline.last == 30.0
 
 
 def test_counter_costs_only_on_slow_ticks() -> None:
