@@ -34,8 +34,11 @@ from greentrack.errors import ConfigError
 from greentrack.jobinfo import job_metadata
 from greentrack.store import StoreWriter, host_identity, prepare_run_dir
 
-log = logging.getLogger("greentrack")
+#: Seconds a stop at SIGTERM or at the interpreter's exit gives the ``emissions_csv`` row (a
+#: Kubernetes or Slurm grace period is 30 s by default; a week-long run's row takes seconds).
+EXIT_CSV_BUDGET_S = 5.0
 
+log = logging.getLogger("greentrack")
 
 
 class Tracker:
@@ -322,6 +325,8 @@ class Tracker:
             log.warning("greentrack: error while stopping (data up to the last commit is kept): %s", e)
         self.status = final
         if not read_totals:  # a signal or the interpreter's exit: be quick
+            if self._writes_csv:
+                self._append_emissions_csv_within(EXIT_CSV_BUDGET_S)
             return None
         try:
             with Run.open(self.run_dir) as run:
@@ -336,6 +341,24 @@ class Tracker:
         """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
         from greentrack.reports.emissions_log import append_run
         append_run(self.run_dir, self.config)
+
+    def _append_emissions_csv_within(self, budget_s: float) -> None:
+        """The row at a SIGTERM or the interpreter's exit, on a daemon thread given ``budget_s``:
+        a slurm or Kubernetes grace period must not be spent reading a week-long run. The file is
+        replaced by a rename, so a row cut short at exit leaves the file as it was; the warning
+        says how to append it later."""
+        worker = threading.Thread(target=self._append_emissions_csv, daemon=True,
+                                  name="greentrack-emissions-csv")
+        try:
+            worker.start()
+        except RuntimeError:  # no thread can be started at interpreter shutdown: do it here
+            self._append_emissions_csv()
+            return
+        worker.join(budget_s)
+        if worker.is_alive():
+            log.warning("greentrack: the run's row was not appended to %s within %g s of the stop; "
+                        "append it with `greentrack report %s --format json --emissions-csv %s`",
+                        self.config.emissions_csv, budget_s, self.run_dir, self.config.emissions_csv)
 
     def __enter__(self) -> "Tracker":
         return self.start()

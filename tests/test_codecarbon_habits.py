@@ -259,6 +259,61 @@ def test_greentrack_run_appends_its_row(tmp_path: Path) -> None:
     assert df["cpu_count"].iloc[0] == psutil.cpu_count()
 
 
+@pytest.mark.parametrize("end", ["sigterm", "exit-without-stop"])
+def test_a_run_ended_by_sigterm_or_exit_still_appends_its_row(tmp_path: Path, end: str) -> None:
+    """A Slurm preemption (SIGTERM) or a script that never calls stop(): the run is stopped by
+    greentrack's hooks, and its row reaches the project's CSV as at a normal stop."""
+    import signal
+    from tests.fakes.powercap import LiveCounters, PowercapTree
+    tree = PowercapTree(tmp_path / "powercap")
+    env = python_env(GREENTRACK_INTERVAL_S="0.02", GREENTRACK_COUNTER_INTERVAL_S="0.1",
+                     GREENTRACK_FLUSH_INTERVAL_S="0.2", GREENTRACK_COUNTRY="FRA",
+                     GREENTRACK_EMISSIONS_CSV=str(tmp_path / "e.csv"), **tree.env)
+    body = ("while True:\n    with t.step(): time.sleep(0.02)\n" if end == "sigterm" else
+            "for _ in range(5):\n    with t.step(): time.sleep(0.02)\n")
+    code = ("import sys, time, greentrack\nt = greentrack.Tracker(sys.argv[1]).start()\n"
+            "print('ready', flush=True)\n" + body)
+    with LiveCounters(tree, {"intel-rapl:0": 50.0}):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        if end == "sigterm":
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == -signal.SIGTERM  # still dies of SIGTERM
+        else:
+            assert proc.wait(30) == 0
+    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    df = pd.read_csv(tmp_path / "e.csv")
+    run_id = greentrack.summarize(tmp_path / "run")["run_id"]
+    assert list(df["run_id"]) == [run_id] and df["country_iso_code"].iloc[0] == "FRA"
+    assert df["energy_consumed"].iloc[0] > 0 and df["duration"].iloc[0] > 0
+
+
+def test_a_slow_row_at_a_signal_stop_is_given_up_with_how_to_append_it(
+        no_host_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At SIGTERM the row gets ``EXIT_CSV_BUDGET_S``, not the grace period: a row that takes
+    longer (a week-long run, a held lock) is left with one warning naming the command."""
+    import threading
+    from greentrack import tracker as tracker_mod
+    from greentrack.reports import emissions_log
+    release = threading.Event()
+    monkeypatch.setattr(emissions_log, "append_run", lambda *a: release.wait(30))
+    monkeypatch.setattr(tracker_mod, "EXIT_CSV_BUDGET_S", 0.3)
+    tracker = greentrack.Tracker(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
+    tracker.start()
+    t0 = time.monotonic()
+    try:
+        tracker._stop("stopped", read_totals=False)  # what the SIGTERM hook calls
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    assert took < 0.3 + 2.0  # the budget, plus the stop itself on a loaded host
+    assert "greentrack report" in caplog.text and "--emissions-csv" in caplog.text
+    assert greentrack.summarize(tmp_path / "run")["status"] == "stopped"
+
+
 def test_a_missing_directory_is_refused_before_the_run(no_host_env: Path, tmp_path: Path) -> None:
     tracker = greentrack.Tracker(tmp_path / "run", emissions_csv=str(tmp_path / "nope" / "e.csv"),
                                  **FAST)
