@@ -32,7 +32,8 @@ from greentrack.run import Run, Totals
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
 from greentrack.jobinfo import job_metadata
-from greentrack.store import StoreWriter, host_identity, prepare_run_dir
+from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
+                              prepare_run_dir)
 
 #: Seconds a stop at SIGTERM or at the interpreter's exit gives the ``emissions_csv`` row (a
 #: Kubernetes or Slurm grace period is 30 s by default; a week-long run's row takes seconds).
@@ -169,14 +170,25 @@ class Tracker:
                 log.warning("greentrack: run_dir %s not used: this process runs under `greentrack "
                             "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
+        fresh_dir = not cfg.run_dir.exists()
+        fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
         self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
-        found = discover(cfg, run_id=self.run_id)
+        channels: list[Any] = []
+        try:
+            found = discover(cfg, run_id=self.run_id)  # a GPU named that does not exist: refused
+            channels = found.channels
+            calibration_notes: list[Any] = []
+            if cfg.calibrate_power_limits:
+                from greentrack import calibration
+                # limits outside a GPU's constraints are refused here, before anything runs
+                self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
+        except ConfigError:
+            for ch in channels:
+                _close_quietly(ch)
+            if fresh_run:  # a refused start leaves no run behind
+                discard_unused_run_dir(cfg.run_dir, self.run_id, remove_dir=fresh_dir)
+            raise
         self.notes = found.notes
-        calibration_notes: list[Any] = []
-        if cfg.calibrate_power_limits:
-            from greentrack import calibration
-            # limits outside a GPU's constraints are a ConfigError here, before anything exists
-            self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
         # one row per run in the emissions CSV: rank 0 writes it, a process that joined
@@ -541,6 +553,13 @@ def _machine() -> dict[str, Any]:
         return {"cpu_count": psutil.cpu_count(), "ram_total_gb": psutil.virtual_memory().total / 2**30}
     except Exception:  # noqa: BLE001 - metadata only
         return {}
+
+
+def _close_quietly(channel: Any) -> None:
+    try:
+        channel.close()
+    except Exception:  # noqa: BLE001 - a refused start still ends with its one-line error
+        pass
 
 
 def _create_time(pid: int) -> float | None:

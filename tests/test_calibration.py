@@ -155,6 +155,7 @@ def test_limits_outside_the_constraints_are_refused_up_front(gpu: FakeGpu, tmp_p
     assert "\n" not in msg and msg.startswith("calibrate_power_limits='300,150,800'")
     assert "200 to 700 W" in msg and "150, 800 W out of range" in msg
     assert gpu.limit_sets == [] and not tracker.running
+    assert not (tmp_path / "run").exists()  # a refused start leaves no run behind
 
 
 @pytest.mark.parametrize("value", ["abc", "", "300,,400", [], [0], [True], "1e9", "nan",

@@ -262,3 +262,21 @@ def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path)
     for st in steps:
         assert st["duration_s"] >= 3.0
         assert st["cpu_j"] == pytest.approx(60.0 * st["duration_s"], rel=0.05)
+
+
+def test_a_start_refused_by_its_settings_leaves_no_run_behind(fake_nvml: FakeNvml,
+                                                             tmp_path: Path) -> None:
+    """A GPU named that does not exist is one line before training, and no run directory (an empty
+    run would be summarized, merged and reported as if it had run). A run directory that already
+    held a run (a resume refused the same way) keeps it."""
+    with pytest.raises(ConfigError, match="^gpus=3 is invalid: no such GPU"):
+        greentrack.Tracker(tmp_path / "new" / "run", gpus=(3,), **FAST).start()
+    assert not (tmp_path / "new" / "run").exists()
+    with greentrack.Tracker(tmp_path / "old", **FAST) as tracker:
+        with tracker.step():
+            pass
+    before = sorted(p.name for p in (tmp_path / "old").iterdir())
+    with pytest.raises(ConfigError):
+        greentrack.Tracker(tmp_path / "old", gpus=(3,), **FAST).start()
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
+    assert greentrack.summarize(tmp_path / "old")["steps"] == 1

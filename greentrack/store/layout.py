@@ -129,6 +129,24 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
     return str(record["run_id"])
 
 
+def discard_unused_run_dir(run_dir: Path, run_id: str, remove_dir: bool) -> None:
+    """Undo :func:`prepare_run_dir` for a start its settings refused (a GPU that does not exist, a
+    power limit out of range): ``run.json`` goes if it is still this run's and nothing was written
+    beside it, and the directory too when ``remove_dir`` (it was made for this start). Never
+    raises: at worst an empty run directory stays."""
+    path = run_dir / "run.json"
+    try:
+        if [p.name for p in run_dir.iterdir()] != ["run.json"]:
+            return  # another process of the run already writes here
+        if json.loads(path.read_text()).get("run_id") != run_id:
+            return
+        path.unlink()
+        if remove_dir:
+            run_dir.rmdir()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _raise_if_no_space(e: OSError, run_dir: Path) -> None:
     """A full disk or quota is the machine's state, not a bad setting: RunStoreError (tracking is
     then disabled and training goes on), where a bad path stays a ConfigError."""
