@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -18,6 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 # This test session's runs meet only each other: another test session on the same machine (CI
 # beside a developer's terminal) must not show up as a second run measuring the host.
 os.environ["GREENTRACK_LEASE_DIR"] = tempfile.mkdtemp(prefix="greentrack-test-leases-")
+# The tests send SIGINT to real processes as a terminal's Ctrl-C would. Run as a shell's background
+# job (`pytest &`, nohup), pytest starts with SIGINT ignored and its children inherit that, so
+# Python in them never raises KeyboardInterrupt. Children get the default back (a handler set here
+# becomes SIG_DFL across exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1}
 
 
@@ -55,6 +62,36 @@ def no_leftover_sampler_threads() -> Iterator[None]:
     yield
     left = [t for t in threading.enumerate() if t.name == "greentrack-sampler" and t.is_alive()]
     assert not left, f"sampler threads left running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_child_processes() -> Iterator[None]:
+    """A test that fails before it ends its tracked child (a ``proc.wait`` timing out) must not
+    leave it measuring the host through every later test (CI-like runs saw one failure become
+    eight: "another run measures this host"). Children the test left are killed, with a warning."""
+    import warnings
+
+    import psutil
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = []
+    for p in me.children(recursive=True):
+        try:
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p)
+        except psutil.Error:
+            pass
+    if not left:
+        return
+    _, alive = psutil.wait_procs(left, timeout=2.0)  # one that is ending anyway
+    for p in alive:
+        try:
+            what = " ".join(p.cmdline())[:120]
+            p.kill()
+        except psutil.Error:
+            continue
+        warnings.warn(f"killed child process {p.pid} the test left running: {what}", stacklevel=1)
 
 
 def python_env(**extra: str) -> dict[str, str]:

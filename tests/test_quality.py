@@ -223,7 +223,9 @@ def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
                 time.sleep(0.05)
             t0 = time.monotonic()
             tr.record(loss=value)
-            assert time.monotonic() - t0 < 0.05  # no wait on the training thread
+            # no wait on the training thread: waiting would take until `done`, 0.6 s later (the
+            # bound leaves a loaded host its scheduling delays)
+            assert time.monotonic() - t0 < 0.3
             time.sleep(0.6)  # several attribution passes: the record waits, it is not dropped
             event.done = True
             time.sleep(0.6)
