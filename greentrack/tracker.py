@@ -14,8 +14,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import platform
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from greentrack import __version__
-from greentrack.config import Config, env_int, env_run_id
 from greentrack import lifecycle, sharing
+from greentrack.config import Config, env_int, env_run_id
 from greentrack.engine import Engine, channel_key
-from greentrack.run import Run, Totals
-from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.errors import ConfigError
-from greentrack.jobinfo import job_metadata
+from greentrack.run import Run, Totals
+from greentrack.runmeta import store_meta
+from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
                               prepare_run_dir)
 
@@ -158,8 +155,6 @@ class Tracker:
         self.status = "disabled"
 
     def _start(self) -> "Tracker":
-        from greentrack.samplers import discover
-
         self._pid = os.getpid()
         self._gen = lifecycle.FORK_GENERATION[0]
         cfg = self.config
@@ -170,24 +165,7 @@ class Tracker:
                 log.warning("greentrack: run_dir %s not used: this process runs under `greentrack "
                             "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
-        fresh_dir = not cfg.run_dir.exists()
-        fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
-        self.run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
-        channels: list[Any] = []
-        try:
-            found = discover(cfg, run_id=self.run_id)  # a GPU named that does not exist: refused
-            channels = found.channels
-            calibration_notes: list[Any] = []
-            if cfg.calibrate_power_limits:
-                from greentrack import calibration
-                # limits outside a GPU's constraints are refused here, before anything runs
-                self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
-        except ConfigError:
-            for ch in channels:
-                _close_quietly(ch)
-            if fresh_run:  # a refused start leaves no run behind
-                discard_unused_run_dir(cfg.run_dir, self.run_id, remove_dir=fresh_dir)
-            raise
+        run_id, found, calibration_notes = self._open_devices(cfg)
         self.notes = found.notes
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
@@ -195,25 +173,52 @@ class Tracker:
         # `greentrack run` leaves it to that command
         self._writes_csv = bool(cfg.emissions_csv) and rank == 0 and parent is None
         self._t_start = time.monotonic()
-        host, boot_id = host_identity()
-        meta = {
-            "run_id": self.run_id, "host": host, "boot_id": boot_id, "pid": self._pid,
-            "pid_create_time": _create_time(self._pid), "rank": rank,
-            "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
-            "started_unix": time.time(), "status": "running", "mode": cfg.mode,
-            "settings": cfg.as_dict(), "argv": sys.argv[:8],
-            "versions": {"greentrack": __version__, "python": platform.python_version(),
-                         "platform": platform.platform()},
-            "notes": [n.__dict__ for n in found.notes], "labels": dict(cfg.labels),
-            "job": job_metadata(), "machine": _machine(),
-        }
+        meta = store_meta(run_id, cfg, self._pid, rank, found.notes)
         self.labels = dict(cfg.labels)
         if parent is not None:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
         self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start)
         self._engine.holds.append(self._earliest_open)
-        for note in found.notes:
+        self._record_start(found.notes, parent, joined, calibration_notes)
+        if self._calibration is not None:
+            self._calibration.attach(self._engine, self._writer.add_power_limit)
+        self._watch(found.channels)
+        self._engine.start()
+        self.status = "running"
+        lifecycle.install(self)
+        self._start_sinks()
+        return self
+
+    def _open_devices(self, cfg: Config) -> tuple[str, Any, list[Any]]:
+        """The run directory (its run id, also kept as ``run_id``), the devices to measure and the power-limit plan. A
+        start its settings refuse (a GPU named that does not exist, limits out of range) raises
+        :class:`ConfigError` and leaves no run behind."""
+        from greentrack.samplers import discover
+        fresh_dir = not cfg.run_dir.exists()
+        fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
+        self.run_id = run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
+        channels: list[Any] = []
+        try:
+            found = discover(cfg, run_id=run_id)
+            channels = found.channels
+            calibration_notes: list[Any] = []
+            if cfg.calibrate_power_limits:
+                from greentrack import calibration
+                self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
+        except ConfigError:
+            for ch in channels:
+                _close_quietly(ch)
+            if fresh_run:
+                discard_unused_run_dir(cfg.run_dir, run_id, remove_dir=fresh_dir)
+            raise
+        return run_id, found, calibration_notes
+
+    def _record_start(self, notes: list[Any], parent: tuple[Path, str] | None,
+                      joined: list[str] | None, calibration_notes: list[Any]) -> None:
+        """The start's events: discovery notes, the join of `greentrack run`, calibration."""
+        assert self._writer is not None and self._engine is not None
+        for note in notes:
             self._writer.add_event(0.0, note.level, "estimate" if "ESTIMATED" in note.message
                                    else "discovery", note.message, None, {"hint": note.hint})
             if note.level == "warning":
@@ -228,12 +233,11 @@ class Tracker:
         for note in calibration_notes:
             log.warning("greentrack: %s", note.message)
             self._engine.event(note.level, "power-limit-calibration", note.message)
-        if self._calibration is not None:
-            self._calibration.attach(self._engine, self._writer.add_power_limit)
-        self._watch(found.channels)
-        self._engine.start()
-        self.status = "running"
-        lifecycle.install(self)
+
+    def _start_sinks(self) -> None:
+        """Prometheus exporters and the integrations' sinks. A sink's bad setting stops the run
+        (failed) and raises; any other failure is a recorded warning."""
+        cfg = self.config
         if cfg.prometheus_port is not None or cfg.pushgateway_url:
             from greentrack.exporters import sinks_for  # lazy: prometheus_client only when asked
             self.sinks.extend(sinks_for(cfg))
@@ -245,8 +249,8 @@ class Tracker:
                 raise
             except Exception as e:  # noqa: BLE001 - a sink must not break training
                 log.warning("greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
+                assert self._engine is not None
                 self._engine.event("warning", "sink-error", f"{type(sink).__name__}: {e}")
-        return self
 
     def accept_joins(self) -> dict[str, str]:
         """Let trackers in child processes join this run (``greentrack run`` does this before
@@ -545,29 +549,11 @@ class Tracker:
         return summarize(self.run_dir)
 
 
-def _machine() -> dict[str, Any]:
-    """The host's logical CPUs and installed memory (GiB, as codecarbon's ``ram_total_size``),
-    recorded once per store for the reports; empty where psutil cannot tell."""
-    try:
-        import psutil
-        return {"cpu_count": psutil.cpu_count(), "ram_total_gb": psutil.virtual_memory().total / 2**30}
-    except Exception:  # noqa: BLE001 - metadata only
-        return {}
-
-
 def _close_quietly(channel: Any) -> None:
     try:
         channel.close()
     except Exception:  # noqa: BLE001 - a refused start still ends with its one-line error
         pass
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        import psutil
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # noqa: BLE001 - metadata only
-        return None
 
 
 __all__ = ["Tracker", "ConfigError"]
