@@ -225,8 +225,11 @@ def check_totals_windows(dev: Device, rows: Rows) -> None:
 
     steps = plan(1, 4, 6, 4) if dev.fake else plan()
     r = play(Path(tempfile.mkdtemp(prefix="gt-quick-")) / "run", dev.busy, _counter(dev), steps)
+    gaps_s, idle_w = r["run_gaps"]
     for name, (ref, got) in (("total_vs_counter", r["run"]), ("long_window", r["total"])):
-        rows.add(name, (got / ref - 1) * 100, detail=f"counter {ref:.1f} J, greentrack {got:.1f} J")
+        rows.add(name, (got / ref - 1) * 100, detail=f"counter {ref:.1f} J, greentrack {got:.1f} J"
+                 + (f"; {gaps_s:.2f} s of start-up and shutdown outside the run taken out at "
+                    f"{idle_w:.0f} W idle" if name == "total_vs_counter" else ""))
     for kind in ("1s", "500ms", "200ms", "burst"):
         w = r[kind]
         rows.add(f"edges_{kind}", w["mae"] * 100,
