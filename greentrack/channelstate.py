@@ -131,29 +131,25 @@ class ChannelState:
         self.raw_last = points[-1][1]
         self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
 
-
     def _from_origin(self, points: list[Point]) -> list[Point]:
         """The points from the run's start on. A counter's first value is dated at the device's
         last refresh, which can precede the start (NVML refreshes every 100 ms): the energy
         between that refresh and the start was drawn before the run and is not the run's. The
         energy at the start is interpolated between the points around it and left out (as
         ``offset``), so the timeline starts at (origin, 0)."""
-        out: list[Point] = []
-        for t, e in points:
-            if not self._started and t <= self.origin:
+        for i, (t, e) in enumerate(points):
+            if t <= self.origin:
                 self._pre = (t, e)
                 continue
-            if not self._started:
-                self._started = True
-                if self._pre is not None:
-                    ta, ea = self._pre
-                    e0 = ea + (e - ea) * (self.origin - ta) / (t - ta)
-                    self.offset += e0
-                    self.raw_last = e0
-                    out.append((self.origin, e0))
-                self._pre = None
-            out.append((t, e))
-        return out
+            self._started = True
+            if self._pre is None:
+                return points[i:]
+            (ta, ea), self._pre = self._pre, None
+            e0 = ea + (e - ea) * (self.origin - ta) / (t - ta)
+            self.offset += e0
+            self.raw_last = e0
+            return [(self.origin, e0), *points[i:]]
+        return []
 
 
 def channel_key(channel: Channel) -> str:

@@ -191,9 +191,9 @@ class Tracker:
         return self
 
     def _open_devices(self, cfg: Config) -> tuple[str, Any, list[Any]]:
-        """The run directory (its run id, also kept as ``run_id``), the devices to measure and the power-limit plan. A
-        start its settings refuse (a GPU named that does not exist, limits out of range) raises
-        :class:`ConfigError` and leaves no run behind."""
+        """The run directory (its run id, also kept as ``run_id``), the devices to measure and the
+        power-limit plan. A start its settings refuse (a GPU named that does not exist, limits out
+        of range) raises :class:`ConfigError` and leaves no run behind."""
         from greentrack.samplers import discover
         fresh_dir = not cfg.run_dir.exists()
         fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
@@ -360,7 +360,7 @@ class Tracker:
 
     def _append_emissions_csv_within(self, budget_s: float) -> None:
         """The row at a SIGTERM or the interpreter's exit, on a daemon thread given ``budget_s``:
-        a slurm or Kubernetes grace period must not be spent reading a week-long run. The file is
+        a Slurm or Kubernetes grace period must not be spent reading a week-long run. The file is
         replaced by a rename, so a row cut short at exit leaves the file as it was; the warning
         says how to append it later."""
         worker = threading.Thread(target=self._append_emissions_csv, daemon=True,
