@@ -15,7 +15,7 @@ with another code) or ``stopped`` (Ctrl-C, a cancelled task, a generator closed 
 ``async def`` function the run is the awaiting of the call, for a generator function (sync or
 async) the iteration of what it returns, not the making of the coroutine or generator. The
 function's return value and its exceptions pass through unchanged; the run's
-:class:`~greentrack.run.Totals` (what :meth:`Tracker.stop` returns) are in ``last_totals`` and the
+:class:`~greentrack.carbon.runs.Totals` (what :meth:`Tracker.stop` returns) are in ``last_totals`` and the
 tracker in ``last_tracker``. Settings are checked when the function is decorated (``Config.check``
 too: the emissions CSV's directory, the intensity CSV), so a bad one is a ``ConfigError`` at
 import time, never in the middle of a job; a run directory that cannot be made when a call starts
@@ -38,7 +38,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 from greentrack._text import printable
 from greentrack.config import Config
 from greentrack.errors import ConfigError
-from greentrack.run import Totals
+from greentrack.carbon.runs import Totals
 from greentrack.tracker import Tracker
 
 P = ParamSpec("P")

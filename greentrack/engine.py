@@ -63,9 +63,13 @@ class Engine:
     """Runs the sampler thread and owns all accounting. See the module docstring."""
 
     def __init__(self, channels: list[Channel], writer: StoreWriter, config: Config,
-                 origin: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 origin: float, clock: Callable[[], float] = time.monotonic,
+                 origin_unix: float | None = None) -> None:
         self.config = config
         self.origin = origin
+        #: the wall time of ``origin`` (the store's ``started_unix``): one anchor for every output
+        self.origin_unix = time.time() - (time.monotonic() - origin) if origin_unix is None \
+            else origin_unix
         self._clock = clock
         self._writer = writer
         self.states = [ChannelState(i + 1, ch, origin) for i, ch in enumerate(channels)]

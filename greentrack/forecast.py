@@ -7,12 +7,12 @@ everything between steps (validation, checkpoints, data loading), over the steps
     energy_total = energy_so_far + (planned - done) x (dE / dsteps over the recent window)
 
 The recent window (the last :data:`WINDOW` observations) follows a run whose speed changes (warm-up,
-a longer sequence length) better than the run-wide mean. Emissions and cost follow from the energy
-when the run has the settings for them: a location or factor (``country``, ``region``, ``cloud``,
-``carbon_intensity_g_per_kwh``, ``intensity_csv``), resolved by :mod:`greentrack.carbon` as the
-reports do and times the PUE, an ``electricity_price`` (per kWh of facility energy, likewise) and
-a ``gpu_hour_price`` (times the forecast duration and the GPUs this process measures); without
-them they are ``None``.
+a longer sequence length) better than the run-wide mean. Emissions, cost and GPU-hours are the
+footprint of the estimated run (:func:`greentrack.carbon.footprint.one_part`: its energy spread
+over its span from start to the forecast end, the GPUs this process measures for the span), at
+the settings :func:`greentrack.carbon.resolve.settings_for` resolves as for every output: the
+intensity (a time series is integrated over the forecast span), the PUE, the prices. Without
+an intensity or a price they are ``None``.
 
 **Interval** (:data:`LEVEL`, two-sided): from the spread of the joules (and seconds) per step
 between successive observations of the window. Each gap between observations covers ``k`` steps;
@@ -43,7 +43,7 @@ import time
 from collections import deque
 from typing import Any
 
-from greentrack.units import J_PER_KWH
+from greentrack.carbon.footprint import NO_SETTINGS, Settings, one_part, plain_settings
 
 log = logging.getLogger("greentrack")
 
@@ -79,21 +79,26 @@ class Forecast:
 
     Args:
         planned_steps: optimizer steps the whole run will take (``None``: no forecast).
-        carbon_g_per_kwh: grams CO2e per kWh of IT energy (PUE included), or ``None``.
-        price_per_kwh: electricity price per kWh of IT energy (PUE included), or ``None``.
+        settings: the carbon and price settings (:func:`greentrack.carbon.resolve.settings_for`);
+            default: none (energy, time and GPU-hours only), or the plain rates below.
+        carbon_g_per_kwh: grams CO2e per kWh of IT energy (PUE included), instead of settings.
+        price_per_kwh: electricity price per kWh of IT energy (PUE included), likewise.
         currency: the price's currency, for display.
         gpu_hour_price: price per GPU-hour, or ``None``.
-        gpus: GPUs this process measures (GPU-hours = duration x gpus).
+        gpus: GPUs this process measures (GPU-seconds = duration x gpus).
     """
 
-    def __init__(self, planned_steps: int | None, *, carbon_g_per_kwh: float | None = None,
-                 price_per_kwh: float | None = None, currency: str | None = None,
-                 gpu_hour_price: float | None = None, gpus: int = 0) -> None:
+    def __init__(self, planned_steps: int | None, *, settings: Settings | None = None,
+                 carbon_g_per_kwh: float | None = None, price_per_kwh: float | None = None,
+                 currency: str | None = None, gpu_hour_price: float | None = None,
+                 gpus: int = 0) -> None:
         self.planned_steps = planned_steps
-        self.carbon_g_per_kwh = carbon_g_per_kwh
-        self.price_per_kwh = price_per_kwh
-        self.currency = currency
-        self.gpu_hour_price = gpu_hour_price
+        if settings is None:
+            given = (carbon_g_per_kwh, price_per_kwh, gpu_hour_price, currency)
+            settings = (plain_settings(carbon_g_per_kwh, price_per_kwh, gpu_hour_price, currency)
+                        if any(v is not None for v in given) else NO_SETTINGS)
+        self.settings = settings
+        self.currency = settings.prices.currency
         self.gpus = gpus
         self._obs: deque[tuple[int, float, float, float]] = deque(maxlen=WINDOW)
 
@@ -140,8 +145,8 @@ class Forecast:
         for suffix in ("", "_low", "_high"):
             if suffix not in bounds:
                 for key in ("energy_j", "energy_kwh", "duration_s", "remaining_s", "end_unix",
-                            "gpu_hours", "emissions_g", "cost", "cost_electricity",
-                            "cost_gpu_hours"):
+                            "gpu_hours", "gpu_seconds", "emissions_g", "cost",
+                            "cost_electricity", "cost_gpu_hours"):
                     out[key + suffix] = None
                 continue
             e, d = bounds[suffix]
@@ -151,52 +156,31 @@ class Forecast:
     def figures(self, energy_j: float, duration_s: float, elapsed_s: float,
                 wall: float) -> dict[str, Any]:
         """Every figure of a run of ``energy_j`` and ``duration_s``, seen at ``elapsed_s`` (wall
-        time ``wall``): the estimate and its bounds use it, and so does a report's check."""
-        kwh = energy_j / J_PER_KWH
-        gpu_h = duration_s * self.gpus / 3600.0
-        elec = kwh * self.price_per_kwh if self.price_per_kwh is not None else None
-        gpu_cost = gpu_h * self.gpu_hour_price if self.gpu_hour_price is not None and self.gpus \
-            else None
-        return {"energy_j": energy_j, "energy_kwh": kwh, "duration_s": duration_s,
+        time ``wall``): the estimate and its bounds use it, and so does a report's check. The
+        footprint of that run (:func:`greentrack.carbon.footprint.one_part`)."""
+        start = wall - elapsed_s
+        fp = one_part(energy_j, start, start + max(duration_s, 0.0), self.settings,
+                      gpu_seconds=max(duration_s, 0.0) * self.gpus)
+        c = fp.cost
+        return {"energy_j": energy_j, "energy_kwh": fp.it_kwh, "duration_s": duration_s,
                 "remaining_s": duration_s - elapsed_s, "end_unix": wall + duration_s - elapsed_s,
-                "gpu_hours": gpu_h,
-                "emissions_g": kwh * self.carbon_g_per_kwh if self.carbon_g_per_kwh is not None
-                else None,
-                "cost": None if elec is None and gpu_cost is None else (elec or 0.0) + (gpu_cost or 0.0),
-                "cost_electricity": elec, "cost_gpu_hours": gpu_cost}
+                "gpu_hours": fp.gpu_hours, "gpu_seconds": fp.gpu_seconds,
+                "emissions_g": fp.location_g,
+                "cost": None if c is None else c.total,
+                "cost_electricity": None if c is None else c.electricity,
+                "cost_gpu_hours": None if c is None or not self.gpus else c.gpu_hours}
 
     @classmethod
     def for_config(cls, planned_steps: int | None, config: Any, gpus: int = 0) -> Forecast:
-        """A forecast using the carbon and price settings of a :class:`greentrack.Config`, for
-        a process measuring ``gpus`` GPUs."""
-        g, price = _intensity(config), getattr(config, "electricity_price", None)
-        pue = _pue(config) if g is not None or price is not None else 1.0
-        gpu_price = getattr(config, "gpu_hour_price", None)
-        return cls(planned_steps, carbon_g_per_kwh=None if g is None else g * pue,
-                   price_per_kwh=None if price is None else float(price) * pue,
-                   currency=getattr(config, "currency", None),
-                   gpu_hour_price=None if gpu_price is None else float(gpu_price), gpus=gpus)
-
-
-def _intensity(config: Any) -> float | None:
-    """Grams CO2e per kWh of facility energy, by the precedence every output uses
-    (:mod:`greentrack.carbon.resolve`), or None if it cannot be had."""
-    try:
-        from greentrack.carbon import live_intensity
-        found = live_intensity(config)
-    except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
-        log.warning("greentrack: no carbon intensity for the forecast: %s", e)
-        return None
-    return None if found is None else float(found[0])
-
-
-def _pue(config: Any) -> float:
-    """Facility over IT energy: :func:`greentrack.carbon.resolve.pue_in_use`, as every output."""
-    try:
-        from greentrack.carbon.resolve import pue_in_use
-        return float(pue_in_use(config)["value"])
-    except Exception:  # noqa: BLE001 - an invalid location was refused at start already
-        return 1.0
+        """A forecast at the carbon and price settings of a :class:`greentrack.Config`
+        (resolved as every output resolves them), for a process measuring ``gpus`` GPUs."""
+        try:
+            from greentrack.carbon.resolve import settings_for
+            settings = settings_for(config)
+        except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
+            log.warning("greentrack: no carbon or price settings for the forecast: %s", e)
+            settings = NO_SETTINGS
+        return cls(planned_steps, settings=settings, gpus=gpus)
 
 
 def _range(est: dict[str, Any], key: str, scale: float, fmt: str = ".3g") -> str:

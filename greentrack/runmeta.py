@@ -15,14 +15,17 @@ from greentrack.jobinfo import job_metadata
 from greentrack.store import host_identity
 
 
-def store_meta(run_id: str, config: Config, pid: int, rank: int, notes: list[Any]) -> dict[str, Any]:
-    """The meta of a store opened now by process ``pid`` of ``rank``."""
+def store_meta(run_id: str, config: Config, pid: int, rank: int, notes: list[Any],
+               started_unix: float | None = None) -> dict[str, Any]:
+    """The meta of a store opened now by process ``pid`` of ``rank``; ``started_unix``: the wall
+    time of the engine's origin (every reading's time is relative to it)."""
     host, boot_id = host_identity()
     return {
         "run_id": run_id, "host": host, "boot_id": boot_id, "pid": pid,
         "pid_create_time": _create_time(pid), "rank": rank,
         "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
-        "started_unix": time.time(), "status": "running", "mode": config.mode,
+        "started_unix": time.time() if started_unix is None else started_unix,
+        "status": "running", "mode": config.mode,
         "settings": config.as_dict(), "argv": sys.argv[:8],
         "versions": {"greentrack": __version__, "python": platform.python_version(),
                      "platform": platform.platform()},

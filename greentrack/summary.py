@@ -1,6 +1,7 @@
 """Totals of a run directory, for ``greentrack summary`` and :func:`greentrack.summarize`: a thin
 layer over the read model :class:`greentrack.run.Run`, which merges ranks and resumed segments (its
-docstring gives the rules)."""
+docstring gives the rules), with the run's footprint (:mod:`greentrack.carbon.runs`: emissions,
+cost, GPU-hours, per-step figures, each store at the settings it recorded)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,66 @@ from collections.abc import Sequence
 from typing import Any
 
 from greentrack._text import printable
+from greentrack.carbon.footprint import Footprint
+from greentrack.carbon.runs import Explicit, run_footprint
+from greentrack.errors import ConfigError
 from greentrack.jobinfo import describe
 from greentrack.run import RECORD_WARNINGS, Run
 from greentrack.store.reader import STALE_AFTER_S, store_status
 
-__all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "format_summary", "store_status", "summarize"]
+__all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "footprint_summary", "format_summary",
+           "store_status", "summarize"]
 
 
-def summarize(run_dir: str | Path | Sequence[str | Path]) -> dict[str, Any]:
-    """The run's totals as a JSON-ready dict (the ``greentrack summary --json`` document).
+def summarize(run_dir: str | Path | Sequence[str | Path],
+              explicit: Explicit = None) -> dict[str, Any]:
+    """The run's totals as a JSON-ready dict (the ``greentrack summary --json`` document), with
+    its ``footprint`` (:func:`footprint_summary`, with its own ``warnings`` about the figures;
+    None, with a warning, when a recorded setting cannot be resolved any more, e.g. an intensity
+    CSV since deleted).
 
     Args:
         run_dir: a run directory, or several directories of one run (node-local directories:
             each store counted once, see :meth:`greentrack.run.Run.open`).
+        explicit: settings over those each store recorded (as ``greentrack report``'s flags).
 
     Raises:
         ConfigError: ``run_dir`` is missing, holds no run, or none of its stores can be read
         (one that cannot is a warning when another can); directories of different runs.
     """
     with Run.open(run_dir) as run:
-        return run.summary()
+        out = run.summary()
+        try:
+            out["footprint"] = footprint_summary(run_footprint(run, explicit))
+        except ConfigError as e:  # the record is still summed; its emissions cannot be
+            out["footprint"] = None
+            out["warnings"].append(f"no emissions or cost: {e}")
+        return out
+
+
+def footprint_summary(fp: Footprint) -> dict[str, Any]:
+    """The footprint's figures, JSON-ready (``summary --json``, ``advise --json``)."""
+    inten, per = fp.intensity, fp.per_step
+    return {
+        "energy_j": fp.total_j, "it_kwh": fp.it_kwh, "facility_kwh": fp.facility_kwh,
+        "pue": fp.pue.value, "pue_source": fp.pue.source,
+        "emissions_location_g": fp.location_g, "emissions_market_g": fp.market_g,
+        "intensity_g_per_kwh": inten.g_per_kwh if inten is not None else None,
+        "intensity_method": inten.method if inten is not None else None,
+        "intensity_source": inten.source if inten is not None else None,
+        "cost": fp.cost.total if fp.cost is not None else None, "currency": fp.currency,
+        "costs_by_currency": {str(c.currency): c.total for c in fp.costs} if len(fp.costs) > 1
+        else None,
+        "gpu_hours": fp.gpu_hours, "optimizer_steps": fp.work.optimizer_steps,
+        "step_rows": fp.work.step_rows,
+        "per_step": None if per is None else {
+            "divisor": per.divisor, "count": per.count, "energy_j": per.energy_j,
+            "emissions_g": per.emissions_g, "cost": per.cost},
+        "parts": len(fp.parts), "settings_differ": fp.settings_differ,
+        # about the figures (no location set, settings that differ between segments); the
+        # record's own warnings (gaps, damage) are the summary's ``warnings``
+        "warnings": list(fp.warnings),
+    }
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -41,7 +82,8 @@ def format_summary(s: dict[str, Any]) -> str:
         *([f"  job        {p(describe(s['job']), 300)}"] if describe(s.get("job") or {}) else []),
         *([f"  hosts      {len(s['hosts'])}: {p(', '.join(s['hosts']), 300)}"]
           if len(s.get("hosts") or []) > 1 else []),
-        f"  duration   {s['duration_s']:.1f} s   steps {s['steps']}   GPU-seconds {s['gpu_seconds']:.1f}",
+        f"  duration   {s['duration_s']:.1f} s   steps {s['steps']} (optimizer steps "
+        f"{s['optimizer_steps']})   GPU-seconds {s['gpu_seconds']:.1f}",
         f"  energy     {e['total']} ({s['energy_kwh'] * 1000:.4f} Wh)   "
         f"gpu {e['gpu']}   cpu {e['cpu']}   dram {e['dram']}",
         "  sources:",
@@ -52,6 +94,15 @@ def format_summary(s: dict[str, Any]) -> str:
         where = f"{p(src['host'], 40)}:" if hosts else ""
         lines.append(f"    {p(src['kind']):<4} {where}{p(src['device']):<13} {tag:<9} {p(src['method'])}  "
                      f"[{p(str(src['uncertainty'] or '').split(':')[0])}]")
+    f = s.get("footprint")
+    if f:
+        money = (f"   cost {f['cost']:.4g} {p(f['currency'] or '')}".rstrip()
+                 if f["cost"] is not None else "")
+        lines.insert(lines.index("  sources:"), f"  emissions  {f['emissions_location_g']:.4g} gCO2e (location-based, "
+                        f"{f['intensity_g_per_kwh']:.4g} g/kWh x PUE {f['pue']:g}; "
+                        f"{p(f['intensity_method'])})   GPU-hours {f['gpu_hours']:.4g}{money}"
+                     if f["emissions_location_g"] is not None else
+                     f"  emissions  unknown (no intensity data)   GPU-hours {f['gpu_hours']:.4g}")
     if s["gaps"]:
         lines.append(f"  gaps: {s['gaps']} (see the run's events)")
     lines.extend(f"  warning: {p(w)}" for w in s["warnings"])

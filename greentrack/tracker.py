@@ -26,7 +26,8 @@ from greentrack import lifecycle, sharing
 from greentrack.config import Config, env_int, env_run_id
 from greentrack.engine import Engine, channel_key
 from greentrack.errors import ConfigError
-from greentrack.run import Run, Totals
+from greentrack.carbon.runs import Totals, totals
+from greentrack.run import Run
 from greentrack.runmeta import store_meta
 from greentrack.stepvalues import PLAIN, capture, phase_name
 from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
@@ -172,13 +173,17 @@ class Tracker:
         # one row per run in the emissions CSV: rank 0 writes it, a process that joined
         # `greentrack run` leaves it to that command
         self._writes_csv = bool(cfg.emissions_csv) and rank == 0 and parent is None
-        self._t_start = time.monotonic()
-        meta = store_meta(run_id, cfg, self._pid, rank, found.notes)
+        # the origin on both clocks, read together: the store's start (every report's unix time
+        # of a reading) and the exporter's must be the same instant, or time-resolved intensity
+        # charges energy to the wrong interval
+        self._t_start, origin_unix = time.monotonic(), time.time()
+        meta = store_meta(run_id, cfg, self._pid, rank, found.notes, origin_unix)
         self.labels = dict(cfg.labels)
         if parent is not None:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
-        self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start)
+        self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start,
+                              origin_unix=origin_unix)
         self._engine.holds.append(self._earliest_open)
         self._record_start(found.notes, parent, joined, calibration_notes)
         if self._calibration is not None:
@@ -307,9 +312,11 @@ class Tracker:
             status: the run's final status: ``completed`` (default), ``failed`` or ``stopped``.
 
         Returns:
-            The run's :class:`~greentrack.run.Totals` (energy by kind, duration, steps, GPU-hours,
-            and emissions with the intensity and its source when a location is set), also kept as
-            :attr:`result`; None when tracking was off or the run cannot be read. Never raises.
+            The run's :class:`~greentrack.carbon.runs.Totals` (energy by kind, duration, steps,
+            GPU-hours, location- and market-based emissions with the intensity and its source,
+            cost: the same footprint as ``greentrack summary`` and every report; without a
+            location, the world average, named), also kept as :attr:`result`; None when
+            tracking was off or the run cannot be read. Never raises.
         """
         return self._stop(status, read_totals=True)
 
@@ -346,7 +353,8 @@ class Tracker:
             return None
         try:
             with Run.open(self.run_dir) as run:
-                self.result = run.totals(self.config)
+                # every store at the settings it recorded, as the summary and reports count it
+                self.result = totals(run)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
         if self._writes_csv:
@@ -530,13 +538,14 @@ class Tracker:
                 engine.event("warning", "hook-error", f"metrics not recorded: {type(e).__name__}: {e}")
 
     # -- live figures --------------------------------------------------------------------------
-    def totals(self) -> dict[str, float]:
-        """Energy so far in joules by kind (``gpu``, ``cpu``, ``dram``, ``total``); live."""
-        out = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
+    def totals(self) -> dict[str, float | None]:
+        """Energy so far in joules by kind (``gpu``, ``cpu``, ``dram``: None for a kind no
+        device of which is tracked, as in the summary) and ``total``; live."""
+        out: dict[str, float | None] = {"gpu": None, "cpu": None, "dram": None}
         if self._engine is not None:
             for ch in self._engine.snapshot():
-                out[ch.kind] += ch.energy_j
-        out["total"] = sum(out.values())
+                out[ch.kind] = (out.get(ch.kind) or 0.0) + ch.energy_j
+        out["total"] = float(sum(v for v in out.values() if v is not None))
         return out
 
     @property

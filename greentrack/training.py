@@ -42,6 +42,7 @@ from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
                               given)
 from greentrack.forecast import Forecast, format_forecast
 from greentrack.steps import StepRow
+from greentrack.units import J_PER_WH
 from greentrack.stepmarks import StepMarks
 
 log = logging.getLogger("greentrack")
@@ -298,7 +299,7 @@ class TrainingMeter:
                 planned = self.forecast.planned_steps
                 line = (f"greentrack: step {self.train_steps}"
                         + (f"/{planned}" if planned else "")
-                        + f", {self.energy_so_far_j() / 3600.0:.3g} Wh so far")
+                        + f", {self.energy_so_far_j() / J_PER_WH:.3g} Wh so far")
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
         except Exception as e:  # noqa: BLE001 - a closed stderr never stops attribution

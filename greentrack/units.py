@@ -1,6 +1,7 @@
 """Units and the checks every figure shares: one place for each, so no two modules disagree.
 
-Energy is stored in joules; humans get kWh through :data:`J_PER_KWH`. Wall times are shown as
+Energy is stored in joules; humans get kWh through :data:`J_PER_KWH`; seconds become hours only
+through :func:`hours`. Wall times are shown as
 UTC ISO 8601 by :func:`utc`. A value counts as a number only when :func:`is_number` says so.
 """
 
@@ -10,8 +11,21 @@ import math
 import time
 from typing import Any
 
-#: Joules in one kilowatt-hour (exact).
+#: Joules in one kilowatt-hour and in one watt-hour (exact).
 J_PER_KWH = 3.6e6
+J_PER_WH = 3.6e3
+#: Seconds in one hour.
+S_PER_HOUR = 3600.0
+
+
+def hours(seconds: float) -> float:
+    """``seconds`` in hours (GPU-seconds to GPU-hours, a duration for display)."""
+    return seconds / S_PER_HOUR
+
+
+def days(seconds: float) -> float:
+    """``seconds`` in days (wall-clock and hardware days of the EU AI Act's documentation)."""
+    return seconds / (24.0 * S_PER_HOUR)
 
 
 def utc(t: float) -> str:

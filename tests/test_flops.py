@@ -206,12 +206,14 @@ def test_forecast_from_config_uses_intensity_and_pue() -> None:
     from greentrack.config import Config
     f = Forecast.for_config(10, Config(carbon_intensity_g_per_kwh=100.0, pue=1.5,
                                        electricity_price=0.3, currency="USD"))
-    assert f.carbon_g_per_kwh == pytest.approx(150.0)  # facility energy: IT x PUE
-    assert f.price_per_kwh == pytest.approx(0.45)
+    kwh = f.figures(3.6e6, 3600.0, 0.0, 2e9)  # 1 kWh of IT energy over an hour
+    assert kwh["emissions_g"] == pytest.approx(150.0)  # facility energy: IT x PUE
+    assert kwh["cost"] == pytest.approx(0.45) and f.currency == "USD"
     none = Forecast.for_config(10, Config())  # no location: the world average, as every report
     from greentrack.carbon.location import world_average
-    assert none.carbon_g_per_kwh == pytest.approx(world_average().g_per_kwh * 1.56)
-    assert none.price_per_kwh is None
+    got = none.figures(3.6e6, 3600.0, 0.0, 2e9)
+    assert got["emissions_g"] == pytest.approx(world_average().g_per_kwh * 1.56)
+    assert got["cost"] is None
 
 
 def test_forecast_from_a_location_uses_the_reports_factors() -> None:
@@ -224,7 +226,7 @@ def test_forecast_from_a_location_uses_the_reports_factors() -> None:
     pue = resolve_pue(cfg, resolve_location(cfg))
     assert found is not None and pue["default"]  # no PUE set: the location's default, as reports
     f = Forecast.for_config(10, cfg)
-    assert f.carbon_g_per_kwh == pytest.approx(found[0] * pue["value"])
+    assert f.figures(3.6e6, 3600.0, 0.0, 2e9)["emissions_g"] == pytest.approx(found[0] * pue["value"])
     assert 20.0 < found[0] < 200.0  # France's low-carbon grid, from codecarbon's data
 
 

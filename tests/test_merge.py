@@ -133,7 +133,9 @@ def test_report_and_compare_take_node_directories_joined(nodes: list[Path],
     cmp_ = gt("compare", str(nodes[0]), joined, "--json")
     assert cmp_.returncode == 0, cmp_.stderr
     rows = json.loads(cmp_.stdout)["runs"]
-    assert rows[1]["run_dir"] == joined and rows[1]["steps"] == 8 and rows[0]["steps"] == 3
+    assert rows[1]["run_dir"] == joined and rows[1]["step_rows"] == 8 and rows[0]["step_rows"] == 3
+    # per-step figures divide by one rank's training steps (each node ran its own rank 0 here)
+    assert rows[1]["per_step_divisor"] == "optimizer_steps" and rows[1]["steps"] == 5
 
 
 def test_a_failed_gather_leaves_rank_zero_its_own_node_and_a_gap(nodes: list[Path]) -> None:

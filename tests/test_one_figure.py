@@ -131,12 +131,12 @@ def test_every_output_gives_the_same_figures(segments: int, ranks: int, steps: i
     assert doc["energy"]["it_kwh"] == pytest.approx(s["energy_kwh"])
     assert sum(d["energy_j"] for d in doc["energy"]["devices"]) == pytest.approx(s["energy_j"]["total"])
     g_per_kwh = doc["intensity"]["location_based"]["g_per_kwh"]
-    from greentrack.carbon.resolve import config_for_run, pue_in_use
+    from greentrack.carbon.resolve import config_for_run, settings_for
     from greentrack.carbon import live_intensity
     cfg = config_for_run({"country": country}, {})
     assert live_intensity(cfg)[0] == pytest.approx(g_per_kwh)  # what the exporter would use
     assert doc["scope2"]["location_based_kg"] == pytest.approx(
-        s["energy_kwh"] * pue_in_use(cfg)["value"] * g_per_kwh / 1000)
+        s["energy_kwh"] * settings_for(cfg).pue.value * g_per_kwh / 1000)
     json.dumps(s, allow_nan=False)
 
 
@@ -162,4 +162,11 @@ def test_stop_returns_the_runs_totals(tmp_path: Path, monkeypatch: pytest.Monkey
     assert totals.intensity_g_per_kwh == pytest.approx(FRA, rel=1e-3)
     assert totals.emissions_g == pytest.approx(doc["scope2"]["location_based_kg"] * 1000)
     assert totals.pue == 1.56 and "global_energy_mix" in str(totals.intensity_source)
-    assert no_location is not None and no_location.emissions_g is None  # no location: not guessed
+    # no location: the world average, named, as every report and the CSV row (issue 20: None here
+    # while the report, the CSV, Prometheus and advise used the world average)
+    from greentrack.carbon.location import world_average
+    assert no_location is not None and "no location was set" in str(no_location.intensity_source)
+    assert no_location.intensity_g_per_kwh == pytest.approx(world_average().g_per_kwh)
+    assert no_location.emissions_g == pytest.approx(
+        report_document(tmp_path / "plain", {})["scope2"]["location_based_kg"] * 1000, rel=1e-9)
+    assert any("no location set" in w for w in no_location.warnings)

@@ -305,10 +305,12 @@ def test_job_label_comes_from_the_scheduler() -> None:
 
 
 def test_intensity_lookup_is_cached_and_its_failures_reported_once() -> None:
+    from greentrack.carbon.footprint import plain_settings
     calls: list[float] = []
     errors: list[str] = []
     now = [0.0]
-    answers: list[Any] = [(300.0, "zone FR, 2024"), RuntimeError("provider down"), (280.0, "zone FR")]
+    answers: list[Any] = [plain_settings(300.0, source="zone FR, 2024"),
+                          RuntimeError("provider down"), plain_settings(280.0, source="zone FR")]
 
     def lookup(config: Config) -> Any:
         calls.append(now[0])

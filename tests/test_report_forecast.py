@@ -15,6 +15,7 @@ import pytest
 import greentrack
 from greentrack.forecast import Forecast
 from greentrack.reports import svg
+from greentrack.carbon.footprint import NO_SETTINGS, plain_settings
 from greentrack.reports.forecasting import forecast_section
 from greentrack.reports.run_data import Channel, RunData
 from greentrack.training import TrainingMeter
@@ -53,7 +54,7 @@ def constructed(seed: int, steps: int = 200, every: int = 2) -> tuple[RunData, f
 
 def test_the_report_check_reproduces_the_live_forecast_and_knows_the_truth() -> None:
     data, true_j, true_s = constructed(seed=3)
-    f = forecast_section(data, config=None, g_per_kwh=400.0, pue=1.5, gpus=0)
+    f = forecast_section(data, plain_settings(400.0 * 1.5), gpus=0)
     assert f is not None and f["kind"] == "check"
     assert f["planned_steps"] == 200 and f["planned_source"] == "the steps the run took"
     assert f["made_at_steps"] == 20  # after the first 10% of the steps
@@ -77,7 +78,7 @@ def test_the_report_check_reproduces_the_live_forecast_and_knows_the_truth() -> 
 
 
 def test_the_report_checks_interval_holds_the_truth_about_as_often_as_it_says() -> None:
-    hits = sum(bool(forecast_section(constructed(seed)[0], None, None, 1.0, 0)["covered"]  # type: ignore[index]
+    hits = sum(bool(forecast_section(constructed(seed)[0], NO_SETTINGS, 0)["covered"]  # type: ignore[index]
                     ["energy_j"]) for seed in range(200))
     assert 0.82 <= hits / 200 <= 0.97, hits
 
@@ -85,9 +86,9 @@ def test_the_report_checks_interval_holds_the_truth_about_as_often_as_it_says() 
 def test_a_run_still_going_is_forecast_to_its_planned_steps() -> None:
     data, _, _ = constructed(seed=5)
     data.summary["status"] = "running"
-    assert forecast_section(data, None, None, 1.0, 0) is None  # no planned steps recorded
+    assert forecast_section(data, NO_SETTINGS, 0) is None  # no planned steps recorded
     data.planned_steps = 1000
-    f = forecast_section(data, None, None, 1.0, 0)
+    f = forecast_section(data, NO_SETTINGS, 0)
     assert f is not None and f["kind"] == "now" and f["actual"] is None
     assert f["made_at_steps"] == 200 and f["planned_steps"] == 1000
     # 800 more steps of about 1 s at 100 W

@@ -88,13 +88,13 @@ def test_figures_say_what_they_include(html_report: Path) -> None:
     html = (html_report / "report.html").read_text()
     doc = report_json(html_report)
     own = doc["steps"]["by_phase"]["train"]["energy_per_step_j"]
-    assert "J per step (all the run&#x27;s energy / steps)" in html
+    assert "J per step (all the run&#x27;s energy / optimizer steps)" in html
     assert re.search(r"idle time, data loading, evaluation and checkpoints included\) by the steps\. "
                      r"The histogram below shows each train step&#x27;s own energy", html)
     assert "median " in html and own["median"] < doc["compute"]["joules_per_step"]
     assert "Cumulative IT energy: all devices summed, before PUE" in html
     md = (html_report / "report.md").read_text()
-    assert "J per step (all the run's energy / steps)" in md
+    assert "J per step (all the run's energy / optimizer steps)" in md
 
 
 def test_the_report_renders_in_headless_chromium_without_errors(html_report: Path) -> None:

@@ -3,7 +3,8 @@
 Reads energy from a run (never hardware). Public entry points:
 
 * :func:`live_intensity` ``(config) -> (gCO2e/kWh, source) | None`` for live gauges;
-* :func:`greentrack.carbon.accounting.account` for a finished (or running) run's figures;
+* :func:`greentrack.carbon.footprint.footprint` for every emission, cost and GPU-hour figure of a
+  run (:func:`greentrack.carbon.runs.run_footprint` for a run directory's);
 * :func:`greentrack.carbon.location.yearly_factor` for a location's yearly factor.
 
 Nothing heavy is imported here: codecarbon's data loads on first use.

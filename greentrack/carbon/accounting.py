@@ -1,142 +1,108 @@
-"""Carbon and cost accounting of one run, from its energy (never from hardware).
-
-The location-based intensity I and the PUE follow :mod:`greentrack.carbon.resolve` (one precedence
-for reports, live metrics and the forecast); a time series is integrated against the run's energy
-over time.
+"""The report's carbon and cost sections, written from a :class:`~greentrack.carbon.footprint.
+Footprint`: every figure here is the footprint's (nothing is multiplied again), with the words an
+auditor needs beside it.
 
 Scope 2 is reported both ways (GHG Protocol): location-based = facility kWh x I; market-based =
 facility kWh x ``market_factor_g_per_kwh`` (contractual instruments), null when not given.
+Embodied emissions (SCI's M, amortized) and the Scope 3 note come from
+:func:`greentrack.carbon.factors.embodied`; SCI from :func:`greentrack.carbon.factors.sci`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from greentrack.carbon import factors
-from greentrack.carbon.location import Factor, resolve_location, world_average
-from greentrack.carbon.resolve import intensity_plan, pue_in_use
-from greentrack.carbon.series import IntensitySeries, integrate, read_csv
+from greentrack.carbon.footprint import Footprint
+from greentrack.carbon.location import world_average
 from greentrack.units import utc
 
-
-@dataclass
-class EnergyProfile:
-    """What accounting needs from a run.
-
-    Attributes:
-        it_kwh: IT energy (all devices, all processes).
-        bins: ``(start_unix, end_unix, energy_j)`` of the run's energy over wall time.
-        start_unix / end_unix: the run's span.
-        gpu_seconds / host_seconds: device time reserved (for embodied emissions and cost).
-        n_gpus / n_hosts: distinct devices.
-    """
-
-    it_kwh: float
-    bins: list[tuple[float, float, float]]
-    start_unix: float
-    end_unix: float
-    gpu_seconds: float = 0.0
-    host_seconds: float = 0.0
-    n_gpus: int = 0
-    n_hosts: int = 1
-    steps: int = 0
-    tokens: float | None = None
-    flops: float | None = None
-    warnings: list[str] = field(default_factory=list)
+#: Why electricity is billed on facility energy, and the trap of two prices.
+COST_NOTE = ("electricity is billed on facility energy (IT x PUE); a cloud GPU-hour price usually "
+             "already includes energy, so set only one of the two to avoid counting energy twice")
 
 
-def _time_resolved(series: IntensitySeries, profile: EnergyProfile, fallback: Factor,
-                   base: Factor | None, dataset: str, warnings: list[str]) -> dict[str, Any]:
-    result = integrate(series, profile.bins, fallback.g_per_kwh)
-    if result.covered_kwh <= 0 and result.energy_kwh > 0:
-        a, b = series.span
-        warnings.append(f"the intensity series ({series.source}) covers {utc(a)} to {utc(b)}, "
-                        f"none of the run ({utc(profile.start_unix)} to {utc(profile.end_unix)}); "
-                        f"used {fallback.source}")
-        return {**fallback.as_dict(), "coverage": 0.0}
-    if result.coverage < 0.999:
-        warnings.append(f"the intensity series covers {result.coverage:.1%} of the run's energy; the "
-                        f"rest is charged at {fallback.g_per_kwh:.1f} g/kWh ({fallback.method})")
-    return {
-        "g_per_kwh": result.effective_g_per_kwh, "method": "time-resolved",
-        "source": f"{series.source}: {result.intervals_used} interval(s) integrated against the "
-                  f"run's energy over time (energy-weighted mean)",
-        "dataset": dataset, "year": int(time.gmtime(profile.start_unix).tm_year),
-        "location": {**(base.location if base else {}), **({"zone": series.zone} if series.zone else {})},
-        "coverage": result.coverage, "intervals_used": result.intervals_used,
-        "series_interval_s": series.extra.get("interval_s"),
-        "fallback": fallback.as_dict() if result.coverage < 0.999 else None,
-    }
+def _cost(fp: Footprint) -> dict[str, Any] | None:
+    c = fp.cost
+    if c is None:
+        if not fp.costs:
+            return None
+        return {"currency": None, "electricity_price_per_kwh": None, "gpu_hour_price": None,
+                "electricity": None, "gpu_hours": None, "total": None, "per_step": None,
+                "per_million_tokens": None, "note": COST_NOTE,
+                "by_currency": [{"currency": x.currency, "electricity": x.electricity,
+                                 "gpu_hours": x.gpu_hours, "total": x.total} for x in fp.costs]}
+    return {"currency": c.currency, "electricity_price_per_kwh": c.electricity_price_per_kwh,
+            "gpu_hour_price": c.gpu_hour_price, "electricity": c.electricity,
+            "gpu_hours": c.gpu_hours, "total": c.total,
+            "per_step": fp.per_step.cost if fp.per_step is not None else None,
+            "per_step_divisor": fp.per_step.divisor if fp.per_step is not None else None,
+            "per_million_tokens": fp.per_token.cost * 1e6
+            if fp.per_token is not None and fp.per_token.cost is not None else None,
+            "note": COST_NOTE}
 
 
-def location_intensity(config: Any, profile: EnergyProfile, warnings: list[str]) -> dict[str, Any]:
-    """The location-based factor in use, as a JSON-ready dict (precedence:
-    :func:`greentrack.carbon.resolve.intensity_plan`)."""
-    plan = intensity_plan(config)
-    base, fallback = plan.base, plan.fallback or world_average()  # a report needs the data
-    if plan.kind == "user":
-        return {"g_per_kwh": float(config.carbon_intensity_g_per_kwh), "method": "user-setting",
-                "source": "user setting (carbon_intensity_g_per_kwh)", "dataset": "user",
-                "year": None, "location": base.location if base else {}, "coverage": 1.0}
-    if plan.kind == "csv":
-        series = read_csv(config.intensity_csv)
-        return _time_resolved(series, profile, fallback, base, "intensity CSV", warnings)
-    if plan.kind == "electricitymaps":
-        from greentrack.carbon.electricitymaps import ElectricityMapsError
-        try:
-            series = plan.client.past_range(profile.start_unix, profile.end_unix)
-            return _time_resolved(series, profile, fallback, base, "Electricity Maps API", warnings)
-        except ElectricityMapsError as e:
-            warnings.append(f"{e}; used {fallback.source}")
-    if plan.error:
-        warnings.append(plan.error)
-    if base is None:
-        warnings.append("no location set (--country, --region, --cloud or --carbon-intensity): "
-                        "emissions use the world average and are only indicative")
-    return {**fallback.as_dict(), "coverage": 1.0}
+def parts(fp: Footprint) -> list[dict[str, Any]]:
+    """Each part of the run at its own settings (one entry for a run of one set of settings)."""
+    return [{"label": p.label, "start": utc(p.start_unix), "end": utc(p.end_unix),
+             "it_kwh": p.it_kwh, "facility_kwh": p.facility_kwh, "pue": p.pue.value,
+             "g_per_kwh": p.intensity.g_per_kwh if p.intensity is not None else None,
+             "intensity_source": p.intensity.source if p.intensity is not None else None,
+             "location_based_kg": None if p.location_g is None else p.location_g / 1000.0,
+             "market_based_kg": None if p.market_g is None else p.market_g / 1000.0,
+             "cost": p.cost.total if p.cost is not None else None,
+             "currency": p.cost.currency if p.cost is not None else None,
+             "gpu_hours": p.gpu_hours, "location": dict(p.settings.location)}
+            for p in fp.parts]
 
 
-def account(config: Any, profile: EnergyProfile, sci_unit: str = "run") -> dict[str, Any]:
-    """Every carbon and cost figure of the run, each with its source.
+def sections(fp: Footprint, sci_unit: str = "run") -> dict[str, Any]:
+    """``location``, ``pue``, ``it_energy_kwh``, ``facility_energy_kwh``, ``intensity``,
+    ``scope2``, ``embodied``, ``sci``, ``cost``, ``parts`` and ``warnings`` of the report.
 
     Raises:
-        ConfigError: invalid location, intensity CSV, price or embodied setting.
+        ConfigError: no intensity can be had (codecarbon's data missing and no factor set).
     """
-    warnings: list[str] = []
-    location = resolve_location(config)
-    pue = pue_in_use(config)
-    facility_kwh = profile.it_kwh * pue["value"]
-    loc = location_intensity(config, profile, warnings)
-    market = config.market_factor_g_per_kwh
-    emb = factors.embodied(config, profile.gpu_seconds, profile.host_seconds, profile.n_gpus,
-                           profile.n_hosts)
-    o_g = facility_kwh * loc["g_per_kwh"]
+    if fp.intensity is None or fp.location_g is None:
+        world_average()  # raises the one-line error that names what is missing
+        raise AssertionError("an intensity was resolvable")  # pragma: no cover
+    first = fp.parts[0]
+    market = [p.settings.market_g_per_kwh for p in fp.parts]
+    w = fp.work
+    emb = factors.embodied(first.settings.embodied, fp.gpu_seconds, w.host_seconds, w.n_gpus,
+                           w.n_hosts)
+    start = min(p.start_unix for p in fp.parts)
+    end = max(p.end_unix for p in fp.parts)
     return {
-        "location": location or {},
-        "pue": pue,
-        "it_energy_kwh": profile.it_kwh,
-        "facility_energy_kwh": facility_kwh,
+        "location": dict(first.settings.location) if len(fp.parts) == 1 else
+        dict(fp.parts[-1].settings.location),
+        "pue": fp.pue.as_dict(),
+        "it_energy_kwh": fp.it_kwh,
+        "facility_energy_kwh": fp.facility_kwh,
         "intensity": {
-            "location_based": loc,
-            "market_based": None if market is None else {
-                "g_per_kwh": float(market),
+            "location_based": fp.intensity.as_dict(),
+            "market_based": None if fp.market_g is None else {
+                # one factor throughout is stated as given; else the energy-weighted mean
+                "g_per_kwh": market[0] if len(set(market)) == 1 or fp.facility_kwh <= 0
+                else fp.market_g / fp.facility_kwh,
                 "source": "user setting (market_factor_g_per_kwh): contractual instruments, "
                           "supplier-specific or residual-mix factor"},
         },
         "scope2": {
-            "location_based_kg": o_g / 1000.0,
-            "market_based_kg": None if market is None else facility_kwh * float(market) / 1000.0,
+            "location_based_kg": fp.location_g / 1000.0,
+            "market_based_kg": None if fp.market_g is None else fp.market_g / 1000.0,
             "boundary": "electricity of the tracked devices (GPU, CPU package, DRAM) x PUE",
-            "period": {"start": utc(profile.start_unix), "end": utc(profile.end_unix)},
-            "formula": "kg = IT kWh x PUE x gCO2e/kWh / 1000",
+            "period": {"start": utc(start), "end": utc(end)},
+            "formula": "kg = IT kWh x PUE x gCO2e/kWh / 1000"
+                       + (", each part of the run at its own settings" if len(fp.parts) > 1
+                          else ""),
         },
         "embodied": emb,
-        "sci": factors.sci(o_g, emb["sci_m_kg"] * 1000.0, sci_unit, profile.tokens, profile.flops),
-        "cost": factors.cost(config, facility_kwh, profile.gpu_seconds / 3600.0, profile.steps,
-                             profile.tokens),
-        "warnings": warnings,
+        "sci": factors.sci(fp.location_g, emb["sci_m_kg"] * 1000.0, sci_unit, w.tokens, w.flops),
+        "cost": _cost(fp),
+        "parts": parts(fp),
+        "warnings": list(fp.warnings),
     }
 
 
+__all__ = ["COST_NOTE", "parts", "sections"]

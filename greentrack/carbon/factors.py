@@ -5,14 +5,16 @@
 * Embodied (SCI's M): M = TE x (TiR / EL) x (RR / ToR) per device: total embodied emissions TE,
   time reserved TiR (the run's device-seconds), expected lifespan EL, share of the device reserved
   RR/ToR. The Scope 3 note gives the hardware's whole embodied emissions, not amortized.
-* Cost: electricity price x facility kWh + GPU-hour price x GPU-hours.
 * SCI = (O + M) / R with O = facility kWh x location-based intensity (market instruments excluded).
+
+Facility energy, emissions and cost are :mod:`greentrack.carbon.footprint`'s formulas.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def resolve_pue(config: Any, location: dict[str, Any] | None) -> dict[str, Any]:
             "source": f"default for an {entry['label']}: {entry['source']}"}
 
 
-def _positive(name: str, value: Any, allowed: str = "must be a number > 0") -> float:
+def positive(name: str, value: Any, allowed: str = "must be a number > 0") -> float:
     if not is_number(value) or value <= 0:
         raise ConfigError(name, value, allowed)
     return float(value)
@@ -66,17 +68,17 @@ def embodied_settings(config: Any) -> dict[str, Any]:
         "share": (d["share"]["value"], d["share"]["source"]),
     }
     for key, value in user.items():
-        v = _positive(f"embodied.{key}", value)
+        v = positive(f"embodied.{key}", value)
         if key == "share" and v > 1:
             raise ConfigError("embodied.share", value, "must be in (0, 1]")
         out[key] = (v, "user setting")
     return {k: {"value": float(v), "source": s} for k, (v, s) in out.items()}
 
 
-def embodied(config: Any, gpu_seconds: float, host_seconds: float, n_gpus: int,
+def embodied(s: Mapping[str, Any], gpu_seconds: float, host_seconds: float, n_gpus: int,
              n_hosts: int) -> dict[str, Any]:
-    """SCI's amortized M and the Scope 3 note (hardware's whole embodied emissions)."""
-    s = embodied_settings(config)
+    """SCI's amortized M and the Scope 3 note (hardware's whole embodied emissions), from
+    :func:`embodied_settings` ``s``."""
     el_s = s["lifespan_years"]["value"] * SECONDS_PER_YEAR
     share = s["share"]["value"]
     devices = []
@@ -101,35 +103,6 @@ def embodied(config: Any, gpu_seconds: float, host_seconds: float, n_gpus: int,
                      "year of purchase, not amortized; it is reported here apart from SCI's "
                      "amortized M and is not part of Scope 2."),
         },
-    }
-
-
-def cost(config: Any, facility_kwh: float, gpu_hours: float, steps: int,
-         tokens: float | None) -> dict[str, Any] | None:
-    """Cost of the run, per step and per million tokens; None when no price is set.
-
-    Raises:
-        ConfigError: a price that is not > 0.
-    """
-    price_kwh = config.electricity_price
-    price_gpu_h = config.gpu_hour_price
-    if price_kwh is None and price_gpu_h is None:
-        return None
-    if price_kwh is not None:
-        _positive("electricity_price", price_kwh, "must be a price per kWh > 0 (leave it unset for none)")
-    if price_gpu_h is not None:
-        _positive("gpu_hour_price", price_gpu_h, "must be a price per GPU-hour > 0 (leave it unset for none)")
-    energy_cost = facility_kwh * price_kwh if price_kwh is not None else None
-    gpu_cost = gpu_hours * price_gpu_h if price_gpu_h is not None else None
-    total = (energy_cost or 0.0) + (gpu_cost or 0.0)
-    return {
-        "currency": config.currency, "electricity_price_per_kwh": price_kwh,
-        "gpu_hour_price": price_gpu_h, "electricity": energy_cost, "gpu_hours": gpu_cost,
-        "total": total, "per_step": total / steps if steps else None,
-        "per_million_tokens": total / tokens * 1e6 if tokens else None,
-        "note": ("electricity is billed on facility energy (IT x PUE); a cloud GPU-hour price "
-                 "usually already includes energy, so set only one of the two to avoid counting "
-                 "energy twice"),
     }
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greentrack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from greentrack.carbon.footprint import Settings
 
 log = logging.getLogger("greentrack")
 MEMO_S = 60.0
@@ -45,30 +48,30 @@ def live_intensity(config: Any) -> tuple[float, str] | None:
 
 
 def _resolve(config: Any, now: float) -> tuple[float, str] | None:
-    from greentrack.carbon.resolve import intensity_plan
+    from greentrack.carbon.resolve import settings_for
+    try:
+        settings = settings_for(config)
+    except ConfigError as e:
+        if not config.intensity_csv:
+            raise
+        log.warning("greentrack: intensity CSV unusable for live figures: %s", e)
+        settings = settings_for(config.replace(intensity_csv=None))
+    for note in settings.notes:  # a provider that failed: said; no location: the gauge's source
+        if not note.startswith("no location set"):
+            log.warning("greentrack: live intensity falls back: %s", note)
+    return intensity_now(settings, now)
 
-    plan = intensity_plan(config)
-    if plan.kind == "user":
-        return float(config.carbon_intensity_g_per_kwh), "user setting (carbon_intensity_g_per_kwh)"
-    if plan.kind == "csv":
-        from greentrack.carbon.series import read_csv
-        try:
-            series = read_csv(config.intensity_csv)
-            v = series.value_at(now)
-            if v is not None:
-                return v, f"{series.source}, interval covering now"
-            log.info("greentrack: %s does not cover the current time", series.source)
-        except ConfigError as e:
-            log.warning("greentrack: intensity CSV unusable for live figures: %s", e)
-    if plan.kind == "electricitymaps":
-        from greentrack.carbon.electricitymaps import ElectricityMapsError
-        try:
-            got: tuple[float, str] = plan.client.latest()
-            return got
-        except ElectricityMapsError as e:
-            log.warning("greentrack: live intensity falls back to yearly data: %s", e)
-    elif plan.error:
-        log.warning("greentrack: %s", plan.error)
-    if plan.fallback is None:
+
+def intensity_now(settings: Settings | None, t_unix: float) -> tuple[float, str] | None:
+    """``(gCO2e/kWh, source)`` in force at ``t_unix``: a series' interval holding it, else the
+    factor (the location's, the user's, the world average); None without any."""
+    if settings is None:
+        return None
+    if settings.series is not None:
+        value = settings.series.value_at(t_unix)
+        if value is not None:
+            return value, f"{settings.series.source}, interval covering now"
+        log.info("greentrack: %s does not cover the current time", settings.series.source)
+    if settings.factor is None:
         return None  # no location and no codecarbon data: no live emissions, not an error
-    return plan.fallback.g_per_kwh, plan.fallback.source
+    return settings.factor.g_per_kwh, settings.factor.source

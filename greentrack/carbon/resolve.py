@@ -15,18 +15,22 @@ Precedence of the location-based intensity (:func:`intensity_plan`):
 4. the yearly factor of the cloud region, sub-national region or country (codecarbon's data);
 5. codecarbon's world average, labelled "no location was set".
 
-The PUE in use (:func:`pue_in_use`): the ``pue`` setting, else the cloud provider's default, else
-the default for an unknown data centre (1.56, Uptime Institute 2024); each with its source, and
-always applied: facility energy = IT energy x PUE, in live metrics and reports alike.
+The PUE in use (:func:`settings_for`'s ``pue``): the ``pue`` setting, else the cloud provider's
+default, else the default for an unknown data centre (1.56, Uptime Institute 2024); each with its
+source, and always applied (by :mod:`greentrack.carbon.footprint` alone): facility energy = IT
+energy x PUE, in live metrics and reports alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greentrack.config import Config
+
+if TYPE_CHECKING:
+    from greentrack.carbon.footprint import Settings
 
 #: The settings that decide carbon and cost figures (and are recorded with every run).
 CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "intensity_csv",
@@ -124,9 +128,65 @@ def _world_average_or_none() -> Any:
         return None
 
 
-def pue_in_use(config: Any) -> dict[str, Any]:
-    """``{"value", "source", "default"}``: the PUE applied to this config's IT energy."""
-    from greentrack.carbon.factors import resolve_pue
-    from greentrack.carbon.location import resolve_location
+def settings_for(config: Any, span: tuple[float, float] | None = None,
+                 key: str = "") -> "Settings":
+    """Everything the footprint needs of ``config``, resolved: location, PUE, the intensity (a
+    factor, or a series over ``span``; ``None`` for the live exporter: Electricity Maps' latest
+    value), market factor, prices and embodied settings. All the I/O of carbon accounting
+    happens here (codecarbon's tables, the intensity CSV, the Electricity Maps API), so
+    :func:`greentrack.carbon.footprint.footprint` stays pure.
 
-    return resolve_pue(config, resolve_location(config))
+    Raises:
+        ConfigError: an invalid location, intensity CSV, price or embodied setting.
+    """
+    from greentrack.carbon.factors import embodied_settings, positive, resolve_pue
+    from greentrack.carbon.footprint import Prices, Pue, Settings
+    from greentrack.carbon.location import Factor, resolve_location
+
+    location = resolve_location(config) or {}
+    plan = intensity_plan(config)
+    notes: list[str] = []
+    factor, series, dataset = plan.fallback, None, None
+    if plan.kind == "user":
+        factor = Factor(float(config.carbon_intensity_g_per_kwh), "user-setting",
+                        "user setting (carbon_intensity_g_per_kwh)", "user", None,
+                        dict(plan.base.location) if plan.base else {})
+    elif plan.kind == "csv":
+        from greentrack.carbon.series import read_csv
+        series, dataset = read_csv(config.intensity_csv), "intensity CSV"
+    elif plan.kind == "electricitymaps":
+        from greentrack.carbon.electricitymaps import ElectricityMapsError
+        try:
+            if span is None:
+                value, source = plan.client.latest()
+                factor = Factor(float(value), "time-resolved", source, "Electricity Maps API",
+                                None, dict(plan.base.location) if plan.base else {})
+            else:
+                series, dataset = plan.client.past_range(*span), "Electricity Maps API"
+        except ElectricityMapsError as e:
+            notes.append(f"{e}; used {factor.source if factor else 'no intensity'}")
+    if plan.error:
+        notes.append(plan.error)
+    at_fallback = series is None and factor is plan.fallback  # no better source was had
+    if at_fallback and plan.base is None and plan.kind != "user":
+        notes.append("no location set (--country, --region, --cloud or --carbon-intensity): "
+                     "emissions use the world average and are only indicative")
+    prices = [None if getattr(config, name, None) is None else
+              positive(name, getattr(config, name), f"must be {what} > 0 (leave it unset for none)")
+              for name, what in (("electricity_price", "a price per kWh"),
+                                 ("gpu_hour_price", "a price per GPU-hour"))]
+    market = getattr(config, "market_factor_g_per_kwh", None)
+    return Settings(location=location, pue=Pue(**resolve_pue(config, location)), factor=factor,
+                    series=series, series_dataset=dataset,
+                    market_g_per_kwh=None if market is None else float(market),
+                    prices=Prices(prices[0], prices[1], getattr(config, "currency", None)),
+                    embodied=embodied_settings(config), notes=tuple(notes), key=key)
+
+
+def settings_key(recorded: Mapping[str, Any] | None) -> str:
+    """The carbon and price settings a store recorded, canonical: stores with the same key are
+    counted at the same settings."""
+    import json
+    rec = recorded or {}
+    picked = {k: rec.get(k) for k in CARBON_FIELDS + ("extra",) if rec.get(k) is not None}
+    return json.dumps(picked, sort_keys=True, default=str)

@@ -22,7 +22,9 @@ from __future__ import annotations
 import bisect
 import csv
 import math
+import os
 import statistics
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,8 +114,16 @@ def _pick(header: list[str], path: Path) -> tuple[int, int, int | None, int | No
     return t_col, v_col, end_col, zone_col, f"{kind}:{header[v_col].strip()}"
 
 
+#: Series parsed, by file identity: one command (a report, a greener start, a run's stop) parses
+#: a file once however many figures need it; a changed file (size, mtime, inode) is read again.
+_PARSED: dict[tuple[str, int, int, int], IntensitySeries] = {}
+_PARSED_MAX = 4
+_PARSED_LOCK = threading.Lock()
+
+
 def read_csv(path: str | Path) -> IntensitySeries:
-    """Read an intensity CSV (see the module docstring).
+    """Read an intensity CSV (see the module docstring); a file already parsed and unchanged
+    since is not parsed again.
 
     Raises:
         ConfigError: missing file, unknown header, or a malformed line (named by number).
@@ -123,6 +133,26 @@ def read_csv(path: str | Path) -> IntensitySeries:
     what = not_regular(path)
     if what is not None:  # /dev/zero would be read forever, a FIFO waits for a writer
         raise ConfigError("intensity_csv", str(path), f"is {what}, not a CSV file")
+    try:
+        st = path.stat()
+        key: tuple[str, int, int, int] | None = (os.path.realpath(path), st.st_ino, st.st_size,
+                                                 st.st_mtime_ns)
+    except OSError:
+        key = None  # the read below says why, in one line
+    with _PARSED_LOCK:
+        hit = _PARSED.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    series = _parse_csv(path)
+    if key is not None:
+        with _PARSED_LOCK:
+            while len(_PARSED) >= _PARSED_MAX:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[key] = series
+    return series
+
+
+def _parse_csv(path: Path) -> IntensitySeries:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:

@@ -51,6 +51,7 @@ The forecast gauges are the whole run's (:mod:`greentrack.forecast`): ``bound`` 
 from __future__ import annotations
 
 import bisect
+import math
 import logging
 import threading
 import time
@@ -58,12 +59,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from greentrack import __version__
+from greentrack.carbon.footprint import Settings, one_part
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.channelstate import ChannelSnapshot
 from greentrack.run.resumed import RecordedBefore
 from greentrack.steps import StepRow
-from greentrack.units import J_PER_KWH
 
 log = logging.getLogger("greentrack")
 
@@ -137,50 +138,47 @@ class StepStats:
 
 
 class Intensity:
-    """The carbon intensity in use (g/kWh, source), or None when unknown.
+    """The carbon and price settings in force (:func:`greentrack.carbon.resolve.settings_for`,
+    live: an intensity CSV's interval now, Electricity Maps' latest value), or None.
 
-    ``Config.carbon_intensity_g_per_kwh`` wins when set. Otherwise ``lookup(config)`` is asked
-    (default: ``greentrack.carbon.live_intensity`` when that module exists) at most every
+    ``lookup(config)`` (default: ``settings_for``) is asked at most every
     :data:`INTENSITY_TTL_S`. :meth:`check` asks once at start and lets a
     :class:`~greentrack.errors.ConfigError` (an invalid location setting) through; later failures
-    keep the last known value and are reported once.
+    keep the last known settings and are reported once.
     """
 
     def __init__(self, config: Config, on_error: Callable[[str], None],
-                 lookup: Callable[[Config], Any] | None = None,
+                 lookup: Callable[[Config], Settings | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config, self._on_error, self._clock = config, on_error, clock
-        self._value: tuple[float, str] | None = None
+        self._value: Settings | None = None
         self._next = 0.0
         self._failed = False
-        self._lookup = lookup
-        self._imported = lookup is not None
+        self._lookup = lookup if lookup is not None else _live_settings
         self._lock = threading.Lock()  # the scrape and push threads both ask
 
     def check(self) -> tuple[float, str] | None:
         """First lookup, at start; raises ConfigError for an invalid setting."""
         with self._lock:
-            return self._current(strict=True)
+            return _now(self._current(strict=True))
 
     def current(self) -> tuple[float, str] | None:
+        """``(gCO2e/kWh now, source)`` for the gauge, or None."""
+        with self._lock:
+            return _now(self._current(strict=False))
+
+    def settings(self) -> Settings | None:
         with self._lock:
             return self._current(strict=False)
 
-    def _current(self, strict: bool) -> tuple[float, str] | None:
-        if not self._imported:
-            self._imported = True
-            try:
-                from greentrack.carbon import live_intensity
-                self._lookup = live_intensity
-            except ImportError:
-                self._lookup = None
-        if self._lookup is None or self._clock() < self._next:
+    def _current(self, strict: bool) -> Settings | None:
+        if self._clock() < self._next:
             return self._value
         self._next = self._clock() + INTENSITY_TTL_S
         try:
             got = self._lookup(self.config)
             if got is not None:
-                self._value = (float(got[0]), str(got[1])[:160])
+                self._value = got
         except ConfigError:
             if strict:
                 raise
@@ -193,6 +191,17 @@ class Intensity:
         if not self._failed:
             self._failed = True
             self._on_error(f"carbon intensity lookup failed (keeping the last value): {why}")
+
+
+def _live_settings(config: Config) -> Settings:
+    from greentrack.carbon.resolve import settings_for
+    return settings_for(config)
+
+
+def _now(settings: Settings | None) -> tuple[float, str] | None:
+    from greentrack.carbon.live import intensity_now
+    found = intensity_now(settings, time.time())
+    return None if found is None else (float(found[0]), str(found[1])[:160])
 
 
 class PushHealth:
@@ -230,14 +239,12 @@ class TrackerCollector:
         self.ready = threading.Event()
         self.ready.set()
         self._lock = threading.Lock()
-        self._emitted_j = 0.0  # energy already converted to emissions
-        self._emissions_g = 0.0
-        from greentrack.carbon.resolve import pue_in_use
-        #: The PUE every output applies (the setting, else the documented default).
-        self.pue = pue_in_use(tracker.config)
         engine = tracker.engine
         self._origin = engine.origin
-        self.start_unix = time.time() - (time.monotonic() - engine.origin)
+        self.start_unix = engine.origin_unix  # the store's started_unix: one anchor
+        #: per channel id: (monotonic time, joules) up to which its energy has been charged
+        self._charged: dict[int, tuple[float, float]] = {}
+        self._emissions_g = 0.0
         from greentrack.jobinfo import job_metadata, prometheus_labels
         #: the scheduler's names of this job, one value each ("" unset): bounded, never a node list
         self.job_labels = prometheus_labels(job_metadata())
@@ -293,8 +300,7 @@ class TrackerCollector:
                             "started times the number of GPUs it measures.",
                             max(0.0, end - self._origin) * n_gpus + self.before.gpu_seconds)
         yield from self._step_families()
-        yield from self._carbon_families(sum(float(ch.energy_j) for ch in channels)
-                                         + self.before.total_energy_j)
+        yield from self._carbon_families()
         yield from self._forecast_families()
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
@@ -380,21 +386,21 @@ class TrackerCollector:
             return
         labels = [*BASE_LABELS, "bound"]
         bounds = (("estimate", ""), ("low", "_low"), ("high", "_high"))
-        for name, key, scale, doc in (
-                ("energy_joules", "energy_j", 1.0, "IT energy of the whole run, in joules"),
-                ("duration_seconds", "duration_s", 1.0, "Duration of the whole run, in seconds"),
-                ("end_time_seconds", "end_unix", 1.0, "Unix time at which the run will end"),
-                ("gpu_seconds", "gpu_hours", 3600.0, "GPU-seconds of the whole run (this "
-                                                     "process's GPUs)"),
-                ("emissions_grams", "emissions_g", 1.0, "Operational emissions of the whole run "
-                                                        "in grams CO2e (with PUE)")):
+        for name, key, doc in (
+                ("energy_joules", "energy_j", "IT energy of the whole run, in joules"),
+                ("duration_seconds", "duration_s", "Duration of the whole run, in seconds"),
+                ("end_time_seconds", "end_unix", "Unix time at which the run will end"),
+                ("gpu_seconds", "gpu_seconds", "GPU-seconds of the whole run (this process's "
+                                               "GPUs)"),
+                ("emissions_grams", "emissions_g", "Operational emissions of the whole run in "
+                                                   "grams CO2e (with PUE)")):
             if est.get(key) is None:
                 continue
             fam = GaugeMetricFamily(f"greentrack_forecast_{name}", f"Forecast: {doc}; bound is "
                                     "estimate, low or high (the interval).", labels=labels)
             for bound, suffix in bounds:
                 if est.get(key + suffix) is not None:
-                    fam.add_metric([*self.base, bound], float(est[key + suffix]) * scale)
+                    fam.add_metric([*self.base, bound], float(est[key + suffix]))
             yield fam
         if est.get("cost") is not None:
             fam = GaugeMetricFamily("greentrack_forecast_cost", "Forecast: cost of the whole run "
@@ -410,24 +416,61 @@ class TrackerCollector:
         planned.add_metric(self.base, float(est["planned_steps"]))
         yield planned
 
-    def _carbon_families(self, total_j: float) -> Iterator[Any]:
+    def _new_energy(self) -> list[tuple[float, float, float]]:
+        """This process's energy not yet charged, as ``(start_unix, end_unix, joules)`` bins
+        dated by the readings' own times (not by when a scrape saw them: finalized readings lag
+        by up to a counter interval), on the store's grid of ``resolution_s`` from the origin.
+        Energy whose readings were already pruned is one bin over its span."""
+        engine = self.tracker.engine
+        res = float(self.tracker.config.resolution_s)
+        offset = self.start_unix - self._origin
+        bins: list[tuple[float, float, float]] = []
+        for st in list(engine.states):
+            tl = st.timeline
+            until, last = tl.until, tl.last
+            t0, e0 = self._charged.get(st.id, (self._origin, 0.0))
+            if until is None or until <= t0 or last <= e0:
+                continue
+            cells = (until - t0) / res
+            width = res if cells <= 2000 else (until - t0) / 2000  # bounded work per collect
+            t, at_t, found = t0, max(e0, tl.at(t0)), 0.0
+            while t < until:
+                b = min(until, self._origin + (math.floor((t - self._origin) / width + 1e-9) + 1)
+                        * width)
+                at_b = tl.at(b)
+                if at_b > at_t:
+                    bins.append((t + offset, b + offset, at_b - at_t))
+                    found += at_b - at_t
+                t, at_t = b, max(at_t, at_b)
+            missing = (last - e0) - found  # readings pruned before this collect
+            if missing > 1e-9 * last:
+                bins.append((t0 + offset, until + offset, missing))
+            self._charged[st.id] = (until, last)
+        return bins
+
+    def _carbon_families(self) -> Iterator[Any]:
+        """Emissions so far: the earlier segments' footprint, plus this process's energy charged
+        as its readings come (:meth:`_new_energy`) by the same footprint function as every
+        report (a time series integrated, PUE applied)."""
         from prometheus_client.core import GaugeMetricFamily
-        got = self.intensity.current()
-        if got is None:
+        settings, got = self.intensity.settings(), self.intensity.current()
+        if settings is None or got is None:
             return
+        with self._lock:
+            bins = self._new_energy()
+            if bins:
+                fp = one_part(sum(e for _, _, e in bins), min(a for a, _, _ in bins),
+                              max(b for _, b, _ in bins), settings, bins=bins)
+                self._emissions_g += fp.location_g or 0.0
+            grams = self.before.emissions_g + self._emissions_g
         g_per_kwh, source = got
-        pue = self.pue["value"]
-        with self._lock:  # energy since the last collect, at the intensity in use now
-            self._emissions_g += max(0.0, total_j - self._emitted_j) / J_PER_KWH * g_per_kwh * pue
-            self._emitted_j = max(self._emitted_j, total_j)
-            grams = self._emissions_g
         yield self._counter("greentrack_emissions_grams", "Operational emissions in grams CO2e: "
                             "IT energy x the PUE in use x the carbon intensity in use (as the "
                             "reports compute them).", grams)
         pue_gauge = GaugeMetricFamily("greentrack_pue_ratio", "Power usage effectiveness applied "
                                       "to IT energy, and where it comes from (setting or default).",
                                       labels=[*BASE_LABELS, "source"])
-        pue_gauge.add_metric([*self.base, str(self.pue["source"])[:160]], pue)
+        pue_gauge.add_metric([*self.base, str(settings.pue.source)[:160]], settings.pue.value)
         yield pue_gauge
         gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
                                   "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import replace
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,6 +140,8 @@ class PrometheusExporter:
             with Run.open(tracker.run_dir) as run:
                 before = recorded_before(run, self.labels["host"], int(self.labels["rank"]),
                                          STEP_ENERGY_BUCKETS_J)
+                if before.segments:  # their grams: their footprint, at their own settings
+                    before = replace(before, emissions_g=_grams(run, before.paths))
             if before.segments:
                 collector.continue_from(before)
                 record("info", "exporter-continued", f"Prometheus counters continue from "
@@ -196,6 +199,17 @@ class PrometheusExporter:
                 server.server_close()
 
             threading.Thread(target=close, name="greentrack-exporter-close", daemon=True).start()
+
+
+def _grams(run: Any, paths: tuple[Any, ...]) -> float:
+    """Location-based grams of some of ``run``'s stores (each at the settings it recorded)."""
+    from greentrack.carbon.footprint import footprint
+    from greentrack.carbon.runs import profile_of_stores, work_of
+    stores = [s for s in run.store_energies() if s.path in paths]
+    fp = footprint(profile_of_stores(stores, {}, work_of(run),
+                                     lambda: [s for s in run.store_energies(run.energy_bins())
+                                              if s.path in paths]))
+    return fp.location_g or 0.0
 
 
 __all__ = ["PrometheusExporter", "gateway_url", "listen_port", "run_labels"]

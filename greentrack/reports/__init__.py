@@ -21,9 +21,11 @@ FORMATS = ("json", "md", "html", "csv", "boamps", "hf")
 def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> dict[str, Any]:
     """The report document of one run directory (see ``report-v1.schema.json``).
 
-    ``config``: a :class:`greentrack.Config` used as it is, or a mapping of explicit settings
-    (the command line's), which win over the settings recorded in the run, which win over the
-    environment (:func:`greentrack.carbon.resolve.config_for_run`)."""
+    ``config``: a mapping of explicit settings (the command line's) or a
+    :class:`greentrack.Config` (its carbon and price fields that are set), which win over the
+    settings each store of the run recorded, which win over the environment
+    (:func:`greentrack.carbon.resolve.config_for_run`): a resumed run whose segments recorded
+    different settings is counted part by part (:mod:`greentrack.carbon.runs`)."""
     return _document(run_dir, config, sci_unit)[0]
 
 
@@ -32,10 +34,11 @@ def _document(run_dir: str | Path, config: Any, sci_unit: str) -> tuple[dict[str
     from greentrack.reports.build import build_report
     from greentrack.reports.run_data import read_run
     data = read_run(run_dir)
+    explicit = config if config is not None else {}
     if not isinstance(config, Config):
         from greentrack.carbon.resolve import config_for_run
         config = config_for_run(data.settings, config or {})
-    return build_report(data, config, sci_unit), config
+    return build_report(data, config, sci_unit, explicit=explicit), config
 
 
 def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,

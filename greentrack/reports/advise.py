@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from greentrack.units import J_PER_KWH, utc
+from greentrack.carbon.footprint import Footprint, Settings, footprint
+from greentrack.carbon.runs import Explicit, profile_of_stores
+from greentrack.units import utc
 
 if TYPE_CHECKING:
     from greentrack.reports.run_data import RunData
@@ -71,70 +74,50 @@ MAX_SLOWDOWN = 0.05
 SIGNIFICANT = 2.0
 
 
-class _Money:
-    """grams and cost of a number of IT joules, from the intensity, PUE and prices in use."""
-
-    def __init__(self, config: Any, g_per_kwh: float | None, pue: float) -> None:
-        self.g, self.pue = g_per_kwh, pue
-        self.price = getattr(config, "electricity_price", None)
-        self.gpu_price = getattr(config, "gpu_hour_price", None)
-        self.currency = getattr(config, "currency", None)
-
-    def add(self, f: dict[str, Any], gpu_s: float = 0.0) -> dict[str, Any]:
-        kwh = f["joules"] / J_PER_KWH * self.pue
-        if self.g is not None and "grams" not in f:
-            f["grams"] = kwh * self.g
-        if (f["joules"] > 0 and self.price is not None) or (self.gpu_price is not None and gpu_s > 0):
-            f["cost"] = (kwh * self.price if self.price is not None else 0.0) + \
-                (gpu_s / 3600.0 * self.gpu_price if self.gpu_price is not None else 0.0)
-            f["currency"] = self.currency
-        return f
+def _priced(f: dict[str, Any], fp: Footprint, gpu_s: float = 0.0) -> dict[str, Any]:
+    """A finding with the grams and cost of its joules (and GPU time): the run's footprint's
+    share (:meth:`greentrack.carbon.footprint.Footprint.portion`)."""
+    part = fp.portion(f["joules"], gpu_s)
+    if part.grams is not None and "grams" not in f:
+        f["grams"] = part.grams
+    if part.cost is not None:
+        f["cost"] = part.cost
+        f["currency"] = part.currency
+    return f
 
 
-def advise(data: RunData, config: Any, g_per_kwh: float | None = None,
-           pue: float | None = None, max_slowdown: float = MAX_SLOWDOWN) -> list[dict[str, Any]]:
-    """The findings of one run, ranked (see the module docstring). ``g_per_kwh`` and ``pue``:
-    the intensity and PUE in use when the caller has them (the report), else resolved here.
-    ``max_slowdown``: the slower steps a ``power-limit`` finding may ask for (0.05: 5%).
+def advise(data: RunData, config: Any, fp: Footprint | None = None,
+           max_slowdown: float = MAX_SLOWDOWN, explicit: Explicit = None) -> list[dict[str, Any]]:
+    """The findings of one run, ranked (see the module docstring). ``fp``: the run's footprint
+    when the caller has it (the report), else computed here from ``explicit`` over the settings
+    each store recorded (default: ``config``). ``max_slowdown``: the slower steps a
+    ``power-limit`` finding may ask for (0.05: 5%).
 
     Raises:
         ConfigError: an invalid location, intensity CSV or price.
     """
-    from greentrack.carbon.resolve import pue_in_use
-    total_j = float(data.summary["energy_j"]["total"] or 0.0)
-    if pue is None:
-        pue = float(pue_in_use(config)["value"])
-    if g_per_kwh is None:
-        g_per_kwh = _intensity(data, config)
-    money = _Money(config, g_per_kwh, pue)
+    if fp is None:
+        fp = run_footprint_of(data, config if explicit is None else explicit)
+    total_j = fp.total_j
     found: list[dict[str, Any]] = []
     if total_j > 0:
         for make in (_outside_steps, _idle_gpu, _low_mfu,
                      lambda d, t: _power_limit(d, t, max_slowdown)):
             f = make(data, total_j)
             if f is not None and f["share"] >= MIN_SHARE:
-                found.append(money.add(f, float(f.pop("_gpu_s", 0.0))))
-        for f in (_start_time(data, config, pue), _region(data, config, pue)):
+                found.append(_priced(f, fp, float(f.pop("_gpu_s", 0.0))))
+        for f in (_start_time(data, fp), _region(data, config, fp)):
             if f is not None:
-                found.append(money.add(f))
-    known = g_per_kwh is not None
+                found.append(_priced(f, fp))
+    known = fp.location_g is not None
     found.sort(key=lambda f: (f.get("grams", 0.0) if known else f["joules"], f["joules"]),
                reverse=True)
     return found
 
 
-def _intensity(data: RunData, config: Any) -> float | None:
-    """The location-based intensity the report would use; None without codecarbon's data."""
-    from greentrack.carbon.accounting import EnergyProfile, location_intensity
-    from greentrack.errors import ConfigError
-    profile = EnergyProfile(it_kwh=float(data.summary["energy_kwh"]), bins=data.bins,
-                            start_unix=data.start_unix, end_unix=data.end_unix)
-    try:
-        return float(location_intensity(config, profile, [])["g_per_kwh"])
-    except ConfigError as e:
-        if e.setting == "codecarbon":  # no data to turn joules into grams: rank by joules
-            return None
-        raise
+def run_footprint_of(data: RunData, explicit: Explicit) -> Footprint:
+    """The footprint of the run a report read (its stores, bins and work)."""
+    return footprint(profile_of_stores(data.stores, explicit, data.work))
 
 
 def _pct(x: float) -> str:
@@ -274,30 +257,37 @@ def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str
     }
 
 
-def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
-    if not getattr(config, "intensity_csv", None):
+def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
+    """The run's own energy profile moved to each start its intensity series covers: the best
+    start's footprint against the run's (both :func:`greentrack.carbon.footprint.footprint`)."""
+    settings = [s for _, s in fp.profile.parts]
+    if not settings or any(s.series is None for s in settings):
         return None
-    from greentrack.carbon.resolve import intensity_plan
     from greentrack.carbon.schedule import best_start
-    from greentrack.carbon.series import integrate, read_csv
     from greentrack.reports.build import _resample
-    series = read_csv(config.intensity_csv)
-    plan = intensity_plan(config)
-    fallback = plan.fallback.g_per_kwh if plan.fallback is not None else \
+    series = settings[-1].series
+    assert series is not None
+    fallback = settings[-1].factor.g_per_kwh if settings[-1].factor is not None else \
         sum(series.values) / len(series.values)
-    bins = data.bins
-    as_run = integrate(series, bins, fallback).emissions_g * pue
-    duration = max(data.end_unix - data.start_unix, 1e-9)
+    as_run = fp.location_g
+    if as_run is None:
+        return None
+    window = data.end_unix - data.start_unix  # the whole profile moves, pauses included
     width = max(data.bin_s, float(series.extra.get("interval_s") or 3600.0))
-    n = max(1, int(math.ceil(duration / width)))
-    profile = _resample(bins, data.start_unix, width, n)
+    n = max(1, int(math.ceil(max(window, 1e-9) / width)))
+    profile = _resample(data.bins, data.start_unix, width, n)
     end = series.ends[-1]
     starts = [s for s in series.starts if s + n * width <= end][:MAX_STARTS]
+    # the search on the resampled profile (series.integrate, as every figure); the grams stated
+    # are the footprint of the run's own profile moved to the chosen start
     choice = best_start(series, [(k * width, (k + 1) * width, e) for k, e in enumerate(profile)],
                         starts, fallback)
     if choice is None:
         return None
-    best_g, best_t = choice.grams * pue, choice.start_unix
+    best_t = choice.start_unix
+    best_g = fp.shifted_by(best_t - data.start_unix).location_g
+    if best_g is None:
+        return None
     saving = as_run - best_g
     if saving <= 0 or saving < as_run * MIN_SHARE:
         return None
@@ -307,16 +297,18 @@ def _start_time(data: RunData, config: Any, pue: float) -> dict[str, Any] | None
         "evidence": {"text": f"the run's power profile re-integrated at {len(starts)} start times "
                              f"of {series.source}: as run (from {utc(data.start_unix)}) "
                              f"{as_run:.4g} g; best from {utc(best_t)} ({hour} UTC) {best_g:.4g} g "
-                             f"(IT energy x PUE {pue:g}, series at {width:g} s bins)",
+                             f"(facility energy, PUE {fp.pue.value:g}; searched at {width:g} s bins)",
                      "series": series.source, "starts_tried": len(starts), "as_run_g": as_run,
                      "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g,
-                     "best_start_unix": best_t, "window_s": duration},
+                     "best_start_unix": best_t, "window_s": window},
         "suggestion": f"start at {hour} UTC (from {utc(best_t)} in this series) or schedule on a "
                       "low-carbon window: the same energy, fewer grams",
     }
 
 
-def _region(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
+def _region(data: RunData, config: Any, fp: Footprint) -> dict[str, Any] | None:
+    """The run's energy at the yearly factors of other regions (each a footprint at that factor,
+    each part keeping its PUE) against its own location's yearly factor."""
     from greentrack.carbon.location import (cloud_region_factors, country_factors, parse_cloud,
                                             world_average, yearly_factor)
     from greentrack.errors import ConfigError
@@ -335,21 +327,22 @@ def _region(data: RunData, config: Any, pue: float) -> dict[str, Any] | None:
         if e.setting == "codecarbon":
             return None
         raise
-    kwh = float(data.summary["energy_kwh"]) * pue
-    ranked = sorted((f.g_per_kwh, name) for name, f in others if name != current)
-    if not ranked or kwh <= 0:
+    ranked = sorted((f.g_per_kwh, name, f) for name, f in others if name != current)
+    if not ranked or fp.facility_kwh <= 0:
         return None
-    as_run = kwh * here.g_per_kwh
-    best: list[dict[str, Any]] = [
-        {"region": name, "g_per_kwh": g, "grams": kwh * g, "saving_g": as_run - kwh * g}
-        for g, name in ranked[:3]]
+    as_run = fp.with_settings(partial(Settings.with_factor, factor=here)).location_g or 0.0
+    best: list[dict[str, Any]] = []
+    for g, name, factor in ranked[:3]:
+        grams = fp.with_settings(partial(Settings.with_factor, factor=factor)).location_g or 0.0
+        best.append({"region": name, "g_per_kwh": g, "grams": grams, "saving_g": as_run - grams})
     if best[0]["saving_g"] <= 0:
         return None
     b = best[0]
     return {
         "kind": "region", "joules": 0.0, "share": 0.0, "grams": b["saving_g"],
-        "evidence": {"text": f"the run's {kwh:.4g} kWh (with PUE {pue:g}) at {current}'s yearly "
-                             f"factor ({here.g_per_kwh:.4g} g/kWh) is {as_run:.4g} g; compared with "
+        "evidence": {"text": f"the run's {fp.facility_kwh:.4g} kWh (facility energy, PUE "
+                             f"{fp.pue.value:g}) at {current}'s yearly factor "
+                             f"({here.g_per_kwh:.4g} g/kWh) is {as_run:.4g} g; compared with "
                              f"{compared}: lowest {b['region']} at {b['g_per_kwh']:.4g} g/kWh, "
                              f"{b['grams']:.4g} g",
                      "current": current, "current_g_per_kwh": here.g_per_kwh,

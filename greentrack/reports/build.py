@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from greentrack.carbon.accounting import EnergyProfile, account
+from greentrack.carbon.accounting import sections
+from greentrack.carbon.footprint import Footprint, footprint
+from greentrack.carbon.runs import Explicit, profile_of_stores
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
 from greentrack.reports.run_data import RunData
-from greentrack.units import J_PER_KWH, utc
+from greentrack.units import J_PER_KWH, days, utc
 
 FORMAT = "greentrack-report"
 VERSION = "1.0"
@@ -161,40 +163,41 @@ def _devices(data: RunData) -> list[dict[str, Any]]:
             for d in data.devices]
 
 
-def _energy(data: RunData, devices: list[dict[str, Any]], facility_kwh: float) -> dict[str, Any]:
+def _energy(data: RunData, devices: list[dict[str, Any]], fp: Footprint) -> dict[str, Any]:
     s = data.summary
     measured_j = sum(d["energy_j"] for d in devices if d["measured"])
     estimated_j = sum(d["energy_j"] for d in devices if not d["measured"])
-    return {"total_j": float(s["energy_j"]["total"]), "it_kwh": float(s["energy_kwh"]),
-            "facility_kwh": facility_kwh,
-            "by_kind_j": {k: s["energy_j"][k] for k in ("gpu", "cpu", "dram")},
+    return {"total_j": fp.total_j, "it_kwh": fp.it_kwh, "facility_kwh": fp.facility_kwh,
+            "by_kind_j": {k: fp.energy_j.get(k) for k in ("gpu", "cpu", "dram")},
+            "by_kind_facility_kwh": {k: fp.kind_facility_kwh(k) for k in ("gpu", "cpu", "dram")},
             "measured_kwh": measured_j / J_PER_KWH, "estimated_kwh": estimated_j / J_PER_KWH,
             "basis": energy_basis(measured_j, estimated_j), "devices": devices,
             "gaps": int(s["gaps"]), "gap_s": sum(d["gap_s"] for d in devices),
             "steps_energy_j": float(s.get("steps_energy_j") or 0.0)}
 
 
-def _compute(data: RunData, steps: dict[str, Any]) -> dict[str, Any]:
-    s, hw = data.summary, _hardware(data)
-    flops, tokens, samples = data.total("flops"), data.total("tokens"), data.total("samples")
-    total_j = float(s["energy_j"]["total"])
+def _compute(data: RunData, steps: dict[str, Any], fp: Footprint) -> dict[str, Any]:
+    s, hw, w = data.summary, _hardware(data), fp.work
+    flops, tokens, samples = w.flops, w.tokens, w.samples
     recorded = "summed from per-step FLOPs recorded in the run's step rows"
     method = (f"{recorded} ({', '.join(data.flops_methods)})" if flops and data.flops_methods else
               f"{recorded} (method not recorded)" if flops else "not recorded (no step carried FLOPs)")
+    per = fp.per_step
     return {
-        "steps": steps["count"], "flops": flops, "flops_method": method, "samples": samples,
-        "tokens": tokens, "gpu_count": hw["gpu_count"], "gpu_hours": float(s["gpu_seconds"]) / 3600.0,
-        "hardware": hw,
-        "hardware_days": (float(s["gpu_seconds"]) if hw["gpu_count"] else sum(data.hosts.values()))
-        / 86400.0,
-        "wall_clock_days": float(s["duration_s"]) / 86400.0,
+        "steps": steps["count"], "step_rows": w.step_rows, "optimizer_steps": w.optimizer_steps,
         # per optimizer step (one rank's train steps) when the run has any, as the integrations
-        # log it; else per recorded step of any phase
-        "joules_per_step": (total_j / s["optimizer_steps"] if s.get("optimizer_steps") else
-                            total_j / steps["count"] if steps["count"] else None),
-        "joules_per_sample": total_j / samples if samples else None,
-        "joules_per_token": total_j / tokens if tokens else None,
-        "flops_per_joule": flops / total_j if flops and total_j > 0 else None,
+        # log it; else per recorded step row of any phase: J, grams and cost per step alike
+        "per_step_divisor": per.divisor if per is not None else None,
+        "flops": flops, "flops_method": method, "samples": samples,
+        "tokens": tokens, "gpu_count": hw["gpu_count"], "gpu_hours": fp.gpu_hours,
+        "hardware": hw,
+        "hardware_days": days(fp.gpu_seconds if hw["gpu_count"] else w.host_seconds),
+        "wall_clock_days": days(float(s["duration_s"])),
+        "joules_per_step": per.energy_j if per is not None else None,
+        "emissions_g_per_step": per.emissions_g if per is not None else None,
+        "joules_per_sample": fp.per_sample.energy_j if fp.per_sample is not None else None,
+        "joules_per_token": fp.per_token.energy_j if fp.per_token is not None else None,
+        "flops_per_joule": flops / fp.total_j if flops and fp.total_j > 0 else None,
         "mfu": data.mfu,
     }
 
@@ -230,18 +233,19 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_report(data: RunData, config: Any, sci_unit: str = "run",
-                 now: float | None = None) -> dict[str, Any]:
-    """The full report document of one run."""
+                 now: float | None = None, explicit: Explicit = None) -> dict[str, Any]:
+    """The full report document of one run. ``config``: the run's settings (its first store's,
+    under ``explicit``) for what is not a figure (training type, output options); the figures
+    are the footprint of the run's stores, each at its own recorded settings under
+    ``explicit`` (default: ``config``, overriding them all)."""
     s = data.summary
     steps = _steps(data)
-    compute = _compute(data, steps)
-    acc = account(config, EnergyProfile(
-        it_kwh=float(s["energy_kwh"]), bins=data.bins, start_unix=data.start_unix,
-        end_unix=data.end_unix, gpu_seconds=float(s["gpu_seconds"]),
-        host_seconds=sum(data.hosts.values()), n_gpus=compute["gpu_count"], n_hosts=len(data.hosts),
-        steps=int(s["steps"]), tokens=compute["tokens"], flops=compute["flops"]), sci_unit)
+    fp = footprint(profile_of_stores(data.stores, config if explicit is None else explicit,
+                                     data.work))
+    compute = _compute(data, steps, fp)
+    acc = sections(fp, sci_unit)
     devices = _devices(data)
-    energy = _energy(data, devices, acc["facility_energy_kwh"])
+    energy = _energy(data, devices, fp)
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "schema": SCHEMA,
         "generated_at": utc(time.time() if now is None else now),
@@ -255,7 +259,8 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
                 "labels": dict(data.labels), "run_dirs": list(s.get("run_dirs") or []),
                 "job": dict(s.get("job") or {}), **_training_type(config)},
         "energy": energy,
-        **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost")},
+        **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost",
+                               "parts")},
         "compute": compute,
         "steps": steps,
         "timeseries_resolution_s": data.resolution_s,
@@ -269,18 +274,16 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
     from greentrack.reports.advise import TOP, advise
     from greentrack.reports.forecasting import forecast_section, start_window
-    findings = advise(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
-                      acc["pue"]["value"])
+    findings = advise(data, config, fp)
     doc["opportunities"] = findings[:TOP]
-    doc["start_window"] = start_window(data, findings, config)
+    doc["start_window"] = start_window(data, findings, fp)
     if data.greener_start is not None:  # greentrack run --start-when-greener: what it expected
         g = data.greener_start
         per_kwh = g.get("expected_saving_g_per_kwh")
         doc["run"]["start_when_greener"] = {
-            **g, "expected_saving_g": per_kwh * acc["facility_energy_kwh"]
+            **g, "expected_saving_g": fp.at_intensity(per_kwh).location_g
             if isinstance(per_kwh, (int, float)) else None}
-    doc["forecast"] = forecast_section(data, config, acc["intensity"]["location_based"]["g_per_kwh"],
-                                       acc["pue"]["value"], compute["gpu_count"])
+    doc["forecast"] = forecast_section(data, fp.parts[-1].settings, compute["gpu_count"])
     if data.power_limit_curves:  # measured by a calibration (greentrack.calibration) only
         doc["power_limit_curves"] = [c.as_dict() for c in data.power_limit_curves]
     doc["eu_ai_act"] = _eu_ai_act(doc)

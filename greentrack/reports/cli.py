@@ -268,16 +268,19 @@ def cmd_advise(ns: argparse.Namespace) -> int:
 
 def _advise(ns: argparse.Namespace) -> int:
     from greentrack.carbon.resolve import config_for_run
-    from greentrack.reports.advise import advise, format_text
+    from greentrack.reports.advise import advise, format_text, run_footprint_of
     from greentrack.reports.run_data import read_run
+    from greentrack.summary import footprint_summary
     explicit = make_config(ns)
     data = read_run(ns.run_dir)
     config = config_for_run(data.settings, explicit)
-    findings = advise(data, config, max_slowdown=parse_slowdown(ns.max_slowdown))
+    fp = run_footprint_of(data, explicit)
+    findings = advise(data, config, fp, max_slowdown=parse_slowdown(ns.max_slowdown))
     if ns.json:
         print(json_text({"run_id": data.summary["run_id"], "run_dir": str(data.run_dir),
-                         "energy_j": data.summary["energy_j"]["total"], "findings": findings,
-                         "warnings": list(data.warnings)}))
+                         "energy_j": data.summary["energy_j"]["total"],
+                         "footprint": footprint_summary(fp), "findings": findings,
+                         "warnings": list(data.warnings) + list(fp.warnings)}))
     else:
         print(format_text(findings, data))
         for w in data.warnings:

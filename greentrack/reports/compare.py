@@ -25,6 +25,7 @@ METRICS: tuple[tuple[str, str, str, bool | None], ...] = (
     ("energy_kwh", "IT energy", "kWh", True),
     ("steps", "steps", "", None),
     ("joules_per_step", "energy per step", "J", True),
+    ("emissions_g_per_step", "emissions per step", "gCO2e", True),
     ("joules_per_sample", "energy per sample", "J", True),
     ("joules_per_token", "energy per token", "J", True),
     ("flops_per_joule", "FLOPs per joule", "FLOP/J", False),
@@ -42,7 +43,12 @@ def _row(doc: dict[str, Any]) -> dict[str, Any]:
             "labels": dict(doc["run"].get("labels") or {}), "tokens": c["tokens"],
             "samples": c["samples"], "gpu_hours": c["gpu_hours"],
             "status": s["status"], "duration_s": s["duration_s"], "energy_kwh": s["energy_kwh"],
-            "steps": c["steps"], "joules_per_step": c["joules_per_step"],
+            # the count every per-step figure divides by (optimizer steps when the run has any)
+            "steps": c["optimizer_steps"] if c.get("per_step_divisor") == "optimizer_steps"
+            else c["steps"], "step_rows": c.get("step_rows", c["steps"]),
+            "per_step_divisor": c.get("per_step_divisor"),
+            "joules_per_step": c["joules_per_step"],
+            "emissions_g_per_step": c.get("emissions_g_per_step"),
             "joules_per_sample": c["joules_per_sample"], "joules_per_token": c["joules_per_token"],
             "flops_per_joule": c["flops_per_joule"], "mfu": c["mfu"],
             "emissions_location_kg": s["emissions_location_kg"],
@@ -127,10 +133,15 @@ def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
         r["equal_work"] = same
         r["work_difference"] = None if same else diff
         r["ratios"] = {}
+        # money in two currencies is not a ratio; steps of two kinds are not one count
+        apart = {"cost_total"} if r["currency"] != base["currency"] else set()
+        if r["per_step_divisor"] != base["per_step_divisor"]:
+            apart |= {"steps", "joules_per_step", "emissions_g_per_step"}
+        r["not_compared"] = sorted(apart)
         for key, *_ in METRICS:
             a, b = r[key], base[key]
             ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b \
-                and math.isfinite(a / b) and (same or key not in TOTALS)
+                and math.isfinite(a / b) and (same or key not in TOTALS) and key not in apart
             r["ratios"][key] = a / b if ok else None
         if target is not None:
             with Run.open(r["run_dir"]) as run:
@@ -215,13 +226,17 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
     body = []
     for key, label, unit, lower in METRICS:
         cells = [f"{label}{' (' + unit + ')' if unit else ''}"]
-        if key == "cost_total" and runs[0]["currency"]:
-            cells[0] = f"cost ({printable(runs[0]['currency'], 20)})"
+        if key == "steps":
+            kinds = {r["per_step_divisor"] for r in runs}
+            cells[0] = "optimizer steps" if kinds == {"optimizer_steps"} else \
+                "step rows" if kinds == {"step_rows"} else "steps (see notes)"
         if key == "sci_g":
             cells[0] = f"SCI (gCO2e per {printable(runs[0]['sci_unit'])})"
         for i, r in enumerate(runs):
             v = r[key]
             text = "n/a" if v is None else sig(float(v), 4)
+            if key == "cost_total" and v is not None:  # each run's own currency, beside its cost
+                text += f" {printable(r['currency'] or '(no currency)', 20)}"
             ratio = r["ratios"][key]
             if i and ratio is not None:
                 better = (ratio < 1) == lower if ratio != 1 and lower is not None else None
@@ -250,6 +265,15 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
             body.append(cells)
     lines: list[str] = [f"ratios are to the first run ({printable(result['baseline'])})"]
     for r in runs[1:]:
+        if "cost_total" in r["not_compared"]:
+            lines.append(f"{printable(_name(r['run_dir']), 60)}: cost in "
+                         f"{printable(r['currency'] or 'no currency', 20)}, the first run's in "
+                         f"{printable(base_currency(runs), 20)}: costs in different currencies "
+                         "are not compared")
+        if "steps" in r["not_compared"]:
+            lines.append(f"{printable(_name(r['run_dir']), 60)}: per step divides by "
+                         f"{r['per_step_divisor']}, the first run's by "
+                         f"{runs[0]['per_step_divisor']}: per-step figures are not compared")
         if not r["equal_work"]:
             lines.append(f"{printable(_name(r['run_dir']), 60)}: not the same work as the first "
                          f"run ({printable(r['work_difference'], 200)}): ratios of totals left out, "
@@ -267,6 +291,10 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
             parts.append(text)
         lines.append(f"group {printable(name, 40)} ({len(g['runs'])} runs): " + "; ".join(parts))
     return headers, body, lines
+
+
+def base_currency(runs: list[dict[str, Any]]) -> str:
+    return str(runs[0]["currency"] or "no currency")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -74,7 +74,9 @@ def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
     log = logging.getLogger("greentrack")
     try:
         from greentrack.reports import report_document
-        for w in append([report_document(Path(run_dir), config)], str(config.emissions_csv),
+        # the settings each store recorded (a resumed run's segments each at their own), as
+        # stop(), the summary and every report count them
+        for w in append([report_document(Path(run_dir), {})], str(config.emissions_csv),
                         replace_run=True):
             log.warning("greentrack: %s", w)
     except Exception as e:  # noqa: BLE001 - never raise from a stop

@@ -8,8 +8,8 @@ series), as a logging cadence in time would observe them. For a run still going 
 ended, a check: the forecast as it stood after the first :data:`CHECK_SHARE` of its steps,
 against what the run then used until the end of the cell of its last step, and whether the
 interval held it, to the grid's resolution (one cell, at most 1/600 of the run: ``resolution_s``).
-Emissions use the report's location-based intensity (x PUE), costs its prices, as the live
-forecast does.
+Emissions, cost and GPU-hours are the footprint of the forecast run at the settings in force at
+the run's end (its last part's), as the live forecast computes them.
 
 ``start_window``: the best start of the ``start-time`` finding (``greentrack advise``), as
 seconds from the run's start, for the html chart.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from greentrack.carbon.footprint import Footprint, Settings
 from greentrack.forecast import WINDOW, Forecast
 from greentrack.reports.run_data import RunData
 from greentrack.units import utc
@@ -32,8 +33,7 @@ SERIES_POINTS = 2000
 FIGURES = ("energy_j", "duration_s", "end_unix", "gpu_hours", "emissions_g", "cost")
 
 
-def forecast_section(data: RunData, config: Any, g_per_kwh: float | None, pue: float,
-                     gpus: int) -> dict[str, Any] | None:
+def forecast_section(data: RunData, settings: Settings, gpus: int) -> dict[str, Any] | None:
     """The report's ``forecast`` (see the module docstring), or None when the run has too few
     steps or (still going) no planned steps."""
     marks = data.step_marks
@@ -53,12 +53,7 @@ def forecast_section(data: RunData, config: Any, g_per_kwh: float | None, pue: f
         upto = marks[:max(cut, MIN_MARKS - 1) + 1]
         if upto[-1][0] >= planned:
             return None  # too few marks before the end: nothing was forecast
-    price = getattr(config, "electricity_price", None)
-    gpu_price = getattr(config, "gpu_hour_price", None)
-    f = Forecast(planned, carbon_g_per_kwh=None if g_per_kwh is None else g_per_kwh * pue,
-                 price_per_kwh=None if price is None else float(price) * pue,
-                 currency=getattr(config, "currency", None),
-                 gpu_hour_price=None if gpu_price is None else float(gpu_price), gpus=gpus)
+    f = Forecast(planned, settings=settings, gpus=gpus)
     upto = upto[-WINDOW:]
     energies = data.energy_until([t for _, t in upto])
     for (n, t), e in zip(upto, energies):
@@ -79,9 +74,7 @@ def forecast_section(data: RunData, config: Any, g_per_kwh: float | None, pue: f
         last_n, last_t = next(m for m in reversed(marks) if m[0] >= planned)
         energy = data.energy_until([last_t])[0]
         duration = last_t - data.start_unix
-        probe = Forecast(1, carbon_g_per_kwh=f.carbon_g_per_kwh, price_per_kwh=f.price_per_kwh,
-                         gpu_hour_price=f.gpu_hour_price, gpus=gpus)
-        actual = probe.figures(energy, duration, duration, last_t)  # the same formulas
+        actual = f.figures(energy, duration, duration, last_t)  # the same footprint
         out["actual"] = {k: actual[k] for k in FIGURES}
         out["actual"]["steps"] = last_n
         if est["interval"]["known"]:
@@ -97,7 +90,7 @@ def forecast_section(data: RunData, config: Any, g_per_kwh: float | None, pue: f
 
 
 def start_window(data: RunData, findings: list[dict[str, Any]],
-                 config: Any) -> dict[str, Any] | None:
+                 fp: Footprint) -> dict[str, Any] | None:
     """The best start of the ``start-time`` finding, in seconds from the run's start, with the
     intensity series around the run and that start (at most :data:`SERIES_POINTS` intervals)."""
     f = next((f for f in findings if f["kind"] == "start-time"), None)
@@ -110,8 +103,9 @@ def start_window(data: RunData, findings: list[dict[str, Any]],
                            "best_start": ev["best_start"], "saving_g": f["grams"],
                            "as_run_g": ev["as_run_g"], "best_g": ev["best_g"],
                            "series": ev["series"]}
-    from greentrack.carbon.series import read_csv
-    series = read_csv(config.intensity_csv)  # the finding read it: it is valid
+    series = fp.parts[-1].settings.series  # the finding was made on it
+    if series is None:
+        return None
     margin = max(width, 3600.0)
     lo, hi = min(0.0, start) - margin, max(width, start + width) + margin
     shown = [(a - data.start_unix, b - data.start_unix, v)

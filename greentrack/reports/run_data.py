@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.run import (Device, PowerLimitCurve, Run, Segment, device_identity,
+from greentrack.carbon.footprint import Work
+from greentrack.carbon.runs import work_of
+from greentrack.run import (Device, PowerLimitCurve, Run, Segment, StoreEnergy, device_identity,
                             union_length)
 from greentrack.units import is_number
 
-MAX_BINS = 3000  # per channel; bins are the unit of time-resolved intensity integration
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
-NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Channel:
     samples: int
     gap_s: float
     bins: list[tuple[float, float, float]] = field(default_factory=list)
+    #: the store that measured it (its bins belong to that store's part of the run)
+    store: Path | None = None
 
 
 @dataclass
@@ -87,6 +89,10 @@ class RunData:
     planned_steps: int | None = None
     #: details of the ``start-when-greener`` event (``greentrack run --start-when-greener``)
     greener_start: dict[str, Any] | None = None
+    #: each store's energy, span, recorded settings and bins: the footprint's input
+    stores: list[StoreEnergy] = field(default_factory=list)
+    #: the run's work (steps by name, tokens, samples, FLOPs, devices): per-unit divisors
+    work: Work = field(default_factory=Work)
 
     def plot_grid(self) -> tuple[int, float]:
         """``(cells, width_s)`` of the report's time series from :attr:`start_unix`."""
@@ -125,14 +131,6 @@ class RunData:
         return float(sum(vals)) if vals else None
 
 
-def _bin_width(duration_s: float, resolution_s: float) -> float:
-    need = duration_s / MAX_BINS
-    for m in NICE:
-        if m * resolution_s >= need:
-            return m * resolution_s
-    return float(math.ceil(need))
-
-
 def read_run(run_dir: str | Path) -> RunData:
     """Read a run directory for a report (through :class:`greentrack.run.Run`).
 
@@ -146,20 +144,15 @@ def read_run(run_dir: str | Path) -> RunData:
 def _read(run: Run) -> RunData:
     summary = run.summary()
     start = run.start_unix
-    resolution = min(float(s.meta.get("settings", {}).get("resolution_s") or 1.0)
-                     for s in run.segments)
-    bin_s = _bin_width(max(summary["duration_s"], resolution), resolution)
+    resolution, bin_s = run.resolution_s, run.bin_s
     channels: list[Channel] = []
     phases: dict[str, dict[str, float]] = {}
     energies: dict[str, list[float]] = {}
     methods: set[str] = set()
     mfu_num = mfu_den = 0.0
-    host_spans: dict[str, list[tuple[float, float]]] = {}
-    end = start + summary["duration_s"]
     for seg in run.segments:
         stats = seg.sample_stats()
-        host_spans.setdefault(seg.host, []).append((seg.start_unix, seg.end_unix))
-        end = max(end, seg.end_unix)
+        seg_bins = seg.energy_bins(bin_s, resolution)
         for c in seg.channels:
             st = stats.get(c["id"])
             ch = Channel(key=f"{seg.host}/r{seg.rank}/{c['device']}",
@@ -167,10 +160,9 @@ def _read(run: Run) -> RunData:
                          device=c["device"], name=c["name"] or c["device"], host=seg.host,
                          rank=seg.rank, method=c["method"], measured=bool(c["measured"]),
                          uncertainty=c["uncertainty"] or "", energy_j=float(c["energy_j"] or 0.0),
-                         samples=int(st["n"]) if st else 0, gap_s=float(c["gap_s"] or 0.0))
-            if st is not None and st["n"]:
-                ch.bins = _channel_bins(seg, c["id"], float(st["lo"]), float(st["tmax"]),
-                                        float(st["hi"]), bin_s, resolution)
+                         samples=int(st["n"]) if st else 0, gap_s=float(c["gap_s"] or 0.0),
+                         store=seg.path)
+            ch.bins = seg_bins.get(int(c["id"]), [])
             channels.append(ch)
         for phase, sums in seg.step_phases().items():
             p = phases.setdefault(phase, dict.fromkeys(sums, 0.0))
@@ -194,17 +186,19 @@ def _read(run: Run) -> RunData:
         e.sort()
     first = run.segments[0]
     data = RunData(
-        run_dir=run.run_dir, summary=summary, devices=run.devices(), start_unix=start, end_unix=end, bin_s=bin_s,
+        run_dir=run.run_dir, summary=summary, devices=run.devices(), start_unix=start,
+        end_unix=run.end_unix, bin_s=bin_s,
         channels=channels, phases=phases, step_energies_j=energies, flops_methods=sorted(methods),
         mfu=mfu_num / mfu_den if mfu_den > 0 else None,
-        hosts={h: union_length(s) for h, s in host_spans.items()}, resolution_s=resolution,
+        hosts=run.host_seconds, resolution_s=resolution,
         versions=dict(first.meta.get("versions") or {}), settings=run.settings,
         machines=_machines(run.segments),
         warnings=list(run.warnings), stretched_slow_s=_stretched(run.segments),
         labels=run.labels, steps_inside_j=inside, step_union_s=union_s, step_sum_s=sum_s, gpu_power=gpu_power,
         store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
         power_limit_curves=curves, main_phase=main, planned_steps=_planned(planned),
-        greener_start=_details(greener[-1]) if greener else None)
+        greener_start=_details(greener[-1]) if greener else None,
+        stores=run.store_energies(run.energy_bins()), work=work_of(run))
     n, width = data.plot_grid()
     cells, ending = [0.0] * n, [0] * n
     rank = min(seg.rank for seg in run.segments)
@@ -254,25 +248,6 @@ def _stretched(stores: list[Segment]) -> dict[str, float]:
         longest = s.meta.get("counter_interval_max_s")
         if isinstance(configured, (int, float)) and longest is not None and longest > configured:
             out[s.path.name] = float(longest)
-    return out
-
-
-def _channel_bins(seg: Segment, channel_id: int, lo: float, tmax: float, hi: float, bin_s: float,
-                  resolution: float) -> list[tuple[float, float, float]]:
-    """``(start_unix, end_unix, energy_j)`` per bin of one channel. Bin edges sit half a bucket
-    before multiples of ``bin_s`` so float noise in a bucket's ``t`` never moves it across."""
-    half = resolution / 2.0
-    first, last = int(math.floor((lo + half) / bin_s)), int(math.floor((tmax + half) / bin_s))
-    if last - first > 4 * MAX_BINS:  # a damaged time far beyond the run: never millions of bins
-        seg.reader.damaged.append(f"samples of channel {channel_id}: times beyond the run's span, "
-                                  "left out of the time series")
-        last = first + 4 * MAX_BINS
-        hi = min(hi, (last + 1) * bin_s)
-    s0 = seg.start_unix
-    out = []
-    for i, e in seg.channel_bins(channel_id, first, max(first, last), bin_s, half):
-        a, b = max(i * bin_s, lo), min((i + 1) * bin_s, hi)
-        out.append((s0 + a, s0 + max(b, a), e))
     return out
 
 

@@ -25,7 +25,9 @@ def columns() -> list[str]:
 def row(doc: dict[str, Any]) -> dict[str, Any]:
     s, e, run, loc = doc["summary"], doc["energy"], doc["run"], doc["location"]
     pue, dur = float(s["pue"]), max(float(s["duration_s"]), 1e-9)
-    kwh = {k: (v or 0.0) / J_PER_KWH * pue for k, v in e["by_kind_j"].items()}
+    # facility energy by kind, as codecarbon's columns hold it: the footprint's (each part of
+    # the run at its own PUE)
+    kwh = {k: v or 0.0 for k, v in e["by_kind_facility_kwh"].items()}
     hw = doc["compute"]["hardware"]
     cpu_model = ", ".join(hw["cpus"]) if hw["cpus"] else ""
     return {

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from greentrack.errors import ConfigError, RunStoreError
 from greentrack.store import StoreReader, store_paths
 from greentrack.units import J_PER_KWH
-from greentrack.run.segment import Segment, segment
+from greentrack.run.segment import Segment, bin_width, segment
 
 if TYPE_CHECKING:
     from greentrack.run.power_limits import PowerLimitCurve
@@ -57,26 +57,18 @@ class Device:
 
 
 @dataclass(frozen=True)
-class Totals:
-    """A run's totals in code, as :meth:`greentrack.Tracker.stop` returns them.
+class StoreEnergy:
+    """One store's energy as the footprint counts it (:mod:`greentrack.carbon.runs`): its span,
+    joules by kind (None: no channel of that kind), GPU-seconds, the settings it recorded at
+    start and, when asked for, its energy over wall time (:meth:`Run.energy_bins`)."""
 
-    ``emissions_g`` (IT energy x PUE x intensity, as every report computes it) and the intensity
-    are None unless a location or an intensity is set. ``energy_j`` has ``gpu``, ``cpu``, ``dram``
-    (None: not tracked) and ``total``.
-    """
-
-    run_id: str | None
-    run_dir: str
-    status: str
-    duration_s: float
+    path: Path
+    settings: dict[str, Any]
+    start_unix: float
+    end_unix: float
     energy_j: dict[str, float | None]
-    energy_kwh: float
-    steps: int
-    gpu_hours: float
-    emissions_g: float | None = None
-    intensity_g_per_kwh: float | None = None
-    intensity_source: str | None = None
-    pue: float | None = None
+    gpu_seconds: float
+    bins: tuple[tuple[float, float, float], ...] = ()
 
 
 class Run:
@@ -236,16 +228,77 @@ class Run:
         return union_length([(s.start_unix, s.end_unix) for s in self.segments])
 
     @property
+    def end_unix(self) -> float:
+        """When the last store ended (or, running, now)."""
+        return max(s.end_unix for s in self.segments)
+
+    @property
     def gpu_seconds(self) -> float:
+        """GPU-seconds: each store's wall-clock span x the GPUs it measured, summed."""
         return float(sum(s.gpu_seconds for s in self.segments))
+
+    @property
+    def host_seconds(self) -> dict[str, float]:
+        """Per host, the seconds it ran (the union of its stores' spans)."""
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for s in self.segments:
+            spans.setdefault(s.host, []).append((s.start_unix, s.end_unix))
+        return {h: union_length(v) for h, v in spans.items()}
+
+    @property
+    def resolution_s(self) -> float:
+        """The finest time-series resolution the stores recorded (seconds)."""
+        return min(float((s.meta.get("settings") or {}).get("resolution_s") or 1.0)
+                   for s in self.segments)
+
+    @property
+    def bin_s(self) -> float:
+        """The width of the run's energy bins (:func:`greentrack.run.segment.bin_width`): one
+        grid for the report's time series and every time-resolved intensity integration."""
+        return bin_width(max(self.duration_s, self.resolution_s), self.resolution_s)
 
     def energy_j(self) -> dict[str, float | None]:
         """Joules by kind (None: no channel of that kind at all, never a silent 0) and total."""
         out: dict[str, float | None] = dict.fromkeys(KINDS)
-        for seg in self.segments:
-            for c in seg.channels:
-                out[c["kind"]] = (out[c["kind"]] or 0.0) + float(c["energy_j"] or 0.0)
+        for store in self.store_energies():
+            for kind, v in store.energy_j.items():
+                if v is not None:
+                    out[kind] = (out[kind] or 0.0) + v
         out["total"] = sum(v for v in out.values() if v is not None)
+        return out
+
+    def store_energies(self, bins: dict[Path, list[tuple[float, float, float]]] | None = None
+                       ) -> list[StoreEnergy]:
+        """Each store's :class:`StoreEnergy`, with its bins when ``bins`` (by store path, as
+        :meth:`energy_bins` gives them) holds them."""
+        out = []
+        for seg in self.segments:
+            energy: dict[str, float | None] = dict.fromkeys(KINDS)
+            for c in seg.channels:
+                energy[c["kind"]] = (energy.get(c["kind"]) or 0.0) + float(c["energy_j"] or 0.0)
+            out.append(StoreEnergy(seg.path, dict(seg.meta.get("settings") or {}),
+                                   seg.start_unix, seg.end_unix, energy, seg.gpu_seconds,
+                                   tuple((bins or {}).get(seg.path, ()))))
+        return out
+
+    def energy_bins(self) -> dict[Path, list[tuple[float, float, float]]]:
+        """Per store, its channels' energy over wall time in bins of :attr:`bin_s` (the grid
+        the report's time series and every time-resolved intensity use)."""
+        out: dict[Path, list[tuple[float, float, float]]] = {}
+        for seg in self.segments:
+            per_channel = seg.energy_bins(self.bin_s, self.resolution_s)
+            out[seg.path] = [b for cid in sorted(per_channel) for b in per_channel[cid]]
+        return out
+
+    def phase_sums(self) -> dict[str, dict[str, float]]:
+        """Per phase, every store's step sums added (:meth:`Segment.step_phases`: steps,
+        duration, joules, FLOPs, samples, tokens and how many rows recorded each)."""
+        out: dict[str, dict[str, float]] = {}
+        for seg in self.segments:
+            for phase, sums in seg.phase_sums.items():
+                p = out.setdefault(phase, dict.fromkeys(sums, 0.0))
+                for k, v in sums.items():
+                    p[k] += v
         return out
 
     def power_limit_curves(self) -> list["PowerLimitCurve"]:
@@ -319,28 +372,6 @@ class Run:
 
     def events(self, *kinds: str) -> list[dict[str, Any]]:
         return [e for s in self.segments for e in s.events if not kinds or e["kind"] in kinds]
-
-    def totals(self, config: Any = None) -> Totals:
-        """The run's :class:`Totals`; with emissions when ``config`` (default: the settings
-        recorded in the run) names a location or an intensity."""
-        from greentrack.carbon.resolve import config_for_run, pue_in_use
-
-        energy = self.energy_j()
-        kwh = float(energy["total"] or 0.0) / J_PER_KWH
-        cfg = config if config is not None else config_for_run(self.settings, {})
-        carbon: dict[str, Any] = {}
-        if any(getattr(cfg, k, None) for k in ("country", "region", "cloud", "intensity_csv")) \
-                or cfg.carbon_intensity_g_per_kwh is not None:
-            from greentrack.carbon import live_intensity
-            found = live_intensity(cfg)
-            pue = float(pue_in_use(cfg)["value"])
-            if found is not None:
-                carbon = {"intensity_g_per_kwh": found[0], "intensity_source": found[1],
-                          "pue": pue, "emissions_g": kwh * pue * found[0]}
-        return Totals(run_id=self.run_id, run_dir=str(self.run_dir), status=self.status,
-                      duration_s=self.duration_s, energy_j=energy, energy_kwh=kwh,
-                      steps=sum(self.steps_by_phase().values()),
-                      gpu_hours=self.gpu_seconds / 3600.0, **carbon)
 
     def summary(self) -> dict[str, Any]:
         """The ``greentrack summary --json`` document."""

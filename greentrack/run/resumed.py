@@ -13,6 +13,7 @@ this one included, is not a previous segment): the same series in Prometheus (sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from greentrack.run.model import Run
 
@@ -33,6 +34,10 @@ class RecordedBefore:
     step_energy_j: dict[str, float] = field(default_factory=dict)
     step_buckets: dict[str, list[int]] = field(default_factory=dict)
     flops: dict[str, float] = field(default_factory=dict)
+    #: the stores summed (their footprint gives the emissions, above the read model)
+    paths: tuple[Path, ...] = ()
+    #: their location-based grams, once a caller has computed their footprint
+    emissions_g: float = 0.0
 
     @property
     def total_energy_j(self) -> float:
@@ -63,7 +68,7 @@ def recorded_before(run: Run, host: str, rank: int,
             old = buckets.get(phase, [0] * len(counts))
             buckets[phase] = [a + b for a, b in zip(old, counts)]
     return RecordedBefore(len(mine), energy, gaps, sum(s.gpu_seconds for s in mine), steps,
-                          step_j, buckets, flops)
+                          step_j, buckets, flops, tuple(s.path for s in mine))
 
 
 __all__ = ["RecordedBefore", "recorded_before"]

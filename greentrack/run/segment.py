@@ -3,6 +3,7 @@ reports and advice run on it (see :mod:`greentrack.run`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ class Segment:
     end_unix: float
     #: per phase: steps (``SUM(n)``) and their joules (all kinds)
     phases: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: per phase: every sum of :meth:`step_phases`, read with :attr:`phases` in one query
+    phase_sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    _stats: dict[int, Any] | None = field(default=None, repr=False)
+    _bins: dict[tuple[float, float], dict[int, list[tuple[float, float, float]]]] = field(
+        default_factory=dict, repr=False)
 
     @property
     def path(self) -> Path:
@@ -49,14 +55,51 @@ class Segment:
     # -- the report's queries (aggregated in SQLite, never row by row in Python) ---------------
     def sample_stats(self) -> dict[int, Any]:
         """Per channel id: usable samples' count ``n`` and span ``lo``/``tmax``/``hi``; rows that
-        are not usable are counted as damage."""
+        are not usable are counted as damage (once: the result is kept)."""
+        if self._stats is not None:
+            return self._stats
         stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
         rows = sum(int(r["n"] or 0) for r in self.reader.rows(_ROWS_SQL))
         bad = rows - sum(int(r["n"] or 0) for r in stats.values())
         if bad:
             self.reader.damaged.append(f"samples: {bad} row(s) with negative, non-finite or "
                                        "out-of-range values, left out")
+        self._stats = stats
         return stats
+
+    def energy_bins(self, bin_s: float, resolution_s: float) -> dict[int, list[tuple[float, float,
+                                                                                       float]]]:
+        """Per channel id with samples: ``(start_unix, end_unix, joules)`` per bin of width
+        ``bin_s`` (:func:`bin_width`): the energy over wall time that time-resolved intensity is
+        integrated against, and the report's time series. Read once per grid."""
+        cached = self._bins.get((bin_s, resolution_s))
+        if cached is not None:
+            return cached
+        out = {}
+        for cid, st in self.sample_stats().items():
+            if st["n"]:
+                out[int(cid)] = self._channel_bins(int(cid), float(st["lo"]), float(st["tmax"]),
+                                                   float(st["hi"]), bin_s, resolution_s)
+        self._bins[(bin_s, resolution_s)] = out
+        return out
+
+    def _channel_bins(self, channel_id: int, lo: float, tmax: float, hi: float, bin_s: float,
+                      resolution: float) -> list[tuple[float, float, float]]:
+        """One channel's bins. Bin edges sit half a bucket before multiples of ``bin_s`` so float
+        noise in a bucket's ``t`` never moves it across."""
+        half = resolution / 2.0
+        first, last = int(math.floor((lo + half) / bin_s)), int(math.floor((tmax + half) / bin_s))
+        if last - first > 4 * MAX_BINS:  # a damaged time far beyond the run: never millions of bins
+            self.reader.damaged.append(f"samples of channel {channel_id}: times beyond the run's "
+                                       "span, left out of the time series")
+            last = first + 4 * MAX_BINS
+            hi = min(hi, (last + 1) * bin_s)
+        s0 = self.start_unix
+        out = []
+        for i, e in self.channel_bins(channel_id, first, max(first, last), bin_s, half):
+            a, b = max(i * bin_s, lo), min((i + 1) * bin_s, hi)
+            out.append((s0 + a, s0 + max(b, a), e))
+        return out
 
     def channel_bins(self, channel_id: int, first: int, last: int, bin_s: float,
                      half: float) -> list[tuple[int, float]]:
@@ -66,11 +109,9 @@ class Segment:
 
     def step_phases(self) -> dict[str, dict[str, float]]:
         """Per phase: steps, duration, energy (all kinds, GPU), GPU-seconds, FLOPs, samples and
-        tokens, with how many rows carried each of the last three."""
-        out = {}
-        for r in self.reader.rows(_STEPS_SQL.format(n=self.reader.step_n)):
-            out[str(r["phase"])] = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
-        return out
+        tokens, with how many rows carried each of the last three (read when the store was
+        opened)."""
+        return {phase: dict(sums) for phase, sums in self.phase_sums.items()}
 
     def step_energies(self) -> dict[str, list[float]]:
         """Per phase, each valid row's joules (all kinds)."""
@@ -142,7 +183,24 @@ def segment(reader: StoreReader, now: float) -> Segment:
         end = max(start + until, now) if status == "running" else start + until
     seg = Segment(reader, meta, channels, reader.events(), status, start, end)
     reader.invalid_rows("steps")
-    for row in reader.rows(f"SELECT phase, SUM({reader.step_n}) AS n, SUM({STEP_J}) AS e FROM steps "
-                           f"WHERE {VALID_STEP} GROUP BY phase"):
-        seg.phases[str(row["phase"])] = (int(row["n"] or 0), float(row["e"] or 0.0))
+    for r in reader.rows(_STEPS_SQL.format(n=reader.step_n)):
+        sums = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
+        seg.phase_sums[str(r["phase"])] = sums
+        seg.phases[str(r["phase"])] = (int(sums["n"]), sums["energy_j"])
     return seg
+
+
+#: Bins per channel at most: the unit of time-resolved intensity integration and of the report's
+#: time series (finer for short runs: never wider than needed, see :func:`bin_width`).
+MAX_BINS = 3000
+NICE = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def bin_width(duration_s: float, resolution_s: float) -> float:
+    """The width of a run's energy bins: the store's resolution times the smallest of
+    :data:`NICE` that keeps a channel under :data:`MAX_BINS` bins."""
+    need = duration_s / MAX_BINS
+    for m in NICE:
+        if m * resolution_s >= need:
+            return m * resolution_s
+    return float(math.ceil(need))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greentrack.store import VALID_STEP
+from greentrack.units import hours
 from greentrack.run.model import Run
 from greentrack.run.segment import Segment
 
@@ -95,6 +96,21 @@ def _hit(op: str, value: float, target: float) -> bool:
             ">": value > target}[op]
 
 
+def optimizer_steps_until(run: Run, t_unix: float) -> float:
+    """Optimizer steps ended by ``t_unix``, run-wide: as :meth:`Run.optimizer_steps` counts them
+    (the ``train`` steps of the rank with the most, over all its segments)."""
+    per_rank: dict[tuple[str, int], float] = {}
+    for seg in run.segments:
+        if "train" not in seg.phases:
+            continue
+        for r in seg.reader.rows(f"SELECT SUM({seg.reader.step_n}) AS n FROM steps WHERE "
+                                 f"{VALID_STEP} AND phase = 'train' AND t1 <= ?",
+                                 (t_unix - seg.start_unix,)):
+            key = (seg.host, seg.rank)
+            per_rank[key] = per_rank.get(key, 0.0) + float(r["n"] or 0.0)
+    return max(per_rank.values(), default=0.0)
+
+
 def to_target(run: Run, name: str, op: str, target: float) -> ToTarget:
     """Energy, time, steps, tokens, samples and GPU-hours until ``name op target`` first held."""
     segs, points = _metric_segments(run, name)
@@ -114,7 +130,10 @@ def to_target(run: Run, name: str, op: str, target: float) -> ToTarget:
         if owner is not None and a is not p and not _holds(owner, a):  # a resumed segment between
             own = p.energy_j * f
         energy = own + _others_energy(run, [owner] if owner else [], t, p)
-        step = None if p.step is None or a.step is None else a.step + f * (p.step - a.step)
+        # the step position run-wide: optimizer steps (one rank's train steps, every segment)
+        # ended by each of the two recordings, never the step a segment counted from its own 0
+        at_a, at_p = optimizer_steps_until(run, a.t_unix), optimizer_steps_until(run, p.t_unix)
+        step = at_a + f * (at_p - at_a) if p.step is not None or at_p else None
         tokens = samples = 0.0
         for seg in run.segments:
             rel = t - seg.start_unix
@@ -126,5 +145,5 @@ def to_target(run: Run, name: str, op: str, target: float) -> ToTarget:
                     * sum(c["kind"] == "gpu" for c in s.channels) for s in run.segments)
         return ToTarget(name, True, best, energy_j=energy, duration_s=t - run.start_unix,
                         steps=step, tokens=tokens or None, samples=samples or None,
-                        gpu_hours=gpu_s / 3600.0, t_unix=t)
+                        gpu_hours=hours(gpu_s), t_unix=t)
     return ToTarget(name, False, best)
