@@ -31,7 +31,7 @@ from greentrack.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.records import MetricQueue
 from greentrack.samplers.base import Channel, EventSource
 from greentrack.stepvalues import phase_name
-from greentrack.steps import FieldCleaner, StepQueue, StepRow, StepSpan
+from greentrack.steps import FieldCleaner, PhaseTally, StepQueue, StepRow, StepSpan
 from greentrack.store import StoreWriter
 
 __all__ = ["Engine", "StepSpan", "channel_key"]
@@ -97,8 +97,8 @@ class Engine:
         self.holds: list[Callable[[], float | None]] = []
         #: Called on the sampler thread with each resolved step row; must be quick and not raise.
         self.step_listeners: list[Callable[[StepRow], None]] = []
-        self.steps_done = 0
-        self.steps_energy_j = 0.0
+        #: Per-phase sums of the resolved steps: what every live output reads.
+        self.tally = PhaseTally()
         #: ``Tracker.record`` values (greentrack.records); the training thread appends to
         #: ``metrics``, resolved here once readings pass their time.
         self.records = MetricQueue(self.event, writer.add_metric)
@@ -455,8 +455,7 @@ class Engine:
                       duration * n_gpus, counts["flops"], counts["samples"], counts["tokens"],
                       span.timeline, extra, span.n)
         self._writer.add_step(row)
-        self.steps_done += span.n
-        self.steps_energy_j += row.energy_j
+        self.tally.observe(row)
         for listener in list(self.step_listeners):
             try:
                 listener(row)
@@ -496,6 +495,11 @@ class Engine:
                             "on): %s", e)
 
     # -- live view, for exporters and progress logs ------------------------------------------
+    @property
+    def steps_done(self) -> int:
+        """Steps resolved so far (coalesced rows count their steps)."""
+        return self.tally.steps
+
     def snapshot(self) -> list[ChannelSnapshot]:
         """Every channel now, for live outputs."""
         return [ChannelSnapshot(st.id, st.channel.info.kind, st.channel.info.device,

@@ -77,6 +77,59 @@ class StepRow(NamedTuple):
         return (self.gpu_j or 0.0) + (self.cpu_j or 0.0) + (self.dram_j or 0.0)
 
 
+#: What :class:`PhaseTally` sums per phase: steps, joules (all kinds; GPU and how many rows had a
+#: GPU reading), seconds, FLOPs (and the seconds of the rows that had them), samples, tokens.
+PHASE_SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "flops_s", "samples",
+              "tokens")
+#: Phases a tally keeps apart; more are summed as ``other`` (a phase name is the user's text).
+MAX_TALLY_PHASES = 64
+
+
+class PhaseTally:
+    """Per-phase sums of one process's resolved step rows: the one live accumulator that the
+    exporter's step counters and the training meter's per-step metrics both read (each adds its
+    own offsets: earlier segments, what it already reported). Fed on the sampler thread; read
+    from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sums: dict[str, dict[str, float]] = {}
+
+    def observe(self, row: StepRow) -> None:
+        flops = row.flops or 0.0
+        with self._lock:
+            phase = row.phase
+            if phase not in self._sums and len(self._sums) >= MAX_TALLY_PHASES:
+                phase = "other"
+            s = self._sums.get(phase)
+            if s is None:
+                s = self._sums[phase] = dict.fromkeys(PHASE_SUMS, 0.0)
+            s["n"] += row.n
+            s["energy_j"] += row.energy_j
+            s["gpu_j"] += row.gpu_j or 0.0
+            s["gpu_n"] += row.gpu_j is not None
+            s["duration_s"] += row.duration_s
+            s["flops"] += flops
+            s["flops_s"] += row.duration_s if flops else 0.0
+            s["samples"] += row.samples or 0.0
+            s["tokens"] += row.tokens or 0.0
+
+    def phases(self) -> dict[str, dict[str, float]]:
+        """Every phase's sums, copied (in the order phases first appeared)."""
+        with self._lock:
+            return {p: dict(s) for p, s in self._sums.items()}
+
+    def phase(self, name: str) -> dict[str, float]:
+        """One phase's sums (zeros before its first step)."""
+        with self._lock:
+            return dict(self._sums.get(name) or dict.fromkeys(PHASE_SUMS, 0.0))
+
+    @property
+    def steps(self) -> int:
+        with self._lock:
+            return int(sum(s["n"] for s in self._sums.values()))
+
+
 class StepQueue:
     """Finished steps from any training thread to the sampler thread; see the module docstring."""
 

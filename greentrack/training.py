@@ -41,7 +41,7 @@ from typing import Any
 from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops, device_peak,
                               given)
 from greentrack.forecast import Forecast, format_forecast
-from greentrack.steps import StepRow
+from greentrack.steps import PHASE_SUMS, PhaseTally, StepRow
 from greentrack.units import J_PER_WH
 from greentrack.stepmarks import StepMarks
 
@@ -77,7 +77,7 @@ def planned_steps_of(value: Any, setting: str = "planned_steps") -> int | None:
         raise ConfigError(setting, value, allowed)
     return n
 
-_SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "samples", "tokens", "flops_s")
+_SUMS = PHASE_SUMS
 #: Metrics that are means over the steps since the previous call: new whenever present.
 _PER_STEP = frozenset({"step_energy_j", "step_gpu_energy_j", "step_duration_s", "mfu",
                        "flops_per_j", "energy_per_sample_j", "energy_per_token_j"})
@@ -161,8 +161,10 @@ class TrainingMeter:
         self._next_progress = time.monotonic() + min(FIRST_PROGRESS_S,
                                                      self._progress_every_s or 0.0)
         self._lock = threading.Lock()
-        self._phase: dict[str, dict[str, float]] = {}
-        self._fresh = _zero()
+        engine = getattr(tracker, "engine", None)
+        #: the engine's per-phase sums of resolved steps (the one live accumulator)
+        self.tally: PhaseTally = engine.tally if engine is not None else PhaseTally()
+        self._reported = _zero()  # the train sums at the previous metrics() call
         self._ended: dict[str, int] = {}  # steps ended per phase in this segment (training thread)
         self._taken: dict[str, dict[str, float]] = {}  # phase sums at the last take_phase
         self._logged: dict[str, float] = {}  # the values new_metrics() returned last
@@ -268,21 +270,7 @@ class TrainingMeter:
 
     # -- resolved steps (sampler thread) ------------------------------------------------------
     def _on_row(self, row: StepRow) -> None:
-        energy = row.energy_j
-        flops = row.flops or 0.0
-        with self._lock:
-            sums = self._phase.setdefault(row.phase, _zero())
-            targets = (sums, self._fresh) if row.phase == "train" else (sums,)
-            for s in targets:
-                s["n"] += row.n
-                s["energy_j"] += energy
-                s["gpu_j"] += row.gpu_j or 0.0
-                s["gpu_n"] += row.gpu_j is not None
-                s["duration_s"] += row.duration_s
-                s["flops"] += flops
-                s["flops_s"] += row.duration_s if flops else 0.0
-                s["samples"] += row.samples or 0.0
-                s["tokens"] += row.tokens or 0.0
+        """Step listener: the progress line when due (the sums are the engine's tally)."""
         every = self._progress_every_s
         if every and time.monotonic() >= self._next_progress:
             self._next_progress = time.monotonic() + every
@@ -348,8 +336,7 @@ class TrainingMeter:
 
     def phase_totals(self, phase: str) -> dict[str, float]:
         """Steps and joules of ``phase`` attributed so far in this segment."""
-        with self._lock:
-            return dict(self._phase.get(phase, _zero()))
+        return self.tally.phase(phase)
 
     def phase_energy_j(self, phase: str) -> float:
         """Joules of ``phase`` steps attributed so far, earlier segments included."""
@@ -368,8 +355,10 @@ class TrainingMeter:
         """Metrics now (see the module docstring); cheap, no I/O. The per-step means are over
         the steps attributed since the previous call, and absent when there are none."""
         self.marks.poll()
+        now = self.tally.phase("train")
         with self._lock:
-            fresh, self._fresh = self._fresh, _zero()
+            fresh = {k: now[k] - self._reported[k] for k in _SUMS}
+            self._reported = now
         out: dict[str, float] = {}
         n = fresh["n"]
         if n:
@@ -411,11 +400,10 @@ class TrainingMeter:
         steps = dict(self.prior["steps"])
         steps["train"] = self.train_steps
         phase_j = dict(self.prior.get("phase_energy_j") or {})
-        with self._lock:
-            for phase, sums in self._phase.items():
-                if phase != "train":
-                    steps[phase] = int(self.prior["steps"].get(phase, 0) + sums["n"])
-                phase_j[phase] = phase_j.get(phase, 0.0) + sums["energy_j"]
+        for phase, sums in self.tally.phases().items():  # a copy: no lock needed
+            if phase != "train":
+                steps[phase] = int(self.prior["steps"].get(phase, 0) + sums["n"])
+            phase_j[phase] = phase_j.get(phase, 0.0) + sums["energy_j"]
         return {"run_dir": str(self.tracker.run_dir), "run_id": self.tracker.run_id,
                 "energy_j": self.energy_so_far_j(), "elapsed_s": self.elapsed_s(), "steps": steps,
                 "phase_energy_j": phase_j,

@@ -28,6 +28,18 @@ def days(seconds: float) -> float:
     return seconds / (24.0 * S_PER_HOUR)
 
 
+def quantile(sorted_vals: list[float], q: float) -> float:
+    """The ``q`` quantile of ascending ``sorted_vals`` by linear interpolation between the two
+    closest ranks (NumPy's default, ``statistics.quantiles(method="inclusive")``): the one
+    definition every figure uses. NaN for no values."""
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
 def utc(t: float) -> str:
     """``t`` (Unix seconds) as ``YYYY-MM-DDTHH:MM:SSZ``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

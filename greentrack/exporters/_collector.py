@@ -64,7 +64,7 @@ from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.channelstate import ChannelSnapshot
 from greentrack.run.resumed import RecordedBefore
-from greentrack.steps import StepRow
+from greentrack.steps import PhaseTally, StepRow
 
 log = logging.getLogger("greentrack")
 
@@ -82,59 +82,67 @@ CONTINUE_WAIT_S = 2.0
 
 
 class StepStats:
-    """Per-phase step accumulators, fed on the sampler thread by ``tracker.add_step_listener``."""
+    """The exporter's step families: steps, joules and FLOPs per phase from the engine's
+    :class:`~greentrack.steps.PhaseTally` (the one live accumulator), plus a resumed run's
+    earlier segments; the per-step energy histogram and the latest MFU from each resolved row
+    (``tracker.add_step_listener``, sampler thread). At most :data:`MAX_PHASES` phase labels."""
 
-    def __init__(self) -> None:
+    def __init__(self, tally: PhaseTally | None = None) -> None:
         self._lock = threading.Lock()
-        self.count: dict[str, int] = {}
-        self.energy_j: dict[str, float] = {}
+        self.tally = tally if tally is not None else PhaseTally()
+        self._labels: dict[str, None] = {}  # in order of first appearance
         self.buckets: dict[str, list[int]] = {}
-        self.flops: dict[str, float] = {}
         self.mfu: dict[str, float] = {}
+        self._before: dict[str, dict[str, float]] = {}
 
-    def _phase(self, phase: Any) -> str:
+    def _label(self, phase: Any) -> str:
         name = str(phase)[:32] or "train"
-        if name in self.count or len(self.count) < MAX_PHASES:
-            return name
-        return "other"
+        if name not in self._labels and len(self._labels) >= MAX_PHASES:
+            name = "other"
+        if name not in self._labels:
+            self._labels[name] = None
+            self.buckets[name] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
+        return name
 
     def observe(self, row: StepRow) -> None:
-        """Step listener: add one resolved step row."""
-        joules = row.energy_j
+        """Step listener: one resolved row into the histogram (and its MFU)."""
         extra = row.extra or {}
         with self._lock:
-            phase = self._phase(row.phase)
-            if phase not in self.count:
-                self.count[phase], self.energy_j[phase], self.flops[phase] = 0, 0.0, 0.0
-                self.buckets[phase] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
-            self.count[phase] += row.n
-            self.energy_j[phase] += joules
-            self.buckets[phase][bisect.bisect_left(STEP_ENERGY_BUCKETS_J, joules)] += 1
-            if row.flops:
-                self.flops[phase] += float(row.flops)
+            label = self._label(row.phase)
+            self.buckets[label][bisect.bisect_left(STEP_ENERGY_BUCKETS_J, row.energy_j)] += 1
             mfu = extra.get("mfu")
             if isinstance(mfu, (int, float)) and not isinstance(mfu, bool) and mfu >= 0:
-                self.mfu[phase] = float(mfu)
+                self.mfu[label] = float(mfu)
 
     def seed(self, before: RecordedBefore) -> None:
         """Start from the steps of the run's earlier segments (a resumed run), before any step."""
         with self._lock:
             for phase, n in before.steps.items():
-                name = self._phase(phase)
-                if name not in self.count:
-                    self.count[name], self.energy_j[name], self.flops[name] = 0, 0.0, 0.0
-                    self.buckets[name] = [0] * (len(STEP_ENERGY_BUCKETS_J) + 1)
-                self.count[name] += n
-                self.energy_j[name] += before.step_energy_j.get(phase, 0.0)
-                self.flops[name] += before.flops.get(phase, 0.0)
+                label = self._label(phase)
+                b = self._before.setdefault(label, {"n": 0.0, "energy_j": 0.0, "flops": 0.0})
+                b["n"] += n
+                b["energy_j"] += before.step_energy_j.get(phase, 0.0)
+                b["flops"] += before.flops.get(phase, 0.0)
                 for i, k in enumerate(before.step_buckets.get(phase, [])):
-                    self.buckets[name][i] += k
+                    self.buckets[label][i] += k
 
     def copy(self) -> dict[str, Any]:
+        sums = self.tally.phases()
         with self._lock:
-            return {"count": dict(self.count), "energy_j": dict(self.energy_j),
-                    "buckets": {p: list(b) for p, b in self.buckets.items()},
-                    "flops": dict(self.flops), "mfu": dict(self.mfu)}
+            out: dict[str, Any] = {"count": {}, "energy_j": {}, "flops": {},
+                                   "buckets": {p: list(b) for p, b in self.buckets.items()},
+                                   "mfu": dict(self.mfu)}
+            for label, b in self._before.items():
+                out["count"][label] = int(b["n"])
+                out["energy_j"][label] = b["energy_j"]
+                out["flops"][label] = b["flops"]
+            for phase, s in sums.items():
+                label = self._label(phase)
+                out["buckets"].setdefault(label, list(self.buckets[label]))
+                out["count"][label] = out["count"].get(label, 0) + int(s["n"])
+                out["energy_j"][label] = out["energy_j"].get(label, 0.0) + s["energy_j"]
+                out["flops"][label] = out["flops"].get(label, 0.0) + s["flops"]
+            return out
 
 
 class Intensity:
@@ -231,7 +239,7 @@ class TrackerCollector:
                  push: PushHealth | None = None) -> None:
         self.tracker, self.intensity, self.push = tracker, intensity, push
         self.base = [labels[k] for k in BASE_LABELS]
-        self.steps = StepStats()
+        self.steps = StepStats(tracker.engine.tally)
         #: Totals of the run's earlier segments of this host and rank (:meth:`continue_from`).
         self.before = RecordedBefore()
         #: Cleared while those totals are being read: scrapes then wait, at most

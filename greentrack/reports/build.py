@@ -16,7 +16,7 @@ from greentrack.carbon.runs import Explicit, profile_of_stores
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
 from greentrack.reports.run_data import RunData
-from greentrack.units import J_PER_KWH, days, utc
+from greentrack.units import J_PER_KWH, days, quantile, utc
 
 FORMAT = "greentrack-report"
 VERSION = "1.0"
@@ -30,15 +30,6 @@ def sig(x: float, digits: int = 3) -> str:
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
     return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
-
-
-def _quantile(sorted_vals: list[float], q: float) -> float:
-    if not sorted_vals:
-        return float("nan")
-    pos = q * (len(sorted_vals) - 1)
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
 def _resample(bins: list[tuple[float, float, float]], t0: float, width: float, n: int) -> list[float]:
@@ -99,9 +90,9 @@ def _steps(data: RunData) -> dict[str, Any]:
             "samples": p["samples"] if p["n_samples"] else None,
             "tokens": p["tokens"] if p["n_tokens"] else None,
             "energy_per_step_j": {"mean": p["energy_j"] / p["n"] if p["n"] else None,
-                                  "median": _quantile(e, 0.5) if e else None,
-                                  "p5": _quantile(e, 0.05) if e else None,
-                                  "p95": _quantile(e, 0.95) if e else None,
+                                  "median": quantile(e, 0.5) if e else None,
+                                  "p5": quantile(e, 0.05) if e else None,
+                                  "p95": quantile(e, 0.95) if e else None,
                                   "min": e[0] if e else None, "max": e[-1] if e else None},
         }
     main = "train" if "train" in by_phase else max(by_phase, key=lambda k: by_phase[k]["count"],

@@ -18,6 +18,7 @@ from greentrack.carbon.runs import work_of
 from greentrack.run import (Device, PowerLimitCurve, Run, Segment, StoreEnergy, device_identity,
                             union_length)
 from greentrack.units import is_number
+from greentrack.units import quantile as quantile_of
 
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
 
@@ -252,11 +253,11 @@ def _stretched(stores: list[Segment]) -> dict[str, float]:
 
 
 def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: float, min_dt: float,
-               quantile: float) -> list[dict[str, Any]]:
+               q: float) -> list[dict[str, Any]]:
     """Per GPU (identity, over its stores), from the time series already read for the report
     (the stored buckets themselves up to ~3,000 per channel, else the report's wider bins: never
-    a sort of millions of rows): low and peak power (the ``quantile`` and ``1 - quantile``
-    quantiles; each channel's first and last bin left out, they straddle start and stop), the
+    a sort of millions of rows): low and peak power (the ``q`` and ``1 - q`` quantiles,
+    :func:`greentrack.units.quantile`; each channel's first and last bin left out, they straddle start and stop), the
     near-idle threshold ``min(low x (1 + idle_margin), peak x idle_peak_share)`` and the seconds
     and joules at or under it, with the GPU's measured seconds and joules."""
     found: dict[str, dict[str, Any]] = {}
@@ -270,8 +271,7 @@ def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: flo
                                           "peak_w": None, "buckets": 0})
         powers = sorted(e / dt for dt, e in bins)
         if powers:
-            k = int(quantile * (len(powers) - 1))
-            lo, hi = powers[k], powers[-1 - k]
+            lo, hi = quantile_of(powers, q), quantile_of(powers, 1.0 - q)
             g["low_w"] = lo if g["low_w"] is None else min(g["low_w"], lo)
             g["peak_w"] = hi if g["peak_w"] is None else max(g["peak_w"], hi)
             g["buckets"] += len(powers)
