@@ -32,10 +32,9 @@ and exceptions (``tests/fakes/fake_amdsmi.py``); not yet on an AMD GPU.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -239,21 +238,62 @@ class AmdGpu(CounterShaping):
 
 # -- discovery ---------------------------------------------------------------------------------
 
+#: One import attempt of the real package per process, whatever the number of threads starting
+#: trackers at once (a failed import half-way left other threads a module without its names).
+_IMPORT_LOCK = threading.Lock()
+_REAL: list[tuple[ModuleType | None, str]] = []
+
+
+def _library_problem() -> str | None:
+    """Why ROCm's ``libamd_smi.so`` cannot be loaded, or None: the places ``amdsmi`` itself
+    tries, in its order (``amdsmi_wrapper.find_smi_library``: ``ROCM_HOME``/``ROCM_PATH``, the
+    linker, beside the package, ``/opt/rocm/lib``). The package prints to stdout and raises at
+    import when none loads; asking first means it is never imported then, so nothing of the
+    process (``sys.stdout`` included) is touched to keep it quiet."""
+    import ctypes
+    import os
+    spec = importlib.util.find_spec("amdsmi")
+    beside = [os.path.join(p, "libamd_smi.so") for p in (spec.submodule_search_locations or [])] \
+        if spec is not None else []
+    rocm = os.getenv("ROCM_HOME", os.getenv("ROCM_PATH"))
+    places = ([os.path.join(rocm, "lib/libamd_smi.so")] if rocm else []) + ["libamd_smi.so"] + \
+        beside + [os.path.join(os.getenv("ROCM_PATH", "/opt/rocm"), "lib", "libamd_smi.so")]
+    error = "no libamd_smi.so found"
+    for place in places:
+        try:
+            ctypes.CDLL(place)
+            return None
+        except OSError as e:
+            error = str(e)
+    return error
+
+
 def import_amdsmi() -> tuple[ModuleType | None, str]:
-    """The ``amdsmi`` module, or None and why. The package prints to stdout and raises (KeyError)
-    when ``libamd_smi.so`` is missing, so a broken install is imported quietly and reported."""
-    try:
-        missing = "amdsmi" not in sys.modules and importlib.util.find_spec("amdsmi") is None
-    except ValueError:  # a module without a spec in sys.modules: importable as it is
-        missing = False
-    if missing:
-        return None, "amdsmi is not installed"
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            import amdsmi  # lazy: only when no NVIDIA GPU was found
-    except Exception as e:  # noqa: BLE001 - any failure of a vendor import is "not available"
-        return None, f"amdsmi cannot load ROCm's libamd_smi.so ({type(e).__name__}: {e})"
-    return amdsmi, ""
+    """The ``amdsmi`` module, or None and why. A module already imported (or a stand-in placed
+    in ``sys.modules``) is used as it is; else the real package is imported once per process,
+    and only when its library can load (:func:`_library_problem`)."""
+    module = sys.modules.get("amdsmi")
+    if module is not None:
+        return module, ""
+    with _IMPORT_LOCK:
+        if _REAL and "amdsmi" not in sys.modules:
+            return _REAL[0]
+        try:
+            missing = importlib.util.find_spec("amdsmi") is None
+        except ValueError:  # a module without a spec in sys.modules: importable as it is
+            missing = False
+        if missing:
+            result: tuple[ModuleType | None, str] = (None, "amdsmi is not installed")
+        elif (problem := _library_problem()) is not None:
+            result = (None, f"amdsmi cannot load ROCm's libamd_smi.so ({problem})")
+        else:
+            try:
+                import amdsmi  # lazy: only when no NVIDIA GPU was found
+                result = (amdsmi, "")
+            except Exception as e:  # noqa: BLE001 - any failure of a vendor import: not available
+                result = (None, f"amdsmi cannot load ROCm's libamd_smi.so ({type(e).__name__}: {e})")
+        _REAL[:] = [result]
+        return result
 
 
 def _try(amdsmi: ModuleType, fn_name: str, handle: Any) -> Any:
