@@ -29,7 +29,6 @@ import inspect
 import itertools
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from greentrack._text import printable
 from greentrack.config import Config
 from greentrack.errors import ConfigError
 from greentrack.carbon.runs import Totals
+from greentrack.lifecycle import status_of_exception
 from greentrack.tracker import Tracker
 
 P = ParamSpec("P")
@@ -137,23 +137,11 @@ class Tracked(Generic[P, R]):
 
     def _end(self, tracker: Tracker | None, exc: BaseException | None) -> None:
         if tracker is not None:
-            self.last_totals = tracker.stop(_status(exc))
+            self.last_totals = tracker.stop(status_of_exception(exc))
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         """A decorated method binds like the function it wraps."""
         return self if obj is None else functools.partial(self.__call__, obj)
-
-
-def _status(exc: BaseException | None) -> str:
-    """The run's status from how the call ended: ``sys.exit(0)`` (or ``exit()``) completes it,
-    Ctrl-C, a closed generator and a cancelled task stop it, any other exception fails it."""
-    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
-        return "completed"
-    asyncio = sys.modules.get("asyncio")  # loaded wherever a task can be cancelled
-    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or (
-            asyncio is not None and isinstance(exc, asyncio.CancelledError)):
-        return "stopped"
-    return "failed"
 
 
 @overload
@@ -185,7 +173,11 @@ def track(fn: Callable[P, R] | None = None, /, *, run_dir: str | os.PathLike[str
     base = (config or Config.from_env()).replace(**settings) if settings else (config or Config.from_env())
     base.check()  # the settings that need a file or a table too, now rather than at a call
 
-    def decorate(f: Callable[P, R]) -> Tracked[P, R]:
+    def decorate(f: Any) -> Any:
+        # above @staticmethod or @classmethod: track the function, then wrap it again the same
+        # way (a Tracked bound like a function would pass the instance to a static method)
+        if isinstance(f, (staticmethod, classmethod)):
+            return type(f)(Tracked(f.__func__, base, run_dir))
         return Tracked(f, base, run_dir)
     return decorate(fn) if fn is not None else decorate
 

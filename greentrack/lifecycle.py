@@ -1,10 +1,19 @@
-"""Process-wide hooks of every running tracker: fork, SIGTERM and the interpreter's exit.
+"""Process-wide hooks of every running tracker: fork, SIGTERM and the interpreter's exit; and the
+one place that decides a run's final status from how its process ended.
 
-* A forked child (a DataLoader worker) inherits the trackers but not their threads: every tracker is
-  inert there (its methods compare :data:`FORK_GENERATION` with the one it started in).
+* A forked child (a DataLoader worker, a ``multiprocessing.Pool`` worker) inherits the trackers but
+  not their threads: every tracker is inert there (its methods compare :data:`FORK_GENERATION`
+  with the one it started in), and greentrack's SIGTERM handler is taken out again, so
+  ``Pool.terminate()`` kills the worker as the kernel would.
 * SIGTERM stops every running tracker (data flushed, run ``stopped``), then the previous handler
-  runs, or the process dies of SIGTERM as it would have.
-* At exit, running trackers are stopped (``completed``, or ``failed`` during an exception).
+  runs, or the process dies of SIGTERM as it would have. The handler is installed while a tracker
+  runs (from the main thread) and the previous one is put back when the last one stops.
+* At exit, running trackers are stopped: ``failed`` after an uncaught exception (the interpreter
+  leaves it in ``sys.last_value`` before exit handlers run), else ``completed`` with an event
+  saying the run was stopped at exit. ``sys.exit(n)``'s code is consumed by the interpreter
+  before any exit handler runs: a library cannot see it without an interpreter-wide hook, which
+  greentrack does not install. ``with Tracker()``, ``@greentrack.track`` and ``greentrack run``
+  see it (:func:`status_of_exit`, :func:`status_of_exception`).
 """
 
 from __future__ import annotations
@@ -26,17 +35,84 @@ FORK_GENERATION = [0]
 _PREV_SIGTERM: Any = None
 
 
-def forget(tracker: Any) -> None:
-    _ACTIVE.discard(tracker)
+#: ``sys.last_value`` when the hooks were installed: a later one is an uncaught exception
+_LAST_AT_START: list[Any] = [None]
 
+#: Signals that ask a process to stop (a user's Ctrl-C, a scheduler's preemption, a closed
+#: terminal): a run ended by one is ``stopped``; by any other (SIGSEGV, SIGABRT, SIGBUS,
+#: SIGKILL from the OOM killer...) ``failed``.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def status_of_exit(returncode: int, asked_to_stop: bool = False) -> tuple[str, str]:
+    """``(status, why)`` of a run whose command ended with ``returncode`` (``subprocess``'s:
+    ``-N`` when signal N killed it); ``asked_to_stop``: a stop signal was passed on to it."""
+    if returncode == 0:
+        return "completed", "the command exited with status 0"
+    if returncode < 0:
+        signum = -returncode
+        name = _signal_name(signum)
+        if signum in STOP_SIGNALS or (asked_to_stop and signum == signal.SIGKILL):
+            return "stopped", f"the command was ended by {name}"
+        hint = (" (the kernel's OOM killer sends it when memory runs out)"
+                if signum == signal.SIGKILL else "")
+        return "failed", f"the command was killed by {name}{hint}"
+    if asked_to_stop:
+        return "stopped", f"the command exited with status {returncode} after it was asked to stop"
+    return "failed", f"the command exited with status {returncode}"
+
+
+def status_of_exception(exc: BaseException | None) -> str:
+    """The status of a run ended by ``exc`` leaving a ``with`` block or a decorated call:
+    ``sys.exit(0)`` (or ``exit()``) completes it, Ctrl-C, a closed generator and a cancelled
+    task stop it, any other exception (``sys.exit(3)`` too) fails it."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        return "completed"
+    asyncio = sys.modules.get("asyncio")  # loaded wherever a task can be cancelled
+    if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or (
+            asyncio is not None and isinstance(exc, asyncio.CancelledError)):
+        return "stopped"
+    return "failed"
+
+
+def forget(tracker: Any) -> None:
+    """``tracker`` stopped: when no tracker runs any more, the SIGTERM handler goes back."""
+    _ACTIVE.discard(tracker)
+    if not _ACTIVE:
+        _restore_sigterm()
+
+
+def _restore_sigterm() -> None:
+    """Put back the SIGTERM handler greentrack replaced, if greentrack's is still the one in
+    place (a handler the program set since is left alone). Only the main thread can: elsewhere
+    the handler stays, and with no tracker running it only passes SIGTERM on."""
+    if not _HOOKS["sigterm"]:
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, _PREV_SIGTERM if _PREV_SIGTERM is not None
+                          else signal.SIG_DFL)
+        _HOOKS["sigterm"] = False
+    except (ValueError, OSError):  # not the main thread
+        pass
 
 
 def _after_fork_in_child() -> None:
     # A forked child (DataLoader worker) inherits the trackers but not their threads. It must
     # never sample, write the parent's store through a copied SQLite handle, or run a second
-    # sampler: every tracker is inert there (its methods check the fork generation).
+    # sampler: every tracker is inert there (its methods check the fork generation). Nor may it
+    # keep the parent's SIGTERM handler: a Pool worker blocked on a lock then outlived
+    # terminate() (the Python handler runs only between bytecodes; the default action kills).
     FORK_GENERATION[0] += 1
     _ACTIVE.clear()
+    _restore_sigterm()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -53,8 +129,21 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _stop_all_at_exit() -> None:
+    last = getattr(sys, "last_value", None)
+    uncaught = last is not None and last is not _LAST_AT_START[0]
+    failed = uncaught or sys.exc_info()[0] is not None
     for tracker in list(_ACTIVE):
-        tracker._stop("completed" if sys.exc_info()[0] is None else "failed", read_totals=False)
+        engine = getattr(tracker, "engine", None)
+        if engine is not None:
+            try:
+                why = (f"the process ended with an uncaught {type(last).__name__}" if uncaught
+                       else "stopped at the interpreter's exit without stop(): an exit code set "
+                            "by sys.exit() is not visible here (use `with Tracker()`, "
+                            "@greentrack.track or greentrack run to record it)")
+                engine.event("warning" if failed else "info", "process-exit", why)
+            except Exception:  # noqa: BLE001 - the stop below matters more
+                pass
+        tracker._stop("failed" if failed else "completed", read_totals=False)
 
 
 def install(tracker: Any) -> None:
@@ -65,6 +154,7 @@ def install(tracker: Any) -> None:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         atexit.register(_stop_all_at_exit)
         _HOOKS["fork"] = True
+        _LAST_AT_START[0] = getattr(sys, "last_value", None)
     if not _HOOKS["sigterm"] and threading.current_thread() is threading.main_thread():
         try:
             _PREV_SIGTERM = signal.getsignal(signal.SIGTERM)

@@ -170,9 +170,10 @@ class Tracker:
         self.notes = found.notes
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
-        # one row per run in the emissions CSV: rank 0 writes it, a process that joined
-        # `greentrack run` leaves it to that command
-        self._writes_csv = bool(cfg.emissions_csv) and rank == 0 and parent is None
+        # every process appends at its stop what of the run the CSV does not hold yet (rows of
+        # one run add up to it, whoever writes them); a process that joined `greentrack run`
+        # leaves it to that command
+        self._writes_csv = bool(cfg.emissions_csv) and parent is None
         # the origin on both clocks, read together: the store's start (every report's unix time
         # of a reading) and the exporter's must be the same instant, or time-resolved intensity
         # charges energy to the wrong interval
@@ -202,6 +203,7 @@ class Tracker:
         from greentrack.samplers import discover
         fresh_dir = not cfg.run_dir.exists()
         fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
+        self._made = (fresh_run, fresh_dir)  # what discard() may take back
         self.run_id = run_id = prepare_run_dir(cfg.run_dir, cfg.run_id or env_run_id())
         channels: list[Any] = []
         try:
@@ -361,6 +363,25 @@ class Tracker:
             self._append_emissions_csv()
         return self.result
 
+    def discard(self) -> None:
+        """Stop and take back what this start wrote, for a start cancelled before any work ran
+        (Ctrl-C while ``greentrack run`` was starting its command): its store goes, and the run
+        directory's ``run.json`` and the directory itself when this start made them and nothing
+        else is there. No emissions row. Never raises."""
+        store = self.store_path
+        self._writes_csv = False
+        self._stop("stopped", read_totals=False)
+        fresh_run, fresh_dir = getattr(self, "_made", (False, False))
+        try:
+            if store is not None:
+                for p in (store, store.with_name(store.name + "-wal"),
+                          store.with_name(store.name + "-shm")):
+                    p.unlink(missing_ok=True)
+            if fresh_run and self.run_id is not None:
+                discard_unused_run_dir(self.run_dir, self.run_id, remove_dir=fresh_dir)
+        except OSError as e:
+            log.warning("greentrack: could not remove the cancelled run's files: %s", e)
+
     def _append_emissions_csv(self) -> None:
         """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
         from greentrack.reports.emissions_log import append_run
@@ -389,12 +410,7 @@ class Tracker:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.stop("completed")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.stop("stopped")
-        else:
-            self.stop("failed")
+        self.stop(lifecycle.status_of_exception(exc))
 
     # -- steps (the hot path: a clock read and a deque append) --------------------------------
     def begin_step(self, phase: str = "train", **info: Any) -> int:
