@@ -1,28 +1,41 @@
-"""A per-project ``emissions.csv`` that every run appends one row to, as codecarbon's trackers do.
+"""A per-project ``emissions.csv`` that runs append their rows to, as codecarbon's trackers do.
 
 The row is :func:`greentrack.reports.to_csv.row` (codecarbon's columns, read from the installed
-codecarbon), so the file reads like codecarbon's own: ``pandas.read_csv`` gives one row per run and
-codecarbon's ``FileOutput`` keeps appending to it. Set ``Config.emissions_csv`` (``--emissions-csv``,
+codecarbon), so the file reads like codecarbon's own: ``pandas.read_csv`` reads it and codecarbon's
+``FileOutput`` keeps appending to it. Set ``Config.emissions_csv`` (``--emissions-csv``,
 ``GREENTRACK_EMISSIONS_CSV``): :meth:`greentrack.Tracker.stop` appends the run's row;
-``greentrack report --emissions-csv FILE`` appends the row of each run reported.
+``greentrack report --emissions-csv`` appends the row of each run reported.
+
+**Append-only.** A file other programs append to (codecarbon's trackers, other runs) is never
+rewritten to update a row: a rewrite loses the rows they append meanwhile. A stop appends what of
+its run the file does not hold yet: the run's totals (:mod:`greentrack.carbon.footprint`) less the
+rows of the same ``run_id`` already there (a correction row). A run stopped once has one row; a
+resumed run, or several processes of one run each stopping, have rows that add up to the run, so
+a sum over the file (what codecarbon's dashboards do) counts every run once; a run asked again
+(``greentrack report --emissions-csv`` after the run's own stop) adds nothing. Energies,
+emissions and duration are added; powers and the emission rate are those of the row's own part.
 
 Safety:
 
-* One row per run at stop: a run already in the file (same ``run_id``: a resumed run, a
-  decorated function called again on one run directory) has its row replaced by the new one, which
-  holds the whole run so far (codecarbon's ``on_csv_write="update"``), so a sum over the file
-  counts it once. ``greentrack report --emissions-csv`` appends a row each time it is asked.
-* Processes appending at once take a file lock (``<file>.lock``, the ``filelock`` package; an
-  ``flock`` released when its holder dies), so the header is written once and rows never interleave.
-* A file with other columns (an older codecarbon's, a user's extra column) is rewritten with both
-  sets of columns, every old row kept, in a temporary file renamed over it; a warning says which.
-* A file that cannot be read as a CSV (undecodable, ragged rows) is left as it was under
-  ``<file>.damaged-<UTC time>`` and a new file is started; a warning says where the old one went.
+* Processes appending at once take an ``flock`` on the CSV itself (released when its holder
+  dies; no lock file left beside it): the header is written once, rows never interleave.
+* An append is one ``write`` of whole rows; one that fails or is cut short (a full disk) is
+  truncated back, so no partial row is left.
+* The file is read line by line, only lines holding a run's id are parsed: bounded time and
+  memory however long the project's file.
+* A file with only a UTF-8 BOM or blanks counts as empty; a short last row (a write cut short
+  by another program) is left as it is (pandas reads its missing cells as NaN).
+* A file with other columns than codecarbon's (an older codecarbon's, a user's extra column) is
+  rewritten once with both sets of columns, every old row kept, in a temporary file renamed over
+  it; a warning says which. A file that cannot be read as a CSV (NUL bytes, undecodable, a
+  broken header) is left as it was under ``<file>.damaged-<UTC time>`` and a new file is
+  started; a warning says where it went. A file that is not writable is refused in one line.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import tempfile
@@ -32,38 +45,76 @@ from typing import Any
 
 from greentrack.errors import ConfigError
 from greentrack.reports.to_csv import cell, columns, row
+from greentrack.units import J_PER_KWH
 
 #: how long an append waits for another process's append before giving up with a warning
 LOCK_TIMEOUT_S = 10.0
+#: the columns a run's rows add up to its totals in (kWh, kg, s)
+ADDITIVE = ("duration", "emissions", "energy_consumed", "cpu_energy", "gpu_energy", "ram_energy")
+#: powers (W) recomputed from a row's own energy (kWh) and duration
+POWERS = (("cpu_power", "cpu_energy"), ("gpu_power", "gpu_energy"), ("ram_power", "ram_energy"))
+#: a difference under this share of the run's energy and emissions is no new row
+SAME = 1e-9
 
 
 def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
-           timeout_s: float = LOCK_TIMEOUT_S, *, replace_run: bool = False) -> list[str]:
-    """Append one row per report document to the CSV at ``path`` (created with codecarbon's header
-    if missing or empty). Returns warnings (a file rewritten or moved aside).
-
-    ``replace_run``: a row of the same ``run_id`` already in the file is replaced, not repeated
-    (what a run's stop does: its row holds the whole run so far).
+           timeout_s: float = LOCK_TIMEOUT_S) -> list[str]:
+    """Append each report document's run to the CSV at ``path`` (created with codecarbon's
+    header if missing or empty): what of each run the file does not hold yet (see the module
+    docstring). Returns warnings and notes (a file rewritten or moved aside, a run already
+    there).
 
     Raises:
-        ConfigError: the file cannot be written, or another process held the lock ``timeout_s``.
+        ConfigError: the file cannot be written, or another process held it ``timeout_s``.
     """
-    from filelock import FileLock, Timeout
     check_path(path)
-    # the user's link to a shared file: append to (and lock, and rewrite) the file it names, never
-    # replace the link with a file of its own
+    # the user's link to a shared file: append to (and lock) the file it names, never replace the
+    # link with a file of its own
     path = Path(os.path.realpath(path))
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError("emissions_csv", str(path), "is not writable; row not written (it is "
+                          "never replaced: make it writable, or name another file)")
     cols = columns()
     rows = [{c: cell(r.get(c, "")) for c in cols} for r in map(row, docs)]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError("emissions_csv", str(path),
+                              f"cannot be written ({e.strerror or e})") from None
+        try:
+            _lock(fd, path, deadline, timeout_s)
+            if _same_file(fd, path):  # not replaced (moved aside, merged) while we waited
+                return _append_locked(fd, path, cols, rows)
+        except OSError as e:
+            raise ConfigError("emissions_csv", str(path),
+                              f"cannot be written ({e.strerror or e})") from None
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, path: Path, deadline: float, timeout_s: float) -> None:
+    import fcntl
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise ConfigError("emissions_csv", str(path), f"is locked by another process for "
+                              f"more than {timeout_s:g} s; row not written")
+        time.sleep(0.01)
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        with FileLock(f"{path}.lock", timeout=timeout_s):
-            return _append_locked(path, cols, rows, replace_run)
-    except Timeout:
-        raise ConfigError("emissions_csv", str(path), f"is locked by another process for more "
-                          f"than {timeout_s:g} s ({path}.lock); row not written") from None
-    except OSError as e:
-        raise ConfigError("emissions_csv", str(path),
-                          f"cannot be written ({e.strerror or e})") from None
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
@@ -76,9 +127,9 @@ def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
         from greentrack.reports import report_document
         # the settings each store recorded (a resumed run's segments each at their own), as
         # stop(), the summary and every report count them
-        for w in append([report_document(Path(run_dir), {})], str(config.emissions_csv),
-                        replace_run=True):
-            log.warning("greentrack: %s", w)
+        for w in append([report_document(Path(run_dir), {})], str(config.emissions_csv)):
+            if not w.startswith("already"):
+                log.warning("greentrack: %s", w)
     except Exception as e:  # noqa: BLE001 - never raise from a stop
         log.warning("greentrack: the run's row was not appended to %s: %s", config.emissions_csv, e)
 
@@ -105,69 +156,160 @@ def check_path(path: str | os.PathLike[str]) -> None:
         raise ConfigError("emissions_csv", str(path), f"its directory {target.parent} does not exist")
 
 
-def _append_locked(path: Path, cols: list[str], rows: list[dict[str, Any]],
-                   replace_run: bool = False) -> list[str]:
-    text = path.read_bytes() if path.exists() else b""
-    if not text.strip():
-        _replace(path, cols, rows)
-        return []
-    header, old, problem = _parse(text)
+# -- under the lock ------------------------------------------------------------------------------
+
+def _append_locked(fd: int, path: Path, cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    ids = {str(r.get("run_id")) for r in rows if r.get("run_id")}
+    with open(path, "rb") as f:  # the same file (checked): read line by line
+        first = f.readline()
+        if not first.decode("utf-8-sig", errors="replace").strip() and \
+                not f.read(64 * 1024).strip():  # empty, blanks or a UTF-8 BOM alone: a new file
+            _write(fd, _csv_text(cols, rows, header=True))
+            return []
+        header, problem = _header(first)
+        found: dict[str, list[dict[str, str]]] = {}
+        ends_newline = True
+        if problem is None:
+            found, problem, ends_newline = _scan(f, header, ids, first)
     if problem is not None:
-        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
-        aside = path.with_name(f"{path.name}.damaged-{stamp}")
-        n = 1
-        while aside.exists():  # never over an earlier damaged copy
-            n += 1
-            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-        os.replace(path, aside)
+        aside = _set_aside(path)
         _replace(path, cols, rows)
         return [f"{path} could not be read as a CSV ({problem}); it is kept unchanged as {aside} "
                 f"and {path} was started anew with this run's row"]
+    notes: list[str] = []
+    new = []
+    for r in rows:
+        rid = str(r.get("run_id") or "")
+        part = _correction(r, found.get(rid, [])) if rid else r
+        if part is None:
+            notes.append(f"already in {path}: run {rid} (its rows there hold all of it)")
+        else:
+            new.append(part)
     if sorted(header) == sorted(cols):  # codecarbon's check (FileOutput.has_valid_headers)
-        ids = {r["run_id"] for r in rows if r.get("run_id")} if replace_run else set()
-        at = header.index("run_id") if "run_id" in header else None
-        if ids and at is not None and any(r[at] in ids for r in old):
-            # A run already in the file (a resumed run, a decorated function called again on one
-            # run directory, a run reported twice): its new row holds the whole run so far, so it
-            # replaces the old one (codecarbon's on_csv_write="update"); two rows would count
-            # the earlier segments twice in any sum over the file.
-            kept = [dict(zip(header, r)) for r in old if r[at] not in ids]
-            _replace(path, header, kept + rows)
-            return []
-        with path.open("a", encoding="utf-8", newline="") as f:
-            if not text.endswith(b"\n"):
-                f.write("\n")
-            writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
-            writer.writerows(rows)
-        return []
+        if new:
+            _write(fd, ("" if ends_newline else "\n") + _csv_text(header, new, header=False))
+        return notes
+    old = _read_all(path)
     merged = cols + [c for c in header if c not in cols]
-    _replace(path, merged, [dict(zip(header, r)) for r in old] + rows)
+    _replace(path, merged, [dict(zip(header, r)) for r in old] + new)
     missing = [c for c in cols if c not in header]
     other = [c for c in header if c not in cols]
-    return [f"{path} had other columns than codecarbon's emissions.csv (missing: "
-            f"{', '.join(missing) or 'none'}; others: {', '.join(other) or 'none'}); rewrote it "
-            f"with both, all {len(old)} old row(s) kept"]
+    return notes + [f"{path} had other columns than codecarbon's emissions.csv (missing: "
+                    f"{', '.join(missing) or 'none'}; others: {', '.join(other) or 'none'}); "
+                    f"rewrote it with both, all {len(old)} old row(s) kept"]
 
 
-def _parse(text: bytes) -> tuple[list[str], list[list[str]], str | None]:
-    """(header, rows, None), or what makes the file unreadable as a CSV."""
-    if b"\0" in text:
-        return [], [], "it holds NUL bytes"
+def _header(first: bytes) -> tuple[list[str], str | None]:
+    """The header's column names, or what makes it unreadable."""
+    if b"\0" in first:
+        return [], "it holds NUL bytes"
     try:
-        decoded = text.decode("utf-8-sig")
+        text = first.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        return [], [], f"not UTF-8 at byte {e.start}"
+        return [], f"not UTF-8 at byte {e.start}"
     try:
-        table = list(csv.reader(io.StringIO(decoded, newline="")))
-    except csv.Error as e:
-        return [], [], str(e)
-    header, rows = table[0], [r for r in table[1:] if r]
-    if len(set(header)) != len(header) or not all(h.strip() for h in header):
-        return [], [], "its header has empty or repeated column names"
-    for i, r in enumerate(rows, start=2):
-        if len(r) != len(header):
-            return [], [], f"row {i} has {len(r)} fields, the header {len(header)}"
-    return header, rows, None
+        header = next(csv.reader([text]))
+    except (csv.Error, StopIteration) as e:
+        return [], str(e) or "no header"
+    if not header or len(set(header)) != len(header) or not all(h.strip() for h in header):
+        return [], "its header has empty or repeated column names"
+    return header, None
+
+
+def _scan(f: Any, header: list[str], ids: set[str], first: bytes
+          ) -> tuple[dict[str, list[dict[str, str]]], str | None, bool]:
+    """The rows of ``ids`` in the rest of the file, whether it holds NUL bytes, and whether it
+    ends with a newline. Only lines holding an id are decoded and parsed."""
+    found: dict[str, list[dict[str, str]]] = {}
+    at = header.index("run_id") if "run_id" in header else None
+    keys = [i.encode() for i in ids]
+    last = first
+    for line in f:
+        last = line
+        if b"\0" in line:
+            return found, "it holds NUL bytes", True
+        if at is None or not any(k in line for k in keys):
+            continue
+        try:
+            fields = next(csv.reader([line.decode("utf-8")]))
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            continue  # a damaged line is not this run's row
+        if len(fields) > at and fields[at] in ids:
+            found.setdefault(fields[at], []).append(dict(zip(header, fields)))
+    return found, None, last.endswith(b"\n")
+
+
+def _number(v: Any) -> float:
+    try:
+        return float(v) if v not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _correction(new: dict[str, Any], there: list[dict[str, str]]) -> dict[str, Any] | None:
+    """``new`` (a run's totals) less what ``there`` (its rows in the file) already holds; None
+    when they hold it all."""
+    if not there:
+        return new
+    held = {k: sum(_number(r.get(k)) for r in there) for k in ADDITIVE}
+    out = dict(new)
+    for k in ADDITIVE:
+        out[k] = _number(new.get(k)) - held[k]
+    scale = max(abs(_number(new.get("energy_consumed"))), 1e-300)
+    scale_g = max(abs(_number(new.get("emissions"))), 1e-300)
+    if abs(out["energy_consumed"]) <= SAME * scale and abs(out["emissions"]) <= SAME * scale_g:
+        return None
+    dur = out["duration"]
+    for power, energy in POWERS:  # this row's own powers: its energy over its duration
+        out[power] = out[energy] * J_PER_KWH / dur if dur > 0 else ""
+    out["emissions_rate"] = out["emissions"] / dur if dur > 0 else ""
+    return out
+
+
+def _csv_text(cols: list[str], rows: list[dict[str, Any]], header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, restval="", extrasaction="ignore",
+                            lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write(fd: int, text: str) -> None:
+    """Append ``text`` whole or not at all: one write; a failed or short one is truncated back
+    (when nothing else was appended since)."""
+    data = text.encode("utf-8")
+    before = os.fstat(fd).st_size
+    written = 0
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, "the write was cut short")
+    except OSError:
+        try:
+            if os.fstat(fd).st_size == before + written:  # no one appended meanwhile
+                os.ftruncate(fd, before)
+        except OSError:
+            pass
+        raise
+
+
+def _read_all(path: Path) -> list[list[str]]:
+    text = path.read_bytes().decode("utf-8-sig")
+    table = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    return table[1:]
+
+
+def _set_aside(path: Path) -> Path:
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():  # never over an earlier damaged copy
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, aside)
+    return aside
 
 
 def _replace(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> None:
@@ -176,9 +318,7 @@ def _replace(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=cols, restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+            f.write(_csv_text(cols, rows, header=True))
         os.chmod(tmp, mode)  # mkstemp's file is 0o600
         os.replace(tmp, path)
     except BaseException:
