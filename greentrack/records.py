@@ -49,7 +49,9 @@ class MetricQueue:
                 self._waiting.append(rec)
                 continue
             energy = energy_at(t)
-            if step is not None and type(step) is not int:
+            # an int past SQLite's 64 bits (2**70) lost the whole record (OverflowError): checked
+            # as any other step value, and only the step is left out
+            if step is not None and (type(step) is not int or not 0 <= step < 2**62):
                 at, _ = stepvalues.count("step", step)  # a bad step is left out, not the record
                 step = int(at) if at is not None and at < 2**62 else None
             for name, value in values.items():

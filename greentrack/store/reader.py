@@ -84,23 +84,47 @@ def _why(path: Path, e: BaseException) -> str:
     return text
 
 
+#: The tables a store holds; a store whose table of one of these names is something else (a view,
+#: a virtual table: a file greentrack never wrote) is refused, never queried.
+TABLES = ("meta", "channels", "samples", "steps", "events", "metrics", "power_limits")
+#: Longest one query of a store may run (a 7-day, 8-GPU store's longest scan takes ~5 s): past it
+#: the query is interrupted and its rows reported missing, never a command that does not end.
+QUERY_LIMIT_S = 120.0
+#: SQLite virtual-machine steps between checks of the time limit and of signals
+PROGRESS_EVERY = 20_000
+
+
+def _past(deadline: float) -> int:
+    return 1 if time.monotonic() > deadline else 0
+
+
 class StoreReader:
-    """Reads one store, while its run goes on or after. Damaged rows are skipped and counted."""
+    """Reads one store, while its run goes on or after. Damaged rows are skipped and counted.
+
+    Every query is bounded (:data:`QUERY_LIMIT_S`) and interruptible: a Ctrl-C or SIGTERM that
+    arrives during one (whose handler raises, as the command line's do) ends it and is raised
+    again when it returns."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.damaged: list[str] = []
         self._private: Path | None = None  # a private copy read instead (see _open_reader)
+        self._deadline = float("inf")
+        self._raised: BaseException | None = None  # a signal handler's, raised during a query
         wal = path.with_name(path.name + "-wal")
         had_wal = wal.exists() and wal.stat().st_size > 0  # before SQLite creates an empty one
         try:
             self._conn, self._private = _open_reader(path)
+            self._conn.set_progress_handler(self._progress, PROGRESS_EVERY)
+            self._deadline = time.monotonic() + QUERY_LIMIT_S
+            self._check_tables()
             raw = {k: _loads(v, self.damaged, f"meta {k}")
                    for k, v in self._conn.execute("SELECT key, value FROM meta")}
             self.meta = _valid_meta(raw, self.damaged)
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(steps)")}
         except (sqlite3.Error, ValueError, OSError, RunStoreError) as e:
             self.close()
+            self._raise_pending()
             raise RunStoreError(f"{path}: not a readable greentrack store ({_why(path, e)})") from None
         version = raw.get("schema_version")
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
@@ -110,6 +134,7 @@ class StoreReader:
                                 f"greentrack {__version__} reads {SCHEMA_VERSION}): upgrade "
                                 "greentrack to read it")
 
+        self._deadline = float("inf")
         #: SQL for the steps a row stands for: ``n`` (coalesced rows, schema 2), else one per row.
         self.step_n = "n" if "n" in columns else "1"
         self._check_wal(had_wal)
@@ -128,13 +153,43 @@ class StoreReader:
                             "this is a copy, readings after its last checkpoint (at most 10 s) "
                             "are missing")
 
+    def _check_tables(self) -> None:
+        kinds = {r[0]: (r[1], str(r[2] or "")) for r in self._conn.execute(
+            "SELECT name, type, sql FROM sqlite_master WHERE name IN "
+            f"({','.join('?' * len(TABLES))})", TABLES)}
+        for name, (kind, sql) in kinds.items():
+            if kind != "table" or sql.lstrip().upper().startswith("CREATE VIRTUAL"):
+                raise RunStoreError(f"its {name} is a {'virtual table' if kind == 'table' else kind}"
+                                    ", not a table greentrack writes")
+
+    def _progress(self) -> int:
+        """SQLite's progress handler: abort a query past its deadline or when a signal handler
+        raised (the exception is kept: sqlite3 would swallow it). The check is a call of its own,
+        so the handler's exception is raised inside the ``try``."""
+        try:
+            return _past(self._deadline)
+        except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt, a SIGTERM handler's
+            self._raised = e
+            return 1
+
+    def _raise_pending(self) -> None:
+        raised, self._raised = self._raised, None
+        if raised is not None:
+            raise raised
+
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row
+        self._deadline = time.monotonic() + QUERY_LIMIT_S
         try:
             return list(self._conn.execute(sql, tuple(args)))
         except (sqlite3.DatabaseError, ValueError) as e:
-            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
+            self._raise_pending()  # a Ctrl-C or SIGTERM during the query ends the command
+            why = (f"the query ran past {QUERY_LIMIT_S:g} s and was stopped"
+                   if "interrupted" in str(e) else str(e))
+            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {why}")
             return []
+        finally:
+            self._deadline = float("inf")
 
     def channels(self) -> list[dict[str, Any]]:
         out = []
