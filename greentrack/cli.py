@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quietly, as it does for other Unix tools."""
     try:
         code = _main(argv)
-        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`): nothing to show
+            sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
         return code
     except BrokenPipeError:
         # Python's documented recipe: point stdout at devnull so the exit-time flush is silent
@@ -256,6 +257,33 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
+    """``greentrack run -- CMD``. Until CMD runs, SIGINT and SIGTERM cancel the start: one line,
+    128 + the signal, nothing left behind (no run directory of a command that never ran); once
+    it runs, they are passed on to it, and its exit decides the run's status
+    (:func:`greentrack.lifecycle.status_of_exit`)."""
+    got: list[int] = []
+
+    def cancel(signum: int, _frame: Any) -> None:
+        got.append(signum)
+
+    early = {s: signal.signal(s, cancel) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(ns, got)
+    finally:
+        for s, h in early.items():
+            signal.signal(s, h)
+
+
+def _cancelled(got: list[int], tracker: Any = None) -> int:
+    if tracker is not None:
+        tracker.discard()
+    name = signal.Signals(got[0]).name
+    print(f"greentrack: run cancelled by {name} before the command started; nothing was left "
+          "behind", file=sys.stderr)
+    return 128 + got[0]
+
+
+def _run(ns: argparse.Namespace, got: list[int]) -> int:
     from greentrack.config import Config
     from greentrack.summary import format_summary
     from greentrack.tracker import Tracker
@@ -285,6 +313,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         if code is not None:
             return code  # cancelled: nothing started, no run directory
         waited_s = max(0.0, time.time() - plan.asked_unix)
+    if got:
+        return _cancelled(got)
     tracker = Tracker(config=config)
     # the command's own trackers join this run: they price and place it as this run does
     env = dict(os.environ, **tracker.accept_joins(), **calibration, **_carbon_env(config))
@@ -294,15 +324,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
     elif plan is not None and tracker.engine is not None:
         tracker.engine.event("info", "start-when-greener", plan.text(),
                              **plan.details(waited_s=waited_s))
-    try:
-        child = subprocess.Popen(cmd, env=env)
-    except OSError as e:
-        tracker.stop("failed")
-        raise ConfigError("CMD", cmd[0], f"cannot be started ({e.strerror or e})") from None
     forwarded: list[int] = []
+    child: Any = None
 
     def forward(signum: int, _frame: Any) -> None:
         forwarded.append(signum)
+        if child is None:
+            return  # passed on once the command exists (below)
         try:
             child.send_signal(signum)
         except OSError:
@@ -310,16 +338,32 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if got:  # a signal came while the tracker started
+            return _cancelled(got, tracker)
+        try:
+            child = subprocess.Popen(cmd, env=env)
+        except OSError as e:
+            tracker.discard()  # a command that cannot start leaves no run behind
+            raise ConfigError("CMD", cmd[0], f"cannot be started ({e.strerror or e})") from None
+        for signum in forwarded:  # one that came while it was being started
+            try:
+                child.send_signal(signum)
+            except OSError:
+                pass
         while True:
             try:
-                rc = child.wait()
+                rc: int = child.wait()
                 break
             except KeyboardInterrupt:  # a second Ctrl-C while forwarding
                 continue
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    status = "completed" if rc == 0 else ("stopped" if forwarded or rc < 0 else "failed")
+    from greentrack.lifecycle import status_of_exit
+    status, why = status_of_exit(rc, bool(forwarded))
+    if tracker.engine is not None and tracker.status == "running":
+        tracker.engine.event("info" if status == "completed" else "warning", "process-exit", why,
+                             returncode=rc)
     tracker.stop(status)
     if calibration and tracker.status != "disabled":
         _calibration_outcome(tracker)

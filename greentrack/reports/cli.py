@@ -46,6 +46,10 @@ def add_carbon_options(p: argparse.ArgumentParser) -> None:
                    help="TOML file with these settings (default: $GREENTRACK_CONFIG)")
 
 
+#: A config file larger than this is refused before it is read.
+MAX_CONFIG_BYTES = 2**20
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Config overrides from a TOML file: top-level keys (or a ``[greentrack]`` table) are Config
     fields; ``[embodied]``, ``[boamps]``, ``[hf]``, ``[report]`` and ``[electricitymaps]`` go into
@@ -64,11 +68,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if what is not None:  # a FIFO would wait for a writer, /dev/zero never end
         raise ConfigError("config", str(path), f"is {what}, not a TOML file")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError("config", str(path), f"is larger than {MAX_CONFIG_BYTES // 2**20} MiB "
+                              "(a config is a few lines)")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError("config", str(path), f"cannot be read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("config", str(path), f"is not valid TOML ({e})") from None
+    except RecursionError:  # tomllib parses nested tables and arrays recursively
+        raise ConfigError("config", str(path), "is not valid TOML for greentrack (nested too "
+                          "deeply)") from None
     known = {f.name for f in fields(Config)} - {"extra"}
     out: dict[str, Any] = {}
     extra: dict[str, Any] = {}

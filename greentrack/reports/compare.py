@@ -8,6 +8,7 @@ figures come from its report document, so they match ``greentrack report`` exact
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,36 @@ def _name(run_dir: str) -> str:
     return "+".join(d.name for d in run_dirs_of(run_dir))
 
 
+def same_path(run_dir: str | Path) -> str:
+    """A run directory as given, normalized (``R/`` and ``./R`` read ``R``): each of the
+    directories it joins with ``+``."""
+    from greentrack.run import run_dirs_of
+    return "+".join(os.path.normpath(str(d)) for d in run_dirs_of(run_dir))
+
+
+def _identity(run_dir: str) -> str:
+    """Which run a directory argument names, however spelled (relative, absolute, a link)."""
+    from greentrack.run import run_dirs_of
+    return "+".join(os.path.realpath(d) for d in run_dirs_of(run_dir))
+
+
+def _unique(dirs: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for d in dirs:
+        seen.setdefault(_identity(d), d)
+    return list(seen.values())
+
+
 def parse_groups(items: list[str] | None, run_dirs: list[str]) -> dict[str, list[str]]:
-    """``--group NAME=RUN,RUN`` options -> {name: run dirs}; runs named only in groups are added."""
+    """``--group NAME=RUN,RUN`` options -> {name: run dirs}; runs named only in groups are added.
+    A run is one run however it is spelled (a trailing slash from tab completion, ``./R``)."""
     out: dict[str, list[str]] = {}
     for item in items or []:
         name, sep, runs = item.partition("=")
-        dirs = [r.strip() for r in runs.split(",") if r.strip()]
+        dirs = [same_path(r.strip()) for r in runs.split(",") if r.strip()]
         if not sep or not name.strip() or not dirs:
             raise ConfigError("--group", item, "must be NAME=RUN_DIR[,RUN_DIR...]")
-        out.setdefault(name.strip(), []).extend(dirs)
+        out[name.strip()] = _unique(out.get(name.strip(), []) + dirs)
     return out
 
 
@@ -120,9 +142,12 @@ def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
     (:func:`equal_work`), otherwise only per-unit ratios; with ``target``, each run's
     ``to_target``; with ``groups``, each group's mean and spread."""
     from greentrack.run import Run, run_dirs_of, to_target
-    dirs = [str(d) for d in run_dirs]
-    for members in (groups or {}).values():
-        dirs += [d for d in members if d not in dirs]
+    dirs = _unique([same_path(d) for d in run_dirs])
+    named = {_identity(d): d for d in dirs}  # a member given before: its first spelling
+    groups = {name: [named.setdefault(_identity(m), m) for m in members]
+              for name, members in (groups or {}).items()}
+    for members in groups.values():
+        dirs += [m for m in members if m not in dirs]
     rows = [_row(report_document(d, config, sci_unit)) for d in dirs]
     for d, r in zip(dirs, rows):
         if len(run_dirs_of(d)) > 1:  # several directories of one run: named as given
