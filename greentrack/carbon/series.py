@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import bisect
 import csv
+from array import array
+from collections.abc import Iterator, Sequence
 import math
 import os
 import statistics
@@ -39,11 +41,12 @@ VALUE_COLUMNS = ("g_per_kwh", "carbon_intensity", "intensity", "carbon_intensity
 
 @dataclass
 class IntensitySeries:
-    """Intervals ``[starts[i], ends[i])`` (unix seconds) with ``values[i]`` gCO2e/kWh."""
+    """Intervals ``[starts[i], ends[i])`` (unix seconds) with ``values[i]`` gCO2e/kWh (lists, or
+    float arrays for a file read)."""
 
-    starts: list[float]
-    ends: list[float]
-    values: list[float]
+    starts: Sequence[float]
+    ends: Sequence[float]
+    values: Sequence[float]
     source: str
     zone: str | None = None
     column: str = ""
@@ -153,34 +156,49 @@ def read_csv(path: str | Path) -> IntensitySeries:
 
 
 def _parse_csv(path: Path) -> IntensitySeries:
+    """Parse a series, streaming: the file is read line by line and the series kept as three
+    float arrays (8 bytes a value), so a year of minutes (500,000 rows) costs megabytes."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError("intensity_csv", str(path), f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
+        f = path.open(encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise ConfigError("intensity_csv", str(path), f"cannot be read ({e.strerror or e})") from None
+    at = [0]  # the number of the line the reader is on (errors name it)
+
+    def content() -> Iterator[str]:
+        for n, line in enumerate(f, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                at[0] = n
+                yield line
+
+    with f:
+        try:
+            return _parse_rows(path, csv.reader(content()), at)
+        except UnicodeDecodeError as e:
+            raise ConfigError("intensity_csv", str(path), f"cannot be read ({e})") from None
+
+
+def _parse_rows(path: Path, reader: Iterator[list[str]], at: list[int]) -> IntensitySeries:
+    header = next(reader, None)
+    if header is None:
         raise ConfigError("intensity_csv", str(path), "is empty")
-    rows = list(csv.reader(line for _, line in lines))
-    t_col, v_col, end_col, zone_col, column = _pick(rows[0], path)
-    starts: list[float] = []
-    ends: list[float | None] = []
-    values: list[float] = []
+    t_col, v_col, end_col, zone_col, column = _pick(header, path)
+    starts, ends, values = array("d"), array("d"), array("d")  # an unknown end is NaN
     zones: set[str] = set()
-    for (n, _), row in zip(lines[1:], rows[1:]):
+    for row in reader:
+        n = at[0]
         try:
             cell = row[t_col]
         except IndexError:
-            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(rows[0])}") from None
+            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(header)}") from None
         try:
             t = parse_time(cell)
         except ValueError:
             raise _bad(path, n, f"{cell.strip()!r} {TIME_HELP}") from None
         if v_col >= len(row):
-            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(rows[0])}")
+            raise _bad(path, n, f"has {len(row)} column(s), the header has {len(header)}")
         raw = row[v_col].strip()
         if raw == "":  # Electricity Maps leaves a gap empty: nothing is known for that interval
-            if ends and ends[-1] is None and t > starts[-1]:
+            if ends and math.isnan(ends[-1]) and t > starts[-1]:
                 ends[-1] = t
             continue
         try:
@@ -189,13 +207,13 @@ def _parse_csv(path: Path) -> IntensitySeries:
             raise _bad(path, n, f"{raw!r} is not a number of gCO2e/kWh") from None
         if not math.isfinite(v) or v < 0:
             raise _bad(path, n, f"{raw!r}: intensity must be a number >= 0")
-        if ends and ends[-1] is not None and t < ends[-1]:
+        if ends and not math.isnan(ends[-1]) and t < ends[-1]:
             raise _bad(path, n, f"starts at {cell.strip()!r}, before the previous row's end: it "
                        "overlaps the previous interval (intervals must not overlap)")
         if starts and t <= starts[-1]:
             raise _bad(path, n, f"{cell!r} is not after the previous row's time (rows must be in "
                        "increasing time order, without duplicates)")
-        end = None
+        end = math.nan
         if end_col is not None and end_col < len(row) and row[end_col].strip():
             try:
                 end = parse_time(row[end_col])
@@ -210,11 +228,14 @@ def _parse_csv(path: Path) -> IntensitySeries:
         values.append(v)
     if not starts:
         raise ConfigError("intensity_csv", str(path), "has a header but no intensity rows")
-    spacing = statistics.median(b - a for a, b in zip(starts, starts[1:])) if len(starts) > 1 else 3600.0
-    full_ends = [e if e is not None else (starts[i + 1] if i + 1 < len(starts) else starts[i] + spacing)
-                 for i, e in enumerate(ends)]
+    spacing = statistics.median(array("d", (b - a for a, b in zip(starts, starts[1:])))) \
+        if len(starts) > 1 else 3600.0
+    last = len(starts) - 1
+    for i in range(len(ends)):  # an open interval holds to the next row, the last one a spacing
+        if math.isnan(ends[i]):
+            ends[i] = starts[i + 1] if i < last else starts[i] + spacing
     zone = ",".join(sorted(zones)) or None
-    return IntensitySeries(starts, full_ends, values, source=f"{path.name} ({column})", zone=zone,
+    return IntensitySeries(starts, ends, values, source=f"{path.name} ({column})", zone=zone,
                            column=column, extra={"rows": len(starts), "interval_s": spacing})
 
 
