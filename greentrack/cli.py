@@ -162,9 +162,33 @@ def _version() -> str:
     return f"greentrack {__version__}"
 
 
+#: SIGINT and SIGTERM that came before ``greentrack run`` could pass them on (see :func:`main`).
+_EARLY: list[int] = []
+
+
+def _early_signals(argv: Sequence[str] | None) -> dict[int, Any]:
+    """From the first line of :func:`main`: a Ctrl-C or SIGTERM while the command line is still
+    being read is one line like any other, never a traceback from the middle of an import. For
+    ``run`` it is recorded (its start is then cancelled, :func:`cmd_run`), else it interrupts."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    is_run = next((a for a in args if not a.startswith("-")), None) == "run"
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _EARLY.append(signum)
+        if not is_run:
+            raise KeyboardInterrupt
+
+    try:
+        return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The entry point of every subcommand. Output cut short by the reader (``| head -1``) ends
     quietly, as it does for other Unix tools."""
+    _EARLY.clear()
+    previous = _early_signals(argv)
     try:
         code = _main(argv)
         if sys.stdout is not None:  # None: started with stdout closed (`>&-`): nothing to show
@@ -178,6 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:  # while the command line was read (see _early_signals)
+        signum = _EARLY[0] if _EARLY else signal.SIGINT
+        print(f"greentrack: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -187,7 +218,7 @@ def _main(argv: Sequence[str] | None) -> int:
         ns = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, argparse's own errors
         return e.code if isinstance(e.code, int) else 2 if e.code else 0
-    got: list[int] = []
+    got: list[int] = list(_EARLY)
     previous = None
     if ns.command != "run":  # `run` forwards signals to its command (cmd_run)
         def on_term(signum: int, _frame: Any) -> None:
@@ -261,7 +292,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     128 + the signal, nothing left behind (no run directory of a command that never ran); once
     it runs, they are passed on to it, and its exit decides the run's status
     (:func:`greentrack.lifecycle.status_of_exit`)."""
-    got: list[int] = []
+    got = _EARLY  # one list: a signal while the command line was read cancels too
 
     def cancel(signum: int, _frame: Any) -> None:
         got.append(signum)

@@ -377,6 +377,9 @@ class Tracker:
                 for p in (store, store.with_name(store.name + "-wal"),
                           store.with_name(store.name + "-shm")):
                     p.unlink(missing_ok=True)
+            joins = self.run_dir / sharing.JOIN_DIR  # made for the command's trackers to join
+            if joins.is_dir() and not any(joins.iterdir()):
+                joins.rmdir()
             if fresh_run and self.run_id is not None:
                 discard_unused_run_dir(self.run_dir, self.run_id, remove_dir=fresh_dir)
         except OSError as e:

@@ -124,7 +124,7 @@ class StoreReader:
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(steps)")}
         except (sqlite3.Error, ValueError, OSError, RunStoreError) as e:
             self.close()
-            self._raise_pending()
+            self._raise_pending(e)
             raise RunStoreError(f"{path}: not a readable greentrack store ({_why(path, e)})") from None
         version = raw.get("schema_version")
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
@@ -163,19 +163,23 @@ class StoreReader:
                                     ", not a table greentrack writes")
 
     def _progress(self) -> int:
-        """SQLite's progress handler: abort a query past its deadline or when a signal handler
-        raised (the exception is kept: sqlite3 would swallow it). The check is a call of its own,
-        so the handler's exception is raised inside the ``try``."""
+        """SQLite's progress handler: abort a query past its deadline. Python runs a pending
+        signal's handler when this is called; one that raises (Ctrl-C, the command line's
+        SIGTERM handler) aborts the query too, and sqlite3 swallows its exception: an abort
+        before the deadline is therefore a signal (:meth:`_raise_pending`)."""
         try:
             return _past(self._deadline)
-        except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt, a SIGTERM handler's
+        except BaseException as e:  # noqa: BLE001 - a handler raising inside the check itself
             self._raised = e
             return 1
 
-    def _raise_pending(self) -> None:
+    def _raise_pending(self, error: BaseException | None = None) -> None:
+        """Raise again what a signal handler raised during the query that ``error`` ended."""
         raised, self._raised = self._raised, None
         if raised is not None:
             raise raised
+        if error is not None and "interrupted" in str(error) and not _past(self._deadline):
+            raise KeyboardInterrupt from None
 
     def rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row
@@ -183,7 +187,7 @@ class StoreReader:
         try:
             return list(self._conn.execute(sql, tuple(args)))
         except (sqlite3.DatabaseError, ValueError) as e:
-            self._raise_pending()  # a Ctrl-C or SIGTERM during the query ends the command
+            self._raise_pending(e)  # a Ctrl-C or SIGTERM during the query ends the command
             why = (f"the query ran past {QUERY_LIMIT_S:g} s and was stopped"
                    if "interrupted" in str(e) else str(e))
             self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {why}")
