@@ -104,6 +104,31 @@ def _restore_sigterm() -> None:
         pass
 
 
+#: SIGTERM blocked by :func:`_before_fork` in the forking thread, to unblock after the fork
+_BLOCKED = [False]
+
+
+def _before_fork() -> None:
+    # While greentrack's SIGTERM handler is installed, a forked child inherits it until its
+    # after-fork hook puts the previous one back. A SIGTERM in that window (a Pool terminating a
+    # worker still starting, seen under load) is only recorded by CPython for the Python handler
+    # and dropped once the disposition is the default again: the worker outlived terminate() and
+    # the pool's join hung. Blocking SIGTERM in the forking thread across the fork keeps such a
+    # signal pending in the kernel until the child's handler is the right one.
+    if _HOOKS["sigterm"]:
+        try:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            _BLOCKED[0] = signal.SIGTERM not in old
+        except (AttributeError, OSError, ValueError):  # no pthread_sigmask here
+            _BLOCKED[0] = False
+
+
+def _unblock() -> None:
+    if _BLOCKED[0]:
+        _BLOCKED[0] = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _after_fork_in_child() -> None:
     # A forked child (DataLoader worker) inherits the trackers but not their threads. It must
     # never sample, write the parent's store through a copied SQLite handle, or run a second
@@ -113,6 +138,7 @@ def _after_fork_in_child() -> None:
     FORK_GENERATION[0] += 1
     _ACTIVE.clear()
     _restore_sigterm()
+    _unblock()  # a SIGTERM that came since the fork is delivered now, to the right handler
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -146,12 +172,19 @@ def _stop_all_at_exit() -> None:
         tracker._stop("failed" if failed else "completed", read_totals=False)
 
 
+def sigterm_caught() -> bool:
+    """Whether a SIGTERM now stops the running trackers (greentrack's handler is in place: only
+    a tracker started on the main thread can put it there, Python's rule for signal handlers)."""
+    return _HOOKS["sigterm"]
+
+
 def install(tracker: Any) -> None:
     """Count ``tracker`` among the running ones and install the hooks once per process."""
     global _PREV_SIGTERM
     _ACTIVE.add(tracker)
     if not _HOOKS["fork"]:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_parent=_unblock,
+                            after_in_child=_after_fork_in_child)
         atexit.register(_stop_all_at_exit)
         _HOOKS["fork"] = True
         _LAST_AT_START[0] = getattr(sys, "last_value", None)

@@ -179,6 +179,10 @@ class Tracker:
         # charges energy to the wrong interval
         self._t_start, origin_unix = time.monotonic(), time.time()
         meta = store_meta(run_id, cfg, self._pid, rank, found.notes, origin_unix)
+        # whether a SIGTERM will stop this run: in the store from its first commit, since a
+        # SIGTERM that is not caught ends the process before any later write
+        meta["sigterm_caught"] = lifecycle.sigterm_caught() or \
+            threading.current_thread() is threading.main_thread()
         self.labels = dict(cfg.labels)
         if parent is not None:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
@@ -193,6 +197,12 @@ class Tracker:
         self._engine.start()
         self.status = "running"
         lifecycle.install(self)
+        if not lifecycle.sigterm_caught():  # started off the main thread, before any tracker on it
+            self._engine.event("info", "sigterm-not-caught", "started off the main thread: "
+                               "Python lets only the main thread handle signals, so a SIGTERM "
+                               "ends the process without stopping this run (it then reads "
+                               "incomplete, data up to its last flush), unless a tracker runs "
+                               "that was started on the main thread")
         self._start_sinks()
         return self
 
