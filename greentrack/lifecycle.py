@@ -104,8 +104,9 @@ def _restore_sigterm() -> None:
         pass
 
 
-#: SIGTERM blocked by :func:`_before_fork` in the forking thread, to unblock after the fork
-_BLOCKED = [False]
+#: Per thread (a signal mask is a thread's): whether :func:`_before_fork` blocked SIGTERM in it,
+#: to unblock after the fork, in the parent's thread and in the child (which is that thread)
+_FORKING = threading.local()
 
 
 def _before_fork() -> None:
@@ -115,17 +116,19 @@ def _before_fork() -> None:
     # and dropped once the disposition is the default again: the worker outlived terminate() and
     # the pool's join hung. Blocking SIGTERM in the forking thread across the fork keeps such a
     # signal pending in the kernel until the child's handler is the right one.
+    # (Several threads may fork at once: the mark is the forking thread's own, as its mask is.)
+    _FORKING.blocked = False
     if _HOOKS["sigterm"]:
         try:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-            _BLOCKED[0] = signal.SIGTERM not in old
+            _FORKING.blocked = signal.SIGTERM not in old
         except (AttributeError, OSError, ValueError):  # no pthread_sigmask here
-            _BLOCKED[0] = False
+            pass
 
 
 def _unblock() -> None:
-    if _BLOCKED[0]:
-        _BLOCKED[0] = False
+    if getattr(_FORKING, "blocked", False):
+        _FORKING.blocked = False
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
@@ -141,9 +144,79 @@ def _after_fork_in_child() -> None:
     _unblock()  # a SIGTERM that came since the fork is delivered now, to the right handler
 
 
+#: Rows of emissions.csv being appended now, on any thread (a stop that had begun when a SIGTERM
+#: came): the SIGTERM path waits for them, so a run marked stopped never loses its row.
+_ROWS = threading.Condition()
+_ROWS_IN_FLIGHT = [0]
+#: The longest a SIGTERM waits for rows other threads are appending (a grace period is short).
+ROWS_WAIT_S = 5.0
+
+
+class appending_row:
+    """``with appending_row():`` around an emissions.csv append (see :data:`_ROWS`)."""
+
+    def __enter__(self) -> None:
+        with _ROWS:
+            _ROWS_IN_FLIGHT[0] += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with _ROWS:
+            _ROWS_IN_FLIGHT[0] -= 1
+            _ROWS.notify_all()
+
+
+def _wait_rows(timeout_s: float) -> None:
+    with _ROWS:
+        _ROWS.wait_for(lambda: _ROWS_IN_FLIGHT[0] <= 0, timeout_s)
+
+
+#: Threads starting a tracker now (ident -> starts): a SIGTERM waits for those on other threads,
+#: so a tracker half-started when it came is stopped too, never left running.
+_STARTS: dict[int, int] = {}
+_STARTS_DONE = threading.Condition()
+#: A SIGTERM that came while the main thread itself was starting a tracker: handled when that
+#: start ends (the handler cannot wait for the code it interrupted).
+_TERM_PENDING: list[tuple[int, Any]] = []
+#: The longest a SIGTERM waits for starts on other threads.
+STARTS_WAIT_S = 3.0
+
+
+class starting:
+    """``with starting():`` around a tracker's start: installs the hooks first (a SIGTERM from
+    then on is caught), and lets a SIGTERM wait for the start to end (see :data:`_STARTS`)."""
+
+    def __enter__(self) -> None:
+        _install_hooks()
+        ident = threading.get_ident()
+        with _STARTS_DONE:
+            _STARTS[ident] = _STARTS.get(ident, 0) + 1
+
+    def __exit__(self, *exc: Any) -> None:
+        ident = threading.get_ident()
+        with _STARTS_DONE:
+            _STARTS[ident] -= 1
+            if not _STARTS[ident]:
+                del _STARTS[ident]
+            _STARTS_DONE.notify_all()
+        if not _ACTIVE:  # the start failed or was refused: no hook for a run that is not
+            _restore_sigterm()
+        if _TERM_PENDING and threading.current_thread() is threading.main_thread() \
+                and threading.get_ident() not in _STARTS:
+            signum, frame = _TERM_PENDING.pop()
+            _TERM_PENDING.clear()
+            _on_sigterm(signum, frame)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    main = threading.get_ident()
+    with _STARTS_DONE:
+        if main in _STARTS:  # interrupted the main thread's own start: finish it first
+            _TERM_PENDING.append((signum, frame))
+            return
+        _STARTS_DONE.wait_for(lambda: not _STARTS, STARTS_WAIT_S)
     for tracker in list(_ACTIVE):
         tracker._stop("stopped", read_totals=False)
+    _wait_rows(ROWS_WAIT_S)  # stops other threads had begun: their rows, not a cut-off write
     prev = _PREV_SIGTERM
     if callable(prev):
         prev(signum, frame)
@@ -179,9 +252,15 @@ def sigterm_caught() -> bool:
 
 
 def install(tracker: Any) -> None:
-    """Count ``tracker`` among the running ones and install the hooks once per process."""
-    global _PREV_SIGTERM
+    """Count ``tracker`` among the running ones (the hooks are in place: :class:`starting`)."""
+    _install_hooks()
     _ACTIVE.add(tracker)
+
+
+def _install_hooks() -> None:
+    """The fork and exit hooks once per process; the SIGTERM handler while none is in place,
+    from the main thread (Python's rule)."""
+    global _PREV_SIGTERM
     if not _HOOKS["fork"]:
         os.register_at_fork(before=_before_fork, after_in_parent=_unblock,
                             after_in_child=_after_fork_in_child)

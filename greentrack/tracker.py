@@ -118,7 +118,8 @@ class Tracker:
         if self.status in ("running", "disabled"):
             return self
         try:
-            return self._start()
+            with lifecycle.starting():  # a SIGTERM from here on stops this run too
+                return self._start()
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - measurement must never break training
@@ -396,9 +397,11 @@ class Tracker:
             log.warning("greentrack: could not remove the cancelled run's files: %s", e)
 
     def _append_emissions_csv(self) -> None:
-        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises."""
+        """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises.
+        A SIGTERM meanwhile waits for it (:class:`greentrack.lifecycle.appending_row`)."""
         from greentrack.reports.emissions_log import append_run
-        append_run(self.run_dir, self.config)
+        with lifecycle.appending_row():
+            append_run(self.run_dir, self.config)
 
     def _append_emissions_csv_within(self, budget_s: float) -> None:
         """The row at a SIGTERM or the interpreter's exit, on a daemon thread given ``budget_s``:

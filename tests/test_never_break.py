@@ -106,6 +106,37 @@ def test_a_forked_child_does_not_keep_the_trackers_sigterm_handler(tmp_path: Pat
     assert r.stdout.split() == ["child", "1", "after", "stop", "True"]
 
 
+def test_children_forked_from_threads_at_once_never_keep_sigterm_blocked(tmp_path: Path) -> None:
+    """Found by tests/test_soak.py: SIGTERM is blocked in the forking thread across fork() (so a
+    worker cannot lose it before its handler is reset), and the mark of that was one for the
+    process: two threads forking at once left a child with SIGTERM blocked, which then outlived
+    Pool.terminate(). Each child here reads its own mask from the kernel."""
+    r = _py("""
+        import os, threading, greentrack
+        t = greentrack.Tracker("run").start()
+        bad = []
+        def fork_many():
+            for _ in range(40):
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    mask = [l for l in open("/proc/self/status") if l.startswith("SigBlk")][0]
+                    os.write(w, b"1" if int(mask.split()[1], 16) & (1 << 14) else b"0")
+                    os._exit(0)
+                os.close(w)
+                got = os.read(r, 1)
+                os.close(r)
+                os.waitpid(pid, 0)
+                bad.append(got == b"1")
+        ts = [threading.Thread(target=fork_many) for _ in range(8)]
+        [x.start() for x in ts]; [x.join() for x in ts]
+        t.stop()
+        print(len(bad), sum(bad))
+    """, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["320", "0"]
+
+
 @pytest.mark.parametrize("ending, status, said", [
     ("raise ValueError('boom')", "failed", "uncaught ValueError"),
     ("import sys; sys.exit(0)", "completed", "not visible here"),
