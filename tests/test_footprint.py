@@ -130,10 +130,11 @@ def test_a_resumed_run_counts_each_segment_at_the_settings_it_recorded(
     want = sum(p["it_kwh"] * p["pue"] * p["g_per_kwh"] for p in parts)
     assert first["emissions_location_g"] == pytest.approx(parts[0]["it_kwh"] * 1.2 * fr, rel=1e-9)
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 1  # the resumed run's row replaced, not repeated
+    assert len(rows) == 2  # one per stop: they add up to the run (the file is never rewritten)
+    assert float(rows[0]["emissions"]) * 1000 == pytest.approx(first["emissions_location_g"])
     for grams in (totals.emissions_g, doc["scope2"]["location_based_kg"] * 1000,
                   greentrack.summarize(run)["footprint"]["emissions_location_g"],
-                  float(rows[0]["emissions"]) * 1000):
+                  sum(float(r["emissions"]) for r in rows) * 1000):
         assert grams == pytest.approx(want, rel=1e-9)
     assert any("different carbon or price settings" in w for w in doc["warnings"])
     assert any("different carbon or price settings" in w for w in totals.warnings)

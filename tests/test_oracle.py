@@ -269,10 +269,12 @@ def test_every_output_gives_one_footprint(spec: dict[str, Any], tmp_path_factory
                          "market_g": t.market_emissions_g, "cost": t.cost,
                          "gpu_hours": t.gpu_hours})
         assert (t.optimizer_steps, t.steps) == steps
-        rows = list(csv.DictReader(got["emissions_csv"].open()))
-        assert len(rows) == 1, rows  # one row per run, however many processes stopped
-        if spec["ranks"] == 1:  # several writers of one run's row: issue 21's dimension
-            agree("emissions.csv", {"location_g": float(rows[0]["emissions"]) * 1000})
+        rows = [r for r in csv.DictReader(got["emissions_csv"].open())]
+        assert rows and {r["run_id"] for r in rows} == {got["run_id"]}
+        # one row per stop, whoever wrote it (ranks, resumed segments): they add up to the run
+        agree("emissions.csv", {"location_g": sum(float(r["emissions"]) for r in rows) * 1000,
+                                "energy_j": sum(float(r["energy_consumed"]) for r in rows)
+                                * 3.6e6 / (doc["energy"]["facility_kwh"] / doc["energy"]["it_kwh"])})
         _pushed_check(_pushed(pushgateway, got["run_id"]), fp)
         if spec["ranks"] == 1:  # else the scraped process (rank 1) measures no device
             _scraped_check(got["scrape"], dirs[0], got["scrape_store"])
