@@ -216,11 +216,16 @@ def fleet_panels() -> list[Any]:
               "job_run_host:greentrack_emissions_grams:rate1m).",
               [target(f"sum by (job) (job_run_host:greentrack_emissions_grams:rate1m{{{FLEET}}}) "
                       "* 3600", "{{job}}")], G_PER_H, 12),
-        graph("Stale trackers", "Seconds since each tracker's sampler last polled; a growing line "
-              "is a hung or dead tracker (pushed runs keep their last value; alert "
-              "GreentrackSamplerStale).",
+        graph("Stale trackers", "Seconds since each running tracker's sampler last polled (scraped "
+              "runs) or last pushed (pushed runs; a run that ended says so and leaves the graph); "
+              "a growing line is a hung or dead tracker (alerts GreentrackSamplerStale, "
+              "GreentrackPushedRunSilent).",
               [target(f"max by (job, host, rank) (greentrack_last_sample_age_seconds{{{FLEET}}})",
-                      "{{job}} {{host}} rank {{rank}}")], "s", 12),
+                      "{{job}} {{host}} rank {{rank}}"),
+               target(f"(time() - max by (job, run, host, rank) (push_time_seconds{{{FLEET}}})) "
+                      f"and on (job, run, host, rank) max by (job, run, host, rank) "
+                      f"(greentrack_run_running{{{FLEET}}}) == 1",
+                      "pushed {{job}} {{host}} rank {{rank}}", "B")], "s", 12),
     ]
 
 

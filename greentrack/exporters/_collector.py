@@ -35,6 +35,8 @@ name                                                    type       extra labels
                                                                    elastic_run_id,
                                                                    elastic_restart_count
 ``greentrack_run_start_time_seconds``                   gauge
+``greentrack_run_running``                              gauge      (1 running, 0 after stop)
+``greentrack_run_end_time_seconds``                     gauge      (only after stop)
 ``greentrack_forecast_energy_joules``                   gauge      bound (with a training meter)
 ``greentrack_forecast_duration_seconds``                gauge      bound
 ``greentrack_forecast_end_time_seconds``                gauge      bound (Unix time)
@@ -286,12 +288,15 @@ class TrackerCollector:
                                "while they fail (a gap) or after it was lost.", labels=dev)
         gaps = CounterMetricFamily("greentrack_device_gap_seconds", "Seconds of closed reading gaps "
                                    "of each device (an open gap shows as device_up 0).", labels=dev)
+        running = self.tracker.running  # False at the final collect, after the last reading
         for ch in channels:
             values = [*self.base, ch.kind, ch.device]
             source = "measured" if ch.measured else "estimated"
             energy.add_metric([*values, source], float(ch.energy_j) + self.before.energy_j.get(
                 (ch.kind, ch.device, source), 0.0))
-            if ch.power_w is not None:
+            if not running:  # an ended run draws nothing (the Pushgateway keeps this value)
+                power.add_metric([*values, source], 0.0)
+            elif ch.power_w is not None:
                 power.add_metric([*values, source], float(ch.power_w))
             meta = self._channel_info(engine, ch)
             info.add_metric(values, {"name": meta["name"], "method": ch.method, "source": source,
@@ -325,10 +330,21 @@ class TrackerCollector:
         slow.add_metric(self.base, engine.counter_interval_s)
         yield slow
         age = GaugeMetricFamily("greentrack_last_sample_age_seconds", "Seconds since the sampler "
-                                "last polled the devices.", labels=base)
-        if engine.last_sample_t is not None:
+                                "last polled the devices (absent once the run has ended).",
+                                labels=base)
+        if engine.last_sample_t is not None and running:
             age.add_metric(self.base, max(0.0, now - engine.last_sample_t))
         yield age
+        state = GaugeMetricFamily("greentrack_run_running", "1 while the tracker runs, 0 in the "
+                                  "last scrape or push after it stopped (a pushed run that "
+                                  "ended, not a stale one).", labels=base)
+        state.add_metric(self.base, 1.0 if running else 0.0)
+        yield state
+        if not running:
+            ended = GaugeMetricFamily("greentrack_run_end_time_seconds", "Unix time at which the "
+                                      "tracker stopped (only once it has).", labels=base)
+            ended.add_metric(self.base, self.start_unix + max(0.0, end - self._origin))
+            yield ended
         if self.push is not None:
             yield self._counter("greentrack_push_failures", "Failed pushes to the Pushgateway.",
                                 self.push.failures)

@@ -22,12 +22,13 @@ PUSH_TIMEOUT_S = 2.0
 
 
 class Pusher:
-    """Periodic ``PUT`` of ``registry`` to ``gateway`` under the grouping key ``job/run/rank``.
+    """Periodic ``PUT`` of ``registry`` to ``gateway`` under the grouping key
+    ``job/run/host/rank``.
 
     Args:
         gateway: ``http(s)://host:port`` of the Pushgateway.
         job: the ``job`` grouping label.
-        grouping_key: the other grouping labels (``run``, ``rank``).
+        grouping_key: the other grouping labels (``run``, ``host``, ``rank``).
         registry: what to push.
         interval_s: seconds between pushes.
         health: failure counter, also exported as ``greentrack_push_failures_total``.

@@ -122,8 +122,10 @@ class PrometheusExporter:
         if cfg.prometheus_port is not None:
             self._serve(listen_port(cfg.prometheus_port, self.env), record)
         if gateway is not None and health is not None:
+            # the host too: two nodes' rank 0 of one run are two groups, never one overwritten
             self.pusher = Pusher(gateway, self.labels["job"],
-                                 {"run": self.labels["run"], "rank": self.labels["rank"]},
+                                 {"run": self.labels["run"], "host": self.labels["host"],
+                                  "rank": self.labels["rank"]},
                                  self.registry, cfg.push_interval_s, health,
                                  lambda level, kind, msg: record(level, kind, msg),
                                  ready=lambda: collector.ready.wait(CONTINUE_WAIT_S))
