@@ -220,12 +220,12 @@ def fleet_panels() -> list[Any]:
               "runs) or last pushed (pushed runs; a run that ended says so and leaves the graph); "
               "a growing line is a hung or dead tracker (alerts GreentrackSamplerStale, "
               "GreentrackPushedRunSilent).",
-              [target(f"max by (job, host, rank) (greentrack_last_sample_age_seconds{{{FLEET}}})",
-                      "{{job}} {{host}} rank {{rank}}"),
-               target(f"(time() - max by (job, run, host, rank) (push_time_seconds{{{FLEET}}})) "
+              # a pushed run's age is its push time's (the gateway keeps its last sampler age)
+              [target(f"((time() - max by (job, run, host, rank) (push_time_seconds{{{FLEET}}})) "
                       f"and on (job, run, host, rank) max by (job, run, host, rank) "
-                      f"(greentrack_run_running{{{FLEET}}}) == 1",
-                      "pushed {{job}} {{host}} rank {{rank}}", "B")], "s", 12),
+                      f"(greentrack_run_running{{{FLEET}}}) == 1) or max by (job, run, host, rank) "
+                      f"(greentrack_last_sample_age_seconds{{{FLEET}}})",
+                      "{{job}} {{host}} rank {{rank}}")], "s", 12),
     ]
 
 

@@ -233,12 +233,40 @@ def env_run_id(env: Mapping[str, str] | None = None) -> str | None:
 def default_run_dir() -> Path:
     """Where a run goes when no ``run_dir`` is given: ``greentrack-runs/<job id>`` when a launcher
     names the job (so all its ranks share one directory), else ``greentrack-runs/<UTC
-    time>-<pid>``. Two unrelated runs never share a directory (and so never a run id)."""
+    time>-<pid>-<random>``. Two unrelated runs never share a directory (and so never a run id),
+    also processes of two containers that are each PID 1 and start in the same second."""
     job = env_run_id()
     if job:
         return Path("greentrack-runs") / job
+    import secrets
     import time
-    return Path("greentrack-runs") / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+    return Path("greentrack-runs") / (f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
+                                      f"{os.getpid()}-{secrets.token_hex(3)}")
+
+
+#: Where each launcher says who a process is in its job, in order: torchrun (and Lightning,
+#: accelerate, deepspeed), Slurm's ``srun`` (a task per process), Open MPI's ``mpirun``, MPICH/PMI.
+LAUNCHER_VARS = {
+    "RANK": ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"),
+    "LOCAL_RANK": ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"),
+    "WORLD_SIZE": ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"),
+    "LOCAL_WORLD_SIZE": ("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE",
+                         "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"),
+}
+
+
+def launcher_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """This process's ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` or ``LOCAL_WORLD_SIZE`` as the
+    first launcher that says so names it (:data:`LAUNCHER_VARS`), else ``default``. Two Slurm
+    tasks of one node are two ranks (without ``RANK``, both read 0 and both measured the host).
+    Slurm's tasks per node may read ``2(x3)``: its leading count is taken."""
+    source = os.environ if env is None else env
+    for var in LAUNCHER_VARS[name]:
+        raw = source.get(var, "")
+        digits = raw.split("(")[0] if var == "SLURM_STEP_TASKS_PER_NODE" else raw
+        if digits.isascii() and digits.isdigit():
+            return int(digits)
+    return default
 
 
 def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:

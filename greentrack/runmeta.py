@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from greentrack import __version__
-from greentrack.config import Config, env_int
+from greentrack.config import Config, launcher_int
 from greentrack.jobinfo import job_metadata
 from greentrack.store import host_identity
 
@@ -23,7 +23,7 @@ def store_meta(run_id: str, config: Config, pid: int, rank: int, notes: list[Any
     return {
         "run_id": run_id, "host": host, "boot_id": boot_id, "pid": pid,
         "pid_create_time": _create_time(pid), "rank": rank,
-        "local_rank": env_int("LOCAL_RANK", 0), "world_size": env_int("WORLD_SIZE", 1),
+        "local_rank": launcher_int("LOCAL_RANK", 0), "world_size": launcher_int("WORLD_SIZE", 1),
         "started_unix": time.time() if started_unix is None else started_unix,
         "status": "running", "mode": config.mode,
         "settings": config.as_dict(), "argv": sys.argv[:8],

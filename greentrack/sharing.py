@@ -6,6 +6,14 @@
   the same at the same time means both count the whole host: both runs record a ``host-shared``
   event naming the other, and every summary and report repeats it with the fix (``--mode
   process``). Checked at start and about once a second on the sampler thread.
+* :class:`DeviceOwners`: within one run, one tracker counts a device at a time (trackers of one
+  run on several threads, processes without a rank, containers sharing the run directory): each
+  device a tracker counts whole takes an exclusive ``flock`` in the run directory; a tracker that
+  finds it held keeps that device handed over (the engine's hand-over: not counted) until the
+  lock frees, then counts it from then on. The host's process-mode channel counts one process
+  tree's share: it is one per process (its lock names the pid). A GPU has one owner per run,
+  also when shared: the owner's share counts the run's other processes on it, which do not list
+  the GPU in their lease (:mod:`greentrack.samplers._gpushare`).
 * :class:`JoinWatch` and :func:`join_parent`: a tracker started inside ``greentrack run`` (which
   exports ``GREENTRACK_PARENT_RUN_DIR``) joins the parent's run instead of starting a second
   measurement of the same machine. It takes a join lease listing its devices and waits (up to
@@ -92,6 +100,115 @@ class HostWatch:
     def close(self) -> None:
         self.check(time.monotonic())  # a run that met this one late is still named
         self.lease.release()
+
+
+OWNER_DIR = ".owners"
+
+
+class DeviceOwners:
+    """One owner per device and time within a run (see the module docstring); an engine watcher
+    (sampler thread) that takes over a device when its owner's lock frees, counting it from the
+    moment the owner released it (written in the lock file; ``time.monotonic`` is one clock for
+    every process of a host), so nothing is lost or counted twice at a hand-over."""
+
+    def __init__(self, engine: Any, run_dir: Path, channels: list[Any], host: str) -> None:
+        from greentrack.channelstate import channel_key
+        from greentrack.samplers._share import ProcessShare
+        self.engine = engine
+        self.directory = run_dir / OWNER_DIR
+        self.directory.mkdir(mode=0o755, exist_ok=True)
+        self.held: dict[str, int] = {}  # engine key -> the locked file's descriptor
+        self.waiting: dict[str, int] = {}  # engine key -> an open descriptor, not locked yet
+        now = time.monotonic()
+        for ch in channels:
+            key = channel_key(ch)
+            if key in self.held or key in self.waiting:
+                continue
+            share = isinstance(ch, ProcessShare)  # one process tree's share: one per process
+            name = _label(f"{host}-{key}" if ch.info.host_scope else key, 120).replace("/", "_")
+            path = self.directory / (f"{name}-pid{os.getpid()}.lock" if share else f"{name}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if _lock(fd) is not None:
+                self.held[key] = fd
+                continue
+            self.waiting[key] = fd
+            engine.hand_over({key}, now)
+            engine.event("info", "device-owned", f"{key} is counted by another tracker of this "
+                         f"run ({_owner(fd)}): this one counts it once that one stops",
+                         device=key)
+
+    def __call__(self, now: float) -> None:
+        for key, fd in list(self.waiting.items()):  # one flock attempt a poll each
+            released = _lock(fd)
+            if released is None:
+                continue
+            del self.waiting[key]
+            self.held[key] = fd
+            self.engine.take_back({key}, min(now, released))
+            self.engine.event("info", "device-taken-over", f"{key}: its other tracker stopped; "
+                              "this one counts it from then", device=key)
+
+    def close(self) -> None:
+        held, self.held = self.held, {}
+        waiting, self.waiting = self.waiting, {}
+        stamp = f"released {time.monotonic()!r}\n".encode()
+        for fd in held.values():
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, stamp, 0)  # when this owner stopped counting, for the next one
+            except OSError:
+                pass
+        for fd in [*held.values(), *waiting.values()]:
+            try:
+                os.close(fd)  # releases the flock
+            except OSError:
+                pass
+
+
+def remove_free_owner_files(run_dir: Path) -> None:
+    """Remove the device locks no tracker holds, and the lock directory when empty (a start that
+    was taken back). Never raises."""
+    import fcntl
+    directory = run_dir / OWNER_DIR
+    try:
+        for path in directory.glob("*.lock"):
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
+            except OSError:
+                pass  # held: another tracker of the run counts it
+            finally:
+                os.close(fd)
+        directory.rmdir()
+    except OSError:
+        pass
+
+
+def _lock(fd: int) -> float | None:
+    """Take the exclusive flock of ``fd``: the monotonic time the previous owner released it
+    (``-inf`` when none did), or None when another tracker holds it. The owner's pid goes in."""
+    import fcntl
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return None
+    try:
+        text = os.pread(fd, 200, 0).decode("ascii", "replace")
+        released = float(text.split()[1]) if text.startswith("released ") else float("-inf")
+    except (OSError, ValueError, IndexError):
+        released = float("-inf")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}".encode(), 0)
+    return released
+
+
+def _owner(fd: int) -> str:
+    try:
+        pid, _, host = os.pread(fd, 200, 0).decode("ascii", "replace").partition(" ")
+        return f"pid {_label(pid, 12)} on {_label(host, 64)}"
+    except OSError:
+        return "unknown"
 
 
 class JoinWatch:

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from greentrack import lifecycle, sharing
-from greentrack.config import Config, env_int, env_run_id
+from greentrack.config import Config, env_run_id, launcher_int
 from greentrack.engine import Engine, channel_key
 from greentrack.errors import ConfigError
 from greentrack.carbon.runs import Totals, totals
@@ -170,7 +170,7 @@ class Tracker:
         run_id, found, calibration_notes = self._open_devices(cfg)
         self.notes = found.notes
         joined = self._join(parent, found.channels) if parent is not None else None
-        rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
+        rank = cfg.rank if cfg.rank is not None else launcher_int("RANK", 0)
         # every process appends at its stop what of the run the CSV does not hold yet (rows of
         # one run add up to it, whoever writes them); a process that joined `greentrack run`
         # leaves it to that command
@@ -194,7 +194,7 @@ class Tracker:
         self._record_start(found.notes, parent, joined, calibration_notes)
         if self._calibration is not None:
             self._calibration.attach(self._engine, self._writer.add_power_limit)
-        self._watch(found.channels)
+        self._watch(found.channels, owned=parent is None)
         self._engine.start()
         self.status = "running"
         lifecycle.install(self)
@@ -288,15 +288,27 @@ class Tracker:
         self._leases.append(answer[0])
         return answer[1]
 
-    def _watch(self, channels: list[Any]) -> None:
+    def _watch(self, channels: list[Any], owned: bool = True) -> None:
         """Leases: other runs measuring this host or sharing its GPUs, and trackers joining this
         run. The lease lists the GPUs this process measures: a shared GPU's other trackers are
-        told apart from untracked processes by it (``samplers/_gpushare.py``)."""
+        told apart from untracked processes by it (``samplers/_gpushare.py``). ``owned``: each
+        device has one owner among this run's trackers (:class:`sharing.DeviceOwners`; a tracker
+        that joined `greentrack run` is handed its devices by it instead)."""
         assert self._engine is not None
         try:
+            waiting: set[str] = set()
+            if owned:
+                owners = sharing.DeviceOwners(self._engine, self.run_dir, channels,
+                                              "-".join(host_identity()))
+                self._leases.append(owners)
+                self._engine.watchers.append(owners)
+                waiting = set(owners.waiting)
             host_scope = any(c.info.host_scope for c in channels)
+            # the GPUs this tracker counts: another tracker of the run that owns one counts this
+            # process's share of it (it is one of the run's processes there)
             gpus = [str(c.info.details["uuid"]) for c in channels
-                    if c.info.kind == "gpu" and c.info.details.get("uuid")]
+                    if c.info.kind == "gpu" and c.info.details.get("uuid")
+                    and channel_key(c) not in waiting]
             if host_scope or gpus:
                 watch = sharing.HostWatch(self._engine, {
                     "run_id": self.run_id, "pid": self._pid, "mode": self.config.mode,
@@ -391,6 +403,7 @@ class Tracker:
             joins = self.run_dir / sharing.JOIN_DIR  # made for the command's trackers to join
             if joins.is_dir() and not any(joins.iterdir()):
                 joins.rmdir()
+            sharing.remove_free_owner_files(self.run_dir)
             if fresh_run and self.run_id is not None:
                 discard_unused_run_dir(self.run_dir, self.run_id, remove_dir=fresh_dir)
         except OSError as e:

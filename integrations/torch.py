@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from greentrack.config import env_int
+from greentrack.config import launcher_int
 from greentrack.integrating import guarded
 from greentrack.training import TrainingMeter
 
@@ -151,7 +151,7 @@ class OptimizerTracking:
             import torch.distributed as dist
             own = [self.tracker.store_path] if self.tracker.store_path is not None else []
             part = gathering.node_part(self.tracker.run_dir, own, rank=dist.get_rank(),
-                                       local_zero=env_int("LOCAL_RANK", 0) == 0, tracked=tracked)
+                                       local_zero=launcher_int("LOCAL_RANK", 0) == 0, tracked=tracked)
             self.summary = gathering.job_totals(
                 self.tracker.run_dir, part, main=dist.get_rank() == 0,
                 store=own[0] if own else None, world_size=dist.get_world_size())
@@ -209,7 +209,7 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
     device = params[0].device if params else None
     meter = TrainingMeter(tracker, device=device, flops=flops,
                           dtype=dtype if dtype is not None else (params[0].dtype if params else None),
-                          planned_steps=planned_steps, main=env_int("RANK", 0) == 0,
+                          planned_steps=planned_steps, main=launcher_int("RANK", 0) == 0,
                           progress_every_s=progress_every_s)
     meter.start_counting()  # outside any forward: the counter sees whole module calls
     if dtype is not None:

@@ -84,3 +84,78 @@ def test_two_nodes_of_one_run_push_two_groups(tmp_path: Path,
     groups = _groups(pushgateway, "job-42")
     assert sorted(g["labels"]["host"] for g in groups) == ["node-a", "node-b"]
     assert all(_value(g, "greentrack_run_running") == [0.0] for g in groups)
+
+
+def _gpu(monkeypatch: pytest.MonkeyPatch, watts: float = 300.0) -> None:
+    fake = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=watts))])
+    monkeypatch.setitem(sys.modules, "pynvml", fake.module())
+
+
+def test_two_trackers_of_one_run_in_one_process_count_the_gpu_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> None:
+    """8a2bbe5: two trackers on one run directory in one process (a 300 W GPU, 1.3 s): 714 J of
+    GPU energy and 2.4 GPU-seconds. Now one counts it while both run; the other takes it over
+    when the first stops, so the run has the GPU's energy over their union, once."""
+    _gpu(monkeypatch)
+    a = greentrack.Tracker(tmp_path / "run", **FAST).start()
+    t0 = time.monotonic()
+    time.sleep(0.3)
+    b = greentrack.Tracker(tmp_path / "run", **FAST).start()
+    time.sleep(0.5)
+    a.stop()  # b takes the GPU over from here
+    time.sleep(0.6)
+    b.stop()
+    span = time.monotonic() - t0
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["energy_j"]["gpu"] == pytest.approx(300.0 * span, rel=0.12), (s["energy_j"], span)
+    events = [e for e in greentrack.run.Run.open(tmp_path / "run").events("device-owned",
+                                                                          "device-taken-over")]
+    assert {e["kind"] for e in events} == {"device-owned", "device-taken-over"}
+
+
+OWNER_PROCESS = """
+import sys, time, greentrack
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
+sys.modules["pynvml"] = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=300.0))]).module()
+t = greentrack.Tracker(sys.argv[1], interval_s=0.02, counter_interval_s=0.1, flush_interval_s=0.1)
+t.start()
+time.sleep(float(sys.argv[2]))
+t.stop()
+"""
+
+
+def test_two_processes_without_a_rank_on_one_run_count_the_gpu_once(tmp_path: Path) -> None:
+    """8a2bbe5: two processes without RANK on one run directory: 685 J from one 300 W GPU in
+    1.4 s."""
+    env = python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "x"))
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", OWNER_PROCESS, str(tmp_path / "run"), str(d)],
+                              env=env, cwd=Path(__file__).resolve().parents[1]) for d in (1.0, 1.6)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    span = time.monotonic() - t0
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["stores"] == 2
+    assert s["energy_j"]["gpu"] <= 300.0 * span * 1.05, (s["energy_j"], span)  # never twice
+    assert s["energy_j"]["gpu"] >= 300.0 * 1.4, (s["energy_j"], span)  # the longer one, whole
+
+
+def test_two_slurm_tasks_are_two_ranks_and_the_host_is_counted_once(tmp_path: Path) -> None:
+    """8a2bbe5: two Slurm tasks on one node (SLURM_PROCID/SLURM_LOCALID set, no RANK): both
+    rank 0, the host counted twice."""
+    tree = PowercapTree(tmp_path / "pc")
+    with LiveCounters(tree, WATTS):
+        procs = []
+        for task in (0, 1):
+            env = python_env(SLURM_JOB_ID="777", SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
+                             SLURM_STEP_NUM_TASKS="2", SLURM_STEP_TASKS_PER_NODE="2", **tree.env)
+            env.pop("RANK", None)
+            procs.append(subprocess.Popen([sys.executable, "-c", "import time, greentrack\n"
+                                           "t = greentrack.Tracker('run', interval_s=0.02, "
+                                           "counter_interval_s=0.1).start()\ntime.sleep(0.8)\n"
+                                           "t.stop()"], env=env, cwd=tmp_path))
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    s = greentrack.summarize(tmp_path / "run")
+    assert sorted(src["rank"] for src in s["sources"]) == [0, 0]  # the host, by rank 0 only
+    ranks = {seg.rank for seg in greentrack.run.Run.open(tmp_path / "run").segments}
+    assert ranks == {0, 1}
+    assert s["energy_j"]["cpu"] <= 40.0 * s["duration_s"] * 1.1

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "grafana" / "rules" / "greentrack.rules.yml"
 RULE_TESTS = REPO / "tests" / "rules" / "greentrack.rules.test.yml"
 ALERTS = {"GreentrackSamplerStale", "GreentrackDeviceDown", "GreentrackPushFailures",
-          "GreentrackEnergyRateTooHigh", "GreentrackEnergyRateZero"}
+          "GreentrackEnergyRateTooHigh", "GreentrackEnergyRateZero", "GreentrackPushedRunSilent"}
 
 
 def rules() -> list[dict[str, object]]:
@@ -48,6 +48,7 @@ def test_promtool_unit_tests_pass_and_cover_every_alert() -> None:
 
 @pytest.mark.parametrize("change", [("> 30", "> 300"), ("== 0\n        for: 2m", "== 1\n        for: 2m"),
                                     ("> 2000", "> 4000"), ('{source="measured"}', ""),
+                                    ("(greentrack_run_running) == 1", "(greentrack_run_running) >= 0"),
                                     ("sum by (job, run, host) (greentrack_power_watts)",
                                      "max by (job, run, host) (greentrack_power_watts)")])
 def test_the_unit_tests_fail_on_a_wrong_rule(tmp_path: Path, change: tuple[str, str]) -> None:

@@ -208,7 +208,8 @@ def test_a_pushed_run_shows_up_in_the_pushgateway_and_in_prometheus(
 
         def group() -> dict[str, Any] | None:
             for g in pushgateway.groups():
-                if g["labels"] == {"job": "push-test", "run": tracker.run_id, "rank": "0"}:
+                if g["labels"] == {"job": "push-test", "run": tracker.run_id,
+                                   "host": socket.gethostname(), "rank": "0"}:
                     return g
             return None
 
@@ -251,7 +252,7 @@ def test_greentrack_run_pushes_with_the_cli_options(tmp_path: Path, no_host_env:
     assert re.search(r"Prometheus metrics of rank 0 at http://127\.0\.0\.1:\d+/metrics",
                      proc.stderr), proc.stderr
     labels = [g["labels"] for g in pushgateway.groups()]
-    assert {"job": "cli-test", "run": "cli-run", "rank": "0"} in labels
+    assert {"job": "cli-test", "run": "cli-run", "host": socket.gethostname(), "rank": "0"} in labels
 
 
 def test_shipped_prometheus_config_passes_promtool() -> None:

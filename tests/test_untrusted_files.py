@@ -253,8 +253,8 @@ def test_a_run_copied_with_its_wal_reads_the_same_even_read_only(killed_run: Pat
         os.chmod(base, 0o755)
         copy = base / "copy"
         copy.mkdir()
-        for f in killed_run.iterdir():  # run.json, *.gtdb, *.gtdb-wal: not the -shm
-            if not f.name.endswith("-shm"):
+        for f in killed_run.iterdir():  # run.json, *.gtdb, *.gtdb-wal: not the -shm, no lock dir
+            if f.is_file() and not f.name.endswith("-shm"):
                 shutil.copy(f, copy / f.name)
         os.chmod(copy, 0o555)
         for f in copy.iterdir():
@@ -265,7 +265,7 @@ def test_a_run_copied_with_its_wal_reads_the_same_even_read_only(killed_run: Pat
         assert s["steps"] == original["steps"] and not s["warnings"], s["warnings"]
         assert s["energy_j"] == original["energy_j"]
         assert sorted(p.name for p in copy.iterdir()) == sorted(  # reading wrote nothing
-            f.name for f in killed_run.iterdir() if not f.name.endswith("-shm"))
+            f.name for f in killed_run.iterdir() if f.is_file() and not f.name.endswith("-shm"))
     finally:
         os.chmod(base / "copy", 0o755)
         shutil.rmtree(base)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from greentrack.config import Config, env_int
+from greentrack.config import Config, launcher_int
 from greentrack.errors import ConfigError
 from greentrack.exporters import default_job
 from greentrack.store.layout import host_identity
@@ -58,12 +58,12 @@ def listen_port(base: int, env: Mapping[str, str]) -> int:
     """The port this process listens on: 0 stays 0 (a free port), else ``base + LOCAL_RANK``."""
     if base == 0:
         return 0
-    return base + env_int("LOCAL_RANK", 0, env)
+    return base + launcher_int("LOCAL_RANK", 0, env)
 
 
 def run_labels(tracker: Any, config: Config, env: Mapping[str, str]) -> dict[str, str]:
     """Values of ``run, job, host, rank`` for this process."""
-    rank = config.rank if config.rank is not None else env_int("RANK", 0, env)
+    rank = config.rank if config.rank is not None else launcher_int("RANK", 0, env)
     return {"run": str(tracker.run_id or "unknown"), "job": config.job or default_job(env),
             "host": host_identity()[0], "rank": str(rank)}
 

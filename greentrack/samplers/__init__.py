@@ -1,6 +1,6 @@
 """Samplers: one contract (:mod:`.base`), one private module per backend, one factory.
 
->>> from greentrack.config import Config, env_int
+>>> from greentrack.config import Config, launcher_int
 >>> found = discover(Config())            # what this machine can measure, and how
 >>> [ch.info.method for ch in found.channels]   # doctest: +SKIP
 ['nvml-energy-counter', 'rapl-powercap', 'rapl-powercap']
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from greentrack.config import Config, env_int
+from greentrack.config import Config, launcher_int
 from greentrack.samplers.base import (Channel, ChannelEvent, ChannelInfo, Discovery, EventSource,
                                       Note, Point)
 
@@ -89,4 +89,4 @@ def measures_host(config: Config, env: dict[str, str]) -> bool:
     """Whether this process measures host CPU/DRAM: one process per node does (local rank 0)."""
     if config.host_energy is not None:
         return config.host_energy
-    return env_int("LOCAL_RANK", 0, env) == 0
+    return launcher_int("LOCAL_RANK", 0, env) == 0

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from greentrack.config import env_int
+from greentrack.config import launcher_int
 from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers._counter import CounterReset, CounterShaping, shape_points
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
@@ -371,8 +371,8 @@ def _choose(gpus: tuple[int | str, ...] | None, visible: list[tuple[int, bool]],
                     raise ConfigError("gpus", g, "matches no visible GPU UUID (see `greentrack doctor`)")
                 out.append(hits[0])
         return out
-    local_rank = env_int("LOCAL_RANK", -1, env)
-    local_world = env_int("LOCAL_WORLD_SIZE", 0 if "LOCAL_WORLD_SIZE" in env else 2, env)
+    local_rank = launcher_int("LOCAL_RANK", -1, env)
+    local_world = launcher_int("LOCAL_WORLD_SIZE", 2, env)
     # One process per GPU (torchrun, Lightning DDP): each rank measures its own GPU.
     if local_rank >= 0 and local_world > 1 and len(ordinals) > 1:
         return [ordinals[local_rank % len(ordinals)]]
