@@ -16,14 +16,17 @@ with another code) or ``stopped`` (Ctrl-C, a cancelled task, a generator closed 
 async) the iteration of what it returns, not the making of the coroutine or generator. The
 function's return value and its exceptions pass through unchanged; the run's
 :class:`~greentrack.carbon.runs.Totals` (what :meth:`Tracker.stop` returns) are in ``last_totals`` and the
-tracker in ``last_tracker``. Settings are checked when the function is decorated (``Config.check``
-too: the emissions CSV's directory, the intensity CSV), so a bad one is a ``ConfigError`` at
+tracker in ``last_tracker``. A call made inside another tracked call (a recursive call, one
+decorated function calling another) is part of that call's run, so the energy is counted once:
+its ``last_tracker`` is the outer call's tracker and its ``last_totals`` stay None. Settings
+are checked when the function is decorated (``Config.check`` too: the emissions CSV's directory, the intensity CSV), so a bad one is a ``ConfigError`` at
 import time, never in the middle of a job; a run directory that cannot be made when a call starts
 is one warning, and that call runs untracked (``last_totals`` None).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import itertools
@@ -44,6 +47,10 @@ from greentrack.tracker import Tracker
 P = ParamSpec("P")
 R = TypeVar("R")
 _CALLS = itertools.count(1)
+#: The tracked call this code runs inside (per thread and per asyncio task): a call made within
+#: it joins its run instead of measuring the same devices as a second run.
+_OUTER: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar("greentrack_outer",
+                                                                          default=None)
 
 
 class Tracked(Generic[P, R]):
@@ -122,9 +129,14 @@ class Tracked(Generic[P, R]):
         finally:
             self._end(tracker, exc)
 
-    def _begin(self) -> Tracker | None:
-        """A started tracker for one call; None (one warning, the call runs untracked) when the
-        run cannot be created: the user's function always runs."""
+    def _begin(self) -> Any:
+        """A started tracker for one call, with the token that makes it the outer one; None (one
+        warning, the call runs untracked) when the run cannot be created: the user's function
+        always runs. Inside another tracked call: None, the call is part of that run."""
+        outer = _OUTER.get()
+        if outer is not None and outer.running:
+            self.last_tracker, self.last_totals = outer, None
+            return None
         tracker = Tracker(config=self.config.replace(run_dir=self._next_run_dir()))
         self.last_tracker, self.last_totals = tracker, None
         try:
@@ -133,10 +145,15 @@ class Tracked(Generic[P, R]):
             logging.getLogger("greentrack").warning("greentrack: %s: this call is not tracked",
                                                     printable(e))
             return None
-        return tracker
+        return tracker, _OUTER.set(tracker)
 
-    def _end(self, tracker: Tracker | None, exc: BaseException | None) -> None:
-        if tracker is not None:
+    def _end(self, begun: Any, exc: BaseException | None) -> None:
+        if begun is not None:
+            tracker, token = begun
+            try:
+                _OUTER.reset(token)
+            except ValueError:  # a generator resumed in another context: nothing to undo
+                pass
             self.last_totals = tracker.stop(status_of_exception(exc))
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:

@@ -98,6 +98,37 @@ def test_track_bare_and_on_methods(no_host_env: Path, tmp_path: Path, monkeypatc
     assert m.fit(2) == 2 and m.fit(3) == 5
 
 
+def test_nested_tracked_calls_are_one_run(no_host_env: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recursive decorated function, and one decorated function calling another, measure the
+    same devices: the inner calls join the outer run (one run, one row), they do not count it
+    again as runs of their own."""
+    monkeypatch.chdir(tmp_path)
+
+    csv = tmp_path / "emissions.csv"
+
+    @greentrack.track(emissions_csv=str(csv), **FAST)
+    def step(k: int) -> int:
+        return k
+
+    @greentrack.track(emissions_csv=str(csv), **FAST)
+    def fact(n: int) -> int:
+        time.sleep(0.05)
+        return 1 if n <= 1 else n * fact(n - 1) + step(0)
+
+    assert fact(3) == 6
+    outer = fact.last_totals
+    assert outer is not None and outer.status == "completed"
+    assert step.last_totals is None and step.last_tracker is fact.last_tracker
+    runs = [p for p in tmp_path.rglob("run.json")]
+    assert len(runs) == 1, runs
+    rows = pd.read_csv(csv)
+    assert len(rows) == 1 and rows["run_id"].iloc[0] == outer.run_id
+    assert fact(1) == 1 and fact.last_totals is not None
+    assert fact.last_totals.run_id != outer.run_id  # the next top-level call is a run again
+    assert len(pd.read_csv(csv)) == 2
+
+
 def test_track_checks_settings_when_decorating() -> None:
     with pytest.raises(ConfigError) as e:
         greentrack.track(pue=0.5)
