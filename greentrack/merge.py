@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MergeResult:
     """What :func:`merge_runs` wrote: ``stores`` copied, ``duplicates`` (copies of a store
-    found in several inputs) left out, ``skipped``: unreadable stores, each with why,
+    found in several inputs) left out, ``skipped``: unreadable stores, each with why (a store
+    copied without its ``-wal``; the merged run is then ``incomplete`` and says why),
     ``directories``: the input directories read (``a+b`` counts two), ``live``: stores still
     being written when they were copied (merged as far as committed)."""
 
@@ -74,8 +75,7 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
                               "outside the inputs (they are never changed)")
     with Run.open(run_dirs) as run:
         duplicates = run.copies
-        skipped = [w for w in run.warnings if "not a readable greentrack store" in w
-                   or "written by a newer greentrack" in w]
+        skipped = list(run.unreadable)
         try:
             with staged_dir(out, exclusive=True) as tmp:
                 _write(run, tmp)
@@ -101,7 +101,8 @@ def _write(run: "Run", tmp: Path) -> None:
             raise ConfigError("RUN_DIR", str(seg.path), f"cannot be copied ({e})") from None
     record = {"run_id": run.run_id, "created_unix": time.time(), "format": "greentrack-run",
               "schema_version": SCHEMA_VERSION,
-              "merged_from": [str(Path(d).resolve()) for d in run.run_dirs]}
+              "merged_from": [str(Path(d).resolve()) for d in run.run_dirs],
+              "left_out": run.unreadable}  # the merged run stays incomplete, with the reasons
     (tmp / "run.json").write_text(json.dumps(record))
 
 

@@ -298,8 +298,9 @@ class Tracker:
         try:
             waiting: set[str] = set()
             if owned:
+                host, boot = host_identity()  # one kernel, one machine: containers too
                 owners = sharing.DeviceOwners(self._engine, self.run_dir, channels,
-                                              "-".join(host_identity()))
+                                              f"boot-{boot}" if boot else host)
                 self._leases.append(owners)
                 self._engine.watchers.append(owners)
                 waiting = set(owners.waiting)

@@ -3,6 +3,7 @@ processes and a real Pushgateway where the case is about them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,3 +160,113 @@ def test_two_slurm_tasks_are_two_ranks_and_the_host_is_counted_once(tmp_path: Pa
     ranks = {seg.rank for seg in greentrack.run.Run.open(tmp_path / "run").segments}
     assert ranks == {0, 1}
     assert s["energy_j"]["cpu"] <= 40.0 * s["duration_s"] * 1.1
+
+
+def test_two_containers_on_one_run_count_the_host_once(tmp_path: Path) -> None:
+    """8a2bbe5: two containers of one machine on one run directory (their own hostnames, one
+    kernel): the host counted twice. A host is its kernel (boot id), whatever its name."""
+    tree = PowercapTree(tmp_path / "pc")
+    with LiveCounters(tree, WATTS):
+        procs = []
+        for name in ("container-a", "container-b"):
+            env = python_env(GREENTRACK_HOSTNAME=name, GREENTRACK_BOOT_ID="one-kernel", **tree.env)
+            procs.append(subprocess.Popen([sys.executable, "-c", "import time, greentrack\n"
+                                           "t = greentrack.Tracker('run', interval_s=0.02, "
+                                           "counter_interval_s=0.1).start()\ntime.sleep(0.8)\n"
+                                           "t.stop()"], env=env, cwd=tmp_path))
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    s = greentrack.summarize(tmp_path / "run")
+    assert s["stores"] == 2
+    assert s["energy_j"]["cpu"] <= 40.0 * s["duration_s"] * 1.1, s["energy_j"]
+
+
+def test_two_pid_1_processes_in_one_second_get_two_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5: two containers whose processes are PID 1 starting ``Tracker()`` in the same
+    second shared one default directory, one run id, steps added."""
+    from greentrack.config import default_run_dir
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2026, 1, 1, 0, 0, 0, 3, 1, 0)))
+    for var in ("GREENTRACK_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert default_run_dir() != default_run_dir()
+
+
+def _run_for(run_dir: Path, seconds: float, **env: str) -> None:
+    code = ("import sys, time, greentrack\n"
+            "t = greentrack.Tracker(sys.argv[1], interval_s=0.02, counter_interval_s=0.1, "
+            "flush_interval_s=0.1).start()\ntime.sleep(float(sys.argv[2]))\nt.stop()")
+    subprocess.run([sys.executable, "-c", code, str(run_dir), str(seconds)], check=True,
+                   env=python_env(**env), cwd=Path(__file__).resolve().parents[1], timeout=60)
+
+
+def test_a_store_of_another_run_is_left_out(tmp_path: Path) -> None:
+    """8a2bbe5: a run directory holding another run's store (one copied in) was summed
+    silently, 223 J + 153 J reported as run A. A directory holds the run its run.json names."""
+    import shutil
+    from tests.test_report_fixtures import run_cli
+    tree = PowercapTree(tmp_path / "pc")
+    with LiveCounters(tree, WATTS):
+        _run_for(tmp_path / "a", 0.6, **tree.env)
+        _run_for(tmp_path / "b", 0.9, **tree.env)
+    alone = greentrack.summarize(tmp_path / "a")
+    stray = next((tmp_path / "b").glob("*.gtdb"))
+    shutil.copy(stray, tmp_path / "a" / stray.name)
+    s = greentrack.summarize(tmp_path / "a")
+    assert s["run_id"] == alone["run_id"] and s["stores"] == 1
+    assert s["energy_j"]["total"] == pytest.approx(alone["energy_j"]["total"])
+    assert any(stray.name in w and "left out" in w for w in s["warnings"]), s["warnings"]
+    code, out, err = run_cli(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    assert code == 0 and "left out" in (out + err + (tmp_path / "rep" / "report.md").read_text())
+
+
+LIVE_STORE = """
+import sys, time, pathlib, greentrack
+t = greentrack.Tracker(sys.argv[1], interval_s=0.02, counter_interval_s=0.1, flush_interval_s=0.1)
+t.start()
+for _ in range(10):
+    t.step(); time.sleep(0.05)
+time.sleep(0.3)
+pathlib.Path(sys.argv[2]).touch()
+while not pathlib.Path(sys.argv[3]).exists():
+    time.sleep(0.05)
+t.stop()
+"""
+
+
+def test_merge_of_a_header_only_copy_says_the_run_is_incomplete(tmp_path: Path) -> None:
+    """8a2bbe5: ``merge`` of a header-only copy of a live store (its ``-wal`` not copied)
+    reported a complete run without that node's energy, and no warning. Now the store is named
+    as not merged, and the merged run reads incomplete, with the reason, in summary and report."""
+    import shutil
+    from tests.test_report_fixtures import run_cli
+    tree = PowercapTree(tmp_path / "pc")
+    ready, done = tmp_path / "ready", tmp_path / "done"
+    env = python_env(GREENTRACK_RUN_ID="job-7", GREENTRACK_HOSTNAME="node0",
+                     GREENTRACK_BOOT_ID="boot0", **tree.env)
+    with LiveCounters(tree, WATTS):
+        live = subprocess.Popen([sys.executable, "-c", LIVE_STORE, str(tmp_path / "n0"), str(ready),
+                                 str(done)], env=env, cwd=Path(__file__).resolve().parents[1])
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists() and time.monotonic() < deadline and live.poll() is None:
+                time.sleep(0.05)
+            (tmp_path / "copy").mkdir()
+            for f in (tmp_path / "n0").iterdir():  # what a careless rsync of *.gtdb takes
+                if f.is_file() and not f.name.endswith(("-wal", "-shm")):
+                    shutil.copy(f, tmp_path / "copy" / f.name)
+        finally:
+            done.touch()
+            assert live.wait(timeout=60) == 0
+        _run_for(tmp_path / "n1", 0.5, GREENTRACK_RUN_ID="job-7", GREENTRACK_HOSTNAME="node1",
+                 GREENTRACK_BOOT_ID="boot1", **tree.env)
+    code, out, err = run_cli(["merge", str(tmp_path / "out"), str(tmp_path / "copy"),
+                              str(tmp_path / "n1")])
+    assert code == 0 and "not merged" in err and "-wal" in err, (out, err)
+    for source in (tmp_path / "out", f"{tmp_path / 'copy'}+{tmp_path / 'n1'}"):
+        s = greentrack.summarize(source)
+        assert s["status"] == "incomplete", (source, s["status"])
+        assert any("-wal" in w for w in s["warnings"]), s["warnings"]
+    code, out, err = run_cli(["report", str(tmp_path / "out"), "--out", str(tmp_path / "rep")])
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert code == 0 and doc["run"]["status"] == "incomplete"
+    assert any("-wal" in w for w in doc["warnings"]), doc["warnings"]

@@ -33,7 +33,9 @@ def node_run(monkeypatch: pytest.MonkeyPatch, run_dir: Path, host: str, run_id: 
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+    """Every file under ``directory`` (the device locks in ``.owners`` too), by content."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

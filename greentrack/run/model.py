@@ -89,6 +89,9 @@ class Run:
         self.warnings = warnings
         #: stores found more than once (copies of one store, counted once)
         self.copies = 0
+        #: why each store of the run that could not be read is missing (a copy without its
+        #: ``-wal``, a damaged file, one a merge left out): the run is then ``incomplete``
+        self.unreadable: list[str] = []
 
     @classmethod
     def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
@@ -110,41 +113,41 @@ class Run:
             raise ConfigError("RUN_DIR", "", "give at least one run directory")
         listed = [(d, store_paths(d)) for d in dirs]  # every directory checked before reading
         now = time.time() if now is None else now
-        found: dict[tuple[str, ...], tuple[Segment, Path]] = {}
         warnings: list[str] = []
-        first_id: tuple[str, Path] | None = None
-        unreadable = copies = 0
+        unreadable: list[str] = []
+        read: list[tuple[Segment, Path]] = []
         for directory, paths in listed:
+            record = run_record(directory)
+            unreadable.extend(f"{directory}: {why}" for why in record.get("left_out") or ()
+                              if isinstance(why, str))
             for path in paths:
                 try:
                     reader = StoreReader(path)
                 except RunStoreError as e:
-                    warnings.append(str(e))
-                    unreadable += 1
+                    unreadable.append(str(e))
                     continue
-                seg = segment(reader, now)
-                run_id = seg.meta.get("run_id")
-                if len(dirs) > 1 and isinstance(run_id, str):
-                    if first_id is None:
-                        first_id = (run_id, directory)
-                    elif run_id != first_id[0]:
-                        for kept, _ in found.values():
-                            kept.reader.close()
-                        reader.close()
-                        raise ConfigError("RUN_DIR", str(directory), f"holds run {run_id}, not run "
-                                          f"{first_id[0]} of {first_id[1]}: only directories of "
-                                          "one run can be read together")
-                key = store_identity(seg)
-                old = found.get(key)
-                if old is None:
-                    found[key] = (seg, directory)
-                    continue
-                keep, drop = (seg, old[0]) if _more_complete(seg, old[0]) else (old[0], seg)
-                copies += 1
-                if note_copies:
-                    warnings.append(_copy_note(seg, directory, *old, keep))
-                found[key] = (keep, directory if keep is seg else old[1])
-                drop.reader.close()
+                read.append((segment(reader, now), directory))
+        try:
+            mine = _own_stores(read, dirs, warnings)
+        except ConfigError:
+            for seg, _ in read:
+                seg.reader.close()
+            raise
+        found: dict[tuple[str, ...], tuple[Segment, Path]] = {}
+        copies = 0
+        for seg, directory in mine:
+            key = store_identity(seg)
+            old = found.get(key)
+            if old is None:
+                found[key] = (seg, directory)
+                continue
+            keep, drop = (seg, old[0]) if _more_complete(seg, old[0]) else (old[0], seg)
+            copies += 1
+            if note_copies:
+                warnings.append(_copy_note(seg, directory, *old, keep))
+            found[key] = (keep, directory if keep is seg else old[1])
+            drop.reader.close()
+        warnings[:0] = unreadable
         segments = [seg for seg, _ in found.values()]
         if not segments:  # nothing recorded can be read: an error, never an empty run
             raise ConfigError("RUN_DIR", str(dirs[0]), "none of its stores can be read: "
@@ -153,8 +156,9 @@ class Run:
         for seg in segments:
             warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
                             if e["kind"] in RECORD_WARNINGS)
-        run = cls(dirs[0], segments, len(segments) + unreadable, warnings, dirs)
+        run = cls(dirs[0], segments, len(segments) + len(unreadable), warnings, dirs)
         run.copies = copies
+        run.unreadable = unreadable
         run.add_damage()
         return run
 
@@ -185,7 +189,11 @@ class Run:
 
     @property
     def status(self) -> str:
+        """The least finished of its stores' statuses; ``incomplete`` also when one of its
+        stores cannot be read (:attr:`unreadable` says why), unless it runs or failed."""
         statuses = [s.status for s in self.segments]
+        if self.unreadable:
+            statuses.append("incomplete")
         for s in ("running", "failed", "incomplete", "stopped"):
             if s in statuses:
                 return s
@@ -440,6 +448,60 @@ def _existing_split(pieces: list[str]) -> list[str] | None:
             if rest is not None:
                 return [head, *rest]
     return None
+
+
+def run_record(directory: Path) -> dict[str, Any]:
+    """A run directory's ``run.json`` (the run's id, what a merge left out), or {} where there is
+    none or it cannot be read."""
+    import json
+    try:
+        record = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _own_stores(read: list[tuple[Segment, Path]], dirs: list[Path],
+                warnings: list[str]) -> list[tuple[Segment, Path]]:
+    """The stores that belong to the run: a directory holds one run, the one its ``run.json``
+    names (else the run most of its stores belong to). A store of another run (copied in) is
+    left out with a warning, never summed; directories of different runs are refused.
+
+    Raises:
+        ConfigError: the directories hold different runs.
+    """
+    from collections import Counter
+    own: dict[Path, str] = {}
+    for directory in dirs:
+        named = run_record(directory).get("run_id")
+        if isinstance(named, str) and named:
+            own[directory] = named
+            continue
+        ids = Counter(str(seg.meta["run_id"]) for seg, d in read
+                      if d == directory and isinstance(seg.meta.get("run_id"), str))
+        if ids:
+            own[directory] = ids.most_common(1)[0][0]
+    first: tuple[str, Path] | None = None
+    for directory in dirs:
+        if directory not in own:
+            continue
+        if first is None:
+            first = (own[directory], directory)
+        elif own[directory] != first[0]:
+            raise ConfigError("RUN_DIR", str(directory), f"holds run {own[directory]}, not run "
+                              f"{first[0]} of {first[1]}: only directories of one run can be "
+                              "read together")
+    kept = []
+    for seg, directory in read:
+        run_id = seg.meta.get("run_id")
+        if isinstance(run_id, str) and directory in own and run_id != own[directory]:
+            warnings.append(f"{seg.path.name}: a store of run {run_id}, not of run "
+                            f"{own[directory]} (its directory's): left out, not counted "
+                            "(copied in? read it from a directory of its own)")
+            seg.reader.close()
+            continue
+        kept.append((seg, directory))
+    return kept
 
 
 def store_identity(seg: Segment) -> tuple[str, ...]:
