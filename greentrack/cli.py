@@ -19,6 +19,10 @@ from typing import Any, NoReturn
 from greentrack._text import json_text, printable
 from greentrack.errors import ConfigError, GreenTrackError
 
+#: How long at most ``greentrack run`` keeps /metrics up after its command ended, for the scrape
+#: that reads the final totals (it waits at most two of the scrape intervals it saw, plus 1 s).
+FINAL_SCRAPE_WAIT_S = 60.0
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -29,7 +33,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode",
                  "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
-                 "prometheus_addr", "pushgateway_url", "job", "emissions_csv",
+                 "prometheus_addr", "pushgateway_url", "final_scrape_wait_s", "job",
+                 "emissions_csv",
                  "calibrate_power_limits", "calibration_steps", "calibration_warmup_steps"):
         value = getattr(ns, name, None)
         if value is not None:
@@ -75,6 +80,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pushgateway", dest="pushgateway_url", metavar="URL",
                    help="push metrics to this Pushgateway (http://HOST:PORT) every "
                         "GREENTRACK_PUSH_INTERVAL_S (15 s) and at the end")
+    p.add_argument("--final-scrape-wait", dest="final_scrape_wait_s", type=float, metavar="S",
+                   help="after the run, keep /metrics up until Prometheus has scraped the final "
+                        "totals: at most 2 scrape intervals + 1 s, never more than S seconds "
+                        "(greentrack run: 60; 0: close at once)")
     p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE",
                    help="a label of the run, e.g. precision=bf16 or method=lora (repeatable; "
                         "also GREENTRACK_LABELS=KEY=VALUE,...)")
@@ -328,6 +337,8 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
     from greentrack.reports.cli import carbon_settings
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
+    if config.final_scrape_wait_s is None:  # the command has ended: Prometheus reads its end
+        config = config.replace(final_scrape_wait_s=FINAL_SCRAPE_WAIT_S)
     # Calibration needs training steps: the command's own trackers do it (they join this run and
     # measure the GPUs); this process only checks the limits first.
     calibration = _calibration_env(config)
@@ -348,7 +359,7 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
         return _cancelled(got)
     tracker = Tracker(config=config)
     # the command's own trackers join this run: they price and place it as this run does
-    env = dict(os.environ, **tracker.accept_joins(), **calibration, **_carbon_env(config))
+    env = dict(os.environ, **tracker.accept_joins(), **calibration, **_child_env(config))
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
         env = dict(os.environ, **calibration)  # tracking is off (a full disk...): the command runs untracked
@@ -408,16 +419,19 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
 
 
 
-def _carbon_env(config: Any) -> dict[str, str]:
-    """This run's carbon, price and model-card settings as ``GREENTRACK_*`` variables for the
-    command's trackers, so their live emissions, cost and forecast use what ``greentrack run`` was
-    given (a setting the command's own code passes still wins over the environment)."""
+def _child_env(config: Any) -> dict[str, str]:
+    """This run's settings that its command's trackers must share, as ``GREENTRACK_*`` variables:
+    carbon, price and model-card settings (their live emissions, cost and forecast use what
+    ``greentrack run`` was given), the mode (a joined tracker splits the host as this run does)
+    and the labels. A setting the command's own code passes still wins over the environment."""
     from greentrack.reports.cli import CARBON_OPTIONS
     out = {}
-    for name in [dest for dest, _, _ in CARBON_OPTIONS.values()] + ["training_type"]:
+    for name in [dest for dest, _, _ in CARBON_OPTIONS.values()] + ["training_type", "mode"]:
         value = getattr(config, name, None)
         if value is not None:
             out[f"GREENTRACK_{name.upper()}"] = value if isinstance(value, str) else repr(value)
+    if config.labels:
+        out["GREENTRACK_LABELS"] = ",".join(f"{k}={v}" for k, v in config.labels.items())
     return out
 
 

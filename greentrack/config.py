@@ -85,6 +85,7 @@ class Config:
     prometheus_addr: str = "127.0.0.1"
     pushgateway_url: str | None = None
     push_interval_s: float = 15.0
+    final_scrape_wait_s: float | None = None
     job: str | None = None
     # -- carbon and cost (greentrack.carbon); None = not set --
     country: str | None = None
@@ -286,6 +287,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "flush_interval_s": (0.05, 3600.0),
     "resolution_s": (0.1, 3600.0),
     "push_interval_s": (0.1, 86400.0),
+    "final_scrape_wait_s": (0.0, 600.0),
     "cpu_tdp_w": (1.0, 5000.0),
     "dram_w_per_gb": (0.01, 100.0),
     "carbon_intensity_g_per_kwh": (0.0, 3000.0),  # lignite is ~1100 g/kWh at the plant
@@ -295,7 +297,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gpu_hour_price": (0.0, 100000.0),
 }
 #: Numeric settings that may be left unset (None): the rest always have a value.
-_UNSET_OK = frozenset({"cpu_tdp_w", "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue",
+_UNSET_OK = frozenset({"final_scrape_wait_s", "cpu_tdp_w", "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue",
                        "electricity_price", "gpu_hour_price"})
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
@@ -373,8 +375,8 @@ def parse_power_limits(value: Any, setting: str = "calibrate_power_limits") -> t
 
 
 _FLOATS = {"interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "cpu_tdp_w",
-           "dram_w_per_gb", "push_interval_s", "carbon_intensity_g_per_kwh",
-           "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price"}
+           "dram_w_per_gb", "push_interval_s", "final_scrape_wait_s",
+           "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price"}
 _INTS = {"rank", "prometheus_port", "calibration_steps", "calibration_warmup_steps"}
 
 

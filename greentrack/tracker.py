@@ -77,6 +77,7 @@ class Tracker:
         self._hook_errors = 0
         self._leases: list[Any] = []  # host lease, join lease: released at stop
         self._join_token: str | None = None
+        self._publisher: Any = None  # this tracker's live totals, when it joined `greentrack run`
         self._writes_csv = False
         #: The run's totals, once stopped (what :meth:`stop` returned).
         self.result: Totals | None = None
@@ -169,6 +170,7 @@ class Tracker:
             cfg = self.config = cfg.replace(run_dir=parent[0])
         run_id, found, calibration_notes = self._open_devices(cfg)
         self.notes = found.notes
+        self._publisher = None
         joined = self._join(parent, found.channels) if parent is not None else None
         rank = cfg.rank if cfg.rank is not None else launcher_int("RANK", 0)
         # every process appends at its stop what of the run the CSV does not hold yet (rows of
@@ -195,6 +197,9 @@ class Tracker:
         if self._calibration is not None:
             self._calibration.attach(self._engine, self._writer.add_power_limit)
         self._watch(found.channels, owned=parent is None)
+        if self._publisher is not None:  # joined: `greentrack run`'s exporter reads the totals
+            self._publisher.attach(self)
+            self._engine.watchers.append(self._publisher)
         self._engine.start()
         self.status = "running"
         lifecycle.install(self)
@@ -277,6 +282,11 @@ class Tracker:
         self._join_token = self._join_token or uuid.uuid4().hex
         return {sharing.PARENT_ENV: str(self.run_dir.resolve()), sharing.TOKEN_ENV: self._join_token}
 
+    @property
+    def join_token(self) -> str | None:
+        """The token of :meth:`accept_joins` (trackers holding it join this run), or None."""
+        return self._join_token
+
     def _join(self, parent: tuple[Path, str], channels: list[Any]) -> list[str] | None:
         try:
             answer = sharing.join_parent(parent[0], parent[1], [channel_key(c) for c in channels])
@@ -285,7 +295,10 @@ class Tracker:
             return None
         if answer is None:
             return None
-        self._leases.append(answer[0])
+        # the lease ends after the final totals are written (the wrapper's exporter reads them)
+        from greentrack.exporters._joined import LivePublisher
+        self._publisher = LivePublisher(answer[0], parent[1])
+        self._leases.append(self._publisher)
         return answer[1]
 
     def _watch(self, channels: list[Any], owned: bool = True) -> None:

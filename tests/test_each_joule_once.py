@@ -17,7 +17,7 @@ import greentrack
 from tests.conftest import python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.servers import Pushgateway, pushgateway  # noqa: F401 - the fixture
+from tests.servers import Pushgateway, prometheus, pushgateway  # noqa: F401 - the fixtures
 from tests.test_report_fixtures import FAST, clean_env
 
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
@@ -109,6 +109,7 @@ def test_two_trackers_of_one_run_in_one_process_count_the_gpu_once(
     span = time.monotonic() - t0
     s = greentrack.summarize(tmp_path / "run")
     assert s["energy_j"]["gpu"] == pytest.approx(300.0 * span, rel=0.12), (s["energy_j"], span)
+    assert s["gpu_seconds"] == pytest.approx(span, rel=0.12), (s["gpu_seconds"], span)
     events = [e for e in greentrack.run.Run.open(tmp_path / "run").events("device-owned",
                                                                           "device-taken-over")]
     assert {e["kind"] for e in events} == {"device-owned", "device-taken-over"}
@@ -270,3 +271,86 @@ def test_merge_of_a_header_only_copy_says_the_run_is_incomplete(tmp_path: Path) 
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert code == 0 and doc["run"]["status"] == "incomplete"
     assert any("-wal" in w for w in doc["warnings"]), doc["warnings"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wrapped_lightning(tmp_path: Path, tree: PowercapTree, *sink: str) -> tuple[Path, str]:
+    """The Prometheus quick start as the README gives it, with the Lightning example as the
+    command (its callback's tracker joins the wrapper's run)."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "greentrack", "run", "--run-dir", str(run),
+                           *sink, "--mode", "process", "--label", "method=quickstart",
+                           "--country", "FR", "--", sys.executable,
+                           str(REPO / "examples" / "lightning_model.py"), str(run),
+                           "--steps", "150"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=python_env(GREENTRACK_PUSH_INTERVAL_S="1", **tree.env))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run, proc.stderr
+
+
+def _one_run_checks(run: Path) -> dict[str, Any]:
+    s = greentrack.summarize(run)
+    with greentrack.run.Run.open(run) as opened:
+        segs, labels = opened.segments, opened.labels
+    joined = [seg for seg in segs if seg.meta.get("joined")]
+    assert joined, "the Lightning callback's tracker did not join the wrapper's run"
+    # every wrapper setting reached the joined tracker: mode, labels, location
+    assert {seg.meta.get("mode") for seg in segs} == {"process"}
+    assert all((seg.meta.get("settings") or {}).get("country") == "FR" for seg in segs)
+    assert labels.get("method") == "quickstart", labels
+    assert not any("--mode process" in w for w in s["warnings"]), s["warnings"]
+    assert s["steps"] >= 150
+    return s
+
+
+@pytest.mark.servers
+def test_the_prometheus_quick_start_puts_the_whole_run_into_prometheus(
+        tmp_path: Path, prometheus: Any) -> None:
+    """8a2bbe5: `greentrack run --prometheus-port P -- python train.py` with a script that has
+    its own tracker: /metrics carried 35% of the run's energy and no step series. Now the
+    joined tracker's totals are the wrapper's too, and the wrapper keeps /metrics up until
+    Prometheus has scraped the end."""
+    from tests.servers import free_port
+    port = free_port()
+    prometheus.add_targets({"greentrack": [f"127.0.0.1:{port}"]})
+    tree = PowercapTree(tmp_path / "pc")
+    with LiveCounters(tree, WATTS):
+        run, err = _wrapped_lightning(tmp_path, tree, "--prometheus-port", str(port))
+    s = _one_run_checks(run)
+    sel = f'run="{s["run_id"]}"'
+
+    def total(name: str) -> float:
+        got = prometheus.query(f"sum(max_over_time({name}{{{sel}}}[10m]))")
+        return float(got[0]["value"][1]) if got else 0.0
+
+    assert total("greentrack_steps_total") == s["steps"], err[-2000:]
+    energy = total("greentrack_energy_joules_total")
+    assert 0.95 * s["energy_j"]["total"] <= energy <= 1.02 * s["energy_j"]["total"], \
+        (energy, s["energy_j"])
+    assert total("greentrack_step_energy_joules_count") == s["steps"]
+    grams = total("greentrack_emissions_grams_total")
+    expected = s["footprint"]["emissions_location_g"]
+    assert grams == pytest.approx(expected, rel=0.05), (grams, expected)
+    assert total("greentrack_run_running") == 1.0  # it ran; its last scrape says 0 (below)
+    last = prometheus.query(f"last_over_time(greentrack_run_running{{{sel}}}[10m])")
+    assert [float(r["value"][1]) for r in last] == [0.0]
+
+
+@pytest.mark.servers
+def test_a_pushed_quick_start_run_pushes_the_whole_run(tmp_path: Path,
+                                                       pushgateway: Pushgateway) -> None:
+    """The same with `--pushgateway`: 24% of the energy was pushed on 8a2bbe5."""
+    tree = PowercapTree(tmp_path / "pc")
+    with LiveCounters(tree, WATTS):
+        run, err = _wrapped_lightning(tmp_path, tree, "--pushgateway", pushgateway.url)
+    s = _one_run_checks(run)
+    groups = _groups(pushgateway, s["run_id"])
+    assert len(groups) == 1, groups
+    energy = sum(_value(groups[0], "greentrack_energy_joules_total"))
+    assert 0.95 * s["energy_j"]["total"] <= energy <= 1.02 * s["energy_j"]["total"], \
+        (energy, s["energy_j"])
+    assert sum(_value(groups[0], "greentrack_steps_total")) == s["steps"]
+    assert _value(groups[0], "greentrack_run_running") == [0.0]

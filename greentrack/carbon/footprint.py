@@ -113,7 +113,7 @@ class Part:
         start_unix / end_unix: the wall-clock span.
         bins: the energy over wall time; needed only to integrate a time series (an empty
             tuple: the energy is spread evenly over the span).
-        gpu_seconds: GPU-seconds (each store's span x the GPUs it measured).
+        gpu_seconds: GPU-seconds (per GPU, the time its stores measured it, once).
         label: which stores these are, for the report (``segments 1-2``).
     """
 

@@ -64,6 +64,7 @@ from greentrack import __version__
 from greentrack.carbon.footprint import Settings, one_part
 from greentrack.config import Config
 from greentrack.errors import ConfigError
+from greentrack.exporters._joined import JoinedTotals
 from greentrack.channelstate import ChannelSnapshot
 from greentrack.run.resumed import RecordedBefore
 from greentrack.steps import PhaseTally, StepRow
@@ -145,6 +146,21 @@ class StepStats:
                 out["energy_j"][label] = out["energy_j"].get(label, 0.0) + s["energy_j"]
                 out["flops"][label] = out["flops"].get(label, 0.0) + s["flops"]
             return out
+
+
+def _add_steps(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add a joined tracker's step families (:meth:`StepStats.copy`'s shape) into ``into``; a
+    phase beyond :data:`MAX_PHASES` labels is counted as ``other``."""
+    for phase, n in other["count"].items():
+        label = phase if phase in into["count"] or len(into["count"]) < MAX_PHASES else "other"
+        into["count"][label] = into["count"].get(label, 0) + int(n)
+        for key in ("energy_j", "flops"):
+            into[key][label] = into[key].get(label, 0.0) + float(other[key].get(phase, 0.0))
+        mine = into["buckets"].get(label)
+        add = other["buckets"][phase]
+        into["buckets"][label] = [a + b for a, b in zip(mine, add)] if mine else list(add)
+        if phase in other["mfu"]:
+            into["mfu"][label] = other["mfu"][phase]
 
 
 class Intensity:
@@ -258,6 +274,14 @@ class TrackerCollector:
         from greentrack.jobinfo import job_metadata, prometheus_labels
         #: the scheduler's names of this job, one value each ("" unset): bounded, never a node list
         self.job_labels = prometheus_labels(job_metadata())
+        #: the trackers that joined this run (``greentrack run``'s command): their totals add
+        self.joined: JoinedTotals | None = None
+        token = getattr(tracker, "join_token", None)
+        if isinstance(token, str) and token:
+            from greentrack.sharing import JOIN_DIR
+            self.joined = JoinedTotals(tracker.run_dir / JOIN_DIR, token)
+        self._joined_docs: list[dict[str, Any]] = []
+        self._joined_unix = self.start_unix  # the joined energy is charged up to here
 
     def continue_from(self, before: RecordedBefore) -> None:
         """Counters continue from the run's earlier segments: energy, gap seconds, GPU-seconds,
@@ -289,11 +313,19 @@ class TrackerCollector:
         gaps = CounterMetricFamily("greentrack_device_gap_seconds", "Seconds of closed reading gaps "
                                    "of each device (an open gap shows as device_up 0).", labels=dev)
         running = self.tracker.running  # False at the final collect, after the last reading
+        self._joined_docs = docs = self.joined.read() if self.joined is not None else []
+        keys = {st.id: st.key for st in list(engine.states)}
+        # a joined tracker's device: added to this process's series of it (known by its key)
+        theirs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+        for doc in docs:
+            for c in doc["channels"]:
+                theirs.setdefault((c["key"], c["measured"]), []).append({**c, "final": doc["final"]})
         for ch in channels:
             values = [*self.base, ch.kind, ch.device]
             source = "measured" if ch.measured else "estimated"
+            joined = theirs.pop((keys.get(ch.id, ""), bool(ch.measured)), [])
             energy.add_metric([*values, source], float(ch.energy_j) + self.before.energy_j.get(
-                (ch.kind, ch.device, source), 0.0))
+                (ch.kind, ch.device, source), 0.0) + sum(c["energy_j"] for c in joined))
             if not running:  # an ended run draws nothing (the Pushgateway keeps this value)
                 power.add_metric([*values, source], 0.0)
             elif ch.power_w is not None:
@@ -303,15 +335,31 @@ class TrackerCollector:
                                      "uncertainty": meta["uncertainty"]})
             up.add_metric(values, 1.0 if ch.status == "ok" else 0.0)
             gaps.add_metric(values, float(ch.gap_s) + self.before.gap_s.get((ch.kind, ch.device),
-                                                                             0.0))
+                                                                             0.0)
+                            + sum(c["gap_s"] for c in joined))
+        for joined in theirs.values():  # devices only a joined tracker measures
+            c = joined[0]
+            source = "measured" if c["measured"] else "estimated"
+            values = [*self.base, c["kind"], c["device"]]
+            energy.add_metric([*values, source], sum(j["energy_j"] for j in joined))
+            live = [j["power_w"] for j in joined if not j["final"] and j["power_w"] is not None]
+            power.add_metric([*values, source], float(live[-1]) if live and running else 0.0)
+            info.add_metric(values, {"name": c["device"], "method": c["method"], "source": source,
+                                     "uncertainty": ""})
+            up.add_metric(values, 1.0 if all(j["up"] or j["final"] for j in joined) else 0.0)
+            gaps.add_metric(values, sum(j["gap_s"] for j in joined))
         yield from (energy, power, info, up, gaps)
 
         now = time.monotonic()
         end = now if self.tracker.running else (engine.last_sample_t or now)
         n_gpus = sum(ch.kind == "gpu" for ch in channels)
+        own = set(keys.values())  # a GPU both measure is this process's GPU time, once
+        joined_s = sum(float(v) for doc in docs for k, v in doc["gpu_seconds"].items()
+                       if k not in own)
         yield self._counter("greentrack_gpu_seconds", "GPU-seconds: seconds since the tracker "
                             "started times the number of GPUs it measures.",
-                            max(0.0, end - self._origin) * n_gpus + self.before.gpu_seconds)
+                            max(0.0, end - self._origin) * n_gpus + self.before.gpu_seconds
+                            + joined_s)
         yield from self._step_families()
         yield from self._carbon_families()
         yield from self._forecast_families()
@@ -376,6 +424,8 @@ class TrackerCollector:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
         s = self.steps.copy()
+        for doc in self._joined_docs:
+            _add_steps(s, doc["steps"])
         labels = [*BASE_LABELS, "phase"]
         steps = CounterMetricFamily("greentrack_steps", "Steps whose energy has been attributed.",
                                     labels=labels)
@@ -482,6 +532,12 @@ class TrackerCollector:
             return
         with self._lock:
             bins = self._new_energy()
+            if self.joined is not None:  # the joined trackers' energy since the last collect
+                now_unix = self.start_unix + max(0.0, time.monotonic() - self._origin)
+                joined_j = self.joined.new_energy_j()
+                if joined_j > 0:
+                    bins.append((min(self._joined_unix, now_unix), now_unix, joined_j))
+                self._joined_unix = now_unix
             if bins:
                 fp = one_part(sum(e for _, _, e in bins), min(a for a, _, _ in bins),
                               max(b for _, b, _ in bins), settings, bins=bins)

@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 import threading
+import time
+from collections import deque
 from dataclasses import replace
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +98,7 @@ class PrometheusExporter:
         self.pusher: Pusher | None = None
         self.collector: TrackerCollector | None = None
         self._server: Any = None
+        self.scrapes = Scrapes()
 
     def start(self, tracker: Any) -> None:
         from prometheus_client import CollectorRegistry
@@ -161,7 +164,7 @@ class PrometheusExporter:
             collector.ready.set()
 
     def _serve(self, port: int, record: Any) -> None:
-        from prometheus_client import start_http_server
+        from prometheus_client import CollectorRegistry, start_http_server
         addr = self.config.prometheus_addr
         if port > 65535:
             msg = (f"Prometheus endpoint not started: port {port} (prometheus_port + LOCAL_RANK) is "
@@ -170,7 +173,9 @@ class PrometheusExporter:
             record("warning", "exporter-error", msg, port=port)
             return
         try:
-            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            served = CollectorRegistry(auto_describe=False)  # the same figures, scrapes noted
+            served.register(_Served(self.registry, self.scrapes))
+            self._server, _ = start_http_server(port, addr=addr, registry=served)
         except OSError as e:
             why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e})"
             msg = (f"Prometheus endpoint not started: {addr}:{port} {why}; training goes on "
@@ -188,9 +193,13 @@ class PrometheusExporter:
                port=self.port, addr=addr)
 
     def stop(self, tracker: Any) -> None:
-        """Final push (bounded wait), then close the endpoint."""
+        """Final push (bounded wait); with ``final_scrape_wait_s``, the endpoint stays up until a
+        scrape has read the final totals (bounded, see :meth:`Scrapes.wait_after`); then it
+        closes."""
         if self.pusher is not None:
             self.pusher.stop()
+        if self._server is not None and self.config.final_scrape_wait_s:
+            self.scrapes.wait_after(time.monotonic(), float(self.config.final_scrape_wait_s))
         if self._server is not None:
             # shutdown() waits out serve_forever's 0.5 s poll: do it off the caller's thread, so
             # the end of training is not held up (measured: stop() took 0.47 s with the endpoint).
@@ -201,6 +210,49 @@ class PrometheusExporter:
                 server.server_close()
 
             threading.Thread(target=close, name="greentrack-exporter-close", daemon=True).start()
+
+
+class Scrapes:
+    """When the endpoint was scraped (the start and end of the latest few scrapes)."""
+
+    def __init__(self) -> None:
+        self.times: deque[tuple[float, float]] = deque(maxlen=4)
+        self._cond = threading.Condition()
+
+    def note(self, start: float, end: float) -> None:
+        with self._cond:
+            self.times.append((start, end))
+            self._cond.notify_all()
+
+    def wait_after(self, t: float, cap_s: float) -> bool:
+        """Wait for a scrape that started at or after ``t`` (it read the final totals): at most
+        two of the scrape intervals seen so far plus 1 s, and never more than ``cap_s``; not at
+        all when nothing has scraped the endpoint yet. True if one came. A Ctrl-C ends the wait."""
+        with self._cond:
+            if not self.times:
+                return False
+            starts = [a for a, _ in self.times]
+            gaps = [b - a for a, b in zip(starts, starts[1:])]
+            limit = min(cap_s, 2.0 * max(gaps) + 1.0) if gaps else cap_s
+            try:
+                return self._cond.wait_for(lambda: self.times[-1][0] >= t, timeout=limit)
+            except KeyboardInterrupt:
+                return False
+
+
+class _Served:
+    """The registry the endpoint serves: ``registry``'s families, each scrape noted."""
+
+    def __init__(self, registry: Any, scrapes: Scrapes) -> None:
+        self.registry, self.scrapes = registry, scrapes
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        start = time.monotonic()
+        yield from self.registry.collect()
+        self.scrapes.note(start, time.monotonic())
 
 
 def _grams(run: Any, paths: tuple[Any, ...]) -> float:

@@ -242,8 +242,9 @@ class Run:
 
     @property
     def gpu_seconds(self) -> float:
-        """GPU-seconds: each store's wall-clock span x the GPUs it measured, summed."""
-        return float(sum(s.gpu_seconds for s in self.segments))
+        """GPU-seconds: per GPU, the wall-clock time any store of the run measured it (a GPU that
+        two trackers of the run saw at once, a wrapper and its script, counts once)."""
+        return float(sum(gpu_seconds_once(self.segments).values()))
 
     @property
     def host_seconds(self) -> dict[str, float]:
@@ -280,12 +281,13 @@ class Run:
         """Each store's :class:`StoreEnergy`, with its bins when ``bins`` (by store path, as
         :meth:`energy_bins` gives them) holds them."""
         out = []
+        gpu_s = gpu_seconds_once(self.segments)
         for seg in self.segments:
             energy: dict[str, float | None] = dict.fromkeys(KINDS)
             for c in seg.channels:
                 energy[c["kind"]] = (energy.get(c["kind"]) or 0.0) + float(c["energy_j"] or 0.0)
             out.append(StoreEnergy(seg.path, dict(seg.meta.get("settings") or {}),
-                                   seg.start_unix, seg.end_unix, energy, seg.gpu_seconds,
+                                   seg.start_unix, seg.end_unix, energy, gpu_s[seg.path],
                                    tuple((bins or {}).get(seg.path, ()))))
         return out
 
@@ -528,6 +530,28 @@ def _more_complete(a: Segment, b: Segment) -> bool:
         last = s.meta.get("ended_unix") or s.meta.get("heartbeat_unix") or 0.0
         return s.meta.get("status") != "running", -len(s.reader.damaged), float(last)
     return rank(a) > rank(b)
+
+
+def gpu_seconds_once(segments: list[Segment]) -> dict[Path, float]:
+    """Each store's GPU-seconds, every GPU counted once over time: a store is given, of each GPU
+    it measured (known by its machine's boot id and its UUID), the part of its span no earlier
+    store of the run already covered. They add up to the run's GPU-seconds."""
+    covered: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    out: dict[Path, float] = {}
+    for seg in sorted(segments, key=lambda s: (s.start_unix, str(s.path))):
+        own = 0.0
+        span = (seg.start_unix, max(seg.start_unix, seg.end_unix))
+        for c in seg.channels:
+            if c["kind"] != "gpu":
+                continue
+            details = c.get("details")
+            uuid = details.get("uuid") if isinstance(details, dict) else None
+            key = (str(seg.meta.get("boot_id") or seg.host), str(uuid or c["device"]))
+            seen = covered.setdefault(key, [])
+            own += union_length([*seen, span]) - union_length(seen) if seen else span[1] - span[0]
+            seen.append(span)
+        out[seg.path] = own
+    return out
 
 
 def union_length(spans: list[tuple[float, float]]) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from greentrack.run.model import Run
+from greentrack.run.model import Run, gpu_seconds_once
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def recorded_before(run: Run, host: str, rank: int,
         for phase, counts in seg.step_buckets(edges_j).items():
             old = buckets.get(phase, [0] * len(counts))
             buckets[phase] = [a + b for a, b in zip(old, counts)]
-    return RecordedBefore(len(mine), energy, gaps, sum(s.gpu_seconds for s in mine), steps,
+    once = gpu_seconds_once(run.segments)  # as the report counts them
+    return RecordedBefore(len(mine), energy, gaps, sum(once[s.path] for s in mine), steps,
                           step_j, buckets, flops, tuple(s.path for s in mine))
 
 
