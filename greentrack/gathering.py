@@ -121,11 +121,14 @@ def distributed() -> bool:
 
 def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
                gather: Callable[[NodePart], list[NodePart] | None] = torch_gather,
-               world_size: int | None = None) -> dict[str, Any] | None:
+               world_size: int | None = None,
+               with_dirs: Callable[[list[Path]], None] | None = None) -> dict[str, Any] | None:
     """Gather every rank's ``part`` (``gather``: every rank calls this once) and, on rank 0
     (``main``), return the job's totals (``greentrack summary --json`` with ``phase_energy_j``)
     over ``run_dir`` and the parts; None on the other ranks, or if nothing can be read. Gaps are
-    recorded in ``store`` (rank 0's, closed) as ``gather-gap`` events. Never raises."""
+    recorded in ``store`` (rank 0's, closed) as ``gather-gap`` events. ``with_dirs`` (rank 0):
+    called with the directories read (``run_dir`` and the other nodes' stores, unpacked) while
+    they exist, e.g. to append the whole job's ``emissions.csv`` row. Never raises."""
     failure = None
     parts: list[NodePart] | None = None
     try:
@@ -163,7 +166,10 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
             for name, data in p.stores:
                 (d / Path(name).name).write_bytes(data)
             dirs.append(d)
-        return _read(dirs, run_dir, gaps if store is None else [])
+        found = _read(dirs, run_dir, gaps if store is None else [])
+        if with_dirs is not None:
+            with_dirs(dirs or [run_dir])
+        return found
     except Exception as e:  # noqa: BLE001 - the totals are a convenience: every store is kept
         log.warning("greentrack: could not read the job's totals: %s", e)
         return None

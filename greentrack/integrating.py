@@ -221,15 +221,17 @@ class IntegrationRun:
             part = gathering.node_part(self.run_dir, self.stores, rank=rank,
                                        local_zero=self.local_zero, tracked=tracked,
                                        main_host=self.main_host)
+            # rank 0's row is the whole job's: every node's stores, as the totals read them
             found_totals = gathering.job_totals(
                 self.run_dir, part, main=main, store=self.stores[-1] if self.stores else None,
-                world_size=dist.get_world_size())  # synchronizes every rank, like the barrier
+                world_size=dist.get_world_size(),  # synchronizes every rank, like the barrier
+                with_dirs=self._append_csv if main and csv_row else None)
             found = None if found_totals is None else _with_metrics(found_totals, optimizer_steps)
         else:
             barrier()  # every rank's store is closed past this point (reached tracked or not)
             found = final_totals(self.run_dir, optimizer_steps) if main else None
-        if main and csv_row:  # this directory's stores (node-local directories: this node's)
-            self._append_csv()
+            if main and csv_row:
+                self._append_csv()
         if not main or found is None:
             return {}
         self.summary = s = found[0]
@@ -239,10 +241,13 @@ class IntegrationRun:
         return prefixed(found[1])
 
 
-    def _append_csv(self) -> None:
+    def _append_csv(self, dirs: list[Path] | None = None) -> None:
+        """The run's ``emissions.csv`` row: of ``dirs`` (node-local directories of the job, read
+        together) or of the run directory."""
         from greentrack.reports.emissions_log import append_run
         if self.run_dir is not None:
-            append_run(self.run_dir, self.config.replace(run_dir=self.run_dir))
+            where = "+".join(str(d) for d in dirs) if dirs else self.run_dir
+            append_run(where, self.config.replace(run_dir=self.run_dir))
 
 
 class RunCallback:

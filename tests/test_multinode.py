@@ -248,7 +248,9 @@ def test_lightning_two_nodes_each_with_its_own_directory(tmp_path: Path) -> None
     ``greentrack merge`` of the two directories, each host counted once."""
     pytest.importorskip("lightning")
     nodes = make_nodes(tmp_path, per_node=2)
-    out = launch(nodes, steps=16, lightning=True)
+    csv_path = tmp_path / "emissions.csv"  # one project file on a shared disk
+    out = launch(nodes, steps=16, lightning=True,
+                 rank_env={r: {"GREENTRACK_EMISSIONS_CSV": str(csv_path)} for r in range(4)})
     assert out is not None and out["global_step"] == 16 and out["stores"] == 4
     merged = greentrack.summarize(merge_runs(tmp_path / "merged", [n.run_dir for n in nodes]).out)
     assert merged["run_id"] == out["run_id"] and merged["stores"] == 4  # one run id, broadcast
@@ -263,3 +265,9 @@ def test_lightning_two_nodes_each_with_its_own_directory(tmp_path: Path) -> None
     (metrics,) = (nodes[0].run_dir / "lightning" / "csv").glob("version_*/metrics.csv")
     (row,) = [r for r in csv.DictReader(metrics.open()) if r.get("greentrack/run_energy_j")]
     assert float(row["greentrack/run_energy_j"]) == pytest.approx(merged["energy_j"]["total"])
+    # 8a2bbe5: the row held node 0's directory only (222 of 616 J); now rank 0's row is the job's
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["run_id"] for r in rows] == [merged["run_id"]]
+    facility_j = float(rows[0]["energy_consumed"]) * 3.6e6
+    assert facility_j == pytest.approx(merged["energy_j"]["total"] * merged["footprint"]["pue"],
+                                       rel=1e-6)
