@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 
 import greentrack
 from tests.conftest import python_env
@@ -21,6 +23,7 @@ from tests.servers import Pushgateway, prometheus, pushgateway  # noqa: F401 - t
 from tests.test_report_fixtures import FAST, clean_env
 
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _groups(gateway: Pushgateway, run: str) -> list[dict[str, Any]]:
@@ -273,9 +276,6 @@ def test_merge_of_a_header_only_copy_says_the_run_is_incomplete(tmp_path: Path) 
     assert any("-wal" in w for w in doc["warnings"]), doc["warnings"]
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def _wrapped_lightning(tmp_path: Path, tree: PowercapTree, *sink: str) -> tuple[Path, str]:
     """The Prometheus quick start as the README gives it, with the Lightning example as the
     command (its callback's tracker joins the wrapper's run)."""
@@ -354,3 +354,70 @@ def test_a_pushed_quick_start_run_pushes_the_whole_run(tmp_path: Path,
         (energy, s["energy_j"])
     assert sum(_value(groups[0], "greentrack_steps_total")) == s["steps"]
     assert _value(groups[0], "greentrack_run_running") == [0.0]
+
+
+WRITER = """
+import sys, time, greentrack
+time.sleep(float(sys.argv[2]))
+t = greentrack.Tracker(sys.argv[1], interval_s=0.02, counter_interval_s=0.1, flush_interval_s=0.1)
+t.start()
+time.sleep(float(sys.argv[3]))
+t.stop()
+"""
+
+
+def _writer_thread(run_dir: Path, delay: float, duration: float) -> None:
+    time.sleep(delay)
+    t = greentrack.Tracker(run_dir, **FAST).start()
+    time.sleep(duration)
+    t.stop()
+
+WRITERS = hst.lists(hst.tuples(hst.sampled_from(["thread", "process"]), hst.integers(0, 1),
+                               hst.floats(0.0, 0.6), hst.floats(0.3, 0.9)),
+                    min_size=2, max_size=4)
+
+
+@settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "4")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(writers=WRITERS)
+def test_trackers_on_one_host_never_count_it_twice_unseen(tmp_path_factory: pytest.TempPathFactory,
+                                                          writers: list[Any]) -> None:
+    """The generator of the cases above: 2-4 trackers on one host, threads and processes, of
+    one run or two, started and stopped at random moments. Within a run the host is counted
+    once (its CPU energy is the host's over the union of the trackers' spans, never more); two
+    runs that met both say so (``host-shared``) in every summary."""
+    import threading
+    root = tmp_path_factory.mktemp("writers")
+    tree = PowercapTree(root / "pc")
+    env = {**tree.env, "GREENTRACK_LEASE_DIR": str(root / "leases")}
+    threads, procs = [], []
+    with pytest.MonkeyPatch.context() as mp, LiveCounters(tree, WATTS):
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for how, run, delay, duration in writers:
+            run_dir = root / f"run{run}"
+            if how == "thread":
+                threads.append(threading.Thread(target=_writer_thread,
+                                                args=(run_dir, delay, duration)))
+                threads[-1].start()
+            else:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", WRITER, str(run_dir), str(delay), str(duration)],
+                    env=python_env(**env), cwd=REPO))
+        for th in threads:
+            th.join(60)
+        assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for run in sorted({w[1] for w in writers}):
+        with greentrack.run.Run.open(root / f"run{run}") as r:
+            spans[run] = [(s.start_unix, s.end_unix) for s in r.segments]
+            union = r.duration_s
+        s = greentrack.summarize(root / f"run{run}")
+        cpu = s["energy_j"]["cpu"]
+        # one poll (20 ms) per hand-over may go uncounted; never counted twice
+        assert cpu <= 40.0 * union * 1.08 + 0.5, (writers, cpu, union)
+        assert cpu >= 40.0 * union * 0.8 - 0.5, (writers, cpu, union)
+    if len(spans) == 2 and any(a < d and c < b for a, b in spans[0] for c, d in spans[1]):
+        for run in (0, 1):
+            warnings = greentrack.summarize(root / f"run{run}")["warnings"]
+            assert any("another run measures this host" in w for w in warnings), (writers, warnings)
