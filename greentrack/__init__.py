@@ -35,6 +35,11 @@ _LAZY = {
 }
 
 
+def __dir__() -> list[str]:
+    """The public API (what ``dir(greentrack)`` and completion show), not the lazy machinery."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

@@ -9,7 +9,6 @@ codecarbon's data (never retyped here); :func:`version` is cited wherever they a
 
 from __future__ import annotations
 
-import ast
 import csv
 import functools
 import importlib.metadata
@@ -138,18 +137,25 @@ def canada_g_per_kwh(mix: dict[str, Any]) -> tuple[float, float]:
     return g, covered
 
 
-@functools.lru_cache(maxsize=1)
+#: codecarbon's ``emissions.csv`` header: the fields of ``EmissionsData``, in order, as
+#: codecarbon 3.3.2 defines them (``codecarbon/output_methods/emissions_data.py``, MIT licence,
+#: https://github.com/mlco2/codecarbon). Kept here rather than read from codecarbon's source or
+#: imported (importing codecarbon prints to stdout on machines without AMD's library);
+#: ``tests/test_codecarbon_habits.py`` checks it against the installed codecarbon's dataclass, so
+#: an upgrade that changes the columns fails the tests, not a user's file. A file written by
+#: another version (other columns) is read and extended, never truncated
+#: (:mod:`greentrack.reports.emissions_log`).
+EMISSIONS_CSV_COLUMNS = (
+    "timestamp", "project_name", "run_id", "experiment_id", "duration", "emissions",
+    "emissions_rate", "cpu_power", "gpu_power", "ram_power", "cpu_energy", "gpu_energy",
+    "ram_energy", "energy_consumed", "water_consumed", "country_name", "country_iso_code",
+    "region", "cloud_provider", "cloud_region", "os", "python_version", "codecarbon_version",
+    "cpu_count", "cpu_model", "gpu_count", "gpu_model", "longitude", "latitude", "ram_total_size",
+    "tracking_mode", "cpu_utilization_percent", "gpu_utilization_percent",
+    "ram_utilization_percent", "ram_used_gb", "on_cloud", "pue", "wue")
+EMISSIONS_CSV_VERSION = "3.3.2"
+
+
 def emissions_csv_columns() -> list[str]:
-    """The fields of codecarbon's ``EmissionsData`` (the ``emissions.csv`` header, in order), read
-    from its installed source with ``ast`` rather than by importing codecarbon."""
-    root = package_dir()
-    path = root / "output_methods" / "emissions_data.py" if root else None
-    if path is None or not path.is_file():
-        raise ConfigError("codecarbon", version(), "output_methods/emissions_data.py not found; "
-                          "reinstall codecarbon to write its emissions.csv layout")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "EmissionsData":
-            return [st.target.id for st in node.body
-                    if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)]
-    raise ConfigError("codecarbon", version(), "has no EmissionsData class to take columns from")
+    """The ``emissions.csv`` header (:data:`EMISSIONS_CSV_COLUMNS`)."""
+    return list(EMISSIONS_CSV_COLUMNS)

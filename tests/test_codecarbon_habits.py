@@ -32,6 +32,15 @@ def codecarbon_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(EmissionsData)]
 
 
+def test_the_header_kept_here_is_the_installed_codecarbons() -> None:
+    """greentrack writes codecarbon's columns without importing codecarbon (its import prints to
+    stdout): the list it keeps must be the installed package's dataclass, field for field."""
+    from greentrack._codecarbon import EMISSIONS_CSV_COLUMNS, EMISSIONS_CSV_VERSION, version
+    assert list(EMISSIONS_CSV_COLUMNS) == codecarbon_fields(), (
+        f"codecarbon {version()} changed EmissionsData: update EMISSIONS_CSV_COLUMNS (taken from "
+        f"{EMISSIONS_CSV_VERSION})")
+
+
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cc")

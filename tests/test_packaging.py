@@ -32,3 +32,20 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert any(n.startswith("greentrack/data/") and n.endswith(".csv") for n in names)
     assert any(n.startswith("greentrack/schemas/") for n in names)
     assert not [n for n in names if n.startswith(("integrations/", "tests/", "bench/"))]
+
+
+def test_dir_shows_the_public_api() -> None:
+    """``dir(greentrack)`` (and completion) lists the API, not typing helpers or the lazy table;
+    every name listed resolves."""
+    import greentrack
+    names = dir(greentrack)
+    assert {"Tracker", "Config", "track", "summarize", "ConfigError"} <= set(names)
+    assert not {"Any", "TYPE_CHECKING", "_LAZY"} & set(names)
+    assert all(getattr(greentrack, n) is not None for n in names)
+
+
+def test_requires_python_is_what_the_code_needs() -> None:
+    """The code imports ``tomllib`` (3.11): the declared minimum must not promise 3.10."""
+    import tomllib
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"].replace(" ", "") == ">=3.11"

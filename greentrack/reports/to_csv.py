@@ -1,7 +1,8 @@
 """``--format csv``: one row per run in codecarbon's ``emissions.csv`` layout.
 
-The header is read at run time from codecarbon's ``EmissionsData`` dataclass, so dashboards built on
-codecarbon's file keep working. As in codecarbon, energies and powers include the PUE (codecarbon
+The header is codecarbon's ``EmissionsData`` fields (:data:`greentrack._codecarbon.EMISSIONS_CSV_COLUMNS`,
+checked against the installed codecarbon by the tests), so dashboards built on codecarbon's file
+keep working. As in codecarbon, energies and powers include the PUE (codecarbon
 multiplies them by its ``pue``), ``emissions`` is kg CO2e (location-based), ``emissions_rate`` kg/s,
 powers are run averages in W and energies kWh. Fields greentrack does not know stay empty.
 """
