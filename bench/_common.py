@@ -291,7 +291,7 @@ class PeriodicTrace:
 
 
 class VirtualRun:
-    """The real :class:`~greentrack.engine.Engine`, samplers and store, driven on a virtual clock.
+    """The real :class:`~greentrack.engine.engine.Engine`, samplers and store, driven on a virtual clock.
 
     Each :meth:`advance` tick runs one iteration of the sampler thread (``Engine.iterate``: poll
     every channel, attribute, commit when due), at ``poll_s`` of virtual time, so days of a run
@@ -309,8 +309,8 @@ class VirtualRun:
 
     def __init__(self, workdir: Path, n_gpus: int, *, poll_s: float = 1.0, step_s: float = 2.0,
                  cpu_w: float = 120.0, dram_w: float = 15.0, config: Any = None) -> None:
-        from greentrack.config import Config
-        from greentrack.engine import Engine
+        from greentrack.common.config import Config
+        from greentrack.engine.engine import Engine
         from greentrack.samplers import _rapl
         from greentrack.samplers._nvml import NvmlGpu
         from greentrack.store import StoreWriter, prepare_run_dir
@@ -355,7 +355,7 @@ class VirtualRun:
 
     def advance(self, seconds: float) -> None:
         """Run ``seconds`` of virtual time through the engine."""
-        from greentrack.steps import StepSpan
+        from greentrack.engine.steps import StepSpan
 
         eng, clock = self.engine, self.clock
         for _ in range(round(seconds / self.poll_s)):

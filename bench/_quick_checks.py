@@ -248,7 +248,7 @@ def _mixed_run(dev: Device, run_dir: Path, kinds: list[str],
     tests/test_stepmarks.py::test_gpu_mixed_steps_match_each_kind_alone measures them."""
     import greentrack
     from greentrack.store import StoreReader, store_paths
-    from greentrack.training import TrainingMeter
+    from greentrack.training.meter import TrainingMeter
 
     tracker = greentrack.Tracker(run_dir, interval_s=0.01, counter_interval_s=0.1,
                                  host_energy=False).start()

@@ -105,8 +105,8 @@ def check(dev: Any, rows: Any) -> None:
 
 def _limits(nv: Any, h: Any, gpu: Any, why: str, rows: Any, limit: list[int]) -> None:
     """The limit and its constraints through greentrack's calls; calibration's range check."""
-    from greentrack.calibration import check_limits
-    from greentrack.errors import ConfigError
+    from greentrack.process.calibration import check_limits
+    from greentrack.common.errors import ConfigError
 
     if gpu is None:
         raise RuntimeError(why)

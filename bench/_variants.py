@@ -66,7 +66,7 @@ def greentrack_variant(name: str, work: Workload, pynvml: Any, env: dict[str, st
                        prometheus: bool) -> Variant:
     """greentrack in full: a Tracker per block, every step attributed. ``pynvml``: the module its
     NVML sampler imports (a fake, the real one, or None for whatever is installed)."""
-    from greentrack.tracker import Tracker
+    from greentrack.process.tracker import Tracker
 
     logging.getLogger("greentrack").setLevel(logging.ERROR)  # its start-up notes, once per block
     state: dict[str, Any] = {}
@@ -79,7 +79,7 @@ def greentrack_variant(name: str, work: Workload, pynvml: Any, env: dict[str, st
             tracker = Tracker(state["dir"], **settings).start()
         state["tracker"] = tracker
         if work.gpu_part:  # device "cpu" (a dry run) gives host marks through the same calls
-            from greentrack.stepmarks import StepMarks
+            from greentrack.training.stepmarks import StepMarks
             state["marks"] = StepMarks(tracker, device=work.device)
 
     def step() -> AbstractContextManager[Any]:

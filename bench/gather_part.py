@@ -1,10 +1,10 @@
 """What the multi-node gather costs at the end of a stage: one node's part for a large store.
 
 At stage end, each rank sends rank 0 compact copies of its node's stores
-(:func:`greentrack.gathering.node_part`: meta, channel totals, events, one step row per phase; no
+(:func:`greentrack.training.gathering.node_part`: meta, channel totals, events, one step row per phase; no
 samples) through ``torch.distributed.gather_object``. This times building that part for the
 7-day, 8-GPU store of ``bench/report_scale.py`` (6.05 M sample rows, 302,400 steps), its size
-against the store's, and rank 0's read of it as a run (:func:`greentrack.gathering.job_totals`
+against the store's, and rank 0's read of it as a run (:func:`greentrack.training.gathering.job_totals`
 with the part as the only other node), against reading the full store.
 
     python bench/gather_part.py              # generate (cached in /tmp), time, record in RESULTS.md
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from _common import record  # noqa: E402
 from report_scale import generate  # noqa: E402
 
-from greentrack.gathering import job_totals, node_part  # noqa: E402
+from greentrack.training.gathering import job_totals, node_part  # noqa: E402
 from greentrack.run import Run  # noqa: E402
 
 

@@ -138,7 +138,7 @@ def run_greentrack(window_s: float, nvml: Any, env: dict[str, str | None], steps
     CPU is measured in place and returned as ``fake_cpu``)."""
     cost = FakeCost(nvml) if nvml is not None else None  # every module passed here is a fake
     from greentrack.store import StoreReader
-    from greentrack.tracker import Tracker
+    from greentrack.process.tracker import Tracker
 
     settings: dict[str, Any] = {"prometheus_port": 0} if prometheus else {}
     with tempfile.TemporaryDirectory(prefix="gt-sampler-") as d, EnvPatch(**env), pynvml_as(nvml):

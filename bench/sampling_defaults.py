@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import record, section  # noqa: E402
 
-from greentrack.channelstate import Timeline  # noqa: E402
+from greentrack.engine.channelstate import Timeline  # noqa: E402
 from greentrack.samplers._nvml import NvmlGpu  # noqa: E402
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace, VirtualClock  # noqa: E402
 

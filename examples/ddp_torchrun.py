@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from greentrack.integrations.torch import track_optimizer
-from greentrack.summary import format_summary
+from greentrack.reports.summary import format_summary
 
 
 def main(argv: list[str] | None = None) -> int:

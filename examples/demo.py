@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import greentrack
-from greentrack.config import Config
+from greentrack.common.config import Config
 from greentrack.reports import generate
-from greentrack.summary import format_summary
+from greentrack.reports.summary import format_summary
 
 
 def train(tracker: greentrack.Tracker, seconds: float) -> None:

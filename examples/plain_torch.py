@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import greentrack
-from greentrack.flops import analytic, parameter_count
+from greentrack.training.flops import analytic, parameter_count
 from greentrack.integrations.torch import track_optimizer
 
 

@@ -17,21 +17,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from greentrack.config import Config
-    from greentrack.decorate import track
-    from greentrack.errors import ConfigError, GreenTrackError
-    from greentrack.summary import summarize
-    from greentrack.tracker import Tracker
+    from greentrack.common.config import Config
+    from greentrack.common.errors import ConfigError, GreenTrackError
+    from greentrack.process.tracker import Tracker
+    from greentrack.reports.summary import summarize
+    from greentrack.training.decorate import track
 
 __all__ = ["Config", "ConfigError", "GreenTrackError", "Tracker", "summarize", "track", "__version__"]
 
 _LAZY = {
-    "Tracker": "greentrack.tracker",
-    "Config": "greentrack.config",
-    "ConfigError": "greentrack.errors",
-    "GreenTrackError": "greentrack.errors",
-    "summarize": "greentrack.summary",
-    "track": "greentrack.decorate",
+    "Tracker": "greentrack.process.tracker",
+    "Config": "greentrack.common.config",
+    "ConfigError": "greentrack.common.errors",
+    "GreenTrackError": "greentrack.common.errors",
+    "summarize": "greentrack.reports.summary",
+    "track": "greentrack.training.decorate",
 }
 
 

@@ -14,7 +14,7 @@ than ``log_every_s`` gets its figures too): ``greentrack/step_energy_j``,
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
 ``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps`` (the global
 step), ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
-:mod:`greentrack.training`). They also reach ``callback_metrics`` (``pl_module.log`` with
+:mod:`greentrack.training.meter`). They also reach ``callback_metrics`` (``pl_module.log`` with
 ``logger=False``, as CPU tensors: no device copy, so no synchronization), and ``energy_kJ`` /
 ``forecast_kJ`` the progress bar. ``greentrack/validation_energy_j``: the joules of that
 validation epoch's steps, logged at its end once they are resolved (a bounded wait, at most 2 s).
@@ -45,7 +45,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from greentrack.integrating import PREFIX, IntegrationRun, RunCallback, guarded
+from greentrack.training.session import PREFIX, IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
 
@@ -57,7 +57,7 @@ class GreenTrackCallback(Callback, RunCallback):
         run_dir: run directory; default ``<default_root_dir>/greentrack/<time>-<id>`` (or
             ``GREENTRACK_RUN_DIR``).
         flops: FLOPs per optimizer step: ``"auto"`` counts the first step once, a number, a
-            :class:`greentrack.flops.StepFlops` (e.g. ``analytic(...)``), or None.
+            :class:`greentrack.training.flops.StepFlops` (e.g. ``analytic(...)``), or None.
         samples_fn: ``batch -> samples``; default: the first dimension of the batch's first tensor.
         tokens_fn: ``batch -> tokens``, for joules per token (default: not recorded).
         planned_steps: optimizer steps of the run, for the forecast (default: the trainer's

@@ -20,13 +20,13 @@ steps are not part of it); without, it starts where the previous one ended. A st
 ``GradScaler`` skips (inf/NaN gradients) is not an optimizer step: its work joins the next one.
 
 On a CUDA model, step boundaries are CUDA events on the current stream, resolved later without
-synchronizing (see :mod:`greentrack.stepmarks`). ``tracking.metrics()`` gives the live metrics of
-:mod:`greentrack.training` for any logger.
+synchronizing (see :mod:`greentrack.training.stepmarks`). ``tracking.metrics()`` gives the live metrics of
+:mod:`greentrack.training.meter` for any logger.
 
 Distributed (``torch.distributed`` initialized, more than one rank): ``close()`` (or the end of the
 ``with`` block without an exception) gathers every node's stores to rank 0 over the job's process
 group, so ``tracking.summary`` on rank 0 holds the whole job's totals, each host counted once,
-even where every node writes its own directory (:mod:`greentrack.gathering`). It is a collective:
+even where every node writes its own directory (:mod:`greentrack.training.gathering`). It is a collective:
 every rank must call ``close``; pass ``gather_totals=False`` if only some ranks track. Every node
 must record the same run id: torchrun's ``TORCHELASTIC_RUN_ID`` does it, else set
 ``GREENTRACK_RUN_ID`` (or ``run_id=``) alike on every node.
@@ -40,9 +40,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from greentrack.config import launcher_int
-from greentrack.integrating import guarded
-from greentrack.training import TrainingMeter
+from greentrack.common.config import launcher_int
+from greentrack.common.labels import (autocast_precision, dtype_precision, model_precision,
+                                      precision_of)
+from greentrack.process.tracker import Tracker
+from greentrack.training import gathering
+from greentrack.training.meter import TrainingMeter, planned_steps_of
+from greentrack.training.session import guarded
 
 
 class OptimizerTracking:
@@ -80,7 +84,6 @@ class OptimizerTracking:
     def _label_precision(self, module: Any) -> None:
         """The run's ``precision`` label, once: an active autocast's dtype, else the model's
         parameters' (``labels.model_precision``)."""
-        from greentrack.labels import autocast_precision, model_precision
         self._precision_open = False
         found = autocast_precision() or model_precision(module)
         if found is not None:
@@ -95,7 +98,6 @@ class OptimizerTracking:
         self._samples = self._tokens = 0.0
         if self._precision_open and self.model is None:  # no forward seen: the parameters'
             self._precision_open = False
-            from greentrack.labels import dtype_precision
             params = [p for g in optimizer.param_groups for p in g["params"]]
             found = dtype_precision(params[0].dtype) if params else None
             if found is not None:
@@ -146,7 +148,6 @@ class OptimizerTracking:
             return  # closed already: no second collective
         tracked = self.tracker.status == "running"
         self.meter.close(status)
-        from greentrack import gathering
         if status == "completed" and self._gather and gathering.distributed():
             import torch.distributed as dist
             own = [self.tracker.store_path] if self.tracker.store_path is not None else []
@@ -179,7 +180,7 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
             (``GREENTRACK_RUN_DIR`` or the default directory).
         model: the model; when given, steps start at its first training-mode forward.
         flops: FLOPs per optimizer step: ``"auto"`` counts the first step once (call this right
-            before the loop), a number, a :class:`greentrack.flops.StepFlops`, or None.
+            before the loop), a number, a :class:`greentrack.training.flops.StepFlops`, or None.
         dtype: compute dtype for MFU (default: the parameters'; give it under autocast). It is
             also the run's ``precision`` label unless one is set; without it, the label is the
             autocast dtype at the model's first training forward (``model=``), else the
@@ -195,8 +196,6 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
     Raises:
         ConfigError: a setting is invalid.
     """
-    from greentrack.tracker import Tracker
-    from greentrack.training import planned_steps_of
 
     planned_steps = planned_steps_of(planned_steps)  # before anything starts
     owns = not isinstance(tracker, Tracker)
@@ -213,7 +212,6 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
                           progress_every_s=progress_every_s)
     meter.start_counting()  # outside any forward: the counter sees whole module calls
     if dtype is not None:
-        from greentrack.labels import precision_of
         found = precision_of(dtype)
         if found is not None:
             tracker.add_labels(precision=found, only_missing=True)

@@ -16,7 +16,7 @@ Metrics added to training logs, each only when it has new data since the previou
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
 ``greentrack/energy_j``, ``greentrack/steps`` (``state.global_step``),
 ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
-:mod:`greentrack.training`); to each evaluation's log ``greentrack/validation_energy_j``, the joules
+:mod:`greentrack.training.meter`); to each evaluation's log ``greentrack/validation_energy_j``, the joules
 of that evaluation's batches (once resolved, a bounded wait); to the final training log the last
 figures and the whole run's totals (all ranks) as ``greentrack/run_*``, with ``run_steps`` the
 global step and ``run_joules_per_step`` the whole job's energy per optimizer step.
@@ -53,7 +53,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from greentrack.integrating import IntegrationRun, RunCallback, guarded
+from greentrack.reports.document import report_document
+from greentrack.reports.to_hf import add_to_card
+from greentrack.training.session import IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
 _JSON = (str, int, float, bool, type(None))
@@ -66,7 +68,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         run_dir: run directory; default ``<output_dir>/greentrack/<time>-<id>`` (or
             ``GREENTRACK_RUN_DIR``).
         flops: FLOPs per optimizer step: ``"auto"`` counts the first step once, a number, a
-            :class:`greentrack.flops.StepFlops`, or None.
+            :class:`greentrack.training.flops.StepFlops`, or None.
         planned_steps: optimizer steps of the run, for the forecast (default: ``state.max_steps``).
         log_totals: add the whole run's totals to the final training log (rank 0).
         progress_every_s: period of the progress line on stderr, main process (None: never;
@@ -111,8 +113,6 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         if run_dir is None or not Path(path).is_file():
             return False
         try:
-            from greentrack.reports import report_document
-            from greentrack.reports.to_hf import add_to_card
             add_to_card(path, report_document(run_dir, {}))
             return True
         except Exception as e:  # noqa: BLE001 - a card without our block beats a failed push

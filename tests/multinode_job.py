@@ -46,7 +46,7 @@ def main() -> int:
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from greentrack import gathering
+    from greentrack.training import gathering
     from greentrack.integrations.torch import track_optimizer
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -212,7 +212,7 @@ def test_report_opportunities_are_advise_top(stall_run: Path, env: None, tmp_pat
     assert "Opportunities" in (out / "report.html").read_text()
 
 
-# -- power-limit: only from a measured curve (greentrack.calibration) ------------------------------
+# -- power-limit: only from a measured curve (greentrack.process.calibration) ------------------------------
 
 #: (limit W, J per step, s per step): the reference 400 W; the fewest joules within 5% slower
 #: steps is 250 W (84 J, +4.9%); 200 W saves more but is 20% slower.

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.channelstate import Timeline
-from greentrack.config import Config
-from greentrack.doctor import diagnose, format_diagnosis
-from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
+from greentrack.engine.channelstate import Timeline
+from greentrack.common.config import Config
+from greentrack.cli.doctor import diagnose, format_diagnosis
+from greentrack.common.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers import discover
 from greentrack.store import StoreReader, store_paths
 from greentrack.samplers._amdsmi import AmdGpu, import_amdsmi, open_gpus

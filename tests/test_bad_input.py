@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import greentrack
-from greentrack.cli import main
-from greentrack.config import RANGES, Config
-from greentrack.errors import ConfigError, RunStoreError
+from greentrack.cli.main import main
+from greentrack.common.config import RANGES, Config
+from greentrack.common.errors import ConfigError, RunStoreError
 from greentrack.store import store_paths
 
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),

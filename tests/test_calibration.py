@@ -1,4 +1,4 @@
-"""Power-limit calibration (greentrack.calibration) on the fake NVML, whose power and step time
+"""Power-limit calibration (greentrack.process.calibration) on the fake NVML, whose power and step time
 follow the limit (tests/fakes/fake_pynvml.py: ``FakeGpu.work``, ``capped``): the measured curve,
 the privilege and constraint checks, and the original limit restored on every way out."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 from greentrack.run import Run
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST, python_env

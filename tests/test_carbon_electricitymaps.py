@@ -20,7 +20,7 @@ import pytest
 from greentrack.carbon import live
 from greentrack.carbon.live import live_intensity
 from greentrack.carbon.series import parse_time
-from greentrack.config import Config
+from greentrack.common.config import Config
 from tests.test_report_fixtures import (clean_env, expected_integration, make_run, report_json,
                                         run_cli, validate_own_schema)
 

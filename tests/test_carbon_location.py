@@ -7,8 +7,8 @@ import pytest
 from greentrack.carbon import factors
 from greentrack.carbon.location import (parse_cloud, resolve_country, resolve_location,
                                         world_average, yearly_factor)
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greentrack.carbon.series import IntensitySeries, integrate, parse_time, read_csv
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 

@@ -200,7 +200,7 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "greentrack"
 
 def test_every_option_of_every_subcommand_has_help() -> None:
     """Walks the real parser, so an option added later without help text fails here too."""
-    from greentrack.cli import build_parser
+    from greentrack.cli.main import build_parser
     missing = []
     seen = 0
     for path, parser in _parsers(build_parser()):

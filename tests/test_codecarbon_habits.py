@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 from greentrack.reports import report_document
 from greentrack.reports.emissions_log import append
 from tests.conftest import FAST, python_env
@@ -35,7 +35,7 @@ def codecarbon_fields() -> list[str]:
 def test_the_header_kept_here_is_the_installed_codecarbons() -> None:
     """greentrack writes codecarbon's columns without importing codecarbon (its import prints to
     stdout): the list it keeps must be the installed package's dataclass, field for field."""
-    from greentrack._codecarbon import EMISSIONS_CSV_COLUMNS, EMISSIONS_CSV_VERSION, version
+    from greentrack.common.codecarbon_data import EMISSIONS_CSV_COLUMNS, EMISSIONS_CSV_VERSION, version
     assert list(EMISSIONS_CSV_COLUMNS) == codecarbon_fields(), (
         f"codecarbon {version()} changed EmissionsData: update EMISSIONS_CSV_COLUMNS (taken from "
         f"{EMISSIONS_CSV_VERSION})")
@@ -342,10 +342,10 @@ def test_a_slow_row_at_a_signal_stop_is_given_up_with_how_to_append_it(
     """At SIGTERM the row gets ``EXIT_CSV_BUDGET_S``, not the grace period: a row that takes
     longer (a week-long run, a held lock) is left with one warning naming the command."""
     import threading
-    from greentrack import tracker as tracker_mod
-    from greentrack.reports import emissions_log
+    from greentrack.process import tracker as tracker_mod
+    from greentrack.reports import document
     release = threading.Event()
-    monkeypatch.setattr(emissions_log, "append_run", lambda *a: release.wait(30))
+    monkeypatch.setattr(document, "append_run", lambda *a: release.wait(30))
     monkeypatch.setattr(tracker_mod, "EXIT_CSV_BUDGET_S", 0.3)
     tracker = greentrack.Tracker(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
     tracker.start()

@@ -63,7 +63,7 @@ def test_every_guarantee_names_tests_that_exist() -> None:
 
 
 def _cli_choices() -> dict[str, set[str]]:
-    from greentrack.cli import build_parser
+    from greentrack.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -245,8 +245,8 @@ def test_bench_figures_quoted_in_the_readme_are_in_results() -> None:
 def test_the_settings_readme_says_greentrack_run_lacks_are_the_ones_it_lacks() -> None:
     import dataclasses
 
-    from greentrack.cli import build_parser
-    from greentrack.config import Config
+    from greentrack.cli.main import build_parser
+    from greentrack.common.config import Config
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -258,7 +258,7 @@ def test_the_settings_readme_says_greentrack_run_lacks_are_the_ones_it_lacks() -
 
 
 def test_every_cli_option_has_help_text() -> None:
-    from greentrack.cli import build_parser
+    from greentrack.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

@@ -187,7 +187,7 @@ def test_two_containers_on_one_run_count_the_host_once(tmp_path: Path) -> None:
 def test_two_pid_1_processes_in_one_second_get_two_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """8a2bbe5: two containers whose processes are PID 1 starting ``Tracker()`` in the same
     second shared one default directory, one run id, steps added."""
-    from greentrack.config import default_run_dir
+    from greentrack.common.config import default_run_dir
     monkeypatch.setattr(os, "getpid", lambda: 1)
     monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2026, 1, 1, 0, 0, 0, 3, 1, 0)))
     for var in ("GREENTRACK_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):

@@ -280,7 +280,7 @@ def test_metrics_endpoint_binds_loopback_by_default(no_host_env: Path, tmp_path:
 def test_a_lost_device_is_a_counted_gap_in_the_report(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     import json
 
-    from greentrack.config import Config
+    from greentrack.common.config import Config
     from greentrack.reports import generate
 
     fake_nvml.gpus[0].lost_at = time.monotonic() + 0.3

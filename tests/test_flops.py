@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from greentrack.errors import ConfigError
-from greentrack.flops import (DTYPES, METHOD_ANALYTIC, METHOD_COUNTED, TABLE, FirstStepCounter,
+from greentrack.common.errors import ConfigError
+from greentrack.training.flops import (DTYPES, METHOD_ANALYTIC, METHOD_COUNTED, TABLE, FirstStepCounter,
                               analytic, count, dtype_name, given, mfu, parameter_count, peak_flops)
-from greentrack.forecast import Forecast, format_forecast
+from greentrack.carbon.forecast import Forecast, format_forecast
 from tests.conftest import python_env
 
 torch = pytest.importorskip("torch")
@@ -149,9 +149,9 @@ def test_the_sparse_entries_of_lightnings_table_are_halved_here() -> None:
 def test_unknown_device_or_dtype_is_none_with_a_warning(name: str, dtype: str,
                                                         caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import greentrack.flops
+    import greentrack.training.flops
     # the warning is once per process: earlier tests (a CPU trainer) may have used it up
-    monkeypatch.setattr(greentrack.flops, "_WARNED", set())
+    monkeypatch.setattr(greentrack.training.flops, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="greentrack"):
         assert peak_flops(name, dtype) is None
         assert peak_flops(name, dtype) is None
@@ -203,7 +203,7 @@ def test_forecast_extrapolates_the_recent_rate() -> None:
 
 
 def test_forecast_from_config_uses_intensity_and_pue() -> None:
-    from greentrack.config import Config
+    from greentrack.common.config import Config
     f = Forecast.for_config(10, Config(carbon_intensity_g_per_kwh=100.0, pue=1.5,
                                        electricity_price=0.3, currency="USD"))
     kwh = f.figures(3.6e6, 3600.0, 0.0, 2e9)  # 1 kWh of IT energy over an hour
@@ -220,7 +220,7 @@ def test_forecast_from_a_location_uses_the_reports_factors() -> None:
     carbon = pytest.importorskip("greentrack.carbon")
     from greentrack.carbon.factors import resolve_pue
     from greentrack.carbon.location import resolve_location
-    from greentrack.config import Config
+    from greentrack.common.config import Config
     cfg = Config(country="FRA")
     found = carbon.live_intensity(cfg)
     pue = resolve_pue(cfg, resolve_location(cfg))
@@ -231,8 +231,8 @@ def test_forecast_from_a_location_uses_the_reports_factors() -> None:
 
 
 def test_importing_the_training_core_loads_no_framework() -> None:
-    code = ("import sys, greentrack.flops, greentrack.stepmarks, greentrack.training, "
-            "greentrack.forecast, greentrack.integrations; "
+    code = ("import sys, greentrack.training.flops, greentrack.training.stepmarks, greentrack.training.meter, "
+            "greentrack.carbon.forecast, greentrack.integrations; "
             "bad = [m for m in ('torch', 'lightning', 'transformers', 'pynvml') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, env=python_env())

@@ -17,7 +17,7 @@ import greentrack
 from greentrack.carbon.location import world_average
 from greentrack.reports import report_document
 from greentrack.reports.compare import compare, format_table
-from greentrack.units import J_PER_KWH
+from greentrack.common.units import J_PER_KWH
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.test_report_fixtures import FAST, clean_env, run_cli
 
@@ -228,7 +228,7 @@ def test_one_module_holds_each_formula() -> None:
             right = node.right
             # x / 3600 (seconds to hours), x / 86400 (to days), hours * 3600 (back to seconds)
             if isinstance(node.op, ast.Div) and isinstance(right, ast.Constant) \
-                    and right.value in (3600, 3600.0, 86400, 86400.0) and rel != "greentrack/units.py":
+                    and right.value in (3600, 3600.0, 86400, 86400.0) and rel != "greentrack/common/units.py":
                 hour_sites.append(f"{rel}:{node.lineno}")
             if isinstance(node.op, ast.Mult) and any(
                     isinstance(a, ast.Constant) and a.value in (3600, 3600.0) and "hour" in name_of(b)

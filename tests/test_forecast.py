@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greentrack.forecast import LEVEL, Forecast, format_forecast
-from greentrack.tracker import Tracker
-from greentrack.training import TrainingMeter
+from greentrack.carbon.forecast import LEVEL, Forecast, format_forecast
+from greentrack.process.tracker import Tracker
+from greentrack.training.meter import TrainingMeter
 from tests.conftest import FAST
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import http_get, promtool

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REA
 
 
 def test_discovery_uses_the_energy_counter() -> None:
-    from greentrack.config import Config
+    from greentrack.common.config import Config
     from greentrack.samplers import discover
     found = discover(Config())
     gpus = [c for c in found.channels if c.info.kind == "gpu"]

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.channelstate import Timeline
-from greentrack.leases import Lease, live_leases
+from greentrack.common.config import Config
+from greentrack.engine.channelstate import Timeline
+from greentrack.common.leases import Lease, live_leases
 from greentrack.samplers._gpushare import METHOD_SUFFIX, GpuShare, lease_peers
 from greentrack.samplers._nvml import NvmlGpu
 from tests.conftest import FAST

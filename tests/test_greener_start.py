@@ -16,7 +16,7 @@ import pytest
 
 from greentrack.carbon.schedule import best_start, emissions_at, flat_profile, window_starts
 from greentrack.carbon.series import IntensitySeries, read_csv
-from greentrack.cli import main
+from greentrack.cli.main import main
 from greentrack.run import Run
 from tests.conftest import python_env
 from tests.fakes.powercap import PowercapTree
@@ -207,7 +207,7 @@ def test_the_countdown_rewrites_one_line_on_a_terminal() -> None:
     """On a terminal the countdown is rewritten in place (``\\r``) until the start comes."""
     import io
 
-    from greentrack.greener import StartPlan, wait_for
+    from greentrack.process.greener import StartPlan, wait_for
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 from greentrack.reports import report_document
 from greentrack.reports import to_hf
 from tests.test_report_fixtures import clean_env, make_run, run_cli
@@ -73,7 +73,7 @@ def test_unknown_training_type_is_left_out_not_unspecified(doc: dict[str, Any]) 
 
 
 def test_training_type_setting_is_validated(tmp_path: Path) -> None:
-    from greentrack.config import Config
+    from greentrack.common.config import Config
     with pytest.raises(ConfigError) as e:
         Config(run_dir=tmp_path, training_type="finetune")
     assert str(e.value).count("\n") == 0

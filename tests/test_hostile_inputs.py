@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 from greentrack.reports.emissions_log import append
+from greentrack.process.settings import check_settings
 from tests.conftest import FAST
 from tests.test_codecarbon_habits import doc  # noqa: F401 - the fixture
 
@@ -64,7 +65,7 @@ def test_a_fifo_as_intensity_csv_is_one_line_not_a_hang(tmp_path: Path) -> None:
 
     def check() -> None:
         try:
-            Config(run_dir=tmp_path / "run", intensity_csv=str(fifo)).check()
+            check_settings(Config(run_dir=tmp_path / "run", intensity_csv=str(fifo)))
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             got.append(e)
     t = threading.Thread(target=check, daemon=True)
@@ -112,8 +113,8 @@ def test_a_second_merge_that_fills_out_meanwhile_is_never_mixed_in(
         two_runs: list[Path], tmp_path: Path) -> None:
     """Two merges into one OUT: the one that finishes second used to merge its stores into the
     first one's directory (a directory of two runs, both 'merged'); now it is refused whole."""
-    from greentrack._files import staged_dir
-    from greentrack.merge import merge_runs
+    from greentrack.common.files import staged_dir
+    from greentrack.run.merge import merge_runs
     from greentrack.store import StoreReader, store_paths
     out = tmp_path / "merged"
     with pytest.raises(ConfigError) as e:
@@ -234,7 +235,7 @@ def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_pl
 def test_a_bare_max_slowdown_above_one_is_not_taken_as_hundreds_of_percent(tmp_path: Path) -> None:
     """``--max-slowdown 5`` (meant: 5%) was taken as 500% slower steps: the advice then picked
     the lowest limit whatever it cost in time."""
-    from greentrack.reports.cli import parse_slowdown
+    from greentrack.cli.reports import parse_slowdown
     with pytest.raises(ConfigError) as e:
         parse_slowdown("5")
     assert str(e.value) == ("--max-slowdown='5' is invalid: reads as 500% slower steps: for 5% "

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST
 from tests.fakes.powercap import LiveCounters, PowercapTree

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
-from greentrack.flops import count
+from greentrack.common.errors import ConfigError
+from greentrack.training.flops import count
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST
 from tests.fakes.powercap import LiveCounters, PowercapTree

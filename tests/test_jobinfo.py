@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.jobinfo import MAX_VALUE, describe, job_metadata, merge_jobs
+from greentrack.common.jobinfo import MAX_VALUE, describe, job_metadata, merge_jobs
 from greentrack.store import StoreReader, store_paths
-from greentrack.summary import format_summary
+from greentrack.reports.summary import format_summary
 from tests.conftest import FAST
 from tests.test_prometheus import families
 from tests.servers import http_get, promtool

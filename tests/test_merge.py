@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
-from greentrack.gathering import GAP_EVENT, NodePart, job_totals, node_part
-from greentrack.merge import merge_runs
+from greentrack.common.errors import ConfigError
+from greentrack.training.gathering import GAP_EVENT, NodePart, job_totals, node_part
+from greentrack.run.merge import merge_runs
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST, python_env
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.gathering import GAP_EVENT
-from greentrack.merge import merge_runs
+from greentrack.training.gathering import GAP_EVENT
+from greentrack.run.merge import merge_runs
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import REPO, python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree

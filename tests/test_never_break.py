@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 from greentrack.reports.emissions_log import append
 from tests.conftest import python_env
 from tests.fakes.powercap import PowercapTree
@@ -297,7 +297,7 @@ def test_a_full_disk_leaves_no_partial_row_and_loses_no_earlier_run(doc: dict[st
         import json, resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 10}, {len(before) + 10}))
-        from greentrack.errors import ConfigError
+        from greentrack.common.errors import ConfigError
         from greentrack.reports.emissions_log import append
         doc = json.loads(open("doc.json").read())
         doc["run"]["run_id"] = "cut"
@@ -346,7 +346,7 @@ def test_a_read_only_file_is_refused_and_never_rewritten(doc: dict[str, Any],
         before = path.read_bytes()
         (tmp_path / "doc.json").write_text(json.dumps(doc))
         code = ("import json; from greentrack.reports.emissions_log import append; "
-                "from greentrack.errors import ConfigError\n"
+                "from greentrack.common.errors import ConfigError\n"
                 "try:\n    append([json.load(open('doc.json'))], %r)\n"
                 "except ConfigError as e:\n    print(e)" % str(path))
         argv = [sys.executable, "-c", code]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import greentrack
 from greentrack.reports import report_document
-from greentrack.training import run_totals
+from greentrack.training.session import run_totals
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.test_report_fixtures import FAST, clean_env, run_cli
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
 from greentrack.exporters._collector import (INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J,
                                              Intensity)
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
 from greentrack.store import StoreReader, store_paths
-from greentrack.tracker import Tracker
+from greentrack.process.tracker import Tracker
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import free_port, http_get, promtool

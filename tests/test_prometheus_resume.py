@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from greentrack.run import Run
-from greentrack.tracker import Tracker
+from greentrack.process.tracker import Tracker
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import Prometheus, Pushgateway, free_port, prometheus, pushgateway  # noqa: F401

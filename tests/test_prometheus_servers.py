@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from greentrack.tracker import Tracker
+from greentrack.process.tracker import Tracker
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.servers import (SHIPPED_PROMETHEUS_YML, Prometheus, Pushgateway, http_get,  # noqa: F401

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 from greentrack.run import Run, metric_points, to_target
 from tests.test_report_fixtures import FAST, clean_env, make_run, run_cli
 
@@ -213,7 +213,7 @@ def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
     """The CUDA path of ``record`` (``stepvalues.DeviceValue``): the training thread never waits;
     the sampler holds the record until the value is on the host, then stores the energy at the
     moment ``record`` was called, not when the value arrived."""
-    from greentrack.stepvalues import DeviceValue
+    from greentrack.engine.stepvalues import DeviceValue
     with clean_env(monkeypatch, tmp_path):
         value = object.__new__(DeviceValue)
         event = _SlowEvent()

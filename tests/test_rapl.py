@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from greentrack.config import Config
-from greentrack.errors import DeviceLost, PermissionDenied
+from greentrack.common.config import Config
+from greentrack.common.errors import DeviceLost, PermissionDenied
 from greentrack.samplers import _rapl, discover
 from tests.conftest import python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree, deny_caps_prefix

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.forecast import Forecast
+from greentrack.carbon.forecast import Forecast
 from greentrack.reports import svg
 from greentrack.carbon.footprint import NO_SETTINGS, plain_settings
 from greentrack.reports.forecasting import forecast_section
 from greentrack.reports.run_data import Channel, RunData
-from greentrack.training import TrainingMeter
+from greentrack.training.meter import TrainingMeter
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.test_report_fixtures import FAST, clean_env, report_json, run_cli, validate_own_schema
 

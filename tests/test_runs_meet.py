@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.errors import ConfigError
-from greentrack.leases import Lease, live_leases
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
+from greentrack.common.leases import Lease, live_leases
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST, python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.engine import MAX_COUNTER_INTERVAL_S
+from greentrack.engine.engine import MAX_COUNTER_INTERVAL_S
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
@@ -83,7 +83,7 @@ def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatc
     # staggering only: the cadence must not stretch. At 0.1 s the CPU budget allows ~60 us a
     # read, which a loaded CI host exceeds (it stretched to ~0.17 s there); stretching has its
     # own test below
-    monkeypatch.setattr("greentrack.engine.SLOW_READ_CPU_BUDGET", 1.0)
+    monkeypatch.setattr("greentrack.engine.engine.SLOW_READ_CPU_BUDGET", 1.0)
     tracker, _ = run(tmp_path, 1.5, interval_s=0.02, counter_interval_s=0.1)
     assert tracker.engine is not None
     last = tracker.engine.polls
@@ -144,8 +144,8 @@ def test_cadence_changes_need_a_margin_hold_and_stop_logging(tmp_path: Path) -> 
     """The budget logic on a real engine and store, with slow-read costs set by hand: a cost
     near the budget does not flap the cadence, changes hold for a while, and a cost that keeps
     swinging writes a bounded number of events (the rest are counted in the meta)."""
-    from greentrack.config import Config
-    from greentrack.engine import CADENCE_EVENTS, CADENCE_HOLD_S, SLOW_READ_CPU_BUDGET, Engine
+    from greentrack.common.config import Config
+    from greentrack.engine.engine import CADENCE_EVENTS, CADENCE_HOLD_S, SLOW_READ_CPU_BUDGET, Engine
     from greentrack.samplers._nvml import open_gpus
     from greentrack.store import StoreWriter, prepare_run_dir
 

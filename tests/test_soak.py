@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 import greentrack
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 from greentrack.reports import report_document
 from tests.conftest import python_env
 

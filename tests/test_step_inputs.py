@@ -1,6 +1,6 @@
 """Whatever a training script hands a step, the run is recorded: real threads, real SQLite.
 
-Each test here failed on the commit before greentrack/stepvalues.py (85faba8): a tensor lost the
+Each test here failed on the commit before greentrack/engine/stepvalues.py (85faba8): a tensor lost the
 whole run, a non-JSON extra repeated and dropped steps, a million fast steps stored 1.5x rows.
 """
 
@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import greentrack
-from greentrack.steps import MAX_BACKLOG, StepRow
+from greentrack.engine.steps import MAX_BACKLOG
 from greentrack.store import StoreReader, StoreWriter, store_paths
+from greentrack.store.layout import StepRow
 from tests.conftest import FAST
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from greentrack.stepmarks import DRIFT_PPM, REBASE_AFTER_S, StepMarks
+from greentrack.training.stepmarks import DRIFT_PPM, REBASE_AFTER_S, StepMarks
 from tests.conftest import FAST, REPO
 
 
@@ -240,7 +240,7 @@ def test_gpu_mixed_steps_match_each_kind_alone(tmp_path: Path) -> None:
     attributes to each kind is within 5% of that kind measured alone."""
     import greentrack
     from greentrack.store import StoreReader, store_paths
-    from greentrack.training import TrainingMeter
+    from greentrack.training.meter import TrainingMeter
 
     heavy, light = _kinds()
     fns = {"heavy": heavy, "light": light}
@@ -279,7 +279,7 @@ def test_gpu_tracking_adds_no_synchronization(tmp_path: Path, monkeypatch: pytes
     from torch.profiler import ProfilerActivity, profile
 
     import greentrack
-    from greentrack.training import TrainingMeter
+    from greentrack.training.meter import TrainingMeter
 
     heavy, _ = _kinds(step_s=0.02)
     calls: list[str] = []

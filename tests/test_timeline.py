@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from greentrack.channelstate import Timeline
+from greentrack.engine.channelstate import Timeline
 from greentrack.store import StoreReader
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
 
@@ -22,8 +22,8 @@ def test_rounding_below_zero_is_zero_and_a_real_decrease_is_not() -> None:
 
 
 def test_the_engine_stores_no_sample_below_zero(tmp_path: Path) -> None:
-    from greentrack.config import Config
-    from greentrack.engine import Engine
+    from greentrack.common.config import Config
+    from greentrack.engine.engine import Engine
     from greentrack.samplers._nvml import open_gpus
     from greentrack.store import StoreWriter, prepare_run_dir
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.config import Config
-from greentrack.errors import ConfigError
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST
 from tests.fakes.fake_pynvml import FakeNvml
@@ -135,7 +135,7 @@ def test_store_is_readable_while_running(no_host_env: Path, tmp_path: Path) -> N
 def test_memory_is_bounded_over_a_long_run(no_host_env: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Points are pruned once bucketed: a timeline keeps RETAIN_S (60 s; 0.5 s here), not the run."""
-    monkeypatch.setattr("greentrack.engine.RETAIN_S", 0.5)
+    monkeypatch.setattr("greentrack.engine.engine.RETAIN_S", 0.5)
     tracker = greentrack.Tracker(tmp_path / "run", interval_s=0.005, counter_interval_s=0.01,
                                  flush_interval_s=0.2, resolution_s=0.1).start()
     assert tracker.engine is not None
@@ -248,7 +248,7 @@ def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) 
 def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path) -> None:
     """Readings are kept from the start of the earliest open step (85faba8 kept about a second
     behind the newest bucket: a 3 s step got the last ~1.5 s of its energy)."""
-    from greentrack.stepmarks import StepMarks
+    from greentrack.training.stepmarks import StepMarks
 
     with LiveCounters(powercap, WATTS):
         with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:

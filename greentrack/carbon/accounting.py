@@ -15,7 +15,7 @@ from typing import Any
 from greentrack.carbon import factors
 from greentrack.carbon.footprint import Footprint
 from greentrack.carbon.location import world_average
-from greentrack.units import utc
+from greentrack.common.units import utc
 
 #: Why electricity is billed on facility energy, and the trap of two prices.
 COST_NOTE = ("electricity is billed on facility energy (IT x PUE); a cloud GPU-hour price usually "

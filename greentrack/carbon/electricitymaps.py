@@ -16,16 +16,13 @@ import hashlib
 import json
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from greentrack._files import make_dirs
 from greentrack.carbon.series import IntensitySeries, parse_time
-from greentrack.errors import GreenTrackError
-from greentrack.units import utc
+from greentrack.common.errors import GreenTrackError
+from greentrack.common.files import make_dirs
+from greentrack.common.units import utc
 
 DEFAULT_URL = "https://api.electricitymaps.com"
 LATEST_TTL_S = 600.0
@@ -123,6 +120,11 @@ class ElectricityMaps:
                     return dict(entry["body"])
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged cache entry is refetched
+        # urllib.request (with http.client and email) loads only when a run asks the API: a
+        # tracker without Electricity Maps never pays its ~50 ms of imports
+        import urllib.error
+        import urllib.parse
+        import urllib.request
         url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
         req = urllib.request.Request(url, headers={"auth-token": self._token,
                                                    "User-Agent": "greentrack"})

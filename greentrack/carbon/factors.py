@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError
-from greentrack.units import is_number
+from greentrack.common.errors import ConfigError
+from greentrack.common.units import is_number
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SECONDS_PER_YEAR = 365.25 * 86400.0

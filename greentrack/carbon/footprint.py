@@ -18,7 +18,7 @@ The formulas (each written here once):
   intensity of the series over the part's bins;
 * market-based grams = facility kWh x the market factor (contractual instruments), when given;
 * cost = facility kWh x electricity price + GPU-hours x GPU-hour price, in the part's currency;
-* GPU-hours = GPU-seconds / 3600 (:func:`greentrack.units.hours`);
+* GPU-hours = GPU-seconds / 3600 (:func:`greentrack.common.units.hours`);
 * a run of several parts (segments that recorded different settings) is the sum of its parts,
   each at its own settings; the effective PUE and intensity are the ratios of those sums.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from greentrack.carbon.location import Factor
 from greentrack.carbon.series import IntensitySeries, integrate
-from greentrack.units import J_PER_KWH, hours, utc
+from greentrack.common.units import J_PER_KWH, hours, utc
 
 #: ``(start_unix, end_unix, energy_j)``: energy spread evenly over a span of wall time.
 Bin = tuple[float, float, float]

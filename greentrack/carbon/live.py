@@ -13,7 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from greentrack.errors import ConfigError
+from greentrack.carbon.resolve import settings_for
+from greentrack.common.errors import ConfigError
 
 if TYPE_CHECKING:
     from greentrack.carbon.footprint import Settings
@@ -28,7 +29,7 @@ def live_intensity(config: Any) -> tuple[float, str] | None:
     """``(gCO2e/kWh, source)`` in force now (the world average, labelled, when no location is set).
 
     Never raises for a network or file problem (it falls back and logs once); raises
-    :class:`~greentrack.errors.ConfigError` only for an invalid setting (unknown country...), so an
+    :class:`~greentrack.common.errors.ConfigError` only for an invalid setting (unknown country...), so an
     exporter can refuse a bad configuration at start.
     """
     import os
@@ -48,7 +49,6 @@ def live_intensity(config: Any) -> tuple[float, str] | None:
 
 
 def _resolve(config: Any, now: float) -> tuple[float, str] | None:
-    from greentrack.carbon.resolve import settings_for
     try:
         settings = settings_for(config)
     except ConfigError as e:

@@ -4,7 +4,7 @@ Location comes only from explicit settings (no web geolocation): a country (ISO 
 alpha-2, or its English name), a sub-national region where codecarbon's data has one (US state,
 Canadian province, Chinese province, Nordic bidding zone), or a cloud ``PROVIDER:REGION``.
 Intensities are codecarbon's maintained data, read at run time; each :class:`Factor` cites the
-dataset and its year. Unknown names are a :class:`~greentrack.errors.ConfigError` with the
+dataset and its year. Unknown names are a :class:`~greentrack.common.errors.ConfigError` with the
 closest matches.
 
 >>> yearly_factor(Config(country="FR")).g_per_kwh      # doctest: +SKIP
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack import _codecarbon as cc
-from greentrack.errors import ConfigError
+from greentrack.common import codecarbon_data as cc
+from greentrack.common.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PROVIDER_ALIASES = {"gcp": "gcp", "google": "gcp", "googlecloud": "gcp", "aws": "aws",

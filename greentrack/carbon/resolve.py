@@ -25,12 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from greentrack.config import Config
-
-if TYPE_CHECKING:
-    from greentrack.carbon.footprint import Settings
+from greentrack.carbon.electricitymaps import ElectricityMaps, ElectricityMapsError
+from greentrack.carbon.factors import embodied_settings, positive, resolve_pue
+from greentrack.carbon.footprint import Prices, Pue, Settings
+from greentrack.carbon.location import Factor, resolve_location, world_average, yearly_factor
+from greentrack.carbon.series import read_csv
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
 
 #: The settings that decide carbon and cost figures (and are recorded with every run).
 CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "intensity_csv",
@@ -98,7 +101,6 @@ def intensity_plan(config: Any) -> IntensityPlan:
     Raises:
         ConfigError: an unknown country, region or cloud region.
     """
-    from greentrack.carbon.location import yearly_factor
 
     base = yearly_factor(config)  # validates country/region/cloud even when not used
     fallback = base or _world_average_or_none()
@@ -106,7 +108,6 @@ def intensity_plan(config: Any) -> IntensityPlan:
         return IntensityPlan("user", base, fallback)
     if config.intensity_csv:
         return IntensityPlan("csv", base, fallback)
-    from greentrack.carbon.electricitymaps import ElectricityMaps, ElectricityMapsError
     error = None
     try:
         client = ElectricityMaps.from_config(config, base.location if base else None)
@@ -120,8 +121,6 @@ def intensity_plan(config: Any) -> IntensityPlan:
 def _world_average_or_none() -> Any:
     """codecarbon's world average, or None without codecarbon's data: measuring never needs
     codecarbon (a report does, and says so)."""
-    from greentrack.carbon.location import world_average
-    from greentrack.errors import ConfigError
     try:
         return world_average()
     except ConfigError:
@@ -139,9 +138,6 @@ def settings_for(config: Any, span: tuple[float, float] | None = None,
     Raises:
         ConfigError: an invalid location, intensity CSV, price or embodied setting.
     """
-    from greentrack.carbon.factors import embodied_settings, positive, resolve_pue
-    from greentrack.carbon.footprint import Prices, Pue, Settings
-    from greentrack.carbon.location import Factor, resolve_location
 
     location = resolve_location(config) or {}
     plan = intensity_plan(config)
@@ -152,10 +148,8 @@ def settings_for(config: Any, span: tuple[float, float] | None = None,
                         "user setting (carbon_intensity_g_per_kwh)", "user", None,
                         dict(plan.base.location) if plan.base else {})
     elif plan.kind == "csv":
-        from greentrack.carbon.series import read_csv
         series, dataset = read_csv(config.intensity_csv), "intensity CSV"
     elif plan.kind == "electricitymaps":
-        from greentrack.carbon.electricitymaps import ElectricityMapsError
         try:
             if span is None:
                 value, source = plan.client.latest()

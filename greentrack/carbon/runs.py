@@ -20,9 +20,9 @@ from typing import Any
 
 from greentrack.carbon.footprint import Footprint, Part, Profile, Settings, Work, footprint
 from greentrack.carbon.resolve import config_for_run, settings_for, settings_key
-from greentrack.config import Config
+from greentrack.common.config import Config
+from greentrack.common.units import J_PER_KWH, utc
 from greentrack.run import Run, StoreEnergy
-from greentrack.units import J_PER_KWH, utc
 
 #: The explicit settings of a command or call: a mapping of flags, or a whole Config (its carbon
 #: and price fields that are set override every store's recorded ones).

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from greentrack.carbon.series import IntensitySeries, integrate
-from greentrack.units import J_PER_KWH
+from greentrack.common.units import J_PER_KWH
 
 Profile = list[tuple[float, float, float]]
 

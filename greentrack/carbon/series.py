@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import bisect
 import csv
-from array import array
-from collections.abc import Iterator, Sequence
 import math
 import os
 import statistics
 import threading
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError
-from greentrack.units import J_PER_KWH
+from greentrack.common.errors import ConfigError
+from greentrack.common.files import not_regular
+from greentrack.common.units import J_PER_KWH
 
 TIME_COLUMNS = ("start", "datetime", "timestamp", "time", "datetime (utc)")
 VALUE_COLUMNS = ("g_per_kwh", "carbon_intensity", "intensity", "carbon_intensity_avg")
@@ -131,7 +132,6 @@ def read_csv(path: str | Path) -> IntensitySeries:
     Raises:
         ConfigError: missing file, unknown header, or a malformed line (named by number).
     """
-    from greentrack._files import not_regular
     path = Path(path)
     what = not_regular(path)
     if what is not None:  # /dev/zero would be read forever, a FIFO waits for a writer

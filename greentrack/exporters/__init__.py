@@ -1,30 +1,15 @@
 """Sinks that publish a live tracker to monitoring systems.
 
 :func:`sinks_for` is what :meth:`greentrack.Tracker.start` calls when ``prometheus_port`` or
-``pushgateway_url`` is set. Nothing here imports ``prometheus_client`` until a sink starts.
+``pushgateway_url`` is set. ``prometheus_client`` is imported only when a sink starts.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
-from greentrack.config import Config
-
-
-def default_job(env: Mapping[str, str] | None = None) -> str:
-    """The ``job`` label when ``Config.job`` is unset: what the scheduler calls this job.
-
-    Slurm's ``SLURM_JOB_ID``; on Kubernetes (``KUBERNETES_SERVICE_HOST`` set) the pod name, which
-    the kubelet puts in ``HOSTNAME``; else ``greentrack``.
-    """
-    env = os.environ if env is None else env
-    if env.get("SLURM_JOB_ID"):
-        return env["SLURM_JOB_ID"]
-    if env.get("KUBERNETES_SERVICE_HOST") and env.get("HOSTNAME"):
-        return env["HOSTNAME"]
-    return "greentrack"
+from greentrack.common.config import Config
+from greentrack.exporters.prometheus import PrometheusExporter, default_job
 
 
 def sinks_for(config: Config) -> list[Any]:
@@ -32,7 +17,6 @@ def sinks_for(config: Config) -> list[Any]:
     serving ``/metrics`` (``prometheus_port`` set) and/or pushing (``pushgateway_url`` set)."""
     if config.prometheus_port is None and not config.pushgateway_url:
         return []
-    from greentrack.exporters.prometheus import PrometheusExporter
     return [PrometheusExporter(config)]
 
 

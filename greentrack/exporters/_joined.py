@@ -1,6 +1,6 @@
 """``greentrack run`` and the trackers of its command are one run to Prometheus.
 
-A tracker started inside ``greentrack run`` joins its run (:mod:`greentrack.sharing`): the wrapper
+A tracker started inside ``greentrack run`` joins its run (:mod:`greentrack.process.sharing`): the wrapper
 hands it the devices it measures and stops counting them; the steps are counted where the
 training loop is, in the joined tracker. The wrapper's ``/metrics`` (or its pushes) must still
 carry the whole run, so a joined tracker publishes its live totals beside its join lease
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from greentrack.exporters._steps import MAX_PHASES, STEP_ENERGY_BUCKETS_J, StepStats
+
 LIVE_SUFFIX = ".live.json"
 #: How often a joined tracker rewrites its live totals (seconds of its sampler's clock).
 PUBLISH_EVERY_S = 1.0
@@ -52,7 +54,6 @@ class LivePublisher:
     def attach(self, tracker: Any) -> None:
         """Publish ``tracker``'s totals (its engine started): steps from its tally, the histogram
         from each resolved step."""
-        from greentrack.exporters._collector import StepStats
         self.tracker = tracker
         self.steps = StepStats(tracker.engine.tally)
         tracker.add_step_listener(self.steps.observe)
@@ -170,7 +171,6 @@ def _load(path: Path, token: str) -> dict[str, Any] | None:
 
 
 def _steps(raw: dict[str, Any]) -> dict[str, Any]:
-    from greentrack.exporters._collector import MAX_PHASES, STEP_ENERGY_BUCKETS_J
     out: dict[str, Any] = {"count": {}, "energy_j": {}, "flops": {}, "buckets": {}, "mfu": {}}
     counts = _table(raw.get("count"))
     for phase in list(counts)[:MAX_PHASES + 1]:

@@ -23,20 +23,36 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from greentrack.config import Config, launcher_int
-from greentrack.errors import ConfigError
-from greentrack.exporters import default_job
-from greentrack.store.layout import host_identity
-from greentrack.exporters._collector import (CONTINUE_WAIT_S, Intensity, PushHealth,
-                                             TrackerCollector)
+from greentrack.carbon.footprint import footprint
+from greentrack.carbon.runs import profile_of_stores, work_of
+from greentrack.common.config import Config, launcher_int
+from greentrack.common.errors import ConfigError
+from greentrack.exporters._collector import CONTINUE_WAIT_S, Intensity, PushHealth, TrackerCollector
 from greentrack.exporters._push import Pusher
+from greentrack.exporters._steps import STEP_ENERGY_BUCKETS_J
+from greentrack.run import Run, recorded_before
+from greentrack.store.layout import host_identity
 
 log = logging.getLogger("greentrack")
+
+
+def default_job(env: Mapping[str, str] | None = None) -> str:
+    """The ``job`` label when ``Config.job`` is unset: what the scheduler calls this job.
+
+    Slurm's ``SLURM_JOB_ID``; on Kubernetes (``KUBERNETES_SERVICE_HOST`` set) the pod name, which
+    the kubelet puts in ``HOSTNAME``; else ``greentrack``.
+    """
+    env = os.environ if env is None else env
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    if env.get("KUBERNETES_SERVICE_HOST") and env.get("HOSTNAME"):
+        return env["HOSTNAME"]
+    return "greentrack"
 
 
 def gateway_url(value: str) -> str:
@@ -137,8 +153,6 @@ class PrometheusExporter:
     def _continue_run(self, tracker: Any, record: Any) -> None:
         """A resumed run: counters start at the totals its earlier segments of this host and rank
         recorded. A store that cannot be read leaves them at zero, with a warning event."""
-        from greentrack.exporters._collector import STEP_ENERGY_BUCKETS_J
-        from greentrack.run import Run, recorded_before
         collector = self.collector
         assert collector is not None
         try:
@@ -257,8 +271,6 @@ class _Served:
 
 def _grams(run: Any, paths: tuple[Any, ...]) -> float:
     """Location-based grams of some of ``run``'s stores (each at the settings it recorded)."""
-    from greentrack.carbon.footprint import footprint
-    from greentrack.carbon.runs import profile_of_stores, work_of
     stores = [s for s in run.store_energies() if s.path in paths]
     fp = footprint(profile_of_stores(stores, {}, work_of(run),
                                      lambda: [s for s in run.store_energies(run.energy_bins())

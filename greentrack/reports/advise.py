@@ -15,7 +15,7 @@ report's ``opportunities`` section holds its top ones. Kinds:
 * ``region``: the same energy at the yearly factors of the cloud provider's other regions, or
   without a cloud, of :data:`REGION_COUNTRIES`.
 * ``power-limit``: only from a curve the run measured (``calibrate_power_limits``,
-  :mod:`greentrack.calibration`; never guessed): the limit with the fewest joules per training
+  :mod:`greentrack.process.calibration`; never guessed): the limit with the fewest joules per training
   step among those whose seconds per step are within ``max_slowdown`` of the reference (the
   original limit), when its saving exceeds :data:`SIGNIFICANT` standard errors of the difference;
   the joules at stake are that saving per step times the store's training steps.
@@ -33,22 +33,22 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from greentrack.carbon.footprint import Footprint, Settings, footprint
+from greentrack.carbon.location import (cloud_region_factors, country_factors, parse_cloud,
+                                        world_average, yearly_factor)
 from greentrack.carbon.runs import Explicit, profile_of_stores
-from greentrack.units import utc
+from greentrack.carbon.schedule import best_start
+from greentrack.common.errors import ConfigError
+from greentrack.common.units import utc
+from greentrack.reports.run_data import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE, resample
 
 if TYPE_CHECKING:
     from greentrack.reports.run_data import RunData
     from greentrack.run import PowerLimitCurve
 
-#: a bucket is near-idle at or under min(lowest x (1 + IDLE_MARGIN), peak x IDLE_PEAK_SHARE)
-IDLE_MARGIN = 0.10
-IDLE_PEAK_SHARE = 0.5
 #: a GPU never worked: its peak within NEVER_SPREAD x its lowest, and under NEVER_PEER x the
 #: highest peak of the run's GPUs (a lone flat GPU may be one at steady full load: not flagged)
 NEVER_SPREAD = 1.25
 NEVER_PEER = 0.5
-#: a GPU's "lowest" and "peak" bucket power are these quantiles of its buckets' power
-POWER_QUANTILE = 0.1
 IDLE_RULE = (f"a {{res}} s bucket (past ~3,000 buckets a GPU, a report time bin; a GPU's first "
              f"and last left out) is near-idle when its power "
              f"(energy / duration) is at most min({1 + IDLE_MARGIN:g} x the GPU's lowest bucket "
@@ -263,8 +263,6 @@ def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
     settings = [s for _, s in fp.profile.parts]
     if not settings or any(s.series is None for s in settings):
         return None
-    from greentrack.carbon.schedule import best_start
-    from greentrack.reports.build import _resample
     series = settings[-1].series
     assert series is not None
     fallback = settings[-1].factor.g_per_kwh if settings[-1].factor is not None else \
@@ -275,7 +273,7 @@ def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
     window = data.end_unix - data.start_unix  # the whole profile moves, pauses included
     width = max(data.bin_s, float(series.extra.get("interval_s") or 3600.0))
     n = max(1, int(math.ceil(max(window, 1e-9) / width)))
-    profile = _resample(data.bins, data.start_unix, width, n)
+    profile = resample(data.bins, data.start_unix, width, n)
     end = series.ends[-1]
     starts = [s for s in series.starts if s + n * width <= end][:MAX_STARTS]
     # the search on the resampled profile (series.integrate, as every figure); the grams stated
@@ -309,9 +307,6 @@ def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
 def _region(data: RunData, config: Any, fp: Footprint) -> dict[str, Any] | None:
     """The run's energy at the yearly factors of other regions (each a footprint at that factor,
     each part keeping its PUE) against its own location's yearly factor."""
-    from greentrack.carbon.location import (cloud_region_factors, country_factors, parse_cloud,
-                                            world_average, yearly_factor)
-    from greentrack.errors import ConfigError
     try:
         here = yearly_factor(config) or world_average()
         if getattr(config, "cloud", None):

@@ -10,13 +10,16 @@ import time
 from collections import Counter
 from typing import Any
 
+from greentrack import __version__
 from greentrack.carbon.accounting import sections
 from greentrack.carbon.footprint import Footprint, footprint
 from greentrack.carbon.runs import Explicit, profile_of_stores
+from greentrack.common.units import J_PER_KWH, days, quantile, utc
+from greentrack.reports.advise import TOP, advise
+from greentrack.reports.forecasting import forecast_section, start_window
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
-from greentrack.reports.run_data import RunData
-from greentrack.units import J_PER_KWH, days, quantile, utc
+from greentrack.reports.run_data import RunData, resample
 
 FORMAT = "greentrack-report"
 VERSION = "1.0"
@@ -32,26 +35,6 @@ def sig(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
 
 
-def _resample(bins: list[tuple[float, float, float]], t0: float, width: float, n: int) -> list[float]:
-    """Energy per grid cell ``[t0 + k*width, t0 + (k+1)*width)``, each bin split by overlap."""
-    out = [0.0] * n
-    for a, b, e in bins:
-        span = b - a
-        k = max(int((a - t0) // width), 0)
-        if span <= 0:
-            if k < n:
-                out[k] += e
-            continue
-        while k < n:
-            lo, hi = max(a, t0 + k * width), min(b, t0 + (k + 1) * width)
-            if hi > lo:
-                out[k] += e * (hi - lo) / span
-            if t0 + (k + 1) * width >= b:
-                break
-            k += 1
-    return out
-
-
 def _timeseries(data: RunData) -> dict[str, Any]:
     n, width = data.plot_grid()
     groups: dict[str, list[tuple[float, float, float]]] = {}
@@ -64,7 +47,7 @@ def _timeseries(data: RunData) -> dict[str, Any]:
         kinds[key] = c.kind
     series, cumulative = [], [0.0] * n
     for key, bins in groups.items():
-        energy = _resample(bins, data.start_unix, width, n)
+        energy = resample(bins, data.start_unix, width, n)
         series.append({"label": key, "kind": kinds[key],
                        "power_w": [round(e / width, 3) for e in energy]})
         cumulative = [c + e for c, e in zip(cumulative, energy)]
@@ -263,8 +246,6 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
     }
     if s["status"] in ("running", "incomplete"):
         doc["warnings"].append(f"the run is {s['status']}: figures cover what was recorded so far")
-    from greentrack.reports.advise import TOP, advise
-    from greentrack.reports.forecasting import forecast_section, start_window
     findings = advise(data, config, fp)
     doc["opportunities"] = findings[:TOP]
     doc["start_window"] = start_window(data, findings, fp)
@@ -275,7 +256,7 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
             **g, "expected_saving_g": fp.at_intensity(per_kwh).location_g
             if isinstance(per_kwh, (int, float)) else None}
     doc["forecast"] = forecast_section(data, fp.parts[-1].settings, compute["gpu_count"])
-    if data.power_limit_curves:  # measured by a calibration (greentrack.calibration) only
+    if data.power_limit_curves:  # measured by a calibration (greentrack.process.calibration) only
         doc["power_limit_curves"] = [c.as_dict() for c in data.power_limit_curves]
     doc["eu_ai_act"] = _eu_ai_act(doc)
     doc["summary"] = _summary(doc)
@@ -283,5 +264,4 @@ def build_report(data: RunData, config: Any, sci_unit: str = "run",
 
 
 def _version() -> str:
-    from greentrack import __version__
     return __version__

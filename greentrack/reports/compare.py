@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-import re
-
-from greentrack._text import printable
-from greentrack.errors import ConfigError
-from greentrack.units import J_PER_KWH
-from greentrack.reports import report_document
+from greentrack.common.errors import ConfigError
+from greentrack.common.text import md_escape, printable
+from greentrack.common.units import J_PER_KWH
+from greentrack.reports import svg
 from greentrack.reports.build import sig
+from greentrack.reports.document import report_document
+from greentrack.run import Run, metric_points, run_dirs_of, to_target
 
 #: (key, label, unit, lower_is_better; None: neither)
 METRICS: tuple[tuple[str, str, str, bool | None], ...] = (
@@ -81,20 +82,17 @@ def parse_target(text: str) -> tuple[str, str, float]:
 
 def _name(run_dir: str) -> str:
     """A run's short name: its directory's, or its directories' joined by ``+``."""
-    from greentrack.run import run_dirs_of
     return "+".join(d.name for d in run_dirs_of(run_dir))
 
 
 def same_path(run_dir: str | Path) -> str:
     """A run directory as given, normalized (``R/`` and ``./R`` read ``R``): each of the
     directories it joins with ``+``."""
-    from greentrack.run import run_dirs_of
     return "+".join(os.path.normpath(str(d)) for d in run_dirs_of(run_dir))
 
 
 def _identity(run_dir: str) -> str:
     """Which run a directory argument names, however spelled (relative, absolute, a link)."""
-    from greentrack.run import run_dirs_of
     return "+".join(os.path.realpath(d) for d in run_dirs_of(run_dir))
 
 
@@ -141,7 +139,6 @@ def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
     """Figures of each run and ``ratios`` (run / first run). Ratios of totals only for equal work
     (:func:`equal_work`), otherwise only per-unit ratios; with ``target``, each run's
     ``to_target``; with ``groups``, each group's mean and spread."""
-    from greentrack.run import Run, run_dirs_of, to_target
     dirs = _unique([same_path(d) for d in run_dirs])
     named = {_identity(d): d for d in dirs}  # a member given before: its first spelling
     groups = {name: [named.setdefault(_identity(m), m) for m in members]
@@ -334,7 +331,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def format_markdown(result: dict[str, Any]) -> str:
     """The comparison as a Markdown table and notes (every cell literal text)."""
-    from greentrack._text import md_escape
     headers, body, notes = _table(result)
     out = ["# greentrack compare", "",
            "| " + " | ".join(md_escape(h) for h in headers) + " |",
@@ -348,7 +344,6 @@ def format_html(result: dict[str, Any]) -> str:
     """A standalone HTML page: the table, the notes and, when runs recorded the metric, the
     metric against cumulative IT energy (kWh), one line per run."""
     from html import escape
-    from greentrack.reports import svg
     headers, body, notes = _table(result)
     rows = "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>\n"
                    for row in body)
@@ -375,7 +370,6 @@ MAX_CURVE_POINTS = 500
 
 def curves(run_dirs: list[str], metric: str) -> dict[str, Any]:
     """``metric`` against the run's cumulative IT energy (kWh) at each recording, per run."""
-    from greentrack.run import Run, metric_points
     out = []
     for d in run_dirs:
         with Run.open(d) as run:

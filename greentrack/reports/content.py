@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from greentrack.jobinfo import describe
+from greentrack.common.jobinfo import describe
+from greentrack.common.units import hours, utc
 from greentrack.reports.build import sig
-from greentrack.units import hours, utc
 
 Block = tuple[Any, ...]
 

@@ -43,9 +43,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
+from greentrack.common.files import not_regular
+from greentrack.common.units import J_PER_KWH
 from greentrack.reports.to_csv import cell, columns, row
-from greentrack.units import J_PER_KWH
 
 #: how long an append waits for another process's append before giving up with a warning
 LOCK_TIMEOUT_S = 10.0
@@ -117,23 +118,6 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
-    """Append the row of the run in ``run_dir`` to ``config.emissions_csv``, when a run stops.
-    Never raises: a failure is a warning (the run is stored; ``greentrack report --emissions-csv``
-    can append it later)."""
-    import logging
-    log = logging.getLogger("greentrack")
-    try:
-        from greentrack.reports import report_document
-        # the settings each store recorded (a resumed run's segments each at their own), as
-        # stop(), the summary and every report count them
-        for w in append([report_document(Path(run_dir), {})], str(config.emissions_csv)):
-            if not w.startswith("already"):
-                log.warning("greentrack: %s", w)
-    except Exception as e:  # noqa: BLE001 - never raise from a stop
-        log.warning("greentrack: the run's row was not appended to %s: %s", config.emissions_csv, e)
-
-
 def check_path(path: str | os.PathLike[str]) -> None:
     """The file's directory must exist (a typo must not create directories) and the path must
     be a regular file or nothing yet (links followed): not a directory, and not a device or a FIFO
@@ -142,7 +126,6 @@ def check_path(path: str | os.PathLike[str]) -> None:
     Raises:
         ConfigError: naming the setting, the path and what is wrong.
     """
-    from greentrack._files import not_regular
     path = Path(path)
     if path.is_dir():
         raise ConfigError("emissions_csv", str(path), "is a directory; name a file, e.g. "

@@ -1,6 +1,6 @@
 """The report's ``forecast`` and ``start_window`` sections.
 
-``forecast``: :class:`greentrack.forecast.Forecast` (the live forecast's own code) fed with
+``forecast``: :class:`greentrack.carbon.forecast.Forecast` (the live forecast's own code) fed with
 observations read back from the run: the main phase's steps done (lowest rank) by the end of each
 cell of the report's time grid (600 cells at most) and the energy until then (the stored time
 series), as a logging cadence in time would observe them. For a run still going (``running``,
@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from greentrack.carbon.footprint import Footprint, Settings
-from greentrack.forecast import WINDOW, Forecast
+from greentrack.carbon.forecast import WINDOW, Forecast
+from greentrack.common.units import utc
 from greentrack.reports.run_data import RunData
-from greentrack.units import utc
 
 #: a finished run's forecast is checked as it stood after this share of its steps
 CHECK_SHARE = 0.10

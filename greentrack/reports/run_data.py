@@ -15,12 +15,38 @@ from typing import Any
 
 from greentrack.carbon.footprint import Work
 from greentrack.carbon.runs import work_of
-from greentrack.run import (Device, PowerLimitCurve, Run, Segment, StoreEnergy, device_identity,
-                            union_length)
-from greentrack.units import is_number
-from greentrack.units import quantile as quantile_of
+from greentrack.common.units import is_number
+from greentrack.common.units import quantile as quantile_of
+from greentrack.run import Device, PowerLimitCurve, Run, Segment, StoreEnergy, device_identity
 
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
+
+
+#: a bucket is near-idle at or under min(lowest x (1 + IDLE_MARGIN), peak x IDLE_PEAK_SHARE)
+IDLE_MARGIN = 0.10
+IDLE_PEAK_SHARE = 0.5
+#: a GPU's "lowest" and "peak" bucket power are these quantiles of its buckets' power
+POWER_QUANTILE = 0.1
+
+
+def resample(bins: list[tuple[float, float, float]], t0: float, width: float, n: int) -> list[float]:
+    """Energy per grid cell ``[t0 + k*width, t0 + (k+1)*width)``, each bin split by overlap."""
+    out = [0.0] * n
+    for a, b, e in bins:
+        span = b - a
+        k = max(int((a - t0) // width), 0)
+        if span <= 0:
+            if k < n:
+                out[k] += e
+            continue
+        while k < n:
+            lo, hi = max(a, t0 + k * width), min(b, t0 + (k + 1) * width)
+            if hi > lo:
+                out[k] += e * (hi - lo) / span
+            if t0 + (k + 1) * width >= b:
+                break
+            k += 1
+    return out
 
 
 @dataclass
@@ -174,7 +200,6 @@ def _read(run: Run) -> RunData:
         methods |= seg.flops_methods()
         a, b = seg.mfu_sums()
         mfu_num, mfu_den = mfu_num + a, mfu_den + b
-    from greentrack.reports.advise import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE
     inside, union_s, sum_s = run.steps_inside_j()
     gpu_power = _gpu_power(channels, IDLE_MARGIN, IDLE_PEAK_SHARE, resolution / 2.0,
                            POWER_QUANTILE)
@@ -257,7 +282,7 @@ def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: flo
     """Per GPU (identity, over its stores), from the time series already read for the report
     (the stored buckets themselves up to ~3,000 per channel, else the report's wider bins: never
     a sort of millions of rows): low and peak power (the ``q`` and ``1 - q`` quantiles,
-    :func:`greentrack.units.quantile`; each channel's first and last bin left out, they straddle start and stop), the
+    :func:`greentrack.common.units.quantile`; each channel's first and last bin left out, they straddle start and stop), the
     near-idle threshold ``min(low x (1 + idle_margin), peak x idle_peak_share)`` and the seconds
     and joules at or under it, with the GPU's measured seconds and joules."""
     found: dict[str, dict[str, Any]] = {}

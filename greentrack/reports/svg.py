@@ -10,7 +10,7 @@ import math
 from html import escape as _html_escape
 from typing import Any
 
-from greentrack._text import printable
+from greentrack.common.text import printable
 
 W, H = 760, 300
 

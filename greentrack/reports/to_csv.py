@@ -1,6 +1,6 @@
 """``--format csv``: one row per run in codecarbon's ``emissions.csv`` layout.
 
-The header is codecarbon's ``EmissionsData`` fields (:data:`greentrack._codecarbon.EMISSIONS_CSV_COLUMNS`,
+The header is codecarbon's ``EmissionsData`` fields (:data:`greentrack.common.codecarbon_data.EMISSIONS_CSV_COLUMNS`,
 checked against the installed codecarbon by the tests), so dashboards built on codecarbon's file
 keep working. As in codecarbon, energies and powers include the PUE (codecarbon
 multiplies them by its ``pue``), ``emissions`` is kg CO2e (location-based), ``emissions_rate`` kg/s,
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-from greentrack.units import J_PER_KWH
 from pathlib import Path
 from typing import Any
+
+from greentrack.common.codecarbon_data import emissions_csv_columns
+from greentrack.common.units import J_PER_KWH
 
 FILENAME = "emissions.csv"
 
 
 def columns() -> list[str]:
-    from greentrack._codecarbon import emissions_csv_columns
     return list(emissions_csv_columns())
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from greentrack._text import md_escape
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
+from greentrack.common.text import md_escape
 from greentrack.reports.build import sig
 
 FILENAME = "model-card.md"

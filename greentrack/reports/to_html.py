@@ -6,7 +6,7 @@ from html import escape as _html_escape
 from pathlib import Path
 from typing import Any
 
-from greentrack._text import printable
+from greentrack.common.text import printable
 from greentrack.reports import svg
 from greentrack.reports.content import blocks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from greentrack._text import md_escape
+from greentrack.common.text import md_escape
 from greentrack.reports import svg
 from greentrack.reports.content import blocks
 

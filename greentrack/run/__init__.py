@@ -1,7 +1,7 @@
 """The read model of a run directory: each store opened once, every query of a run in one place.
 
 Everything that shows a run reads through :class:`Run`: ``greentrack summary``
-(:func:`greentrack.summary.summarize`), the reports (:func:`greentrack.reports.run_data.read_run`),
+(:func:`greentrack.reports.summary.summarize`), the reports (:func:`greentrack.reports.run_data.read_run`),
 ``compare``, the integrations' final totals and ``Tracker.stop()``; the footprint of a run
 (emissions, cost, GPU-hours: :mod:`greentrack.carbon.runs`) is computed from what it returns. So one run gives one set of
 figures, whoever asks. (Writing is :class:`greentrack.store.StoreWriter`'s; no other module holds
@@ -15,7 +15,7 @@ Merging rules, each chosen so nothing is counted twice:
   and DRAM), whatever the number of segments (a resumed run) or ranks it appeared in.
 * **duration**: the length of the union of the stores' wall-clock spans (ranks overlap; resumed
   segments add up, the pause between them does not).
-* **GPU-seconds**: per store, its duration x its GPUs, summed (hours: :func:`greentrack.units.hours`).
+* **GPU-seconds**: per store, its duration x its GPUs, summed (hours: :func:`greentrack.common.units.hours`).
 * **energy over time**: per store and channel, bins of :attr:`Run.bin_s` (:meth:`Run.energy_bins`):
   the report's time series and every time-resolved intensity integrate the same bins.
 * **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, StoreEnergy, device_identity,
                                   run_dirs_of, store_identity, union_length)
-from greentrack.run.resumed import RecordedBefore, recorded_before
-from greentrack.run.segment import Segment
 from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
+from greentrack.run.resumed import RecordedBefore, recorded_before
+from greentrack.run.segment import Segment
 from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
 
 __all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve",

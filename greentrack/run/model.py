@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from collections.abc import Sequence
 
-from greentrack.errors import ConfigError, RunStoreError
-from greentrack.store import StoreReader, store_paths
-from greentrack.units import J_PER_KWH
+from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.common.jobinfo import merge_jobs
+from greentrack.common.units import J_PER_KWH
+from greentrack.run.power_limits import curves
 from greentrack.run.segment import Segment, bin_width, segment
+from greentrack.store import StoreReader, store_paths
 
 if TYPE_CHECKING:
     from greentrack.run.power_limits import PowerLimitCurve
@@ -218,8 +220,7 @@ class Run:
     @property
     def job(self) -> dict[str, dict[str, str]]:
         """What the scheduler and launcher call the job (Slurm, Kubernetes, torchrun), merged
-        over the stores (:func:`greentrack.jobinfo.merge_jobs`)."""
-        from greentrack.jobinfo import merge_jobs
+        over the stores (:func:`greentrack.common.jobinfo.merge_jobs`)."""
         return merge_jobs([s.meta.get("job") for s in self.segments])
 
     @property
@@ -313,8 +314,7 @@ class Run:
 
     def power_limit_curves(self) -> list["PowerLimitCurve"]:
         """The measured power-limit curves, one per store that calibrated
-        (:mod:`greentrack.calibration`); none for a run without (or an older store)."""
-        from greentrack.run.power_limits import curves
+        (:mod:`greentrack.process.calibration`); none for a run without (or an older store)."""
         return curves(self.segments)
 
     def steps_by_phase(self) -> dict[str, int]:
@@ -402,7 +402,7 @@ class Run:
 
 
 def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
-    """Who a channel measures, across segments and ranks (``greentrack.engine.channel_key`` is
+    """Who a channel measures, across segments and ranks (``greentrack.engine.engine.channel_key`` is
     the same idea within one machine): a GPU's UUID; a host zone by host and device."""
     details = channel.get("details") or {}
     uuid = details.get("uuid") if isinstance(details, dict) else None

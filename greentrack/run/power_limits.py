@@ -1,5 +1,5 @@
 """The measured power-limit curves of a run (store table ``power_limits``, written by
-:mod:`greentrack.calibration`), as typed records: one curve per store that calibrated."""
+:mod:`greentrack.process.calibration`), as typed records: one curve per store that calibrated."""
 
 from __future__ import annotations
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 from greentrack.store import MAX_ENERGY_J, MAX_T_S, VALID_SAMPLE, VALID_STEP, sql_number
 
-
-#: A step row's joules, all kinds (``greentrack.steps.StepRow.energy_j`` in Python).
+#: A step row's joules, all kinds (``greentrack.engine.steps.StepRow.energy_j`` in Python).
 STEP_J = "COALESCE(gpu_j, 0) + COALESCE(cpu_j, 0) + COALESCE(dram_j, 0)"
 
 # A bucket's values are usable (its time needs no check here: the bin's range on t bounds it, and

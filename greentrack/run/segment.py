@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.store import VALID_STEP, StoreReader
-from greentrack.store.reader import store_status
 from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL,
                                     _STATS_SQL, _STEPS_SQL, STEP_J, step_buckets_sql)
+from greentrack.store import VALID_STEP, StoreReader
+from greentrack.store.reader import store_status
 
 
 @dataclass

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from greentrack.store import VALID_STEP
-from greentrack.units import hours
+from greentrack.common.units import hours
 from greentrack.run.model import Run
 from greentrack.run.segment import Segment
+from greentrack.store import VALID_STEP
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Samplers: one contract (:mod:`.base`), one private module per backend, one factory.
 
->>> from greentrack.config import Config, launcher_int
+>>> from greentrack.common.config import Config, launcher_int
 >>> found = discover(Config())            # what this machine can measure, and how
 >>> [ch.info.method for ch in found.channels]   # doctest: +SKIP
 ['nvml-energy-counter', 'rapl-powercap', 'rapl-powercap']
@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from greentrack.config import Config, launcher_int
+from greentrack.common.config import Config, launcher_int
+from greentrack.common.errors import ConfigError
+from greentrack.samplers import _amdsmi, _gpushare, _nvml, _rapl
+from greentrack.samplers._estimate import CpuEstimate, DramEstimate
+from greentrack.samplers._share import ProcessShare
 from greentrack.samplers.base import (Channel, ChannelEvent, ChannelInfo, Discovery, EventSource,
                                       Note, Point)
 
@@ -29,7 +33,6 @@ def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | No
     else from labelled estimates, and only when this process measures the host (see
     :attr:`Config.host_energy`).
     """
-    from greentrack.samplers import _rapl  # lazy: vendor libraries only load inside open_gpus
 
     env = dict(os.environ) if env is None else env
     pid = os.getpid() if pid is None else pid
@@ -44,12 +47,10 @@ def discover(config: Config, *, env: dict[str, str] | None = None, pid: int | No
     zones, notes = _rapl.open_zones(env)
     found.notes.extend(notes)
     if config.mode == "process":
-        from greentrack.samplers._share import ProcessShare
         found.channels.extend(ProcessShare(z, pid) for z in zones)
     else:
         found.channels.extend(zones)
     kinds = {z.info.kind for z in zones}
-    from greentrack.samplers._estimate import CpuEstimate, DramEstimate
     if "cpu" not in kinds:
         found.channels.append(CpuEstimate(config.mode, pid, config.cpu_tdp_w))
         found.notes.append(Note("warning", "cpu", "CPU energy is ESTIMATED from TDP x utilization "
@@ -67,8 +68,6 @@ def _open_gpus(config: Config, env: dict[str, str], pid: int, run_id: str | None
                pynvml: ModuleType | None, amdsmi: ModuleType | None) -> tuple[list[Channel], list[Note]]:
     """NVIDIA GPUs through NVML; where NVML finds none, AMD GPUs through amdsmi. A GPU named in
     ``config.gpus`` that neither finds raises NVML's :class:`ConfigError`."""
-    from greentrack.errors import ConfigError
-    from greentrack.samplers import _amdsmi, _gpushare, _nvml
 
     try:
         nvidia, notes = _nvml.open_gpus(config.gpus, env=env, pynvml=pynvml)

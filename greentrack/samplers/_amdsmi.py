@@ -40,7 +40,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from greentrack.errors import DeviceLost, PermissionDenied, SamplerError
+from greentrack.common.errors import DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers._counter import CounterReset, CounterShaping
 from greentrack.samplers._nvml import _choose
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point

@@ -9,7 +9,7 @@ device's cumulative energy and its power samples since the last read.
 
 from __future__ import annotations
 
-from greentrack.errors import SamplerError
+from greentrack.common.errors import SamplerError
 from greentrack.samplers.base import Point
 
 

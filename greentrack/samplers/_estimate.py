@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from greentrack.common.codecarbon_data import cpu_power_table, version
 from greentrack.samplers.base import QUALITY_LOW, ChannelInfo, Point
 
 DEFAULT_W_PER_CORE = 4.0  # codecarbon's DEFAULT_POWER_PER_CORE, when the CPU is not in the table
@@ -50,7 +51,6 @@ def socket_count() -> int:
 def lookup_tdp(model: str) -> tuple[float, str] | None:
     """TDP in watts per socket from codecarbon's CPU table, with the matched name; None when the
     model is not in it (ambiguous fuzzy matches count as not found: no guess posing as a fact)."""
-    from greentrack._codecarbon import cpu_power_table
     table = cpu_power_table()
     if not table:
         return None
@@ -163,7 +163,6 @@ class CpuEstimate(_Integrating):
             found = lookup_tdp(model)
             if found:
                 tdp, matched = found
-                from greentrack._codecarbon import version
                 tdp_source = (f"from codecarbon {version()} CPU TDP table "
                               f"(data/hardware/cpu_power.csv), entry {matched!r}")
             else:

@@ -19,7 +19,7 @@ energy is split evenly among the listed processes: each holds a context and keep
 This run's processes are the tracked process, its descendants (``greentrack run`` measures its
 child) and the other processes of the same run (another rank that opened a context on this GPU),
 less any process that holds a greentrack lease for this GPU itself (it counts its own share). The
-other tracked processes are known from the host leases (:mod:`greentrack.leases`), which list the
+other tracked processes are known from the host leases (:mod:`greentrack.common.leases`), which list the
 GPUs each tracker measures.
 
 The measurement falls back to the whole GPU, with a recorded note, when NVML lists no process (no
@@ -37,6 +37,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from greentrack.common.leases import host_lease_dir, live_leases
 from greentrack.samplers._share import ScaledChannel
 from greentrack.samplers.base import QUALITY_LOW, Channel, ChannelEvent, ChannelInfo, Point
 
@@ -50,8 +51,7 @@ Peers = Callable[[], list[dict[str, Any]]]
 
 
 def lease_peers() -> list[dict[str, Any]]:
-    """The records of every live greentrack lease on this machine (see :mod:`greentrack.leases`)."""
-    from greentrack.leases import host_lease_dir, live_leases
+    """The records of every live greentrack lease on this machine (see :mod:`greentrack.common.leases`)."""
     return [rec for _, rec in live_leases(host_lease_dir())]
 
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from greentrack.config import launcher_int
-from greentrack.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
+from greentrack.common.config import launcher_int
+from greentrack.common.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers._counter import CounterReset, CounterShaping, shape_points
 from greentrack.samplers.base import QUALITY_HIGH, QUALITY_MEDIUM, ChannelInfo, Note, Point
 
@@ -169,7 +169,7 @@ class NvmlGpu(CounterShaping):
     def power_w(self) -> float | None:
         return self._last_power
 
-    # -- the power limit (greentrack.calibration), in NVML's unit, the milliwatt ---------------
+    # -- the power limit (greentrack.process.calibration), in NVML's unit, the milliwatt ---------------
     def power_limit_mw(self) -> int:
         """The power management limit in force now (``nvmlDeviceGetPowerManagementLimit``)."""
         return int(_nvml_call(self._nv, self._nv.nvmlDeviceGetPowerManagementLimit, self._h))

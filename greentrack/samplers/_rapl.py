@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from greentrack.errors import DeviceLost, PermissionDenied, SamplerError
+from greentrack.common.errors import DeviceLost, PermissionDenied, SamplerError
 from greentrack.samplers.base import QUALITY_HIGH, ChannelInfo, Note, Point
 
 DEFAULT_ROOT = "/sys/class/powercap"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from greentrack.samplers._estimate import Utilization
 from greentrack.samplers.base import Channel, Point
 
 
@@ -56,7 +57,6 @@ class ProcessShare(ScaledChannel):
 
     def __init__(self, inner: Channel, pid: int) -> None:
         import psutil  # lazy
-        from greentrack.samplers._estimate import Utilization
 
         super().__init__(inner, 0.0)
         self._psutil = psutil

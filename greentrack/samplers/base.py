@@ -63,8 +63,8 @@ class Channel(Protocol):
         """Read the device at monotonic time ``t``; return the newly finalized points.
 
         ``slow`` is True on the slow cadence (expensive reads such as the NVML energy counter, and
-        utilization-based estimates). Raises :class:`~greentrack.errors.SamplerError` for a failed
-        read, :class:`~greentrack.errors.DeviceLost` when the device is gone for good.
+        utilization-based estimates). Raises :class:`~greentrack.common.errors.SamplerError` for a failed
+        read, :class:`~greentrack.common.errors.DeviceLost` when the device is gone for good.
         """
         ...
 

@@ -21,8 +21,8 @@ The package: :mod:`.layout` (the schema, the run directory), :mod:`.writer` (one
 
 from __future__ import annotations
 
-from greentrack.store.layout import (SCHEMA_VERSION, SUFFIX, discard_unused_run_dir,
-                                     host_identity, prepare_run_dir, safe_host)
+from greentrack.store.layout import (SCHEMA_VERSION, SUFFIX, discard_unused_run_dir, host_identity,
+                                     prepare_run_dir, safe_host)
 from greentrack.store.reader import (MAX_ENERGY_J, MAX_T_S, VALID_SAMPLE, VALID_STEP, StoreReader,
                                      sql_number, store_paths)
 from greentrack.store.writer import StoreWriter, append_event, compact_store, copy_store

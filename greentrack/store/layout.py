@@ -9,15 +9,48 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from greentrack._files import make_dirs
-from greentrack.errors import ConfigError, RunStoreError
+from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.common.files import make_dirs
 
 #: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
-#: 3: ``power_limits``, the measured power-limit curve (greentrack.calibration). A store of
+#: 3: ``power_limits``, the measured power-limit curve (greentrack.process.calibration). A store of
 #: version 2 or older has no such table and is read as having no curve.
 SCHEMA_VERSION = 3
 SUFFIX = ".gtdb"
+#: The directory of a run where trackers that joined ``greentrack run`` hold their leases and
+#: publish their live totals.
+JOIN_DIR = ".joins"
+
+class StepRow(NamedTuple):
+    """A resolved step, as stored and as step listeners receive it (on the sampler thread).
+
+    Times are seconds since the segment's start; energies in joules by kind (None: no channel of
+    that kind); ``n`` is the number of steps the row stands for (more than one only when fast
+    steps were coalesced)."""
+
+    idx: int
+    phase: str
+    t0: float
+    t1: float
+    duration_s: float
+    gpu_j: float | None
+    cpu_j: float | None
+    dram_j: float | None
+    gpu_seconds: float
+    flops: float | None
+    samples: float | None
+    tokens: float | None
+    timeline: str
+    extra: dict[str, Any]
+    n: int = 1
+
+    @property
+    def energy_j(self) -> float:
+        """The step's joules, all kinds: the one place this sum is made (SQL: ``run.STEP_J``)."""
+        return (self.gpu_j or 0.0) + (self.cpu_j or 0.0) + (self.dram_j or 0.0)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +79,7 @@ CREATE TABLE IF NOT EXISTS power_limits (
     j_per_step REAL NOT NULL, j_per_step_sd REAL NOT NULL, gpu_j_per_step REAL,
     gpu_j_per_step_sd REAL, s_per_step REAL NOT NULL, s_per_step_sd REAL NOT NULL);
 """
-#: ``power_limits``: one row per power limit a calibration measured (greentrack.calibration):
+#: ``power_limits``: one row per power limit a calibration measured (greentrack.process.calibration):
 #: ``limit_w`` set on every GPU of ``devices`` (JSON list), ``reference`` 1 for the limit in force
 #: before the calibration (measured last, after it was restored), ``steps`` measured after
 #: ``warmup_steps`` discarded, between ``t0`` and ``t1`` (store seconds), and per step the mean and

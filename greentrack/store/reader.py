@@ -7,17 +7,18 @@ import json
 import math
 import shutil
 import sqlite3
-import time
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError, RunStoreError
-from greentrack.units import is_number
-
-from greentrack.store.layout import SCHEMA_VERSION, SUFFIX
+from greentrack import __version__
+from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.common.labels import parse_labels
+from greentrack.common.units import is_number
+from greentrack.store.layout import SCHEMA_VERSION, SUFFIX, host_identity
 
 
 def _reader_uri(path: Path, **params: str) -> str:
@@ -129,7 +130,6 @@ class StoreReader:
         version = raw.get("schema_version")
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             self.close()
-            from greentrack import __version__
             raise RunStoreError(f"{path}: written by a newer greentrack (schema_version {version}; "
                                 f"greentrack {__version__} reads {SCHEMA_VERSION}): upgrade "
                                 "greentrack to read it")
@@ -354,7 +354,6 @@ def _valid_meta(raw: dict[str, Any], damaged: list[str]) -> dict[str, Any]:
         if key == "settings":
             value = _valid_settings(value, damaged)
         if key == "labels":
-            from greentrack.labels import parse_labels
             try:
                 value = parse_labels(value)
             except ConfigError:
@@ -423,7 +422,6 @@ def store_status(meta: dict[str, Any], now: float | None = None) -> str:
 
 def _process_alive(meta: dict[str, Any]) -> bool | None:
     """True/False when the writer is on this host and we can tell; None otherwise."""
-    from greentrack.store.layout import host_identity
     if meta.get("host") != host_identity()[0]:
         return None
     try:

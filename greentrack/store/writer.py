@@ -11,10 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError, RunStoreError
-
-from greentrack.steps import StepRow
-from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, safe_host
+from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, StepRow, safe_host
+from greentrack.store.reader import VALID_STEP
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -222,9 +221,8 @@ def compact_store(reader: Any, dest: Path) -> None:
     """What a run's totals need of the store ``reader`` reads, as a small store at ``dest``:
     its meta (with ``compact: true``), channels (with their totals) and events as they are, and
     one step row per phase with the valid rows' sums (``n`` their count); no samples. The
-    integrations send these to rank 0 (:mod:`greentrack.gathering`): kilobytes, where the store
+    integrations send these to rank 0 (:mod:`greentrack.training.gathering`): kilobytes, where the store
     holds a time series of megabytes. Raises ``sqlite3.Error`` or ``OSError``."""
-    from greentrack.store.reader import VALID_STEP
     conn = sqlite3.connect(dest, isolation_level=None)
     try:
         conn.executescript(_SCHEMA)
@@ -253,7 +251,7 @@ def compact_store(reader: Any, dest: Path) -> None:
 def append_event(path: Path, level: str, kind: str, message: str,
                  details: dict[str, Any] | None = None) -> None:
     """Add an event to a closed store (at its end time): what rank 0 learns of the whole job
-    after its own store is closed (:mod:`greentrack.gathering`). Raises ``sqlite3.Error``."""
+    after its own store is closed (:mod:`greentrack.training.gathering`). Raises ``sqlite3.Error``."""
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'duration_s'").fetchone()

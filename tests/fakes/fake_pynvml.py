@@ -500,8 +500,8 @@ class VirtualClock:
     def drive(self, channel: Any, seconds: float, fast: float = 0.05, slow_every: int = 4) -> Any:
         """Poll ``channel`` as the engine would (a slow read every ``slow_every`` fast polls),
         advancing this clock from its time to ``seconds``; the channel's finalized points as a
-        :class:`greentrack.channelstate.Timeline`."""
-        from greentrack.channelstate import Timeline
+        :class:`greentrack.engine.channelstate.Timeline`."""
+        from greentrack.engine.channelstate import Timeline
         tl, i = Timeline(), 0
         while self.t <= seconds + 1e-9:
             tl.extend(channel.poll(self.t, slow=(i % slow_every == 0)))

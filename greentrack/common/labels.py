@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 
 MAX_LABELS = 16
 MAX_VALUE = 64

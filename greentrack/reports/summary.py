@@ -5,15 +5,15 @@ cost, GPU-hours, per-step figures, each store at the settings it recorded)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from greentrack._text import printable
 from greentrack.carbon.footprint import Footprint
 from greentrack.carbon.runs import Explicit, run_footprint
-from greentrack.errors import ConfigError
-from greentrack.jobinfo import describe
+from greentrack.common.errors import ConfigError
+from greentrack.common.jobinfo import describe
+from greentrack.common.text import printable
 from greentrack.run import RECORD_WARNINGS, Run
 from greentrack.store.reader import STALE_AFTER_S, store_status
 

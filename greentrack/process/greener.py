@@ -30,8 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from greentrack.errors import ConfigError
-from greentrack.units import utc
+from greentrack.carbon.schedule import best_start, flat_profile, window_starts
+from greentrack.carbon.series import read_csv
+from greentrack.common.errors import ConfigError
+from greentrack.common.units import utc
 
 #: On a non-terminal stderr, one countdown line this often (seconds).
 LINE_EVERY_S = 60.0
@@ -106,8 +108,6 @@ def plan_start(config: Any, max_delay_s: float, duration_s: float,
         ConfigError: no ``--intensity-csv``, a series that does not cover now, or one too short
             for the expected duration.
     """
-    from greentrack.carbon.schedule import best_start, flat_profile, window_starts
-    from greentrack.carbon.series import read_csv
     if not getattr(config, "intensity_csv", None):
         raise ConfigError("--start-when-greener", True, "needs a forecast of the intensity: "
                           "--intensity-csv FILE (a time series covering now and the delay)")

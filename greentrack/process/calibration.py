@@ -19,7 +19,7 @@ How it runs (on the sampler thread, from resolved step rows; nothing on the trai
    cold steps). Each point is stored as measured (store table ``power_limits``).
 
 The original limit is restored on every way out: the last point, :meth:`Calibration.close` from
-``Tracker.stop`` (which SIGTERM and the interpreter's exit also call, see :mod:`greentrack.lifecycle`),
+``Tracker.stop`` (which SIGTERM and the interpreter's exit also call, see :mod:`greentrack.process.lifecycle`),
 an exception leaving a ``with Tracker`` block, and a failing GPU read (the sampler's watcher aborts
 the calibration). A restore that fails is an ``error`` event naming the limit and the command that
 restores it; it is retried every :data:`RETRY_S` and at stop. SIGKILL cannot be caught: the events
@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greentrack.errors import ConfigError, PermissionDenied, SamplerError
+from greentrack.common.errors import ConfigError, PermissionDenied, SamplerError
 from greentrack.samplers.base import Note
-from greentrack.steps import StepRow
+from greentrack.store.layout import StepRow
 
 log = logging.getLogger("greentrack")
 #: The longest ``close`` waits for a restore (a hung driver must not hold up the training's exit).

@@ -22,16 +22,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from greentrack import lifecycle, sharing
-from greentrack.config import Config, env_run_id, launcher_int
-from greentrack.engine import Engine, channel_key
-from greentrack.errors import ConfigError
 from greentrack.carbon.runs import Totals, totals
+from greentrack.common.config import Config, env_run_id, launcher_int
+from greentrack.common.errors import ConfigError
+from greentrack.common.labels import parse_labels
+from greentrack.engine.engine import Engine, channel_key
+from greentrack.engine.stepvalues import PLAIN, capture, phase_name
+from greentrack.exporters import sinks_for
+from greentrack.exporters._joined import LivePublisher
+from greentrack.process import calibration, lifecycle, sharing
+from greentrack.process.runmeta import store_meta
+from greentrack.process.settings import check_settings
+from greentrack.reports.summary import summarize
 from greentrack.run import Run
-from greentrack.runmeta import store_meta
-from greentrack.stepvalues import PLAIN, capture, phase_name
-from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
-                              prepare_run_dir)
+from greentrack.samplers import discover
+from greentrack.store import StoreWriter, discard_unused_run_dir, host_identity, prepare_run_dir
+from greentrack.store.layout import JOIN_DIR
 
 #: Seconds a stop at SIGTERM or at the interpreter's exit gives the ``emissions_csv`` row (a
 #: Kubernetes or Slurm grace period is 30 s by default; a week-long run's row takes seconds).
@@ -45,7 +51,7 @@ class Tracker:
 
     Args:
         run_dir: the run directory (overrides ``config.run_dir``).
-        config: a :class:`~greentrack.config.Config`; default from ``GREENTRACK_*`` variables.
+        config: a :class:`~greentrack.common.config.Config`; default from ``GREENTRACK_*`` variables.
         **settings: any :class:`Config` field, overriding ``config``.
 
     Raises:
@@ -66,7 +72,7 @@ class Tracker:
         self._writer: StoreWriter | None = None
         self._pid = os.getpid()
         self._gen = lifecycle.FORK_GENERATION[0]
-        self._calibration: Any = None  # greentrack.calibration.Calibration, when asked and allowed
+        self._calibration: Any = None  # greentrack.process.calibration.Calibration, when asked and allowed
         self._lock = threading.Lock()
         #: Per phase, the next step index: next() of a count is atomic, so steps ending on several
         #: threads get distinct indices without a lock on the hot path.
@@ -91,7 +97,7 @@ class Tracker:
         #: stopped after it (so a final push sees final totals). Prometheus sinks are added
         #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
         self.sinks: list[Any] = list(sinks or [])
-        #: Callables returning the run's forecast (:mod:`greentrack.forecast`) or None, added by
+        #: Callables returning the run's forecast (:mod:`greentrack.carbon.forecast`) or None, added by
         #: the training meter; the Prometheus exporter shows the first one's as gauges.
         self.forecast_sources: list[Any] = []
 
@@ -161,7 +167,7 @@ class Tracker:
         self._pid = os.getpid()
         self._gen = lifecycle.FORK_GENERATION[0]
         cfg = self.config
-        cfg.check()  # settings that need data, before anything is created
+        check_settings(cfg)  # settings that need data, before anything is created
         parent = None if self._join_token else sharing.parent_run()
         if parent is not None and cfg.run_dir != parent[0]:
             if self._named_run_dir:
@@ -216,7 +222,6 @@ class Tracker:
         """The run directory (its run id, also kept as ``run_id``), the devices to measure and the
         power-limit plan. A start its settings refuse (a GPU named that does not exist, limits out
         of range) raises :class:`ConfigError` and leaves no run behind."""
-        from greentrack.samplers import discover
         fresh_dir = not cfg.run_dir.exists()
         fresh_run = fresh_dir or not (cfg.run_dir / "run.json").exists()
         self._made = (fresh_run, fresh_dir)  # what discard() may take back
@@ -227,7 +232,6 @@ class Tracker:
             channels = found.channels
             calibration_notes: list[Any] = []
             if cfg.calibrate_power_limits:
-                from greentrack import calibration
                 self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         except ConfigError:
             for ch in channels:
@@ -262,7 +266,6 @@ class Tracker:
         (failed) and raises; any other failure is a recorded warning."""
         cfg = self.config
         if cfg.prometheus_port is not None or cfg.pushgateway_url:
-            from greentrack.exporters import sinks_for  # lazy: prometheus_client only when asked
             self.sinks.extend(sinks_for(cfg))
         for sink in self.sinks:
             try:
@@ -296,7 +299,6 @@ class Tracker:
         if answer is None:
             return None
         # the lease ends after the final totals are written (the wrapper's exporter reads them)
-        from greentrack.exporters._joined import LivePublisher
         self._publisher = LivePublisher(answer[0], parent[1])
         self._leases.append(self._publisher)
         return answer[1]
@@ -339,7 +341,7 @@ class Tracker:
 
     def add_step_listener(self, fn: Any) -> None:
         """Call ``fn(row)`` on the sampler thread for each step once its joules are resolved;
-        ``row`` is a :class:`~greentrack.steps.StepRow` (``row.energy_j`` sums its kinds). Must be
+        ``row`` is a :class:`~greentrack.engine.steps.StepRow` (``row.energy_j`` sums its kinds). Must be
         quick and thread-safe."""
         if self._engine is not None:
             self._engine.step_listeners.append(fn)
@@ -414,7 +416,7 @@ class Tracker:
                 for p in (store, store.with_name(store.name + "-wal"),
                           store.with_name(store.name + "-shm")):
                     p.unlink(missing_ok=True)
-            joins = self.run_dir / sharing.JOIN_DIR  # made for the command's trackers to join
+            joins = self.run_dir / JOIN_DIR  # made for the command's trackers to join
             if joins.is_dir() and not any(joins.iterdir()):
                 joins.rmdir()
             sharing.remove_free_owner_files(self.run_dir)
@@ -425,8 +427,10 @@ class Tracker:
 
     def _append_emissions_csv(self) -> None:
         """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises.
-        A SIGTERM meanwhile waits for it (:class:`greentrack.lifecycle.appending_row`)."""
-        from greentrack.reports.emissions_log import append_run
+        A SIGTERM meanwhile waits for it (:class:`greentrack.process.lifecycle.appending_row`)."""
+        # the report builders load here, at the stop of a run that asked for a row, not when
+        # training imports the tracker (greentrack.reports.__getattr__ says why)
+        from greentrack.reports.document import append_run
         with lifecycle.appending_row():
             append_run(self.run_dir, self.config)
 
@@ -559,7 +563,6 @@ class Tracker:
         Raises:
             ConfigError: a bad key or value, or more than 16 labels in all (one line).
         """
-        from greentrack.labels import parse_labels
         new = parse_labels({**(labels or {}), **more})
         if only_missing:
             new = {k: v for k, v in new.items() if k not in self.labels}
@@ -613,7 +616,6 @@ class Tracker:
 
     def summary(self) -> dict[str, Any]:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
-        from greentrack.summary import summarize
         return summarize(self.run_dir)
 
 

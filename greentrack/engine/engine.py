@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greentrack.channelstate import ChannelSnapshot, ChannelState, channel_key
-from greentrack.config import Config
-from greentrack.errors import DeviceLost, RunStoreError, SamplerError
-from greentrack.records import MetricQueue
+from greentrack.common.config import Config
+from greentrack.common.errors import DeviceLost, RunStoreError, SamplerError
+from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, channel_key
+from greentrack.engine.records import MetricQueue
+from greentrack.engine.steps import FieldCleaner, PhaseTally, StepQueue, StepSpan
+from greentrack.engine.stepvalues import phase_name
 from greentrack.samplers.base import Channel, EventSource
-from greentrack.stepvalues import phase_name
-from greentrack.steps import FieldCleaner, PhaseTally, StepQueue, StepRow, StepSpan
 from greentrack.store import StoreWriter
+from greentrack.store.layout import StepRow
 
 __all__ = ["Engine", "StepSpan", "channel_key"]
 
@@ -99,7 +100,7 @@ class Engine:
         self.step_listeners: list[Callable[[StepRow], None]] = []
         #: Per-phase sums of the resolved steps: what every live output reads.
         self.tally = PhaseTally()
-        #: ``Tracker.record`` values (greentrack.records); the training thread appends to
+        #: ``Tracker.record`` values (greentrack.engine.records); the training thread appends to
         #: ``metrics``, resolved here once readings pass their time.
         self.records = MetricQueue(self.event, writer.add_metric)
         self.metrics = self.records.queue

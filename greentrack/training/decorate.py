@@ -37,12 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from greentrack._text import printable
-from greentrack.config import Config
-from greentrack.errors import ConfigError
 from greentrack.carbon.runs import Totals
-from greentrack.lifecycle import status_of_exception
-from greentrack.tracker import Tracker
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError
+from greentrack.common.text import printable
+from greentrack.process.lifecycle import status_of_exception
+from greentrack.process.settings import check_settings
+from greentrack.process.tracker import Tracker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -188,7 +189,7 @@ def track(fn: Callable[P, R] | None = None, /, *, run_dir: str | os.PathLike[str
         ConfigError: a setting is invalid (when decorating).
     """
     base = (config or Config.from_env()).replace(**settings) if settings else (config or Config.from_env())
-    base.check()  # the settings that need a file or a table too, now rather than at a call
+    check_settings(base)  # the settings that need a file or a table too, now rather than at a call
 
     def decorate(f: Any) -> Any:
         # above @staticmethod or @classmethod: track the function, then wrap it again the same

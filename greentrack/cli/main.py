@@ -16,8 +16,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from greentrack._text import json_text, printable
-from greentrack.errors import ConfigError, GreenTrackError
+from greentrack import __version__
+from greentrack.cli.doctor import diagnose, format_diagnosis
+from greentrack.cli.reports import (CARBON_OPTIONS, add_carbon_options, add_commands,
+                                    add_training_type, carbon_settings)
+from greentrack.common.config import Config
+from greentrack.common.errors import ConfigError, GreenTrackError
+from greentrack.common.labels import parse_labels
+from greentrack.common.text import json_text, printable
+from greentrack.common.units import parse_duration
+from greentrack.process.calibration import check_limits, limit_gpus
+from greentrack.process.greener import plan_start, wait_for
+from greentrack.process.lifecycle import status_of_exit
+from greentrack.process.settings import check_settings
+from greentrack.process.tracker import Tracker
+from greentrack.reports.summary import format_summary, summarize
+from greentrack.run import Run
+from greentrack.run.merge import merge_runs
+from greentrack.samplers._nvml import open_gpus
 
 #: How long at most ``greentrack run`` keeps /metrics up after its command ended, for the scrape
 #: that reads the final totals (it waits at most two of the scrape intervals it saw, plus 1 s).
@@ -42,7 +58,6 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     if getattr(ns, "run_dir", None):
         out["run_dir"] = ns.run_dir
     if getattr(ns, "labels", None):
-        from greentrack.labels import parse_labels
         env = os.environ.get("GREENTRACK_LABELS")
         out["labels"] = {**parse_labels(env, "GREENTRACK_LABELS"),
                          **parse_labels(ns.labels, "--label")}
@@ -94,13 +109,6 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="append the run's row to FILE in codecarbon's emissions.csv columns "
                         "(created if missing; also GREENTRACK_EMISSIONS_CSV)")
     add_training_type(p)
-
-
-def add_training_type(p: argparse.ArgumentParser) -> None:
-    from greentrack.config import TRAINING_TYPES
-    p.add_argument("--training-type", dest="training_type", choices=TRAINING_TYPES,
-                   help="what the run is, for the model card's co2_eq_emissions.training_type "
-                        "(default: the Hugging Face integration's inference, else not stated)")
 
 
 def _add_calibration(p: argparse.ArgumentParser) -> None:
@@ -160,14 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("out", metavar="OUT", help="new directory (must not exist, or be empty)")
     merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                        help="node-local directories of the run (apart, or joined by '+')")
-    from greentrack.reports.cli import add_carbon_options, add_commands  # report, compare
     add_carbon_options(run)
     add_commands(sub)
     return parser
 
 
 def _version() -> str:
-    from greentrack import __version__
     return f"greentrack {__version__}"
 
 
@@ -266,14 +272,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def cmd_summary(ns: argparse.Namespace) -> int:
-    from greentrack.summary import format_summary, summarize
     s = summarize(ns.run_dirs)
     print(json_text(s) if ns.json else format_summary(s))
     return 0
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from greentrack.merge import merge_runs
     result = merge_runs(ns.out, ns.run_dirs)
     print(f"greentrack: merged run {printable(result.run_id)}: {result.stores} store(s) from "
           f"{result.directories} director{'y' if result.directories == 1 else 'ies'} into "
@@ -290,7 +294,6 @@ def cmd_merge(ns: argparse.Namespace) -> int:
 
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
-    from greentrack.doctor import diagnose, format_diagnosis
     d = diagnose()
     print(json_text(d) if ns.json else format_diagnosis(d))
     return 0
@@ -300,7 +303,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     """``greentrack run -- CMD``. Until CMD runs, SIGINT and SIGTERM cancel the start: one line,
     128 + the signal, nothing left behind (no run directory of a command that never ran); once
     it runs, they are passed on to it, and its exit decides the run's status
-    (:func:`greentrack.lifecycle.status_of_exit`)."""
+    (:func:`greentrack.process.lifecycle.status_of_exit`)."""
     got = _EARLY  # one list: a signal while the command line was read cancels too
 
     def cancel(signum: int, _frame: Any) -> None:
@@ -324,17 +327,12 @@ def _cancelled(got: list[int], tracker: Any = None) -> int:
 
 
 def _run(ns: argparse.Namespace, got: list[int]) -> int:
-    from greentrack.config import Config
-    from greentrack.summary import format_summary
-    from greentrack.tracker import Tracker
-
     cmd = list(ns.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         raise ConfigError("CMD", "", "give the command to run after `--`, e.g. "
                           "`greentrack run -- python train.py`")
-    from greentrack.reports.cli import carbon_settings
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
     if config.final_scrape_wait_s is None:  # the command has ended: Prometheus reads its end
@@ -343,14 +341,13 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
     # measure the GPUs); this process only checks the limits first.
     calibration = _calibration_env(config)
     if calibration:
-        config.check()  # the other settings first, in the order Tracker.start checks them
+        check_settings(config)  # the other settings first, in the order Tracker.start checks them
         _check_calibration(config)
     config = config.replace(calibrate_power_limits=None)
     plan = _start_plan(ns, config)
     waited_s = 0.0
     if plan is not None:
         import time
-        from greentrack.greener import wait_for
         code = wait_for(plan)
         if code is not None:
             return code  # cancelled: nothing started, no run directory
@@ -401,7 +398,6 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    from greentrack.lifecycle import status_of_exit
     status, why = status_of_exit(rc, bool(forwarded))
     if tracker.engine is not None and tracker.status == "running":
         tracker.engine.event("info" if status == "completed" else "warning", "process-exit", why,
@@ -424,7 +420,6 @@ def _child_env(config: Any) -> dict[str, str]:
     carbon, price and model-card settings (their live emissions, cost and forecast use what
     ``greentrack run`` was given), the mode (a joined tracker splits the host as this run does)
     and the labels. A setting the command's own code passes still wins over the environment."""
-    from greentrack.reports.cli import CARBON_OPTIONS
     out = {}
     for name in [dest for dest, _, _ in CARBON_OPTIONS.values()] + ["training_type", "mode"]:
         value = getattr(config, name, None)
@@ -448,8 +443,6 @@ def _calibration_env(config: Any) -> dict[str, str]:
 def _check_calibration(config: Any) -> None:
     """Limits outside a GPU's constraints end ``greentrack run`` before anything is created or
     the command started (the command's trackers check them again, and do the rest)."""
-    from greentrack.calibration import check_limits, limit_gpus
-    from greentrack.samplers._nvml import open_gpus
     try:
         gpus, _ = open_gpus(config.gpus)
         check_limits(limit_gpus(gpus), config.calibrate_power_limits)
@@ -461,7 +454,6 @@ def _check_calibration(config: Any) -> None:
 
 def _calibration_outcome(tracker: Any) -> None:
     """One line when no process of the command stored a power-limit curve."""
-    from greentrack.run import Run
     try:
         with Run.open(tracker.run_dir) as run:
             if run.power_limit_curves():
@@ -481,15 +473,13 @@ def _start_plan(ns: argparse.Namespace, config: Any) -> Any:
             if value is not None:
                 raise ConfigError(flag, value, "is used only with --start-when-greener")
         return None
-    from greentrack.units import parse_duration
     for flag, value in (("--max-delay", ns.max_delay), ("--expected-duration", ns.expected_duration)):
         if value is None:
             raise ConfigError(flag, None, "--start-when-greener needs --max-delay and "
                               "--expected-duration, e.g. --max-delay 6h --expected-duration 3h")
     max_delay = parse_duration("--max-delay", ns.max_delay, allow_zero=True)
     duration = parse_duration("--expected-duration", ns.expected_duration)
-    config.check()  # the intensity CSV and the location, before planning on them
-    from greentrack.greener import plan_start
+    check_settings(config)  # the intensity CSV and the location, before planning on them
     return plan_start(config, max_delay, duration)
 
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,14 +19,14 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
 * ``steps``: optimizer steps ended so far, all segments included (the framework's global step).
 * ``forecast_energy_j``, ``forecast_duration_s``, ``forecast_end_unix`` (and
   ``forecast_emissions_g``, ``forecast_cost`` when the carbon and price settings allow): the whole
-  run, see :mod:`greentrack.forecast`; each with ``_low`` and ``_high`` (its interval) once known.
+  run, see :mod:`greentrack.carbon.forecast`; each with ``_low`` and ``_high`` (its interval) once known.
   The same estimate feeds the progress line and the Prometheus ``greentrack_forecast_*`` gauges
   (the meter adds :meth:`TrainingMeter.forecast_estimate` to ``tracker.forecast_sources``).
 
 :meth:`TrainingMeter.new_metrics` (what the framework callbacks log) returns only the figures with
 new data since its previous call (no stale value repeated, no 0 standing for "no reading yet"). Figures of a whole evaluation (one validation epoch's joules)
 come from :meth:`TrainingMeter.take_phase`. The framework callbacks' shared start/stop sequence
-and the run's totals are in :mod:`greentrack.integrating`.
+and the run's totals are in :mod:`greentrack.training.session`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ import threading
 import time
 from typing import Any
 
-from greentrack.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops, device_peak,
-                              given)
-from greentrack.forecast import Forecast, format_forecast
-from greentrack.steps import PHASE_SUMS, PhaseTally, StepRow
-from greentrack.units import J_PER_WH
-from greentrack.stepmarks import StepMarks
+from greentrack.carbon.forecast import Forecast, format_forecast
+from greentrack.common.errors import ConfigError
+from greentrack.common.units import J_PER_WH
+from greentrack.engine.steps import PHASE_SUMS, PhaseTally
+from greentrack.store.layout import StepRow
+from greentrack.training.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
+                                       device_peak, given)
+from greentrack.training.stepmarks import StepMarks
 
 log = logging.getLogger("greentrack")
 
@@ -60,7 +62,6 @@ def planned_steps_of(value: Any, setting: str = "planned_steps") -> int | None:
     """
     import operator
 
-    from greentrack.errors import ConfigError
     if value is None:
         return None
     allowed = (f"must be a whole number of optimizer steps from 1 to {MAX_PLANNED_STEPS:.0e} "
@@ -124,7 +125,7 @@ class TrainingMeter:
         tracker: a started :class:`greentrack.Tracker`.
         device: where the model runs (``torch.device`` or string); CUDA marks on the GPU timeline.
         flops: FLOPs per optimizer step: ``"auto"`` (count the first step), a number, a
-            :class:`~greentrack.flops.StepFlops` (e.g. :func:`~greentrack.flops.analytic`), or None.
+            :class:`~greentrack.training.flops.StepFlops` (e.g. :func:`~greentrack.training.flops.analytic`), or None.
         dtype: compute dtype or precision (``"bf16-mixed"``, ``torch.float16``...) for MFU.
         planned_steps: optimizer steps of the whole run, for the forecast.
         prior: totals of earlier segments of a resumed run: ``energy_j``, ``elapsed_s``, ``steps``.
@@ -294,7 +295,7 @@ class TrainingMeter:
             log.debug("greentrack: progress line not written: %s", e)
 
     def forecast_estimate(self) -> dict[str, Any] | None:
-        """The whole run's forecast now (see :mod:`greentrack.forecast`), or None; any thread."""
+        """The whole run's forecast now (see :mod:`greentrack.carbon.forecast`), or None; any thread."""
         return self._observe()
 
     def _observe(self) -> dict[str, Any] | None:
@@ -433,18 +434,6 @@ class TrainingMeter:
         sources = getattr(self.tracker, "forecast_sources", None)
         if isinstance(sources, list) and self.forecast_estimate in sources:
             sources.remove(self.forecast_estimate)
-
-
-#: Names that moved to :mod:`greentrack.integrating` (importable from here, lazily, as before).
-_MOVED = ("resume_flops", "resolve_config", "new_run_dir", "run_totals", "totals_metrics",
-          "final_totals", "start_tracker", "guarded", "MAX_HOOK_EVENTS")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from greentrack import integrating
-        return getattr(integrating, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["TrainingMeter", "progress_period", "FIRST_PROGRESS_S", "SETTLE_S", "METHOD_COUNTED"]

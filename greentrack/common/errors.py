@@ -7,6 +7,8 @@ knowing any vendor library.
 
 from __future__ import annotations
 
+from greentrack.common.text import printable
+
 
 class GreenTrackError(Exception):
     """Base class of every error greentrack raises on purpose."""
@@ -20,7 +22,6 @@ class ConfigError(GreenTrackError, ValueError):
     MAX_SHOWN = 120
 
     def __init__(self, setting: str, value: object, allowed: str) -> None:
-        from greentrack._text import printable
         self.setting, self.value, self.allowed = setting, value, allowed
         # Values come from users, files and shells: shown by repr, printable, cut; one line.
         super().__init__(f"{printable(setting, self.MAX_SHOWN)}={printable(repr(value), self.MAX_SHOWN)}"

@@ -11,6 +11,8 @@ import math
 import time
 from typing import Any
 
+from greentrack.common.errors import ConfigError
+
 #: Joules in one kilowatt-hour and in one watt-hour (exact).
 J_PER_KWH = 3.6e6
 J_PER_WH = 3.6e3
@@ -53,10 +55,9 @@ def is_number(value: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
 
 def check_number(name: str, value: Any, lo: float, hi: float = math.inf,
                  allowed: str | None = None) -> float:
-    """``value`` as a float, or a one-line :class:`~greentrack.errors.ConfigError` naming ``name``,
+    """``value`` as a float, or a one-line :class:`~greentrack.common.errors.ConfigError` naming ``name``,
     the value and the range (or ``allowed``)."""
     if not is_number(value, lo, hi):
-        from greentrack.errors import ConfigError
         raise ConfigError(name, value, allowed or (f"must be a number from {lo:g} to {hi:g}"
                                                    if hi != math.inf else f"must be a number >= {lo:g}"))
     return float(value)
@@ -68,11 +69,10 @@ DURATION_HELP = "must be a duration {sign} like 90s, 15m, 6h, 1h30m or 1.5d (s, 
 
 def parse_duration(setting: str, text: str, allow_zero: bool = False) -> float:
     """``text`` (``90``, ``90s``, ``15m``, ``6h``, ``1h30m``, ``1.5d``) in seconds, or a one-line
-    :class:`~greentrack.errors.ConfigError` naming ``setting``. Negative, non-finite and (unless
+    :class:`~greentrack.common.errors.ConfigError` naming ``setting``. Negative, non-finite and (unless
     ``allow_zero``) zero durations are refused."""
     import re
 
-    from greentrack.errors import ConfigError
     raw = str(text).strip().lower()
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", raw)
     allowed = DURATION_HELP.format(sign=">= 0" if allow_zero else "> 0")

@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greentrack.common.errors import ConfigError
+from greentrack.run import Run
+from greentrack.store import StoreReader, append_event, compact_store, host_identity, store_paths
+
 log = logging.getLogger("greentrack")
 #: The event that says part of the job is missing from rank 0's totals.
 GAP_EVENT = "gather-gap"
@@ -57,7 +61,6 @@ def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: b
     store in ``run_dir``. ``main_host``: rank 0's ``(host, boot id)`` where known (the
     integrations broadcast it with the run directory): a rank on that host writes into the very
     directory rank 0 reads, so it sends no store. Never raises (a failure is in ``errors``)."""
-    from greentrack.store import StoreReader, compact_store, host_identity, store_paths
 
     host, boot = host_identity()
     stores: list[tuple[str, bytes]] = []
@@ -152,7 +155,6 @@ def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
         log.warning("greentrack: %s", message)
         if store is not None:
             try:
-                from greentrack.store import append_event
                 append_event(store, "warning", GAP_EVENT, message)
             except Exception as e:  # noqa: BLE001
                 log.warning("greentrack: could not record it in %s: %s", store.name, e)
@@ -198,7 +200,6 @@ def _gaps(parts: list[NodePart], failure: str | None, world_size: int | None,
 
 
 def _has_stores(run_dir: Path) -> bool:
-    from greentrack.store import store_paths
     try:
         return bool(store_paths(run_dir))
     except Exception:  # noqa: BLE001 - a ConfigError: missing, not a directory, no store
@@ -206,8 +207,6 @@ def _has_stores(run_dir: Path) -> bool:
 
 
 def _read(dirs: list[Path], run_dir: Path, gaps: list[str]) -> dict[str, Any]:
-    from greentrack.errors import ConfigError
-    from greentrack.run import Run
     try:
         run = Run.open(dirs, note_copies=False)
     except ConfigError as e:  # another run's stores in a node's directory: this node's alone

@@ -21,7 +21,7 @@ with its source. A device or dtype not in the table has no peak: MFU is ``None``
 (no guess posing as a fact).
 
 Example:
-    >>> from greentrack.flops import analytic, mfu, peak_flops
+    >>> from greentrack.training.flops import analytic, mfu, peak_flops
     >>> analytic(n_params=124e6, tokens_per_step=8 * 1024).flops
     6094848000000.0
     >>> peak = peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")
@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from greentrack.errors import ConfigError
-from greentrack.units import is_number
+from greentrack.common.errors import ConfigError
+from greentrack.common.units import is_number
 
 log = logging.getLogger("greentrack")
 

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from greentrack.config import Config
+from greentrack.common.config import Config
+from greentrack.samplers import _rapl, discover
+from greentrack.samplers._amdsmi import import_amdsmi, lib_version
 
 
 def in_container() -> bool:
@@ -20,7 +22,6 @@ def in_container() -> bool:
 
 def diagnose(config: Config | None = None) -> dict[str, Any]:
     """Open every channel once (as a tracker would), describe it, and close it again."""
-    from greentrack.samplers import _rapl, discover
 
     config = config or Config.from_env()
     found = discover(config)
@@ -44,7 +45,6 @@ def _amdsmi_version(devices: list[dict[str, Any]]) -> str | None:
     """AMD SMI's library version, when an AMD GPU was opened (the library is loaded then)."""
     if not any(str(d["method"]).startswith("amdsmi") for d in devices):
         return None
-    from greentrack.samplers._amdsmi import import_amdsmi, lib_version
     module, _ = import_amdsmi()
     return lib_version(module) if module is not None else None
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from greentrack.errors import ConfigError
-from greentrack.units import check_number, is_number
+from greentrack.common.errors import ConfigError
+from greentrack.common.labels import parse_labels
+from greentrack.common.units import check_number, is_number
 
 Mode = Literal["machine", "process"]
 MODES = ("machine", "process")
@@ -58,10 +59,10 @@ class Config:
             integration.
         labels: what kind of experiment this is, e.g. ``{"precision": "bf16", "method": "lora"}``
             (or ``"precision=bf16,method=lora"``): at most 16, keys ``[a-z][a-z0-9_]{0,31}``,
-            values 1-64 printable characters (:mod:`greentrack.labels`). Integrations add the
+            values 1-64 printable characters (:mod:`greentrack.common.labels`). Integrations add the
             precision the framework uses when none is given.
         calibrate_power_limits: GPU power limits in watts to measure the run at, over its first
-            training steps (:mod:`greentrack.calibration`; needs the privilege to set the limit,
+            training steps (:mod:`greentrack.process.calibration`; needs the privilege to set the limit,
             and changes the run while it calibrates). ``None``: off. Text ``"250,300"`` works too.
         calibration_steps: training steps measured at each limit (default 20).
         calibration_warmup_steps: steps discarded after each limit change, before those measured
@@ -103,7 +104,7 @@ class Config:
     training_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    # -- power-limit calibration (greentrack.calibration); None = off --
+    # -- power-limit calibration (greentrack.process.calibration); None = off --
     calibrate_power_limits: tuple[float, ...] | None = None
     calibration_steps: int = 20
     calibration_warmup_steps: int = 5
@@ -114,7 +115,6 @@ class Config:
         object.__setattr__(self, "run_dir_is_default", self.run_dir is None)
         object.__setattr__(self, "run_dir", default_run_dir() if self.run_dir is None
                            else Path(self.run_dir))
-        from greentrack.labels import parse_labels
         object.__setattr__(self, "labels", parse_labels(self.labels, "labels"))
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
@@ -158,28 +158,6 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100_000:
                 raise ConfigError(name, value, f"must be an integer from {low} to 100000")
-
-    def check(self) -> None:
-        """Check the settings that need data or a parse: country, region and cloud (against
-        codecarbon's tables), the intensity CSV (read whole), the Pushgateway URL, the emissions
-        CSV's directory. ``Tracker.start``
-        and ``greentrack run`` call it before they create anything.
-
-        Raises:
-            ConfigError: one line naming the setting, the value and what is allowed.
-        """
-        if self.country or self.region or self.cloud:
-            from greentrack.carbon.location import resolve_location
-            resolve_location(self)
-        if self.intensity_csv:
-            from greentrack.carbon.series import read_csv
-            read_csv(self.intensity_csv)
-        if self.pushgateway_url:
-            from greentrack.exporters.prometheus import gateway_url
-            gateway_url(self.pushgateway_url)
-        if self.emissions_csv:  # now, not when the run ends
-            from greentrack.reports.emissions_log import check_path
-            check_path(self.emissions_csv)
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed; unknown names are a ConfigError."""
@@ -330,7 +308,7 @@ def _parse_gpus(value: Any) -> tuple[int | str, ...]:
 
 
 #: The most power limits one calibration measures, and the range of each (W): the board's own
-#: constraints are checked when the tracker starts (greentrack.calibration).
+#: constraints are checked when the tracker starts (greentrack.process.calibration).
 MAX_POWER_LIMITS = 16
 POWER_LIMIT_RANGE_W = (1.0, 5000.0)
 
@@ -398,6 +376,5 @@ def _from_text(name: str, raw: str) -> Any:
     if name == "gpus":
         return raw
     if name == "labels":
-        from greentrack.labels import parse_labels
         return parse_labels(raw, "GREENTRACK_LABELS")
     return raw

@@ -10,7 +10,7 @@ every reader does; a read-only input is read from a private copy). ``OUT`` must 
 empty, and not lie inside an input; it appears whole or not at all (written beside it, then moved).
 
 Example:
-    >>> from greentrack.merge import merge_runs
+    >>> from greentrack.run.merge import merge_runs
     >>> merge_runs("merged", ["node0/run", "node1/run"])   # doctest: +SKIP
     MergeResult(out=..., run_id='job-42', stores=4, duplicates=0, skipped=[])
 """
@@ -24,12 +24,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from greentrack.errors import ConfigError
-
-if TYPE_CHECKING:
-    from greentrack.run import Run
+from greentrack.common.errors import ConfigError
+from greentrack.common.files import staged_dir
+from greentrack.run import Run, run_dirs_of
+from greentrack.store import SCHEMA_VERSION, copy_store
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,6 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
         ConfigError: ``out`` exists and is not an empty directory; an input is missing or holds
             no store; the inputs hold different runs; a store cannot be copied.
     """
-    from greentrack._files import staged_dir
-    from greentrack.run import Run
 
     out = Path(out)
     if os.path.lexists(out) and (not out.is_dir() or any(out.iterdir())):
@@ -67,7 +64,6 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
         raise ConfigError("RUN_DIR", "", "give at least one run directory to merge")
     # links resolved on both sides: OUT through a link into an input (or an input given through
     # a link) is still inside it
-    from greentrack.run import run_dirs_of
     target = Path(os.path.realpath(out))
     for d in (one for arg in run_dirs for one in run_dirs_of(arg)):
         if target.is_relative_to(Path(os.path.realpath(d))):
@@ -88,7 +84,6 @@ def merge_runs(out: str | Path, run_dirs: Sequence[str | Path]) -> MergeResult:
 
 def _write(run: "Run", tmp: Path) -> None:
     """Each store of ``run`` (a consistent copy) and the merged ``run.json`` into ``tmp``."""
-    from greentrack.store import SCHEMA_VERSION, copy_store
     names: set[str] = set()
     for seg in run.segments:
         name = seg.path.name

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from greentrack.errors import ConfigError
+from greentrack.common.errors import ConfigError
 
 #: never group- or world-writable
 DIR_MODE = 0o755

@@ -1,4 +1,4 @@
-"""Runs that meet on one machine: found by leases (:mod:`greentrack.leases`), never guessed.
+"""Runs that meet on one machine: found by leases (:mod:`greentrack.common.leases`), never guessed.
 
 * :class:`HostWatch`: every tracker that measures the host's CPU/DRAM or a GPU holds a host lease
   saying which (``host_scope``, ``gpus``): a shared GPU's sampler tells other trackers from untracked
@@ -33,13 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from greentrack.leases import Lease, host_lease_dir, is_held, live_leases
+from greentrack.common.leases import Lease, host_lease_dir, is_held, live_leases
+from greentrack.engine.channelstate import channel_key
+from greentrack.samplers._share import ProcessShare
+from greentrack.store.layout import JOIN_DIR
 
 log = logging.getLogger("greentrack")
 
 PARENT_ENV = "GREENTRACK_PARENT_RUN_DIR"
 TOKEN_ENV = "GREENTRACK_PARENT_TOKEN"  # which tracker of that run answers joins: the parent's
-JOIN_DIR = ".joins"
 #: How long a joining tracker waits for the parent to stop counting its devices.
 JOIN_ACK_S = 2.0
 #: How often the host leases are scanned, and held join leases probed (a dead child's lease).
@@ -112,8 +114,6 @@ class DeviceOwners:
     every process of a host), so nothing is lost or counted twice at a hand-over."""
 
     def __init__(self, engine: Any, run_dir: Path, channels: list[Any], host: str) -> None:
-        from greentrack.channelstate import channel_key
-        from greentrack.samplers._share import ProcessShare
         self.engine = engine
         self.directory = run_dir / OWNER_DIR
         self.directory.mkdir(mode=0o755, exist_ok=True)

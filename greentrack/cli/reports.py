@@ -15,8 +15,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from greentrack._text import json_text, printable
-from greentrack.errors import ConfigError
+from greentrack.carbon.resolve import config_for_run
+from greentrack.common.config import TRAINING_TYPES, Config
+from greentrack.common.errors import ConfigError
+from greentrack.common.files import not_regular, staged_dir
+from greentrack.common.text import json_text, printable
+from greentrack.process.settings import check_settings
+from greentrack.reports.advise import MAX_SLOWDOWN, advise, format_text, run_footprint_of
+from greentrack.reports.compare import (compare, curves, format_html, format_markdown, format_table,
+                                        parse_groups, parse_target)
+from greentrack.reports.document import FORMATS, iter_reports
+from greentrack.reports.emissions_log import append
+from greentrack.reports.run_data import read_run
+from greentrack.reports.summary import footprint_summary
+from greentrack.run import run_dirs_of
+from greentrack.store import store_paths
 
 #: flag -> (Config field, type, help)
 CARBON_OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -34,6 +47,13 @@ CARBON_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--currency": ("currency", str, "currency code of the prices, e.g. EUR"),
 }
 TABLES = {"embodied", "boamps", "hf", "report", "electricitymaps"}
+
+
+def add_training_type(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--training-type", dest="training_type", choices=TRAINING_TYPES,
+                   help="what the run is, for the model card's co2_eq_emissions.training_type "
+                        "(default: the Hugging Face integration's inference, else not stated)")
+
 
 
 def add_carbon_options(p: argparse.ArgumentParser) -> None:
@@ -61,8 +81,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     import tomllib
     from dataclasses import fields
 
-    from greentrack.config import Config
-    from greentrack._files import not_regular
     path = Path(path)
     what = not_regular(path)
     if what is not None:  # a FIFO would wait for a writer, /dev/zero never end
@@ -126,14 +144,12 @@ def carbon_settings(ns: argparse.Namespace) -> dict[str, Any]:
 def make_config(ns: argparse.Namespace) -> dict[str, Any]:
     """The explicit settings of the command line (and ``--config``), checked now: a report or
     compare applies them over each run's recorded settings, over the environment."""
-    from greentrack.carbon.resolve import config_for_run
     explicit = carbon_settings(ns)
-    config_for_run(None, explicit).check()  # one clear line for a bad flag, before any reading
+    check_settings(config_for_run(None, explicit))  # one clear line for a bad flag, before any reading
     return explicit
 
 
 def _formats(text: str) -> list[str]:
-    from greentrack.reports import FORMATS
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if "all" in names:
         import importlib.util
@@ -165,7 +181,6 @@ def add_commands(sub: Any) -> None:
     rep.add_argument("--emissions-csv", metavar="FILE",
                      help="also append each run's row to FILE, a per-project CSV in codecarbon's "
                           "emissions.csv columns (created if missing)")
-    from greentrack.cli import add_training_type
     add_training_type(rep)
     add_carbon_options(rep)
     rep.set_defaults(handler=cmd_report)
@@ -222,16 +237,12 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _report(ns: argparse.Namespace) -> int:
-    from greentrack._files import staged_dir
-    from greentrack.reports import iter_reports
-    from greentrack.store import store_paths
     formats = _formats(ns.format)
     config = make_config(ns)
     unit = ns.sci_unit or str((config.get("extra") or {}).get("sci_unit") or "run")
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "exists and is not a directory")
-    from greentrack.run import run_dirs_of
     for run_dir in ns.run_dirs:  # check every directory before writing anything
         for one in run_dirs_of(run_dir):
             store_paths(one)
@@ -240,7 +251,6 @@ def _report(ns: argparse.Namespace) -> int:
     with staged_dir(out) as tmp:
         results = list(iter_reports(ns.run_dirs, config, formats, tmp, unit))
     if ns.emissions_csv:
-        from greentrack.reports.emissions_log import append
         for w in append([doc for doc, _ in results], ns.emissions_csv):
             print(f"greentrack: warning: {printable(w)}", file=sys.stderr)
     for doc, written in results:
@@ -257,8 +267,6 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from greentrack.reports.compare import (compare, curves, format_html, format_markdown,
-                                            format_table, parse_groups, parse_target)
     target = parse_target(ns.target) if ns.target is not None else None
     groups = parse_groups(ns.group, ns.run_dirs)
     fmt = ns.cmp_format or ("json" if ns.json else "text")
@@ -277,10 +285,6 @@ def cmd_advise(ns: argparse.Namespace) -> int:
 
 
 def _advise(ns: argparse.Namespace) -> int:
-    from greentrack.carbon.resolve import config_for_run
-    from greentrack.reports.advise import advise, format_text, run_footprint_of
-    from greentrack.reports.run_data import read_run
-    from greentrack.summary import footprint_summary
     explicit = make_config(ns)
     data = read_run(ns.run_dir)
     config = config_for_run(data.settings, explicit)
@@ -300,7 +304,6 @@ def _advise(ns: argparse.Namespace) -> int:
 
 def parse_slowdown(text: str | None) -> float:
     """``--max-slowdown``: a fraction (0.05) or a percentage (5%), from 0 to 10 (1000%)."""
-    from greentrack.reports.advise import MAX_SLOWDOWN
     if text is None:
         return MAX_SLOWDOWN
     raw = text.strip()

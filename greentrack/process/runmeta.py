@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from greentrack import __version__
-from greentrack.config import Config, launcher_int
-from greentrack.jobinfo import job_metadata
+from greentrack.common.config import Config, launcher_int
+from greentrack.common.jobinfo import job_metadata
 from greentrack.store import host_identity
 
 

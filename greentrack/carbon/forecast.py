@@ -44,6 +44,7 @@ from collections import deque
 from typing import Any
 
 from greentrack.carbon.footprint import NO_SETTINGS, Settings, one_part, plain_settings
+from greentrack.carbon.resolve import settings_for
 
 log = logging.getLogger("greentrack")
 
@@ -175,7 +176,6 @@ class Forecast:
         """A forecast at the carbon and price settings of a :class:`greentrack.Config`
         (resolved as every output resolves them), for a process measuring ``gpus`` GPUs."""
         try:
-            from greentrack.carbon.resolve import settings_for
             settings = settings_for(config)
         except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
             log.warning("greentrack: no carbon or price settings for the forecast: %s", e)

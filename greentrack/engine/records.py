@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from greentrack import stepvalues
+from greentrack.engine import stepvalues
 
 Record = tuple[float, "int | None", dict[str, Any]]
 

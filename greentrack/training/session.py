@@ -6,14 +6,14 @@ The Lightning and Hugging Face callbacks each map their hooks onto one :class:`I
   under the framework's output directory) and the run id, and every rank gets both through the
   framework's broadcast (node-local directories of one job then carry one run id);
 * :meth:`IntegrationRun.start`: a tracker for this rank (host CPU and DRAM on local rank 0) and a
-  :class:`~greentrack.training.TrainingMeter`, continuing a resumed run (``carry``);
+  :class:`~greentrack.training.meter.TrainingMeter`, continuing a resumed run (``carry``);
 * :meth:`IntegrationRun.begin_training`: step indices continue from the framework's global step;
 * :meth:`IntegrationRun.evaluation_metrics`: one evaluation's joules, once its steps are resolved;
 * :meth:`IntegrationRun.final_metrics`: the last live figures of a stage (a run shorter than the
   logging period gets its figures too);
 * :meth:`IntegrationRun.stop`: close this rank's store; under ``torch.distributed`` every rank
   sends its node's stores (compact copies) to rank 0 in one ``gather_object``
-  (:mod:`greentrack.gathering`: no shared filesystem needed), else a barrier; on rank 0 the whole
+  (:mod:`greentrack.training.gathering`: no shared filesystem needed), else a barrier; on rank 0 the whole
   job's totals (every node, rank and segment, each host once) as ``greentrack/run_*`` metrics,
   with ``run_steps`` the framework's global step.
 
@@ -29,8 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from greentrack.flops import StepFlops
-from greentrack.training import SETTLE_S, TrainingMeter
+from greentrack.common.config import Config, env_run_id
+from greentrack.common.errors import ConfigError
+from greentrack.common.labels import precision_of
+from greentrack.process.tracker import Tracker
+from greentrack.run import Run
+from greentrack.store import host_identity
+from greentrack.training import gathering
+from greentrack.training.flops import StepFlops
+from greentrack.training.meter import SETTLE_S, TrainingMeter, planned_steps_of
 
 log = logging.getLogger("greentrack")
 #: Prefix of every metric the integrations log.
@@ -53,7 +60,6 @@ class IntegrationRun:
 
     def __init__(self, run_dir: Any, config: Any, settings: dict[str, Any], *, flops: Any,
                  planned_steps: int | None, progress_every_s: float | None) -> None:
-        from greentrack.training import planned_steps_of
         self.config, self.dir_chosen = resolve_config(run_dir, config, settings)
         self.flops, self.planned_steps = flops, planned_steps_of(planned_steps)
         self.progress_every_s = progress_every_s
@@ -98,12 +104,10 @@ class IntegrationRun:
             import json
             import uuid
 
-            from greentrack.config import env_run_id
             chosen = str(self.config.run_dir if self.dir_chosen else new_run_dir(root))
             if broadcast is None:
                 self.run_dir = Path(chosen)
                 return self.run_dir
-            from greentrack.store import host_identity
             run_id = (self.carry.get("run_id") or self.config.run_id or env_run_id()
                       or uuid.uuid4().hex[:12])
             try:
@@ -136,7 +140,6 @@ class IntegrationRun:
             planned_steps=self.planned_steps, prior=self.carry, main=main,
             progress_every_s=self.progress_every_s)
         tracker.continue_steps({k: int(v) for k, v in self.carry.get("steps", {}).items()})
-        from greentrack.labels import precision_of
         precision = precision_of(dtype)
         if precision is not None:  # what the framework uses, unless the user labelled it
             tracker.add_labels(precision=precision, only_missing=True)
@@ -202,7 +205,7 @@ class IntegrationRun:
         :attr:`summary`. Empty otherwise.
 
         Under ``torch.distributed`` (more than one rank) the ranks' stores reach rank 0 through
-        one ``gather_object`` (:func:`greentrack.gathering.job_totals`), which is also the
+        one ``gather_object`` (:func:`greentrack.training.gathering.job_totals`), which is also the
         synchronization; otherwise ``barrier`` is called, then rank 0 reads the run directory."""
         meter, self.meter = self.meter, None
         tracked = meter is not None
@@ -214,7 +217,6 @@ class IntegrationRun:
             if csv_row:  # no barrier to wait for: what the stores hold now
                 self._append_csv()
             return {}
-        from greentrack import gathering
         if gathering.distributed():
             import torch.distributed as dist
             rank = dist.get_rank()
@@ -244,9 +246,11 @@ class IntegrationRun:
     def _append_csv(self, dirs: list[Path] | None = None) -> None:
         """The run's ``emissions.csv`` row: of ``dirs`` (node-local directories of the job, read
         together) or of the run directory."""
-        from greentrack.reports.emissions_log import append_run
         if self.run_dir is not None:
             where = "+".join(str(d) for d in dirs) if dirs else self.run_dir
+            # the report builders load at the stop of a run that asked for a row, not when the
+            # integration is imported (greentrack.reports.__getattr__ says why)
+            from greentrack.reports.document import append_run
             append_run(where, self.config.replace(run_dir=self.run_dir))
 
 
@@ -268,12 +272,11 @@ class RunCallback:
 
 
 def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
-    """The integration's :class:`~greentrack.config.Config` (validated now, so a bad setting fails
+    """The integration's :class:`~greentrack.common.config.Config` (validated now, so a bad setting fails
     before training) and whether the user chose the run directory (argument, ``config`` or
     ``GREENTRACK_RUN_DIR``). Otherwise the integration picks a fresh one on rank 0."""
     import os
 
-    from greentrack.config import Config
 
     if run_dir is not None:
         settings = {**settings, "run_dir": run_dir}
@@ -295,7 +298,6 @@ def new_run_dir(root: Any) -> Any:
 def run_totals(run_dir: Any) -> dict[str, Any]:
     """The whole run's totals (every rank and segment, as ``greentrack summary --json``) with the
     energy of each phase's steps added as ``phase_energy_j``: one read of the run."""
-    from greentrack.run import Run
 
     with Run.open(run_dir) as run:
         out = run.summary()
@@ -360,8 +362,6 @@ def start_tracker(config: Any, local_zero: bool) -> Any:
     settings say otherwise). A bad setting (``ConfigError``) propagates, before any training;
     anything else is a warning and the run trains untracked: measurement never breaks training.
     """
-    from greentrack.errors import ConfigError
-    from greentrack.tracker import Tracker
     if config.host_energy is None:
         config = config.replace(host_energy=local_zero)
     try:

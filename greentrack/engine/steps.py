@@ -5,7 +5,7 @@ deque, no lock, no I/O. Past :data:`MAX_BACKLOG` queued steps (the sampler attri
 a second on a small VM) further steps are merged into one row per phase whose ``n`` says how many
 steps it stands for, so memory stays bounded and every step is counted once. The sampler thread
 takes them all (:meth:`StepQueue.take`) and, once their energy is resolved, turns what the user
-handed over into recordable values (:class:`FieldCleaner`, with :mod:`greentrack.stepvalues`).
+handed over into recordable values (:class:`FieldCleaner`, with :mod:`greentrack.engine.stepvalues`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from greentrack import stepvalues
+from greentrack.engine import stepvalues
+from greentrack.store.layout import StepRow
 
 log = logging.getLogger("greentrack")
 
@@ -46,35 +47,6 @@ class StepSpan:
         """A CUDA value of this step is still on its way to the host."""
         return any(stepvalues.pending(v) for v in (self.flops, self.samples, self.tokens)) or \
             any(stepvalues.pending(v) for v in self.extra.values())
-
-
-class StepRow(NamedTuple):
-    """A resolved step, as stored and as step listeners receive it (on the sampler thread).
-
-    Times are seconds since the segment's start; energies in joules by kind (None: no channel of
-    that kind); ``n`` is the number of steps the row stands for (more than one only when fast
-    steps were coalesced)."""
-
-    idx: int
-    phase: str
-    t0: float
-    t1: float
-    duration_s: float
-    gpu_j: float | None
-    cpu_j: float | None
-    dram_j: float | None
-    gpu_seconds: float
-    flops: float | None
-    samples: float | None
-    tokens: float | None
-    timeline: str
-    extra: dict[str, Any]
-    n: int = 1
-
-    @property
-    def energy_j(self) -> float:
-        """The step's joules, all kinds: the one place this sum is made (SQL: ``run.STEP_J``)."""
-        return (self.gpu_j or 0.0) + (self.cpu_j or 0.0) + (self.dram_j or 0.0)
 
 
 #: What :class:`PhaseTally` sums per phase: steps, joules (all kinds; GPU and how many rows had a
