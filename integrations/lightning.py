@@ -45,6 +45,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from greentrack.common.config import Config
 from greentrack.training.session import PREFIX, IntegrationRun, RunCallback, guarded
 
 log = logging.getLogger("greentrack")
@@ -78,7 +79,7 @@ class GreenTrackCallback(Callback, RunCallback):
     def __init__(self, run_dir: str | Path | None = None, *, flops: Any = "auto",
                  samples_fn: Any = None, tokens_fn: Any = None, planned_steps: int | None = None,
                  prog_bar: bool = True, log_totals: bool = True, log_every_s: float = 2.0,
-                 progress_every_s: float | None = 60.0, config: Any = None,
+                 progress_every_s: float | None = 60.0, config: Config | None = None,
                  **settings: Any) -> None:
         self.run = IntegrationRun(run_dir, config, settings, flops=flops,
                                   planned_steps=planned_steps, progress_every_s=progress_every_s)

@@ -219,5 +219,4 @@ def track_optimizer(optimizer: Any, tracker: Any = None, *, model: Any = None, f
                              tokens_per_step, gather_totals)
 
 
-
 __all__ = ["track_optimizer", "OptimizerTracking"]

@@ -53,6 +53,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from greentrack.common.config import Config
 from greentrack.reports.document import report_document
 from greentrack.reports.to_hf import add_to_card
 from greentrack.training.session import IntegrationRun, RunCallback, guarded
@@ -81,7 +82,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
 
     def __init__(self, run_dir: str | Path | None = None, *, flops: Any = "auto",
                  planned_steps: int | None = None, log_totals: bool = True,
-                 progress_every_s: float | None = 60.0, config: Any = None,
+                 progress_every_s: float | None = 60.0, config: Config | None = None,
                  **settings: Any) -> None:
         self.run = IntegrationRun(run_dir, config, settings, flops=flops,
                                   planned_steps=planned_steps, progress_every_s=progress_every_s)
@@ -260,7 +261,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         return False
 
 
-def _with_training_type(config: Any, model: Any) -> Any:
+def _with_training_type(config: Config, model: Any) -> Config:
     """``config`` with the training type of ``model`` and how it was inferred: the Trainer's own
     card takes ``config._name_or_path`` as what a model was ``finetuned_from``; a model built from
     a config alone has none. (The path itself is not recorded: it may name a private directory.)"""

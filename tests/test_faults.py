@@ -14,6 +14,7 @@ import pynvml as real_pynvml
 import pytest
 
 import greentrack
+import greentrack.process.tracker
 from greentrack.store import StoreReader, store_paths
 from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
@@ -348,7 +349,7 @@ def test_an_unexpected_start_failure_disables_tracking_not_training(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("sysfs went away")
 
-    monkeypatch.setattr(greentrack.samplers, "discover", broken)
+    monkeypatch.setattr(greentrack.process.tracker, "discover", broken)
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
         for _ in range(3):
             with tracker.step():

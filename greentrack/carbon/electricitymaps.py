@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.carbon.series import IntensitySeries, parse_time
+from greentrack.common.config import Config
 from greentrack.common.errors import GreenTrackError
 from greentrack.common.files import make_dirs
 from greentrack.common.units import utc
@@ -35,7 +36,7 @@ class ElectricityMapsError(GreenTrackError):
     """The API could not give an answer (network, HTTP status, unexpected body)."""
 
 
-def _setting(config: Any, name: str) -> str | None:
+def _setting(config: Config, name: str) -> str | None:
     value = os.environ.get(f"GREENTRACK_{name.upper()}")
     if value:
         return value
@@ -44,7 +45,7 @@ def _setting(config: Any, name: str) -> str | None:
     return str(got) if got else None
 
 
-def zone_for(config: Any, location: dict[str, Any] | None) -> str | None:
+def zone_for(config: Config, location: dict[str, Any] | None) -> str | None:
     """The Electricity Maps zone key: explicit setting, else derived from the location."""
     explicit = _setting(config, "electricitymaps_zone")
     if explicit:
@@ -87,7 +88,7 @@ class ElectricityMaps:
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_config(cls, config: Any, location: dict[str, Any] | None) -> "ElectricityMaps | None":
+    def from_config(cls, config: Config, location: dict[str, Any] | None) -> "ElectricityMaps | None":
         """A client when a token is set, else None. Raises ElectricityMapsError without a zone."""
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:

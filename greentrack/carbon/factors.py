@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import is_number
 
@@ -31,7 +32,7 @@ def _data(name: str) -> dict[str, Any]:
     return dict(json.loads((DATA / name).read_text(encoding="utf-8")))
 
 
-def resolve_pue(config: Any, location: dict[str, Any] | None) -> dict[str, Any]:
+def resolve_pue(config: Config, location: dict[str, Any] | None) -> dict[str, Any]:
     """``{"value", "source", "default"}``: the PUE in use and where it comes from."""
     if config.pue is not None:
         return {"value": float(config.pue), "source": "user setting (pue)", "default": False}
@@ -52,7 +53,7 @@ def positive(name: str, value: Any, allowed: str = "must be a number > 0") -> fl
     return float(value)
 
 
-def embodied_settings(config: Any) -> dict[str, Any]:
+def embodied_settings(config: Config) -> dict[str, Any]:
     """Embodied defaults merged with ``config.extra['embodied']`` (gpu_kg, host_kg,
     lifespan_years, share), each with its source."""
     d = _data("embodied.json")

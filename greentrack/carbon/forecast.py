@@ -45,6 +45,7 @@ from typing import Any
 
 from greentrack.carbon.footprint import NO_SETTINGS, Settings, one_part, plain_settings
 from greentrack.carbon.resolve import settings_for
+from greentrack.common.config import Config
 
 log = logging.getLogger("greentrack")
 
@@ -172,7 +173,7 @@ class Forecast:
                 "cost_gpu_hours": None if c is None or not self.gpus else c.gpu_hours}
 
     @classmethod
-    def for_config(cls, planned_steps: int | None, config: Any, gpus: int = 0) -> Forecast:
+    def for_config(cls, planned_steps: int | None, config: Config, gpus: int = 0) -> Forecast:
         """A forecast at the carbon and price settings of a :class:`greentrack.Config`
         (resolved as every output resolves them), for a process measuring ``gpus`` GPUs."""
         try:

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from greentrack.carbon.resolve import settings_for
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ _memo: dict[tuple[Any, ...], tuple[float, tuple[float, str] | None]] = {}
 _lock = threading.Lock()
 
 
-def live_intensity(config: Any) -> tuple[float, str] | None:
+def live_intensity(config: Config) -> tuple[float, str] | None:
     """``(gCO2e/kWh, source)`` in force now (the world average, labelled, when no location is set).
 
     Never raises for a network or file problem (it falls back and logs once); raises
@@ -48,7 +49,7 @@ def live_intensity(config: Any) -> tuple[float, str] | None:
     return value
 
 
-def _resolve(config: Any, now: float) -> tuple[float, str] | None:
+def _resolve(config: Config, now: float) -> tuple[float, str] | None:
     try:
         settings = settings_for(config)
     except ConfigError as e:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common import codecarbon_data as cc
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -253,7 +254,7 @@ def _cloud_factor(provider: str, region: str) -> Factor:
 
 # -- entry points --------------------------------------------------------------------------------------
 
-def resolve_location(config: Any) -> dict[str, Any] | None:
+def resolve_location(config: Config) -> dict[str, Any] | None:
     """Check ``country``/``region``/``cloud`` of a Config; the normalized location or None.
 
     Raises:
@@ -273,7 +274,7 @@ def resolve_location(config: Any) -> dict[str, Any] | None:
     return out or None
 
 
-def yearly_factor(config: Any) -> Factor | None:
+def yearly_factor(config: Config) -> Factor | None:
     """The location-based yearly factor for a Config's location (cloud region first, then
     sub-national region, then country), or None when no location is set."""
     loc = resolve_location(config)

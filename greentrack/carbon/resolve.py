@@ -95,7 +95,7 @@ class IntensityPlan:
     error: str | None = None
 
 
-def intensity_plan(config: Any) -> IntensityPlan:
+def intensity_plan(config: Config) -> IntensityPlan:
     """Decide the intensity source for ``config``; validates the location settings.
 
     Raises:
@@ -127,7 +127,7 @@ def _world_average_or_none() -> Any:
         return None
 
 
-def settings_for(config: Any, span: tuple[float, float] | None = None,
+def settings_for(config: Config, span: tuple[float, float] | None = None,
                  key: str = "") -> "Settings":
     """Everything the footprint needs of ``config``, resolved: location, PUE, the intensity (a
     factor, or a series over ``span``; ``None`` for the live exporter: Electricity Maps' latest
@@ -143,11 +143,11 @@ def settings_for(config: Any, span: tuple[float, float] | None = None,
     plan = intensity_plan(config)
     notes: list[str] = []
     factor, series, dataset = plan.fallback, None, None
-    if plan.kind == "user":
+    if plan.kind == "user" and config.carbon_intensity_g_per_kwh is not None:
         factor = Factor(float(config.carbon_intensity_g_per_kwh), "user-setting",
                         "user setting (carbon_intensity_g_per_kwh)", "user", None,
                         dict(plan.base.location) if plan.base else {})
-    elif plan.kind == "csv":
+    elif plan.kind == "csv" and config.intensity_csv:
         series, dataset = read_csv(config.intensity_csv), "intensity CSV"
     elif plan.kind == "electricitymaps":
         try:

@@ -414,8 +414,7 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-
-def _child_env(config: Any) -> dict[str, str]:
+def _child_env(config: Config) -> dict[str, str]:
     """This run's settings that its command's trackers must share, as ``GREENTRACK_*`` variables:
     carbon, price and model-card settings (their live emissions, cost and forecast use what
     ``greentrack run`` was given), the mode (a joined tracker splits the host as this run does)
@@ -430,7 +429,7 @@ def _child_env(config: Any) -> dict[str, str]:
     return out
 
 
-def _calibration_env(config: Any) -> dict[str, str]:
+def _calibration_env(config: Config) -> dict[str, str]:
     """The calibration settings for the command's trackers (``GREENTRACK_*``); none when off."""
     if not config.calibrate_power_limits:
         return {}
@@ -440,12 +439,12 @@ def _calibration_env(config: Any) -> dict[str, str]:
             "GREENTRACK_CALIBRATION_WARMUP_STEPS": str(config.calibration_warmup_steps)}
 
 
-def _check_calibration(config: Any) -> None:
+def _check_calibration(config: Config) -> None:
     """Limits outside a GPU's constraints end ``greentrack run`` before anything is created or
     the command started (the command's trackers check them again, and do the rest)."""
     try:
         gpus, _ = open_gpus(config.gpus)
-        check_limits(limit_gpus(gpus), config.calibrate_power_limits)
+        check_limits(limit_gpus(gpus), config.calibrate_power_limits or ())
     except ConfigError:
         raise
     except GreenTrackError as e:  # NVML cannot tell the range: the command's tracker says so
@@ -465,7 +464,7 @@ def _calibration_outcome(tracker: Any) -> None:
           "and the privilege to set the limit (see the run's events)", file=sys.stderr)
 
 
-def _start_plan(ns: argparse.Namespace, config: Any) -> Any:
+def _start_plan(ns: argparse.Namespace, config: Config) -> Any:
     """The carbon-aware start of ``--start-when-greener`` (checked settings first), or None."""
     if not ns.start_when_greener:
         for flag, value in (("--max-delay", ns.max_delay),

@@ -55,7 +55,6 @@ def add_training_type(p: argparse.ArgumentParser) -> None:
                         "(default: the Hugging Face integration's inference, else not stated)")
 
 
-
 def add_carbon_options(p: argparse.ArgumentParser) -> None:
     """The carbon and cost flags, and ``--config``."""
     g = p.add_argument_group("carbon and cost")

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError, PermissionDenied, SamplerError
 from greentrack.samplers.base import Note
 from greentrack.store.layout import StepRow
@@ -47,7 +48,7 @@ RETRY_S = 1.0
 SETTING = "calibrate_power_limits"
 
 
-def plan(channels: list[Any], config: Any) -> tuple["Calibration | None", list[Note]]:
+def plan(channels: list[Any], config: Config) -> tuple["Calibration | None", list[Note]]:
     """Check the requested limits against this process's GPUs, before anything is created.
 
     Returns the calibration to attach to the engine (None: nothing to calibrate) and notes to

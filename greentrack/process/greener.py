@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 from greentrack.carbon.schedule import best_start, flat_profile, window_starts
 from greentrack.carbon.series import read_csv
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import utc
 
@@ -100,7 +101,7 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def plan_start(config: Any, max_delay_s: float, duration_s: float,
+def plan_start(config: Config, max_delay_s: float, duration_s: float,
                now_unix: float | None = None) -> StartPlan:
     """The best start within ``max_delay_s`` for ``duration_s`` (see the module docstring).
 
@@ -108,7 +109,7 @@ def plan_start(config: Any, max_delay_s: float, duration_s: float,
         ConfigError: no ``--intensity-csv``, a series that does not cover now, or one too short
             for the expected duration.
     """
-    if not getattr(config, "intensity_csv", None):
+    if not config.intensity_csv:
         raise ConfigError("--start-when-greener", True, "needs a forecast of the intensity: "
                           "--intensity-csv FILE (a time series covering now and the delay)")
     series = read_csv(config.intensity_csv)

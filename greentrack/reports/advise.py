@@ -37,6 +37,7 @@ from greentrack.carbon.location import (cloud_region_factors, country_factors, p
                                         world_average, yearly_factor)
 from greentrack.carbon.runs import Explicit, profile_of_stores
 from greentrack.carbon.schedule import best_start
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import utc
 from greentrack.reports.run_data import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE, resample
@@ -86,7 +87,7 @@ def _priced(f: dict[str, Any], fp: Footprint, gpu_s: float = 0.0) -> dict[str, A
     return f
 
 
-def advise(data: RunData, config: Any, fp: Footprint | None = None,
+def advise(data: RunData, config: Config, fp: Footprint | None = None,
            max_slowdown: float = MAX_SLOWDOWN, explicit: Explicit = None) -> list[dict[str, Any]]:
     """The findings of one run, ranked (see the module docstring). ``fp``: the run's footprint
     when the caller has it (the report), else computed here from ``explicit`` over the settings
@@ -304,12 +305,12 @@ def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
     }
 
 
-def _region(data: RunData, config: Any, fp: Footprint) -> dict[str, Any] | None:
+def _region(data: RunData, config: Config, fp: Footprint) -> dict[str, Any] | None:
     """The run's energy at the yearly factors of other regions (each a footprint at that factor,
     each part keeping its PUE) against its own location's yearly factor."""
     try:
         here = yearly_factor(config) or world_average()
-        if getattr(config, "cloud", None):
+        if config.cloud:
             provider = parse_cloud(config.cloud)[0]
             others = cloud_region_factors(provider)
             compared = f"the other {provider} regions (codecarbon's cloud data)"

@@ -14,6 +14,7 @@ from greentrack import __version__
 from greentrack.carbon.accounting import sections
 from greentrack.carbon.footprint import Footprint, footprint
 from greentrack.carbon.runs import Explicit, profile_of_stores
+from greentrack.common.config import Config
 from greentrack.common.units import J_PER_KWH, days, quantile, utc
 from greentrack.reports.advise import TOP, advise
 from greentrack.reports.forecasting import forecast_section, start_window
@@ -24,8 +25,6 @@ from greentrack.reports.run_data import RunData, resample
 FORMAT = "greentrack-report"
 VERSION = "1.0"
 SCHEMA = "greentrack/schemas/report-v1.schema.json"
-
-
 
 
 def sig(x: float, digits: int = 3) -> str:
@@ -99,7 +98,7 @@ def _histogram(vals: list[float], n_bins: int = 30) -> dict[str, Any]:
     return {"edges_j": [lo + k * width for k in range(n_bins + 1)], "counts": counts}
 
 
-def _training_type(config: Any) -> dict[str, Any]:
+def _training_type(config: Config) -> dict[str, Any]:
     """The run's training type (``Config.training_type``) and how it is known."""
     value = getattr(config, "training_type", None)
     if value is None:
@@ -206,7 +205,7 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_report(data: RunData, config: Any, sci_unit: str = "run",
+def build_report(data: RunData, config: Config, sci_unit: str = "run",
                  now: float | None = None, explicit: Explicit = None) -> dict[str, Any]:
     """The full report document of one run. ``config``: the run's settings (its first store's,
     under ``explicit``) for what is not a figure (training type, output options); the figures

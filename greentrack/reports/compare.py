@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.text import md_escape, printable
 from greentrack.common.units import J_PER_KWH
@@ -133,7 +135,7 @@ def equal_work(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, str]:
     return not diffs, "; ".join(diffs)
 
 
-def compare(run_dirs: list[str | Path], config: Any, sci_unit: str = "run",
+def compare(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | None, sci_unit: str = "run",
             target: tuple[str, str, float] | None = None,
             groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Figures of each run and ``ratios`` (run / first run). Ratios of totals only for equal work

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ log = logging.getLogger("greentrack")
 FORMATS = ("json", "md", "html", "csv", "boamps", "hf")
 
 
-def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> dict[str, Any]:
+def report_document(run_dir: str | Path, config: Config | Mapping[str, Any] | None, sci_unit: str = "run") -> dict[str, Any]:
     """The report document of one run directory (see ``report-v1.schema.json``).
 
     ``config``: a mapping of explicit settings (the command line's) or a
@@ -37,7 +37,7 @@ def report_document(run_dir: str | Path, config: Any, sci_unit: str = "run") -> 
     return _document(run_dir, config, sci_unit)[0]
 
 
-def _document(run_dir: str | Path, config: Any, sci_unit: str) -> tuple[dict[str, Any], Any]:
+def _document(run_dir: str | Path, config: Config | Mapping[str, Any] | None, sci_unit: str) -> tuple[dict[str, Any], Any]:
     data = read_run(run_dir)
     explicit = config if config is not None else {}
     if not isinstance(config, Config):
@@ -71,7 +71,7 @@ def write_formats(doc: dict[str, Any], formats: list[str], out_dir: Path,
     return [out_dir / p.relative_to(tmp) for p in written]
 
 
-def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,
+def iter_reports(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | None, formats: list[str], out: Path,
                  sci_unit: str = "run") -> Iterator[tuple[dict[str, Any], list[Path]]]:
     """Build and write each run's report; yields ``(document, files written)``. With several runs,
     each goes to its own sub-directory of ``out`` (named after the run directory)."""
@@ -88,13 +88,13 @@ def iter_reports(run_dirs: list[str | Path], config: Any, formats: list[str], ou
         yield doc, write_formats(doc, formats, target, getattr(run_config, "extra", None))
 
 
-def generate(run_dirs: list[str | Path], config: Any, formats: list[str], out: Path,
+def generate(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | None, formats: list[str], out: Path,
              sci_unit: str = "run") -> list[Path]:
     """Write the reports of several runs; returns every file written."""
     return [p for _, paths in iter_reports(run_dirs, config, formats, out, sci_unit) for p in paths]
 
 
-def append_run(run_dir: str | os.PathLike[str], config: Any) -> None:
+def append_run(run_dir: str | os.PathLike[str], config: Config) -> None:
     """Append the row of the run in ``run_dir`` to ``config.emissions_csv``, when a run stops.
     Never raises: a failure is a warning (the run is stored; ``greentrack report --emissions-csv``
     can append it later)."""

@@ -316,7 +316,6 @@ def _gpu_power(channels: list[Channel], idle_margin: float, idle_peak_share: flo
     return list(found.values())
 
 
-
 def _machines(segments: list[Segment]) -> dict[str, dict[str, Any]]:
     """Each host's machine record, once (several ranks or segments ran on it); hosts whose stores
     predate the record, or hold a damaged one, map to an empty dict."""

@@ -219,7 +219,6 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-
 def _span_axis(lo: float, hi: float) -> tuple[float, str]:
     """The unit of a time axis from ``lo`` to ``hi`` seconds: ``(divisor, label)``."""
     for unit, div in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):

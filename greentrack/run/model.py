@@ -565,8 +565,6 @@ def union_length(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-
-
 # -- labels, recorded metrics and energy to a target (greentrack compare --target) --------------
 
 

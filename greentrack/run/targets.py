@@ -40,8 +40,6 @@ class ToTarget:
     t_unix: float | None = None
 
 
-
-
 def _metric_segments(run: Run, name: str) -> tuple[list[Segment], list[MetricPoint]]:
     """The stores of the one process (lowest rank) that recorded ``name``, and its points."""
     by_rank: dict[tuple[int, str], list[tuple[Segment, list[dict[str, Any]]]]] = {}

@@ -86,7 +86,6 @@ def _unsupported(e: SamplerError) -> bool:
     return code == STATUS_NOT_SUPPORTED
 
 
-
 class AmdGpu(CounterShaping):
     """One physical AMD GPU (or the partition of one). See the module docstring for the method."""
 

@@ -270,7 +270,6 @@ def _reason(nv: ModuleType, e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if isinstance(e, nv.NVMLError) else str(e)
 
 
-
 def _pid(record: dict[str, Any]) -> int:
     try:
         return int(record.get("pid", -1))

@@ -50,7 +50,7 @@ log = logging.getLogger("greentrack")
 METHOD_COUNTED = "counted"
 METHOD_USER = "user"
 METHOD_ANALYTIC = "analytic-6ND"
-TABLE = Path(__file__).parent / "data" / "peak_flops.csv"
+TABLE = Path(__file__).resolve().parents[1] / "data" / "peak_flops.csv"
 DTYPES = ("float32", "tf32", "bfloat16", "float16", "float8")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ class IntegrationRun:
         progress_every_s: period of the progress line (rank 0; None: never).
     """
 
-    def __init__(self, run_dir: Any, config: Any, settings: dict[str, Any], *, flops: Any,
+    def __init__(self, run_dir: Any, config: Config | None, settings: dict[str, Any], *, flops: Any,
                  planned_steps: int | None, progress_every_s: float | None) -> None:
         self.config, self.dir_chosen = resolve_config(run_dir, config, settings)
         self.flops, self.planned_steps = flops, planned_steps_of(planned_steps)
@@ -270,14 +271,11 @@ class RunCallback:
         return self.run.summary
 
 
-
-def resolve_config(run_dir: Any, config: Any, settings: dict[str, Any]) -> tuple[Any, bool]:
-    """The integration's :class:`~greentrack.common.config.Config` (validated now, so a bad setting fails
-    before training) and whether the user chose the run directory (argument, ``config`` or
+def resolve_config(run_dir: Any, config: Config | None,
+                   settings: dict[str, Any]) -> tuple[Config, bool]:
+    """The integration's :class:`~greentrack.common.config.Config` (validated now, so a bad setting
+    fails before training) and whether the user chose the run directory (argument, ``config`` or
     ``GREENTRACK_RUN_DIR``). Otherwise the integration picks a fresh one on rank 0."""
-    import os
-
-
     if run_dir is not None:
         settings = {**settings, "run_dir": run_dir}
     base = config if config is not None else Config.from_env()
@@ -355,7 +353,7 @@ def resume_flops(state: dict[str, Any]) -> StepFlops | None:
     return None
 
 
-def start_tracker(config: Any, local_zero: bool) -> Any:
+def start_tracker(config: Config, local_zero: bool) -> Any:
     """Start a tracker for a framework integration, or return None if it cannot start.
 
     ``local_zero``: this process is the node's first (it measures host CPU and DRAM unless the
