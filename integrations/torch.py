@@ -44,6 +44,7 @@ from greentrack.common.config import launcher_int
 from greentrack.common.labels import (autocast_precision, dtype_precision, model_precision,
                                       precision_of)
 from greentrack.process.tracker import Tracker
+from greentrack.run import RunTotals
 from greentrack.training import gathering
 from greentrack.training.meter import TrainingMeter, planned_steps_of
 from greentrack.training.session import guarded
@@ -60,7 +61,7 @@ class OptimizerTracking:
         self._gather = gather_totals
         #: On global rank 0 after ``close()`` under ``torch.distributed``: the whole job's totals
         #: (``greentrack summary --json``, every node); None elsewhere.
-        self.summary: dict[str, Any] | None = None
+        self.summary: RunTotals | None = None
         self._samples = 0.0
         self._tokens = 0.0
         self._fixed = (samples_per_step, tokens_per_step)

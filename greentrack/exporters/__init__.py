@@ -6,13 +6,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from greentrack.common.config import Config
 from greentrack.exporters.prometheus import PrometheusExporter, default_job
 
 
-def sinks_for(config: Config) -> list[Any]:
+@runtime_checkable
+class Sink(Protocol):
+    """An output fed live by a tracker: started after its engine (so it sees the first readings),
+    stopped before it (so a final push or scrape sees the final totals). A sink never raises into
+    training: the tracker records what one raises as a warning and goes on."""
+
+    def start(self, tracker: Any) -> None:
+        """Begin publishing ``tracker`` (a started :class:`greentrack.Tracker`)."""
+
+    def stop(self, tracker: Any) -> None:
+        """Publish the final totals and release what :meth:`start` took (ports, threads)."""
+
+
+def sinks_for(config: Config) -> list[Sink]:
     """The sinks the settings ask for: one :class:`~greentrack.exporters.prometheus.PrometheusExporter`
     serving ``/metrics`` (``prometheus_port`` set) and/or pushing (``pushgateway_url`` set)."""
     if config.prometheus_port is None and not config.pushgateway_url:
@@ -20,4 +33,4 @@ def sinks_for(config: Config) -> list[Any]:
     return [PrometheusExporter(config)]
 
 
-__all__ = ["default_job", "sinks_for"]
+__all__ = ["Sink", "default_job", "sinks_for"]

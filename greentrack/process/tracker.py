@@ -28,12 +28,12 @@ from greentrack.common.errors import ConfigError
 from greentrack.common.labels import parse_labels
 from greentrack.engine.engine import Engine, channel_key
 from greentrack.engine.stepvalues import PLAIN, capture, phase_name
-from greentrack.exporters import sinks_for
+from greentrack.exporters import Sink, sinks_for
 from greentrack.exporters._joined import LivePublisher
 from greentrack.process import calibration, lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
-from greentrack.reports.summary import summarize
+from greentrack.reports.summary import Summary, summarize
 from greentrack.run import Run
 from greentrack.samplers import discover
 from greentrack.store import StoreWriter, discard_unused_run_dir, host_identity, prepare_run_dir
@@ -60,7 +60,7 @@ class Tracker:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str] | None = None, *,
-                 config: Config | None = None, sinks: list[Any] | None = None,
+                 config: Config | None = None, sinks: list[Sink] | None = None,
                  **settings: Any) -> None:
         if run_dir is not None:
             settings["run_dir"] = Path(run_dir)
@@ -96,7 +96,7 @@ class Tracker:
         #: Objects with ``start(tracker)`` and ``stop(tracker)``, started after the sampler and
         #: stopped after it (so a final push sees final totals). Prometheus sinks are added
         #: automatically when ``prometheus_port`` or ``pushgateway_url`` is set.
-        self.sinks: list[Any] = list(sinks or [])
+        self.sinks: list[Sink] = list(sinks or [])
         #: Callables returning the run's forecast (:mod:`greentrack.carbon.forecast`) or None, added by
         #: the training meter; the Prometheus exporter shows the first one's as gauges.
         self.forecast_sources: list[Any] = []
@@ -614,7 +614,7 @@ class Tracker:
     def engine(self) -> Engine | None:
         return self._engine
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
         return summarize(self.run_dir)
 

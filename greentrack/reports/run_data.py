@@ -17,7 +17,8 @@ from greentrack.carbon.footprint import Work
 from greentrack.carbon.runs import work_of
 from greentrack.common.units import is_number
 from greentrack.common.units import quantile as quantile_of
-from greentrack.run import Device, PowerLimitCurve, Run, Segment, StoreEnergy, device_identity
+from greentrack.run import (Device, PowerLimitCurve, Run, RunSummary, Segment, StoreEnergy,
+                            device_identity)
 
 PLOT_POINTS = 600  # cells of the report's time series (charts, step coverage)
 
@@ -74,7 +75,7 @@ class RunData:
     """Everything read from one run directory."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     devices: list[Device]  # each device once (greentrack.run.Run.devices)
     start_unix: float
     end_unix: float

@@ -7,22 +7,65 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from greentrack.carbon.footprint import Footprint
 from greentrack.carbon.runs import Explicit, run_footprint
 from greentrack.common.errors import ConfigError
 from greentrack.common.jobinfo import describe
 from greentrack.common.text import printable
-from greentrack.run import RECORD_WARNINGS, Run
+from greentrack.run import RECORD_WARNINGS, Run, RunSummary
 from greentrack.store.reader import STALE_AFTER_S, store_status
+
+
+class PerStep(TypedDict):
+    """The per-step figures with their named divisor (:class:`~greentrack.carbon.footprint.PerStep`)."""
+
+    divisor: str
+    count: float
+    energy_j: float
+    emissions_g: float | None
+    cost: float | None
+
+
+class FootprintSummary(TypedDict):
+    """A footprint's figures, JSON-ready (``summary --json``, ``advise --json``)."""
+
+    energy_j: float
+    it_kwh: float
+    facility_kwh: float
+    pue: float
+    pue_source: str
+    emissions_location_g: float | None
+    emissions_market_g: float | None
+    intensity_g_per_kwh: float | None
+    intensity_method: str | None
+    intensity_source: str | None
+    cost: float | None
+    currency: str | None
+    costs_by_currency: dict[str, float] | None
+    gpu_hours: float
+    optimizer_steps: int
+    step_rows: int
+    per_step: PerStep | None
+    parts: int
+    settings_differ: bool
+    warnings: list[str]
+
+
+class Summary(RunSummary):
+    """The ``greentrack summary --json`` document: the record's totals and their footprint
+    (None, with a warning, when a recorded setting cannot be resolved any more)."""
+
+    footprint: FootprintSummary | None
+
 
 __all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "footprint_summary", "format_summary",
            "store_status", "summarize"]
 
 
 def summarize(run_dir: str | Path | Sequence[str | Path],
-              explicit: Explicit = None) -> dict[str, Any]:
+              explicit: Explicit = None) -> Summary:
     """The run's totals as a JSON-ready dict (the ``greentrack summary --json`` document), with
     its ``footprint`` (:func:`footprint_summary`, with its own ``warnings`` about the figures;
     None, with a warning, when a recorded setting cannot be resolved any more, e.g. an intensity
@@ -38,16 +81,15 @@ def summarize(run_dir: str | Path | Sequence[str | Path],
         (one that cannot is a warning when another can); directories of different runs.
     """
     with Run.open(run_dir) as run:
-        out = run.summary()
+        out = Summary(**run.summary(), footprint=None)
         try:
             out["footprint"] = footprint_summary(run_footprint(run, explicit))
         except ConfigError as e:  # the record is still summed; its emissions cannot be
-            out["footprint"] = None
             out["warnings"].append(f"no emissions or cost: {e}")
         return out
 
 
-def footprint_summary(fp: Footprint) -> dict[str, Any]:
+def footprint_summary(fp: Footprint) -> FootprintSummary:
     """The footprint's figures, JSON-ready (``summary --json``, ``advise --json``)."""
     inten, per = fp.intensity, fp.per_step
     return {
@@ -62,9 +104,9 @@ def footprint_summary(fp: Footprint) -> dict[str, Any]:
         else None,
         "gpu_hours": fp.gpu_hours, "optimizer_steps": fp.work.optimizer_steps,
         "step_rows": fp.work.step_rows,
-        "per_step": None if per is None else {
-            "divisor": per.divisor, "count": per.count, "energy_j": per.energy_j,
-            "emissions_g": per.emissions_g, "cost": per.cost},
+        "per_step": None if per is None else PerStep(
+            divisor=per.divisor, count=per.count, energy_j=per.energy_j,
+            emissions_g=per.emissions_g, cost=per.cost),
         "parts": len(fp.parts), "settings_differ": fp.settings_differ,
         # about the figures (no location set, settings that differ between segments); the
         # record's own warnings (gaps, damage) are the summary's ``warnings``
@@ -72,7 +114,7 @@ def footprint_summary(fp: Footprint) -> dict[str, Any]:
     }
 
 
-def format_summary(s: dict[str, Any]) -> str:
+def format_summary(s: Summary) -> str:
     """Human-readable summary: totals, then how each figure was obtained. Every value read from
     the run is shown printable (a run id or a device name cannot move the cursor or add a line)."""
     p = printable

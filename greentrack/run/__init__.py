@@ -29,8 +29,9 @@ Merging rules, each chosen so nothing is counted twice:
 
 from __future__ import annotations
 
-from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, StoreEnergy, device_identity,
-                                  run_dirs_of, store_identity, union_length)
+from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, RunSummary, RunTotals,
+                                  StoreEnergy, device_identity, run_dirs_of, store_identity,
+                                  union_length)
 from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
 from greentrack.run.resumed import RecordedBefore, recorded_before
@@ -38,6 +39,6 @@ from greentrack.run.segment import Segment
 from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
 
 __all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve",
-           "PowerLimitPoint", "RecordedBefore", "Run", "Segment", "StoreEnergy", "ToTarget",
+           "PowerLimitPoint", "RecordedBefore", "Run", "RunSummary", "RunTotals", "Segment", "StoreEnergy", "ToTarget",
            "device_identity", "metric_names", "metric_points", "recorded_before", "run_dirs_of",
            "store_identity", "to_target", "union_length"]

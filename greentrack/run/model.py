@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from greentrack.common.errors import ConfigError, RunStoreError
 from greentrack.common.jobinfo import merge_jobs
@@ -25,6 +25,37 @@ RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "s
                              "sampler-slow", "steps-open", "internal-error", "gather-gap",
                              "gpu-shared", "gpu-share-unavailable"})
 KINDS = ("gpu", "cpu", "dram")
+
+
+class RunSummary(TypedDict):
+    """A run's record, summed (:meth:`Run.summary`): the ``greentrack summary --json`` document
+    without its footprint (``greentrack.reports.summary.Summary`` adds it)."""
+
+    run_id: str | None
+    run_dir: str
+    run_dirs: list[str]
+    status: str
+    duration_s: float
+    energy_j: dict[str, float | None]  # by kind and ``total``; None: no channel of that kind
+    energy_kwh: float
+    gpu_seconds: float
+    steps: int  # step rows, every phase and rank
+    steps_by_phase: dict[str, int]
+    optimizer_steps: int
+    steps_energy_j: float
+    mode: str | list[str]
+    stores: int
+    hosts: list[str]
+    job: dict[str, dict[str, str]]
+    gaps: int
+    sources: list[dict[str, Any]]  # each device: how it was measured (Device.as_source)
+    warnings: list[str]
+
+
+class RunTotals(RunSummary):
+    """:class:`RunSummary` with the energy of each phase's steps (the integrations' totals)."""
+
+    phase_energy_j: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -383,8 +414,12 @@ class Run:
     def events(self, *kinds: str) -> list[dict[str, Any]]:
         return [e for s in self.segments for e in s.events if not kinds or e["kind"] in kinds]
 
-    def summary(self) -> dict[str, Any]:
-        """The ``greentrack summary --json`` document."""
+    def summary_by_phase(self) -> RunTotals:
+        """:meth:`summary` and the energy of each phase's steps: one read of the run."""
+        return RunTotals(**self.summary(), phase_energy_j=self.phase_energy_j())
+
+    def summary(self) -> RunSummary:
+        """The ``greentrack summary --json`` document, without the footprint."""
         energy = self.energy_j()
         by_phase = self.steps_by_phase()
         return {

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.errors import ConfigError
-from greentrack.run import Run
+from greentrack.run import Run, RunTotals
 from greentrack.store import StoreReader, append_event, compact_store, host_identity, store_paths
 
 log = logging.getLogger("greentrack")
@@ -125,7 +125,7 @@ def distributed() -> bool:
 def job_totals(run_dir: Path, part: NodePart, *, main: bool, store: Path | None,
                gather: Callable[[NodePart], list[NodePart] | None] = torch_gather,
                world_size: int | None = None,
-               with_dirs: Callable[[list[Path]], None] | None = None) -> dict[str, Any] | None:
+               with_dirs: Callable[[list[Path]], None] | None = None) -> RunTotals | None:
     """Gather every rank's ``part`` (``gather``: every rank calls this once) and, on rank 0
     (``main``), return the job's totals (``greentrack summary --json`` with ``phase_energy_j``)
     over ``run_dir`` and the parts; None on the other ranks, or if nothing can be read. Gaps are
@@ -206,7 +206,7 @@ def _has_stores(run_dir: Path) -> bool:
         return False
 
 
-def _read(dirs: list[Path], run_dir: Path, gaps: list[str]) -> dict[str, Any]:
+def _read(dirs: list[Path], run_dir: Path, gaps: list[str]) -> RunTotals:
     try:
         run = Run.open(dirs, note_copies=False)
     except ConfigError as e:  # another run's stores in a node's directory: this node's alone
@@ -217,8 +217,7 @@ def _read(dirs: list[Path], run_dir: Path, gaps: list[str]) -> dict[str, Any]:
         log.warning("greentrack: %s", gaps[-1])
         run = Run.open(run_dir)
     with run:
-        out = run.summary()
-        out["phase_energy_j"] = run.phase_energy_j()
+        out = run.summary_by_phase()
     out["run_dir"], out["run_dirs"] = str(run_dir), [str(run_dir)]
     out["warnings"] = [w for w in out["warnings"] if "greentrack-gather-" not in w] + gaps
     return out

@@ -26,7 +26,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,7 @@ from greentrack.common.config import Config, env_run_id
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import precision_of
 from greentrack.process.tracker import Tracker
-from greentrack.run import Run
+from greentrack.run import Run, RunTotals
 from greentrack.store import host_identity
 from greentrack.training import gathering
 from greentrack.training.flops import StepFlops
@@ -76,7 +76,7 @@ class IntegrationRun:
         self.carry: dict[str, Any] = {}  # state of the run so far (a checkpoint or a past stage)
         self.meter: TrainingMeter | None = None
         #: The whole run's totals (all ranks and segments), on rank 0 after each stage.
-        self.summary: dict[str, Any] | None = None
+        self.summary: RunTotals | None = None
         #: the last value of each logged metric recorded (``record`` records only new ones)
         self._last_metrics: dict[str, Any] = {}
 
@@ -266,7 +266,7 @@ class RunCallback:
         return self.run.meter
 
     @property
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self) -> RunTotals | None:
         """The whole run's totals (all ranks and segments), on rank 0 after each stage."""
         return self.run.summary
 
@@ -293,18 +293,16 @@ def new_run_dir(root: Any) -> Any:
     return Path(root) / "greentrack" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def run_totals(run_dir: Any) -> dict[str, Any]:
+def run_totals(run_dir: Any) -> RunTotals:
     """The whole run's totals (every rank and segment, as ``greentrack summary --json``) with the
     energy of each phase's steps added as ``phase_energy_j``: one read of the run."""
 
     with Run.open(run_dir) as run:
-        out = run.summary()
-        out["phase_energy_j"] = run.phase_energy_j()
-    return out
+        return run.summary_by_phase()
 
 
 def final_totals(run_dir: Any, optimizer_steps: int | None = None
-                 ) -> tuple[dict[str, Any], dict[str, float]] | None:
+                 ) -> tuple[RunTotals, dict[str, float]] | None:
     """For rank 0 at the end of a stage: the run's totals and their flat metrics, or None (with
     a warning) if the run directory cannot be read; the training is never failed over it.
     ``optimizer_steps``: the framework's global step (see :func:`totals_metrics`)."""
@@ -316,14 +314,14 @@ def final_totals(run_dir: Any, optimizer_steps: int | None = None
     return _with_metrics(totals, optimizer_steps)
 
 
-def _with_metrics(totals: dict[str, Any], optimizer_steps: int | None
-                  ) -> tuple[dict[str, Any], dict[str, float]]:
+def _with_metrics(totals: RunTotals, optimizer_steps: int | None
+                  ) -> tuple[RunTotals, dict[str, float]]:
     flat = totals_metrics(totals, optimizer_steps)
     totals["optimizer_steps"] = int(flat["run_steps"])
     return totals, flat
 
 
-def totals_metrics(totals: dict[str, Any], optimizer_steps: int | None = None) -> dict[str, float]:
+def totals_metrics(totals: Mapping[str, Any], optimizer_steps: int | None = None) -> dict[str, float]:
     """Flat run totals for loggers (``run_energy_j``, ``run_gpu_energy_j``, ...).
 
     ``run_steps`` is the run's optimizer steps as the framework counts them (its global step: one
