@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import greentrack
-from greentrack.cli.main import main as greentrack_main
+from greentrack.cli import main as greentrack_main
 
 
 def train(run_dir: Path, precision: str, steps: int, seed: int, device: str) -> float:

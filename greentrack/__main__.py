@@ -1,5 +1,5 @@
 import sys
 
-from greentrack.cli.main import main
+from greentrack.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import greentrack
-from greentrack.cli.main import main
+from greentrack.cli import main
 from greentrack.common.config import RANGES, Config
 from greentrack.common.errors import ConfigError, RunStoreError
 from greentrack.store import store_paths

@@ -16,7 +16,7 @@ import pytest
 
 from greentrack.carbon.schedule import best_start, emissions_at, flat_profile, window_starts
 from greentrack.carbon.series import IntensitySeries, read_csv
-from greentrack.cli.main import main
+from greentrack.cli import main
 from greentrack.run import Run
 from tests.conftest import python_env
 from tests.fakes.powercap import PowercapTree

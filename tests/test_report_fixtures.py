@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.cli.main import main
+from greentrack.cli import main
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
 

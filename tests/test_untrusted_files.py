@@ -380,7 +380,7 @@ def _number(text: str) -> bool:
 
 
 def test_created_directories_are_never_world_writable(tmp_path: Path) -> None:
-    code = ("import os, sys, time, greentrack\nfrom greentrack.cli.main import main\nos.umask(0)\n"
+    code = ("import os, sys, time, greentrack\nfrom greentrack.cli import main\nos.umask(0)\n"
             "with greentrack.Tracker(sys.argv[1], interval_s=0.02, counter_interval_s=0.1):\n"
             "    time.sleep(0.2)\n"
             "sys.exit(main(['report', sys.argv[1], sys.argv[1], '--out', sys.argv[2]]))\n")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from greentrack import __version__
+from greentrack.cli import EARLY
 from greentrack.cli.doctor import diagnose, format_diagnosis
 from greentrack.cli.reports import (CARBON_OPTIONS, add_carbon_options, add_commands,
                                     add_training_type, carbon_settings)
@@ -177,63 +178,16 @@ def _version() -> str:
     return f"greentrack {__version__}"
 
 
-#: SIGINT and SIGTERM that came before ``greentrack run`` could pass them on (see :func:`main`).
-_EARLY: list[int] = []
-
-
-def _early_signals(argv: Sequence[str] | None) -> dict[int, Any]:
-    """From the first line of :func:`main`: a Ctrl-C or SIGTERM while the command line is still
-    being read is one line like any other, never a traceback from the middle of an import. For
-    ``run`` it is recorded (its start is then cancelled, :func:`cmd_run`), else it interrupts."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    is_run = next((a for a in args if not a.startswith("-")), None) == "run"
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        _EARLY.append(signum)
-        if not is_run:
-            raise KeyboardInterrupt
-
-    try:
-        return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        return {}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The entry point of every subcommand. Output cut short by the reader (``| head -1``) ends
-    quietly, as it does for other Unix tools."""
-    _EARLY.clear()
-    previous = _early_signals(argv)
-    try:
-        code = _main(argv)
-        if sys.stdout is not None:  # None: started with stdout closed (`>&-`): nothing to show
-            sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
-        return code
-    except BrokenPipeError:
-        # Python's documented recipe: point stdout at devnull so the exit-time flush is silent
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 128 + signal.SIGPIPE
-    except KeyboardInterrupt:  # while the command line was read (see _early_signals)
-        signum = _EARLY[0] if _EARLY else signal.SIGINT
-        print(f"greentrack: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-        return 128 + signum
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _main(argv: Sequence[str] | None) -> int:
+def run_command(argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run its command (:func:`greentrack.cli.main`, the entry point, takes
+    the signals first)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, argparse's own errors
         return e.code if isinstance(e.code, int) else 2 if e.code else 0
-    got: list[int] = list(_EARLY)
+    got: list[int] = list(EARLY)
     previous = None
     if ns.command != "run":  # `run` forwards signals to its command (cmd_run)
         def on_term(signum: int, _frame: Any) -> None:
@@ -304,7 +258,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     128 + the signal, nothing left behind (no run directory of a command that never ran); once
     it runs, they are passed on to it, and its exit decides the run's status
     (:func:`greentrack.process.lifecycle.status_of_exit`)."""
-    got = _EARLY  # one list: a signal while the command line was read cancels too
+    got = EARLY  # one list: a signal while the command line was read cancels too
 
     def cancel(signum: int, _frame: Any) -> None:
         got.append(signum)
@@ -481,6 +435,3 @@ def _start_plan(ns: argparse.Namespace, config: Config) -> Any:
     check_settings(config)  # the intensity CSV and the location, before planning on them
     return plan_start(config, max_delay, duration)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
