@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,17 @@ def free_port() -> int:
 def http_get(url: str, timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
         return bytes(r.read())
+
+
+def scrape_sums(url: str) -> dict[str, float]:
+    """Each ``greentrack_*`` family of one scrape of ``url`` (a ``/metrics`` endpoint), summed over
+    its series."""
+    out: dict[str, float] = {}
+    for line in http_get(url).decode().splitlines():
+        m = re.match(r"^(greentrack_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:

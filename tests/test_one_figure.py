@@ -4,9 +4,7 @@ report agree on one run. Each disagreement here was seen on 85faba8 (issue 12)."
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import greentrack
 from greentrack.reports import report_document
 from greentrack.training.session import run_totals
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.servers import scrape_sums
 from tests.test_report_fixtures import FAST, clean_env, run_cli
 
 FRA = 56.039  # codecarbon's global_energy_mix.json, France (the yearly factor reports cite)
@@ -40,16 +39,6 @@ def _run(root: Path, name: str = "run", segments: int = 1, steps: int = 3, ranks
                                 time.sleep(0.03)
                         time.sleep(0.1)
     return run
-
-
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(greentrack_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-    return out
 
 
 def test_a_report_uses_the_settings_recorded_in_the_run(tmp_path: Path,
@@ -83,7 +72,7 @@ def test_live_emissions_agree_with_the_report(tmp_path: Path, monkeypatch: pytes
                         pass
                 time.sleep(0.5)
                 port = t.sinks[0].port
-                live = _scrape(port)
+                live = scrape_sums(f"http://127.0.0.1:{port}/metrics")
         doc = report_document(tmp_path / "run", {})
     live_g_per_j = live["greentrack_emissions_grams_total"] / live["greentrack_energy_joules_total"]
     report_g_per_j = doc["scope2"]["location_based_kg"] * 1000 / (doc["energy"]["it_kwh"] * 3.6e6)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from hypothesis import strategies as st
 import greentrack
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.servers import Pushgateway, pushgateway  # noqa: F401 - the fixture
+from tests.servers import Pushgateway, pushgateway, scrape_sums  # noqa: F401 - the fixture
 from tests.test_report_fixtures import FAST, clean_env, run_cli
 
 REL = 1e-6
@@ -58,17 +56,6 @@ def _close(a: Any, b: Any, what: str, rel: float = REL) -> None:
         assert a is None and b is None, (what, a, b)
         return
     assert float(a) == pytest.approx(float(b), rel=rel, abs=1e-12), (what, a, b)
-
-
-def _scrape(url: str) -> dict[str, float]:
-    """Each greentrack series of a scrape, summed over its labels."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310 - loopback
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(greentrack_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-    return out
 
 
 def _pushed(gateway: Pushgateway, run_id: str) -> dict[str, float]:
@@ -134,7 +121,7 @@ def _make(root: Path, spec: dict[str, Any], gateway: Pushgateway,
             time.sleep(0.12)
             if last and single:
                 time.sleep(0.3)  # a few pushes and finalized counter reads
-                out["scrape"] = _scrape(t.sinks[0].url)
+                out["scrape"] = scrape_sums(t.sinks[0].url)
                 out["scrape_store"] = t.store_path
             out["stop"] = t.stop()
     return out

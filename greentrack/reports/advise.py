@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Required, TypedDict
 
 from greentrack.carbon.footprint import Footprint, Settings, footprint
 from greentrack.carbon.location import (cloud_region_factors, country_factors, parse_cloud,
@@ -75,7 +75,23 @@ MAX_SLOWDOWN = 0.05
 SIGNIFICANT = 2.0
 
 
-def _priced(f: dict[str, Any], fp: Footprint, gpu_s: float = 0.0) -> dict[str, Any]:
+class Finding(TypedDict, total=False):
+    """One finding of :func:`advise` (the report's ``opportunities``): what it is, the joules at
+    stake and their share of the run, the evidence it rests on and what to do; priced from the
+    run's footprint (``grams``, ``cost`` in ``currency``) where the footprint has them."""
+
+    kind: Required[str]
+    joules: Required[float]
+    share: Required[float]
+    evidence: Required[dict[str, Any]]
+    suggestion: Required[str]
+    grams: float
+    cost: float
+    currency: str | None
+    _gpu_s: float  # GPU-seconds at stake (priced at the GPU-hour price, then dropped)
+
+
+def _priced(f: Finding, fp: Footprint, gpu_s: float = 0.0) -> Finding:
     """A finding with the grams and cost of its joules (and GPU time): the run's footprint's
     share (:meth:`greentrack.carbon.footprint.Footprint.portion`)."""
     part = fp.portion(f["joules"], gpu_s)
@@ -88,7 +104,7 @@ def _priced(f: dict[str, Any], fp: Footprint, gpu_s: float = 0.0) -> dict[str, A
 
 
 def advise(data: RunData, config: Config, fp: Footprint | None = None,
-           max_slowdown: float = MAX_SLOWDOWN, explicit: Explicit = None) -> list[dict[str, Any]]:
+           max_slowdown: float = MAX_SLOWDOWN, explicit: Explicit = None) -> list[Finding]:
     """The findings of one run, ranked (see the module docstring). ``fp``: the run's footprint
     when the caller has it (the report), else computed here from ``explicit`` over the settings
     each store recorded (default: ``config``). ``max_slowdown``: the slower steps a
@@ -100,7 +116,7 @@ def advise(data: RunData, config: Config, fp: Footprint | None = None,
     if fp is None:
         fp = run_footprint_of(data, config if explicit is None else explicit)
     total_j = fp.total_j
-    found: list[dict[str, Any]] = []
+    found: list[Finding] = []
     if total_j > 0:
         for make in (_outside_steps, _idle_gpu, _low_mfu,
                      lambda d, t: _power_limit(d, t, max_slowdown)):
@@ -125,7 +141,7 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
-def _outside_steps(data: RunData, total_j: float) -> dict[str, Any] | None:
+def _outside_steps(data: RunData, total_j: float) -> Finding | None:
     if not data.phases:
         return None  # no step recorded: nothing to tell steps from the rest
     inside = data.steps_inside_j
@@ -148,7 +164,7 @@ def _outside_steps(data: RunData, total_j: float) -> dict[str, Any] | None:
     }
 
 
-def _idle_gpu(data: RunData, total_j: float) -> dict[str, Any] | None:
+def _idle_gpu(data: RunData, total_j: float) -> Finding | None:
     gpus = [g for g in data.gpu_power if g["low_w"] is not None]
     if not gpus:
         return None
@@ -183,7 +199,7 @@ def _idle_gpu(data: RunData, total_j: float) -> dict[str, Any] | None:
     }
 
 
-def _low_mfu(data: RunData, total_j: float) -> dict[str, Any] | None:
+def _low_mfu(data: RunData, total_j: float) -> Finding | None:
     if data.mfu is None or data.mfu >= MFU_REFERENCE:
         return None
     mfu = data.mfu
@@ -227,7 +243,7 @@ def best_power_limit(curve: PowerLimitCurve, max_slowdown: float) -> dict[str, A
             "host": curve.host, "rank": curve.rank, "devices": list(curve.devices)}
 
 
-def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str, Any] | None:
+def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> Finding | None:
     picks = [b for b in (best_power_limit(c, max_slowdown) for c in data.power_limit_curves)
              if b is not None]
     good = [b for b in picks if b["significant"] and b["saving_j"] > 0]
@@ -258,7 +274,7 @@ def _power_limit(data: RunData, total_j: float, max_slowdown: float) -> dict[str
     }
 
 
-def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
+def _start_time(data: RunData, fp: Footprint) -> Finding | None:
     """The run's own energy profile moved to each start its intensity series covers: the best
     start's footprint against the run's (both :func:`greentrack.carbon.footprint.footprint`)."""
     settings = [s for _, s in fp.profile.parts]
@@ -305,7 +321,7 @@ def _start_time(data: RunData, fp: Footprint) -> dict[str, Any] | None:
     }
 
 
-def _region(data: RunData, config: Config, fp: Footprint) -> dict[str, Any] | None:
+def _region(data: RunData, config: Config, fp: Footprint) -> Finding | None:
     """The run's energy at the yearly factors of other regions (each a footprint at that factor,
     each part keeping its PUE) against its own location's yearly factor."""
     try:
@@ -348,7 +364,7 @@ def _region(data: RunData, config: Config, fp: Footprint) -> dict[str, Any] | No
     }
 
 
-def format_text(findings: list[dict[str, Any]], data: RunData) -> str:
+def format_text(findings: list[Finding], data: RunData) -> str:
     """``greentrack advise``'s human output."""
     s = data.summary
     where = "+".join(map(str, s.get("run_dirs") or [s["run_dir"]]))  # every directory read

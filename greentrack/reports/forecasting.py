@@ -22,6 +22,7 @@ from typing import Any
 from greentrack.carbon.footprint import Footprint, Settings
 from greentrack.carbon.forecast import WINDOW, Forecast
 from greentrack.common.units import utc
+from greentrack.reports.advise import Finding
 from greentrack.reports.run_data import RunData
 
 #: a finished run's forecast is checked as it stood after this share of its steps
@@ -89,7 +90,7 @@ def forecast_section(data: RunData, settings: Settings, gpus: int) -> dict[str, 
     return out
 
 
-def start_window(data: RunData, findings: list[dict[str, Any]],
+def start_window(data: RunData, findings: list[Finding],
                  fp: Footprint) -> dict[str, Any] | None:
     """The best start of the ``start-time`` finding, in seconds from the run's start, with the
     intensity series around the run and that start (at most :data:`SERIES_POINTS` intervals)."""
