@@ -9,13 +9,15 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from greentrack.reports import report_document
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import PowercapTree
+from tests.helpers import clean_env, make_run
 
-REPO = Path(__file__).resolve().parents[1]
 # This test session's runs meet only each other: another test session on the same machine (CI
 # beside a developer's terminal) must not show up as a second run measuring the host.
 os.environ["GREENTRACK_LEASE_DIR"] = tempfile.mkdtemp(prefix="greentrack-test-leases-")
@@ -25,7 +27,6 @@ os.environ["GREENTRACK_LEASE_DIR"] = tempfile.mkdtemp(prefix="greentrack-test-le
 # becomes SIG_DFL across exec).
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1}
 
 
 @pytest.fixture
@@ -94,23 +95,23 @@ def no_leftover_child_processes() -> Iterator[None]:
         warnings.warn(f"killed child process {p.pid} the test left running: {what}", stacklevel=1)
 
 
-def python_env(**extra: str) -> dict[str, str]:
-    """Environment for child Python processes: this repo importable, greentrack settings fast."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(extra)
-    return env
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One finished run for a module's tests (they must not change it)."""
+    root = tmp_path_factory.mktemp("good")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        yield make_run(root, steps=3)
 
 
-def as_another_process(store: Path, host: str = "otherhost", rank: int = 1) -> None:
-    """Make a copied store another process's: its meta names ``host``, ``rank`` and a segment from
-    its file name (``<host>-r<rank>-<segment>.gtdb``), as a store that process wrote would. A plain
-    copy is the same store (host, boot id, rank and segment), read once."""
-    import json
-    import sqlite3
-    segment = store.stem.rsplit("-", 1)[-1]
-    conn = sqlite3.connect(store)
-    for key, value in (("host", host), ("rank", rank), ("segment", segment)):
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-    conn.commit()
-    conn.close()
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A clean environment for one test."""
+    with clean_env(monkeypatch, tmp_path):
+        yield
+
+
+@pytest.fixture(scope="module")
+def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cc")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        return report_document(make_run(root, steps=2, country="FR"), {})

@@ -46,8 +46,8 @@ def main() -> int:
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from greentrack.training import gathering
     from greentrack.integrations.torch import track_optimizer
+    from greentrack.training import gathering
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", init_method=args.init, rank=rank, world_size=world,

@@ -15,10 +15,7 @@ import pytest
 import greentrack
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, LiveTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.test_report_fixtures import (FAST, clean_env, env, report_json, run_cli,
-                                        validate_own_schema)
-
-__all__ = ["env"]  # the fixture, imported for the tests here
+from tests.helpers import RUN_FAST, clean_env, report_json, run_cli, validate_own_schema
 
 
 def advise_json(argv: list[str]) -> dict[str, Any]:
@@ -43,7 +40,7 @@ def stall_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         run_dir = root / "run"
         with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
-            with greentrack.Tracker(run_dir, **FAST) as tracker:
+            with greentrack.Tracker(run_dir, **RUN_FAST) as tracker:
                 for _ in range(6):
                     with tracker.step(samples=4):
                         time.sleep(0.25)
@@ -69,7 +66,7 @@ def gpu_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setitem(sys.modules, "pynvml", fake.module())
         run_dir = root / "run"
         with LiveCounters(tree, {"intel-rapl:0": 20.0, "intel-rapl:0:1": 2.0}):
-            with greentrack.Tracker(run_dir, **{**FAST, "resolution_s": 0.2}) as tracker:
+            with greentrack.Tracker(run_dir, **{**RUN_FAST, "resolution_s": 0.2}) as tracker:
                 busy.set(400.0)
                 t_busy = time.monotonic()
                 for _ in range(4):
@@ -224,6 +221,7 @@ def put_curve(run_dir: Path, curve: list[tuple[float, float, float]], sd_j: floa
               reference: float | None = 400.0, steps: int = 20) -> None:
     """Write a known curve into the run's store, as the calibration writes it."""
     import sqlite3
+
     from greentrack.store import store_paths
     (path,) = store_paths(run_dir)
     with sqlite3.connect(path) as conn:
@@ -240,7 +238,7 @@ def put_curve(run_dir: Path, curve: list[tuple[float, float, float]], sd_j: floa
 @pytest.fixture(scope="module")
 def curve_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real run of 8 training steps on a fake GPU, then a known curve in its store."""
-    from tests.test_report_fixtures import make_run
+    from tests.helpers import make_run
     root = tmp_path_factory.mktemp("curve")
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
         run_dir = make_run(root, gpu_w=300.0, steps=8, step_s=0.05)
@@ -310,6 +308,7 @@ def test_store_before_the_curve_table_reads_as_no_curve(curve_run: Path, env: No
     """A schema-2 store (no power_limits table) still reads: no curve, the rest unchanged."""
     import shutil
     import sqlite3
+
     from greentrack.store import store_paths
     old = tmp_path / "old"
     shutil.copytree(curve_run, old)
@@ -336,6 +335,7 @@ def test_max_slowdown_bad_values(curve_run: Path, env: None) -> None:
 def test_hostile_curve_rows_are_left_out(curve_run: Path, env: None, tmp_path: Path) -> None:
     import shutil
     import sqlite3
+
     from greentrack.store import store_paths
     bad = tmp_path / "bad"
     shutil.copytree(curve_run, bad)

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.engine.channelstate import Timeline
-from greentrack.common.config import Config
 from greentrack.cli.doctor import diagnose, format_diagnosis
+from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
+from greentrack.engine.channelstate import Timeline
 from greentrack.samplers import discover
-from greentrack.store import StoreReader, store_paths
 from greentrack.samplers._amdsmi import AmdGpu, import_amdsmi, open_gpus
-from tests.conftest import FAST
+from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_amdsmi import FakeAmdGpu, FakeAmdSmi
 from tests.fakes.fake_pynvml import FakeNvml, PowerTrace, VirtualClock
+from tests.helpers import FAST
 
 SERIALS = ["0x2A9C5E1B7D01A3C4", "0x2A9C5E1B7D01A3C5", "0x2A9C5E1B7D01A3C6"]
 

@@ -19,8 +19,8 @@ from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.run import Run
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, LiveTrace, capped
+from tests.helpers import FAST, python_env
 
 ORIGINAL_MW = 700_000
 DEMAND_W = 700.0
@@ -315,7 +315,7 @@ def test_greentrack_run_calibrates_in_the_command(monkeypatch: pytest.MonkeyPatc
                                                   no_host_env: Path, tmp_path: Path) -> None:
     """The settings reach the command's Tracker (which sees the steps); `greentrack run` itself
     only checks the limits and never sets one."""
-    from tests.test_report_fixtures import run_cli
+    from tests.helpers import run_cli
     g, limit_file = _fake_for_run(monkeypatch, tmp_path)
     run_dir = tmp_path / "run"
     code, _, err = run_cli(["run", "--run-dir", str(run_dir), "--quiet",
@@ -335,7 +335,7 @@ def test_greentrack_run_calibrates_in_the_command(monkeypatch: pytest.MonkeyPatc
 def test_greentrack_run_refuses_bad_limits_before_the_command(monkeypatch: pytest.MonkeyPatch,
                                                               no_host_env: Path,
                                                               tmp_path: Path) -> None:
-    from tests.test_report_fixtures import run_cli
+    from tests.helpers import run_cli
     _fake_for_run(monkeypatch, tmp_path)
     marker = tmp_path / "ran"
     cmd = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
@@ -395,6 +395,7 @@ def test_a_real_lightning_trainer_calibrates_and_restores(gpu: FakeGpu, tmp_path
     L = pytest.importorskip("lightning")
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader, TensorDataset
+
     from greentrack.integrations.lightning import GreenTrackCallback
 
     class Tiny(L.LightningModule):  # type: ignore[misc]

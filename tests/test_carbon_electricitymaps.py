@@ -21,8 +21,8 @@ from greentrack.carbon import live
 from greentrack.carbon.live import live_intensity
 from greentrack.carbon.series import parse_time
 from greentrack.common.config import Config
-from tests.test_report_fixtures import (clean_env, expected_integration, make_run, report_json,
-                                        run_cli, validate_own_schema)
+from tests.helpers import (clean_env, expected_integration, make_run, report_json, run_cli,
+                           validate_own_schema)
 
 TOKEN = "em-secret-token-7f3a9c"
 

@@ -17,8 +17,8 @@ import pytest
 
 import greentrack
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import python_env
 
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.2"}

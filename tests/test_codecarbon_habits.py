@@ -16,10 +16,8 @@ import pytest
 
 import greentrack
 from greentrack.common.errors import ConfigError
-from greentrack.reports import report_document
 from greentrack.reports.emissions_log import append
-from tests.conftest import FAST, python_env
-from tests.test_report_fixtures import clean_env, make_run, run_cli
+from tests.helpers import FAST, clean_env, make_run, python_env, run_cli
 
 pd = pytest.importorskip("pandas")
 psutil = pytest.importorskip("psutil")
@@ -35,17 +33,11 @@ def codecarbon_fields() -> list[str]:
 def test_the_header_kept_here_is_the_installed_codecarbons() -> None:
     """greentrack writes codecarbon's columns without importing codecarbon (its import prints to
     stdout): the list it keeps must be the installed package's dataclass, field for field."""
-    from greentrack.common.codecarbon_data import EMISSIONS_CSV_COLUMNS, EMISSIONS_CSV_VERSION, version
+    from greentrack.common.codecarbon_data import (EMISSIONS_CSV_COLUMNS, EMISSIONS_CSV_VERSION,
+                                                   version)
     assert list(EMISSIONS_CSV_COLUMNS) == codecarbon_fields(), (
         f"codecarbon {version()} changed EmissionsData: update EMISSIONS_CSV_COLUMNS (taken from "
         f"{EMISSIONS_CSV_VERSION})")
-
-
-@pytest.fixture(scope="module")
-def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("cc")
-    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
-        return report_document(make_run(root, steps=2, country="FR"), {})
 
 
 # -- the decorator ---------------------------------------------------------------------------------
@@ -310,6 +302,7 @@ def test_a_run_ended_by_sigterm_or_exit_still_appends_its_row(tmp_path: Path, en
     """A Slurm preemption (SIGTERM) or a script that never calls stop(): the run is stopped by
     greentrack's hooks, and its row reaches the project's CSV as at a normal stop."""
     import signal
+
     from tests.fakes.powercap import LiveCounters, PowercapTree
     tree = PowercapTree(tmp_path / "powercap")
     env = python_env(GREENTRACK_INTERVAL_S="0.02", GREENTRACK_COUNTER_INTERVAL_S="0.1",
@@ -342,6 +335,7 @@ def test_a_slow_row_at_a_signal_stop_is_given_up_with_how_to_append_it(
     """At SIGTERM the row gets ``EXIT_CSV_BUDGET_S``, not the grace period: a row that takes
     longer (a week-long run, a held lock) is left with one warning naming the command."""
     import threading
+
     from greentrack.process import tracker as tracker_mod
     from greentrack.reports import document
     release = threading.Event()
@@ -375,12 +369,32 @@ def test_a_trainer_run_appends_one_row_for_the_whole_run(no_host_env: Path, tmp_
     barrier): one row, though the callback stops at the final log and again at train end."""
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from greentrack.integrations.transformers import GreenTrackTrainerCallback
-    from tests.test_hf_model_card import _tiny_config, _trainer
     from transformers import GPT2LMHeadModel
+
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    from tests.tiny_models import hf_trainer, tiny_gpt2_config
     cb = GreenTrackTrainerCallback(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
-    _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb).train()
+    hf_trainer(tmp_path / "out", GPT2LMHeadModel(tiny_gpt2_config()), cb).train()
     df = pd.read_csv(tmp_path / "e.csv")
     assert len(df) == 1 and df["project_name"].iloc[0] == "run"
     assert df["run_id"].iloc[0] == cb.run.summary["run_id"]
     assert df["energy_consumed"].iloc[0] > 0
+
+
+def test_run_ids_never_read_as_numbers(tmp_path: Path) -> None:
+    """A random 12-hex-digit id reads as a number about 1 time in 120 (``81028e107769`` is inf to
+    pandas, which codecarbon's dashboard and most readers of emissions.csv use): a trainer run's
+    one-row file once failed this way. Generated ids are drawn again until they do not."""
+    from greentrack.store.layout import new_run_id
+
+    def read_back(run_id: str) -> object:
+        (tmp_path / "one.csv").write_text(f"run_id,energy_consumed\n{run_id},0.1\n")
+        return pd.read_csv(tmp_path / "one.csv")["run_id"].iloc[0]
+
+    assert read_back("81028e107769") == float("inf")  # the trap itself
+    ids = [new_run_id() for _ in range(20_000)]
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+    for run_id in ids:
+        with pytest.raises(ValueError):
+            float(run_id)
+    assert all(read_back(i) == i for i in ids[:50])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from tests.test_report_fixtures import clean_env, make_run, run_cli
+from tests.helpers import clean_env, make_run, run_cli
 
 INFO = {"samples": 8, "tokens": 1024, "flops": 4.0e9}
 

@@ -16,11 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 import greentrack
-from tests.conftest import python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import RUN_FAST, clean_env, python_env
 from tests.servers import Pushgateway, prometheus, pushgateway  # noqa: F401 - the fixtures
-from tests.test_report_fixtures import FAST, clean_env
 
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ def test_a_pushed_run_says_it_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         with LiveCounters(tree, WATTS):
             t = greentrack.Tracker(tmp_path / "run", pushgateway_url=pushgateway.url,
-                                   push_interval_s=0.2, job="ended", **FAST).start()
+                                   push_interval_s=0.2, job="ended", **RUN_FAST).start()
             time.sleep(0.6)
             (live,) = _groups(pushgateway, t.run_id or "")
             assert _value(live, "greentrack_run_running") == [1.0]
@@ -101,10 +100,10 @@ def test_two_trackers_of_one_run_in_one_process_count_the_gpu_once(
     GPU energy and 2.4 GPU-seconds. Now one counts it while both run; the other takes it over
     when the first stops, so the run has the GPU's energy over their union, once."""
     _gpu(monkeypatch)
-    a = greentrack.Tracker(tmp_path / "run", **FAST).start()
+    a = greentrack.Tracker(tmp_path / "run", **RUN_FAST).start()
     t0 = time.monotonic()
     time.sleep(0.3)
-    b = greentrack.Tracker(tmp_path / "run", **FAST).start()
+    b = greentrack.Tracker(tmp_path / "run", **RUN_FAST).start()
     time.sleep(0.5)
     a.stop()  # b takes the GPU over from here
     time.sleep(0.6)
@@ -207,7 +206,8 @@ def test_a_store_of_another_run_is_left_out(tmp_path: Path) -> None:
     """8a2bbe5: a run directory holding another run's store (one copied in) was summed
     silently, 223 J + 153 J reported as run A. A directory holds the run its run.json names."""
     import shutil
-    from tests.test_report_fixtures import run_cli
+
+    from tests.helpers import run_cli
     tree = PowercapTree(tmp_path / "pc")
     with LiveCounters(tree, WATTS):
         _run_for(tmp_path / "a", 0.6, **tree.env)
@@ -242,7 +242,8 @@ def test_merge_of_a_header_only_copy_says_the_run_is_incomplete(tmp_path: Path) 
     reported a complete run without that node's energy, and no warning. Now the store is named
     as not merged, and the merged run reads incomplete, with the reason, in summary and report."""
     import shutil
-    from tests.test_report_fixtures import run_cli
+
+    from tests.helpers import run_cli
     tree = PowercapTree(tmp_path / "pc")
     ready, done = tmp_path / "ready", tmp_path / "done"
     env = python_env(GREENTRACK_RUN_ID="job-7", GREENTRACK_HOSTNAME="node0",
@@ -368,7 +369,7 @@ t.stop()
 
 def _writer_thread(run_dir: Path, delay: float, duration: float) -> None:
     time.sleep(delay)
-    t = greentrack.Tracker(run_dir, **FAST).start()
+    t = greentrack.Tracker(run_dir, **RUN_FAST).start()
     time.sleep(duration)
     t.stop()
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from tests.conftest import REPO, python_env
+from tests.helpers import REPO, python_env
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

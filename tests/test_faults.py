@@ -16,9 +16,9 @@ import pytest
 import greentrack
 import greentrack.process.tracker
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree, deny_caps_prefix
+from tests.helpers import FAST, python_env
 
 
 def events(run: Path) -> list[str]:
@@ -306,7 +306,7 @@ def hook_errors(run: Path) -> list[str]:
 def test_a_failing_lightning_hook_never_reaches_training(no_host_env: Path, tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     from greentrack.integrations.lightning import GreenTrackCallback
-    from tests.test_integrations_lightning import BATCH, Tiny, data, trainer
+    from tests.tiny_models import BATCH, Tiny, data, trainer
 
     def broken_samples_fn(batch: object) -> int:
         raise ValueError("user's samples_fn is broken")

@@ -11,11 +11,12 @@ import sys
 
 import pytest
 
-from greentrack.common.errors import ConfigError
-from greentrack.training.flops import (DTYPES, METHOD_ANALYTIC, METHOD_COUNTED, TABLE, FirstStepCounter,
-                              analytic, count, dtype_name, given, mfu, parameter_count, peak_flops)
 from greentrack.carbon.forecast import Forecast, format_forecast
-from tests.conftest import python_env
+from greentrack.common.errors import ConfigError
+from greentrack.training.flops import (DTYPES, METHOD_ANALYTIC, METHOD_COUNTED, TABLE,
+                                       FirstStepCounter, analytic, count, dtype_name, given, mfu,
+                                       parameter_count, peak_flops)
+from tests.helpers import python_env
 
 torch = pytest.importorskip("torch")
 
@@ -150,6 +151,7 @@ def test_unknown_device_or_dtype_is_none_with_a_warning(name: str, dtype: str,
                                                         caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import greentrack.training.flops
+
     # the warning is once per process: earlier tests (a CPU trainer) may have used it up
     monkeypatch.setattr(greentrack.training.flops, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="greentrack"):

@@ -15,11 +15,11 @@ import pytest
 
 import greentrack
 from greentrack.carbon.location import world_average
+from greentrack.common.units import J_PER_KWH
 from greentrack.reports import report_document
 from greentrack.reports.compare import compare, format_table
-from greentrack.common.units import J_PER_KWH
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.test_report_fixtures import FAST, clean_env, run_cli
+from tests.helpers import RUN_FAST, clean_env, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEU = 381.0  # a rough bound check only: codecarbon's Germany factor is far above France's
@@ -30,7 +30,7 @@ def _segment(run_dir: Path, tree: PowercapTree, *, train: int = 3, val: int = 0,
              step_s: float = 0.03, record: list[float] | None = None, rank: int = 0,
              **settings: Any) -> greentrack.Tracker:
     """One segment of a run: a real tracker, ``train`` and ``val`` steps, metrics recorded."""
-    t = greentrack.Tracker(run_dir, rank=rank, host_energy=rank == 0, **{**FAST, **settings})
+    t = greentrack.Tracker(run_dir, rank=rank, host_energy=rank == 0, **{**RUN_FAST, **settings})
     t.start()
     for i in range(train):
         with t.step():

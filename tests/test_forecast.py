@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from greentrack.carbon.forecast import LEVEL, Forecast, format_forecast
 from greentrack.process.tracker import Tracker
 from greentrack.training.meter import TrainingMeter
-from tests.conftest import FAST
 from tests.fakes.fake_pynvml import FakeNvml
+from tests.helpers import FAST
 from tests.servers import http_get, promtool
 
 PLANNED = 1000

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 import greentrack
 from greentrack.store import SCHEMA_VERSION, store_paths
-from tests.test_report_fixtures import clean_env, make_run, run_cli
-from tests.conftest import as_another_process
+from tests.helpers import as_another_process, clean_env, make_run, run_cli
 
 
 def strict_json(text: str) -> Any:

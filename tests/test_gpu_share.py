@@ -17,12 +17,12 @@ import pytest
 
 import greentrack
 from greentrack.common.config import Config
-from greentrack.engine.channelstate import Timeline
 from greentrack.common.leases import Lease, live_leases
+from greentrack.engine.channelstate import Timeline
 from greentrack.samplers._gpushare import METHOD_SUFFIX, GpuShare, lease_peers
 from greentrack.samplers._nvml import NvmlGpu
-from tests.conftest import FAST
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, PowerTrace, VirtualClock
+from tests.helpers import FAST
 
 ME = os.getpid()
 OTHER = os.getppid()

@@ -18,8 +18,8 @@ from greentrack.carbon.schedule import best_start, emissions_at, flat_profile, w
 from greentrack.carbon.series import IntensitySeries, read_csv
 from greentrack.cli import main
 from greentrack.run import Run
-from tests.conftest import python_env
 from tests.fakes.powercap import PowercapTree
+from tests.helpers import python_env
 
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.2", "GREENTRACK_PROGRESS": "0"}

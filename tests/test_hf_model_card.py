@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from greentrack.common.errors import ConfigError
-from greentrack.reports import report_document
-from greentrack.reports import to_hf
-from tests.test_report_fixtures import clean_env, make_run, run_cli
+from greentrack.reports import report_document, to_hf
+from tests.helpers import clean_env, make_run, run_cli
+from tests.tiny_models import hf_trainer, tiny_gpt2_config
 
 hub = pytest.importorskip("huggingface_hub")
 
@@ -120,27 +120,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 
-def _trainer(out: Path, model: Any, callback: Any, attach: bool = True) -> Any:
-    """A tiny Trainer holding ``callback``: through ``attach``, or as ``Trainer(callbacks=[...])``."""
-    from transformers import Trainer, TrainingArguments
-
-    from tests.test_integrations_transformers import Tokens
-    args = TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2,
-                             report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
-                             seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=Tokens(16),
-                      callbacks=None if attach else [callback])
-    if attach:
-        callback.attach(trainer)
-    return trainer
-
-
-def _tiny_config() -> Any:
-    from transformers import GPT2Config
-    return GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                      bos_token_id=0, eos_token_id=0)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("attach", [True, False], ids=["attach", "callbacks-list"])
 def test_trainer_card_carries_the_emissions_block(no_host_env: Path, tmp_path: Path,
@@ -153,7 +132,7 @@ def test_trainer_card_carries_the_emissions_block(no_host_env: Path, tmp_path: P
     from greentrack.integrations.transformers import GreenTrackTrainerCallback
     torch.manual_seed(0)
     cb = GreenTrackTrainerCallback(tmp_path / "run", country="DE", **_fast())
-    trainer = _trainer(tmp_path / "out", GPT2LMHeadModel(_tiny_config()), cb, attach)
+    trainer = hf_trainer(tmp_path / "out", GPT2LMHeadModel(tiny_gpt2_config()), cb, attach)
     trainer.train()
     trainer.create_model_card(model_name="tiny", license="mit")
     card = hub.ModelCard.load(tmp_path / "out" / "README.md")
@@ -178,17 +157,17 @@ def test_a_model_from_pretrained_is_fine_tuning(no_host_env: Path, tmp_path: Pat
 
     from greentrack.integrations.transformers import GreenTrackTrainerCallback
     torch.manual_seed(0)
-    GPT2LMHeadModel(_tiny_config()).save_pretrained(tmp_path / "base")
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path / "base")
     model = GPT2LMHeadModel.from_pretrained(tmp_path / "base")  # local: no network
     cb = GreenTrackTrainerCallback(tmp_path / "run", **_fast())
-    trainer = _trainer(tmp_path / "out", model, cb)
+    trainer = hf_trainer(tmp_path / "out", model, cb)
     trainer.train()
     trainer.create_model_card()
     co2 = hub.ModelCard.load(tmp_path / "out" / "README.md").data.co2_eq_emissions
     assert co2["training_type"] == "fine-tuning"
     # a setting wins over the inference
     cb2 = GreenTrackTrainerCallback(tmp_path / "run2", training_type="pre-training", **_fast())
-    trainer2 = _trainer(tmp_path / "out2", GPT2LMHeadModel.from_pretrained(tmp_path / "base"), cb2)
+    trainer2 = hf_trainer(tmp_path / "out2", GPT2LMHeadModel.from_pretrained(tmp_path / "base"), cb2)
     trainer2.train()
     trainer2.create_model_card()
     card = hub.ModelCard.load(tmp_path / "out2" / "README.md")
@@ -197,5 +176,5 @@ def test_a_model_from_pretrained_is_fine_tuning(no_host_env: Path, tmp_path: Pat
 
 
 def _fast() -> dict[str, Any]:
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     return dict(FAST)

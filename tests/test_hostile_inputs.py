@@ -14,10 +14,9 @@ import pytest
 import greentrack
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
-from greentrack.reports.emissions_log import append
 from greentrack.process.settings import check_settings
-from tests.conftest import FAST
-from tests.test_codecarbon_habits import doc  # noqa: F401 - the fixture
+from greentrack.reports.emissions_log import append
+from tests.helpers import FAST
 
 pd = pytest.importorskip("pandas")
 
@@ -82,7 +81,7 @@ def test_a_fifo_as_intensity_csv_is_one_line_not_a_hang(tmp_path: Path) -> None:
 # -- greentrack merge ------------------------------------------------------------------------
 @pytest.fixture
 def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> list[Path]:
-    from tests.test_merge import node_run
+    from tests.helpers import node_run
     dirs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
     node_run(monkeypatch, dirs[0], "node-a", run_id="job-a")
     node_run(monkeypatch, dirs[1], "node-b", run_id="job-b")
@@ -91,7 +90,7 @@ def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path)
 
 def test_merge_refuses_an_out_inside_an_input_reached_through_a_link(
         two_runs: list[Path], tmp_path: Path) -> None:
-    from tests.test_merge import digest, gt
+    from tests.helpers import digest, gt
     link = tmp_path / "alink"
     link.symlink_to(two_runs[0].parent)
     before = digest(two_runs[0])
@@ -103,7 +102,7 @@ def test_merge_refuses_an_out_inside_an_input_reached_through_a_link(
 
 
 def test_merge_into_an_unwritable_place_is_one_line(two_runs: list[Path]) -> None:
-    from tests.test_merge import gt
+    from tests.helpers import gt
     r = gt("merge", "/proc/greentrack-nowhere/out", str(two_runs[0]))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "OUT='/proc/greentrack-nowhere/out' is invalid: cannot be written" in r.stderr
@@ -211,7 +210,7 @@ def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_pl
     directory named ``x+y`` could not be joined to another (it was split inside its name)."""
     import json
 
-    from tests.test_merge import gt, node_run
+    from tests.helpers import gt, node_run
     a, b = tmp_path / "x+y" / "run", tmp_path / "b" / "run"
     node_run(monkeypatch, a, "node-a")
     node_run(monkeypatch, b, "node-b", steps=5)
@@ -250,8 +249,7 @@ def test_merging_a_store_still_being_written_says_so(tmp_path: Path, no_host_env
     import sys
     import time
 
-    from tests.conftest import python_env
-    from tests.test_merge import gt
+    from tests.helpers import gt, python_env
     run = tmp_path / "run"
     child = subprocess.Popen([sys.executable, "-c", (
         "import time, greentrack\n"
@@ -310,7 +308,7 @@ def test_a_fifo_or_device_as_config_file_is_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import python_env
+    from tests.helpers import python_env
     fifo = tmp_path / "settings.toml"
     os.mkfifo(fifo)
     for path, what in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
@@ -330,15 +328,13 @@ def test_a_signal_while_a_report_waits_is_one_line_and_leaves_nothing_behind(
         tmp_path: Path, signame: str) -> None:
     """A real report process blocked on the lock another process holds (not a timing guess:
     the test waits until the report's files are in place, the step before the append)."""
+    import fcntl
     import signal
     import subprocess
     import sys
     import time
 
-    import fcntl
-
-    from tests.conftest import python_env
-    from tests.test_report_fixtures import clean_env, make_run
+    from tests.helpers import clean_env, make_run, python_env
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
         run = make_run(tmp_path, steps=2)
     csv_path, out = tmp_path / "emissions.csv", tmp_path / "out"

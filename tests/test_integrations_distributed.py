@@ -19,8 +19,8 @@ import pytest
 
 import greentrack
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import REPO, python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import REPO, python_env
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

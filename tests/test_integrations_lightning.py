@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,17 @@ import pytest
 import greentrack
 from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import FAST
 
 L = pytest.importorskip("lightning")
 torch = pytest.importorskip("torch")
 from lightning.pytorch.loggers.logger import Logger  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from greentrack.integrations.lightning import GreenTrackCallback  # noqa: E402
+from tests.tiny_models import BATCH, Tiny, data, trainer  # noqa: E402
 
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
-BATCH = 8
 
 
 class Recording(Logger):
@@ -53,46 +51,6 @@ class Recording(Logger):
 
     def values(self, name: str) -> list[float]:
         return [m[name] for _, m in self.metrics if name in m]
-
-
-class Tiny(L.LightningModule):
-    def __init__(self, fail_at: int | None = None) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-        self.fail_at = fail_at
-        self.val_batches = 0
-
-    def training_step(self, batch: Any, batch_idx: int) -> Any:
-        if self.fail_at is not None and self.global_step == self.fail_at:
-            raise RuntimeError("boom")
-        time.sleep(0.004)  # ~5 ms steps
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if not self.trainer.sanity_checking:
-            self.val_batches += 1
-        self.log("val_loss", torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("test_loss", torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def data(n: int, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(torch.randn(n, 16, generator=g), torch.randn(n, 1, generator=g)),
-                      batch_size=BATCH)
-
-
-def trainer(root: Path, callbacks: list[Any], logger: Any, **kw: Any) -> Any:
-    args = dict(accelerator="cpu", devices=1, max_steps=10, log_every_n_steps=2,
-                limit_val_batches=2, num_sanity_val_steps=1, default_root_dir=root,
-                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    args.update(kw)
-    return L.Trainer(callbacks=callbacks, logger=logger, **args)
 
 
 def rows(run_dir: Path) -> list[dict[str, Any]]:

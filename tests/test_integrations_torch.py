@@ -11,10 +11,10 @@ import pytest
 
 import greentrack
 from greentrack.common.errors import ConfigError
-from greentrack.training.flops import count
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST
+from greentrack.training.flops import count
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import FAST
 
 torch = pytest.importorskip("torch")
 from greentrack.integrations.torch import track_optimizer  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 import greentrack
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,19 +20,9 @@ from transformers import (GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback,
                           TrainingArguments)
 
 from greentrack.integrations.transformers import GreenTrackTrainerCallback  # noqa: E402
+from tests.tiny_models import Tokens  # noqa: E402
 
 LENGTH, BATCH, ACCUMULATE = 16, 4, 2
-
-
-class Tokens(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.ids = torch.randint(0, 64, (n, LENGTH), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 class Reporter(TrainerCallback):

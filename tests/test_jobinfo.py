@@ -10,10 +10,9 @@ import pytest
 
 import greentrack
 from greentrack.common.jobinfo import MAX_VALUE, describe, job_metadata, merge_jobs
-from greentrack.store import StoreReader, store_paths
 from greentrack.reports.summary import format_summary
-from tests.conftest import FAST
-from tests.test_prometheus import families
+from greentrack.store import StoreReader, store_paths
+from tests.helpers import FAST, families
 from tests.servers import http_get, promtool
 
 SLURM_ARRAY = {"SLURM_JOB_ID": "4243", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1",

@@ -12,7 +12,7 @@ from pathlib import Path
 import grimp
 import pytest
 
-from tests.conftest import REPO, python_env
+from tests.helpers import REPO, python_env
 
 #: Libraries a tracked training process must not load until a feature asks for them.
 HEAVY = ("torch", "pynvml", "amdsmi", "lightning", "transformers", "huggingface_hub",

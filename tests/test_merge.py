@@ -4,38 +4,18 @@ reading them directly. Real trackers write real stores under distinct host ident
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import greentrack
 from greentrack.common.errors import ConfigError
-from greentrack.training.gathering import GAP_EVENT, NodePart, job_totals, node_part
 from greentrack.run.merge import merge_runs
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST, python_env
-
-
-def node_run(monkeypatch: pytest.MonkeyPatch, run_dir: Path, host: str, run_id: str = "job-9",
-             steps: int = 3) -> None:
-    monkeypatch.setenv("GREENTRACK_HOSTNAME", host)
-    monkeypatch.setenv("GREENTRACK_BOOT_ID", f"boot-{host}")
-    with greentrack.Tracker(run_dir, run_id=run_id, **FAST) as t:
-        for _ in range(steps):
-            with t.step(samples=2):
-                time.sleep(0.02)
-
-
-def digest(directory: Path) -> dict[str, str]:
-    """Every file under ``directory`` (the device locks in ``.owners`` too), by content."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+from greentrack.training.gathering import GAP_EVENT, NodePart, job_totals, node_part
+from tests.helpers import digest, gt, node_run
 
 
 @pytest.fixture
@@ -44,11 +24,6 @@ def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) ->
     node_run(monkeypatch, dirs[0], "node-a")
     node_run(monkeypatch, dirs[1], "node-b", steps=5)
     return dirs
-
-
-def gt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "greentrack", *args], capture_output=True,
-                          text=True, env=python_env(), timeout=120)
 
 
 def test_merge_counts_each_store_once_and_never_touches_inputs(nodes: list[Path],

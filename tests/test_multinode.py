@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.training.gathering import GAP_EVENT
 from greentrack.run.merge import merge_runs
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import REPO, python_env
+from greentrack.training.gathering import GAP_EVENT
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import REPO, python_env
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

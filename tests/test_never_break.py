@@ -23,9 +23,8 @@ import pytest
 import greentrack
 from greentrack.common.errors import ConfigError
 from greentrack.reports.emissions_log import append
-from tests.conftest import python_env
 from tests.fakes.powercap import PowercapTree
-from tests.test_report_fixtures import FAST, clean_env, make_run, report_json, run_cli
+from tests.helpers import RUN_FAST, clean_env, make_run, python_env, report_json, run_cli
 
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.1"}
@@ -193,12 +192,12 @@ def test_track_above_staticmethod_and_classmethod(no_host_env: Path, tmp_path: P
     """8a2bbe5: @greentrack.track above @staticmethod or @classmethod passed the instance or
     broke the call, and left failed runs."""
     class Model:
-        @greentrack.track(run_dir=tmp_path / "s", **FAST)
+        @greentrack.track(run_dir=tmp_path / "s", **RUN_FAST)
         @staticmethod
         def double(x: int) -> int:
             return 2 * x
 
-        @greentrack.track(run_dir=tmp_path / "c", **FAST)
+        @greentrack.track(run_dir=tmp_path / "c", **RUN_FAST)
         @classmethod
         def named(cls, x: int) -> tuple[str, int]:
             return cls.__name__, x
@@ -210,7 +209,7 @@ def test_track_above_staticmethod_and_classmethod(no_host_env: Path, tmp_path: P
 
 def test_a_metric_with_a_step_past_64_bits_is_kept(no_host_env: Path, tmp_path: Path) -> None:
     """8a2bbe5: tracker.record(acc=0.5, step=2**70) lost the metric (SQLite OverflowError)."""
-    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+    with greentrack.Tracker(tmp_path / "run", **RUN_FAST) as t:
         t.record(acc=0.5, step=2**70)
         t.record(acc=0.7, step=3)
         time.sleep(0.2)

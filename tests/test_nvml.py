@@ -5,8 +5,8 @@ from __future__ import annotations
 import pynvml as real_pynvml
 import pytest
 
-from greentrack.engine.channelstate import ChannelState, Timeline
 from greentrack.common.errors import ConfigError, DeviceLost, PermissionDenied, SamplerError
+from greentrack.engine.channelstate import ChannelState, Timeline
 from greentrack.samplers._counter import shape_points
 from greentrack.samplers._nvml import NvmlGpu, open_gpus
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace, VirtualClock

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
+from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 

@@ -16,8 +16,8 @@ import greentrack
 from greentrack.reports import report_document
 from greentrack.training.session import run_totals
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import RUN_FAST, clean_env, run_cli
 from tests.servers import scrape_sums
-from tests.test_report_fixtures import FAST, clean_env, run_cli
 
 FRA = 56.039  # codecarbon's global_energy_mix.json, France (the yearly factor reports cite)
 
@@ -33,7 +33,7 @@ def _run(root: Path, name: str = "run", segments: int = 1, steps: int = 3, ranks
                 for rank in range(ranks):
                     # rank > 0 is another process of the node: it does not measure the host
                     with greentrack.Tracker(run, rank=rank, host_energy=rank == 0,
-                                            **{**FAST, **settings_}) as t:
+                                            **{**RUN_FAST, **settings_}) as t:
                         for _ in range(steps):
                             with t.step(samples=2):
                                 time.sleep(0.03)
@@ -66,7 +66,7 @@ def test_live_emissions_agree_with_the_report(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
             with greentrack.Tracker(tmp_path / "run", country="FRA", prometheus_port=0,
-                                    **FAST) as t:
+                                    **RUN_FAST) as t:
                 for _ in range(5):
                     with t.step():
                         pass
@@ -120,8 +120,8 @@ def test_every_output_gives_the_same_figures(segments: int, ranks: int, steps: i
     assert doc["energy"]["it_kwh"] == pytest.approx(s["energy_kwh"])
     assert sum(d["energy_j"] for d in doc["energy"]["devices"]) == pytest.approx(s["energy_j"]["total"])
     g_per_kwh = doc["intensity"]["location_based"]["g_per_kwh"]
-    from greentrack.carbon.resolve import config_for_run, settings_for
     from greentrack.carbon import live_intensity
+    from greentrack.carbon.resolve import config_for_run, settings_for
     cfg = config_for_run({"country": country}, {})
     assert live_intensity(cfg)[0] == pytest.approx(g_per_kwh)  # what the exporter would use
     assert doc["scope2"]["location_based_kg"] == pytest.approx(
@@ -135,12 +135,12 @@ def test_stop_returns_the_runs_totals(tmp_path: Path, monkeypatch: pytest.Monkey
         tree = PowercapTree(tmp_path / "pc")
         monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
-            t = greentrack.Tracker(tmp_path / "run", country="FRA", **FAST).start()
+            t = greentrack.Tracker(tmp_path / "run", country="FRA", **RUN_FAST).start()
             for _ in range(3):
                 with t.step():
                     time.sleep(0.05)
             totals = t.stop()
-            plain = greentrack.Tracker(tmp_path / "plain", **FAST).start()
+            plain = greentrack.Tracker(tmp_path / "plain", **RUN_FAST).start()
             time.sleep(0.2)
             no_location = plain.stop()
     assert totals is not None and totals is t.result and t.stop() is totals

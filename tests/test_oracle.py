@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 import greentrack
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import RUN_FAST, clean_env, run_cli
 from tests.servers import Pushgateway, pushgateway, scrape_sums  # noqa: F401 - the fixture
-from tests.test_report_fixtures import FAST, clean_env, run_cli
 
 REL = 1e-6
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
@@ -110,7 +110,7 @@ def _make(root: Path, spec: dict[str, Any], gateway: Pushgateway,
             if spec["gpu"]:
                 cfg["gpus"] = (r,)
             t = greentrack.Tracker(dirs[n], rank=n * spec["ranks"] + r, host_energy=r == 0,
-                                   **{**FAST, **cfg})
+                                   **{**RUN_FAST, **cfg})
             t.start()
             for _ in range(seg["train"]):
                 with t.step():

@@ -17,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
-from greentrack.exporters._collector import (INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J,
-                                             Intensity)
+from greentrack.exporters._collector import INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J, Intensity
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
-from greentrack.store import StoreReader, store_paths
 from greentrack.process.tracker import Tracker
-from tests.conftest import FAST, python_env
+from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeNvml
+from tests.helpers import FAST, families, python_env
 from tests.servers import free_port, http_get, promtool
 
 USER_INTENSITY = "user setting (carbon_intensity_g_per_kwh)"  # as every report says it
@@ -41,10 +39,6 @@ def wait_steps(tracker: Tracker, n: int, timeout: float = 5.0) -> None:
     while tracker.engine.steps_done < n and time.monotonic() < deadline:  # type: ignore[union-attr]
         time.sleep(0.02)
     assert tracker.engine.steps_done >= n  # type: ignore[union-attr]
-
-
-def families(text: str) -> dict[str, Any]:
-    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:

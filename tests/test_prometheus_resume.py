@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from greentrack.run import Run
 from greentrack.process.tracker import Tracker
-from tests.conftest import FAST, python_env
+from greentrack.run import Run
 from tests.fakes.fake_pynvml import FakeNvml
+from tests.helpers import FAST, python_env
 from tests.servers import Prometheus, Pushgateway, free_port, prometheus, pushgateway  # noqa: F401
 
 INTENSITY = 56.0

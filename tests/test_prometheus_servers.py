@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from greentrack.process.tracker import Tracker
-from tests.conftest import FAST, python_env
 from tests.fakes.fake_pynvml import FakeNvml
+from tests.helpers import FAST, python_env
 from tests.servers import (SHIPPED_PROMETHEUS_YML, Prometheus, Pushgateway, http_get,  # noqa: F401
                            prometheus, promtool, pushgateway)
 

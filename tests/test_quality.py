@@ -12,12 +12,12 @@ import greentrack
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.run import Run, metric_points, to_target
-from tests.test_report_fixtures import FAST, clean_env, make_run, run_cli
+from tests.helpers import RUN_FAST, clean_env, make_run, run_cli
 
 
 def _tracked(run_dir: Path, losses: list[float], labels: dict[str, str] | None = None,
              steps_per_record: int = 1, **info: float) -> Path:
-    with greentrack.Tracker(run_dir, labels=labels or {}, **FAST) as tr:
+    with greentrack.Tracker(run_dir, labels=labels or {}, **RUN_FAST) as tr:
         for loss in losses:
             for _ in range(steps_per_record):
                 with tr.step(**info):
@@ -157,7 +157,7 @@ def test_hostile_metric_rows_and_values_are_left_out(tmp_path: Path,
 
     from greentrack.store import store_paths
     with clean_env(monkeypatch, tmp_path):
-        with greentrack.Tracker(tmp_path / "r", **FAST) as tr:
+        with greentrack.Tracker(tmp_path / "r", **RUN_FAST) as tr:
             with tr.step():
                 time.sleep(0.01)
             tr.record(loss=float("nan"), acc="high", ok=1.5)  # bad values dropped, the rest kept
@@ -218,7 +218,7 @@ def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
         value = object.__new__(DeviceValue)
         event = _SlowEvent()
         value.host, value.event = _Host(0.25), event
-        with greentrack.Tracker(tmp_path / "r", **FAST) as tr:
+        with greentrack.Tracker(tmp_path / "r", **RUN_FAST) as tr:
             with tr.step():
                 time.sleep(0.05)
             t0 = time.monotonic()
@@ -242,7 +242,7 @@ def test_record_takes_any_step_value_and_drops_only_bad_ones(no_host_env: Path, 
     import torch
 
     from greentrack.run import Run, metric_points
-    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+    with greentrack.Tracker(tmp_path / "run", **RUN_FAST) as t:
         t.record(loss=torch.tensor(0.5), step=np.int64(3))
         t.record(loss=0.25, step=torch.tensor(7))
         t.record(loss=0.125, step="x")

@@ -13,8 +13,8 @@ import pytest
 from greentrack.common.config import Config
 from greentrack.common.errors import DeviceLost, PermissionDenied
 from greentrack.samplers import _rapl, discover
-from tests.conftest import python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree, deny_caps_prefix
+from tests.helpers import python_env
 
 
 def test_package_and_dram_zones_only(tmp_path: Path) -> None:

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report_fixtures import (env, good_run, report_json, run_cli,  # noqa: F401 - fixtures
-                                        validate_own_schema)
-
-
+from tests.helpers import report_json, run_cli, validate_own_schema
 
 
 def one_line_error(code: int, out: str, err: str, *words: str) -> None:

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 import greentrack
+from greentrack.carbon.footprint import NO_SETTINGS, plain_settings
 from greentrack.carbon.forecast import Forecast
 from greentrack.reports import svg
-from greentrack.carbon.footprint import NO_SETTINGS, plain_settings
 from greentrack.reports.forecasting import forecast_section
 from greentrack.reports.run_data import Channel, RunData
 from greentrack.training.meter import TrainingMeter
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.test_report_fixtures import FAST, clean_env, report_json, run_cli, validate_own_schema
+from tests.helpers import RUN_FAST, clean_env, report_json, run_cli, validate_own_schema
 
 SVG = "{http://www.w3.org/2000/svg}"
 WATTS = 100.0
@@ -108,7 +108,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]
         mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         run_dir = root / "run"
         with LiveCounters(tree, {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}):
-            with greentrack.Tracker(run_dir, **FAST) as tracker:
+            with greentrack.Tracker(run_dir, **RUN_FAST) as tracker:
                 meter = TrainingMeter(tracker, planned_steps=40, progress_every_s=None)
                 for _ in range(40):
                     meter.begin()

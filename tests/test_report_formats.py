@@ -19,10 +19,9 @@ import pytest
 import yaml
 
 import greentrack
-from tests.conftest import python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.test_report_fixtures import (BOAMPS_DIR, boamps_validator, clean_env, make_run,
-                                        report_json, run_cli, validate_own_schema)
+from tests.helpers import (BOAMPS_DIR, boamps_validator, clean_env, make_run, python_env,
+                           report_json, run_cli, validate_own_schema)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import greentrack
-from tests.test_report_fixtures import (clean_env, expected_integration, make_run, report_json,
-                                        run_cli, samples_by_store, validate_own_schema)
+from tests.helpers import (clean_env, expected_integration, make_run, report_json, run_cli,
+                           samples_by_store, validate_own_schema)
 
 YEAR_S = 365.25 * 86400.0
 STEP = {"samples": 4, "tokens": 512, "flops": 2.0e9, "flops_method": "user-given", "mfu": 0.4}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from greentrack.reports import svg
 from tests.browser import color_counts, read_png, render, require_chromium
-from tests.test_report_fixtures import clean_env, make_run, report_json, run_cli
+from tests.helpers import clean_env, make_run, report_json, run_cli
 
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -18,8 +18,8 @@ from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.leases import Lease, live_leases
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import FAST, python_env
 from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import FAST, python_env
 
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.1"}

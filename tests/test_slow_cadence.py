@@ -19,8 +19,8 @@ import pytest
 import greentrack
 from greentrack.engine.engine import MAX_COUNTER_INTERVAL_S
 from greentrack.store import StoreReader, store_paths
-from tests.conftest import python_env
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
+from tests.helpers import python_env
 
 WATTS = 300.0
 
@@ -145,7 +145,8 @@ def test_cadence_changes_need_a_margin_hold_and_stop_logging(tmp_path: Path) -> 
     near the budget does not flap the cadence, changes hold for a while, and a cost that keeps
     swinging writes a bounded number of events (the rest are counted in the meta)."""
     from greentrack.common.config import Config
-    from greentrack.engine.engine import CADENCE_EVENTS, CADENCE_HOLD_S, SLOW_READ_CPU_BUDGET, Engine
+    from greentrack.engine.engine import (CADENCE_EVENTS, CADENCE_HOLD_S, SLOW_READ_CPU_BUDGET,
+                                          Engine)
     from greentrack.samplers._nvml import open_gpus
     from greentrack.store import StoreWriter, prepare_run_dir
 

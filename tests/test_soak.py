@@ -28,7 +28,7 @@ import pytest
 import greentrack
 from greentrack.common.errors import ConfigError
 from greentrack.reports import report_document
-from tests.conftest import python_env
+from tests.helpers import python_env
 
 ROUNDS = int(os.environ.get("SOAK_ROUNDS", "6"))
 SEED = int(os.environ.get("SOAK_SEED", "20261207"))
@@ -105,8 +105,8 @@ ALLOWED = {"normal": {"completed"}, "sysexit": {"completed"}, "raise": {"complet
 @pytest.fixture(scope="module")
 def seed_row(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A codecarbon-columns row for the foreign writer to start from."""
-    from tests.test_report_fixtures import clean_env, make_run
     from greentrack.reports.emissions_log import append
+    from tests.helpers import clean_env, make_run
     root = tmp_path_factory.mktemp("soak-seed")
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
         run = make_run(root, steps=1)

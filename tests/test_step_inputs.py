@@ -27,7 +27,7 @@ import greentrack
 from greentrack.engine.steps import MAX_BACKLOG
 from greentrack.store import StoreReader, StoreWriter, store_paths
 from greentrack.store.layout import StepRow
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 
 def _store(run: Path) -> StoreReader:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from greentrack.training.stepmarks import DRIFT_PPM, REBASE_AFTER_S, StepMarks
-from tests.conftest import FAST, REPO
+from tests.helpers import FAST, REPO
 
 
 class Clock:

@@ -24,9 +24,8 @@ import pytest
 
 import greentrack
 from greentrack.store import SCHEMA_VERSION, StoreReader, StoreWriter, store_paths
-from tests.conftest import as_another_process, python_env
-from tests.test_report_fixtures import (env, good_run, make_run, report_json, run_cli,  # noqa: F401 - fixtures
-                                        validate_own_schema)
+from tests.helpers import (as_another_process, make_run, python_env, report_json, run_cli,
+                           validate_own_schema)
 
 
 def _strict(text: str) -> Any:

@@ -1,16 +1,21 @@
-"""Real run directories for the carbon/report tests (helpers only; no tests here).
+"""Helpers shared by the tests: the repository, child-process environments, real run directories
+(a real Tracker on a fake powercap tree and, when a GPU is wanted, the fake NVML), the CLI run in
+process, report documents and schemas, scrape and merge helpers. Test modules import from here (and
+fixtures come from conftest.py); no test module imports another.
 
 Runs are made by a real Tracker (real sampler thread, real SQLite store) on a powercap tree whose
-counters advance at known watts from another process, plus the fake NVML (an H100 at a known
-power) when a GPU is wanted.
+counters advance at known watts from another process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import greentrack
 from greentrack.cli import main
@@ -25,9 +31,40 @@ from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1}
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for child Python processes: this repo importable, greentrack settings fast."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def as_another_process(store: Path, host: str = "otherhost", rank: int = 1) -> None:
+    """Make a copied store another process's: its meta names ``host``, ``rank`` and a segment from
+    its file name (``<host>-r<rank>-<segment>.gtdb``), as a store that process wrote would. A plain
+    copy is the same store (host, boot id, rank and segment), read once."""
+    segment = store.stem.rsplit("-", 1)[-1]
+    conn = sqlite3.connect(store)
+    for key, value in (("host", host), ("rank", rank), ("segment", segment)):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+    conn.commit()
+    conn.close()
+
+
 BOAMPS_DIR = REPO.parent / "shared" / "schemas" / "boamps"
+
+
 SCHEMA = REPO / "greentrack" / "schemas" / "report-v1.schema.json"
-FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1, "resolution_s": 0.1}
+
+
+RUN_FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1, "resolution_s": 0.1}
+
+
 CLEAN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES",
              "GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "GREENTRACK_CONFIG",
              "GREENTRACK_ELECTRICITYMAPS_TOKEN", "GREENTRACK_ELECTRICITYMAPS_ZONE",
@@ -58,7 +95,7 @@ def make_run(root: Path, name: str = "run", cpu_w: float = 40.0, dram_w: float =
             fake = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=gpu_w))])
             mp.setitem(sys.modules, "pynvml", fake.module())
         with LiveCounters(tree, {"intel-rapl:0": cpu_w, "intel-rapl:0:1": dram_w}):
-            with greentrack.Tracker(run_dir, **{**FAST, **settings}) as tracker:
+            with greentrack.Tracker(run_dir, **{**RUN_FAST, **settings}) as tracker:
                 for _ in range(steps):
                     with tracker.step(**info):
                         time.sleep(step_s)
@@ -134,16 +171,26 @@ def expected_integration(run_dir: Path, rows: list[tuple[float, float, float]],
     return g, j / 3.6e6
 
 
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One finished run for a module's tests (they must not change it)."""
-    root = tmp_path_factory.mktemp("good")
-    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
-        yield make_run(root, steps=3)
+def node_run(monkeypatch: pytest.MonkeyPatch, run_dir: Path, host: str, run_id: str = "job-9",
+             steps: int = 3) -> None:
+    monkeypatch.setenv("GREENTRACK_HOSTNAME", host)
+    monkeypatch.setenv("GREENTRACK_BOOT_ID", f"boot-{host}")
+    with greentrack.Tracker(run_dir, run_id=run_id, **FAST) as t:
+        for _ in range(steps):
+            with t.step(samples=2):
+                time.sleep(0.02)
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """A clean environment for one test."""
-    with clean_env(monkeypatch, tmp_path):
-        yield
+def digest(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (the device locks in ``.owners`` too), by content."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def gt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "greentrack", *args], capture_output=True,
+                          text=True, env=python_env(), timeout=120)
+
+
+def families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
