@@ -77,6 +77,10 @@ class NvmlGpu(CounterShaping):
         self._tick: float | None = None  # latest NVML update instant seen (monotonic)
         self._tick_lo: float | None = None  # bounds of that instant, narrowed over detections
         self._tick_hi: float | None = None
+        #: the widest dating error of any counter value so far (s): half the tick bracket in force
+        #: when it was dated (half a period while the phase was unknown). A loaded host widens
+        #: the brackets (reads further apart); the intersection narrows them again.
+        self.max_dating_error_s = 0.0
         self.has_counter = self._probe(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         self.has_instant = self._probe(self._read_instant_mw)
         if self.has_counter:
@@ -159,6 +163,12 @@ class NvmlGpu(CounterShaping):
         self._tick_lo, self._tick_hi = a, b
         self._tick = (a + b) / 2.0
 
+    def _dating_error_s(self) -> float:
+        """How far a value dated by :meth:`_latest_tick` now may be from its refresh (s)."""
+        if self._tick_lo is None or self._tick_hi is None:
+            return UPDATE_PERIOD_S / 2.0
+        return (self._tick_hi - self._tick_lo) / 2.0
+
     def _latest_tick(self, t: float) -> float:
         """Best estimate of the last NVML update at or before ``t`` (earlier than the tick seen
         too: updates come every period, so the phase dates a read kept from before it was known)."""
@@ -228,6 +238,7 @@ class NvmlGpu(CounterShaping):
         return [(x, start + e) for x, e in pts]
 
     def _on_counter(self, tc: float, mj: int) -> list[Point]:
+        self.max_dating_error_s = max(self.max_dating_error_s, self._dating_error_s())
         prev_mj, prev_t = self._counter_mj, self._counter_t
         self._counter_mj, self._counter_t = mj, tc
         if prev_mj is None or prev_t is None:

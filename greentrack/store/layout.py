@@ -94,6 +94,18 @@ CREATE TABLE IF NOT EXISTS power_limits (
 HOST_ENV, BOOT_ENV = "GREENTRACK_HOSTNAME", "GREENTRACK_BOOT_ID"
 
 
+
+def new_run_id() -> str:
+    """A fresh run id: 12 hex digits that never read as a number. About 1 in 120 random ones would
+    (``81028e107769`` is 8.1e107773 to pandas, to a spreadsheet and to codecarbon's dashboard, which
+    read ``emissions.csv`` with type inference); those are drawn again."""
+    while True:
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            float(run_id)
+        except ValueError:
+            return run_id
+
 def host_identity() -> tuple[str, str]:
     """``(host, boot id)`` of this machine, as every store records them (meta ``host`` and
     ``boot_id``): host CPU/DRAM channels are one device per host, and a store is known by host,
@@ -136,7 +148,7 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError("run_dir", str(run_dir), "is not writable by this user")
     path = run_dir / "run.json"
-    record = {"run_id": run_id or uuid.uuid4().hex[:12], "created_unix": time.time(),
+    record = {"run_id": run_id or new_run_id(), "created_unix": time.time(),
               "format": "greentrack-run", "schema_version": SCHEMA_VERSION}
     try:
         # 0o644 before the umask, like SQLite's own files: never world-writable.

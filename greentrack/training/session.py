@@ -23,9 +23,11 @@ Nothing here imports a framework; torch is imported by the meter only for CUDA m
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ from greentrack.common.labels import precision_of
 from greentrack.process.tracker import Tracker
 from greentrack.run import Run, RunTotals
 from greentrack.store import host_identity
+from greentrack.store.layout import new_run_id
 from greentrack.training import gathering
 from greentrack.training.flops import StepFlops
 from greentrack.training.meter import SETTLE_S, TrainingMeter, planned_steps_of
@@ -102,15 +105,12 @@ class IntegrationRun:
         broadcast, rank 0's run id goes with it: nodes that write into their own copy of the
         directory record one run."""
         if self.run_dir is None:
-            import json
-            import uuid
-
             chosen = str(self.config.run_dir if self.dir_chosen else new_run_dir(root))
             if broadcast is None:
                 self.run_dir = Path(chosen)
                 return self.run_dir
             run_id = (self.carry.get("run_id") or self.config.run_id or env_run_id()
-                      or uuid.uuid4().hex[:12])
+                      or new_run_id())
             try:
                 got = json.loads(broadcast(json.dumps([chosen, run_id, *host_identity()])))
                 self.run_dir, self.run_id = Path(got[0]), str(got[1])
@@ -288,7 +288,6 @@ def resolve_config(run_dir: Any, config: Config | None,
 
 def new_run_dir(root: Any) -> Any:
     """A fresh run directory under ``root/greentrack/`` (time-stamped, never a reused one)."""
-    import uuid
     from pathlib import Path
     return Path(root) / "greentrack" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
