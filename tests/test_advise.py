@@ -82,6 +82,7 @@ def gpu_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield run_dir
 
 
+@pytest.mark.slow
 def test_outside_steps_share_is_the_wall_time_outside_steps(stall_run: Path, env: None) -> None:
     f = finding(advise_json([str(stall_run), "--country", "FR"]), "outside-steps")
     # constant power: the energy outside steps is its share of wall time: 6 x 0.25 s of 3.5 s
@@ -98,6 +99,7 @@ def test_outside_steps_share_is_the_wall_time_outside_steps(stall_run: Path, env
     assert not f["evidence"]["overlapping_steps"]
 
 
+@pytest.mark.slow
 def test_idle_gpu_share_and_never_worked(gpu_run: Path, env: None) -> None:
     f = finding(advise_json([str(gpu_run), "--country", "FR"]), "idle-gpu")
     gpus = {g["device"]: g for g in f["evidence"]["gpus"]}

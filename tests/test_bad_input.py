@@ -94,6 +94,7 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offset=st.integers(0, 60_000), junk=st.binary(min_size=1, max_size=64))
 def test_damaged_store_bytes_never_traceback(recorded_run: Path, tmp_path_factory: pytest.TempPathFactory,

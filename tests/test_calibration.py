@@ -22,6 +22,9 @@ from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, LiveTrace, capped
 from tests.helpers import FAST, python_env
 
+#: real power-limit calibrations on the fake GPU: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 ORIGINAL_MW = 700_000
 DEMAND_W = 700.0
 

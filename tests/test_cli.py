@@ -35,6 +35,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return python_env(**FAST_ENV, **tree.env)
 
 
+@pytest.mark.slow
 def test_run_passes_exit_code_and_prints_summary(env: dict[str, str], tmp_path: Path) -> None:
     out = gt("run", "--run-dir", str(tmp_path / "ok"), "--", sys.executable, "-c",
              "import time; time.sleep(0.3)", env=env)
@@ -113,6 +114,7 @@ def start_tracked(env: dict[str, str], run_dir: Path) -> tuple[subprocess.Popen[
     return proc, float(proc.stdout.readline())
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_about_a_second(tmp_path: Path) -> None:
     tree = PowercapTree(tmp_path / "powercap")
     env = python_env(**{**FAST_ENV, **tree.env, "GREENTRACK_FLUSH_INTERVAL_S": "0.5"})
@@ -131,6 +133,7 @@ def test_sigkill_loses_at_most_about_a_second(tmp_path: Path) -> None:
     assert out.returncode == 0 and "status=incomplete" in out.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_in_tracked_process_flushes_and_keeps_exit_status(env: dict[str, str],
                                                                   tmp_path: Path) -> None:
     proc, _ = start_tracked(env, tmp_path / "r")
@@ -221,6 +224,7 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     assert not missing, "options without help text:\n" + "\n".join(missing)
 
 
+@pytest.mark.slow
 def test_doctor_cpu_estimate_line_reads_as_a_sentence(tmp_path: Path) -> None:
     """No RAPL (an empty powercap root): the CPU is estimated and doctor says from what TDP."""
     (tmp_path / "empty").mkdir()

@@ -297,6 +297,7 @@ def test_greentrack_run_appends_its_row(tmp_path: Path) -> None:
     assert df["cpu_count"].iloc[0] == psutil.cpu_count()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("end", ["sigterm", "exit-without-stop"])
 def test_a_run_ended_by_sigterm_or_exit_still_appends_its_row(tmp_path: Path, end: str) -> None:
     """A Slurm preemption (SIGTERM) or a script that never calls stop(): the run is stopped by

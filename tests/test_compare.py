@@ -23,6 +23,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
         yield a, b
 
 
+@pytest.mark.slow
 def test_ratios_follow_the_measured_energy(runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
     with clean_env(monkeypatch, tmp_path):

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import REPO
 
 README = REPO / "README.md"
@@ -42,6 +44,7 @@ def _test_names(path: Path) -> set[str]:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
 
 
+@pytest.mark.slow
 def test_every_guarantee_names_tests_that_exist() -> None:
     rows = _table_rows(_section(README.read_text(encoding="utf-8"), "Guarantees"))
     assert len(rows) > 40, len(rows)
@@ -198,6 +201,7 @@ def test_architecture_figure_places_exist() -> None:
     assert not broken, broken
 
 
+@pytest.mark.slow
 def test_docs_cite_sources_readers_can_open() -> None:
     """Repo files cite vendor docs, papers, issues or bench results; never a colleague's notes
     outside the repository (only the BoAmps schema test reads ../shared/schemas)."""

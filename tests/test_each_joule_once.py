@@ -21,6 +21,9 @@ from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.helpers import RUN_FAST, clean_env, python_env
 from tests.servers import Pushgateway, prometheus, pushgateway  # noqa: F401 - the fixtures
 
+#: real trackers, processes and servers meeting on one host: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,9 @@ from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree, deny_caps_prefix
 from tests.helpers import FAST, python_env
 
+#: real trainers and processes under injected faults: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def events(run: Path) -> list[str]:
     return [e["kind"] for p in store_paths(run) for e in StoreReader(p).events()]

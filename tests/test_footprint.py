@@ -49,6 +49,7 @@ def _intensity_csv(path: Path, rows: list[tuple[float, float]]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_stop_summary_and_every_report_integrate_a_time_varying_series_alike(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """8a2bbe5: with an intensity CSV stepping from 100 to 900 g/kWh during the run, stop()
@@ -76,6 +77,7 @@ def test_stop_summary_and_every_report_integrate_a_time_varying_series_alike(
     assert doc["intensity"]["location_based"]["method"] == "time-resolved"
 
 
+@pytest.mark.slow
 def test_per_step_figures_share_one_named_divisor(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """8a2bbe5: with 6 train and 18 validation steps, J per step divided by 6 and cost per step

@@ -118,6 +118,7 @@ def test_no_interval_before_three_observations() -> None:
 
 # -- the live forecast: TrainingMeter metrics and the Prometheus gauges --------------------------
 
+@pytest.mark.slow
 def test_forecast_gauges_in_prometheus(tmp_path: Path, fake_nvml: FakeNvml) -> None:
     tracker = Tracker(tmp_path / "run", prometheus_port=0, carbon_intensity_g_per_kwh=250.0,
                       pue=1.2, electricity_price=0.2, gpu_hour_price=2.5, currency="EUR", **FAST)

@@ -24,6 +24,9 @@ import greentrack
 from greentrack.store import SCHEMA_VERSION, store_paths
 from tests.helpers import as_another_process, clean_env, make_run, run_cli
 
+#: fuzzed stores and CSVs through the CLI: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def strict_json(text: str) -> Any:
     def no_constant(name: str) -> Any:

@@ -20,6 +20,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from gpu_quick import CHECKS, GOALS  # noqa: E402
 
+#: the GPU check script, end to end on the fake (about a minute): out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 SCRIPT = REPO / "bench" / "gpu_checks.sh"
 RESULTS = {"pass", "fail", "info", "pending", "skipped", "error"}
 

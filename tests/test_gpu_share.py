@@ -218,6 +218,7 @@ def test_a_counter_reset_while_shared_is_still_this_runs_share() -> None:
     assert pts[-1][1] - pts[0][1] == pytest.approx(0.75 * span_j, rel=0.05)
 
 
+@pytest.mark.slow
 def test_a_tracked_run_on_a_shared_gpu_reports_it(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     """A real Tracker (sampler thread, store, summary): the GPU is shared with an untracked
     process; the summary lists the device as an estimate by its method and says it was shared."""

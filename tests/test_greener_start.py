@@ -21,6 +21,9 @@ from greentrack.run import Run
 from tests.fakes.powercap import PowercapTree
 from tests.helpers import python_env
 
+#: real waits for a greener start: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.2", "GREENTRACK_PROGRESS": "0"}
 #: the command writes the time it started, so a test can tell whether and when it ran

@@ -17,6 +17,9 @@ from greentrack.reports import report_document, to_hf
 from tests.helpers import clean_env, make_run, run_cli
 from tests.tiny_models import hf_trainer, tiny_gpt2_config
 
+#: real Hugging Face Trainers and cards: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 hub = pytest.importorskip("huggingface_hub")
 
 #: https://huggingface.co/docs/hub/model-cards-co2

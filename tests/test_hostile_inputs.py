@@ -131,6 +131,7 @@ def test_a_second_merge_that_fills_out_meanwhile_is_never_mixed_in(
 
 
 # -- @greentrack.track -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_track_measures_the_iteration_of_a_generator_and_the_await_of_a_coroutine(
         no_host_env: Path, tmp_path: Path) -> None:
     """Before: the run ended when the generator or coroutine object was made (7 ms, 'completed'),
@@ -204,6 +205,7 @@ def test_track_checks_file_settings_when_decorating_and_runs_a_call_it_cannot_re
 
 
 # -- several directories, joined by '+' -------------------------------------------------------
+@pytest.mark.slow
 def test_plus_joined_directories_read_alike_everywhere_even_when_a_name_holds_plus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> None:
     """``summary a+b`` said 'does not exist' (only report and compare split on '+'), and a
@@ -243,6 +245,7 @@ def test_a_bare_max_slowdown_above_one_is_not_taken_as_hundreds_of_percent(tmp_p
     assert parse_slowdown("0.05") == 0.05 and parse_slowdown("5%") == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_merging_a_store_still_being_written_says_so(tmp_path: Path, no_host_env: Path) -> None:
     """The merged copy of a live store reads as 'incomplete' forever: the user is told at once."""
     import subprocess
@@ -323,6 +326,7 @@ def test_a_fifo_or_device_as_config_file_is_one_line(tmp_path: Path) -> None:
 
 
 # -- Ctrl-C and SIGTERM to a report waiting on the emissions.csv lock --------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_a_signal_while_a_report_waits_is_one_line_and_leaves_nothing_behind(
         tmp_path: Path, signame: str) -> None:

@@ -25,6 +25,9 @@ from lightning.pytorch.loggers.logger import Logger  # noqa: E402
 from greentrack.integrations.lightning import GreenTrackCallback  # noqa: E402
 from tests.tiny_models import BATCH, Tiny, data, trainer  # noqa: E402
 
+#: real Lightning trainers: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 
 

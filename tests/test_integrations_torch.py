@@ -19,6 +19,9 @@ from tests.helpers import FAST
 torch = pytest.importorskip("torch")
 from greentrack.integrations.torch import track_optimizer  # noqa: E402
 
+#: real torch training loops: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 
 

@@ -22,6 +22,9 @@ from transformers import (GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback,
 from greentrack.integrations.transformers import GreenTrackTrainerCallback  # noqa: E402
 from tests.tiny_models import Tokens  # noqa: E402
 
+#: real Hugging Face trainers: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 LENGTH, BATCH, ACCUMULATE = 16, 4, 2
 
 

@@ -26,6 +26,7 @@ def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) ->
     return dirs
 
 
+@pytest.mark.slow
 def test_merge_counts_each_store_once_and_never_touches_inputs(nodes: list[Path],
                                                                tmp_path: Path) -> None:
     copy = tmp_path / "copy-of-a"

@@ -26,6 +26,9 @@ from greentrack.reports.emissions_log import append
 from tests.fakes.powercap import PowercapTree
 from tests.helpers import RUN_FAST, clean_env, make_run, python_env, report_json, run_cli
 
+#: real processes, forks and signals: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.1"}
 

@@ -16,6 +16,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from nvml_probe import sample, summarize  # noqa: E402
 
+#: the NVML probe's analysis over timed phases: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def probe(**gpu: float) -> dict:
     fake = FakeNvml([FakeGpu(trace=PowerTrace([], idle_w=300.0), **gpu)])

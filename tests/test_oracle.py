@@ -30,6 +30,9 @@ from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.helpers import RUN_FAST, clean_env, run_cli
 from tests.servers import Pushgateway, pushgateway, scrape_sums  # noqa: F401 - the fixture
 
+#: generated runs, every output read back: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 REL = 1e-6
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 LOW_G, HIGH_G = 100.0, 900.0

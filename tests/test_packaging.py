@@ -8,6 +8,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -20,6 +22,7 @@ def test_every_package_is_listed() -> None:
     assert config["package-dir"]["greentrack.integrations"] == "integrations"
 
 
+@pytest.mark.slow  # a wheel built and installed: out of `make test-fast`
 def test_wheel_contents(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                           "-q", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True,

@@ -185,6 +185,7 @@ class HungGateway:
             conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gateway", ["hung", "refused"])
 def test_a_dead_or_hung_pushgateway_neither_slows_nor_breaks_training(
         tmp_path: Path, fake_nvml: FakeNvml, gateway: str) -> None:

@@ -17,6 +17,9 @@ from tests.fakes.fake_pynvml import FakeNvml
 from tests.helpers import FAST, python_env
 from tests.servers import Prometheus, Pushgateway, free_port, prometheus, pushgateway  # noqa: F401
 
+#: real processes resumed under a live exporter: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 INTENSITY = 56.0
 SEGMENT = """
 import sys, time

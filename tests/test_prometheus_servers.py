@@ -28,7 +28,7 @@ from tests.helpers import FAST, python_env
 from tests.servers import (SHIPPED_PROMETHEUS_YML, Prometheus, Pushgateway, http_get,  # noqa: F401
                            prometheus, promtool, pushgateway)
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))

@@ -91,6 +91,7 @@ def test_bad_target_is_one_line(bad: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 2 and "--target" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_unequal_work_prints_no_totals_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 303-step run against a 151-step run: never 'IT energy x0.5, better'."""
     with clean_env(monkeypatch, tmp_path):
@@ -108,6 +109,7 @@ def test_unequal_work_prints_no_totals_ratio(tmp_path: Path, monkeypatch: pytest
     assert "not the same work" in out and "steps 151 vs 303" in out
 
 
+@pytest.mark.slow
 def test_groups_mean_spread_and_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with clean_env(monkeypatch, tmp_path):
         a = [make_run(tmp_path, f"a{i}", cpu_w=40.0, steps=4, step_s=0.05) for i in range(2)]
@@ -208,6 +210,7 @@ class _Host:
         return self.v
 
 
+@pytest.mark.slow
 def test_a_device_value_is_recorded_once_ready_with_the_energy_at_record_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA path of ``record`` (``stepvalues.DeviceValue``): the training thread never waits;

@@ -38,6 +38,7 @@ def test_wraparound_is_counted(tmp_path: Path) -> None:
     assert zone.wraps == 2
 
 
+@pytest.mark.slow
 def test_live_counters_with_many_wraps(tmp_path: Path) -> None:
     """400 W on a 100 J counter wraps every 0.25 s; 2 s of polling at 50 ms misses none."""
     tree = PowercapTree(tmp_path, range_uj=100_000_000)

@@ -123,6 +123,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]
         yield run_dir, csv
 
 
+@pytest.mark.slow
 def test_report_has_forecast_coverage_and_start_window(run: tuple[Path, Path],
                                                        tmp_path: Path) -> None:
     run_dir, csv = run

@@ -40,6 +40,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root / "out"
 
 
+@pytest.mark.slow
 def test_all_formats_are_written(outputs: Path) -> None:
     names = {p.name for p in outputs.iterdir()}
     assert {"report.json", "report.md", "report.html", "emissions.csv", "boamps-report.json",
@@ -163,6 +164,7 @@ def test_html_and_markdown_disclosures(outputs: Path) -> None:
     assert len(lines) == len(doc["timeseries"]["series"]) == 3  # gpu0, package-0, dram-0
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_from_greentrack_run_with_env_file_and_flags(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     with clean_env(monkeypatch, tmp_path):

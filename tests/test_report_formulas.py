@@ -45,6 +45,7 @@ def report(run_dir: Path, out: Path, *args: str) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.slow
 def test_scope2_both_ways_embodied_sci_and_cost_from_the_runs_figures(gpu_run: Path, tmp_path: Path,
                                                                        env: None) -> None:
     doc = report(gpu_run, tmp_path / "o", "--country", "FR", "--pue", "1.2", "--market-factor", "20",
@@ -151,6 +152,7 @@ def test_partial_coverage_charges_the_rest_at_the_yearly_factor_and_warns(gpu_ru
     assert any("covers" in w and "yearly-average" in w for w in doc["warnings"])
 
 
+@pytest.mark.slow
 def test_a_series_outside_the_run_falls_back_with_a_warning(gpu_run: Path, tmp_path: Path,
                                                             env: None) -> None:
     csv = _csv(tmp_path / "i.csv", [(1.0e9, 1.0e9 + 3600, 10.0)])
@@ -189,6 +191,7 @@ def test_time_series_and_sample_counts_match_the_store(gpu_run: Path, tmp_path: 
     assert steps["count"] == 8 and sum(doc["steps"]["histogram"]["counts"]) == 8
 
 
+@pytest.mark.slow
 def test_resumed_segments_merge_and_several_runs_get_a_directory_each(gpu_run: Path, tmp_path: Path,
                                                                       env: None) -> None:
     make_run(tmp_path, "seg", cpu_w=40.0, steps=3)

@@ -16,6 +16,9 @@ from greentrack.reports import svg
 from tests.browser import color_counts, read_png, render, require_chromium
 from tests.helpers import clean_env, make_run, report_json, run_cli
 
+#: a real headless browser: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 NS = "{http://www.w3.org/2000/svg}"
 
 

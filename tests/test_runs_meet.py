@@ -21,6 +21,9 @@ from greentrack.store import StoreReader, store_paths
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.helpers import FAST, python_env
 
+#: real processes meeting on one host: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 FAST_ENV = {"GREENTRACK_INTERVAL_S": "0.02", "GREENTRACK_COUNTER_INTERVAL_S": "0.1",
             "GREENTRACK_FLUSH_INTERVAL_S": "0.1"}
 

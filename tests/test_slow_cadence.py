@@ -22,6 +22,9 @@ from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.helpers import python_env
 
+#: sampler cadences timed on the wall clock: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 WATTS = 300.0
 
 

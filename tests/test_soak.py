@@ -30,6 +30,9 @@ from greentrack.common.errors import ConfigError
 from greentrack.reports import report_document
 from tests.helpers import python_env
 
+#: the soak harness: rounds of real processes and signals: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 ROUNDS = int(os.environ.get("SOAK_ROUNDS", "6"))
 SEED = int(os.environ.get("SOAK_SEED", "20261207"))
 ENDINGS = ("normal", "raise", "sysexit", "sigterm")

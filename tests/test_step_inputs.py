@@ -29,6 +29,9 @@ from greentrack.store import StoreReader, StoreWriter, store_paths
 from greentrack.store.layout import StepRow
 from tests.helpers import FAST
 
+#: a million steps through the engine: out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def _store(run: Path) -> StoreReader:
     return StoreReader(store_paths(run)[0])

@@ -27,6 +27,7 @@ def busy(seconds: float) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_totals_and_steps_match_known_power(powercap: PowercapTree, tmp_path: Path) -> None:
     with LiveCounters(powercap, WATTS):
         with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
@@ -48,6 +49,7 @@ def test_totals_and_steps_match_known_power(powercap: PowercapTree, tmp_path: Pa
     assert {src["method"] for src in s["sources"]} == {"rapl-powercap"}
 
 
+@pytest.mark.slow
 def test_gpu_steps_with_fake_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
         for _ in range(3):
@@ -71,6 +73,7 @@ def test_gpu_steps_with_fake_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
         300.0 * sum(st["duration_s"] for st in steps), rel=0.1)
 
 
+@pytest.mark.slow
 def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
         # lost 0.4 s after the tracker's first reading (set once it has started: a slow start-up on
@@ -100,6 +103,7 @@ def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path)
     assert gpu["energy_j"] == pytest.approx(300.0 * gpu["until_t"], abs=300.0 * error_s)
 
 
+@pytest.mark.slow
 def test_transient_read_failures_recover(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     with greentrack.Tracker(tmp_path / "run", **FAST):
         time.sleep(0.2)
@@ -127,6 +131,7 @@ def test_exception_propagates_and_run_is_failed(no_host_env: Path, tmp_path: Pat
     assert len(steps) == 1 and '"error": "Boom"' in steps[0]["extra"]
 
 
+@pytest.mark.slow
 def test_store_is_readable_while_running(no_host_env: Path, tmp_path: Path) -> None:
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
         for _ in range(3):
@@ -138,6 +143,7 @@ def test_store_is_readable_while_running(no_host_env: Path, tmp_path: Path) -> N
         assert live["energy_j"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_over_a_long_run(no_host_env: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Points are pruned once bucketed: a timeline keeps RETAIN_S (60 s; 0.5 s here), not the run."""
@@ -251,6 +257,7 @@ def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) 
     assert any("damaged" in w for w in s["warnings"])
 
 
+@pytest.mark.slow
 def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path) -> None:
     """Readings are kept from the start of the earliest open step (85faba8 kept about a second
     behind the newest bucket: a 3 s step got the last ~1.5 s of its energy)."""

@@ -10,6 +10,9 @@ import pytest
 
 from tests.helpers import REPO
 
+#: mypy --strict over the package (half a minute each): out of `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("target", [[], ["--strict", "integrations/"]])
 def test_mypy_strict_is_clean(target: list[str]) -> None:

@@ -244,6 +244,7 @@ def _readonly_summary(run: Path) -> subprocess.CompletedProcess[str]:
                           preexec_fn=drop, cwd="/")
 
 
+@pytest.mark.slow
 def test_a_run_copied_with_its_wal_reads_the_same_even_read_only(killed_run: Path) -> None:
     original = greentrack.summarize(killed_run)
     assert original["steps"] > 10 and original["energy_j"]["total"] > 0
@@ -436,6 +437,7 @@ def test_a_long_or_hostile_bad_value_is_cut_in_error_messages(good_run: Path, tm
     assert len(line) < 400 and "\x1b" not in line
 
 
+@pytest.mark.slow
 def test_summary_into_a_closed_pipe_ends_quietly(good_run: Path) -> None:
     for args in (["summary", str(good_run)], ["summary", "--json", str(good_run)], ["doctor"],
                  ["--help"]):
