@@ -30,13 +30,15 @@ STATE = Path(__file__).with_name(".suite_time.json")  # rows of earlier runs (no
 
 
 def run_lane(args: list[str]) -> tuple[float, str, int]:
-    """Wall seconds, pytest's last line and its exit status."""
+    """Wall seconds, pytest's last line (and the tests that failed) and its exit status."""
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
                        cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - t0
     lines = [x for x in p.stdout.splitlines() if re.search(r"\d+ (passed|failed)", x)]
-    return wall, (lines[-1].strip("= ") if lines else p.stdout[-300:]), p.returncode
+    failed = [x.split()[1] for x in p.stdout.splitlines() if x.startswith(("FAILED ", "ERROR "))]
+    outcome = lines[-1].strip("= ") if lines else p.stdout[-300:]
+    return wall, outcome + "".join(f"; `{f}`" for f in failed), p.returncode
 
 
 def main() -> int:
