@@ -62,7 +62,7 @@ BOAMPS_DIR = REPO.parent / "shared" / "schemas" / "boamps"
 SCHEMA = REPO / "greentrack" / "schemas" / "report-v1.schema.json"
 
 
-RUN_FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1, "resolution_s": 0.1}
+RUN_FAST = {**FAST, "resolution_s": 0.1}
 
 
 CLEAN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES",

@@ -146,6 +146,14 @@ def test_two_processes_without_a_rank_on_one_run_count_the_gpu_once(tmp_path: Pa
     assert s["energy_j"]["gpu"] >= 300.0 * 1.4, (s["energy_j"], span)  # the longer one, whole
 
 
+def _tracker_for(seconds: float, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """A process that tracks ``cwd/run`` for ``seconds`` (a Slurm task, a container...)."""
+    code = ("import time, greentrack\n"
+            "t = greentrack.Tracker('run', interval_s=0.02, counter_interval_s=0.1).start()\n"
+            f"time.sleep({seconds})\nt.stop()")
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=cwd)
+
+
 def test_two_slurm_tasks_are_two_ranks_and_the_host_is_counted_once(tmp_path: Path) -> None:
     """8a2bbe5: two Slurm tasks on one node (SLURM_PROCID/SLURM_LOCALID set, no RANK): both
     rank 0, the host counted twice."""
@@ -156,10 +164,7 @@ def test_two_slurm_tasks_are_two_ranks_and_the_host_is_counted_once(tmp_path: Pa
             env = python_env(SLURM_JOB_ID="777", SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
                              SLURM_STEP_NUM_TASKS="2", SLURM_STEP_TASKS_PER_NODE="2", **tree.env)
             env.pop("RANK", None)
-            procs.append(subprocess.Popen([sys.executable, "-c", "import time, greentrack\n"
-                                           "t = greentrack.Tracker('run', interval_s=0.02, "
-                                           "counter_interval_s=0.1).start()\ntime.sleep(0.8)\n"
-                                           "t.stop()"], env=env, cwd=tmp_path))
+            procs.append(_tracker_for(0.8, env, tmp_path))
         assert [p.wait(timeout=60) for p in procs] == [0, 0]
     s = greentrack.summarize(tmp_path / "run")
     assert sorted(src["rank"] for src in s["sources"]) == [0, 0]  # the host, by rank 0 only
@@ -176,10 +181,7 @@ def test_two_containers_on_one_run_count_the_host_once(tmp_path: Path) -> None:
         procs = []
         for name in ("container-a", "container-b"):
             env = python_env(GREENTRACK_HOSTNAME=name, GREENTRACK_BOOT_ID="one-kernel", **tree.env)
-            procs.append(subprocess.Popen([sys.executable, "-c", "import time, greentrack\n"
-                                           "t = greentrack.Tracker('run', interval_s=0.02, "
-                                           "counter_interval_s=0.1).start()\ntime.sleep(0.8)\n"
-                                           "t.stop()"], env=env, cwd=tmp_path))
+            procs.append(_tracker_for(0.8, env, tmp_path))
         assert [p.wait(timeout=60) for p in procs] == [0, 0]
     s = greentrack.summarize(tmp_path / "run")
     assert s["stores"] == 2
