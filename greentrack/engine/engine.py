@@ -128,7 +128,11 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self._poll_all(self._clock(), force_slow=True)
+        t = self._clock()
+        self._poll_all(t, force_slow=True)
+        # The store exists (and its clock runs) a little before the first reading: the window
+        # this process measured is [first_reading_t, last_reading_t], in the store's seconds.
+        self._writer.set_meta({"first_reading_t": t - self.origin})
         self._flush()
         self._thread = threading.Thread(target=self._run, name="greentrack-sampler", daemon=True)
         self._thread.start()
@@ -172,6 +176,7 @@ class Engine:
                 st.channel.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 pass
+        self._writer.set_meta({"last_reading_t": self._clock() - self.origin})
         self._flush()
         return joined
 

@@ -65,11 +65,20 @@ class HostWatch:
         self.lease = Lease(host_lease_dir(), record, shared=True)
         self.seen: dict[str, dict[str, Any]] = {}
         self._next = 0.0
+        self._mtime = -1
         self.check(time.monotonic())
 
     def __call__(self, now: float) -> None:
-        if now >= self._next:
+        # A lease that came changes the directory's mtime: a stat per poll sees a run that starts
+        # and stops between two scans (one shorter than SCAN_EVERY_S inside this run's span
+        # went unseen by it); the scan each SCAN_EVERY_S still removes stale leases.
+        try:
+            mtime = os.stat(self.lease.directory).st_mtime_ns
+        except OSError:
+            mtime = self._mtime
+        if now >= self._next or mtime != self._mtime:
             self._next = now + SCAN_EVERY_S
+            self._mtime = mtime
             self.check(now)
 
     def check(self, now: float) -> None:
