@@ -58,6 +58,12 @@ CHECKPOINT_S = 10.0
 BACKLOG_GRACE_S = 10.0
 #: At stop, how long to wait for CUDA values of the last steps to reach the host.
 DEVICE_VALUE_WAIT_S = 2.0
+#: The fast cadence runs while steps are open or ended within this long, and are shorter than
+#: :data:`LONG_STEP_S`; otherwise the thread wakes on the slow cadence only (an idle process, a
+#: command tracked without steps, long steps): counters keep totals exact at any cadence, and
+#: estimates only change on the slow tick (``bench/sampler_cost.py`` has the CPU this saves).
+FAST_HOLD_S = 2.0
+LONG_STEP_S = 2.0
 
 
 class Engine:
@@ -120,6 +126,15 @@ class Engine:
         self._cadence_changed_at = float("-inf")
         self._next_account = self._next_flush = origin
         self._next_checkpoint = origin + CHECKPOINT_S
+        #: Channels whose fast polls read something (estimates change on the slow tick only), and
+        #: whether one integrates instant power (no counter): its totals need the fast cadence.
+        self._fast_reads = any(getattr(st.channel, "fast_reads", True) for st in self.states)
+        self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
+                                     for st in self.states)
+        #: The end (monotonic) of the latest step seen and the recent steps' typical length.
+        self._last_step_t1 = float("-inf")
+        self._step_s = 0.0
+        self.fast_polls = 0
 
     # -- called from the training thread (cheap) ------------------------------------------
     def event(self, level: str, kind: str, message: str, **details: Any) -> None:
@@ -240,21 +255,44 @@ class Engine:
             self._flush()
             self._next_flush = now + cfg.flush_interval_s
 
+    def wants_fast(self, now: float) -> bool:
+        """Whether the next poll comes on the fast cadence: while short steps run (one is open, or
+        one ended within :data:`FAST_HOLD_S`) and a channel reads anything on fast polls, or
+        always when a channel integrates instant power. Otherwise the slow cadence alone."""
+        if self._totals_need_fast:
+            return True
+        if not self._fast_reads or self._step_s >= LONG_STEP_S:
+            return False
+        if now - self._last_step_t1 < FAST_HOLD_S:
+            return True
+        for hold in self.holds:
+            try:
+                if hold() is not None:
+                    return True
+            except Exception:  # noqa: BLE001 - a racing owner: poll fast this time
+                return True
+        return False
+
     def _run(self) -> None:
         cfg = self.config
         now = self._clock()
         self.schedule(now)
-        next_fast = now + cfg.interval_s
-        while not self._stop.wait(max(0.0, next_fast - self._clock())):
+        fast = self.wants_fast(now)
+        next_poll = now + (cfg.interval_s if fast else self.counter_interval_s)
+        while not self._stop.wait(max(0.0, next_poll - self._clock())):
             now = self._clock()
             self.iterate(now)
             if self._abandoned:
                 return
+            fast = self.wants_fast(now)
+            self.fast_polls += fast
             # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
             # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
-            next_fast += cfg.interval_s * (0.95 + 0.1 * self._rng.random())
-            if next_fast <= now:
-                next_fast = now + cfg.interval_s
+            period = cfg.interval_s if fast else self.counter_interval_s
+            next_poll = min(next_poll + period * (0.95 + 0.1 * self._rng.random()),
+                            now + period * 1.05)
+            if next_poll <= now:
+                next_poll = now + period
             self.thread_cpu_s = time.thread_time()
         if not self._abandoned:
             self._final_reading()
@@ -393,7 +431,12 @@ class Engine:
             self._attribute(final)
 
     def _attribute(self, final: bool) -> None:
-        self._waiting.extend(self.steps.take())
+        taken = self.steps.take()
+        if taken:  # the cadence follows the steps (wants_fast)
+            last = taken[-1]
+            self._last_step_t1 = max(self._last_step_t1, last.t1)
+            self._step_s = max(0.0, last.t1 - last.t0) / max(1, last.n)
+        self._waiting.extend(taken)
         if final:  # the last steps' CUDA values: training is over, a short wait costs nothing
             deadline = time.monotonic() + DEVICE_VALUE_WAIT_S
             while (any(s.pending() for s in self._waiting) or self.records.pending_values()) \
