@@ -304,6 +304,30 @@ def test_validation_energy_is_each_epochs_own(powercap: PowercapTree, tmp_path: 
     assert all(v > 0 for v in logged)
 
 
+def test_a_real_logger_files_greentrack_in_its_own_group(powercap: PowercapTree,
+                                                         tmp_path: Path) -> None:
+    """Issue 26: greentrack's figures must group apart from the training scalars. Loggers group
+    by the name's first ``/`` part (TensorBoard's sections, W&B's panels): every figure greentrack
+    sends is ``greentrack/...``, whatever the stage (live, validation, totals), and none of its
+    figures (the progress bar's ``energy_kJ``...) reaches a logger without it. Lightning's own
+    CSVLogger, as it writes its file."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    callback = GreenTrackCallback(tmp_path / "run", progress_every_s=None, log_every_s=0, **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], CSVLogger(tmp_path / "logs"), val_check_interval=5)
+        t.fit(Tiny(), data(20 * BATCH), data(4 * BATCH, 1))
+    [path] = (tmp_path / "logs").rglob("metrics.csv")
+    with path.open() as f:
+        names = set(next(csv.reader(f)))
+    ours = {n for n in names if n not in ("epoch", "step", "val_loss")}
+    assert ours and all(n.startswith("greentrack/") for n in ours), ours
+    assert {"greentrack/energy_j", "greentrack/validation_energy_j",
+            "greentrack/run_energy_j"} <= ours
+    assert not {"energy_kJ", "forecast_kJ"} & names  # the progress bar's, never a logger's
+
+
 def test_loggers_get_only_new_figures_aligned_with_global_step(powercap: PowercapTree,
                                                                 tmp_path: Path) -> None:
     """Issue 12: with log_every_s the logger showed plateaus (a value logged once was logged
