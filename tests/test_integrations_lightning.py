@@ -236,11 +236,13 @@ def test_steps_redone_after_a_resume_are_stated_and_logged(powercap: PowercapTre
     assert found[0]["evidence"]["text"].startswith(f"replayed after resume: {redone_j:.4g} J")
     assert "checkpoint more often" in found[0]["suggestion"]
     code, out, err = run_cli(["report", str(run), "--country", "FR", "--out",
-                              str(tmp_path / "report"), "--format", "json"])
+                              str(tmp_path / "report"), "--format", "json,md"])
     assert code == 0, err
     doc = report_json(tmp_path / "report")
     assert doc["energy"]["replayed_energy_j"] == pytest.approx(redone_j)
     assert "replayed" in [f["kind"] for f in doc["opportunities"]]
+    page = next((tmp_path / "report").glob("*.md")).read_text()
+    assert "Replayed after resume: 6 training steps were done again" in page
 
 
 def test_a_failing_run_is_recorded_as_failed(no_host_env: Path, tmp_path: Path) -> None:
