@@ -21,7 +21,8 @@ import pytest
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
-from greentrack.exporters._collector import INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J, Intensity
+from greentrack.exporters._collector import (INTENSITY_TTL_S, MAX_ID, STEP_ENERGY_BUCKETS_J,
+                                             Intensity, pue_source_id)
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
 from greentrack.process.tracker import Tracker
 from greentrack.store import StoreReader, store_paths
@@ -349,3 +350,31 @@ def test_step_energy_buckets_suit_training_steps() -> None:
     for decade in range(-1, 5):
         assert sum(10.0 ** decade <= x < 10.0 ** (decade + 1) for x in b) >= 2
     assert all(math.isfinite(x) for x in b)
+
+
+def test_pue_source_label_is_a_short_id_and_the_report_cites_the_source(
+        tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    """Issue 26: the PUE gauge's source label was the citation's URL cut mid-word. It is a short
+    id of the data source and its year (a handful of values); the report keeps the citation."""
+    import json
+
+    from greentrack.carbon.factors import DATA
+    from greentrack.carbon.resolve import settings_for
+    from greentrack.reports import report_document
+
+    with Tracker(tmp_path / "run", prometheus_port=0, carbon_intensity_g_per_kwh=100.0,
+                 **FAST) as tracker:
+        with tracker.step():
+            busy(0.05)
+        wait_steps(tracker, 1)
+        pue = families(http_get(tracker.sinks[0].url).decode())["greentrack_pue_ratio"]
+    assert [(s.labels["source"], s.value) for s in pue.samples] == [("uptime-institute-2024", 1.56)]
+    cited = report_document(tmp_path / "run", {})["pue"]["source"]
+    assert "Uptime Institute" in cited and "https://" in cited  # in full, in the report
+    ids = {pue_source_id(settings_for(Config(**kw))) for kw in (
+        {}, {"pue": 1.3}, {"cloud": "gcp:europe-west9"}, {"cloud": "aws:us-east-1"})}
+    assert ids == {"uptime-institute-2024", "setting", "green-algorithms-2023"}
+    table = json.loads((DATA / "pue.json").read_text())
+    for entry in [table["unknown"], *table["providers"].values()]:  # every entry has its id
+        sid = entry["source_id"]
+        assert len(sid) <= MAX_ID and sid.endswith(str(entry["year"])) and sid == sid.lower()

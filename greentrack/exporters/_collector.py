@@ -23,6 +23,9 @@ name                                                    type       extra labels
 ``greentrack_mfu_ratio``                                gauge      phase (when steps report mfu)
 ``greentrack_emissions_grams_total``                    counter    (when an intensity is known)
 ``greentrack_carbon_intensity_grams_per_kilowatt_hour`` gauge      source (when known)
+``greentrack_pue_ratio``                                gauge      source: a short id (``setting``,
+                                                                   ``uptime-institute-2024``...)
+                                                                   (when an intensity is known)
 ``greentrack_sampler_errors_total``                     counter
 ``greentrack_sampler_polls_total``                      counter
 ``greentrack_sampler_cpu_seconds_total``                counter
@@ -76,6 +79,8 @@ log = logging.getLogger("greentrack")
 
 BASE_LABELS = ("run", "job", "host", "rank")
 INTENSITY_TTL_S = 60.0
+#: The longest short source id a label carries (``green-algorithms-2023``: 21 characters).
+MAX_ID = 32
 #: How long a scrape or push waits for a resumed run's earlier totals (read on a thread at start)
 #: before it answers with no series: never a lower value that Prometheus would take for a reset.
 CONTINUE_WAIT_S = 2.0
@@ -139,6 +144,14 @@ class Intensity:
 
 def _live_settings(config: Config) -> Settings:
     return settings_for(config)
+
+
+def pue_source_id(settings: Settings) -> str:
+    """The PUE gauge's ``source`` label: the PUE's short source id (``setting``,
+    ``uptime-institute-2024``...; a handful of values, never a URL cut mid-word), else
+    ``unknown``. The full citation is the report's."""
+    sid = settings.pue.source_id
+    return sid if sid and len(sid) <= MAX_ID and sid.replace("-", "").isalnum() else "unknown"
 
 
 def _now(settings: Settings | None) -> tuple[float, str] | None:
@@ -461,9 +474,10 @@ class TrackerCollector:
                             "IT energy x the PUE in use x the carbon intensity in use (as the "
                             "reports compute them).", grams)
         pue_gauge = GaugeMetricFamily("greentrack_pue_ratio", "Power usage effectiveness applied "
-                                      "to IT energy, and where it comes from (setting or default).",
-                                      labels=[*BASE_LABELS, "source"])
-        pue_gauge.add_metric([*self.base, str(settings.pue.source)[:160]], settings.pue.value)
+                                      "to IT energy; source: a short id of where it comes from "
+                                      "(setting, or the data source and its year; the report "
+                                      "cites it in full).", labels=[*BASE_LABELS, "source"])
+        pue_gauge.add_metric([*self.base, pue_source_id(settings)], settings.pue.value)
         yield pue_gauge
         gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
                                   "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",

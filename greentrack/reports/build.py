@@ -146,7 +146,10 @@ def _energy(data: RunData, devices: list[dict[str, Any]], fp: Footprint) -> dict
             "measured_kwh": measured_j / J_PER_KWH, "estimated_kwh": estimated_j / J_PER_KWH,
             "basis": energy_basis(measured_j, estimated_j), "devices": devices,
             "gaps": int(s["gaps"]), "gap_s": sum(d["gap_s"] for d in devices),
-            "steps_energy_j": float(s.get("steps_energy_j") or 0.0)}
+            "steps_energy_j": float(s.get("steps_energy_j") or 0.0),
+            # training steps done again after a resume (greentrack.run.Run.replayed)
+            "replayed_steps": float(s.get("replayed_steps") or 0.0),
+            "replayed_energy_j": float(s.get("replayed_energy_j") or 0.0)}
 
 
 def _compute(data: RunData, steps: dict[str, Any], fp: Footprint) -> dict[str, Any]:
