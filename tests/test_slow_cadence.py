@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.engine.engine import MAX_COUNTER_INTERVAL_S
+from greentrack.engine.engine import MAX_COUNTER_INTERVAL_S, Engine
 from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.helpers import measured_s, python_env
@@ -131,14 +131,26 @@ def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatc
     # read, which a loaded CI host exceeds (it stretched to ~0.17 s there); stretching has its
     # own test below
     monkeypatch.setattr("greentrack.engine.engine.SLOW_READ_CPU_BUDGET", 1.0)
+    when: dict[int, float] = {}  # poll number -> its time
+    iterate = Engine.iterate
+
+    def timed(self: Engine, now: float, measure: bool = True) -> None:
+        when[self.polls + 1] = now
+        iterate(self, now, measure)
+
+    monkeypatch.setattr(Engine, "iterate", timed)
     tracker, _ = run(tmp_path, 1.5, interval_s=0.02, counter_interval_s=0.1)
     assert tracker.engine is not None
     last = tracker.engine.polls
     in_loop = [(p, g) for p, g in reads if 1 < p < last - 2]  # not the start or final reading
     per_poll = Counter(p for p, _ in in_loop)
     per_gpu = Counter(g for _, g in in_loop)
-    # 8 GPUs over 5 polls per slow period: 1 or 2 counter reads per poll, never all 8 at once
-    assert max(per_poll.values()) <= 3, per_poll.most_common(3)
+    # 8 GPUs over 5 polls per slow period: 1 or 2 counter reads per poll, never all 8 at once.
+    # Judged on the polls that came on time: a poll a loaded host delayed by a slow period finds
+    # more GPUs due, as it should (their reads are not skipped).
+    on_time = {p for p in per_poll if p - 1 in when and when[p] - when[p - 1] <= 1.5 * 0.02}
+    assert len(on_time) >= 0.3 * len(per_poll), (len(on_time), len(per_poll))
+    assert max(per_poll[p] for p in on_time) <= 3, per_poll.most_common(3)
     # each GPU still read about every 5th poll (counted in polls: a busy host polls less often)
     rounds = (last - 4) / 5
     assert len(per_gpu) == 8 and min(per_gpu.values()) >= max(3, 0.6 * rounds), (per_gpu, last)
