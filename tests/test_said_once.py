@@ -55,6 +55,28 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not once.first("bounded-run", "cause-49")  # the newest are remembered
 
 
+@pytest.mark.slow  # three real tracker starts: ~1 s
+def test_each_segment_of_a_run_says_what_the_run_said_before_not_again(
+        no_host_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two calls of a decorated function on one run directory are two segments of one run: the
+    second found the same estimate and dropped the same field, and said both again (8a2bbe5).
+    Another run says them for itself."""
+    caplog.set_level(logging.WARNING, logger="greentrack")
+
+    def segment(run: Path) -> None:
+        with greentrack.Tracker(run, **FAST) as t:
+            for _ in range(3):
+                with t.step(tokens=float("nan")):
+                    pass
+
+    for run in (tmp_path / "a", tmp_path / "a", tmp_path / "b"):
+        segment(run)
+    lines = [r.getMessage() for r in caplog.records if r.name == "greentrack"]
+    assert sum("step field 'tokens' dropped" in line for line in lines) == 2, lines  # a, b
+    assert sum("ESTIMATED" in line for line in lines) == 2, lines
+    assert len(_events(tmp_path / "a", "bad-step-field")) == 2  # each segment's store records it
+
+
 #: what one cause's log line starts with, with what varies (ids, pids, paths, counts) left out
 def cause_of(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?|/[^\s,)]+", "#", message)[:60]
