@@ -171,9 +171,10 @@ class Tracker:
         check_settings(cfg)  # settings that need data, before anything is created
         parent = None if self._join_token else sharing.parent_run()
         if parent is not None and cfg.run_dir != parent[0]:
-            if self._named_run_dir:
-                log.warning("greentrack: run_dir %s not used: this process runs under `greentrack "
-                            "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
+            if self._named_run_dir:  # each segment of the command's run finds it: said once
+                warn_once(log, run_key(parent[0], None), f"run-dir-not-used:{cfg.run_dir}",
+                          "greentrack: run_dir %s not used: this process runs under `greentrack "
+                          "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
         run_id, found, calibration_notes = self._open_devices(cfg)
         self.notes = found.notes
@@ -277,8 +278,9 @@ class Tracker:
                 self.stop("failed")
                 raise
             except Exception as e:  # noqa: BLE001 - a sink must not break training
-                log.warning("greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
                 assert self._engine is not None
+                warn_once(log, self._engine.run_key, f"sink-start:{type(sink).__name__}",
+                          "greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
                 self._engine.event("warning", "sink-error", f"{type(sink).__name__}: {e}")
 
     def accept_joins(self) -> dict[str, str]:
@@ -339,7 +341,8 @@ class Tracker:
                 self._engine.watchers.append(
                     sharing.JoinWatch(self._engine, self.run_dir, self._join_token))
         except OSError as e:  # no lease directory: runs cannot see each other, say so
-            log.warning("greentrack: cannot check for other runs on this machine: %s", e)
+            warn_once(log, self._engine.run_key, "lease-error", "greentrack: cannot check for "
+                      "other runs on this machine: %s", e)
             self._engine.event("warning", "lease-error", f"cannot check for other runs: {e}")
 
     def add_step_listener(self, fn: Any) -> None:
