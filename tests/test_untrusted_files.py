@@ -363,7 +363,7 @@ def plant_run_id(run: Path, value: str) -> None:
 
 
 def test_csv_cells_are_never_formulas(tmp_path: Path, env: None) -> None:
-    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2)
+    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2, project_name="=HYPERLINK(1)")
     plant_run_id(run, "@SUM(1+1)")
     code, stdout, err = run_cli(["report", str(run), "--format", "csv", "--currency=EUR",
                                  "--out", str(tmp_path / "o")])

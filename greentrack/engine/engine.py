@@ -27,6 +27,7 @@ from typing import Any
 
 from greentrack.common.config import Config
 from greentrack.common.errors import DeviceLost, RunStoreError, SamplerError
+from greentrack.common.once import warn_once
 from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.engine.records import MetricQueue
 from greentrack.engine.steps import FieldCleaner, PhaseTally, StepQueue, StepSpan
@@ -71,8 +72,11 @@ class Engine:
 
     def __init__(self, channels: list[Channel], writer: StoreWriter, config: Config,
                  origin: float, clock: Callable[[], float] = time.monotonic,
-                 origin_unix: float | None = None) -> None:
+                 origin_unix: float | None = None, run_key: str | None = None) -> None:
         self.config = config
+        #: The run its log messages belong to (:func:`greentrack.common.once.run_key`): each cause
+        #: is logged once per run, however often it happens (every occurrence is an event).
+        self.run_key = run_key if run_key is not None else f"engine-{id(self)}"
         self.origin = origin
         #: the wall time of ``origin`` (the store's ``started_unix``): one anchor for every output
         self.origin_unix = time.time() - (time.monotonic() - origin) if origin_unix is None \
@@ -89,7 +93,7 @@ class Engine:
         self.steps = StepQueue()
         self.submit = self.steps.submit
         self._waiting: list[StepSpan] = []
-        self.cleaner = FieldCleaner(self.event)
+        self.cleaner = FieldCleaner(self.event, self.run_key)
         #: One thread attributes at a time: the sampler, or stop() once it gave up on the sampler.
         self._account_lock = threading.Lock()
         #: When the sampler thread entered a device read (None outside one): stop() abandons a
@@ -303,8 +307,9 @@ class Engine:
             fn()
         except Exception as e:  # noqa: BLE001 - the sampler must never die or raise into training
             self.errors += 1
-            if self.errors <= 3:
-                log.warning("greentrack: internal sampler error (recorded): %s", e)
+            warn_once(log, self.run_key, f"internal-error:{type(e).__name__}",
+                      "greentrack: internal sampler error (recorded; repeats are recorded only): "
+                      "%s", e)
             self.event("error", "internal-error", f"{type(e).__name__}: {e}")
 
     # -- polling ------------------------------------------------------------------------------
@@ -367,7 +372,8 @@ class Engine:
             self._writer.add_event(t - self.origin, ev.level, ev.kind, ev.message, st.id,
                                    ev.details)
             if ev.level == "warning":
-                log.warning("greentrack: %s", ev.message)
+                warn_once(log, self.run_key, f"{ev.kind}:{st.channel.info.device}",
+                          "greentrack: %s", ev.message)
 
     def _adapt_slow_cadence(self, now: float) -> None:
         """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget.
@@ -416,7 +422,9 @@ class Engine:
             st.fail_since = t
             self._writer.add_event(t - self.origin, "warning", "gap-start",
                                    f"{device}: read failed: {e}", st.id)
-            log.warning("greentrack: %s read failed (recorded as a gap): %s", device, e)
+            warn_once(log, self.run_key, f"read-failed:{device}", "greentrack: %s read failed "
+                      "(recorded as a gap; later gaps of it are recorded, not repeated here): %s",
+                      device, e)
         if lost and st.status != "lost":
             self._writer.add_event(t - self.origin, "error", "device-lost",
                                    f"{device}: device lost, no more readings: {e}", st.id)
@@ -532,16 +540,16 @@ class Engine:
                 self._next_checkpoint = now + CHECKPOINT_S
                 self._writer.checkpoint()
             if self._flush_failures:
-                log.warning("greentrack: store writable again after %d failed commits",
-                            self._flush_failures)
+                warn_once(log, self.run_key, "store-recovered", "greentrack: store writable "
+                          "again after %d failed commits", self._flush_failures)
                 self._writer.add_event(self._clock() - self.origin, "warning", "store-recovered",
                                        f"{self._flush_failures} commits failed before this one")
                 self._flush_failures = 0
         except RunStoreError as e:
             self._flush_failures += 1
             if self._flush_failures == 1:
-                log.warning("greentrack: cannot write the run store (will retry; training goes "
-                            "on): %s", e)
+                warn_once(log, self.run_key, "store-write", "greentrack: cannot write the run "
+                          "store (will retry; training goes on): %s", e)
 
     # -- live view, for exporters and progress logs ------------------------------------------
     @property

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.leases import Lease, host_lease_dir, is_held, live_leases
+from greentrack.common.once import warn_once
 from greentrack.engine.channelstate import channel_key
 from greentrack.samplers._share import ProcessShare
 from greentrack.store.layout import JOIN_DIR
@@ -104,7 +105,10 @@ class HostWatch:
                " in machine mode each run counts the whole host's CPU and DRAM energy, so these "
                "runs' host figures overlap; track each with --mode process (Config(mode='process')) "
                "to split the host by process")
-        log.warning("greentrack: %s", msg)
+        # said once per run; each run met is an event (summaries and reports name them all)
+        warn_once(log, self.engine.run_key, "host-shared", "greentrack: %s%s",
+                  msg, "; other runs that meet this one are recorded in its events, not repeated "
+                  "here")
         self.engine.event("warning", "host-shared", msg, other_run_id=run_id,
                           other_pid=other.get("pid"), other_mode=theirs)
 

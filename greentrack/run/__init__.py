@@ -39,9 +39,11 @@ from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
 from greentrack.run.resumed import RecordedBefore, energy_before_j, recorded_before
 from greentrack.run.segment import Segment
-from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
+from greentrack.run.targets import (MetricPoint, ToTarget, metric_names, metric_points,
+                                    parse_target, to_target)
 
 __all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve",
-           "PowerLimitPoint", "RecordedBefore", "Replayed", "Run", "RunSummary", "RunTotals", "Segment", "StoreEnergy", "ToTarget",
-           "device_identity", "energy_before_j", "metric_names", "metric_points", "recorded_before", "run_dirs_of",
+           "PowerLimitPoint", "RecordedBefore", "Replayed", "Run", "RunSummary", "RunTotals",
+           "Segment", "StoreEnergy", "ToTarget", "device_identity", "energy_before_j",
+           "metric_names", "metric_points", "parse_target", "recorded_before", "run_dirs_of",
            "store_identity", "to_target", "union_length"]

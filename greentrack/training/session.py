@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from greentrack.common.config import Config, env_run_id
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import precision_of
+from greentrack.common.once import warn_once
 from greentrack.process.tracker import Tracker
 from greentrack.run import Run, RunTotals, energy_before_j
 from greentrack.store import host_identity
@@ -417,9 +418,11 @@ def guarded(fn: _F) -> _F:
 def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
     key = (id(meter), hook)
     n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
-    if n == 1:
-        log.warning("greentrack: %s failed (training goes on; recorded in the run): %s: %s",
-                    hook, type(error).__name__, error)
+    engine = getattr(getattr(meter, "tracker", None), "engine", None)
+    # said once per run (a resumed run's new meter, or a second fit(), fails the same way)
+    warn_once(log, getattr(engine, "run_key", None) or f"meter-{id(meter)}", f"hook-error:{hook}",
+              "greentrack: %s failed (training goes on; recorded in the run): %s: %s", hook,
+              type(error).__name__, error)
     if n <= MAX_HOOK_EVENTS:
         try:
             meter.tracker.engine.event("error", "hook-error", f"{hook}: {type(error).__name__}: "
