@@ -6,6 +6,7 @@ The real Prometheus and Pushgateway are in ``test_prometheus_servers.py``.
 
 from __future__ import annotations
 
+import re
 import logging
 import math
 import socket
@@ -109,7 +110,7 @@ def test_metrics_pass_promtool_and_say_what_was_measured(tmp_path: Path, fake_nv
     grams = fams["greentrack_emissions_grams"].samples[0].value
     assert grams == pytest.approx(joules / 3.6e6 * 1.2 * 250.0, rel=1e-9)
     intensity = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
-    assert intensity.value == 250.0 and intensity.labels["source"] == USER_INTENSITY
+    assert intensity.value == 250.0 and intensity.labels["source"] == "user-setting"
     assert fams["greentrack_gpu_seconds"].samples[0].value == pytest.approx(t0, abs=0.3)
     assert fams["greentrack_sampler_errors"].samples[0].value == 0
     assert 0 <= fams["greentrack_last_sample_age_seconds"].samples[0].value < 0.5
@@ -283,8 +284,22 @@ def test_intensity_from_the_location_when_no_figure_is_given(tmp_path: Path,
         time.sleep(0.3)  # a few GPU readings
         fams = families(http_get(tracker.sinks[0].url).decode())
     sample = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
-    assert (sample.value, sample.labels["source"]) == (expected[0], expected[1][:160])
+    assert sample.value == expected[0]
+    # a short id (the report cites the source in full): method, country, the data's year
+    assert re.fullmatch(r"yearly-average-fra(-20\d\d)?", sample.labels["source"]), sample.labels
     assert fams["greentrack_emissions_grams"].samples[0].value > 0
+
+
+def test_world_average_intensity_label_is_a_short_id_not_a_cut_sentence(
+        tmp_path: Path, fake_nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The world average's source is 166 characters: the label was cut at 160, mid-word."""
+    for name in ("GREENTRACK_COUNTRY", "GREENTRACK_REGION", "GREENTRACK_CARBON_INTENSITY_G_PER_KWH"):
+        monkeypatch.delenv(name, raising=False)
+    with Tracker(tmp_path / "run", prometheus_port=0, **FAST) as tracker:
+        time.sleep(0.3)
+        fams = families(http_get(tracker.sinks[0].url).decode())
+    label = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0].labels["source"]
+    assert re.fullmatch(r"world-average(-20\d\d)?", label), label
 
 
 def no_host_env_env(root: Path) -> dict[str, str]:

@@ -64,7 +64,7 @@ from typing import Any
 
 from greentrack import __version__
 from greentrack.carbon.footprint import Settings, one_part
-from greentrack.carbon.live import intensity_now
+from greentrack.carbon.live import intensity_now, intensity_source_id
 from greentrack.carbon.resolve import settings_for
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
@@ -469,7 +469,8 @@ class TrackerCollector:
                               max(b for _, b, _ in bins), settings, bins=bins)
                 self._emissions_g += fp.location_g or 0.0
             grams = self.before.emissions_g + self._emissions_g
-        g_per_kwh, source = got
+        # the label is a short id (a handful of values); the full citation is the report's
+        g_per_kwh, source = got[0], intensity_source_id(settings, time.time())
         yield self._counter("greentrack_emissions_grams", "Operational emissions in grams CO2e: "
                             "IT energy x the PUE in use x the carbon intensity in use (as the "
                             "reports compute them).", grams)
@@ -480,7 +481,9 @@ class TrackerCollector:
         pue_gauge.add_metric([*self.base, pue_source_id(settings)], settings.pue.value)
         yield pue_gauge
         gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
-                                  "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",
+                                  "Carbon intensity in use, in gCO2e/kWh; source: a short id of "
+                                  "where it comes from (method, country, data year; the report "
+                                  "cites it in full).",
                                   labels=[*BASE_LABELS, "source"])
         gauge.add_metric([*self.base, source], g_per_kwh)
         yield gauge
