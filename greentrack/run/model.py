@@ -206,8 +206,7 @@ class Run:
                               + "; ".join(warnings))
         segments.sort(key=lambda s: s.start_unix)
         for seg in segments:
-            warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
-                            if e["kind"] in RECORD_WARNINGS)
+            warnings.extend(_said_once(seg))
         run = cls(dirs[0], segments, len(segments) + len(unreadable), warnings, dirs)
         run.copies = copies
         run.unreadable = unreadable
@@ -496,6 +495,26 @@ class Run:
             "gaps": self.gaps,
             "sources": [d.as_source() for d in self.devices()], "warnings": list(self.warnings),
         }
+
+
+def _said_once(seg: Segment) -> list[str]:
+    """A store's warnings for the summary, the runs met on this host said once with how many
+    more there were (each is a ``host-shared`` event of its own, all kept in the events)."""
+    out: list[str] = []
+    shared_at, more = -1, 0
+    for e in seg.events:
+        if e["kind"] not in RECORD_WARNINGS:
+            continue
+        if e["kind"] == "host-shared":
+            if shared_at >= 0:
+                more += 1
+                continue
+            shared_at = len(out)
+        out.append(f"{seg.path.name}: {e['message']}")
+    if more:
+        out[shared_at] += (f" (and {more} more run{'s' if more > 1 else ''} met on this host, "
+                           "each in the run's host-shared events)")
+    return out
 
 
 def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
