@@ -203,14 +203,16 @@ def write_store(run_dir: Path, *, run_id: str, start_unix: float, duration_s: fl
                 ramp: float = 0.0, resolution_s: float = 60.0, host: str = "gen-0",
                 rank: int = 0, labels: dict[str, str] | None = None,
                 settings: dict[str, Any] | None = None, status: str = "completed",
-                steps: int = 0, now: float | None = None) -> Path:
+                steps: int = 0, planned_steps: int | None = None,
+                now: float | None = None) -> Path:
     """A store of one process of a run, written through :class:`greentrack.store.StoreWriter` with
     synthetic power, for run sets too large or too long for real Trackers (an inventory's
     months). ``channels``: ``(kind, watts, measured)``; channel power grows linearly by
     ``ramp`` (x (1 + ramp t / duration)), so its energy over time is not its span's share of
     time. One sample per ``resolution_s``. ``status='running'`` leaves it open (heartbeat
-    ``now``). Returns the store's path; its channels' joules are ``watts x duration x (1 + ramp
-    / 2)``."""
+    ``now``). ``steps`` training steps spread evenly over the span, ``planned_steps`` recorded as
+    the training integrations do (a forecast's horizon). Returns the store's path; its channels'
+    joules are ``watts x duration x (1 + ramp / 2)``."""
     prepare_run_dir(run_dir, run_id)
     meta: dict[str, Any] = {
         "run_id": run_id, "host": host, "boot_id": f"boot-{host}", "pid": 1, "rank": rank,
@@ -238,6 +240,9 @@ def write_store(run_dir: Path, *, run_id: str, start_unix: float, duration_s: fl
         a = duration_s * k / max(steps, 1)
         writer.add_step(StepRow(k, "train", a, a + 1.0, 1.0, None, None, None, 0.0, None, 1.0,
                                 None, "host", {}))
+    if planned_steps is not None:
+        writer.add_event(0.0, "info", "planned-steps", f"{planned_steps} optimizer steps planned",
+                         details={"planned_steps": planned_steps})
     if status == "running":
         writer.set_meta({"heartbeat_unix": now if now is not None else time.time()})
     else:
