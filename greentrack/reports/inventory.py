@@ -110,8 +110,10 @@ def _countries(fp: Footprint, cut: Cut) -> dict[str, dict[str, Any]]:
 
 
 def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: float,
-             forecast: bool) -> dict[str, Any] | None:
-    """One run's line of the inventory, None when it used no energy in the period.
+             forecast: bool, months: list[tuple[str, float, float]] | None = None
+             ) -> dict[str, Any] | None:
+    """One run's line of the inventory, None when it used no energy in the period (``months``:
+    the period's, :meth:`Period.months`, when already at hand).
 
     Raises:
         ConfigError: the directories cannot be read as a run.
@@ -122,13 +124,13 @@ def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: floa
         if not cut.stores:
             return None
         fp = cut_footprint(run, cut, explicit)
-        months: dict[str, dict[str, Any]] = {}
-        touched = [m for m in period.months()
+        by_month: dict[str, dict[str, Any]] = {}
+        touched = [m for m in (period.months() if months is None else months)
                    if any(s.start_unix < m[2] and s.end_unix >= m[1] for s in cut.stores)]
         for label, a, b in touched:
             c = cut if len(touched) == 1 else window_stores(run, stores, (a, b))
             if c.stores:
-                months[label] = figures(fp if c is cut else cut_footprint(run, c, explicit), c)
+                by_month[label] = figures(fp if c is cut else cut_footprint(run, c, explicit), c)
         hosts = {seg.path: seg.host for seg in run.segments}
         per_host = host_cuts(cut, hosts)
         by_host = ({h: figures(fp, cut) for h in per_host} if len(per_host) == 1 else
@@ -141,7 +143,7 @@ def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: floa
             "start": utc(run.start_unix), "end": utc(run.end_unix),
             "share_in_period": fp.total_j / total_j if total_j > 0 else 1.0,
             "whole": cut.whole, "copies": run.copies, "figures": figures(fp, cut),
-            "months": months, "by_host": by_host, "countries": countries,
+            "months": by_month, "by_host": by_host, "countries": countries,
             "pue": fp.pue.as_dict(),
             "intensity": _intensity(fp),
             "market_g_per_kwh": sorted({p.settings.market_g_per_kwh for p in fp.parts
@@ -216,9 +218,10 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
     lines: list[dict[str, Any]] = []
     unreadable: list[dict[str, Any]] = []
     outside = 0
+    months = period.months()
     for dirs in groups:
         try:
-            line = read_one(dirs, period, explicit, now, bool(budgets))
+            line = read_one(dirs, period, explicit, now, bool(budgets), months)
         except ConfigError as e:
             unreadable.append({"run_dirs": [str(d) for d in dirs], "why": str(e)})
             continue
