@@ -29,7 +29,7 @@ from typing import Any
 
 from greentrack import __version__
 from greentrack.carbon.footprint import Footprint, PartFootprint
-from greentrack.carbon.runs import Explicit
+from greentrack.carbon.runs import Explicit, Memo
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import J_PER_KWH, utc
 from greentrack.reports.forecasting import forecast_section
@@ -110,10 +110,11 @@ def _countries(fp: Footprint, cut: Cut) -> dict[str, dict[str, Any]]:
 
 
 def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: float,
-             forecast: bool, months: list[tuple[str, float, float]] | None = None
-             ) -> dict[str, Any] | None:
+             forecast: bool, months: list[tuple[str, float, float]] | None = None,
+             memo: Memo | None = None) -> dict[str, Any] | None:
     """One run's line of the inventory, None when it used no energy in the period (``months``:
-    the period's, :meth:`Period.months`, when already at hand).
+    the period's, :meth:`Period.months`, when already at hand; ``memo``: settings resolved for
+    earlier runs under the same ``explicit``).
 
     Raises:
         ConfigError: the directories cannot be read as a run.
@@ -123,18 +124,18 @@ def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: floa
         cut = window_stores(run, stores, (period.start_unix, period.end_unix))
         if not cut.stores:
             return None
-        fp = cut_footprint(run, cut, explicit)
+        fp = cut_footprint(run, cut, explicit, memo)
         by_month: dict[str, dict[str, Any]] = {}
         touched = [m for m in (period.months() if months is None else months)
                    if any(s.start_unix < m[2] and s.end_unix >= m[1] for s in cut.stores)]
         for label, a, b in touched:
             c = cut if len(touched) == 1 else window_stores(run, stores, (a, b))
             if c.stores:
-                by_month[label] = figures(fp if c is cut else cut_footprint(run, c, explicit), c)
+                by_month[label] = figures(fp if c is cut else cut_footprint(run, c, explicit, memo), c)
         hosts = {seg.path: seg.host for seg in run.segments}
         per_host = host_cuts(cut, hosts)
         by_host = ({h: figures(fp, cut) for h in per_host} if len(per_host) == 1 else
-                   {h: figures(cut_footprint(run, c, explicit), c) for h, c in per_host.items()})
+                   {h: figures(cut_footprint(run, c, explicit, memo), c) for h, c in per_host.items()})
         countries = _countries(fp, cut)
         total_j = float(run.energy_j()["total"] or 0.0)
         line: dict[str, Any] = {
@@ -219,9 +220,10 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
     unreadable: list[dict[str, Any]] = []
     outside = 0
     months = period.months()
+    memo = Memo()
     for dirs in groups:
         try:
-            line = read_one(dirs, period, explicit, now, bool(budgets), months)
+            line = read_one(dirs, period, explicit, now, bool(budgets), months, memo)
         except ConfigError as e:
             unreadable.append({"run_dirs": [str(d) for d in dirs], "why": str(e)})
             continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from greentrack.carbon.footprint import Footprint, Work, footprint
-from greentrack.carbon.runs import Explicit, profile_of_stores
+from greentrack.carbon.runs import Explicit, Memo, profile_of_stores
 from greentrack.common.errors import ConfigError
 from greentrack.run import Run, Segment, StoreEnergy
 from greentrack.run.model import run_record
@@ -188,16 +188,17 @@ def _cut(run: Run, seg: Segment, store: StoreEnergy, window: Window
     return cut, replace(cut, bins=tuple(clipped)), measured, estimated
 
 
-def cut_footprint(run: Run, cut: Cut, explicit: Explicit) -> Footprint:
+def cut_footprint(run: Run, cut: Cut, explicit: Explicit, memo: Memo | None = None) -> Footprint:
     """The footprint of a run's stores cut to a window: :func:`profile_of_stores` at each
     store's recorded settings, as the run's report computes it (its energy over time read only
-    when a part's intensity is a time series)."""
+    when a part's intensity is a time series). ``memo``: settings resolved for earlier runs
+    under the same ``explicit`` (:class:`greentrack.carbon.runs.Memo`)."""
     def with_bins() -> list[StoreEnergy]:
         # a store taken whole: its bins on the run's grid (the report's); a cut one: its own
         whole = ({s.path: s for s in run.store_energies(run.energy_bins())}
                  if any(b is s for s, b in zip(cut.stores, cut.binned)) else {})
         return [whole[s.path] if b is s else b for s, b in zip(cut.stores, cut.binned)]
-    return footprint(profile_of_stores(list(cut.stores), explicit, Work(), with_bins))
+    return footprint(profile_of_stores(list(cut.stores), explicit, Work(), with_bins, memo=memo))
 
 
 def host_cuts(cut: Cut, hosts: dict[Path, str]) -> dict[str, Cut]:
