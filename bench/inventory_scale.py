@@ -89,19 +89,21 @@ def main() -> int:
     t = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss_mb, cpu_s = usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
         return 1
     doc = json.loads((out / "inventory.json").read_text(encoding="utf-8"))
     t_ = doc["totals"]
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    print(f"generate {gen_s:.0f} s; inventory of {t_['runs']} runs {wall:.1f} s, peak RSS "
+    print(f"generate {gen_s:.0f} s; inventory of {t_['runs']} runs {wall:.1f} s ({cpu_s:.1f} CPU-s), peak RSS "
           f"{rss_mb:.0f} MB (load before {load[0]:.2f}); {t_['facility_kwh'] / 1000:.1f} MWh")
     if not args.no_record:
         body = md_table(
-            ["runs (stores)", "wall (s)", "peak RSS (MB)", "load avg before", "target"],
+            ["runs (stores)", "wall (s)", "CPU (s)", "peak RSS (MB)", "load avg before", "target"],
             [[f"{t_['runs']:,} ({doc['data_quality']['runs_found']:,} found)", f"{wall:.1f}",
+              f"{cpu_s:.1f}",
               f"{rss_mb:.0f}", f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
               "< 60 s, < 500 MB on 2 cores"]])
         body += (f"\n\nOne fresh `python -m greentrack inventory` process (imports, every format "

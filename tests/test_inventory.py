@@ -78,6 +78,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_store(root / "old" / "f", run_id="f-2025", start_unix=Q3 - 365 * 24 * H,
                 duration_s=H, labels={"project": "nlp"})
     shutil.copytree(root / "nlp" / "a", root / "backup" / "a")  # a node-local copy of run a
+    shutil.copytree(root / "vision" / "c", root / "rsync" / "c")  # stores copied without run.json
+    (root / "rsync" / "c" / "run.json").unlink()
     return root
 
 
@@ -125,6 +127,7 @@ def test_one_whole_run_equals_its_footprint_and_totals_add_up(
     validate(doc)
     runs = by_id(doc)
     for run_id, dirs in (("a-cross", [lab / "nlp" / "a", lab / "backup" / "a"]),
+                         ("c-cross", [lab / "vision" / "c"]),
                          ("d-2node", [lab / "n0" / "d", lab / "n1" / "d"])):
         with Run.open(dirs) as run:
             fp = run_footprint(run)
@@ -155,7 +158,8 @@ def test_node_local_copies_count_once_and_nodes_add_up(q2q3: dict[str, dict[str,
     doc = q2q3["2026-Q3"]
     runs = by_id(doc)
     assert len(runs["a-cross"]["run_dirs"]) == 2 and runs["a-cross"]["copies"] == 1
-    assert doc["data_quality"]["copies_counted_once"] == 1
+    assert len(runs["c-cross"]["run_dirs"]) == 2 and runs["c-cross"]["copies"] == 1
+    assert doc["data_quality"]["copies_counted_once"] == 2
     d = runs["d-2node"]
     assert sorted(d["hosts"]) == ["n0", "n1"] and len(d["run_dirs"]) == 2
     assert close(d["figures"]["it_kwh"], 2 * 300.0 * 2 * H / 3.6e6)  # two nodes, both counted

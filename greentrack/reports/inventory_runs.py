@@ -25,10 +25,10 @@ from pathlib import Path
 
 from greentrack.carbon.footprint import Footprint, Work, footprint
 from greentrack.carbon.runs import Explicit, Memo, profile_of_stores
-from greentrack.common.errors import ConfigError
+from greentrack.common.errors import ConfigError, RunStoreError
 from greentrack.run import Run, Segment, StoreEnergy
 from greentrack.run.model import run_record
-from greentrack.store import SUFFIX
+from greentrack.store import SUFFIX, StoreReader
 
 Window = tuple[float, float]
 
@@ -40,8 +40,9 @@ def is_run_dir(names: Iterable[str]) -> bool:
 
 def find_runs(roots: Sequence[str | Path]) -> list[list[Path]]:
     """The run directories under ``roots``, grouped by run: the directories whose ``run.json``
-    names one run id are one run (node-local copies); a directory without one is a run of its
-    own. A directory reached twice (overlapping roots, links) counts once. Sorted by path.
+    (else first store) names one run id are one run (node-local copies); a directory where
+    neither names one is a run of its own. A directory reached twice (overlapping roots, links)
+    counts once. Sorted by path.
 
     Raises:
         ConfigError: a root does not exist or is not a directory.
@@ -63,10 +64,27 @@ def find_runs(roots: Sequence[str | Path]) -> list[list[Path]]:
             if real in seen:
                 continue
             seen.add(real)
-            run_id = run_record(path).get("run_id")
+            run_id = run_record(path).get("run_id") or _stored_run_id(path, files)
             key = f"id:{run_id}" if isinstance(run_id, str) and run_id else f"dir:{real}"
             groups.setdefault(key, []).append(path)
     return sorted((sorted(g) for g in groups.values()), key=lambda g: str(g[0]))
+
+
+def _stored_run_id(path: Path, files: Iterable[str]) -> str | None:
+    """The run id a directory's first store records (a copy of a run's stores without its
+    ``run.json``), None when none can be read."""
+    for name in sorted(files):
+        if name.endswith(SUFFIX):
+            try:
+                reader = StoreReader(path / name)
+            except RunStoreError:
+                continue
+            try:
+                run_id = reader.meta.get("run_id")
+            finally:
+                reader.close()
+            return run_id if isinstance(run_id, str) else None
+    return None
 
 
 @dataclass(frozen=True)
