@@ -332,3 +332,19 @@ def test_a_time_resolved_intensity_is_integrated_over_each_side_of_the_boundary(
     # each side at its own hours' intensity, not the run's mean
     assert not close(docs["2026-Q3"]["figures"]["location_g"] / docs["2026-Q3"]["figures"]["facility_kwh"],
                      fp.location_g / fp.facility_kwh, 1e-3)
+
+
+def test_hostile_label_values_stay_text_in_every_format(tmp_path: Path) -> None:
+    bad = "<script>x|y</script> #1 =cmd"
+    write_store(tmp_path / "runs" / "h", run_id="h1", start_unix=Q3, duration_s=H,
+                labels={"project": bad})
+    code, _, err = run_cli(["inventory", str(tmp_path / "runs"), "--period", "2026-07",
+                            "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    page = (tmp_path / "o" / "inventory.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;x|y&lt;/script&gt; #1 =cmd</td>" in page
+    row = next(r for r in csv.reader((tmp_path / "o" / "inventory-long.csv").open())
+               if r[0] == "greentrack")
+    assert row[-1] == bad  # text as it is (a formula start would get a quote: to_csv.cell)
+    md = (tmp_path / "o" / "inventory.md").read_text(encoding="utf-8")
+    assert "\\<script\\>x\\|y" in md

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from html import escape as _html
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def mass(g: float) -> str:
         if a >= scale:
             return f"{g / scale:.4g} {unit} CO2e"
     return f"{g:.4g} g CO2e"
+
+
+def count(x: float) -> str:
+    """A count or hours: grouped digits from 1000 on (``34,650``), else 4 significant figures."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
 def money(cost: dict[str, float]) -> str:
@@ -89,7 +95,7 @@ def _row(value: str, f: dict[str, Any]) -> list[str]:
     share = (f["market_covered_kwh"] / f["facility_kwh"]) if f["facility_kwh"] > 0 else 0.0
     return [md_escape(value), energy(f["it_kwh"]), energy(f["facility_kwh"]),
             mass(f["location_g"]), f"{mass(f['market_or_location_g'])} ({share:.0%} contractual)",
-            money(f["cost"]), f"{f['gpu_hours']:.4g}", str(f["runs"])]
+            money(f["cost"]), count(f["gpu_hours"]), count(f["runs"])]
 
 
 HEAD = ["", "IT energy", "facility energy", "location-based", "market-based", "cost",
@@ -179,35 +185,44 @@ def _month_edges(doc: dict[str, Any]) -> list[tuple[str, float, float]]:
     return Period(p["text"], p["start_unix"], p["end_unix"]).months()
 
 
+def _plain(text: str) -> str:
+    """Markdown text as the characters it stands for (escapes and code marks removed)."""
+    return re.sub(r"\\(.)", r"\1", text.replace("`", ""))
+
+
 def html(doc: dict[str, Any]) -> str:
     """The Markdown's content as a self-contained page, with the monthly chart."""
     body = []
     for line in markdown(doc).splitlines():
         if line.startswith("# "):
-            body.append(f"<h1>{_html(line[2:])}</h1>")
+            body.append(f"<h1>{_html(_plain(line[2:]))}</h1>")
         elif line.startswith("## "):
-            body.append(f"<h2>{_html(line[3:])}</h2>")
+            body.append(f"<h2>{_html(_plain(line[3:]))}</h2>")
             if line == "## By month":
                 body.append(f"<figure>{chart(doc)}</figure>")
         elif line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = [_plain(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if set("".join(cells)) <= {"-"}:
                 continue
             tag = "th" if body and not body[-1].startswith("<tr") else "td"
             body.append("<tr>" + "".join(f"<{tag}>{_html(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line.lstrip().startswith("- "):
+            body.append(f"<li>{_html(_plain(line.lstrip()[2:]))}</li>")
         elif line.strip():
-            body.append(f"<p>{_html(line)}</p>")
-    out, in_table = [], False
+            body.append(f"<p>{_html(_plain(line))}</p>")
+    out: list[str] = []
+    open_tag = ""
     for b in body:
-        if b.startswith("<tr") and not in_table:
-            out.append("<table>")
-            in_table = True
-        elif not b.startswith("<tr") and in_table:
-            out.append("</table>")
-            in_table = False
+        tag = "table" if b.startswith("<tr") else "ul" if b.startswith("<li") else ""
+        if tag != open_tag:
+            if open_tag:
+                out.append(f"</{open_tag}>")
+            if tag:
+                out.append(f"<{tag}>")
+            open_tag = tag
         out.append(b)
-    if in_table:
-        out.append("</table>")
+    if open_tag:
+        out.append(f"</{open_tag}>")
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>greentrack inventory "
             f"{_html(printable(doc['period']['text']))}</title><style>body{{font-family:sans-serif;"
             "max-width:70em;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
@@ -278,5 +293,5 @@ def write(doc: dict[str, Any], formats: list[str], out_dir: Path) -> list[Path]:
     return written
 
 
-__all__ = ["FILES", "LONG", "breakdown_csv", "chart", "energy", "html", "long_csv", "long_rows",
+__all__ = ["FILES", "LONG", "breakdown_csv", "chart", "count", "energy", "html", "long_csv", "long_rows",
            "markdown", "mass", "methodology", "write"]
