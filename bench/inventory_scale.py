@@ -109,7 +109,7 @@ def main() -> int:
         body += (f"\n\nOne fresh `python -m greentrack inventory` process (imports, every format "
                  f"written: {', '.join(f'{k} {v:,} B' for k, v in sizes.items())}); stores "
                  f"generated once ({gen_s:.0f} s; 0: cached) under {args.dir}, page cache warm. "
-                 f"{doc['data_quality']['cut_at_period_edges']} runs cross a month's end and are "
+                 f"{doc['data_quality']['split_across_months']} runs cross a month's end and are "
                  f"split by their energy over time; {t_['facility_kwh'] / 1000:.1f} MWh facility.")
         record("inventory_scale", section(
             "inventory_scale", "Inventory at scale: a year of small runs (`bench/inventory_scale.py`)",

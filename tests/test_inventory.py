@@ -178,6 +178,8 @@ def test_data_quality_shares_and_runs_without_a_location(
     assert [r["run_id"] for r in q["missing_location"]] == ["e-nowhere"]
     assert q["missing_location"][0]["run_dirs"][0].endswith("misc/e")
     assert q["cut_at_period_edges"] == 2 and q["runs_outside_period"] == 2  # b-june, f-2025
+    assert q["split_across_months"] == 0  # a and c cross June/July, outside Q3's own months
+    assert q2q3["2026-04..2026-09"]["data_quality"]["split_across_months"] == 2
 
 
 def codecarbon_csv(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -301,6 +301,7 @@ def _quality(lines: list[dict[str, Any]], unreadable: list[dict[str, Any]], outs
             "incomplete": listed(lambda x: x["status"] in ("incomplete", "failed")),
             "missing_location": listed(lambda x: x["missing_location"]),
             "cut_at_period_edges": sum(1 for x in lines if not x["whole"]),
+            "split_across_months": sum(1 for x in lines if len(x["months"]) > 1),
             "copies_counted_once": sum(x["copies"] for x in lines),
             "runs_found": found, "runs_outside_period": outside, "unreadable": unreadable}
 

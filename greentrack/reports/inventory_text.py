@@ -82,8 +82,9 @@ def methodology(doc: dict[str, Any]) -> str:
         f"the contractual factor set for {market} run(s); for the others the location-based "
         "figure stands in (the Guidance's hierarchy, without a residual mix), and the share "
         "covered by a contractual factor is stated.",
-        f"A run crossing the start or end of the period or of a month ({q['cut_at_period_edges']}"
-        " here) is split by its own energy over time (its stored samples), never by its start; "
+        f"A run crossing the start or end of the period ({q['cut_at_period_edges']} here) or of "
+        f"a month ({q['split_across_months']} here) is split by its own energy over time (its "
+        "stored samples), never by its start; "
         "its GPU-hours by time. Runs still running are counted up to the time of this inventory.",
         "Excluded: embodied emissions (Scope 3), networking, storage and idle machines no run "
         "tracked, work outside the roots, and directories that could not be read "
@@ -112,7 +113,8 @@ def _quality_lines(q: dict[str, Any]) -> list[str]:
     out = [f"- Energy measured: {'n/a' if share is None else f'{share:.1%}'}, estimated: "
            f"{'n/a' if share is None else f'{1 - share:.1%}'}",
            f"- Runs found: {q['runs_found']}, outside the period: {q['runs_outside_period']}, "
-           f"cut at the period's or a month's edge: {q['cut_at_period_edges']}, store copies "
+           f"cut at the period's edges: {q['cut_at_period_edges']}, split across months: "
+           f"{q['split_across_months']}, store copies "
            f"counted once: {q['copies_counted_once']}"]
     for name, what in (("running", "still running"), ("incomplete", "incomplete or failed"),
                        ("missing_location", "without a location (world-average intensity)")):
