@@ -6,8 +6,8 @@ Generates N small run stores (default 10,000) through the store's own writer
 each, started at random through 2026 so some cross a month's end; 20 projects, 5 teams, 40
 hosts, 4 countries, a few with a market factor and a price), cached under ``--dir``. Then times
 ``python -m greentrack inventory ROOT --period 2026 --by project,team --budget ...`` in a fresh
-process (imports included, every format written) and reads its peak RSS
-(``getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+process (imports included, every format written) and samples the peak RSS of it and its
+reading processes together (``--jobs``: by default one per CPU it may use).
 
     python bench/inventory_scale.py               # generate (cached), time, record in RESULTS.md
     python bench/inventory_scale.py --runs 2000 --no-record
@@ -24,8 +24,11 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,50 +74,94 @@ def generate(root: Path, n: int) -> float:
     return time.perf_counter() - t
 
 
+def _peak_tree_rss_mb(proc: subprocess.Popen[str]) -> float:
+    """The largest sum of RSS over ``proc`` and its children (its reading processes), sampled
+    every 50 ms until it exits: pages a forked child shares with its parent count twice, so
+    this errs high."""
+    peak = 0.0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree) / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    return peak
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="/tmp/greentrack-bench-inventory")
     ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="greentrack inventory --jobs (default: its own, the CPUs it may use)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     root = Path(args.dir) / f"runs-{args.runs}"
     gen_s = generate(root, args.runs)
-    out = Path(args.dir) / "out"
-    argv = [sys.executable, "-m", "greentrack", "inventory", str(root), "--period", "2026",
-            "--by", "project,team", "--budget", "project=p01:1MWh", "--budget", "team=t2:2t",
-            "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("GREENTRACK_ELECTRICITYMAPS_TOKEN", None)
-    load = os.getloadavg()
-    t = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rss_mb, cpu_s = usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
-    if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
-        return 1
-    doc = json.loads((out / "inventory.json").read_text(encoding="utf-8"))
-    t_ = doc["totals"]
-    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    print(f"generate {gen_s:.0f} s; inventory of {t_['runs']} runs {wall:.1f} s ({cpu_s:.1f} CPU-s), peak RSS "
-          f"{rss_mb:.0f} MB (load before {load[0]:.2f}); {t_['facility_kwh'] / 1000:.1f} MWh")
+    rows, ok = [], True
+    for jobs in ([args.jobs] if args.jobs is not None else [1, None]):
+        result = time_inventory(root, Path(args.dir) / "out", jobs)
+        if result is None:
+            return 1
+        doc, wall, cpu_s, rss_mb, load = result
+        t_ = doc["totals"]
+        print(f"generate {gen_s:.0f} s; inventory of {t_['runs']} runs, --jobs "
+              f"{jobs or 'default'}: {wall:.1f} s ({cpu_s:.1f} CPU-s), peak RSS {rss_mb:.0f} MB "
+              f"(load before {load[0]:.2f}); {t_['facility_kwh'] / 1000:.1f} MWh")
+        rows.append([f"{t_['runs']:,} ({doc['data_quality']['runs_found']:,} found)",
+                     str(jobs or f"default ({default_jobs()})"), f"{wall:.1f}", f"{cpu_s:.1f}",
+                     f"{rss_mb:.0f}", f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"])
+        ok = ok and wall < 60.0 and rss_mb < 500.0
     if not args.no_record:
-        body = md_table(
-            ["runs (stores)", "wall (s)", "CPU (s)", "peak RSS (MB)", "load avg before", "target"],
-            [[f"{t_['runs']:,} ({doc['data_quality']['runs_found']:,} found)", f"{wall:.1f}",
-              f"{cpu_s:.1f}",
-              f"{rss_mb:.0f}", f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
-              "< 60 s, < 500 MB on 2 cores"]])
-        body += (f"\n\nOne fresh `python -m greentrack inventory` process (imports, every format "
-                 f"written: {', '.join(f'{k} {v:,} B' for k, v in sizes.items())}); stores "
-                 f"generated once ({gen_s:.0f} s; 0: cached) under {args.dir}, page cache warm. "
+        sizes = {p.name: p.stat().st_size for p in sorted((Path(args.dir) / "out").iterdir())}
+        body = md_table(["runs (stores)", "--jobs", "wall (s)", "CPU (s), all processes",
+                         "peak RSS, all processes (MB)", "load avg before (1/5/15 min)"], rows)
+        body += (f"\n\nTarget: under 60 s and 500 MB on 2 cores. Each row is one fresh "
+                 f"`python -m greentrack inventory` process (imports, every format written: "
+                 f"{', '.join(f'{k} {v:,} B' for k, v in sizes.items())}); stores generated "
+                 f"once ({gen_s:.0f} s here; 0: cached) under {args.dir}, page cache warm. "
                  f"{doc['data_quality']['split_across_months']} runs cross a month's end and are "
-                 f"split by their energy over time; {t_['facility_kwh'] / 1000:.1f} MWh facility.")
+                 f"split by their energy over time; {doc['totals']['facility_kwh'] / 1000:.1f} "
+                 "MWh facility. The machine was shared with other sessions' jobs (the load "
+                 "column): wall time is what this process got of the 2 cores, CPU time what it "
+                 "needed.")
         record("inventory_scale", section(
             "inventory_scale", "Inventory at scale: a year of small runs (`bench/inventory_scale.py`)",
             body))
-    return 0 if wall < 60.0 and rss_mb < 500.0 else 1
+    return 0 if ok else 1
+
+
+def default_jobs() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def time_inventory(root: Path, out: Path, jobs: int | None
+                   ) -> tuple[dict, float, float, float, tuple[float, float, float]] | None:
+    """One ``greentrack inventory`` of the year: (document, wall s, CPU s, peak RSS MB, load)."""
+    argv = [sys.executable, "-m", "greentrack", "inventory", str(root), "--period", "2026",
+            "--by", "project,team", "--budget", "project=p01:1MWh", "--budget", "team=t2:2t",
+            "--out", str(out)] + ([] if jobs is None else ["--jobs", str(jobs)])
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GREENTRACK_ELECTRICITYMAPS_TOKEN", None)
+    load = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+                                text=True)
+        rss_mb = _peak_tree_rss_mb(proc)
+        wall = time.perf_counter() - t
+        errors.seek(0)
+        err = errors.read()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if proc.returncode != 0:
+        print(err, file=sys.stderr)
+        return None
+    return (json.loads((out / "inventory.json").read_text(encoding="utf-8")), wall, cpu_s,
+            rss_mb, load)
 
 
 if __name__ == "__main__":

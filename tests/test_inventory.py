@@ -276,9 +276,10 @@ def test_budgets_spent_left_and_the_forecast_of_a_running_run(tmp_path: Path) ->
     (["--period", "2026", "--budget", "foo:2MWh"], "--budget", "foo:2MWh"),
     (["--period", "2026", "--budget", "project=foo:-1kWh"], "--budget", "project=foo:-1kWh"),
     (["--period", "2026", "--format", "pdf"], "--format", "pdf"),
+    (["--period", "2026", "--jobs", "0"], "--jobs", 0),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], setting: str,
-                               shown: str) -> None:
+                               shown: object) -> None:
     code, out, err = run_cli(["inventory", str(tmp_path), *args, "--out", str(tmp_path / "o")])
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
@@ -350,3 +351,8 @@ def test_hostile_label_values_stay_text_in_every_format(tmp_path: Path) -> None:
     assert row[-1] == bad  # text as it is (a formula start would get a quote: to_csv.cell)
     md = (tmp_path / "o" / "inventory.md").read_text(encoding="utf-8")
     assert "\\<script\\>x\\|y" in md
+
+
+def test_two_processes_give_the_same_document(lab: Path, q2q3: dict[str, dict[str, Any]]) -> None:
+    doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
+    assert doc == q2q3["2026-Q3"]

@@ -8,6 +8,7 @@ and what is allowed (exit 2), before any run is read.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def add_inventory(sub: Any) -> None:
     inv.add_argument("--format", dest="inv_format", default="json,md,html,csv",
                      help="comma list of json, md, html, csv (default all; csv writes the "
                           "breakdowns and the long format: one row per run x month)")
+    inv.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="processes reading the runs (default: the CPUs this process may use, "
+                          "at most 8; one for fewer than 200 runs a process)")
     inv.add_argument("--out", default="greentrack-inventory", metavar="DIR",
                      help="output directory (default greentrack-inventory)")
     add_carbon_options(inv)
@@ -68,6 +72,15 @@ def _by(text: str | None) -> list[str] | None:
     return [k for k in keys if k not in DIMENSIONS]
 
 
+def _jobs(n: int | None) -> int:
+    if n is None:
+        return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1))
+    if not 1 <= n <= 256:
+        raise ConfigError("--jobs", n, "must be a number of processes from 1 to 256")
+    return n
+
+
 def cmd_inventory(ns: argparse.Namespace) -> int:
     return _guard(_inventory, ns)
 
@@ -77,12 +90,13 @@ def _inventory(ns: argparse.Namespace) -> int:
     budgets = [parse_budget(b) for b in ns.budget]
     formats = _formats(ns.inv_format)
     by = _by(ns.by)
+    jobs = _jobs(ns.jobs)
     explicit = make_config(ns)
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "exists and is not a directory")
     doc = inventory(ns.roots, period, by=by, explicit=explicit, budgets=budgets,
-                    emissions_csv=ns.inv_emissions_csv)
+                    emissions_csv=ns.inv_emissions_csv, jobs=jobs)
     with staged_dir(out) as tmp:
         written = write(doc, formats, tmp)
     for path in written:

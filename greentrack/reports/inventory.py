@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -199,11 +200,48 @@ def _forecast(run: Run, fp: Footprint, total_j: float) -> dict[str, Any] | None:
     return out
 
 
+#: a process of ``jobs`` reads at least this many runs (fewer: one process reads them all)
+RUNS_PER_JOB = 200
+
+
+def _read_all(task: tuple[list[list[Path]], Period, Explicit, float, bool]
+              ) -> list[tuple[str, Any]]:
+    """Each group of ``task``'s run directories read: ``("run", line)``, ``("outside", None)``
+    or ``("unreadable", why)``; the settings resolved once for them all."""
+    groups, period, explicit, now, forecast = task
+    months, memo = period.months(), Memo()
+    out: list[tuple[str, Any]] = []
+    for dirs in groups:
+        try:
+            line = read_one(dirs, period, explicit, now, forecast, months, memo)
+        except ConfigError as e:
+            out.append(("unreadable", {"run_dirs": [str(d) for d in dirs], "why": str(e)}))
+            continue
+        out.append(("outside", None) if line is None else ("run", line))
+    return out
+
+
+def _read_groups(groups: list[list[Path]], period: Period, explicit: Explicit, now: float,
+                 forecast: bool, jobs: int, per_job: int) -> list[tuple[str, Any]]:
+    """Every group read, in order: by ``jobs`` processes (forked, each a contiguous share) when
+    there are at least ``per_job`` runs for each, else here."""
+    jobs = min(jobs, len(groups) // max(per_job, 1))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return _read_all((groups, period, explicit, now, forecast))
+    n = len(groups)
+    shares = [(groups[k * n // jobs:(k + 1) * n // jobs], period, explicit, now, forecast)
+              for k in range(jobs)]
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return [r for part in pool.map(_read_all, shares, chunksize=1) for r in part]
+
+
 def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] | None = None,
               explicit: Explicit = None, budgets: Sequence[Budget] = (),
-              emissions_csv: Sequence[str | Path] = (), now: float | None = None
-              ) -> dict[str, Any]:
+              emissions_csv: Sequence[str | Path] = (), now: float | None = None,
+              jobs: int = 1, per_job: int = RUNS_PER_JOB) -> dict[str, Any]:
     """The inventory document of the runs under ``roots`` for ``period`` (module docstring).
+    ``jobs``: processes reading the runs (each at least ``per_job`` of them); the document is
+    the same whatever their number.
 
     Raises:
         ConfigError: a root is missing, an ``emissions_csv`` cannot be read.
@@ -216,21 +254,10 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
         rows, why = read_codecarbon(path)
         cc_rows.extend(rows)
         notes.extend(why)
-    lines: list[dict[str, Any]] = []
-    unreadable: list[dict[str, Any]] = []
-    outside = 0
-    months = period.months()
-    memo = Memo()
-    for dirs in groups:
-        try:
-            line = read_one(dirs, period, explicit, now, bool(budgets), months, memo)
-        except ConfigError as e:
-            unreadable.append({"run_dirs": [str(d) for d in dirs], "why": str(e)})
-            continue
-        if line is None:
-            outside += 1
-        else:
-            lines.append(line)
+    results = _read_groups(groups, period, explicit, now, bool(budgets), jobs, per_job)
+    lines: list[dict[str, Any]] = [x for kind, x in results if kind == "run"]
+    unreadable: list[dict[str, Any]] = [x for kind, x in results if kind == "unreadable"]
+    outside = sum(1 for kind, _ in results if kind == "outside")
     keys = list(by) if by else sorted({k for line in lines for k in line["labels"]})
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "schema": SCHEMA,
@@ -377,5 +404,5 @@ def _codecarbon(rows: list[CodecarbonRow], period: Period, ours: set[str]) -> di
             "skipped": skipped}
 
 
-__all__ = ["DIMENSIONS", "FORMAT", "SCHEMA", "VERSION", "add", "empty", "figures", "inventory",
+__all__ = ["DIMENSIONS", "FORMAT", "RUNS_PER_JOB", "SCHEMA", "VERSION", "add", "empty", "figures", "inventory",
            "read_one"]
