@@ -132,11 +132,13 @@ def read_one(dirs: Sequence[Path], period: Period, explicit: Explicit, now: floa
         for label, a, b in touched:
             c = cut if len(touched) == 1 else window_stores(run, stores, (a, b))
             if c.stores:
-                by_month[label] = figures(fp if c is cut else cut_footprint(run, c, explicit, memo), c)
+                month_fp = fp if c is cut else cut_footprint(run, c, explicit, memo)
+                by_month[label] = figures(month_fp, c)
         hosts = {seg.path: seg.host for seg in run.segments}
         per_host = host_cuts(cut, hosts)
         by_host = ({h: figures(fp, cut) for h in per_host} if len(per_host) == 1 else
-                   {h: figures(cut_footprint(run, c, explicit, memo), c) for h, c in per_host.items()})
+                   {h: figures(cut_footprint(run, c, explicit, memo), c)
+                    for h, c in per_host.items()})
         countries = _countries(fp, cut)
         total_j = float(run.energy_j()["total"] or 0.0)
         line: dict[str, Any] = {
@@ -404,5 +406,5 @@ def _codecarbon(rows: list[CodecarbonRow], period: Period, ours: set[str]) -> di
             "skipped": skipped}
 
 
-__all__ = ["DIMENSIONS", "FORMAT", "RUNS_PER_JOB", "SCHEMA", "VERSION", "add", "empty", "figures", "inventory",
-           "read_one"]
+__all__ = ["DIMENSIONS", "FORMAT", "RUNS_PER_JOB", "SCHEMA", "VERSION", "add", "empty",
+           "figures", "inventory", "read_one"]

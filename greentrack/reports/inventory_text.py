@@ -133,8 +133,9 @@ def markdown(doc: dict[str, Any]) -> str:
            f"{t['runs']} run(s): " + ", ".join(f"{n} {s}" for s, n in
                                               sorted(t["runs_by_status"].items())), "",
            "## Factors and their sources", ""]
-    out += [f"- {md_escape(f['method'])}: {f['g_per_kwh'] if f['g_per_kwh'] is None else round(f['g_per_kwh'], 2)}"
-            f" g/kWh, {md_escape(f['source'])}; PUE {f['pue']:g} ({md_escape(f['pue_source'])})"
+    out += [f"- {md_escape(f['country'])}, {md_escape(f['method'])}: "
+            + ("no intensity" if f["g_per_kwh"] is None else f"{f['g_per_kwh']:.2f} g/kWh")
+            + f", {md_escape(f['source'])}; PUE {f['pue']:g} ({md_escape(f['pue_source'])})"
             + (f"; market {f['market_g_per_kwh']:g} g/kWh" if f["market_g_per_kwh"] is not None
                else "") + f": {energy(f['facility_kwh'])} facility, {f['runs']} run part(s)"
             for f in doc["factors"]]
