@@ -96,12 +96,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=None,
                     help="greentrack inventory --jobs (default: its own, the CPUs it may use)")
+    ap.add_argument("--repeat", type=int, default=1, help="time each --jobs this many times")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     root = Path(args.dir) / f"runs-{args.runs}"
     gen_s = generate(root, args.runs)
     rows, ok = [], True
-    for jobs in ([args.jobs] if args.jobs is not None else [1, None]):
+    for jobs in ([args.jobs] if args.jobs is not None else [1, None]) * args.repeat:
         result = time_inventory(root, Path(args.dir) / "out", jobs)
         if result is None:
             return 1
