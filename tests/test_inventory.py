@@ -292,6 +292,12 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], setting: str,
 def test_a_missing_root_and_an_unreadable_run_dir(tmp_path: Path) -> None:
     code, _, err = run_cli(["inventory", str(tmp_path / "nope"), "--period", "2026"])
     assert code == 2 and "ROOT" in err and "does not exist" in err
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    for csv_file, why in (("missing.csv", "is missing"), ("notes.csv", "no column timestamp")):
+        code, _, err = run_cli(["inventory", str(tmp_path), "--period", "2026",
+                                "--emissions-csv", str(tmp_path / csv_file)])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--emissions-csv" in err and why in err, err
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.gtdb").write_bytes(b"not a database at all" * 10)
     write_store(tmp_path / "ok", run_id="ok1", start_unix=Q3, duration_s=H)
