@@ -45,6 +45,7 @@ def add_inventory(sub: Any) -> None:
                      help="codecarbon emissions.csv files: their rows are shown as their own "
                           "source, never added to the measured totals (repeatable)")
     inv.add_argument("--format", dest="inv_format", default="json,md,html,csv",
+                     metavar="FMT,...",
                      help="comma list of json, md, html, csv (default all; csv writes the "
                           "breakdowns and the long format: one row per run x month)")
     inv.add_argument("--jobs", type=int, default=None, metavar="N",
