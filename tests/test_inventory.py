@@ -24,7 +24,7 @@ from greentrack.carbon.runs import run_footprint
 from greentrack.common.codecarbon_data import emissions_csv_columns
 from greentrack.reports.inventory import inventory
 from greentrack.reports.inventory_input import parse_budget, parse_period
-from greentrack.reports.inventory_text import energy, long_rows, mass
+from greentrack.reports.inventory_text import INDENTED_RUNS, energy, json_of, long_rows, mass
 from greentrack.run import Run
 from tests.helpers import REPO, make_run, report_json, run_cli, samples_by_store, write_store
 
@@ -318,6 +318,9 @@ def test_periods_and_units() -> None:
     b = parse_budget("project=a:b:1.5MWh")
     assert (b.key, b.value, b.amount, b.measure) == ("project", "a:b", 1500.0, "energy_kwh")
     assert parse_budget("team=x:900EUR").currency == "EUR"
+    big = {"runs": [{"g": float("nan")}] * (INDENTED_RUNS + 1)}
+    assert json_of(big).count("\n") == 1 and json.loads(json_of(big))["runs"][0] == {"g": None}
+    assert json_of({"runs": []}).count("\n") > 1
 
 
 def test_a_time_resolved_intensity_is_integrated_over_each_side_of_the_boundary(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from html import escape as _html
 from pathlib import Path
 from typing import Any
 
-from greentrack.common.text import json_text, md_escape, printable
+from greentrack.common.text import finite, json_text, md_escape, printable
 from greentrack.reports import svg
 from greentrack.reports.inventory_input import Period
 from greentrack.reports.to_csv import cell
@@ -283,9 +284,21 @@ def long_csv(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+#: an inventory of more runs than this is written as compact JSON (one line)
+INDENTED_RUNS = 1000
+
+
+def json_of(doc: dict[str, Any]) -> str:
+    """The JSON file: indented, or compact beyond :data:`INDENTED_RUNS` runs (Python's C encoder
+    writes only compact JSON: 10,000 runs in a fraction of the 2 s the indented form takes)."""
+    if len(doc["runs"]) <= INDENTED_RUNS:
+        return json_text(doc)
+    return json.dumps(finite(doc), allow_nan=False, separators=(",", ":")) + "\n"
+
+
 def write(doc: dict[str, Any], formats: list[str], out_dir: Path) -> list[Path]:
     """The files of ``formats`` into ``out_dir``; returns their paths."""
-    render = {"inventory.json": json_text, "inventory.md": markdown, "inventory.html": html,
+    render = {"inventory.json": json_of, "inventory.md": markdown, "inventory.html": html,
               "inventory.csv": breakdown_csv, "inventory-long.csv": long_csv}
     written = []
     for fmt in formats:
