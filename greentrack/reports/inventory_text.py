@@ -293,7 +293,10 @@ def json_of(doc: dict[str, Any]) -> str:
     writes only compact JSON: 10,000 runs in a fraction of the 2 s the indented form takes)."""
     if len(doc["runs"]) <= INDENTED_RUNS:
         return json_text(doc)
-    return json.dumps(finite(doc), allow_nan=False, separators=(",", ":")) + "\n"
+    try:  # no copy of a large document unless it holds a non-finite number (then null)
+        return json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n"
+    except ValueError:
+        return json.dumps(finite(doc), allow_nan=False, separators=(",", ":")) + "\n"
 
 
 def write(doc: dict[str, Any], formats: list[str], out_dir: Path) -> list[Path]:
