@@ -34,7 +34,8 @@ from greentrack.carbon.runs import Explicit, Memo
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import J_PER_KWH, utc
 from greentrack.reports.forecasting import forecast_section
-from greentrack.reports.inventory_input import Budget, CodecarbonRow, Period, read_codecarbon
+from greentrack.reports.inventory_input import (Budget, CodecarbonRow, Period,
+                                                codecarbon_section, read_codecarbon)
 from greentrack.reports.inventory_runs import (Cut, cut_footprint, find_runs, host_cuts,
                                                window_stores)
 from greentrack.reports.inventory_text import methodology
@@ -268,7 +269,7 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
         "roots": [str(r) for r in roots], "by": keys,
         "totals": _totals(lines), "factors": _sources(lines),
         "breakdowns": _breakdowns(lines, keys),
-        "codecarbon": _codecarbon(cc_rows, period, {str(x["run_id"]) for x in lines}),
+        "codecarbon": codecarbon_section(cc_rows, period, {str(x["run_id"]) for x in lines}),
         "data_quality": _quality(lines, unreadable, outside, len(groups)),
         "budgets": [_budget(b, lines) for b in budgets],
         "runs": lines, "warnings": notes}
@@ -367,43 +368,6 @@ def _budget(b: Budget, lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _or(value: float | None, other: float) -> float:
     return other if value is None else value
-
-
-def _codecarbon(rows: list[CodecarbonRow], period: Period, ours: set[str]) -> dict[str, Any]:
-    """codecarbon's rows, spread evenly over each row's own duration (the file holds no finer
-    record), kept apart from the measured runs; greentrack's own rows of an inventoried run
-    (``greentrack report --emissions-csv``) are left out: that run counts from its stores."""
-    totals = {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0}
-    months: dict[str, dict[str, float]] = {}
-    projects: dict[str, dict[str, float]] = {}
-    skipped = []
-    for r in rows:
-        if r.by_greentrack and r.run_id in ours:
-            skipped.append(f"{r.file}:{r.line}: greentrack's row of run {r.run_id}, counted "
-                           "from its stores")
-            continue
-        a = r.end_unix - r.duration_s
-        counted = False
-        for label, lo, hi in period.months():
-            share = (1.0 if r.duration_s <= 0 and lo <= r.end_unix < hi else
-                     max(0.0, min(hi, r.end_unix) - max(lo, a)) / r.duration_s
-                     if r.duration_s > 0 else 0.0)
-            if share <= 0:
-                continue
-            counted = True
-            month = months.setdefault(label, {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})
-            month["rows"] += 1
-            for bucket in (totals, month, projects.setdefault(r.project or "(none)", {
-                    "energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})):
-                bucket["energy_kwh"] += r.energy_kwh * share
-                bucket["emissions_g"] += r.emissions_kg * 1000.0 * share
-        if counted:
-            for bucket in (totals, projects[r.project or "(none)"]):
-                bucket["rows"] += 1
-    return {"files": sorted({r.file for r in rows}), "totals": totals,
-            "by_month": [{"value": k, **v} for k, v in sorted(months.items())],
-            "by_project": [{"value": k, **v} for k, v in sorted(projects.items())],
-            "skipped": skipped}
 
 
 __all__ = ["DIMENSIONS", "FORMAT", "RUNS_PER_JOB", "SCHEMA", "VERSION", "add", "empty",

@@ -1,4 +1,5 @@
-"""What ``greentrack inventory`` is asked for: the period, the budgets, codecarbon's rows.
+"""What ``greentrack inventory`` is asked for: the period, the budgets, codecarbon's rows (and
+those rows' own section of the inventory).
 
 Each is checked before any run is read; a bad one is one line naming the setting, the value and
 the forms allowed (:class:`greentrack.common.errors.ConfigError`).
@@ -13,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from greentrack.common.errors import ConfigError
 from greentrack.common.files import not_regular
@@ -203,5 +205,42 @@ def read_codecarbon(path: str | Path) -> tuple[list[CodecarbonRow], list[str]]:
     return rows, notes
 
 
-__all__ = ["BUDGET_FORMS", "Budget", "CodecarbonRow", "PERIOD_FORMS", "Period", "parse_budget",
-           "parse_period", "read_codecarbon"]
+def codecarbon_section(rows: list[CodecarbonRow], period: Period, ours: set[str]) -> dict[str, Any]:
+    """codecarbon's rows, spread evenly over each row's own duration (the file holds no finer
+    record), kept apart from the measured runs; greentrack's own rows of an inventoried run
+    (``greentrack report --emissions-csv``) are left out: that run counts from its stores."""
+    totals = {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0}
+    months: dict[str, dict[str, float]] = {}
+    projects: dict[str, dict[str, float]] = {}
+    skipped = []
+    for r in rows:
+        if r.by_greentrack and r.run_id in ours:
+            skipped.append(f"{r.file}:{r.line}: greentrack's row of run {r.run_id}, counted "
+                           "from its stores")
+            continue
+        a = r.end_unix - r.duration_s
+        counted = False
+        for label, lo, hi in period.months():
+            share = (1.0 if r.duration_s <= 0 and lo <= r.end_unix < hi else
+                     max(0.0, min(hi, r.end_unix) - max(lo, a)) / r.duration_s
+                     if r.duration_s > 0 else 0.0)
+            if share <= 0:
+                continue
+            counted = True
+            month = months.setdefault(label, {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})
+            month["rows"] += 1
+            for bucket in (totals, month, projects.setdefault(r.project or "(none)", {
+                    "energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})):
+                bucket["energy_kwh"] += r.energy_kwh * share
+                bucket["emissions_g"] += r.emissions_kg * 1000.0 * share
+        if counted:
+            for bucket in (totals, projects[r.project or "(none)"]):
+                bucket["rows"] += 1
+    return {"files": sorted({r.file for r in rows}), "totals": totals,
+            "by_month": [{"value": k, **v} for k, v in sorted(months.items())],
+            "by_project": [{"value": k, **v} for k, v in sorted(projects.items())],
+            "skipped": skipped}
+
+
+__all__ = ["BUDGET_FORMS", "Budget", "CodecarbonRow", "PERIOD_FORMS", "Period",
+           "codecarbon_section", "parse_budget", "parse_period", "read_codecarbon"]
