@@ -204,6 +204,7 @@ def test_codecarbon_rows_are_their_own_source(lab: Path, tmp_path: Path) -> None
     doc = inventory([lab], parse_period("2026-Q3"), emissions_csv=[cc], now=now)
     validate(doc)
     assert doc["totals"] == plain["totals"]  # never mixed into the measured figures
+    assert len(doc["warnings"]) == 1 and "read as UTC" in doc["warnings"][0]
     c = doc["codecarbon"]["totals"]
     assert close(c["energy_kwh"], 2.0 + 2.0) and close(c["emissions_g"], 500.0 + 500.0)
     assert c["rows"] == 2

@@ -158,6 +158,10 @@ class CodecarbonRow:
     by_greentrack: bool
 
 
+def _zoneless(text: str) -> bool:
+    return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).tzinfo is None
+
+
 def _time(text: str) -> float:
     d = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
@@ -177,6 +181,7 @@ def read_codecarbon(path: str | Path) -> tuple[list[CodecarbonRow], list[str]]:
         raise ConfigError("--emissions-csv", str(path), f"is {what}, not a codecarbon emissions.csv")
     rows: list[CodecarbonRow] = []
     notes: list[str] = []
+    zoneless = False
     try:
         with p.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
@@ -200,8 +205,13 @@ def read_codecarbon(path: str | Path) -> tuple[list[CodecarbonRow], list[str]]:
                     notes.append(f"{path}:{i}: negative or non-finite figures, left out")
                     continue
                 rows.append(row)
+                zoneless = zoneless or _zoneless(r["timestamp"])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ConfigError("--emissions-csv", str(path), f"cannot be read ({e})") from None
+    if zoneless:
+        notes.append(f"{path}: timestamps without a time zone, read as UTC (codecarbon writes "
+                     "its machine's local time): rows near a month's edge may fall in the "
+                     "neighbouring month")
     return rows, notes
 
 
