@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from greentrack import __version__
 from greentrack.cli import EARLY
 from greentrack.cli.doctor import diagnose, format_diagnosis
+from greentrack.cli.inventory import add_inventory
 from greentrack.cli.reports import (CARBON_OPTIONS, add_carbon_options, add_commands,
                                     add_project_name, add_training_type, carbon_settings)
 from greentrack.common.config import Config
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node-local directories of the run (apart, or joined by '+')")
     add_carbon_options(run)
     add_commands(sub)
+    add_inventory(sub)
     return parser
 
 
