@@ -30,6 +30,8 @@ class ChannelSnapshot(NamedTuple):
     power_w: float | None
     status: str
     gap_s: float
+    #: the time of the reading ``energy_j`` is at (None before any): one pair, read together
+    until: float | None = None
 
 
 class Timeline:
@@ -38,6 +40,9 @@ class Timeline:
     def __init__(self) -> None:
         self.t: deque[float] = deque(maxlen=MAX_POINTS)
         self.e: deque[float] = deque(maxlen=MAX_POINTS)
+        #: the latest point, replaced in one assignment: other threads read ``(until, last)`` as
+        #: a pair (a scrape's energy and the emissions charged on it are of one reading)
+        self.point: tuple[float, float] | None = None
 
     def extend(self, points: list[Point]) -> None:
         for t, e in points:
@@ -45,14 +50,17 @@ class Timeline:
                 continue  # points are strictly increasing in time
             self.t.append(t)
             self.e.append(e)
+            self.point = (t, e)
 
     @property
     def until(self) -> float | None:
-        return self.t[-1] if self.t else None
+        point = self.point
+        return None if point is None else point[0]
 
     @property
     def last(self) -> float:
-        return self.e[-1] if self.e else 0.0
+        point = self.point
+        return 0.0 if point is None else point[1]
 
     def at(self, t: float) -> float:
         """Energy at ``t``: clamped to the first/last point outside the timeline."""

@@ -559,10 +559,14 @@ class Engine:
 
     def snapshot(self) -> list[ChannelSnapshot]:
         """Every channel now, for live outputs."""
-        return [ChannelSnapshot(st.id, st.channel.info.kind, st.channel.info.device,
-                                st.channel.info.measured, st.channel.info.method,
-                                st.timeline.last, st.channel.power_w(), st.status, st.gap_s)
-                for st in self.states]
+        out = []
+        for st in self.states:
+            point = st.timeline.point
+            out.append(ChannelSnapshot(st.id, st.channel.info.kind, st.channel.info.device,
+                                       st.channel.info.measured, st.channel.info.method,
+                                       0.0 if point is None else point[1], st.channel.power_w(),
+                                       st.status, st.gap_s, None if point is None else point[0]))
+        return out
 
 
 def _rel(t: float | None, origin: float) -> float | None:

@@ -287,7 +287,7 @@ class TrackerCollector:
                             max(0.0, end - self._origin) * n_gpus + self.before.gpu_seconds
                             + joined_s)
         yield from self._step_families()
-        yield from self._carbon_families()
+        yield from self._carbon_families(channels)
         yield from self._forecast_families()
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
@@ -416,18 +416,24 @@ class TrackerCollector:
         planned.add_metric(self.base, float(est["planned_steps"]))
         yield planned
 
-    def _new_energy(self) -> list[tuple[float, float, float]]:
+    def _new_energy(self, channels: list[ChannelSnapshot]) -> list[tuple[float, float, float]]:
         """This process's energy not yet charged, as ``(start_unix, end_unix, joules)`` bins
         dated by the readings' own times (not by when a scrape saw them: finalized readings lag
         by up to a counter interval), on the store's grid of ``resolution_s`` from the origin.
-        Energy whose readings were already pruned is one bin over its span."""
+        Energy whose readings were already pruned is one bin over its span. Charged up to each
+        channel's reading in ``channels``, the snapshot the scrape's energy families show (the
+        sampler goes on meanwhile: grams of later readings would not match those joules)."""
         engine = self.tracker.engine
         res = float(self.tracker.config.resolution_s)
         offset = self.start_unix - self._origin
         bins: list[tuple[float, float, float]] = []
+        seen = {ch.id: ch for ch in channels}
         for st in list(engine.states):
             tl = st.timeline
-            until, last = tl.until, tl.last
+            snap = seen.get(st.id)
+            if snap is None:
+                continue
+            until, last = snap.until, snap.energy_j
             t0, e0 = self._charged.get(st.id, (self._origin, 0.0))
             if until is None or until <= t0 or last <= e0:
                 continue
@@ -448,7 +454,7 @@ class TrackerCollector:
             self._charged[st.id] = (until, last)
         return bins
 
-    def _carbon_families(self) -> Iterator[Any]:
+    def _carbon_families(self, channels: list[ChannelSnapshot]) -> Iterator[Any]:
         """Emissions so far: the earlier segments' footprint, plus this process's energy charged
         as its readings come (:meth:`_new_energy`) by the same footprint function as every
         report (a time series integrated, PUE applied)."""
@@ -457,7 +463,7 @@ class TrackerCollector:
         if settings is None or got is None:
             return
         with self._lock:
-            bins = self._new_energy()
+            bins = self._new_energy(channels)
             if self.joined is not None:  # the joined trackers' energy since the last collect
                 now_unix = self.start_unix + max(0.0, time.monotonic() - self._origin)
                 joined_j = self.joined.new_energy_j()
