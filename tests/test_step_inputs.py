@@ -178,9 +178,12 @@ def test_a_million_fast_steps_are_counted_once(no_host_env: Path, tmp_path: Path
     for _ in range(n):
         with t.step(samples=2):
             pass
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     t.stop()
-    assert time.monotonic() - t0 < 5.0
+    # the work stop() does, in CPU seconds of all threads (a loaded host stretches the wall time,
+    # not the work); the wall bound is a hang guard
+    assert time.process_time() - cpu0 < 5.0
+    assert time.monotonic() - t0 < 60.0
     s = greentrack.summarize(tmp_path / "run")
     assert s["steps"] == n and s["status"] == "completed" and s["warnings"] == []
     rows = _store(tmp_path / "run").steps()
