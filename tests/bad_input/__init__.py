@@ -29,12 +29,13 @@ def one_line(e: pytest.ExceptionInfo[ConfigError], setting: str) -> str:
     return text
 
 
-def one_line_error(code: int, out: str, err: str, *words: str) -> None:
+def one_line_error(code: int, out: str, err: str, *words: str) -> str:
     """A command refused its input: exit 2, one ``greentrack: `` line holding `words`, no
-    output, no traceback."""
+    output, no traceback; returns that line."""
     assert code == 2, (code, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("greentrack: "), err
-    assert "Traceback" not in err and not out
+    assert "Traceback" not in err and "internal error" not in err and not out
     for w in words:
         assert w in lines[0], (w, lines[0])
+    return lines[0]

@@ -21,3 +21,15 @@ def test_the_framework_callbacks_refuse_a_bad_planned_steps_when_made(tmp_path: 
         GreenTrackTrainerCallback(tmp_path / "run", planned_steps="10k")
     assert str(e.value).startswith("planned_steps='10k' is invalid")
     assert GreenTrackTrainerCallback(tmp_path / "run", planned_steps=1e4).run.planned_steps == 10000
+
+
+# -- Lightning ---------------------------------------------------------------------------------
+@pytest.mark.slow  # as in its first module, tests/test_integrations_lightning.py
+def test_bad_setting_fails_at_construction() -> None:
+    pytest.importorskip("lightning")
+    from greentrack.integrations.lightning import GreenTrackCallback
+    with pytest.raises(ConfigError) as e:
+        GreenTrackCallback(counter_interval_s="often")
+    assert str(e.value).startswith("counter_interval_s=") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        GreenTrackCallback(intervall_s=0.1)

@@ -25,7 +25,8 @@ from greentrack.common.config import RANGES, Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import parse_labels
 from tests.bad_input import one_line
-from tests.helpers import FAST, clean_env, python_env, run_cli
+from tests.fakes.fake_pynvml import FakeNvml
+from tests.helpers import FAST, clean_env, make_run, python_env, run_cli
 
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
@@ -220,3 +221,105 @@ def test_power_limits_from_numpy_a_tensor_or_one_number(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             Config(run_dir=tmp_path, calibrate_power_limits=bad)
         assert str(e.value).startswith("calibrate_power_limits=") and "\n" not in str(e.value)
+
+
+# -- Tracker settings --------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, message", [
+    ({"interval_s": 0}, "interval_s=0 is invalid: must be a number from 0.005 to 60"),
+    ({"interval_s": float("nan")}, "interval_s=nan is invalid"),
+    ({"counter_interval_s": 0.01}, "counter_interval_s=0.01 is invalid: must be >= interval_s"),
+    ({"mode": "node"}, "mode='node' is invalid: must be one of machine, process"),
+    ({"gpus": "first"}, "gpus='first' is invalid"),
+    ({"pue": 0.5}, "pue=0.5 is invalid: must be a number from 1 to 5"),
+    ({"prometheus_port": 70000}, "prometheus_port=70000 is invalid"),
+    ({"frobnicate": 1}, "frobnicate=1 is invalid: unknown setting"),
+])
+def test_bad_settings_are_one_line_errors(settings: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.Tracker(tmp_path / "run", **settings)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREENTRACK_INTERVAL_S", "fast")
+    with pytest.raises(ConfigError, match="GREENTRACK_INTERVAL_S='fast' is invalid: must be a number"):
+        Config.from_env()
+
+
+def test_unwritable_run_dir(no_host_env: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="run_dir=.* is invalid: is under .*, which is a file"):
+        greentrack.Tracker(blocker / "run").start()
+
+
+def test_a_start_refused_by_its_settings_leaves_no_run_behind(fake_nvml: FakeNvml,
+                                                             tmp_path: Path) -> None:
+    """A GPU named that does not exist is one line before training, and no run directory (an empty
+    run would be summarized, merged and reported as if it had run). A run directory that already
+    held a run (a resume refused the same way) keeps it."""
+    with pytest.raises(ConfigError, match="^gpus=3 is invalid: no such GPU"):
+        greentrack.Tracker(tmp_path / "new" / "run", gpus=(3,), **FAST).start()
+    assert not (tmp_path / "new" / "run").exists()
+    with greentrack.Tracker(tmp_path / "old", **FAST) as tracker:
+        with tracker.step():
+            pass
+    before = sorted(p.name for p in (tmp_path / "old").iterdir())
+    with pytest.raises(ConfigError):
+        greentrack.Tracker(tmp_path / "old", gpus=(3,), **FAST).start()
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
+    assert greentrack.summarize(tmp_path / "old")["steps"] == 1
+
+
+# -- every numeric setting's range -------------------------------------------------------------
+@pytest.mark.slow  # as in its first module, tests/test_runs_meet.py
+@pytest.mark.parametrize("name,value", [
+    ("resolution_s", 1e-9), ("resolution_s", 1e-5), ("interval_s", 1e-4), ("flush_interval_s", 0.001),
+    ("counter_interval_s", 0.001), ("push_interval_s", 0.01), ("pue", 0.5),
+    ("carbon_intensity_g_per_kwh", 1e9), ("electricity_price", -1), ("cpu_tdp_w", 1e7),
+    ("currency", "EURO\x1b[31m"), ("run_id", "../../etc"), ("job", "x" * 500)])
+def test_every_setting_has_a_range_named_in_one_line(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config(**{name: value})
+    text = str(e.value)
+    assert text.startswith(f"{name}=") and "\n" not in text and len(text) < 300
+
+
+# -- labels' form ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["Precision=bf16", "x" * 40 + "=1", "precision=" + "v" * 65,
+                                 "precision", ",".join(f"k{i}=v" for i in range(17)),
+                                 "precision=a\tb"])
+def test_bad_labels_are_one_line(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_env({"GREENTRACK_LABELS": bad})
+    assert "\n" not in str(e.value) and "GREENTRACK_LABELS" in str(e.value)
+    code, out, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--label", bad, "--", "true"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--label" in err
+
+
+# -- @track and emissions_csv ------------------------------------------------------------------
+def test_track_checks_settings_when_decorating() -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.track(pue=0.5)
+    assert "pue" in str(e.value) and "0.5" in str(e.value)
+
+
+def test_a_missing_directory_is_refused_before_the_run(no_host_env: Path, tmp_path: Path) -> None:
+    tracker = greentrack.Tracker(tmp_path / "run", emissions_csv=str(tmp_path / "nope" / "e.csv"),
+                                 **FAST)
+    with pytest.raises(ConfigError) as e:
+        tracker.start()
+    assert "emissions_csv" in str(e.value) and "does not exist" in str(e.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nope").exists()
+
+
+# -- a config file nested too deeply -----------------------------------------------------------
+@pytest.mark.slow  # as in its first module, tests/test_never_break.py
+def test_a_config_nested_5000_deep_is_one_line(tmp_path: Path) -> None:
+    """8a2bbe5: a --config TOML nested 5000 deep: RecursionError traceback."""
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
+        run = make_run(tmp_path, steps=1)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    code, _, err = run_cli(["report", str(run), "--config", str(deep), "--out", str(tmp_path / "o")])
+    assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err

@@ -1,10 +1,12 @@
-"""Bad input to the engine: the values a step is given (``samples``, ``tokens``, ``flops``,
-extra fields) as NumPy arrays and tensors of any shape.
+"""Bad input to the engine: the values a step is given (``samples``, ``tokens``, extra fields)
+as NumPy arrays and tensors of any shape, and the ``flops`` per step a user gives
+(``greentrack.training.flops.given``).
 
 The rule: a value that is one number, whatever its type or shape, is recorded as that number;
 one that is not is dropped for that field of that step alone, with one ``bad-step-field`` event
 per field saying why; the step itself, and everything recorded, is kept; nothing raises into
-the training loop. (NaN, text, objects, Decimals: tests/test_step_inputs.py.)"""
+the training loop; a ``flops`` given as a setting is refused in one line naming it. (NaN,
+text, objects, Decimals in a step: tests/test_step_inputs.py.)"""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 import greentrack
+from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
+from greentrack.training.flops import analytic, given
 from tests.helpers import FAST
 
 
@@ -42,3 +47,13 @@ def test_one_element_arrays_and_tensors_of_any_shape_are_one_number(no_host_env:
     messages = sorted(e["message"] for e in bad)  # one event per field: its first drop
     assert len(messages) == 2 and all("an array of 2 elements" in m for m in messages), messages
     assert "'extra_count'" in messages[0] and "'samples'" in messages[1]
+
+
+# -- flops given per step ----------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "many", True])
+def test_bad_flops_is_one_line_naming_the_setting(bad: object) -> None:
+    with pytest.raises(ConfigError) as e:
+        given(bad)  # type: ignore[arg-type]
+    assert str(e.value).startswith("flops=") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="n_params"):
+        analytic(0, 10)
