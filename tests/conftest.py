@@ -16,7 +16,7 @@ import pytest
 from greentrack.reports import report_document
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import PowercapTree
-from tests.helpers import clean_env, make_run
+from tests.helpers import clean_env, make_run, node_run
 
 # This test session's runs meet only each other: another test session on the same machine (CI
 # beside a developer's terminal) must not show up as a second run measuring the host.
@@ -115,3 +115,12 @@ def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cc")
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
         return report_document(make_run(root, steps=2, country="FR"), {})
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path) -> list[Path]:
+    """Two finished node runs of two jobs, `a/run` and `b/run`, for the tests of `merge`."""
+    dirs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    node_run(monkeypatch, dirs[0], "node-a", run_id="job-a")
+    node_run(monkeypatch, dirs[1], "node-b", run_id="job-b")
+    return dirs

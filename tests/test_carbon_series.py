@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greentrack.carbon.series import IntensitySeries, integrate, parse_time, read_csv
-from greentrack.common.errors import ConfigError
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 
@@ -56,32 +55,6 @@ def test_an_empty_electricity_maps_value_is_a_gap_not_a_stretch(tmp_path: Path) 
             "2026-01-01 02:00:00,F,F,FR,30,1,,,,,"]
     s = read_csv(write(tmp_path, "\n".join(rows)))
     assert list(s.values) == [10.0, 30.0] and s.ends[0] == T0 + 3600
-
-
-@pytest.mark.parametrize("text, line, words", [
-    ("start,g_per_kwh\n2026-01-01T00:00:00Z,100\n2026-01-01T01:00:00Z,abc\n", 3, "not a number"),
-    ("start,g_per_kwh\nyesterday,100\n", 2, "not a time"),
-    ("start,g_per_kwh\n2026-01-01T00:00:00Z,-5\n", 2, ">= 0"),
-    ("start,g_per_kwh\n2026-01-01T01:00:00Z,1\n2026-01-01T00:00:00Z,2\n", 3, "increasing"),
-    ("start,g_per_kwh\n2026-01-01T01:00:00Z,1\n2026-01-01T01:00:00Z,2\n", 3, "duplicates"),
-    ("# c\nstart,g_per_kwh\n\n2026-01-01T00:00:00Z\n", 4, "column"),
-    ("when,how_much\n2026-01-01T00:00:00Z,1\n", 1, "header needs"),
-    ("start,g_per_kwh,end\n2026-01-01T01:00:00Z,1,2026-01-01T00:00:00Z\n", 2, "end must be after"),
-])
-def test_malformed_csv_names_the_line(tmp_path: Path, text: str, line: int, words: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        read_csv(write(tmp_path, text))
-    msg = str(e.value)
-    assert e.value.setting == "intensity_csv" and f"line {line}" in msg and words in msg
-    assert "\n" not in msg
-
-
-def test_missing_empty_and_header_only_files(tmp_path: Path) -> None:
-    for path, words in ((tmp_path / "nope.csv", "cannot be read"),
-                        (write(tmp_path, "\n# only a comment\n", "e.csv"), "empty"),
-                        (write(tmp_path, "start,g_per_kwh\n", "h.csv"), "no intensity rows")):
-        with pytest.raises(ConfigError, match=words):
-            read_csv(path)
 
 
 def test_parse_time_forms() -> None:

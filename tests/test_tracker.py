@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 import greentrack
-from greentrack.common.config import Config
-from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.fakes.powercap import LiveCounters, PowercapTree
@@ -216,35 +214,6 @@ def test_torch_dataloader_workers_do_not_double_count(no_host_env: Path, tmp_pat
     assert s["steps"] == 4 and s["status"] == "completed"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"interval_s": 0}, "interval_s=0 is invalid: must be a number from 0.005 to 60"),
-    ({"interval_s": float("nan")}, "interval_s=nan is invalid"),
-    ({"counter_interval_s": 0.01}, "counter_interval_s=0.01 is invalid: must be >= interval_s"),
-    ({"mode": "node"}, "mode='node' is invalid: must be one of machine, process"),
-    ({"gpus": "first"}, "gpus='first' is invalid"),
-    ({"pue": 0.5}, "pue=0.5 is invalid: must be a number from 1 to 5"),
-    ({"prometheus_port": 70000}, "prometheus_port=70000 is invalid"),
-    ({"frobnicate": 1}, "frobnicate=1 is invalid: unknown setting"),
-])
-def test_bad_settings_are_one_line_errors(settings: dict, message: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as e:
-        greentrack.Tracker(tmp_path / "run", **settings)
-    assert str(e.value).startswith(message) and "\n" not in str(e.value)
-
-
-def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GREENTRACK_INTERVAL_S", "fast")
-    with pytest.raises(ConfigError, match="GREENTRACK_INTERVAL_S='fast' is invalid: must be a number"):
-        Config.from_env()
-
-
-def test_unwritable_run_dir(no_host_env: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    with pytest.raises(ConfigError, match="run_dir=.* is invalid: is under .*, which is a file"):
-        greentrack.Tracker(blocker / "run").start()
-
-
 def test_damaged_rows_are_reported_not_fatal(no_host_env: Path, tmp_path: Path) -> None:
     with greentrack.Tracker(tmp_path / "run", **FAST):
         time.sleep(0.2)
@@ -275,21 +244,3 @@ def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path)
     for st in steps:
         assert st["duration_s"] >= 3.0
         assert st["cpu_j"] == pytest.approx(60.0 * st["duration_s"], rel=0.05)
-
-
-def test_a_start_refused_by_its_settings_leaves_no_run_behind(fake_nvml: FakeNvml,
-                                                             tmp_path: Path) -> None:
-    """A GPU named that does not exist is one line before training, and no run directory (an empty
-    run would be summarized, merged and reported as if it had run). A run directory that already
-    held a run (a resume refused the same way) keeps it."""
-    with pytest.raises(ConfigError, match="^gpus=3 is invalid: no such GPU"):
-        greentrack.Tracker(tmp_path / "new" / "run", gpus=(3,), **FAST).start()
-    assert not (tmp_path / "new" / "run").exists()
-    with greentrack.Tracker(tmp_path / "old", **FAST) as tracker:
-        with tracker.step():
-            pass
-    before = sorted(p.name for p in (tmp_path / "old").iterdir())
-    with pytest.raises(ConfigError):
-        greentrack.Tracker(tmp_path / "old", gpus=(3,), **FAST).start()
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == before
-    assert greentrack.summarize(tmp_path / "old")["steps"] == 1

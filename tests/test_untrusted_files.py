@@ -44,30 +44,7 @@ def one_line_error(code: int, out: str, err: str, *words: str) -> str:
     return lines[0]
 
 
-
-
 # -- files read: intensity CSV ---------------------------------------------------------------
-
-@pytest.mark.parametrize("text, words", [
-    ("start,end,g_per_kwh\n2026-01-01T00:00:00Z,2026-01-01T02:00:00Z,50\n"
-     "2026-01-01T01:00:00Z,2026-01-01T03:00:00Z,60\n", ("line 3", "overlaps")),
-    ("start,g_per_kwh\nnan,50\n", ("line 2", "'nan'")),
-    ("start,g_per_kwh\n1767225600,50\ninf,60\n", ("line 3", "'inf'")),
-    ("start,g_per_kwh\n-1e300,50\n", ("line 2", "-1e300")),
-    ("start,g_per_kwh\n1e300,50\n", ("line 2", "1e300")),
-    ("start,g_per_kwh\n9999-12-31T23:59:59+14:00,50\n0001-01-01T00:00:00-14:00,60\n", ("line",)),
-    ("start,end,g_per_kwh\n1767225600,nan,50\n", ("line 2", "'nan'")),
-    ("start,end,g_per_kwh\n1767225600,1e300,50\n", ("line 2", "1e300")),
-])
-def test_intensity_csv_overlaps_and_bad_times_name_their_line(
-        good_run: Path, tmp_path: Path, env: None, text: str, words: tuple[str, ...]) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    code, out, err = run_cli(["report", str(good_run), "--intensity-csv", str(path),
-                              "--out", str(tmp_path / "o")])
-    assert code == 2
-    one_line_error(code, out, err, "intensity_csv=", *words)
-    assert not (tmp_path / "o").exists()
 
 
 # -- files read: damaged or hostile stores ---------------------------------------------------

@@ -1,24 +1,26 @@
-"""Bad input to `greentrack report` / `compare`: one clear line and a non-zero exit, or a report with
-a warning for what could not be read; never a traceback."""
+"""Bad input to the run/reports layer: `greentrack report` / `compare` / `merge` arguments and
+settings, targets, the `emissions.csv` a report appends to, damaged rows met while reading.
+
+The rule: one clear line naming the setting, the value and what is allowed, and a non-zero exit
+before anything is written; or, for what could be read in part, a report with a warning for what
+could not; nothing recorded is lost (inputs unchanged); never a traceback."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import report_json, run_cli, validate_own_schema
-
-
-def one_line_error(code: int, out: str, err: str, *words: str) -> None:
-    assert code == 2, (code, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("greentrack: "), err
-    assert "Traceback" not in err and not out
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+from greentrack.common.errors import ConfigError
+from greentrack.reports.emissions_log import append
+from greentrack.run import parse_target
+from tests.bad_input import one_line, one_line_error
+from tests.helpers import digest, gt, report_json, run_cli, validate_own_schema
 
 
 @pytest.mark.parametrize("args, words", [
@@ -118,3 +120,62 @@ def test_an_unreadable_store_beside_a_good_one_is_a_warning_and_alone_an_error(
         store.write_bytes(b"garbage" * 100)
     code, out, err = run_cli(["report", str(run), "--out", str(tmp_path / "o2")])
     one_line_error(code, out, err, "none of its stores can be read")
+
+
+# -- targets (`compare --target`) ---------------------------------------------------------------
+@pytest.mark.parametrize("text", ["loss<=1e-400", "loss>=1e400", "loss<-2e-999", "loss<=0.5e-330"])
+def test_a_target_a_float_cannot_hold_is_refused_not_changed(text: str) -> None:
+    """8a2bbe5: ``--target "loss<=1e-400"`` was echoed (and compared) as ``loss<=0``."""
+    with pytest.raises(ConfigError) as e:
+        parse_target(text)
+    assert "outside a float's range" in one_line(e, "--target")
+
+
+def test_a_target_a_float_holds_is_kept_and_echoed(good_run: Path) -> None:
+    assert parse_target("loss<=0") == ("loss", "<=", 0.0)
+    assert parse_target("loss<=0.0e-400") == ("loss", "<=", 0.0)  # a zero is a zero
+    assert parse_target("loss<=1e-300") == ("loss", "<=", 1e-300)
+    assert parse_target("val_loss>5e-324") == ("val_loss", ">", 5e-324)  # the smallest float
+    code, out, err = run_cli(["compare", str(good_run), "--target", "loss<=1e-300", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["target"] == "loss<=1e-300"
+    code, _, err = run_cli(["compare", str(good_run), "--target", "loss<=1e-400"])
+    assert code == 2 and err.count("\n") == 1 and "--target" in err
+
+
+# -- greentrack merge ------------------------------------------------------------------------
+def test_merge_refuses_an_out_inside_an_input_reached_through_a_link(
+        two_runs: list[Path], tmp_path: Path) -> None:
+    link = tmp_path / "alink"
+    link.symlink_to(two_runs[0].parent)
+    before = digest(two_runs[0])
+    for out, given in ((link / "run" / "merged", two_runs[0]), (two_runs[0] / "m", link / "run")):
+        r = gt("merge", str(out), str(given))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "is inside the input" in r.stderr
+    assert digest(two_runs[0]) == before
+
+
+def test_merge_into_an_unwritable_place_is_one_line(two_runs: list[Path]) -> None:
+    r = gt("merge", "/proc/greentrack-nowhere/out", str(two_runs[0]))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "OUT='/proc/greentrack-nowhere/out' is invalid: cannot be written" in r.stderr
+
+
+# -- the emissions.csv a report or a run appends to ----------------------------------------------
+def test_a_link_to_the_projects_csv_is_appended_through_never_replaced(
+        doc: dict[str, Any], tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "emissions.csv"
+    target.write_text("timestamp,project_name,emissions,my_note\n2025-01-01T00:00:00,old,0.5,a\n")
+    link = tmp_path / "emissions.csv"
+    link.symlink_to(target)
+    append([doc], link)  # other columns: the file is rewritten, through the link
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert len(pd.read_csv(target)) == 2 and pd.read_csv(target)["my_note"].iloc[0] == "a"
+    dangling = tmp_path / "new.csv"
+    dangling.symlink_to(shared / "new-target.csv")  # the user's link to a file not made yet
+    append([doc], dangling)
+    assert dangling.is_symlink() and len(pd.read_csv(shared / "new-target.csv")) == 1
