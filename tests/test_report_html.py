@@ -28,7 +28,7 @@ def y_axis(chart: str) -> tuple[list[tuple[float, float]], list[float], float]:
     ticks = []
     for text in root.iter(f"{NS}text"):
         if text.get("text-anchor") == "end":  # the y tick labels
-            ticks.append((float(text.text.replace(",", "")), float(text.get("y")) - 4))
+            ticks.append((float(text.text.replace(",", "")), float(text.get("y")) - svg.TICK_LABEL_DY))
     ys = [float(p.split(",")[1]) for line in root.iter(f"{NS}polyline")
           for p in line.get("points", "").split()]
     ys += [float(r.get("y")) for r in root.iter(f"{NS}rect")
