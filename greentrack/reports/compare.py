@@ -17,8 +17,7 @@ from typing import Any
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.text import printable
-from greentrack.common.units import J_PER_KWH
-from greentrack.reports.build import sig
+from greentrack.common.units import J_PER_KWH, sig
 from greentrack.reports.document import report_document
 from greentrack.run import Run, metric_points, run_dirs_of, to_target
 

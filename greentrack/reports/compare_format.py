@@ -11,8 +11,8 @@ from html import escape
 from typing import Any
 
 from greentrack.common.text import md_escape, printable
+from greentrack.common.units import ENERGY_UNITS, J_PER_KWH, MASS_UNITS, scale, sig
 from greentrack.reports import svg
-from greentrack.reports.build import sig
 from greentrack.reports.compare import METRICS
 
 
@@ -28,6 +28,23 @@ def _ratio_text(ratio: float, band: dict[str, Any] | None, lower: bool | None) -
     return text + (": better)" if (ratio < 1) == lower else ": worse)")
 
 
+#: rows whose figures are scaled to one unit for the row: (factor to the base unit, units)
+_SCALED = {"energy_kwh": (J_PER_KWH, ENERGY_UNITS, ""),
+           "emissions_location_kg": (1e3, MASS_UNITS, "CO2e"),
+           "emissions_market_kg": (1e3, MASS_UNITS, "CO2e"),
+           "emissions_g_per_step": (1.0, MASS_UNITS, "CO2e"), "sci_g": (1.0, MASS_UNITS, "CO2e")}
+
+
+def _row_unit(key: str, unit: str, values: list[float]) -> tuple[float, str]:
+    """What a row's figures are divided by and the row's unit: energy and emissions in the unit
+    that suits the largest of them (``common.units.scale``), the others as they are."""
+    if key not in _SCALED or not values:
+        return 1.0, unit
+    to_base, units, suffix = _SCALED[key]
+    _, name = scale(max(values, key=abs) * to_base, units)
+    return dict(units)[name] / to_base, name + suffix
+
+
 def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows and notes of the comparison: one column per run, ``value (x ratio)``."""
     runs = result["runs"]
@@ -36,16 +53,20 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
                                                          else "") for r in runs]
     body = []
     for key, label, unit, lower in METRICS:
+        values = [float(r[key]) for r in runs if isinstance(r[key], (int, float))]
+        if key == "flops_per_joule" and not values:
+            continue  # no run recorded FLOPs: no row (not a row of n/a)
+        per, unit = _row_unit(key, unit, values)
         cells = [f"{label}{' (' + unit + ')' if unit else ''}"]
         if key == "steps":
             kinds = {r["per_step_divisor"] for r in runs}
             cells[0] = "optimizer steps" if kinds == {"optimizer_steps"} else \
                 "step rows" if kinds == {"step_rows"} else "steps (see notes)"
         if key == "sci_g":
-            cells[0] = f"SCI (gCO2e per {printable(runs[0]['sci_unit'])})"
+            cells[0] = f"SCI ({unit} per {printable(runs[0]['sci_unit'])})"
         for r in runs:
             v = r[key]
-            text = "n/a" if v is None else sig(float(v), 4)
+            text = "n/a" if v is None else sig(float(v) / per, 4)
             if key == "cost_total" and v is not None:  # each run's own currency, beside its cost
                 text += f" {printable(r['currency'] or '(no currency)', 20)}"
             ratio = r["ratios"][key]
