@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ import pytest
 import greentrack
 from greentrack.reports import svg
 from greentrack.reports.compare import ratio_band, run_names
-from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.helpers import RUN_FAST, clean_env, make_run, run_cli
+from tests.helpers import clean_env, make_lossy_run, make_run, run_cli
 
 INFO = {"samples": 8, "tokens": 1024, "flops": 4.0e9}
 
@@ -70,21 +68,6 @@ def test_table_output(runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, 
 
 # -- issue 26 ------------------------------------------------------------------------------------
 
-def _lossy(run_dir: Path, losses: list[float], labels: dict[str, str], power: float,
-           root: Path) -> Path:
-    """A run at ``power`` W (CPU) with ``labels``, recording ``losses`` one step each."""
-    tree = PowercapTree(root / f"{run_dir.parent.name}-{run_dir.name}-powercap")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
-        with LiveCounters(tree, {"intel-rapl:0": power, "intel-rapl:0:1": 4.0}):
-            with greentrack.Tracker(run_dir, labels=labels, **RUN_FAST) as tr:
-                for loss in losses:
-                    with tr.step(samples=8, tokens=64):
-                        time.sleep(0.03)
-                    tr.record(loss=loss)
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """As the Lightning sweep of the issue: every run directory called ``greentrack``, told apart
@@ -92,16 +75,12 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     root = tmp_path_factory.mktemp("sweep")
     losses = [3.0, 2.5, 2.0, 1.5, 1.2, 1.0]
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
-        runs = {
-            "fp32": _lossy(root / "fp32" / "greentrack", losses, {"precision": "32-true",
-                                                                 "method": "base"}, 80.0, root),
-            "bf16a": _lossy(root / "bf16a" / "greentrack", losses, {"precision": "bf16-mixed",
-                                                                   "method": "base"}, 40.0, root),
-            "bf16b": _lossy(root / "bf16b" / "greentrack", losses, {"precision": "bf16-mixed",
-                                                                   "method": "base"}, 40.0, root),
-            "short": _lossy(root / "short" / "greentrack", losses[:3], {"precision": "16-mixed",
-                                                                       "method": "base"}, 40.0,
-                            root)}
+        runs = {name: make_lossy_run(root / name / "greentrack", losses[:n],
+                                     {"precision": precision, "method": "base"}, watts, root)
+                for name, precision, watts, n in (("fp32", "32-true", 80.0, 6),
+                                                  ("bf16a", "bf16-mixed", 40.0, 6),
+                                                  ("bf16b", "bf16-mixed", 40.0, 6),
+                                                  ("short", "16-mixed", 40.0, 3))}
         yield runs
 
 
