@@ -265,25 +265,25 @@ ENERGY_FIGURES = frozenset({"energy_kwh", "joules_per_step", "emissions_g_per_st
 
 def _relative_spreads(groups: dict[str, list[str]],
                       rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per run directory, the relative spread (sample standard deviation / mean) of each figure
-    across the runs of its group (groups of two runs or more)."""
+    """Per run directory, how far the runs of its group (two or more) spread on each figure:
+    their range relative to the smallest, ``max / min - 1``. Repeats of one setting are then
+    within noise of each other, whichever two are compared (a standard deviation from two or
+    three runs is too uncertain to call one of them better)."""
     out: dict[str, dict[str, float]] = {}
     for members in groups.values():
         for key, *_ in METRICS:
-            vals = [float(rows[m][key]) for m in members
+            vals = [abs(float(rows[m][key])) for m in members
                     if isinstance(rows[m][key], (int, float))]
-            mean = sum(vals) / len(vals) if vals else 0.0
-            if len(vals) < 2 or not mean:
+            if len(vals) < 2 or not min(vals):
                 continue
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
             for m in members:
-                out.setdefault(m, {}).setdefault(key, abs(sd / mean))
+                out.setdefault(m, {}).setdefault(key, max(vals) / min(vals) - 1.0)
     return out
 
 
 def _noise(row: dict[str, Any], key: str, spread: dict[str, float]) -> float | None:
     """A run's relative uncertainty of one figure: the larger of its measurement's quality band
-    (figures from energy) and its group's relative spread; None when neither is known."""
+    (figures from energy) and its group's relative range; None when neither is known."""
     parts = [v for v in (row["uncertainty_pct"] / 100.0 if key in ENERGY_FIGURES else None,
                          spread.get(key)) if v is not None]
     return max(parts) if parts else None

@@ -16,15 +16,22 @@ from greentrack.reports import svg
 from greentrack.reports.compare import METRICS
 
 
-def _ratio_text(ratio: float, band: dict[str, Any] | None, lower: bool | None) -> str:
+def ratio_text(ratio: float, band: dict[str, Any] | None, lower: bool | None) -> str:
     """``(x0.52, 0.45-0.6: better)``: the ratio, its noise band and the verdict; no verdict
-    inside the band or without one."""
+    inside the band or without one (nor a band for a count, ``lower`` None). The band gets the
+    digits that show it on the side of 1 the verdict says."""
     text = f" (x{ratio:.3g}"
+    if lower is None:
+        return text + ")"
     if band is None or band["within_noise"] is None:
-        return text + (", noise unknown)" if lower is not None else ")")
-    text += f", {band['low']:.2g}-{band['high']:.2g}"
-    if band["within_noise"] or lower is None:
-        return text + (": within noise)" if lower is not None else ")")
+        return text + ", noise unknown)"
+    for digits in range(2, 7):
+        lo, hi = f"{band['low']:.{digits}g}", f"{band['high']:.{digits}g}"
+        if (float(lo) <= 1.0 <= float(hi)) == band["within_noise"]:
+            break
+    text += f", {lo}-{hi}"
+    if band["within_noise"]:
+        return text + ": within noise)"
     return text + (": better)" if (ratio < 1) == lower else ": worse)")
 
 
@@ -71,14 +78,14 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
                 text += f" {printable(r['currency'] or '(no currency)', 20)}"
             ratio = r["ratios"][key]
             if r["run_dir"] != base_dir and ratio is not None:
-                text += _ratio_text(ratio, r["ratio_bands"].get(key), lower)
+                text += ratio_text(ratio, r["ratio_bands"].get(key), lower)
             cells.append(text)
         body.append(cells)
     body.append(["energy basis"] + [printable(r["energy_basis"]) for r in runs])
     body.append(["quality band"] + [f"{printable(r['quality'])} (+-{r['uncertainty_pct']:g}%)"
                                     for r in runs])
     body.insert(0, ["run"] + [printable(f"{r['run_dir']} ({r['run_id']})", 80) for r in runs])
-    body.insert(0, ["labels"] + [printable(",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+    body.insert(0, ["labels"] + [printable(", ".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
                                            or "-", 60) for r in runs])
     if "target" in result:
         body += _target_rows(result)
@@ -88,16 +95,19 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
 def _target_rows(result: dict[str, Any]) -> list[list[str]]:
     runs = result["runs"]
     body = [[f"to {printable(result['target'], 80)}:"] + ["" for _ in runs]]
-    for key, label, fmt in (("energy_kwh", "  IT energy (kWh)", 4), ("energy_j", "  IT energy (J)", 4),
-                            ("emissions_location_kg", "  emissions (kgCO2e)", 3),
-                            ("cost_total", "  cost", 3), ("gpu_hours", "  GPU-hours", 3),
-                            ("duration_s", "  wall time (s)", 4), ("steps", "  steps", 4),
-                            ("tokens", "  tokens", 4)):
-        cells = [label]
+    for key, label, fmt in (("energy_kwh", "IT energy", 4), ("energy_j", "IT energy (J)", 4),
+                            ("emissions_location_kg", "emissions", 3),
+                            ("cost_total", "cost", 3), ("gpu_hours", "GPU-hours", 3),
+                            ("duration_s", "wall time (s)", 4), ("steps", "steps", 4),
+                            ("tokens", "tokens", 4)):
+        reached = [float(r["to_target"][key]) for r in runs if r["to_target"]["reached"]
+                   and isinstance(r["to_target"][key], (int, float))]
+        per, unit = _row_unit(key, "", reached)
+        cells = [f"  {label}{' (' + unit + ')' if unit else ''}"]
         for r in runs:
             t = r["to_target"]
             v = t[key]
-            cells.append(sig(float(v), fmt) if t["reached"] and isinstance(v, (int, float))
+            cells.append(sig(float(v) / per, fmt) if t["reached"] and isinstance(v, (int, float))
                          else "n/a" if t["reached"] else
                          (f"not reached (best {sig(t['best'], 4)})" if t["best"] is not None
                           else f"not reached ({printable(t['metric'], 40)} not recorded)"))
@@ -112,8 +122,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
     others = [r for r in runs if r is not base]
     lines: list[str] = [f"ratios are to the baseline, {printable(base['name'], 60)} "
                         f"({printable(result['baseline'])}); after each ratio its noise band (the "
-                        "two runs' quality bands and, for runs in a --group, their group's spread, "
-                        "added in quadrature): within noise when the band holds 1"]
+                        "two runs' quality bands and, for runs in a --group, how far their group's "
+                        "runs spread, added in quadrature): within noise when the band holds 1"]
     for what, picked in (("cost", [r for r in others if "cost_total" in r["not_compared"]]),
                          ("steps", [r for r in others if "steps" in r["not_compared"]]),
                          ("work", [r for r in others if not r["equal_work"]])):
@@ -176,7 +186,8 @@ def format_html(result: dict[str, Any]) -> str:
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
              "<title>greentrack compare</title><style>body{font-family:sans-serif;margin:2em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:left}svg{width:100%;height:auto;max-width:960px}</style></head><body>"
+             "text-align:left}td:first-child{white-space:nowrap}"
+             "svg{width:100%;height:auto;max-width:960px}</style></head><body>"
              "<h1>greentrack compare</h1>",
              "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>\n"
              + rows + "</table>",
