@@ -306,11 +306,16 @@ def test_the_start_window_chart_holds_the_series_and_both_windows(best_start_s: 
 
 def test_the_timeline_holds_power_and_steps() -> None:
     t = [0.5 + k for k in range(100)]
-    chart = svg.timeline("t", t, 1.0, [("cpu", [50.0 + (k % 7) for k in range(100)]),
-                                       ("gpu", [float(k * 3) for k in range(100)])],
+    chart = svg.timeline("t", [x * 0.136 for x in t], 0.136,
+                         [("cpu", [50.0 + (k % 7) for k in range(100)]),
+                          ("gpu", [float(k * 3) for k in range(100)])],
                          [1.0 if k % 2 else 0.25 for k in range(100)])
     root = ET.fromstring(chart)
     assert_inside(root)
     strip = [r for r in root.findall(f"{SVG}rect") if r.get("fill") == "#7570b3"
              and float(r.get("x", 0)) < svg.W - svg.RIGHT]
     assert len(strip) == 100
+    # no time tick past the run's end (the demo's 13.6-s run had a "15.0" beyond the axis)
+    ticks = [float(t.get("x")) for t in root.iter(f"{SVG}text")
+             if t.get("text-anchor") == "middle" and t.get("y") == str(svg.H - svg.BOTTOM + 20)]
+    assert ticks and max(ticks) <= svg.W - svg.RIGHT + 0.1

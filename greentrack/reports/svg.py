@@ -279,7 +279,9 @@ def timeline(title: str, t_s: list[float], step_s: float, series: list[tuple[str
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, "power (W)", _nice_ticks(0.0, hi / div), yt, sx, sy)
+    # time spans the run exactly: no tick past its end
+    out = _frame(title, xlabel, "power (W)", _within(_nice_ticks(0.0, hi / div), 0.0, hi / div),
+                 yt, sx, sy)
     if coverage:
         strip = 8.0
         for k, share in enumerate(coverage):
