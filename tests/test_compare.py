@@ -160,6 +160,7 @@ def test_identical_runs_are_within_noise_never_better(sweep: dict[str, Path],
     assert "better" not in per_step
 
 
+@pytest.mark.slow
 def test_runs_whose_groups_spread_wider_than_their_difference_are_within_noise(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's sweep: each bf16 run was called "better" than the first fp32 run by less than

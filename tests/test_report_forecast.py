@@ -147,7 +147,7 @@ def test_the_printed_check_matches_the_printed_numbers_over_many_runs(
 finite = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(est=finite, lo=finite, width=st.one_of(st.just(0.0), st.floats(-1e-3, 1.0)),
        actual=st.one_of(st.none(), finite), near=st.floats(-1e-4, 1e-4))
 def test_any_interval_is_printed_honestly(est: float, lo: float, width: float,
