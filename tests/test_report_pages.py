@@ -122,3 +122,16 @@ def test_boamps_has_the_ram_size_the_run_recorded(tiny: tuple[Path, Path]) -> No
     ram = [c for c in report["infrastructure"]["components"] if c["componentType"] == "ram"]
     assert len(ram) == 1 and ram[0]["nbComponent"] == 1
     assert ram[0]["memorySize"] == pytest.approx(gib * 2**30 / 1e9, abs=0.01)
+
+
+def test_the_screenshots_are_in_docs_and_made_by_the_script() -> None:
+    """Done-when of issue 26: the demo's report and a compare page, shown in docs/reports.md,
+    each a real PNG under 300 KB, both written by docs/screenshots.sh."""
+    script = (REPO / "docs" / "screenshots.sh").read_text()
+    doc = (REPO / "docs" / "reports.md").read_text()
+    for name in ("report.png", "compare.png"):
+        png = REPO / "docs" / "img" / name
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300 * 1024, (name, len(data))
+        assert f"docs/img/{name}" in script and f"](img/{name})" in doc
+    assert "examples/demo.py" in script and "-m greentrack compare" in script
