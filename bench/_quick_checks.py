@@ -318,7 +318,10 @@ def check_overhead(dev: Device, rows: Rows) -> None:
                 rows.add(f"overhead_{nominal}ms_{row}", None, skipped=f"{tool} not installed")
         blocks_per_round = 2 * len(variants) - 1
         block_s = dev.scaled(5.0 / blocks_per_round)  # ~1 s blocks with greentrack alone
-        steps = max(6, round(block_s * 1000 / dev.scaled(nominal)))
+        # steps from the time a step took when sized: a loaded host's slower steps must not
+        # stretch the blocks past the check's limit
+        step_s = max(dev.scaled(nominal) / 1000, work.step_s)
+        steps = max(6, round(block_s / step_s))
         for v in variants:
             v.prepare()
         gate = _NoGate() if dev.fake else c.QuietGate(max_wait_s=1.0)

@@ -17,6 +17,7 @@ class Workload:
     describe: str
     device: str = "cpu"
     gpu_part: bool = False  # the GPU part's loop (greentrack marks steps with StepMarks)
+    step_s: float = 0.0  # one step's time as measured when the batch was sized
 
 
 def _size_batch(make: Callable[[int], Callable[[], None]], sync: Callable[[], None],
@@ -66,7 +67,7 @@ def cpu_workload(target_ms: float = 5.0) -> Workload:
     batch, took = _size_batch(make, lambda: None, target_ms / 1000, 64, 8192, 60)
     return Workload(make(batch), lambda: None, batch, False,
                     f"MLP 256-512-512-10, batch {batch}, SGD, 1 CPU thread, "
-                    f"{took * 1e3:.2f} ms/step when sized")
+                    f"{took * 1e3:.2f} ms/step when sized", step_s=took)
 
 
 def gpu_workload(target_ms: float, on_cpu: bool = False) -> Workload:
@@ -97,7 +98,8 @@ def gpu_workload(target_ms: float, on_cpu: bool = False) -> Workload:
     where = "CPU (dry run)" if on_cpu else torch.cuda.get_device_name(0)
     return Workload(make(batch), sync, batch, not on_cpu,
                     f"MLP 4 x {width}x{width} {str(dtype).replace('torch.', '')}, batch {batch}, "
-                    f"SGD on {where}, {took * 1e3:.1f} ms/step when sized", str(device), True)
+                    f"SGD on {where}, {took * 1e3:.1f} ms/step when sized", str(device), True,
+                    step_s=took)
 
 
 def gpu_kinds(step_s: float = 0.2) -> tuple[Callable[[], None], Callable[[], None]]:

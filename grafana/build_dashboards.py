@@ -36,6 +36,7 @@ FLEET = 'job=~"$job", host=~"$host"'
 INTENSITY_UNIT = "suffix: gCO2e/kWh"
 G_PER_H = "si:g/h"
 STEPS = "count:steps"
+PUE_UNIT = "suffix: x IT energy"
 # A run's counter total once per series: a resumed run's counters continue (same host, rank,
 # device), and max by these labels keeps one value where a restart changed only the instance.
 SERIES = "job, run, host, rank"
@@ -109,6 +110,11 @@ def training_panels() -> list[Any]:
         stat_panel("Carbon intensity", "Grid carbon intensity in use (gCO2e/kWh) and its source.",
                    [target(f"max by (source) (greentrack_carbon_intensity_grams_per_kilowatt_hour"
                            f"{{{SEL}}})", "{{source}}")], INTENSITY_UNIT),
+        stat_panel("PUE", "Power usage effectiveness applied to IT energy for the emissions, and "
+                   "a short id of its source (setting, or the data source and its year: "
+                   "uptime-institute-2024; the report cites it in full).",
+                   [target(f"max by (source) (greentrack_pue_ratio{{{SEL}}})", "{{source}}")],
+                   PUE_UNIT),
         stat_panel("GPU-hours", "Seconds since each tracker started times the GPUs it measures, "
                    "in hours.", [target(f"sum(greentrack_gpu_seconds_total{{{SEL}}}) / 3600")], "h"),
         stat_panel("Steps", "Steps whose energy has been attributed, by phase.",
@@ -141,6 +147,22 @@ def training_panels() -> list[Any]:
               "FLOP/s / the GPU's peak for the dtype).",
               [target(f"max by (host, rank, phase) (greentrack_mfu_ratio{{{SEL}}})",
                       "{{host}} rank {{rank}} {{phase}}")], "percentunit", 8),
+        graph("Forecast: whole-run energy", "The training integration's forecast of the whole "
+              "run's IT energy (estimate, and the low and high bounds of its interval once known; "
+              "greentrack_forecast_energy_joules) against the energy so far: the forecast lines "
+              "should settle, and the energy so far should rise to them.",
+              [target(f"max by (run, bound) (greentrack_forecast_energy_joules{{{SEL}}}) / 3600",
+                      "{{run}} forecast {{bound}}"),
+               target(f"sum by (run) ({e}) / 3600", "{{run}} so far", "B")], "watth", 12),
+        graph("Forecast: whole-run emissions and end", "Forecast grams CO2e of the whole run "
+              "(left; with PUE, when an intensity is known; greentrack_forecast_emissions_grams) "
+              "and the forecast time left until the run ends (right; "
+              "greentrack_forecast_end_time_seconds minus now), each with its interval's bounds.",
+              [target(f"max by (run, bound) (greentrack_forecast_emissions_grams{{{SEL}}})",
+                      "{{run}} grams {{bound}}"),
+               target(f"max by (run, bound) (greentrack_forecast_end_time_seconds{{{SEL}}}) - "
+                      "time()", "{{run}} time left {{bound}}", "B")], "massg", 12,
+              right=("B", "s")),
         graph("Emissions and carbon intensity", "Cumulative grams CO2e (left) and the intensity "
               "in use (right, gCO2e/kWh).",
               [target(f"sum(greentrack_emissions_grams_total{{{SEL}}})", "emissions"),
@@ -261,8 +283,8 @@ def build() -> dict[str, dict[str, Any]]:
     return {
         "greentrack-training.json": dashboard(
             "greentrack-training", "greentrack / training run",
-            "Power, energy, energy per step, FLOPs per joule, MFU, emissions and sampler health of "
-            "tracked training runs.", [job, run, host], training_panels()),
+            "Power, energy, energy per step, FLOPs per joule, MFU, forecasts, emissions and "
+            "sampler health of tracked training runs.", [job, run, host], training_panels()),
         "greentrack-fleet.json": dashboard(
             "greentrack-fleet", "greentrack / fleet",
             "Power, energy and emissions of every tracked job.", [job, fleet_host],

@@ -12,7 +12,8 @@ a stale value, no 0 standing for "no reading yet"), and once more when training 
 than ``log_every_s`` gets its figures too): ``greentrack/step_energy_j``,
 ``greentrack/step_gpu_energy_j``, ``greentrack/step_duration_s``, ``greentrack/mfu``,
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
-``greentrack/energy_j`` (this process, all resumed segments), ``greentrack/steps`` (the global
+``greentrack/energy_j`` (this process, all resumed segments, the steps redone after
+the checkpoint included), ``greentrack/steps`` (the global
 step), ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
 :mod:`greentrack.training.meter`). They also reach ``callback_metrics`` (``pl_module.log`` with
 ``logger=False``, as CPU tensors: no device copy, so no synchronization), and ``energy_kJ`` /
@@ -32,7 +33,9 @@ writes its store into the same one.
 
 Resume: the callback's ``state_dict`` holds the run directory and id; loading a checkpoint continues
 the same run in a new store segment (totals are the sum of segments, nothing counted twice) with
-step indices continuing from the checkpoint's ``global_step``.
+step indices continuing from the checkpoint's ``global_step``. Steps the earlier segment did after
+that checkpoint are done again: their joules stay in the totals and in ``greentrack/energy_j``,
+and ``greentrack summary``, the report and ``greentrack advise`` (finding ``replayed``) state them.
 """
 
 from __future__ import annotations

@@ -16,10 +16,19 @@ Metrics added to training logs, each only when it has new data since the previou
 ``greentrack/flops_per_j``, ``greentrack/energy_per_sample_j``, ``greentrack/energy_per_token_j``,
 ``greentrack/energy_j``, ``greentrack/steps`` (``state.global_step``),
 ``greentrack/forecast_energy_j``, ``greentrack/forecast_duration_s`` (see
-:mod:`greentrack.training.meter`); to each evaluation's log ``greentrack/validation_energy_j``, the joules
-of that evaluation's batches (once resolved, a bounded wait); to the final training log the last
-figures and the whole run's totals (all ranks) as ``greentrack/run_*``, with ``run_steps`` the
-global step and ``run_joules_per_step`` the whole job's energy per optimizer step.
+:mod:`greentrack.training.meter`); to the final training log the last figures and the whole run's
+totals (all ranks) as ``greentrack/run_*``, with ``run_steps`` the global step and
+``run_joules_per_step`` the whole job's energy per optimizer step.
+
+Each evaluation's joules (its batches', once resolved, a bounded wait) go to the reporting
+integrations as ``eval_greentrack/validation_energy_j`` (the evaluation's own prefix: ``eval_``,
+or ``eval_<name>_`` for one of several datasets), so TensorBoard and W&B, which file a key by its
+prefix (``rewrite_logs``: ``eval_*`` under ``eval/``, any other key under ``train/``), show it
+with the evaluation (``eval/greentrack/validation_energy_j``), never with the training scalars.
+It stays out of the log history and of the metrics ``evaluate()`` returns: the Trainer's model
+card lists every metric of an evaluation's history entry among the model's results, and its
+default hyperparameter-search objective sums the returned metrics. Energy belongs in the card's
+``co2_eq_emissions`` (below).
 
 Steps: one ``train`` step per optimizer step (``on_step_begin`` to ``on_step_end``, all
 gradient-accumulation micro-batches included). Samples per step are nominal
@@ -93,6 +102,7 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         self._micro = 1
         self._tokens_seen = 0
         self._world = 1
+        self._lent: tuple[str, ...] = ()  # evaluation keys added to the log being reported
 
     def attach(self, trainer: Any) -> GreenTrackTrainerCallback:
         """Put this callback right after the Trainer's flow callback (which decides when to log
@@ -224,6 +234,15 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.meter is not None and self.meter.marks.open_phase == "validation":
             self.meter.cancel()  # the window opened after the last batch
+        self._take_back(kwargs.get("metrics"))
+
+    def _take_back(self, metrics: Any) -> None:
+        """Remove the evaluation figures lent to the reporting integrations (``on_log``) from the
+        metrics ``evaluate()`` is about to return (the same dict)."""
+        lent, self._lent = self._lent, ()
+        if isinstance(metrics, dict):
+            for key in lent:
+                metrics.pop(key, None)
 
     # -- logs ------------------------------------------------------------------------------------
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
@@ -250,10 +269,14 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         meter = self.meter
         if meter is None:
             return False
-        if any(k.startswith("eval_") for k in logs):
+        prefix = _evaluation_prefix(logs)
+        if prefix is not None:
             if meter.marks.open_phase == "validation":
                 meter.cancel()  # the window opened after the last batch
-            _add(logs, state, self.run.evaluation_metrics("validation"))
+            # to the reporting integrations only: not the history (the model card's results)
+            lent = {f"{prefix}_{k}": v for k, v in self.run.evaluation_metrics("validation").items()}
+            logs.update(lent)
+            self._lent = tuple(lent)
             return True
         final = "train_loss" in logs and "loss" not in logs
         _add(logs, state, self.run.final_metrics() if final and state.is_world_process_zero
@@ -277,6 +300,15 @@ def _with_training_type(config: Config, model: Any) -> Config:
         kind, why = "pre-training", "the model has no name_or_path: it was built from a config"
     basis = f"inferred by greentrack's Hugging Face integration: {why}"
     return config.replace(training_type=kind, extra={**config.extra, "training_type_basis": basis})
+
+
+def _evaluation_prefix(logs: dict[str, Any]) -> str | None:
+    """The ``metric_key_prefix`` of an evaluation's log (``eval``, ``eval_<dataset>``...), from
+    the speed metric every ``evaluate()`` adds (``<prefix>_runtime``); None for a training log."""
+    for key in logs:
+        if key.endswith("_runtime") and key != "train_runtime":
+            return key[:-len("_runtime")]
+    return "eval" if any(k.startswith("eval_") for k in logs) else None
 
 
 def _add(logs: dict[str, Any], state: Any, metrics: dict[str, float]) -> None:

@@ -27,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import greentrack
 from greentrack.cli import main
+from greentrack.store import StoreWriter
+from greentrack.store.layout import StepRow, prepare_run_dir
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
 
@@ -211,3 +213,80 @@ def gt(*args: str) -> subprocess.CompletedProcess[str]:
 
 def families(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def write_store(run_dir: Path, *, run_id: str, start_unix: float, duration_s: float,
+                channels: tuple[tuple[str, float, bool], ...] = (("gpu", 300.0, True),),
+                ramp: float = 0.0, resolution_s: float = 60.0, host: str = "gen-0",
+                rank: int = 0, labels: dict[str, str] | None = None,
+                settings: dict[str, Any] | None = None, status: str = "completed",
+                steps: int = 0, planned_steps: int | None = None,
+                now: float | None = None) -> Path:
+    """A store of one process of a run, written through :class:`greentrack.store.StoreWriter` with
+    synthetic power, for run sets too large or too long for real Trackers (an inventory's
+    months). ``channels``: ``(kind, watts, measured)``; channel power grows linearly by
+    ``ramp`` (x (1 + ramp t / duration)), so its energy over time is not its span's share of
+    time. One sample per ``resolution_s``. ``status='running'`` leaves it open (heartbeat
+    ``now``). ``steps`` training steps spread evenly over the span, ``planned_steps`` recorded as
+    the training integrations do (a forecast's horizon). Returns the store's path; its channels'
+    joules are ``watts x duration x (1 + ramp / 2)``."""
+    prepare_run_dir(run_dir, run_id)
+    meta: dict[str, Any] = {
+        "run_id": run_id, "host": host, "boot_id": f"boot-{host}", "pid": 1, "rank": rank,
+        "local_rank": 0, "world_size": 1, "started_unix": start_unix, "mode": "machine",
+        "settings": {"resolution_s": resolution_s, **(settings or {})},
+        "labels": dict(labels or {}), "status": status}
+    writer = StoreWriter(run_dir, rank, meta)
+    n = max(1, int(round(duration_s / resolution_s)))
+    dt = duration_s / n
+    for cid, (kind, watts, measured) in enumerate(channels, start=1):
+        writer.add_channel(cid, {
+            "kind": kind, "device": f"{kind}{cid}", "name": f"synthetic {kind}",
+            "method": "nvml-energy-counter" if measured else "tdp-estimate",
+            "measured": measured, "source": "synthetic", "uncertainty": "",
+            "host_scope": kind != "gpu",
+            "details": {"uuid": f"GPU-{run_id}-{host}-{cid}"} if kind == "gpu" else {}})
+        total = 0.0
+        for k in range(n):
+            a, b = k * dt, (k + 1) * dt
+            e = watts * (b - a) * (1.0 + ramp * (a + b) / 2.0 / duration_s)
+            writer.add_sample(cid, a, dt, e)
+            total += e
+        writer.update_channel(cid, total, duration_s, 0.0, "ok")
+    for k in range(steps):
+        a = duration_s * k / max(steps, 1)
+        writer.add_step(StepRow(k, "train", a, a + 1.0, 1.0, None, None, None, 0.0, None, 1.0,
+                                None, "host", {}))
+    if planned_steps is not None:
+        writer.add_event(0.0, "info", "planned-steps", f"{planned_steps} optimizer steps planned",
+                         details={"planned_steps": planned_steps})
+    if status == "running":
+        writer.set_meta({"heartbeat_unix": now if now is not None else time.time()})
+    else:
+        writer.set_meta({"duration_s": duration_s, "ended_unix": start_unix + duration_s})
+    writer.flush()
+    writer.close()
+    return writer.path
+
+
+def measured_s(run_dir: Path, kind: str | None = None) -> float:
+    """Seconds the run's channels (of ``kind``, or all) measured: per store, the span of each
+    channel's readings (first to last, as its sample buckets cover them) averaged over its
+    channels; the union over stores.
+    The run's ``duration_s`` is wider by each tracker's setup and teardown (the store is made
+    before the first reading, closed after the last): ~5 ms quiet, 0.1-0.2 s on a loaded host, when
+    no joule is read. Energy bounds of a constant fake power derive from this, not the duration."""
+    from greentrack.run.model import union_length
+    spans = []
+    with greentrack.run.Run.open(run_dir) as r:
+        for seg in r.segments:
+            # a sample row is a bucket from t holding dt seconds of readings, contiguous when
+            # nothing failed: the channel measured the dt-sum up to the last bucket's end
+            rows = seg.reader.rows(
+                "SELECT MAX(s.t + s.dt) - SUM(s.dt) AS lo, MAX(s.t + s.dt) AS hi FROM samples s "
+                "JOIN channels c ON c.id = s.channel_id WHERE ? IS NULL OR c.kind = ? "
+                "GROUP BY s.channel_id", (kind, kind))
+            if rows:
+                spans.append((seg.start_unix + sum(x["lo"] for x in rows) / len(rows),
+                              seg.start_unix + sum(x["hi"] for x in rows) / len(rows)))
+    return union_length(spans)

@@ -125,4 +125,5 @@ def test_pue_defaults_carry_sources_and_user_value_wins() -> None:
         got = factors.resolve_pue(cfg, resolve_location(cfg))
         assert got["value"] == pue and "Green Algorithms" in got["source"]
     user = factors.resolve_pue(Config(pue=1.3, cloud="gcp:europe-west9"), None)
-    assert user == {"value": 1.3, "source": "user setting (pue)", "default": False}
+    assert user == {"value": 1.3, "source": "user setting (pue)", "default": False,
+                    "source_id": "setting"}

@@ -262,20 +262,21 @@ def test_other_columns_are_merged_and_old_rows_kept(doc: dict[str, Any], tmp_pat
     assert list(df.columns) == codecarbon_fields() + ["my_note"]
     assert df["my_note"].tolist()[:2] == ["first", "second"] and pd.isna(df["my_note"].iloc[2])
     assert df["emissions"].tolist()[:2] == [0.5, 0.25]
-    assert df["project_name"].tolist() == ["old", "old", Path(doc["run"]["run_dir"]).name]
+    assert df["project_name"].tolist() == ["old", "old", "greentrack"]  # the default: unset
 
 
 def test_report_appends_each_run_once_and_says_so_in_its_help(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
-        runs = [make_run(tmp_path, name=f"r{i}", steps=2) for i in range(2)]
+        runs = [make_run(tmp_path, name=f"r{i}", steps=2, project_name=f"p{i}") for i in range(2)]
         for _ in range(2):
             code, _, err = run_cli(["report", *map(str, runs), "--format", "json", "--out",
                                     str(tmp_path / "out"), "--emissions-csv",
                                     str(tmp_path / "all.csv")])
             assert code == 0, err
     df = pd.read_csv(tmp_path / "all.csv")
-    # asked twice, each run is in the file once: the second report adds nothing
-    assert len(df) == 2 and df["project_name"].tolist() == ["r0", "r1"]
+    # asked twice, each run is in the file once: the second report adds nothing; each row's
+    # project_name is the one its run recorded
+    assert len(df) == 2 and df["project_name"].tolist() == ["p0", "p1"]
     code, _, err = run_cli(["report", str(runs[0]), "--emissions-csv",
                             str(tmp_path / "missing-dir" / "e.csv"), "--format", "json",
                             "--out", str(tmp_path / "o2")])
@@ -289,11 +290,12 @@ def test_greentrack_run_appends_its_row(tmp_path: Path) -> None:
                      GREENTRACK_FLUSH_INTERVAL_S="0.2", **tree.env)
     out = subprocess.run([sys.executable, "-m", "greentrack", "run", "--run-dir",
                           str(tmp_path / "run"), "--emissions-csv", str(tmp_path / "e.csv"),
-                          "--quiet", "--", sys.executable, "-c", "pass"],
+                          "--project-name", "bert-sweep", "--quiet", "--", sys.executable, "-c",
+                          "pass"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     df = pd.read_csv(tmp_path / "e.csv")
-    assert len(df) == 1 and df["project_name"].iloc[0] == "run"
+    assert len(df) == 1 and df["project_name"].iloc[0] == "bert-sweep"
     assert df["cpu_count"].iloc[0] == psutil.cpu_count()
 
 
@@ -377,7 +379,7 @@ def test_a_trainer_run_appends_one_row_for_the_whole_run(no_host_env: Path, tmp_
     cb = GreenTrackTrainerCallback(tmp_path / "run", emissions_csv=str(tmp_path / "e.csv"), **FAST)
     hf_trainer(tmp_path / "out", GPT2LMHeadModel(tiny_gpt2_config()), cb).train()
     df = pd.read_csv(tmp_path / "e.csv")
-    assert len(df) == 1 and df["project_name"].iloc[0] == "run"
+    assert len(df) == 1 and df["project_name"].iloc[0] == "greentrack"
     assert df["run_id"].iloc[0] == cb.run.summary["run_id"]
     assert df["energy_consumed"].iloc[0] > 0
 
@@ -399,3 +401,62 @@ def test_run_ids_never_read_as_numbers(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             float(run_id)
     assert all(read_back(i) == i for i in ids[:50])
+
+
+# -- what a codecarbon user reads in the rows (issue 26) ------------------------------------------
+
+def test_project_name_is_the_setting_never_the_run_id(no_host_env: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5: every row's project_name was the run directory's name (the run id, e.g.
+    ``20261206-232747-3501``, for a default directory). Now it is codecarbon's setting of that
+    name, from the decorator, the environment, or ``greentrack`` when unset."""
+    csv_path = tmp_path / "emissions.csv"
+
+    @greentrack.track(run_dir=None, country="FR", emissions_csv=str(csv_path),
+                      project_name="bert-sweep", **FAST)
+    def named() -> None:
+        time.sleep(0.05)
+
+    @greentrack.track(run_dir=None, country="FR", emissions_csv=str(csv_path), **FAST)
+    def unnamed() -> None:
+        time.sleep(0.05)
+
+    monkeypatch.chdir(tmp_path)
+    named()
+    unnamed()
+    monkeypatch.setenv("GREENTRACK_PROJECT_NAME", "from-env")
+    unnamed()
+    df = pd.read_csv(csv_path)
+    assert df["project_name"].tolist() == ["bert-sweep", "greentrack", "from-env"]
+    assert not set(df["project_name"]) & set(df["run_id"])
+    for bad in ("", "  ", "x" * 129, "tab\there"):
+        with pytest.raises(ConfigError) as e:
+            greentrack.Tracker(tmp_path / "r", project_name=bad)
+        assert str(e.value).startswith("project_name=") and "\n" not in str(e.value)
+
+
+def test_world_average_rows_name_the_world_and_every_row_states_its_pue(tmp_path: Path) -> None:
+    """8a2bbe5: a run without a location (charged the world average) had empty country cells,
+    and greentrack's rows at PUE 1.56 sat beside codecarbon's at 1.0 with nothing saying so.
+    Now country_name says World, and the pue column holds the PUE each row's energies include,
+    so ``energy_consumed / pue`` is the IT energy whatever wrote the row."""
+    from greentrack.reports import report_document
+    from greentrack.reports.to_csv import row
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, tmp_path):
+        docs = [report_document(make_run(tmp_path, name="world", steps=2), {}),
+                report_document(make_run(tmp_path, name="fr", steps=2, country="FR", pue=1.0), {})]
+    rows = [row(d) for d in docs]
+    assert (rows[0]["country_name"], rows[0]["country_iso_code"]) == ("World", "")
+    assert docs[0]["summary"]["intensity_method"] == "world-average"
+    assert (rows[1]["country_name"], rows[1]["country_iso_code"]) == ("France", "FRA")
+    assert [r["pue"] for r in rows] == [1.56, 1.0]
+    for r, d in zip(rows, docs):
+        assert r["energy_consumed"] / r["pue"] == pytest.approx(d["summary"]["energy_kwh"])
+    path = tmp_path / "emissions.csv"
+    assert append(docs, path) == []
+    df = pd.read_csv(path)
+    assert df["country_name"].tolist() == ["World", "France"] and df["pue"].tolist() == [1.56, 1.0]
+    assert pd.isna(df["country_iso_code"].iloc[0])
+    # codecarbon's reader of the file sees no lock file or other leftover beside it
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("emissions.csv") and
+                p.name != "emissions.csv"]

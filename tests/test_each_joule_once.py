@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 import greentrack
+from greentrack.run.model import union_length
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.helpers import RUN_FAST, clean_env, python_env
+from tests.helpers import RUN_FAST, clean_env, measured_s, python_env
 from tests.servers import Pushgateway, prometheus, pushgateway  # noqa: F401 - the fixtures
 
 #: real trackers, processes and servers meeting on one host: out of `make test-fast`
@@ -170,7 +171,7 @@ def test_two_slurm_tasks_are_two_ranks_and_the_host_is_counted_once(tmp_path: Pa
     assert sorted(src["rank"] for src in s["sources"]) == [0, 0]  # the host, by rank 0 only
     ranks = {seg.rank for seg in greentrack.run.Run.open(tmp_path / "run").segments}
     assert ranks == {0, 1}
-    assert s["energy_j"]["cpu"] <= 40.0 * s["duration_s"] * 1.1
+    assert s["energy_j"]["cpu"] <= 40.0 * measured_s(tmp_path / "run", "cpu") * 1.1
 
 
 def test_two_containers_on_one_run_count_the_host_once(tmp_path: Path) -> None:
@@ -185,7 +186,7 @@ def test_two_containers_on_one_run_count_the_host_once(tmp_path: Path) -> None:
         assert [p.wait(timeout=60) for p in procs] == [0, 0]
     s = greentrack.summarize(tmp_path / "run")
     assert s["stores"] == 2
-    assert s["energy_j"]["cpu"] <= 40.0 * s["duration_s"] * 1.1, s["energy_j"]
+    assert s["energy_j"]["cpu"] <= 40.0 * measured_s(tmp_path / "run", "cpu") * 1.1, s["energy_j"]
 
 
 def test_two_pid_1_processes_in_one_second_get_two_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -416,13 +417,18 @@ def test_trackers_on_one_host_never_count_it_twice_unseen(tmp_path_factory: pyte
     spans: dict[int, list[tuple[float, float]]] = {}
     for run in sorted({w[1] for w in writers}):
         with greentrack.run.Run.open(root / f"run{run}") as r:
-            spans[run] = [(s.start_unix, s.end_unix) for s in r.segments]
-            union = r.duration_s
+            # what the run's trackers measured: each from its first reading to its last. A
+            # store's span is wider (it is made before the lease is taken and the first reading,
+            # closed after both end): under load that setup is 0.1 s no tracker measured, and two
+            # spans may touch with no joule measured by both.
+            spans[run] = [(seg.start_unix + seg.meta["first_reading_t"],
+                           seg.start_unix + seg.meta["last_reading_t"]) for seg in r.segments]
+        union = union_length(spans[run])
         s = greentrack.summarize(root / f"run{run}")
         cpu = s["energy_j"]["cpu"]
         # one poll (20 ms) per hand-over may go uncounted; never counted twice
         assert cpu <= 40.0 * union * 1.08 + 0.5, (writers, cpu, union)
-        assert cpu >= 40.0 * union * 0.8 - 0.5, (writers, cpu, union)
+        assert cpu >= 40.0 * union * 0.95 - 0.5, (writers, cpu, union)
     if len(spans) == 2 and any(a < d and c < b for a, b in spans[0] for c, d in spans[1]):
         for run in (0, 1):
             warnings = greentrack.summarize(root / f"run{run}")["warnings"]

@@ -181,3 +181,64 @@ def test_a_model_from_pretrained_is_fine_tuning(no_host_env: Path, tmp_path: Pat
 def _fast() -> dict[str, Any]:
     from tests.helpers import FAST
     return dict(FAST)
+
+
+@pytest.mark.slow
+def test_card_lists_no_greentrack_figure_among_the_models_results(no_host_env: Path,
+                                                                   tmp_path: Path) -> None:
+    """Issue 26: an evaluation's joules reached the card's results ("Greentrack/validation Energy
+    J: 25.6579") and TensorBoard's training section. They belong in ``co2_eq_emissions``; the
+    evaluation's own energy reaches the reporting integrations filed with the evaluation."""
+    from transformers import GPT2LMHeadModel, TrainerCallback
+    from transformers.integrations.integration_utils import rewrite_logs
+    from transformers.modelcard import TrainingSummary
+
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    from tests.tiny_models import Tokens
+
+    class Reporter(TrainerCallback):  # where TensorBoard or W&B stands: what they are given
+        logs: list[dict[str, Any]] = []
+        evaluated: list[dict[str, Any]] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kw: Any) -> None:
+            self.logs.append(dict(logs or {}))
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
+                        **kw: Any) -> None:
+            self.evaluated.append(dict(metrics or {}))  # the dict evaluate() returns
+
+    torch.manual_seed(0)
+    cb = GreenTrackTrainerCallback(tmp_path / "run", country="DE", progress_every_s=None,
+                                   **_fast())
+    reporter = Reporter()
+    trainer = hf_trainer(tmp_path / "out", GPT2LMHeadModel(tiny_gpt2_config()), cb,
+                         eval_dataset=Tokens(4, seed=1), callbacks=[reporter], max_steps=4,
+                         eval_strategy="steps", eval_steps=2, logging_steps=2,
+                         per_device_eval_batch_size=2)
+    trainer.train()
+    # evaluate()'s metrics (the hyperparameter search's default objective sums them) are the
+    # Trainer's own
+    assert len(reporter.evaluated) == 2
+    assert not [k for m in reporter.evaluated for k in m if "greentrack" in k]
+    summary = TrainingSummary.from_trainer(trainer, model_name="tiny")
+    assert summary.eval_results and "Loss" in summary.eval_results
+    named = [*summary.eval_results, *(k for line in summary.eval_lines or [] for k in line)]
+    assert not [k for k in named if "greentrack" in k.lower()], named
+    trainer.create_model_card(model_name="tiny")
+    card = hub.ModelCard.load(tmp_path / "out" / "README.md")
+    assert set(card.data.co2_eq_emissions) == HUB_FIELDS
+    results = card.text.split("## Environmental impact")[0]  # the Trainer's part of the card
+    assert "It achieves the following results" in results
+    assert "greentrack" not in results.lower()
+    # every evaluation's joules reached the reporting integrations, filed by HF's own rule with
+    # the evaluation, never among the training scalars; greentrack's training figures sit
+    # under train/greentrack/
+    evals = [rewrite_logs(log) for log in reporter.logs if "eval_loss" in log]
+    assert len(evals) == 2 and all(log["eval/greentrack/validation_energy_j"] > 0
+                                   for log in evals)
+    tags = {tag for log in reporter.logs for tag in rewrite_logs(log)}
+    ours = {t for t in tags if "greentrack" in t}
+    assert "train/greentrack/energy_j" in ours
+    assert not [t for t in ours if t.startswith("train/") and t.endswith("validation_energy_j")]
+    assert all(t.startswith(("train/greentrack/", "eval/greentrack/")) for t in ours), ours

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import greentrack
 from greentrack.common.errors import ConfigError
 from greentrack.store import StoreReader, store_paths
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.helpers import FAST
+from tests.helpers import FAST, report_json, run_cli
 
 L = pytest.importorskip("lightning")
 torch = pytest.importorskip("torch")
@@ -171,6 +172,79 @@ def test_resume_continues_the_same_run(powercap: PowercapTree, tmp_path: Path) -
     assert min(logger2.values("greentrack/energy_j")) >= resumed_from["energy_j"] > 0
 
 
+class SlowAfter(Tiny):
+    """Tiny, with steps from ``slow_from`` on lasting ``slow_s`` more (the steps a resume redoes
+    carry joules that stand out)."""
+
+    def __init__(self, slow_from: int | None = None, slow_s: float = 0.1) -> None:
+        super().__init__()
+        self.slow_from, self.slow_s = slow_from, slow_s
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.slow_from is not None and self.global_step >= self.slow_from:
+            time.sleep(self.slow_s)
+        return super().training_step(batch, batch_idx)
+
+
+def test_steps_redone_after_a_resume_are_stated_and_logged(powercap: PowercapTree,
+                                                            tmp_path: Path) -> None:
+    """Issue 26: resumed from an older checkpoint, a run redoes the steps after it. Their joules
+    were in no output: the logged energy ended short of the run's, nothing said why. Now the
+    logged cumulative energy continues from what the process recorded, and the summary, the
+    report and advise state the replayed joules."""
+    ckpt_dir = tmp_path / "ckpt"
+    run = tmp_path / "run"
+
+    def fit(max_steps: int, model: Tiny, resume: str | None) -> Recording:
+        logger = Recording()
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}",
+                                                   every_n_train_steps=4, save_top_k=-1)
+        cb = GreenTrackCallback(run, progress_every_s=None, log_every_s=0, **FAST)
+        t = trainer(tmp_path, [cb, ckpt], logger, max_steps=max_steps, enable_checkpointing=True,
+                    limit_val_batches=0)
+        t.fit(model, data(40 * BATCH), ckpt_path=str(ckpt_dir / resume) if resume else None)
+        return logger
+
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        fit(10, SlowAfter(slow_from=4), None)  # checkpoints at steps 4 and 8, then stops at 10
+        first = StoreReader(store_paths(run)[0])
+        first_j = sum(c["energy_j"] for c in first.channels())
+        logger = fit(12, SlowAfter(), "step=4.ckpt")  # resumed from the older checkpoint
+    redone = [r for r in rows(run) if r["store"] == first.path.name and r["idx"] >= 4]
+    assert len(redone) == 6
+    redone_j = sum(r["cpu_j"] + r["dram_j"] for r in redone)
+    assert redone_j > 0.5 * 44.0 * 6 * 0.1  # the slow steps, most of their sleep measured
+    s = greentrack.summarize(run)
+    assert s["stores"] == 2 and s["steps_by_phase"]["train"] == 10 + 8
+    assert s["replayed_steps"] == 6 and s["replayed_energy_j"] == pytest.approx(redone_j)
+    assert s["optimizer_steps"] == 12  # each step once, as Lightning's global step
+    from greentrack.reports.summary import format_summary
+    assert re.search(r"replayed +6 training steps done again after resuming .*: "
+                     rf"{redone_j:.1f} J", format_summary(s))
+    # the logged cumulative energy continues from everything the process recorded (the redone
+    # steps' joules included), not from the checkpoint's figure, and ends at the run's energy
+    # less what the second segment spent after its last log
+    energy = logger.values("greentrack/energy_j")
+    assert energy and min(energy) >= first_j
+    stores = {p.name: sum(c["energy_j"] for c in StoreReader(p).channels()) for p in store_paths(run)}
+    assert len(stores) == 2 and energy[-1] <= s["energy_j"]["total"] + 1e-6
+    # advise and the report's Opportunities state it, with what to do
+    code, out, err = run_cli(["advise", str(run), "--country", "FR", "--json"])
+    assert code == 0, err
+    found = [f for f in json.loads(out)["findings"] if f["kind"] == "replayed"]
+    assert len(found) == 1 and found[0]["joules"] == pytest.approx(redone_j)
+    assert found[0]["evidence"]["text"].startswith(f"replayed after resume: {redone_j:.4g} J")
+    assert "checkpoint more often" in found[0]["suggestion"]
+    code, out, err = run_cli(["report", str(run), "--country", "FR", "--out",
+                              str(tmp_path / "report"), "--format", "json,md"])
+    assert code == 0, err
+    doc = report_json(tmp_path / "report")
+    assert doc["energy"]["replayed_energy_j"] == pytest.approx(redone_j)
+    assert "replayed" in [f["kind"] for f in doc["opportunities"]]
+    page = next((tmp_path / "report").glob("*.md")).read_text()
+    assert "Replayed after resume: 6 training steps were done again" in page
+
+
 def test_a_failing_run_is_recorded_as_failed(no_host_env: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     t = trainer(tmp_path, [GreenTrackCallback(run, progress_every_s=None, **FAST)], False,
@@ -230,6 +304,30 @@ def test_validation_energy_is_each_epochs_own(powercap: PowercapTree, tmp_path: 
     # each logged value is that epoch's three steps, as the store has them; none is 0 or a sum
     assert logged == pytest.approx([sum(energy(r) for r in epoch) for epoch in epochs], rel=1e-9)
     assert all(v > 0 for v in logged)
+
+
+def test_a_real_logger_files_greentrack_in_its_own_group(powercap: PowercapTree,
+                                                         tmp_path: Path) -> None:
+    """Issue 26: greentrack's figures must group apart from the training scalars. Loggers group
+    by the name's first ``/`` part (TensorBoard's sections, W&B's panels): every figure greentrack
+    sends is ``greentrack/...``, whatever the stage (live, validation, totals), and none of its
+    figures (the progress bar's ``energy_kJ``...) reaches a logger without it. Lightning's own
+    CSVLogger, as it writes its file."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    callback = GreenTrackCallback(tmp_path / "run", progress_every_s=None, log_every_s=0, **FAST)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [callback], CSVLogger(tmp_path / "logs"), val_check_interval=5)
+        t.fit(Tiny(), data(20 * BATCH), data(4 * BATCH, 1))
+    [path] = (tmp_path / "logs").rglob("metrics.csv")
+    with path.open() as f:
+        names = set(next(csv.reader(f)))
+    ours = {n for n in names if n not in ("epoch", "step", "val_loss")}
+    assert ours and all(n.startswith("greentrack/") for n in ours), ours
+    assert {"greentrack/energy_j", "greentrack/validation_energy_j",
+            "greentrack/run_energy_j"} <= ours
+    assert not {"energy_kJ", "forecast_kJ"} & names  # the progress bar's, never a logger's
 
 
 def test_loggers_get_only_new_figures_aligned_with_global_step(powercap: PowercapTree,

@@ -103,7 +103,8 @@ def test_steps_logs_and_totals(no_host_env: Path, tmp_path: Path) -> None:
     energy = [log["greentrack/energy_j"] for log in reporter.logs if "greentrack/energy_j" in log]
     assert energy and energy[0] > 0 and all(a < b for a, b in zip(energy, energy[1:]))
     # each evaluation's joules are its own steps' (two batches), not a running sum
-    evals = [log["greentrack/validation_energy_j"] for log in reporter.logs if "eval_loss" in log]
+    evals = [log["eval_greentrack/validation_energy_j"] for log in reporter.logs
+             if "eval_loss" in log]
     by_eval = [validation[i:i + 2] for i in range(0, len(validation), 2)]
     assert evals == pytest.approx([sum(r["cpu_j"] + r["dram_j"] for r in e) for e in by_eval])
     assert all(v > 0 for v in evals)

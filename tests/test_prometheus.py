@@ -6,6 +6,7 @@ The real Prometheus and Pushgateway are in ``test_prometheus_servers.py``.
 
 from __future__ import annotations
 
+import re
 import logging
 import math
 import socket
@@ -21,7 +22,8 @@ import pytest
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.exporters import default_job, sinks_for
-from greentrack.exporters._collector import INTENSITY_TTL_S, STEP_ENERGY_BUCKETS_J, Intensity
+from greentrack.exporters._collector import (INTENSITY_TTL_S, MAX_ID, STEP_ENERGY_BUCKETS_J,
+                                             Intensity, pue_source_id)
 from greentrack.exporters.prometheus import PrometheusExporter, gateway_url, listen_port
 from greentrack.process.tracker import Tracker
 from greentrack.store import StoreReader, store_paths
@@ -108,7 +110,7 @@ def test_metrics_pass_promtool_and_say_what_was_measured(tmp_path: Path, fake_nv
     grams = fams["greentrack_emissions_grams"].samples[0].value
     assert grams == pytest.approx(joules / 3.6e6 * 1.2 * 250.0, rel=1e-9)
     intensity = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
-    assert intensity.value == 250.0 and intensity.labels["source"] == USER_INTENSITY
+    assert intensity.value == 250.0 and intensity.labels["source"] == "user-setting"
     assert fams["greentrack_gpu_seconds"].samples[0].value == pytest.approx(t0, abs=0.3)
     assert fams["greentrack_sampler_errors"].samples[0].value == 0
     assert 0 <= fams["greentrack_last_sample_age_seconds"].samples[0].value < 0.5
@@ -282,8 +284,22 @@ def test_intensity_from_the_location_when_no_figure_is_given(tmp_path: Path,
         time.sleep(0.3)  # a few GPU readings
         fams = families(http_get(tracker.sinks[0].url).decode())
     sample = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0]
-    assert (sample.value, sample.labels["source"]) == (expected[0], expected[1][:160])
+    assert sample.value == expected[0]
+    # a short id (the report cites the source in full): method, country, the data's year
+    assert re.fullmatch(r"yearly-average-fra(-20\d\d)?", sample.labels["source"]), sample.labels
     assert fams["greentrack_emissions_grams"].samples[0].value > 0
+
+
+def test_world_average_intensity_label_is_a_short_id_not_a_cut_sentence(
+        tmp_path: Path, fake_nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The world average's source is 166 characters: the label was cut at 160, mid-word."""
+    for name in ("GREENTRACK_COUNTRY", "GREENTRACK_REGION", "GREENTRACK_CARBON_INTENSITY_G_PER_KWH"):
+        monkeypatch.delenv(name, raising=False)
+    with Tracker(tmp_path / "run", prometheus_port=0, **FAST) as tracker:
+        time.sleep(0.3)
+        fams = families(http_get(tracker.sinks[0].url).decode())
+    label = fams["greentrack_carbon_intensity_grams_per_kilowatt_hour"].samples[0].labels["source"]
+    assert re.fullmatch(r"world-average(-20\d\d)?", label), label
 
 
 def no_host_env_env(root: Path) -> dict[str, str]:
@@ -349,3 +365,31 @@ def test_step_energy_buckets_suit_training_steps() -> None:
     for decade in range(-1, 5):
         assert sum(10.0 ** decade <= x < 10.0 ** (decade + 1) for x in b) >= 2
     assert all(math.isfinite(x) for x in b)
+
+
+def test_pue_source_label_is_a_short_id_and_the_report_cites_the_source(
+        tmp_path: Path, fake_nvml: FakeNvml) -> None:
+    """Issue 26: the PUE gauge's source label was the citation's URL cut mid-word. It is a short
+    id of the data source and its year (a handful of values); the report keeps the citation."""
+    import json
+
+    from greentrack.carbon.factors import DATA
+    from greentrack.carbon.resolve import settings_for
+    from greentrack.reports import report_document
+
+    with Tracker(tmp_path / "run", prometheus_port=0, carbon_intensity_g_per_kwh=100.0,
+                 **FAST) as tracker:
+        with tracker.step():
+            busy(0.05)
+        wait_steps(tracker, 1)
+        pue = families(http_get(tracker.sinks[0].url).decode())["greentrack_pue_ratio"]
+    assert [(s.labels["source"], s.value) for s in pue.samples] == [("uptime-institute-2024", 1.56)]
+    cited = report_document(tmp_path / "run", {})["pue"]["source"]
+    assert "Uptime Institute" in cited and "https://" in cited  # in full, in the report
+    ids = {pue_source_id(settings_for(Config(**kw))) for kw in (
+        {}, {"pue": 1.3}, {"cloud": "gcp:europe-west9"}, {"cloud": "aws:us-east-1"})}
+    assert ids == {"uptime-institute-2024", "setting", "green-algorithms-2023"}
+    table = json.loads((DATA / "pue.json").read_text())
+    for entry in [table["unknown"], *table["providers"].values()]:  # every entry has its id
+        sid = entry["source_id"]
+        assert len(sid) <= MAX_ID and sid.endswith(str(entry["year"])) and sid == sid.lower()

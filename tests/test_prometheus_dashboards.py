@@ -153,3 +153,67 @@ def test_the_unit_check_catches_what_main_shipped() -> None:
     graph = next(p for p in _panels(board) if p["title"] == "Power by job")
     del graph["fieldConfig"]["defaults"]["unit"]
     assert "Power by job: unit None" in _unit_problems(board)
+
+
+#: Exported families that no panel shows, each with where it is used instead (a new family must
+#: be put on a dashboard or named here: issue 26 found the forecast exported and shown nowhere).
+NOT_ON_A_PANEL = {
+    "greentrack_run_info": "the dashboards' job, run and host variables",
+    "greentrack_run_start_time_seconds": "ad-hoc queries; the panels' time axis shows the start",
+    "greentrack_run_end_time_seconds": "the rules (a pushed run that ended)",
+    "greentrack_push_failures_total": "the rules (alert GreentrackPushFailing)",
+    "greentrack_sampler_polls_total": "the denominator of ad-hoc error ratios; Sampler health "
+                                      "shows the errors",
+    "greentrack_forecast_duration_seconds": "Forecast: whole-run emissions and end shows the "
+                                            "forecast end time",
+    "greentrack_forecast_gpu_seconds": "the report's forecast check",
+    "greentrack_forecast_cost": "the report's forecast check (a currency label per run)",
+    "greentrack_forecast_planned_steps": "a constant of the run, behind every forecast panel",
+}
+
+
+def _exported_families() -> list[str]:
+    return re.findall(r"^``(greentrack_\w+)``", collector_doc or "", re.M)
+
+
+def _panel_families(boards: list[dict[str, Any]]) -> set[str]:
+    out = set()
+    for board in boards:
+        for panel in _panels(board):
+            for target in panel.get("targets", []):
+                out |= {re.sub(r"_(bucket|sum|count)$", "", m)
+                        for m in re.findall(r"[\w:]*greentrack_[\w:]+", target["expr"])}
+    return out
+
+
+def test_every_exported_family_is_on_a_panel_or_said_where_it_is_used() -> None:
+    exported = _exported_families()
+    assert len(exported) >= 30 and "greentrack_forecast_energy_joules" in exported
+    shown = _panel_families([json.loads(p.read_text()) for p in DASHBOARDS])
+    assert not [f for f in exported if f not in shown and f not in NOT_ON_A_PANEL]
+    assert not [f for f in NOT_ON_A_PANEL if f in shown or f not in exported]
+    # every panel's query names exported families (or recorded series of the shipped rules)
+    assert not [f for f in shown if f not in exported and f not in RECORDED]
+
+
+def test_the_panel_check_catches_a_forecast_exported_and_shown_nowhere() -> None:
+    boards = [json.loads(p.read_text()) for p in DASHBOARDS]
+    for board in boards:
+        board["panels"] = [p for p in board["panels"] if "forecast" not in json.dumps(p).lower()]
+    missing = [f for f in _exported_families()
+               if f not in _panel_families(boards) and f not in NOT_ON_A_PANEL]
+    assert "greentrack_forecast_energy_joules" in missing
+
+
+def test_the_forecast_panels_show_the_interval_and_the_energy_so_far() -> None:
+    board = json.loads((GRAFANA / "dashboards" / "greentrack-training.json").read_text())
+    forecast = {p["title"]: p for p in _panels(board) if p.get("title", "").startswith("Forecast")}
+    energy = forecast["Forecast: whole-run energy"]
+    exprs = [t["expr"] for t in energy["targets"]]
+    assert "by (run, bound)" in exprs[0] and "greentrack_forecast_energy_joules" in exprs[0]
+    assert "greentrack_energy_joules_total" in exprs[1]  # what the forecast is heading for
+    assert energy["fieldConfig"]["defaults"]["unit"] == "watth"
+    assert any("{{bound}}" in t["legendFormat"] for t in energy["targets"])
+    end = forecast["Forecast: whole-run emissions and end"]
+    assert any("greentrack_forecast_end_time_seconds" in t["expr"] and "time()" in t["expr"]
+               for t in end["targets"])

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from greentrack.carbon.forecast import Forecast
 from greentrack.process.tracker import Tracker
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.helpers import FAST, python_env
@@ -35,6 +36,7 @@ DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 INTENSITY = 56.0  # g/kWh, set so the emissions panels have data
 NOMINAL_PEAK_FLOPS = 1e11  # a stated CPU peak for the test's MFU figure (real runs: the GPU table)
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval for a 1 s scrape interval: 4 x scrape interval
+PLANNED_STEPS = 100_000  # the forecast's horizon: far beyond the test's steps
 
 
 def train(tracker: Tracker, enough: Callable[[], bool], min_s: float = 3.0,
@@ -121,6 +123,17 @@ def test_prometheus_scrapes_a_training_run_and_every_panel_has_data(
     tracker = Tracker(tmp_path / "run", prometheus_port=0, job="pull-test",
                       carbon_intensity_g_per_kwh=INTENSITY, **FAST)
     tracker.start()
+    # the whole run's forecast, as a training integration's meter offers it to the exporter
+    # (greentrack.training.meter): the same Forecast, fed the steps done and the energy so far
+    forecast, t0 = Forecast.for_config(PLANNED_STEPS, tracker.config), time.monotonic()
+
+    def forecast_now() -> dict[str, Any] | None:
+        assert tracker.engine is not None
+        forecast.observe(tracker.engine.steps_done, tracker.totals()["total"],
+                         time.monotonic() - t0)
+        return forecast.estimate()
+
+    tracker.forecast_sources.append(forecast_now)
     try:
         exporter = tracker.sinks[0]
         target = f"127.0.0.1:{exporter.port}"
@@ -158,7 +171,11 @@ def test_prometheus_scrapes_a_training_run_and_every_panel_has_data(
         grams = float(prometheus.query(f"sum(greentrack_emissions_grams_total{{{sel}}})",
                                        t_end)[0]["value"][1])
         pue = prometheus.query(f"greentrack_pue_ratio{{{sel}}}", t_end)
-        assert float(pue[0]["value"][1]) == 1.56 and "Uptime Institute" in pue[0]["metric"]["source"]
+        assert float(pue[0]["value"][1]) == 1.56
+        assert pue[0]["metric"]["source"] == "uptime-institute-2024"  # a short id, not a URL
+        bounds = {r["metric"]["bound"] for r in prometheus.query(
+            f"greentrack_forecast_energy_joules{{{sel}}}", t_end)}
+        assert bounds == {"estimate", "low", "high"}
         # the report's formula: IT energy x PUE in use (the documented default) x intensity
         assert grams == pytest.approx(energy * 1.56 * INTENSITY / 3.6e6, rel=1e-6)
         sources = {r["metric"]["source"] for r in prometheus.query(

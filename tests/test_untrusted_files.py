@@ -94,8 +94,12 @@ def _damage(store: Path, kind: str) -> None:
         _sql(store, "UPDATE samples SET energy_j = 9e999 WHERE t < 0.3",
              "UPDATE samples SET t = 9e999 WHERE t > 0.45 AND t < 0.65")
     elif kind == "huge-sample-time":
-        _sql(store, "UPDATE samples SET t = 1e15 WHERE t > 0.45 AND t < 0.65",
-             "UPDATE samples SET t = 5e8 WHERE t > 0.25 AND t < 0.45")  # far, not invalid
+        # one row a channel each ((channel_id, t) is the key: a run that reached two buckets in
+        # a range made the update fail)
+        one = ("WHERE t = (SELECT MIN(s.t) FROM samples s WHERE s.channel_id = samples.channel_id "
+               "AND s.t > {} AND s.t < {})")
+        _sql(store, "UPDATE samples SET t = 1e15 " + one.format(0.45, 0.65),
+             "UPDATE samples SET t = 5e8 " + one.format(0.25, 0.45))  # far, not invalid
     elif kind == "infinite-steps":
         _sql(store, "UPDATE steps SET gpu_j = 9e999, cpu_j = -9e999, duration_s = 9e999")
     elif kind == "negative-steps":
@@ -359,7 +363,7 @@ def plant_run_id(run: Path, value: str) -> None:
 
 
 def test_csv_cells_are_never_formulas(tmp_path: Path, env: None) -> None:
-    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2)
+    run = make_run(tmp_path, name="=HYPERLINK(1)", steps=2, project_name="=HYPERLINK(1)")
     plant_run_id(run, "@SUM(1+1)")
     code, stdout, err = run_cli(["report", str(run), "--format", "csv", "--currency=EUR",
                                  "--out", str(tmp_path / "o")])

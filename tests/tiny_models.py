@@ -74,15 +74,19 @@ def tiny_gpt2_config() -> Any:
                       bos_token_id=0, eos_token_id=0)
 
 
-def hf_trainer(out: Path, model: Any, callback: Any, attach: bool = True) -> Any:
-    """A tiny Trainer holding ``callback``: through ``attach``, or as ``Trainer(callbacks=[...])``."""
+def hf_trainer(out: Path, model: Any, callback: Any, attach: bool = True,
+               eval_dataset: Any = None, callbacks: list[Any] | None = None, **kw: Any) -> Any:
+    """A tiny Trainer holding ``callback``: through ``attach``, or as ``Trainer(callbacks=[...])``
+    (after ``callbacks``); ``kw``: TrainingArguments over the defaults."""
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2,
-                             report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
-                             seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=Tokens(16),
-                      callbacks=None if attach else [callback])
+    options: dict[str, Any] = dict(output_dir=str(out), max_steps=2, per_device_train_batch_size=2,
+                                   report_to=[], use_cpu=True, disable_tqdm=True,
+                                   save_strategy="no", seed=0)
+    options.update(kw)
+    trainer = Trainer(model=model, args=TrainingArguments(**options), train_dataset=Tokens(16),
+                      eval_dataset=eval_dataset,
+                      callbacks=[*(callbacks or []), *([] if attach else [callback])] or None)
     if attach:
         callback.attach(trainer)
     return trainer

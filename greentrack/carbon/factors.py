@@ -33,18 +33,23 @@ def _data(name: str) -> dict[str, Any]:
 
 
 def resolve_pue(config: Config, location: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"value", "source", "default"}``: the PUE in use and where it comes from."""
+    """``{"value", "source", "default", "source_id"}``: the PUE in use, where it comes from
+    (``source``: the full citation) and a short id of that source (``setting``, or the data
+    source and its year: ``uptime-institute-2024``), bounded for metric labels."""
     if config.pue is not None:
-        return {"value": float(config.pue), "source": "user setting (pue)", "default": False}
+        return {"value": float(config.pue), "source": "user setting (pue)", "default": False,
+                "source_id": "setting"}
     table = _data("pue.json")
     provider = (location or {}).get("cloud_provider")
     entry = table["providers"].get(provider) if provider else None
     if entry is not None:
         return {"value": float(entry["pue"]), "default": True,
-                "source": f"default for {entry['label']}: {entry['source']}"}
+                "source": f"default for {entry['label']}: {entry['source']}",
+                "source_id": str(entry["source_id"])}
     entry = table["unknown"]
     return {"value": float(entry["pue"]), "default": True,
-            "source": f"default for an {entry['label']}: {entry['source']}"}
+            "source": f"default for an {entry['label']}: {entry['source']}",
+            "source_id": str(entry["source_id"])}
 
 
 def positive(name: str, value: Any, allowed: str = "must be a number > 0") -> float:

@@ -49,6 +49,8 @@ class Pue:
     value: float
     source: str
     default: bool
+    #: a short id of ``source`` (``setting``, ``uptime-institute-2024``...): a bounded metric label
+    source_id: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"value": self.value, "source": self.source, "default": self.default}
@@ -475,7 +477,7 @@ def footprint(profile: Profile) -> Footprint:
                                        if p.intensity is not None else "") for p in parts) + ")")
     pue = parts[0].pue if len({p.pue for p in parts}) == 1 else Pue(
         fac / it if it > 0 else parts[0].pue.value, "per segment: " + "; ".join(
-            f"{p.label} {p.pue.value:g} ({p.pue.source})" for p in parts), False)
+            f"{p.label} {p.pue.value:g} ({p.pue.source})" for p in parts), False, "per-segment")
     gpu_s = float(sum(p.gpu_seconds for p, _ in profile.parts))
     w = profile.work
     steps = (("optimizer_steps", w.optimizer_steps) if w.optimizer_steps
@@ -502,7 +504,7 @@ def one_part(energy_j: Mapping[str, float | None] | float, start_unix: float, en
 
 
 #: No carbon or price settings: a footprint of energy and GPU-hours only.
-NO_SETTINGS = Settings(location={}, pue=Pue(1.0, "not applied (no settings)", True), factor=None)
+NO_SETTINGS = Settings(location={}, pue=Pue(1.0, "not applied (no settings)", True, "none"), factor=None)
 
 
 def plain_settings(g_per_kwh: float | None = None, price_per_kwh: float | None = None,
@@ -511,7 +513,7 @@ def plain_settings(g_per_kwh: float | None = None, price_per_kwh: float | None =
     """Settings from plain rates per kWh of IT energy (a PUE already in them: applied as 1)."""
     factor = None if g_per_kwh is None else Factor(float(g_per_kwh), "user-setting", source,
                                                    "user")
-    return Settings(location={}, pue=Pue(1.0, "included in the given rates", False),
+    return Settings(location={}, pue=Pue(1.0, "included in the given rates", False, "given-rates"),
                     factor=factor, prices=Prices(price_per_kwh, gpu_hour_price, currency))
 
 

@@ -46,6 +46,7 @@ from typing import Any
 from greentrack.carbon.footprint import NO_SETTINGS, Settings, one_part, plain_settings
 from greentrack.carbon.resolve import settings_for
 from greentrack.common.config import Config
+from greentrack.common.once import run_key, warn_once
 
 log = logging.getLogger("greentrack")
 
@@ -179,7 +180,9 @@ class Forecast:
         try:
             settings = settings_for(config)
         except Exception as e:  # noqa: BLE001 - a forecast is a convenience, never an error
-            log.warning("greentrack: no carbon or price settings for the forecast: %s", e)
+            # each meter of a run (a second fit(), a resumed run) asks again: said once per run
+            warn_once(log, run_key(config.run_dir, config.run_id), "forecast-settings",
+                      "greentrack: no carbon or price settings for the forecast: %s", e)
             settings = NO_SETTINGS
         return cls(planned_steps, settings=settings, gpus=gpus)
 

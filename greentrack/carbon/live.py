@@ -76,3 +76,26 @@ def intensity_now(settings: Settings | None, t_unix: float) -> tuple[float, str]
     if settings.factor is None:
         return None  # no location and no codecarbon data: no live emissions, not an error
     return settings.factor.g_per_kwh, settings.factor.source
+
+
+def intensity_source_id(settings: Settings | None, t_unix: float) -> str:
+    """A short id of where the intensity in force at ``t_unix`` comes from, for a bounded metric
+    label: the method, the country's ISO code and the data year where known
+    (``yearly-average-fra-2023``, ``world-average-2023``, ``user-setting``, ``time-resolved``);
+    ``unknown`` without one. The report cites the source in full."""
+    if settings is None:
+        return "unknown"
+    if settings.series is not None and settings.series.value_at(t_unix) is not None:
+        return "time-resolved"
+    factor = settings.factor
+    if factor is None:
+        return "unknown"
+    parts = [factor.method]
+    iso = str(factor.location.get("country_iso3") or "")
+    if factor.method == "yearly-average" and iso.isalpha() and len(iso) == 3:
+        parts.append(iso.lower())
+    if isinstance(factor.year, int) and 1900 < factor.year < 2200:
+        parts.append(str(factor.year))
+    sid = "-".join(parts)
+    return sid if len(sid) <= 40 and sid.replace("-", "").isalnum() else "unknown"
+

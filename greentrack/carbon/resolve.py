@@ -41,8 +41,9 @@ CARBON_FIELDS = ("country", "region", "cloud", "carbon_intensity_g_per_kwh", "in
                  "currency")
 
 
-#: Settings recorded with a run that its disclosures state (the model card's training type).
-DISCLOSURE_FIELDS = ("training_type",)
+#: Settings recorded with a run that its disclosures state (the model card's training type, the
+#: emissions.csv rows' project name).
+DISCLOSURE_FIELDS = ("training_type", "project_name")
 
 #: Country, region and cloud together name one place: a layer that sets any of them replaces all.
 LOCATION_FIELDS = ("country", "region", "cloud")

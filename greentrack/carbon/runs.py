@@ -15,7 +15,7 @@ Profile` that :func:`~greentrack.carbon.footprint.footprint` turns into figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from greentrack.carbon.footprint import Footprint, Part, Profile, Settings, Work, footprint
@@ -39,20 +39,23 @@ def explicit_of(explicit: Explicit) -> dict[str, Any]:
     return dict(explicit)
 
 
-def _groups(stores: Sequence[StoreEnergy], explicit: Explicit
+def _groups(stores: Sequence[StoreEnergy], explicit: Explicit,
+            configs: dict[str, tuple[Config, str]] | None = None
             ) -> list[tuple[Config, str, list[StoreEnergy]]]:
-    """Stores grouped by the settings that apply to them, in order of first start."""
+    """Stores grouped by the settings that apply to them, in order of first start.
+    ``configs``: the Configs (and their keys) already resolved under the same ``explicit``, by
+    the recorded settings' key."""
     flags = explicit_of(explicit)
-    configs: dict[str, Config] = {}
-    groups: dict[str, list[StoreEnergy]] = {}
+    configs = {} if configs is None else configs
+    groups: dict[str, tuple[Config, list[StoreEnergy]]] = {}
     for store in sorted(stores, key=lambda s: s.start_unix):
         recorded = settings_key(store.settings)
         if recorded not in configs:
-            configs[recorded] = config_for_run(store.settings, flags)
-        cfg = configs[recorded]
-        groups.setdefault(settings_key(cfg.as_dict()), []).append(store)
-    by_key = {settings_key(c.as_dict()): c for c in configs.values()}
-    return [(by_key[k], k, members) for k, members in groups.items()]
+            cfg = config_for_run(store.settings, flags)
+            configs[recorded] = (cfg, settings_key(cfg.as_dict()))
+        cfg, key = configs[recorded]
+        groups.setdefault(key, (cfg, []))[1].append(store)
+    return [(cfg, k, members) for k, (cfg, members) in groups.items()]
 
 
 def _part(members: Sequence[StoreEnergy], label: str) -> Part:
@@ -66,28 +69,52 @@ def _part(members: Sequence[StoreEnergy], label: str) -> Part:
 
 
 def profile_of_stores(stores: Sequence[StoreEnergy], explicit: Explicit, work: Work,
-                      read_bins: Callable[[], Sequence[StoreEnergy]] | None = None) -> Profile:
+                      read_bins: Callable[[], Sequence[StoreEnergy]] | None = None, *,
+                      memo: Memo | None = None) -> Profile:
     """The :class:`~greentrack.carbon.footprint.Profile` of ``stores``: in parts by the settings
     that apply to them, each resolved once. When a part's intensity is a time series and its
     stores carry no bins, ``read_bins`` gives the stores again with their energy over time.
+    ``memo``: settings already resolved under the same ``explicit`` (many runs read in one
+    command, the inventory); a time series is resolved for each part all the same (an
+    Electricity Maps history depends on the part's span).
 
     Raises:
         ConfigError: an invalid recorded or explicit setting (location, CSV, price).
     """
-    groups = _groups(stores, explicit)
+    groups = _groups(stores, explicit, None if memo is None else memo.configs)
     several = len(groups) > 1
     resolved: list[tuple[Part, Settings]] = []
     for cfg, key, members in groups:
         start = min(s.start_unix for s in members)
         end = max(s.end_unix for s in members)
         label = f"the part from {utc(start)}" if several else "the run"
-        resolved.append((_part(members, label), settings_for(cfg, (start, end), key)))
+        settings = memo.settings.get(key) if memo is not None else None
+        if settings is None:
+            settings = settings_for(cfg, (start, end), key)
+            if memo is not None and _constant(settings):
+                memo.settings[key] = settings
+        resolved.append((_part(members, label), settings))
     if read_bins is not None and any(s.series is not None and not p.bins and p.total_j > 0
                                      for p, s in resolved):
         with_bins = {s.path: s for s in read_bins()}
         resolved = [(_part([with_bins.get(m.path, m) for m in members], p.label), s)
                     for (p, s), (_, _, members) in zip(resolved, groups)]
     return Profile(tuple(resolved), work)
+
+
+def _constant(s: Settings) -> bool:
+    """Settings that hold whatever the span: a constant factor, not a series (an Electricity
+    Maps history is fetched for the span; a failed fetch may succeed for the next)."""
+    return s.series is None and not any("Electricity Maps" in n for n in s.notes)
+
+
+@dataclass
+class Memo:
+    """Resolved settings kept across calls of :func:`profile_of_stores` under one ``explicit``:
+    Configs by a store's recorded settings, Settings by the settings that apply."""
+
+    configs: dict[str, tuple[Config, str]] = field(default_factory=dict)
+    settings: dict[str, Settings] = field(default_factory=dict)
 
 
 def profile_of(run: Run, explicit: Explicit = None, *, work: Work | None = None) -> Profile:
@@ -195,6 +222,6 @@ def totals_of(fp: Footprint, *, run_id: str | None, run_dir: str, status: str,
         per_step_divisor=per.divisor if per is not None else None, warnings=fp.warnings)
 
 
-__all__ = ["Explicit", "Totals", "explicit_of", "profile_of", "profile_of_stores", "run_footprint",
+__all__ = ["Explicit", "Memo", "Totals", "explicit_of", "profile_of", "profile_of_stores", "run_footprint",
            "totals",
            "totals_of", "work_of"]

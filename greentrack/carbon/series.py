@@ -3,8 +3,8 @@
 Accepted CSV (documented in docs/methodology-carbon.md):
 
 * greentrack's own: a header with a time column (``start``, ``datetime``, ``timestamp`` or
-  ``time``), a value column (``g_per_kwh``, ``carbon_intensity`` or ``intensity``, gCO2e/kWh) and
-  optionally ``end``. Times are ISO 8601 (``2026-01-01T00:00:00Z``; no offset = UTC) or unix
+  ``time``), one value column (``g_per_kwh``, ``carbon_intensity`` or ``intensity``, gCO2e/kWh;
+  two of them are an error) and optionally ``end``. Times are ISO 8601 (``2026-01-01T00:00:00Z``; no offset = UTC) or unix
   seconds. Each row holds from its start to its ``end``, or to the next row's start; the last row
   holds for the median spacing. Lines starting with ``#`` are comments.
 * an Electricity Maps history export, as downloaded: ``Datetime (UTC)`` and
@@ -101,7 +101,11 @@ def parse_time(text: str) -> float:
 def _pick(header: list[str], path: Path) -> tuple[int, int, int | None, int | None, str]:
     low = [h.strip().lower() for h in header]
     t_col = next((low.index(c) for c in TIME_COLUMNS if c in low), None)
-    v_col = next((low.index(c) for c in VALUE_COLUMNS if c in low), None)
+    values = [h for h in low if h in VALUE_COLUMNS]
+    if len(values) > 1:  # which one is meant is the user's to say, never a silent pick
+        raise _bad(path, 1, f"the header has {len(values)} intensity columns "
+                   f"({', '.join(values)}); keep one of them")
+    v_col = low.index(values[0]) if values else None
     kind = "greentrack"
     if v_col is None:  # Electricity Maps export: prefer direct, then life-cycle
         em = [i for i, h in enumerate(low) if h.startswith("carbon intensity")]

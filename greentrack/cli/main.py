@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from typing import Any, NoReturn
 from greentrack import __version__
 from greentrack.cli import EARLY
 from greentrack.cli.doctor import diagnose, format_diagnosis
+from greentrack.cli.inventory import add_inventory
 from greentrack.cli.reports import (CARBON_OPTIONS, add_carbon_options, add_commands,
-                                    add_training_type, carbon_settings)
+                                    add_project_name, add_training_type, carbon_settings)
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError, GreenTrackError
 from greentrack.common.labels import parse_labels
@@ -56,7 +58,7 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
-    if getattr(ns, "run_dir", None):
+    if getattr(ns, "run_dir", None) is not None:  # "" too: refused by Config, not the default
         out["run_dir"] = ns.run_dir
     if getattr(ns, "labels", None):
         env = os.environ.get("GREENTRACK_LABELS")
@@ -109,6 +111,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emissions-csv", dest="emissions_csv", metavar="FILE",
                    help="append the run's row to FILE in codecarbon's emissions.csv columns "
                         "(created if missing; also GREENTRACK_EMISSIONS_CSV)")
+    add_project_name(p)
     add_training_type(p)
 
 
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node-local directories of the run (apart, or joined by '+')")
     add_carbon_options(run)
     add_commands(sub)
+    add_inventory(sub)
     return parser
 
 
@@ -289,6 +293,11 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
                           "`greentrack run -- python train.py`")
     settings = {**carbon_settings(ns), **_settings(ns)}
     config = Config.from_env(**settings)
+    missing = _not_runnable(cmd[0])
+    if missing is not None:  # as a shell says it, before any run directory exists
+        print(f"greentrack: {printable(cmd[0])}: {missing[1]}; nothing was run or tracked",
+              file=sys.stderr)
+        return missing[0]
     if config.final_scrape_wait_s is None:  # the command has ended: Prometheus reads its end
         config = config.replace(final_scrape_wait_s=FINAL_SCRAPE_WAIT_S)
     # Calibration needs training steps: the command's own trackers do it (they join this run and
@@ -335,9 +344,11 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
             return _cancelled(got, tracker)
         try:
             child = subprocess.Popen(cmd, env=env)
-        except OSError as e:
+        except OSError as e:  # checked above; gone or changed since
             tracker.discard()  # a command that cannot start leaves no run behind
-            raise ConfigError("CMD", cmd[0], f"cannot be started ({e.strerror or e})") from None
+            print(f"greentrack: {printable(cmd[0])}: {e.strerror or e}; nothing was run or "
+                  "tracked", file=sys.stderr)
+            return COMMAND_NOT_FOUND if isinstance(e, FileNotFoundError) else COMMAND_NOT_EXECUTABLE
         for signum in forwarded:  # one that came while it was being started
             try:
                 child.send_signal(signum)
@@ -366,6 +377,27 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
             print(f"greentrack: no summary: {e}", file=sys.stderr)
     # A child killed by signal N: exit like the shell does (128 + N).
     return 128 - rc if rc < 0 else rc
+
+
+#: A shell's exit statuses for a command it cannot run (POSIX, "Command Search and Execution"):
+#: not found, and found but not executable.
+COMMAND_NOT_FOUND, COMMAND_NOT_EXECUTABLE = 127, 126
+
+
+def _not_runnable(name: str) -> tuple[int, str] | None:
+    """Why ``name`` cannot be run, as a shell says it, with the shell's exit status; None when it
+    can be: a path is checked as it is, a bare name looked up in ``PATH``."""
+    if os.sep not in name:
+        if shutil.which(name) is None:
+            return COMMAND_NOT_FOUND, "command not found (not in PATH)"
+        return None
+    if not os.path.exists(name):
+        return COMMAND_NOT_FOUND, "No such file or directory"
+    if os.path.isdir(name):
+        return COMMAND_NOT_EXECUTABLE, "Is a directory"
+    if not os.access(name, os.X_OK):
+        return COMMAND_NOT_EXECUTABLE, "Permission denied"
+    return None
 
 
 def _child_env(config: Config) -> dict[str, str]:

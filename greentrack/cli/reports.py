@@ -22,13 +22,13 @@ from greentrack.common.files import not_regular, staged_dir
 from greentrack.common.text import json_text, printable
 from greentrack.process.settings import check_settings
 from greentrack.reports.advise import MAX_SLOWDOWN, advise, format_text, run_footprint_of
-from greentrack.reports.compare import compare, curves, parse_groups, parse_target
+from greentrack.reports.compare import compare, curves, parse_groups
 from greentrack.reports.compare_format import format_html, format_markdown, format_table
 from greentrack.reports.document import FORMATS, iter_reports
 from greentrack.reports.emissions_log import append
 from greentrack.reports.run_data import read_run
 from greentrack.reports.summary import footprint_summary
-from greentrack.run import run_dirs_of
+from greentrack.run import parse_target, run_dirs_of
 from greentrack.store import store_paths
 
 #: flag -> (Config field, type, help)
@@ -53,6 +53,12 @@ def add_training_type(p: argparse.ArgumentParser) -> None:
     p.add_argument("--training-type", dest="training_type", choices=TRAINING_TYPES,
                    help="what the run is, for the model card's co2_eq_emissions.training_type "
                         "(default: the Hugging Face integration's inference, else not stated)")
+
+
+def add_project_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project-name", dest="project_name", metavar="NAME",
+                   help="project_name of the run's emissions.csv rows, as codecarbon's setting "
+                        "(default: greentrack; also GREENTRACK_PROJECT_NAME)")
 
 
 def add_carbon_options(p: argparse.ArgumentParser) -> None:
@@ -133,7 +139,7 @@ def carbon_settings(ns: argparse.Namespace) -> dict[str, Any]:
     file = getattr(ns, "config_file", None) or os.environ.get("GREENTRACK_CONFIG")
     if file:
         out.update(load_config_file(file))
-    for dest in [d for d, _, _ in CARBON_OPTIONS.values()] + ["training_type"]:
+    for dest in [d for d, _, _ in CARBON_OPTIONS.values()] + ["training_type", "project_name"]:
         value = getattr(ns, dest, None)
         if value is not None:
             out[dest] = value
@@ -180,6 +186,7 @@ def add_commands(sub: Any) -> None:
     rep.add_argument("--emissions-csv", metavar="FILE",
                      help="also append each run's row to FILE, a per-project CSV in codecarbon's "
                           "emissions.csv columns (created if missing)")
+    add_project_name(rep)
     add_training_type(rep)
     add_carbon_options(rep)
     rep.set_defaults(handler=cmd_report)

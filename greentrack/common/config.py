@@ -54,6 +54,9 @@ class Config:
         rank: global rank of this process (default: ``RANK`` from the environment, else 0).
         emissions_csv: a per-project CSV in codecarbon's ``emissions.csv`` columns; the run's row
             is appended at stop (:mod:`greentrack.reports.emissions_log`). None: no file.
+        project_name: the ``project_name`` of the run's ``emissions.csv`` rows, as codecarbon's
+            setting of that name (1-128 printable characters). None: ``greentrack``
+            (codecarbon's own default is ``codecarbon``), never the run's id.
         training_type: ``pre-training`` or ``fine-tuning`` (the Hugging Face Hub's
             ``co2_eq_emissions.training_type``); None: unknown, or inferred by the Hugging Face
             integration.
@@ -101,6 +104,7 @@ class Config:
     currency: str | None = None
     # -- outputs --
     emissions_csv: str | None = None
+    project_name: str | None = None
     training_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -114,7 +118,7 @@ class Config:
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir_is_default", self.run_dir is None)
         object.__setattr__(self, "run_dir", default_run_dir() if self.run_dir is None
-                           else Path(self.run_dir))
+                           else _run_dir(self.run_dir))
         object.__setattr__(self, "labels", parse_labels(self.labels, "labels"))
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
@@ -148,6 +152,12 @@ class Config:
         if self.emissions_csv is not None and (not isinstance(self.emissions_csv, (str, os.PathLike))
                                                or not str(self.emissions_csv).strip()):
             raise ConfigError("emissions_csv", self.emissions_csv, "must be a file path")
+        if self.project_name is not None and (not isinstance(self.project_name, str) or not
+                                              self.project_name.strip() or
+                                              len(self.project_name) > 128 or
+                                              not self.project_name.isprintable()):
+            raise ConfigError("project_name", self.project_name, "must be 1-128 printable "
+                              "characters (codecarbon's project_name), or unset for greentrack")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
                                       or self.rank < 0):
             raise ConfigError("rank", self.rank, "must be an integer >= 0")
@@ -281,6 +291,18 @@ _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 
 
+def _run_dir(value: Any, setting: str = "run_dir") -> Path:
+    """A run directory as given. Empty text (an unset variable: ``Tracker(os.environ.get(...,
+    ""))``, ``--run-dir "$OUT"``) is refused: ``Path("")`` is the current directory, which would
+    become the run directory."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(setting, value, "must be a directory path (text or a Path)")
+    if not os.fspath(value).strip():
+        raise ConfigError(setting, value, "is empty (an unset variable?); name a directory, or "
+                          "leave it unset (None) for the default greentrack-runs/<time>-<pid>")
+    return Path(value)
+
+
 def _in_range(name: str, value: Any, low: float, high: float) -> None:
     check_number(name, value, low, high)
 
@@ -377,4 +399,6 @@ def _from_text(name: str, raw: str) -> Any:
         return raw
     if name == "labels":
         return parse_labels(raw, "GREENTRACK_LABELS")
+    if name == "run_dir":
+        return _run_dir(raw, "GREENTRACK_RUN_DIR")
     return raw

@@ -68,6 +68,26 @@ def not_regular(path: str | os.PathLike[str]) -> str | None:
     return "not a regular file"
 
 
+def not_a_directory(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be a directory, or be made one: it, or the nearest of its parents
+    that exists, is a file (or a FIFO, a device...), said as such (``mkdir`` would say "not
+    writable" or "Not a directory"); None otherwise (links followed)."""
+    target = Path(os.path.abspath(path))
+    for p in (target, *target.parents):
+        try:
+            mode = os.stat(p).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: look up
+            continue
+        except OSError:
+            return None  # unreadable: making it says why
+        if stat.S_ISDIR(mode):
+            return None
+        what = "a file" if stat.S_ISREG(mode) else not_regular(p)
+        return (f"is {what}, not a directory" if p == target
+                else f"is under {p}, which is {what}, not a directory")
+    return None
+
+
 def _not_writable_by_others(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames, None]:

@@ -26,7 +26,8 @@ def parse_labels(value: Any, setting: str = "labels") -> dict[str, str]:
 
     Raises:
         ConfigError: one line naming ``setting``: more than :data:`MAX_LABELS` labels, a key not
-            ``[a-z][a-z0-9_]{0,31}``, a value empty, longer than 64 or not printable.
+            ``[a-z][a-z0-9_]{0,31}`` or given twice, a value empty, longer than 64 or not
+            printable.
     """
     if value is None:
         return {}
@@ -50,6 +51,9 @@ def parse_labels(value: Any, setting: str = "labels") -> dict[str, str]:
     for k, v in items:
         if not isinstance(k, str) or not KEY.fullmatch(k):
             raise ConfigError(setting, k, "label keys must match [a-z][a-z0-9_]{0,31}")
+        if k in out:  # a=1,a=2: which one is meant is the user's to say, never a silent pick
+            raise ConfigError(setting, f"{k}={out[k]}, {k}={v}", f"the label {k} is given twice; "
+                              "give each key once")
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise ConfigError(setting, f"{k}={v!r}", "label values must be text or numbers")
         text = str(v)

@@ -27,6 +27,7 @@ from typing import Any
 
 from greentrack.common.config import Config
 from greentrack.common.errors import DeviceLost, RunStoreError, SamplerError
+from greentrack.common.once import warn_once
 from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.engine.records import MetricQueue
 from greentrack.engine.steps import FieldCleaner, PhaseTally, StepQueue, StepSpan
@@ -58,6 +59,12 @@ CHECKPOINT_S = 10.0
 BACKLOG_GRACE_S = 10.0
 #: At stop, how long to wait for CUDA values of the last steps to reach the host.
 DEVICE_VALUE_WAIT_S = 2.0
+#: The fast cadence runs while steps are open or ended within this long, and are shorter than
+#: :data:`LONG_STEP_S`; otherwise the thread wakes on the slow cadence only (an idle process, a
+#: command tracked without steps, long steps): counters keep totals exact at any cadence, and
+#: estimates only change on the slow tick (``bench/sampler_cost.py`` has the CPU this saves).
+FAST_HOLD_S = 2.0
+LONG_STEP_S = 2.0
 
 
 class Engine:
@@ -65,8 +72,11 @@ class Engine:
 
     def __init__(self, channels: list[Channel], writer: StoreWriter, config: Config,
                  origin: float, clock: Callable[[], float] = time.monotonic,
-                 origin_unix: float | None = None) -> None:
+                 origin_unix: float | None = None, run_key: str | None = None) -> None:
         self.config = config
+        #: The run its log messages belong to (:func:`greentrack.common.once.run_key`): each cause
+        #: is logged once per run, however often it happens (every occurrence is an event).
+        self.run_key = run_key if run_key is not None else f"engine-{id(self)}"
         self.origin = origin
         #: the wall time of ``origin`` (the store's ``started_unix``): one anchor for every output
         self.origin_unix = time.time() - (time.monotonic() - origin) if origin_unix is None \
@@ -83,7 +93,7 @@ class Engine:
         self.steps = StepQueue()
         self.submit = self.steps.submit
         self._waiting: list[StepSpan] = []
-        self.cleaner = FieldCleaner(self.event)
+        self.cleaner = FieldCleaner(self.event, self.run_key)
         #: One thread attributes at a time: the sampler, or stop() once it gave up on the sampler.
         self._account_lock = threading.Lock()
         #: When the sampler thread entered a device read (None outside one): stop() abandons a
@@ -120,6 +130,15 @@ class Engine:
         self._cadence_changed_at = float("-inf")
         self._next_account = self._next_flush = origin
         self._next_checkpoint = origin + CHECKPOINT_S
+        #: Channels whose fast polls read something (estimates change on the slow tick only), and
+        #: whether one integrates instant power (no counter): its totals need the fast cadence.
+        self._fast_reads = any(getattr(st.channel, "fast_reads", True) for st in self.states)
+        self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
+                                     for st in self.states)
+        #: The end (monotonic) of the latest step seen and the recent steps' typical length.
+        self._last_step_t1 = float("-inf")
+        self._step_s = 0.0
+        self.fast_polls = 0
 
     # -- called from the training thread (cheap) ------------------------------------------
     def event(self, level: str, kind: str, message: str, **details: Any) -> None:
@@ -128,7 +147,11 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        self._poll_all(self._clock(), force_slow=True)
+        t = self._clock()
+        self._poll_all(t, force_slow=True)
+        # The store exists (and its clock runs) a little before the first reading: the window
+        # this process measured is [first_reading_t, last_reading_t], in the store's seconds.
+        self._writer.set_meta({"first_reading_t": t - self.origin})
         self._flush()
         self._thread = threading.Thread(target=self._run, name="greentrack-sampler", daemon=True)
         self._thread.start()
@@ -172,6 +195,7 @@ class Engine:
                 st.channel.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 pass
+        self._writer.set_meta({"last_reading_t": self._clock() - self.origin})
         self._flush()
         return joined
 
@@ -235,21 +259,44 @@ class Engine:
             self._flush()
             self._next_flush = now + cfg.flush_interval_s
 
+    def wants_fast(self, now: float) -> bool:
+        """Whether the next poll comes on the fast cadence: while short steps run (one is open, or
+        one ended within :data:`FAST_HOLD_S`) and a channel reads anything on fast polls, or
+        always when a channel integrates instant power. Otherwise the slow cadence alone."""
+        if self._totals_need_fast:
+            return True
+        if not self._fast_reads or self._step_s >= LONG_STEP_S:
+            return False
+        if now - self._last_step_t1 < FAST_HOLD_S:
+            return True
+        for hold in self.holds:
+            try:
+                if hold() is not None:
+                    return True
+            except Exception:  # noqa: BLE001 - a racing owner: poll fast this time
+                return True
+        return False
+
     def _run(self) -> None:
         cfg = self.config
         now = self._clock()
         self.schedule(now)
-        next_fast = now + cfg.interval_s
-        while not self._stop.wait(max(0.0, next_fast - self._clock())):
+        fast = self.wants_fast(now)
+        next_poll = now + (cfg.interval_s if fast else self.counter_interval_s)
+        while not self._stop.wait(max(0.0, next_poll - self._clock())):
             now = self._clock()
             self.iterate(now)
             if self._abandoned:
                 return
+            fast = self.wants_fast(now)
+            self.fast_polls += fast
             # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
             # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
-            next_fast += cfg.interval_s * (0.95 + 0.1 * self._rng.random())
-            if next_fast <= now:
-                next_fast = now + cfg.interval_s
+            period = cfg.interval_s if fast else self.counter_interval_s
+            next_poll = min(next_poll + period * (0.95 + 0.1 * self._rng.random()),
+                            now + period * 1.05)
+            if next_poll <= now:
+                next_poll = now + period
             self.thread_cpu_s = time.thread_time()
         if not self._abandoned:
             self._final_reading()
@@ -260,8 +307,9 @@ class Engine:
             fn()
         except Exception as e:  # noqa: BLE001 - the sampler must never die or raise into training
             self.errors += 1
-            if self.errors <= 3:
-                log.warning("greentrack: internal sampler error (recorded): %s", e)
+            warn_once(log, self.run_key, f"internal-error:{type(e).__name__}",
+                      "greentrack: internal sampler error (recorded; repeats are recorded only): "
+                      "%s", e)
             self.event("error", "internal-error", f"{type(e).__name__}: {e}")
 
     # -- polling ------------------------------------------------------------------------------
@@ -324,7 +372,8 @@ class Engine:
             self._writer.add_event(t - self.origin, ev.level, ev.kind, ev.message, st.id,
                                    ev.details)
             if ev.level == "warning":
-                log.warning("greentrack: %s", ev.message)
+                warn_once(log, self.run_key, f"{ev.kind}:{st.channel.info.device}",
+                          "greentrack: %s", ev.message)
 
     def _adapt_slow_cadence(self, now: float) -> None:
         """Stretch (or restore) the slow cadence so slow reads stay within their CPU budget.
@@ -373,7 +422,9 @@ class Engine:
             st.fail_since = t
             self._writer.add_event(t - self.origin, "warning", "gap-start",
                                    f"{device}: read failed: {e}", st.id)
-            log.warning("greentrack: %s read failed (recorded as a gap): %s", device, e)
+            warn_once(log, self.run_key, f"read-failed:{device}", "greentrack: %s read failed "
+                      "(recorded as a gap; later gaps of it are recorded, not repeated here): %s",
+                      device, e)
         if lost and st.status != "lost":
             self._writer.add_event(t - self.origin, "error", "device-lost",
                                    f"{device}: device lost, no more readings: {e}", st.id)
@@ -388,7 +439,12 @@ class Engine:
             self._attribute(final)
 
     def _attribute(self, final: bool) -> None:
-        self._waiting.extend(self.steps.take())
+        taken = self.steps.take()
+        if taken:  # the cadence follows the steps (wants_fast)
+            last = taken[-1]
+            self._last_step_t1 = max(self._last_step_t1, last.t1)
+            self._step_s = max(0.0, last.t1 - last.t0) / max(1, last.n)
+        self._waiting.extend(taken)
         if final:  # the last steps' CUDA values: training is over, a short wait costs nothing
             deadline = time.monotonic() + DEVICE_VALUE_WAIT_S
             while (any(s.pending() for s in self._waiting) or self.records.pending_values()) \
@@ -484,16 +540,16 @@ class Engine:
                 self._next_checkpoint = now + CHECKPOINT_S
                 self._writer.checkpoint()
             if self._flush_failures:
-                log.warning("greentrack: store writable again after %d failed commits",
-                            self._flush_failures)
+                warn_once(log, self.run_key, "store-recovered", "greentrack: store writable "
+                          "again after %d failed commits", self._flush_failures)
                 self._writer.add_event(self._clock() - self.origin, "warning", "store-recovered",
                                        f"{self._flush_failures} commits failed before this one")
                 self._flush_failures = 0
         except RunStoreError as e:
             self._flush_failures += 1
             if self._flush_failures == 1:
-                log.warning("greentrack: cannot write the run store (will retry; training goes "
-                            "on): %s", e)
+                warn_once(log, self.run_key, "store-write", "greentrack: cannot write the run "
+                          "store (will retry; training goes on): %s", e)
 
     # -- live view, for exporters and progress logs ------------------------------------------
     @property

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from greentrack.common.once import warn_once
 from greentrack.engine import stepvalues
 from greentrack.store.layout import StepRow
 
@@ -168,10 +169,12 @@ class StepQueue:
 class FieldCleaner:
     """Counts and extra fields of resolved steps as recordable values; a bad one is dropped, with
     one ``bad-step-field`` event per field name (through ``event``) and a count in
-    :attr:`bad_fields`."""
+    :attr:`bad_fields`; the log says each field once per run (``run``: the run's key,
+    :func:`greentrack.common.once.run_key`), however many segments or trackers drop it."""
 
-    def __init__(self, event: Callable[..., None]) -> None:
+    def __init__(self, event: Callable[..., None], run: str = "") -> None:
         self._event = event
+        self._run = run or f"cleaner-{id(self)}"
         self.bad_fields: dict[str, int] = {}
 
     def clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
@@ -205,7 +208,7 @@ class FieldCleaner:
             msg = (f"step field {name!r} dropped ({why}), first at {span.phase} step {span.idx}; "
                    "the step and its energy are kept; later drops of this field are counted in "
                    "the store's meta (bad_step_fields)")
-            log.warning("greentrack: %s", msg)
+            warn_once(log, self._run, f"bad-step-field:{name}", "greentrack: %s", msg)
             self._event("warning", "bad-step-field", msg, field=name, reason=why)
         if seen or len(self.bad_fields) < 10 * BAD_FIELD_EVENTS:
             self.bad_fields[name] = seen + 1

@@ -9,7 +9,8 @@ tensor made every later commit of the store fail and lost the whole run.
   scalar (``submit_window`` checks the type first, so plain values cost one set lookup). A torch
   tensor is snapshotted at the step's end, so a later in-place update cannot change what is recorded:
   a CPU tensor by ``.item()`` (no device involved), a CUDA tensor by an asynchronous copy into host
-  memory followed by an event record on the current stream -- never a synchronization.
+  memory followed by an event record on the current stream -- never a synchronization. A NumPy
+  array of one element is its element (``.item()``), whatever its shape, as a tensor's is.
 * :func:`count` and :func:`extra_value` run on the sampler thread: they turn what was captured into a
   finite float (or a JSON value for extra fields), or say why it cannot be one. A CUDA value is read
   only once its event says the step's GPU work is done (:meth:`DeviceValue.ready`).
@@ -64,7 +65,11 @@ class DeviceValue:
 
 
 def capture(value: Any) -> Any:
-    """Snapshot ``value`` on the training thread; cheap, never synchronizes a device."""
+    """Snapshot ``value`` on the training thread; cheap, never synchronizes a device.
+
+    One rule for arrays, NumPy's and torch's alike: one element, whatever the shape (``[3]``,
+    ``[[5]]``, 0-d), is that element; more (or none) is refused on the sampler thread, saying how
+    many."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         try:
@@ -74,6 +79,12 @@ def capture(value: Any) -> Any:
                 return DeviceValue(value)
             return value.item()
         except Exception:  # noqa: BLE001 - an odd tensor (meta, sparse...) is refused later
+            return value
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.size == 1:
+        try:
+            return value.item()  # a copy: a later in-place update does not change the step
+        except Exception:  # noqa: BLE001 - an odd array (object dtype...) is refused later
             return value
     return value
 
@@ -111,6 +122,9 @@ def _number(value: Any) -> float | str:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return f"a tensor of {value.numel()} elements, not one number"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.size != 1:
+        return f"an array of {value.size} elements, not one number"
     try:
         out = float(value)
     except OverflowError:

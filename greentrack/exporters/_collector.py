@@ -23,6 +23,9 @@ name                                                    type       extra labels
 ``greentrack_mfu_ratio``                                gauge      phase (when steps report mfu)
 ``greentrack_emissions_grams_total``                    counter    (when an intensity is known)
 ``greentrack_carbon_intensity_grams_per_kilowatt_hour`` gauge      source (when known)
+``greentrack_pue_ratio``                                gauge      source: a short id (``setting``,
+                                                                   ``uptime-institute-2024``...)
+                                                                   (when an intensity is known)
 ``greentrack_sampler_errors_total``                     counter
 ``greentrack_sampler_polls_total``                      counter
 ``greentrack_sampler_cpu_seconds_total``                counter
@@ -61,7 +64,7 @@ from typing import Any
 
 from greentrack import __version__
 from greentrack.carbon.footprint import Settings, one_part
-from greentrack.carbon.live import intensity_now
+from greentrack.carbon.live import intensity_now, intensity_source_id
 from greentrack.carbon.resolve import settings_for
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
@@ -76,6 +79,8 @@ log = logging.getLogger("greentrack")
 
 BASE_LABELS = ("run", "job", "host", "rank")
 INTENSITY_TTL_S = 60.0
+#: The longest short source id a label carries (``green-algorithms-2023``: 21 characters).
+MAX_ID = 32
 #: How long a scrape or push waits for a resumed run's earlier totals (read on a thread at start)
 #: before it answers with no series: never a lower value that Prometheus would take for a reset.
 CONTINUE_WAIT_S = 2.0
@@ -139,6 +144,14 @@ class Intensity:
 
 def _live_settings(config: Config) -> Settings:
     return settings_for(config)
+
+
+def pue_source_id(settings: Settings) -> str:
+    """The PUE gauge's ``source`` label: the PUE's short source id (``setting``,
+    ``uptime-institute-2024``...; a handful of values, never a URL cut mid-word), else
+    ``unknown``. The full citation is the report's."""
+    sid = settings.pue.source_id
+    return sid if sid and len(sid) <= MAX_ID and sid.replace("-", "").isalnum() else "unknown"
 
 
 def _now(settings: Settings | None) -> tuple[float, str] | None:
@@ -456,17 +469,21 @@ class TrackerCollector:
                               max(b for _, b, _ in bins), settings, bins=bins)
                 self._emissions_g += fp.location_g or 0.0
             grams = self.before.emissions_g + self._emissions_g
-        g_per_kwh, source = got
+        # the label is a short id (a handful of values); the full citation is the report's
+        g_per_kwh, source = got[0], intensity_source_id(settings, time.time())
         yield self._counter("greentrack_emissions_grams", "Operational emissions in grams CO2e: "
                             "IT energy x the PUE in use x the carbon intensity in use (as the "
                             "reports compute them).", grams)
         pue_gauge = GaugeMetricFamily("greentrack_pue_ratio", "Power usage effectiveness applied "
-                                      "to IT energy, and where it comes from (setting or default).",
-                                      labels=[*BASE_LABELS, "source"])
-        pue_gauge.add_metric([*self.base, str(settings.pue.source)[:160]], settings.pue.value)
+                                      "to IT energy; source: a short id of where it comes from "
+                                      "(setting, or the data source and its year; the report "
+                                      "cites it in full).", labels=[*BASE_LABELS, "source"])
+        pue_gauge.add_metric([*self.base, pue_source_id(settings)], settings.pue.value)
         yield pue_gauge
         gauge = GaugeMetricFamily("greentrack_carbon_intensity_grams_per_kilowatt_hour",
-                                  "Carbon intensity in use, in gCO2e/kWh, and where it comes from.",
+                                  "Carbon intensity in use, in gCO2e/kWh; source: a short id of "
+                                  "where it comes from (method, country, data year; the report "
+                                  "cites it in full).",
                                   labels=[*BASE_LABELS, "source"])
         gauge.add_metric([*self.base, source], g_per_kwh)
         yield gauge

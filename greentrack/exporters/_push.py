@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from greentrack.common.once import warn_once
 from greentrack.exporters._collector import PushHealth
 
 log = logging.getLogger("greentrack")
@@ -36,13 +37,16 @@ class Pusher:
         ready: returns False while the registry would yield nothing yet (a resumed run's earlier
             totals still being read, after a bounded wait): the push is then skipped, since a
             ``PUT`` of nothing deletes the group's last values from the gateway.
+        run_key: the run the log's warning belongs to (:func:`greentrack.common.once.run_key`):
+            a gateway that fails again after recovering is an event each time, a log line once.
     """
 
     def __init__(self, gateway: str, job: str, grouping_key: dict[str, str], registry: Any,
                  interval_s: float, health: PushHealth,
                  record: Callable[[str, str, str], None],
                  timeout_s: float = PUSH_TIMEOUT_S,
-                 ready: Callable[[], bool] | None = None) -> None:
+                 ready: Callable[[], bool] | None = None, run_key: str | None = None) -> None:
+        self._run_key = run_key if run_key is not None else f"pusher-{id(self)}"
         self.gateway, self.job, self.grouping_key = gateway, job, grouping_key
         # A push slower than the interval is pointless: the next one carries newer figures.
         self.registry, self.interval_s = registry, interval_s
@@ -89,8 +93,8 @@ class Pusher:
             self.health.failures += 1
             if not self._failing:
                 self._failing = True
-                log.warning("greentrack: push to %s failed (recorded; training goes on): %s",
-                            self.gateway, e)
+                warn_once(log, self._run_key, f"push-failed:{self.gateway}", "greentrack: push "
+                          "to %s failed (recorded; training goes on): %s", self.gateway, e)
                 self._record("warning", "push-error", f"push to {self.gateway} failed: {e}")
             return False
         self.pushes += 1

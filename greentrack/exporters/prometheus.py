@@ -147,7 +147,8 @@ class PrometheusExporter:
                                   "rank": self.labels["rank"]},
                                  self.registry, cfg.push_interval_s, health,
                                  lambda level, kind, msg: record(level, kind, msg),
-                                 ready=lambda: collector.ready.wait(CONTINUE_WAIT_S))
+                                 ready=lambda: collector.ready.wait(CONTINUE_WAIT_S),
+                                 run_key=getattr(tracker.engine, "run_key", None))
             self.pusher.start()
 
     def _continue_run(self, tracker: Any, record: Any) -> None:

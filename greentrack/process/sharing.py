@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.leases import Lease, host_lease_dir, is_held, live_leases
+from greentrack.common.once import warn_once
 from greentrack.engine.channelstate import channel_key
 from greentrack.samplers._share import ProcessShare
 from greentrack.store.layout import JOIN_DIR
@@ -65,11 +66,20 @@ class HostWatch:
         self.lease = Lease(host_lease_dir(), record, shared=True)
         self.seen: dict[str, dict[str, Any]] = {}
         self._next = 0.0
+        self._mtime = -1
         self.check(time.monotonic())
 
     def __call__(self, now: float) -> None:
-        if now >= self._next:
+        # A lease that came changes the directory's mtime: a stat per poll sees a run that starts
+        # and stops between two scans (one shorter than SCAN_EVERY_S inside this run's span
+        # went unseen by it); the scan each SCAN_EVERY_S still removes stale leases.
+        try:
+            mtime = os.stat(self.lease.directory).st_mtime_ns
+        except OSError:
+            mtime = self._mtime
+        if now >= self._next or mtime != self._mtime:
             self._next = now + SCAN_EVERY_S
+            self._mtime = mtime
             self.check(now)
 
     def check(self, now: float) -> None:
@@ -95,7 +105,10 @@ class HostWatch:
                " in machine mode each run counts the whole host's CPU and DRAM energy, so these "
                "runs' host figures overlap; track each with --mode process (Config(mode='process')) "
                "to split the host by process")
-        log.warning("greentrack: %s", msg)
+        # said once per run; each run met is an event (summaries and reports name them all)
+        warn_once(log, self.engine.run_key, "host-shared", "greentrack: %s%s",
+                  msg, "; other runs that meet this one are recorded in its events, not repeated "
+                  "here")
         self.engine.event("warning", "host-shared", msg, other_run_id=run_id,
                           other_pid=other.get("pid"), other_mode=theirs)
 

@@ -26,6 +26,7 @@ from greentrack.carbon.runs import Totals, totals
 from greentrack.common.config import Config, env_run_id, launcher_int
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import parse_labels
+from greentrack.common.once import run_key, warn_once
 from greentrack.engine.engine import Engine, channel_key
 from greentrack.engine.stepvalues import PLAIN, capture, phase_name
 from greentrack.exporters import Sink, sinks_for
@@ -63,7 +64,7 @@ class Tracker:
                  config: Config | None = None, sinks: list[Sink] | None = None,
                  **settings: Any) -> None:
         if run_dir is not None:
-            settings["run_dir"] = Path(run_dir)
+            settings["run_dir"] = run_dir  # as given: Config refuses "" (Path("") is the cwd)
         self.config = (config or Config.from_env()).replace(**settings) if settings else (
             config or Config.from_env())
         #: A run directory the user named (a joined tracker says it was not used).
@@ -170,9 +171,10 @@ class Tracker:
         check_settings(cfg)  # settings that need data, before anything is created
         parent = None if self._join_token else sharing.parent_run()
         if parent is not None and cfg.run_dir != parent[0]:
-            if self._named_run_dir:
-                log.warning("greentrack: run_dir %s not used: this process runs under `greentrack "
-                            "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
+            if self._named_run_dir:  # each segment of the command's run finds it: said once
+                warn_once(log, run_key(parent[0], None), f"run-dir-not-used:{cfg.run_dir}",
+                          "greentrack: run_dir %s not used: this process runs under `greentrack "
+                          "run`, whose run (%s) it joins", cfg.run_dir, parent[0])
             cfg = self.config = cfg.replace(run_dir=parent[0])
         run_id, found, calibration_notes = self._open_devices(cfg)
         self.notes = found.notes
@@ -197,7 +199,7 @@ class Tracker:
             meta["joined"] = {"parent_run_dir": str(parent[0]), "handed_over": joined}
         self._writer = StoreWriter(cfg.run_dir, rank, meta)
         self._engine = Engine(found.channels, self._writer, cfg, origin=self._t_start,
-                              origin_unix=origin_unix)
+                              origin_unix=origin_unix, run_key=run_key(cfg.run_dir, run_id))
         self._engine.holds.append(self._earliest_open)
         self._record_start(found.notes, parent, joined, calibration_notes)
         if self._calibration is not None:
@@ -248,8 +250,9 @@ class Tracker:
         for note in notes:
             self._writer.add_event(0.0, note.level, "estimate" if "ESTIMATED" in note.message
                                    else "discovery", note.message, None, {"hint": note.hint})
-            if note.level == "warning":
-                log.warning("greentrack: %s", note.message)
+            if note.level == "warning":  # each segment of a run finds the same: said once
+                warn_once(log, self._engine.run_key, f"note:{note.message}", "greentrack: %s",
+                          note.message)
         if parent is not None:
             self._engine.event("info" if joined is not None else "warning", "joined-parent",
                                f"joined the run of `greentrack run` in {parent[0]}; it stopped "
@@ -258,7 +261,8 @@ class Tracker:
                                "`greentrack run` did not answer the join within "
                                f"{sharing.JOIN_ACK_S:g} s: both may count this machine's devices")
         for note in calibration_notes:
-            log.warning("greentrack: %s", note.message)
+            warn_once(log, self._engine.run_key, f"note:{note.message}", "greentrack: %s",
+                      note.message)
             self._engine.event(note.level, "power-limit-calibration", note.message)
 
     def _start_sinks(self) -> None:
@@ -274,8 +278,9 @@ class Tracker:
                 self.stop("failed")
                 raise
             except Exception as e:  # noqa: BLE001 - a sink must not break training
-                log.warning("greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
                 assert self._engine is not None
+                warn_once(log, self._engine.run_key, f"sink-start:{type(sink).__name__}",
+                          "greentrack: %s did not start (recorded): %s", type(sink).__name__, e)
                 self._engine.event("warning", "sink-error", f"{type(sink).__name__}: {e}")
 
     def accept_joins(self) -> dict[str, str]:
@@ -336,7 +341,8 @@ class Tracker:
                 self._engine.watchers.append(
                     sharing.JoinWatch(self._engine, self.run_dir, self._join_token))
         except OSError as e:  # no lease directory: runs cannot see each other, say so
-            log.warning("greentrack: cannot check for other runs on this machine: %s", e)
+            warn_once(log, self._engine.run_key, "lease-error", "greentrack: cannot check for "
+                      "other runs on this machine: %s", e)
             self._engine.event("warning", "lease-error", f"cannot check for other runs: {e}")
 
     def add_step_listener(self, fn: Any) -> None:

@@ -4,6 +4,8 @@ the run's own measurements (never guessed), with its evidence and a suggestion.
 One function, :func:`advise`, computes the findings; ``greentrack advise`` prints them and the
 report's ``opportunities`` section holds its top ones. Kinds:
 
+* ``replayed``: the joules of training steps done again after resuming from a checkpoint taken
+  before them (:meth:`greentrack.run.Run.replayed`): spent, and bought no progress.
 * ``outside-steps``: the run's energy minus the energy inside step windows (steps of every phase
   are steps; the rest is "no step": input stalls, evaluation loops without steps, checkpointing,
   start-up).
@@ -118,7 +120,7 @@ def advise(data: RunData, config: Config, fp: Footprint | None = None,
     total_j = fp.total_j
     found: list[Finding] = []
     if total_j > 0:
-        for make in (_outside_steps, _idle_gpu, _low_mfu,
+        for make in (_replayed, _outside_steps, _idle_gpu, _low_mfu,
                      lambda d, t: _power_limit(d, t, max_slowdown)):
             f = make(data, total_j)
             if f is not None and f["share"] >= MIN_SHARE:
@@ -139,6 +141,23 @@ def run_footprint_of(data: RunData, explicit: Explicit) -> Footprint:
 
 def _pct(x: float) -> str:
     return f"{x:.1%}"
+
+
+def _replayed(data: RunData, total_j: float) -> Finding | None:
+    s = data.summary
+    steps, joules = float(s.get("replayed_steps") or 0.0), float(s.get("replayed_energy_j") or 0.0)
+    if steps <= 0 or joules <= 0:
+        return None
+    return {
+        "kind": "replayed", "joules": joules, "share": joules / total_j,
+        "evidence": {"text": f"replayed after resume: {joules:.4g} J ({_pct(joules / total_j)} of "
+                             f"the run's energy): {steps:.0f} training steps recorded, then done "
+                             "again after resuming from a checkpoint taken before them",
+                     "steps": steps, "energy_j": joules},
+        "suggestion": "checkpoint more often (e.g. Lightning ModelCheckpoint(every_n_train_steps="
+                      "...), HF save_steps; asynchronous checkpointing keeps it cheap) and resume "
+                      "from the latest checkpoint: the steps after the last one are redone",
+    }
 
 
 def _outside_steps(data: RunData, total_j: float) -> Finding | None:

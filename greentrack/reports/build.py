@@ -139,7 +139,10 @@ def _energy(data: RunData, devices: list[dict[str, Any]], fp: Footprint) -> dict
             "measured_kwh": measured_j / J_PER_KWH, "estimated_kwh": estimated_j / J_PER_KWH,
             "basis": energy_basis(measured_j, estimated_j), "devices": devices,
             "gaps": int(s["gaps"]), "gap_s": sum(d["gap_s"] for d in devices),
-            "steps_energy_j": float(s.get("steps_energy_j") or 0.0)}
+            "steps_energy_j": float(s.get("steps_energy_j") or 0.0),
+            # training steps done again after a resume (greentrack.run.Run.replayed)
+            "replayed_steps": float(s.get("replayed_steps") or 0.0),
+            "replayed_energy_j": float(s.get("replayed_energy_j") or 0.0)}
 
 
 def _compute(data: RunData, steps: dict[str, Any], fp: Footprint) -> dict[str, Any]:
@@ -223,7 +226,8 @@ def build_report(data: RunData, config: Config, sci_unit: str = "run",
                 "hosts": {h: round(v, 3) for h, v in data.hosts.items()}, "mode": s["mode"],
                 "python": data.versions.get("python"), "platform": data.versions.get("platform"),
                 "labels": dict(data.labels), "run_dirs": list(s.get("run_dirs") or []),
-                "job": dict(s.get("job") or {}), **_training_type(config)},
+                "job": dict(s.get("job") or {}), **_training_type(config),
+                "project_name": getattr(config, "project_name", None)},
         "energy": energy,
         **{k: acc[k] for k in ("pue", "location", "intensity", "scope2", "embodied", "sci", "cost",
                                "parts")},

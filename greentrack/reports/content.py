@@ -76,6 +76,17 @@ def _timeline(doc: dict[str, Any]) -> list[Block]:
     return out
 
 
+def _replayed(e: dict[str, Any]) -> list[Block]:
+    """The training steps a resume did again (greentrack.run.Run.replayed), when there are."""
+    steps, joules = e.get("replayed_steps") or 0.0, e.get("replayed_energy_j") or 0.0
+    if not steps:
+        return []
+    share = f" ({joules / e['total_j']:.1%} of the IT energy)" if e["total_j"] else ""
+    return [("p", f"Replayed after resume: {steps:.0f} training steps were done again after "
+                  f"resuming from a checkpoint taken before them: {_n(joules, 'J')}{share}, in "
+                  "the totals (the energy was spent), counted once in the optimizer steps.")]
+
+
 def _forecast(doc: dict[str, Any]) -> list[Block]:
     f = doc.get("forecast")
     if not f:
@@ -184,6 +195,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
            f"{d.get('host', '')} / r{d.get('rank', 0)}", d["kind"], d["method"],
            "measured" if d["measured"] else "ESTIMATED", f"{d['energy_j']:,.1f}", str(d["samples"]),
            f"{d.get('gap_s', 0):g}", d["uncertainty"]] for d in e["devices"]]),
+        *_replayed(e),
         ("h2", "Carbon: GHG Protocol Scope 2, both methods"),
         ("table", ["method", "factor (gCO2e/kWh)", "source", "emissions"], [
             ["location-based", _n(loc["g_per_kwh"]), f"{loc['source']} (dataset: {loc['dataset']}, "

@@ -145,6 +145,13 @@ def format_summary(s: Summary) -> str:
                         f"{p(f['intensity_method'])})   GPU-hours {f['gpu_hours']:.4g}{money}"
                      if f["emissions_location_g"] is not None else
                      f"  emissions  unknown (no intensity data)   GPU-hours {f['gpu_hours']:.4g}")
+    if s.get("replayed_steps"):
+        total = float(s["energy_j"]["total"] or 0.0)
+        share = f", {s['replayed_energy_j'] / total:.1%} of the run" if total > 0 else ""
+        lines.insert(lines.index("  sources:"),
+                     f"  replayed   {s['replayed_steps']:.0f} training steps done again after "
+                     f"resuming from an earlier checkpoint: {s['replayed_energy_j']:.1f} J"
+                     f"{share} (in the energy above; counted once in the optimizer steps)")
     if s["gaps"]:
         lines.append(f"  gaps: {s['gaps']} (see the run's events)")
     lines.extend(f"  warning: {p(w)}" for w in s["warnings"])

@@ -3,8 +3,11 @@
 The header is codecarbon's ``EmissionsData`` fields (:data:`greentrack.common.codecarbon_data.EMISSIONS_CSV_COLUMNS`,
 checked against the installed codecarbon by the tests), so dashboards built on codecarbon's file
 keep working. As in codecarbon, energies and powers include the PUE (codecarbon
-multiplies them by its ``pue``), ``emissions`` is kg CO2e (location-based), ``emissions_rate`` kg/s,
-powers are run averages in W and energies kWh. Fields greentrack does not know stay empty.
+multiplies them by its ``pue``; the ``pue`` column states it, greentrack's default 1.56 where
+codecarbon's is 1.0), ``emissions`` is kg CO2e (location-based), ``emissions_rate`` kg/s,
+powers are run averages in W and energies kWh. ``project_name`` is the ``project_name`` setting
+(:data:`DEFAULT_PROJECT_NAME` when unset); a run charged the world average (no location) says
+:data:`WORLD` in ``country_name``. Fields greentrack does not know stay empty.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from greentrack.common.codecarbon_data import emissions_csv_columns
 from greentrack.common.units import J_PER_KWH
 
 FILENAME = "emissions.csv"
+#: ``project_name`` of a run whose ``project_name`` setting is unset (codecarbon's is "codecarbon")
+DEFAULT_PROJECT_NAME = "greentrack"
+#: ``country_name`` of a run charged the world-average intensity (no location set); its
+#: ``country_iso_code`` stays empty: ISO 3166 has no code for the world
+WORLD = "World"
 
 
 def columns() -> list[str]:
@@ -32,14 +40,17 @@ def row(doc: dict[str, Any]) -> dict[str, Any]:
     kwh = {k: v or 0.0 for k, v in e["by_kind_facility_kwh"].items()}
     hw = doc["compute"]["hardware"]
     cpu_model = ", ".join(hw["cpus"]) if hw["cpus"] else ""
+    country = loc.get("country_name") or (WORLD if s.get("intensity_method") == "world-average"
+                                          else "")
     return {
-        "timestamp": run["ended_at"].rstrip("Z"), "project_name": Path(run["run_dir"]).name,
+        "timestamp": run["ended_at"].rstrip("Z"),
+        "project_name": run.get("project_name") or DEFAULT_PROJECT_NAME,
         "run_id": run["run_id"] or "", "experiment_id": "", "duration": s["duration_s"],
         "emissions": s["emissions_location_kg"], "emissions_rate": s["emissions_location_kg"] / dur,
         "cpu_power": kwh["cpu"] * J_PER_KWH / dur, "gpu_power": kwh["gpu"] * J_PER_KWH / dur,
         "ram_power": kwh["dram"] * J_PER_KWH / dur, "cpu_energy": kwh["cpu"], "gpu_energy": kwh["gpu"],
         "ram_energy": kwh["dram"], "energy_consumed": s["facility_energy_kwh"], "water_consumed": "",
-        "country_name": loc.get("country_name", ""), "country_iso_code": loc.get("country_iso3", ""),
+        "country_name": country, "country_iso_code": loc.get("country_iso3", ""),
         "region": loc.get("region", "") or "", "cloud_provider": loc.get("cloud_provider", ""),
         "cloud_region": loc.get("cloud_region", ""), "os": run.get("platform") or "",
         "python_version": run.get("python") or "",

@@ -19,6 +19,9 @@ Merging rules, each chosen so nothing is counted twice:
 * **energy over time**: per store and channel, bins of :attr:`Run.bin_s` (:meth:`Run.energy_bins`):
   the report's time series and every time-resolved intensity integrate the same bins.
 * **steps**: ``SUM(n)`` over valid step rows (a coalesced row stands for ``n`` steps).
+* **replayed steps**: training steps a process recorded, then did again after resuming from an
+  earlier checkpoint (:meth:`Run.replayed`): their joules are in the energy (they were spent);
+  optimizer steps count them once.
 * **stores**: several directories of one run (node-local directories, ``greentrack merge``'s
   inputs, the integrations' gather) are read as one; a store is known by host, boot id, rank and
   segment (:func:`store_identity`), so a copy found twice counts once. Host CPU/DRAM channels are
@@ -29,16 +32,18 @@ Merging rules, each chosen so nothing is counted twice:
 
 from __future__ import annotations
 
-from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Run, RunSummary, RunTotals,
-                                  StoreEnergy, device_identity, run_dirs_of, store_identity,
+from greentrack.run.model import (KINDS, RECORD_WARNINGS, Device, Replayed, Run, RunSummary,
+                                  RunTotals, StoreEnergy, device_identity, run_dirs_of, store_identity,
                                   union_length)
 from greentrack.run.power_limits import PowerLimitCurve, PowerLimitPoint
 from greentrack.run.queries import STEP_J
-from greentrack.run.resumed import RecordedBefore, recorded_before
+from greentrack.run.resumed import RecordedBefore, energy_before_j, recorded_before
 from greentrack.run.segment import Segment
-from greentrack.run.targets import MetricPoint, ToTarget, metric_names, metric_points, to_target
+from greentrack.run.targets import (MetricPoint, ToTarget, metric_names, metric_points,
+                                    parse_target, to_target)
 
 __all__ = ["KINDS", "RECORD_WARNINGS", "STEP_J", "Device", "MetricPoint", "PowerLimitCurve",
-           "PowerLimitPoint", "RecordedBefore", "Run", "RunSummary", "RunTotals", "Segment", "StoreEnergy", "ToTarget",
-           "device_identity", "metric_names", "metric_points", "recorded_before", "run_dirs_of",
+           "PowerLimitPoint", "RecordedBefore", "Replayed", "Run", "RunSummary", "RunTotals",
+           "Segment", "StoreEnergy", "ToTarget", "device_identity", "energy_before_j",
+           "metric_names", "metric_points", "parse_target", "recorded_before", "run_dirs_of",
            "store_identity", "to_target", "union_length"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from greentrack.common.errors import ConfigError, RunStoreError
 from greentrack.common.jobinfo import merge_jobs
@@ -25,6 +25,21 @@ RECORD_WARNINGS = frozenset({"bad-step-field", "row-rejected", "host-shared", "s
                              "sampler-slow", "steps-open", "internal-error", "gather-gap",
                              "gpu-shared", "gpu-share-unavailable"})
 KINDS = ("gpu", "cpu", "dram")
+#: A segment counts as resumed after an earlier one of its process if it started no earlier than
+#: this many seconds before that one ended (clocks of one host; more overlap: two live processes).
+RESUME_OVERLAP_S = 1.0
+
+
+class Replayed(NamedTuple):
+    """Training steps done again after a resume (:meth:`Run.replayed`): an earlier segment of a
+    process (host and rank) recorded them, then a later one resumed from a checkpoint taken
+    before them and redid their step numbers. Their joules were spent and are in the run's
+    energy, but bought no progress."""
+
+    steps: float
+    energy_j: float
+    #: resumes that redid steps
+    resumes: int
 
 
 class RunSummary(TypedDict):
@@ -43,6 +58,9 @@ class RunSummary(TypedDict):
     steps_by_phase: dict[str, int]
     optimizer_steps: int
     steps_energy_j: float
+    #: training steps done again after a resume, and their joules (:meth:`Run.replayed`)
+    replayed_steps: float
+    replayed_energy_j: float
     mode: str | list[str]
     stores: int
     hosts: list[str]
@@ -125,6 +143,7 @@ class Run:
         #: why each store of the run that could not be read is missing (a copy without its
         #: ``-wal``, a damaged file, one a merge left out): the run is then ``incomplete``
         self.unreadable: list[str] = []
+        self._replayed: dict[tuple[str, int], Replayed] | None = None
 
     @classmethod
     def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
@@ -187,8 +206,7 @@ class Run:
                               + "; ".join(warnings))
         segments.sort(key=lambda s: s.start_unix)
         for seg in segments:
-            warnings.extend(f"{seg.path.name}: {e['message']}" for e in seg.events
-                            if e["kind"] in RECORD_WARNINGS)
+            warnings.extend(_said_once(seg))
         run = cls(dirs[0], segments, len(segments) + len(unreadable), warnings, dirs)
         run.copies = copies
         run.unreadable = unreadable
@@ -357,14 +375,55 @@ class Run:
 
     def optimizer_steps(self) -> int:
         """Training steps as the framework counts them (its global step): one rank's ``train``
-        steps over all its segments (the most of any rank); never evaluation, sanity-check or
-        other ranks' copies of the same step."""
-        per_rank: dict[tuple[str, int], int] = {}
+        steps over all its segments (the most of any rank), a step done again after a resume
+        once (:meth:`replayed`); never evaluation, sanity-check or other ranks' copies of the
+        same step."""
+        per_rank: dict[tuple[str, int], float] = {}
         for seg in self.segments:
             n = seg.phases.get("train", (0, 0.0))[0]
             key = (seg.host, seg.rank)
             per_rank[key] = per_rank.get(key, 0) + n
-        return max(per_rank.values(), default=0)
+        again = self._replayed_by_process()
+        return max((int(round(n - again[k].steps)) if k in again else int(n)
+                    for k, n in per_rank.items()), default=0)
+
+    def replayed(self) -> Replayed:
+        """Training steps done again after resuming from a checkpoint, every process: steps of a
+        segment numbered at or after the first step of a later segment of the same host and rank
+        that started after it ended and continued from a checkpoint (its first step number above
+        0; a segment that starts again from step 0 is a new training, not a resume). The
+        checkpoint's step is that first number, so the steps from it on were recorded twice."""
+        parts = self._replayed_by_process().values()
+        return Replayed(sum(p.steps for p in parts), sum(p.energy_j for p in parts),
+                        sum(p.resumes for p in parts))
+
+    def _replayed_by_process(self) -> dict[tuple[str, int], Replayed]:
+        if self._replayed is not None:
+            return self._replayed
+        mine: dict[tuple[str, int], list[Segment]] = {}
+        for seg in self.segments:  # in start order
+            mine.setdefault((seg.host, seg.rank), []).append(seg)
+        out: dict[tuple[str, int], Replayed] = {}
+        for key, segs in mine.items():
+            steps = joules = 0.0
+            resumes = set()
+            for i, seg in enumerate(segs):
+                if "train" not in seg.phases:
+                    continue
+                later = [(s.first_idx["train"], j) for j, s in enumerate(segs[i + 1:], i + 1)
+                         if s.first_idx.get("train", 0) > 0
+                         and s.start_unix >= seg.end_unix - RESUME_OVERLAP_S]
+                if not later:
+                    continue
+                first, j = min(later)
+                n, e = seg.steps_from("train", first)
+                if n > 0:
+                    steps, joules = steps + n, joules + e
+                    resumes.add(j)
+            if steps > 0:
+                out[key] = Replayed(steps, joules, len(resumes))
+        self._replayed = out
+        return out
 
     def phase_energy_j(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -422,6 +481,7 @@ class Run:
         """The ``greentrack summary --json`` document, without the footprint."""
         energy = self.energy_j()
         by_phase = self.steps_by_phase()
+        replayed = self.replayed()
         return {
             "run_id": self.run_id, "run_dir": str(self.run_dir),
             "run_dirs": [str(d) for d in self.run_dirs], "status": self.status,
@@ -430,10 +490,31 @@ class Run:
             "gpu_seconds": self.gpu_seconds, "steps": sum(by_phase.values()),
             "steps_by_phase": by_phase, "optimizer_steps": self.optimizer_steps(),
             "steps_energy_j": sum(self.phase_energy_j().values()),
+            "replayed_steps": replayed.steps, "replayed_energy_j": replayed.energy_j,
             "mode": self.mode, "stores": self.stores, "hosts": self.hosts, "job": self.job,
             "gaps": self.gaps,
             "sources": [d.as_source() for d in self.devices()], "warnings": list(self.warnings),
         }
+
+
+def _said_once(seg: Segment) -> list[str]:
+    """A store's warnings for the summary, the runs met on this host said once with how many
+    more there were (each is a ``host-shared`` event of its own, all kept in the events)."""
+    out: list[str] = []
+    shared_at, more = -1, 0
+    for e in seg.events:
+        if e["kind"] not in RECORD_WARNINGS:
+            continue
+        if e["kind"] == "host-shared":
+            if shared_at >= 0:
+                more += 1
+                continue
+            shared_at = len(out)
+        out.append(f"{seg.path.name}: {e['message']}")
+    if more:
+        out[shared_at] += (f" (and {more} more run{'s' if more > 1 else ''} met on this host, "
+                           "each in the run's host-shared events)")
+    return out
 
 
 def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:

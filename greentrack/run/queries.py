@@ -25,8 +25,16 @@ SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
        SUM(""" + STEP_J + """) AS energy_j,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
-       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens FROM steps
+       COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens,
+       MIN(idx) AS first_idx FROM steps
 WHERE """ + VALID_STEP + """ GROUP BY phase"""
+
+# The steps of a phase numbered k or later and their joules (arguments: k, k, phase, k): a
+# coalesced row (``n`` steps from ``idx``) counts for its part at or after k, pro rata.
+_FROM_SQL = """
+SELECT SUM(MIN({n}, idx + {n} - ?)) AS n,
+       SUM((""" + STEP_J + """) * MIN(1.0, (idx + {n} - ?) * 1.0 / {n})) AS energy_j
+FROM steps WHERE phase = ? AND idx + {n} > ? AND """ + VALID_STEP
 
 _MFU = "json_extract(extra, '$.mfu')"
 _MFU_SQL = (f"SELECT SUM({_MFU} * duration_s) AS a, SUM(duration_s) AS b FROM steps WHERE "

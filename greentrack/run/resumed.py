@@ -72,4 +72,18 @@ def recorded_before(run: Run, host: str, rank: int,
                           step_j, buckets, flops, tuple(s.path for s in mine))
 
 
-__all__ = ["RecordedBefore", "recorded_before"]
+def energy_before_j(run: Run, own_store: Path) -> float | None:
+    """Joules the other stores of the process that writes ``own_store`` (same host and rank)
+    recorded: what a resumed or later stage of a training process continues from, the steps done
+    after its checkpoint (done again now) included. None when ``own_store`` is not in ``run`` or
+    it has no other store of that process."""
+    own = next((s for s in run.segments if s.path.resolve() == own_store.resolve()), None)
+    if own is None:
+        return None
+    before = [s for s in run.segments if s is not own and s.host == own.host and s.rank == own.rank]
+    if not before:
+        return None
+    return sum(float(c["energy_j"] or 0.0) for s in before for c in s.channels)
+
+
+__all__ = ["RecordedBefore", "energy_before_j", "recorded_before"]

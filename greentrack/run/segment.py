@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _MFU_SQL, _ROWS_SQL,
-                                    _STATS_SQL, _STEPS_SQL, STEP_J, step_buckets_sql)
+from greentrack.run.queries import (_BINS_SQL, _CELLS_SQL, _COVER_SQL, _FROM_SQL, _MFU_SQL,
+                                    _ROWS_SQL, _STATS_SQL, _STEPS_SQL, STEP_J, step_buckets_sql)
 from greentrack.store import VALID_STEP, StoreReader
 from greentrack.store.reader import store_status
 
@@ -29,6 +29,8 @@ class Segment:
     phases: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: per phase: every sum of :meth:`step_phases`, read with :attr:`phases` in one query
     phase_sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per phase: the lowest step number (a resumed segment's first: the checkpoint's step)
+    first_idx: dict[str, int] = field(default_factory=dict)
     _stats: dict[int, Any] | None = field(default=None, repr=False)
     _bins: dict[tuple[float, float], dict[int, list[tuple[float, float, float]]]] = field(
         default_factory=dict, repr=False)
@@ -113,6 +115,14 @@ class Segment:
         opened)."""
         return {phase: dict(sums) for phase, sums in self.phase_sums.items()}
 
+    def steps_from(self, phase: str, first: int) -> tuple[float, float]:
+        """``(steps, joules)`` of ``phase``'s steps numbered ``first`` or later (a coalesced row
+        pro rata)."""
+        for r in self.reader.rows(_FROM_SQL.format(n=self.reader.step_n),
+                                  (first, first, phase, first)):
+            return float(r["n"] or 0.0), float(r["energy_j"] or 0.0)
+        return 0.0, 0.0
+
     def step_energies(self) -> dict[str, list[float]]:
         """Per phase, each valid row's joules (all kinds)."""
         out: dict[str, list[float]] = {}
@@ -184,8 +194,10 @@ def segment(reader: StoreReader, now: float) -> Segment:
     seg = Segment(reader, meta, channels, reader.events(), status, start, end)
     reader.invalid_rows("steps")
     for r in reader.rows(_STEPS_SQL.format(n=reader.step_n)):
-        sums = {k: float(r[k] or 0.0) for k in r.keys() if k != "phase"}
+        sums = {k: float(r[k] or 0.0) for k in r.keys() if k not in ("phase", "first_idx")}
         seg.phase_sums[str(r["phase"])] = sums
+        if r["first_idx"] is not None:
+            seg.first_idx[str(r["phase"])] = int(r["first_idx"])
         seg.phases[str(r["phase"])] = (int(sums["n"]), sums["energy_j"])
     return seg
 

@@ -3,13 +3,45 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from greentrack.common.errors import ConfigError
 from greentrack.common.units import hours
 from greentrack.run.model import Run
 from greentrack.run.segment import Segment
 from greentrack.store import VALID_STEP
+
+
+TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_./-]{0,63})\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*")
+TARGET_HELP = ("must be METRIC<=X, METRIC>=X, METRIC<X or METRIC>X with a number X, e.g. "
+               "val_loss<=2.5")
+
+
+def parse_target(text: str) -> tuple[str, str, float]:
+    """``"val_loss<=2.5"`` -> ``("val_loss", "<=", 2.5)``. A number a float cannot hold is
+    refused, never changed: ``1e-400`` would be 0 (and shown as ``loss<=0``), ``1e400``
+    infinite.
+
+    Raises:
+        ConfigError: one line naming ``--target``, the text and what is allowed.
+    """
+    m = TARGET.fullmatch(text or "")
+    if m is None:
+        raise ConfigError("--target", text, TARGET_HELP)
+    number = m.group(3)
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError("--target", text, TARGET_HELP) from None
+    mantissa = number.lower().split("e")[0]
+    if not math.isfinite(value) or (value == 0.0 and any(c in "123456789" for c in mantissa)):
+        raise ConfigError("--target", text, f"{number} is outside a float's range (0, or about "
+                          "1e-308 to 1e308 in size): it would be compared as "
+                          f"{value:g}; give X within that range")
+    return m.group(1), m.group(2), value
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ class _Integrating:
     """Base of the estimate channels: integrates a power model on the slow cadence."""
 
     info: ChannelInfo
+    #: a fast poll reads nothing: the estimate changes on the slow tick (the engine's cadence)
+    fast_reads = False
 
     def __init__(self, power_fn: Callable[[], float]) -> None:
         self._power_fn = power_fn

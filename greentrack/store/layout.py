@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from greentrack.common.errors import ConfigError, RunStoreError
-from greentrack.common.files import make_dirs
+from greentrack.common.files import make_dirs, not_a_directory
 
 #: 2: ``steps.n``, the steps a row stands for (more than one when fast steps were coalesced).
 #: 3: ``power_limits``, the measured power-limit curve (greentrack.process.calibration). A store of
@@ -140,6 +140,10 @@ def prepare_run_dir(run_dir: Path, run_id: str | None = None) -> str:
     The first process creates ``run.json`` atomically (``O_EXCL``); the others read it. No locks,
     so it works across hosts on a shared filesystem.
     """
+    blocked = not_a_directory(run_dir)
+    if blocked is not None:  # a file: say so (a file is no more "not writable" than any other)
+        raise ConfigError("run_dir", str(run_dir), f"{blocked}; name a directory (created if "
+                          "missing)")
     try:
         make_dirs(run_dir)  # it and the parents it needs: never group- or world-writable
     except OSError as e:

@@ -190,6 +190,8 @@ def track(fn: Callable[P, R] | None = None, /, *, run_dir: str | os.PathLike[str
     """
     base = (config or Config.from_env()).replace(**settings) if settings else (config or Config.from_env())
     check_settings(base)  # the settings that need a file or a table too, now rather than at a call
+    if run_dir is not None:
+        base.replace(run_dir=run_dir)  # checked now too: "" (an unset variable) is refused
 
     def decorate(f: Any) -> Any:
         # above @staticmethod or @classmethod: track the function, then wrap it again the same

@@ -15,7 +15,8 @@ Metrics (keys of :meth:`TrainingMeter.metrics`; integrations prefix them with ``
   steps attributed since the previous call (all device kinds; GPU only; seconds).
 * ``mfu``, ``flops_per_j``, ``energy_per_sample_j``, ``energy_per_token_j``: over the same steps,
   when FLOPs, samples or tokens are known (MFU also needs the device's peak).
-* ``energy_j``: energy of this process so far, all segments of a resumed run included.
+* ``energy_j``: energy of this process so far, all segments of a resumed run included (as its
+  earlier stores recorded them: the steps done after the checkpoint and redone since too).
 * ``steps``: optimizer steps ended so far, all segments included (the framework's global step).
 * ``forecast_energy_j``, ``forecast_duration_s``, ``forecast_end_unix`` (and
   ``forecast_emissions_g``, ``forecast_cost`` when the carbon and price settings allow): the whole

@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 from greentrack.common.config import Config, env_run_id
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import precision_of
+from greentrack.common.once import warn_once
 from greentrack.process.tracker import Tracker
-from greentrack.run import Run, RunTotals
+from greentrack.run import Run, RunTotals, energy_before_j
 from greentrack.store import host_identity
 from greentrack.store.layout import new_run_id
 from greentrack.training import gathering
@@ -138,13 +139,33 @@ class IntegrationRun:
             self.stores.append(tracker.store_path)
         self.meter = TrainingMeter(
             tracker, device=device, flops=resume_flops(self.carry) or self.flops, dtype=dtype,
-            planned_steps=self.planned_steps, prior=self.carry, main=main,
+            planned_steps=self.planned_steps, prior=self._prior(tracker.store_path), main=main,
             progress_every_s=self.progress_every_s)
         tracker.continue_steps({k: int(v) for k, v in self.carry.get("steps", {}).items()})
         precision = precision_of(dtype)
         if precision is not None:  # what the framework uses, unless the user labelled it
             tracker.add_labels(precision=precision, only_missing=True)
         return self.meter
+
+    def _prior(self, own_store: Path | None) -> dict[str, Any]:
+        """What the meter continues from: the checkpoint's (or the past stage's) state, with the
+        energy this process's earlier stores recorded when the run directory holds them. A
+        checkpoint's energy stops at the checkpoint: a run resumed from it redoes the steps
+        after it, whose joules were spent all the same (the run's totals hold them), so the
+        logged ``energy_j`` would otherwise end short of the run's energy."""
+        prior = dict(self.carry)
+        if not prior or own_store is None or self.run_dir is None:
+            return prior  # a fresh run: nothing before it
+        try:
+            with Run.open(self.run_dir, note_copies=False) as run:
+                recorded = energy_before_j(run, own_store)
+        except Exception as e:  # noqa: BLE001 - the checkpoint's figure then, never a failed start
+            log.debug("greentrack: earlier segments not read (%s); continuing from the "
+                      "checkpoint's energy", e)
+            return prior
+        if recorded is not None:
+            prior["energy_j"] = recorded
+        return prior
 
     def record(self, metrics: dict[str, Any], step: int | None) -> None:
         """Record the framework's logged metrics (losses...) that changed since the last call,
@@ -397,9 +418,11 @@ def guarded(fn: _F) -> _F:
 def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
     key = (id(meter), hook)
     n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
-    if n == 1:
-        log.warning("greentrack: %s failed (training goes on; recorded in the run): %s: %s",
-                    hook, type(error).__name__, error)
+    engine = getattr(getattr(meter, "tracker", None), "engine", None)
+    # said once per run (a resumed run's new meter, or a second fit(), fails the same way)
+    warn_once(log, getattr(engine, "run_key", None) or f"meter-{id(meter)}", f"hook-error:{hook}",
+              "greentrack: %s failed (training goes on; recorded in the run): %s: %s", hook,
+              type(error).__name__, error)
     if n <= MAX_HOOK_EVENTS:
         try:
             meter.tracker.engine.event("error", "hook-error", f"{hook}: {type(error).__name__}: "
