@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the screenshots in docs/img/: the demo's report (docs/img/report.png) and a compare
-# page of the precision sweep (docs/img/compare.png), each rendered by headless Chromium.
+# Regenerates the screenshots in docs/screenshots/: the demo's report (report.png) and a compare
+# page of the precision sweep (compare.png), each rendered by headless Chromium.
 #
 #   docs/screenshots.sh [report|compare]   # both by default; about 3 minutes on 2 CPU cores
 #
@@ -33,7 +33,7 @@ shot() {  # shot PAGE PNG WIDTH HEIGHT
 # the demo (make demo): its report
 if [[ $which == all || $which == report ]]; then
 (cd "$work" && GREENTRACK_COUNTRY=FR "$py" "$repo/examples/demo.py" demo >demo.log 2>&1)
-shot "$work/demo/report/report.html" "$repo/docs/img/report.png" 1000 1500
+shot "$work/demo/report/report.html" "$repo/docs/screenshots/report.png" 1000 1500
 fi
 
 # the precision sweep (examples/precision_sweep.py): fp32 and bf16 twice each, compared on the
@@ -44,5 +44,5 @@ if [[ $which == all || $which == compare ]]; then
 (cd "$work" && "$py" -m greentrack compare sweep/fp32-1 --target "loss<=0.05" \
     --group fp32=sweep/fp32-1,sweep/fp32-2 --group bf16=sweep/bf16-1,sweep/bf16-2 \
     --format html >compare.html)
-shot "$work/compare.html" "$repo/docs/img/compare.png" 1300 2000
+shot "$work/compare.html" "$repo/docs/screenshots/compare.png" 1300 2000
 fi

@@ -130,8 +130,9 @@ def test_the_screenshots_are_in_docs_and_made_by_the_script() -> None:
     script = (REPO / "docs" / "screenshots.sh").read_text()
     doc = (REPO / "docs" / "reports.md").read_text()
     for name in ("report.png", "compare.png"):
-        png = REPO / "docs" / "img" / name
+        png = REPO / "docs" / "screenshots" / name
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300 * 1024, (name, len(data))
-        assert f"docs/img/{name}" in script and f"](img/{name})" in doc
+        assert f"docs/screenshots/{name}" in script.replace("$repo/", "") \
+            and f"](screenshots/{name})" in doc
     assert "examples/demo.py" in script and "-m greentrack compare" in script
