@@ -104,6 +104,23 @@ def make_run(root: Path, name: str = "run", cpu_w: float = 40.0, dram_w: float =
     return run_dir
 
 
+def make_lossy_run(run_dir: Path, losses: list[float], labels: dict[str, str], power_w: float,
+                   root: Path) -> Path:
+    """A finished run at ``power_w`` (CPU, + 4 W DRAM) with ``labels``, one 30-ms step per loss,
+    each loss recorded after its step (``tracker.record``). The caller's environment must be
+    clean."""
+    tree = PowercapTree(root / f"{run_dir.parent.name}-{run_dir.name}-powercap")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
+        with LiveCounters(tree, {"intel-rapl:0": power_w, "intel-rapl:0:1": 4.0}):
+            with greentrack.Tracker(run_dir, labels=labels, **RUN_FAST) as tr:
+                for loss in losses:
+                    with tr.step(samples=8, tokens=64):
+                        time.sleep(0.03)
+                    tr.record(loss=loss)
+    return run_dir
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """``greentrack ARGV`` in-process; (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

@@ -17,7 +17,8 @@ import greentrack
 from greentrack.carbon.location import world_average
 from greentrack.common.units import J_PER_KWH
 from greentrack.reports import report_document
-from greentrack.reports.compare import compare, format_table
+from greentrack.reports.compare import compare
+from greentrack.reports.compare_format import format_table
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.helpers import RUN_FAST, clean_env, run_cli
 

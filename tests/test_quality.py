@@ -112,8 +112,8 @@ def test_groups_mean_spread_and_noise(tmp_path: Path, monkeypatch: pytest.Monkey
         assert fa["n"] == 2 and fa["spread"] is not None
         runs = {r["run_dir"]: r for r in json.loads(out)["runs"]}
         assert fa["mean"] == pytest.approx(sum(runs[str(p)]["joules_per_step"] for p in a) / 2)
-        assert groups["c"]["versus_first"]["joules_per_step"]["within_noise"] is False
-        assert groups["c"]["versus_first"]["joules_per_step"]["ratio"] > 2
+        assert groups["c"]["versus_baseline"]["joules_per_step"]["within_noise"] is False
+        assert groups["c"]["versus_baseline"]["joules_per_step"]["ratio"] > 2
         del fb
         code, out, err = run_cli(argv)
     assert code == 0 and any(line.startswith("group c (2 runs)") and "worse" in line

@@ -4,6 +4,7 @@ known), when steps ran, the best start window, and the html pictures whose axes 
 from __future__ import annotations
 
 import random
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import greentrack
 from greentrack.carbon.footprint import NO_SETTINGS, plain_settings
 from greentrack.carbon.forecast import Forecast
 from greentrack.reports import svg
+from greentrack.reports.forecast_table import (MAX_DIGITS, ZERO_WIDTH, forecast_rows,
+                                               interval_row, printers)
 from greentrack.reports.forecasting import forecast_section
 from greentrack.reports.run_data import Channel, RunData
 from greentrack.training.meter import TrainingMeter
@@ -28,15 +33,16 @@ WATTS = 100.0
 
 # -- the forecast check on constructed runs whose truth is known -----------------------------------
 
-def constructed(seed: int, steps: int = 200, every: int = 2) -> tuple[RunData, float, float]:
-    """A run at a constant 100 W (1 s bins) whose steps take U(0.5, 1.5) s each, back to back,
-    marked every ``every`` steps as the read model marks them; its energy and time until the last
-    step ended are the truth."""
+def constructed(seed: int, steps: int = 200, every: int = 2,
+                spread: float = 0.5) -> tuple[RunData, float, float]:
+    """A run at a constant 100 W (1 s bins) whose steps take U(1 - spread, 1 + spread) s each,
+    back to back, marked every ``every`` steps as the read model marks them; its energy and time
+    until the last step ended are the truth."""
     rng = random.Random(seed)
     start = 1_800_000_000.0
     ends, t = [], start
     for _ in range(steps):
-        t += rng.uniform(0.5, 1.5)
+        t += rng.uniform(1.0 - spread, 1.0 + spread)
         ends.append(t)
     seconds = int(t - start) + 2
     ch = Channel(key="h/r0/cpu", identity="h/0/cpu", kind="cpu", device="cpu", name="cpu",
@@ -94,6 +100,98 @@ def test_a_run_still_going_is_forecast_to_its_planned_steps() -> None:
     # 800 more steps of about 1 s at 100 W
     assert f["estimate"]["energy_j"] == pytest.approx(WATTS * 1000, rel=0.1)
     assert f["estimate"]["energy_j_low"] < f["estimate"]["energy_j"] < f["estimate"]["energy_j_high"]
+
+
+# -- issue 26: the printed check is correct by construction --------------------------------------
+
+UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def _read(cell: str) -> tuple[Any, str]:
+    """A printed figure as a sortable value and its unit (times: the ISO text, which sorts)."""
+    if UTC.fullmatch(cell):
+        return cell, "utc"
+    number, _, unit = cell.partition(" ")
+    return float(number.replace(",", "")), unit
+
+
+def assert_printed_check_holds(rows: list[list[str]]) -> None:
+    """Each row: the interval, when printed, has a width as printed, in the forecast's unit; the
+    yes/NO is what the printed actual and bounds say; an interval not printed says why."""
+    for name, forecast, interval, actual, inside in rows:
+        if interval.startswith("not "):  # not printed, and said why
+            assert inside == "n/a", (name, interval, inside)
+            continue
+        lo, hi = (_read(t) for t in interval.split(" to "))
+        est, act = _read(forecast), _read(actual)
+        assert lo[1] == hi[1] == est[1] == act[1], (name, forecast, interval, actual)
+        assert lo[0] < hi[0], (name, interval)  # never "0.000149 kWh to 0.000149 kWh"
+        assert inside == ("yes" if lo[0] <= act[0] <= hi[0] else "NO"), (name, interval, actual,
+                                                                          inside)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(20, 240), every=st.integers(1, 4),
+       spread=st.sampled_from([0.0, 0.001, 0.05, 0.5, 0.9]))
+def test_the_printed_check_matches_the_printed_numbers_over_many_runs(
+        seed: int, steps: int, every: int, spread: float) -> None:
+    data, _, _ = constructed(seed, steps, every, spread)
+    f = forecast_section(data, plain_settings(300.0, 0.2, None, "EUR"), gpus=0)
+    if f is None:
+        return
+    rows = forecast_rows(f)
+    assert len(rows) >= 4  # energy, duration, end, emissions (and cost)
+    assert_printed_check_holds(rows)
+
+
+finite = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False)
+
+
+@settings(max_examples=250, deadline=None)
+@given(est=finite, lo=finite, width=st.one_of(st.just(0.0), st.floats(-1e-3, 1.0)),
+       actual=st.one_of(st.none(), finite), near=st.floats(-1e-4, 1e-4))
+def test_any_interval_is_printed_honestly(est: float, lo: float, width: float,
+                                          actual: float | None, near: float) -> None:
+    """Rounding edges too: an actual a hair outside a bound, bounds closer than three digits."""
+    hi = lo * (1.0 + width)
+    if actual is not None and near:
+        actual = hi * (1.0 + near)  # straddles the upper bound, below the printed precision
+    for key, _, printer in printers({"energy_j": est, "duration_s": est, "end_unix": 1.8e9,
+                                     "emissions_g": est, "cost": est, "gpu_hours": est}, "EUR"):
+        shift = 1.8e9 if key == "end_unix" else 0.0
+        row = interval_row(est + shift, lo + shift, hi + shift,
+                           None if actual is None else actual + shift, printer, check=True)
+        if actual is None:
+            assert row[2] == "n/a" == row[3]
+            continue
+        assert_printed_check_holds([[key, *row]])
+
+
+def test_a_zero_width_interval_is_not_printed_and_not_checked() -> None:
+    """The demo's report: "0.000149 kWh to 0.000149 kWh" and every row "NO". Steps exactly 1 s
+    apart at a constant 100 W: the spread between observations is zero."""
+    data, _, _ = constructed(seed=1, steps=200, every=2, spread=0.0)
+    f = forecast_section(data, plain_settings(300.0), gpus=0)
+    assert f is not None
+    assert f["estimate"]["energy_j_high"] == f["estimate"]["energy_j_low"]
+    assert "energy_j" not in f["covered"]  # not "covered: false" for an interval that cannot be
+    rows = {r[0]: r for r in forecast_rows(f)}
+    assert rows["IT energy"][2] == ZERO_WIDTH and rows["IT energy"][4] == "n/a"
+    assert_printed_check_holds(list(rows.values()))
+
+
+def test_bounds_get_the_digits_they_need_to_print_apart() -> None:
+    show = printers({"energy_j": 500.0}, None)[0][2]
+    # 500 J and 500.4 J are 138.9 and 139.0 mWh: apart at four digits
+    assert interval_row(500.0, 500.0, 500.4, None, show, check=True)[1] == "138.9 mWh to 139 mWh"
+    # an actual of 500.41 J, just outside: at four digits it would print 139 mWh, "inside" the
+    # printed bounds; it gets the digits that show it outside
+    row = interval_row(500.0, 500.0, 500.4, 500.41, show, check=True)
+    assert row[1] == "138.889 mWh to 139 mWh" and row[2] == "139.003 mWh" and row[3] == "NO"
+    assert_printed_check_holds([["IT energy", *row]])
+    assert interval_row(500.0, 500.0, 500.0 * (1 + 1e-12), 500.0, show, True)[1].startswith(
+        "not shown: narrower")
+    assert MAX_DIGITS <= 6
 
 
 # -- a real run: report json, md, html -----------------------------------------------------------
@@ -154,8 +252,14 @@ def test_report_has_forecast_coverage_and_start_window(run: tuple[Path, Path],
     assert len(w["series_start_s"]) == len(w["series_g_per_kwh"]) > 0
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 5 and "Power over time and when steps ran" in html
-    assert "the run as it ran and the best start" in html and "## Forecast" in \
-        (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "the run as it ran and the best start" in html and "## Forecast" in md
+    # the Markdown table as a reader sees it: each yes/NO agrees with the numbers beside it
+    table = md[md.index("## Forecast"):md.index("Method: ")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| figure")]
+    assert len(rows) >= 3
+    assert_printed_check_holds(rows)
     for name in ("timeline", "start_window"):
         assert_inside(ET.parse(out / f"report-{name}.svg").getroot())
 
@@ -202,11 +306,16 @@ def test_the_start_window_chart_holds_the_series_and_both_windows(best_start_s: 
 
 def test_the_timeline_holds_power_and_steps() -> None:
     t = [0.5 + k for k in range(100)]
-    chart = svg.timeline("t", t, 1.0, [("cpu", [50.0 + (k % 7) for k in range(100)]),
-                                       ("gpu", [float(k * 3) for k in range(100)])],
+    chart = svg.timeline("t", [x * 0.136 for x in t], 0.136,
+                         [("cpu", [50.0 + (k % 7) for k in range(100)]),
+                          ("gpu", [float(k * 3) for k in range(100)])],
                          [1.0 if k % 2 else 0.25 for k in range(100)])
     root = ET.fromstring(chart)
     assert_inside(root)
     strip = [r for r in root.findall(f"{SVG}rect") if r.get("fill") == "#7570b3"
              and float(r.get("x", 0)) < svg.W - svg.RIGHT]
     assert len(strip) == 100
+    # no time tick past the run's end (the demo's 13.6-s run had a "15.0" beyond the axis)
+    ticks = [float(t.get("x")) for t in root.iter(f"{SVG}text")
+             if t.get("text-anchor") == "middle" and t.get("y") == str(svg.H - svg.BOTTOM + 20)]
+    assert ticks and max(ticks) <= svg.W - svg.RIGHT + 0.1

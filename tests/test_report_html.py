@@ -3,10 +3,12 @@ the page rendered by a real headless Chromium (no console errors, the plots on t
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from greentrack.reports import svg
 from tests.browser import color_counts, read_png, render, require_chromium
-from tests.helpers import clean_env, make_run, report_json, run_cli
+from tests.helpers import clean_env, make_lossy_run, make_run, report_json, run_cli
 
 #: a real headless browser: out of `make test-fast`
 pytestmark = pytest.mark.slow
@@ -28,7 +30,7 @@ def y_axis(chart: str) -> tuple[list[tuple[float, float]], list[float], float]:
     ticks = []
     for text in root.iter(f"{NS}text"):
         if text.get("text-anchor") == "end":  # the y tick labels
-            ticks.append((float(text.text.replace(",", "")), float(text.get("y")) - 4))
+            ticks.append((float(text.text.replace(",", "")), float(text.get("y")) - svg.TICK_LABEL_DY))
     ys = [float(p.split(",")[1]) for line in root.iter(f"{NS}polyline")
           for p in line.get("points", "").split()]
     ys += [float(r.get("y")) for r in root.iter(f"{NS}rect")
@@ -138,3 +140,99 @@ def test_the_browser_check_sees_a_broken_page(tmp_path: Path, html_report: Path)
     shot = render(blank.as_uri(), tmp_path / "blank.png")
     _, _, rows = read_png(shot.png)
     assert max(color_counts(rows, list(svg.PALETTE[:3])).values()) == 0
+
+
+# -- issue 26: readable charts and scaled units, as the browser lays them out ------------------------
+
+#: measures the laid-out page: each chart's size and tick-label height in CSS pixels, and the
+#: first two cells of each table row (figure, value; a figure's first row, the Summary's), logged
+#: as one JSON console message
+MEASURE = """<script>
+const charts = {};
+for (const fig of document.querySelectorAll('figure, body > svg')) {
+  const svg = fig.tagName === 'svg' ? fig : fig.querySelector('svg');
+  const box = svg.getBoundingClientRect();
+  const tick = [...svg.querySelectorAll('text')].find(t => t.getAttribute('text-anchor') === 'end');
+  charts[fig.id || 'chart'] = {width: box.width, height: box.height,
+    tick_px: tick.getBoundingClientRect().height,
+    legend: [...svg.querySelectorAll('text')].map(t => t.textContent)};
+}
+const cells = {};
+for (const tr of document.querySelectorAll('tr')) {
+  const td = tr.querySelectorAll('td');
+  if (td.length > 1 && !(td[0].textContent in cells)) cells[td[0].textContent] = td[1].textContent;
+}
+console.log(JSON.stringify({charts, cells}));
+</script>"""
+
+
+def measured(page: Path, shot: Path, width: int = 1000, height: int = 700) -> dict[str, Any]:
+    """``page`` laid out by Chromium in a ``width``-px window: :data:`MEASURE`'s findings."""
+    probe = page.with_name(f"measure-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>", 1))
+    result = render(probe.as_uri(), shot, width, height)
+    message = next(m for m in result.console if m.startswith('"{"charts"'))
+    return dict(json.loads(message[1:message.rindex('", source:')]))
+
+
+#: a chart reads at arm's length: it spans the text column and its labels are body-text sized
+MIN_CHART_PX, MIN_LABEL_PX = 880, 13
+
+
+def test_the_report_charts_are_readable_and_its_units_scaled(html_report: Path) -> None:
+    require_chromium()
+    found = measured(html_report / "report.html", html_report / "measure.png")
+    charts = found["charts"]
+    assert {"plot-power", "plot-cumulative", "plot-steps", "plot-timeline"} <= set(charts)
+    for name, chart in charts.items():
+        assert chart["width"] >= MIN_CHART_PX, (name, chart["width"])
+        assert chart["tick_px"] >= MIN_LABEL_PX, (name, chart["tick_px"])
+    cells = found["cells"]
+    # a run of about a second: milliwatt-hours and milligrams, each with its band
+    assert re.fullmatch(r"[\d.]+ ± [\d.]+ mWh", cells["IT energy"]), cells["IT energy"]
+    assert re.fullmatch(r"[\d.]+ ± [\d.]+ (mg|g)CO2e", cells["Scope 2, location-based"]), \
+        cells["Scope 2, location-based"]
+    # the power chart alone: its lines span most of the window's width on the screenshot
+    page = html_report / "report.html"
+    alone = html_report / "wide-power.html"
+    alone.write_text(page.read_text().replace(
+        "</style>", "body>:not(#plot-power){display:none}</style>", 1))
+    shot = render(alone.as_uri(), html_report / "wide-power.png", 1000, 460)
+    _, _, rows = read_png(shot.png)
+    green = bytes.fromhex(svg.PALETTE[0][1:])
+    columns = {x // 3 for row in rows[:380] for x in range(0, len(row) - 2, 3)
+               if all(abs(row[x + i] - green[i]) <= 24 for i in range(3))}
+    assert max(columns) - min(columns) >= 560, (min(columns), max(columns))
+
+
+@pytest.fixture(scope="module")
+def compare_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("compare-page")
+    losses = [3.0, 2.4, 1.9, 1.5, 1.2, 1.0]
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        runs = [make_lossy_run(root / name / "greentrack", losses, {"precision": precision}, watts,
+                               root)
+                for name, precision, watts in (("fp32", "32-true", 80.0),
+                                               ("bf16", "bf16-mixed", 40.0))]
+        code, out, err = run_cli(["compare", *map(str, runs), "--target", "loss<=1.4",
+                                  "--format", "html"])
+        assert code == 0, err
+    page = root / "compare.html"
+    page.write_text(out)
+    yield page
+
+
+def test_the_compare_page_draws_named_runs_and_the_target(compare_page: Path) -> None:
+    require_chromium()
+    found = measured(compare_page, compare_page.with_name("measure.png"))
+    chart = found["charts"]["chart"]
+    assert chart["width"] >= MIN_CHART_PX and chart["tick_px"] >= MIN_LABEL_PX, chart
+    assert {"precision=32-true", "precision=bf16-mixed", "target loss<=1.4"} <= set(chart["legend"])
+    only = compare_page.with_name("only-chart.html")
+    only.write_text(compare_page.read_text().replace(
+        "</style>", "body>:not(svg){display:none}</style>", 1))
+    shot = render(only.as_uri(), compare_page.with_name("chart.png"), 1000, 460)
+    assert shot.console == [], shot.console
+    _, _, rows = read_png(shot.png)
+    counts = color_counts(rows, [svg.LEVEL_COLOR, svg.PALETTE[0], svg.PALETTE[1]])
+    assert all(n > 150 for n in counts.values()), counts  # the target line and both runs

@@ -22,8 +22,8 @@ from greentrack.common.files import not_regular, staged_dir
 from greentrack.common.text import json_text, printable
 from greentrack.process.settings import check_settings
 from greentrack.reports.advise import MAX_SLOWDOWN, advise, format_text, run_footprint_of
-from greentrack.reports.compare import (compare, curves, format_html, format_markdown, format_table,
-                                        parse_groups)
+from greentrack.reports.compare import compare, curves, parse_groups
+from greentrack.reports.compare_format import format_html, format_markdown, format_table
 from greentrack.reports.document import FORMATS, iter_reports
 from greentrack.reports.emissions_log import append
 from greentrack.reports.run_data import read_run
@@ -192,7 +192,8 @@ def add_commands(sub: Any) -> None:
     rep.set_defaults(handler=cmd_report)
     cmp_ = sub.add_parser("compare", help="compare runs side by side",
                           description="Joules per step/sample/token, FLOPs per joule, MFU, duration, "
-                                      "emissions and cost of each run, with ratios to the first.")
+                                      "emissions and cost of each run, with ratios to a baseline "
+                                      "(the first run, or --baseline) and their noise bands.")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                       help="a run directory; node-local directories of one run joined by '+' "
                            "(node0/run+node1/run) are one run")
@@ -205,6 +206,9 @@ def add_commands(sub: Any) -> None:
                            "recorded metric first reached X (<=, >=, <, >), e.g. val_loss<=2.5")
     cmp_.add_argument("--group", action="append", metavar="NAME=RUN,RUN",
                       help="repeated runs of one setting: mean and spread (repeatable)")
+    cmp_.add_argument("--baseline", metavar="RUN",
+                      help="the run the ratios are to, by directory or by its name in the table "
+                           "(default: the first)")
     add_carbon_options(cmp_)
     cmp_.set_defaults(handler=cmd_compare)
     adv = sub.add_parser("advise", help="where a run's energy could go further, ranked",
@@ -277,7 +281,7 @@ def _compare(ns: argparse.Namespace) -> int:
     groups = parse_groups(ns.group, ns.run_dirs)
     fmt = ns.cmp_format or ("json" if ns.json else "text")
     config = make_config(ns)
-    result = compare(ns.run_dirs, config, target=target, groups=groups)
+    result = compare(ns.run_dirs, config, target=target, groups=groups, baseline=ns.baseline)
     if fmt == "html":
         result["curves"] = curves([r["run_dir"] for r in result["runs"]],
                                   target[0] if target else "loss")

@@ -1,7 +1,9 @@
 """Units and the checks every figure shares: one place for each, so no two modules disagree.
 
-Energy is stored in joules; humans get kWh through :data:`J_PER_KWH`; seconds become hours only
-through :func:`hours`. Wall times are shown as
+Energy is stored in joules; humans get kWh through :data:`J_PER_KWH`, and a figure in the unit
+that suits its size (mWh, Wh, kWh, MWh; mg, g, kg, t of CO2e) through :func:`energy_text` and
+:func:`mass_text`, with its band through :func:`with_band`; numbers are written by :func:`sig`.
+Seconds become hours only through :func:`hours`. Wall times are shown as
 UTC ISO 8601 by :func:`utc`. A value counts as a number only when :func:`is_number` says so.
 """
 
@@ -18,6 +20,59 @@ J_PER_KWH = 3.6e6
 J_PER_WH = 3.6e3
 #: Seconds in one hour.
 S_PER_HOUR = 3600.0
+
+
+#: (unit, joules in one) and (unit, grams in one), largest first: the units figures are scaled to
+ENERGY_UNITS = (("MWh", 3.6e9), ("kWh", J_PER_KWH), ("Wh", J_PER_WH), ("mWh", 3.6))
+MASS_UNITS = (("t", 1e6), ("kg", 1e3), ("g", 1.0), ("mg", 1e-3))
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+
+
+def scale(value: float, units: tuple[tuple[str, float], ...]) -> tuple[float, str]:
+    """``value`` (in the base unit: J, g) in the largest of ``units`` in which it is at least 1,
+    else the smallest (zero and non-finite values: the second smallest, Wh or g):
+    ``(scaled value, unit)``; ``468 J`` is ``(130, "mWh")``."""
+    a = abs(value)
+    if a == 0 or not math.isfinite(a):
+        return value / units[-2][1], units[-2][0]
+    for unit, per in units:
+        if a >= per:
+            return value / per, unit
+    return value / units[-1][1], units[-1][0]
+
+
+def energy_text(joules: float | None, digits: int = 3) -> str:
+    """An energy in the unit that suits it: ``0.468 Wh`` as ``468 mWh``; ``n/a`` for None."""
+    if joules is None:
+        return "n/a"
+    v, unit = scale(float(joules), ENERGY_UNITS)
+    return f"{sig(v, digits)} {unit}"
+
+
+def mass_text(grams: float | None, digits: int = 3, suffix: str = "CO2e") -> str:
+    """A mass (of CO2e) in the unit that suits it: ``2.19e-05 kg`` as ``21.9 mgCO2e``."""
+    if grams is None:
+        return "n/a"
+    v, unit = scale(float(grams), MASS_UNITS)
+    return f"{sig(v, digits)} {unit}{suffix}"
+
+
+def with_band(value: float | None, pct: float | None, units: tuple[tuple[str, float], ...],
+              suffix: str = "", digits: int = 3) -> str:
+    """``value`` and its band of +-``pct`` percent in one unit: ``21.9 ± 11 mgCO2e``; the value
+    alone when the band is unknown."""
+    if value is None:
+        return "n/a"
+    v, unit = scale(float(value), units)
+    if pct is None or not math.isfinite(pct):
+        return f"{sig(v, digits)} {unit}{suffix}"
+    return f"{sig(v, digits)} ± {sig(abs(v) * pct / 100.0, 2)} {unit}{suffix}"
 
 
 def hours(seconds: float) -> float:

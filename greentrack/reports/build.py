@@ -5,7 +5,6 @@ Every output format renders this one document, so the figures are identical acro
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from typing import Any
@@ -16,6 +15,7 @@ from greentrack.carbon.footprint import Footprint, footprint
 from greentrack.carbon.runs import Explicit, profile_of_stores
 from greentrack.common.config import Config
 from greentrack.common.units import J_PER_KWH, days, quantile, utc
+from greentrack.common.units import sig as sig  # re-exported: the reports' number format
 from greentrack.reports.advise import TOP, advise
 from greentrack.reports.forecasting import forecast_section, start_window
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
@@ -25,13 +25,6 @@ from greentrack.reports.run_data import RunData, resample
 FORMAT = "greentrack-report"
 VERSION = "1.0"
 SCHEMA = "greentrack/schemas/report-v1.schema.json"
-
-
-def sig(x: float, digits: int = 3) -> str:
-    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big)."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
 
 
 def _timeseries(data: RunData) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``greentrack compare``: runs side by side, with ratios to the first.
+"""``greentrack compare``: runs side by side, with ratios to a baseline and their noise bands.
 
 What a user needs to judge a precision, batch-size or quantization change: joules per step, per
 sample and per token, FLOPs per joule, MFU, duration, energy, emissions and cost. Each run's
@@ -16,10 +16,8 @@ from typing import Any
 
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
-from greentrack.common.text import md_escape, printable
-from greentrack.common.units import J_PER_KWH
-from greentrack.reports import svg
-from greentrack.reports.build import sig
+from greentrack.common.text import printable
+from greentrack.common.units import J_PER_KWH, sig
 from greentrack.reports.document import report_document
 from greentrack.run import Run, metric_points, run_dirs_of, to_target
 
@@ -58,7 +56,8 @@ def _row(doc: dict[str, Any]) -> dict[str, Any]:
             "emissions_location_kg": s["emissions_location_kg"],
             "emissions_market_kg": s["emissions_market_kg"], "sci_g": s["sci_g"],
             "sci_unit": s["sci_unit"], "cost_total": s["cost_total"], "currency": s["currency"],
-            "energy_basis": s["energy_basis"], "quality": s["quality"]}
+            "energy_basis": s["energy_basis"], "quality": s["quality"],
+            "uncertainty_pct": float(doc["methodology"]["uncertainty"]["pct"])}
 
 
 #: Totals (not per-unit figures): their ratios only mean something for equal work.
@@ -80,11 +79,6 @@ def parse_target(text: str) -> tuple[str, str, float]:
         raise ConfigError("--target", text, "must be METRIC<=X, METRIC>=X, METRIC<X or METRIC>X "
                           "with a finite number X, e.g. val_loss<=2.5")
     return m.group(1), m.group(2), value
-
-
-def _name(run_dir: str) -> str:
-    """A run's short name: its directory's, or its directories' joined by ``+``."""
-    return "+".join(d.name for d in run_dirs_of(run_dir))
 
 
 def same_path(run_dir: str | Path) -> str:
@@ -137,10 +131,13 @@ def equal_work(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, str]:
 
 def compare(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | None, sci_unit: str = "run",
             target: tuple[str, str, float] | None = None,
-            groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Figures of each run and ``ratios`` (run / first run). Ratios of totals only for equal work
-    (:func:`equal_work`), otherwise only per-unit ratios; with ``target``, each run's
-    ``to_target``; with ``groups``, each group's mean and spread."""
+            groups: dict[str, list[str]] | None = None,
+            baseline: str | None = None) -> dict[str, Any]:
+    """Figures of each run and ``ratios`` (run / baseline: ``baseline``, a compared run's
+    directory or name, default the first) with each ratio's noise band (``ratio_bands``,
+    :func:`ratio_band`). Ratios of totals only for equal work (:func:`equal_work`), otherwise
+    only per-unit ratios; with ``target``, each run's ``to_target``; with ``groups``, each
+    group's mean and spread. Each run has a short ``name`` (:func:`run_names`)."""
     dirs = _unique([same_path(d) for d in run_dirs])
     named = {_identity(d): d for d in dirs}  # a member given before: its first spelling
     groups = {name: [named.setdefault(_identity(m), m) for m in members]
@@ -151,12 +148,17 @@ def compare(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | Non
     for d, r in zip(dirs, rows):
         if len(run_dirs_of(d)) > 1:  # several directories of one run: named as given
             r["run_dir"] = d
-    base = rows[0]
-    for r in rows:
+    by_dir = dict(zip(dirs, rows))
+    member_of = {m: name for name, members in groups.items() for m in members}
+    for r, name in zip(rows, run_names(rows, [member_of.get(d) for d in dirs])):
+        r["name"] = name
+    base = rows[_baseline_index(baseline, dirs, rows)]
+    spreads = _relative_spreads(groups, by_dir)
+    for d, r in zip(dirs, rows):
         same, diff = equal_work(r, base)
         r["equal_work"] = same
         r["work_difference"] = None if same else diff
-        r["ratios"] = {}
+        r["ratios"], r["ratio_bands"] = {}, {}
         # money in two currencies is not a ratio; steps of two kinds are not one count
         apart = {"cost_total"} if r["currency"] != base["currency"] else set()
         if r["per_step_divisor"] != base["per_step_divisor"]:
@@ -167,26 +169,135 @@ def compare(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | Non
             ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b \
                 and math.isfinite(a / b) and (same or key not in TOTALS) and key not in apart
             r["ratios"][key] = a / b if ok else None
+            r["ratio_bands"][key] = None if not ok or r is base else ratio_band(
+                a / b, _noise(r, key, spreads.get(d, {})),
+                _noise(base, key, spreads.get(dirs[rows.index(base)], {})))
         if target is not None:
-            with Run.open(r["run_dir"]) as run:
-                t = to_target(run, *target)
-                total_j = float(run.energy_j()["total"] or 0.0)
-            share = (t.energy_j / total_j) if t.reached and t.energy_j is not None and total_j else None
-            r["to_target"] = {
-                "metric": target[0], "target": f"{target[0]}{target[1]}{target[2]:g}",
-                "reached": t.reached, "best": t.best, "energy_j": t.energy_j,
-                "energy_kwh": None if t.energy_j is None else t.energy_j / J_PER_KWH,
-                "emissions_location_kg": _share(r["emissions_location_kg"], share),
-                "cost_total": _share(r["cost_total"], share),
-                "gpu_hours": t.gpu_hours, "duration_s": t.duration_s, "steps": t.steps,
-                "tokens": t.tokens, "samples": t.samples}
-    out: dict[str, Any] = {"baseline": base["run_dir"], "metrics": [m[0] for m in METRICS],
-                           "runs": rows}
+            r["to_target"] = _to_target(r, target)
+    out: dict[str, Any] = {"baseline": base["run_dir"], "baseline_name": base["name"],
+                           "metrics": [m[0] for m in METRICS], "runs": rows}
     if target is not None:
-        out["target"] = f"{target[0]}{target[1]}{target[2]:g}"
+        out["target"] = target_text(target)
+        out["target_metric"], out["target_value"] = target[0], target[2]
     if groups:
-        out["groups"] = _groups(groups, {r["run_dir"]: r for r in rows}, target is not None)
+        out["groups"] = _groups(groups, {r["run_dir"]: r for r in rows}, target is not None,
+                                base["run_dir"])
     return out
+
+
+def target_text(target: tuple[str, str, float]) -> str:
+    """``--target`` as the reports echo it."""
+    return f"{target[0]}{target[1]}{target[2]:g}"
+
+
+def _to_target(r: dict[str, Any], target: tuple[str, str, float]) -> dict[str, Any]:
+    with Run.open(r["run_dir"]) as run:
+        t = to_target(run, *target)
+        total_j = float(run.energy_j()["total"] or 0.0)
+    share = (t.energy_j / total_j) if t.reached and t.energy_j is not None and total_j else None
+    return {"metric": target[0], "target": target_text(target),
+            "reached": t.reached, "best": t.best, "energy_j": t.energy_j,
+            "energy_kwh": None if t.energy_j is None else t.energy_j / J_PER_KWH,
+            "emissions_location_kg": _share(r["emissions_location_kg"], share),
+            "cost_total": _share(r["cost_total"], share),
+            "gpu_hours": t.gpu_hours, "duration_s": t.duration_s, "steps": t.steps,
+            "tokens": t.tokens, "samples": t.samples}
+
+
+def _baseline_index(baseline: str | None, dirs: list[str], rows: list[dict[str, Any]]) -> int:
+    """Which compared run ``--baseline`` names: by its directory (however spelled) or its name."""
+    if baseline is None:
+        return 0
+    want = _identity(same_path(baseline)) if baseline.strip() else None
+    for i, d in enumerate(dirs):
+        if want is not None and _identity(d) == want:
+            return i
+    for i, r in enumerate(rows):
+        if r["name"] == baseline.strip():
+            return i
+    raise ConfigError("--baseline", baseline, "must be one of the compared runs, by directory or "
+                      "name: " + ", ".join(printable(r["name"], 40) for r in rows))
+
+
+def run_names(rows: list[dict[str, Any]], group_names: list[str | None]) -> list[str]:
+    """Each run's short name, unique among the compared runs: its labels that differ between
+    them (``precision=bf16-mixed``), else its group's name, else the part of its directory that
+    tells it apart (``sweep/bf16/greentrack`` and ``sweep/fp32/greentrack``: ``bf16``, ``fp32``);
+    a name two runs would share gets that part (then the run id) added."""
+    labels = [r["labels"] for r in rows]
+    keys = sorted({k for lab in labels for k in lab})
+    differ = [k for k in keys if len({lab.get(k) for lab in labels}) > 1]
+    parts = _distinct_parts([r["run_dir"] for r in rows])
+    names = []
+    for lab, group, part in zip(labels, group_names, parts):
+        text = ",".join(f"{k}={lab[k]}" for k in differ if k in lab)
+        names.append(printable(text or group or part, 60))
+    for extra in (parts, [r["run_id"] for r in rows]):
+        seen = [n for n in names]
+        names = [n if seen.count(n) == 1 or n == e else f"{n} ({printable(e, 40)})"
+                 for n, e in zip(names, extra)]
+    return names
+
+
+def _distinct_parts(run_dirs: list[str]) -> list[str]:
+    """The directories without the leading and trailing path components they all share (at
+    least the last component each)."""
+    split = [[p for p in str(d).replace(os.sep, "/").split("/") if p not in ("", ".")]
+             or [str(d)] for d in run_dirs]
+    if len(split) < 2:
+        return [s[-1] for s in split]
+    shortest = min(len(s) for s in split)
+    head = 0
+    while head < shortest - 1 and len({s[head] for s in split}) == 1:
+        head += 1
+    tail = 0
+    while tail < shortest - head - 1 and len({s[len(s) - 1 - tail] for s in split}) == 1:
+        tail += 1
+    return ["/".join(s[head:len(s) - tail]) for s in split]
+
+
+#: Figures that carry the run's measured energy, hence its quality band (BoAmps' +-10/25/50%).
+ENERGY_FIGURES = frozenset({"energy_kwh", "joules_per_step", "emissions_g_per_step",
+                            "joules_per_sample", "joules_per_token", "flops_per_joule",
+                            "emissions_location_kg", "emissions_market_kg", "sci_g",
+                            "cost_total"})
+
+
+def _relative_spreads(groups: dict[str, list[str]],
+                      rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per run directory, how far the runs of its group (two or more) spread on each figure:
+    their range relative to the smallest, ``max / min - 1``. Repeats of one setting are then
+    within noise of each other, whichever two are compared (a standard deviation from two or
+    three runs is too uncertain to call one of them better)."""
+    out: dict[str, dict[str, float]] = {}
+    for members in groups.values():
+        for key, *_ in METRICS:
+            vals = [abs(float(rows[m][key])) for m in members
+                    if isinstance(rows[m][key], (int, float))]
+            if len(vals) < 2 or not min(vals):
+                continue
+            for m in members:
+                out.setdefault(m, {}).setdefault(key, max(vals) / min(vals) - 1.0)
+    return out
+
+
+def _noise(row: dict[str, Any], key: str, spread: dict[str, float]) -> float | None:
+    """A run's relative uncertainty of one figure: the larger of its measurement's quality band
+    (figures from energy) and its group's relative range; None when neither is known."""
+    parts = [v for v in (row["uncertainty_pct"] / 100.0 if key in ENERGY_FIGURES else None,
+                         spread.get(key)) if v is not None]
+    return max(parts) if parts else None
+
+
+def ratio_band(ratio: float, noise: float | None, base_noise: float | None) -> dict[str, Any]:
+    """``ratio`` with its noise band: the two runs' relative uncertainties added in quadrature,
+    ``u``, give ``ratio / (1 + u)`` to ``ratio * (1 + u)``; ``within_noise`` when the band holds
+    1 (None, and no verdict, when either uncertainty is unknown)."""
+    if noise is None or base_noise is None:
+        return {"low": None, "high": None, "rel": None, "within_noise": None}
+    u = math.hypot(noise, base_noise)
+    low, high = ratio / (1.0 + u), ratio * (1.0 + u)
+    return {"low": low, "high": high, "rel": u, "within_noise": low <= 1.0 <= high}
 
 
 def _share(total: Any, share: float | None) -> float | None:
@@ -199,10 +310,11 @@ GROUP_FIGURES = ("joules_per_step", "joules_per_sample", "joules_per_token")
 
 
 def _groups(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]],
-            with_target: bool) -> dict[str, Any]:
+            with_target: bool, baseline: str) -> dict[str, Any]:
     """Mean and spread (sample standard deviation; half the range for two runs is the same
-    scale) of each group's figures, and each group against the first: a difference smaller
-    than the two spreads together is ``within noise``."""
+    scale) of each group's figures, and each group against the baseline's group (the first
+    group when the baseline run is in none): a difference smaller than the two spreads together
+    is ``within noise``."""
     figures = (("to_target_energy_j",) if with_target else ()) + GROUP_FIGURES
     stats: dict[str, Any] = {}
     for name, members in groups.items():
@@ -218,17 +330,17 @@ def _groups(groups: dict[str, list[str]], rows: dict[str, dict[str, Any]],
             g["figures"][fig] = {"mean": mean, "spread": spread, "n": len(nums),
                                  "of": len(members)}
         stats[name] = g
-    first = next(iter(stats))
+    first = next((n for n, g in stats.items() if baseline in g["runs"]), next(iter(stats)))
     for name, g in stats.items():
-        g["versus_first"] = {}
+        g["versus_baseline"] = {}
         for fig, st in g["figures"].items():
             b = stats[first]["figures"].get(fig)
             if b is None or name == first or not b["mean"]:
                 continue
             noise = (st["spread"] or 0.0) + (b["spread"] or 0.0)
             diff = st["mean"] - b["mean"]
-            g["versus_first"][fig] = {
-                "ratio": st["mean"] / b["mean"], "difference": diff,
+            g["versus_baseline"][fig] = {
+                "group": first, "ratio": st["mean"] / b["mean"], "difference": diff,
                 "within_noise": None if st["spread"] is None or b["spread"] is None
                 else abs(diff) <= noise}
     return stats
@@ -241,129 +353,6 @@ def _figure(row: dict[str, Any], fig: str) -> float | None:
     else:
         v = row.get(fig)
     return float(v) if isinstance(v, (int, float)) else None
-
-
-def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
-    """Headers, rows and notes of the comparison: one column per run, ``value (x ratio)``."""
-    runs = result["runs"]
-    headers = ["metric"] + [printable(f"{_name(r['run_dir'])} ({r['run_id']})", 60) for r in runs]
-    body = []
-    for key, label, unit, lower in METRICS:
-        cells = [f"{label}{' (' + unit + ')' if unit else ''}"]
-        if key == "steps":
-            kinds = {r["per_step_divisor"] for r in runs}
-            cells[0] = "optimizer steps" if kinds == {"optimizer_steps"} else \
-                "step rows" if kinds == {"step_rows"} else "steps (see notes)"
-        if key == "sci_g":
-            cells[0] = f"SCI (gCO2e per {printable(runs[0]['sci_unit'])})"
-        for i, r in enumerate(runs):
-            v = r[key]
-            text = "n/a" if v is None else sig(float(v), 4)
-            if key == "cost_total" and v is not None:  # each run's own currency, beside its cost
-                text += f" {printable(r['currency'] or '(no currency)', 20)}"
-            ratio = r["ratios"][key]
-            if i and ratio is not None:
-                better = (ratio < 1) == lower if ratio != 1 and lower is not None else None
-                text += f" (x{ratio:.3g}{'' if better is None else ', better' if better else ', worse'})"
-            cells.append(text)
-        body.append(cells)
-    body.append(["energy basis"] + [printable(r["energy_basis"]) for r in runs])
-    body.insert(0, ["labels"] + [printable(",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
-                                           or "-", 60) for r in runs])
-    if "target" in result:
-        name = f"to {printable(result['target'], 80)}:"
-        body.append([name] + ["" for _ in runs])
-        for key, label, fmt in (("energy_kwh", "  IT energy (kWh)", 4), ("energy_j", "  IT energy (J)", 4),
-                                ("emissions_location_kg", "  emissions (kgCO2e)", 3),
-                                ("cost_total", "  cost", 3), ("gpu_hours", "  GPU-hours", 3),
-                                ("duration_s", "  wall time (s)", 4), ("steps", "  steps", 4),
-                                ("tokens", "  tokens", 4)):
-            cells = [label]
-            for r in runs:
-                t = r["to_target"]
-                v = t[key]
-                cells.append(sig(float(v), fmt) if t["reached"] and isinstance(v, (int, float))
-                             else "n/a" if t["reached"] else
-                             (f"not reached (best {sig(t['best'], 4)})" if t["best"] is not None
-                              else f"not reached ({printable(t['metric'], 40)} not recorded)"))
-            body.append(cells)
-    lines: list[str] = [f"ratios are to the first run ({printable(result['baseline'])})"]
-    for r in runs[1:]:
-        if "cost_total" in r["not_compared"]:
-            lines.append(f"{printable(_name(r['run_dir']), 60)}: cost in "
-                         f"{printable(r['currency'] or 'no currency', 20)}, the first run's in "
-                         f"{printable(base_currency(runs), 20)}: costs in different currencies "
-                         "are not compared")
-        if "steps" in r["not_compared"]:
-            lines.append(f"{printable(_name(r['run_dir']), 60)}: per step divides by "
-                         f"{r['per_step_divisor']}, the first run's by "
-                         f"{runs[0]['per_step_divisor']}: per-step figures are not compared")
-        if not r["equal_work"]:
-            lines.append(f"{printable(_name(r['run_dir']), 60)}: not the same work as the first "
-                         f"run ({printable(r['work_difference'], 200)}): ratios of totals left out, "
-                         "compare per step, sample or token")
-    for name, g in (result.get("groups") or {}).items():
-        parts = []
-        for fig, st in g["figures"].items():
-            text = f"{fig} {sig(st['mean'], 4)}"
-            text += f" +/- {sig(st['spread'], 2)}" if st["spread"] is not None else " (one run)"
-            vs = g["versus_first"].get(fig)
-            if vs is not None:
-                text += (f" (x{vs['ratio']:.3g}, " + ("within noise" if vs["within_noise"] else
-                         "spread unknown" if vs["within_noise"] is None else
-                         "better" if vs["difference"] < 0 else "worse") + ")")
-            parts.append(text)
-        lines.append(f"group {printable(name, 40)} ({len(g['runs'])} runs): " + "; ".join(parts))
-    return headers, body, lines
-
-
-def base_currency(runs: list[dict[str, Any]]) -> str:
-    return str(runs[0]["currency"] or "no currency")
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table: one column per run, ``value (x ratio)`` after the first; then notes."""
-    headers, body, notes = _table(result)
-    widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    return "\n".join(lines + notes)
-
-
-def format_markdown(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table and notes (every cell literal text)."""
-    headers, body, notes = _table(result)
-    out = ["# greentrack compare", "",
-           "| " + " | ".join(md_escape(h) for h in headers) + " |",
-           "|" + " --- |" * len(headers)]
-    out += ["| " + " | ".join(md_escape(c.strip()) for c in row) + " |" for row in body]
-    out += [""] + [f"- {md_escape(n)}" for n in notes]
-    return "\n".join(out) + "\n"
-
-
-def format_html(result: dict[str, Any]) -> str:
-    """A standalone HTML page: the table, the notes and, when runs recorded the metric, the
-    metric against cumulative IT energy (kWh), one line per run."""
-    from html import escape
-    headers, body, notes = _table(result)
-    rows = "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>\n"
-                   for row in body)
-    parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-             "<title>greentrack compare</title><style>body{font-family:sans-serif;margin:2em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:left}</style></head><body><h1>greentrack compare</h1>",
-             "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>\n"
-             + rows + "</table>",
-             "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"]
-    curves = result.get("curves")
-    if curves and any(c["points"] for c in curves["runs"]):
-        series = [(f"{_name(c['run_dir'])}", [p[0] for p in c["points"]],
-                   [p[1] for p in c["points"]]) for c in curves["runs"]]
-        parts.append(svg.xy_lines(f"{curves['metric']} against cumulative IT energy", series,
-                                  "cumulative IT energy (kWh)", curves["metric"]))
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 #: Points per run in the ``curves`` of :func:`compare` (evenly thinned past this).

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from greentrack.common.jobinfo import describe
-from greentrack.common.units import hours, utc
-from greentrack.reports.build import sig
+from greentrack.common.units import (ENERGY_UNITS, J_PER_KWH, MASS_UNITS, hours, mass_text, sig,
+                                     with_band)
+from greentrack.reports.forecast_table import forecast_rows
 
 Block = tuple[Any, ...]
 
@@ -19,6 +20,16 @@ def _n(x: float | None, unit: str = "", digits: int = 3) -> str:
     if x is None:
         return "n/a"
     return f"{sig(float(x), digits)}{(' ' + unit) if unit else ''}"
+
+
+def _kwh(kwh: float | None, pct: float | None = None) -> str:
+    """An energy given in kWh, in the unit that suits it, with its band when ``pct`` is given."""
+    return "n/a" if kwh is None else with_band(kwh * J_PER_KWH, pct, ENERGY_UNITS)
+
+
+def _kg(kg: float | None, pct: float | None = None) -> str:
+    """Emissions given in kgCO2e, in the unit that suits them, with their band when given."""
+    return "n/a" if kg is None else with_band(kg * 1e3, pct, MASS_UNITS, "CO2e")
 
 
 def _money(x: float | None, currency: str | None) -> str:
@@ -30,7 +41,7 @@ def _money(x: float | None, currency: str | None) -> str:
 def _stake(o: dict[str, Any]) -> str:
     parts = [f"{_n(o['joules'], 'J')} ({o['share']:.1%} of the run)"] if o["joules"] else []
     if o.get("grams") is not None:
-        parts.append(_n(o["grams"], "gCO2e"))
+        parts.append(mass_text(o["grams"]))
     if o.get("cost") is not None:
         parts.append(_money(o["cost"], o.get("currency")))
     return ", ".join(parts)
@@ -46,7 +57,7 @@ def _greener(run: dict[str, Any]) -> list[Block]:
                       f"{g['chosen_start']}; forecast {_n(g['chosen_g_per_kwh'], 'gCO2e/kWh')} "
                       f"against {_n(g['now_g_per_kwh'])} at once, "
                       f"{float(g['expected_saving_share']):.1%} fewer grams expected "
-                      f"({_n(g.get('expected_saving_g'), 'gCO2e')} for this run's facility energy; "
+                      f"({mass_text(g.get('expected_saving_g'))} for this run's facility energy; "
                       f"series {g['series']}).")]
     except (KeyError, TypeError, ValueError):
         return [("p", "Started when greener: the record of the wait is damaged.")]
@@ -59,8 +70,8 @@ def _timeline(doc: dict[str, Any]) -> list[Block]:
     w = doc.get("start_window")
     if w:
         out += [("p", f"The intensity series ({w['series']}) with the run as it ran and its best "
-                      f"start window, from {w['best_start']}: {_n(w['best_g'], 'gCO2e')} instead "
-                      f"of {_n(w['as_run_g'], 'gCO2e')}, {_n(w['saving_g'], 'gCO2e')} less."),
+                      f"start window, from {w['best_start']}: {mass_text(w['best_g'])} instead "
+                      f"of {mass_text(w['as_run_g'])}, {mass_text(w['saving_g'])} less."),
                 ("plot", "start_window")]
     return out
 
@@ -80,43 +91,31 @@ def _forecast(doc: dict[str, Any]) -> list[Block]:
     f = doc.get("forecast")
     if not f:
         return []
-    est, act, cov = f["estimate"], f.get("actual") or {}, f.get("covered") or {}
-    cur = f.get("currency")
-
-    def when(t: float | None) -> str:
-        return "n/a" if t is None else utc(t)
-
-    rows = []
-    for key, name, show in (
-            ("energy_j", "IT energy", lambda v: _n(v / 3.6e6, "kWh")),
-            ("duration_s", "duration", lambda v: _n(hours(v), "h")),
-            ("end_unix", "end", when),
-            ("gpu_hours", "GPU-hours", lambda v: _n(v)),
-            ("emissions_g", "emissions (with PUE)", lambda v: _n(v, "gCO2e")),
-            ("cost", "cost (electricity + GPU-hours)", lambda v: _money(v, cur))):
-        if est.get(key) is None or (key == "gpu_hours" and not est[key]):
-            continue  # no GPU: no GPU-hours row
-        lo, hi = est.get(key + "_low"), est.get(key + "_high")
-        row = [name, show(est[key]), f"{show(lo)} to {show(hi)}" if lo is not None else
-               "not known (fewer than 3 observations)"]
-        if f["kind"] == "check":
-            row += [show(act[key]) if act.get(key) is not None else "n/a",
-                    "n/a" if cov.get(key) is None else "yes" if cov[key] else "NO"]
-        rows.append(row)
     level = f"{f['level']:.0%} interval"
     if f["kind"] == "check":
         intro = (f"The forecast as it stood after {f['made_at_steps']} of {f['planned_steps']} "
                  f"{f['phase']} steps ({f['made_at']}; planned steps: {f['planned_source']}), "
                  "against what the run used until the end of the time cell of its last step "
-                 f"(inside: to that resolution, {f.get('resolution_s', 0):.3g} s).")
+                 f"(one cell: {f.get('resolution_s', 0):.3g} s). Inside: the actual as printed "
+                 "lies between the bounds as printed.")
         headers = ["figure", "forecast", level, "actual", "inside the interval"]
     else:
         intro = (f"The whole run ({f['planned_steps']} {f['phase']} steps, "
                  f"{f['planned_source']}), forecast from the {f['made_at_steps']} done by "
                  f"{f['made_at']}.")
         headers = ["figure", "forecast", level]
-    return [("h2", "Forecast"), ("p", intro), ("table", headers, rows),
+    return [("h2", "Forecast"), ("p", intro), ("table", headers, forecast_rows(f)),
             ("p", f"Method: {f['method']}.")]
+
+
+def _sci(grams: float | None, sci: dict[str, Any], pct: float) -> str:
+    """An SCI score in the unit that suits it, with the band of its operational part O (the
+    embodied part M has no band); the score alone without O."""
+    if grams is None:
+        return "n/a"
+    o, total = float(sci.get("o_g") or 0.0), float(sci.get("score_g") or 0.0)
+    share = o / total if total > 0 else 0.0  # O's share of the score, the same for every R
+    return with_band(grams, pct * share, MASS_UNITS, "CO2e")
 
 
 def _divisor(c: dict[str, Any]) -> str:
@@ -129,6 +128,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
     s, run, e, c = doc["summary"], doc["run"], doc["energy"], doc["compute"]
     loc, market = doc["intensity"]["location_based"], doc["intensity"]["market_based"]
     emb, sci, cost, eu, meth = doc["embodied"], doc["sci"], doc["cost"], doc["eu_ai_act"], doc["methodology"]
+    pct = float(meth["uncertainty"]["pct"])  # the run's quality band: every energy and emission
     out: list[Block] = [
         ("h1", f"Energy and carbon disclosure: run {run['run_id']}"),
         ("p", f"Status {run['status']}; {run['started_at']} to {run['ended_at']} "
@@ -141,16 +141,19 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
         *_greener(run),
         ("h2", "Summary"),
         ("table", ["figure", "value", "how obtained"], [
-            ["IT energy", _n(s["energy_kwh"], "kWh"), e["basis"]],
+            ["IT energy", _kwh(s["energy_kwh"], pct), e["basis"]],
             ["PUE", f"{s['pue']:g}", doc["pue"]["source"]],
-            ["Facility energy", _n(s["facility_energy_kwh"], "kWh"), "IT energy x PUE"],
+            ["Facility energy", _kwh(s["facility_energy_kwh"], pct), "IT energy x PUE"],
             ["Carbon intensity (location-based)", _n(s["carbon_intensity_g_per_kwh"], "gCO2e/kWh"),
              f"{loc['method']}: {loc['source']}"],
-            ["Scope 2, location-based", _n(s["emissions_location_kg"], "kgCO2e"), "facility kWh x intensity"],
-            ["Scope 2, market-based", _n(s["emissions_market_kg"], "kgCO2e"),
+            ["Scope 2, location-based", _kg(s["emissions_location_kg"], pct),
+             "facility kWh x intensity"],
+            ["Scope 2, market-based", _kg(s["emissions_market_kg"], pct),
              market["source"] if market else "no market-based factor given (--market-factor)"],
-            ["Embodied, amortized (SCI M)", _n(s["embodied_kg"], "kgCO2e"), emb["formula"]],
-            [f"SCI per {sci['functional_unit']}", _n(sci["score_g"], "gCO2e"), "(O + M) / R"],
+            ["Embodied, amortized (SCI M)", _kg(s["embodied_kg"]),
+             f"{emb['formula']} (no band: catalogue figures)"],
+            [f"SCI per {sci['functional_unit']}", _sci(sci["score_g"], sci, pct),
+             "(O + M) / R; the band is O's"],
             ["GPU-hours", _n(s["gpu_hours"]), "device time x GPUs, per process"],
             ["Training compute", _n(s["flops"], "FLOP"), c["flops_method"]],
             ["Cost", _money(s["cost_total"], s["currency"]), "see Cost"],
@@ -166,8 +169,8 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
                       "settings it recorded, and the totals above are their sums."),
                 ("table", ["part", "IT energy", "PUE", "intensity", "Scope 2, location-based",
                            "cost"],
-                 [[f"{p['start']} to {p['end']}", _n(p["it_kwh"], "kWh"), f"{p['pue']:g}",
-                   _n(p["g_per_kwh"], "gCO2e/kWh"), _n(p["location_based_kg"], "kgCO2e"),
+                 [[f"{p['start']} to {p['end']}", _kwh(p["it_kwh"], pct), f"{p['pue']:g}",
+                   _n(p["g_per_kwh"], "gCO2e/kWh"), _kg(p["location_based_kg"], pct),
                    _money(p["cost"], p["currency"])] for p in parts])]
     if doc["warnings"]:
         out += [("h2", "Warnings"), ("list", list(doc["warnings"]))]
@@ -194,26 +197,29 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
            f"{d.get('gap_s', 0):g}", d["uncertainty"]] for d in e["devices"]]),
         *_replayed(e),
         ("h2", "Carbon: GHG Protocol Scope 2, both methods"),
-        ("table", ["method", "factor (gCO2e/kWh)", "source", "emissions (kgCO2e)"], [
+        ("table", ["method", "factor (gCO2e/kWh)", "source", "emissions"], [
             ["location-based", _n(loc["g_per_kwh"]), f"{loc['source']} (dataset: {loc['dataset']}, "
-             f"year {loc['year'] or 'n/a'})", _n(doc["scope2"]["location_based_kg"])],
+             f"year {loc['year'] or 'n/a'})", _kg(doc["scope2"]["location_based_kg"], pct)],
             ["market-based", _n(market["g_per_kwh"]) if market else "n/a",
-             market["source"] if market else "not given", _n(doc["scope2"]["market_based_kg"])],
+             market["source"] if market else "not given",
+             _kg(doc["scope2"]["market_based_kg"], pct)],
         ]),
         ("p", f"Boundary: {doc['scope2']['boundary']}. Period: {doc['scope2']['period']['start']} to "
               f"{doc['scope2']['period']['end']}. PUE {doc['pue']['value']:g}: {doc['pue']['source']}."),
         ("h2", "Embodied emissions"),
-        ("table", ["device", "count", "embodied each (kgCO2e)", "reserved (h)", "amortized (kgCO2e)", "source"],
-         [[d["kind"], str(d["count"]), _n(d["embodied_kg_each"]), _n(hours(d["reserved_s"])),
-           _n(d["amortized_kg"]), d["source"]] for d in emb["devices"]]),
+        ("table", ["device", "count", "embodied each", "reserved (h)", "amortized", "source"],
+         [[d["kind"], str(d["count"]), _kg(d["embodied_kg_each"]), _n(hours(d["reserved_s"])),
+           _kg(d["amortized_kg"]), d["source"]] for d in emb["devices"]]),
         ("p", f"Lifespan {emb['lifespan_years']['value']:g} years ({emb['lifespan_years']['source']}); "
               f"share reserved {emb['share']['value']:g} ({emb['share']['source']})."),
         ("p", f"Scope 3 note: {emb['scope3_note']['text']}"),
         ("h2", "Software Carbon Intensity (ISO/IEC 21031:2024)"),
-        ("table", ["functional unit R", "SCI (gCO2e per R)"], [
-            ["run", _n(sci["per_run_g"])], ["million tokens", _n(sci["per_million_tokens_g"])],
-            ["FLOP", _n(sci["per_flop_g"])]]),
-        ("p", f"O = {_n(sci['o_g'], 'g')}, M = {_n(sci['m_g'], 'g')}. {sci['formula']}."),
+        ("table", ["functional unit R", "SCI per R (± O's band)"], [
+            ["run", _sci(sci["per_run_g"], sci, pct)],
+            ["million tokens", _sci(sci["per_million_tokens_g"], sci, pct)],
+            ["FLOP", _sci(sci["per_flop_g"], sci, pct)]]),
+        ("p", f"O = {_kg(sci['o_g'] / 1e3, pct)}, M = {_kg(sci['m_g'] / 1e3)}. "
+              f"{sci['formula']}."),
     ]
     if cost:
         out += [("h2", "Cost"), ("table", ["item", "value"], [
@@ -232,10 +238,14 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
             ["FLOPs", _n(c["flops"])], ["samples", _n(c["samples"])],
             ["tokens", _n(c["tokens"])], ["hardware", c["hardware"]["text"]],
             [f"J per step (all the run's energy / {_divisor(c)})", _n(c["joules_per_step"])],
-            [f"gCO2e per step (location-based / {_divisor(c)})",
-             _n(c.get("emissions_g_per_step"))],
+            [f"emissions per step (location-based / {_divisor(c)})",
+             _kg(None if c.get("emissions_g_per_step") is None
+                 else c["emissions_g_per_step"] / 1e3, pct)],
             ["J per sample (all the run's energy / samples)", _n(c["joules_per_sample"])],
-            ["J per token (all the run's energy / tokens)", _n(c["joules_per_token"])], ["FLOPs per J", _n(c["flops_per_joule"])],
+            ["J per token (all the run's energy / tokens)", _n(c["joules_per_token"])],
+            # no FLOPs recorded: no row (not 0, not n/a: there is nothing to divide)
+            *([["FLOPs per J", _n(c["flops_per_joule"])]] if c["flops_per_joule"] is not None
+              else []),
             ["MFU", _n(c["mfu"]) if c["mfu"] is not None else "not recorded"]]),
     ]
     hist = doc["steps"].get("histogram")

@@ -7,7 +7,9 @@ series), as a logging cadence in time would observe them. For a run still going 
 ``incomplete``) with planned steps recorded, the forecast of the whole run now. For a run that
 ended, a check: the forecast as it stood after the first :data:`CHECK_SHARE` of its steps,
 against what the run then used until the end of the cell of its last step, and whether the
-interval held it, to the grid's resolution (one cell, at most 1/600 of the run: ``resolution_s``).
+interval held it, to the grid's resolution (one cell, at most 1/600 of the run: ``resolution_s``);
+an interval of zero width is not checked (no ``covered`` entry). The report's table checks the
+printed numbers (:mod:`greentrack.reports.forecast_table`).
 Emissions, cost and GPU-hours are the footprint of the forecast run at the settings in force at
 the run's end (its last part's), as the live forecast computes them.
 
@@ -82,9 +84,12 @@ def forecast_section(data: RunData, settings: Settings, gpus: int) -> dict[str, 
             # the observations and the actual sit on the time grid: inside to one cell's share
             _, width = data.plot_grid()
             share = width / duration if duration > 0 else 0.0
+            # an interval of zero width (observations too regular to show a spread) cannot
+            # hold a measured value: not checked (the report says so instead of "NO")
             out["covered"] = {
                 k: est[k + "_low"] - tol <= actual[k] <= est[k + "_high"] + tol
                 for k in FIGURES if actual[k] is not None and est[k + "_low"] is not None
+                and est[k + "_high"] > est[k + "_low"]
                 for tol in (width if k == "end_unix" else abs(actual[k]) * share,)}
             out["resolution_s"] = width
     return out

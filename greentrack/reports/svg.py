@@ -12,7 +12,14 @@ from typing import Any
 
 from greentrack.common.text import printable
 
-W, H = 760, 300
+#: Chart size in SVG units and its text sizes: a chart fills the report's 980-px column at
+#: about 1:1 (the HTML scales it to the page's width), so 14-unit text reads as 14 px.
+W, H = 960, 400
+FONT, TITLE_FONT, ROW = 14, 16, 19
+#: legend text beside the axes, cut at this many characters
+LEGEND_CHARS = 30
+#: a y tick label's baseline sits this far below its tick (text centred on the tick)
+TICK_LABEL_DY = 5
 
 
 def escape(text: str) -> str:
@@ -20,7 +27,7 @@ def escape(text: str) -> str:
     return _html_escape(printable(text))
 
 
-LEFT, RIGHT, TOP, BOTTOM = 70, 170, 30, 45
+LEFT, RIGHT, TOP, BOTTOM = 84, 250, 40, 56
 PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
            "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6", "#ff7f00", "#6a3d9a", "#b15928", "#17becf")
 
@@ -77,24 +84,24 @@ def _tick_labels(ticks: list[float]) -> list[str]:
 def _frame(title: str, xlabel: str, ylabel: str, xt: list[float], yt: list[float],
            sx: object, sy: object) -> list[str]:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-           f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="11">',
+           f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="{FONT}">',
            f'<title>{escape(title)}</title>',
            f'<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>',
-           f'<text x="{LEFT}" y="18" font-size="13" font-weight="bold">{escape(title)}</text>']
+           f'<text x="{LEFT}" y="22" font-size="{TITLE_FONT}" font-weight="bold">{escape(title)}</text>']
     x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#333"/>')
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#333"/>')
     for v, label in zip(xt, _tick_labels(xt)):
         x = sx(v)  # type: ignore[operator]
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="#333"/>'
-                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{label}</text>')
+                   f'<text x="{x:.1f}" y="{y0 + 20}" text-anchor="middle">{label}</text>')
     for v, label in zip(yt, _tick_labels(yt)):
         y = sy(v)  # type: ignore[operator]
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
-    out.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(f'<text x="14" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>')
+                   f'<text x="{x0 - 6}" y="{y + TICK_LABEL_DY:.1f}" text-anchor="end">{label}</text>')
+    out.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{H - 10}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append(f'<text x="18" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
+               f'transform="rotate(-90 18 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>')
     return out
 
 
@@ -136,19 +143,26 @@ def _polylines(out: list[str], series: list[tuple[str, list[tuple[float, float]]
         color = PALETTE[i % len(PALETTE)]
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points
                        if math.isfinite(x) and math.isfinite(y))
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        ly = TOP + 14 * i + 6
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
+        ly = TOP + ROW * i + 6
         if i < 16:
-            out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                       f'<text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
+            out.append(f'<rect x="{x1 + 10}" y="{ly - 10}" width="12" height="12" fill="{color}"/>'
+                       f'<text x="{x1 + 28}" y="{ly + 1}">{escape(label[:LEGEND_CHARS])}</text>')
     out.append("</svg>")
 
 
+#: the colour of a horizontal level (a target) on :func:`xy_lines`
+LEVEL_COLOR = "#c00000"
+
+
 def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xlabel: str,
-             ylabel: str) -> str:
-    """One polyline per ``(label, xs, ys)``; both axes span the data (x from 0)."""
+             ylabel: str, level: tuple[str, float] | None = None) -> str:
+    """One polyline per ``(label, xs, ys)``; both axes span the data (x from 0) and ``level``,
+    a ``(label, y)`` drawn as a dashed horizontal line across the axes (a target)."""
     xs_all = [x for _, xs, _ in series for x in xs if math.isfinite(x)]
     ys_all = [y for _, _, ys in series for y in ys if math.isfinite(y)]
+    if level is not None and math.isfinite(level[1]):
+        ys_all.append(level[1])
     hi_x = max(xs_all, default=1.0) or 1.0
     lo_y, hi_y = min(ys_all, default=0.0), max(ys_all, default=1.0)
     if hi_y <= lo_y:
@@ -164,8 +178,21 @@ def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xla
         return y0 - (v - lo_t) / ((hi_t - lo_t) or 1.0) * (y0 - y1)
 
     out = _frame(title, xlabel, ylabel, xt, [v for v in yt if lo_t <= v <= hi_t], sx, sy)
+    if level is not None and math.isfinite(level[1]):
+        y = sy(level[1])
+        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="{LEVEL_COLOR}" '
+                   f'stroke-width="2" stroke-dasharray="8 5"/>')
+        _legend_line(out, min(len(series), 16), LEVEL_COLOR, level[0], x1)
     _polylines(out, [(label, list(zip(xs, ys))) for label, xs, ys in series], sx, sy, x1)
     return "\n".join(out)
+
+
+def _legend_line(out: list[str], row: int, color: str, label: str, x1: float) -> None:
+    """A legend entry for a dashed line: a dash and its label."""
+    ly = TOP + ROW * row + 6
+    out.append(f'<line x1="{x1 + 8}" y1="{ly - 4}" x2="{x1 + 24}" y2="{ly - 4}" stroke="{color}" '
+               f'stroke-width="2" stroke-dasharray="4 2"/><text x="{x1 + 28}" y="{ly + 1}">'
+               f'{escape(label[:LEGEND_CHARS])}</text>')
 
 
 def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
@@ -195,7 +222,7 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     for i, (label, v) in enumerate((marks or {}).items()):
         x = sx(v)
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#d95f02" '
-                   f'stroke-dasharray="4 3"/><text x="{x1 + 10}" y="{TOP + 14 * i + 6}" '
+                   f'stroke-dasharray="4 3"/><text x="{x1 + 10}" y="{TOP + ROW * i + 6}" '
                    f'fill="#d95f02">{escape(label)} {_fmt(v)} J</text>')
     out.append("</svg>")
     return "\n".join(out)
@@ -228,9 +255,9 @@ def _span_axis(lo: float, hi: float) -> tuple[float, str]:
 
 
 def _legend(out: list[str], row: int, color: str, label: str, x1: float) -> None:
-    ly = TOP + 14 * row + 6
-    out.append(f'<rect x="{x1 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}" '
-               f'fill-opacity="0.6"/><text x="{x1 + 24}" y="{ly + 1}">{escape(label[:22])}</text>')
+    ly = TOP + ROW * row + 6
+    out.append(f'<rect x="{x1 + 10}" y="{ly - 10}" width="12" height="12" fill="{color}" '
+               f'fill-opacity="0.6"/><text x="{x1 + 28}" y="{ly + 1}">{escape(label[:LEGEND_CHARS])}</text>')
 
 
 def timeline(title: str, t_s: list[float], step_s: float, series: list[tuple[str, list[float]]],
@@ -252,7 +279,9 @@ def timeline(title: str, t_s: list[float], step_s: float, series: list[tuple[str
     def sy(v: float) -> float:
         return y0 - v / top * (y0 - y1)
 
-    out = _frame(title, xlabel, "power (W)", _nice_ticks(0.0, hi / div), yt, sx, sy)
+    # time spans the run exactly: no tick past its end
+    out = _frame(title, xlabel, "power (W)", _within(_nice_ticks(0.0, hi / div), 0.0, hi / div),
+                 yt, sx, sy)
     if coverage:
         strip = 8.0
         for k, share in enumerate(coverage):

@@ -16,6 +16,8 @@ from typing import Any
 
 FILENAME = "boamps-report.json"
 FORMAT_VERSION = "0.1"
+#: bytes in one GiB
+GIB = 2**30
 
 
 def _dt(iso: str) -> str:
@@ -43,8 +45,15 @@ def render(doc: dict[str, Any], opts: dict[str, Any] | None = None) -> dict[str,
                   for name, n in hw["gpus"].items()]
     components += [{"componentName": name, "componentType": "cpu", "nbComponent": n}
                    for name, n in hw["cpus"].items()]
-    if any(d["kind"] == "dram" for d in devices):
-        components.append({"componentType": "ram", "nbComponent": max(1, hw["hosts"])})
+    ram_gb = hw.get("ram_total_gb")
+    if ram_gb or any(d["kind"] == "dram" for d in devices):
+        # BoAmps: one RAM component per host, memorySize the size of one in GB. The run's
+        # machine record holds psutil's total / 2**30 (GiB, as codecarbon's ram_total_size):
+        # in GB (1e9 bytes) it is the figure the DRAM estimate names ("25.3 GB RAM")
+        ram: dict[str, Any] = {"componentType": "ram", "nbComponent": max(1, hw["hosts"])}
+        if ram_gb:
+            ram["memorySize"] = round(float(ram_gb) * GIB / 1e9 / ram["nbComponent"], 2)
+        components.append(ram)
     if not components:
         components.append({"componentType": "other", "nbComponent": 1})
     header: dict[str, Any] = {
@@ -75,7 +84,8 @@ def render(doc: dict[str, Any], opts: dict[str, Any] | None = None) -> dict[str,
                  "taskFamily": o.get("task_family", "unspecified"),
                  "algorithms": [algorithm], "dataset": [dataset],
                  "taskDescription": f"greentrack run {run['run_id']}: {c['steps']} steps, "
-                                    f"{c['flops'] or 0:.3g} FLOP ({c['flops_method']})"},
+                                    + (f"{c['flops']:.3g} FLOP ({c['flops_method']})"
+                                       if c["flops"] else "training compute not recorded")},
         "measures": [measure],
         "system": {"os": platform},
         "software": {"language": "python", **({"version": run["python"]} if run.get("python") else {})},

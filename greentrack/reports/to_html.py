@@ -14,7 +14,7 @@ FILENAME = "report.html"
 STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}figure{margin:1em 0}
-.warn li{color:#a40}"""
+.warn li{color:#a40}figure svg{width:100%;height:auto;max-width:960px}"""
 
 
 def escape(text: str) -> str:

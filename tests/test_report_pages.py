@@ -1,0 +1,138 @@
+"""Issue 26, report pages: figures in the unit that suits them (one formatting function), every
+energy and emission with its band beside it, no "FLOPs per J" row without FLOPs, BoAmps with the
+RAM size the run recorded, compare without a FLOPs row nobody recorded."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, with_band
+from tests.helpers import REPO, boamps_validator, clean_env, make_run, report_json, run_cli
+
+
+@pytest.mark.parametrize(("joules", "text"), [
+    (0.000468 * 3.6e6, "468 mWh"), (3.6e3, "1 Wh"), (0.5 * 3.6e6, "500 Wh"),
+    (2.5 * 3.6e6, "2.5 kWh"), (1234.0 * 3.6e6, "1.23 MWh"), (1.0, "0.278 mWh"), (0.0, "0 Wh")])
+def test_energy_is_written_in_the_unit_that_suits_it(joules: float, text: str) -> None:
+    assert energy_text(joules) == text
+
+
+@pytest.mark.parametrize(("grams", "text"), [
+    (2.19e-2, "21.9 mgCO2e"), (0.5, "500 mgCO2e"), (1.0, "1 gCO2e"), (2190.0, "2.19 kgCO2e"),
+    (2.5e6, "2.5 tCO2e"), (0.0, "0 gCO2e")])
+def test_mass_is_written_in_the_unit_that_suits_it(grams: float, text: str) -> None:
+    assert mass_text(grams) == text
+
+
+def test_a_band_is_written_in_its_figures_unit() -> None:
+    assert with_band(2.19e-2, 50.0, MASS_UNITS, "CO2e") == "21.9 ± 11 mgCO2e"
+    assert with_band(1684.8, 10.0, ENERGY_UNITS) == "468 ± 47 mWh"
+    assert with_band(1684.8, None, ENERGY_UNITS) == "468 mWh"
+
+
+def test_units_are_scaled_in_one_place() -> None:
+    """No report module writes its own kWh or kgCO2e figure: they go through common/units."""
+    for path in (REPO / "greentrack" / "reports").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"""_n\([^)]*["'](k?Wh|kWh|kgCO2e|gCO2e)["']\)""", text), path.name
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A run of a few tenths of a second, no FLOPs recorded; its md, html, json and BoAmps."""
+    root = tmp_path_factory.mktemp("pages")
+    with pytest.MonkeyPatch.context() as mp, clean_env(mp, root):
+        run = make_run(root, steps=4, step_s=0.05, step_info={"samples": 4}, country="FR")
+        code, _, err = run_cli(["report", str(run), "--format", "json,md,html,boamps",
+                                "--out", str(root / "out")])
+        assert code == 0, err
+        yield run, root / "out"
+
+
+def _cells(md: str, section: str) -> list[list[str]]:
+    """The table rows of a Markdown section (``## section`` to the next ``## ``)."""
+    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines()
+            if line.startswith("| ") and not line.startswith("|---")]
+
+
+MASS = re.compile(r"\d (mg|g|kg|t)CO2e\b(?!/)")
+ENERGY = re.compile(r"\d (mWh|Wh|kWh|MWh)\b")
+
+
+def test_tiny_figures_read_in_small_units_with_their_band(tiny: tuple[Path, Path]) -> None:
+    _, out = tiny
+    md = (out / "report.md").read_text()
+    doc = report_json(out)
+    pct = doc["methodology"]["uncertainty"]["pct"]
+    summary = {r[0]: r[1] for r in _cells(md, "Summary")}
+    kwh = doc["summary"]["energy_kwh"]
+    assert kwh < 0.001  # the issue's "0.000468 kWh": now in mWh
+    assert re.fullmatch(r"[\d.]+ ± [\d.]+ mWh", summary["IT energy"]), summary["IT energy"]
+    value, band = (float(x) for x in re.findall(r"[\d.]+", summary["IT energy"]))
+    assert value == pytest.approx(kwh * 1e6, rel=5e-3)
+    assert band == pytest.approx(value * pct / 100, rel=0.05)
+    loc = summary["Scope 2, location-based"]
+    assert re.fullmatch(r"[\d.]+ ± [\d.]+ mgCO2e", loc), loc
+    assert float(loc.split()[0]) == pytest.approx(doc["summary"]["emissions_location_kg"] * 1e6,
+                                                  rel=5e-3)
+    assert "e-0" not in summary["IT energy"] + loc
+    # every operational emission and energy beside its band
+    for section in ("Summary", "Carbon: GHG Protocol Scope 2, both methods",
+                    "Software Carbon Intensity (ISO/IEC 21031:2024)", "Compute and efficiency"):
+        for row in _cells(md, section):
+            for cell in row:
+                if (MASS.search(cell) or ENERGY.search(cell)) and "Embodied" not in row[0]:
+                    assert "±" in cell, (section, row)
+    assert "no band: catalogue figures" in md  # embodied: says why it has none
+
+
+def test_flops_per_joule_is_absent_without_flops(tiny: tuple[Path, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run, out = tiny
+    doc = report_json(out)
+    assert doc["compute"]["flops"] is None and doc["compute"]["flops_per_joule"] is None
+    assert "FLOPs per J" not in (out / "report.md").read_text()
+    assert "FLOPs per J" not in (out / "report.html").read_text()
+    boamps = json.loads((out / "boamps-report.json").read_text())
+    assert "0 FLOP" not in boamps["task"]["taskDescription"]
+    with clean_env(monkeypatch, tmp_path):
+        other = make_run(tmp_path, "other", steps=2, step_s=0.02, step_info={"samples": 4})
+        code, text, err = run_cli(["compare", str(run), str(other)])
+        assert code == 0, err
+        assert "FLOPs per joule" not in text
+        flopped = make_run(tmp_path, "flopped", steps=2, step_s=0.02)
+        code, text, err = run_cli(["compare", str(run), str(flopped)])
+    assert code == 0, err
+    assert any(line.startswith("FLOPs per joule") for line in text.splitlines())
+
+
+def test_boamps_has_the_ram_size_the_run_recorded(tiny: tuple[Path, Path]) -> None:
+    _, out = tiny
+    doc = report_json(out)
+    gib = doc["compute"]["hardware"]["ram_total_gb"]
+    assert gib and gib > 0  # the machine record: psutil's total / 2**30
+    report = json.loads((out / "boamps-report.json").read_text())
+    boamps_validator().validate(report)
+    ram = [c for c in report["infrastructure"]["components"] if c["componentType"] == "ram"]
+    assert len(ram) == 1 and ram[0]["nbComponent"] == 1
+    assert ram[0]["memorySize"] == pytest.approx(gib * 2**30 / 1e9, abs=0.01)
+
+
+def test_the_screenshots_are_in_docs_and_made_by_the_script() -> None:
+    """Done-when of issue 26: the demo's report and a compare page, shown in docs/reports.md,
+    each a real PNG under 300 KB, both written by docs/screenshots.sh."""
+    script = (REPO / "docs" / "screenshots.sh").read_text()
+    doc = (REPO / "docs" / "reports.md").read_text()
+    for name in ("report.png", "compare.png"):
+        png = REPO / "docs" / "screenshots" / name
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300 * 1024, (name, len(data))
+        assert f"docs/screenshots/{name}" in script.replace("$repo/", "") \
+            and f"](screenshots/{name})" in doc
+    assert "examples/demo.py" in script and "-m greentrack compare" in script
