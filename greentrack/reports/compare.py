@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,22 +64,6 @@ TOTALS = frozenset({"duration_s", "energy_kwh", "emissions_location_kg", "emissi
                     "sci_g", "cost_total"})
 #: Work is equal when every unit both runs count is within this relative difference.
 EQUAL_WORK_REL = 0.01
-_TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_./-]{0,63})\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*")
-
-
-def parse_target(text: str) -> tuple[str, str, float]:
-    """``"val_loss<=2.5"`` -> ``("val_loss", "<=", 2.5)``; a ConfigError naming ``--target``."""
-    m = _TARGET.fullmatch(text or "")
-    try:
-        value = float(m.group(3)) if m else math.nan
-    except ValueError:
-        value = math.nan
-    if m is None or not math.isfinite(value):
-        raise ConfigError("--target", text, "must be METRIC<=X, METRIC>=X, METRIC<X or METRIC>X "
-                          "with a finite number X, e.g. val_loss<=2.5")
-    return m.group(1), m.group(2), value
-
-
 def same_path(run_dir: str | Path) -> str:
     """A run directory as given, normalized (``R/`` and ``./R`` read ``R``): each of the
     directories it joins with ``+``."""
@@ -187,7 +170,7 @@ def compare(run_dirs: list[str | Path], config: Config | Mapping[str, Any] | Non
 
 def target_text(target: tuple[str, str, float]) -> str:
     """``--target`` as the reports echo it."""
-    return f"{target[0]}{target[1]}{target[2]:g}"
+    return f"{target[0]}{target[1]}{target[2]!r}"  # as given: 0.123456789, not 0.123457
 
 
 def _to_target(r: dict[str, Any], target: tuple[str, str, float]) -> dict[str, Any]:
