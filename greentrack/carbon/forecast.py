@@ -147,7 +147,7 @@ class Forecast:
             bounds["_high"] = (energy + half_e, duration + half_t)
         for suffix in ("", "_low", "_high"):
             if suffix not in bounds:
-                for key in ("energy_j", "energy_kwh", "duration_s", "remaining_s", "end_unix",
+                for key in ("energy_j", "energy_kwh", "facility_kwh", "duration_s", "remaining_s", "end_unix",
                             "gpu_hours", "gpu_seconds", "emissions_g", "cost",
                             "cost_electricity", "cost_gpu_hours"):
                     out[key + suffix] = None
@@ -165,7 +165,8 @@ class Forecast:
         fp = one_part(energy_j, start, start + max(duration_s, 0.0), self.settings,
                       gpu_seconds=max(duration_s, 0.0) * self.gpus)
         c = fp.cost
-        return {"energy_j": energy_j, "energy_kwh": fp.it_kwh, "duration_s": duration_s,
+        return {"energy_j": energy_j, "energy_kwh": fp.it_kwh, "facility_kwh": fp.facility_kwh,
+                "duration_s": duration_s,
                 "remaining_s": duration_s - elapsed_s, "end_unix": wall + duration_s - elapsed_s,
                 "gpu_hours": fp.gpu_hours, "gpu_seconds": fp.gpu_seconds,
                 "emissions_g": fp.location_g,

@@ -1,0 +1,111 @@
+"""Budgets of a run (greentrack.process.budget): known watts from fake powercap counters, real
+trackers, the budget checked on the sampler thread.
+
+At 44 W (40 W package + 4 W DRAM) and PUE 1, a budget of ``B`` kWh is reached after
+``B x 3.6e6 / 44`` seconds; steps of ``STEP_S`` make it a known step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import greentrack
+from greentrack.common.errors import ConfigError
+from greentrack.run import Run
+from tests.fakes.powercap import LiveCounters, PowercapTree
+from tests.helpers import FAST, run_cli
+
+WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
+W = sum(WATTS.values())
+STEP_S = 0.05
+#: 1.0 s of the run at 44 W, in kWh
+BUDGET_KWH = W * 1.0 / 3.6e6
+SETTINGS = {**FAST, "pue": 1.0, "carbon_intensity_g_per_kwh": 100.0}
+
+
+def events(run_dir: Path, *kinds: str) -> list[dict[str, Any]]:
+    with Run.open(run_dir) as run:
+        found = run.events(*kinds)
+    return [{**e, "details": json.loads(e["details"] or "{}")} for e in found]
+
+
+@pytest.mark.parametrize("changes, setting", [
+    ({"budget_kwh": -1.0}, "budget_kwh"),
+    ({"budget_kwh": 0}, "budget_kwh"),
+    ({"budget_grams": float("nan")}, "budget_grams"),
+    ({"budget_cost": "ten"}, "budget_cost"),
+    ({"on_budget": "explode"}, "on_budget"),
+])
+def test_bad_budget_is_one_line_naming_it(changes: dict[str, Any], setting: str,
+                                          tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.Tracker(tmp_path / "run", **changes)
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"{setting}=") and "is invalid:" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_budget_from_the_environment_and_the_cli(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="GREENTRACK_BUDGET_KWH"):
+        greentrack.Config.from_env({"GREENTRACK_BUDGET_KWH": "lots"})
+    assert greentrack.Config.from_env({"GREENTRACK_BUDGET_GRAMS": "250",
+                                       "GREENTRACK_ON_BUDGET": "stop"}).budget_grams == 250.0
+    code, _, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--quiet",
+                            "--on-budget", "explode", "--", "true"])
+    assert code == 2 and "explode" in err and err.count("\n") == 1
+    code, _, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--quiet",
+                            "--budget-kwh", "-3", "--", "true"])
+    assert code == 2 and err.startswith("greentrack: budget_kwh=-3.0 is invalid"), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_plain_loop_reads_over_budget_and_stops(powercap: PowercapTree, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    steps = 0
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        with greentrack.Tracker(run, budget_kwh=BUDGET_KWH, on_budget="stop", **SETTINGS) as t:
+            assert not t.over_budget
+            for _ in range(200):  # 10 s without the budget
+                with t.step():
+                    time.sleep(STEP_S)
+                steps += 1
+                if t.over_budget:
+                    break
+    assert t.over_budget and t.budget_stop
+    # 1 s of the run at 44 W: ~20 steps of 50 ms, plus what the sampler's cadence (0.1 s) and
+    # a loaded machine add; far from the 200 planned
+    assert 10 <= steps <= 40, steps
+    (reached,) = events(run, "budget-reached")
+    d = reached["details"]
+    assert d["budget_kind"] == "energy" and d["budget"] == pytest.approx(BUDGET_KWH)
+    assert BUDGET_KWH <= d["spent"] <= BUDGET_KWH * 1.5
+    assert d["step"] <= steps and d["action"] == "stop"
+    assert f"budget_kwh={BUDGET_KWH:g} reached at step {d['step']}" in reached["message"]
+
+
+def test_warn_goes_on_and_grams_and_cost_count_with_pue(powercap: PowercapTree,
+                                                        tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # PUE 2 doubles every figure: 0.5 s of the run at 44 W reaches a 1 s budget in kWh
+    grams = BUDGET_KWH * 2 * 100.0  # 1 s at PUE 2 and 100 g/kWh
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        with greentrack.Tracker(run, **{**SETTINGS, "pue": 2.0}, budget_kwh=BUDGET_KWH,
+                                budget_grams=grams, budget_cost=1e6, electricity_price=0.3,
+                                currency="EUR") as t:
+            for _ in range(40):  # 2 s: both reached, training goes on
+                with t.step():
+                    time.sleep(STEP_S)
+    assert t.over_budget and not t.budget_stop
+    reached = {e["details"]["budget_kind"]: e for e in events(run, "budget-reached")}
+    assert set(reached) == {"energy", "emissions"}  # the cost budget is far
+    assert reached["energy"]["details"]["step"] < reached["emissions"]["details"]["step"]
+    assert reached["energy"]["details"]["action"] == "warn"
+    assert t.budget is not None
+    status = {s["kind"]: s for s in t.budget.status()}
+    assert status["cost"]["unit"] == "EUR" and 0 < status["cost"]["spent"] < 1e6
