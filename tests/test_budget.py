@@ -109,3 +109,95 @@ def test_warn_goes_on_and_grams_and_cost_count_with_pue(powercap: PowercapTree,
     assert t.budget is not None
     status = {s["kind"]: s for s in t.budget.status()}
     assert status["cost"]["unit"] == "EUR" and 0 < status["cost"]["spent"] < 1e6
+
+
+@pytest.mark.slow
+def test_lightning_stops_within_one_step_of_its_budget_and_its_report_says_why(
+        powercap: PowercapTree, tmp_path: Path) -> None:
+    L = pytest.importorskip("lightning")
+    pytest.importorskip("torch")
+    from greentrack.integrations.lightning import GreenTrackCallback
+    from tests.tiny_models import BATCH, Tiny, data, trainer
+
+    class Slow(L.pytorch.callbacks.Callback):
+        """Steps of a known length: the budget falls on a known step."""
+
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(STEP_S)
+
+    run = tmp_path / "run"
+    callback = GreenTrackCallback(run, progress_every_s=None, log_every_s=0, budget_kwh=BUDGET_KWH,
+                                  on_budget="stop", **SETTINGS)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        t = trainer(tmp_path, [Slow(), callback], None, max_steps=200, limit_val_batches=0,
+                    num_sanity_val_steps=0)
+        t.fit(Tiny(), data(200 * BATCH))
+    (reached,) = events(run, "budget-reached")
+    d = reached["details"]
+    # stopped within one step of the step the budget was reached at, long before max_steps
+    assert d["step"] <= t.global_step <= d["step"] + 1 < 200
+    # ...which came promptly: at most ~0.5 s of the run (10 steps) past the budget
+    assert BUDGET_KWH <= d["spent"] <= BUDGET_KWH * 1.5
+    summary = greentrack.summarize(run)
+    (line,) = summary["budget"]
+    assert line["stopped"] and line["reached_step"] == d["step"] and line["spent"] >= BUDGET_KWH
+    from greentrack.reports.summary import format_summary
+    assert f"reached at step {d['step']}; the run was stopped by its budget" in \
+        format_summary(summary)
+    code, out, err = run_cli(["report", str(run), "--format", "md", "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    text = next((tmp_path / "r").glob("*.md")).read_text()
+    assert "the run was stopped by its budget" in text and "Budget: budget_kwh=" in text
+
+
+@pytest.mark.slow
+def test_hugging_face_trainer_stops_at_its_budget(powercap: PowercapTree, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import TrainerCallback
+
+    from greentrack.integrations.transformers import GreenTrackTrainerCallback
+    from tests.test_integrations_transformers import make
+
+    class Slow(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(STEP_S)
+
+    run = tmp_path / "run"
+    callback = GreenTrackTrainerCallback(run, progress_every_s=None, budget_kwh=BUDGET_KWH,
+                                         on_budget="stop", **SETTINGS)
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        trainer, _ = make(tmp_path / "out", 200, callback, logging_steps=1000)
+        trainer.add_callback(Slow())
+        trainer.train()
+    (reached,) = events(run, "budget-reached")
+    step = reached["details"]["step"]
+    assert step <= trainer.state.global_step <= step + 1 < 200
+    assert greentrack.summarize(run)["budget"][0]["stopped"]
+
+
+def test_forecast_warns_naming_the_step(powercap: PowercapTree, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A plain loop with a training meter (its forecast): 100 planned steps of 50 ms at 44 W
+    is 5 s; a budget of 2 s is passed, and the forecast says so long before the budget."""
+    from greentrack.training.meter import TrainingMeter
+    run = tmp_path / "run"
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        with greentrack.Tracker(run, budget_kwh=2 * BUDGET_KWH, **SETTINGS) as t:
+            meter = TrainingMeter(t, planned_steps=100, progress_every_s=None)
+            for _ in range(30):  # 1.5 s: forecast seen, the budget not reached
+                meter.begin("train")
+                time.sleep(STEP_S)
+                meter.end()
+            meter.close()
+    assert not t.over_budget
+    (said,) = events(run, "budget-forecast")
+    d = said["details"]
+    assert 3 <= d["step"] < 30 and d["forecast_low"] > 2 * BUDGET_KWH
+    # 2 s of a 5 s run: near step 40 (the time before the first step makes it earlier)
+    assert 25 <= d["reached_near_step"] <= 42, d
+    assert f"at step {d['step']}, the forecast says the run will pass budget_kwh=" in \
+        said["message"]
+    assert any(f"at step {d['step']}, the forecast says" in r.getMessage() for r in caplog.records)
+    (line,) = greentrack.summarize(run)["budget"]
+    assert line["forecast_step"] == d["step"] and line["reached_step"] is None

@@ -10,7 +10,7 @@ location-based grams and cost, and compares each with its budget.
 * **Forecast**: when the training meter's forecast of the whole run
   (:mod:`greentrack.carbon.forecast`) says, with its interval's *low* bound, that the run will
   pass a budget, one warning and a ``budget-forecast`` event, naming the step it was seen at and
-  the step near which the budget runs out. The low bound, so that a warning means even the
+  the step near which the budget runs out (at the estimate's rate). The low bound, so that a warning means even the
   favourable end of the interval passes: the estimate alone would cry wolf on a noisy start.
   Before the interval is known (three observations) there is no forecast warning.
 * **At the budget**: one warning and a ``budget-reached`` event (the step, what was spent);
@@ -191,9 +191,11 @@ class BudgetWatch:
                   est: dict[str, Any]) -> None:
         self._forecast_said.add(kind.name)
         planned = int(est.get("planned_steps") or 0)
-        # the step near which the budget runs out, at the forecast's rate from here
-        at = (step + (budget - value) / (low - value) * (planned - step)
-              if low > value and planned > step else None)
+        # the step near which the budget runs out, at the forecast's (central) rate from here
+        whole = est.get(kind.forecast_key)
+        whole = low if whole is None else float(whole)
+        at = (step + (budget - value) / (whole - value) * (planned - step)
+              if whole > value and planned > step else None)
         near = f", near step {int(at)} of {planned}" if at is not None else ""
         self._say("warning", "budget-forecast",
                   f"at step {step}, the forecast says the run will pass {kind.setting}="
