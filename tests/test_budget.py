@@ -65,6 +65,7 @@ def test_bad_budget_from_the_environment_and_the_cli(tmp_path: Path,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # seconds of a run at known watts
 def test_plain_loop_reads_over_budget_and_stops(powercap: PowercapTree, tmp_path: Path) -> None:
     run = tmp_path / "run"
     steps = 0
@@ -89,6 +90,7 @@ def test_plain_loop_reads_over_budget_and_stops(powercap: PowercapTree, tmp_path
     assert f"budget_kwh={BUDGET_KWH:g} reached at step {d['step']}" in reached["message"]
 
 
+@pytest.mark.slow  # seconds of a run at known watts
 def test_warn_goes_on_and_grams_and_cost_count_with_pue(powercap: PowercapTree,
                                                         tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -176,6 +178,7 @@ def test_hugging_face_trainer_stops_at_its_budget(powercap: PowercapTree, tmp_pa
     assert greentrack.summarize(run)["budget"][0]["stopped"]
 
 
+@pytest.mark.slow  # seconds of a run at known watts
 def test_forecast_warns_naming_the_step(powercap: PowercapTree, tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
     """A plain loop with a training meter (its forecast): 100 planned steps of 50 ms at 44 W
@@ -201,3 +204,29 @@ def test_forecast_warns_naming_the_step(powercap: PowercapTree, tmp_path: Path,
     assert any(f"at step {d['step']}, the forecast says" in r.getMessage() for r in caplog.records)
     (line,) = greentrack.summarize(run)["budget"]
     assert line["forecast_step"] == d["step"] and line["reached_step"] is None
+
+
+@pytest.mark.slow  # a second of a run at known watts
+def test_prometheus_budget_gauges_pass_promtool(powercap: PowercapTree, tmp_path: Path) -> None:
+    from greentrack.exporters.prometheus import PrometheusExporter
+    from tests.helpers import families
+    from tests.servers import http_get, promtool
+    with LiveCounters(powercap, WATTS, period_s=0.001):
+        with greentrack.Tracker(tmp_path / "run", prometheus_port=0, budget_kwh=BUDGET_KWH,
+                                budget_grams=1e6, budget_cost=5.0, electricity_price=0.3,
+                                currency="EUR", **SETTINGS) as t:
+            while not t.over_budget:
+                time.sleep(STEP_S)
+            exporter = t.sinks[0]
+            assert isinstance(exporter, PrometheusExporter)
+            text = http_get(exporter.url).decode()
+    fams = families(text)
+    assert fams["greentrack_budget_energy_joules"].samples[0].value == pytest.approx(W * 1.0)
+    assert fams["greentrack_budget_emissions_grams"].samples[0].value == 1e6
+    (cost,) = fams["greentrack_budget_cost"].samples
+    assert cost.value == 5.0 and cost.labels["currency"] == "EUR"
+    spent = {s.labels["kind"]: s.value for s in fams["greentrack_budget_spent_ratio"].samples}
+    assert 1.0 <= spent["energy"] < 1.5 and 0 < spent["emissions"] < 1e-3 and 0 < spent["cost"] < 1
+    assert not fams["greentrack_budget_forecast_ratio"].samples  # no training meter: no forecast
+    check = promtool("check", "metrics", stdin=text)
+    assert check.returncode == 0, check.stdout + check.stderr
