@@ -33,7 +33,8 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.lists(st.integers(-2, 9), max_size=3))
 FIELDS = ["interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode", "gpus",
           "cpu_tdp_w", "dram_w_per_gb", "rank", "prometheus_port", "push_interval_s", "pue",
-          "carbon_intensity_g_per_kwh", "electricity_price"]
+          "carbon_intensity_g_per_kwh", "electricity_price", "budget_kwh", "budget_grams",
+          "budget_cost", "on_budget"]
 
 
 # -- Config and the environment (hypothesis) ---------------------------------------------------
