@@ -10,22 +10,23 @@ location-based grams and cost, and compares each with its budget.
 * **Forecast**: when the training meter's forecast of the whole run
   (:mod:`greentrack.carbon.forecast`) says, with its interval's *low* bound, that the run will
   pass a budget, one warning and a ``budget-forecast`` event, naming the step it was seen at and
-  the step near which the budget runs out (at the estimate's rate). The low bound, so that a warning means even the
-  favourable end of the interval passes: the estimate alone would cry wolf on a noisy start.
+  the step near which the budget runs out (at the estimate's rate). The low bound, so that a
+  warning means even the favourable end of the interval passes: the estimate alone would cry
+  wolf on a noisy start.
   Before the interval is known (three observations) there is no forecast warning.
 * **At the budget**: one warning and a ``budget-reached`` event (the step, what was spent);
   :attr:`BudgetWatch.over` turns True (``tracker.over_budget``). With ``on_budget="stop"``,
-  :attr:`BudgetWatch.stop` and ``tracker.budget_stop`` too, which the integrations read at each
-  step end (a bool attribute:
-  Lightning sets ``trainer.should_stop``, Hugging Face ``control.should_training_stop``). Nothing
-  ever raises into training.
+  :attr:`BudgetWatch.stop` and ``tracker.budget_stop`` too, a bool the integrations read at each
+  step end (Lightning then sets ``trainer.should_stop``, Hugging Face
+  ``control.should_training_stop``). Nothing ever raises into training.
 
 What counts: this tracker's energy since it started (its devices; a resumed segment counts from
 its own start, a rank its own devices), spread evenly over its span for a time-resolved intensity.
 
 Example:
-    >>> tracker = greentrack.Tracker("runs/demo", budget_kwh=2.0, on_budget="stop")  # doctest: +SKIP
-    >>> with tracker:                                                                # doctest: +SKIP
+    >>> tracker = greentrack.Tracker("runs/demo", budget_kwh=2.0,
+    ...                              on_budget="stop")  # doctest: +SKIP
+    >>> with tracker:                                   # doctest: +SKIP
     ...     for batch in loader:
     ...         with tracker.step():
     ...             train_step(batch)
@@ -160,8 +161,8 @@ class BudgetWatch:
                 continue
             if value >= budget and kind.name not in self._reached:
                 self._reach(kind, budget, value, step)
-            elif (low is not None and float(low) > budget and kind.name not in self._reached
-                  and kind.name not in self._forecast_said):
+            elif (est is not None and low is not None and float(low) > budget
+                  and kind.name not in self._reached and kind.name not in self._forecast_said):
                 self._forecast(kind, budget, value, float(low), step, est)
 
     def _estimate(self) -> dict[str, Any] | None:
@@ -180,8 +181,8 @@ class BudgetWatch:
                   "tracker.over_budget)" if self.on_budget == "stop" else
                   "training goes on (on_budget=warn)")
         self._say("warning", "budget-reached",
-                  f"{kind.setting}={budget:g} reached at step {step}: {_shown(value, kind, self.currency)} "
-                  f"spent; {action}", budget=budget, spent=value, step=step, unit=self._unit(kind),
+                  f"{kind.setting}={budget:g} reached at step {step}: "
+                  f"{_shown(value, kind, self.currency)} spent; {action}", budget=budget, spent=value, step=step, unit=self._unit(kind),
                   budget_kind=kind.name, setting=kind.setting, action=self.on_budget)
         if self.on_budget == "stop":
             self.stop = True
