@@ -187,6 +187,8 @@ def test_forecast_warns_naming_the_step(powercap: PowercapTree, tmp_path: Path,
     run = tmp_path / "run"
     with LiveCounters(powercap, WATTS, period_s=0.001):
         with greentrack.Tracker(run, budget_kwh=2 * BUDGET_KWH, **SETTINGS) as t:
+            assert t.budget is not None
+            t.budget.forecast_every_s = 0.2  # 15 s in a real run: this one lasts 1.5 s
             meter = TrainingMeter(t, planned_steps=100, progress_every_s=None)
             for _ in range(30):  # 1.5 s: forecast seen, the budget not reached
                 meter.begin("train")
@@ -230,3 +232,37 @@ def test_prometheus_budget_gauges_pass_promtool(powercap: PowercapTree, tmp_path
     assert not fams["greentrack_budget_forecast_ratio"].samples  # no training meter: no forecast
     check = promtool("check", "metrics", stdin=text)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+CHILD = """
+import time, greentrack
+t = greentrack.Tracker().start()
+n = 0
+while not t.over_budget and n < 400:  # 20 s without the budget
+    with t.step():
+        time.sleep(0.05)
+    n += 1
+t.stop()
+print(n)
+"""
+
+
+@pytest.mark.slow
+def test_greentrack_run_hands_the_budget_to_the_commands_tracker(tmp_path: Path) -> None:
+    """`greentrack run --budget-kwh --on-budget stop`: the command's own tracker (which joined
+    the run) applies it, and the summary that `greentrack run` prints says the budget stopped it."""
+    import subprocess
+    import sys
+
+    from tests.helpers import python_env
+    tree = PowercapTree(tmp_path / "powercap")
+    env = python_env(GREENTRACK_INTERVAL_S="0.02", GREENTRACK_COUNTER_INTERVAL_S="0.1",
+                     GREENTRACK_FLUSH_INTERVAL_S="0.2", **tree.env)
+    with LiveCounters(tree, WATTS, period_s=0.001):
+        out = subprocess.run([sys.executable, "-m", "greentrack", "run", "--run-dir",
+                              str(tmp_path / "run"), "--pue", "1", "--budget-kwh",
+                              repr(BUDGET_KWH), "--on-budget", "stop", "--", sys.executable,
+                              "-c", CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 5 <= int(out.stdout.split()[-1]) <= 40, out.stdout
+    assert "the run was stopped by its budget" in out.stderr, out.stderr

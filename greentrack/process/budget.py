@@ -50,6 +50,11 @@ log = logging.getLogger("greentrack")
 
 #: How long the resolved carbon and price settings are kept (Electricity Maps' latest hour).
 SETTINGS_TTL_S = 60.0
+#: How often the forecast is read. Each read observes the run's position in the forecast, whose
+#: rate is over its last 50 observations: read at the budget's cadence (5 Hz), that window would
+#: shrink to seconds and swing with every validation pause. 15 s: Prometheus's usual scrape
+#: interval, which observes it too.
+FORECAST_EVERY_S = 15.0
 
 
 class Kind(NamedTuple):
@@ -111,6 +116,9 @@ class BudgetWatch:
         self._settings: Settings | None = None
         self._settings_until = float("-inf")
         self._next = float("-inf")
+        self._next_forecast = float("-inf")
+        #: seconds between forecast reads (:data:`FORECAST_EVERY_S`)
+        self.forecast_every_s = FORECAST_EVERY_S
         self._failed = False
 
     def __call__(self, now: float) -> None:
@@ -140,30 +148,36 @@ class BudgetWatch:
         engine = self.tracker.engine
         if settings is None or engine is None:
             return
-        energy_j = float(self.tracker.totals()["total"])
+        clock = self._clock() if now is None else now
+        channels = engine.snapshot()
         start = float(engine.origin_unix)
-        now_unix = start + max(0.0, (self._clock() if now is None else now) - float(engine.origin))
-        gpus = sum(1 for ch in engine.snapshot() if ch.kind == "gpu")
-        fp = one_part(energy_j, start, max(now_unix, start), settings,
+        now_unix = start + max(0.0, clock - float(engine.origin))
+        gpus = sum(1 for ch in channels if ch.kind == "gpu")
+        fp = one_part(float(sum(ch.energy_j for ch in channels)), start, now_unix, settings,
                       gpu_seconds=max(0.0, now_unix - start) * gpus)
         spent = spent_of(fp)
-        est = self._estimate()
-        step = int(est["steps_done"]) if est is not None else self.tracker.steps_done()
+        step = int(self.tracker.steps_done())
+        est = None
+        if clock >= self._next_forecast:
+            self._next_forecast = clock + self.forecast_every_s
+            est = self._estimate()
         for kind in KINDS:
             if kind.name not in self.limits:
                 continue
             budget = self.limits[kind.name]
             value = spent[kind.name]
             self.spent[kind.name] = value
-            low = est.get(kind.forecast_key + "_low") if est is not None else None
-            self.forecast_low[kind.name] = None if low is None else float(low)
-            if value is None:
+            if est is not None:
+                found = est.get(kind.forecast_key + "_low")
+                self.forecast_low[kind.name] = None if found is None else float(found)
+            low = self.forecast_low[kind.name]
+            if value is None or kind.name in self._reached:
                 continue
-            if value >= budget and kind.name not in self._reached:
+            if value >= budget:
                 self._reach(kind, budget, value, step)
-            elif (est is not None and low is not None and float(low) > budget
-                  and kind.name not in self._reached and kind.name not in self._forecast_said):
-                self._forecast(kind, budget, value, float(low), step, est)
+            elif (est is not None and low is not None and low > budget
+                  and kind.name not in self._forecast_said):
+                self._forecast(kind, budget, value, low, int(est["steps_done"]), est)
 
     def _estimate(self) -> dict[str, Any] | None:
         sources = getattr(self.tracker, "forecast_sources", None) or []
@@ -176,17 +190,18 @@ class BudgetWatch:
 
     def _reach(self, kind: Kind, budget: float, value: float, step: int) -> None:
         self._reached.add(kind.name)
-        self.over = True
+        self.over = True  # first: the training thread reads these at its next step end
+        if self.on_budget == "stop":
+            self.stop = True
+            self.tracker.budget_stop = True
         action = ("training stops at the end of this step (or where the loop reads "
                   "tracker.over_budget)" if self.on_budget == "stop" else
                   "training goes on (on_budget=warn)")
         self._say("warning", "budget-reached",
                   f"{kind.setting}={budget:g} reached at step {step}: "
-                  f"{_shown(value, kind, self.currency)} spent; {action}", budget=budget, spent=value, step=step, unit=self._unit(kind),
-                  budget_kind=kind.name, setting=kind.setting, action=self.on_budget)
-        if self.on_budget == "stop":
-            self.stop = True
-            self.tracker.budget_stop = True
+                  f"{_shown(value, kind, self.currency)} spent; {action}", budget=budget,
+                  spent=value, step=step, unit=self._unit(kind), budget_kind=kind.name,
+                  setting=kind.setting, action=self.on_budget)
 
     def _forecast(self, kind: Kind, budget: float, value: float, low: float, step: int,
                   est: dict[str, Any]) -> None:
