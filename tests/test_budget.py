@@ -18,7 +18,7 @@ import greentrack
 from greentrack.common.errors import ConfigError
 from greentrack.run import Run
 from tests.fakes.powercap import LiveCounters, PowercapTree
-from tests.helpers import FAST, run_cli
+from tests.helpers import FAST, report_json, run_cli, validate_own_schema
 
 WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 W = sum(WATTS.values())
@@ -146,10 +146,16 @@ def test_lightning_stops_within_one_step_of_its_budget_and_its_report_says_why(
     from greentrack.reports.summary import format_summary
     assert f"reached at step {d['step']}; the run was stopped by its budget" in \
         format_summary(summary)
-    code, out, err = run_cli(["report", str(run), "--format", "md", "--out", str(tmp_path / "r")])
+    code, out, err = run_cli(["report", str(run), "--format", "md,json", "--out",
+                              str(tmp_path / "r")])
     assert code == 0, err
     text = next((tmp_path / "r").glob("*.md")).read_text()
     assert "the run was stopped by its budget" in text and "Budget: budget_kwh=" in text
+    doc = report_json(tmp_path / "r")
+    validate_own_schema(doc)
+    (said,) = doc["run"]["budget"]
+    assert said["stopped"] and said["reached_step"] == d["step"]
+    assert said["spent"] == pytest.approx(doc["energy"]["facility_kwh"])
 
 
 @pytest.mark.slow
