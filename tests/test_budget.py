@@ -1,5 +1,5 @@
 """Budgets of a run (greentrack.process.budget): known watts from fake powercap counters, real
-trackers, the budget checked on the sampler thread.
+trackers, the budget checked on the sampler thread. Bad budget settings: tests/bad_input/.
 
 At 44 W (40 W package + 4 W DRAM) and PUE 1, a budget of ``B`` kWh is reached after
 ``B x 3.6e6 / 44`` seconds; steps of ``STEP_S`` make it a known step.
@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 import greentrack
-from greentrack.common.errors import ConfigError
 from greentrack.run import Run
 from tests.fakes.powercap import LiveCounters, PowercapTree
 from tests.helpers import FAST, report_json, run_cli, validate_own_schema
@@ -32,37 +31,6 @@ def events(run_dir: Path, *kinds: str) -> list[dict[str, Any]]:
     with Run.open(run_dir) as run:
         found = run.events(*kinds)
     return [{**e, "details": json.loads(e["details"] or "{}")} for e in found]
-
-
-@pytest.mark.parametrize("changes, setting", [
-    ({"budget_kwh": -1.0}, "budget_kwh"),
-    ({"budget_kwh": 0}, "budget_kwh"),
-    ({"budget_grams": float("nan")}, "budget_grams"),
-    ({"budget_cost": "ten"}, "budget_cost"),
-    ({"on_budget": "explode"}, "on_budget"),
-])
-def test_bad_budget_is_one_line_naming_it(changes: dict[str, Any], setting: str,
-                                          tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as e:
-        greentrack.Tracker(tmp_path / "run", **changes)
-    text = str(e.value)
-    assert "\n" not in text and text.startswith(f"{setting}=") and "is invalid:" in text
-    assert not (tmp_path / "run").exists()
-
-
-def test_bad_budget_from_the_environment_and_the_cli(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="GREENTRACK_BUDGET_KWH"):
-        greentrack.Config.from_env({"GREENTRACK_BUDGET_KWH": "lots"})
-    assert greentrack.Config.from_env({"GREENTRACK_BUDGET_GRAMS": "250",
-                                       "GREENTRACK_ON_BUDGET": "stop"}).budget_grams == 250.0
-    code, _, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--quiet",
-                            "--on-budget", "explode", "--", "true"])
-    assert code == 2 and "explode" in err and err.count("\n") == 1
-    code, _, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--quiet",
-                            "--budget-kwh", "-3", "--", "true"])
-    assert code == 2 and err.startswith("greentrack: budget_kwh=-3.0 is invalid"), err
-    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow  # seconds of a run at known watts

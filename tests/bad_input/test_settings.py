@@ -324,3 +324,26 @@ def test_a_config_nested_5000_deep_is_one_line(tmp_path: Path) -> None:
     deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     code, _, err = run_cli(["report", str(run), "--config", str(deep), "--out", str(tmp_path / "o")])
     assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err
+
+
+@pytest.mark.parametrize("changes, setting", [
+    ({"budget_kwh": -1.0}, "budget_kwh"),
+    ({"budget_kwh": 0}, "budget_kwh"),
+    ({"budget_grams": float("nan")}, "budget_grams"),
+    ({"budget_cost": "ten"}, "budget_cost"),
+    ({"on_budget": "explode"}, "on_budget"),
+])
+def test_a_bad_budget_is_one_line_naming_it(changes: dict[str, Any], setting: str,
+                                            tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.Tracker(tmp_path / "run", **changes)
+    assert "is invalid:" in one_line(e, setting)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_budget_from_the_environment_is_one_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_env({"GREENTRACK_BUDGET_KWH": "lots"})
+    one_line(e, "GREENTRACK_BUDGET_KWH")
+    assert Config.from_env({"GREENTRACK_BUDGET_GRAMS": "250",
+                            "GREENTRACK_ON_BUDGET": "stop"}).budget_grams == 250.0
