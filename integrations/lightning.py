@@ -184,6 +184,8 @@ class GreenTrackCallback(Callback, RunCallback):
         self._last_gs = gs
         meter.end(samples=self._samples or None, tokens=self._tokens or None)
         self._samples = self._tokens = 0.0
+        if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
+            trainer.should_stop = True
         self.run.record(dict(trainer.callback_metrics), step=gs)
         now = time.monotonic()
         if now >= self._next_log and self._logging_now(trainer):

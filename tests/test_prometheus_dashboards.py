@@ -169,6 +169,11 @@ NOT_ON_A_PANEL = {
     "greentrack_forecast_gpu_seconds": "the report's forecast check",
     "greentrack_forecast_cost": "the report's forecast check (a currency label per run)",
     "greentrack_forecast_planned_steps": "a constant of the run, behind every forecast panel",
+    "greentrack_budget_energy_joules": "a constant of the run; the rules read the ratios",
+    "greentrack_budget_emissions_grams": "a constant of the run; the rules read the ratios",
+    "greentrack_budget_cost": "a constant of the run; the rules read the ratios",
+    "greentrack_budget_spent_ratio": "the rules (alert GreentrackBudgetReached)",
+    "greentrack_budget_forecast_ratio": "the rules (alert GreentrackBudgetForecastPassed)",
 }
 
 

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "grafana" / "rules" / "greentrack.rules.yml"
 RULE_TESTS = REPO / "tests" / "rules" / "greentrack.rules.test.yml"
 ALERTS = {"GreentrackSamplerStale", "GreentrackDeviceDown", "GreentrackPushFailures",
-          "GreentrackEnergyRateTooHigh", "GreentrackEnergyRateZero", "GreentrackPushedRunSilent"}
+          "GreentrackEnergyRateTooHigh", "GreentrackEnergyRateZero", "GreentrackPushedRunSilent",
+          "GreentrackBudgetReached", "GreentrackBudgetForecastPassed"}
 
 
 def rules() -> list[dict[str, object]]:

@@ -118,8 +118,8 @@ class Forecast:
         self._obs.append((steps_done, energy_j, elapsed_s, wall))
 
     def estimate(self) -> dict[str, Any] | None:
-        """The whole run: ``energy_j``, ``duration_s``, ``remaining_s``, ``end_unix``,
-        ``gpu_hours``, ``emissions_g``, ``cost`` (electricity + GPU-hours; its parts
+        """The whole run: ``energy_j``, ``facility_kwh`` (PUE included), ``duration_s``,
+        ``remaining_s``, ``end_unix``, ``gpu_hours``, ``emissions_g``, ``cost`` (electricity + GPU-hours; its parts
         ``cost_electricity``, ``cost_gpu_hours``), each of them with ``*_low`` and ``*_high``
         (the :data:`LEVEL` interval; None before three observations), and ``interval`` (level,
         method, observations). ``None`` before two observations or without planned steps."""
@@ -147,8 +147,8 @@ class Forecast:
             bounds["_high"] = (energy + half_e, duration + half_t)
         for suffix in ("", "_low", "_high"):
             if suffix not in bounds:
-                for key in ("energy_j", "energy_kwh", "duration_s", "remaining_s", "end_unix",
-                            "gpu_hours", "gpu_seconds", "emissions_g", "cost",
+                for key in ("energy_j", "energy_kwh", "facility_kwh", "duration_s", "remaining_s",
+                            "end_unix", "gpu_hours", "gpu_seconds", "emissions_g", "cost",
                             "cost_electricity", "cost_gpu_hours"):
                     out[key + suffix] = None
                 continue
@@ -165,7 +165,8 @@ class Forecast:
         fp = one_part(energy_j, start, start + max(duration_s, 0.0), self.settings,
                       gpu_seconds=max(duration_s, 0.0) * self.gpus)
         c = fp.cost
-        return {"energy_j": energy_j, "energy_kwh": fp.it_kwh, "duration_s": duration_s,
+        return {"energy_j": energy_j, "energy_kwh": fp.it_kwh, "facility_kwh": fp.facility_kwh,
+                "duration_s": duration_s,
                 "remaining_s": duration_s - elapsed_s, "end_unix": wall + duration_s - elapsed_s,
                 "gpu_hours": fp.gpu_hours, "gpu_seconds": fp.gpu_seconds,
                 "emissions_g": fp.location_g,

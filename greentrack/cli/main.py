@@ -54,7 +54,8 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
                  "gpus", "cpu_tdp_w", "dram_w_per_gb", "run_id", "prometheus_port",
                  "prometheus_addr", "pushgateway_url", "final_scrape_wait_s", "job",
                  "emissions_csv",
-                 "calibrate_power_limits", "calibration_steps", "calibration_warmup_steps"):
+                 "calibrate_power_limits", "calibration_steps", "calibration_warmup_steps",
+                 "budget_kwh", "budget_grams", "budget_cost", "on_budget"):
         value = getattr(ns, name, None)
         if value is not None:
             out[name] = value
@@ -128,6 +129,20 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
                    metavar="N", help="steps discarded after each limit change (default 5)")
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget (applied by the command's greentrack trackers: an "
+                             "integration or a Tracker, which see its steps and can stop them)")
+    g.add_argument("--budget-kwh", dest="budget_kwh", type=float, metavar="KWH",
+                   help="budget of facility energy in kWh (PUE included)")
+    g.add_argument("--budget-grams", dest="budget_grams", type=float, metavar="G",
+                   help="budget of location-based emissions in grams CO2e")
+    g.add_argument("--budget-cost", dest="budget_cost", type=float, metavar="COST",
+                   help="budget of cost (electricity and GPU-hours) in --currency")
+    g.add_argument("--on-budget", dest="on_budget", metavar="ACTION",
+                   help="warn (default): warnings when the forecast passes a budget and at it; "
+                        "stop: also stop training gracefully at the budget")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="greentrack", description="Energy and carbon tracking for ML training.")
     parser.add_argument("--version", action="version", version=_version())
@@ -138,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "CMD's exit status. SIGINT/SIGTERM are forwarded to CMD.")
     _add_settings(run)
     _add_calibration(run)
+    _add_budget(run)
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
     green = run.add_argument_group("carbon-aware start")
     green.add_argument("--start-when-greener", action="store_true",
@@ -307,6 +323,9 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
         check_settings(config)  # the other settings first, in the order Tracker.start checks them
         _check_calibration(config)
     config = config.replace(calibrate_power_limits=None)
+    # Budgets need steps too: the command's trackers apply them (they can stop its training)
+    budget = _budget_env(config)
+    config = config.replace(budget_kwh=None, budget_grams=None, budget_cost=None)
     plan = _start_plan(ns, config)
     waited_s = 0.0
     if plan is not None:
@@ -319,10 +338,10 @@ def _run(ns: argparse.Namespace, got: list[int]) -> int:
         return _cancelled(got)
     tracker = Tracker(config=config)
     # the command's own trackers join this run: they price and place it as this run does
-    env = dict(os.environ, **tracker.accept_joins(), **calibration, **_child_env(config))
+    env = dict(os.environ, **tracker.accept_joins(), **calibration, **budget, **_child_env(config))
     tracker.start()  # checks every setting before it creates anything (Config.check)
     if tracker.status != "running":
-        env = dict(os.environ, **calibration)  # tracking is off (a full disk...): the command runs untracked
+        env = dict(os.environ, **calibration, **budget)  # tracking is off (a full disk...): the command runs untracked
     elif plan is not None and tracker.engine is not None:
         tracker.engine.event("info", "start-when-greener", plan.text(),
                              **plan.details(waited_s=waited_s))
@@ -412,6 +431,16 @@ def _child_env(config: Config) -> dict[str, str]:
             out[f"GREENTRACK_{name.upper()}"] = value if isinstance(value, str) else repr(value)
     if config.labels:
         out["GREENTRACK_LABELS"] = ",".join(f"{k}={v}" for k, v in config.labels.items())
+    return out
+
+
+def _budget_env(config: Config) -> dict[str, str]:
+    """The budget settings for the command's trackers (``GREENTRACK_*``); none when unset."""
+    out = {f"GREENTRACK_{name.upper()}": repr(float(getattr(config, name)))
+           for name in ("budget_kwh", "budget_grams", "budget_cost")
+           if getattr(config, name) is not None}
+    if out:
+        out["GREENTRACK_ON_BUDGET"] = config.on_budget
     return out
 
 

@@ -23,6 +23,13 @@ MODES = ("machine", "process")
 #: ``co2_eq_emissions.training_type`` values of the Hugging Face Hub's model card specification
 #: (https://huggingface.co/docs/hub/model-cards-co2: "pre-training or fine-tuning")
 TRAINING_TYPES = ("pre-training", "fine-tuning")
+#: What a run does at its budget (:mod:`greentrack.process.budget`).
+ON_BUDGET = ("warn", "stop")
+#: The budgets of a run and their units: facility kWh, location-based grams CO2e, cost.
+BUDGETS = {"budget_kwh": "facility kWh (PUE included)", "budget_grams": "grams CO2e "
+           "(location-based)", "budget_cost": "in the currency of the prices"}
+#: The largest budget accepted (a TWh, a million tonnes): a larger one is a typo.
+MAX_BUDGET = 1e12
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,15 @@ class Config:
         calibration_steps: training steps measured at each limit (default 20).
         calibration_warmup_steps: steps discarded after each limit change, before those measured
             (default 5), so the clocks and temperature settle.
+        budget_kwh: the run's budget of facility energy in kWh (IT energy x PUE, as the report
+            counts it); None: none. :mod:`greentrack.process.budget` checks it on the sampler
+            thread.
+        budget_grams: the run's budget of location-based emissions in grams CO2e.
+        budget_cost: the run's budget of cost (electricity and GPU-hours, in ``currency``).
+        on_budget: ``warn`` (default): a warning when the forecast says the run will pass a
+            budget and when it does; ``stop``: also a graceful stop at the budget (Lightning
+            ``trainer.should_stop``, Hugging Face ``control.should_training_stop``, a plain loop
+            reads ``tracker.over_budget``). Never an exception into training.
     """
 
     run_dir: Path = None  # type: ignore[assignment]  # None: default_run_dir(), at construction
@@ -112,6 +128,11 @@ class Config:
     calibrate_power_limits: tuple[float, ...] | None = None
     calibration_steps: int = 20
     calibration_warmup_steps: int = 5
+    # -- budgets of the run (greentrack.process.budget); None = none --
+    budget_kwh: float | None = None
+    budget_grams: float | None = None
+    budget_cost: float | None = None
+    on_budget: str = "warn"
     #: True when no run directory was given (set at construction; integrations then pick one).
     run_dir_is_default: ClassVar[bool] = False
 
@@ -164,6 +185,17 @@ class Config:
         if self.calibrate_power_limits is not None:
             object.__setattr__(self, "calibrate_power_limits",
                                parse_power_limits(self.calibrate_power_limits))
+        for name, unit in BUDGETS.items():
+            value = getattr(self, name)
+            if value is not None:
+                check_number(name, value, 0.0, MAX_BUDGET,
+                             f"must be a number > 0 and <= {MAX_BUDGET:g} ({unit}), or unset")
+                if float(value) <= 0:
+                    raise ConfigError(name, value, f"must be a number > 0 and <= {MAX_BUDGET:g} "
+                                      f"({unit}), or unset")
+        if self.on_budget not in ON_BUDGET:
+            raise ConfigError("on_budget", self.on_budget,
+                              f"must be one of {', '.join(ON_BUDGET)}")
         for name, low in (("calibration_steps", 1), ("calibration_warmup_steps", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100_000:
@@ -376,7 +408,8 @@ def parse_power_limits(value: Any, setting: str = "calibrate_power_limits") -> t
 
 _FLOATS = {"interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "cpu_tdp_w",
            "dram_w_per_gb", "push_interval_s", "final_scrape_wait_s",
-           "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price"}
+           "carbon_intensity_g_per_kwh", "market_factor_g_per_kwh", "pue", "electricity_price", "gpu_hour_price",
+           "budget_kwh", "budget_grams", "budget_cost"}
 _INTS = {"rank", "prometheus_port", "calibration_steps", "calibration_warmup_steps"}
 
 

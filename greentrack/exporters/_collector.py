@@ -47,10 +47,21 @@ name                                                    type       extra labels
 ``greentrack_forecast_emissions_grams``                 gauge      bound (when an intensity is known)
 ``greentrack_forecast_cost``                            gauge      bound, currency (when priced)
 ``greentrack_forecast_planned_steps``                   gauge
+``greentrack_budget_energy_joules``                     gauge      (with ``budget_kwh``)
+``greentrack_budget_emissions_grams``                   gauge      (with ``budget_grams``)
+``greentrack_budget_cost``                              gauge      currency (with ``budget_cost``)
+``greentrack_budget_spent_ratio``                       gauge      kind (once checked)
+``greentrack_budget_forecast_ratio``                    gauge      kind (once the forecast's
+                                                                   interval is known)
 ======================================================  =========  ================================
 
 The forecast gauges are the whole run's (:mod:`greentrack.carbon.forecast`): ``bound`` is ``estimate``,
 ``low`` or ``high`` (the interval; absent until it is known).
+
+The budget gauges (:mod:`greentrack.process.budget`): each budget the run has, in base units
+(facility energy in joules), and per ``kind`` (``energy``, ``emissions``, ``cost``) what the run
+has spent of it and what the forecast's low bound says the whole run will, as ratios (1: the
+budget). They are the budget's own figures, checked on the sampler thread.
 """
 
 from __future__ import annotations
@@ -69,6 +80,7 @@ from greentrack.carbon.resolve import settings_for
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
 from greentrack.common.jobinfo import job_metadata, prometheus_labels
+from greentrack.common.units import J_PER_KWH
 from greentrack.engine.channelstate import ChannelSnapshot
 from greentrack.exporters._joined import JoinedTotals
 from greentrack.exporters._steps import STEP_ENERGY_BUCKETS_J, StepStats, add_steps
@@ -289,6 +301,7 @@ class TrackerCollector:
         yield from self._step_families()
         yield from self._carbon_families(channels)
         yield from self._forecast_families()
+        yield from self._budget_families()
 
         yield self._counter("greentrack_sampler_errors", "Internal errors of the sampler thread "
                             "(each also recorded as an event in the run store).", engine.errors)
@@ -415,6 +428,43 @@ class TrackerCollector:
                                     "forecast assumes for the whole run.", labels=BASE_LABELS)
         planned.add_metric(self.base, float(est["planned_steps"]))
         yield planned
+
+    def _budget_families(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        watch = getattr(self.tracker, "budget", None)
+        if watch is None:
+            return
+        status = watch.status()
+        kinds = [*BASE_LABELS, "kind"]
+        spent = GaugeMetricFamily("greentrack_budget_spent_ratio", "What the run has spent of "
+                                  "its budget (1: reached), by kind: energy (facility kWh), "
+                                  "emissions (location-based grams), cost.", labels=kinds)
+        ahead = GaugeMetricFamily("greentrack_budget_forecast_ratio", "What the forecast's low "
+                                  "bound says the whole run will spend of its budget (above 1: "
+                                  "it will pass it), by kind.", labels=kinds)
+        for s in status:
+            values = [*self.base, s["kind"]]
+            if s["kind"] == "energy":
+                fam = GaugeMetricFamily("greentrack_budget_energy_joules", "The run's budget "
+                                        "of facility energy (PUE included), in joules.",
+                                        labels=BASE_LABELS)
+                fam.add_metric(self.base, s["budget"] * J_PER_KWH)
+            elif s["kind"] == "emissions":
+                fam = GaugeMetricFamily("greentrack_budget_emissions_grams", "The run's budget "
+                                        "of location-based emissions, in grams CO2e.",
+                                        labels=BASE_LABELS)
+                fam.add_metric(self.base, s["budget"])
+            else:
+                fam = GaugeMetricFamily("greentrack_budget_cost", "The run's budget of cost "
+                                        "(electricity and GPU-hours), in the currency label.",
+                                        labels=[*BASE_LABELS, "currency"])
+                fam.add_metric([*self.base, str(s["unit"] or "unknown")[:8]], s["budget"])
+            yield fam
+            if s["spent"] is not None:
+                spent.add_metric(values, s["spent"] / s["budget"])
+            if s["forecast_low"] is not None:
+                ahead.add_metric(values, s["forecast_low"] / s["budget"])
+        yield from (spent, ahead)
 
     def _new_energy(self, channels: list[ChannelSnapshot]) -> list[tuple[float, float, float]]:
         """This process's energy not yet charged, as ``(start_unix, end_unix, joules)`` bins

@@ -31,7 +31,7 @@ from greentrack.engine.engine import Engine, channel_key
 from greentrack.engine.stepvalues import PLAIN, capture, phase_name
 from greentrack.exporters import Sink, sinks_for
 from greentrack.exporters._joined import LivePublisher
-from greentrack.process import calibration, lifecycle, sharing
+from greentrack.process import budget, calibration, lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
 from greentrack.reports.summary import Summary, summarize
@@ -101,6 +101,12 @@ class Tracker:
         #: Callables returning the run's forecast (:mod:`greentrack.carbon.forecast`) or None, added by
         #: the training meter; the Prometheus exporter shows the first one's as gauges.
         self.forecast_sources: list[Any] = []
+        #: The run's budgets (:mod:`greentrack.process.budget`), checked on the sampler thread;
+        #: None without any. ``budget.stop`` is what the integrations read at each step end.
+        self.budget: budget.BudgetWatch | None = None
+        #: Set (once) when a budget is reached with ``on_budget="stop"``: a plain bool that the
+        #: integrations read at each step end to stop training gracefully.
+        self.budget_stop = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -205,6 +211,9 @@ class Tracker:
         if self._calibration is not None:
             self._calibration.attach(self._engine, self._writer.add_power_limit)
         self._watch(found.channels, owned=parent is None)
+        self.budget = budget.watch(self, cfg)
+        if self.budget is not None:
+            self._engine.watchers.append(self.budget)
         if self._publisher is not None:  # joined: `greentrack run`'s exporter reads the totals
             self._publisher.attach(self)
             self._engine.watchers.append(self._publisher)
@@ -615,6 +624,19 @@ class Tracker:
                 out[ch.kind] = (out.get(ch.kind) or 0.0) + ch.energy_j
         out["total"] = float(sum(v for v in out.values() if v is not None))
         return out
+
+    @property
+    def over_budget(self) -> bool:
+        """True once the run has reached one of its budgets (``budget_kwh``, ``budget_grams``,
+        ``budget_cost``; checked on the sampler thread every ``counter_interval_s``). A plain
+        loop reads it to stop: ``if tracker.over_budget: break``."""
+        watch = self.budget
+        return watch is not None and watch.over
+
+    def steps_done(self, phase: str = "train") -> int:
+        """Steps of ``phase`` submitted so far (continued across resumed segments)."""
+        counter = self._idx.get(phase)
+        return int(repr(counter)[6:-1]) if counter is not None else 0  # "count(N)": a peek
 
     @property
     def engine(self) -> Engine | None:

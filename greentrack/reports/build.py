@@ -21,6 +21,7 @@ from greentrack.reports.forecasting import forecast_section, start_window
 from greentrack.reports.methodology import (energy_basis, methodology, overall_quality, sampling,
                                             short_methodology)
 from greentrack.reports.run_data import RunData, resample
+from greentrack.reports.summary import budget_lines
 
 FORMAT = "greentrack-report"
 VERSION = "1.0"
@@ -251,6 +252,10 @@ def build_report(data: RunData, config: Config, sci_unit: str = "run",
         doc["run"]["start_when_greener"] = {
             **g, "expected_saving_g": fp.at_intensity(per_kwh).location_g
             if isinstance(per_kwh, (int, float)) else None}
+    if data.budget_events:  # the run's budgets (greentrack.process.budget): what happened
+        doc["run"]["budget"] = budget_lines(data.budget_events, {
+            "energy": fp.facility_kwh, "emissions": fp.location_g,
+            "cost": fp.cost.total if fp.cost is not None else None})
     doc["forecast"] = forecast_section(data, fp.parts[-1].settings, compute["gpu_count"])
     if data.power_limit_curves:  # measured by a calibration (greentrack.process.calibration) only
         doc["power_limit_curves"] = [c.as_dict() for c in data.power_limit_curves]

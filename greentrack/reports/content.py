@@ -63,6 +63,12 @@ def _greener(run: dict[str, Any]) -> list[Block]:
         return [("p", "Started when greener: the record of the wait is damaged.")]
 
 
+def _budget(run: dict[str, Any]) -> list[Block]:
+    """What the run's budgets did (``budget_kwh``, ``budget_grams``, ``budget_cost``)."""
+    return [("p", f"Budget: {line.get('text', 'the record of the budget is damaged')}.")
+            for line in run.get("budget") or [] if isinstance(line, dict)]
+
+
 def _timeline(doc: dict[str, Any]) -> list[Block]:
     """The picture of the run's power, its steps and the best start window (html)."""
     out: list[Block] = [("p", "The run's power over time; the strip along the time axis is when "
@@ -139,6 +145,7 @@ def blocks(doc: dict[str, Any]) -> list[Block]:
         ("p", "Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(run.get("labels", {}).items()))
                             or "none (Tracker(labels=...), --label KEY=VALUE, GREENTRACK_LABELS)")),
         *_greener(run),
+        *_budget(run),
         ("h2", "Summary"),
         ("table", ["figure", "value", "how obtained"], [
             ["IT energy", _kwh(s["energy_kwh"], pct), e["basis"]],

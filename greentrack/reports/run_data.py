@@ -117,6 +117,8 @@ class RunData:
     planned_steps: int | None = None
     #: details of the ``start-when-greener`` event (``greentrack run --start-when-greener``)
     greener_start: dict[str, Any] | None = None
+    #: the ``budget-forecast`` and ``budget-reached`` events (:mod:`greentrack.process.budget`)
+    budget_events: list[dict[str, Any]] = field(default_factory=list)
     #: each store's energy, span, recorded settings and bins: the footprint's input
     stores: list[StoreEnergy] = field(default_factory=list)
     #: the run's work (steps by name, tokens, samples, FLOPs, devices): per-unit divisors
@@ -225,6 +227,7 @@ def _read(run: Run) -> RunData:
         store_s=sum(seg.end_unix - seg.start_unix for seg in run.segments),
         power_limit_curves=curves, main_phase=main, planned_steps=_planned(planned),
         greener_start=_details(greener[-1]) if greener else None,
+        budget_events=run.events("budget-forecast", "budget-reached"),
         stores=run.store_energies(run.energy_bins()), work=work_of(run))
     n, width = data.plot_grid()
     cells, ending = [0.0] * n, [0] * n

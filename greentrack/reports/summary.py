@@ -5,9 +5,10 @@ cost, GPU-hours, per-step figures, each store at the settings it recorded)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from greentrack.carbon.footprint import Footprint
 from greentrack.carbon.runs import Explicit, run_footprint
@@ -58,10 +59,55 @@ class Summary(RunSummary):
     (None, with a warning, when a recorded setting cannot be resolved any more)."""
 
     footprint: FootprintSummary | None
+    #: the run's budgets that it reached or was forecast to pass (:func:`budget_lines`)
+    budget: list[dict[str, Any]]
 
 
-__all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "footprint_summary", "format_summary",
-           "store_status", "summarize"]
+__all__ = ["RECORD_WARNINGS", "STALE_AFTER_S", "budget_lines", "footprint_summary",
+           "format_summary", "store_status", "summarize"]
+
+#: the budget events (:mod:`greentrack.process.budget`)
+BUDGET_EVENTS = ("budget-forecast", "budget-reached")
+
+
+def budget_lines(events: Sequence[Mapping[str, Any]],
+                 spent: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    """Each budget a run reached or was forecast to pass, from its ``budget-*`` events, with
+    what the whole run spent of it (``spent``: ``energy`` in facility kWh, ``emissions`` in
+    grams, ``cost``, as its footprint states them) and a sentence saying what happened."""
+    by_setting: dict[str, dict[str, Any]] = {}
+    for e in events:
+        try:
+            d = json.loads(e.get("details") or "{}")
+            setting, kind = str(d["setting"]), str(d["budget_kind"])
+            line = by_setting.setdefault(setting, {
+                "setting": setting, "kind": kind, "budget": float(d["budget"]),
+                "unit": str(d.get("unit") or ""), "spent": spent.get(kind),
+                "reached_step": None, "stopped": False, "forecast_step": None,
+                "forecast_low": None})
+            if e["kind"] == "budget-reached":
+                line["reached_step"] = int(d["step"])
+                line["stopped"] = d.get("action") == "stop"
+            elif line["forecast_step"] is None:
+                line["forecast_step"] = int(d["step"])
+                line["forecast_low"] = float(d["forecast_low"])
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged event: the others still say what happened
+    for line in by_setting.values():
+        unit, run = line["unit"], line["spent"]
+        said = [f"{line['setting']}={line['budget']:g} {unit}".rstrip() + ": "
+                + (f"{run:.4g} {unit}".rstrip() + " spent by the run" if run is not None
+                   else "spent unknown")]
+        if line["forecast_step"] is not None:
+            low = f"{line['forecast_low']:.4g} {unit}".rstrip()
+            said.append(f"at step {line['forecast_step']} the forecast said it would pass it "
+                        f"(at least {low})")
+        if line["reached_step"] is not None:
+            said.append(f"reached at step {line['reached_step']}; "
+                        + ("the run was stopped by its budget" if line["stopped"]
+                           else "the run went on (on_budget=warn)"))
+        line["text"] = "; ".join(said)
+    return list(by_setting.values())
 
 
 def summarize(run_dir: str | Path | Sequence[str | Path],
@@ -81,11 +127,16 @@ def summarize(run_dir: str | Path | Sequence[str | Path],
         (one that cannot is a warning when another can); directories of different runs.
     """
     with Run.open(run_dir) as run:
-        out = Summary(**run.summary(), footprint=None)
+        out = Summary(**run.summary(), footprint=None, budget=[])
         try:
             out["footprint"] = footprint_summary(run_footprint(run, explicit))
         except ConfigError as e:  # the record is still summed; its emissions cannot be
             out["warnings"].append(f"no emissions or cost: {e}")
+        f = out["footprint"]
+        out["budget"] = budget_lines(run.events(*BUDGET_EVENTS), {
+            "energy": f["facility_kwh"] if f else None,
+            "emissions": f["emissions_location_g"] if f else None,
+            "cost": f["cost"] if f else None})
         return out
 
 
@@ -152,6 +203,8 @@ def format_summary(s: Summary) -> str:
                      f"  replayed   {s['replayed_steps']:.0f} training steps done again after "
                      f"resuming from an earlier checkpoint: {s['replayed_energy_j']:.1f} J"
                      f"{share} (in the energy above; counted once in the optimizer steps)")
+    for b in s.get("budget") or []:
+        lines.insert(lines.index("  sources:"), f"  budget     {p(b['text'], 300)}")
     if s["gaps"]:
         lines.append(f"  gaps: {s['gaps']} (see the run's events)")
     lines.extend(f"  warning: {p(w)}" for w in s["warnings"])

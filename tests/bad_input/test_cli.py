@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from greentrack.cli.reports import parse_slowdown
 from greentrack.common.errors import ConfigError
+from tests.bad_input import one_line_error
 from tests.helpers import run_cli
 
 OPTS = ["--interval", "--counter-interval", "--resolution", "--mode", "--gpus", "--cpu-tdp",
@@ -48,3 +49,12 @@ def test_a_bare_max_slowdown_above_one_is_not_taken_as_hundreds_of_percent() -> 
                             "write 5% or 0.05; a slowdown above 100% is given with its % sign")
     assert parse_slowdown("150%") == pytest.approx(1.5) and parse_slowdown("1") == 1.0
     assert parse_slowdown("0.05") == 0.05 and parse_slowdown("5%") == pytest.approx(0.05)
+
+
+def test_greentrack_run_refuses_a_bad_budget_before_any_run(tmp_path: Path) -> None:
+    for option, value, words in (("--on-budget", "explode", ("on_budget=", "warn, stop")),
+                                 ("--budget-kwh", "-3", ("budget_kwh=-3.0", "> 0"))):
+        code, out, err = run_cli(["run", "--run-dir", str(tmp_path / "r"), "--quiet", option,
+                                  value, "--", "true"])
+        one_line_error(code, out, err, *words)
+    assert not (tmp_path / "r").exists()

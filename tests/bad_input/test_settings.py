@@ -33,7 +33,8 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.lists(st.integers(-2, 9), max_size=3))
 FIELDS = ["interval_s", "counter_interval_s", "flush_interval_s", "resolution_s", "mode", "gpus",
           "cpu_tdp_w", "dram_w_per_gb", "rank", "prometheus_port", "push_interval_s", "pue",
-          "carbon_intensity_g_per_kwh", "electricity_price"]
+          "carbon_intensity_g_per_kwh", "electricity_price", "budget_kwh", "budget_grams",
+          "budget_cost", "on_budget"]
 
 
 # -- Config and the environment (hypothesis) ---------------------------------------------------
@@ -323,3 +324,26 @@ def test_a_config_nested_5000_deep_is_one_line(tmp_path: Path) -> None:
     deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     code, _, err = run_cli(["report", str(run), "--config", str(deep), "--out", str(tmp_path / "o")])
     assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err
+
+
+@pytest.mark.parametrize("changes, setting", [
+    ({"budget_kwh": -1.0}, "budget_kwh"),
+    ({"budget_kwh": 0}, "budget_kwh"),
+    ({"budget_grams": float("nan")}, "budget_grams"),
+    ({"budget_cost": "ten"}, "budget_cost"),
+    ({"on_budget": "explode"}, "on_budget"),
+])
+def test_a_bad_budget_is_one_line_naming_it(changes: dict[str, Any], setting: str,
+                                            tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        greentrack.Tracker(tmp_path / "run", **changes)
+    assert "is invalid:" in one_line(e, setting)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_budget_from_the_environment_is_one_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_env({"GREENTRACK_BUDGET_KWH": "lots"})
+    one_line(e, "GREENTRACK_BUDGET_KWH")
+    assert Config.from_env({"GREENTRACK_BUDGET_GRAMS": "250",
+                            "GREENTRACK_ON_BUDGET": "stop"}).budget_grams == 250.0
