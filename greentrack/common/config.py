@@ -25,8 +25,8 @@ MODES = ("machine", "process")
 TRAINING_TYPES = ("pre-training", "fine-tuning")
 #: What a run does at its budget (:mod:`greentrack.process.budget`).
 ON_BUDGET = ("warn", "stop")
-#: The budgets of a run and their units: facility kWh, location-based grams CO2e, cost.
-BUDGETS = {"budget_kwh": "facility kWh (PUE included)", "budget_grams": "grams CO2e "
+#: The budgets of a run and their units: IT kWh, location-based grams CO2e, cost.
+BUDGETS = {"budget_kwh": "kWh of IT energy (the summary's energy_kwh)", "budget_grams": "grams CO2e "
            "(location-based)", "budget_cost": "in the currency of the prices"}
 #: The largest budget accepted (a TWh, a million tonnes): a larger one is a typo.
 MAX_BUDGET = 1e12
@@ -77,8 +77,9 @@ class Config:
         calibration_steps: training steps measured at each limit (default 20).
         calibration_warmup_steps: steps discarded after each limit change, before those measured
             (default 5), so the clocks and temperature settle.
-        budget_kwh: the run's budget of facility energy in kWh (IT energy x PUE, as the report
-            counts it); None: none. :mod:`greentrack.process.budget` checks it on the sampler
+        budget_kwh: the run's budget of IT energy in kWh (what the hardware drew: the summary's
+            ``energy_kwh``, before the PUE, as ``greentrack inventory --budget`` counts it); None:
+            none. :mod:`greentrack.process.budget` checks it on the sampler
             thread.
         budget_grams: the run's budget of location-based emissions in grams CO2e.
         budget_cost: the run's budget of cost (electricity and GPU-hours, in ``currency``).

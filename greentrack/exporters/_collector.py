@@ -437,7 +437,7 @@ class TrackerCollector:
         status = watch.status()
         kinds = [*BASE_LABELS, "kind"]
         spent = GaugeMetricFamily("greentrack_budget_spent_ratio", "What the run has spent of "
-                                  "its budget (1: reached), by kind: energy (facility kWh), "
+                                  "its budget (1: reached), by kind: energy (IT kWh), "
                                   "emissions (location-based grams), cost.", labels=kinds)
         ahead = GaugeMetricFamily("greentrack_budget_forecast_ratio", "What the forecast's low "
                                   "bound says the whole run will spend of its budget (above 1: "

@@ -4,8 +4,10 @@ thread, never on the training thread.
 :class:`BudgetWatch` is an engine watcher. At most once per ``counter_interval_s`` (the cadence at
 which new energy is read) it prices the energy this tracker has measured so far with the
 footprint function every output uses (:func:`greentrack.carbon.footprint.one_part`, at the
-settings :func:`greentrack.carbon.resolve.settings_for` resolves): facility kWh (IT energy x PUE),
-location-based grams and cost, and compares each with its budget.
+settings :func:`greentrack.carbon.resolve.settings_for` resolves): IT kWh (the run's
+``energy_kwh``, what its summary and ``greentrack inventory --budget`` count: the hardware's energy,
+before the PUE), location-based grams and cost (both with the PUE, as every report states them),
+and compares each with its budget.
 
 * **Forecast**: when the training meter's forecast of the whole run
   (:mod:`greentrack.carbon.forecast`) says, with its interval's *low* bound, that the run will
@@ -66,7 +68,7 @@ class Kind(NamedTuple):
     unit: str
 
 
-KINDS = (Kind("energy", "budget_kwh", "facility_kwh", "kWh"),
+KINDS = (Kind("energy", "budget_kwh", "energy_kwh", "kWh"),
          Kind("emissions", "budget_grams", "emissions_g", "gCO2e"),
          Kind("cost", "budget_cost", "cost", ""))
 
@@ -78,9 +80,9 @@ def limits(config: Config) -> dict[str, float]:
 
 
 def spent_of(fp: Footprint) -> dict[str, float | None]:
-    """What a footprint spends of each kind: facility kWh, location-based grams, cost (None:
-    no intensity or no price to state it)."""
-    return {"energy": fp.facility_kwh, "emissions": fp.location_g,
+    """What a footprint spends of each kind: IT kWh (the summary's ``energy_kwh``), location-based
+    grams and cost with the PUE (None: no intensity or no price to state it)."""
+    return {"energy": fp.it_kwh, "emissions": fp.location_g,
             "cost": fp.cost.total if fp.cost is not None else None}
 
 
