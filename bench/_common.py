@@ -174,6 +174,14 @@ def record(name: str, text: str, path: Path = RESULTS) -> None:
 
 
 # -- statistics ---------------------------------------------------------------------------------
+def recorded(name: str, path: Path = RESULTS) -> str | None:
+    """The section :func:`record` keeps under ``name``, without its markers; None if absent."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    m = re.search(rf"<!-- bench:{re.escape(name)} -->\n(.*?)\n<!-- /bench:{re.escape(name)} -->",
+                  text, re.DOTALL)
+    return m.group(1).strip() if m else None
+
+
 def quantile(values: list[float], q: float) -> float:
     """Linear-interpolated quantile (q in [0, 1]) of a non-empty list."""
     s = sorted(values)

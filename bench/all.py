@@ -5,9 +5,9 @@ with its A/A band (the scripts interleave their controls) and the machine it ran
     python bench/all.py --quick      # fewer rounds and shorter windows (~8 min): wider A/A bands
     python bench/all.py --only step_overhead,start_stop --no-record
 
-Each script records its section in bench/RESULTS.md (unless ``--no-record``) and this command
-prints the sections it produced, then one line per script: its wall time and whether it ran. A
-script that fails does not stop the others; the exit status says whether all ran. The GPU
+Each script records its section in the results file beside it (unless ``--no-record``) and this
+command prints the sections it produced, then one line per script: its wall time and whether it
+ran. A script that fails does not stop the others; the exit status says whether all ran. The GPU
 figures come from ``bash bench/gpu_checks.sh --quick OUT`` on a GPU host (not run here).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, RESULTS, machine  # noqa: E402
+from _common import REPO, machine, recorded  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -53,22 +53,15 @@ BENCHES = (
 )
 
 
-def _sections(path: Path, names: list[str]) -> str:
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    out = []
-    for name in names:
-        m = re.search(rf"<!-- bench:{re.escape(name)} -->\n(.*?)\n<!-- /bench:{re.escape(name)} -->",
-                      text, re.DOTALL)
-        if m:
-            out.append(m.group(1).strip())
-    return "\n\n".join(out)
+def _sections(names: list[str]) -> str:
+    return "\n\n".join(text for text in map(recorded, names) if text)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
     p.add_argument("--only", default="", help="comma-separated script names (without .py)")
-    p.add_argument("--no-record", action="store_true", help="print only; RESULTS.md untouched")
+    p.add_argument("--no-record", action="store_true", help="print only; the results file untouched")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per script")
     args = p.parse_args()
     only = {s.strip().removesuffix(".py") for s in args.only.split(",") if s.strip()}
@@ -97,14 +90,14 @@ def main() -> int:
             ran.append((bench.script, time.monotonic() - t0, f"timed out after {args.timeout:g} s"))
             continue
         wall = time.monotonic() - t0
-        recorded = re.findall(r"recorded section '([^']+)'", proc.stdout)
+        names = re.findall(r"recorded section '([^']+)'", proc.stdout)
         if proc.returncode != 0:
             print((proc.stdout + proc.stderr)[-3000:])
             ran.append((bench.script, wall, f"failed (exit {proc.returncode})"))
             continue
-        print(_sections(RESULTS, recorded) if recorded else proc.stdout[-6000:], flush=True)
-        ran.append((bench.script, wall, "ok" + (f", recorded {', '.join(recorded)}"
-                                               if recorded else "")))
+        print(_sections(names) if names else proc.stdout[-6000:], flush=True)
+        ran.append((bench.script, wall, "ok" + (f", recorded {', '.join(names)}"
+                                               if names else "")))
     print("\n=== summary")
     for script, wall, status in ran:
         print(f"{script:24s} {wall:7.1f} s  {status}")

@@ -123,13 +123,16 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     }
     off = out["offset_ms"]
     out["same_tick"] = off is not None and abs(off) <= max(5.0, (out["bracket_ms"] or 0.0))
-    # A read spins when its CPU time is most of its wall time. Against the fastest read, not the
-    # median: on a loaded host the median wall includes time the thread waited for a core (a 3 ms
-    # spin read measured 3.0 ms CPU against a median wall of over 6 ms beside 4 busy processes),
-    # while a read that waits in the driver is never faster than its wait.
-    cpu = out["counter_cpu_ms"][0]
+    # A read spins when its CPU time is most of its wall time, judged on the read that waited
+    # least for a core: on a loaded host a spinning read's wall includes time it was preempted (a
+    # 3 ms spin read measured 3.0 ms CPU against a median wall over 6 ms beside 4 busy processes,
+    # and every read over 6 ms beside 4 busy loops and a test suite), while a read that waits in
+    # the driver uses next to no CPU however long it takes.
     out["counter_wall_min_ms"] = min(r["counter_wall_s"]) * 1e3
-    out["counter_read_spins"] = cpu > 0.5 * out["counter_wall_min_ms"]
+    best = max((c / w for c, w in zip(r["counter_cpu_s"], r["counter_wall_s"]) if w > 0),
+               default=0.0)
+    out["counter_cpu_share_max"] = best
+    out["counter_read_spins"] = best > 0.5
     return out
 
 

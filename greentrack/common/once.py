@@ -46,7 +46,7 @@ def first(run: str, cause: str) -> bool:
         if key in _said:
             return False
         _said[key] = None
-        if len(_said) > MAX_KEYS:
+        while len(_said) > MAX_KEYS:  # a while: the bound holds whatever was remembered before
             _said.popitem(last=False)
         return True
 
