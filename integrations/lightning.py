@@ -179,11 +179,14 @@ class GreenTrackCallback(Callback, RunCallback):
         if gs == self._last_gs:
             return  # gradient accumulation: the optimizer step is not done yet
         self._last_gs = gs
-        meter.end(samples=self._samples or None, tokens=self._tokens or None)
+        meter.close_step({"samples": self._samples or None, "tokens": self._tokens or None})
         self._samples = self._tokens = 0.0
+        # per step only the mark above: the trainer's metrics are read at its logging cadence
+        if not self._logging_now(trainer):
+            return
         self.run.record(dict(trainer.callback_metrics), step=gs)
         now = time.monotonic()
-        if now >= self._next_log and self._logging_now(trainer):
+        if now >= self._next_log:
             self._next_log = now + self._log_every_s
             self._log(trainer, pl_module, self.run.live_metrics())
 
