@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from greentrack.carbon.runs import Totals, totals
 from greentrack.common.config import Config, env_run_id, launcher_int
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import parse_labels
@@ -31,11 +30,13 @@ from greentrack.exporters._joined import LivePublisher
 from greentrack.process import calibration, lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
-from greentrack.reports.summary import Summary, summarize
-from greentrack.run import Run
 from greentrack.samplers import discover
 from greentrack.store import StoreWriter, discard_unused_run_dir, host_identity, prepare_run_dir
 from greentrack.store.layout import JOIN_DIR
+
+if TYPE_CHECKING:
+    from greentrack.carbon.runs import Totals
+    from greentrack.reports.summary import Summary
 
 #: Step fields named like an argument of ``submit_window``: kept as ``field_<name>``.
 _RENAMED = frozenset({"phase", "t0", "t1"})
@@ -396,9 +397,7 @@ class Tracker:
                 self._append_emissions_csv_within(EXIT_CSV_BUDGET_S)
             return None
         try:
-            with Run.open(self.run_dir) as run:
-                # every store at the settings it recorded, as the summary and reports count it
-                self.result = totals(run)
+            self.result = _read_totals(self.run_dir)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
         if self._writes_csv:
@@ -625,7 +624,19 @@ class Tracker:
 
     def summary(self) -> Summary:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
+        # the read model loads when a run is read, not when training imports the tracker
+        from greentrack.reports.summary import summarize
         return summarize(self.run_dir)
+
+
+def _read_totals(run_dir: Path) -> Totals:
+    """The run's totals at :meth:`Tracker.stop`: every store at the settings it recorded, as the
+    summary and reports count them. The read model and the footprint (about 100 ms of imports)
+    load here, at the first stop, not when training imports the tracker."""
+    from greentrack.carbon.runs import totals  # the read side, loaded at the first stop
+    from greentrack.run import Run  # likewise
+    with Run.open(run_dir) as run:
+        return totals(run)
 
 
 class StepBlock:
