@@ -44,14 +44,15 @@ def _groups(stores: Sequence[StoreEnergy], explicit: Explicit
     """Stores grouped by the settings that apply to them, in order of first start."""
     flags = explicit_of(explicit)
     configs: dict[str, Config] = {}
+    keys: dict[str, str] = {}  # recorded settings -> the key of those that apply (once each)
     groups: dict[str, list[StoreEnergy]] = {}
     for store in sorted(stores, key=lambda s: s.start_unix):
         recorded = settings_key(store.settings)
         if recorded not in configs:
             configs[recorded] = config_for_run(store.settings, flags)
-        cfg = configs[recorded]
-        groups.setdefault(settings_key(cfg.as_dict()), []).append(store)
-    by_key = {settings_key(c.as_dict()): c for c in configs.values()}
+            keys[recorded] = settings_key(configs[recorded].as_dict())
+        groups.setdefault(keys[recorded], []).append(store)
+    by_key = {keys[r]: c for r, c in configs.items()}
     return [(by_key[k], k, members) for k, members in groups.items()]
 
 

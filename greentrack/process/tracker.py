@@ -31,7 +31,8 @@ from greentrack.process import calibration, lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
 from greentrack.samplers import discover
-from greentrack.store import StoreWriter, discard_unused_run_dir, host_identity, prepare_run_dir
+from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
+                              prepare_run_dir, store_paths)
 from greentrack.store.layout import JOIN_DIR
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Tracker:
         self._join_token: str | None = None
         self._publisher: Any = None  # this tracker's live totals, when it joined `greentrack run`
         self._writes_csv = False
+        #: a resumed run's closed stores, being read on a helper thread (see _read_earlier)
+        self._earlier: tuple[threading.Thread, dict[Path, Any]] | None = None
         #: The run's totals, once stopped (what :meth:`stop` returned).
         self.result: Totals | None = None
         self.run_id: str | None = None
@@ -220,7 +223,36 @@ class Tracker:
                                "incomplete, data up to its last flush), unless a tracker runs "
                                "that was started on the main thread")
         self._start_sinks()
+        self._read_earlier()
         return self
+
+    def _read_earlier(self) -> None:
+        """A resumed run (other stores in its directory): its closed stores are read now, on a
+        helper thread, so that :meth:`stop` reads only this process's store however many
+        segments came before (:func:`greentrack.run.model.read_closed`)."""
+        if len(store_paths(self.run_dir)) < 2:
+            return
+        found: dict[Path, Any] = {}
+
+        def read() -> None:
+            try:
+                found.update(_read_closed(self.run_dir))
+            except Exception as e:  # noqa: BLE001 - the stop reads them itself then
+                log.debug("greentrack: earlier segments not read ahead: %s", e)
+
+        worker = threading.Thread(target=read, name="greentrack-earlier-segments", daemon=True)
+        worker.start()
+        self._earlier = (worker, found)
+
+    def _take_earlier(self, wait: bool) -> dict[Path, Any]:
+        """The stores :meth:`_read_earlier` read (waiting for it with ``wait``: never longer
+        than reading them at the stop), or nothing."""
+        earlier, self._earlier = self._earlier, None
+        if earlier is None:
+            return {}
+        if wait:
+            earlier[0].join()
+        return earlier[1] if not earlier[0].is_alive() else {}
 
     def _open_devices(self, cfg: Config) -> tuple[str, Any, list[Any]]:
         """The run directory (its run id, also kept as ``run_id``), the devices to measure and the
@@ -392,12 +424,15 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: error while stopping (data up to the last commit is kept): %s", e)
         self.status = final
+        known = self._take_earlier(wait=read_totals)
         if not read_totals:  # a signal or the interpreter's exit: be quick
+            for _, seg in known.values():
+                seg.reader.close()
             if self._writes_csv:
                 self._append_emissions_csv_within(EXIT_CSV_BUDGET_S)
             return None
         try:
-            self.result = _read_totals(self.run_dir)
+            self.result = _read_totals(self.run_dir, known)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
         if self._writes_csv:
@@ -629,14 +664,21 @@ class Tracker:
         return summarize(self.run_dir)
 
 
-def _read_totals(run_dir: Path) -> Totals:
+def _read_totals(run_dir: Path, known: dict[Path, Any]) -> Totals:
     """The run's totals at :meth:`Tracker.stop`: every store at the settings it recorded, as the
-    summary and reports count them. The read model and the footprint (about 100 ms of imports)
-    load here, at the first stop, not when training imports the tracker."""
+    summary and reports count them (``known``: stores read ahead, see ``Run.open``). The read
+    model and the footprint (about 100 ms of imports) load here, at the first stop, not when
+    training imports the tracker."""
     from greentrack.carbon.runs import totals  # the read side, loaded at the first stop
     from greentrack.run import Run  # likewise
-    with Run.open(run_dir) as run:
+    with Run.open(run_dir, known=known) as run:
         return totals(run)
+
+
+def _read_closed(run_dir: Path) -> dict[Path, Any]:
+    # the read side, loaded on the helper thread of a resumed run (see _read_totals)
+    from greentrack.run.model import read_closed
+    return read_closed(run_dir)
 
 
 class StepBlock:
