@@ -27,7 +27,7 @@ from greentrack.engine.engine import Engine, channel_key
 from greentrack.engine.stepvalues import PLAIN, capture, phase_name
 from greentrack.exporters import Sink, sinks_for
 from greentrack.exporters._joined import LivePublisher
-from greentrack.process import calibration, lifecycle, sharing
+from greentrack.process import lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
 from greentrack.samplers import discover
@@ -268,6 +268,8 @@ class Tracker:
             channels = found.channels
             calibration_notes: list[Any] = []
             if cfg.calibrate_power_limits:
+                # loaded by the runs that ask for it, not with every tracker
+                from greentrack.process import calibration
                 self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         except ConfigError:
             for ch in channels:
