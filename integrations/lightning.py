@@ -201,7 +201,8 @@ class GreenTrackCallback(Callback, RunCallback):
     def _logging_now(self, trainer: Any) -> bool:
         # Lightning's own monitors ask the logger connector; fall back to the public cadence.
         connector = getattr(trainer, "_logger_connector", None)
-        if connector is not None and hasattr(connector, "should_update_logs"):
+        # asked of the class: hasattr on the instance would evaluate the property a second time
+        if connector is not None and hasattr(type(connector), "should_update_logs"):
             return bool(connector.should_update_logs)
         n = trainer.log_every_n_steps
         return bool(n) and trainer.global_step % n == 0
