@@ -385,12 +385,11 @@ def main() -> int:
             "and cold (between two 5 ms steps) several times slower than in a tight loop. "
             "The hook column gives all hook time of a block per step (one-off and periodic costs "
             "included), then the steady state: the median call times the calls per step. "
-            "Lightning blocks (a fresh `Trainer` and model each) vary by about +-15% from block to "
-            "block on this VM with or without the callback, and in every run of this script so far "
-            "(five on 2026-11-25) the tracked blocks came out 6-15% faster, which nothing in the "
-            "callback explains (a standalone alternation of the same blocks measured 3.89 ms "
-            "untracked, 3.85 ms tracked); that end-to-end row is an artifact of this script's "
-            "block order, not a measurement, and the hook column is the figure.")
+            "Framework blocks (a fresh `Trainer` and model each) vary by about +-15% from block "
+            "to block on this VM with or without the callback (in five runs on 2026-11-25 the "
+            "tracked Lightning blocks came out 6-15% faster, on 2026-12-07 under load 9 slower): "
+            "their end-to-end rows resolve nothing smaller than that, and the hook column is the "
+            "figure.")
     if args.device in ("cpu", "all"):
         body += ("\n\n" + md_table(["the hook alone", "training-thread CPU per step (median)",
                                      "p25 .. p75", "A/A ratio (block / next block), p25 .. p75",
