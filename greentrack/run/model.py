@@ -496,7 +496,7 @@ def read_closed(run_dir: Path) -> Closed:
 
 def _file_key(path: Path) -> Any:
     """What changes when a store is written: its file's and its ``-wal``'s size and mtime."""
-    key = []
+    key: list[tuple[int, int] | None] = []
     for p in (path, path.with_name(path.name + "-wal")):
         try:
             st = p.stat()
