@@ -182,13 +182,16 @@ class GreenTrackCallback(Callback, RunCallback):
         if gs == self._last_gs:
             return  # gradient accumulation: the optimizer step is not done yet
         self._last_gs = gs
-        meter.end(samples=self._samples or None, tokens=self._tokens or None)
+        meter.close_step({"samples": self._samples or None, "tokens": self._tokens or None})
         self._samples = self._tokens = 0.0
         if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
             trainer.should_stop = True
+        # per step only the mark above: the trainer's metrics are read at its logging cadence
+        if not self._logging_now(trainer):
+            return
         self.run.record(dict(trainer.callback_metrics), step=gs)
         now = time.monotonic()
-        if now >= self._next_log and self._logging_now(trainer):
+        if now >= self._next_log:
             self._next_log = now + self._log_every_s
             self._log(trainer, pl_module, self.run.live_metrics())
 
@@ -203,7 +206,8 @@ class GreenTrackCallback(Callback, RunCallback):
     def _logging_now(self, trainer: Any) -> bool:
         # Lightning's own monitors ask the logger connector; fall back to the public cadence.
         connector = getattr(trainer, "_logger_connector", None)
-        if connector is not None and hasattr(connector, "should_update_logs"):
+        # asked of the class: hasattr on the instance would evaluate the property a second time
+        if connector is not None and hasattr(type(connector), "should_update_logs"):
             return bool(connector.should_update_logs)
         n = trainer.log_every_n_steps
         return bool(n) and trainer.global_step % n == 0

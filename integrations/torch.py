@@ -77,10 +77,12 @@ class OptimizerTracking:
     # -- hooks (hot path) ----------------------------------------------------------------------
     @guarded
     def _before_forward(self, module: Any, args: Any) -> None:
-        if module.training and self.meter.marks.open_phase is None:
-            self.meter.begin("train")
-        if self._precision_open and module.training:
-            self._label_precision(module)
+        if module.training:
+            meter = self.meter
+            if meter.marks.open_phase is None:
+                meter.begin("train")
+            if self._precision_open:
+                self._label_precision(module)
 
     def _label_precision(self, module: Any) -> None:
         """The run's ``precision`` label, once: an active autocast's dtype, else the model's
@@ -95,16 +97,20 @@ class OptimizerTracking:
         meter = self.meter
         if meter.marks.open_phase == "train":
             samples, tokens = self._fixed
-            meter.end(samples=self._samples or samples, tokens=self._tokens or tokens)
+            meter.close_step({"samples": self._samples or samples,
+                              "tokens": self._tokens or tokens})
         self._samples = self._tokens = 0.0
-        if self._precision_open and self.model is None:  # no forward seen: the parameters'
-            self._precision_open = False
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            found = dtype_precision(params[0].dtype) if params else None
-            if found is not None:
-                self.tracker.add_labels(precision=found, only_missing=True)
         if self.model is None:
+            if self._precision_open:  # no forward seen: the parameters'
+                self._label_parameters(optimizer)
             meter.begin("train")
+
+    def _label_parameters(self, optimizer: Any) -> None:
+        self._precision_open = False
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        found = dtype_precision(params[0].dtype) if params else None
+        if found is not None:
+            self.tracker.add_labels(precision=found, only_missing=True)
 
     def count(self, samples: float | None = None, tokens: float | None = None) -> None:
         """Add samples and tokens to the current step (recorded when it ends)."""

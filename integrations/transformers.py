@@ -205,7 +205,8 @@ class GreenTrackTrainerCallback(TrainerCallback, ExportableState, RunCallback):
         if seen > self._tokens_seen:
             tokens = (seen - self._tokens_seen) / self._world
             self._tokens_seen = seen
-        meter.end(samples=args.per_device_train_batch_size * self._micro, tokens=tokens)
+        meter.close_step({"samples": args.per_device_train_batch_size * self._micro,
+                          "tokens": tokens})
         if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
             control.should_training_stop = True
         if control.should_evaluate:  # evaluation runs right after this step

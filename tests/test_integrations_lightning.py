@@ -383,3 +383,39 @@ def test_progress_line_is_visible_by_default_and_can_be_silenced(
     assert len(PROGRESS.findall(err)) >= 2, err[-2000:]
     monkeypatch.setenv("GREENTRACK_PROGRESS", "0")
     assert "greentrack: step" not in fit("silenced")
+
+
+def test_the_trainers_metrics_are_read_at_its_logging_cadence_only(no_host_env: Path,
+                                                                   tmp_path: Path) -> None:
+    """Issue 25: the callback read ``trainer.callback_metrics`` at every optimizer step (most of
+    its ~180 us a step); per step it now only marks the step, and reads and records the logged
+    metrics at the trainer's logging steps, with their values then."""
+    run = tmp_path / "run"
+    callback = GreenTrackCallback(run, progress_every_s=None, log_every_s=0, **FAST)
+    reads: list[int] = []
+
+    class Watched(L.Trainer):
+        @property
+        def callback_metrics(self) -> Any:
+            reads.append(self.global_step)
+            return super().callback_metrics
+
+    class Logged(Tiny):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", float(self.global_step))  # the step it was logged at
+            return loss
+
+    t = Watched(callbacks=[callback], logger=Recording(), accelerator="cpu", devices=1,
+                max_steps=20, log_every_n_steps=5, limit_val_batches=0, default_root_dir=tmp_path,
+                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    t.fit(Logged(), data(20 * BATCH))
+    train_steps = len([r for r in rows(run) if r["phase"] == "train"])
+    assert train_steps == 20  # every step is still marked
+    ours = [s for s in reads if s % 5 == 0]
+    assert len(reads) <= 6 and ours == [5, 10, 15, 20], reads  # not at the other 16 steps
+    from greentrack.run import Run, metric_points
+    with Run.open(run) as r:
+        points = metric_points(r, "train_loss")
+    # each logging step's value, recorded at that step: the value logged just before it
+    assert [(p.step, p.value) for p in points] == [(s, float(s - 1)) for s in (5, 10, 15, 20)]

@@ -178,6 +178,84 @@ def test_resumed_segments_add_up(no_host_env: Path, tmp_path: Path) -> None:
     assert run_ids == {s["run_id"]}
 
 
+def test_the_stop_of_a_resumed_run_reads_only_its_own_store(no_host_env: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25: stop() grew with the segments (every store read back); the closed ones are now
+    read on a helper thread after the start, so the stop opens one store, with the same totals."""
+    from greentrack.store import reader as store_reader
+    run = tmp_path / "run"
+    for _ in range(3):
+        with greentrack.Tracker(run, **FAST) as t:
+            with t.step():
+                time.sleep(0.05)
+    tracker = greentrack.Tracker(run, **FAST).start()
+    with tracker.step():
+        time.sleep(0.05)
+    assert tracker._earlier is not None
+    tracker._earlier[0].join(10)  # the read-ahead is done: what the stop reads is its own store
+    opened: list[Path] = []
+    real_init = store_reader.StoreReader.__init__
+
+    def counting(self: StoreReader, path: Path) -> None:
+        opened.append(path)
+        real_init(self, path)
+
+    monkeypatch.setattr(store_reader.StoreReader, "__init__", counting)
+    totals = tracker.stop()
+    assert opened == [tracker.store_path]
+    monkeypatch.undo()
+    s = greentrack.summarize(run)
+    assert totals is not None and s["stores"] == 4 and totals.steps == 4
+    assert totals.energy_j["total"] == pytest.approx(s["energy_j"]["total"], rel=1e-12)
+
+
+def test_a_store_changed_after_it_was_read_ahead_is_read_again(no_host_env: Path,
+                                                                tmp_path: Path) -> None:
+    from greentrack.run import Run
+    from greentrack.run.model import read_closed
+    run = tmp_path / "run"
+    for _ in range(2):
+        with greentrack.Tracker(run, **FAST) as t:
+            with t.step():
+                time.sleep(0.05)
+    known = read_closed(run)
+    assert len(known) == 2
+    changed, kept = sorted(known)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))  # as a write would
+    stale = known[changed][1]
+    with Run.open(run, known=known) as r:
+        segs = {seg.path: seg for seg in r.segments}
+        assert segs[kept] is known[kept][1] and segs[changed] is not stale
+        assert r.energy_j()["total"] > 0
+    with pytest.raises(sqlite3.ProgrammingError):  # the stale copy was closed, not leaked
+        stale.reader._conn.execute("SELECT 1")
+
+
+def test_a_step_is_a_clock_read_and_an_append(no_host_env: Path, tmp_path: Path) -> None:
+    """Issue 25: ``with tracker.step()`` cost ~6 us, half of it contextlib's generator machinery
+    and keyword packing. Count the Python calls one step makes on the training thread."""
+    import sys
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        calls: list[str] = []
+
+        def profile(frame: object, event: str, arg: object) -> None:
+            if event == "call":
+                calls.append(frame.f_code.co_name)  # type: ignore[attr-defined]
+
+        for info in ({}, {"samples": 32}, {"samples": 32, "lr": 0.1}):
+            calls.clear()
+            sys.setprofile(profile)
+            with tracker.step(**info):
+                pass
+            sys.setprofile(None)
+            # step, StepBlock.__init__, __enter__, __exit__, submit_step, _submit, the queue's
+            # submit: nothing else per step
+            assert len([c for c in calls if c != "<dictcomp>"]) <= 7, calls
+    steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert [r["samples"] for r in steps] == [None, 32, 32]
+    assert '"lr": 0.1' in steps[2]["extra"]
+
+
 def test_forked_child_never_touches_the_store(no_host_env: Path, tmp_path: Path) -> None:
     """A DataLoader worker started by fork inherits the tracker: it must stay inert."""
     with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:

@@ -7,11 +7,22 @@ Reads energy from a run (never hardware). Public entry points:
   run (:func:`greentrack.carbon.runs.run_footprint` for a run directory's);
 * :func:`greentrack.carbon.location.yearly_factor` for a location's yearly factor.
 
-Nothing heavy is imported here: codecarbon's data loads on first use.
+Nothing is imported here: a module of the package loads its own dependencies (checking a
+location at start does not load the footprint), and codecarbon's data loads on first use.
 """
 
 from __future__ import annotations
 
-from greentrack.carbon.live import live_intensity
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from greentrack.carbon.live import live_intensity
 
 __all__ = ["live_intensity"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "live_intensity":
+        return importlib.import_module("greentrack.carbon.live").live_intensity
+    raise AttributeError(f"module 'greentrack.carbon' has no attribute {name!r}")

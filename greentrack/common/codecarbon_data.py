@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
@@ -30,8 +29,10 @@ def package_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def version() -> str:
-    """The installed codecarbon's version, cited with its data (read once: ~10 ms a read, and an
-    inventory resolves the settings of thousands of runs)."""
+    """The installed codecarbon's version, cited with its data (read once: a metadata scan that
+    every start and report cited, and an inventory resolves the settings of thousands of runs)."""
+    import importlib.metadata  # ~20 ms of email parsing modules: when cited, not at import
+
     try:
         return importlib.metadata.version("codecarbon")
     except importlib.metadata.PackageNotFoundError:
@@ -51,12 +52,32 @@ def read_json(*parts: str) -> Any:
     return json.loads(path.read_text()) if path else None
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_power_table() -> list[tuple[str, float]]:
-    """``(name, TDP W)`` rows of codecarbon's ``data/hardware/cpu_power.csv``."""
-    path = data_file("hardware", "cpu_power.csv")
-    if path is None:
+    """``(name, TDP W)`` rows of codecarbon's ``data/hardware/cpu_power.csv``: read once per
+    process and file version (:func:`cpu_table_key`), not at every tracker start."""
+    key = cpu_table_key()
+    if key is None:
         return []
+    rows = _CPU_TABLES.get(key)
+    if rows is None:
+        rows = _CPU_TABLES[key] = _read_cpu_table(Path(key[0]))
+    return rows
+
+
+def cpu_table_key() -> tuple[str, int] | None:
+    """(path, mtime in ns) of codecarbon's CPU table, or None when it is missing: what a lookup
+    in it may be cached under (a reinstalled codecarbon is read again)."""
+    path = data_file("hardware", "cpu_power.csv")
+    try:
+        return (str(path), path.stat().st_mtime_ns) if path is not None else None
+    except OSError:
+        return None
+
+
+_CPU_TABLES: dict[tuple[str, int], list[tuple[str, float]]] = {}
+
+
+def _read_cpu_table(path: Path) -> list[tuple[str, float]]:
     rows = []
     with path.open(newline="") as f:
         for row in csv.DictReader(f):

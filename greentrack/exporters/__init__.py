@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from greentrack.common.config import Config
-from greentrack.exporters.prometheus import PrometheusExporter, default_job
+
+if TYPE_CHECKING:
+    from greentrack.exporters.prometheus import default_job
 
 
 @runtime_checkable
@@ -30,7 +33,16 @@ def sinks_for(config: Config) -> list[Sink]:
     serving ``/metrics`` (``prometheus_port`` set) and/or pushing (``pushgateway_url`` set)."""
     if config.prometheus_port is None and not config.pushgateway_url:
         return []
+    # the exporter (and the footprint it computes live) loads when a run asks for it, not
+    # when training imports the tracker
+    from greentrack.exporters.prometheus import PrometheusExporter
     return [PrometheusExporter(config)]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "default_job":  # as sinks_for: loaded on first use
+        return importlib.import_module("greentrack.exporters.prometheus").default_job
+    raise AttributeError(f"module 'greentrack.exporters' has no attribute {name!r}")
 
 
 __all__ = ["Sink", "default_job", "sinks_for"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greentrack.engine.steps import PhaseTally
-from greentrack.run.resumed import RecordedBefore
 from greentrack.store.layout import StepRow
+
+if TYPE_CHECKING:
+    from greentrack.run.resumed import RecordedBefore
 
 #: Per-step energy buckets (J), one process's share of a step: from a small CPU step (~0.1 J:
 #: 50 W for 2 ms) through an H100 step (0.3 s at 700 W = 210 J) to a node-wide step of a large

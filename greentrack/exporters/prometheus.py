@@ -35,6 +35,7 @@ from greentrack.common.errors import ConfigError
 from greentrack.exporters._collector import CONTINUE_WAIT_S, Intensity, PushHealth, TrackerCollector
 from greentrack.exporters._push import Pusher
 from greentrack.exporters._steps import STEP_ENERGY_BUCKETS_J
+from greentrack.exporters.gateway import gateway_url
 from greentrack.run import Run, recorded_before
 from greentrack.store.layout import host_identity
 
@@ -53,23 +54,6 @@ def default_job(env: Mapping[str, str] | None = None) -> str:
     if env.get("KUBERNETES_SERVICE_HOST") and env.get("HOSTNAME"):
         return env["HOSTNAME"]
     return "greentrack"
-
-
-def gateway_url(value: str) -> str:
-    """``value`` as ``http(s)://host:port``; ``host:port`` means http. ConfigError otherwise."""
-    text = value.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
-            or parts.query or parts.fragment:
-        raise ConfigError("pushgateway_url", value,
-                          "must be http(s)://HOST:PORT of a Pushgateway, e.g. http://127.0.0.1:9091")
-    return text.rstrip("/")
 
 
 def listen_port(base: int, env: Mapping[str, str]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from greentrack.carbon.location import resolve_location
 from greentrack.carbon.series import read_csv
 from greentrack.common.config import Config
-from greentrack.exporters.prometheus import gateway_url
+from greentrack.exporters.gateway import gateway_url
 from greentrack.reports.emissions_log import check_path
 
 

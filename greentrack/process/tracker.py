@@ -16,14 +16,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from greentrack.carbon.runs import Totals, totals
-from greentrack.common.config import Config, env_run_id, launcher_int
+from greentrack.common.config import BUDGETS, Config, env_run_id, launcher_int
 from greentrack.common.errors import ConfigError
 from greentrack.common.labels import parse_labels
 from greentrack.common.once import run_key, warn_once
@@ -31,14 +28,23 @@ from greentrack.engine.engine import Engine, channel_key
 from greentrack.engine.stepvalues import PLAIN, capture, phase_name
 from greentrack.exporters import Sink, sinks_for
 from greentrack.exporters._joined import LivePublisher
-from greentrack.process import budget, calibration, lifecycle, sharing
+from greentrack.process import lifecycle, sharing
 from greentrack.process.runmeta import store_meta
 from greentrack.process.settings import check_settings
-from greentrack.reports.summary import Summary, summarize
-from greentrack.run import Run
 from greentrack.samplers import discover
-from greentrack.store import StoreWriter, discard_unused_run_dir, host_identity, prepare_run_dir
+from greentrack.store import (StoreWriter, discard_unused_run_dir, host_identity,
+                              prepare_run_dir, store_paths)
 from greentrack.store.layout import JOIN_DIR
+
+if TYPE_CHECKING:
+    from greentrack.carbon.runs import Totals
+    from greentrack.process.budget import BudgetWatch
+    from greentrack.reports.summary import Summary
+
+#: Step fields named like an argument of ``submit_window``: kept as ``field_<name>``.
+_RENAMED = frozenset({"phase", "t0", "t1"})
+#: The step fields ``submit_window`` takes as arguments (the rest are extras).
+_ARGUMENTS = frozenset({"flops", "samples", "tokens", "timeline"})
 
 #: Seconds a stop at SIGTERM or at the interpreter's exit gives the ``emissions_csv`` row (a
 #: Kubernetes or Slurm grace period is 30 s by default; a week-long run's row takes seconds).
@@ -86,6 +92,8 @@ class Tracker:
         self._join_token: str | None = None
         self._publisher: Any = None  # this tracker's live totals, when it joined `greentrack run`
         self._writes_csv = False
+        #: a resumed run's closed stores, being read on a helper thread (see _read_earlier)
+        self._earlier: tuple[threading.Thread, dict[Path, Any]] | None = None
         #: The run's totals, once stopped (what :meth:`stop` returned).
         self.result: Totals | None = None
         self.run_id: str | None = None
@@ -103,7 +111,7 @@ class Tracker:
         self.forecast_sources: list[Any] = []
         #: The run's budgets (:mod:`greentrack.process.budget`), checked on the sampler thread;
         #: None without any. ``budget.stop`` is what the integrations read at each step end.
-        self.budget: budget.BudgetWatch | None = None
+        self.budget: BudgetWatch | None = None
         #: Set (once) when a budget is reached with ``on_budget="stop"``: a plain bool that the
         #: integrations read at each step end to stop training gracefully.
         self.budget_stop = False
@@ -211,9 +219,13 @@ class Tracker:
         if self._calibration is not None:
             self._calibration.attach(self._engine, self._writer.add_power_limit)
         self._watch(found.channels, owned=parent is None)
-        self.budget = budget.watch(self, cfg)
-        if self.budget is not None:
-            self._engine.watchers.append(self.budget)
+        if any(getattr(cfg, name) is not None for name in BUDGETS):
+            # the footprint and settings resolution load for a run with a budget only (an
+            # import of the tracker stays light: bench/start_stop.py)
+            from greentrack.process.budget import watch
+            self.budget = watch(self, cfg)
+            if self.budget is not None:
+                self._engine.watchers.append(self.budget)
         if self._publisher is not None:  # joined: `greentrack run`'s exporter reads the totals
             self._publisher.attach(self)
             self._engine.watchers.append(self._publisher)
@@ -227,7 +239,36 @@ class Tracker:
                                "incomplete, data up to its last flush), unless a tracker runs "
                                "that was started on the main thread")
         self._start_sinks()
+        self._read_earlier()
         return self
+
+    def _read_earlier(self) -> None:
+        """A resumed run (other stores in its directory): its closed stores are read now, on a
+        helper thread, so that :meth:`stop` reads only this process's store however many
+        segments came before (:func:`greentrack.run.model.read_closed`)."""
+        if len(store_paths(self.run_dir)) < 2:
+            return
+        found: dict[Path, Any] = {}
+
+        def read() -> None:
+            try:
+                found.update(_read_closed(self.run_dir))
+            except Exception as e:  # noqa: BLE001 - the stop reads them itself then
+                log.debug("greentrack: earlier segments not read ahead: %s", e)
+
+        worker = threading.Thread(target=read, name="greentrack-earlier-segments", daemon=True)
+        worker.start()
+        self._earlier = (worker, found)
+
+    def _take_earlier(self, wait: bool) -> dict[Path, Any]:
+        """The stores :meth:`_read_earlier` read (waiting for it with ``wait``: never longer
+        than reading them at the stop), or nothing."""
+        earlier, self._earlier = self._earlier, None
+        if earlier is None:
+            return {}
+        if wait:
+            earlier[0].join()
+        return earlier[1] if not earlier[0].is_alive() else {}
 
     def _open_devices(self, cfg: Config) -> tuple[str, Any, list[Any]]:
         """The run directory (its run id, also kept as ``run_id``), the devices to measure and the
@@ -243,6 +284,8 @@ class Tracker:
             channels = found.channels
             calibration_notes: list[Any] = []
             if cfg.calibrate_power_limits:
+                # loaded by the runs that ask for it, not with every tracker
+                from greentrack.process import calibration
                 self._calibration, calibration_notes = calibration.plan(found.channels, cfg)
         except ConfigError:
             for ch in channels:
@@ -403,14 +446,15 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: error while stopping (data up to the last commit is kept): %s", e)
         self.status = final
+        known = self._take_earlier(wait=read_totals)
         if not read_totals:  # a signal or the interpreter's exit: be quick
+            for _, seg in known.values():
+                seg.reader.close()
             if self._writes_csv:
                 self._append_emissions_csv_within(EXIT_CSV_BUDGET_S)
             return None
         try:
-            with Run.open(self.run_dir) as run:
-                # every store at the settings it recorded, as the summary and reports count it
-                self.result = totals(run)
+            self.result = _read_totals(self.run_dir, known)
         except Exception as e:  # noqa: BLE001 - the totals are a convenience: the run is stored
             log.warning("greentrack: could not read the run's totals: %s", e)
         if self._writes_csv:
@@ -487,17 +531,25 @@ class Tracker:
         training thread, once every device has final readings past this moment."""
         t1 = time.monotonic()
         opened = self._open.pop(token, None)
-        if opened is None or not self.running or self._engine is None:
+        if opened is None:
             return
         phase, t0, begin_info = opened
-        merged = {**begin_info, **info} if begin_info else info
-        try:
-            self.submit_window(phase, t0, t1, **merged)
-        except TypeError:  # a field named like an argument of submit_window: kept, renamed
-            for name in ("phase", "t0", "t1"):
-                if name in merged:
-                    merged[f"field_{name}"] = merged.pop(name)
-            self.submit_window(phase, t0, t1, **merged)
+        self.submit_step(phase, t0, t1, {**begin_info, **info} if begin_info else info)
+
+    def submit_step(self, phase: str, t0: float, t1: float, info: dict[str, Any],
+                    timeline: str = "host") -> None:
+        """:meth:`submit_window` with the step's fields in one dict (``flops``, ``samples``,
+        ``tokens``, ``timeline`` and extras), which this call owns: the integrations' hot path,
+        without packing keywords at every layer. A field named like an argument of
+        ``submit_window`` (``phase``, ``t0``, ``t1``) is kept as ``field_<name>``."""
+        if not info:
+            self._submit(phase, t0, t1, None, None, None, timeline, {})
+            return
+        get = info.get
+        extra = {} if info.keys() <= _ARGUMENTS else {
+            f"field_{k}" if k in _RENAMED else k: v for k, v in info.items() if k not in _ARGUMENTS}
+        self._submit(phase, t0, t1, get("flops"), get("samples"), get("tokens"),
+                     get("timeline", timeline), extra)
 
     def submit_window(self, phase: str, t0: float, t1: float, *, flops: Any = None,
                       samples: Any = None, tokens: Any = None, timeline: str = "host",
@@ -509,8 +561,13 @@ class Tracker:
         NumPy scalars, Decimal, one-element tensors (CUDA ones too); extras may also be JSON
         values. A value that cannot be recorded drops that field of that step, with a
         ``bad-step-field`` event; this never raises."""
+        self._submit(phase, t0, t1, flops, samples, tokens, timeline, extra)
+
+    def _submit(self, phase: Any, t0: float, t1: float, flops: Any, samples: Any, tokens: Any,
+                timeline: str, extra: dict[str, Any]) -> None:
+        """:meth:`submit_window` with positional fields (no keyword packing on the hot path)."""
         engine = self._engine
-        if engine is None or not self.running:
+        if engine is None or self.status != "running" or self._gen != lifecycle.FORK_GENERATION[0]:
             return
         try:
             # The hot path of every step: plain values go as they are (one set lookup each);
@@ -553,21 +610,14 @@ class Tracker:
                 done = next(counter) if counter is not None else 0
                 self._idx[phase] = itertools.count(max(done, int(n)))
 
-    @contextmanager
-    def step(self, phase: str = "train", **info: Any) -> Iterator[None]:
+    def step(self, phase: str = "train", **info: Any) -> "StepBlock":
         """Context manager around one step: ``with tracker.step(samples=32): ...``.
 
         Keyword arguments ``flops``, ``samples`` and ``tokens`` are recorded with the step; any
         other keyword lands in the step's ``extra``. A step that raises is still recorded, with
         ``extra.error`` set, and the exception propagates unchanged.
         """
-        token = self.begin_step(phase, **info)
-        try:
-            yield
-        except BaseException as e:
-            self.end_step(token, error=type(e).__name__)
-            raise
-        self.end_step(token)
+        return StepBlock(self, phase, info)
 
     # -- labels and quality ----------------------------------------------------------------------
     def add_labels(self, labels: dict[str, Any] | None = None, *, only_missing: bool = False,
@@ -644,7 +694,55 @@ class Tracker:
 
     def summary(self) -> Summary:
         """The run directory's summary (all its processes), as ``greentrack summary --json``."""
+        # the read model loads when a run is read, not when training imports the tracker
+        from greentrack.reports.summary import summarize
         return summarize(self.run_dir)
+
+
+def _read_totals(run_dir: Path, known: dict[Path, Any]) -> Totals:
+    """The run's totals at :meth:`Tracker.stop`: every store at the settings it recorded, as the
+    summary and reports count them (``known``: stores read ahead, see ``Run.open``). The read
+    model and the footprint (about 100 ms of imports) load here, at the first stop, not when
+    training imports the tracker."""
+    from greentrack.carbon.runs import totals  # the read side, loaded at the first stop
+    from greentrack.run import Run  # likewise
+    with Run.open(run_dir, known=known) as run:
+        return totals(run)
+
+
+def _read_closed(run_dir: Path) -> dict[Path, Any]:
+    # the read side, loaded on the helper thread of a resumed run (see _read_totals)
+    from greentrack.run.model import read_closed
+    return read_closed(run_dir)
+
+
+class StepBlock:
+    """One ``with tracker.step(...):`` block (what :meth:`Tracker.step` returns): a clock read and
+    a dict entry on entry, a clock read and a queue append on exit. A plain class rather than
+    ``contextlib.contextmanager``, whose generator machinery cost more than the step's own
+    bookkeeping (about 2.7 us of 6 on a 2-core VM, issue 25)."""
+
+    __slots__ = ("_tracker", "_phase", "_info", "_token")
+
+    def __init__(self, tracker: Tracker, phase: str, info: dict[str, Any]) -> None:
+        self._tracker, self._phase, self._info = tracker, phase, info
+        self._token = -1
+
+    def __enter__(self) -> None:
+        tracker = self._tracker
+        t = time.monotonic()
+        token = self._token = next(tracker._tokens)
+        tracker._open[token] = (self._phase, t, self._info)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        tracker = self._tracker
+        t1 = time.monotonic()
+        opened = tracker._open.pop(self._token, None)
+        if opened is None:
+            return
+        info = self._info if exc_type is None else {**self._info, "error": exc_type.__name__}
+        tracker.submit_step(opened[0], opened[1], t1, info)
 
 
 def _close_quietly(channel: Any) -> None:
@@ -654,4 +752,4 @@ def _close_quietly(channel: Any) -> None:
         pass
 
 
-__all__ = ["Tracker", "ConfigError"]
+__all__ = ["Tracker", "StepBlock", "ConfigError"]

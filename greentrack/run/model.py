@@ -147,7 +147,7 @@ class Run:
 
     @classmethod
     def open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None = None, *,
-             note_copies: bool = True) -> "Run":
+             note_copies: bool = True, known: Closed | None = None) -> "Run":
         """Read a run directory, or several directories of one run (node-local directories,
         copies; a list, or one text joining them with ``+``, see :func:`run_dirs_of`): a store found in more than one (same host, boot id, rank and segment) is read
         once, the most complete copy (closed before running, less damage first, then the latest
@@ -155,10 +155,24 @@ class Run:
         noted in :attr:`warnings` unless ``note_copies`` is False (copies expected, as in the
         integrations' gather).
 
+        ``known``: stores read earlier by :func:`read_closed`, used as they were when their
+        files have not changed since (the stop of a resumed run then reads only its own store);
+        the others are closed.
+
         Raises:
             ConfigError: a directory is missing or holds no store, none of the stores can be
                 read, or the directories hold different runs (one line naming the directory).
         """
+        known = dict(known or {})
+        try:
+            return cls._open(run_dir, now, note_copies, known)
+        finally:
+            for _, seg in known.values():  # not used: the store changed, or is gone
+                seg.reader.close()
+
+    @classmethod
+    def _open(cls, run_dir: str | Path | Sequence[str | Path], now: float | None,
+              note_copies: bool, known: Closed) -> "Run":
         dirs = (run_dirs_of(run_dir) if isinstance(run_dir, (str, Path))
                 else [p for d in run_dir for p in run_dirs_of(d)])
         if not dirs:
@@ -173,6 +187,12 @@ class Run:
             unreadable.extend(f"{directory}: {why}" for why in record.get("left_out") or ()
                               if isinstance(why, str))
             for path in paths:
+                earlier = known.pop(path, None)
+                if earlier is not None and earlier[0] == _file_key(path):
+                    read.append((earlier[1], directory))
+                    continue
+                if earlier is not None:
+                    earlier[1].reader.close()
                 try:
                     reader = StoreReader(path)
                 except RunStoreError as e:
@@ -529,6 +549,42 @@ def device_identity(host: str, rank: int, channel: dict[str, Any]) -> str:
     else:
         base = f"{host}:r{rank}:{channel['kind']}:{channel['device']}"
     return f"{base}:{channel['method']}"
+
+
+#: Stores read ahead of :meth:`Run.open` (:func:`read_closed`): path -> (file key, segment).
+Closed = dict[Path, tuple[Any, Segment]]
+#: Statuses a store's own writer recorded at its close: such a store no longer changes.
+CLOSED = ("completed", "failed", "stopped")
+
+
+def read_closed(run_dir: Path) -> Closed:
+    """The stores of ``run_dir`` their writers closed, read now, for :meth:`Run.open` to reuse
+    (``known=``) while their files stay as they are: a resumed run's tracker reads its earlier
+    segments in the background after its start, so its stop reads one store whatever their
+    number. A store that cannot be read, or still runs, is left to :meth:`Run.open`."""
+    out: Closed = {}
+    for path in store_paths(run_dir):
+        try:
+            reader = StoreReader(path)
+        except RunStoreError:
+            continue
+        if reader.meta.get("status") not in CLOSED:
+            reader.close()
+            continue
+        out[path] = (_file_key(path), segment(reader, time.time()))
+    return out
+
+
+def _file_key(path: Path) -> Any:
+    """What changes when a store is written: its file's and its ``-wal``'s size and mtime."""
+    key: list[tuple[int, int] | None] = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = p.stat()
+            key.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            key.append(None)
+    return tuple(key)
 
 
 def run_dirs_of(arg: str | Path) -> list[Path]:

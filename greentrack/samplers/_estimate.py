@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from greentrack.common.codecarbon_data import cpu_power_table, version
+from greentrack.common.codecarbon_data import cpu_power_table, cpu_table_key, version
 from greentrack.samplers.base import QUALITY_LOW, ChannelInfo, Point
 
 DEFAULT_W_PER_CORE = 4.0  # codecarbon's DEFAULT_POWER_PER_CORE, when the CPU is not in the table
@@ -50,7 +50,18 @@ def socket_count() -> int:
 
 def lookup_tdp(model: str) -> tuple[float, str] | None:
     """TDP in watts per socket from codecarbon's CPU table, with the matched name; None when the
-    model is not in it (ambiguous fuzzy matches count as not found: no guess posing as a fact)."""
+    model is not in it (ambiguous fuzzy matches count as not found: no guess posing as a fact).
+    Searched once per process, model and table file (the search took 9 ms of every start)."""
+    key = (model, cpu_table_key())
+    if key not in _TDP_FOUND:
+        _TDP_FOUND[key] = _search_tdp(model)
+    return _TDP_FOUND[key]
+
+
+_TDP_FOUND: dict[tuple[str, tuple[str, int] | None], tuple[float, str] | None] = {}
+
+
+def _search_tdp(model: str) -> tuple[float, str] | None:
     table = cpu_power_table()
     if not table:
         return None

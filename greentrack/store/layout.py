@@ -118,11 +118,16 @@ def host_identity() -> tuple[str, str]:
     host = _safe(override, 64) if override else socket.gethostname()
     boot = os.environ.get(BOOT_ENV)
     if boot is None:
-        try:
-            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            boot = ""
+        if not _BOOT_ID:  # read once per process: a start asks four times
+            try:
+                _BOOT_ID.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+            except OSError:
+                _BOOT_ID.append("")
+        boot = _BOOT_ID[0]
     return host or "host", _safe(boot, 64)
+
+
+_BOOT_ID: list[str] = []
 
 
 def _safe(text: str, limit: int) -> str:

@@ -24,8 +24,12 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn.text_factory = lambda b: b.decode("utf-8", "replace")
     else:
         conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        # Created without fsync (seven of them, most of a start's time on a busy disk): a new
+        # store's schema and identity are safe from a crash of this process (they are in the
+        # OS's cache) and reach the disk at the first periodic checkpoint; StoreWriter then
+        # sets synchronous=NORMAL.
+        conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # commits survive a process crash
     return conn
 
 
@@ -52,6 +56,9 @@ class StoreWriter:
         self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION})
         self.flush()
         self.checkpoint()  # the schema and the run's identity in the .gtdb itself, not only the -wal
+        # from now on each checkpoint syncs the WAL and the file: a power loss costs at most
+        # the commits since the last one
+        self._conn.execute("PRAGMA synchronous=NORMAL")
 
     # -- buffered writes (cheap; committed by flush) -----------------------------------------
     def _queue(self, sql: str, args: tuple[Any, ...]) -> None:

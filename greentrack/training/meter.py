@@ -46,7 +46,7 @@ from greentrack.engine.steps import PHASE_SUMS, PhaseTally
 from greentrack.store.layout import StepRow
 from greentrack.training.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
                                        device_peak, given)
-from greentrack.training.stepmarks import StepMarks
+from greentrack.training.stepmarks import StepMarks, submitter
 
 log = logging.getLogger("greentrack")
 
@@ -140,6 +140,7 @@ class TrainingMeter:
                  planned_steps: int | None = None, prior: dict[str, Any] | None = None,
                  main: bool = True, progress_every_s: float | None = 60.0) -> None:
         self.tracker = tracker
+        self._tracker_submit = submitter(tracker)
         self.marks = StepMarks(self, device)
         self.prior = {"energy_j": 0.0, "elapsed_s": 0.0, "steps": {}, **(prior or {})}
         self.flops: StepFlops | None = None
@@ -193,6 +194,10 @@ class TrainingMeter:
 
     def end(self, **info: Any) -> None:
         """Close the open step; ``info`` may carry ``samples``, ``tokens`` and extras."""
+        self.close_step(info)
+
+    def close_step(self, info: dict[str, Any]) -> None:
+        """:meth:`end` with the fields in one dict, which this call owns (the hooks' hot path)."""
         phase = self.marks.open_phase
         if phase is None:
             return
@@ -203,16 +208,23 @@ class TrainingMeter:
                 self._finish_counting(info)
             if self._train_info:
                 info = {**self._train_info, **info}
-        self.marks.end(**info)
+        self.marks.close(info)
 
     def cancel(self) -> None:
         self.marks.cancel()
 
-    def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
+    def submit_step(self, phase: str, t0: float, t1: float, info: dict[str, Any],
+                    timeline: str = "host") -> None:
         """Forward a resolved mark to the tracker, with the step's MFU (called by the marks)."""
-        if self.peak is not None and info.get("flops") and t1 > t0:
-            info["mfu"] = info["flops"] / (t1 - t0) / self.peak.flops_per_s
-        self.tracker.submit_window(phase, t0, t1, **info)
+        if self.peak is not None and t1 > t0:
+            flops = info.get("flops")
+            if flops:
+                info["mfu"] = flops / (t1 - t0) / self.peak.flops_per_s
+        self._tracker_submit(phase, t0, t1, info, timeline)
+
+    def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
+        """:meth:`submit_step` with keywords (``timeline`` among them)."""
+        self.submit_step(phase, t0, t1, info, info.pop("timeline", "host"))
 
     def plan(self, planned_steps: Any) -> None:
         """Set the optimizer steps of the whole run (the forecast's horizon); recorded in the run
