@@ -89,6 +89,8 @@ def test_the_fast_cadence_runs_only_while_short_steps_run(monkeypatch: pytest.Mo
         time.sleep(seconds)
         return (engine.polls - p0) / (time.monotonic() - t0)
 
+    at_start = polls_over(0.5)  # fast for FAST_HOLD_S from the start: training begins there
+    time.sleep(engine_mod.FAST_HOLD_S)
     idle = polls_over(0.8)
     token = tracker.begin_step()
     in_step = polls_over(0.8)
@@ -106,7 +108,7 @@ def test_the_fast_cadence_runs_only_while_short_steps_run(monkeypatch: pytest.Mo
     tracker.stop()
     # slow: 10 polls/s; fast: 50 (fewer on a loaded host, never more)
     assert idle <= 12 and idle_again <= 12 and long_step <= 12, (idle, idle_again, long_step)
-    assert in_step >= 2 * idle and after_steps >= 2 * idle, (idle, in_step, after_steps)
+    assert min(at_start, in_step, after_steps) >= 2 * idle, (idle, at_start, in_step, after_steps)
     s = greentrack.summarize(tmp_path / "run")  # totals exact at either cadence
     assert s["energy_j"]["gpu"] == pytest.approx(2 * WATTS * measured_s(tmp_path / "run", "gpu"),
                                                  rel=0.05)

@@ -59,10 +59,11 @@ CHECKPOINT_S = 10.0
 BACKLOG_GRACE_S = 10.0
 #: At stop, how long to wait for CUDA values of the last steps to reach the host.
 DEVICE_VALUE_WAIT_S = 2.0
-#: The fast cadence runs while steps are open or ended within this long, and are shorter than
-#: :data:`LONG_STEP_S`; otherwise the thread wakes on the slow cadence only (an idle process, a
-#: command tracked without steps, long steps): counters keep totals exact at any cadence, and
-#: estimates only change on the slow tick (``bench/sampler_cost.py`` has the CPU this saves).
+#: The fast cadence runs for this long after the start, and while steps are open or ended within
+#: this long and are shorter than :data:`LONG_STEP_S`; otherwise the thread wakes on the slow
+#: cadence only (an idle process, a command tracked without steps, long steps): counters keep
+#: totals exact at any cadence, and estimates only change on the slow tick
+#: (``bench/sampler_cost.py`` has the CPU this saves).
 FAST_HOLD_S = 2.0
 LONG_STEP_S = 2.0
 
@@ -135,8 +136,10 @@ class Engine:
         self._fast_reads = any(getattr(st.channel, "fast_reads", True) for st in self.states)
         self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
                                      for st in self.states)
-        #: The end (monotonic) of the latest step seen and the recent steps' typical length.
-        self._last_step_t1 = float("-inf")
+        #: The end (monotonic) of the latest step seen and the recent steps' typical length. From
+        #: the start, as if a step had just ended: training usually begins right after start(),
+        #: and its first steps (and a checkpoint's energy so far) get the fast readings at once.
+        self._last_step_t1 = origin
         self._step_s = 0.0
         self.fast_polls = 0
 
