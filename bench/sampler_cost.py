@@ -52,7 +52,7 @@ from _common import (
     section,
 )
 
-WARMUP_S = 1.0
+WARMUP_S = 3.0  # past the fast first seconds of a tracker (engine.FAST_HOLD_S): the steady state
 
 
 class Meter:
