@@ -366,3 +366,24 @@ def test_hostile_label_values_stay_text_in_every_format(tmp_path: Path) -> None:
 def test_two_processes_give_the_same_document(lab: Path, q2q3: dict[str, dict[str, Any]]) -> None:
     doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
     assert doc == q2q3["2026-Q3"]
+
+
+def test_a_reading_process_that_dies_neither_hangs_nor_changes_the_document(
+        lab: Path, q2q3: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A forked reader that dies (killed, out of memory) left multiprocessing.Pool.map waiting for
+    ever (a test worker hung there); the runs are read here instead, to the same document."""
+    import os
+
+    from greentrack.reports import inventory as module
+    parent, real = os.getpid(), module._read_all
+
+    def dies_in_a_child(task: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(1)
+        return real(task)
+
+    monkeypatch.setattr(module, "_read_all", dies_in_a_child)
+    doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
+    assert doc == q2q3["2026-Q3"]
+    assert any("reading processes failed" in r.message for r in caplog.records)

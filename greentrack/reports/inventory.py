@@ -22,8 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,8 @@ from greentrack.reports.inventory_runs import (Cut, cut_footprint, find_runs, ho
 from greentrack.reports.inventory_text import methodology
 from greentrack.reports.run_data import read_run
 from greentrack.run import Run
+
+log = logging.getLogger("greentrack")
 
 FORMAT = "greentrack-inventory"
 VERSION = "1.0"
@@ -234,8 +239,16 @@ def _read_groups(groups: list[list[Path]], period: Period, explicit: Explicit, n
     n = len(groups)
     shares = [(groups[k * n // jobs:(k + 1) * n // jobs], period, explicit, now, forecast)
               for k in range(jobs)]
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        return [r for part in pool.map(_read_all, shares, chunksize=1) for r in part]
+    # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, a
+    # library's fork handler) breaks the executor, where Pool.map waited for it for ever (seen
+    # in a forked test worker); the runs are then read here, and the document is the same.
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            return [r for part in pool.map(_read_all, shares) for r in part]
+    except (BrokenProcessPool, OSError) as e:
+        log.warning("greentrack: the inventory's reading processes failed (%s: %s); reading "
+                    "the runs in this process", type(e).__name__, e)
+        return _read_all((groups, period, explicit, now, forecast))
 
 
 def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] | None = None,
