@@ -368,6 +368,19 @@ def test_two_processes_give_the_same_document(lab: Path, q2q3: dict[str, dict[st
     assert doc == q2q3["2026-Q3"]
 
 
+#: the test process and the reader it replaces (a module-level function: the executor pickles it)
+_REAL: list[Any] = []
+
+
+def _dies_in_a_child(task: Any) -> Any:
+    """The inventory's reader, except that it dies in a forked reading process."""
+    import os
+    parent, real = _REAL
+    if os.getpid() != parent:
+        os._exit(1)
+    return real(task)
+
+
 def test_a_reading_process_that_dies_neither_hangs_nor_changes_the_document(
         lab: Path, q2q3: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -376,14 +389,8 @@ def test_a_reading_process_that_dies_neither_hangs_nor_changes_the_document(
     import os
 
     from greentrack.reports import inventory as module
-    parent, real = os.getpid(), module._read_all
-
-    def dies_in_a_child(task: Any) -> Any:
-        if os.getpid() != parent:
-            os._exit(1)
-        return real(task)
-
-    monkeypatch.setattr(module, "_read_all", dies_in_a_child)
+    _REAL[:] = [os.getpid(), module._read_all]
+    monkeypatch.setattr(module, "_read_all", _dies_in_a_child)
     doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
     assert doc == q2q3["2026-Q3"]
     assert any("reading processes failed" in r.message for r in caplog.records)
