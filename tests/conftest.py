@@ -124,11 +124,3 @@ def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_host_env: Path)
     node_run(monkeypatch, dirs[0], "node-a", run_id="job-a")
     node_run(monkeypatch, dirs[1], "node-b", run_id="job-b")
     return dirs
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` first (a stable sort: the rest keep their order). pytest-xdist hands
-    tests out in this order, so the workers start the longest ones early and the short ones fill
-    in around them, rather than one 80 s test starting last and running alone (248 s against
-    233 s for the whole suite on 2 cores)."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -56,7 +56,6 @@ def test_plain_torch_example_with_the_run_dir_from_the_environment(tmp_path: Pat
     assert s["status"] == "completed" and elapsed < 60
 
 
-@pytest.mark.long
 def test_hf_trainer_example(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
@@ -76,7 +75,6 @@ def test_an_example_without_a_run_dir_says_so_in_one_line(example: str, tmp_path
     assert proc.stderr.strip().splitlines()[-1].endswith("give RUN_DIR or set GREENTRACK_RUN_DIR")
 
 
-@pytest.mark.long
 def test_precision_sweep_example_compares_energy_to_a_target(tmp_path: Path) -> None:
     e = python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "no-powercap"), GREENTRACK_CPU_TDP_W="65")
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "GREENTRACK_RUN_ID", "TORCHELASTIC_RUN_ID",

@@ -81,7 +81,6 @@ def test_the_hiding_works(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_quick_fake_run_writes_both_summaries(tmp_path: Path) -> None:
     out = tmp_path / "out"
     p, wall = _run(["--quick", "--fake", str(out)], _env(tmp_path), timeout=220)

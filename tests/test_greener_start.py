@@ -91,7 +91,6 @@ def test_window_starts_keep_the_window_inside_the_series() -> None:
 
 # -- greentrack run --start-when-greener, a real process -----------------------------------------
 
-@pytest.mark.long
 def test_waits_for_the_clean_minimum_then_runs_and_records_the_wait(
         env: dict[str, str], tmp_path: Path) -> None:
     now = int(time.time())

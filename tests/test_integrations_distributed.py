@@ -66,7 +66,6 @@ def check_host_counted_once(run: Path, steps_per_rank: int) -> dict[str, Any]:
     return s
 
 
-@pytest.mark.long
 def test_lightning_ddp_two_processes(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     tree = PowercapTree(tmp_path / "powercap")
@@ -93,7 +92,6 @@ def test_lightning_ddp_two_processes(tmp_path: Path) -> None:
     assert len(live) >= 3 and all(float(r["greentrack/steps"]) == int(r["step"]) for r in live)
 
 
-@pytest.mark.long
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     tree = PowercapTree(tmp_path / "powercap")
     run = tmp_path / "run"
@@ -104,7 +102,6 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert out["stores"] == 2 and out["energy_j"]["total"] == pytest.approx(s["energy_j"]["total"])
 
 
-@pytest.mark.long
 def test_hf_trainer_ddp_two_processes(tmp_path: Path) -> None:
     """Per step means per optimizer step as the Trainer counts them (``state.global_step``), with
     the whole job's energy: not ranks x steps with the evaluation steps in."""

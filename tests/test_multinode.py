@@ -164,7 +164,6 @@ def check_watts(joules: float, seconds: float, watts: float) -> None:
         (joules, seconds, watts)
 
 
-@pytest.mark.long
 def test_two_nodes_gathered_and_merged_agree(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, per_node=2)
     gathered = launch(nodes, steps=40)
@@ -212,7 +211,6 @@ def test_two_nodes_gathered_and_merged_agree(tmp_path: Path) -> None:
     assert not [w for w in gathered["warnings"] if "gather" in w]
 
 
-@pytest.mark.long
 def test_a_rank_without_tracker_is_a_recorded_gap(tmp_path: Path) -> None:
     """Rank 1 (node B, its only rank) trains untracked but takes part in the gather: no hang;
     rank 0's totals say what is missing, and so does its store afterwards."""
@@ -229,7 +227,6 @@ def test_a_rank_without_tracker_is_a_recorded_gap(tmp_path: Path) -> None:
     assert any("rank 1 on node-b" in w for w in greentrack.summarize(nodes[0].run_dir)["warnings"])
 
 
-@pytest.mark.long
 def test_a_rank_that_cannot_pack_its_stores_still_joins_the_gather(tmp_path: Path) -> None:
     """Rank 1's scratch ``TMPDIR`` is removed before the gather (packing its stores fails): it
     must still enter the collective and exit cleanly, not raise out of ``close()`` and leave rank
@@ -245,7 +242,6 @@ def test_a_rank_that_cannot_pack_its_stores_still_joins_the_gather(tmp_path: Pat
     assert "scratch-rank1" in gap  # and launch() checked that every rank exited with 0
 
 
-@pytest.mark.long
 def test_lightning_two_nodes_each_with_its_own_directory(tmp_path: Path) -> None:
     """Lightning ``num_nodes=2`` (its own cluster environment: no launcher gives a run id): rank 0
     broadcasts the run directory and the run id; each node writes its own copy; rank 0's logged ``greentrack/run_energy_j`` is the whole job's, equal to

@@ -182,7 +182,6 @@ def _scraped_check(seen: dict[str, float], run_dir: Path, store: Path) -> None:
           derandomize=__import__("os").environ.get("ORACLE_EXAMPLES") is None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=RUN)
-@pytest.mark.long
 def test_every_output_gives_one_footprint(spec: dict[str, Any], tmp_path_factory: Any,
                                           monkeypatch: pytest.MonkeyPatch,
                                           pushgateway: Pushgateway) -> None:  # noqa: F811

@@ -72,7 +72,6 @@ def segment(tmp_path: Path, run_dir: Path, port: int, steps: int, prom: Promethe
 
 @pytest.mark.servers
 @pytest.mark.slow
-@pytest.mark.long
 def test_a_resumed_run_continues_its_counters_in_prometheus(tmp_path: Path,
                                                             prometheus: Prometheus) -> None:
     port = free_port()

@@ -117,7 +117,6 @@ def variable_query(var: dict[str, Any]) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-@pytest.mark.long
 def test_prometheus_scrapes_a_training_run_and_every_panel_has_data(
         tmp_path: Path, fake_nvml: FakeNvml, prometheus: Prometheus,
         pushgateway: Pushgateway) -> None:

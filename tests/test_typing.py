@@ -14,7 +14,6 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.long
 def test_mypy_strict_is_clean() -> None:
     """One mypy process for both trees: integrations/ follows torch, Lightning and transformers
     (42 CPU-s alone), and greentrack/ then costs nothing more (17 CPU-s in a second process)."""
