@@ -1,4 +1,4 @@
-"""How long the test suite takes: `make test` (2 workers) and `make test-fast`, on a quiet host and
+"""How long the test suite takes: `make test` (4 workers) and `make test-fast`, on a quiet host and
 beside busy loops that take the cores from it, as a newcomer's loaded laptop or a shared CI runner
 would. Each lane runs the way the Makefile runs it, in a fresh process, in this checkout.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import REPO, RESULTS, md_table, record, section
 
 LANES = {
-    "full": ["-n", "2"],                   # make test
+    "full": ["-n", "4", "--dist", "worksteal"],  # make test
     "fast": ["-n", "4", "-m", "not slow"],  # make test-fast
 }
 STATE = Path(__file__).with_name(".suite_time.json")  # rows of earlier runs (not committed)
