@@ -92,3 +92,41 @@ def test_precision_sweep_example_compares_energy_to_a_target(tmp_path: Path) -> 
     for precision in ("fp32", "bf16"):
         with Run.open(tmp_path / "sweep" / f"{precision}-1") as run:
             assert run.labels["precision"] == precision
+
+
+def _shape(lines: list[str]) -> list[str]:
+    """What a demo output says, without what changes from run to run: numbers, run ids, ports,
+    paths; the progress lines after the first (how many depends on the machine's speed)."""
+    import re
+    out, steps = [], 0
+    for line in lines:
+        if line.startswith("step "):
+            steps += 1
+            if steps > 1:
+                continue
+        line = re.sub(r"[^\s,]*/report/", "REPORT/", line)
+        line = re.sub(r"\b[0-9a-f]{12}\b", "ID", line)
+        out.append(re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", line.rstrip()))
+    return out
+
+
+@pytest.mark.slow
+def test_the_readme_shows_what_the_demo_prints(tmp_path: Path) -> None:
+    """8a2bbe5: the README's demo output no longer matched a run. The demo, shortened to 1.5 s,
+    prints the README's lines (numbers, ids and paths aside)."""
+    import re
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```\n\$ make demo\n[^\n]*\n(.*?)```", text, re.DOTALL)
+    assert block, "the README's first screen has no demo output"
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'examples'); import demo; "
+            f"demo.main(Path({str(tmp_path / 'demo')!r}), 1.5)")
+    env = python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "no-powercap"),
+                     GREENTRACK_LEASE_DIR=str(tmp_path / "leases"))  # no neighbours' warnings
+    for name in ("GREENTRACK_COUNTRY", "GREENTRACK_RUN_DIR", "GREENTRACK_LABELS", "RANK"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = (proc.stderr + proc.stdout).splitlines()
+    # stderr (the warnings) comes first in the README, as a terminal shows it
+    assert _shape(printed) == _shape(block.group(1).splitlines()), printed
