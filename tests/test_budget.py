@@ -53,7 +53,7 @@ def test_plain_loop_reads_over_budget_and_stops(powercap: PowercapTree, tmp_path
     (reached,) = events(run, "budget-reached")
     d = reached["details"]
     assert d["budget_kind"] == "energy" and d["budget"] == pytest.approx(BUDGET_KWH)
-    assert BUDGET_KWH <= d["spent"] <= BUDGET_KWH * 1.5
+    assert d["spent_before"] is not None and d["spent_before"] < BUDGET_KWH <= d["spent"], d
     assert d["step"] <= steps and d["action"] == "stop"
     assert f"budget_kwh={BUDGET_KWH:g} reached at step {d['step']}" in reached["message"]
 
@@ -107,8 +107,9 @@ def test_lightning_stops_within_one_step_of_its_budget_and_its_report_says_why(
     d = reached["details"]
     # stopped within one step of the step the budget was reached at, long before max_steps
     assert d["step"] <= t.global_step <= d["step"] + 1 < 200
-    # ...which came promptly: at most ~0.5 s of the run (10 steps) past the budget
-    assert BUDGET_KWH <= d["spent"] <= BUDGET_KWH * 1.5
+    # ...caught at the first check past it (a loaded host's sampler checks later, not less
+    # surely: the overshoot is one check interval's energy, whatever that interval was)
+    assert d["spent_before"] is not None and d["spent_before"] < BUDGET_KWH <= d["spent"], d
     summary = greentrack.summarize(run)
     (line,) = summary["budget"]
     assert line["stopped"] and line["reached_step"] == d["step"] and line["spent"] >= BUDGET_KWH

@@ -168,6 +168,7 @@ class BudgetWatch:
                 continue
             budget = self.limits[kind.name]
             value = spent[kind.name]
+            before = self.spent.get(kind.name)  # at the previous check
             self.spent[kind.name] = value
             if est is not None:
                 found = est.get(kind.forecast_key + "_low")
@@ -176,7 +177,7 @@ class BudgetWatch:
             if value is None or kind.name in self._reached:
                 continue
             if value >= budget:
-                self._reach(kind, budget, value, step)
+                self._reach(kind, budget, value, step, before)
             elif (est is not None and low is not None and low > budget
                   and kind.name not in self._forecast_said):
                 self._forecast(kind, budget, value, low, int(est["steps_done"]), est)
@@ -190,7 +191,10 @@ class BudgetWatch:
             return None
         return est if isinstance(est, dict) and est.get("steps_done") is not None else None
 
-    def _reach(self, kind: Kind, budget: float, value: float, step: int) -> None:
+    def _reach(self, kind: Kind, budget: float, value: float, step: int,
+               before: float | None = None) -> None:
+        """``before``: what was spent at the previous check (the budget was crossed between the
+        two: what the run spent past it is one check interval's energy at most)."""
         self._reached.add(kind.name)
         self.over = True  # first: the training thread reads these at its next step end
         if self.on_budget == "stop":
@@ -202,7 +206,8 @@ class BudgetWatch:
         self._say("warning", "budget-reached",
                   f"{kind.setting}={budget:g} reached at step {step}: "
                   f"{_shown(value, kind, self.currency)} spent; {action}", budget=budget,
-                  spent=value, step=step, unit=self._unit(kind), budget_kind=kind.name,
+                  spent=value, spent_before=before, step=step, unit=self._unit(kind),
+                  budget_kind=kind.name,
                   setting=kind.setting, action=self.on_budget)
 
     def _forecast(self, kind: Kind, budget: float, value: float, low: float, step: int,
