@@ -95,15 +95,17 @@ class OptimizerTracking:
     @guarded
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         meter = self.meter
+        # without a model the next step starts where this one ends (one clock read: contiguous)
+        then = "train" if self.model is None else None
+        if self.model is None and self._precision_open:  # no forward seen: the parameters'
+            self._label_parameters(optimizer)
         if meter.marks.open_phase == "train":
             samples, tokens = self._fixed
             meter.close_step({"samples": self._samples or samples,
-                              "tokens": self._tokens or tokens})
+                              "tokens": self._tokens or tokens}, then)
+        elif then is not None:
+            meter.begin(then)
         self._samples = self._tokens = 0.0
-        if self.model is None:
-            if self._precision_open:  # no forward seen: the parameters'
-                self._label_parameters(optimizer)
-            meter.begin("train")
 
     def _label_parameters(self, optimizer: Any) -> None:
         self._precision_open = False

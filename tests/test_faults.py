@@ -331,7 +331,7 @@ def test_a_failing_optimizer_hook_never_reaches_training(no_host_env: Path, tmp_
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with track_optimizer(opt, tmp_path / "run", model=model, flops=None, **FAST) as tracking:
-        def broken(info: object) -> None:
+        def broken(info: object, then: object = None) -> None:
             raise RuntimeError("greentrack bug")
         tracking.meter.close_step = broken  # type: ignore[method-assign]
         before = model.weight.detach().clone()

@@ -196,10 +196,13 @@ class TrainingMeter:
         """Close the open step; ``info`` may carry ``samples``, ``tokens`` and extras."""
         self.close_step(info)
 
-    def close_step(self, info: dict[str, Any]) -> None:
-        """:meth:`end` with the fields in one dict, which this call owns (the hooks' hot path)."""
+    def close_step(self, info: dict[str, Any], then: str | None = None) -> None:
+        """:meth:`end` with the fields in one dict, which this call owns (the hooks' hot path).
+        ``then``: :meth:`begin` a step of that phase where this one ends (the same instant)."""
         phase = self.marks.open_phase
         if phase is None:
+            if then is not None:
+                self.begin(then)
             return
         self._ended[phase] = self._ended.get(phase, 0) + 1
         if phase == "train":
@@ -208,7 +211,11 @@ class TrainingMeter:
                 self._finish_counting(info)
             if self._train_info:
                 info = {**self._train_info, **info}
-        self.marks.close(info)
+        if then is not None and self._counter is not None:  # FLOPs counting starts in begin()
+            self.marks.close(info)
+            self.begin(then)
+            return
+        self.marks.close(info, then)
 
     def cancel(self) -> None:
         self.marks.cancel()

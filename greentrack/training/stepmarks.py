@@ -119,21 +119,30 @@ class StepMarks:
         """Close the open step; ``info`` (``flops``, ``samples``, ``tokens``, extras) goes with it."""
         self.close(info)
 
-    def close(self, info: dict[str, Any]) -> None:
-        """:meth:`end` with the fields in one dict, which this call owns (the meter's hot path)."""
+    def close(self, info: dict[str, Any], then: str | None = None) -> None:
+        """:meth:`end` with the fields in one dict, which this call owns (the meter's hot path).
+        ``then``: open a step of that phase where this one ends (one clock read: back-to-back
+        steps are contiguous, whatever the scheduler does between two reads)."""
         opened, self._open = self._open, None
         if opened is None:
+            if then is not None:
+                self.begin(then)
             return
         phase, h0, ev0 = opened
         if self._cuda is None:
             self.submitted += 1
-            self._submit(phase, h0, self._clock(), info, "host")
+            h1 = self._clock()
+            if then is not None:
+                self._open = (then, h1, None)
+            self._submit(phase, h0, h1, info, "host")
             return
         ev1 = self._event()
         h1 = self._clock()
         ev1.record(self._cuda.current_stream(self._device))
         self._pending.append((phase, h0, ev0, h1, ev1, info))
         self.poll()
+        if then is not None:
+            self.begin(then)
 
     def cancel(self) -> None:
         """Drop the open step (e.g. the window opened after the last batch of a loop)."""
