@@ -133,7 +133,7 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget (applied by the command's greentrack trackers: an "
                              "integration or a Tracker, which see its steps and can stop them)")
     g.add_argument("--budget-kwh", dest="budget_kwh", type=float, metavar="KWH",
-                   help="budget of facility energy in kWh (PUE included)")
+                   help="budget of IT energy in kWh (the summary's energy, before the PUE)")
     g.add_argument("--budget-grams", dest="budget_grams", type=float, metavar="G",
                    help="budget of location-based emissions in grams CO2e")
     g.add_argument("--budget-cost", dest="budget_cost", type=float, metavar="COST",
