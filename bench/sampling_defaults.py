@@ -87,7 +87,9 @@ def replay(trace: PowerTrace, fast: float, counter: float, seconds: float,
             next_slow += counter
         tl.extend(ch.poll(clock.t, slow))
         i += 1
-        clock.t = round(clock.t + fast * (1.0 - dither + 2 * dither * rng.random()), 9)
+        regular = round(clock.t + fast * (1.0 - dither + 2 * dither * rng.random()), 9)
+        clock.wakes(ch, regular, tl.extend)  # the extra polls it asks for, as the engine makes
+        clock.t = max(clock.t, regular)
     return tl
 
 

@@ -21,7 +21,8 @@ from greentrack.common.leases import Lease, live_leases
 from greentrack.engine.channelstate import Timeline
 from greentrack.samplers._gpushare import METHOD_SUFFIX, GpuShare, lease_peers
 from greentrack.samplers._nvml import NvmlGpu
-from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, PowerTrace, VirtualClock
+from tests.fakes.fake_pynvml import (UPDATE_S, FakeGpu, FakeNvml, FakeProcess, PowerTrace,
+                                     VirtualClock)
 from tests.helpers import FAST
 
 ME = os.getpid()
@@ -43,8 +44,11 @@ def replay(gpu: FakeGpu, seconds: float, peers: Any = lambda: [], run_id: str = 
 
 
 def whole_j(fake: FakeNvml, gpu: FakeGpu, tl: Timeline) -> float:
-    """The GPU's energy over the timeline's span, from the fake's own counter."""
-    return (fake.counter_mj(gpu, tl.t[-1]) - fake.counter_mj(gpu, tl.t[0])) / 1000.0
+    """The GPU's energy over the timeline's span, from the fake's own counter at the refreshes
+    nearest its ends (the sampler dates them a few ms either side of the true instant)."""
+    def at(t: float) -> int:
+        return fake.counter_mj(gpu, t + UPDATE_S / 2.0)
+    return (at(tl.t[-1]) - at(tl.t[0])) / 1000.0
 
 
 def gpu(*procs: FakeProcess, **kw: Any) -> FakeGpu:

@@ -144,15 +144,19 @@ def test_counter_reads_are_staggered_across_polls(monkeypatch: pytest.MonkeyPatc
     tracker, _ = run(tmp_path, 1.5, interval_s=0.02, counter_interval_s=0.1)
     assert tracker.engine is not None
     last = tracker.engine.polls
-    in_loop = [(p, g) for p, g in reads if 1 < p < last - 2]  # not the start or final reading
+    # Not the start-up reads (one a poll until NVML's refresh phase shows, ~0.1 s) nor the final
+    # reading; a GPU's read again in one poll (one a refresh could have fallen inside) is one read.
+    in_loop = sorted({(p, g) for p, g in reads if p in when and p - 1 in when and when[p] > min(when.values()) + 0.3
+                      and p < last - 2})
     per_poll = Counter(p for p, _ in in_loop)
     per_gpu = Counter(g for _, g in in_loop)
     # 8 GPUs over 5 polls per slow period: 1 or 2 counter reads per poll, never all 8 at once.
     # Judged on the polls that came on time: a poll a loaded host delayed by a slow period finds
-    # more GPUs due, as it should (their reads are not skipped).
-    on_time = {p for p in per_poll if p - 1 in when and when[p] - when[p - 1] <= 1.5 * 0.02}
+    # more GPUs due, as it should (their reads are not skipped). A read left to the next poll
+    # (a refresh may come during it) adds to that poll's: these fake GPUs refresh in step.
+    on_time = {p for p in per_poll if when[p] - when[p - 1] <= 1.5 * 0.02}
     assert len(on_time) >= 0.3 * len(per_poll), (len(on_time), len(per_poll))
-    assert max(per_poll[p] for p in on_time) <= 3, per_poll.most_common(3)
+    assert max(per_poll[p] for p in on_time) <= 4, per_poll.most_common(3)
     # each GPU still read about every 5th poll (counted in polls: a busy host polls less often)
     rounds = (last - 4) / 5
     assert len(per_gpu) == 8 and min(per_gpu.values()) >= max(3, 0.6 * rounds), (per_gpu, last)

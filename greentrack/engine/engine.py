@@ -57,6 +57,9 @@ CHECKPOINT_S = 10.0
 #: At stop, how long the sampler thread may still be attributing a backlog before it is abandoned;
 #: a thread inside a device read is abandoned after ``stop(timeout)`` alone.
 BACKLOG_GRACE_S = 10.0
+#: How long the final reading waits for counter reads left over (a refresh could have fallen
+#: inside them) to be taken again (s).
+FINAL_WAIT_S = 0.1
 #: At stop, how long to wait for CUDA values of the last steps to reach the host.
 DEVICE_VALUE_WAIT_S = 2.0
 #: The fast cadence runs for this long after the start, and while steps are open or ended within
@@ -134,6 +137,9 @@ class Engine:
         #: Channels whose fast polls read something (estimates change on the slow tick only), and
         #: whether one integrates instant power (no counter): its totals need the fast cadence.
         self._fast_reads = any(getattr(st.channel, "fast_reads", True) for st in self.states)
+        #: channels that ask for extra polls of their own (``wake_at``: samplers/_nvml.py)
+        self._wakers = [(st, fn) for st in self.states
+                        if callable(fn := getattr(st.channel, "wake_at", None))]
         self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
                                      for st in self.states)
         #: The end (monotonic) of the latest step seen and the recent steps' typical length. From
@@ -190,6 +196,8 @@ class Engine:
             self._guard(lambda: self._account(final=True))
         elif self._thread is None:
             self._final_reading()
+        if not self._abandoned:
+            self._guard(self._record_dating)
         for st in self.states:
             if st.status != "ok" and st.fail_since is not None:
                 st.gap_s += max(0.0, self._clock() - st.fail_since)
@@ -202,6 +210,19 @@ class Engine:
         self._flush()
         return joined
 
+    def _record_dating(self) -> None:
+        """Each counter channel's widest dating error and left-over reads, in its details
+        (``dating_error_ms``: how far any counter value may be from the refresh it describes;
+        energy can move that far between neighbouring steps, never out of the total)."""
+        for st in self.states:
+            error = getattr(st.channel, "max_dating_error_s", None)
+            if not isinstance(error, float):
+                continue
+            info = st.channel.info.as_dict()
+            info["details"] = {**info["details"], "dating_error_ms": round(error * 1000.0, 2),
+                               "deferred_reads": int(getattr(st.channel, "deferred_reads", 0))}
+            self._writer.update_channel_info(st.id, info)
+
     def _settle_s(self) -> float:
         return max((getattr(st.channel, "settle_s", 0.0) for st in self.states
                     if st.status == "ok"), default=0.0)
@@ -210,11 +231,25 @@ class Engine:
         # Counters only know the energy up to their last refresh (NVML: every 100 ms): wait for
         # one more refresh so the last step is covered. Training is over by now.
         settle = self._settle_s()
+        for st in self.states:  # a channel with reads pending dates them now (samplers/_nvml.py)
+            finishing = getattr(st.channel, "finishing", None)
+            if finishing is not None:
+                self._guard(finishing)
         if settle:
             time.sleep(settle / 2)
             self._guard(lambda: self._poll_all(self._clock()))
             time.sleep(settle / 2)
         self._guard(lambda: self._poll_all(self._clock(), force_slow=True))
+        # A counter read a refresh could have fallen inside is taken again when the channel asks
+        # (its window has passed: a few ms), for FINAL_WAIT_S at most.
+        deadline = self._clock() + FINAL_WAIT_S
+        while not self._abandoned and any(st.status == "ok" and getattr(st.channel, "read_pending",
+                                                                         False) for st in self.states):
+            wake = self._next_wake()
+            if wake > deadline:
+                break
+            time.sleep(max(0.0, wake - self._clock()))
+            self._guard(lambda: self._poll_woken(self._clock()))
         if not self._abandoned:
             self._guard(lambda: self._account(final=True))
 
@@ -286,8 +321,11 @@ class Engine:
         self.schedule(now)
         fast = self.wants_fast(now)
         next_poll = now + (cfg.interval_s if fast else self.counter_interval_s)
-        while not self._stop.wait(max(0.0, next_poll - self._clock())):
+        while not self._stop.wait(max(0.0, min(next_poll, self._next_wake()) - self._clock())):
             now = self._clock()
+            if now < next_poll:  # a channel's own extra poll (a probe, a read left over)
+                self._guard(lambda: self._poll_woken(now))
+                continue
             self.iterate(now)
             if self._abandoned:
                 return
@@ -330,42 +368,64 @@ class Engine:
                     st.next_slow = now + self.counter_interval_s
             if st.status == "lost" or (st.status == "failing" and not slow):
                 continue  # retry a failing device on the slow cadence only
-            t = self._clock()
-            cpu0 = time.thread_time() if slow and measure else None
-            self._in_read_since = t
-            try:
-                points = st.channel.poll(t, slow)
-            except DeviceLost as e:
-                self._on_failure(st, t, e, lost=True)
-                continue
-            except SamplerError as e:
-                pts = getattr(e, "points", None)
-                if pts:  # the read worked but needs a note (counter reset, possible missed wrap)
-                    st.take(pts)
-                    self._writer.add_event(t - self.origin, "warning", "estimate", str(e), st.id)
-                    continue
-                self._on_failure(st, t, e, lost=False)
-                continue
-            except Exception as e:  # noqa: BLE001 - an unexpected backend bug is a failed read
-                self._on_failure(st, t, e, lost=False)
-                continue
-            finally:
-                self._in_read_since = None
-                if cpu0 is not None:
-                    used = time.thread_time() - cpu0
-                    st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
-                    st.slow_reads += 1
-            if st.status == "failing" and st.fail_since is not None:
-                gap = t - st.fail_since
-                st.gap_s += gap
-                self._writer.add_event(t - self.origin, "info", "gap-end",
-                                       f"{st.channel.info.device}: readings back after {gap:.2f} s",
-                                       st.id, {"gap_s": gap})
-                st.status, st.fail_since = "ok", None
-            st.take(points)
-            if slow and st.id in self._event_sources:
-                self._drain_events(st, t)
+            self._poll_one(st, slow, measure)
         self.last_sample_t = now
+
+    def _poll_one(self, st: ChannelState, slow: bool, measure: bool = False) -> None:
+        """Poll one channel now: its points, or a failure recorded (never raises)."""
+        t = self._clock()
+        # The CPU of a slow read is measured where the read happens: a counter read left over
+        # (samplers/_nvml.py: read_pending) happens at a later poll, and a slow poll that left it
+        # read nothing costly.
+        pending = bool(getattr(st.channel, "read_pending", False))
+        cpu0 = time.thread_time() if measure and (slow or pending) else None
+        self._in_read_since = t
+        try:
+            points = st.channel.poll(t, slow)
+        except DeviceLost as e:
+            self._on_failure(st, t, e, lost=True)
+            return
+        except SamplerError as e:
+            pts = getattr(e, "points", None)
+            if pts:  # the read worked but needs a note (counter reset, possible missed wrap)
+                st.take(pts)
+                self._writer.add_event(t - self.origin, "warning", "estimate", str(e), st.id)
+                return
+            self._on_failure(st, t, e, lost=False)
+            return
+        except Exception as e:  # noqa: BLE001 - an unexpected backend bug is a failed read
+            self._on_failure(st, t, e, lost=False)
+            return
+        finally:
+            self._in_read_since = None
+            if cpu0 is not None and not getattr(st.channel, "read_pending", False):
+                used = time.thread_time() - cpu0
+                st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
+                st.slow_reads += 1
+        if st.status == "failing" and st.fail_since is not None:
+            gap = t - st.fail_since
+            st.gap_s += gap
+            self._writer.add_event(t - self.origin, "info", "gap-end",
+                                   f"{st.channel.info.device}: readings back after {gap:.2f} s",
+                                   st.id, {"gap_s": gap})
+            st.status, st.fail_since = "ok", None
+        st.take(points)
+        if slow and st.id in self._event_sources:
+            self._drain_events(st, t)
+
+    def _next_wake(self) -> float:
+        """The earliest extra poll a live channel asks for (inf: none)."""
+        wakes = [w for st, fn in self._wakers if st.status == "ok" and (w := fn()) is not None]
+        return min(wakes, default=float("inf"))
+
+    def _poll_woken(self, now: float) -> None:
+        """Poll the channels whose extra poll is due (as a fast poll)."""
+        for st, fn in self._wakers:
+            if self._abandoned:
+                return
+            wake = fn()
+            if st.status == "ok" and wake is not None and wake <= now:
+                self._poll_one(st, slow=False, measure=True)
 
     def _drain_events(self, st: ChannelState, t: float) -> None:
         """Record what a channel reported (and its new description, when it changed)."""

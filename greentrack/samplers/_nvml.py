@@ -18,6 +18,7 @@ whole GPU and labelled ``mig: whole-GPU energy`` so it is never presented as the
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,22 @@ FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, mW
 UPDATE_PERIOD_S = 0.1
 #: The instant-power figure is the mean of the last ~25 ms before its update (arXiv 2312.02741).
 INSTANT_WINDOW_S = 0.025
+#: Drift allowed per refresh period between NVML's clock and this one (s): 0.1%, ten times a
+#: crystal's tolerance, and a period up to 0.1 ms off the 100 ms measured. More (not seen) makes
+#: the brackets disagree: they start over (_observe_tick).
+DRIFT_PER_PERIOD_S = 0.0001
+#: A counter read is not started this close before a possible refresh (it takes ~3 ms on an H100).
+READ_GUARD_S = 0.005
+#: A counter read left over this long is taken whatever the refresh (its value a period in doubt).
+OVERDUE_S = 0.5
+#: A tick bracket wider than this is narrowed by probe reads (see wake_at).
+PROBE_WIDTH_S = 0.006
+#: Counter reads kept while the refresh phase is unknown (the start-up polls), to date later.
+FIRST_READS = 3
+FIRSTS_APART_S = 0.03
+#: ... dated once half the tick bracket is this narrow, or after FIRSTS_WAIT_S (s).
+FIRSTS_BRACKET_S = 0.004
+FIRSTS_WAIT_S = 1.0
 _T = TypeVar("_T")
 
 
@@ -68,7 +85,17 @@ class NvmlGpu(CounterShaping):
         mig = _mig_enabled(pynvml, handle)
         self._counter_mj: int | None = None
         self._counter_t: float | None = None
-        self._first: tuple[float, int] | None = None  # first counter read, until the phase is known
+        #: counter reads (start, end, mJ) taken before the refresh phase was known, dated once it is
+        self._firsts: list[tuple[float, float, int]] = []
+        self._counter_due = False  # a slow tick asked for a counter read not yet taken
+        self._due_since = 0.0  # (poll time) since when
+        self._bootstrap_probes = 0
+        self._next_bootstrap = 0.0
+        self._changed = False  # the last power read saw a new value
+        self._wake: float | None = None  # when this channel asks to be polled again (wake_at)
+        self._finishing = False
+        #: counter reads left to a later poll: a refresh could fall inside them (see _clear)
+        self.deferred_reads = 0
         self._energy_j = 0.0
         self._shape: list[tuple[float, float]] = []  # (t, W) since the last counter read
         self._last_power: float | None = None
@@ -78,8 +105,9 @@ class NvmlGpu(CounterShaping):
         self._tick_lo: float | None = None  # bounds of that instant, narrowed over detections
         self._tick_hi: float | None = None
         #: the widest dating error of any counter value so far (s): half the tick bracket in force
-        #: when it was dated (half a period while the phase was unknown). A loaded host widens
-        #: the brackets (reads further apart); the intersection narrows them again.
+        #: when it was dated (half a period while the phase was unknown; a whole one for a start-up
+        #: read no later read could date, see _date_firsts). A loaded host widens the brackets
+        #: (reads further apart); the intersection narrows them again.
         self.max_dating_error_s = 0.0
         self.has_counter = self._probe(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         self.has_instant = self._probe(self._read_instant_mw)
@@ -122,43 +150,157 @@ class NvmlGpu(CounterShaping):
             raise self._nv.NVMLError(v.nvmlReturn)
         return int(v.value.uiVal)
 
-    def _read_power(self) -> tuple[float, float]:
-        """Power in W, and the time it describes.
+    def _read_power(self) -> tuple[float, float | None]:
+        """Power in W, and the time it describes (None: it cannot be told, see below).
 
         NVML values describe its last ~100 ms update, not the moment of the read. When the value
         changes between two reads, the update happened after the earlier read began and before
         the later one ended: that bracket dates the update tick (timed around the reads
         themselves, so a sampler thread preempted before the read cannot misdate it),
         later ticks follow every 100 ms, and the same ticks date the energy counter (both refresh
-        together). The instant field is the mean of the tick's last ~25 ms.
+        together). The instant field is the mean of the tick's last ~25 ms. A read during which
+        a tick may have come (the bracket's width around each tick) holds either update's value:
+        its power still counts as the latest, but it is not dated (not part of the shape).
         """
-        start = self._clock()
-        if self.has_instant:
-            mw = _nvml_call(self._nv, self._read_instant_mw)
-        else:
-            mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
-        if mw != self._last_mw:
-            if self._prev_read is not None:  # a change seen between two reads dates a tick
-                self._observe_tick(self._prev_read, self._clock())
-            self._last_mw = mw
-        self._prev_read = start
+        mw, start, end = self._power_read()
+        if self._tick is not None and not self._clear(start, end):
+            return float(mw) / 1000.0, None
         when = self._latest_tick(start)
         if self.has_instant:
             when -= INSTANT_WINDOW_S / 2.0
         return float(mw) / 1000.0, when
 
+    def _power_read(self) -> tuple[int, float, float]:
+        """One power read (mW) and when it began and ended; a change since the last read
+        brackets a tick."""
+        start = self._clock()
+        if self.has_instant:
+            mw = _nvml_call(self._nv, self._read_instant_mw)
+        else:
+            mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
+        end = self._clock()
+        self._changed = mw != self._last_mw
+        if self._changed:
+            if self._prev_read is not None:  # a change seen between two reads dates a tick
+                self._observe_tick(self._prev_read, end)
+            self._last_mw = mw
+        self._prev_read = start
+        return mw, start, end
+
+    def wake_at(self) -> float | None:
+        """When this channel asks for an extra poll (the engine's clock), or None. Two reasons:
+
+        * **Probe reads.** Polls on a regular cadence land at nearly one phase of the refresh, so
+          the changes they see bracket it only within ~50 ms for seconds (every counter value up
+          to 25 ms in doubt). While the bracket is wider than PROBE_WIDTH_S, a read is asked for
+          in the middle of the next window a refresh may fall in (of what is left of it, from
+          inside); a read inside it that saw no change asks for one more as it closes. A change
+          seen by the first cuts off the window's later half, one seen by the second its earlier
+          half. Only changes are
+          evidence: two refreshes can carry one value. With no change seen yet, polls a period or
+          more apart can never bracket one: a read half a period after the last is asked for
+          (eight times, then once a second: a power that never changes shows no phase).
+        * **A counter read left over** (a refresh could have fallen inside it): asked for when the
+          window has passed.
+
+        Each is a ~3 us instant-power read on the sampler thread (and the counter read that was
+        due); nothing waits for it."""
+        return self._wake
+
+    def _plan_wake(self, now: float) -> None:
+        wants: list[float] = []
+        if self._tick_lo is None or self._tick_hi is None:
+            if self._prev_read is not None and (self._bootstrap_probes < 8
+                                                or now >= self._next_bootstrap):
+                self._bootstrap_probes += 1
+                self._next_bootstrap = now + 1.0
+                wants.append(self._prev_read + UPDATE_PERIOD_S / 2.0)
+        else:
+            lo, hi = self._zone(now)
+            if self._counter_due and lo <= now + READ_GUARD_S:
+                wants.append(hi + 1e-4)  # the read left over, once the window has passed
+            if self._tick_hi - self._tick_lo > PROBE_WIDTH_S:
+                if now <= lo:
+                    wants.append((lo + hi) / 2.0)
+                elif self._changed:  # this read cut the window: the next one's middle
+                    nlo, nhi = self._zone(hi + 1e-6)
+                    wants.append((nlo + nhi) / 2.0)
+                elif hi - now > (hi - lo) / 2.0:  # inside, most of it to come: its middle
+                    wants.append((now + hi) / 2.0)
+                else:  # inside, no change yet: read as it closes
+                    wants.append(hi + 1e-4)
+        self._wake = min(wants) if wants else None
+
+    def _read_counter_mj(self) -> int:
+        return int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
+
+    def _clear_read(self) -> tuple[int, float, float] | None:
+        """The counter and the tick its value describes, read where no refresh can fall inside
+        the read: not started within READ_GUARD_S of a possible refresh, and taken again if one
+        could have come during the read (a read takes ~3 ms on an H100, longer when a loaded host
+        preempts the sampler). None: left to a later poll (wake_at asks for one). Dated by the read's middle
+        instead, a loaded host's values were a whole period off, 100 ms of the GPU's power moved
+        between steps (a CI run: 44 J/step for 35). The third value is the dating error the read
+        adds to the bracket's."""
+        if self._tick_lo is None:  # the phase never showed (a power that never changes): guessed
+            start = self._clock()
+            mj = self._read_counter_mj()
+            end = self._clock()
+            return mj, self._latest_tick((start + end) / 2.0), (end - start) / 2.0
+        # Left over past OVERDUE_S (no extra poll came: a caller that ignores wake_at, or a
+        # bracket too wide to leave room), it is read and dated in doubt, a period more.
+        overdue = self._clock() - self._due_since >= OVERDUE_S
+        if not overdue and self._zone(self._clock())[0] <= self._clock() + READ_GUARD_S:
+            return None  # a refresh may come now: left to a poll after it (wake_at)
+        start = self._clock()
+        mj = self._read_counter_mj()
+        end = self._clock()
+        if self._clear(start, end):
+            return mj, self._latest_tick(start), 0.0
+        if overdue:
+            return mj, self._latest_tick((start + end) / 2.0), UPDATE_PERIOD_S
+        self.deferred_reads += 1  # the read took long enough to meet one: taken again later
+        return None
+
+    def _zone(self, t: float) -> tuple[float, float]:
+        """The first window, ending after ``t``, in which a refresh may come (the bracket
+        carried forward whole periods, widened by the drift allowed)."""
+        assert self._tick_lo is not None and self._tick_hi is not None
+        lo, hi = self._tick_lo - DRIFT_PER_PERIOD_S, self._tick_hi + DRIFT_PER_PERIOD_S
+        k = math.floor((t - hi) / UPDATE_PERIOD_S) + 1
+        drift = abs(k) * DRIFT_PER_PERIOD_S  # (a window far from the bracket: it may have drifted)
+        return lo + k * UPDATE_PERIOD_S - drift, hi + k * UPDATE_PERIOD_S + drift
+
+    def _clear(self, start: float, end: float) -> bool:
+        """No refresh can have come between ``start`` and ``end`` (False: the phase is unknown)."""
+        return self._tick_lo is not None and self._zone(start)[0] > end
+
     def _observe_tick(self, a: float, b: float) -> None:
         """A refresh happened in (a, b]. Intersect with the earlier bounds carried forward whole
-        periods (polls are dithered, so intervals land at different phases and the intersection
-        narrows to a few ms); allow 0.5 ms of drift per period; start over if they disagree."""
+        periods, allowing DRIFT_PER_PERIOD_S of drift a period, when exactly one carried window
+        meets (a, b] (a wider interval, from a read the host delayed, could meet two, and the
+        intersection with the wrong one holds no refresh: a loaded CI host's values were dated
+        5 ms off a bracket said to hold within 3); start over if none does (the clocks drifted
+        apart further). An interval of a period or more says nothing about the phase."""
+        if b - a >= UPDATE_PERIOD_S:
+            return
         if self._tick_lo is not None and self._tick_hi is not None:
-            k = round(((a + b) - (self._tick_lo + self._tick_hi)) / 2.0 / UPDATE_PERIOD_S)
-            slack = abs(k) * 0.0005
-            lo = max(a, self._tick_lo + k * UPDATE_PERIOD_S - slack)
-            hi = min(b, self._tick_hi + k * UPDATE_PERIOD_S + slack)
-            if lo < hi:
-                self._tick_lo, self._tick_hi = lo, hi
-                self._tick = (lo + hi) / 2.0
+            lo0, hi0 = self._tick_lo, self._tick_hi
+            met = []
+            for k in range(math.floor((a - hi0) / UPDATE_PERIOD_S) - 1,
+                           math.ceil((b - lo0) / UPDATE_PERIOD_S) + 2):
+                slack = abs(k) * DRIFT_PER_PERIOD_S
+                lo = max(a, lo0 + k * UPDATE_PERIOD_S - slack)
+                hi = min(b, hi0 + k * UPDATE_PERIOD_S + slack)
+                if lo < hi:
+                    met.append((lo, hi))
+            if len(met) > 1 and b - a >= hi0 - lo0:
+                return
+            if len(met) > 1:  # in doubt, but narrower than the bracket held: it replaces it
+                met = []
+            if met:
+                self._tick_lo, self._tick_hi = met[0]
+                self._tick = (met[0][0] + met[0][1]) / 2.0
                 return
         self._tick_lo, self._tick_hi = a, b
         self._tick = (a + b) / 2.0
@@ -198,31 +340,78 @@ class NvmlGpu(CounterShaping):
 
     # -- the Channel contract ----------------------------------------------------------------
     def poll(self, t: float, slow: bool) -> list[Point]:
+        try:
+            return self._poll(t, slow)
+        finally:
+            self._plan_wake(self._clock())
+
+    def finishing(self) -> None:
+        """The run is over (the engine's final reading): date the start-up reads now."""
+        self._finishing = True
+
+    @property
+    def read_pending(self) -> bool:
+        """A counter read asked for is not taken yet (a refresh could have fallen inside it)."""
+        return self._counter_due or bool(self._firsts)
+
+    def _poll(self, t: float, slow: bool) -> list[Point]:
         watts, when = self._read_power()
         self._last_power = watts
         if not self.has_counter:
-            return self._integrate(when, watts)
-        if not self._shape or when > self._shape[-1][0]:
+            return [] if when is None else self._integrate(when, watts)
+        if when is not None and (not self._shape or when > self._shape[-1][0]):
             self._shape.append((when, watts))
-        if not slow and (self._counter_t is not None or self._first is not None):
-            return []
-        t0 = self._clock()
-        mj = int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
-        tc = (t0 + self._clock()) / 2.0  # the read takes milliseconds: take its middle
-        if self._counter_t is None and self._first is None and self._tick is None:
-            # The refresh phase is not known yet (no power change seen): this value could be
-            # dated anywhere in the last 100 ms. Keep it; date it at the next counter read, by
-            # which time the fast polls have usually seen a refresh.
-            self._first = (tc, mj)
-            return []
+        if slow and not self._counter_due:
+            self._counter_due, self._due_since = True, t
         points: list[Point] = []
-        if self._first is not None:
-            (ftc, fmj), self._first = self._first, None
-            points = self._on_counter(self._latest_tick(ftc), fmj)
-        tick = self._latest_tick(tc)
+        if self._counter_t is None:
+            if self._firsts and self._firsts_datable(t):
+                points = self._date_firsts()
+            else:
+                # The refresh phase is not known yet, or only loosely: a value could be from any
+                # time in the last 100 ms. Keep a few start-up reads, at different phases of the
+                # refresh (FIRSTS_APART_S apart), and date them once the phase is known closely
+                # (_firsts_datable): the run's first step is measured from the first of them.
+                if (self._counter_due and not self._firsts) or (
+                        self._firsts and len(self._firsts) < FIRST_READS
+                        and t - self._firsts[-1][0] >= FIRSTS_APART_S):
+                    start = self._clock()
+                    mj = self._read_counter_mj()
+                    self._firsts.append((start, self._clock(), mj))
+                    self._counter_due = False
+                return []
+        if not self._counter_due:
+            return points
+        read = self._clear_read()
+        if read is None:
+            return points  # left to the next poll
+        self._counter_due = False
+        mj, tick, error = read
         if self._counter_t is not None and tick <= self._counter_t:
             return points  # no NVML update since the last read: nothing new to finalize
-        return points + self._on_counter(tick, mj)
+        return points + self._on_counter(tick, mj, error)
+
+    def _firsts_datable(self, now: float) -> bool:
+        """The start-up reads are dated once the tick bracket is narrow (the first change seen
+        brackets a tick only within the ~50 ms between two polls: a read would be in doubt, and
+        dated up to 25 ms off) or a second has passed (a loaded host's brackets narrow slowly)."""
+        return ((self._tick is not None and self._dating_error_s() <= FIRSTS_BRACKET_S)
+                or now - self._firsts[0][0] >= FIRSTS_WAIT_S or self._finishing)
+
+    def _date_firsts(self) -> list[Point]:
+        """Date the start-up reads now that the phase is known: the first one no refresh can have
+        come during starts the timeline (a refresh during a read leaves its value a period in
+        doubt). If none is clear, the first, dated by its middle, a whole period in doubt."""
+        firsts, self._firsts = self._firsts, []
+        if self._counter_t is not None:
+            return []
+        for start, end, mj in firsts:
+            if self._clear(start, end):
+                return self._on_counter(self._latest_tick(start), mj)
+        start, end, mj = firsts[0]
+        # phase known: one refresh or the one before; unknown: half a period and half the read
+        error = UPDATE_PERIOD_S if self._tick_lo is not None else (end - start) / 2.0
+        return self._on_counter(self._latest_tick((start + end) / 2.0), mj, error)
 
     def _integrate(self, t: float, watts: float) -> list[Point]:
         if not self._shape:
@@ -237,8 +426,9 @@ class NvmlGpu(CounterShaping):
         self._shape = [(t, watts)]
         return [(x, start + e) for x, e in pts]
 
-    def _on_counter(self, tc: float, mj: int) -> list[Point]:
-        self.max_dating_error_s = max(self.max_dating_error_s, self._dating_error_s())
+    def _on_counter(self, tc: float, mj: int, read_error: float = 0.0) -> list[Point]:
+        self.max_dating_error_s = max(self.max_dating_error_s,
+                                      self._dating_error_s() + read_error)
         prev_mj, prev_t = self._counter_mj, self._counter_t
         self._counter_mj, self._counter_t = mj, tc
         if prev_mj is None or prev_t is None:

@@ -497,6 +497,17 @@ class VirtualClock:
     def __call__(self) -> float:
         return self.t
 
+    def wakes(self, channel: Any, until: float, take: Callable[[Any], None]) -> None:
+        """Poll ``channel`` at each extra poll it asks for (``wake_at``, as the engine does) before
+        ``until``, advancing this clock; ``take`` gets each poll's points."""
+        wake_at = getattr(channel, "wake_at", None)
+        while wake_at is not None:
+            wake = wake_at()
+            if wake is None or wake >= until:
+                return
+            self.t = max(self.t + 1e-6, wake)
+            take(channel.poll(self.t, slow=False))
+
     def drive(self, channel: Any, seconds: float, fast: float = 0.05, slow_every: int = 4) -> Any:
         """Poll ``channel`` as the engine would (a slow read every ``slow_every`` fast polls),
         advancing this clock from its time to ``seconds``; the channel's finalized points as a
@@ -506,5 +517,6 @@ class VirtualClock:
         while self.t <= seconds + 1e-9:
             tl.extend(channel.poll(self.t, slow=(i % slow_every == 0)))
             i += 1
-            self.t = round(i * fast, 9)
+            self.wakes(channel, round(i * fast, 9), tl.extend)
+            self.t = max(self.t, round(i * fast, 9))
         return tl
