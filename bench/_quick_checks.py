@@ -224,7 +224,14 @@ def check_totals_windows(dev: Device, rows: Rows) -> None:
     from gpu_bursty import play, plan
 
     steps = plan(1, 4, 6, 4) if dev.fake else plan()
-    r = play(Path(tempfile.mkdtemp(prefix="gt-quick-")) / "run", dev.busy, _counter(dev), steps)
+    run_dir = Path(tempfile.mkdtemp(prefix="gt-quick-")) / "run"
+    r = play(run_dir, dev.busy, _counter(dev), steps)
+    from greentrack.store import StoreReader, store_paths
+    details = next(ch["details"] for ch in StoreReader(store_paths(run_dir)[0]).channels()
+                   if ch["kind"] == "gpu")
+    rows.add("dating_error", details.get("dating_error_ms"),
+             detail=f"the widest a counter value was from its refresh, as the sampler bracketed it; "
+                    f"{details.get('deferred_reads')} read(s) left over (a refresh could fall inside)")
     gaps_s, idle_w = r["run_gaps"]
     for name, (ref, got) in (("total_vs_counter", r["run"]), ("long_window", r["total"])):
         rows.add(name, (got / ref - 1) * 100, detail=f"counter {ref:.1f} J, greentrack {got:.1f} J"
