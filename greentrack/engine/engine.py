@@ -383,6 +383,9 @@ class Engine:
         try:
             points = st.channel.poll(t, slow)
         except DeviceLost as e:
+            salvage = getattr(st.channel, "salvage", None)  # readings not yet dated (start-up)
+            if salvage is not None:
+                st.take(salvage())
             self._on_failure(st, t, e, lost=True)
             return
         except SamplerError as e:

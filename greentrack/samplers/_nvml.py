@@ -372,9 +372,9 @@ class NvmlGpu(CounterShaping):
                 # time in the last 100 ms. Keep a few start-up reads, at different phases of the
                 # refresh (FIRSTS_APART_S apart), and date them once the phase is known closely
                 # (_firsts_datable): the run's first step is measured from the first of them.
-                if (self._counter_due and not self._firsts) or (
-                        self._firsts and len(self._firsts) < FIRST_READS
-                        and t - self._firsts[-1][0] >= FIRSTS_APART_S):
+                # The slow cadence's reads meanwhile are kept too, to date with them.
+                if self._counter_due or (self._firsts and len(self._firsts) < FIRST_READS
+                                         and t - self._firsts[-1][0] >= FIRSTS_APART_S):
                     start = self._clock()
                     mj = self._read_counter_mj()
                     self._firsts.append((start, self._clock(), mj))
@@ -401,17 +401,30 @@ class NvmlGpu(CounterShaping):
     def _date_firsts(self) -> list[Point]:
         """Date the start-up reads now that the phase is known: the first one no refresh can have
         come during starts the timeline (a refresh during a read leaves its value a period in
-        doubt). If none is clear, the first, dated by its middle, a whole period in doubt."""
+        doubt), and the later clear ones follow it. If none is clear, the first, dated by its
+        middle, a whole period in doubt."""
         firsts, self._firsts = self._firsts, []
-        if self._counter_t is not None:
+        if self._counter_t is not None or not firsts:
             return []
-        for start, end, mj in firsts:
-            if self._clear(start, end):
-                return self._on_counter(self._latest_tick(start), mj)
-        start, end, mj = firsts[0]
-        # phase known: one refresh or the one before; unknown: half a period and half the read
-        error = UPDATE_PERIOD_S if self._tick_lo is not None else (end - start) / 2.0
-        return self._on_counter(self._latest_tick((start + end) / 2.0), mj, error)
+        clear = [(self._latest_tick(a), mj) for a, b, mj in firsts if self._clear(a, b)]
+        if not clear:
+            start, end, mj = firsts[0]
+            # phase known: one refresh or the one before; unknown: half a period and half the read
+            error = UPDATE_PERIOD_S if self._tick_lo is not None else (end - start) / 2.0
+            return self._on_counter(self._latest_tick((start + end) / 2.0), mj, error)
+        points: list[Point] = []
+        for tick, mj in clear:
+            if self._counter_t is None or tick > self._counter_t:
+                points += self._on_counter(tick, mj)
+        return points
+
+    def salvage(self) -> list[Point]:
+        """What the start-up reads hold, dated as well as can be now: the engine calls it when the
+        GPU is lost before they were (its energy so far is kept, not dropped)."""
+        try:
+            return self._date_firsts()
+        except Exception:  # noqa: BLE001 - salvage is best effort; the loss is recorded anyway
+            return []
 
     def _integrate(self, t: float, watts: float) -> list[Point]:
         if not self._shape:
