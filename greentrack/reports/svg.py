@@ -70,8 +70,13 @@ def _fmt(v: float) -> str:
 def _tick_labels(ticks: list[float]) -> list[str]:
     """Tick labels as :func:`_fmt` writes them, with more digits where one would not read as its
     tick (1,250,000 as "1.2e+06"; 0.0125 as "0.013") or two would read the same."""
+    # A label reads as its tick when it is off by a millionth of the step at most (a relative
+    # tolerance let "9999999.88" stand for 9999999.875, above data starting there)
+    step = min((b - a for a, b in zip(ticks, ticks[1:]) if b > a), default=abs(ticks[0]) if ticks
+               else 1.0) or 1.0
+
     def exact(label: str, v: float) -> bool:
-        return abs(float(label.replace(",", "")) - v) <= 1e-9 * abs(v)
+        return abs(float(label.replace(",", "")) - v) <= max(step * 1e-6, 1e-12 * abs(v))
 
     labels = [_fmt(v) for v in ticks]
     digits = 3
@@ -165,7 +170,7 @@ def xy_lines(title: str, series: list[tuple[str, list[float], list[float]]], xla
         ys_all.append(level[1])
     hi_x = max(xs_all, default=1.0) or 1.0
     lo_y, hi_y = min(ys_all, default=0.0), max(ys_all, default=1.0)
-    if hi_y <= lo_y:
+    if hi_y - lo_y <= 1e-9 * max(abs(lo_y), abs(hi_y)):  # flat, to the precision ticks can show
         lo_y, hi_y = lo_y - 0.5, hi_y + 0.5
     xt, yt = _nice_ticks(0.0, hi_x), _nice_ticks(lo_y, hi_y)
     top_x, lo_t, hi_t = max(xt[-1], hi_x), min(yt[0], lo_y), max(yt[-1], hi_y)
