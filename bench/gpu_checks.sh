@@ -18,7 +18,7 @@
 #
 # Logs go to OUT_DIR (default gpu-checks/), with a copy of bench/RESULTS.md as the scripts
 # recorded it. The first check decides how to read the others: if the NVML energy counter does not
-# refresh on the power sensor's tick, per-step figures are ~8%, not ~3.4% (docs/methodology.md).
+# refresh on the power sensor's tick, per-step figures are ~9%, not ~2.8% (docs/methodology.md).
 quick=0
 fake=0
 out=

@@ -3,7 +3,7 @@
 1. **Does the energy counter refresh on the power sensor's tick?** greentrack dates both readings
    at the sensor's ~100 ms refresh tick (learned from when the instant-power value changes). If the
    counter refreshes at another phase, totals stay exact but steps of 120-400 ms degrade from
-   ~3.4% to ~8% (``bench/sampling_defaults.py``). The probe reads the instant-power field and the
+   ~2.8% to ~9% (``bench/sampling_defaults.py``). The probe reads the instant-power field and the
    counter back to back for a few seconds while the GPU works in uneven bursts, dates every change
    of each between the two reads that bracket it, and reports the counter's refresh phase relative
    to the sensor's (wrapped to +-half a period), with the refresh periods it saw.
@@ -188,7 +188,7 @@ def main() -> int:
          f"{s['offset_iqr_ms'][1]:+.1f})",
          f"each refresh dated to +-{(s['bracket_ms'] or 0) / 2:.1f} ms; "
          + ("SAME tick: greentrack's dating holds" if s["same_tick"] else
-            "DIFFERENT phase: expect ~8% on 120-400 ms steps (totals exact); see docs/methodology.md")],
+            "DIFFERENT phase: expect ~9% on 120-400 ms steps (totals exact); see docs/methodology.md")],
         ["energy-counter read, wall", f"{s['counter_wall_ms'][0]:.2f} ms median, {s['counter_wall_ms'][1]:.2f} ms p99",
          f"{r['reads']} reads"],
         ["energy-counter read, thread CPU", f"{s['counter_cpu_ms'][0]:.3f} ms median, {s['counter_cpu_ms'][1]:.3f} ms p99",

@@ -44,8 +44,8 @@ class Config:
             every ~100 ms NVML update (see docs/methodology.md).
         counter_interval_s: period of the NVML total-energy counter read (it costs ~3 ms a call
             on an H100) and of utilization-based estimates. 0.2 s, chosen by
-            ``bench/sampling_defaults.py``: steps of 120-400 ms within 3.4% (energy-weighted),
-            500 ms windows within 1.8%. Reads are staggered between channels; if they cost more
+            ``bench/sampling_defaults.py``: steps of 120-400 ms within 2.8% (energy-weighted),
+            500 ms windows within 0.4%. Reads are staggered between channels; if they cost more
             than 0.5% of a core in CPU, the cadence stretches (to 1 s at most) and says so.
         flush_interval_s: how often the store commits; bounds what SIGKILL can lose.
         resolution_s: width of the stored power/energy time series buckets.

@@ -43,7 +43,7 @@ log = logging.getLogger("greentrack")
 #: CPU the slow reads of all channels together may take, as a fraction of one core.
 SLOW_READ_CPU_BUDGET = 0.005
 #: The slow cadence never stretches beyond this (``bench/sampling_defaults.py``: at 1 s, 500 ms
-#: windows stay within 3.4% and 120-400 ms steps within 4.9%; totals are exact at any interval).
+#: windows stay within 2.5% and 120-400 ms steps within 4.7%; totals are exact at any interval).
 MAX_COUNTER_INTERVAL_S = 1.0
 #: After a change, the slow cadence holds for this long (no flapping on a noisy cost), and only
 #: the first few changes are events (the rest are counted in the store's meta): bounded either way.
