@@ -81,9 +81,11 @@ def test_precision_sweep_example_compares_energy_to_a_target(tmp_path: Path) -> 
                  "GREENTRACK_LABELS"):
         e.pop(name, None)
     proc, cpu_s = cpu_seconds([sys.executable, "examples/precision_sweep.py", str(tmp_path / "sweep"),
-                               "--steps", "40", "--target", "0.05"], cwd=REPO, env=e)
+                               "--steps", "26", "--target", "0.05"], cwd=REPO, env=e)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert cpu_s < 60, cpu_s  # 40 steps x 4 runs: ~15 CPU-s (the loss reaches 0.05 in ~20)
+    # 26 steps x 4 runs: ~11 CPU-s, the bf16 ones most of it (bf16 matmuls on a CPU); the seeded
+    # runs reach loss 0.05 in ~20 steps
+    assert cpu_s < 45, cpu_s
     out = proc.stdout
     assert "greentrack compare" in out and "to loss<=0.05:" in out
     assert any(line.startswith("group fp32 (2 runs): to_target_energy_j") for line in out.splitlines())
