@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -409,8 +410,8 @@ def test_a_real_lightning_trainer_calibrates_and_restores(gpu: FakeGpu, tmp_path
 
         def training_step(self, batch: object, batch_idx: int) -> object:
             # mid-calibration: once the first limit is in force (the first steps resolve ~0.3 s
-            # into the run, once NVML's refresh phase is known), or give up after 25 steps
-            if self.fail and (gpu.current_limit_mw() != ORIGINAL_MW or self.global_step >= 25):
+            # into the run, once NVML's refresh phase is known), or give up after 250 steps
+            if self.fail and (gpu.current_limit_mw() != ORIGINAL_MW or self.global_step >= 250):
                 raise RuntimeError("boom")
             gpu.work(0.03, DEMAND_W)
             x, y = batch  # type: ignore[misc]
@@ -421,12 +422,25 @@ def test_a_real_lightning_trainer_calibrates_and_restores(gpu: FakeGpu, tmp_path
 
     data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=2)
 
+    class UntilCalibrated(L.Callback):  # type: ignore[misc]
+        """Stop once the calibration is done: its first steps resolve once NVML's refresh phase
+        is known closely (~0.3 s quiet, longer on a loaded host), so no step count fits all."""
+
+        def __init__(self, cb: GreenTrackCallback) -> None:
+            self.cb = cb
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            meter = self.cb.meter
+            cal = None if meter is None else meter.tracker._calibration
+            if cal is not None and cal.state == "done":
+                trainer.should_stop = True
+
     def fit(run_dir: Path, fail: bool, steps: int) -> None:
         cb = GreenTrackCallback(run_dir, calibrate_power_limits=[300], calibration_steps=steps,
                                 calibration_warmup_steps=1, progress_every_s=None, **FAST)
-        trainer = L.Trainer(max_steps=30, callbacks=[cb], logger=False, enable_progress_bar=False,
-                            enable_checkpointing=False, enable_model_summary=False,
-                            accelerator="cpu")
+        trainer = L.Trainer(max_steps=300, callbacks=[cb, UntilCalibrated(cb)], logger=False,
+                            enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False, accelerator="cpu")
         trainer.fit(Tiny(fail), data)
 
     fit(tmp_path / "ok", False, 4)

@@ -109,6 +109,7 @@ class ChannelState:
         self.next_slow = origin  # this channel's next slow read (staggered between channels)
         self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
         self.slow_reads = 0  # slow reads measured
+        self.pending_cpu_s = 0.0  # CPU of a slow read's attempts so far, while it is left over
         #: Handed over to a joined tracker (another process measures this device): intervals
         #: ``[a, b)`` of monotonic time whose energy this engine leaves out (b = inf while held).
         self.handed_over: list[list[float]] = []

@@ -401,10 +401,15 @@ class Engine:
             return
         finally:
             self._in_read_since = None
-            if cpu0 is not None and not getattr(st.channel, "read_pending", False):
-                used = time.thread_time() - cpu0
-                st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
-                st.slow_reads += 1
+            if cpu0 is not None:
+                # a read left over costs its attempts too: they count towards the one it becomes
+                used = st.pending_cpu_s + time.thread_time() - cpu0
+                if getattr(st.channel, "read_pending", False):
+                    st.pending_cpu_s = used
+                else:
+                    st.pending_cpu_s = 0.0
+                    st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
+                    st.slow_reads += 1
         if st.status == "failing" and st.fail_since is not None:
             gap = t - st.fail_since
             st.gap_s += gap

@@ -89,6 +89,7 @@ class NvmlGpu(CounterShaping):
         self._firsts: list[tuple[float, float, int]] = []
         self._counter_due = False  # a slow tick asked for a counter read not yet taken
         self._due_since = 0.0  # (poll time) since when
+        self._tries = 0  # reads of it taken and found in doubt
         self._bootstrap_probes = 0
         self._next_bootstrap = 0.0
         self._changed = False  # the last power read saw a new value
@@ -248,8 +249,10 @@ class NvmlGpu(CounterShaping):
             end = self._clock()
             return mj, self._latest_tick((start + end) / 2.0), (end - start) / 2.0
         # Left over past OVERDUE_S (no extra poll came: a caller that ignores wake_at, or a
-        # bracket too wide to leave room), it is read and dated in doubt, a period more.
-        overdue = self._clock() - self._due_since >= OVERDUE_S
+        # bracket too wide to leave room), or once a read was taken and met a possible refresh
+        # (a host that slows reads down: each try costs the read again), it is read and dated in
+        # doubt, a period more.
+        overdue = self._clock() - self._due_since >= OVERDUE_S or self._tries >= 1
         if not overdue and self._zone(self._clock())[0] <= self._clock() + READ_GUARD_S:
             return None  # a refresh may come now: left to a poll after it (wake_at)
         start = self._clock()
@@ -260,6 +263,7 @@ class NvmlGpu(CounterShaping):
         if overdue:
             return mj, self._latest_tick((start + end) / 2.0), UPDATE_PERIOD_S
         self.deferred_reads += 1  # the read took long enough to meet one: taken again later
+        self._tries += 1
         return None
 
     def _zone(self, t: float) -> tuple[float, float]:
@@ -352,7 +356,7 @@ class NvmlGpu(CounterShaping):
     @property
     def read_pending(self) -> bool:
         """A counter read asked for is not taken yet (a refresh could have fallen inside it)."""
-        return self._counter_due or bool(self._firsts)
+        return self._counter_due
 
     def _poll(self, t: float, slow: bool) -> list[Point]:
         watts, when = self._read_power()
@@ -362,7 +366,7 @@ class NvmlGpu(CounterShaping):
         if when is not None and (not self._shape or when > self._shape[-1][0]):
             self._shape.append((when, watts))
         if slow and not self._counter_due:
-            self._counter_due, self._due_since = True, t
+            self._counter_due, self._due_since, self._tries = True, t, 0
         points: list[Point] = []
         if self._counter_t is None:
             if self._firsts and self._firsts_datable(t):
