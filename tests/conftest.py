@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -16,7 +19,7 @@ import pytest
 from greentrack.reports import report_document
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import PowercapTree
-from tests.helpers import clean_env, make_run, node_run
+from tests.helpers import MYPY, MYPY_RESULT, REPO, clean_env, make_run, node_run
 
 # This test session's runs meet only each other: another test session on the same machine (CI
 # beside a developer's terminal) must not show up as a second run measuring the host.
@@ -27,6 +30,47 @@ os.environ["GREENTRACK_LEASE_DIR"] = tempfile.mkdtemp(prefix="greentrack-test-le
 # becomes SIG_DFL across exec).
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _runs_the_typing_test(config: pytest.Config) -> bool:
+    """Whether this session (not an xdist worker) will run tests/test_typing.py: the whole suite or
+    that file, with no marker or keyword filter."""
+    if hasattr(config, "workerinput") or config.option.keyword or config.option.markexpr:
+        return False
+    wanted = {REPO.resolve(), (REPO / "tests").resolve(), (REPO / "tests" / "test_typing.py").resolve()}
+    return all(Path(a.split("::")[0]).resolve() in wanted for a in config.args)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the mypy check when the session starts, at low priority, so it uses the cores while
+    the rest of the suite waits on processes, servers and clocks; the typing test collects its
+    result. Started in the test instead, it held a worker and both cores for a minute."""
+    if os.environ.get(MYPY_RESULT) or not _runs_the_typing_test(config):
+        return
+    out = Path(tempfile.mkdtemp(prefix="greentrack-test-mypy-"))
+    cmd = (f"nice -n 15 {shlex.join(MYPY)} > {shlex.quote(str(out / 'log'))} 2>&1; "
+           f"echo $? > {shlex.quote(str(out / 'rc.tmp'))} && "
+           f"mv {shlex.quote(str(out / 'rc.tmp'))} {shlex.quote(str(out / 'rc'))}")
+    proc = subprocess.Popen(["sh", "-c", cmd], cwd=REPO, start_new_session=True)
+    os.environ[MYPY_RESULT] = str(out)  # xdist workers start after this and inherit it
+    config.stash[_MYPY_PROC] = (proc, out)
+
+
+_MYPY_PROC = pytest.StashKey[tuple[subprocess.Popen, Path]]()  # type: ignore[type-arg]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = config.stash.get(_MYPY_PROC, None)
+    if started is None:
+        return
+    proc, out = started
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # an interrupted session leaves no mypy behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.fixture

@@ -33,6 +33,11 @@ from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
 from tests.fakes.powercap import LiveCounters, PowercapTree
 
 REPO = Path(__file__).resolve().parents[1]
+#: mypy --strict over both trees (tests/test_typing.py): 42 CPU-s on a cold cache, most of it
+#: reading torch's, Lightning's and transformers' types. tests/conftest.py starts it with the
+#: session and names its output directory in MYPY_RESULT.
+MYPY = [sys.executable, "-m", "mypy", "--strict", "greentrack", "integrations/"]
+MYPY_RESULT = "GREENTRACK_TEST_MYPY_RESULT"
 
 
 FAST = {"interval_s": 0.02, "counter_interval_s": 0.1, "flush_interval_s": 0.1}
