@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from _common import record  # noqa: E402
 
 from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX  # noqa: E402
+from greentrack.store.writer import rollup_meta, rollup_schema  # noqa: E402
 
 DAYS = 7
 GPUS = 8
@@ -47,11 +48,12 @@ def _gpu_w(i: int, t: float) -> float:
     return (650.0 if (t % STEP_S) < 1.4 else 250.0) + 10.0 * math.sin(t / 600.0 + i)
 
 
-def generate(run_dir: Path, days: float = DAYS, gpus: int = GPUS) -> Path:
-    """Write the synthetic store; returns its path. Reuses an existing complete one."""
+def generate(run_dir: Path, days: float = DAYS, gpus: int = GPUS, legacy: bool = False) -> Path:
+    """Write the synthetic store; returns its path. Reuses an existing complete one.
+    ``legacy``: as greentrack wrote it before the rollups (samples only)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"benchhost-r0-00000000{SUFFIX}"
-    done = run_dir / ".complete"
+    done = run_dir / (".complete-legacy" if legacy else ".complete-rollups")
     if done.exists() and path.exists():
         return path
     for p in run_dir.glob("*"):
@@ -61,7 +63,7 @@ def generate(run_dir: Path, days: float = DAYS, gpus: int = GPUS) -> Path:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(_SCHEMA)
+    conn.executescript(_SCHEMA + ("" if legacy else rollup_schema(RES_S / 2.0)))
     conn.execute("BEGIN")
     meta = {"run_id": "bench7d8gpu", "host": "benchhost", "pid": 1, "rank": 0, "local_rank": 0,
             "world_size": 1, "started_unix": START_UNIX, "status": "completed", "mode": "machine",
@@ -69,6 +71,8 @@ def generate(run_dir: Path, days: float = DAYS, gpus: int = GPUS) -> Path:
             "segment": "00000000", "duration_s": duration, "ended_unix": START_UNIX + duration,
             "versions": {"greentrack": "bench", "python": platform.python_version(),
                          "platform": platform.platform()}}
+    if not legacy:  # the rollups the store's triggers keep, as StoreWriter's stores have them
+        meta["rollup"] = rollup_meta(RES_S / 2.0)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
     channels = [(i + 1, "gpu", f"gpu{i}", "NVIDIA H100 80GB HBM3", "nvml-energy-counter", 1,
                  "NVML total energy counter", "high (+-10%): board counter", 0) for i in range(gpus)]

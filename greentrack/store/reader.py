@@ -87,7 +87,7 @@ def _why(path: Path, e: BaseException) -> str:
 
 #: The tables a store holds; a store whose table of one of these names is something else (a view,
 #: a virtual table: a file greentrack never wrote) is refused, never queried.
-TABLES = ("meta", "channels", "samples", "steps", "events", "metrics", "power_limits")
+TABLES = ("meta", "channels", "samples", "steps", "events", "metrics", "power_limits", "rollups")
 #: Longest one query of a store may run (a 7-day, 8-GPU store's longest scan takes ~5 s): past it
 #: the query is interrupted and its rows reported missing, never a command that does not end.
 QUERY_LIMIT_S = 120.0
@@ -302,10 +302,16 @@ def sql_number(col: str, lo: float, hi: float, null_ok: bool = False) -> str:
     return f"({col} IS NULL OR {cond})" if null_ok else cond
 
 
+def valid_sample(row: str = "") -> str:
+    """SQL: the sample ``row`` (``""``: the row queried; ``"NEW."`` in a trigger) is usable."""
+    return "(" + " AND ".join([sql_number(f"{row}t", -3600.0, MAX_T_S),
+                               sql_number(f"{row}dt", 0.0, MAX_T_S),
+                               sql_number(f"{row}energy_j", 0.0, MAX_ENERGY_J)]) + ")"
+
+
 #: SQL conditions of a usable row: what a damaged or hostile store holds outside them is left out
 #: of every figure (and counted by :meth:`StoreReader.invalid_rows`).
-VALID_SAMPLE = "(" + " AND ".join([sql_number("t", -3600.0, MAX_T_S), sql_number("dt", 0.0, MAX_T_S),
-                             sql_number("energy_j", 0.0, MAX_ENERGY_J)]) + ")"
+VALID_SAMPLE = valid_sample()
 VALID_STEP = "(" + " AND ".join(
     [sql_number("t0", -3600.0, MAX_T_S), sql_number("t1", -3600.0, MAX_T_S),
      sql_number("duration_s", 0.0, MAX_T_S)]
@@ -325,7 +331,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
     "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
     "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,),
-    "bad_step_fields": (dict,), "labels": (dict,),
+    "bad_step_fields": (dict,), "labels": (dict,), "rollup": (dict,),
 }
 
 
