@@ -26,7 +26,7 @@ SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
        COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens,
-       MIN(idx) AS first_idx FROM steps
+       MIN(idx) AS first_idx, COUNT(*) AS rows FROM steps
 WHERE """ + VALID_STEP + """ GROUP BY phase"""
 
 # The steps of a phase numbered k or later and their joules (arguments: k, k, phase, k): a

@@ -4,6 +4,7 @@ reports and advice run on it (see :mod:`greentrack.run`)."""
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,12 +183,17 @@ class Segment:
             return float(r["n"] or 0.0), float(r["energy_j"] or 0.0)
         return 0.0, 0.0
 
-    def step_energies(self) -> dict[str, list[float]]:
-        """Per phase, each valid row's joules (all kinds)."""
-        out: dict[str, list[float]] = {}
-        for r in self.reader.rows(f"SELECT phase, {STEP_J} AS e FROM steps WHERE {VALID_STEP}"):
-            out.setdefault(str(r["phase"]), []).append(float(r["e"]))
-        return out
+    def step_energies(self) -> dict[str, array[float]]:
+        """Per phase, each valid row's joules (all kinds), in one scan that decodes no text (the
+        phase is read as its index among :attr:`phase_sums`): 8 bytes a step."""
+        phases = sorted(self.phase_sums)
+        if not phases:
+            return {}
+        index = " ".join(f"WHEN ? THEN {i}" for i in range(len(phases)))
+        found = self.reader.grouped_floats(
+            f"SELECT CASE phase {index} END, CAST({STEP_J} AS REAL) FROM steps WHERE {VALID_STEP}",
+            phases, len(phases))
+        return {p: values for p, values in zip(phases, found) if values}
 
     def step_buckets(self, edges_j: tuple[float, ...]) -> dict[str, list[int]]:
         """Per phase, valid step rows per energy bucket (``len(edges_j) + 1`` counts, the last
@@ -251,13 +257,16 @@ def segment(reader: StoreReader, now: float) -> Segment:
         until = max((c["until_t"] or 0.0 for c in channels), default=0.0)
         end = max(start + until, now) if status == "running" else start + until
     seg = Segment(reader, meta, channels, reader.events(), status, start, end)
-    reader.invalid_rows("steps")
+    valid = 0
     for r in reader.rows(_STEPS_SQL.format(n=reader.step_n)):
-        sums = {k: float(r[k] or 0.0) for k in r.keys() if k not in ("phase", "first_idx")}
+        valid += int(r["rows"])
+        sums = {k: float(r[k] or 0.0) for k in r.keys() if k not in ("phase", "first_idx", "rows")}
         seg.phase_sums[str(r["phase"])] = sums
         if r["first_idx"] is not None:
             seg.first_idx[str(r["phase"])] = int(r["first_idx"])
         seg.phases[str(r["phase"])] = (int(sums["n"]), sums["energy_j"])
+    for r in reader.rows("SELECT COUNT(*) AS n FROM steps"):  # the valid ones were counted above
+        reader.note_invalid("steps", int(r["n"] or 0) - valid)
     return seg
 
 

@@ -10,6 +10,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.parse
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,26 @@ class StoreReader:
         finally:
             self._deadline = float("inf")
 
+    def grouped_floats(self, sql: str, args: Iterable[Any], groups: int) -> list[array[float]]:
+        """The rows ``(group, value)`` of ``sql`` as one array of values per group ``0 ..
+        groups - 1`` (rows of another group or a non-numeric value are skipped): a column of a
+        long table (a week's step energies) at 8 bytes a row, never a Python object per row.
+        Bounded and interruptible as :meth:`rows`; a failure is reported in ``damaged``."""
+        out = [array("d") for _ in range(groups)]
+        self._conn.row_factory = None
+        self._deadline = time.monotonic() + QUERY_LIMIT_S
+        try:
+            for g, v in self._conn.execute(sql, tuple(args)):
+                if type(g) is int and 0 <= g < groups and type(v) is float:
+                    out[g].append(v)
+        except (sqlite3.DatabaseError, ValueError) as e:
+            self._raise_pending(e)
+            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
+            return [array("d") for _ in range(groups)]
+        finally:
+            self._deadline = float("inf")
+        return out
+
     def channels(self) -> list[dict[str, Any]]:
         out = []
         for r in self.rows("SELECT * FROM channels ORDER BY id"):
@@ -268,7 +289,10 @@ class StoreReader:
         :data:`VALID_STEP` / :data:`VALID_SAMPLE`) and this reports them in ``damaged``."""
         cond = {"steps": VALID_STEP, "samples": VALID_SAMPLE}[table]
         rows = self.rows(f"SELECT COUNT(*) AS n FROM {table} WHERE NOT {cond}")
-        n = int(rows[0]["n"] or 0) if rows else 0
+        return self.note_invalid(table, int(rows[0]["n"] or 0) if rows else 0)
+
+    def note_invalid(self, table: str, n: int) -> int:
+        """Report ``n`` unusable rows of ``table`` in ``damaged`` (none: nothing); returns n."""
         if n:
             self.damaged.append(f"{table}: {n} row(s) with negative, non-finite or out-of-range "
                                 "values, left out")
