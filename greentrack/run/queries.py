@@ -61,7 +61,8 @@ _ROLLUP_STATS_SQL = """
 SELECT channel_id, SUM(n) AS n, MIN(lo) AS lo, MAX(tmax) AS tmax, MAX(hi) AS hi FROM rollups
 GROUP BY channel_id"""
 _VALID_ROLLUP = "(" + " AND ".join(
-    [sql_number("k", -1e12, 1e12), sql_number("n", 1, 1e12), sql_number("energy_j", 0.0, MAX_ENERGY_J)]
+    [sql_number("k", -1e12, 1e12), sql_number("n", 1, 1e12),
+     sql_number("energy_j", 0.0, MAX_ENERGY_J)]
     + [sql_number(c, -3600.0, 2 * MAX_T_S) for c in ("lo", "tmax", "hi")]) + ")"
 _ROLLUP_BAD_SQL = f"SELECT COUNT(*) AS n FROM rollups WHERE NOT {_VALID_ROLLUP}"
 _ROLLUP_BINS_SQL = """

@@ -67,9 +67,9 @@ class Segment:
         if self._stats is not None:
             return self._stats
         if self.rollup() is not None:
-            rows = self._rollup_rows(_ROLLUP_STATS_SQL)
-            if rows is not None:
-                self._stats = {r["channel_id"]: r for r in rows}
+            cells = self._rollup_rows(_ROLLUP_STATS_SQL)
+            if cells is not None:
+                self._stats = {r["channel_id"]: r for r in cells}
                 return self._stats
         stats = {r["channel_id"]: r for r in self.reader.rows(_STATS_SQL)}
         rows = sum(int(r["n"] or 0) for r in self.reader.rows(_ROWS_SQL))
