@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from greentrack.common.config import Config
+from greentrack.reports.advise import advise
+from greentrack.reports.run_data import read_run
 from greentrack.run import Run
 from greentrack.store import store_paths
 from tests.helpers import report_json, run_cli, write_store
@@ -151,3 +154,13 @@ def test_a_sample_changed_later_retires_the_rollups(store_run: Path, tmp_path: P
             assert r.segments[0].rollup() is None
     report = _report(tmp_path / "run0", tmp_path / "out")
     assert any("samples: " in w and "left out" in w for w in report["warnings"])
+
+
+def test_advice_reads_no_step_detail(store_run: Path) -> None:
+    """``greentrack advise`` reads the run without per-step joules and step coverage (a scan of
+    every step less each): its findings are those of the full read the report makes."""
+    lean, full = read_run(store_run, step_detail=False), read_run(store_run)
+    assert not lean.step_energies_j and not lean.step_cells
+    assert full.step_energies_j["train"] and full.step_cells  # what it would have read
+    config = Config(country="FRA")
+    assert advise(lean, config) == advise(full, config)
