@@ -233,7 +233,8 @@ def _record(found: dict[str, list[tuple[float, float]]],
     old = legacy or {}
     body = (
         f"## Report at scale: {days:g}-day, {GPUS}-GPU run (`bench/report_scale.py`)\n\n"
-        f"Machine: {_machine()}. Measured {time.strftime('%Y-%m-%d')}.\n"
+        f"Machine: {_machine()}. Measured {time.strftime('%Y-%m-%d')}, load average "
+        f"{os.getloadavg()[1]:.1f} (5 min) at the end.\n"
         f"Store: {rows[0]:,} sample rows (1 s buckets x 10 channels: 8 GPUs, CPU package, DRAM), "
         f"{rows[1]:,} steps, {rows[2]:,} rollup cells (60 s per channel, kept by the store's "
         f"triggers); {summary['energy_kwh']:.0f} kWh.\n"
@@ -244,8 +245,9 @@ def _record(found: dict[str, list[tuple[float, float]]],
         "| what | runs (s) | worst (s) | peak RSS (MB) | target |\n| --- | --- | --- | --- | --- |\n"
         + _row("full report, all six formats", found["report"])
         + _row("`greentrack advise`", found["advise"])
-        + _row("full report, store without rollups (older greentrack's)", old.get("report"))
-        + _row("`greentrack advise`, store without rollups", old.get("advise"))
+        + _row("full report, a store written before the rollups (read from its samples)",
+               old.get("report"))
+        + _row("`greentrack advise`, a store written before the rollups", old.get("advise"))
         + f"\nOutput sizes (bytes): {', '.join(f'{k} {v:,}' for k, v in sizes.items())}.\n")
     record("report_scale", body)
 
