@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.common.units import is_number
 from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, StepRow, safe_host
 from greentrack.store.reader import VALID_STEP, valid_sample
 
@@ -89,8 +90,10 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self.rows_rejected = 0
-        resolution = (meta.get("settings") or {}).get("resolution_s") or 1.0
-        offset = float(resolution) / 2.0  # the reports' bin edges (greentrack.run.segment)
+        resolution = (meta.get("settings") or {}).get("resolution_s")
+        # half a bucket: the reports' bin edges (greentrack.run.segment); settings are checked
+        # before a store is made, this only keeps a writer given odd meta from failing
+        offset = float(resolution) / 2.0 if is_number(resolution, 1e-6, 86400.0) else 0.5
         try:
             self._conn = _connect(self.path, readonly=False)
             self._conn.executescript(_SCHEMA + rollup_schema(offset))
