@@ -90,7 +90,7 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self.rows_rejected = 0
-        resolution = (meta.get("settings") or {}).get("resolution_s")
+        resolution: Any = (meta.get("settings") or {}).get("resolution_s")
         # half a bucket: the reports' bin edges (greentrack.run.segment); settings are checked
         # before a store is made, this only keeps a writer given odd meta from failing
         offset = float(resolution) / 2.0 if is_number(resolution, 1e-6, 86400.0) else 0.5
