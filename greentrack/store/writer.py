@@ -31,7 +31,8 @@ def rollup_schema(offset_s: float, width_s: float = ROLLUP_S) -> str:
     never near an edge. The cell is kept in SQLite by a trigger, so every writer of samples (the
     engine, a bench, a repair tool) keeps it; a sample changed or deleted afterwards, an unusable
     or replaced one inserted, deletes meta ``rollup`` and readers go back to the samples (which
-    then report the damage)."""
+    then report the damage). No UPSERT (a store must open with any SQLite 3) nor ``OR IGNORE``
+    (the samples' ``INSERT OR REPLACE`` would override it inside the trigger)."""
     new = valid_sample("NEW.")
     # floor for t >= -3600 (usable times): CAST truncates towards zero, so shift above it first
     cell = f"CAST((NEW.t + {offset_s!r}) / {width_s!r} + 100 AS INTEGER) - 100"
@@ -44,10 +45,11 @@ CREATE TABLE IF NOT EXISTS rollups (
 CREATE TRIGGER IF NOT EXISTS rollup_replace BEFORE INSERT ON samples WHEN EXISTS (
     SELECT 1 FROM samples WHERE channel_id = NEW.channel_id AND t = NEW.t) {stale}
 CREATE TRIGGER IF NOT EXISTS rollup_add AFTER INSERT ON samples WHEN {new} BEGIN
-    INSERT INTO rollups VALUES (NEW.channel_id, {cell}, 1, NEW.energy_j, NEW.t, NEW.t,
-                                NEW.t + NEW.dt)
-    ON CONFLICT (channel_id, k) DO UPDATE SET n = n + 1, energy_j = energy_j + excluded.energy_j,
-        lo = MIN(lo, excluded.lo), tmax = MAX(tmax, excluded.tmax), hi = MAX(hi, excluded.hi);
+    INSERT INTO rollups SELECT NEW.channel_id, {cell}, 0, 0.0, NEW.t, NEW.t, NEW.t + NEW.dt
+    WHERE NOT EXISTS (SELECT 1 FROM rollups WHERE channel_id = NEW.channel_id AND k = {cell});
+    UPDATE rollups SET n = n + 1, energy_j = energy_j + NEW.energy_j, lo = MIN(lo, NEW.t),
+        tmax = MAX(tmax, NEW.t), hi = MAX(hi, NEW.t + NEW.dt)
+    WHERE channel_id = NEW.channel_id AND k = {cell};
 END;
 CREATE TRIGGER IF NOT EXISTS rollup_unusable AFTER INSERT ON samples WHEN NOT {new} {stale}
 CREATE TRIGGER IF NOT EXISTS rollup_update AFTER UPDATE ON samples {stale}
