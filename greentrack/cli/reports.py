@@ -296,7 +296,7 @@ def cmd_advise(ns: argparse.Namespace) -> int:
 
 def _advise(ns: argparse.Namespace) -> int:
     explicit = make_config(ns)
-    data = read_run(ns.run_dir)
+    data = read_run(ns.run_dir, step_detail=False)  # advice reads no per-step detail
     config = config_for_run(data.settings, explicit)
     fp = run_footprint_of(data, explicit)
     findings = advise(data, config, fp, max_slowdown=parse_slowdown(ns.max_slowdown))

@@ -9,6 +9,7 @@ statistics, FLOPs/tokens/samples, hosts and sample counts. Damaged rows become w
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,23 +162,29 @@ class RunData:
         return float(sum(vals)) if vals else None
 
 
-def read_run(run_dir: str | Path) -> RunData:
+def read_run(run_dir: str | Path, step_detail: bool = True) -> RunData:
     """Read a run directory for a report (through :class:`greentrack.run.Run`).
+
+    Args:
+        run_dir: the run directory (or several, ``+``-joined).
+        step_detail: read each step's joules (:attr:`RunData.step_energies_j`) and the step
+            coverage of the time series (:attr:`RunData.step_cells`, :attr:`RunData.step_marks`):
+            the report shows them; advice needs neither (a scan of every step less each).
 
     Raises:
         ConfigError: not a run directory, or no store in it can be read.
     """
     with Run.open(run_dir) as run:
-        return _read(run)
+        return _read(run, step_detail)
 
 
-def _read(run: Run) -> RunData:
+def _read(run: Run, step_detail: bool = True) -> RunData:
     summary = run.summary()
     start = run.start_unix
     resolution, bin_s = run.resolution_s, run.bin_s
     channels: list[Channel] = []
     phases: dict[str, dict[str, float]] = {}
-    energies: dict[str, list[float]] = {}
+    gathered: dict[str, array[float]] = {}  # 8 bytes a step until sorted
     methods: set[str] = set()
     mfu_num = mfu_den = 0.0
     for seg in run.segments:
@@ -198,8 +205,8 @@ def _read(run: Run) -> RunData:
             p = phases.setdefault(phase, dict.fromkeys(sums, 0.0))
             for k, v in sums.items():
                 p[k] += v
-        for phase, values in seg.step_energies().items():
-            energies.setdefault(phase, []).extend(values)
+        for phase, values in (seg.step_energies() if step_detail else {}).items():
+            gathered.setdefault(phase, array("d")).extend(values)
         methods |= seg.flops_methods()
         a, b = seg.mfu_sums()
         mfu_num, mfu_den = mfu_num + a, mfu_den + b
@@ -211,8 +218,7 @@ def _read(run: Run) -> RunData:
     planned = [e for e in run.events("planned-steps")]
     greener = run.events("start-when-greener")
     run.add_damage()  # rows the report's queries left out, too
-    for e in energies.values():
-        e.sort()
+    energies = {phase: sorted(values) for phase, values in gathered.items()}
     first = run.segments[0]
     data = RunData(
         run_dir=run.run_dir, summary=summary, devices=run.devices(), start_unix=start,
@@ -229,6 +235,8 @@ def _read(run: Run) -> RunData:
         greener_start=_details(greener[-1]) if greener else None,
         budget_events=run.events("budget-forecast", "budget-reached"),
         stores=run.store_energies(run.energy_bins()), work=work_of(run))
+    if not step_detail:
+        return data
     n, width = data.plot_grid()
     cells, ending = [0.0] * n, [0] * n
     rank = min(seg.rank for seg in run.segments)

@@ -26,7 +26,7 @@ SELECT phase, SUM({n}) AS n, SUM(duration_s) AS duration_s,
        SUM(gpu_j) AS gpu_j, SUM(gpu_seconds) AS gpu_seconds,
        SUM(flops) AS flops, COUNT(flops) AS n_flops, SUM(samples) AS samples,
        COUNT(samples) AS n_samples, SUM(tokens) AS tokens, COUNT(tokens) AS n_tokens,
-       MIN(idx) AS first_idx FROM steps
+       MIN(idx) AS first_idx, COUNT(*) AS rows FROM steps
 WHERE """ + VALID_STEP + """ GROUP BY phase"""
 
 # The steps of a phase numbered k or later and their joules (arguments: k, k, phase, k): a
@@ -53,6 +53,22 @@ _STATS_SQL = f"""
 SELECT channel_id, COUNT(*) AS n, MIN(t) AS lo, MAX(t) AS tmax, MAX(t + dt) AS hi FROM samples
 WHERE {VALID_SAMPLE} GROUP BY channel_id"""
 _ROWS_SQL = "SELECT channel_id, COUNT(*) AS n FROM samples GROUP BY channel_id"
+
+# The same from the rollup cells the store kept of its usable samples (greentrack.store.writer.
+# rollup_schema), and their bins: bin i of q cells holds cells [i q, (i + 1) q), as bin i of the
+# samples holds their rows in [i w q - offset, (i + 1) w q - offset).
+_ROLLUP_STATS_SQL = """
+SELECT channel_id, SUM(n) AS n, MIN(lo) AS lo, MAX(tmax) AS tmax, MAX(hi) AS hi FROM rollups
+GROUP BY channel_id"""
+_VALID_ROLLUP = "(" + " AND ".join(
+    [sql_number("k", -1e12, 1e12), sql_number("n", 1, 1e12),
+     sql_number("energy_j", 0.0, MAX_ENERGY_J)]
+    + [sql_number(c, -3600.0, 2 * MAX_T_S) for c in ("lo", "tmax", "hi")]) + ")"
+_ROLLUP_BAD_SQL = f"SELECT COUNT(*) AS n FROM rollups WHERE NOT {_VALID_ROLLUP}"
+_ROLLUP_BINS_SQL = """
+WITH RECURSIVE b(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM b WHERE i < ?)
+SELECT i, (SELECT SUM(energy_j) FROM rollups WHERE channel_id = ? AND k >= i * ?
+           AND k < (i + 1) * ?) AS e FROM b"""
 
 # Step windows grouped by phase and the grid cells of their start and end (cell = floor((t -
 # origin) / w)): with each group's count and summed t0 and t1, the seconds each cell is covered

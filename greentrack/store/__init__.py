@@ -11,7 +11,9 @@ Layout of a run directory::
 
 Tables: ``meta`` (key -> JSON), ``channels`` (how each device is measured, its running total),
 ``samples`` (energy per channel per time bucket), ``steps``, ``events`` (gaps, errors, estimates),
-``metrics`` (``Tracker.record``) and ``power_limits`` (a measured power-limit curve, schema 3).
+``metrics`` (``Tracker.record``), ``power_limits`` (a measured power-limit curve, schema 3) and
+``rollups`` (per channel and minute: the samples' count, joules and span, kept by triggers as the
+samples go in; reports read them instead of every sample, see :func:`.writer.rollup_schema`).
 Times are seconds on the process's monotonic clock since the segment start (``t``), plus the wall
 clock of the segment start in ``meta`` so wall times are derived, never read mid-run.
 

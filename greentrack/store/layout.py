@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS power_limits (
 #: ``metrics`` (``Tracker.record``: losses and named metrics with the cumulative energy of this
 #: store's channels at that moment) is a new table, not a change: older readers ignore it and
 #: :meth:`StoreReader.metrics` reads a store without it as having none, so SCHEMA_VERSION stays.
+#: ``rollups`` (greentrack.store.writer.rollup_schema) likewise: older readers ignore it, and a
+#: store without it (or whose meta ``rollup`` is gone) is read from its samples.
 
 
 #: Overrides of this machine's identity (:func:`host_identity`): for tests that run several

@@ -12,8 +12,54 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.errors import ConfigError, RunStoreError
+from greentrack.common.units import is_number
 from greentrack.store.layout import _SCHEMA, SCHEMA_VERSION, SUFFIX, StepRow, safe_host
-from greentrack.store.reader import VALID_STEP
+from greentrack.store.reader import VALID_STEP, valid_sample
+
+#: Width of a rollup cell (seconds): the ``rollups`` table holds, per channel and cell, what the
+#: reports read of the samples (count, joules, first start, last start, last end), so a report of
+#: a week-long run reads ~10^5 rollup rows instead of ~10^7 samples.
+ROLLUP_S = 60.0
+
+
+def rollup_schema(offset_s: float, width_s: float = ROLLUP_S) -> str:
+    """The ``rollups`` table and the triggers that keep it as samples are inserted.
+
+    Cell ``k`` of a channel holds its usable samples (:func:`~greentrack.store.reader.valid_sample`)
+    with ``k * width_s - offset_s <= t < (k + 1) * width_s - offset_s``: the offset is half the
+    store's resolution, as the reports' bin edges (:mod:`greentrack.run.segment`), so a bucket is
+    never near an edge. The cell is kept in SQLite by a trigger, so every writer of samples (the
+    engine, a bench, a repair tool) keeps it; a sample changed or deleted afterwards, an unusable
+    or replaced one inserted, deletes meta ``rollup`` and readers go back to the samples (which
+    then report the damage). No UPSERT (a store must open with any SQLite 3) nor ``OR IGNORE``
+    (the samples' ``INSERT OR REPLACE`` would override it inside the trigger)."""
+    new = valid_sample("NEW.")
+    # floor for t >= -3600 (usable times): CAST truncates towards zero, so shift above it first
+    cell = f"CAST((NEW.t + {offset_s!r}) / {width_s!r} + 100 AS INTEGER) - 100"
+    stale = "BEGIN DELETE FROM meta WHERE key = 'rollup'; END;"
+    return f"""
+CREATE TABLE IF NOT EXISTS rollups (
+    channel_id INTEGER NOT NULL, k INTEGER NOT NULL, n INTEGER NOT NULL, energy_j REAL NOT NULL,
+    lo REAL NOT NULL, tmax REAL NOT NULL, hi REAL NOT NULL,
+    PRIMARY KEY (channel_id, k)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS rollup_replace BEFORE INSERT ON samples WHEN EXISTS (
+    SELECT 1 FROM samples WHERE channel_id = NEW.channel_id AND t = NEW.t) {stale}
+CREATE TRIGGER IF NOT EXISTS rollup_add AFTER INSERT ON samples WHEN {new} BEGIN
+    INSERT INTO rollups SELECT NEW.channel_id, {cell}, 0, 0.0, NEW.t, NEW.t, NEW.t + NEW.dt
+    WHERE NOT EXISTS (SELECT 1 FROM rollups WHERE channel_id = NEW.channel_id AND k = {cell});
+    UPDATE rollups SET n = n + 1, energy_j = energy_j + NEW.energy_j, lo = MIN(lo, NEW.t),
+        tmax = MAX(tmax, NEW.t), hi = MAX(hi, NEW.t + NEW.dt)
+    WHERE channel_id = NEW.channel_id AND k = {cell};
+END;
+CREATE TRIGGER IF NOT EXISTS rollup_unusable AFTER INSERT ON samples WHEN NOT {new} {stale}
+CREATE TRIGGER IF NOT EXISTS rollup_update AFTER UPDATE ON samples {stale}
+CREATE TRIGGER IF NOT EXISTS rollup_delete AFTER DELETE ON samples {stale}
+"""
+
+
+def rollup_meta(offset_s: float, width_s: float = ROLLUP_S) -> dict[str, float]:
+    """Meta ``rollup``: the cells' width and offset; present while the rollups are whole."""
+    return {"width_s": width_s, "offset_s": offset_s}
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -46,14 +92,19 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self.rows_rejected = 0
+        resolution: Any = (meta.get("settings") or {}).get("resolution_s")
+        # half a bucket: the reports' bin edges (greentrack.run.segment); settings are checked
+        # before a store is made, this only keeps a writer given odd meta from failing
+        offset = float(resolution) / 2.0 if is_number(resolution, 1e-6, 86400.0) else 0.5
         try:
             self._conn = _connect(self.path, readonly=False)
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(_SCHEMA + rollup_schema(offset))
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
                 raise RunStoreError(f"store {self.path.name}: {e}") from None
             raise ConfigError("run_dir", str(run_dir), f"cannot create the store ({e})") from None
-        self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION})
+        self.set_meta({**meta, "segment": self.segment, "schema_version": SCHEMA_VERSION,
+                       "rollup": rollup_meta(offset)})
         self.flush()
         self.checkpoint()  # the schema and the run's identity in the .gtdb itself, not only the -wal
         # from now on each checkpoint syncs the WAL and the file: a power loss costs at most
@@ -235,7 +286,8 @@ def compact_store(reader: Any, dest: Path) -> None:
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN")
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                         [tuple(r) for r in reader.rows("SELECT key, value FROM meta")]
+                         [tuple(r) for r in reader.rows("SELECT key, value FROM meta WHERE "
+                                                        "key != 'rollup'")]  # no samples here
                          + [("compact", "true")])
         for table in ("channels", "events"):
             rows = reader.rows(f"SELECT * FROM {table}")
