@@ -182,4 +182,4 @@ def test_the_tracker_import_leaves_the_stop_side_and_the_optional_parsers() -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=python_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "", f"`from greentrack import Tracker` imported {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"the tracker's import loaded {out.stdout.strip()}"

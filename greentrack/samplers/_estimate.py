@@ -29,7 +29,7 @@ DEFAULT_W_PER_CORE = 4.0  # codecarbon's DEFAULT_POWER_PER_CORE, when the CPU is
 GREEN_ALGORITHMS = "Green Algorithms (Lannelongue, Grealey, Inouye, Adv. Sci. 2021)"
 
 
-@functools.cache  # read once per process: /proc/cpuinfo is ~2 KiB per logical CPU, re-read at every start
+@functools.cache  # read once per process: /proc/cpuinfo holds ~2 KiB per logical CPU
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
