@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, QuietGate, md_table, median, quantile, record, section  # noqa: E402
 
-
 #: Where the timed interpreters keep compiled bytecode (None: each compiles every module).
 PYCACHE: list[str | None] = [None]
 
