@@ -8,7 +8,11 @@ run constant in its number of segments.
   (the A/A control: their difference is the noise floor) and ``python -c "from greentrack import
   Tracker"``. The figure is the median over rounds of the import's time minus the mean of the
   round's two bare ones, in wall time and in CPU time (user + system, from ``getrusage``: on a
-  host shared with other work, wall time also counts waiting for a core).
+  host shared with other work, wall time also counts waiting for a core). The interpreters read
+  compiled bytecode, as an installed package does (pip compiles it at install; an editable
+  install compiles at its first import): it is written once, untimed, under a temporary
+  ``PYTHONPYCACHEPREFIX``, also where ``PYTHONDONTWRITEBYTECODE`` is set (``--bytecode none``
+  times compiling every module from source at every import instead).
 * **start**: in one process, after one cold start and stop, ``Tracker(fresh dir).start()`` timed,
   then ``stop()`` untimed; two such trackers per round (A and A') give the A/A ratio.
 * **stop**: one run directory resumed ``--segments`` times in this process (each a tracker started
@@ -41,10 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, QuietGate, md_table, median, quantile, record, section  # noqa: E402
 
+#: Where the timed interpreters keep compiled bytecode (None: each compiles every module).
+PYCACHE: list[str | None] = [None]
+
 
 def interpreter(code: str) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system) of a fresh interpreter running ``code``."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if PYCACHE[0] is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYCACHE[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
@@ -58,6 +68,7 @@ def import_cost(rounds: int, gate: QuietGate) -> dict[str, dict[str, float]]:
     and the A/A control (the second bare one minus the first)."""
     out: dict[str, dict[str, list[float]]] = {m: {"over": [], "aa": [], "bare": []}
                                               for m in ("wall", "cpu")}
+    interpreter("from greentrack import Tracker")  # untimed: writes the bytecode (see PYCACHE)
     for r in range(rounds):
         if r % 10 == 0:
             gate.wait()
@@ -136,7 +147,11 @@ def main() -> int:
     p.add_argument("--stop-rounds", type=int, default=7, help="run directories of the stop part")
     p.add_argument("--segments", type=int, default=12)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--bytecode", choices=("cached", "none"), default="cached",
+                   help="import part: bytecode compiled once (as installed) or at every import")
     args = p.parse_args()
+    if args.bytecode == "cached":
+        PYCACHE[0] = tempfile.mkdtemp(prefix="gt-pycache-")
     logging.getLogger("greentrack").setLevel(logging.ERROR)
     gate = QuietGate(max_wait_s=10.0)
     load0 = os.getloadavg()[0]
@@ -173,11 +188,14 @@ def main() -> int:
             f"(import: three fresh interpreters each, rotating order; start: two warm starts "
             f"each), {args.stop_rounds} run directories resumed {args.segments} times. Load "
             f"average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
-            f"(`uptime`); {gate.summary()}")
+            f"(`uptime`); {gate.summary()}. Bytecode: "
+            f"{'compiled once, untimed' if PYCACHE[0] else 'none (every import compiles)'}.")
     print(body)
     if not args.no_record:
         record("start_stop", section(
             "start_stop", "Import, start and stop (`bench/start_stop.py`)", body))
+    if PYCACHE[0] is not None:
+        shutil.rmtree(PYCACHE[0], ignore_errors=True)
     return 0
 
 

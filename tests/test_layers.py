@@ -168,3 +168,18 @@ def test_heavy_libraries_load_only_when_used(statement: str) -> None:
                          env=python_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"{statement!r} imported {out.stdout.strip()}"
+
+
+#: What ``from greentrack import Tracker`` leaves for the stop, the reports or a setting that asks
+#: for it (issue 25: the import at most 60 ms over the interpreter, ``bench/start_stop.py``).
+NOT_AT_IMPORT = ("greentrack.carbon", "greentrack.reports", "greentrack.run", "statistics",
+                 "difflib", "socket")
+
+
+def test_the_tracker_import_leaves_the_stop_side_and_the_optional_parsers() -> None:
+    code = ("import sys\nfrom greentrack import Tracker\n"
+            f"print(','.join(sorted(m for m in sys.modules if m.startswith({NOT_AT_IMPORT!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=python_env(), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"the tracker's import loaded {out.stdout.strip()}"

@@ -33,6 +33,27 @@ def test_no_nvml_library_is_a_normal_state() -> None:
     assert notes and "NVML unavailable" in notes[0].message and notes[0].level == "info"
 
 
+def test_a_missing_nvml_library_is_looked_for_once_per_process() -> None:
+    """Issue 25: a host without the NVIDIA driver searched the library path at every start."""
+    fake = FakeNvml([], init_error=real_pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    mod = fake.module()
+    calls = []
+    real_init = mod.nvmlInit
+    mod.nvmlInit = lambda: calls.append(1) or real_init()
+    first = open_gpus(None, env={}, pynvml=mod)
+    assert open_gpus(None, env={}, pynvml=mod) == first and calls == [1]
+    assert first[0] == [] and "NVML unavailable" in first[1][0].message
+    with pytest.raises(ConfigError, match=r"gpus='0' is invalid: NVML unavailable \(NVML Shared"):
+        open_gpus((0,), env={}, pynvml=mod)
+    assert calls == [1]
+    other = FakeNvml([], init_error=real_pynvml.NVML_ERROR_DRIVER_NOT_LOADED).module()
+    init_other = other.nvmlInit
+    other.nvmlInit = lambda: calls.append(2) or init_other()
+    for _ in range(2):  # any other failure (a driver still loading) is asked again at each start
+        open_gpus(None, env={}, pynvml=other)
+    assert calls == [1, 2, 2]
+
+
 def test_naming_a_gpu_without_nvml_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="gpus="):
         open_gpus((0,), env={}, pynvml=real_pynvml)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import greentrack
+from greentrack.samplers import _estimate
 from greentrack.store import StoreReader, store_paths
 from tests.fakes.fake_pynvml import FakeNvml
 from tests.fakes.powercap import LiveCounters, PowercapTree
@@ -336,3 +338,36 @@ def test_a_long_step_gets_all_its_energy(powercap: PowercapTree, tmp_path: Path)
     for st in steps:
         assert st["duration_s"] >= 3.0
         assert st["cpu_j"] == pytest.approx(60.0 * st["duration_s"], rel=0.05)
+
+
+_OPENED: list[list[str]] = []  # the audit hook below records into the last list, while there is one
+
+
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    if _OPENED and event in ("open", "os.scandir") and args and isinstance(args[0], (str, Path)):
+        _OPENED[-1].append(str(args[0]))
+
+
+def test_a_warm_start_reads_the_cpu_model_and_sockets_no_more(no_host_env: Path,
+                                                              tmp_path: Path) -> None:
+    """Issue 25: every start re-read /proc/cpuinfo (~2 KiB per logical CPU) and scanned sysfs for
+    the CPU sockets (one file per logical CPU); the hardware does not change within a process."""
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo on this system: the CPU model comes from platform")
+    _estimate.cpu_model.cache_clear()
+    _estimate.socket_count.cache_clear()
+    sys.addaudithook(_record_opens)  # hooks stay for the process: it records only inside this test
+    seen: list[list[str]] = []
+    try:
+        for name in ("cold", "warm"):
+            _OPENED.append([])
+            tracker = greentrack.Tracker(tmp_path / name, **FAST).start()
+            seen.append(_OPENED.pop())
+            tracker.stop()
+    finally:
+        _OPENED.clear()
+    cold, warm = seen
+    assert "/proc/cpuinfo" in cold and any(p.startswith("/sys/devices/system/cpu") for p in cold)
+    hardware = ("/proc/cpuinfo", "/sys/devices/system/cpu/")
+    assert [p for p in warm if p.startswith(hardware)] == []
+    assert tracker.notes and "ESTIMATED" in " ".join(n.message for n in tracker.notes)

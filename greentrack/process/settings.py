@@ -2,16 +2,14 @@
 
 They sit here, above ``carbon/``, ``exporters/`` and ``reports/``, because each check is the owning
 layer's own parser: a bad value fails with that parser's one-line error, at start rather than when
-the run ends.
+the run ends. A parser's module loads when its setting is given: ``from greentrack import Tracker``
+stays light (``bench/start_stop.py``).
 """
 
 from __future__ import annotations
 
-from greentrack.carbon.location import resolve_location
-from greentrack.carbon.series import read_csv
 from greentrack.common.config import Config
 from greentrack.exporters.gateway import gateway_url
-from greentrack.reports.emissions_log import check_path
 
 
 def check_settings(config: Config) -> None:
@@ -24,10 +22,16 @@ def check_settings(config: Config) -> None:
         ConfigError: one line naming the setting, the value and what is allowed.
     """
     if config.country or config.region or config.cloud:
+        # loaded for a run that names a location, not with every tracker (bench/start_stop.py)
+        from greentrack.carbon.location import resolve_location
         resolve_location(config)
     if config.intensity_csv:
+        # loaded for a run with an intensity series (statistics, csv), not with every tracker
+        from greentrack.carbon.series import read_csv
         read_csv(config.intensity_csv)
     if config.pushgateway_url:
         gateway_url(config.pushgateway_url)
     if config.emissions_csv:  # now, not when the run ends
+        # loaded for a run that writes the emissions CSV, not with every tracker
+        from greentrack.reports.emissions_log import check_path
         check_path(config.emissions_csv)

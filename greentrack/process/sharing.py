@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -212,7 +211,7 @@ def _lock(fd: int) -> float | None:
     except (OSError, ValueError, IndexError):
         released = float("-inf")
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {os.uname().nodename}".encode(), 0)
     return released
 
 
@@ -290,7 +289,7 @@ def join_parent(parent_dir: Path, token: str, devices: list[str]) -> tuple[Lease
     over. Returns the lease and the devices the parent stopped counting, or None (after
     :data:`JOIN_ACK_S`) if no parent answered: the caller then measures on its own."""
     lease = Lease(parent_dir / JOIN_DIR, {"pid": os.getpid(), "token": token,
-                                          "host": socket.gethostname(), "devices": devices})
+                                          "host": os.uname().nodename, "devices": devices})
     ack = lease.path.with_suffix(".ack")
     deadline = time.monotonic() + JOIN_ACK_S
     while time.monotonic() < deadline:

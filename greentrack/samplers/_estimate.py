@@ -14,6 +14,7 @@ shows a 1 TB host estimated at 378 W), hence the low quality band.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -28,6 +29,7 @@ DEFAULT_W_PER_CORE = 4.0  # codecarbon's DEFAULT_POWER_PER_CORE, when the CPU is
 GREEN_ALGORITHMS = "Green Algorithms (Lannelongue, Grealey, Inouye, Adv. Sci. 2021)"
 
 
+@functools.cache  # read once per process: /proc/cpuinfo holds ~2 KiB per logical CPU
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,6 +40,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+@functools.cache  # scanned once per process: one sysfs file per logical CPU
 def socket_count() -> int:
     ids = set()
     for p in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/physical_package_id"):

@@ -509,6 +509,12 @@ def _visible(env: dict[str, str], uuids: list[str]) -> list[tuple[int, bool]]:
     return out
 
 
+#: Per pynvml module, NVML's error when its library is not on this host: looked for once per
+#: process (a failed load searches the library path again at every start; no driver appears
+#: under a running process).
+_NO_LIBRARY: dict[ModuleType, str] = {}
+
+
 def open_gpus(gpus: tuple[int | str, ...] | None, env: dict[str, str] | None = None,
               pynvml: ModuleType | None = None) -> tuple[list[NvmlGpu], list[Note]]:
     """The GPUs to measure: those named in ``gpus`` (CUDA ordinals or UUIDs), else every visible
@@ -526,12 +532,18 @@ def open_gpus(gpus: tuple[int | str, ...] | None, env: dict[str, str] | None = N
             return [], [Note("info", "gpu", "nvidia-ml-py is not installed: no NVIDIA GPU measured",
                              "pip install nvidia-ml-py")]
         pynvml = _pynvml
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
+    unavailable = _NO_LIBRARY.get(pynvml)
+    if unavailable is None:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            unavailable = str(e)
+            if getattr(e, "value", None) == getattr(pynvml, "NVML_ERROR_LIBRARY_NOT_FOUND", -1):
+                _NO_LIBRARY[pynvml] = unavailable
+    if unavailable is not None:
         if gpus:
-            raise ConfigError("gpus", ",".join(map(str, gpus)), f"NVML unavailable ({e})") from None
-        return [], [Note("info", "gpu", f"no NVIDIA GPU measured: NVML unavailable ({e})",
+            raise ConfigError("gpus", ",".join(map(str, gpus)), f"NVML unavailable ({unavailable})")
+        return [], [Note("info", "gpu", f"no NVIDIA GPU measured: NVML unavailable ({unavailable})",
                          "install the NVIDIA driver; in a container pass the GPUs (--gpus all)")]
     try:
         count = int(pynvml.nvmlDeviceGetCount())

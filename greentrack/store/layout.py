@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -112,12 +111,13 @@ def host_identity() -> tuple[str, str]:
     """``(host, boot id)`` of this machine, as every store records them (meta ``host`` and
     ``boot_id``): host CPU/DRAM channels are one device per host, and a store is known by host,
     boot id, rank and segment wherever a copy of it turns up (``greentrack merge``, the
-    integrations' gather). The host is ``socket.gethostname()``; the boot id Linux's
+    integrations' gather). The host is ``os.uname().nodename`` (what ``socket.gethostname()``
+    returns on POSIX, without loading ``socket`` with the tracker); the boot id Linux's
     ``/proc/sys/kernel/random/boot_id`` ("" where there is none). ``GREENTRACK_HOSTNAME`` and
     ``GREENTRACK_BOOT_ID`` override them (a character other than a letter, digit, ``.``, ``_`` or
     ``-`` becomes ``_``; at most 64)."""
     override = os.environ.get(HOST_ENV)
-    host = _safe(override, 64) if override else socket.gethostname()
+    host = _safe(override, 64) if override else os.uname().nodename
     boot = os.environ.get(BOOT_ENV)
     if boot is None:
         if not _BOOT_ID:  # read once per process: a start asks four times
