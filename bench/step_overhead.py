@@ -38,16 +38,19 @@ from _common import (EnvPatch, QuietGate, cuda_device, fake_nvml_module,  # noqa
                      importable, md_table, median, powercap_tree, quantile, record, section)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
-HOOK_S: list[float] = []  # seconds spent inside greentrack's hooks, per call (training thread)
+#: seconds spent inside each of greentrack's hooks, per call (training thread), by hook
+HOOK_S: dict[str, list[float]] = {}
 
 
-def timed(fn: Any) -> Any:
+def timed(fn: Any, name: str) -> Any:
+    calls = HOOK_S.setdefault(name, [])
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            HOOK_S.append(time.perf_counter() - t)
+            calls.append(time.perf_counter() - t)
     return wrapper
 
 
@@ -57,7 +60,8 @@ def probe_hooks() -> None:
     from greentrack.integrations import torch as gt_torch
     probed: list[tuple[Any, tuple[str, ...]]] = [
         (gt_torch.OptimizerTracking, ("_after_step", "_before_forward", "metrics")),
-        (lightning.GreenTrackCallback, ("on_train_batch_start", "on_train_batch_end"))]
+        (lightning.GreenTrackCallback, ("on_train_batch_start", "on_before_optimizer_step",
+                                        "on_train_batch_end"))]
     try:
         from greentrack.integrations import transformers as gt_hf
         probed.append((gt_hf.GreenTrackTrainerCallback,
@@ -66,7 +70,7 @@ def probe_hooks() -> None:
         pass
     for cls, names in probed:
         for name in names:
-            setattr(cls, name, timed(getattr(cls, name)))
+            setattr(cls, name, timed(getattr(cls, name), f"{cls.__name__}.{name}"))
 
 
 class Loop:
@@ -150,7 +154,8 @@ def interleaved(run: Any, rounds: int, gate: QuietGate, a: Any = False, b: Any =
     """``run(variant) -> (step s, cpu s)``; A B A, then B A B, alternating; per round the B mean
     over the A mean of its neighbours. ``a == b`` is the A/A control: the noise floor."""
     overheads, cpu_ratio, untracked, tracked = [], [], [], []
-    HOOK_S.clear()
+    for calls in HOOK_S.values():
+        calls.clear()
     blocks_tracked = 0
     for r in range(rounds):
         if r % 4 == 0:
@@ -166,21 +171,22 @@ def interleaved(run: Any, rounds: int, gate: QuietGate, a: Any = False, b: Any =
         untracked.append(base)
         tracked.append(t)
         blocks_tracked += (1 if r % 2 == 0 else 2) if b else 0
-    hooks = sum(HOOK_S) / blocks_tracked if blocks_tracked else 0.0
+    hooks = sum(map(sum, HOOK_S.values())) / blocks_tracked if blocks_tracked else 0.0
     return {"median": median(overheads), "p25": quantile(overheads, 0.25),
             "p75": quantile(overheads, 0.75), "u": median(untracked), "t": median(tracked),
             "cpu": median(cpu_ratio), "hooks_per_block": hooks, "blocks": blocks_tracked,
-            "hook_calls": len(HOOK_S), "hook_median_s": median(HOOK_S) if HOOK_S else 0.0}
+            "hook_calls": {k: (median(c), len(c)) for k, c in HOOK_S.items() if c}}
 
 
 def row(name: str, workload: str, res: dict[str, Any], goal: str, steps: int) -> list[Any]:
     hook_us = res["hooks_per_block"] / steps * 1e6  # all hook time of a block, per step
     hook = "-"
     if hook_us:
-        # steady state: the median call x calls per step (no one-off FLOPs-counted step, no
-        # periodic metrics/logging call, which a long run amortizes away)
-        calls_per_step = res["hook_calls"] / (res["blocks"] * steps)
-        steady_us = res["hook_median_s"] * calls_per_step * 1e6
+        # steady state: each per-step hook's median call x its calls per step, summed (no
+        # one-off FLOPs-counted step, no periodic metrics/logging call, which a long run
+        # amortizes away; a pooled median of a cheap and a dear hook would land anywhere between)
+        per_step = [(m, n / (res["blocks"] * steps)) for m, n in res["hook_calls"].values()]
+        steady_us = sum(m * k for m, k in per_step if k >= 0.5) * 1e6
         step_us = res["u"] * 1e6
         hook = (f"{hook_us:.1f} us ({hook_us / step_us * 100:.2f}%); steady {steady_us:.1f} us "
                 f"({steady_us / step_us * 100:.2f}%)")
@@ -384,7 +390,8 @@ def main() -> int:
             "block); Python on this VM runs several times slower than on a current workstation, "
             "and cold (between two 5 ms steps) several times slower than in a tight loop. "
             "The hook column gives all hook time of a block per step (one-off and periodic costs "
-            "included), then the steady state: the median call times the calls per step. "
+            "included), then the steady state: each per-step hook's median call times its calls "
+            "per step, summed. "
             "Framework blocks (a fresh `Trainer` and model each) vary by about +-15% from block "
             "to block on this VM with or without the callback (in five runs on 2026-11-25 the "
             "tracked Lightning blocks came out 6-15% faster, on 2026-12-07 under load 9 slower): "

@@ -40,6 +40,7 @@ and ``greentrack summary``, the report and ``greentrack advise`` (finding ``repl
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -49,7 +50,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from greentrack.common.config import Config
-from greentrack.training.session import PREFIX, IntegrationRun, RunCallback, guarded
+from greentrack.training.session import PREFIX, IntegrationRun, RunCallback, guarded, hook_failed
 
 log = logging.getLogger("greentrack")
 
@@ -90,7 +91,11 @@ class GreenTrackCallback(Callback, RunCallback):
         self._prog_bar, self._log_totals = prog_bar, log_totals
         self._log_every_s = log_every_s
         self._next_log = 0.0
-        self._last_gs = 0
+        self._stepped = False  # an optimizer step ran since the last on_train_batch_end
+        self._steps = 0  # optimizer steps ended in this fit
+        self._ask_at = 0  # from this many steps on, ask the trainer whether it logs now
+        self._every = 1  # optimizer steps from one logging step to the next (1: ask each step)
+        self._update_logs: Any = None  # the trainer's "is this a logging step?", bound
         self._samples = 0.0
         self._tokens = 0.0
         # Each rank logs its own validation energy on purpose (no collective in a callback that
@@ -138,7 +143,9 @@ class GreenTrackCallback(Callback, RunCallback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # The loops' progress is restored after on_fit_start: continue the step count from it.
-        self._last_gs = trainer.global_step
+        self._stepped, self._steps, self._ask_at = False, 0, 0
+        self._every = trainer.log_every_n_steps if pl_module.automatic_optimization else 1
+        self._update_logs = _should_update_logs(trainer)
         planned = None
         try:
             est = trainer.estimated_stepping_batches
@@ -163,52 +170,67 @@ class GreenTrackCallback(Callback, RunCallback):
                    totals=False)
 
     # -- training steps (hot path) -------------------------------------------------------------
-    @guarded
+    # Per step: a clock read at the batch's start, one at its end and an append to the tracker's
+    # queue. The hooks guard themselves inline (as :func:`guarded` would: no decorator frame);
+    # the trainer's global step and logging cadence are not asked per step (Lightning's property
+    # chains cost more than the mark itself).
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        meter = self.meter
-        if meter is None:
-            return
-        if meter.marks.open_phase != "train":
-            meter.begin("train")
-        self._count(batch)
+        try:
+            meter = self.run.meter
+            if meter is None:
+                return
+            if meter.marks.open_phase != "train":
+                meter.begin("train")
+            if self._samples_fn is not None:
+                self._samples += float(self._samples_fn(batch) or 0)
+            else:
+                self._samples += float(_batch_size(batch) or 0)
+            if self._tokens_fn is not None:
+                self._tokens += float(self._tokens_fn(batch) or 0)
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            hook_failed(self.run.meter, "on_train_batch_start", e)
 
-    @guarded
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        # Lightning calls it once per optimizer step (after the closure, skipped AMP steps too,
+        # as its global step counts them): the batch ending next closes a step.
+        self._stepped = True
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        meter = self.meter
-        if meter is None:
-            return
-        gs = trainer.global_step
-        if gs == self._last_gs:
-            return  # gradient accumulation: the optimizer step is not done yet
-        self._last_gs = gs
-        meter.close_step({"samples": self._samples or None, "tokens": self._tokens or None})
-        self._samples = self._tokens = 0.0
-        if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
-            trainer.should_stop = True
-        # per step only the mark above: the trainer's metrics are read at its logging cadence
-        if not self._logging_now(trainer):
-            return
-        self.run.record(dict(trainer.callback_metrics), step=gs)
-        now = time.monotonic()
-        if now >= self._next_log:
-            self._next_log = now + self._log_every_s
-            self._log(trainer, pl_module, self.run.live_metrics())
-
-    def _count(self, batch: Any) -> None:
-        if self._samples_fn is not None:
-            self._samples += float(self._samples_fn(batch) or 0)
-        else:
-            self._samples += float(_batch_size(batch) or 0)
-        if self._tokens_fn is not None:
-            self._tokens += float(self._tokens_fn(batch) or 0)
+        try:
+            if not self._stepped:
+                return  # gradient accumulation: the optimizer step is not done yet
+            self._stepped = False
+            meter = self.run.meter
+            if meter is None:
+                return
+            meter.close_step({"samples": self._samples or None, "tokens": self._tokens or None})
+            self._samples = self._tokens = 0.0
+            if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
+                trainer.should_stop = True
+            # per step only the mark above: the trainer's metrics are read at its logging cadence
+            self._steps += 1
+            if self._steps < self._ask_at and not trainer.should_stop:
+                return  # not a logging step: known without asking the trainer
+            if not self._logging_now(trainer):
+                self._ask_at = self._steps + 1
+                return
+            # the next logging step is log_every_n_steps optimizer steps on (one per batch that
+            # stepped, under automatic optimization); a stop logs at once, so ask again then
+            self._ask_at = self._steps + (1 if trainer.should_stop else self._every)
+            gs = trainer.global_step
+            self.run.record(dict(trainer.callback_metrics), step=gs)
+            now = time.monotonic()
+            if now >= self._next_log:
+                self._next_log = now + self._log_every_s
+                self._log(trainer, pl_module, self.run.live_metrics())
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            hook_failed(self.run.meter, "on_train_batch_end", e)
 
     def _logging_now(self, trainer: Any) -> bool:
         # Lightning's own monitors ask the logger connector; fall back to the public cadence.
-        connector = getattr(trainer, "_logger_connector", None)
-        # asked of the class: hasattr on the instance would evaluate the property a second time
-        if connector is not None and hasattr(type(connector), "should_update_logs"):
-            return bool(connector.should_update_logs)
+        if self._update_logs is not None:
+            return bool(self._update_logs())
         n = trainer.log_every_n_steps
         return bool(n) and trainer.global_step % n == 0
 
@@ -282,6 +304,17 @@ class GreenTrackCallback(Callback, RunCallback):
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_end(batch)
+
+
+def _should_update_logs(trainer: Any) -> Any:
+    """The logger connector's ``should_update_logs`` (how Lightning's own monitors know a logging
+    step), bound once; None where this Lightning has none."""
+    connector = getattr(trainer, "_logger_connector", None)
+    # asked of the class: hasattr on the instance would evaluate the property
+    prop = getattr(type(connector), "should_update_logs", None) if connector is not None else None
+    if not isinstance(prop, property) or prop.fget is None:
+        return None
+    return functools.partial(prop.fget, connector)
 
 
 def _cpu(value: float) -> Any:

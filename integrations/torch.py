@@ -47,7 +47,7 @@ from greentrack.process.tracker import Tracker
 from greentrack.run import RunTotals
 from greentrack.training import gathering
 from greentrack.training.meter import TrainingMeter, planned_steps_of
-from greentrack.training.session import guarded
+from greentrack.training.session import hook_failed
 
 
 class OptimizerTracking:
@@ -75,14 +75,18 @@ class OptimizerTracking:
             meter.begin("train")
 
     # -- hooks (hot path) ----------------------------------------------------------------------
-    @guarded
+    # The two hooks guard themselves inline (as :func:`guarded` would): no decorator frame per
+    # step. Per step each is a clock read and, after a step, a queue append.
     def _before_forward(self, module: Any, args: Any) -> None:
-        if module.training:
-            meter = self.meter
-            if meter.marks.open_phase is None:
-                meter.begin("train")
-            if self._precision_open:
-                self._label_precision(module)
+        try:
+            if module.training:
+                meter = self.meter
+                if meter.marks.open_phase is None:
+                    meter.begin("train")
+                if self._precision_open:
+                    self._label_precision(module)
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            hook_failed(self.meter, "_before_forward", e)
 
     def _label_precision(self, module: Any) -> None:
         """The run's ``precision`` label, once: an active autocast's dtype, else the model's
@@ -92,20 +96,24 @@ class OptimizerTracking:
         if found is not None:
             self.tracker.add_labels(precision=found, only_missing=True)
 
-    @guarded
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        meter = self.meter
-        # without a model the next step starts where this one ends (one clock read: contiguous)
-        then = "train" if self.model is None else None
-        if self.model is None and self._precision_open:  # no forward seen: the parameters'
-            self._label_parameters(optimizer)
-        if meter.marks.open_phase == "train":
-            samples, tokens = self._fixed
-            meter.close_step({"samples": self._samples or samples,
-                              "tokens": self._tokens or tokens}, then)
-        elif then is not None:
-            meter.begin(then)
-        self._samples = self._tokens = 0.0
+        try:
+            meter = self.meter
+            # without a model the next step starts where this one ends (one clock read)
+            then = None
+            if self.model is None:
+                then = "train"
+                if self._precision_open:  # no forward seen: the parameters' dtype
+                    self._label_parameters(optimizer)
+            if meter.marks.open_phase == "train":
+                samples, tokens = self._fixed
+                meter.close_step({"samples": self._samples or samples,
+                                  "tokens": self._tokens or tokens}, then)
+            elif then is not None:
+                meter.begin(then)
+            self._samples = self._tokens = 0.0
+        except Exception as e:  # noqa: BLE001 - measurement must never break training
+            hook_failed(self.meter, "_after_step", e)
 
     def _label_parameters(self, optimizer: Any) -> None:
         self._precision_open = False

@@ -540,50 +540,34 @@ class Tracker:
                     timeline: str = "host") -> None:
         """:meth:`submit_window` with the step's fields in one dict (``flops``, ``samples``,
         ``tokens``, ``timeline`` and extras), which this call owns: the integrations' hot path,
-        without packing keywords at every layer. A field named like an argument of
-        ``submit_window`` (``phase``, ``t0``, ``t1``) is kept as ``field_<name>``."""
-        if not info:
-            self._submit(phase, t0, t1, None, None, None, timeline, {})
-            return
-        get = info.get
-        extra = {} if info.keys() <= _ARGUMENTS else {
-            f"field_{k}" if k in _RENAMED else k: v for k, v in info.items() if k not in _ARGUMENTS}
-        self._submit(phase, t0, t1, get("flops"), get("samples"), get("tokens"),
-                     get("timeline", timeline), extra)
-
-    def submit_window(self, phase: str, t0: float, t1: float, *, flops: Any = None,
-                      samples: Any = None, tokens: Any = None, timeline: str = "host",
-                      **extra: Any) -> None:
-        """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
-        integrations that mark steps on the GPU timeline and map them to host time later.
-
-        ``flops``, ``samples``, ``tokens`` and ``extra`` fields may be any number: int, float,
-        NumPy scalars, Decimal, one-element tensors (CUDA ones too); extras may also be JSON
-        values. A value that cannot be recorded drops that field of that step, with a
-        ``bad-step-field`` event; this never raises."""
-        self._submit(phase, t0, t1, flops, samples, tokens, timeline, extra)
-
-    def _submit(self, phase: Any, t0: float, t1: float, flops: Any, samples: Any, tokens: Any,
-                timeline: str, extra: dict[str, Any]) -> None:
-        """:meth:`submit_window` with positional fields (no keyword packing on the hot path)."""
+        one call from the hook to the queue (no keyword packing, no further layer). A field named
+        like an argument of ``submit_window`` (``phase``, ``t0``, ``t1``) is kept as
+        ``field_<name>``."""
         engine = self._engine
         if engine is None or self.status != "running" or self._gen != lifecycle.FORK_GENERATION[0]:
             return
         try:
             # The hot path of every step: plain values go as they are (one set lookup each);
             # tensors are snapshotted without a device sync; the sampler thread does the rest.
+            flops = samples = tokens = None
+            extra: dict[str, Any] = {}
+            if info:
+                get = info.get
+                flops, samples, tokens = get("flops"), get("samples"), get("tokens")
+                timeline = get("timeline", timeline)
+                if type(flops) not in PLAIN:
+                    flops = capture(flops)
+                if type(samples) not in PLAIN:
+                    samples = capture(samples)
+                if type(tokens) not in PLAIN:
+                    tokens = capture(tokens)
+                if not info.keys() <= _ARGUMENTS:
+                    for key, value in info.items():
+                        if key not in _ARGUMENTS:
+                            extra[f"field_{key}" if key in _RENAMED else key] = (
+                                value if type(value) in PLAIN else capture(value))
             if type(phase) is not str:
                 phase = phase_name(phase)
-            if type(flops) not in PLAIN:
-                flops = capture(flops)
-            if type(samples) not in PLAIN:
-                samples = capture(samples)
-            if type(tokens) not in PLAIN:
-                tokens = capture(tokens)
-            if extra:
-                for key, value in extra.items():
-                    if type(value) not in PLAIN:
-                        extra[key] = capture(value)
             counter = self._idx.get(phase)
             if counter is None:
                 with self._idx_lock:
@@ -595,6 +579,19 @@ class Tracker:
                 log.warning("greentrack: a step could not be recorded (training goes on): %s: %s",
                             type(e).__name__, e)
                 engine.event("warning", "hook-error", f"step not recorded: {type(e).__name__}: {e}")
+
+    def submit_window(self, phase: str, t0: float, t1: float, *, flops: Any = None,
+                      samples: Any = None, tokens: Any = None, timeline: str = "host",
+                      **extra: Any) -> None:
+        """Attribute the window ``[t0, t1]`` (``time.monotonic()`` seconds) as one step. Used by
+        integrations that mark steps on the GPU timeline and map them to host time later.
+
+        ``flops``, ``samples``, ``tokens`` and ``extra`` fields may be any number: int, float,
+        NumPy scalars, Decimal, one-element tensors (CUDA ones too); extras may also be JSON
+        values. A value that cannot be recorded drops that field of that step, with a
+        ``bad-step-field`` event; this never raises."""
+        self.submit_step(phase, t0, t1, {**extra, "flops": flops, "samples": samples,
+                                         "tokens": tokens}, timeline)
 
     def _earliest_open(self) -> float | None:
         # list() copies the values in one C call under the GIL: no concurrent-change error

@@ -142,6 +142,7 @@ class TrainingMeter:
         self.tracker = tracker
         self._tracker_submit = submitter(tracker)
         self.marks = StepMarks(self, device)
+        self.marks.route(self._tracker_submit)  # straight to the tracker until there is an MFU
         self.prior = {"energy_j": 0.0, "elapsed_s": 0.0, "steps": {}, **(prior or {})}
         self.flops: StepFlops | None = None
         self._counter: FirstStepCounter | None = None
@@ -273,6 +274,8 @@ class TrainingMeter:
         if self._device is not None and self._dtype is not None:
             self.peak = device_peak(self._device, self._dtype)
         self._peak_known = True
+        if self.peak is not None:  # steps now pass through submit_step, which adds their MFU
+            self.marks.route(self.submit_step)
         self._train_info = {"flops": self.flops.flops, "flops_method": self.flops.method}
         details: dict[str, Any] = {"flops_per_step": self.flops.flops, "method": self.flops.method,
                                    "detail": self.flops.detail}

@@ -401,7 +401,9 @@ def guarded(fn: _F) -> _F:
     ``samples_fn`` failing, a CUDA event refused) is recorded as a ``hook-error`` event and
     warned about once; it never reaches the training loop, which goes on (that step may be
     missing from the per-step record; device totals are unaffected). Not for hooks that hold a
-    collective (a barrier skipped on one rank would hang the others)."""
+    collective (a barrier skipped on one rank would hang the others). The per-step hooks write
+    the same ``try``/``except`` inline around their body and call :func:`hook_failed`: a
+    decorator's frame is a call per step on the training thread."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -409,13 +411,15 @@ def guarded(fn: _F) -> _F:
         try:
             return fn(self, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - measurement must never break training
-            _report_hook_error(getattr(self, "meter", None), name, e)
+            hook_failed(getattr(self, "meter", None), name, e)
             return None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
+def hook_failed(meter: Any, hook: str, error: Exception) -> None:
+    """What :func:`guarded` does with an exception of ``hook``: a ``hook-error`` event (the first
+    :data:`MAX_HOOK_EVENTS` of it) and one warning. Never raises."""
     key = (id(meter), hook)
     n = _HOOK_ERRORS[key] = _HOOK_ERRORS.get(key, 0) + 1
     engine = getattr(getattr(meter, "tracker", None), "engine", None)
@@ -433,4 +437,5 @@ def _report_hook_error(meter: Any, hook: str, error: Exception) -> None:
 
 __all__ = ["IntegrationRun", "RunCallback", "PREFIX", "prefixed", "resume_flops", "resolve_config", "new_run_dir",
            "run_totals", "totals_metrics", "final_totals", "start_tracker", "guarded",
+           "hook_failed",
            "MAX_HOOK_EVENTS"]

@@ -58,6 +58,9 @@ class StepMarks:
         #: in one dict, no keyword packing per layer), else ``submit_window``
         self._submit = submitter(tracker)
         self._open: tuple[str, float, Any] | None = None
+        #: phase of the open step, or None (an attribute, not a property: the hooks read it at
+        #: every step)
+        self.open_phase: str | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
         self.submitted = 0
         engine = getattr(tracker, "engine", None)
@@ -96,17 +99,18 @@ class StepMarks:
         return self._open is not None
 
     @property
-    def open_phase(self) -> str | None:
-        """Phase of the open step, or None."""
-        return self._open[0] if self._open is not None else None
-
-    @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def route(self, submit: Any) -> None:
+        """Send finished steps to ``submit(phase, t0, t1, info, timeline)`` from now on (the
+        meter skips its own layer while it has no MFU to add)."""
+        self._submit = submit
 
     # -- the hot path -------------------------------------------------------------------------
     def begin(self, phase: str = "train") -> None:
         """Open a step of ``phase`` (an open one is replaced)."""
+        self.open_phase = phase
         if self._cuda is None:
             self._open = (phase, self._clock(), None)
             return
@@ -128,12 +132,14 @@ class StepMarks:
             if then is not None:
                 self.begin(then)
             return
+        self.open_phase = None
         phase, h0, ev0 = opened
         if self._cuda is None:
             self.submitted += 1
             h1 = self._clock()
             if then is not None:
                 self._open = (then, h1, None)
+                self.open_phase = then
             self._submit(phase, h0, h1, info, "host")
             return
         ev1 = self._event()
@@ -147,6 +153,7 @@ class StepMarks:
     def cancel(self) -> None:
         """Drop the open step (e.g. the window opened after the last batch of a loop)."""
         opened, self._open = self._open, None
+        self.open_phase = None
         if opened is not None and opened[2] is not None:
             self._recycle(opened[2])
 
