@@ -24,13 +24,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Compiled modules cached as Python does by default, even where the environment turns it off
+# (PYTHONDONTWRITEBYTECODE=1 made every test process and worker compile greentrack and rewrite the
+# tests from source: bench/RESULTS.md `suite_time`).
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The quick lane while developing: everything but the tests marked slow (real trainers, processes,
 # servers, browsers, mypy, the GPU check script), under a minute on 2 cores; `make test` before a push.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 4 -m "not slow"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n 4 -m "not slow"
 
 clean:
 	rm -rf $(VENV) greentrack-runs .pytest_cache

@@ -73,6 +73,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+#: The longest tests (wall seconds on the 2-core VM, bench/RESULTS.md `suite_time`): each opens
+#: one worker's share of the collection, so none starts last and runs alone at the end (the fake
+#: GPU check did: ~50 s with the other workers idle).
+LONGEST = ("tests/test_gpu_checks.py::test_quick_fake_run_writes_both_summaries",
+           "tests/test_integrations_distributed.py::test_lightning_ddp_two_processes",
+           "tests/test_examples.py::test_precision_sweep_example_compares_energy_to_a_target",
+           "tests/test_soak.py::test_a_fork_pool_loop_of_500_iterations_under_a_tracker_never_hangs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (every worker orders alike: the count is the same everywhere), put one of the
+    LONGEST tests at the start of each worker's initial share (worksteal splits the collection
+    into that many contiguous parts)."""
+    workers = (config.workerinput["workercount"] if hasattr(config, "workerinput")
+               else getattr(config.option, "numprocesses", None))
+    if not isinstance(workers, int) or workers < 2:
+        return
+    long = [it for name in LONGEST for it in items if it.nodeid == name]
+    rest = [it for it in items if it not in long]
+    for i, item in enumerate(long[:workers]):
+        rest.insert(min(len(rest), i * (len(rest) + i) // workers), item)
+    rest += long[workers:]
+    items[:] = rest
+
+
 @pytest.fixture
 def no_host_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty powercap root and no launcher variables: CPU/DRAM fall back to estimates."""

@@ -403,21 +403,34 @@ class NvmlGpu(CounterShaping):
                 or now - self._firsts[0][0] >= FIRSTS_WAIT_S or self._finishing)
 
     def _date_firsts(self) -> list[Point]:
-        """Date the start-up reads now that the phase is known: the first one no refresh can have
-        come during starts the timeline (a refresh during a read leaves its value a period in
-        doubt), and the later clear ones follow it. If none is clear, the first, dated by its
-        middle, a whole period in doubt."""
+        """Date the start-up reads now that the phase is known. A read no refresh can have come
+        during is dated at the refresh before it. A read in doubt (a refresh may have come during
+        it: its value is that refresh's or the one before's) is dated by the next clear read when
+        that one describes the refresh in question: the same value, that refresh; another, the one
+        before (the counter moves at every refresh). Left out otherwise: a CI run that started
+        its timeline at the next read lost the run's first 22 ms. If none is clear, the first,
+        dated by its middle, a whole period in doubt."""
         firsts, self._firsts = self._firsts, []
         if self._counter_t is not None or not firsts:
             return []
-        clear = [(self._latest_tick(a), mj) for a, b, mj in firsts if self._clear(a, b)]
+        clear = [(i, self._latest_tick(a), mj) for i, (a, b, mj) in enumerate(firsts)
+                 if self._clear(a, b)]
         if not clear:
             start, end, mj = firsts[0]
             # phase known: one refresh or the one before; unknown: half a period and half the read
             error = UPDATE_PERIOD_S if self._tick_lo is not None else (end - start) / 2.0
             return self._on_counter(self._latest_tick((start + end) / 2.0), mj, error)
+        dated: list[tuple[float, int]] = []
+        for i, (a, b, mj) in enumerate(firsts):
+            if self._clear(a, b):
+                dated.append((self._latest_tick(a), mj))
+                continue
+            later = next(((t, v) for j, t, v in clear if j > i), None)
+            refresh = self._latest_tick(self._zone(a)[1])  # the one that may have come during it
+            if later is not None and abs(later[0] - refresh) < UPDATE_PERIOD_S / 2.0:
+                dated.append((refresh if mj == later[1] else refresh - UPDATE_PERIOD_S, mj))
         points: list[Point] = []
-        for tick, mj in clear:
+        for tick, mj in dated:
             if self._counter_t is None or tick > self._counter_t:
                 points += self._on_counter(tick, mj)
         return points
