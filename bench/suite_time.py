@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,8 +33,9 @@ STATE = Path(__file__).with_name(".suite_time.json")  # rows of earlier runs (no
 def run_lane(args: list[str]) -> tuple[float, str, int]:
     """Wall seconds, pytest's last line (and the tests that failed) and its exit status."""
     t0 = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as make test
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                       cwd=REPO, capture_output=True, text=True)
+                       cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.monotonic() - t0
     lines = [x for x in p.stdout.splitlines() if re.search(r"\d+ (passed|failed)", x)]
     failed = [x.split()[1] for x in p.stdout.splitlines() if x.startswith(("FAILED ", "ERROR "))]
