@@ -295,3 +295,12 @@ def measured_s(run_dir: Path, kind: str | None = None) -> float:
                 spans.append((seg.start_unix + sum(x["lo"] for x in rows) / len(rows),
                               seg.start_unix + sum(x["hi"] for x in rows) / len(rows)))
     return union_length(spans)
+
+
+def run_sql(store: Path, *statements: str) -> None:
+    """Run SQL statements on a store file directly, as a foreign writer (or damage) would."""
+    conn = sqlite3.connect(store)
+    for s in statements:
+        conn.execute(s)
+    conn.commit()
+    conn.close()

@@ -18,7 +18,7 @@ from greentrack.reports.advise import advise
 from greentrack.reports.run_data import read_run
 from greentrack.run import Run
 from greentrack.store import store_paths
-from tests.helpers import report_json, run_cli, write_store
+from tests.helpers import report_json, run_cli, run_sql, write_store
 
 START = 1_767_225_600.0
 #: 3 days at 12 s: 2-minute bins (two 60 s cells each), the rollups' path
@@ -34,17 +34,9 @@ def store_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _sql(store: Path, *statements: str) -> None:
-    conn = sqlite3.connect(store)
-    for s in statements:
-        conn.execute(s)
-    conn.commit()
-    conn.close()
-
-
 def _copy(run: Path, dest: Path, *statements: str) -> Path:
     shutil.copytree(run, dest)
-    _sql(store_paths(dest)[0], *statements)
+    run_sql(store_paths(dest)[0], *statements)
     return dest
 
 

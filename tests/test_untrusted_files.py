@@ -25,7 +25,7 @@ import pytest
 import greentrack
 from greentrack.store import SCHEMA_VERSION, StoreReader, StoreWriter, store_paths
 from tests.helpers import (as_another_process, make_run, python_env, report_json, run_cli,
-                           validate_own_schema)
+                           run_sql, validate_own_schema)
 
 
 def _strict(text: str) -> Any:
@@ -49,45 +49,37 @@ def one_line_error(code: int, out: str, err: str, *words: str) -> str:
 
 # -- files read: damaged or hostile stores ---------------------------------------------------
 
-def _sql(store: Path, *statements: str) -> None:
-    conn = sqlite3.connect(store)
-    for s in statements:
-        conn.execute(s)
-    conn.commit()
-    conn.close()
-
-
 def _damage(store: Path, kind: str) -> None:
     if kind == "negative-channel":
-        _sql(store, "UPDATE channels SET energy_j = -5e6")
+        run_sql(store, "UPDATE channels SET energy_j = -5e6")
     elif kind == "infinite-channel":
-        _sql(store, "UPDATE channels SET energy_j = 9e999")
+        run_sql(store, "UPDATE channels SET energy_j = 9e999")
     elif kind == "nan-channel":
-        _sql(store, "UPDATE channels SET energy_j = 'NaN'")
+        run_sql(store, "UPDATE channels SET energy_j = 'NaN'")
     elif kind == "negative-samples":
-        _sql(store, "UPDATE samples SET energy_j = -1e12 WHERE CAST(t * 10 AS INTEGER) % 2 = 0",
+        run_sql(store, "UPDATE samples SET energy_j = -1e12 WHERE CAST(t * 10 AS INTEGER) % 2 = 0",
              "UPDATE samples SET energy_j = -3 WHERE t < 0.2")
     elif kind == "infinite-samples":
-        _sql(store, "UPDATE samples SET energy_j = 9e999 WHERE t < 0.3",
+        run_sql(store, "UPDATE samples SET energy_j = 9e999 WHERE t < 0.3",
              "UPDATE samples SET t = 9e999 WHERE t > 0.45 AND t < 0.65")
     elif kind == "huge-sample-time":
         # one row a channel each ((channel_id, t) is the key: a run that reached two buckets in
         # a range made the update fail)
         one = ("WHERE t = (SELECT MIN(s.t) FROM samples s WHERE s.channel_id = samples.channel_id "
                "AND s.t > {} AND s.t < {})")
-        _sql(store, "UPDATE samples SET t = 1e15 " + one.format(0.45, 0.65),
+        run_sql(store, "UPDATE samples SET t = 1e15 " + one.format(0.45, 0.65),
              "UPDATE samples SET t = 5e8 " + one.format(0.25, 0.45))  # far, not invalid
     elif kind == "infinite-steps":
-        _sql(store, "UPDATE steps SET gpu_j = 9e999, cpu_j = -9e999, duration_s = 9e999")
+        run_sql(store, "UPDATE steps SET gpu_j = 9e999, cpu_j = -9e999, duration_s = 9e999")
     elif kind == "negative-steps":
-        _sql(store, "UPDATE steps SET cpu_j = -1e9, duration_s = -4")
+        run_sql(store, "UPDATE steps SET cpu_j = -1e9, duration_s = -4")
     elif kind == "newer-schema":
-        _sql(store, f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+        run_sql(store, f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
     elif kind == "huge-times":
-        _sql(store, "UPDATE meta SET value = '1e300' WHERE key = 'started_unix'",
+        run_sql(store, "UPDATE meta SET value = '1e300' WHERE key = 'started_unix'",
              "UPDATE meta SET value = '-1e300' WHERE key = 'duration_s'")
     elif kind == "bad-settings":
-        _sql(store, "UPDATE meta SET value = '{\"resolution_s\": -1, \"interval_s\": \"abc\", "
+        run_sql(store, "UPDATE meta SET value = '{\"resolution_s\": -1, \"interval_s\": \"abc\", "
              "\"counter_interval_s\": 1e999}' WHERE key = 'settings'")
     elif kind == "not-sqlite":
         store.write_bytes(b"this is not a database, it is a text file\n" * 200)
