@@ -289,3 +289,17 @@ def test_fake_process_utilization_matches_the_real_binding() -> None:
             fn(gpu, 1.5)
         with pytest.raises(real.NVMLError_NotFound):  # nothing newer than the newest sample
             fn(gpu, max(int(s.timeStamp) for s in legacy))
+
+
+def test_a_lost_shared_gpus_start_up_reads_come_at_its_share() -> None:
+    """The engine takes what a lost GPU had not dated yet (``salvage``) from the channel it
+    polls: through the share wrapper, at the run's share, never the whole GPU's joules."""
+    from greentrack.samplers._share import ScaledChannel
+
+    class Inner:
+        def salvage(self) -> list[tuple[float, float]]:
+            return [(1.0, 0.0), (1.1, 30.0), (1.2, 60.0)]
+
+    ch = ScaledChannel(Inner(), share=0.25)  # type: ignore[arg-type]
+    assert ch.salvage() == [(1.0, 0.0), (1.1, 7.5), (1.2, 15.0)]
+    assert ScaledChannel(object(), share=0.5).salvage() == []  # type: ignore[arg-type]

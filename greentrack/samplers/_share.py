@@ -41,6 +41,12 @@ class ScaledChannel:
             out.append((tp, self._energy_j))
         return out
 
+    def salvage(self) -> list[Point]:
+        """The inner channel's readings not yet given out (a lost GPU's start-up reads), at this
+        channel's share: through the wrapper, never the whole device's joules."""
+        inner = getattr(self._inner, "salvage", None)
+        return self._scale(inner()) if callable(inner) else []
+
     def power_w(self) -> float | None:
         p = self._inner.power_w()
         return None if p is None else p * self.share
