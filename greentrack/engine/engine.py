@@ -19,6 +19,7 @@ here raises into it: a failed read becomes a recorded gap, a failed commit a war
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -548,14 +549,21 @@ class Engine:
             until = st.timeline.until
             if until is None:
                 continue
-            while st.next_bucket + res <= until:
-                b = st.next_bucket
-                self._writer.add_sample(st.id, b - self.origin, res, st.timeline.between(b, b + res))
-                st.next_bucket = b + res
-            if final and until > st.next_bucket:
-                b = st.next_bucket
-                self._writer.add_sample(st.id, b - self.origin, until - b,
-                                        st.timeline.between(b, until))
+            # Buckets lie on the run's grid (origin + k x res), but hold only what was read: the
+            # first one starts at the channel's first value, which comes after the origin by the
+            # store's setup (0.1 s on a loaded host), not at the origin with that time unmeasured.
+            b = st.next_bucket
+            a = max(b, st.timeline.t[0])
+            if a - b >= res:
+                b += res * math.floor((a - b) / res)
+            while b + res <= until:
+                self._writer.add_sample(st.id, a - self.origin, b + res - a,
+                                        st.timeline.between(a, b + res))
+                a = b = b + res
+            st.next_bucket = b
+            if final and until > a:
+                self._writer.add_sample(st.id, a - self.origin, until - a,
+                                        st.timeline.between(a, until))
                 st.next_bucket = until
             st.timeline.prune(min([st.next_bucket] + held) - RETAIN_S)
 
