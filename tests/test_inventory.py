@@ -394,3 +394,55 @@ def test_a_reading_process_that_dies_neither_hangs_nor_changes_the_document(
     doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
     assert doc == q2q3["2026-Q3"]
     assert any("reading processes failed" in r.message for r in caplog.records)
+
+
+def test_every_format_states_the_json_figures(tmp_path: Path,
+                                             q2q3: dict[str, dict[str, Any]]) -> None:
+    """The CSVs, the Markdown and the HTML are the JSON's figures: each breakdown row, each run
+    x month row, each table cell of the page (8a2bbe5 checked only that the files were there)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from greentrack.reports.inventory_text import FILES, write
+    doc = q2q3["2026-04..2026-09"]
+    write(doc, list(FILES), tmp_path)
+    assert json.loads((tmp_path / "inventory.json").read_text(encoding="utf-8")) == doc
+    figs = ("it_kwh", "facility_kwh", "location_g", "market_g", "market_or_location_g",
+            "gpu_hours", "measured_kwh", "estimated_kwh", "runs")
+    rows = list(csv.DictReader((tmp_path / "inventory.csv").open(encoding="utf-8")))
+    expected = [("total", "total", doc["totals"])] + [
+        (dim, r["value"], r) for dim, rs in doc["breakdowns"].items() for r in rs]
+    assert [(r["dimension"], r["value"]) for r in rows] == [(d, v) for d, v, _ in expected]
+    for row, (_, _, f) in zip(rows, expected):
+        assert all(close(float(row[k]), f[k]) for k in figs), row
+        assert {c: float(row[f"cost_{c}"]) for c in f["cost"]} == pytest.approx(f["cost"])
+    long = list(csv.DictReader((tmp_path / "inventory-long.csv").open(encoding="utf-8")))
+    months = {(r["run_id"], m): f for r in doc["runs"] for m, f in r["months"].items()}
+    assert len(long) == len(months) and all(r["source"] == "greentrack" for r in long)
+    for row in long:
+        f = months[(row["run_id"], row["month"])]
+        assert all(close(float(row[k]), f[k]) for k in figs if k != "runs"), row
+        assert row["label_project"] == by_id(doc)[row["run_id"]]["labels"]["project"]
+    md = (tmp_path / "inventory.md").read_text(encoding="utf-8")
+    for r in doc["breakdowns"]["project"] + doc["breakdowns"]["month"]:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {r['value']} |"))
+        assert f"| {energy(r['it_kwh'])} | {energy(r['facility_kwh'])} | " \
+               f"{mass(r['location_g'])} |" in line, line
+    page = (tmp_path / "inventory.html").read_text(encoding="utf-8")
+    md_cells = [[c.strip().replace("\\", "") for c in x.strip()[1:-1].split("|")]
+                for x in md.splitlines() if x.startswith("|") and not x.startswith("|---")]
+    html_cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", x) for x in page.splitlines()
+                  if x.startswith("<tr>")]
+    assert html_cells == md_cells
+    # the monthly chart: a bar per month, as tall as the month's facility energy
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL)[0])
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    by_month = {r["value"]: r["facility_kwh"] for r in doc["breakdowns"]["month"]}
+    assert [b.find(f"{ns}title").text.split(":")[0] for b in bars] == list(by_month)
+    heights = [float(b.get("height")) for b in bars]
+    assert all(close(h / heights[0], kwh / next(iter(by_month.values())), 1e-2)
+               for h, kwh in zip(heights, by_month.values()))
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert {"2026-04", "2026-09", "kWh"} <= set(texts)
+    assert not any("run's start" in (t or "") or t == "intensity" for t in texts)

@@ -171,17 +171,14 @@ def _amount(b: dict[str, Any], v: float) -> str:
 
 
 def chart(doc: dict[str, Any]) -> str:
-    """Facility energy by month, as a step line over the period (days from its start)."""
-    t0 = doc["period"]["start_unix"]
-    months = {m["value"]: m for m in doc["breakdowns"]["month"]}
-    from_doc = [(label, a, b) for label, a, b in _month_edges(doc) if label in months]
-    top = max((months[label]["facility_kwh"] for label, _, _ in from_doc), default=0.0)
+    """Facility energy by month: a bar per month of the period, in the unit of the largest."""
+    months = {m["value"]: m["facility_kwh"] for m in doc["breakdowns"]["month"]}
+    labels = [label for label, _, _ in _month_edges(doc)]
+    top = max(months.values(), default=0.0)
     scale, unit = next(((s, u) for s, u in ((1e6, "GWh"), (1e3, "MWh"), (1.0, "kWh"))
                         if top >= s), (1e-3, "Wh"))
-    return svg.windows("Facility energy by month", [a - t0 for _, a, _ in from_doc],
-                       [b - t0 for _, _, b in from_doc],
-                       [months[label]["facility_kwh"] / scale for label, _, _ in from_doc], [],
-                       unit)
+    return svg.bars("Facility energy by month", labels,
+                    [months.get(label, 0.0) / scale for label in labels], unit)
 
 
 def _month_edges(doc: dict[str, Any]) -> list[tuple[str, float, float]]:
