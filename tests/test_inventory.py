@@ -446,3 +446,25 @@ def test_every_format_states_the_json_figures(tmp_path: Path,
     texts = [t.text for t in svg.iter(f"{ns}text")]
     assert {"2026-04", "2026-09", "kWh"} <= set(texts)
     assert not any("run's start" in (t or "") or t == "intensity" for t in texts)
+
+
+def test_a_cost_budget_names_the_runs_it_cannot_count(tmp_path: Path) -> None:
+    """A cost budget in EUR over runs priced in USD or not priced at all stated 0.00 EUR spent,
+    "within", as if they had cost nothing; they are named, and a warning says so."""
+    eur = {"electricity_price": 0.5, "currency": "EUR"}
+    for name, settings in (("eur", eur), ("usd", {"electricity_price": 0.5, "currency": "USD"}),
+                           ("free", {})):
+        write_store(tmp_path / "runs" / name, run_id=name, start_unix=Q3, duration_s=H,
+                    labels={"project": "foo"}, settings=settings)
+    doc = inventory([tmp_path / "runs"], parse_period("2026-07"),
+                    budgets=[parse_budget("project=foo:1EUR"), parse_budget("project=foo:1kWh")])
+    validate(doc)
+    money, kwh = doc["budgets"]
+    assert close(money["spent"], by_id(doc)["eur"]["figures"]["cost"]["EUR"])
+    assert [(u["run_id"], u["currencies"]) for u in money["uncounted"]] == [
+        ("free", []), ("usd", ["USD"])]
+    assert kwh["uncounted"] == []  # energy counts every run
+    (note,) = doc["warnings"]
+    assert note.startswith("budget project=foo:1EUR: 2 of its 3 run(s) have no cost in EUR")
+    from greentrack.reports.inventory_text import markdown
+    assert "- project=foo:1EUR: not counted, no cost in EUR: " in markdown(doc)

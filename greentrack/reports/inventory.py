@@ -48,7 +48,7 @@ from greentrack.run import Run
 log = logging.getLogger("greentrack")
 
 FORMAT = "greentrack-inventory"
-VERSION = "1.0"
+VERSION = "1.1"
 SCHEMA = "greentrack/schemas/inventory-v1.schema.json"
 #: the breakdowns every inventory has, besides the label keys of ``--by``
 DIMENSIONS = ("host", "country", "month")
@@ -286,6 +286,7 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
         "data_quality": _quality(lines, unreadable, outside, len(groups)),
         "budgets": [_budget(b, lines) for b in budgets],
         "runs": lines, "warnings": notes}
+    notes.extend(_uncounted_notes(doc["budgets"]))
     doc["methodology"] = methodology(doc)
     return doc
 
@@ -372,11 +373,33 @@ def _budget(b: Budget, lines: list[dict[str, Any]]) -> dict[str, Any]:
     projected = forecast["estimate"] if forecast else spent
     status = ("over" if spent > b.amount else "forecast over" if projected > b.amount
               else "within")
+    # a cost budget counts the runs priced in its currency: the others (no price set, or
+    # another currency, never converted) are listed, not silently counted as nothing
+    uncounted = [{"run_id": x["run_id"], "run_dirs": x["run_dirs"],
+                  "currencies": sorted(c for c in x["figures"]["cost"] if c)}
+                 for x in mine if b.measure == "cost"
+                 and b.currency not in x["figures"]["cost"]]
     return {"text": b.text, "key": b.key, "value": b.value, "measure": b.measure,
             "unit": b.unit, "amount": b.amount, "spent": spent, "left": b.amount - spent,
             "used_share": spent / b.amount, "runs": len(mine), "running": len(running),
             "running_without_forecast": [x["run_dirs"] for x in running if x not in with_fc],
-            "forecast": forecast, "status": status}
+            "forecast": forecast, "status": status, "uncounted": uncounted}
+
+
+def _uncounted_notes(budgets: list[dict[str, Any]]) -> list[str]:
+    """One warning per cost budget some of whose runs have no cost in its currency."""
+    out = []
+    for b in budgets:
+        if b["uncounted"]:
+            other = sorted({c for u in b["uncounted"] for c in u["currencies"]})
+            out.append(f"budget {b['text']}: {len(b['uncounted'])} of its {b['runs']} run(s) "
+                       f"have no cost in {b['unit']} (" + (f"priced in {', '.join(other)}, "
+                                                           "never converted" if other else
+                                                           "no price set")
+                       + ("; or no price set" if other and any(not u["currencies"] for u in
+                                                               b["uncounted"]) else "")
+                       + "): not counted in its spent")
+    return out
 
 
 def _or(value: float | None, other: float) -> float:

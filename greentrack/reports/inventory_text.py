@@ -151,6 +151,14 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{_amount(b, b['left'])} | "
                        + (f"{_amount(b, fc['estimate'])} ({_amount(b, fc['_low'])} to "
                           f"{_amount(b, fc['_high'])})" if fc else "none") + f" | {b['status']} |")
+        out += ["", *(f"- {md_escape(b['text'])}: not counted, no cost in {md_escape(b['unit'])}: "
+                      + ", ".join(f"`{md_escape('+'.join(u['run_dirs']))}`"
+                                  + (f" ({md_escape(', '.join(u['currencies']))})"
+                                     if u["currencies"] else " (no price set)")
+                                  for u in b["uncounted"][:50])
+                      for b in doc["budgets"] if b.get("uncounted"))]
+        if out[-1] == "":
+            out.pop()
     cc = doc["codecarbon"]
     if cc["files"]:
         out += ["", "## codecarbon rows (their own source, not in the totals above)", "",
