@@ -468,3 +468,43 @@ def test_a_cost_budget_names_the_runs_it_cannot_count(tmp_path: Path) -> None:
     assert note.startswith("budget project=foo:1EUR: 2 of its 3 run(s) have no cost in EUR")
     from greentrack.reports.inventory_text import markdown
     assert "- project=foo:1EUR: not counted, no cost in EUR: " in markdown(doc)
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers as N: what the README's inventory shares with any other run set."""
+    import re
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", line.rstrip())
+
+
+def test_the_readme_shows_what_the_inventory_prints(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's inventory: the command as written prints the lines shown, and each stretch of
+    `inventory.md` shown (between `[...]`) is a stretch of the Markdown it writes now (numbers
+    aside). Its run set: three runs in 2026-Q4, two nlp in France and one vision in Germany,
+    CPU estimated, no price. 8a2bbe5's README showed the Markdown as what the command printed."""
+    import re
+    import shlex
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```\n\$ (greentrack inventory [^\n]*)\n(.*?)\$ cat (\S+)\n(.*?)```",
+                      text, re.DOTALL)
+    assert block, "the README has no inventory block"
+    command, printed, md_name, shown = block.groups()
+    start = float(calendar.timegm((2026, 12, 7, 10, 0, 0)))
+    for k, (name, project, country) in enumerate((("nlp-bf16", "nlp", "FRA"),
+                                                  ("nlp-fp32", "nlp", "FRA"),
+                                                  ("vision-base", "vision", "DEU"))):
+        write_store(tmp_path / "runs" / name, run_id=name, start_unix=start + k * H,
+                    duration_s=2.0, resolution_s=0.1, channels=(("cpu", 15.0, False),),
+                    labels={"project": project}, settings={"country": country}, host="vm")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(shlex.split(command)[1:])
+    assert code == 0 and err == "", err
+    assert out.splitlines() == printed.splitlines()
+    md = [_shape(x) for x in (tmp_path / md_name).read_text(encoding="utf-8").splitlines()]
+    at = 0
+    for stretch in re.split(r"\n\[\.\.\.\]\n", shown.rstrip("\n")):
+        want = [_shape(x) for x in stretch.strip("\n").splitlines()]
+        found = next((i for i in range(at, len(md) - len(want) + 1)
+                      if md[i:i + len(want)] == want), None)
+        assert found is not None, f"not in inventory.md as written now: {want}\n{md}"
+        at = found + len(want)
