@@ -467,7 +467,9 @@ def test_a_cost_budget_names_the_runs_it_cannot_count(tmp_path: Path) -> None:
     (note,) = doc["warnings"]
     assert note.startswith("budget project=foo:1EUR: 2 of its 3 run(s) have no cost in EUR")
     from greentrack.reports.inventory_text import markdown
-    assert "- project=foo:1EUR: not counted, no cost in EUR: " in markdown(doc)
+    assert "- project=foo:1EUR: 2 run(s) not counted, without a cost in EUR:\n  - `" \
+        f"{tmp_path / 'runs' / 'free'}` (no price set)\n  - `{tmp_path / 'runs' / 'usd'}` " \
+        "(priced in USD)\n" in markdown(doc)
 
 
 def _shape(line: str) -> str:

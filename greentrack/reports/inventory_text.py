@@ -151,14 +151,16 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{_amount(b, b['left'])} | "
                        + (f"{_amount(b, fc['estimate'])} ({_amount(b, fc['_low'])} to "
                           f"{_amount(b, fc['_high'])})" if fc else "none") + f" | {b['status']} |")
-        out += ["", *(f"- {md_escape(b['text'])}: not counted, no cost in {md_escape(b['unit'])}: "
-                      + ", ".join(f"`{md_escape('+'.join(u['run_dirs']))}`"
-                                  + (f" ({md_escape(', '.join(u['currencies']))})"
-                                     if u["currencies"] else " (no price set)")
-                                  for u in b["uncounted"][:50])
-                      for b in doc["budgets"] if b.get("uncounted"))]
-        if out[-1] == "":
-            out.pop()
+        uncounted = [b for b in doc["budgets"] if b.get("uncounted")]
+        out += [""] if uncounted else []
+        for b in uncounted:
+            u = b["uncounted"]
+            out.append(f"- {md_escape(b['text'])}: {len(u)} run(s) not counted, without a cost "
+                       f"in {md_escape(b['unit'])}:")
+            out.extend(f"  - `{md_escape('+'.join(x['run_dirs']))}` ("
+                       + (f"priced in {md_escape(', '.join(x['currencies']))}"
+                          if x["currencies"] else "no price set") + ")" for x in u[:50])
+            out.extend([f"  - and {len(u) - 50} more (inventory.json)"] if len(u) > 50 else [])
     cc = doc["codecarbon"]
     if cc["files"]:
         out += ["", "## codecarbon rows (their own source, not in the totals above)", "",
