@@ -510,3 +510,27 @@ def test_the_readme_shows_what_the_inventory_prints(tmp_path: Path,
                       if md[i:i + len(want)] == want), None)
         assert found is not None, f"not in inventory.md as written now: {want}\n{md}"
         at = found + len(want)
+
+
+def test_data_quality_lists_running_and_incomplete_runs_with_their_directories(
+        tmp_path: Path) -> None:
+    """A run still writing, and one whose process died without closing its store (its heartbeat
+    stale), each listed with its directories in the JSON and the Markdown."""
+    from greentrack.reports.inventory_text import markdown
+    now = Q3 + 10 * 24 * H
+    write_store(tmp_path / "going", run_id="going", start_unix=now - H, duration_s=H,
+                status="running", now=now)
+    write_store(tmp_path / "died", run_id="died", start_unix=now - 5 * H, duration_s=H,
+                status="running", now=now - 4 * H)
+    write_store(tmp_path / "done", run_id="done", start_unix=now - 3 * H, duration_s=H)
+    doc = inventory([tmp_path], parse_period("2026-07"), now=now)
+    validate(doc)
+    q = doc["data_quality"]
+    assert [(r["run_id"], r["run_dirs"]) for r in q["running"]] == [
+        ("going", [str(tmp_path / "going")])]
+    assert [(r["run_id"], r["run_dirs"], r["status"]) for r in q["incomplete"]] == [
+        ("died", [str(tmp_path / "died")], "incomplete")]
+    assert doc["totals"]["runs_by_status"] == {"running": 1, "incomplete": 1, "completed": 1}
+    text = markdown(doc)
+    assert f"- Runs still running: 1\n  - `{tmp_path / 'going'}` (going)\n" in text
+    assert f"- Runs incomplete or failed: 1\n  - `{tmp_path / 'died'}` (died)\n" in text
