@@ -149,6 +149,10 @@ def test_one_whole_run_equals_its_footprint_and_totals_add_up(
     # market-based: a contractual factor for run c only, location-based standing in elsewhere
     c = runs["c-cross"]["figures"]
     assert close(c["market_g"], c["facility_kwh"] * 20.0)
+    # each factor with its source, the market-based one too
+    market = {f["market_g_per_kwh"]: f["market_source"] for f in doc["factors"]}
+    assert market.pop(20.0).startswith("user setting (market_factor_g_per_kwh)")
+    assert set(market.values()) == {None}
     assert close(t["market_covered_kwh"], c["facility_kwh"])
     assert close(t["market_or_location_g"], t["location_g"] - c["location_g"] + c["market_g"])
     assert "GHG Protocol" in doc["methodology"] and "world-average" in doc["methodology"]
@@ -234,6 +238,11 @@ def test_one_real_run_equals_its_report(tmp_path: Path, env: None) -> None:
     assert close(f["location_g"], s["emissions_location_kg"] * 1000.0)
     assert close(f["market_g"], s["emissions_market_kg"] * 1000.0)
     assert close(f["cost"]["EUR"], s["cost_total"]) and close(f["gpu_hours"], s["gpu_hours"])
+    (factor,) = doc["factors"]  # the report's factors and sources
+    intensity = report_json(tmp_path / "rep")["intensity"]
+    assert factor["market_source"] == intensity["market_based"]["source"]
+    assert (factor["source"], factor["g_per_kwh"]) == (intensity["location_based"]["source"],
+                                                       intensity["location_based"]["g_per_kwh"])
     assert doc["data_quality"]["measured_share"] == 1.0
     # greentrack's own emissions.csv row of this run is not counted twice
     assert doc["codecarbon"]["totals"]["rows"] == 0 and len(doc["codecarbon"]["skipped"]) == 1

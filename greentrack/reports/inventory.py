@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack import __version__
+from greentrack.carbon.accounting import MARKET_SOURCE
 from greentrack.carbon.footprint import Footprint, PartFootprint
 from greentrack.carbon.runs import Explicit, Memo
 from greentrack.common.errors import ConfigError
@@ -179,7 +180,9 @@ def _factor(p: PartFootprint) -> dict[str, Any]:
             "dataset": i.dataset if i else "", "year": i.year if i else None,
             "g_per_kwh": i.g_per_kwh if i else None, "country": _country(p),
             "pue": p.pue.value, "pue_source": p.pue.source, "pue_default": p.pue.default,
-            "market_g_per_kwh": p.settings.market_g_per_kwh, "facility_kwh": p.facility_kwh}
+            "market_g_per_kwh": p.settings.market_g_per_kwh,
+            "market_source": None if p.settings.market_g_per_kwh is None else MARKET_SOURCE,
+            "facility_kwh": p.facility_kwh}
 
 
 def _forecast(run: Run, fp: Footprint, total_j: float) -> dict[str, Any] | None:

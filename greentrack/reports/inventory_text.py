@@ -137,7 +137,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out += [f"- {md_escape(f['country'])}, {md_escape(f['method'])}: "
             + ("no intensity" if f["g_per_kwh"] is None else f"{f['g_per_kwh']:.2f} g/kWh")
             + f", {md_escape(f['source'])}; PUE {f['pue']:g} ({md_escape(f['pue_source'])})"
-            + (f"; market {f['market_g_per_kwh']:g} g/kWh" if f["market_g_per_kwh"] is not None
+            + (f"; market-based {f['market_g_per_kwh']:g} g/kWh, "
+               f"{md_escape(f.get('market_source') or '')}" if f["market_g_per_kwh"] is not None
                else "") + f": {energy(f['facility_kwh'])} facility, {f['runs']} run part(s)"
             for f in doc["factors"]]
     for dim, rows in doc["breakdowns"].items():
