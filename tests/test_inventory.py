@@ -215,6 +215,13 @@ def test_codecarbon_rows_are_their_own_source(lab: Path, tmp_path: Path) -> None
     assert [m["value"] for m in doc["codecarbon"]["by_month"]] == ["2026-07"]
     long = [r for r in long_rows(doc) if r["source"] == "codecarbon"]
     assert close(sum(r["facility_kwh"] for r in long), 4.0)
+    # one long row per codecarbon run x month, with its project (all files together before)
+    assert [(r["run_id"], r["month"], r["facility_kwh"], r["location_g"], r["label_project"],
+             r["run_dirs"]) for r in long] == [("x1", "2026-07", 2.0, 500.0, "old-nlp", str(cc)),
+                                               ("x2", "2026-07", 2.0, 500.0, "old-nlp", str(cc))]
+    half = inventory([lab], parse_period("2026-06..2026-07"), emissions_csv=[cc], now=now)
+    assert [(r["run_id"], r["month"]) for r in long_rows(half) if r["source"] == "codecarbon"] \
+        == [("x1", "2026-07"), ("x2", "2026-06"), ("x2", "2026-07")]
 
 
 @pytest.mark.slow

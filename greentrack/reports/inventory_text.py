@@ -261,7 +261,8 @@ def breakdown_csv(doc: dict[str, Any]) -> str:
 
 def long_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run x month (its label values in their own columns), then one per
-    codecarbon file x month: the long format."""
+    codecarbon run x month (its file as ``run_dirs``, its ``project_name`` as the label
+    ``project``): the long format."""
     out = []
     for r in doc["runs"]:
         countries = "+".join(sorted(r["countries"]))
@@ -276,9 +277,11 @@ def long_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "intensity_method": (r["intensity"] or {}).get("method", ""),
                 "pue": r["pue"]["value"],
                 **{f"label_{k}": r["labels"].get(k, "") for k in doc["by"]}})
-    for m in doc["codecarbon"]["by_month"]:
-        out.append({"source": "codecarbon", "month": m["value"],
-                    "facility_kwh": m["energy_kwh"], "location_g": m["emissions_g"]})
+    for m in doc["codecarbon"]["by_run_month"]:
+        out.append({"source": "codecarbon", "run_id": m["run_id"], "run_dirs": m["file"],
+                    "month": m["month"], "country": m["country"],
+                    "facility_kwh": m["energy_kwh"], "location_g": m["emissions_g"],
+                    **({"label_project": m["project"]} if "project" in doc["by"] else {})})
     return out
 
 
