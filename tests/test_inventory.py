@@ -149,6 +149,10 @@ def test_one_whole_run_equals_its_footprint_and_totals_add_up(
     # market-based: a contractual factor for run c only, location-based standing in elsewhere
     c = runs["c-cross"]["figures"]
     assert close(c["market_g"], c["facility_kwh"] * 20.0)
+    # each factor with its source, the market-based one too
+    market = {f["market_g_per_kwh"]: f["market_source"] for f in doc["factors"]}
+    assert market.pop(20.0).startswith("user setting (market_factor_g_per_kwh)")
+    assert set(market.values()) == {None}
     assert close(t["market_covered_kwh"], c["facility_kwh"])
     assert close(t["market_or_location_g"], t["location_g"] - c["location_g"] + c["market_g"])
     assert "GHG Protocol" in doc["methodology"] and "world-average" in doc["methodology"]
@@ -211,6 +215,13 @@ def test_codecarbon_rows_are_their_own_source(lab: Path, tmp_path: Path) -> None
     assert [m["value"] for m in doc["codecarbon"]["by_month"]] == ["2026-07"]
     long = [r for r in long_rows(doc) if r["source"] == "codecarbon"]
     assert close(sum(r["facility_kwh"] for r in long), 4.0)
+    # one long row per codecarbon run x month, with its project (all files together before)
+    assert [(r["run_id"], r["month"], r["facility_kwh"], r["location_g"], r["label_project"],
+             r["run_dirs"]) for r in long] == [("x1", "2026-07", 2.0, 500.0, "old-nlp", str(cc)),
+                                               ("x2", "2026-07", 2.0, 500.0, "old-nlp", str(cc))]
+    half = inventory([lab], parse_period("2026-06..2026-07"), emissions_csv=[cc], now=now)
+    assert [(r["run_id"], r["month"]) for r in long_rows(half) if r["source"] == "codecarbon"] \
+        == [("x1", "2026-07"), ("x2", "2026-06"), ("x2", "2026-07")]
 
 
 @pytest.mark.slow
@@ -234,6 +245,11 @@ def test_one_real_run_equals_its_report(tmp_path: Path, env: None) -> None:
     assert close(f["location_g"], s["emissions_location_kg"] * 1000.0)
     assert close(f["market_g"], s["emissions_market_kg"] * 1000.0)
     assert close(f["cost"]["EUR"], s["cost_total"]) and close(f["gpu_hours"], s["gpu_hours"])
+    (factor,) = doc["factors"]  # the report's factors and sources
+    intensity = report_json(tmp_path / "rep")["intensity"]
+    assert factor["market_source"] == intensity["market_based"]["source"]
+    assert (factor["source"], factor["g_per_kwh"]) == (intensity["location_based"]["source"],
+                                                       intensity["location_based"]["g_per_kwh"])
     assert doc["data_quality"]["measured_share"] == 1.0
     # greentrack's own emissions.csv row of this run is not counted twice
     assert doc["codecarbon"]["totals"]["rows"] == 0 and len(doc["codecarbon"]["skipped"]) == 1
@@ -394,3 +410,143 @@ def test_a_reading_process_that_dies_neither_hangs_nor_changes_the_document(
     doc = inventory([lab], parse_period("2026-Q3"), now=Q3 + 200 * 24 * H, jobs=2, per_job=1)
     assert doc == q2q3["2026-Q3"]
     assert any("reading processes failed" in r.message for r in caplog.records)
+
+
+def test_every_format_states_the_json_figures(tmp_path: Path,
+                                             q2q3: dict[str, dict[str, Any]]) -> None:
+    """The CSVs, the Markdown and the HTML are the JSON's figures: each breakdown row, each run
+    x month row, each table cell of the page (8a2bbe5 checked only that the files were there)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from greentrack.reports.inventory_text import FILES, write
+    doc = q2q3["2026-04..2026-09"]
+    write(doc, list(FILES), tmp_path)
+    assert json.loads((tmp_path / "inventory.json").read_text(encoding="utf-8")) == doc
+    figs = ("it_kwh", "facility_kwh", "location_g", "market_g", "market_or_location_g",
+            "gpu_hours", "measured_kwh", "estimated_kwh", "runs")
+    rows = list(csv.DictReader((tmp_path / "inventory.csv").open(encoding="utf-8")))
+    expected = [("total", "total", doc["totals"])] + [
+        (dim, r["value"], r) for dim, rs in doc["breakdowns"].items() for r in rs]
+    assert [(r["dimension"], r["value"]) for r in rows] == [(d, v) for d, v, _ in expected]
+    for row, (_, _, f) in zip(rows, expected):
+        assert all(close(float(row[k]), f[k]) for k in figs), row
+        assert {c: float(row[f"cost_{c}"]) for c in f["cost"]} == pytest.approx(f["cost"])
+    long = list(csv.DictReader((tmp_path / "inventory-long.csv").open(encoding="utf-8")))
+    months = {(r["run_id"], m): f for r in doc["runs"] for m, f in r["months"].items()}
+    assert len(long) == len(months) and all(r["source"] == "greentrack" for r in long)
+    for row in long:
+        f = months[(row["run_id"], row["month"])]
+        assert all(close(float(row[k]), f[k]) for k in figs if k != "runs"), row
+        assert row["label_project"] == by_id(doc)[row["run_id"]]["labels"]["project"]
+    md = (tmp_path / "inventory.md").read_text(encoding="utf-8")
+    for r in doc["breakdowns"]["project"] + doc["breakdowns"]["month"]:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {r['value']} |"))
+        assert f"| {energy(r['it_kwh'])} | {energy(r['facility_kwh'])} | " \
+               f"{mass(r['location_g'])} |" in line, line
+    page = (tmp_path / "inventory.html").read_text(encoding="utf-8")
+    md_cells = [[c.strip().replace("\\", "") for c in x.strip()[1:-1].split("|")]
+                for x in md.splitlines() if x.startswith("|") and not x.startswith("|---")]
+    html_cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", x) for x in page.splitlines()
+                  if x.startswith("<tr>")]
+    assert html_cells == md_cells
+    # the monthly chart: a bar per month, as tall as the month's facility energy
+    svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.DOTALL)[0])
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    by_month = {r["value"]: r["facility_kwh"] for r in doc["breakdowns"]["month"]}
+    assert [b.find(f"{ns}title").text.split(":")[0] for b in bars] == list(by_month)
+    heights = [float(b.get("height")) for b in bars]
+    assert all(close(h / heights[0], kwh / next(iter(by_month.values())), 1e-2)
+               for h, kwh in zip(heights, by_month.values()))
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert {"2026-04", "2026-09", "kWh"} <= set(texts)
+    assert not any("run's start" in (t or "") or t == "intensity" for t in texts)
+
+
+def test_a_cost_budget_names_the_runs_it_cannot_count(tmp_path: Path) -> None:
+    """A cost budget in EUR over runs priced in USD or not priced at all stated 0.00 EUR spent,
+    "within", as if they had cost nothing; they are named, and a warning says so."""
+    eur = {"electricity_price": 0.5, "currency": "EUR"}
+    for name, settings in (("eur", eur), ("usd", {"electricity_price": 0.5, "currency": "USD"}),
+                           ("free", {})):
+        write_store(tmp_path / "runs" / name, run_id=name, start_unix=Q3, duration_s=H,
+                    labels={"project": "foo"}, settings=settings)
+    doc = inventory([tmp_path / "runs"], parse_period("2026-07"),
+                    budgets=[parse_budget("project=foo:1EUR"), parse_budget("project=foo:1kWh")])
+    validate(doc)
+    money, kwh = doc["budgets"]
+    assert close(money["spent"], by_id(doc)["eur"]["figures"]["cost"]["EUR"])
+    assert [(u["run_id"], u["currencies"]) for u in money["uncounted"]] == [
+        ("free", []), ("usd", ["USD"])]
+    assert kwh["uncounted"] == []  # energy counts every run
+    (note,) = doc["warnings"]
+    assert note.startswith("budget project=foo:1EUR: 2 of its 3 run(s) have no cost in EUR")
+    from greentrack.reports.inventory_text import markdown
+    assert "- project=foo:1EUR: 2 run(s) not counted, without a cost in EUR:\n  - `" \
+        f"{tmp_path / 'runs' / 'free'}` (no price set)\n  - `{tmp_path / 'runs' / 'usd'}` " \
+        "(priced in USD)\n" in markdown(doc)
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers as N: what the README's inventory shares with any other run set."""
+    import re
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", line.rstrip())
+
+
+def test_the_readme_shows_what_the_inventory_prints(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's inventory: the command as written prints the lines shown, and each stretch of
+    `inventory.md` shown (between `[...]`) is a stretch of the Markdown it writes now (numbers
+    aside). Its run set: three runs in 2026-Q4, two nlp in France and one vision in Germany,
+    CPU estimated, no price. 8a2bbe5's README showed the Markdown as what the command printed."""
+    import re
+    import shlex
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```\n\$ (greentrack inventory [^\n]*)\n(.*?)\$ cat (\S+)\n(.*?)```",
+                      text, re.DOTALL)
+    assert block, "the README has no inventory block"
+    command, printed, md_name, shown = block.groups()
+    start = float(calendar.timegm((2026, 12, 7, 10, 0, 0)))
+    for k, (name, project, country) in enumerate((("nlp-bf16", "nlp", "FRA"),
+                                                  ("nlp-fp32", "nlp", "FRA"),
+                                                  ("vision-base", "vision", "DEU"))):
+        write_store(tmp_path / "runs" / name, run_id=name, start_unix=start + k * H,
+                    duration_s=2.0, resolution_s=0.1, channels=(("cpu", 15.0, False),),
+                    labels={"project": project}, settings={"country": country}, host="vm")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(shlex.split(command)[1:])
+    assert code == 0 and err == "", err
+    assert out.splitlines() == printed.splitlines()
+    md = [_shape(x) for x in (tmp_path / md_name).read_text(encoding="utf-8").splitlines()]
+    at = 0
+    for stretch in re.split(r"\n\[\.\.\.\]\n", shown.rstrip("\n")):
+        want = [_shape(x) for x in stretch.strip("\n").splitlines()]
+        found = next((i for i in range(at, len(md) - len(want) + 1)
+                      if md[i:i + len(want)] == want), None)
+        assert found is not None, f"not in inventory.md as written now: {want}\n{md}"
+        at = found + len(want)
+
+
+def test_data_quality_lists_running_and_incomplete_runs_with_their_directories(
+        tmp_path: Path) -> None:
+    """A run still writing, and one whose process died without closing its store (its heartbeat
+    stale), each listed with its directories in the JSON and the Markdown."""
+    from greentrack.reports.inventory_text import markdown
+    now = Q3 + 10 * 24 * H
+    write_store(tmp_path / "going", run_id="going", start_unix=now - H, duration_s=H,
+                status="running", now=now)
+    write_store(tmp_path / "died", run_id="died", start_unix=now - 5 * H, duration_s=H,
+                status="running", now=now - 4 * H)
+    write_store(tmp_path / "done", run_id="done", start_unix=now - 3 * H, duration_s=H)
+    doc = inventory([tmp_path], parse_period("2026-07"), now=now)
+    validate(doc)
+    q = doc["data_quality"]
+    assert [(r["run_id"], r["run_dirs"]) for r in q["running"]] == [
+        ("going", [str(tmp_path / "going")])]
+    assert [(r["run_id"], r["run_dirs"], r["status"]) for r in q["incomplete"]] == [
+        ("died", [str(tmp_path / "died")], "incomplete")]
+    assert doc["totals"]["runs_by_status"] == {"running": 1, "incomplete": 1, "completed": 1}
+    text = markdown(doc)
+    assert f"- Runs still running: 1\n  - `{tmp_path / 'going'}` (going)\n" in text
+    assert f"- Runs incomplete or failed: 1\n  - `{tmp_path / 'died'}` (died)\n" in text

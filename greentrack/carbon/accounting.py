@@ -56,6 +56,12 @@ def parts(fp: Footprint) -> list[dict[str, Any]]:
             for p in fp.parts]
 
 
+#: where a market-based factor comes from: the user's contractual instruments (GHG Protocol
+#: Scope 2 Guidance, 2015, ch. 6), never a table of greentrack's
+MARKET_SOURCE = ("user setting (market_factor_g_per_kwh): contractual instruments, "
+                 "supplier-specific or residual-mix factor")
+
+
 def sections(fp: Footprint, sci_unit: str = "run") -> dict[str, Any]:
     """``location``, ``pue``, ``it_energy_kwh``, ``facility_energy_kwh``, ``intensity``,
     ``scope2``, ``embodied``, ``sci``, ``cost``, ``parts`` and ``warnings`` of the report.
@@ -85,8 +91,7 @@ def sections(fp: Footprint, sci_unit: str = "run") -> dict[str, Any]:
                 # one factor throughout is stated as given; else the energy-weighted mean
                 "g_per_kwh": market[0] if len(set(market)) == 1 or fp.facility_kwh <= 0
                 else fp.market_g / fp.facility_kwh,
-                "source": "user setting (market_factor_g_per_kwh): contractual instruments, "
-                          "supplier-specific or residual-mix factor"},
+                "source": MARKET_SOURCE},
         },
         "scope2": {
             "location_based_kg": fp.location_g / 1000.0,
@@ -105,4 +110,4 @@ def sections(fp: Footprint, sci_unit: str = "run") -> dict[str, Any]:
     }
 
 
-__all__ = ["COST_NOTE", "parts", "sections"]
+__all__ = ["COST_NOTE", "MARKET_SOURCE", "parts", "sections"]

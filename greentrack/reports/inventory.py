@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack import __version__
+from greentrack.carbon.accounting import MARKET_SOURCE
 from greentrack.carbon.footprint import Footprint, PartFootprint
 from greentrack.carbon.runs import Explicit, Memo
 from greentrack.common.errors import ConfigError
@@ -48,7 +49,7 @@ from greentrack.run import Run
 log = logging.getLogger("greentrack")
 
 FORMAT = "greentrack-inventory"
-VERSION = "1.0"
+VERSION = "1.1"
 SCHEMA = "greentrack/schemas/inventory-v1.schema.json"
 #: the breakdowns every inventory has, besides the label keys of ``--by``
 DIMENSIONS = ("host", "country", "month")
@@ -179,7 +180,9 @@ def _factor(p: PartFootprint) -> dict[str, Any]:
             "dataset": i.dataset if i else "", "year": i.year if i else None,
             "g_per_kwh": i.g_per_kwh if i else None, "country": _country(p),
             "pue": p.pue.value, "pue_source": p.pue.source, "pue_default": p.pue.default,
-            "market_g_per_kwh": p.settings.market_g_per_kwh, "facility_kwh": p.facility_kwh}
+            "market_g_per_kwh": p.settings.market_g_per_kwh,
+            "market_source": None if p.settings.market_g_per_kwh is None else MARKET_SOURCE,
+            "facility_kwh": p.facility_kwh}
 
 
 def _forecast(run: Run, fp: Footprint, total_j: float) -> dict[str, Any] | None:
@@ -286,6 +289,7 @@ def inventory(roots: Sequence[str | Path], period: Period, *, by: Sequence[str] 
         "data_quality": _quality(lines, unreadable, outside, len(groups)),
         "budgets": [_budget(b, lines) for b in budgets],
         "runs": lines, "warnings": notes}
+    notes.extend(_uncounted_notes(doc["budgets"]))
     doc["methodology"] = methodology(doc)
     return doc
 
@@ -372,11 +376,33 @@ def _budget(b: Budget, lines: list[dict[str, Any]]) -> dict[str, Any]:
     projected = forecast["estimate"] if forecast else spent
     status = ("over" if spent > b.amount else "forecast over" if projected > b.amount
               else "within")
+    # a cost budget counts the runs priced in its currency: the others (no price set, or
+    # another currency, never converted) are listed, not silently counted as nothing
+    uncounted = [{"run_id": x["run_id"], "run_dirs": x["run_dirs"],
+                  "currencies": sorted(c for c in x["figures"]["cost"] if c)}
+                 for x in mine if b.measure == "cost"
+                 and b.currency not in x["figures"]["cost"]]
     return {"text": b.text, "key": b.key, "value": b.value, "measure": b.measure,
             "unit": b.unit, "amount": b.amount, "spent": spent, "left": b.amount - spent,
             "used_share": spent / b.amount, "runs": len(mine), "running": len(running),
             "running_without_forecast": [x["run_dirs"] for x in running if x not in with_fc],
-            "forecast": forecast, "status": status}
+            "forecast": forecast, "status": status, "uncounted": uncounted}
+
+
+def _uncounted_notes(budgets: list[dict[str, Any]]) -> list[str]:
+    """One warning per cost budget some of whose runs have no cost in its currency."""
+    out = []
+    for b in budgets:
+        if b["uncounted"]:
+            other = sorted({c for u in b["uncounted"] for c in u["currencies"]})
+            out.append(f"budget {b['text']}: {len(b['uncounted'])} of its {b['runs']} run(s) "
+                       f"have no cost in {b['unit']} (" + (f"priced in {', '.join(other)}, "
+                                                           "never converted" if other else
+                                                           "no price set")
+                       + ("; or no price set" if other and any(not u["currencies"] for u in
+                                                               b["uncounted"]) else "")
+                       + "): not counted in its spent")
+    return out
 
 
 def _or(value: float | None, other: float) -> float:

@@ -221,6 +221,8 @@ def codecarbon_section(rows: list[CodecarbonRow], period: Period, ours: set[str]
     (``greentrack report --emissions-csv``) are left out: that run counts from its stores."""
     totals = {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0}
     months: dict[str, dict[str, float]] = {}
+    #: (file, project, run id, country, month): the long format's rows
+    runs: dict[tuple[str, str, str, str, str], dict[str, float]] = {}
     projects: dict[str, dict[str, float]] = {}
     skipped = []
     for r in rows:
@@ -239,7 +241,10 @@ def codecarbon_section(rows: list[CodecarbonRow], period: Period, ours: set[str]
             counted = True
             month = months.setdefault(label, {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})
             month["rows"] += 1
-            for bucket in (totals, month, projects.setdefault(r.project or "(none)", {
+            run = runs.setdefault((r.file, r.project, r.run_id, r.country, label),
+                                  {"energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})
+            run["rows"] += 1
+            for bucket in (totals, month, run, projects.setdefault(r.project or "(none)", {
                     "energy_kwh": 0.0, "emissions_g": 0.0, "rows": 0})):
                 bucket["energy_kwh"] += r.energy_kwh * share
                 bucket["emissions_g"] += r.emissions_kg * 1000.0 * share
@@ -249,6 +254,8 @@ def codecarbon_section(rows: list[CodecarbonRow], period: Period, ours: set[str]
     return {"files": sorted({r.file for r in rows}), "totals": totals,
             "by_month": [{"value": k, **v} for k, v in sorted(months.items())],
             "by_project": [{"value": k, **v} for k, v in sorted(projects.items())],
+            "by_run_month": [{"file": f, "project": p, "run_id": i, "country": c, "month": m,
+                              **v} for (f, p, i, c, m), v in sorted(runs.items())],
             "skipped": skipped}
 
 

@@ -137,7 +137,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out += [f"- {md_escape(f['country'])}, {md_escape(f['method'])}: "
             + ("no intensity" if f["g_per_kwh"] is None else f"{f['g_per_kwh']:.2f} g/kWh")
             + f", {md_escape(f['source'])}; PUE {f['pue']:g} ({md_escape(f['pue_source'])})"
-            + (f"; market {f['market_g_per_kwh']:g} g/kWh" if f["market_g_per_kwh"] is not None
+            + (f"; market-based {f['market_g_per_kwh']:g} g/kWh, "
+               f"{md_escape(f.get('market_source') or '')}" if f["market_g_per_kwh"] is not None
                else "") + f": {energy(f['facility_kwh'])} facility, {f['runs']} run part(s)"
             for f in doc["factors"]]
     for dim, rows in doc["breakdowns"].items():
@@ -151,6 +152,16 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{_amount(b, b['left'])} | "
                        + (f"{_amount(b, fc['estimate'])} ({_amount(b, fc['_low'])} to "
                           f"{_amount(b, fc['_high'])})" if fc else "none") + f" | {b['status']} |")
+        uncounted = [b for b in doc["budgets"] if b.get("uncounted")]
+        out += [""] if uncounted else []
+        for b in uncounted:
+            u = b["uncounted"]
+            out.append(f"- {md_escape(b['text'])}: {len(u)} run(s) not counted, without a cost "
+                       f"in {md_escape(b['unit'])}:")
+            out.extend(f"  - `{md_escape('+'.join(x['run_dirs']))}` ("
+                       + (f"priced in {md_escape(', '.join(x['currencies']))}"
+                          if x["currencies"] else "no price set") + ")" for x in u[:50])
+            out.extend([f"  - and {len(u) - 50} more (inventory.json)"] if len(u) > 50 else [])
     cc = doc["codecarbon"]
     if cc["files"]:
         out += ["", "## codecarbon rows (their own source, not in the totals above)", "",
@@ -171,17 +182,14 @@ def _amount(b: dict[str, Any], v: float) -> str:
 
 
 def chart(doc: dict[str, Any]) -> str:
-    """Facility energy by month, as a step line over the period (days from its start)."""
-    t0 = doc["period"]["start_unix"]
-    months = {m["value"]: m for m in doc["breakdowns"]["month"]}
-    from_doc = [(label, a, b) for label, a, b in _month_edges(doc) if label in months]
-    top = max((months[label]["facility_kwh"] for label, _, _ in from_doc), default=0.0)
+    """Facility energy by month: a bar per month of the period, in the unit of the largest."""
+    months = {m["value"]: m["facility_kwh"] for m in doc["breakdowns"]["month"]}
+    labels = [label for label, _, _ in _month_edges(doc)]
+    top = max(months.values(), default=0.0)
     scale, unit = next(((s, u) for s, u in ((1e6, "GWh"), (1e3, "MWh"), (1.0, "kWh"))
                         if top >= s), (1e-3, "Wh"))
-    return svg.windows("Facility energy by month", [a - t0 for _, a, _ in from_doc],
-                       [b - t0 for _, _, b in from_doc],
-                       [months[label]["facility_kwh"] / scale for label, _, _ in from_doc], [],
-                       unit)
+    return svg.bars("Facility energy by month", labels,
+                    [months.get(label, 0.0) / scale for label in labels], unit)
 
 
 def _month_edges(doc: dict[str, Any]) -> list[tuple[str, float, float]]:
@@ -253,7 +261,8 @@ def breakdown_csv(doc: dict[str, Any]) -> str:
 
 def long_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run x month (its label values in their own columns), then one per
-    codecarbon file x month: the long format."""
+    codecarbon run x month (its file as ``run_dirs``, its ``project_name`` as the label
+    ``project``): the long format."""
     out = []
     for r in doc["runs"]:
         countries = "+".join(sorted(r["countries"]))
@@ -268,9 +277,11 @@ def long_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "intensity_method": (r["intensity"] or {}).get("method", ""),
                 "pue": r["pue"]["value"],
                 **{f"label_{k}": r["labels"].get(k, "") for k in doc["by"]}})
-    for m in doc["codecarbon"]["by_month"]:
-        out.append({"source": "codecarbon", "month": m["value"],
-                    "facility_kwh": m["energy_kwh"], "location_g": m["emissions_g"]})
+    for m in doc["codecarbon"]["by_run_month"]:
+        out.append({"source": "codecarbon", "run_id": m["run_id"], "run_dirs": m["file"],
+                    "month": m["month"], "country": m["country"],
+                    "facility_kwh": m["energy_kwh"], "location_g": m["emissions_g"],
+                    **({"label_project": m["project"]} if "project" in doc["by"] else {})})
     return out
 
 

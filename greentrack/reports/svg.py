@@ -233,6 +233,35 @@ def histogram(title: str, edges: list[float], counts: list[int], xlabel: str,
     return "\n".join(out)
 
 
+def bars(title: str, labels: list[str], values: list[float], ylabel: str) -> str:
+    """One bar per category (``labels``, written under their bars, e.g. months) of ``values``;
+    the value axis from 0 to the tick above the largest. A non-finite or negative value draws
+    no bar."""
+    shown = [v if math.isfinite(v) and v > 0 else 0.0 for v in values]
+    top_v = max(shown, default=1.0) or 1.0
+    yt = _nice_ticks(0.0, top_v * 1.05)
+    top = max(yt[-1], top_v)
+    x0, x1, y0, y1 = LEFT, W - RIGHT, H - BOTTOM, TOP
+    width = (x1 - x0) / max(len(labels), 1)
+
+    def sy(v: float) -> float:
+        return y0 - v / top * (y0 - y1)
+
+    out = _frame(title, "", ylabel, [], yt, lambda v: x0, sy)
+    every = max(1, math.ceil(len(labels) * 60 / (x1 - x0)))  # labels ~60 units apart at least
+    for k, (label, v) in enumerate(zip(labels, shown)):
+        a = x0 + k * width
+        if v > 0:
+            out.append(f'<rect x="{a + width * 0.1:.1f}" y="{sy(v):.1f}" width="{width * 0.8:.1f}" '
+                       f'height="{y0 - sy(v):.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: '
+                       f'{_fmt(v)} {escape(ylabel)}</title></rect>')
+        if k % every == 0:
+            out.append(f'<text x="{a + width / 2:.1f}" y="{y0 + 20}" text-anchor="middle">'
+                       f'{escape(label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def plots(doc: dict[str, Any]) -> dict[str, str]:
     """The report's three charts by name: ``power``, ``cumulative``, ``steps`` (when any)."""
     ts = doc["timeseries"]
