@@ -5,12 +5,16 @@ Each "node" is a group of real processes with its own host identity (``GREENTRAC
 advancing at known watts) and fake NVML GPUs; all ranks form one real ``torch.distributed`` job
 (gloo, TCP on 127.0.0.1). Host CPU and DRAM must count once per node, GPUs add up, and rank 0's
 gathered totals must equal ``greentrack merge`` of the node directories (and ``summary`` of them).
-Every process runs under a timeout; a hung job fails the test, it never hangs CI.
+Every process runs under a timeout; a hung job fails the test, it never hangs CI. The ranks are
+forked from one process that imported torch (and Lightning) once (tests/rank_zygote.py): the
+four imports were most of these tests' CPU (65 -> 43 CPU-s for the file).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,61 +79,71 @@ def launch(nodes: list[Node], steps: int, untracked: tuple[int, ...] = (),
     per_node = len(nodes[0].gpus)
     world = per_node * len(nodes)
     port = free_port()
-    procs: list[subprocess.Popen[str]] = []
+    logs = nodes[0].run_dir.parent.parent / "rank-logs"
+    logs.mkdir(exist_ok=True)
+    ranks: list[dict[str, Any]] = []
+    for n_idx, node in enumerate(nodes):
+        for local in range(per_node):
+            rank = n_idx * per_node + local
+            env = python_env(**node.tree.env)
+            for name in CLEARED:
+                env.pop(name, None)
+            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
+                       LOCAL_WORLD_SIZE=str(per_node), GREENTRACK_HOSTNAME=node.host,
+                       GREENTRACK_BOOT_ID=node.boot, GREENTRACK_PROGRESS="0",
+                       GREENTRACK_LEASE_DIR=str(node.run_dir.parent / "leases"),
+                       GT_TEST_GPUS=",".join(f"{u}:{w}" for u, w in node.gpus),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       TORCHELASTIC_RUN_ID="job-17", TORCHELASTIC_RESTART_COUNT="0",
+                       GROUP_RANK=str(n_idx), SLURM_JOB_ID="4242",
+                       SLURM_JOB_NODELIST="node-[a-b]")
+            env.update((rank_env or {}).get(rank, {}))
+            if lightning:  # Lightning's own environment: no launcher names the run
+                for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                             "GROUP_RANK", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "RANK"):
+                    del env[name]
+                env["NODE_RANK"] = str(n_idx)
+                node.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                argv = [str(REPO / "examples" / "lightning_model.py"), "run",
+                        "--devices", str(per_node), "--num-nodes", str(len(nodes)),
+                        "--steps", str(steps)]
+                cwd = node.run_dir.parent
+            else:
+                argv = ["tests/multinode_job.py", str(node.run_dir), "--init",
+                        f"tcp://127.0.0.1:{port}", "--steps", str(steps)]
+                argv += ["--untracked"] if rank in untracked else []
+                cwd = REPO
+            ranks.append({"argv": argv, "cwd": str(cwd), "env": env,
+                          "out": str(logs / f"{rank}.out"), "err": str(logs / f"{rank}.err")})
+    # every rank a real process, forked from one that imported the framework once (each rank's
+    # own import was most of these tests' CPU: tests/rank_zygote.py)
+    spec = {"preload": ["torch", "torch.distributed"] + (["lightning.pytorch"] if lightning else []),
+            "ranks": ranks}
+    zygote_env = python_env()
+    for name in CLEARED:
+        zygote_env.pop(name, None)
     counters = [LiveCounters(n.tree, n.watts) for n in nodes]
     for c in counters:
         c.__enter__()
+    zygote = subprocess.Popen([sys.executable, "tests/rank_zygote.py"], cwd=REPO, env=zygote_env,
+                              text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              start_new_session=True)
     try:
-        for n_idx, node in enumerate(nodes):
-            for local in range(per_node):
-                rank = n_idx * per_node + local
-                env = python_env(**node.tree.env)
-                for name in CLEARED:
-                    env.pop(name, None)
-                env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
-                           LOCAL_WORLD_SIZE=str(per_node), GREENTRACK_HOSTNAME=node.host,
-                           GREENTRACK_BOOT_ID=node.boot, GREENTRACK_PROGRESS="0",
-                           GREENTRACK_LEASE_DIR=str(node.run_dir.parent / "leases"),
-                           GT_TEST_GPUS=",".join(f"{u}:{w}" for u, w in node.gpus),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                           TORCHELASTIC_RUN_ID="job-17", TORCHELASTIC_RESTART_COUNT="0",
-                           GROUP_RANK=str(n_idx), SLURM_JOB_ID="4242",
-                           SLURM_JOB_NODELIST="node-[a-b]")
-                env.update((rank_env or {}).get(rank, {}))
-                if lightning:  # Lightning's own environment: no launcher names the run
-                    for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-                                 "GROUP_RANK", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "RANK"):
-                        del env[name]
-                    env["NODE_RANK"] = str(n_idx)
-                    node.run_dir.parent.mkdir(parents=True, exist_ok=True)
-                    cmd = [sys.executable, str(REPO / "examples" / "lightning_model.py"), "run",
-                           "--devices", str(per_node), "--num-nodes", str(len(nodes)),
-                           "--steps", str(steps)]
-                    cwd = node.run_dir.parent
-                else:
-                    cmd = [sys.executable, "tests/multinode_job.py", str(node.run_dir), "--init",
-                           f"tcp://127.0.0.1:{port}", "--steps", str(steps)]
-                    cmd += ["--untracked"] if rank in untracked else []
-                    cwd = REPO
-                procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, text=True,
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-        outputs = []
-        for proc in procs:
-            try:
-                outputs.append(proc.communicate(timeout=TIMEOUT_S))
-            except subprocess.TimeoutExpired:
-                for other in procs:
-                    other.kill()
-                pytest.fail(f"the job did not finish within {TIMEOUT_S:g} s")
+        codes_line, _ = zygote.communicate(json.dumps(spec), timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job did not finish within {TIMEOUT_S:g} s")
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        try:  # the zygote and any rank left (one session), whatever happened
+            os.killpg(zygote.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        zygote.wait(10)
         for c in counters:
             c.__exit__(None, None, None)
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    outputs = [(Path(r["out"]).read_text(), Path(r["err"]).read_text()) for r in ranks]
+    codes = json.loads(codes_line)
+    for code, (out, err) in zip(codes, outputs):
+        assert code == 0, out[-2000:] + err[-4000:]
     lines = [line for line in outputs[0][0].splitlines() if line.startswith(("{", "null"))]
     assert len(lines) == 1, outputs[0]
     found: dict[str, Any] | None = json.loads(lines[0])
