@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, with_band
-from tests.helpers import REPO, boamps_validator, clean_env, make_run, report_json, run_cli
+from tests.helpers import (REPO, boamps_validator, clean_env, make_lossy_run, make_run,
+                           report_json, run_cli)
 
 
 @pytest.mark.parametrize(("joules", "text"), [
@@ -90,6 +92,40 @@ def test_tiny_figures_read_in_small_units_with_their_band(tiny: tuple[Path, Path
                 if (MASS.search(cell) or ENERGY.search(cell)) and "Embodied" not in row[0]:
                     assert "±" in cell, (section, row)
     assert "no band: catalogue figures" in md  # embodied: says why it has none
+
+
+def _axis_texts(svg_text: str) -> tuple[list[str], list[str], list[str]]:
+    """A chart's tick labels on x, on y, and its axis titles, as drawn."""
+    texts = [(t.get("text-anchor"), t.get("transform"), t.text or "")
+             for t in ET.fromstring(svg_text).iter("{http://www.w3.org/2000/svg}text")]
+    number = re.compile(r"[\d.e+-]+")
+    x = [text for anchor, turn, text in texts if anchor == "middle" and number.fullmatch(text)]
+    y = [text for anchor, turn, text in texts if anchor == "end"]
+    titles = [text for anchor, turn, text in texts
+              if anchor == "middle" and not number.fullmatch(text)]
+    return x, y, titles
+
+
+def test_the_energy_charts_are_drawn_in_the_unit_of_their_figures(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5 wrote the tables in mWh and drew the same run's cumulative energy against an
+    "energy (kWh)" axis ticked 2e-05, 4e-05...; compare's loss-against-energy chart likewise."""
+    run, out = tiny
+    kwh = report_json(out)["summary"]["energy_kwh"]
+    _, ticks, titles = _axis_texts((out / "report-cumulative.svg").read_text())
+    assert "energy (mWh)" in titles, titles
+    assert not [t for t in ticks if "e" in t], ticks
+    # the top tick reads in mWh: at or above the run's energy, within one tick step of it
+    assert kwh * 1e6 <= float(ticks[-1]) <= 2.5 * kwh * 1e6, (ticks, kwh)
+    with clean_env(monkeypatch, tmp_path):
+        lossy = make_lossy_run(tmp_path / "lossy", [3.0, 2.0, 1.0], {}, 40.0, tmp_path)
+        code, page, err = run_cli(["compare", str(run), str(lossy), "--format", "html"])
+    assert code == 0, err
+    chart = page[page.index("<svg"):page.index("</svg>") + 6]
+    ticks, _, titles = _axis_texts(chart)
+    assert "cumulative IT energy (mWh)" in titles, titles
+    assert not [t for t in ticks if "e-" in t], ticks
+    assert "kgCO2e" not in page  # nothing in this comparison is a kilogram
 
 
 def test_flops_per_joule_is_absent_without_flops(tiny: tuple[Path, Path], tmp_path: Path,

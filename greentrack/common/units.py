@@ -47,6 +47,14 @@ def scale(value: float, units: tuple[tuple[str, float], ...]) -> tuple[float, st
     return value / units[-1][1], units[-1][0]
 
 
+def unit_for(reference: float, units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
+    """The unit :func:`scale` picks for ``reference`` (in the base unit) and how many base units
+    it holds: ``(unit, per)``. A chart axis or a table row whose figures share one unit takes
+    it from their largest value: ``unit_for(216.0, ENERGY_UNITS)`` is ``("mWh", 3.6)``."""
+    _, unit = scale(reference, units)
+    return unit, dict(units)[unit]
+
+
 def energy_text(joules: float | None, digits: int = 3) -> str:
     """An energy in the unit that suits it: ``0.468 Wh`` as ``468 mWh``; ``n/a`` for None."""
     if joules is None:
