@@ -94,6 +94,42 @@ def test_tiny_figures_read_in_small_units_with_their_band(tiny: tuple[Path, Path
     assert "no band: catalogue figures" in md  # embodied: says why it has none
 
 
+#: a figure and its unit as the pages write it (``93.67 mWh``, ``2.5 tCO2e``; not ``g/kWh``)
+FIGURE = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?) (mWh|Wh|kWh|MWh|mg|g|kg|t)"
+                    r"(?:CO2e)?\b(?!/)")
+
+
+def _unscaled(text: str) -> list[str]:
+    """Figures not written in the unit that suits them: under 1 of a unit above the smallest,
+    or 1000 and more of a unit below the largest."""
+    out = []
+    for m in FIGURE.finditer(text):
+        v, unit = float(m.group(1).replace(",", "")), m.group(2)
+        if v and ((v < 1 and unit not in ("mWh", "mg")) or (v >= 1000 and unit not in ("MWh", "t"))):
+            out.append(m.group(0))
+    return out
+
+
+def test_every_figure_of_a_page_is_in_the_unit_that_suits_it(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5's pages kept a few figures out of the scaling: the region finding's "the run's
+    9.367e-05 kWh ... is 0.005249 g" among mWh and mgCO2e rows, the Scope 3 note's "2,500 kgCO2e"
+    beside the embodied table's "2.5 tCO2e". (The EU AI Act's field is asked for in MWh.)"""
+    run, out = tiny
+    md = (out / "report.md").read_text()
+    assert "| region |" in md  # the finding whose evidence carried kWh and g
+    pages = [md.replace(md.split("## EU AI Act")[1].split("\n## ")[0], "")]
+    for device in report_json(out)["embodied"]["devices"]:  # a source quotes its own figures
+        pages[0] = pages[0].replace(device["source"], "")
+    with clean_env(monkeypatch, tmp_path):
+        code, text, err = run_cli(["advise", str(run)])
+    assert code == 0, err
+    pages.append(text)
+    assert [_unscaled(p) for p in pages] == [[], []]
+    assert _unscaled("0.005249 g, 9.367e-05 kWh, 2,500 kgCO2e; 5 mg, 2.5 t, 56 g/kWh") == [
+        "0.005249 g", "9.367e-05 kWh", "2,500 kgCO2e"]
+
+
 def _axis_texts(svg_text: str) -> tuple[list[str], list[str], list[str]]:
     """A chart's tick labels on x, on y, and its axis titles, as drawn."""
     texts = [(t.get("text-anchor"), t.get("transform"), t.text or "")
