@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, with_band
+from greentrack.common.units import (ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, sig,
+                                     with_band)
 from tests.helpers import (REPO, boamps_validator, clean_env, make_lossy_run, make_run,
                            report_json, run_cli)
 
@@ -162,6 +163,19 @@ def test_the_energy_charts_are_drawn_in_the_unit_of_their_figures(
     assert "cumulative IT energy (mWh)" in titles, titles
     assert not [t for t in ticks if "e-" in t], ticks
     assert "kgCO2e" not in page  # nothing in this comparison is a kilogram
+
+
+def test_the_eu_ai_act_energy_keeps_the_figures_the_form_asks_for(tiny: tuple[Path, Path]) -> None:
+    """The form asks for the energy in MWh "to at least two significant figures"; 8a2bbe5 wrote
+    the demo's 6.0047e-08 MWh as "6e-08" (the trailing zeros of %g dropped: one figure)."""
+    assert sig(6.0047e-8, 3, keep_zeros=True) == "6.00e-08" and sig(6.0047e-8, 3) == "6e-08"
+    assert sig(2.0, 3, keep_zeros=True) == "2.00" and sig(0.1, 2, keep_zeros=True) == "0.10"
+    _, out = tiny
+    eu = report_json(out)["eu_ai_act"]
+    text = eu["training_energy_mwh_text"]
+    mantissa = text.lower().split("e")[0].replace(".", "").lstrip("0")
+    assert len(mantissa) == 3 and float(text) == pytest.approx(eu["training_energy_mwh"], rel=5e-3)
+    assert f"| training energy | {text} MWh" in (out / "report.md").read_text()
 
 
 def test_flops_per_joule_is_absent_without_flops(tiny: tuple[Path, Path], tmp_path: Path,

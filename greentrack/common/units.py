@@ -27,11 +27,15 @@ ENERGY_UNITS = (("MWh", 3.6e9), ("kWh", J_PER_KWH), ("Wh", J_PER_WH), ("mWh", 3.
 MASS_UNITS = (("t", 1e6), ("kg", 1e3), ("g", 1.0), ("mg", 1e-3))
 
 
-def sig(x: float, digits: int = 3) -> str:
-    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big)."""
+def sig(x: float, digits: int = 3, keep_zeros: bool = False) -> str:
+    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big).
+    Trailing zeros are dropped (``6e-08``) unless ``keep_zeros``: then the text shows every
+    figure it was asked for (``6.00e-08``), as a form asking for two significant figures needs."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
-    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+    alt = "#" if keep_zeros else ""
+    text = f"{x:{alt}.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+    return text.rstrip(".")
 
 
 def scale(value: float, units: tuple[tuple[str, float], ...]) -> tuple[float, str]:
