@@ -178,6 +178,22 @@ def test_the_eu_ai_act_energy_keeps_the_figures_the_form_asks_for(tiny: tuple[Pa
     assert f"| training energy | {text} MWh" in (out / "report.md").read_text()
 
 
+def test_the_summary_writes_emissions_as_the_report_does(tiny: tuple[Path, Path]) -> None:
+    """8a2bbe5's summary (``greentrack summary``, the end of ``greentrack run`` and of the demo)
+    wrote "0.006792 gCO2e" without a band and "(0.0777 Wh)" beside the report's "6.79 ± 3.4
+    mgCO2e" and "77.7 mWh"."""
+    run, out = tiny
+    code, text, err = run_cli(["summary", str(run)])
+    assert code == 0, err
+    summary = {r[0]: r[1] for r in _cells((out / "report.md").read_text(), "Summary")}
+    line = next(ln for ln in text.splitlines() if ln.lstrip().startswith("emissions"))
+    assert f"emissions  {summary['Scope 2, location-based']} (location-based" in line, line
+    energy = next(ln for ln in text.splitlines() if ln.lstrip().startswith("energy"))
+    assert re.search(r"J \([\d.]+ mWh\)", energy), energy
+    assert summary["IT energy"].split(" ±")[0] in energy
+    assert not _unscaled(text)
+
+
 def test_flops_per_joule_is_absent_without_flops(tiny: tuple[Path, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     run, out = tiny
