@@ -223,6 +223,62 @@ def test_docs_cite_sources_readers_can_open() -> None:
     assert not offenders, offenders
 
 
+def test_the_readmes_first_screen_takes_a_newcomer_to_a_run_a_report_and_grafana() -> None:
+    """Issue 26: 8a2bbe5's README was 605 lines, a 90-row guarantees table came before the list
+    of docs, and it stated neither how long ``make test`` takes nor the system packages it
+    needs. Now the screen above the first section goes from the clone to a tracked run, its
+    report and a Grafana view, states both, and links the docs the details moved to."""
+    text = README.read_text(encoding="utf-8")
+    first = text.split("\n## ", 1)[0]
+    assert len(first.splitlines()) <= 70 and len(text.splitlines()) <= 350
+    # clone to a tracked run and its report
+    for words in ("make demo", "report.html", "greentrack run --run-dir", "greentrack report"):
+        assert words in first, words
+    # a Grafana view, from files that exist
+    compose = re.search(r"cd (\S+) && docker compose up -d", first)
+    assert compose and (REPO / compose.group(1) / "docker-compose.yml").is_file()
+    assert "http://127.0.0.1:3000" in first
+    # make test: how long, and the system packages it needs, which CI installs
+    said = re.search(r"make test +# .*?~(\d+) min on a 2-core VM.*?~(\d+)-(\d+) min beside 4 busy",
+                     first)
+    assert said, "the README does not say how long make test takes"
+    packages = re.search(r"`make test` needs the Debian packages (.*?)\(", first, re.DOTALL)
+    assert packages, "the README does not name make test's system packages"
+    named = re.findall(r"`([\w-]+)`", packages.group(1))
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    installed = {w for line in ci.splitlines() if "apt-get install" in line for w in line.split()}
+    assert named and set(named) <= installed, (named, installed)
+    # the durations are the ones bench/RESULTS.md recorded for `make test` with 4 workers
+    rows = [r for r in _table_rows(_section(
+        (REPO / "bench" / "RESULTS.md").read_text(encoding="utf-8"), "Test suite time"))
+        if r[0].startswith("`make test`") and r[1] == "4"]
+    quiet = [float(r[3].split()[0]) / 60 for r in rows if r[2] == "0"]
+    busy = [float(r[3].split()[0]) / 60 for r in rows if r[2] == "4"][-3:]
+    assert any(abs(m - int(said.group(1))) <= 0.5 for m in quiet), (said.group(0), quiet)
+    assert busy and all(int(said.group(2)) - 0.5 <= m <= int(said.group(3)) + 0.5
+                        for m in busy), (said.group(0), busy)
+    # the guarantees and the details live in docs/, linked from the first screen
+    for doc in ("docs/usage.md", "docs/reports.md", "docs/guarantees.md", "docs/methodology.md",
+                "docs/integrations.md", "docs/prometheus.md"):
+        assert f"]({doc})" in first and (REPO / doc).is_file(), doc
+    assert "\n## Guarantees" not in text and "\n## Guarantees" in GUARANTEES.read_text()
+    assert max(map(len, _tables(text)), default=0) <= 30  # no 90-row table in the README
+
+
+def _tables(text: str) -> list[list[str]]:
+    """Each Markdown table of ``text`` as its lines."""
+    tables: list[list[str]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if previous.startswith("|"):
+                tables[-1].append(line)
+            else:
+                tables.append([line])
+        previous = line
+    return tables
+
+
 def test_bench_figures_quoted_in_the_readme_are_in_results() -> None:
     """Each bench command of the README's table is a script with a section in bench/RESULTS.md
     (which gives its machine, date and command), and every figure of the table with a decimal

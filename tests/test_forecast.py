@@ -5,6 +5,7 @@ progress line and the Prometheus ``greentrack_forecast_*`` gauges."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
@@ -114,6 +115,25 @@ def test_no_interval_before_three_observations() -> None:
     assert est is not None and not est["interval"]["known"]
     assert est["energy_j"] == pytest.approx(1000.0) and est["energy_j_low"] is None
     assert "interval after 3 observations" in format_forecast(est)
+
+
+def test_the_progress_line_writes_energy_and_emissions_in_the_unit_that_suits_them() -> None:
+    """Issue 26 (units): the demo's progress line read "forecast 0.169 Wh [...], 0.0148 gCO2e";
+    now "169 mWh", "14.8 mgCO2e", each interval in its estimate's unit."""
+    f = Forecast(400, carbon_g_per_kwh=56.0)
+    for n in range(0, 41, 10):  # steps of about 1.5 J
+        f.observe(n, 1.5 * n + (0.3 if n == 20 else 0.0), 0.05 * n,
+                  now_unix=1_800_000_000.0 + 0.05 * n)
+    est = f.estimate()
+    assert est is not None and est["interval"]["known"]
+    line = format_forecast(est)
+    energy = re.search(r"forecast ([\d.]+) mWh \[([\d.]+)-([\d.]+)\]", line)
+    assert energy, line
+    mwh, lo, hi = (float(x) for x in energy.groups())
+    assert mwh == pytest.approx(est["energy_j"] / 3.6, rel=5e-3)
+    assert lo == pytest.approx(est["energy_j_low"] / 3.6, rel=5e-3) and lo < mwh < hi
+    grams = re.search(r", ([\d.]+) mgCO2e \[[\d.]+-[\d.]+\]", line)
+    assert grams and float(grams.group(1)) == pytest.approx(est["emissions_g"] * 1e3, rel=5e-3)
 
 
 # -- the live forecast: TrainingMeter metrics and the Prometheus gauges --------------------------

@@ -362,8 +362,8 @@ def test_a_run_shorter_than_log_every_s_gets_its_figures(powercap: PowercapTree,
 
 
 # the interval [low-high] follows the estimate once the forecast has three observations
-PROGRESS = re.compile(r"^greentrack: step \d+/100, forecast [\d.e+-]+ Wh( \[[\d.e+-]+-[\d.e+-]+\])?, ",
-                      re.M)
+PROGRESS = re.compile(r"^greentrack: step \d+/100, forecast [\d.e+-]+ (mWh|Wh|kWh|MWh)"
+                      r"( \[[\d.e+-]+-[\d.e+-]+\])?, ", re.M)
 
 
 def test_progress_line_is_visible_by_default_and_can_be_silenced(

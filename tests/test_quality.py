@@ -172,7 +172,7 @@ def test_compare_formats_md_html_json(tmp_path: Path, monkeypatch: pytest.Monkey
         assert md.startswith("# greentrack compare") and "| labels | precision=fp32 |" in md
         code, html, err = run_cli(base + ["--format", "html"])
         assert code == 0, err
-        assert html.count("<polyline") == 2 and "cumulative IT energy (kWh)" in html
+        assert html.count("<polyline") == 2 and "cumulative IT energy (mWh)" in html  # 2 short runs
         assert "a<b>" not in html and "a&lt;b&gt;" in html
         code, js, err = run_cli(base + ["--format", "json"])
         assert code == 0 and json.loads(js)["runs"][1]["labels"] == {"precision": "bf16"}

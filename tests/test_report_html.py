@@ -187,6 +187,9 @@ def test_the_report_charts_are_readable_and_its_units_scaled(html_report: Path) 
     for name, chart in charts.items():
         assert chart["width"] >= MIN_CHART_PX, (name, chart["width"])
         assert chart["tick_px"] >= MIN_LABEL_PX, (name, chart["tick_px"])
+    # the energy axis in the tables' unit, its ticks plain numbers (8a2bbe5: kWh, 2e-05...)
+    drawn = charts["plot-cumulative"]["legend"]
+    assert "energy (mWh)" in drawn and not [t for t in drawn if re.fullmatch(r"[\d.]+e-\d+", t)]
     cells = found["cells"]
     # a run of about a second: milliwatt-hours and milligrams, each with its band
     assert re.fullmatch(r"[\d.]+ ± [\d.]+ mWh", cells["IT energy"]), cells["IT energy"]
@@ -227,7 +230,8 @@ def test_the_compare_page_draws_named_runs_and_the_target(compare_page: Path) ->
     found = measured(compare_page, compare_page.with_name("measure.png"))
     chart = found["charts"]["chart"]
     assert chart["width"] >= MIN_CHART_PX and chart["tick_px"] >= MIN_LABEL_PX, chart
-    assert {"precision=32-true", "precision=bf16-mixed", "target loss<=1.4"} <= set(chart["legend"])
+    assert {"precision=32-true", "precision=bf16-mixed", "target loss<=1.4",
+            "cumulative IT energy (mWh)"} <= set(chart["legend"])
     only = compare_page.with_name("only-chart.html")
     only.write_text(compare_page.read_text().replace(
         "</style>", "body>:not(svg){display:none}</style>", 1))

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, with_band
-from tests.helpers import REPO, boamps_validator, clean_env, make_run, report_json, run_cli
+from greentrack.common.units import (ENERGY_UNITS, MASS_UNITS, energy_text, mass_text, sig,
+                                     with_band)
+from tests.helpers import (REPO, boamps_validator, clean_env, make_lossy_run, make_run,
+                           report_json, run_cli)
 
 
 @pytest.mark.parametrize(("joules", "text"), [
@@ -90,6 +93,105 @@ def test_tiny_figures_read_in_small_units_with_their_band(tiny: tuple[Path, Path
                 if (MASS.search(cell) or ENERGY.search(cell)) and "Embodied" not in row[0]:
                     assert "±" in cell, (section, row)
     assert "no band: catalogue figures" in md  # embodied: says why it has none
+
+
+#: a figure and its unit as the pages write it (``93.67 mWh``, ``2.5 tCO2e``; not ``g/kWh``)
+FIGURE = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?) (mWh|Wh|kWh|MWh|mg|g|kg|t)"
+                    r"(?:CO2e)?\b(?!/)")
+
+
+def _unscaled(text: str) -> list[str]:
+    """Figures not written in the unit that suits them: under 1 of a unit above the smallest,
+    or 1000 and more of a unit below the largest."""
+    out = []
+    for m in FIGURE.finditer(text):
+        v, unit = float(m.group(1).replace(",", "")), m.group(2)
+        if v and ((v < 1 and unit not in ("mWh", "mg")) or (v >= 1000 and unit not in ("MWh", "t"))):
+            out.append(m.group(0))
+    return out
+
+
+def test_every_figure_of_a_page_is_in_the_unit_that_suits_it(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5's pages kept a few figures out of the scaling: the region finding's "the run's
+    9.367e-05 kWh ... is 0.005249 g" among mWh and mgCO2e rows, the Scope 3 note's "2,500 kgCO2e"
+    beside the embodied table's "2.5 tCO2e". (The EU AI Act's field is asked for in MWh.)"""
+    run, out = tiny
+    md = (out / "report.md").read_text()
+    assert "| region |" in md  # the finding whose evidence carried kWh and g
+    pages = [md.replace(md.split("## EU AI Act")[1].split("\n## ")[0], "")]
+    for device in report_json(out)["embodied"]["devices"]:  # a source quotes its own figures
+        pages[0] = pages[0].replace(device["source"], "")
+    with clean_env(monkeypatch, tmp_path):
+        code, text, err = run_cli(["advise", str(run)])
+    assert code == 0, err
+    pages.append(text)
+    assert [_unscaled(p) for p in pages] == [[], []]
+    assert _unscaled("0.005249 g, 9.367e-05 kWh, 2,500 kgCO2e; 5 mg, 2.5 t, 56 g/kWh") == [
+        "0.005249 g", "9.367e-05 kWh", "2,500 kgCO2e"]
+
+
+def _axis_texts(svg_text: str) -> tuple[list[str], list[str], list[str]]:
+    """A chart's tick labels on x, on y, and its axis titles, as drawn."""
+    texts = [(t.get("text-anchor"), t.get("transform"), t.text or "")
+             for t in ET.fromstring(svg_text).iter("{http://www.w3.org/2000/svg}text")]
+    number = re.compile(r"[\d.e+-]+")
+    x = [text for anchor, turn, text in texts if anchor == "middle" and number.fullmatch(text)]
+    y = [text for anchor, turn, text in texts if anchor == "end"]
+    titles = [text for anchor, turn, text in texts
+              if anchor == "middle" and not number.fullmatch(text)]
+    return x, y, titles
+
+
+def test_the_energy_charts_are_drawn_in_the_unit_of_their_figures(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8a2bbe5 wrote the tables in mWh and drew the same run's cumulative energy against an
+    "energy (kWh)" axis ticked 2e-05, 4e-05...; compare's loss-against-energy chart likewise."""
+    run, out = tiny
+    kwh = report_json(out)["summary"]["energy_kwh"]
+    _, ticks, titles = _axis_texts((out / "report-cumulative.svg").read_text())
+    assert "energy (mWh)" in titles, titles
+    assert not [t for t in ticks if "e" in t], ticks
+    # the top tick reads in mWh: at or above the run's energy, within one tick step of it
+    assert kwh * 1e6 <= float(ticks[-1]) <= 2.5 * kwh * 1e6, (ticks, kwh)
+    with clean_env(monkeypatch, tmp_path):
+        lossy = make_lossy_run(tmp_path / "lossy", [3.0, 2.0, 1.0], {}, 40.0, tmp_path)
+        code, page, err = run_cli(["compare", str(run), str(lossy), "--format", "html"])
+    assert code == 0, err
+    chart = page[page.index("<svg"):page.index("</svg>") + 6]
+    ticks, _, titles = _axis_texts(chart)
+    assert "cumulative IT energy (mWh)" in titles, titles
+    assert not [t for t in ticks if "e-" in t], ticks
+    assert "kgCO2e" not in page  # nothing in this comparison is a kilogram
+
+
+def test_the_eu_ai_act_energy_keeps_the_figures_the_form_asks_for(tiny: tuple[Path, Path]) -> None:
+    """The form asks for the energy in MWh "to at least two significant figures"; 8a2bbe5 wrote
+    the demo's 6.0047e-08 MWh as "6e-08" (the trailing zeros of %g dropped: one figure)."""
+    assert sig(6.0047e-8, 3, keep_zeros=True) == "6.00e-08" and sig(6.0047e-8, 3) == "6e-08"
+    assert sig(2.0, 3, keep_zeros=True) == "2.00" and sig(0.1, 2, keep_zeros=True) == "0.10"
+    _, out = tiny
+    eu = report_json(out)["eu_ai_act"]
+    text = eu["training_energy_mwh_text"]
+    mantissa = text.lower().split("e")[0].replace(".", "").lstrip("0")
+    assert len(mantissa) == 3 and float(text) == pytest.approx(eu["training_energy_mwh"], rel=5e-3)
+    assert f"| training energy | {text} MWh" in (out / "report.md").read_text()
+
+
+def test_the_summary_writes_emissions_as_the_report_does(tiny: tuple[Path, Path]) -> None:
+    """8a2bbe5's summary (``greentrack summary``, the end of ``greentrack run`` and of the demo)
+    wrote "0.006792 gCO2e" without a band and "(0.0777 Wh)" beside the report's "6.79 ± 3.4
+    mgCO2e" and "77.7 mWh"."""
+    run, out = tiny
+    code, text, err = run_cli(["summary", str(run)])
+    assert code == 0, err
+    summary = {r[0]: r[1] for r in _cells((out / "report.md").read_text(), "Summary")}
+    line = next(ln for ln in text.splitlines() if ln.lstrip().startswith("emissions"))
+    assert f"emissions  {summary['Scope 2, location-based']} (location-based" in line, line
+    energy = next(ln for ln in text.splitlines() if ln.lstrip().startswith("energy"))
+    assert re.search(r"J \([\d.]+ mWh\)", energy), energy
+    assert summary["IT energy"].split(" ±")[0] in energy
+    assert not _unscaled(text)
 
 
 def test_flops_per_joule_is_absent_without_flops(tiny: tuple[Path, Path], tmp_path: Path,

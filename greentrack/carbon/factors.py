@@ -20,7 +20,7 @@ from typing import Any
 
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
-from greentrack.common.units import is_number
+from greentrack.common.units import is_number, mass_text
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SECONDS_PER_YEAR = 365.25 * 86400.0
@@ -104,10 +104,10 @@ def embodied(s: Mapping[str, Any], gpu_seconds: float, host_seconds: float, n_gp
         "scope3_note": {
             "hardware_embodied_kg": hardware_kg,
             "text": (f"The hardware used ({n_gpus} GPU(s), {n_hosts} host(s)) embodies about "
-                     f"{hardware_kg:,.0f} kgCO2e of manufacturing emissions. Under the GHG Protocol "
-                     "this belongs to the hardware owner's Scope 3 (category 2, capital goods) in the "
-                     "year of purchase, not amortized; it is reported here apart from SCI's "
-                     "amortized M and is not part of Scope 2."),
+                     f"{mass_text(hardware_kg * 1e3)} of manufacturing emissions. Under the GHG "
+                     "Protocol this belongs to the hardware owner's Scope 3 (category 2, capital "
+                     "goods) in the year of purchase, not amortized; it is reported here apart "
+                     "from SCI's amortized M and is not part of Scope 2."),
         },
     }
 

@@ -47,6 +47,7 @@ from greentrack.carbon.footprint import NO_SETTINGS, Settings, one_part, plain_s
 from greentrack.carbon.resolve import settings_for
 from greentrack.common.config import Config
 from greentrack.common.once import run_key, warn_once
+from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, unit_for
 
 log = logging.getLogger("greentrack")
 
@@ -200,11 +201,13 @@ HMS = "%H:%M:%S"
 
 def format_forecast(est: dict[str, Any]) -> str:
     """One line for logs and progress displays; ``[low-high]`` is the interval (see
-    :data:`LEVEL`), absent until three observations."""
+    :data:`LEVEL`), absent until three observations. Energy and emissions are in the unit of the
+    estimate (``412 Wh``, ``27.7 mgCO2e``), their bounds in the same unit."""
     level = f" ({est['interval']['level']:.0%} intervals in [])" if est["interval"]["known"] \
         else " (interval after 3 observations)"
+    energy, per_j = unit_for(est["energy_j"], ENERGY_UNITS)
     parts = [f"step {est['steps_done']}/{est['planned_steps']}",
-             f"forecast {est['energy_kwh'] * 1000:.3g} Wh{_range(est, 'energy_kwh', 1000)}",
+             f"forecast {est['energy_j'] / per_j:.3g} {energy}{_range(est, 'energy_j', 1 / per_j)}",
              f"{est['duration_s'] / 60:.1f} min{_range(est, 'duration_s', 1 / 60, '.1f')} "
              f"({est['remaining_s'] / 60:.1f} min left)",
              "ends " + time.strftime(HMS, time.gmtime(est["end_unix"])) + " UTC"
@@ -212,7 +215,9 @@ def format_forecast(est: dict[str, Any]) -> str:
                 f"{time.strftime(HMS, time.gmtime(est['end_unix_high']))}]"
                 if est.get("end_unix_low") is not None else "")]
     if est.get("emissions_g") is not None:
-        parts.append(f"{est['emissions_g']:.3g} gCO2e{_range(est, 'emissions_g', 1)}")
+        mass, per_g = unit_for(est["emissions_g"], MASS_UNITS)
+        parts.append(f"{est['emissions_g'] / per_g:.3g} {mass}CO2e"
+                     f"{_range(est, 'emissions_g', 1 / per_g)}")
     if est.get("cost") is not None:
         parts.append((f"{est['cost']:.3g} {est.get('currency') or ''}".rstrip())
                      + _range(est, "cost", 1))

@@ -27,11 +27,15 @@ ENERGY_UNITS = (("MWh", 3.6e9), ("kWh", J_PER_KWH), ("Wh", J_PER_WH), ("mWh", 3.
 MASS_UNITS = (("t", 1e6), ("kg", 1e3), ("g", 1.0), ("mg", 1e-3))
 
 
-def sig(x: float, digits: int = 3) -> str:
-    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big)."""
+def sig(x: float, digits: int = 3, keep_zeros: bool = False) -> str:
+    """``x`` to ``digits`` significant figures, as text (``0.0012``, ``1.23e+04`` for big).
+    Trailing zeros are dropped (``6e-08``) unless ``keep_zeros``: then the text shows every
+    figure it was asked for (``6.00e-08``), as a form asking for two significant figures needs."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
-    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+    alt = "#" if keep_zeros else ""
+    text = f"{x:{alt}.{digits}g}" if abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+    return text.rstrip(".")
 
 
 def scale(value: float, units: tuple[tuple[str, float], ...]) -> tuple[float, str]:
@@ -45,6 +49,14 @@ def scale(value: float, units: tuple[tuple[str, float], ...]) -> tuple[float, st
         if a >= per:
             return value / per, unit
     return value / units[-1][1], units[-1][0]
+
+
+def unit_for(reference: float, units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
+    """The unit :func:`scale` picks for ``reference`` (in the base unit) and how many base units
+    it holds: ``(unit, per)``. A chart axis or a table row whose figures share one unit takes
+    it from their largest value: ``unit_for(216.0, ENERGY_UNITS)`` is ``("mWh", 3.6)``."""
+    _, unit = scale(reference, units)
+    return unit, dict(units)[unit]
 
 
 def energy_text(joules: float | None, digits: int = 3) -> str:

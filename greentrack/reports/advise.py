@@ -41,7 +41,7 @@ from greentrack.carbon.runs import Explicit, profile_of_stores
 from greentrack.carbon.schedule import best_start
 from greentrack.common.config import Config
 from greentrack.common.errors import ConfigError
-from greentrack.common.units import utc
+from greentrack.common.units import J_PER_KWH, energy_text, mass_text, utc
 from greentrack.reports.run_data import IDLE_MARGIN, IDLE_PEAK_SHARE, POWER_QUANTILE, resample
 
 if TYPE_CHECKING:
@@ -330,7 +330,8 @@ def _start_time(data: RunData, fp: Footprint) -> Finding | None:
         "kind": "start-time", "joules": 0.0, "share": 0.0, "grams": saving,
         "evidence": {"text": f"the run's power profile re-integrated at {len(starts)} start times "
                              f"of {series.source}: as run (from {utc(data.start_unix)}) "
-                             f"{as_run:.4g} g; best from {utc(best_t)} ({hour} UTC) {best_g:.4g} g "
+                             f"{mass_text(as_run, 4)}; best from {utc(best_t)} ({hour} UTC) "
+                             f"{mass_text(best_g, 4)} "
                              f"(facility energy, PUE {fp.pue.value:g}; searched at {width:g} s bins)",
                      "series": series.source, "starts_tried": len(starts), "as_run_g": as_run,
                      "best_start": utc(best_t), "best_start_hour_utc": hour, "best_g": best_g,
@@ -371,11 +372,11 @@ def _region(data: RunData, config: Config, fp: Footprint) -> Finding | None:
     b = best[0]
     return {
         "kind": "region", "joules": 0.0, "share": 0.0, "grams": b["saving_g"],
-        "evidence": {"text": f"the run's {fp.facility_kwh:.4g} kWh (facility energy, PUE "
-                             f"{fp.pue.value:g}) at {current}'s yearly factor "
-                             f"({here.g_per_kwh:.4g} g/kWh) is {as_run:.4g} g; compared with "
-                             f"{compared}: lowest {b['region']} at {b['g_per_kwh']:.4g} g/kWh, "
-                             f"{b['grams']:.4g} g",
+        "evidence": {"text": f"the run's {energy_text(fp.facility_kwh * J_PER_KWH, 4)} "
+                             f"(facility energy, PUE {fp.pue.value:g}) at {current}'s yearly "
+                             f"factor ({here.g_per_kwh:.4g} g/kWh) is {mass_text(as_run, 4)}; "
+                             f"compared with {compared}: lowest {b['region']} at "
+                             f"{b['g_per_kwh']:.4g} g/kWh, {mass_text(b['grams'], 4)}",
                      "current": current, "current_g_per_kwh": here.g_per_kwh,
                      "compared": compared, "best": best},
         "suggestion": f"run in {b['region']} (or another low-carbon region) when data residency "
@@ -394,7 +395,7 @@ def format_text(findings: list[Finding], data: RunData) -> str:
     for i, f in enumerate(findings, 1):
         stake = [f"{f['joules']:.4g} J ({_pct(f['share'])} of the run)"] if f["joules"] else []
         if "grams" in f:
-            stake.append(f"{f['grams']:.4g} gCO2e")
+            stake.append(mass_text(f["grams"], 4))
         if "cost" in f:
             stake.append(f"{f['cost']:.4g} {f.get('currency') or ''}".rstrip())
         lines += [f"{i}. {f['kind']}: {', '.join(stake)} at stake",

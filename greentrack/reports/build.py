@@ -175,7 +175,7 @@ def _compute(data: RunData, steps: dict[str, Any], fp: Footprint) -> dict[str, A
 def _eu_ai_act(doc: dict[str, Any]) -> dict[str, Any]:
     e, c = doc["energy"], doc["compute"]
     eu = {"training_energy_mwh": e["it_kwh"] / 1000.0,
-          "training_energy_mwh_text": sig(e["it_kwh"] / 1000.0, 3),
+          "training_energy_mwh_text": sig(e["it_kwh"] / 1000.0, 3, keep_zeros=True),
           "facility_energy_mwh": e["facility_kwh"] / 1000.0, "energy_basis": e["basis"],
           "training_compute_flops": c["flops"], "training_compute_method": c["flops_method"],
           "wall_clock_days": c["wall_clock_days"], "hardware_days": c["hardware_days"],

@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 
 from greentrack.common.text import md_escape, printable
-from greentrack.common.units import ENERGY_UNITS, J_PER_KWH, MASS_UNITS, scale, sig
+from greentrack.common.units import ENERGY_UNITS, J_PER_KWH, MASS_UNITS, sig, unit_for
 from greentrack.reports import svg
 from greentrack.reports.compare import METRICS
 
@@ -44,12 +44,15 @@ _SCALED = {"energy_kwh": (J_PER_KWH, ENERGY_UNITS, ""),
 
 def _row_unit(key: str, unit: str, values: list[float]) -> tuple[float, str]:
     """What a row's figures are divided by and the row's unit: energy and emissions in the unit
-    that suits the largest of them (``common.units.scale``), the others as they are."""
-    if key not in _SCALED or not values:
+    that suits the largest of them (``common.units.unit_for``), the others as they are; a
+    scaled row of n/a only has no unit to suit (none, rather than kgCO2e beside mgCO2e rows)."""
+    if key not in _SCALED:
         return 1.0, unit
+    if not values:
+        return 1.0, ""
     to_base, units, suffix = _SCALED[key]
-    _, name = scale(max(values, key=abs) * to_base, units)
-    return dict(units)[name] / to_base, name + suffix
+    name, per = unit_for(max(values, key=abs) * to_base, units)
+    return per / to_base, name + suffix
 
 
 def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -70,7 +73,7 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str
             cells[0] = "optimizer steps" if kinds == {"optimizer_steps"} else \
                 "step rows" if kinds == {"step_rows"} else "steps (see notes)"
         if key == "sci_g":
-            cells[0] = f"SCI ({unit} per {printable(runs[0]['sci_unit'])})"
+            cells[0] = f"SCI ({unit + ' ' if unit else ''}per {printable(runs[0]['sci_unit'])})"
         for r in runs:
             v = r[key]
             text = "n/a" if v is None else sig(float(v) / per, 4)
@@ -179,7 +182,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 def format_html(result: dict[str, Any]) -> str:
     """A standalone HTML page: the table, the notes and, when runs recorded the metric, the
-    metric against cumulative IT energy (kWh), one line per run."""
+    metric against cumulative IT energy (in the unit of the largest), one line per run."""
     headers, body, notes = _table(result)
     rows = "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>\n"
                    for row in body)
@@ -195,12 +198,17 @@ def format_html(result: dict[str, Any]) -> str:
     curves = result.get("curves")
     if curves and any(c["points"] for c in curves["runs"]):
         names = {r["run_dir"]: r["name"] for r in result["runs"]}
-        series = [(names.get(c["run_dir"], c["run_dir"]), [p[0] for p in c["points"]],
+        # the energy axis in the unit of the largest energy drawn (mWh for a short run)
+        top = max((p[0] for c in curves["runs"] for p in c["points"]), default=0.0)
+        unit, per = unit_for(top * J_PER_KWH, ENERGY_UNITS)
+        series = [(names.get(c["run_dir"], c["run_dir"]),
+                   [p[0] * J_PER_KWH / per for p in c["points"]],
                    [p[1] for p in c["points"]]) for c in curves["runs"]]
         target = result.get("target") if result.get("target_metric") == curves["metric"] \
             else None
         level = (f"target {target}", float(result["target_value"])) if target else None
         parts.append(svg.xy_lines(f"{curves['metric']} against cumulative IT energy", series,
-                                  "cumulative IT energy (kWh)", curves["metric"], level=level))
+                                  f"cumulative IT energy ({unit})", curves["metric"],
+                                  level=level))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

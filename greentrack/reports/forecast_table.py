@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, scale, sig, utc
+from greentrack.common.units import ENERGY_UNITS, MASS_UNITS, sig, unit_for, utc
 
 #: digits tried for an interval's bounds until they print apart
 MIN_DIGITS, MAX_DIGITS = 3, 6
@@ -35,8 +35,7 @@ def _number(text: str) -> float:
 
 
 def _scaled(reference: float, units: tuple[tuple[str, float], ...], suffix: str = "") -> Printer:
-    _, unit = scale(reference, units)
-    per = dict(units)[unit]
+    unit, per = unit_for(reference, units)
     return (lambda v, d: f"{sig(v / per, d)} {unit}{suffix}"), _number
 
 

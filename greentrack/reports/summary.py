@@ -15,6 +15,8 @@ from greentrack.carbon.runs import Explicit, run_footprint
 from greentrack.common.errors import ConfigError
 from greentrack.common.jobinfo import describe
 from greentrack.common.text import printable
+from greentrack.common.units import J_PER_KWH, MASS_UNITS, energy_text, with_band
+from greentrack.reports.methodology import overall_quality
 from greentrack.run import RECORD_WARNINGS, Run, RunSummary
 from greentrack.store.reader import STALE_AFTER_S, store_status
 
@@ -177,7 +179,7 @@ def format_summary(s: Summary) -> str:
           if len(s.get("hosts") or []) > 1 else []),
         f"  duration   {s['duration_s']:.1f} s   steps {s['steps']} (optimizer steps "
         f"{s['optimizer_steps']})   GPU-seconds {s['gpu_seconds']:.1f}",
-        f"  energy     {e['total']} ({s['energy_kwh'] * 1000:.4f} Wh)   "
+        f"  energy     {e['total']} ({energy_text(s['energy_kwh'] * J_PER_KWH)})   "
         f"gpu {e['gpu']}   cpu {e['cpu']}   dram {e['dram']}",
         "  sources:",
     ]
@@ -191,7 +193,10 @@ def format_summary(s: Summary) -> str:
     if f:
         money = (f"   cost {f['cost']:.4g} {p(f['currency'] or '')}".rstrip()
                  if f["cost"] is not None else "")
-        lines.insert(lines.index("  sources:"), f"  emissions  {f['emissions_location_g']:.4g} gCO2e (location-based, "
+        # the emissions in the unit that suits them, with the run's quality band, as the report
+        pct = overall_quality(list(s["sources"]))["pct"]
+        grams = with_band(f["emissions_location_g"], pct, MASS_UNITS, "CO2e")
+        lines.insert(lines.index("  sources:"), f"  emissions  {grams} (location-based, "
                         f"{f['intensity_g_per_kwh']:.4g} g/kWh x PUE {f['pue']:g}; "
                         f"{p(f['intensity_method'])})   GPU-hours {f['gpu_hours']:.4g}{money}"
                      if f["emissions_location_g"] is not None else

@@ -11,6 +11,7 @@ from html import escape as _html_escape
 from typing import Any
 
 from greentrack.common.text import printable
+from greentrack.common.units import ENERGY_UNITS, J_PER_KWH, unit_for
 
 #: Chart size in SVG units and its text sizes: a chart fills the report's 980-px column at
 #: about 1:1 (the HTML scales it to the page's width), so 14-unit text reads as 14 px.
@@ -265,11 +266,15 @@ def bars(title: str, labels: list[str], values: list[float], ylabel: str) -> str
 def plots(doc: dict[str, Any]) -> dict[str, str]:
     """The report's three charts by name: ``power``, ``cumulative``, ``steps`` (when any)."""
     ts = doc["timeseries"]
+    # the energy axis in the unit of its top value, as the tables write it (a second's run in
+    # mWh, not 2e-05 kWh)
+    joules = [v * J_PER_KWH for v in ts["cumulative_kwh"]]
+    unit, per = unit_for(max(joules, default=0.0), ENERGY_UNITS)
     out = {
         "power": lines("Power over time by device", ts["t_s"],
                        [(s["label"], s["power_w"]) for s in ts["series"]], "power (W)"),
         "cumulative": lines("Cumulative IT energy", ts["t_s"],
-                            [("all devices", ts["cumulative_kwh"])], "energy (kWh)"),
+                            [("all devices", [v / per for v in joules])], f"energy ({unit})"),
     }
     hist = doc["steps"].get("histogram")
     if hist:

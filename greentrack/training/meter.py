@@ -41,7 +41,7 @@ from typing import Any
 
 from greentrack.carbon.forecast import Forecast, format_forecast
 from greentrack.common.errors import ConfigError
-from greentrack.common.units import J_PER_WH
+from greentrack.common.units import energy_text
 from greentrack.engine.steps import PHASE_SUMS, PhaseTally
 from greentrack.store.layout import StepRow
 from greentrack.training.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
@@ -311,7 +311,7 @@ class TrainingMeter:
                 planned = self.forecast.planned_steps
                 line = (f"greentrack: step {self.train_steps}"
                         + (f"/{planned}" if planned else "")
-                        + f", {self.energy_so_far_j() / J_PER_WH:.3g} Wh so far")
+                        + f", {energy_text(self.energy_so_far_j())} so far")
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
         except Exception as e:  # noqa: BLE001 - a closed stderr never stops attribution
