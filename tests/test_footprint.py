@@ -8,6 +8,7 @@ import ast
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ WATTS = {"intel-rapl:0": 40.0, "intel-rapl:0:1": 4.0}
 
 def _segment(run_dir: Path, tree: PowercapTree, *, train: int = 3, val: int = 0,
              step_s: float = 0.03, record: list[float] | None = None, rank: int = 0,
-             **settings: Any) -> greentrack.Tracker:
-    """One segment of a run: a real tracker, ``train`` and ``val`` steps, metrics recorded."""
+             started: Callable[[], object] | None = None, **settings: Any) -> greentrack.Tracker:
+    """One segment of a run: a real tracker, ``train`` and ``val`` steps, metrics recorded;
+    ``started`` is called once the tracker has started."""
     t = greentrack.Tracker(run_dir, rank=rank, host_energy=rank == 0, **{**RUN_FAST, **settings})
     t.start()
+    if started is not None:
+        started()
     for i in range(train):
         with t.step():
             time.sleep(step_s)
@@ -59,11 +63,15 @@ def test_stop_summary_and_every_report_integrate_a_time_varying_series_alike(
         tree = PowercapTree(tmp_path / "pc")
         monkeypatch.setenv("GREENTRACK_POWERCAP_ROOT", str(tree.root))
         now = time.time()
-        series = _intensity_csv(tmp_path / "i.csv", [(now - 60, 100.0), (now + 0.8, 900.0),
-                                                     (now + 3600, 900.0)])
+        series = _intensity_csv(tmp_path / "i.csv", [(now - 60, 100.0), (now + 3600, 900.0)])
+
+        def step_in_the_run() -> None:  # 0.6 s into the steps, however long the start took
+            t0 = time.time()  # (a loaded host's start took longer than a step at now + 0.8)
+            _intensity_csv(series, [(t0 - 60, 100.0), (t0 + 0.6, 900.0), (t0 + 3600, 900.0)])
+
         out = tmp_path / "emissions.csv"
         with LiveCounters(tree, WATTS):
-            t = _segment(tmp_path / "run", tree, train=25, step_s=0.06,
+            t = _segment(tmp_path / "run", tree, train=25, step_s=0.06, started=step_in_the_run,
                          intensity_csv=str(series), emissions_csv=str(out))
             totals = t.stop()
     assert totals is not None and totals.emissions_g is not None
