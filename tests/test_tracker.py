@@ -105,16 +105,22 @@ def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path,
     assert store.meta["status"] == "completed" and len(store.steps()) == 4
     gpu = next(c for c in store.channels() if c["kind"] == "gpu")
     assert gpu["status"] == "lost" and gpu["gap_s"] > 0.3
-    # the energy up to the last counter read before the loss is kept, at 300 W from the start;
+    # the energy up to the last counter read before the loss is kept, at 300 W over what the
+    # channel measured: from the refresh before its first read (the store's setup comes first:
+    # past a refresh on a loaded host, the first value is dated after the start) to that read;
     # nothing is counted after the loss (that read came at most a few cadences before it, more
     # when a loaded host delays the sampler). Counter values are dated at NVML's refresh ticks,
     # which the sampler brackets between two reads: a few ms on a quiet host, more when a loaded
     # one spaces the reads (8a2bbe5 under load: 111 J for 129 +- 6 J; this test under xdist: 20.7
-    # ms off). Both ends of the interval (the clip at the start, the last read) are dated so: the
-    # bound is twice the widest dating error the sampler itself had, and never under 20 ms.
+    # ms off). Both ends of the interval are dated so: the bound is twice the widest dating error
+    # the sampler itself had, and never under 20 ms.
     assert 0.0 < gpu["until_t"] <= lost
+    first_t = store.rows("SELECT MIN(t) AS t FROM samples WHERE channel_id = ?", (gpu["id"],))[0]["t"]
+    assert 0.0 <= first_t <= store.meta["first_reading_t"] + 1e-9
+    assert measured_s(tmp_path / "run", "gpu") == pytest.approx(gpu["until_t"] - first_t)
     error_s = max(0.02, 2.0 * nvml.max_dating_error_s)
-    assert gpu["energy_j"] == pytest.approx(300.0 * gpu["until_t"], abs=300.0 * error_s)
+    assert gpu["energy_j"] == pytest.approx(300.0 * (gpu["until_t"] - first_t),
+                                            abs=300.0 * error_s)
 
 
 @pytest.mark.slow
