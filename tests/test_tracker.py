@@ -115,7 +115,8 @@ def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path,
     # ms off). Both ends of the interval are dated so: the bound is twice the widest dating error
     # the sampler itself had, and never under 20 ms.
     assert 0.0 < gpu["until_t"] <= lost
-    first_t = store.rows("SELECT MIN(t) AS t FROM samples WHERE channel_id = ?", (gpu["id"],))[0]["t"]
+    (row,) = store.rows("SELECT MIN(t) AS t FROM samples WHERE channel_id = ?", (gpu["id"],))
+    first_t = row["t"]
     assert 0.0 <= first_t <= store.meta["first_reading_t"] + 1e-9
     assert measured_s(tmp_path / "run", "gpu") == pytest.approx(gpu["until_t"] - first_t)
     error_s = max(0.02, 2.0 * nvml.max_dating_error_s)
