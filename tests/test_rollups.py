@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from greentrack.common.config import Config
 from greentrack.reports.advise import advise
 from greentrack.reports.run_data import read_run
 from greentrack.run import Run
-from greentrack.store import store_paths
+from greentrack.run.queries import _COVER_SQL, STEP_J
+from greentrack.store import VALID_STEP, store_paths
 from tests.helpers import report_json, run_cli, run_sql, write_store
 
 START = 1_767_225_600.0
@@ -156,3 +159,42 @@ def test_advice_reads_no_step_detail(store_run: Path) -> None:
     assert full.step_energies_j["train"] and full.step_cells  # what it would have read
     config = Config(country="FRA")
     assert advise(lean, config) == advise(full, config)
+
+
+@pytest.fixture(scope="module")
+def steps_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("scan") / "run"
+    write_store(run, run_id="scan", start_unix=START, duration_s=600.0, resolution_s=60.0)
+    return run
+
+
+_window = st.tuples(st.sampled_from(["train", "validation", "x"]), st.floats(-10.0, 50.0),
+                    st.floats(-1.0, 5.0), st.one_of(st.floats(0.0, 1e3), st.just(-1.0)))
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(windows=st.lists(_window, max_size=40), shuffle=st.booleans(), data=st.data())
+def test_one_step_scan_gives_what_the_sql_gives(steps_store: Path, windows: list[Any],
+                                                shuffle: bool, data: st.DataObject) -> None:
+    """The report reads each step's joules and the windows' cover in one scan, streamed in the
+    order rows were written (the engine writes them by start): equal to the SQL it replaces
+    (`_COVER_SQL`'s sorted window, the energies' query) for rows in any order, overlapping,
+    nested, backwards (t1 < t0) or unusable (a negative joule count)."""
+    rows = sorted(windows, key=lambda w: (w[1], w[1] + w[2]))
+    if shuffle:
+        rows = data.draw(st.permutations(rows))
+    (store,) = store_paths(steps_store)
+    run_sql(store, "DELETE FROM steps", *(
+        f"INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, n) VALUES "
+        f"({i}, '{p}', {t0!r}, {t0 + d!r}, {abs(d)!r}, {e!r}, 1)"
+        for i, (p, t0, d, e) in enumerate(rows)))
+    with Run.open(steps_store) as run:
+        (seg,) = run.segments
+        energies, cover = seg.step_energies(), seg.step_cover()
+        (want,) = seg.reader.rows(_COVER_SQL)
+        by_sql = seg.reader.rows(f"SELECT phase, CAST({STEP_J} AS REAL) AS e FROM steps "
+                                 f"WHERE {VALID_STEP} ORDER BY id")
+    assert cover == pytest.approx((want["u"] or 0.0, want["s"] or 0.0), rel=1e-12, abs=1e-12)
+    assert {p: list(v) for p, v in energies.items()} == {
+        p: [r["e"] for r in by_sql if r["phase"] == p] for p in {r["phase"] for r in by_sql}}

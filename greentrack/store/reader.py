@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.parse
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,25 +196,36 @@ class StoreReader:
         finally:
             self._deadline = float("inf")
 
+    def scan(self, sql: str, args: Iterable[Any],
+             consume: Callable[[Iterator[tuple[Any, ...]]], None]) -> bool:
+        """Hand the rows of ``sql`` (plain tuples, never a dict per row) to ``consume`` as they
+        are read, bounded and interruptible as :meth:`rows`. False when the query failed (part
+        of the rows may have been consumed): the failure is reported in ``damaged``."""
+        self._conn.row_factory = None
+        self._deadline = time.monotonic() + QUERY_LIMIT_S
+        try:
+            consume(self._conn.execute(sql, tuple(args)))
+        except (sqlite3.DatabaseError, ValueError) as e:
+            self._raise_pending(e)
+            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
+            return False
+        finally:
+            self._deadline = float("inf")
+        return True
+
     def grouped_floats(self, sql: str, args: Iterable[Any], groups: int) -> list[array[float]]:
         """The rows ``(group, value)`` of ``sql`` as one array of values per group ``0 ..
         groups - 1`` (rows of another group or a non-numeric value are skipped): a column of a
         long table (a week's step energies) at 8 bytes a row, never a Python object per row.
         Bounded and interruptible as :meth:`rows`; a failure is reported in ``damaged``."""
         out = [array("d") for _ in range(groups)]
-        self._conn.row_factory = None
-        self._deadline = time.monotonic() + QUERY_LIMIT_S
-        try:
-            for g, v in self._conn.execute(sql, tuple(args)):
+
+        def take(rows: Iterator[tuple[Any, ...]]) -> None:
+            for g, v in rows:
                 if type(g) is int and 0 <= g < groups and type(v) is float:
                     out[g].append(v)
-        except (sqlite3.DatabaseError, ValueError) as e:
-            self._raise_pending(e)
-            self.damaged.append(f"{sql.split(' FROM ')[-1].split()[0]}: {e}")
-            return [array("d") for _ in range(groups)]
-        finally:
-            self._deadline = float("inf")
-        return out
+
+        return out if self.scan(sql, args, take) else [array("d") for _ in range(groups)]
 
     def channels(self) -> list[dict[str, Any]]:
         out = []
