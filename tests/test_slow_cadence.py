@@ -180,7 +180,9 @@ def test_counter_reads_that_burn_cpu_stretch_the_slow_cadence(monkeypatch: pytes
     assert events and events[0]["level"] == "warning", store.events()
     assert "cost" in events[0]["message"] and "totals stay exact" in events[0]["message"]
     assert store.meta["counter_interval_s"] == MAX_COUNTER_INTERVAL_S
-    late = Counter(g for p, g in reads if p > engine.polls - 20 and p > 0)  # the last ~1 s of polls
+    # the last ~1 s of polls; a read that a refresh may have fallen inside is taken again in the
+    # same poll (a loaded host preempts the sampler mid-read): one read of the cadence
+    late = Counter(g for p, g in set(reads) if p > engine.polls - 20 and p > 0)
     assert late and max(late.values()) <= 3, late
     assert share < 0.06, share  # 8 x 3 ms a second (2.4%) + polling at the 1 s cap; not 12%
     # stretching never costs the total: every interval is still bounded by two counter reads
