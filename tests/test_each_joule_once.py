@@ -423,12 +423,17 @@ def test_trackers_on_one_host_never_count_it_twice_unseen(tmp_path_factory: pyte
             # spans may touch with no joule measured by both.
             spans[run] = [(seg.start_unix + seg.meta["first_reading_t"],
                            seg.start_unix + seg.meta["last_reading_t"]) for seg in r.segments]
+            # the host goes uncounted from its owner's last reading to the taker's next poll:
+            # one poll interval a hand-over (20 ms quiet; a loaded host spaces the polls, 55 ms
+            # seen beside 4 busy loops), allowed at twice each tracker's own mean poll interval
+            handover_s = sum(2.0 * (seg.meta["last_reading_t"] - seg.meta["first_reading_t"])
+                             / max(1, int(seg.meta.get("polls") or 1)) for seg in r.segments)
         union = union_length(spans[run])
         s = greentrack.summarize(root / f"run{run}")
         cpu = s["energy_j"]["cpu"]
-        # one poll (20 ms) per hand-over may go uncounted; never counted twice
+        # never counted twice; at most a poll per hand-over uncounted
         assert cpu <= 40.0 * union * 1.08 + 0.5, (writers, cpu, union)
-        assert cpu >= 40.0 * union * 0.95 - 0.5, (writers, cpu, union)
+        assert cpu >= 40.0 * (union - handover_s) * 0.95 - 0.5, (writers, cpu, union, handover_s)
     if len(spans) == 2 and any(a < d and c < b for a, b in spans[0] for c, d in spans[1]):
         for run in (0, 1):
             warnings = greentrack.summarize(root / f"run{run}")["warnings"]

@@ -117,7 +117,9 @@ def test_gpu_lost_mid_run_is_a_recorded_gap(fake_nvml: FakeNvml, tmp_path: Path,
     assert 0.0 < gpu["until_t"] <= lost
     (row,) = store.rows("SELECT MIN(t) AS t FROM samples WHERE channel_id = ?", (gpu["id"],))
     first_t = row["t"]
-    assert 0.0 <= first_t <= store.meta["first_reading_t"] + 1e-9
+    # the first value describes a refresh at most a period after the first read began (a read
+    # a refresh may have come during is dated by that refresh: 0.6 ms after it, seen once)
+    assert 0.0 <= first_t <= store.meta["first_reading_t"] + 0.1
     assert measured_s(tmp_path / "run", "gpu") == pytest.approx(gpu["until_t"] - first_t)
     error_s = max(0.02, 2.0 * nvml.max_dating_error_s)
     assert gpu["energy_j"] == pytest.approx(300.0 * (gpu["until_t"] - first_t),
