@@ -46,6 +46,8 @@ READ_GUARD_S = 0.005
 OVERDUE_S = 0.5
 #: A tick bracket wider than this is narrowed by probe reads (see wake_at).
 PROBE_WIDTH_S = 0.006
+#: A probe read asked for as a window closes serves until this long after it (s).
+CLOSE_SLACK_S = 0.001
 #: Counter reads kept while the refresh phase is unknown (the start-up polls), to date later.
 FIRST_READS = 3
 FIRSTS_APART_S = 0.03
@@ -92,8 +94,12 @@ class NvmlGpu(CounterShaping):
         self._tries = 0  # reads of it taken and found in doubt
         self._bootstrap_probes = 0
         self._next_bootstrap = 0.0
-        self._changed = False  # the last power read saw a new value
-        self._wake: float | None = None  # when this channel asks to be polled again (wake_at)
+        #: the last power read saw a new value within a period of the read before: a refresh
+        #: came between them (a change over a longer gap says nothing of the phase)
+        self._changed = False
+        #: when this channel asks to be polled again, and until when that poll serves (wake_at)
+        self._wake: float | None = None
+        self._wake_by: float | None = None
         self._finishing = False
         #: counter reads left to a later poll: a refresh could fall inside them (see _clear)
         self.deferred_reads = 0
@@ -180,57 +186,77 @@ class NvmlGpu(CounterShaping):
         else:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
         end = self._clock()
-        self._changed = mw != self._last_mw
-        if self._changed:
+        self._changed = False
+        if mw != self._last_mw:
             if self._prev_read is not None:  # a change seen between two reads dates a tick
+                self._changed = end - self._prev_read < UPDATE_PERIOD_S
                 self._observe_tick(self._prev_read, end)
             self._last_mw = mw
         self._prev_read = start
         return mw, start, end
 
     def wake_at(self) -> float | None:
-        """When this channel asks for an extra poll (the engine's clock), or None. Two reasons:
+        """When this channel asks for an extra poll (the engine's clock), or None; the poll serves
+        until :meth:`wake_by`. Two reasons:
 
         * **Probe reads.** Polls on a regular cadence land at nearly one phase of the refresh, so
           the changes they see bracket it only within ~50 ms for seconds (every counter value up
           to 25 ms in doubt). While the bracket is wider than PROBE_WIDTH_S, a read is asked for
-          in the middle of the next window a refresh may fall in (of what is left of it, from
+          in the middle quarter of the next window a refresh may fall in (of what is left of it, from
           inside); a read inside it that saw no change asks for one more as it closes. A change
-          seen by the first cuts off the window's later half, one seen by the second its earlier
-          half. Only changes are
+          seen by the first cuts off the window's later part, one seen by the second its earlier
+          part. Only changes are
           evidence: two refreshes can carry one value. With no change seen yet, polls a period or
-          more apart can never bracket one: a read half a period after the last is asked for
-          (eight times, then once a second: a power that never changes shows no phase).
+          more apart can never bracket one: a read about half a period after the last is asked
+          for (eight times, then once a second: a power that never changes shows no phase).
         * **A counter read left over** (a refresh could have fallen inside it): asked for when the
-          window has passed.
+          window has passed, served until halfway to the next one.
 
         Each is a ~3 us instant-power read on the sampler thread (and the counter read that was
-        due); nothing waits for it."""
+        due); nothing waits for it. The engine wakes once for the windows of several channels (at
+        the first ``wake_by``, polling every channel whose ``wake_at`` has come) and lets a regular
+        poll inside a window serve it."""
         return self._wake
 
+    def wake_by(self) -> float | None:
+        """Until when the poll asked for by :meth:`wake_at` still serves its purpose."""
+        return self._wake_by
+
+    def clear_from(self, t: float) -> float | None:
+        """The first time from ``t`` at which a counter read may start clear of a refresh (``t``
+        itself when it may), or None while the refresh phase is unknown. The engine times its
+        polls by it, so that a slow read is rarely left over to an extra poll."""
+        if not self.has_counter or self._tick_lo is None:
+            return None
+        lo, hi = self._zone(t)
+        return t if lo > t + READ_GUARD_S else hi + 1e-4
+
     def _plan_wake(self, now: float) -> None:
-        wants: list[float] = []
+        wants: list[tuple[float, float]] = []  # (from, until)
         if self._tick_lo is None or self._tick_hi is None:
             if self._prev_read is not None and (self._bootstrap_probes < 8
                                                 or now >= self._next_bootstrap):
                 self._bootstrap_probes += 1
                 self._next_bootstrap = now + 1.0
-                wants.append(self._prev_read + UPDATE_PERIOD_S / 2.0)
+                half = self._prev_read + UPDATE_PERIOD_S / 2.0
+                wants.append((half - UPDATE_PERIOD_S / 4.0, half + UPDATE_PERIOD_S / 4.0))
         else:
             lo, hi = self._zone(now)
             if self._counter_due and lo <= now + READ_GUARD_S:
-                wants.append(hi + 1e-4)  # the read left over, once the window has passed
-            if self._tick_hi - self._tick_lo > PROBE_WIDTH_S:
+                # the read left over, once the window has passed (and well before the next one)
+                nlo = self._zone(hi + 1e-6)[0]
+                wants.append((hi + 1e-4, max(hi + 1e-4, (hi + nlo - READ_GUARD_S) / 2.0)))
+            if hi - lo > PROBE_WIDTH_S:  # the bracket, widened by the drift allowed since
                 if now <= lo:
-                    wants.append((lo + hi) / 2.0)
+                    wants.append(_middle(lo, hi))
                 elif self._changed:  # this read cut the window: the next one's middle
-                    nlo, nhi = self._zone(hi + 1e-6)
-                    wants.append((nlo + nhi) / 2.0)
+                    wants.append(_middle(*self._zone(hi + 1e-6)))
                 elif hi - now > (hi - lo) / 2.0:  # inside, most of it to come: its middle
-                    wants.append((now + hi) / 2.0)
+                    wants.append(_middle(now, hi))
                 else:  # inside, no change yet: read as it closes
-                    wants.append(hi + 1e-4)
-        self._wake = min(wants) if wants else None
+                    wants.append((hi + 1e-4, hi + 1e-4 + CLOSE_SLACK_S))
+        self._wake = min(a for a, _ in wants) if wants else None
+        self._wake_by = min(b for _, b in wants) if wants else None
 
     def _read_counter_mj(self) -> int:
         return int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
@@ -477,6 +503,12 @@ class NvmlGpu(CounterShaping):
 
     def close(self) -> None:
         self._shape = []
+
+
+def _middle(lo: float, hi: float) -> tuple[float, float]:
+    """The middle quarter of a window: a probe read there cuts off at least 3/8 of it."""
+    mid, q = (lo + hi) / 2.0, (hi - lo) / 8.0
+    return mid - q, mid + q
 
 
 # -- discovery ---------------------------------------------------------------------------------
