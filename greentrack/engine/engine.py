@@ -146,6 +146,8 @@ class Engine:
                         if callable(fn := getattr(st.channel, "wake_at", None))]
         self._clearers = [(st, fn) for st in self.states
                           if callable(fn := getattr(st.channel, "clear_from", None))]
+        #: channels told which cadence is in force (``pace``: how narrow NVML keeps its phase)
+        self._pacers = [fn for st in self.states if callable(fn := getattr(st.channel, "pace", None))]
         self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
                                      for st in self.states)
         #: The end (monotonic) of the latest step seen and the recent steps' typical length. From
@@ -290,6 +292,9 @@ class Engine:
         (``bench/_common.VirtualRun`` drives it on a virtual clock, ``measure=False``.)"""
         cfg = self.config
         self._guard(lambda: self._poll_all(now, measure=measure))
+        # Reads take time (an NVML counter read ~3 ms): extra polls asked for by then are made now,
+        # not at a wake of their own (a read left over once its window has passed, a probe).
+        self._guard(lambda: self._poll_woken(self._clock()))
         if self._abandoned:
             return
         for watch in self.watchers:
@@ -326,6 +331,7 @@ class Engine:
         now = self._clock()
         self.schedule(now)
         fast = self.wants_fast(now)
+        self._pace(fast)
         next_poll = now + (cfg.interval_s if fast else self.counter_interval_s)
         while not self._stop.wait(max(0.0, min(next_poll, self._next_wake()) - self._clock())):
             now = self._clock()
@@ -335,7 +341,9 @@ class Engine:
             self.iterate(now)
             if self._abandoned:
                 return
-            fast = self.wants_fast(now)
+            was, fast = fast, self.wants_fast(now)
+            if fast != was:
+                self._pace(fast)
             self.fast_polls += fast
             # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
             # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
@@ -349,6 +357,10 @@ class Engine:
         if not self._abandoned:
             self._final_reading()
         self.thread_cpu_s = time.thread_time()
+
+    def _pace(self, fast: bool) -> None:
+        for pace in self._pacers:
+            self._guard(lambda: pace(fast))
 
     def _guard(self, fn: Callable[[], None]) -> None:
         try:

@@ -44,8 +44,13 @@ DRIFT_PER_PERIOD_S = 0.0001
 READ_GUARD_S = 0.005
 #: A counter read left over this long is taken whatever the refresh (its value a period in doubt).
 OVERDUE_S = 0.5
-#: A tick bracket wider than this is narrowed by probe reads (see wake_at).
+#: A tick bracket wider than this is narrowed by probe reads (see wake_at) ...
 PROBE_WIDTH_S = 0.006
+#: ... and this, while the engine polls on the slow cadence alone (no steps, or steps of 2 s and
+#: more, where a value dated 5 ms off moves at most 0.25% of a step's energy to its neighbour):
+#: the drift allowed widens a bracket ~2 ms a second, and each probe is a wake of the sampler
+#: thread (an idle run with 8 GPUs: 8 probes/s at 6 ms, 4.8 at 10; bench/sampler_cost.py).
+PROBE_WIDTH_SLOW_S = 0.010
 #: A probe read asked for as a window closes serves until this long after it (s).
 CLOSE_SLACK_S = 0.001
 #: Counter reads kept while the refresh phase is unknown (the start-up polls), to date later.
@@ -101,6 +106,7 @@ class NvmlGpu(CounterShaping):
         self._wake: float | None = None
         self._wake_by: float | None = None
         self._finishing = False
+        self._probe_width_s = PROBE_WIDTH_S  # the engine's cadence in force sets it (pace)
         #: counter reads left to a later poll: a refresh could fall inside them (see _clear)
         self.deferred_reads = 0
         self._energy_j = 0.0
@@ -196,31 +202,39 @@ class NvmlGpu(CounterShaping):
         return mw, start, end
 
     def wake_at(self) -> float | None:
-        """When this channel asks for an extra poll (the engine's clock), or None; the poll serves
-        until :meth:`wake_by`. Two reasons:
+        """From when an extra poll serves this channel (the engine's clock), or None; it is
+        wanted by :meth:`wake_by`. Two reasons:
 
         * **Probe reads.** Polls on a regular cadence land at nearly one phase of the refresh, so
           the changes they see bracket it only within ~50 ms for seconds (every counter value up
-          to 25 ms in doubt). While the bracket is wider than PROBE_WIDTH_S, a read is asked for
-          in the middle quarter of the next window a refresh may fall in (of what is left of it, from
-          inside); a read inside it that saw no change asks for one more as it closes. A change
-          seen by the first cuts off the window's later part, one seen by the second its earlier
-          part. Only changes are
-          evidence: two refreshes can carry one value. With no change seen yet, polls a period or
-          more apart can never bracket one: a read about half a period after the last is asked
-          for (eight times, then once a second: a power that never changes shows no phase).
-        * **A counter read left over** (a refresh could have fallen inside it): asked for when the
-          window has passed, served until halfway to the next one.
+          to 25 ms in doubt), and the bracket widens by the drift allowed while nothing narrows
+          it. While the window a refresh may fall in is wider than PROBE_WIDTH_S (at the slow
+          cadence alone, PROBE_WIDTH_SLOW_S: see :meth:`pace`), a read is asked
+          for inside the next one (best in its middle; of what is left of it, from inside); a read
+          inside it that saw no change asks for one more as it closes. A change seen by the first
+          cuts off the window's later part, one seen by the second its earlier part. Only changes
+          within a period are evidence: two refreshes can carry one value. With no change seen
+          yet, polls a period or more apart can never bracket one: a read a quarter to half a
+          period after the last is asked for (eight times, then once a second: a power that never
+          changes shows no phase).
+        * **A counter read left over** (a refresh could have fallen inside it): asked for once the
+          window has passed, wanted by halfway to the next one.
 
         Each is a ~3 us instant-power read on the sampler thread (and the counter read that was
-        due); nothing waits for it. The engine wakes once for the windows of several channels (at
-        the first ``wake_by``, polling every channel whose ``wake_at`` has come) and lets a regular
-        poll inside a window serve it."""
+        due); nothing waits for it. The engine wakes at the first ``wake_by`` of its channels and
+        polls every channel whose ``wake_at`` has come then: one wake for several GPUs; a regular
+        poll serves too."""
         return self._wake
 
     def wake_by(self) -> float | None:
-        """Until when the poll asked for by :meth:`wake_at` still serves its purpose."""
+        """When the poll this channel asks for (:meth:`wake_at`) is wanted at the latest."""
         return self._wake_by
+
+    def pace(self, fast: bool) -> None:
+        """The engine polls on the fast cadence (True) or on the slow one alone (False): probes
+        keep the refresh phase known within PROBE_WIDTH_S or PROBE_WIDTH_SLOW_S. The dating error
+        stated (``max_dating_error_s``) is the widest either way."""
+        self._probe_width_s = PROBE_WIDTH_S if fast else PROBE_WIDTH_SLOW_S
 
     def clear_from(self, t: float) -> float | None:
         """The first time from ``t`` at which a counter read may start clear of a refresh (``t``
@@ -238,15 +252,15 @@ class NvmlGpu(CounterShaping):
                                                 or now >= self._next_bootstrap):
                 self._bootstrap_probes += 1
                 self._next_bootstrap = now + 1.0
-                half = self._prev_read + UPDATE_PERIOD_S / 2.0
-                wants.append((half - UPDATE_PERIOD_S / 4.0, half + UPDATE_PERIOD_S / 4.0))
+                wants.append((self._prev_read + UPDATE_PERIOD_S / 4.0,
+                              self._prev_read + UPDATE_PERIOD_S / 2.0))
         else:
             lo, hi = self._zone(now)
             if self._counter_due and lo <= now + READ_GUARD_S:
                 # the read left over, once the window has passed (and well before the next one)
                 nlo = self._zone(hi + 1e-6)[0]
                 wants.append((hi + 1e-4, max(hi + 1e-4, (hi + nlo - READ_GUARD_S) / 2.0)))
-            if hi - lo > PROBE_WIDTH_S:  # the bracket, widened by the drift allowed since
+            if hi - lo > self._probe_width_s:  # the bracket, widened by the drift since
                 if now <= lo:
                     wants.append(_middle(lo, hi))
                 elif self._changed:  # this read cut the window: the next one's middle
@@ -506,9 +520,9 @@ class NvmlGpu(CounterShaping):
 
 
 def _middle(lo: float, hi: float) -> tuple[float, float]:
-    """The middle quarter of a window: a probe read there cuts off at least 3/8 of it."""
-    mid, q = (lo + hi) / 2.0, (hi - lo) / 8.0
-    return mid - q, mid + q
+    """When a probe read in a window serves (from an eighth in) and when it is best (its middle):
+    a read anywhere inside cuts it, one in the middle by half."""
+    return lo + (hi - lo) / 8.0, (lo + hi) / 2.0
 
 
 # -- discovery ---------------------------------------------------------------------------------

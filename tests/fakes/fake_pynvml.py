@@ -498,9 +498,9 @@ class VirtualClock:
         return self.t
 
     def wakes(self, channel: Any, until: float, take: Callable[[Any], None]) -> None:
-        """Poll ``channel`` at each extra poll it asks for before ``until``, as the engine does: at
-        the end of its window (``wake_by``, else ``wake_at``), unless ``until`` comes first and is
-        in it (that poll serves); advancing this clock. ``take`` gets each poll's points."""
+        """Poll ``channel`` at each extra poll it asks for before ``until``, as the engine does for
+        one channel: when it is wanted (``wake_by``, else ``wake_at``), unless ``until`` comes
+        first (that poll serves); advancing this clock. ``take`` gets each poll's points."""
         wake_at = getattr(channel, "wake_at", None)
         wake_by = getattr(channel, "wake_by", wake_at)
         while wake_at is not None:
