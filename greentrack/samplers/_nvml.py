@@ -51,8 +51,6 @@ PROBE_WIDTH_S = 0.006
 #: the drift allowed widens a bracket ~2 ms a second, and each probe is a wake of the sampler
 #: thread (an idle run with 8 GPUs: 8 probes/s at 6 ms, 4.8 at 10; bench/sampler_cost.py).
 PROBE_WIDTH_SLOW_S = 0.010
-#: A probe read asked for as a window closes serves until this long after it (s).
-CLOSE_SLACK_S = 0.001
 #: Counter reads kept while the refresh phase is unknown (the start-up polls), to date later.
 FIRST_READS = 3
 FIRSTS_APART_S = 0.03
@@ -218,7 +216,7 @@ class NvmlGpu(CounterShaping):
           period after the last is asked for (eight times, then once a second: a power that never
           changes shows no phase).
         * **A counter read left over** (a refresh could have fallen inside it): asked for once the
-          window has passed, wanted by halfway to the next one.
+          window has passed.
 
         Each is a ~3 us instant-power read on the sampler thread (and the counter read that was
         due); nothing waits for it. The engine wakes at the first ``wake_by`` of its channels and
@@ -257,9 +255,7 @@ class NvmlGpu(CounterShaping):
         else:
             lo, hi = self._zone(now)
             if self._counter_due and lo <= now + READ_GUARD_S:
-                # the read left over, once the window has passed (and well before the next one)
-                nlo = self._zone(hi + 1e-6)[0]
-                wants.append((hi + 1e-4, max(hi + 1e-4, (hi + nlo - READ_GUARD_S) / 2.0)))
+                wants.append((hi + 1e-4, hi + 1e-4))  # the read left over, once the window passed
             if hi - lo > self._probe_width_s:  # the bracket, widened by the drift since
                 if now <= lo:
                     wants.append(_middle(lo, hi))
@@ -268,7 +264,7 @@ class NvmlGpu(CounterShaping):
                 elif hi - now > (hi - lo) / 2.0:  # inside, most of it to come: its middle
                     wants.append(_middle(now, hi))
                 else:  # inside, no change yet: read as it closes
-                    wants.append((hi + 1e-4, hi + 1e-4 + CLOSE_SLACK_S))
+                    wants.append((hi + 1e-4, hi + 1e-4))
         self._wake = min(a for a, _ in wants) if wants else None
         self._wake_by = min(b for _, b in wants) if wants else None
 
