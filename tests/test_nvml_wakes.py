@@ -120,13 +120,16 @@ def test_an_idle_run_keeps_counter_values_dated_within_a_few_ms(tmp_path: Path,
                                                                 one_phase: bool) -> None:
     """With no steps (the slow cadence alone) the drift allowed widens the window a refresh may
     fall in by ~2 ms a second; nothing narrowed it until a counter read was left over, then the
-    bracket from that read: 40 idle seconds stated (and reached) 10-21 ms of dating error. Probes
-    keep it within PROBE_WIDTH_SLOW_S, and every value is dated within the error stated."""
+    bracket from that read: 40 idle seconds stated (and reached) 10-21 ms of dating error (one GPU,
+    two minutes: 18 ms). Probes keep it within PROBE_WIDTH_SLOW_S, and every value is dated within
+    the error stated."""
     r = idle_run(tmp_path, 8, 40.0, one_phase)
     assert len(r["dated"]) >= 8 * 40.0 / 0.2 * 0.9  # a value for nearly every slow read
     for (i, tc, mj, stated), error in zip(r["dated"], r["errors"]):
         assert error <= stated + 1e-9, (i, tc, error, stated)
-    assert max(r["stated"]) <= PROBE_WIDTH_SLOW_S / 2.0
+    # half the widest window probes allow, and what the drift allowed adds to it while a probe
+    # is on its way (a few periods at 0.2 ms each)
+    assert max(r["stated"]) <= PROBE_WIDTH_SLOW_S / 2.0 + 0.001
 
 
 def test_an_idle_run_wakes_once_for_several_gpus_and_reads_clear_of_refreshes(
