@@ -147,7 +147,8 @@ class Engine:
         self._clearers = [(st, fn) for st in self.states
                           if callable(fn := getattr(st.channel, "clear_from", None))]
         #: channels told which cadence is in force (``pace``: how narrow NVML keeps its phase)
-        self._pacers = [fn for st in self.states if callable(fn := getattr(st.channel, "pace", None))]
+        self._pacers = [fn for st in self.states
+                        if callable(fn := getattr(st.channel, "pace", None))]
         self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
                                      for st in self.states)
         #: The end (monotonic) of the latest step seen and the recent steps' typical length. From
