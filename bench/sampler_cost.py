@@ -24,6 +24,7 @@ read the real GPUs, and a probe says whether a counter read costs CPU or only wa
 
     python bench/sampler_cost.py              # about 2.5 minutes; records bench/RESULTS.md
     python bench/sampler_cost.py --window 5 --no-record
+    python bench/sampler_cost.py --quiet-wait 2 --only "8 GPUs (fake H100, 3 ms"   # one row
 """
 
 from __future__ import annotations
@@ -297,7 +298,11 @@ def main() -> None:
     ap.add_argument("--quiet-wait", type=float, default=5.0,
                     help="before each configuration, wait up to this long for other processes to idle")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--only", metavar="TEXT", help="run only the configurations whose name contains "
+                    "TEXT (e.g. '8 GPUs (fake H100, 3 ms'); implies --no-record")
     args = ap.parse_args()
+    if args.only:
+        args.no_record = True
 
     from tests.fakes.powercap import LiveCounters
 
@@ -337,6 +342,8 @@ def main() -> None:
                         lambda: run_codecarbon(args.codecarbon_window, exclude), None))
         configs.append(("Zeus (ZeusMonitor), RAPL (fake powercap), no GPU",
                         lambda: run_zeus(W, tree.root / "intel-rapl", exclude), None))
+        if args.only:
+            configs = [c for c in configs if args.only in c[0]]
         gate = QuietGate(max_wait_s=args.quiet_wait)
         for name, fn, fake in configs:
             gate.wait()

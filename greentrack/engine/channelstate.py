@@ -110,6 +110,7 @@ class ChannelState:
         self.slow_cpu_s: float | None = None  # moving mean of the CPU time of one slow read
         self.slow_reads = 0  # slow reads measured
         self.pending_cpu_s = 0.0  # CPU of a slow read's attempts so far, while it is left over
+        self.slow_wall_s = 0.0  # moving mean of the wall time of one slow poll (when reads start)
         #: Handed over to a joined tracker (another process measures this device): intervals
         #: ``[a, b)`` of monotonic time whose energy this engine leaves out (b = inf while held).
         self.handed_over: list[list[float]] = []

@@ -70,6 +70,8 @@ DEVICE_VALUE_WAIT_S = 2.0
 #: (``bench/sampler_cost.py`` has the CPU this saves).
 FAST_HOLD_S = 2.0
 LONG_STEP_S = 2.0
+#: A poll may come this much of its period later, for its slow reads to start clear of a refresh.
+CLEAR_SHIFT = 0.25
 
 
 class Engine:
@@ -138,9 +140,15 @@ class Engine:
         #: Channels whose fast polls read something (estimates change on the slow tick only), and
         #: whether one integrates instant power (no counter): its totals need the fast cadence.
         self._fast_reads = any(getattr(st.channel, "fast_reads", True) for st in self.states)
-        #: channels that ask for extra polls of their own (``wake_at``: samplers/_nvml.py)
-        self._wakers = [(st, fn) for st in self.states
+        #: channels that ask for extra polls of their own (``wake_at``, served until ``wake_by``)
+        #: and that say when a slow read may start (``clear_from``): samplers/_nvml.py
+        self._wakers = [(st, fn, getattr(st.channel, "wake_by", fn)) for st in self.states
                         if callable(fn := getattr(st.channel, "wake_at", None))]
+        self._clearers = [(st, fn) for st in self.states
+                          if callable(fn := getattr(st.channel, "clear_from", None))]
+        #: channels told which cadence is in force (``pace``: how narrow NVML keeps its phase)
+        self._pacers = [fn for st in self.states
+                        if callable(fn := getattr(st.channel, "pace", None))]
         self._totals_need_fast = any(st.channel.info.method.endswith("-power-integration")
                                      for st in self.states)
         #: The end (monotonic) of the latest step seen and the recent steps' typical length. From
@@ -285,6 +293,9 @@ class Engine:
         (``bench/_common.VirtualRun`` drives it on a virtual clock, ``measure=False``.)"""
         cfg = self.config
         self._guard(lambda: self._poll_all(now, measure=measure))
+        # Reads take time (an NVML counter read ~3 ms): extra polls asked for by then are made now,
+        # not at a wake of their own (a read left over once its window has passed, a probe).
+        self._guard(lambda: self._poll_woken(self._clock()))
         if self._abandoned:
             return
         for watch in self.watchers:
@@ -321,6 +332,7 @@ class Engine:
         now = self._clock()
         self.schedule(now)
         fast = self.wants_fast(now)
+        self._pace(fast)
         next_poll = now + (cfg.interval_s if fast else self.counter_interval_s)
         while not self._stop.wait(max(0.0, min(next_poll, self._next_wake()) - self._clock())):
             now = self._clock()
@@ -330,7 +342,9 @@ class Engine:
             self.iterate(now)
             if self._abandoned:
                 return
-            fast = self.wants_fast(now)
+            was, fast = fast, self.wants_fast(now)
+            if fast != was:
+                self._pace(fast)
             self.fast_polls += fast
             # Dithered by up to +-5%: polls land at varying phases of NVML's 100 ms refresh,
             # which lets the NVML sampler pin that phase down (see samplers/_nvml.py).
@@ -339,10 +353,15 @@ class Engine:
                             now + period * 1.05)
             if next_poll <= now:
                 next_poll = now + period
+            next_poll = self._clear_of_reads(next_poll, period)
             self.thread_cpu_s = time.thread_time()
         if not self._abandoned:
             self._final_reading()
         self.thread_cpu_s = time.thread_time()
+
+    def _pace(self, fast: bool) -> None:
+        for pace in self._pacers:
+            self._guard(lambda: pace(fast))
 
     def _guard(self, fn: Callable[[], None]) -> None:
         try:
@@ -410,6 +429,7 @@ class Engine:
                 else:
                     st.pending_cpu_s = 0.0
                     st.slow_cpu_s = used if st.slow_cpu_s is None else 0.8 * st.slow_cpu_s + 0.2 * used
+                    st.slow_wall_s = 0.8 * st.slow_wall_s + 0.2 * (self._clock() - t)
                     st.slow_reads += 1
         if st.status == "failing" and st.fail_since is not None:
             gap = t - st.fail_since
@@ -423,18 +443,45 @@ class Engine:
             self._drain_events(st, t)
 
     def _next_wake(self) -> float:
-        """The earliest extra poll a live channel asks for (inf: none)."""
-        wakes = [w for st, fn in self._wakers if st.status == "ok" and (w := fn()) is not None]
+        """When to wake for the extra polls live channels ask for (inf: none): the end of the
+        first window (``wake_by``), so that one wake serves every channel whose window has come
+        (several GPUs, one wake of the thread)."""
+        wakes = [w for st, _, by in self._wakers if st.status == "ok" and (w := by()) is not None]
         return min(wakes, default=float("inf"))
 
     def _poll_woken(self, now: float) -> None:
-        """Poll the channels whose extra poll is due (as a fast poll)."""
-        for st, fn in self._wakers:
+        """Poll the channels whose extra poll is due (as a fast poll), the most pressing first."""
+        due: list[tuple[float, int]] = []
+        for i, (st, at, by) in enumerate(self._wakers):
+            wake = at() if st.status == "ok" else None
+            if wake is not None and wake <= now:
+                due.append((by() or wake, i))
+        for _, i in sorted(due):
             if self._abandoned:
                 return
-            wake = fn()
-            if st.status == "ok" and wake is not None and wake <= now:
-                self._poll_one(st, slow=False, measure=True)
+            self._poll_one(self._wakers[i][0], slow=False, measure=True)
+
+    def _clear_of_reads(self, t: float, period: float) -> float:
+        """``t``, or a little later (a quarter of ``period`` at most) so that the slow reads due
+        then start where no refresh can fall inside them (``clear_from``): a read left to an extra
+        poll costs that poll and a wake of the thread (bench/sampler_cost.py)."""
+        limit, at = t + period * CLEAR_SHIFT, t
+        for _ in range(3):  # a later time can meet another channel's window: look again
+            shift, start = 0.0, at  # channels read one after the other: when each read starts
+            for st, fn in self._clearers:
+                if st.status != "ok" or not (st.next_slow <= at
+                                             or getattr(st.channel, "read_pending", False)):
+                    continue
+                clear = fn(start)
+                if clear is not None:
+                    shift = max(shift, clear - start)
+                start += st.slow_wall_s
+            if shift <= 0.0:
+                return at
+            if at + shift > limit:
+                return t
+            at += shift
+        return t
 
     def _drain_events(self, st: ChannelState, t: float) -> None:
         """Record what a channel reported (and its new description, when it changed)."""

@@ -44,8 +44,13 @@ DRIFT_PER_PERIOD_S = 0.0001
 READ_GUARD_S = 0.005
 #: A counter read left over this long is taken whatever the refresh (its value a period in doubt).
 OVERDUE_S = 0.5
-#: A tick bracket wider than this is narrowed by probe reads (see wake_at).
+#: A tick bracket wider than this is narrowed by probe reads (see wake_at) ...
 PROBE_WIDTH_S = 0.006
+#: ... and this, while the engine polls on the slow cadence alone (no steps, or steps of 2 s and
+#: more, where a value dated 5 ms off moves at most 0.25% of a step's energy to its neighbour):
+#: the drift allowed widens a bracket ~2 ms a second, and each probe is a wake of the sampler
+#: thread (an idle run with 8 GPUs: 8 probes/s at 6 ms, 4.8 at 10; bench/sampler_cost.py).
+PROBE_WIDTH_SLOW_S = 0.010
 #: Counter reads kept while the refresh phase is unknown (the start-up polls), to date later.
 FIRST_READS = 3
 FIRSTS_APART_S = 0.03
@@ -92,9 +97,14 @@ class NvmlGpu(CounterShaping):
         self._tries = 0  # reads of it taken and found in doubt
         self._bootstrap_probes = 0
         self._next_bootstrap = 0.0
-        self._changed = False  # the last power read saw a new value
-        self._wake: float | None = None  # when this channel asks to be polled again (wake_at)
+        #: the last power read saw a new value within a period of the read before: a refresh
+        #: came between them (a change over a longer gap says nothing of the phase)
+        self._changed = False
+        #: when this channel asks to be polled again, and until when that poll serves (wake_at)
+        self._wake: float | None = None
+        self._wake_by: float | None = None
         self._finishing = False
+        self._probe_width_s = PROBE_WIDTH_S  # the engine's cadence in force sets it (pace)
         #: counter reads left to a later poll: a refresh could fall inside them (see _clear)
         self.deferred_reads = 0
         self._energy_j = 0.0
@@ -180,57 +190,83 @@ class NvmlGpu(CounterShaping):
         else:
             mw = _nvml_call(self._nv, self._nv.nvmlDeviceGetPowerUsage, self._h)
         end = self._clock()
-        self._changed = mw != self._last_mw
-        if self._changed:
+        self._changed = False
+        if mw != self._last_mw:
             if self._prev_read is not None:  # a change seen between two reads dates a tick
+                self._changed = end - self._prev_read < UPDATE_PERIOD_S
                 self._observe_tick(self._prev_read, end)
             self._last_mw = mw
         self._prev_read = start
         return mw, start, end
 
     def wake_at(self) -> float | None:
-        """When this channel asks for an extra poll (the engine's clock), or None. Two reasons:
+        """From when an extra poll serves this channel (the engine's clock), or None; it is
+        wanted by :meth:`wake_by`. Two reasons:
 
         * **Probe reads.** Polls on a regular cadence land at nearly one phase of the refresh, so
           the changes they see bracket it only within ~50 ms for seconds (every counter value up
-          to 25 ms in doubt). While the bracket is wider than PROBE_WIDTH_S, a read is asked for
-          in the middle of the next window a refresh may fall in (of what is left of it, from
-          inside); a read inside it that saw no change asks for one more as it closes. A change
-          seen by the first cuts off the window's later half, one seen by the second its earlier
-          half. Only changes are
-          evidence: two refreshes can carry one value. With no change seen yet, polls a period or
-          more apart can never bracket one: a read half a period after the last is asked for
-          (eight times, then once a second: a power that never changes shows no phase).
-        * **A counter read left over** (a refresh could have fallen inside it): asked for when the
+          to 25 ms in doubt), and the bracket widens by the drift allowed while nothing narrows
+          it. While the window a refresh may fall in is wider than PROBE_WIDTH_S (at the slow
+          cadence alone, PROBE_WIDTH_SLOW_S: see :meth:`pace`), a read is asked
+          for inside the next one (best in its middle; of what is left of it, from inside); a read
+          inside it that saw no change asks for one more as it closes. A change seen by the first
+          cuts off the window's later part, one seen by the second its earlier part. Only changes
+          within a period are evidence: two refreshes can carry one value. With no change seen
+          yet, polls a period or more apart can never bracket one: a read a quarter to half a
+          period after the last is asked for (eight times, then once a second: a power that never
+          changes shows no phase).
+        * **A counter read left over** (a refresh could have fallen inside it): asked for once the
           window has passed.
 
         Each is a ~3 us instant-power read on the sampler thread (and the counter read that was
-        due); nothing waits for it."""
+        due); nothing waits for it. The engine wakes at the first ``wake_by`` of its channels and
+        polls every channel whose ``wake_at`` has come then: one wake for several GPUs; a regular
+        poll serves too."""
         return self._wake
 
+    def wake_by(self) -> float | None:
+        """When the poll this channel asks for (:meth:`wake_at`) is wanted at the latest."""
+        return self._wake_by
+
+    def pace(self, fast: bool) -> None:
+        """The engine polls on the fast cadence (True) or on the slow one alone (False): probes
+        keep the refresh phase known within PROBE_WIDTH_S or PROBE_WIDTH_SLOW_S. The dating error
+        stated (``max_dating_error_s``) is the widest either way."""
+        self._probe_width_s = PROBE_WIDTH_S if fast else PROBE_WIDTH_SLOW_S
+
+    def clear_from(self, t: float) -> float | None:
+        """The first time from ``t`` at which a counter read may start clear of a refresh (``t``
+        itself when it may), or None while the refresh phase is unknown. The engine times its
+        polls by it, so that a slow read is rarely left over to an extra poll."""
+        if not self.has_counter or self._tick_lo is None:
+            return None
+        lo, hi = self._zone(t)
+        return t if lo > t + READ_GUARD_S else hi + 1e-4
+
     def _plan_wake(self, now: float) -> None:
-        wants: list[float] = []
+        wants: list[tuple[float, float]] = []  # (from, until)
         if self._tick_lo is None or self._tick_hi is None:
             if self._prev_read is not None and (self._bootstrap_probes < 8
                                                 or now >= self._next_bootstrap):
                 self._bootstrap_probes += 1
                 self._next_bootstrap = now + 1.0
-                wants.append(self._prev_read + UPDATE_PERIOD_S / 2.0)
+                wants.append((self._prev_read + UPDATE_PERIOD_S / 4.0,
+                              self._prev_read + UPDATE_PERIOD_S / 2.0))
         else:
             lo, hi = self._zone(now)
             if self._counter_due and lo <= now + READ_GUARD_S:
-                wants.append(hi + 1e-4)  # the read left over, once the window has passed
-            if self._tick_hi - self._tick_lo > PROBE_WIDTH_S:
+                wants.append((hi + 1e-4, hi + 1e-4))  # the read left over, once the window passed
+            if hi - lo > self._probe_width_s:  # the bracket, widened by the drift since
                 if now <= lo:
-                    wants.append((lo + hi) / 2.0)
+                    wants.append(_middle(lo, hi))
                 elif self._changed:  # this read cut the window: the next one's middle
-                    nlo, nhi = self._zone(hi + 1e-6)
-                    wants.append((nlo + nhi) / 2.0)
+                    wants.append(_middle(*self._zone(hi + 1e-6)))
                 elif hi - now > (hi - lo) / 2.0:  # inside, most of it to come: its middle
-                    wants.append((now + hi) / 2.0)
+                    wants.append(_middle(now, hi))
                 else:  # inside, no change yet: read as it closes
-                    wants.append(hi + 1e-4)
-        self._wake = min(wants) if wants else None
+                    wants.append((hi + 1e-4, hi + 1e-4))
+        self._wake = min(a for a, _ in wants) if wants else None
+        self._wake_by = min(b for _, b in wants) if wants else None
 
     def _read_counter_mj(self) -> int:
         return int(_nvml_call(self._nv, self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h))
@@ -477,6 +513,12 @@ class NvmlGpu(CounterShaping):
 
     def close(self) -> None:
         self._shape = []
+
+
+def _middle(lo: float, hi: float) -> tuple[float, float]:
+    """When a probe read in a window serves (from an eighth in) and when it is best (its middle):
+    a read anywhere inside cuts it, one in the middle by half."""
+    return lo + (hi - lo) / 8.0, (lo + hi) / 2.0
 
 
 # -- discovery ---------------------------------------------------------------------------------

@@ -498,11 +498,13 @@ class VirtualClock:
         return self.t
 
     def wakes(self, channel: Any, until: float, take: Callable[[Any], None]) -> None:
-        """Poll ``channel`` at each extra poll it asks for (``wake_at``, as the engine does) before
-        ``until``, advancing this clock; ``take`` gets each poll's points."""
+        """Poll ``channel`` at each extra poll it asks for before ``until``, as the engine does for
+        one channel: when it is wanted (``wake_by``, else ``wake_at``), unless ``until`` comes
+        first (that poll serves); advancing this clock. ``take`` gets each poll's points."""
         wake_at = getattr(channel, "wake_at", None)
+        wake_by = getattr(channel, "wake_by", wake_at)
         while wake_at is not None:
-            wake = wake_at()
+            wake = wake_by()
             if wake is None or wake >= until:
                 return
             self.t = max(self.t + 1e-6, wake)
