@@ -53,7 +53,11 @@ from _common import (
     section,
 )
 
-WARMUP_S = 3.0  # past the fast first seconds of a tracker (engine.FAST_HOLD_S): the steady state
+from greentrack.engine.engine import IDLE_AFTER_S  # noqa: E402
+
+#: past a tracker's fast first seconds (engine.FAST_HOLD_S) and, with no steps, the configured
+#: slow cadence before the idle one (engine.IDLE_AFTER_S): the steady state
+WARMUP_S = IDLE_AFTER_S + 1.0
 
 
 class Meter:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from greentrack.common.config import Config
-from greentrack.engine.engine import Engine
+from greentrack.engine.engine import IDLE_AFTER_S, IDLE_COUNTER_INTERVAL_S, Engine
 from greentrack.samplers._nvml import PROBE_WIDTH_SLOW_S, NvmlGpu
 from greentrack.store import StoreWriter, prepare_run_dir
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace, VirtualClock
@@ -21,7 +21,8 @@ READ_S = 0.003  # an H100's energy-counter read
 
 
 class VirtualStop:
-    """Stands for the engine's stop event: its timed wait moves the virtual clock instead."""
+    """Stands for the engine's timed wait (``Engine._wait``): it moves the virtual clock instead,
+    and says to stop at ``end``."""
 
     def __init__(self, clock: VirtualClock, end: float) -> None:
         self.clock, self.end = clock, end
@@ -85,7 +86,7 @@ def idle_run(tmp_path: Path, n: int, seconds: float, one_phase: bool) -> dict[st
                                              "started_unix": time.time()})
     engine = Engine(list(channels), writer, config, origin=clock.t, clock=clock)
     start = clock.t
-    engine._stop = VirtualStop(clock, start + seconds)  # type: ignore[assignment]
+    engine._wait = VirtualStop(clock, start + seconds).wait  # type: ignore[method-assign]
     engine._final_reading = lambda: None  # type: ignore[method-assign]  # (sleeps: wall clock)
     woken = engine._poll_woken
 
@@ -101,6 +102,11 @@ def idle_run(tmp_path: Path, n: int, seconds: float, one_phase: bool) -> dict[st
     return {**counts, "per_s": {k: v / seconds for k, v in counts.items()}, "dated": dated,
             "errors": errors, "stated": [ch.max_dating_error_s for ch in channels],
             "deferred": sum(ch.deferred_reads for ch in channels)}
+
+
+def _slow_reads(seconds: float) -> float:
+    """Slow reads of one GPU over an idle run of ``seconds``."""
+    return IDLE_AFTER_S / 0.2 + (seconds - IDLE_AFTER_S) / IDLE_COUNTER_INTERVAL_S
 
 
 def _uncounted(engine: Engine, iterate: Any, woken: Any) -> Any:
@@ -124,7 +130,7 @@ def test_an_idle_run_keeps_counter_values_dated_within_a_few_ms(tmp_path: Path,
     two minutes: 18 ms). Probes keep it within PROBE_WIDTH_SLOW_S, and every value is dated within
     the error stated."""
     r = idle_run(tmp_path, 8, 40.0, one_phase)
-    assert len(r["dated"]) >= 8 * 40.0 / 0.2 * 0.9  # a value for nearly every slow read
+    assert len(r["dated"]) >= 8 * _slow_reads(40.0) * 0.9  # a value for nearly every slow read
     for (i, tc, mj, stated), error in zip(r["dated"], r["errors"]):
         assert error <= stated + 1e-9, (i, tc, error, stated)
     # half the widest window probes allow, and what the drift allowed adds to it while a probe
@@ -138,6 +144,9 @@ def test_an_idle_run_wakes_once_for_several_gpus_and_reads_clear_of_refreshes(
     the regular polls are timed so that counter reads start clear of a refresh (a read left over
     costs an extra poll): 5.6 extra wakes/s and 7 reads left over per second before."""
     r = idle_run(tmp_path, 8, 40.0, one_phase=True)
+    # idle: the configured 0.2 s for IDLE_AFTER_S, then IDLE_COUNTER_INTERVAL_S (8 GPUs' reads
+    # every 0.2 s were 0.8% of a core)
+    assert r["slow reads"] == pytest.approx(8 * _slow_reads(40.0), rel=0.1), r["per_s"]
     assert r["per_s"]["wakes"] <= 3.0, r["per_s"]
     assert r["left over"] <= 0.02 * r["slow reads"], r["per_s"]
     assert r["deferred"] == 0  # no read was found to meet a refresh after it started

@@ -524,6 +524,9 @@ class Tracker:
         t = time.monotonic()
         token = next(self._tokens)
         self._open[token] = (phase, t, info)
+        engine = self._engine
+        if engine is not None and engine.idle:
+            engine.wake_from_idle()
         return token
 
     def end_step(self, token: int, **info: Any) -> None:
@@ -730,6 +733,9 @@ class StepBlock:
         t = time.monotonic()
         token = self._token = next(tracker._tokens)
         tracker._open[token] = (self._phase, t, self._info)
+        engine = tracker._engine
+        if engine is not None and engine.idle:
+            engine.wake_from_idle()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -63,7 +63,7 @@ class StepMarks:
         self.open_phase: str | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
         self.submitted = 0
-        engine = getattr(tracker, "engine", None)
+        engine = self._engine = getattr(tracker, "engine", None)
         if engine is not None:  # keep the readings of a step as long as it is open or pending
             engine.holds.append(self._earliest)
         self._cuda: Any = None
@@ -111,6 +111,8 @@ class StepMarks:
     def begin(self, phase: str = "train") -> None:
         """Open a step of ``phase`` (an open one is replaced)."""
         self.open_phase = phase
+        if self._engine is not None and self._engine.idle:
+            self._engine.wake_from_idle()
         if self._cuda is None:
             self._open = (phase, self._clock(), None)
             return
