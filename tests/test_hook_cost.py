@@ -51,8 +51,8 @@ def test_track_optimizer_step_is_a_clock_read_and_an_append(no_host_env: Path,
             opt.zero_grad()
         before = python_calls(tracking._before_forward, model, (x,))
         after = python_calls(tracking._after_step, opt, (), {})
-    # the hook, the meter's begin, the marks' clock read
-    assert before == ["_before_forward", "begin", "begin"], before
+    # the hook, the marks' clock read (the meter's begin is the marks' once FLOPs are known)
+    assert before == ["_before_forward", "begin"], before
     # the hook, the meter, the marks' clock read, the tracker, the queue's append
     assert after == ["_after_step", "close_step", "close", "submit_step", "submit"], after
     steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
@@ -86,7 +86,7 @@ def test_lightning_step_is_a_clock_read_and_an_append(no_host_env: Path, tmp_pat
         else:
             assert "should_update_logs" in calls and "callback_metrics" in calls, (i, calls)
     for calls in starts[1:]:
-        assert calls == ["on_train_batch_start", "begin", "begin", "_batch_size"], calls
+        assert calls == ["on_train_batch_start", "begin", "_batch_size"], calls
     steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
     assert [r["samples"] for r in steps if r["phase"] == "train"] == [BATCH] * 12
 

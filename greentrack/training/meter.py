@@ -37,6 +37,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from greentrack.carbon.forecast import Forecast, format_forecast
@@ -146,8 +147,12 @@ class TrainingMeter:
         self.prior = {"energy_j": 0.0, "elapsed_s": 0.0, "steps": {}, **(prior or {})}
         self.flops: StepFlops | None = None
         self._counter: FirstStepCounter | None = None
+        #: Open a step: ``begin(phase="train")``. The marks' own, one frame less per step, unless
+        #: a FLOPs count waits for the next training step (``flops="auto"``).
+        self.begin: Callable[..., None] = self.marks.begin
         if flops == "auto":
             self._counter = FirstStepCounter()
+            self.begin = self._begin_counting
         elif isinstance(flops, StepFlops):
             self.flops = flops
         elif flops is not None:
@@ -170,6 +175,7 @@ class TrainingMeter:
         self.tally: PhaseTally = engine.tally if engine is not None else PhaseTally()
         self._reported = _zero()  # the train sums at the previous metrics() call
         self._ended: dict[str, int] = {}  # steps ended per phase in this segment (training thread)
+        self._train_ended = 0  # the same for "train" (an attribute: one per step)
         self._taken: dict[str, dict[str, float]] = {}  # phase sums at the last take_phase
         self._logged: dict[str, float] = {}  # the values new_metrics() returned last
         if self.flops is not None:
@@ -181,11 +187,16 @@ class TrainingMeter:
             sources.append(self.forecast_estimate)
 
     # -- the hot path (training thread) ---------------------------------------------------------
-    def begin(self, phase: str = "train") -> None:
-        """Open a step. The first training step is counted when ``flops="auto"``."""
+    def _begin_counting(self, phase: str = "train") -> None:
+        """:attr:`begin` while the first training step is still to be counted (``flops="auto"``)."""
         if phase == "train" and self._counter is not None and not self._counter.active:
             self.start_counting()
         self.marks.begin(phase)
+
+    def _counted(self) -> None:
+        """No FLOPs count pending any more (done, failed or closed): ``begin`` is the marks'."""
+        self._counter = None
+        self.begin = self.marks.begin
 
     def start_counting(self) -> None:
         """Start counting FLOPs now (``flops="auto"``), up to the end of the next training step.
@@ -205,13 +216,15 @@ class TrainingMeter:
             if then is not None:
                 self.begin(then)
             return
-        self._ended[phase] = self._ended.get(phase, 0) + 1
         if phase == "train":
             self.train_steps += 1
+            self._train_ended += 1
             if self._counter is not None and self._counter.active:
                 self._finish_counting(info)
             if self._train_info:
                 info = {**self._train_info, **info}
+        else:
+            self._ended[phase] = self._ended.get(phase, 0) + 1
         if then is not None and self._counter is not None:  # FLOPs counting starts in begin()
             self.marks.close(info)
             self.begin(then)
@@ -253,8 +266,9 @@ class TrainingMeter:
 
     # -- FLOPs ----------------------------------------------------------------------------------
     def _finish_counting(self, info: dict[str, Any]) -> None:
-        counter, self._counter = self._counter, None
+        counter = self._counter
         assert counter is not None
+        self._counted()
         result = counter.stop()
         if result is None:
             self._counting_failed(counter.error)
@@ -264,7 +278,7 @@ class TrainingMeter:
         self._on_flops_known()
 
     def _counting_failed(self, why: str | None = None) -> None:
-        self._counter = None
+        self._counted()
         msg = f"FLOPs of the first step could not be counted ({why}); no FLOPs or MFU recorded"
         log.warning("greentrack: %s", msg)
         self._event("warning", "flops", msg)
@@ -332,7 +346,7 @@ class TrainingMeter:
     # -- figures that need every step of a phase (evaluation ends) ------------------------------
     def ended(self, phase: str) -> int:
         """Steps of ``phase`` ended in this segment (resolved or not)."""
-        return self._ended.get(phase, 0)
+        return self._train_ended if phase == "train" else self._ended.get(phase, 0)
 
     def settle(self, phase: str, timeout_s: float = SETTLE_S) -> bool:
         """Wait until every ended step of ``phase`` has come back resolved, at most ``timeout_s``,
@@ -440,7 +454,7 @@ class TrainingMeter:
         """Resolve what is pending (waiting for the GPU by polling), then stop the tracker."""
         if self._counter is not None and self._counter.active:
             self._counter.stop()
-            self._counter = None
+            self._counted()
         try:
             left = self.marks.drain(timeout_s)
             if left:

@@ -62,7 +62,6 @@ class StepMarks:
         #: every step)
         self.open_phase: str | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
-        self.submitted = 0
         engine = getattr(tracker, "engine", None)
         if engine is not None:  # keep the readings of a step as long as it is open or pending
             engine.holds.append(self._earliest)
@@ -135,7 +134,6 @@ class StepMarks:
         self.open_phase = None
         phase, h0, ev0 = opened
         if self._cuda is None:
-            self.submitted += 1
             h1 = self._clock()
             if then is not None:
                 self._open = (then, h1, None)
@@ -166,7 +164,6 @@ class StepMarks:
             d1 = self._base.elapsed_time(ev1) / 1000.0
             self._bound(h0, d0)
             self._bound(h1, d1)
-            self.submitted += 1
             self._submit(phase, self._g0 + d0, self._g0 + d1, info, "gpu")
             self._recycle(ev0)
             if d1 > REBASE_AFTER_S and not self._pending:
