@@ -64,7 +64,10 @@ class OptimizerTracking:
         self.summary: RunTotals | None = None
         self._samples = 0.0
         self._tokens = 0.0
-        self._fixed = (samples_per_step, tokens_per_step)
+        #: what ``count`` added since the previous optimizer step, if anything
+        self._counted = False
+        #: a step's fields without ``count``: the same dict at every step (the meter copies it)
+        self._fixed = {"samples": samples_per_step, "tokens": tokens_per_step}
         #: the precision is still to be told from the first training forward (autocast) or the
         #: parameters' dtype (see :func:`track_optimizer`)
         self._precision_open = "precision" not in tracker.labels
@@ -105,13 +108,16 @@ class OptimizerTracking:
                 then = "train"
                 if self._precision_open:  # no forward seen: the parameters' dtype
                     self._label_parameters(optimizer)
+            info = self._fixed
+            if self._counted:
+                info = {"samples": self._samples or info["samples"],
+                        "tokens": self._tokens or info["tokens"]}
+                self._samples = self._tokens = 0.0
+                self._counted = False
             if meter.marks.open_phase == "train":
-                samples, tokens = self._fixed
-                meter.close_step({"samples": self._samples or samples,
-                                  "tokens": self._tokens or tokens}, then)
+                meter.close_step(info, then)
             elif then is not None:
                 meter.begin(then)
-            self._samples = self._tokens = 0.0
         except Exception as e:  # noqa: BLE001 - measurement must never break training
             hook_failed(self.meter, "_after_step", e)
 
@@ -126,8 +132,10 @@ class OptimizerTracking:
         """Add samples and tokens to the current step (recorded when it ends)."""
         if samples:
             self._samples += samples
+            self._counted = True
         if tokens:
             self._tokens += tokens
+            self._counted = True
 
     # -- other phases ----------------------------------------------------------------------------
     @contextmanager

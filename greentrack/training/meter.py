@@ -209,9 +209,11 @@ class TrainingMeter:
         self.close_step(info)
 
     def close_step(self, info: dict[str, Any], then: str | None = None) -> None:
-        """:meth:`end` with the fields in one dict, which this call owns (the hooks' hot path).
-        ``then``: :meth:`begin` a step of that phase where this one ends (the same instant)."""
-        phase = self.marks.open_phase
+        """:meth:`end` with the fields in one dict (the hooks' hot path), read and copied, never
+        changed or kept: a hook may pass the same dict at every step. ``then``: :meth:`begin` a
+        step of that phase where this one ends (the same instant)."""
+        marks = self.marks
+        phase = marks.open_phase
         if phase is None:
             if then is not None:
                 self.begin(then)
@@ -220,16 +222,17 @@ class TrainingMeter:
             self.train_steps += 1
             self._train_ended += 1
             if self._counter is not None and self._counter.active:
+                info = dict(info)
                 self._finish_counting(info)
-            if self._train_info:
-                info = {**self._train_info, **info}
+            info = {**self._train_info, **info}  # the copy the marks and the tracker then own
         else:
             self._ended[phase] = self._ended.get(phase, 0) + 1
+            info = dict(info)
         if then is not None and self._counter is not None:  # FLOPs counting starts in begin()
-            self.marks.close(info)
+            marks.close(info)
             self.begin(then)
             return
-        self.marks.close(info, then)
+        marks.close(info, then)
 
     def cancel(self) -> None:
         self.marks.cancel()
