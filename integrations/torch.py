@@ -57,6 +57,7 @@ class OptimizerTracking:
                  owns_tracker: bool, samples_per_step: float | None,
                  tokens_per_step: float | None, gather_totals: bool = True) -> None:
         self.optimizer, self.tracker, self.meter, self.model = optimizer, tracker, meter, model
+        self._marks = meter.marks  # read by both hooks at every step
         self._owns = owns_tracker
         self._gather = gather_totals
         #: On global rank 0 after ``close()`` under ``torch.distributed``: the whole job's totals
@@ -83,9 +84,8 @@ class OptimizerTracking:
     def _before_forward(self, module: Any, args: Any) -> None:
         try:
             if module.training:
-                meter = self.meter
-                if meter.marks.open_phase is None:
-                    meter.begin("train")
+                if self._marks.open_phase is None:
+                    self.meter.begin("train")
                 if self._precision_open:
                     self._label_precision(module)
         except Exception as e:  # noqa: BLE001 - measurement must never break training
@@ -114,7 +114,7 @@ class OptimizerTracking:
                         "tokens": self._tokens or info["tokens"]}
                 self._samples = self._tokens = 0.0
                 self._counted = False
-            if meter.marks.open_phase == "train":
+            if self._marks.open_phase == "train":
                 meter.close_step(info, then)
             elif then is not None:
                 meter.begin(then)

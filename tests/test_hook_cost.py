@@ -127,3 +127,32 @@ def test_manual_optimization_steps_are_the_optimizer_steps(no_host_env: Path,
         points = metric_points(r, "train_loss")
     # Lightning logs when (batches + 1) % 4 == 0: batches 3, 7 and 11 (optimizer steps 2, 4, 6)
     assert [(p.step, p.value) for p in points] == [(2, 3.0), (4, 7.0), (6, 11.0)]
+
+
+def test_a_steps_fields_are_split_off_the_training_thread_as_before(no_host_env: Path,
+                                                                    tmp_path: Path) -> None:
+    """The training thread queues a step's fields in the dict it was given, the sampler thread
+    splits them (issue 25), with the rules the training thread applied before: counts to their
+    columns, a ``timeline`` field over the default, a field named ``phase``, ``t0`` or ``t1``
+    kept as ``field_<name>``, the rest as extras; a tensor is still read when its step ends."""
+    import json
+
+    import greentrack
+
+    samples = torch.tensor(3.0)
+    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+        with t.step("train", flops=5e6, samples=samples, flops_method="counted"):
+            pass
+        samples += 1  # after the step: not what it recorded
+        token = t.begin_step("eval", t0=5, t1=6, timeline="host")
+        t.end_step(token, phase="x", tokens=7)
+        with t.step("train"):
+            pass
+    rows = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    first, last = sorted((r for r in rows if r["phase"] == "train"), key=lambda r: r["idx"])
+    (other,) = [r for r in rows if r["phase"] == "eval"]
+    assert (first["flops"], first["samples"], first["tokens"]) == (5e6, 3.0, None)
+    assert json.loads(first["extra"]) == {"flops_method": "counted"}
+    assert other["phase"] == "eval" and other["tokens"] == 7 and other["timeline"] == "host"
+    assert json.loads(other["extra"]) == {"field_t0": 5, "field_t1": 6, "field_phase": "x"}
+    assert last["samples"] is None and not json.loads(last["extra"] or "{}")

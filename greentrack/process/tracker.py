@@ -545,12 +545,15 @@ class Tracker:
         if engine is None or self.status != "running" or self._gen != _FORK_GENERATION[0]:
             return
         try:
-            # The hot path of every step: plain values go as they are, in the dict they came in
-            # (one C-level type check over them all), split into counts and extras on the
-            # sampler thread; tensors are snapshotted here, without a device sync.
-            if info and not PLAIN.issuperset(map(type, info.values())):
-                info = {key: value if type(value) in PLAIN else capture(value)
-                        for key, value in info.items()}
+            # The hot path of every step: plain values go as they are, in the dict they came in,
+            # split into counts and extras on the sampler thread; tensors are snapshotted here,
+            # without a device sync. (A loop: ``PLAIN.issuperset(map(type, ...))`` cost 2-4 us
+            # more per step between two 5 ms steps, its C calls each allocating.)
+            for value in info.values():
+                if type(value) not in PLAIN:
+                    info = {key: value if type(value) in PLAIN else capture(value)
+                            for key, value in info.items()}
+                    break
             if type(phase) is not str:
                 phase = phase_name(phase)
             counter = self._idx.get(phase)

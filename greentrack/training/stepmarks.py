@@ -126,20 +126,22 @@ class StepMarks:
         """:meth:`end` with the fields in one dict, which this call owns (the meter's hot path).
         ``then``: open a step of that phase where this one ends (one clock read: back-to-back
         steps are contiguous, whatever the scheduler does between two reads)."""
-        opened, self._open = self._open, None
+        opened = self._open
         if opened is None:
             if then is not None:
                 self.begin(then)
             return
-        self.open_phase = None
         phase, h0, ev0 = opened
         if self._cuda is None:
             h1 = self._clock()
-            if then is not None:
+            if then is None:
+                self._open = self.open_phase = None
+            else:
                 self._open = (then, h1, None)
                 self.open_phase = then
             self._submit(phase, h0, h1, info, "host")
             return
+        self._open = self.open_phase = None
         ev1 = self._event()
         h1 = self._clock()
         ev1.record(self._cuda.current_stream(self._device))
