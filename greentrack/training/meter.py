@@ -161,7 +161,8 @@ class TrainingMeter:
         self.peak: Peak | None = None
         self._peak_known = False
         self._train_info: dict[str, Any] = {}
-        self.train_steps = int(self.prior["steps"].get("train", 0))  # steps ended, all segments
+        self._train_ended = 0  # training steps ended in this segment (one attribute per step)
+        self._train_base = int(self.prior["steps"].get("train", 0))  # before them: see train_steps
         self._t_start = time.monotonic()
         self.forecast = Forecast.for_config(None, tracker.config, _gpus(tracker))
         self._forecast_lock = threading.Lock()  # observed on both threads
@@ -175,7 +176,6 @@ class TrainingMeter:
         self.tally: PhaseTally = engine.tally if engine is not None else PhaseTally()
         self._reported = _zero()  # the train sums at the previous metrics() call
         self._ended: dict[str, int] = {}  # steps ended per phase in this segment (training thread)
-        self._train_ended = 0  # the same for "train" (an attribute: one per step)
         self._taken: dict[str, dict[str, float]] = {}  # phase sums at the last take_phase
         self._logged: dict[str, float] = {}  # the values new_metrics() returned last
         if self.flops is not None:
@@ -185,6 +185,15 @@ class TrainingMeter:
         sources = getattr(tracker, "forecast_sources", None)
         if isinstance(sources, list):
             sources.append(self.forecast_estimate)
+
+    @property
+    def train_steps(self) -> int:
+        """Optimizer steps ended so far, all segments (the framework's global step once set)."""
+        return self._train_base + self._train_ended
+
+    @train_steps.setter
+    def train_steps(self, value: int) -> None:
+        self._train_base = value - self._train_ended
 
     # -- the hot path (training thread) ---------------------------------------------------------
     def _begin_counting(self, phase: str = "train") -> None:
@@ -219,7 +228,6 @@ class TrainingMeter:
                 self.begin(then)
             return
         if phase == "train":
-            self.train_steps += 1
             self._train_ended += 1
             if self._counter is not None and self._counter.active:
                 info = dict(info)
