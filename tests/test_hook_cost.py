@@ -136,6 +136,7 @@ def test_a_steps_fields_are_split_off_the_training_thread_as_before(no_host_env:
     columns, a ``timeline`` field over the default, a field named ``phase``, ``t0`` or ``t1``
     kept as ``field_<name>``, the rest as extras; a tensor is still read when its step ends."""
     import json
+    import time
 
     import greentrack
 
@@ -148,7 +149,14 @@ def test_a_steps_fields_are_split_off_the_training_thread_as_before(no_host_env:
         t.end_step(token, phase="x", tokens=7)
         with t.step("train"):
             pass
+        same = {"samples": samples}  # one dict for two steps: a tensor is read at each
+        for _ in range(2):
+            now = time.monotonic()
+            t.submit_step("same", now - 0.01, now, same)
+            samples += 1
     rows = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert [r["samples"] for r in rows if r["phase"] == "same"] == [4.0, 5.0]
+    rows = [r for r in rows if r["phase"] != "same"]
     first, last = sorted((r for r in rows if r["phase"] == "train"), key=lambda r: r["idx"])
     (other,) = [r for r in rows if r["phase"] == "eval"]
     assert (first["flops"], first["samples"], first["tokens"]) == (5e6, 3.0, None)
@@ -156,3 +164,35 @@ def test_a_steps_fields_are_split_off_the_training_thread_as_before(no_host_env:
     assert other["phase"] == "eval" and other["tokens"] == 7 and other["timeline"] == "host"
     assert json.loads(other["extra"]) == {"field_t0": 5, "field_t1": 6, "field_phase": "x"}
     assert last["samples"] is None and not json.loads(last["extra"] or "{}")
+
+
+def test_each_step_has_its_own_mfu_when_the_fields_are_shared(no_host_env: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A steady step passes the same merged fields on (issue 25); the step's MFU goes into a
+    dict of its own, not into the one the next steps share. (A device with a peak is a GPU;
+    here a CPU is given one, as the GPU path routes steps, to run it without a GPU.)"""
+    import json
+    import time
+
+    from greentrack.integrations.torch import track_optimizer
+    from greentrack.training import meter as meter_module
+    from greentrack.training.flops import Peak
+
+    monkeypatch.setattr(meter_module, "device_peak",
+                        lambda device, dtype: Peak(1e9, "cpu", "fp32", "test"))
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    with track_optimizer(opt, tmp_path / "run", model=model, flops=1e6, samples_per_step=8,
+                         progress_every_s=None, **FAST):
+        for i in range(4):
+            model(x).sum().backward()
+            time.sleep(0.01 * (i + 1))  # steps of different lengths: different MFUs
+            opt.step()
+            opt.zero_grad()
+    rows = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    mfus = [json.loads(r["extra"])["mfu"] for r in sorted(rows, key=lambda r: r["idx"])]
+    durations = [r["duration_s"] for r in sorted(rows, key=lambda r: r["idx"])]
+    assert len(set(mfus)) == 4
+    assert mfus == pytest.approx([1e6 / d / 1e9 for d in durations], rel=1e-3)

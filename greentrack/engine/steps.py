@@ -2,11 +2,12 @@
 
 The training thread hands each finished step to :meth:`StepQueue.submit`: a tuple appended to a
 deque, no lock, no I/O; the step's fields stay in the dict it was given, split into counts and
-extras on the sampler thread (:func:`span_of`). Past :data:`MAX_BACKLOG` queued steps (the sampler attributes about 100,000
-a second on a small VM) further steps are merged into one row per phase whose ``n`` says how many
-steps it stands for, so memory stays bounded and every step is counted once. The sampler thread
-takes them all (:meth:`StepQueue.take`) and, once their energy is resolved, turns what the user
-handed over into recordable values (:class:`FieldCleaner`, with :mod:`greentrack.engine.stepvalues`).
+extras on the sampler thread (:func:`span_of`). Past :data:`MAX_BACKLOG` queued steps (the
+sampler attributes about 100,000 a second on a small VM) further steps are merged into one row
+per phase whose ``n`` says how many steps it stands for, so memory stays bounded and every step
+is counted once. The sampler thread takes them all (:meth:`StepQueue.take`) and, once their energy
+is resolved, turns what the user handed over into recordable values (:class:`FieldCleaner`, with
+:mod:`greentrack.engine.stepvalues`).
 """
 
 from __future__ import annotations

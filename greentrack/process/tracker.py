@@ -83,6 +83,8 @@ class Tracker:
         #: threads get distinct indices without a lock on the hot path.
         self._idx: dict[str, itertools.count[int]] = {}
         self._idx_lock = threading.Lock()  # only to create a phase's counter, or to move it
+        #: the last step's fields found plain (kept alive here: identity means the same dict)
+        self._plain: dict[str, Any] | None = None
         self._open: dict[int, tuple[str, float, dict[str, Any]]] = {}
         self._tokens = itertools.count()  # next() of a count is atomic under the GIL
         self._hook_errors = 0
@@ -537,23 +539,28 @@ class Tracker:
     def submit_step(self, phase: str, t0: float, t1: float, info: dict[str, Any],
                     timeline: str = "host") -> None:
         """:meth:`submit_window` with the step's fields in one dict (``flops``, ``samples``,
-        ``tokens``, ``timeline`` and extras), which this call owns: the integrations' hot path,
-        one call from the hook to the queue (no keyword packing, no further layer). A field named
-        like an argument of ``submit_window`` (``phase``, ``t0``, ``t1``) is kept as
-        ``field_<name>``."""
+        ``tokens``, ``timeline`` and extras), which this call owns: read later, on the sampler
+        thread, and so never to be changed afterwards (the same dict may come again, for steps
+        with the same fields). The integrations' hot path, one call from the hook to the queue
+        (no keyword packing, no further layer). A field named like an argument of
+        ``submit_window`` (``phase``, ``t0``, ``t1``) is kept as ``field_<name>``."""
         engine = self._engine
         if engine is None or self.status != "running" or self._gen != _FORK_GENERATION[0]:
             return
         try:
             # The hot path of every step: plain values go as they are, in the dict they came in,
             # split into counts and extras on the sampler thread; tensors are snapshotted here,
-            # without a device sync. (A loop: ``PLAIN.issuperset(map(type, ...))`` cost 1.4-2.5
-            # us more per step between two 5 ms steps, bench/step_overhead.py's loop, issue 25.)
-            for value in info.values():
-                if type(value) not in PLAIN:
-                    info = {key: value if type(value) in PLAIN else capture(value)
-                            for key, value in info.items()}
-                    break
+            # without a device sync. The dict of the previous step again (an integration's
+            # constant fields) is not checked again. (A loop: ``PLAIN.issuperset(map(type,
+            # ...))`` cost 1.4-2.5 us more per step between two 5 ms steps, issue 25.)
+            if info is not self._plain:
+                for value in info.values():
+                    if type(value) not in PLAIN:
+                        info = {key: value if type(value) in PLAIN else capture(value)
+                                for key, value in info.items()}
+                        break
+                else:
+                    self._plain = info
             if type(phase) is not str:
                 phase = phase_name(phase)
             counter = self._idx.get(phase)

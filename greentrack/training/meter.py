@@ -161,6 +161,9 @@ class TrainingMeter:
         self.peak: Peak | None = None
         self._peak_known = False
         self._train_info: dict[str, Any] = {}
+        #: the previous training step's (hook's fields, meter's fields, both merged): the same
+        #: dicts again give the same merged dict, which nothing downstream changes
+        self._merged: tuple[Any, Any, dict[str, Any]] = (None, None, {})
         self._train_ended = 0  # training steps ended in this segment (one attribute per step)
         self._train_base = int(self.prior["steps"].get("train", 0))  # before them: see train_steps
         self._t_start = time.monotonic()
@@ -218,9 +221,11 @@ class TrainingMeter:
         self.close_step(info)
 
     def close_step(self, info: dict[str, Any], then: str | None = None) -> None:
-        """:meth:`end` with the fields in one dict (the hooks' hot path), read and copied, never
-        changed or kept: a hook may pass the same dict at every step. ``then``: :meth:`begin` a
-        step of that phase where this one ends (the same instant)."""
+        """:meth:`end` with the fields in one dict (the hooks' hot path), never changed here. A
+        hook may pass the same dict at every step, as long as it never changes it: a training
+        step's fields are then merged with the meter's (FLOPs) once, and the tracker checks
+        them for tensors once. ``then``: :meth:`begin` a step of that phase where this one ends
+        (the same instant)."""
         marks = self.marks
         phase = marks.open_phase
         if phase is None:
@@ -232,7 +237,12 @@ class TrainingMeter:
             if self._counter is not None and self._counter.active:
                 info = dict(info)
                 self._finish_counting(info)
-            info = {**self._train_info, **info}  # the copy the marks and the tracker then own
+            merged = self._merged
+            if merged[0] is info and merged[1] is self._train_info:
+                info = merged[2]  # the same fields as the previous step: the same dict
+            else:
+                merged = self._merged = (info, self._train_info, {**self._train_info, **info})
+                info = merged[2]
         else:
             self._ended[phase] = self._ended.get(phase, 0) + 1
             info = dict(info)
@@ -250,8 +260,8 @@ class TrainingMeter:
         """Forward a resolved mark to the tracker, with the step's MFU (called by the marks)."""
         if self.peak is not None and t1 > t0:
             flops = info.get("flops")
-            if flops:
-                info["mfu"] = flops / (t1 - t0) / self.peak.flops_per_s
+            if flops:  # a new dict: one step's fields may be the next's too (close_step)
+                info = {**info, "mfu": flops / (t1 - t0) / self.peak.flops_per_s}
         self._tracker_submit(phase, t0, t1, info, timeline)
 
     def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
