@@ -57,6 +57,7 @@ class OptimizerTracking:
                  owns_tracker: bool, samples_per_step: float | None,
                  tokens_per_step: float | None, gather_totals: bool = True) -> None:
         self.optimizer, self.tracker, self.meter, self.model = optimizer, tracker, meter, model
+        self._marks = meter.marks  # read by both hooks at every step
         self._owns = owns_tracker
         self._gather = gather_totals
         #: On global rank 0 after ``close()`` under ``torch.distributed``: the whole job's totals
@@ -64,7 +65,10 @@ class OptimizerTracking:
         self.summary: RunTotals | None = None
         self._samples = 0.0
         self._tokens = 0.0
-        self._fixed = (samples_per_step, tokens_per_step)
+        #: what ``count`` added since the previous optimizer step, if anything
+        self._counted = False
+        #: a step's fields without ``count``: the same dict at every step (the meter copies it)
+        self._fixed = {"samples": samples_per_step, "tokens": tokens_per_step}
         #: the precision is still to be told from the first training forward (autocast) or the
         #: parameters' dtype (see :func:`track_optimizer`)
         self._precision_open = "precision" not in tracker.labels
@@ -80,9 +84,8 @@ class OptimizerTracking:
     def _before_forward(self, module: Any, args: Any) -> None:
         try:
             if module.training:
-                meter = self.meter
-                if meter.marks.open_phase is None:
-                    meter.begin("train")
+                if self._marks.open_phase is None:
+                    self.meter.begin("train")
                 if self._precision_open:
                     self._label_precision(module)
         except Exception as e:  # noqa: BLE001 - measurement must never break training
@@ -105,13 +108,16 @@ class OptimizerTracking:
                 then = "train"
                 if self._precision_open:  # no forward seen: the parameters' dtype
                     self._label_parameters(optimizer)
-            if meter.marks.open_phase == "train":
-                samples, tokens = self._fixed
-                meter.close_step({"samples": self._samples or samples,
-                                  "tokens": self._tokens or tokens}, then)
+            info = self._fixed
+            if self._counted:
+                info = {"samples": self._samples or info["samples"],
+                        "tokens": self._tokens or info["tokens"]}
+                self._samples = self._tokens = 0.0
+                self._counted = False
+            if self._marks.open_phase == "train":
+                meter.close_step(info, then)
             elif then is not None:
                 meter.begin(then)
-            self._samples = self._tokens = 0.0
         except Exception as e:  # noqa: BLE001 - measurement must never break training
             hook_failed(self.meter, "_after_step", e)
 
@@ -126,8 +132,10 @@ class OptimizerTracking:
         """Add samples and tokens to the current step (recorded when it ends)."""
         if samples:
             self._samples += samples
+            self._counted = True
         if tokens:
             self._tokens += tokens
+            self._counted = True
 
     # -- other phases ----------------------------------------------------------------------------
     @contextmanager

@@ -51,8 +51,8 @@ def test_track_optimizer_step_is_a_clock_read_and_an_append(no_host_env: Path,
             opt.zero_grad()
         before = python_calls(tracking._before_forward, model, (x,))
         after = python_calls(tracking._after_step, opt, (), {})
-    # the hook, the meter's begin, the marks' clock read
-    assert before == ["_before_forward", "begin", "begin"], before
+    # the hook, the marks' clock read (the meter's begin is the marks' once FLOPs are known)
+    assert before == ["_before_forward", "begin"], before
     # the hook, the meter, the marks' clock read, the tracker, the queue's append
     assert after == ["_after_step", "close_step", "close", "submit_step", "submit"], after
     steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
@@ -86,7 +86,7 @@ def test_lightning_step_is_a_clock_read_and_an_append(no_host_env: Path, tmp_pat
         else:
             assert "should_update_logs" in calls and "callback_metrics" in calls, (i, calls)
     for calls in starts[1:]:
-        assert calls == ["on_train_batch_start", "begin", "begin", "_batch_size"], calls
+        assert calls == ["on_train_batch_start", "begin", "_batch_size"], calls
     steps = StoreReader(store_paths(tmp_path / "run")[0]).steps()
     assert [r["samples"] for r in steps if r["phase"] == "train"] == [BATCH] * 12
 
@@ -127,3 +127,72 @@ def test_manual_optimization_steps_are_the_optimizer_steps(no_host_env: Path,
         points = metric_points(r, "train_loss")
     # Lightning logs when (batches + 1) % 4 == 0: batches 3, 7 and 11 (optimizer steps 2, 4, 6)
     assert [(p.step, p.value) for p in points] == [(2, 3.0), (4, 7.0), (6, 11.0)]
+
+
+def test_a_steps_fields_are_split_off_the_training_thread_as_before(no_host_env: Path,
+                                                                    tmp_path: Path) -> None:
+    """The training thread queues a step's fields in the dict it was given, the sampler thread
+    splits them (issue 25), with the rules the training thread applied before: counts to their
+    columns, a ``timeline`` field over the default, a field named ``phase``, ``t0`` or ``t1``
+    kept as ``field_<name>``, the rest as extras; a tensor is still read when its step ends."""
+    import json
+    import time
+
+    import greentrack
+
+    samples = torch.tensor(3.0)
+    with greentrack.Tracker(tmp_path / "run", **FAST) as t:
+        with t.step("train", flops=5e6, samples=samples, flops_method="counted"):
+            pass
+        samples += 1  # after the step: not what it recorded
+        token = t.begin_step("eval", t0=5, t1=6, timeline="host")
+        t.end_step(token, phase="x", tokens=7)
+        with t.step("train"):
+            pass
+        same = {"samples": samples}  # one dict for two steps: a tensor is read at each
+        for _ in range(2):
+            now = time.monotonic()
+            t.submit_step("same", now - 0.01, now, same)
+            samples += 1
+    rows = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    assert [r["samples"] for r in rows if r["phase"] == "same"] == [4.0, 5.0]
+    rows = [r for r in rows if r["phase"] != "same"]
+    first, last = sorted((r for r in rows if r["phase"] == "train"), key=lambda r: r["idx"])
+    (other,) = [r for r in rows if r["phase"] == "eval"]
+    assert (first["flops"], first["samples"], first["tokens"]) == (5e6, 3.0, None)
+    assert json.loads(first["extra"]) == {"flops_method": "counted"}
+    assert other["phase"] == "eval" and other["tokens"] == 7 and other["timeline"] == "host"
+    assert json.loads(other["extra"]) == {"field_t0": 5, "field_t1": 6, "field_phase": "x"}
+    assert last["samples"] is None and not json.loads(last["extra"] or "{}")
+
+
+def test_each_step_has_its_own_mfu_when_the_fields_are_shared(no_host_env: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A steady step passes the same merged fields on (issue 25); the step's MFU goes into a
+    dict of its own, not into the one the next steps share. (A device with a peak is a GPU;
+    here a CPU is given one, as the GPU path routes steps, to run it without a GPU.)"""
+    import json
+    import time
+
+    from greentrack.integrations.torch import track_optimizer
+    from greentrack.training import meter as meter_module
+    from greentrack.training.flops import Peak
+
+    monkeypatch.setattr(meter_module, "device_peak",
+                        lambda device, dtype: Peak(1e9, "cpu", "fp32", "test"))
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    with track_optimizer(opt, tmp_path / "run", model=model, flops=1e6, samples_per_step=8,
+                         progress_every_s=None, **FAST):
+        for i in range(4):
+            model(x).sum().backward()
+            time.sleep(0.01 * (i + 1))  # steps of different lengths: different MFUs
+            opt.step()
+            opt.zero_grad()
+    rows = StoreReader(store_paths(tmp_path / "run")[0]).steps()
+    mfus = [json.loads(r["extra"])["mfu"] for r in sorted(rows, key=lambda r: r["idx"])]
+    durations = [r["duration_s"] for r in sorted(rows, key=lambda r: r["idx"])]
+    assert len(set(mfus)) == 4
+    assert mfus == pytest.approx([1e6 / d / 1e9 for d in durations], rel=1e-3)

@@ -1,11 +1,13 @@
 """Steps on their way from the training thread to the store.
 
 The training thread hands each finished step to :meth:`StepQueue.submit`: a tuple appended to a
-deque, no lock, no I/O. Past :data:`MAX_BACKLOG` queued steps (the sampler attributes about 100,000
-a second on a small VM) further steps are merged into one row per phase whose ``n`` says how many
-steps it stands for, so memory stays bounded and every step is counted once. The sampler thread
-takes them all (:meth:`StepQueue.take`) and, once their energy is resolved, turns what the user
-handed over into recordable values (:class:`FieldCleaner`, with :mod:`greentrack.engine.stepvalues`).
+deque, no lock, no I/O; the step's fields stay in the dict it was given, split into counts and
+extras on the sampler thread (:func:`span_of`). Past :data:`MAX_BACKLOG` queued steps (the
+sampler attributes about 100,000 a second on a small VM) further steps are merged into one row
+per phase whose ``n`` says how many steps it stands for, so memory stays bounded and every step
+is counted once. The sampler thread takes them all (:meth:`StepQueue.take`) and, once their energy
+is resolved, turns what the user handed over into recordable values (:class:`FieldCleaner`, with
+:mod:`greentrack.engine.stepvalues`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ log = logging.getLogger("greentrack")
 
 #: Finished steps queued for the sampler before further ones are coalesced (see the docstring).
 MAX_BACKLOG = 20_000
+#: Step fields named like a field of :class:`StepSpan` that is no count: kept as ``field_<name>``.
+RENAMED_FIELDS = frozenset({"phase", "t0", "t1"})
+#: The step fields that are columns of their own (the rest are extras).
+COLUMN_FIELDS = frozenset({"flops", "samples", "tokens", "timeline"})
 #: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
 BAD_FIELD_EVENTS = 20
 
@@ -117,22 +123,22 @@ class StepQueue:
         return len(self._spans)
 
     def submit(self, span: StepSpan | tuple[Any, ...]) -> None:
-        """Queue a finished step: a :class:`StepSpan`, or the tuple of its fields in order (the
-        training thread's cheaper form). Past :data:`MAX_BACKLOG` queued steps, steps are
-        coalesced instead of queued."""
+        """Queue a finished step: a :class:`StepSpan`, or the training thread's cheaper form
+        ``(idx, phase, t0, t1, timeline, fields)``, ``fields`` the step's values in one dict that
+        the queue then owns (see :func:`span_of`). Past :data:`MAX_BACKLOG` queued steps, steps
+        are coalesced instead of queued."""
         if self._overflow or len(self._spans) >= MAX_BACKLOG:
-            self._coalesce(span if isinstance(span, tuple) else _fields(span))
+            self._coalesce(span_of(span))
         else:
             self._spans.append(span)
 
-    def _coalesce(self, span: tuple[Any, ...]) -> None:
+    def _coalesce(self, span: StepSpan) -> None:
         with self._lock:
             if len(self._spans) < MAX_BACKLOG // 2:  # the sampler caught up: hand the rows over
                 self._release_overflow()
                 self._spans.append(span)
                 return
-            idx, phase, t0, t1, flops, samples, tokens, timeline, extra = span[:9]
-            n = span[9] if len(span) > 9 else 1
+            idx, phase, t0, t1, flops, samples, tokens, timeline, extra, n = _fields(span)
             row = self._overflow.get(phase)
             if row is None:
                 if len(self._overflow) >= 16:  # bounded either way: a 17th phase is queued
@@ -151,7 +157,7 @@ class StepQueue:
     def _release_overflow(self) -> None:
         """Queue the coalesced rows (caller holds ``_lock``)."""
         for row in self._overflow.values():
-            self._spans.append(tuple(row))
+            self._spans.append(StepSpan(*row))
             self.coalesced += row[9]
         self._overflow.clear()
 
@@ -162,8 +168,25 @@ class StepQueue:
         out = []
         while self._spans:
             span = self._spans.popleft()
-            out.append(span if isinstance(span, StepSpan) else StepSpan(*span))
+            out.append(span if isinstance(span, StepSpan) else span_of(span))
         return out
+
+
+def span_of(span: StepSpan | tuple[Any, ...]) -> StepSpan:
+    """A queued step as a :class:`StepSpan`: ``(idx, phase, t0, t1, timeline, fields)`` split
+    into counts (``flops``, ``samples``, ``tokens``; a ``timeline`` field overrides the tuple's)
+    and extras (a field named ``phase``, ``t0`` or ``t1`` kept as ``field_<name>``)."""
+    if isinstance(span, StepSpan):
+        return span
+    idx, phase, t0, t1, timeline, fields = span
+    if not fields:
+        return StepSpan(idx, phase, t0, t1, timeline=timeline)
+    get = fields.get
+    extra = {} if fields.keys() <= COLUMN_FIELDS else {
+        f"field_{key}" if key in RENAMED_FIELDS else key: value
+        for key, value in fields.items() if key not in COLUMN_FIELDS}
+    return StepSpan(idx, phase, t0, t1, get("flops"), get("samples"), get("tokens"),
+                    get("timeline", timeline), extra)
 
 
 class FieldCleaner:

@@ -37,6 +37,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from greentrack.carbon.forecast import Forecast, format_forecast
@@ -146,8 +147,12 @@ class TrainingMeter:
         self.prior = {"energy_j": 0.0, "elapsed_s": 0.0, "steps": {}, **(prior or {})}
         self.flops: StepFlops | None = None
         self._counter: FirstStepCounter | None = None
+        #: Open a step: ``begin(phase="train")``. The marks' own, one frame less per step, unless
+        #: a FLOPs count waits for the next training step (``flops="auto"``).
+        self.begin: Callable[..., None] = self.marks.begin
         if flops == "auto":
             self._counter = FirstStepCounter()
+            self.begin = self._begin_counting
         elif isinstance(flops, StepFlops):
             self.flops = flops
         elif flops is not None:
@@ -156,7 +161,11 @@ class TrainingMeter:
         self.peak: Peak | None = None
         self._peak_known = False
         self._train_info: dict[str, Any] = {}
-        self.train_steps = int(self.prior["steps"].get("train", 0))  # steps ended, all segments
+        #: the previous training step's (hook's fields, meter's fields, both merged): the same
+        #: dicts again give the same merged dict, which nothing downstream changes
+        self._merged: tuple[Any, Any, dict[str, Any]] = (None, None, {})
+        self._train_ended = 0  # training steps ended in this segment (one attribute per step)
+        self._train_base = int(self.prior["steps"].get("train", 0))  # before them: see train_steps
         self._t_start = time.monotonic()
         self.forecast = Forecast.for_config(None, tracker.config, _gpus(tracker))
         self._forecast_lock = threading.Lock()  # observed on both threads
@@ -180,12 +189,26 @@ class TrainingMeter:
         if isinstance(sources, list):
             sources.append(self.forecast_estimate)
 
+    @property
+    def train_steps(self) -> int:
+        """Optimizer steps ended so far, all segments (the framework's global step once set)."""
+        return self._train_base + self._train_ended
+
+    @train_steps.setter
+    def train_steps(self, value: int) -> None:
+        self._train_base = value - self._train_ended
+
     # -- the hot path (training thread) ---------------------------------------------------------
-    def begin(self, phase: str = "train") -> None:
-        """Open a step. The first training step is counted when ``flops="auto"``."""
+    def _begin_counting(self, phase: str = "train") -> None:
+        """:attr:`begin` while the first training step is still to be counted (``flops="auto"``)."""
         if phase == "train" and self._counter is not None and not self._counter.active:
             self.start_counting()
         self.marks.begin(phase)
+
+    def _counted(self) -> None:
+        """No FLOPs count pending any more (done, failed or closed): ``begin`` is the marks'."""
+        self._counter = None
+        self.begin = self.marks.begin
 
     def start_counting(self) -> None:
         """Start counting FLOPs now (``flops="auto"``), up to the end of the next training step.
@@ -198,25 +221,36 @@ class TrainingMeter:
         self.close_step(info)
 
     def close_step(self, info: dict[str, Any], then: str | None = None) -> None:
-        """:meth:`end` with the fields in one dict, which this call owns (the hooks' hot path).
-        ``then``: :meth:`begin` a step of that phase where this one ends (the same instant)."""
-        phase = self.marks.open_phase
+        """:meth:`end` with the fields in one dict (the hooks' hot path), never changed here. A
+        hook may pass the same dict at every step, as long as it never changes it: a training
+        step's fields are then merged with the meter's (FLOPs) once, and the tracker checks
+        them for tensors once. ``then``: :meth:`begin` a step of that phase where this one ends
+        (the same instant)."""
+        marks = self.marks
+        phase = marks.open_phase
         if phase is None:
             if then is not None:
                 self.begin(then)
             return
-        self._ended[phase] = self._ended.get(phase, 0) + 1
         if phase == "train":
-            self.train_steps += 1
+            self._train_ended += 1
             if self._counter is not None and self._counter.active:
+                info = dict(info)
                 self._finish_counting(info)
-            if self._train_info:
-                info = {**self._train_info, **info}
+            merged = self._merged
+            if merged[0] is info and merged[1] is self._train_info:
+                info = merged[2]  # the same fields as the previous step: the same dict
+            else:
+                merged = self._merged = (info, self._train_info, {**self._train_info, **info})
+                info = merged[2]
+        else:
+            self._ended[phase] = self._ended.get(phase, 0) + 1
+            info = dict(info)
         if then is not None and self._counter is not None:  # FLOPs counting starts in begin()
-            self.marks.close(info)
+            marks.close(info)
             self.begin(then)
             return
-        self.marks.close(info, then)
+        marks.close(info, then)
 
     def cancel(self) -> None:
         self.marks.cancel()
@@ -226,8 +260,8 @@ class TrainingMeter:
         """Forward a resolved mark to the tracker, with the step's MFU (called by the marks)."""
         if self.peak is not None and t1 > t0:
             flops = info.get("flops")
-            if flops:
-                info["mfu"] = flops / (t1 - t0) / self.peak.flops_per_s
+            if flops:  # a new dict: one step's fields may be the next's too (close_step)
+                info = {**info, "mfu": flops / (t1 - t0) / self.peak.flops_per_s}
         self._tracker_submit(phase, t0, t1, info, timeline)
 
     def submit_window(self, phase: str, t0: float, t1: float, **info: Any) -> None:
@@ -253,8 +287,9 @@ class TrainingMeter:
 
     # -- FLOPs ----------------------------------------------------------------------------------
     def _finish_counting(self, info: dict[str, Any]) -> None:
-        counter, self._counter = self._counter, None
+        counter = self._counter
         assert counter is not None
+        self._counted()
         result = counter.stop()
         if result is None:
             self._counting_failed(counter.error)
@@ -264,7 +299,7 @@ class TrainingMeter:
         self._on_flops_known()
 
     def _counting_failed(self, why: str | None = None) -> None:
-        self._counter = None
+        self._counted()
         msg = f"FLOPs of the first step could not be counted ({why}); no FLOPs or MFU recorded"
         log.warning("greentrack: %s", msg)
         self._event("warning", "flops", msg)
@@ -332,7 +367,7 @@ class TrainingMeter:
     # -- figures that need every step of a phase (evaluation ends) ------------------------------
     def ended(self, phase: str) -> int:
         """Steps of ``phase`` ended in this segment (resolved or not)."""
-        return self._ended.get(phase, 0)
+        return self._train_ended if phase == "train" else self._ended.get(phase, 0)
 
     def settle(self, phase: str, timeout_s: float = SETTLE_S) -> bool:
         """Wait until every ended step of ``phase`` has come back resolved, at most ``timeout_s``,
@@ -440,7 +475,7 @@ class TrainingMeter:
         """Resolve what is pending (waiting for the GPU by polling), then stop the tracker."""
         if self._counter is not None and self._counter.active:
             self._counter.stop()
-            self._counter = None
+            self._counted()
         try:
             left = self.marks.drain(timeout_s)
             if left:

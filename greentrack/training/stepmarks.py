@@ -62,7 +62,6 @@ class StepMarks:
         #: every step)
         self.open_phase: str | None = None
         self._pending: deque[tuple[str, float, Any, float, Any, dict[str, Any]]] = deque()
-        self.submitted = 0
         engine = self._engine = getattr(tracker, "engine", None)
         if engine is not None:  # keep the readings of a step as long as it is open or pending
             engine.holds.append(self._earliest)
@@ -129,21 +128,22 @@ class StepMarks:
         """:meth:`end` with the fields in one dict, which this call owns (the meter's hot path).
         ``then``: open a step of that phase where this one ends (one clock read: back-to-back
         steps are contiguous, whatever the scheduler does between two reads)."""
-        opened, self._open = self._open, None
+        opened = self._open
         if opened is None:
             if then is not None:
                 self.begin(then)
             return
-        self.open_phase = None
         phase, h0, ev0 = opened
         if self._cuda is None:
-            self.submitted += 1
             h1 = self._clock()
-            if then is not None:
+            if then is None:
+                self._open = self.open_phase = None
+            else:
                 self._open = (then, h1, None)
                 self.open_phase = then
             self._submit(phase, h0, h1, info, "host")
             return
+        self._open = self.open_phase = None
         ev1 = self._event()
         h1 = self._clock()
         ev1.record(self._cuda.current_stream(self._device))
@@ -168,7 +168,6 @@ class StepMarks:
             d1 = self._base.elapsed_time(ev1) / 1000.0
             self._bound(h0, d0)
             self._bound(h1, d1)
-            self.submitted += 1
             self._submit(phase, self._g0 + d0, self._g0 + d1, info, "gpu")
             self._recycle(ev0)
             if d1 > REBASE_AFTER_S and not self._pending:
