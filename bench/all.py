@@ -50,6 +50,7 @@ BENCHES = (
     Bench("report_scale.py", "reports of a 7-day, 8-GPU run", quick=("--repeat", "1")),
     Bench("inventory_scale.py", "inventory of a year of 10,000 runs", quick=("--repeat", "1")),
     Bench("sampling_defaults.py", "GPU energy accuracy on a replay of H100 NVML behaviour"),
+    Bench("idle_steps.py", "the first steps after an idle gap: the idle cadence's price, the wake"),
 )
 
 
