@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 
 from greentrack.carbon.runs import run_footprint
 from greentrack.common.codecarbon_data import emissions_csv_columns
+from greentrack.common.errors import ConfigError
 from greentrack.reports.inventory import inventory
 from greentrack.reports.inventory_input import parse_budget, parse_period
 from greentrack.reports.inventory_text import INDENTED_RUNS, energy, json_of, long_rows, mass
@@ -550,3 +551,41 @@ def test_data_quality_lists_running_and_incomplete_runs_with_their_directories(
     text = markdown(doc)
     assert f"- Runs still running: 1\n  - `{tmp_path / 'going'}` (going)\n" in text
     assert f"- Runs incomplete or failed: 1\n  - `{tmp_path / 'died'}` (died)\n" in text
+
+
+def test_the_long_format_in_parquet_is_the_csvs_rows(tmp_path: Path,
+                                                     q2q3: dict[str, dict[str, Any]]) -> None:
+    """``--format parquet``: the long CSV's rows and columns, numbers as float64 and text as
+    strings, a blank as null (what pandas, DuckDB or Spark load, typed)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from greentrack.reports.inventory_text import write
+    doc = q2q3["2026-04..2026-09"]
+    write(doc, ["csv", "parquet"], tmp_path)
+    table = pq.read_table(tmp_path / "inventory-long.parquet")
+    long = list(csv.DictReader((tmp_path / "inventory-long.csv").open(encoding="utf-8")))
+    assert table.column_names == list(long[0])
+    assert str(table.schema.field("it_kwh").type) == "double"
+    assert str(table.schema.field("run_id").type) == "string"
+    got = table.to_pylist()
+    assert len(got) == len(long) > 0
+    for g, row in zip(got, long):
+        for k, v in row.items():
+            if v == "":
+                assert g[k] is None, (k, g)
+            elif isinstance(g[k], float):
+                assert close(g[k], float(v)), (k, g[k], v)
+            else:
+                assert g[k] == v, (k, g[k], v)
+
+
+def test_parquet_without_pyarrow_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from greentrack.cli.inventory import _formats
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    with pytest.raises(ConfigError) as e:
+        _formats("csv,parquet")
+    assert "pip install 'greentrack[parquet]'" in str(e.value) and "\n" not in str(e.value)
+    assert _formats("json,csv") == ["json", "csv"]

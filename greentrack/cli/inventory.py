@@ -8,6 +8,7 @@ and what is allowed (exit 2), before any run is read.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from greentrack.common.files import staged_dir
 from greentrack.common.text import printable
 from greentrack.reports.inventory import DIMENSIONS, inventory
 from greentrack.reports.inventory_input import parse_budget, parse_period
-from greentrack.reports.inventory_text import FILES, write
+from greentrack.reports.inventory_text import FILES, OPTIONAL, write
 
 
 def add_inventory(sub: Any) -> None:
@@ -46,8 +47,9 @@ def add_inventory(sub: Any) -> None:
                           "source, never added to the measured totals (repeatable)")
     inv.add_argument("--format", dest="inv_format", default="json,md,html,csv",
                      metavar="FMT,...",
-                     help="comma list of json, md, html, csv (default all; csv writes the "
-                          "breakdowns and the long format: one row per run x month)")
+                     help="comma list of json, md, html, csv, parquet (default json, md, html, "
+                          "csv; csv writes the breakdowns and the long format: one row per run x "
+                          "month; parquet the long format, with pyarrow installed)")
     inv.add_argument("--jobs", type=int, default=None, metavar="N",
                      help="processes reading the runs (default: the CPUs this process may use, "
                           "at most 8; one for fewer than 200 runs a process)")
@@ -61,6 +63,11 @@ def _formats(text: str) -> list[str]:
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if not names or any(n not in FILES for n in names):
         raise ConfigError("--format", text, f"must be a comma list of {', '.join(FILES)}")
+    for name in names:
+        library = OPTIONAL.get(name)
+        if library is not None and importlib.util.find_spec(library) is None:
+            raise ConfigError("--format", text, f"{name} needs {library}: pip install "
+                              f"'greentrack[{name}]' (or leave {name} out)")
     return list(dict.fromkeys(names))
 
 

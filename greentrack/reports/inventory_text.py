@@ -23,7 +23,9 @@ from greentrack.reports.to_csv import cell
 
 #: the inventory's output formats (``--format``) and the files each writes
 FILES = {"json": ("inventory.json",), "md": ("inventory.md",), "html": ("inventory.html",),
-         "csv": ("inventory.csv", "inventory-long.csv")}
+         "csv": ("inventory.csv", "inventory-long.csv"), "parquet": ("inventory-long.parquet",)}
+#: formats written only when their library is installed (``pip install 'greentrack[parquet]'``)
+OPTIONAL = {"parquet": "pyarrow"}
 #: the long-format export's columns (besides one per ``--by`` label key)
 LONG = ("source", "run_id", "run_dirs", "status", "month", "hosts", "country", "it_kwh",
         "facility_kwh", "location_g", "market_g", "market_or_location_g", "cost", "currency",
@@ -295,6 +297,34 @@ def long_csv(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+#: the long format's columns that hold numbers (the rest are text; a blank is null)
+_LONG_NUMBERS = frozenset({"it_kwh", "facility_kwh", "location_g", "market_g",
+                           "market_or_location_g", "cost", "gpu_hours", "measured_kwh",
+                           "estimated_kwh", "pue"})
+
+
+def long_parquet(doc: dict[str, Any], path: Path) -> None:
+    """The long format as Parquet (Apache Arrow's writer, pyarrow: imported here, as only this
+    format needs it): the CSV's rows and columns, numbers as float64, text as strings, a blank
+    as null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = [*LONG, *(f"label_{k}" for k in doc["by"])]
+    rows = long_rows(doc)
+
+    def value(row: dict[str, Any], c: str) -> Any:
+        v = row.get(c)
+        if v is None or v == "":
+            return None
+        return float(v) if c in _LONG_NUMBERS else str(v)
+
+    table = pa.table({c: pa.array([value(r, c) for r in rows],
+                                  pa.float64() if c in _LONG_NUMBERS else pa.string())
+                      for c in cols})
+    pq.write_table(table, path)
+
+
 #: an inventory of more runs than this is written as compact JSON (one line)
 INDENTED_RUNS = 1000
 
@@ -318,10 +348,13 @@ def write(doc: dict[str, Any], formats: list[str], out_dir: Path) -> list[Path]:
     for fmt in formats:
         for name in FILES[fmt]:
             path = out_dir / name
-            path.write_text(render[name](doc), encoding="utf-8")
+            if name.endswith(".parquet"):
+                long_parquet(doc, path)
+            else:
+                path.write_text(render[name](doc), encoding="utf-8")
             written.append(path)
     return written
 
 
-__all__ = ["FILES", "LONG", "breakdown_csv", "chart", "count", "energy", "html", "long_csv", "long_rows",
+__all__ = ["FILES", "LONG", "OPTIONAL", "long_parquet", "breakdown_csv", "chart", "count", "energy", "html", "long_csv", "long_rows",
            "markdown", "mass", "methodology", "write"]
