@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"global_step": trainer.state.global_step, "run_id": s["run_id"],
                           "energy_j": s["energy_j"], "steps_by_phase": s["steps_by_phase"],
                           "stores": s["stores"]}))
+    # Under torchrun the Trainer leaves its process group to the interpreter's exit; PyTorch asks
+    # for destroy_process_group() at the end of a job (https://pytorch.org/docs/stable/distributed.html#shutdown):
+    # beside 4 busy loops a rank left without it aborted at exit ("terminate called without an
+    # active exception", exit -6) after its work and its tracker had finished.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
