@@ -557,7 +557,7 @@ def test_the_long_format_in_parquet_is_the_csvs_rows(tmp_path: Path,
                                                      q2q3: dict[str, dict[str, Any]]) -> None:
     """``--format parquet``: the long CSV's rows and columns, numbers as float64 and text as
     strings, a blank as null (what pandas, DuckDB or Spark load, typed)."""
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq  # a dev dependency: missing, this fails (never skips)
     from greentrack.reports.inventory_text import write
     doc = q2q3["2026-04..2026-09"]
     write(doc, ["csv", "parquet"], tmp_path)

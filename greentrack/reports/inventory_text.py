@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.text import finite, json_text, md_escape, printable
+from greentrack.common.units import ENERGY_UNITS, J_PER_KWH, energy_text, unit_for
 from greentrack.reports import svg
 from greentrack.reports.inventory_input import Period
 from greentrack.reports.to_csv import cell
@@ -33,12 +34,8 @@ LONG = ("source", "run_id", "run_dirs", "status", "month", "hosts", "country", "
 
 
 def energy(kwh: float) -> str:
-    """Energy in the unit that reads best: Wh under 1 kWh, kWh, MWh from 1000 kWh, GWh."""
-    a = abs(kwh)
-    for unit, scale in (("GWh", 1e6), ("MWh", 1e3), ("kWh", 1.0)):
-        if a >= scale:
-            return f"{kwh / scale:.4g} {unit}"
-    return f"{kwh * 1000.0:.4g} Wh"
+    """Energy in the unit that reads best, as every report writes it (mWh, Wh, kWh, MWh)."""
+    return energy_text(kwh * J_PER_KWH, 4)
 
 
 def mass(g: float) -> str:
@@ -187,11 +184,9 @@ def chart(doc: dict[str, Any]) -> str:
     """Facility energy by month: a bar per month of the period, in the unit of the largest."""
     months = {m["value"]: m["facility_kwh"] for m in doc["breakdowns"]["month"]}
     labels = [label for label, _, _ in _month_edges(doc)]
-    top = max(months.values(), default=0.0)
-    scale, unit = next(((s, u) for s, u in ((1e6, "GWh"), (1e3, "MWh"), (1.0, "kWh"))
-                        if top >= s), (1e-3, "Wh"))
+    unit, per = unit_for(max(months.values(), default=0.0) * J_PER_KWH, ENERGY_UNITS)
     return svg.bars("Facility energy by month", labels,
-                    [months.get(label, 0.0) / scale for label in labels], unit)
+                    [months.get(label, 0.0) * J_PER_KWH / per for label in labels], unit)
 
 
 def _month_edges(doc: dict[str, Any]) -> list[tuple[str, float, float]]:
