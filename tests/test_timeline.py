@@ -92,3 +92,33 @@ def test_sample_buckets_hold_only_what_was_read(tmp_path: Path, first: float, re
         if nxt is not None:
             assert nxt[0] == pytest.approx(t + dt, abs=1e-9)  # contiguous
             assert (t + dt) / res == pytest.approx(round((t + dt) / res), abs=1e-6)  # on the grid
+
+
+class _Span:
+    def __init__(self, t0: float, t1: float) -> None:
+        self.t0, self.t1 = t0, t1
+
+
+_STEPS = st.lists(st.tuples(st.floats(1e-4, 2.0), st.floats(0.0, 500.0)), min_size=0, max_size=40)
+_TIMES = st.floats(-1.0, 30.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS, spans=st.lists(st.tuples(_TIMES, _TIMES), max_size=60),
+       decrease=st.booleans())
+def test_steps_between_gives_each_spans_clamped_between(steps: list[tuple[float, float]],
+                                                        spans: list[tuple[float, float]],
+                                                        decrease: bool) -> None:
+    """The engine resolves every step of a channel in one pass (issue 25); each figure is the
+    exact float ``max(0, between(t0, t1))`` gives: inside, across and outside the timeline,
+    reversed spans, and a counter that went back (zero for a step, as before)."""
+    tl, t, e = Timeline(), 0.0, 0.0
+    points = []
+    for dt, de in steps:
+        t, e = t + dt, e + de
+        points.append((t, e))
+    if decrease and points:
+        points.append((t + 1.0, e - 3.0))
+    tl.extend(points)
+    got = tl.steps_between([_Span(a, b) for a, b in spans])
+    assert got == [max(0.0, tl.between(a, b)) for a, b in spans]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from greentrack.samplers.base import Channel, Point
 
@@ -82,6 +82,38 @@ class Timeline:
         a, b = self.at(t0), self.at(t1)
         d = b - a
         return 0.0 if -1e-9 * max(1.0, abs(a), abs(b)) <= d < 0.0 else d
+
+    def steps_between(self, spans: list[Any]) -> list[float]:
+        """``max(0, between(s.t0, s.t1))`` for each span, in one pass: the sampler thread
+        resolves every step of every channel here (at 500 steps a second, a call per boundary
+        was most of its CPU, issue 25). The same arithmetic as :meth:`at`, so the same floats."""
+        t, e = self.t, self.e
+        if not t:
+            return [0.0] * len(spans)
+        t_first, t_last, e_first, e_last = t[0], t[-1], e[0], e[-1]
+        bisect_left = bisect.bisect_left
+        out = []
+        for span in spans:
+            a, b = span.t0, span.t1
+            if a <= t_first:
+                ea = e_first
+            elif a >= t_last:
+                ea = e_last
+            else:
+                i = bisect_left(t, a)
+                ta, ei = t[i - 1], e[i - 1]
+                ea = ei + (e[i] - ei) * (a - ta) / (t[i] - ta)
+            if b <= t_first:
+                eb = e_first
+            elif b >= t_last:
+                eb = e_last
+            else:
+                i = bisect_left(t, b)
+                ta, ei = t[i - 1], e[i - 1]
+                eb = ei + (e[i] - ei) * (b - ta) / (t[i] - ta)
+            d = eb - ea
+            out.append(d if d > 0.0 else 0.0)
+        return out
 
     def prune(self, before: float) -> None:
         while len(self.t) > 2 and self.t[1] < before:

@@ -621,16 +621,14 @@ class Engine:
         live = [st for st in self.states if st.status != "lost"]
         horizon = min((st.timeline.until or float("-inf") for st in live), default=float("inf"))
         waiting, self._waiting = self._waiting, []
-        for i, span in enumerate(waiting):
+        ready = []
+        for span in waiting:
             if not final and (span.t1 > horizon or span.pending()):
                 self._waiting.append(span)
-                continue
-            try:  # one step that cannot be attributed never holds back (or repeats) the others
-                self._resolve(span, partial=span.t1 > horizon)
-            except Exception as e:  # noqa: BLE001
-                self.errors += 1
-                self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
-                           f"recorded: {type(e).__name__}: {e}")
+            else:
+                ready.append(span)
+        if ready:
+            self._resolve(ready, horizon)
         self.records.attribute(final, horizon, self._energy_at, self.origin)
         res = self.config.resolution_s
         held = [s.t0 for s in self._waiting] + self.records.held()
@@ -663,36 +661,63 @@ class Engine:
                 st.next_bucket = until
             st.timeline.prune(min([st.next_bucket] + held) - RETAIN_S)
 
-    def _resolve(self, span: StepSpan, partial: bool) -> None:
-        counts, extra = self.cleaner.clean(span)
-        phase = span.phase if type(span.phase) is str and len(span.phase) <= 64 \
-            else phase_name(span.phase)
-        by_kind = {"gpu": 0.0, "cpu": 0.0, "dram": 0.0}
-        present = set()
-        n_gpus = 0
-        for st in self.states:
-            tl = st.timeline
-            if not tl.t:
-                continue
-            present.add(st.kind)
-            by_kind[st.kind] += max(0.0, tl.between(span.t0, span.t1))
-            n_gpus += st.kind == "gpu"
-        duration = max(0.0, span.t1 - span.t0)
-        if partial:
-            extra["partial"] = True
-        row = StepRow(span.idx, phase, span.t0 - self.origin, span.t1 - self.origin, duration,
-                      by_kind["gpu"] if "gpu" in present else None,
-                      by_kind["cpu"] if "cpu" in present else None,
-                      by_kind["dram"] if "dram" in present else None,
-                      duration * n_gpus, counts["flops"], counts["samples"], counts["tokens"],
-                      span.timeline, extra, span.n)
-        self._writer.add_step(row)
-        self.tally.observe(row)
-        for listener in list(self.step_listeners):
+    def _resolve(self, spans: list[StepSpan], horizon: float) -> None:
+        """Record resolved steps: each channel's joules for all of them in one pass
+        (:meth:`Timeline.steps_between`), then a row per step, stored, tallied and handed to the
+        listeners as a batch. One step that cannot be attributed never holds back (or repeats)
+        the others."""
+        states = [st for st in self.states if st.timeline.t]
+        columns: dict[str, list[list[float]]] = {}
+        for st in states:
             try:
-                listener(row)
-            except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
-                self.event("warning", "listener-error", f"step listener failed: {e}")
+                joules = st.timeline.steps_between(spans)
+            except Exception:  # noqa: BLE001 - an odd span: each is tried alone below
+                joules = [math.nan] * len(spans)
+            columns.setdefault(st.kind, []).append(joules)
+        # a kind's joules per step: its channels summed (None: no channel of that kind)
+        by_kind = {kind: cols[0] if len(cols) == 1 else [sum(v) for v in zip(*cols)]
+                   for kind, cols in columns.items()}
+        gpu, cpu, dram = by_kind.get("gpu"), by_kind.get("cpu"), by_kind.get("dram")
+        n_gpus = sum(st.kind == "gpu" for st in states)
+        origin, clean, rows = self.origin, self.cleaner.clean, []
+        for i, span in enumerate(spans):
+            try:
+                counts, extra = clean(span)
+                phase = span.phase if type(span.phase) is str and len(span.phase) <= 64 \
+                    else phase_name(span.phase)
+                g, c, d = (gpu[i] if gpu else None, cpu[i] if cpu else None,
+                           dram[i] if dram else None)
+                if g != g or c != c or d != d:  # NaN: the batch failed on this span, alone now
+                    g, c, d = self._joules_of(span, states)
+                duration = max(0.0, span.t1 - span.t0)
+                if span.t1 > horizon:
+                    extra["partial"] = True
+                rows.append(StepRow(span.idx, phase, span.t0 - origin, span.t1 - origin,
+                                    duration, g, c, d, duration * n_gpus, counts["flops"],
+                                    counts["samples"], counts["tokens"], span.timeline, extra,
+                                    span.n))
+            except Exception as e:  # noqa: BLE001
+                self.errors += 1
+                self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
+                           f"recorded: {type(e).__name__}: {e}")
+        self._writer.add_steps(rows)
+        self.tally.observe_many(rows)
+        for listener in list(self.step_listeners):
+            for row in rows:
+                try:
+                    listener(row)
+                except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
+                    self.event("warning", "listener-error", f"step listener failed: {e}")
+
+    @staticmethod
+    def _joules_of(span: StepSpan, states: list[ChannelState]
+                   ) -> tuple[float | None, float | None, float | None]:
+        """One step's joules by kind, channel by channel (a span the batch could not take)."""
+        by_kind: dict[str, float] = {}
+        for st in states:
+            by_kind[st.kind] = by_kind.get(st.kind, 0.0) + max(
+                0.0, st.timeline.between(span.t0, span.t1))
+        return by_kind.get("gpu"), by_kind.get("cpu"), by_kind.get("dram")
 
     def _energy_at(self, t: float) -> float:
         """Cumulative energy of every channel at ``t``."""

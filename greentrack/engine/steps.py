@@ -52,8 +52,14 @@ class StepSpan:
 
     def pending(self) -> bool:
         """A CUDA value of this step is still on its way to the host."""
-        return any(stepvalues.pending(v) for v in (self.flops, self.samples, self.tokens)) or \
-            any(stepvalues.pending(v) for v in self.extra.values())
+        for v in (self.flops, self.samples, self.tokens):
+            if v is not None and type(v) not in _PLAIN and stepvalues.pending(v):
+                return True
+        return bool(self.extra) and any(stepvalues.pending(v) for v in self.extra.values())
+
+
+#: Values that are never pending (the common case, answered without a call).
+_PLAIN = frozenset({float, int})
 
 
 #: What :class:`PhaseTally` sums per phase: steps, joules (all kinds; GPU and how many rows had a
@@ -75,23 +81,29 @@ class PhaseTally:
         self._sums: dict[str, dict[str, float]] = {}
 
     def observe(self, row: StepRow) -> None:
-        flops = row.flops or 0.0
+        self.observe_many([row])
+
+    def observe_many(self, rows: list[StepRow]) -> None:
         with self._lock:
-            phase = row.phase
-            if phase not in self._sums and len(self._sums) >= MAX_TALLY_PHASES:
-                phase = "other"
-            s = self._sums.get(phase)
-            if s is None:
-                s = self._sums[phase] = dict.fromkeys(PHASE_SUMS, 0.0)
-            s["n"] += row.n
-            s["energy_j"] += row.energy_j
-            s["gpu_j"] += row.gpu_j or 0.0
-            s["gpu_n"] += row.gpu_j is not None
-            s["duration_s"] += row.duration_s
-            s["flops"] += flops
-            s["flops_s"] += row.duration_s if flops else 0.0
-            s["samples"] += row.samples or 0.0
-            s["tokens"] += row.tokens or 0.0
+            for row in rows:
+                flops = row.flops or 0.0
+                phase = row.phase
+                s = self._sums.get(phase)
+                if s is None:
+                    if len(self._sums) >= MAX_TALLY_PHASES:
+                        phase = "other"
+                    s = self._sums.get(phase)
+                    if s is None:
+                        s = self._sums[phase] = dict.fromkeys(PHASE_SUMS, 0.0)
+                s["n"] += row.n
+                s["energy_j"] += row.energy_j
+                s["gpu_j"] += row.gpu_j or 0.0
+                s["gpu_n"] += row.gpu_j is not None
+                s["duration_s"] += row.duration_s
+                s["flops"] += flops
+                s["flops_s"] += row.duration_s if flops else 0.0
+                s["samples"] += row.samples or 0.0
+                s["tokens"] += row.tokens or 0.0
 
     def phases(self) -> dict[str, dict[str, float]]:
         """Every phase's sums, copied (in the order phases first appeared)."""
@@ -165,10 +177,11 @@ class StepQueue:
         """Every step submitted so far, as spans (sampler thread)."""
         with self._lock:
             self._release_overflow()
-        out = []
-        while self._spans:
-            span = self._spans.popleft()
-            out.append(span if isinstance(span, StepSpan) else span_of(span))
+        out: list[StepSpan] = []
+        popleft, spans = self._spans.popleft, self._spans
+        while spans:
+            span = popleft()
+            out.append(span_of(span) if type(span) is tuple else span)  # type: ignore[arg-type]
         return out
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +147,14 @@ class StoreWriter:
         self._queue("INSERT OR REPLACE INTO samples VALUES (?,?,?,?)", (channel_id, t, dt, energy_j))
 
     def add_step(self, row: StepRow) -> None:
-        self._queue(
-            "INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
-            "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (row.idx, row.phase, row.t0, row.t1, row.duration_s, row.gpu_j, row.cpu_j, row.dram_j,
-             row.gpu_seconds, row.flops, row.samples, row.tokens, row.timeline,
-             _json(row.extra or {}), row.n))
+        self.add_steps([row])
+
+    def add_steps(self, rows: list[StepRow]) -> None:
+        """Queue step rows (one lock for the batch; an empty ``extra`` needs no JSON encoder)."""
+        queued = [(_ADD_STEP, (*row[:13], _json(row.extra) if row.extra else "{}", row.n))
+                  for row in rows]
+        with self._lock:
+            self._pending += queued
 
     def add_metric(self, t: float, step: int | None, name: str, value: float,
                    energy_j: float) -> None:
@@ -186,13 +191,20 @@ class StoreWriter:
         rejected: list[str] = []
         try:
             with self._transaction():
-                for sql, args in batch:
-                    try:
-                        self._conn.execute(sql, args)
-                    except sqlite3.OperationalError:
-                        raise  # the database, not the row: keep the batch for a retry
-                    except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
-                        rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
+                k = 0
+                while k < len(batch):  # runs of one statement in one call (a step's rows, ...)
+                    sql, m = batch[k][0], k + 1
+                    while m < len(batch) and batch[m][0] == sql:
+                        m += 1
+                    if m - k == 1 or not self._run_of(sql, batch[k:m]):
+                        for _, args in batch[k:m]:  # one at a time: set aside what SQLite refuses
+                            try:
+                                self._conn.execute(sql, args)
+                            except sqlite3.OperationalError:
+                                raise  # the database, not the row: keep the batch for a retry
+                            except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+                                rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
+                    k = m
                 if rejected:
                     self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                        ("rows_rejected", str(self.rows_rejected + len(rejected))))
@@ -210,6 +222,42 @@ class StoreWriter:
                 if len(self._pending) > 200_000:  # bounded: drop oldest samples, keep the rest
                     self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
             raise RunStoreError(f"store {self.path.name}: {e}") from e
+
+    def _run_of(self, sql: str, rows: list[tuple[str, tuple[Any, ...]]]) -> bool:
+        """Execute a run of one statement, inside a savepoint; False (and nothing written) if
+        SQLite refused a row, for the caller to find it row by row. A failure of the database
+        itself raises.
+
+        An ``INSERT ... VALUES (?,...)`` goes as multi-row inserts of up to 128 rows: Python's
+        sqlite3 lets go of the GIL at each statement it steps, and takes it back after, so row
+        by row, beside a training thread that holds the GIL (a Python-bound loop), each row
+        waited out the interpreter's switch interval: 500 step rows kept the sampler thread in
+        one commit for 0.8 s and cost the training thread a GIL hand-over each (issue 25)."""
+        args = [row for _, row in rows]
+        multi = _multi_row(sql)
+        width = multi[2] if multi else 0
+        self._conn.execute("SAVEPOINT run_of")
+        try:
+            if multi is None or any(len(row) != width for row in args):
+                self._conn.executemany(sql, args)
+            else:
+                head, one, _ = multi
+                most = max(1, min(128, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                                  // width))
+                k = 0
+                while k < len(args):
+                    size = min(most, 1 << ((len(args) - k).bit_length() - 1))  # few statements
+                    self._conn.execute(head + ",".join([one] * size),
+                                       list(chain.from_iterable(args[k:k + size])))
+                    k += size
+        except sqlite3.OperationalError:
+            raise
+        except (sqlite3.Error, ValueError, TypeError, OverflowError):
+            self._conn.execute("ROLLBACK TO run_of")
+            return False
+        finally:
+            self._conn.execute("RELEASE run_of")
+        return True
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -238,6 +286,20 @@ class StoreWriter:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
             pass
+
+
+_VALUES = re.compile(r"(INSERT\b.*\bVALUES\s*)(\(\?(?:\s*,\s*\?)*\))\s*", re.S)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(sql: str) -> tuple[str, str, int] | None:
+    """``(head, "(?,...)", width)`` of an ``INSERT ... VALUES (?,...)``, else None."""
+    m = _VALUES.fullmatch(sql)
+    return None if m is None else (m.group(1), m.group(2), m.group(2).count("?"))
+
+
+_ADD_STEP = ("INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
+             "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,146 @@
+"""What the sampler thread commits goes to SQLite in few statements, row for row.
+
+Python's sqlite3 lets go of the GIL at every statement it steps and takes it back after. Beside a
+training thread that holds the GIL (a Python-bound loop: Lightning's ~1 ms steps), each take-back
+waits out the interpreter's switch interval: a commit of 500 step rows, one statement each, kept
+the sampler thread 0.8 s in one flush and handed the GIL back and forth 500 times (issue 25).
+Runs of one ``INSERT ... VALUES`` now go as multi-row inserts; what SQLite refuses is still found
+row by row and set aside, the rest committed. The engine resolves a batch of steps per channel in
+one pass; a step that pass cannot take is tried alone, the others kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from greentrack.common.config import Config
+from greentrack.engine.engine import Engine
+from greentrack.engine.steps import StepSpan
+from greentrack.samplers._nvml import open_gpus
+from greentrack.store import StoreReader, StoreWriter, prepare_run_dir
+from greentrack.store.layout import StepRow
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+
+ROW = StepRow(0, "train", 0.0, 1.0, 1.0, 2.5, 1.0, None, 1.0, None, 256.0, None, "host", {})
+
+
+def _statements(writer: StoreWriter) -> list[str]:
+    """The statements the writer's connection runs (a trigger's run is traced as its statement
+    again, once per row: repeats in a row are one statement)."""
+    seen: list[str] = []
+    writer._conn.set_trace_callback(lambda sql: None if seen and seen[-1] == sql else
+                                    seen.append(sql))
+    return seen
+
+
+def test_a_thousand_steps_commit_in_a_few_statements(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path, 0, {"run_id": "r"})
+    seen = _statements(w)
+    w.add_steps([ROW._replace(idx=i, t0=float(i), t1=i + 0.5) for i in range(1000)])
+    for i in range(300):
+        w.add_sample(1, float(i), 1.0, 0.5)
+    w.flush()
+    w.close()
+    ours = [s for s in seen if not s.startswith("--")]
+    # 1000 = 7 x 128 + 64 + 32 + 8 and 300 = 2 x 128 + 32 + 8 + 4, BEGIN, COMMIT, savepoints;
+    # one statement per row before: 1,300 hand-overs of the GIL in one commit
+    assert len(ours) <= 30, len(ours)
+    r = StoreReader(w.path)
+    assert [s["idx"] for s in r.steps()] == list(range(1000))
+    assert len(r.samples()) == 300
+
+
+_ROWS = st.lists(st.one_of(
+    st.tuples(st.just("step"), st.integers(0, 10**6), st.sampled_from(["ok", "bad_samples",
+                                                                       "huge_tokens", "nan_extra"])),
+    st.tuples(st.just("sample"), st.integers(0, 10**6), st.just("ok")),
+    st.tuples(st.just("meta"), st.integers(0, 5), st.just("ok")),
+    st.tuples(st.just("event"), st.integers(0, 10**6), st.just("ok"))), max_size=400)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_ROWS)
+def test_every_row_reads_back_and_only_what_sqlite_refuses_is_set_aside(
+        tmp_path_factory: Any, rows: list[tuple[str, int, str]]) -> None:
+    w = StoreWriter(tmp_path_factory.mktemp("store"), 0, {"run_id": "r"})
+    want_steps, want_samples, want_events, want_meta, refused = [], {}, [], {}, 0
+    for n, (kind, key, how) in enumerate(rows):
+        if kind == "step":
+            row = ROW._replace(idx=n, t0=float(key), extra={"k": key})
+            if how == "bad_samples":
+                row, refused = row._replace(samples=object()), refused + 1  # cannot be bound
+            elif how == "huge_tokens":
+                row, refused = row._replace(tokens=2**70), refused + 1  # beyond SQLite's INTEGER
+            elif how == "nan_extra":
+                row = row._replace(extra={"x": math.nan})  # stored as null, not refused
+                want_steps.append((n, {"x": None}))
+            else:
+                want_steps.append((n, {"k": key}))
+            w.add_step(row)
+        elif kind == "sample":
+            w.add_sample(1, float(key), 1.0, key / 7.0)
+            want_samples[float(key)] = key / 7.0  # INSERT OR REPLACE: the last one stays
+        elif kind == "meta":
+            w.set_meta({f"m{key}": n})
+            want_meta[f"m{key}"] = n
+        else:
+            w.add_event(float(key), "info", "note", f"event {n}")
+            want_events.append(f"event {n}")
+    w.flush()
+    w.close()
+    r = StoreReader(w.path)
+    assert [(s["idx"], json.loads(s["extra"])) for s in r.steps()] == want_steps
+    assert {s["t"]: s["energy_j"] for s in r.samples()} == want_samples
+    assert [e["message"] for e in r.events() if e["kind"] == "note"] == want_events
+    assert {k: r.meta[k] for k in want_meta} == want_meta
+    assert r.meta.get("rows_rejected", 0) == refused
+
+
+def _engine(tmp_path: Path) -> tuple[Engine, StoreWriter]:
+    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
+    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
+    config = Config(run_dir=tmp_path / "run", resolution_s=1.0)
+    run_id = prepare_run_dir(config.run_dir)
+    writer = StoreWriter(config.run_dir, 0, {"run_id": run_id, "settings": config.as_dict()})
+    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+    engine.states[0].timeline.extend([(0.0, 0.0), (10.0, 1000.0)])  # 100 W
+    engine.states[0].next_bucket = 0.0
+    return engine, writer
+
+
+def test_a_step_the_batch_cannot_take_is_tried_alone_and_the_rest_recorded(tmp_path: Path
+                                                                           ) -> None:
+    engine, writer = _engine(tmp_path)
+    bad: Any = "not a time"
+    for span in (StepSpan(0, "train", 1.0, 2.0), StepSpan(1, "train", bad, 3.0),
+                 StepSpan(2, "train", 3.0, 4.5)):
+        engine.steps.submit(span)
+    engine._attribute(final=True)
+    engine._flush()
+    writer.close()
+    r = StoreReader(writer.path)
+    assert [(s["idx"], s["gpu_j"]) for s in r.steps()] == [(0, 100.0), (2, 150.0)]
+    assert [e["message"][:14] for e in r.events() if e["kind"] == "internal-error"] == [
+        "step train#1 n"]
+    assert engine.tally.phase("train")["n"] == 2
+
+
+def test_steps_resolved_in_a_batch_are_what_each_resolved_alone_gives(tmp_path: Path) -> None:
+    engine, writer = _engine(tmp_path)
+    cpu = engine.states[0]
+    spans = [StepSpan(i, "train", 0.37 * i - 0.5, 0.37 * i + 0.2) for i in range(40)]
+    for span in spans:
+        engine.steps.submit(span)
+    engine._attribute(final=True)
+    engine._flush()
+    writer.close()
+    got = [s["gpu_j"] for s in StoreReader(writer.path).steps()]
+    assert got == [max(0.0, cpu.timeline.between(s.t0, s.t1)) for s in spans]
+    assert sqlite3.connect(writer.path).execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 40
