@@ -419,3 +419,59 @@ def test_the_trainers_metrics_are_read_at_its_logging_cadence_only(no_host_env: 
         points = metric_points(r, "train_loss")
     # each logging step's value, recorded at that step: the value logged just before it
     assert [(p.step, p.value) for p in points] == [(s, float(s - 1)) for s in (5, 10, 15, 20)]
+
+
+def test_lightning_dispatches_only_the_hooks_the_callback_uses(no_host_env: Path,
+                                                               tmp_path: Path) -> None:
+    """Issue 25: Lightning dispatched all six per-step hooks to the callback (a profiler
+    context and an f-string each, ~5 us a hook on this VM), three of them inherited no-ops.
+    Where its dispatcher skips an attribute that is not callable (tried, not assumed), those
+    three are not dispatched at all; a subclass's own hook still is; a dispatcher that would
+    call them keeps them."""
+    from lightning.pytorch.trainer import call
+
+    from greentrack.integrations import lightning as gl
+
+    dispatched: list[str] = []
+    real = call._call_callback_hooks
+
+    def counting(trainer_: Any, hook_name: str, *args: Any, **kwargs: Any) -> Any:
+        for cb in trainer_.callbacks:
+            if isinstance(cb, GreenTrackCallback) and callable(getattr(cb, hook_name, None)):
+                dispatched.append(hook_name)
+        return real(trainer_, hook_name, *args, **kwargs)
+
+    class Own(GreenTrackCallback):
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            dispatched.append("own")
+
+    ours = GreenTrackCallback(tmp_path / "a", progress_every_s=None, **FAST)
+    own = Own(tmp_path / "b", progress_every_s=None, **FAST)
+    call._call_callback_hooks = counting
+    try:
+        trainer(tmp_path, [ours], False, limit_val_batches=0, max_steps=4).fit(
+            Tiny(), data(8 * BATCH))
+        steps = len([r for r in rows(tmp_path / "a") if r["phase"] == "train"])
+        assert steps == 4
+        assert not set(gl.UNUSED_STEP_HOOKS) & set(dispatched), dispatched
+        assert dispatched.count("on_train_batch_end") == 4
+    finally:
+        call._call_callback_hooks = real
+    dispatched.clear()
+    trainer(tmp_path, [own], False, limit_val_batches=0, max_steps=4).fit(Tiny(), data(8 * BATCH))
+    assert dispatched.count("own") == 4
+
+    def calls_everything(trainer_: Any, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        for cb in trainer_.callbacks:
+            getattr(cb, hook_name)(trainer_, trainer_.lightning_module, *args, **kwargs)
+
+    kept = GreenTrackCallback(tmp_path / "c", progress_every_s=None, **FAST)
+    gl._dispatch_skips_none.cache_clear()
+    call._call_callback_hooks = calls_everything
+    try:
+        assert gl._dispatch_skips_none() is False
+        kept.setup(trainer(tmp_path, [kept], False), Tiny(), "fit")
+        assert all(callable(getattr(kept, name)) for name in gl.UNUSED_STEP_HOOKS)
+    finally:
+        call._call_callback_hooks = real
+        gl._dispatch_skips_none.cache_clear()
