@@ -43,6 +43,8 @@ BENCHES = (
           ("--device", "cpu"), ("--device", "cpu", "--rounds", "3")),
     Bench("sampler_cost.py", "sampler CPU, % of a core, against codecarbon and Zeus",
           quick=("--window", "5", "--codecarbon-window", "16", "--quiet-wait", "2")),
+    Bench("sampler_steps.py", "the sampler thread's CPU per attributed step, beside a GIL-bound loop",
+          quick=("--repeat", "1")),
     Bench("start_stop.py", "import, warm start(), stop() by segment count",
           quick=("--rounds", "10", "--stop-rounds", "3")),
     Bench("memory_week.py", "memory over a virtual week", quick=("--days", "2")),

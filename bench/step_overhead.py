@@ -24,6 +24,7 @@ untracked one; the figure is the median over ``--rounds`` rounds.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import shutil
 import sys
@@ -38,6 +39,9 @@ from _common import (EnvPatch, QuietGate, cuda_device, fake_nvml_module,  # noqa
                      importable, md_table, median, powercap_tree, quantile, record, section)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
+#: A pause before each block of :func:`rotated`: a block right after a pause (the quiet-host
+#: gate's) ran ~6% faster than one right after another block on this VM (2026-12-07).
+SETTLE_S = 0.5
 #: seconds spent inside each of greentrack's hooks, per call (training thread), by hook
 HOOK_S: dict[str, list[float]] = {}
 
@@ -136,6 +140,7 @@ def block(loop: Loop, steps: int, tracked: bool, env: dict[str, str]) -> tuple[f
     for _ in range(5):  # warm-up (and the counted FLOPs step)
         loop.step()
     loop.sync()
+    gc.collect()  # no block inherits another's garbage
     t, cpu = time.perf_counter(), time.thread_time()
     for i in range(steps):
         loop.step()
@@ -178,6 +183,40 @@ def interleaved(run: Any, rounds: int, gate: QuietGate, a: Any = False, b: Any =
             "hook_calls": {k: (median(c), len(c)) for k, c in HOOK_S.items() if c}}
 
 
+def rotated(run: Any, variants: dict[str, Any], rounds: int, gate: QuietGate
+            ) -> dict[str, dict[str, Any]]:
+    """Every variant once a round, in an order that turns each round (so no variant always
+    follows another); each one's step time over the same round's untracked block
+    (``variants["none"]``); ``"again"`` (a second untracked block) gives the A/A control.
+    ``run(value) -> (step s, cpu s)``. Per variant the result :func:`interleaved` gives."""
+    names = list(variants)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for calls in HOOK_S.values():
+        calls.clear()
+    for r in range(rounds):
+        gate.wait()
+        k = r % len(names)
+        order = names[k:] + names[:k]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            time.sleep(SETTLE_S)  # every block starts after the same pause, not only the first
+            times[name].append(run(variants[name]))
+    out = {}
+    base = times["none"]
+    for name in names:
+        ratio = [t / b - 1.0 for (t, _), (b, _) in zip(times[name], base)]
+        cpu = [c / cb - 1.0 for (_, c), (_, cb) in zip(times[name], base)]
+        out[name] = {"median": median(ratio), "p25": quantile(ratio, 0.25),
+                     "p75": quantile(ratio, 0.75), "u": median([b for b, _ in base]),
+                     "t": median([t for t, _ in times[name]]), "cpu": median(cpu),
+                     "hooks_per_block": 0.0, "blocks": rounds, "hook_calls": {}, "ratios": ratio}
+    tracked = [name for name in names if variants[name] is True]
+    if tracked:  # the hook column: all hook time is the tracked variant's
+        hooks = sum(map(sum, HOOK_S.values()))
+        out[tracked[0]].update(hooks_per_block=hooks / rounds, hook_calls={
+            k: (median(c), len(c)) for k, c in HOOK_S.items() if c})
+    return out
+
+
 def row(name: str, workload: str, res: dict[str, Any], goal: str, steps: int) -> list[Any]:
     hook_us = res["hooks_per_block"] / steps * 1e6  # all hook time of a block, per step
     hook = "-"
@@ -194,8 +233,12 @@ def row(name: str, workload: str, res: dict[str, Any], goal: str, steps: int) ->
             f"{pct(res['p25'])} .. {pct(res['p75'])}", pct(res["cpu"]), hook, goal]
 
 
-def lightning_block(steps: int, tracked: bool, env: dict[str, str], width: int
+def lightning_block(steps: int, tracked: Any, env: dict[str, str], width: int
                     ) -> tuple[float, float]:
+    """One fresh ``Trainer`` and model: ``tracked`` False (none), True (``GreenTrackCallback``)
+    or ``"empty"`` (a callback that does nothing: what Lightning's dispatch charges any one);
+    mean step time and training-thread CPU per step from a timing callback (first 10 steps
+    excluded)."""
     import lightning as L
     import torch
     from greentrack.integrations.lightning import GreenTrackCallback
@@ -226,14 +269,18 @@ def lightning_block(steps: int, tracked: bool, env: dict[str, str], width: int
     timer = Timer()
     run_dir = tempfile.mkdtemp(prefix="gt-step-overhead-")
     callbacks: list[Any] = [timer]
-    if tracked:
+    if tracked == "empty":
+        callbacks.append(L.Callback())
+    elif tracked:
         with EnvPatch(**env):
             callbacks.append(GreenTrackCallback(run_dir, progress_every_s=None))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps + 10, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, log_every_n_steps=EVERY)
+    model = Model()
+    gc.collect()  # no block inherits another's garbage (a full collection: ~170 ms here)
     with EnvPatch(**env):
-        trainer.fit(Model(), data)
+        trainer.fit(model, data)
     shutil.rmtree(run_dir, ignore_errors=True)
     t, c = timer.t[10:], timer.c[10:]
     return (t[-1] - t[0]) / (len(t) - 1), (c[-1] - c[0]) / (len(c) - 1)
@@ -350,10 +397,25 @@ def main() -> int:
                             "MLP 256-512-10, batch 256, SGD, 1 thread; Lightning's own loop",
                             interleaved(light, max(4, args.rounds // 3), gate), "<= 1%", n + 10))
             small = lambda tracked: lightning_block(n, tracked, env, 32)  # noqa: E731
-            rows.append(row("CPU, Lightning `Trainer` + `GreenTrackCallback`, ~1 ms steps",
-                            "MLP 256-32-10, batch 256, SGD, 1 thread; Lightning's own loop",
-                            interleaved(small, max(4, args.rounds // 3), gate),
-                            "within the A/A band", n + 10))
+            res = rotated(small, {"none": False, "again": False, "empty": "empty",
+                                  "tracked": True}, max(8, args.rounds), gate)
+            work = "MLP 256-32-10, batch 256, SGD, 1 thread; Lightning's own loop"
+            band = (res["again"]["p25"], res["again"]["p75"])
+            within = band[0] <= res["tracked"]["median"] <= band[1]
+            rows.append(row("CPU, Lightning, ~1 ms steps: A/A control (untracked vs untracked)",
+                            work, res["again"], "noise floor", n + 10))
+            rows.append(row("CPU, Lightning, ~1 ms steps: a callback that does nothing", work,
+                            res["empty"], "(Lightning's own cost of a callback)", n + 10))
+            rows.append(row("CPU, Lightning `Trainer` + `GreenTrackCallback`, ~1 ms steps", work,
+                            res["tracked"], "within the A/A band: "
+                            + ("**yes**" if within else "**no**"), n + 10))
+            own = [t - e for t, e in zip(res["tracked"]["ratios"], res["empty"]["ratios"])]
+            notes.append(
+                f"~1 ms Lightning rows: {max(8, args.rounds)} rounds, the four blocks of a round "
+                "in a turning order, each over the round's untracked block; the A/A band is the "
+                f"control's p25..p75 ({pct(band[0])} .. {pct(band[1])}). Over the do-nothing "
+                f"callback, `GreenTrackCallback` adds {pct(median(own))} (median; p25..p75 "
+                f"{pct(quantile(own, 0.25))} .. {pct(quantile(own, 0.75))}).")
         if not args.no_hf and importable("transformers"):
             n = 200
             hf = lambda tracked: hf_block(n, tracked, env)  # noqa: E731
