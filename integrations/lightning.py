@@ -98,6 +98,7 @@ class GreenTrackCallback(Callback, RunCallback):
         self._update_logs: Any = None  # the trainer's "is this a logging step?", bound
         self._samples = 0.0
         self._tokens = 0.0
+        self._declined: list[str] = []  # hooks set to None for Lightning's dispatcher (setup)
         # Each rank logs its own validation energy on purpose (no collective in a callback that
         # must never hang training); Lightning's advice to sync it does not apply.
         warnings.filterwarnings("ignore", message=r".*'greentrack/validation_energy_j'.*sync_dist")
@@ -111,13 +112,29 @@ class GreenTrackCallback(Callback, RunCallback):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if _dispatch_skips_none():
-            for name in UNUSED_STEP_HOOKS:  # not dispatched to this callback at all
-                if getattr(type(self), name) is getattr(Callback, name):  # not a subclass's own
-                    setattr(self, name, None)
+        self._decline_unused_hooks(trainer)
         # rank 0 decides, every rank writes into the same directory
         self.run.choose_dir(trainer.default_root_dir,
                             lambda chosen: str(trainer.strategy.broadcast(chosen, src=0)))
+
+    def _decline_unused_hooks(self, trainer: Any) -> None:
+        """The per-step hooks this callback has no use for are not dispatched to it: set to None
+        on the instance, only where Lightning's own dispatcher calls it (it is in
+        ``trainer.callbacks``, not inside a callback that forwards hooks itself), that dispatcher
+        skips an attribute that is not callable, and the hook is neither a subclass's nor one
+        set on the instance. :meth:`teardown` gives them back."""
+        callbacks = getattr(trainer, "callbacks", None) or ()
+        if not any(cb is self for cb in callbacks) or not _dispatch_skips_none():
+            return
+        for name in UNUSED_STEP_HOOKS:
+            if name not in vars(self) and getattr(type(self), name) is getattr(Callback, name):
+                setattr(self, name, None)
+                self._declined.append(name)
+
+    def _restore_hooks(self) -> None:
+        for name in self._declined:
+            vars(self).pop(name, None)
+        self._declined.clear()
 
     def _start(self, trainer: Any, pl_module: Any) -> None:
         self.setup(trainer, pl_module, "")
@@ -167,6 +184,7 @@ class GreenTrackCallback(Callback, RunCallback):
                 logger.log_metrics(flat, step=trainer.global_step)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._restore_hooks()
         self._stop(trainer, "completed", totals=True)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

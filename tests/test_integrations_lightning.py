@@ -457,9 +457,37 @@ def test_lightning_dispatches_only_the_hooks_the_callback_uses(no_host_env: Path
         assert dispatched.count("on_train_batch_end") == 4
     finally:
         call._call_callback_hooks = real
+    assert all(callable(getattr(ours, name)) for name in gl.UNUSED_STEP_HOOKS)  # given back
     dispatched.clear()
     trainer(tmp_path, [own], False, limit_val_batches=0, max_steps=4).fit(Tiny(), data(8 * BATCH))
     assert dispatched.count("own") == 4
+
+    # a hook set on the instance is the user's; a callback held by another that forwards the
+    # hooks itself (calling them, not asking Lightning) keeps every hook
+    mine = GreenTrackCallback(tmp_path / "d", progress_every_s=None, **FAST)
+    mine.on_after_backward = lambda trainer_, module: dispatched.append("mine")  # type: ignore
+
+    class Group(L.Callback):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def setup(self, trainer_: Any, module: Any, stage: str) -> None:
+            self.inner.setup(trainer_, module, stage)
+
+        def on_train_start(self, trainer_: Any, module: Any) -> None:
+            self.inner.on_train_start(trainer_, module)
+
+        def on_after_backward(self, trainer_: Any, module: Any) -> None:
+            self.inner.on_after_backward(trainer_, module)
+
+        def teardown(self, trainer_: Any, module: Any, stage: str) -> None:
+            self.inner.teardown(trainer_, module, stage)
+
+    wrapped = GreenTrackCallback(tmp_path / "e", progress_every_s=None, **FAST)
+    dispatched.clear()
+    trainer(tmp_path, [mine, Group(wrapped)], False, limit_val_batches=0, max_steps=3).fit(
+        Tiny(), data(6 * BATCH))
+    assert dispatched.count("mine") == 3
 
     def calls_everything(trainer_: Any, hook_name: str, *args: Any, **kwargs: Any) -> None:
         for cb in trainer_.callbacks:

@@ -57,6 +57,24 @@ def test_a_thousand_steps_commit_in_a_few_statements(tmp_path: Path) -> None:
     assert len(r.samples()) == 300
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(129, 700), bad=st.data())
+def test_a_refused_row_in_a_later_chunk_leaves_each_other_row_once(tmp_path_factory: Any, n: int,
+                                                                     bad: Any) -> None:
+    """A run longer than one multi-row statement, one row refused past the first: the chunks
+    already inserted are rolled back before the run goes row by row (else written twice)."""
+    at = bad.draw(st.integers(128, n - 1))
+    w = StoreWriter(tmp_path_factory.mktemp("store"), 0, {"run_id": "r"})
+    w.add_steps([ROW._replace(idx=i, tokens=2**70 if i == at else None) for i in range(n)])
+    w.flush()
+    w.close()
+    r = StoreReader(w.path)
+    steps = r.steps()
+    assert [s["idx"] for s in steps] == [i for i in range(n) if i != at]
+    assert len({s["id"] for s in steps}) == n - 1
+    assert r.meta["rows_rejected"] == 1
+
+
 _ROWS = st.lists(st.one_of(
     st.tuples(st.just("step"), st.integers(0, 10**6), st.sampled_from(["ok", "bad_samples",
                                                                        "huge_tokens", "nan_extra"])),
@@ -144,3 +162,30 @@ def test_steps_resolved_in_a_batch_are_what_each_resolved_alone_gives(tmp_path: 
     got = [s["gpu_j"] for s in StoreReader(writer.path).steps()]
     assert got == [max(0.0, cpu.timeline.between(s.t0, s.t1)) for s in spans]
     assert sqlite3.connect(writer.path).execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 40
+
+
+def test_a_full_disk_inside_a_run_keeps_every_row_for_the_retry(tmp_path: Path) -> None:
+    """SQLite's own failure (here: no page left, as on a full disk) in the middle of a run of
+    multi-row inserts is the database's, not a row's: the commit fails, every row stays queued
+    and the next flush writes each once."""
+    from greentrack.common.errors import RunStoreError
+
+    w = StoreWriter(tmp_path, 0, {"run_id": "r"})
+    pages = w._conn.execute("PRAGMA page_count").fetchone()[0]
+    w._conn.execute(f"PRAGMA max_page_count={pages + 2}")
+    for i in range(3000):
+        w.add_sample(1, float(i), 1.0, 1.0)
+    w.add_steps([ROW._replace(idx=i, extra={"p": "x" * 100}) for i in range(3000)])
+    try:
+        w.flush()
+    except RunStoreError as e:
+        assert "full" in str(e)
+    else:
+        raise AssertionError("the commit went through a full database")
+    assert len(w._pending) == 6000
+    w._conn.execute("PRAGMA max_page_count=1000000")
+    w.flush()
+    w.close()
+    r = StoreReader(w.path)
+    assert [s["idx"] for s in r.steps()] == list(range(3000))
+    assert len(r.samples()) == 3000 and r.meta.get("rows_rejected", 0) == 0
