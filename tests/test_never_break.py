@@ -495,6 +495,34 @@ def test_greener_start_parses_the_intensity_csv_once(tmp_path: Path,
     assert len(calls) == 1
 
 
+def test_a_ctrl_c_while_the_tool_itself_loads_is_an_interrupt_without_a_traceback(
+        tmp_path: Path) -> None:
+    """Beside 4 busy loops, a SIGINT 0.12 s after `python -m greentrack run` landed inside the
+    import of greentrack.cli, before its main() takes the signals: a KeyboardInterrupt traceback.
+    Here the signal comes, for real, exactly then (a finder sends it as greentrack.cli is
+    imported): exit 130, no traceback, nothing made; the `greentrack` command is the same entry."""
+    child = textwrap.dedent(f"""
+        import os, runpy, signal, sys
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "greentrack.cli":
+                    os.kill(os.getpid(), signal.SIGINT)
+                return None
+        sys.meta_path.insert(0, Interrupt())
+        sys.argv = ["greentrack", "run", "--run-dir", {str(tmp_path / "run")!r}, "--", "true"]
+        runpy.run_module("greentrack", run_name="__main__")
+        """)
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
+                       env=python_env())
+    assert p.returncode == 130, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
+    import tomllib
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"]["scripts"]
+    assert scripts["greentrack"] == "greentrack.__main__:run"
+
+
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_a_signal_as_greentrack_run_starts_leaves_no_traceback_and_no_half_made_run(
         tmp_path: Path, signame: str) -> None:
