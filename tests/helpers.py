@@ -27,6 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import greentrack
 from greentrack.cli import main
+from greentrack.common.config import Config
+from greentrack.engine.engine import Engine
+from greentrack.samplers._nvml import open_gpus
 from greentrack.store import StoreWriter
 from greentrack.store.layout import StepRow, prepare_run_dir
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, PowerTrace
@@ -304,3 +307,14 @@ def run_sql(store: Path, *statements: str) -> None:
         conn.execute(s)
     conn.commit()
     conn.close()
+
+
+def engine_on_a_fake_gpu(run_dir: Path, resolution_s: float = 1.0) -> tuple[Engine, StoreWriter]:
+    """An :class:`~greentrack.engine.engine.Engine` over one fake H100, its store in ``run_dir``,
+    on a clock stopped at 0 (a test feeds the timeline and calls ``_attribute``/``_flush``)."""
+    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
+    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
+    config = Config(run_dir=run_dir, resolution_s=resolution_s)
+    writer = StoreWriter(config.run_dir, 0, {"run_id": prepare_run_dir(run_dir),
+                                             "settings": config.as_dict()})
+    return Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0), writer

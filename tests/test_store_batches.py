@@ -20,13 +20,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greentrack.common.config import Config
 from greentrack.engine.engine import Engine
 from greentrack.engine.steps import StepSpan
-from greentrack.samplers._nvml import open_gpus
-from greentrack.store import StoreReader, StoreWriter, prepare_run_dir
+from greentrack.store import StoreReader, StoreWriter
 from greentrack.store.layout import StepRow
-from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+from tests.helpers import engine_on_a_fake_gpu
 
 ROW = StepRow(0, "train", 0.0, 1.0, 1.0, 2.5, 1.0, None, 1.0, None, 256.0, None, "host", {})
 
@@ -122,12 +120,7 @@ def test_every_row_reads_back_and_only_what_sqlite_refuses_is_set_aside(
 
 
 def _engine(tmp_path: Path) -> tuple[Engine, StoreWriter]:
-    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
-    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
-    config = Config(run_dir=tmp_path / "run", resolution_s=1.0)
-    run_id = prepare_run_dir(config.run_dir)
-    writer = StoreWriter(config.run_dir, 0, {"run_id": run_id, "settings": config.as_dict()})
-    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+    engine, writer = engine_on_a_fake_gpu(tmp_path / "run")
     engine.states[0].timeline.extend([(0.0, 0.0), (10.0, 1000.0)])  # 100 W
     engine.states[0].next_bucket = 0.0
     return engine, writer

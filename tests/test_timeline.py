@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from greentrack.engine.channelstate import Timeline
 from greentrack.store import StoreReader
-from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+from tests.helpers import engine_on_a_fake_gpu
 
 
 def test_rounding_below_zero_is_zero_and_a_real_decrease_is_not() -> None:
@@ -26,17 +26,7 @@ def test_rounding_below_zero_is_zero_and_a_real_decrease_is_not() -> None:
 
 
 def test_the_engine_stores_no_sample_below_zero(tmp_path: Path) -> None:
-    from greentrack.common.config import Config
-    from greentrack.engine.engine import Engine
-    from greentrack.samplers._nvml import open_gpus
-    from greentrack.store import StoreWriter, prepare_run_dir
-
-    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
-    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
-    config = Config(run_dir=tmp_path / "run", resolution_s=1.0)
-    run_id = prepare_run_dir(config.run_dir)
-    writer = StoreWriter(config.run_dir, 0, {"run_id": run_id, "settings": config.as_dict()})
-    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+    engine, writer = engine_on_a_fake_gpu(tmp_path / "run")
     st = engine.states[0]
     st.timeline.extend([(0.0, 0.3), (1.0, 0.1 + 0.2 + 1.0), (2.0, 1.3 - 7e-15), (3.0, 1.3 - 7e-15)])
     st.next_bucket = 0.0
@@ -60,18 +50,7 @@ def test_sample_buckets_hold_only_what_was_read(tmp_path: Path, first: float, re
     loaded host). Buckets lie on the origin's grid but start at that value: a first bucket that
     claimed the unread setup time (the old code) made every span read from the samples too long
     and the first bucket's power too low (a CI run: 61.6 J for 60 W x a 1.09 s span)."""
-    from greentrack.common.config import Config
-    from greentrack.engine.engine import Engine
-    from greentrack.samplers._nvml import open_gpus
-    from greentrack.store import StoreWriter, prepare_run_dir
-
-    run_dir = tmp_path / f"run-{first}-{res}-{until}"
-    fake = FakeNvml([FakeGpu(uuid="GPU-00000000-2222-3333-4444-555555555555")])
-    channels, _ = open_gpus(None, env={}, pynvml=fake.module())
-    config = Config(run_dir=run_dir, resolution_s=res)
-    writer = StoreWriter(config.run_dir, 0, {"run_id": prepare_run_dir(run_dir),
-                                             "settings": config.as_dict()})
-    engine = Engine(list(channels), writer, config, origin=0.0, clock=lambda: 0.0)
+    engine, writer = engine_on_a_fake_gpu(tmp_path / f"run-{first}-{res}-{until}", res)
     ts = [first + i * 0.01 for i in range(int(max(0.0, until - first) / 0.01) + 1)]
     mid = ts[len(ts) // 2]  # a pass that cannot close every bucket, then the final one
     tl = engine.states[0].timeline

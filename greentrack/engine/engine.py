@@ -29,7 +29,7 @@ from typing import Any
 from greentrack.common.config import Config
 from greentrack.common.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.common.once import warn_once
-from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, channel_key
+from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, Timeline, channel_key
 from greentrack.engine.records import MetricQueue
 from greentrack.engine.steps import FieldCleaner, PhaseTally, StepQueue, StepSpan
 from greentrack.engine.stepvalues import phase_name
@@ -669,11 +669,7 @@ class Engine:
         states = [st for st in self.states if st.timeline.t]
         columns: dict[str, list[list[float]]] = {}
         for st in states:
-            try:
-                joules = st.timeline.steps_between(spans)
-            except Exception:  # noqa: BLE001 - an odd span: each is tried alone below
-                joules = [math.nan] * len(spans)
-            columns.setdefault(st.kind, []).append(joules)
+            columns.setdefault(st.kind, []).append(_joules(st.timeline, spans))
         # a kind's joules per step: its channels summed (None: no channel of that kind)
         by_kind = {kind: cols[0] if len(cols) == 1 else [sum(v) for v in zip(*cols)]
                    for kind, cols in columns.items()}
@@ -687,8 +683,8 @@ class Engine:
                     else phase_name(span.phase)
                 g, c, d = (gpu[i] if gpu else None, cpu[i] if cpu else None,
                            dram[i] if dram else None)
-                if g != g or c != c or d != d:  # NaN: the batch failed on this span, alone now
-                    g, c, d = self._joules_of(span, states)
+                if g != g or c != c or d != d:
+                    raise ValueError(f"its window ({span.t0!r}, {span.t1!r}) is not two times")
                 duration = max(0.0, span.t1 - span.t0)
                 if span.t1 > horizon:
                     extra["partial"] = True
@@ -708,16 +704,6 @@ class Engine:
                     listener(row)
                 except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
                     self.event("warning", "listener-error", f"step listener failed: {e}")
-
-    @staticmethod
-    def _joules_of(span: StepSpan, states: list[ChannelState]
-                   ) -> tuple[float | None, float | None, float | None]:
-        """One step's joules by kind, channel by channel (a span the batch could not take)."""
-        by_kind: dict[str, float] = {}
-        for st in states:
-            by_kind[st.kind] = by_kind.get(st.kind, 0.0) + max(
-                0.0, st.timeline.between(span.t0, span.t1))
-        return by_kind.get("gpu"), by_kind.get("cpu"), by_kind.get("dram")
 
     def _energy_at(self, t: float) -> float:
         """Cumulative energy of every channel at ``t``."""
@@ -766,6 +752,22 @@ class Engine:
                                        st.channel.info.measured, st.channel.info.method,
                                        0.0 if point is None else point[1], st.channel.power_w(),
                                        st.status, st.gap_s, None if point is None else point[0]))
+        return out
+
+
+def _joules(timeline: Timeline, spans: list[StepSpan]) -> list[float]:
+    """A channel's joules for each span, in one call; if a span's window breaks that call (not
+    two times), each span alone, NaN for the ones that fail (their rows are refused, the rest
+    recorded)."""
+    try:
+        return timeline.steps_between(spans)
+    except Exception:  # noqa: BLE001 - an odd span: found span by span
+        out = []
+        for span in spans:
+            try:
+                out += timeline.steps_between([span])
+            except Exception:  # noqa: BLE001
+                out.append(math.nan)
         return out
 
 

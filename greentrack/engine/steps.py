@@ -80,9 +80,6 @@ class PhaseTally:
         self._lock = threading.Lock()
         self._sums: dict[str, dict[str, float]] = {}
 
-    def observe(self, row: StepRow) -> None:
-        self.observe_many([row])
-
     def observe_many(self, rows: list[StepRow]) -> None:
         with self._lock:
             for row in rows:
