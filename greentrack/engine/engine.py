@@ -29,7 +29,7 @@ from typing import Any
 from greentrack.common.config import Config
 from greentrack.common.errors import DeviceLost, RunStoreError, SamplerError
 from greentrack.common.once import warn_once
-from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, Timeline, channel_key
+from greentrack.engine.channelstate import ChannelSnapshot, ChannelState, channel_key
 from greentrack.engine.records import MetricQueue
 from greentrack.engine.steps import FieldCleaner, PhaseTally, StepQueue, StepSpan
 from greentrack.engine.stepvalues import phase_name
@@ -608,6 +608,8 @@ class Engine:
 
     def _attribute(self, final: bool) -> None:
         taken = self.steps.take()
+        if taken:
+            taken = self.cleaner.windows(taken, self.origin, self._clock())
         if taken:  # the cadence follows the steps (wants_fast)
             last = taken[-1]
             self._last_step_t1 = max(self._last_step_t1, last.t1)
@@ -664,12 +666,12 @@ class Engine:
     def _resolve(self, spans: list[StepSpan], horizon: float) -> None:
         """Record resolved steps: each channel's joules for all of them in one pass
         (:meth:`Timeline.steps_between`), then a row per step, stored, tallied and handed to the
-        listeners as a batch. One step that cannot be attributed never holds back (or repeats)
+        listeners as a batch. One step whose row cannot be made never holds back (or repeats)
         the others."""
         states = [st for st in self.states if st.timeline.t]
         columns: dict[str, list[list[float]]] = {}
-        for st in states:
-            columns.setdefault(st.kind, []).append(_joules(st.timeline, spans))
+        for st in states:  # every window is two finite floats (FieldCleaner.windows)
+            columns.setdefault(st.kind, []).append(st.timeline.steps_between(spans))
         # a kind's joules per step: its channels summed (None: no channel of that kind)
         by_kind = {kind: cols[0] if len(cols) == 1 else [sum(v) for v in zip(*cols)]
                    for kind, cols in columns.items()}
@@ -683,8 +685,6 @@ class Engine:
                     else phase_name(span.phase)
                 g, c, d = (gpu[i] if gpu else None, cpu[i] if cpu else None,
                            dram[i] if dram else None)
-                if g != g or c != c or d != d:
-                    raise ValueError(f"its window ({span.t0!r}, {span.t1!r}) is not two times")
                 duration = max(0.0, span.t1 - span.t0)
                 if span.t1 > horizon:
                     extra["partial"] = True
@@ -752,22 +752,6 @@ class Engine:
                                        st.channel.info.measured, st.channel.info.method,
                                        0.0 if point is None else point[1], st.channel.power_w(),
                                        st.status, st.gap_s, None if point is None else point[0]))
-        return out
-
-
-def _joules(timeline: Timeline, spans: list[StepSpan]) -> list[float]:
-    """A channel's joules for each span, in one call; if a span's window breaks that call (not
-    two times), each span alone, NaN for the ones that fail (their rows are refused, the rest
-    recorded)."""
-    try:
-        return timeline.steps_between(spans)
-    except Exception:  # noqa: BLE001 - an odd span: found span by span
-        out = []
-        for span in spans:
-            try:
-                out += timeline.steps_between([span])
-            except Exception:  # noqa: BLE001
-                out.append(math.nan)
         return out
 
 

@@ -13,6 +13,8 @@ is resolved, turns what the user handed over into recordable values (:class:`Fie
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -234,17 +236,62 @@ class FieldCleaner:
                 extra[str(name)[:64]] = clean
         return counts, extra
 
-    def _bad(self, name: str, why: str, span: StepSpan) -> None:
+    def windows(self, spans: list[StepSpan], origin: float, now: float) -> list[StepSpan]:
+        """The spans whose window can be placed in this run's time: two real times (made
+        floats) from :data:`WINDOW_SLACK_S` before the run's ``origin`` to as long after ``now``.
+        The others are dropped, reported as the field ``window`` is (one event, then counted): a
+        window handed to ``submit_window`` as text once lost every step the sampler had taken
+        with it, and one from -1e300 would have been a step 1e300 s long."""
+        earliest, latest = origin - WINDOW_SLACK_S, now + WINDOW_SLACK_S
+        kept = []
+        for span in spans:
+            t0, t1 = span.t0, span.t1
+            if not (type(t0) is float and type(t1) is float and earliest <= t0 <= latest
+                    and earliest <= t1 <= latest):  # the common case: no call (NaN fails it)
+                why = _window_problem(span, earliest, latest)
+                if why is not None:
+                    self._bad("window", why, span, kept=False)
+                    continue
+            kept.append(span)
+        return kept
+
+    def _bad(self, name: str, why: str, span: StepSpan, kept: bool = True) -> None:
         name = name[:64]
         seen = self.bad_fields.get(name, 0)
         if seen == 0 and len(self.bad_fields) < BAD_FIELD_EVENTS:
+            fate = ("the step and its energy are kept" if kept else
+                    "the step is not recorded (its energy stays in the run's totals)")
             msg = (f"step field {name!r} dropped ({why}), first at {span.phase} step {span.idx}; "
-                   "the step and its energy are kept; later drops of this field are counted in "
-                   "the store's meta (bad_step_fields)")
+                   f"{fate}; later drops of this field are counted in the store's meta "
+                   "(bad_step_fields)")
             warn_once(log, self._run, f"bad-step-field:{name}", "greentrack: %s", msg)
             self._event("warning", "bad-step-field", msg, field=name, reason=why)
         if seen or len(self.bad_fields) < 10 * BAD_FIELD_EVENTS:
             self.bad_fields[name] = seen + 1
+
+
+#: A step's window lies within this long before the run's start and after the sampler's clock
+#: (a time further out is no time of this run: 1e300, a wall-clock time for a monotonic one).
+WINDOW_SLACK_S = 3600.0
+
+
+def _window_problem(span: StepSpan, earliest: float, latest: float) -> str | None:
+    """Why ``span``'s window cannot be placed, or None (its times then made plain floats)."""
+    times: list[float] = []
+    for name, value in (("t0", span.t0), ("t1", span.t1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"{name} is {type(value).__name__}, not a time"
+        try:
+            value = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return f"{name} is not a time"
+        if not math.isfinite(value):
+            return f"{name} is {value}"
+        if not earliest <= value <= latest:
+            return f"{name} is more than an hour outside the run (not its monotonic clock)"
+        times.append(value)
+    span.t0, span.t1 = times
+    return None
 
 
 def _fields(span: StepSpan) -> tuple[Any, ...]:

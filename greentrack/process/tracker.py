@@ -587,7 +587,9 @@ class Tracker:
         ``flops``, ``samples``, ``tokens`` and ``extra`` fields may be any number: int, float,
         NumPy scalars, Decimal, one-element tensors (CUDA ones too); extras may also be JSON
         values. A value that cannot be recorded drops that field of that step, with a
-        ``bad-step-field`` event; this never raises."""
+        ``bad-step-field`` event; a window that is not two real times of this run (NaN, text,
+        more than an hour outside it) drops the step, with that event for the field ``window``;
+        the other steps are kept. This never raises."""
         self.submit_step(phase, t0, t1, {**extra, "flops": flops, "samples": samples,
                                          "tokens": tokens}, timeline)
 
