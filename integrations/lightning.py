@@ -44,7 +44,9 @@ import functools
 import logging
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -340,9 +342,7 @@ def _dispatch_skips_none() -> bool:
     """Whether Lightning's callback dispatcher skips an attribute that is not callable, tried on
     a stand-in trainer (not read from its source); anything unexpected: False, hooks kept."""
     try:
-        from contextlib import nullcontext
-        from types import SimpleNamespace
-
+        # a private module, inside the try: a Lightning without it keeps every hook
         from lightning.pytorch.trainer import call
 
         class Probe(Callback):
