@@ -495,6 +495,44 @@ def test_greener_start_parses_the_intensity_csv_once(tmp_path: Path,
     assert len(calls) == 1
 
 
+def test_a_sigterm_while_another_thread_stops_its_tracker_waits_for_that_stop(
+        tmp_path: Path) -> None:
+    """The soak harness (round 2, CI) saw a run read incomplete after a SIGTERM: its thread was
+    inside its own ``stop()`` (status "stopping", not among the running trackers any more) when
+    the handler stopped the others and ended the process. The stop is held here, for real, between
+    the sampler's end and the status write; the SIGTERM comes then: the handler waits for it."""
+    child = textwrap.dedent(f"""
+        import sys, threading, time, greentrack
+        from greentrack.process import tracker as T
+        fast = dict(interval_s=0.02, counter_interval_s=0.1, flush_interval_s=0.1)
+        main = greentrack.Tracker({str(tmp_path / "main")!r}, **fast).start()  # the handler's
+        release = T.Tracker._release_leases
+        def release_slowly(self):
+            if threading.current_thread().name == "stopper":
+                print("stopping", flush=True)
+                time.sleep(1.0)
+            release(self)
+        T.Tracker._release_leases = release_slowly
+        def work():
+            t = greentrack.Tracker({str(tmp_path / "thread")!r}, **fast).start()
+            with t.step():
+                time.sleep(0.05)
+            t.stop()
+        threading.Thread(target=work, name="stopper").start()
+        time.sleep(30)
+        """)
+    p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env=python_env(GREENTRACK_POWERCAP_ROOT=str(tmp_path / "x")))
+    assert p.stdout is not None and p.stdout.readline() == "stopping\n"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGTERM, err
+    assert "Traceback" not in err, err
+    assert greentrack.summarize(tmp_path / "thread")["status"] == "completed"
+    assert greentrack.summarize(tmp_path / "main")["status"] == "stopped"
+
+
 def test_a_ctrl_c_while_the_tool_itself_loads_is_an_interrupt_without_a_traceback(
         tmp_path: Path) -> None:
     """Beside 4 busy loops, a SIGINT 0.12 s after `python -m greentrack run` landed inside the

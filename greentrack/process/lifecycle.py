@@ -138,36 +138,49 @@ def _after_fork_in_child() -> None:
     # sampler: every tracker is inert there (its methods check the fork generation). Nor may it
     # keep the parent's SIGTERM handler: a Pool worker blocked on a lock then outlived
     # terminate() (the Python handler runs only between bytecodes; the default action kills).
+    global _FINISH
     FORK_GENERATION[0] += 1
     _ACTIVE.clear()
+    _FINISHING.clear()  # the parent's stopping threads are not this process's
+    _FINISH = threading.Condition()  # nor a lock one of them may have held at the fork
     _restore_sigterm()
     _unblock()  # a SIGTERM that came since the fork is delivered now, to the right handler
 
 
-#: Rows of emissions.csv being appended now, on any thread (a stop that had begun when a SIGTERM
-#: came): the SIGTERM path waits for them, so a run marked stopped never loses its row.
-_ROWS = threading.Condition()
-_ROWS_IN_FLIGHT = [0]
-#: The longest a SIGTERM waits for rows other threads are appending (a grace period is short).
+#: Stops finishing now, by thread (ident -> nesting): a store's last commit and its emissions.csv
+#: row. A SIGTERM waits for those of other threads (the one it interrupted cannot go on while it
+#: waits), so a run whose stop had begun when it came ends stopped or completed with its row,
+#: never cut off between its sampler's end and its status (the soak harness saw one read
+#: incomplete: its thread was inside ``stop()`` when the handler stopped the rest and died).
+_FINISH = threading.Condition()
+_FINISHING: dict[int, int] = {}
+#: The longest a SIGTERM waits for stops other threads had begun (a grace period is short).
 ROWS_WAIT_S = 5.0
 
 
-class appending_row:
-    """``with appending_row():`` around an emissions.csv append (see :data:`_ROWS`)."""
+class finishing:
+    """``with finishing():`` around a stop's writes (see :data:`_FINISHING`); nests."""
 
     def __enter__(self) -> None:
-        with _ROWS:
-            _ROWS_IN_FLIGHT[0] += 1
+        ident = threading.get_ident()
+        with _FINISH:
+            _FINISHING[ident] = _FINISHING.get(ident, 0) + 1
 
     def __exit__(self, *exc: Any) -> None:
-        with _ROWS:
-            _ROWS_IN_FLIGHT[0] -= 1
-            _ROWS.notify_all()
+        ident = threading.get_ident()
+        with _FINISH:
+            left = _FINISHING.get(ident, 1) - 1
+            if left > 0:
+                _FINISHING[ident] = left
+            else:
+                _FINISHING.pop(ident, None)
+            _FINISH.notify_all()
 
 
-def _wait_rows(timeout_s: float) -> None:
-    with _ROWS:
-        _ROWS.wait_for(lambda: _ROWS_IN_FLIGHT[0] <= 0, timeout_s)
+def _wait_finishing(timeout_s: float) -> None:
+    me = threading.get_ident()
+    with _FINISH:
+        _FINISH.wait_for(lambda: all(ident == me for ident in _FINISHING), timeout_s)
 
 
 #: Threads starting a tracker now (ident -> starts): a SIGTERM waits for those on other threads,
@@ -216,7 +229,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         _STARTS_DONE.wait_for(lambda: not _STARTS, STARTS_WAIT_S)
     for tracker in list(_ACTIVE):
         tracker._stop("stopped", read_totals=False)
-    _wait_rows(ROWS_WAIT_S)  # stops other threads had begun: their rows, not a cut-off write
+    _wait_finishing(ROWS_WAIT_S)  # stops other threads had begun: not cut off mid-write
     prev = _PREV_SIGTERM
     if callable(prev):
         prev(signum, frame)

@@ -421,17 +421,23 @@ class Tracker:
 
     def _stop(self, status: str | None, read_totals: bool) -> Totals | None:
         with self._lock:
-            if not self.running or self._engine is None:
+            engine = self._engine
+            if not self.running or engine is None:
                 return self.result
             self.status = "stopping"
+        with lifecycle.finishing():  # a SIGTERM on another thread waits for this stop's writes
+            return self._finish_stop(engine, status, read_totals)
+
+    def _finish_stop(self, engine: Engine, status: str | None, read_totals: bool
+                     ) -> Totals | None:
         lifecycle.forget(self)
         final = status or "completed"
         self._end_calibration()  # first: the GPUs' own limits back before anything else
         try:
             if self._open:
-                self._engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open "
-                                   "at stop were not recorded")
-            self._engine.stop()
+                engine.event("warning", "steps-open", f"{len(self._open)} step(s) still open at "
+                             "stop were not recorded")
+            engine.stop()
             self._release_leases()
             for sink in self.sinks:
                 try:
@@ -486,11 +492,11 @@ class Tracker:
 
     def _append_emissions_csv(self) -> None:
         """Append the run's row to ``Config.emissions_csv`` (codecarbon's columns); never raises.
-        A SIGTERM meanwhile waits for it (:class:`greentrack.process.lifecycle.appending_row`)."""
+        A SIGTERM meanwhile waits for it (:class:`greentrack.process.lifecycle.finishing`)."""
         # the report builders load here, at the stop of a run that asked for a row, not when
         # training imports the tracker (greentrack.reports.__getattr__ says why)
         from greentrack.reports.document import append_run
-        with lifecycle.appending_row():
+        with lifecycle.finishing():
             append_run(self.run_dir, self.config)
 
     def _append_emissions_csv_within(self, budget_s: float) -> None:
