@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,10 @@ def node_part(run_dir: Path | None, own: list[Path], *, rank: int, local_zero: b
     return NodePart(rank, host, boot, tracked, stores, errors)
 
 
+#: How long the gather's caller lets go of the GIL after it (:func:`torch_gather`), once a job.
+GATHER_SETTLE_S = 0.2
+
+
 def torch_gather(part: NodePart) -> list[NodePart] | None:
     """``torch.distributed.gather_object`` of every rank's part to global rank 0 on the default
     process group (the list on rank 0, None elsewhere). Every rank must call it; it is only as
@@ -106,6 +111,13 @@ def torch_gather(part: NodePart) -> list[NodePart] | None:
     main = dist.get_rank() == 0
     out: list[Any] | None = [None] * dist.get_world_size() if main else None
     dist.gather_object(part, out, dst=0)
+    # The GIL let go for a moment: gloo's worker thread frees the gather's work after wait()
+    # returns, and freeing its Python-made tensors takes the GIL. A job that then ends at once
+    # joined that thread from ~ProcessGroupGloo holding the GIL: a hang in CI (both stacks seen
+    # with py-spy: the worker in ~AsyncGatherWork waiting for the GIL, the main thread in
+    # std::thread::join), or at the interpreter's exit "terminate called without an active
+    # exception" (see https://github.com/pytorch/pytorch/pull/179291).
+    time.sleep(GATHER_SETTLE_S)
     return [p for p in out if isinstance(p, NodePart)] if out is not None else None
 
 
