@@ -10,7 +10,8 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +192,17 @@ class StoreWriter:
         rejected: list[str] = []
         try:
             with self._transaction():
-                k = 0
-                while k < len(batch):  # runs of one statement in one call (a step's rows, ...)
-                    sql, m = batch[k][0], k + 1
-                    while m < len(batch) and batch[m][0] == sql:
-                        m += 1
-                    if m - k == 1 or not self._run_of(sql, batch[k:m]):
-                        for _, args in batch[k:m]:  # one at a time: set aside what SQLite refuses
+                # runs of one statement in one call (a flush's steps, samples, meta keys, ...)
+                for sql, run in groupby(batch, key=itemgetter(0)):
+                    args = [row for _, row in run]
+                    if len(args) == 1 or not self._run_of(sql, args):
+                        for one in args:  # one at a time: set aside what SQLite refuses
                             try:
-                                self._conn.execute(sql, args)
+                                self._conn.execute(sql, one)
                             except sqlite3.OperationalError:
                                 raise  # the database, not the row: keep the batch for a retry
                             except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
                                 rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
-                    k = m
                 if rejected:
                     self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                        ("rows_rejected", str(self.rows_rejected + len(rejected))))
@@ -223,7 +221,7 @@ class StoreWriter:
                     self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
             raise RunStoreError(f"store {self.path.name}: {e}") from e
 
-    def _run_of(self, sql: str, rows: list[tuple[str, tuple[Any, ...]]]) -> bool:
+    def _run_of(self, sql: str, args: list[tuple[Any, ...]]) -> bool:
         """Execute a run of one statement, inside a savepoint; False (and nothing written) if
         SQLite refused a row, for the caller to find it row by row. A failure of the database
         itself raises.
@@ -233,17 +231,15 @@ class StoreWriter:
         by row, beside a training thread that holds the GIL (a Python-bound loop), each row
         waited out the interpreter's switch interval: 500 step rows kept the sampler thread in
         one commit for 0.8 s and cost the training thread a GIL hand-over each (issue 25)."""
-        args = [row for _, row in rows]
         multi = _multi_row(sql)
-        width = multi[2] if multi else 0
         self._conn.execute("SAVEPOINT run_of")
         try:
-            if multi is None or any(len(row) != width for row in args):
+            if multi is None or set(map(len, args)) != {multi[2]}:
                 self._conn.executemany(sql, args)
             else:
                 head, one, _ = multi
                 most = max(1, min(128, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                                  // width))
+                                  // multi[2]))
                 k = 0
                 while k < len(args):
                     size = min(most, 1 << ((len(args) - k).bit_length() - 1))  # few statements
