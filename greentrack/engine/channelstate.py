@@ -75,13 +75,16 @@ class Timeline:
         t_first, t_last, e_first, e_last = t[0], t[-1], e[0], e[-1]
         bisect_left = bisect.bisect_left
         out = []
+        lo = 1  # times come mostly in order (step boundaries): search on from the last one found
         for x in times:
             if x <= t_first:
                 out.append(e_first)
             elif x >= t_last:
                 out.append(e_last)
             else:
-                i = bisect_left(t, x)
+                if t[lo - 1] >= x:
+                    lo = 1
+                lo = i = bisect_left(t, x, lo)  # the first point at or after x: t[i-1] < x
                 ta, ea = t[i - 1], e[i - 1]
                 out.append(ea + (e[i] - ea) * (x - ta) / (t[i] - ta))
         return out
