@@ -220,3 +220,49 @@ def test_a_full_disk_inside_a_run_keeps_every_row_for_the_retry(tmp_path: Path) 
     r = StoreReader(w.path)
     assert [s["idx"] for s in r.steps()] == list(range(3000))
     assert len(r.samples()) == 3000 and r.meta.get("rows_rejected", 0) == 0
+
+
+def test_a_listener_that_fails_at_every_step_is_one_event_and_a_count(tmp_path: Path) -> None:
+    """A step listener (an exporter's histogram, a user's ``add_step_listener``) that raises at
+    every step wrote one event per step before: a day at 500 steps a second is 43 million events.
+    Now its first failure is an event and the rest a count; the steps, the other listeners and
+    the live sums get every row."""
+    engine, writer = _engine(tmp_path)
+    seen: list[int] = []
+
+    def broken(row: StepRow) -> None:
+        raise RuntimeError("sink down")
+
+    engine.step_listeners += [broken, lambda row: seen.append(row.idx)]
+    for rnd in range(3):  # three batches: the count goes on across them
+        for i in range(200):
+            k = rnd * 200 + i
+            engine.steps.submit(StepSpan(k, "train", k * 0.01, k * 0.01 + 0.005))
+        engine._attribute(final=rnd == 2)
+    engine._flush()
+    writer.close()
+    r = StoreReader(writer.path)
+    assert len(r.steps()) == 600 and seen == list(range(600))
+    failures = [e for e in r.events() if e["kind"] == "listener-error"]
+    assert len(failures) == 1 and "sink down" in str(failures[0]["message"])
+    assert r.meta["listener_errors"] == 600
+    assert engine.tally.phase("train")["n"] == 600
+
+
+def test_live_sums_that_fail_keep_the_stored_rows(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's rows and the live sums are kept apart: one failing never loses the other."""
+    engine, writer = _engine(tmp_path)
+
+    def broken(rows: list[StepRow]) -> None:
+        raise ValueError("tally bug")
+
+    monkeypatch.setattr(engine.tally, "observe_many", broken)
+    for k in range(50):
+        engine.steps.submit(StepSpan(k, "train", k * 0.1, k * 0.1 + 0.05))
+    engine._attribute(final=True)
+    engine._flush()
+    writer.close()
+    r = StoreReader(writer.path)
+    assert len(r.steps()) == 50
+    assert [e["kind"] for e in r.events() if e["level"] == "error"] == ["internal-error"]

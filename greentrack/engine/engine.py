@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from greentrack.common.config import Config
@@ -145,6 +146,8 @@ class Engine:
         self.polls = 0
         self.last_sample_t: float | None = None
         self.errors = 0
+        self.listener_errors = 0  # calls of step listeners that raised (see _listener_failed)
+        self._failed_listeners: list[Callable[[StepRow], None]] = []
         self._abandoned = False
         self._rng = random.Random(0x9E3779B9)
         #: The slow cadence in force: ``config.counter_interval_s`` unless slow reads cost too much.
@@ -675,35 +678,52 @@ class Engine:
         # a kind's joules per step: its channels summed (None: no channel of that kind)
         by_kind = {kind: cols[0] if len(cols) == 1 else [sum(v) for v in zip(*cols)]
                    for kind, cols in columns.items()}
-        gpu, cpu, dram = by_kind.get("gpu"), by_kind.get("cpu"), by_kind.get("dram")
+        none = repeat(None)
+        gpu, cpu, dram = (by_kind.get(kind) or none for kind in ("gpu", "cpu", "dram"))
         n_gpus = sum(st.kind == "gpu" for st in states)
-        origin, clean, rows = self.origin, self.cleaner.clean, []
-        for i, span in enumerate(spans):
+        origin, clean, rows, row_of = self.origin, self.cleaner.clean, [], tuple.__new__
+        for span, g, c, d in zip(spans, gpu, cpu, dram):
             try:
-                counts, extra = clean(span)
-                phase = span.phase if type(span.phase) is str and len(span.phase) <= 64 \
-                    else phase_name(span.phase)
-                g, c, d = (gpu[i] if gpu else None, cpu[i] if cpu else None,
-                           dram[i] if dram else None)
-                duration = max(0.0, span.t1 - span.t0)
-                if span.t1 > horizon:
+                flops, samples, tokens, extra = clean(span)
+                phase, t0, t1 = span.phase, span.t0, span.t1
+                if type(phase) is not str or len(phase) > 64:
+                    phase = phase_name(phase)
+                duration = t1 - t0 if t1 > t0 else 0.0
+                if t1 > horizon:
                     extra["partial"] = True
-                rows.append(StepRow(span.idx, phase, span.t0 - origin, span.t1 - origin,
-                                    duration, g, c, d, duration * n_gpus, counts["flops"],
-                                    counts["samples"], counts["tokens"], span.timeline, extra,
-                                    span.n))
+                # StepRow(...) without its generated __new__'s call (the same tuple.__new__)
+                rows.append(row_of(StepRow, (span.idx, phase, t0 - origin, t1 - origin, duration,
+                                             g, c, d, duration * n_gpus, flops, samples, tokens,
+                                             span.timeline, extra, span.n)))
             except Exception as e:  # noqa: BLE001
                 self.errors += 1
                 self.event("error", "internal-error", f"step {span.phase}#{span.idx} not "
                            f"recorded: {type(e).__name__}: {e}")
-        self._writer.add_steps(rows)
-        self.tally.observe_many(rows)
+        # the store's rows and the live sums, each whatever the other does
+        self._guard(lambda: self._writer.add_steps(rows))
+        self._guard(lambda: self.tally.observe_many(rows))
         for listener in list(self.step_listeners):
             for row in rows:
                 try:
                     listener(row)
                 except Exception as e:  # noqa: BLE001 - a sink bug must not stop attribution
-                    self.event("warning", "listener-error", f"step listener failed: {e}")
+                    self._listener_failed(listener, e)
+
+    def _listener_failed(self, listener: Callable[[StepRow], None], e: Exception) -> None:
+        """A step listener raised: one event and log line per listener (the first failure),
+        then counted (meta ``listener_errors``): one that fails at every step of a long run
+        would otherwise add an event per step, without bound."""
+        self.listener_errors += 1
+        if any(seen is listener for seen in self._failed_listeners) or \
+                len(self._failed_listeners) >= 16:
+            return
+        self._failed_listeners.append(listener)
+        msg = (f"step listener {getattr(listener, '__qualname__', type(listener).__name__)[:80]} "
+               f"failed: {type(e).__name__}: {str(e)[:200]} (further failures are counted in the "
+               "store's meta listener_errors)")
+        warn_once(log, self.run_key, f"listener-error:{len(self._failed_listeners)}",
+                  "greentrack: %s", msg)
+        self.event("warning", "listener-error", msg)
 
     def _energy_at(self, t: float) -> float:
         """Cumulative energy of every channel at ``t``."""
@@ -718,7 +738,8 @@ class Engine:
                                "counter_interval_max_s": self.counter_interval_max_s,
                                "slow_cadence_changes": self.cadence_changes,
                                "bad_step_fields": dict(self.cleaner.bad_fields),
-                               "steps_coalesced": self.steps.coalesced})
+                               "steps_coalesced": self.steps.coalesced,
+                               "listener_errors": self.listener_errors})
         try:
             self._writer.flush()
             now = self._clock()

@@ -18,6 +18,8 @@ import numbers
 import threading
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +37,12 @@ RENAMED_FIELDS = frozenset({"phase", "t0", "t1"})
 COLUMN_FIELDS = frozenset({"flops", "samples", "tokens", "timeline"})
 #: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
 BAD_FIELD_EVENTS = 20
+#: The counts' limits (:data:`stepvalues.COUNT_LIMITS`), as names for :meth:`FieldCleaner.clean`.
+_MAX_FLOPS, _MAX_SAMPLES, _MAX_TOKENS = (stepvalues.COUNT_LIMITS[k]
+                                        for k in ("flops", "samples", "tokens"))
 
 
-@dataclass
+@dataclass(slots=True)
 class StepSpan:
     """A finished step window, on the monotonic clock, queued by the training thread."""
 
@@ -70,6 +75,7 @@ PHASE_SUMS = ("n", "energy_j", "gpu_j", "gpu_n", "duration_s", "flops", "flops_s
               "tokens")
 #: Phases a tally keeps apart; more are summed as ``other`` (a phase name is the user's text).
 MAX_TALLY_PHASES = 64
+_PHASE = attrgetter("phase")
 
 
 class PhaseTally:
@@ -83,10 +89,22 @@ class PhaseTally:
         self._sums: dict[str, dict[str, float]] = {}
 
     def observe_many(self, rows: list[StepRow]) -> None:
+        """Add resolved rows: each run of one phase summed first, then added to its sums."""
         with self._lock:
-            for row in rows:
-                flops = row.flops or 0.0
-                phase = row.phase
+            for phase, run in groupby(rows, key=_PHASE):
+                n = energy = gpu_j = gpu_n = duration = flops = flops_s = samples = tokens = 0.0
+                for row in run:
+                    n += row.n
+                    energy += row.energy_j
+                    if row.gpu_j is not None:
+                        gpu_j += row.gpu_j
+                        gpu_n += 1
+                    duration += row.duration_s
+                    if row.flops:
+                        flops += row.flops
+                        flops_s += row.duration_s
+                    samples += row.samples or 0.0
+                    tokens += row.tokens or 0.0
                 s = self._sums.get(phase)
                 if s is None:
                     if len(self._sums) >= MAX_TALLY_PHASES:
@@ -94,15 +112,15 @@ class PhaseTally:
                     s = self._sums.get(phase)
                     if s is None:
                         s = self._sums[phase] = dict.fromkeys(PHASE_SUMS, 0.0)
-                s["n"] += row.n
-                s["energy_j"] += row.energy_j
-                s["gpu_j"] += row.gpu_j or 0.0
-                s["gpu_n"] += row.gpu_j is not None
-                s["duration_s"] += row.duration_s
+                s["n"] += n
+                s["energy_j"] += energy
+                s["gpu_j"] += gpu_j
+                s["gpu_n"] += gpu_n
+                s["duration_s"] += duration
                 s["flops"] += flops
-                s["flops_s"] += row.duration_s if flops else 0.0
-                s["samples"] += row.samples or 0.0
-                s["tokens"] += row.tokens or 0.0
+                s["flops_s"] += flops_s
+                s["samples"] += samples
+                s["tokens"] += tokens
 
     def phases(self) -> dict[str, dict[str, float]]:
         """Every phase's sums, copied (in the order phases first appeared)."""
@@ -176,12 +194,9 @@ class StepQueue:
         """Every step submitted so far, as spans (sampler thread)."""
         with self._lock:
             self._release_overflow()
-        out: list[StepSpan] = []
-        popleft, spans = self._spans.popleft, self._spans
-        while spans:
-            span = popleft()
-            out.append(span_of(span) if type(span) is tuple else span)  # type: ignore[arg-type]
-        return out
+        popleft = self._spans.popleft  # steps queued meanwhile wait for the next take
+        queued = [popleft() for _ in range(len(self._spans))]
+        return [span if isinstance(span, StepSpan) else span_of(span) for span in queued]
 
 
 def span_of(span: StepSpan | tuple[Any, ...]) -> StepSpan:
@@ -192,7 +207,7 @@ def span_of(span: StepSpan | tuple[Any, ...]) -> StepSpan:
         return span
     idx, phase, t0, t1, timeline, fields = span
     if not fields:
-        return StepSpan(idx, phase, t0, t1, timeline=timeline)
+        return StepSpan(idx, phase, t0, t1, None, None, None, timeline, {})
     get = fields.get
     extra = {} if fields.keys() <= COLUMN_FIELDS else {
         f"field_{key}" if key in RENAMED_FIELDS else key: value
@@ -212,29 +227,36 @@ class FieldCleaner:
         self._run = run or f"cleaner-{id(self)}"
         self.bad_fields: dict[str, int] = {}
 
-    def clean(self, span: StepSpan) -> tuple[dict[str, float | None], dict[str, Any]]:
-        """The step's counts and extra fields as recordable values; a bad one is dropped and
-        reported, the rest of the step kept."""
-        counts: dict[str, float | None] = {}
-        for name, value in (("flops", span.flops), ("samples", span.samples),
-                            ("tokens", span.tokens)):
+    def clean(self, span: StepSpan) -> tuple[float | None, float | None, float | None,
+                                            dict[str, Any]]:
+        """The step's counts (``flops``, ``samples``, ``tokens``) and extra fields (a new dict)
+        as recordable values; a bad one is dropped and reported, the rest of the step kept."""
+        flops, samples, tokens = span.flops, span.samples, span.tokens
+        if (flops is None or type(flops) is float and 0.0 <= flops <= _MAX_FLOPS) and \
+                (samples is None or type(samples) is float and 0.0 <= samples <= _MAX_SAMPLES) \
+                and (tokens is None or type(tokens) is float and 0.0 <= tokens <= _MAX_TOKENS) \
+                and not span.extra:
+            return flops, samples, tokens, {}  # the common case (every step of a loop), no call
+        counts: list[float | None] = []
+        for name, value in (("flops", flops), ("samples", samples), ("tokens", tokens)):
             if value is None or (type(value) is float or type(value) is int and value < 2**63) \
                     and 0 <= value <= stepvalues.COUNT_LIMITS[name]:
-                counts[name] = value  # the common case, without a call (an int SQLite can hold)
+                counts.append(value)  # without a call (an int SQLite can hold)
                 continue
-            counts[name], why = stepvalues.count(name, value)
+            value, why = stepvalues.count(name, value)
+            counts.append(value)
             if why is not None:
                 self._bad(name, why, span)
         extra: dict[str, Any] = {}
         if not span.extra:
-            return counts, extra
+            return counts[0], counts[1], counts[2], extra
         for name, value in span.extra.items():
             clean, why = stepvalues.extra_value(value)
             if why is not None:
                 self._bad(str(name), why, span)
             else:
                 extra[str(name)[:64]] = clean
-        return counts, extra
+        return counts[0], counts[1], counts[2], extra
 
     def windows(self, spans: list[StepSpan], origin: float, now: float) -> list[StepSpan]:
         """The spans whose window can be placed in this run's time: two real times (made
