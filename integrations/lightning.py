@@ -100,6 +100,9 @@ class GreenTrackCallback(Callback, RunCallback):
         self._update_logs: Any = None  # the trainer's "is this a logging step?", bound
         self._samples = 0.0
         self._tokens = 0.0
+        #: the fields of the last step closed: given again while they do not change (a constant
+        #: batch size), so the meter and tracker take them without merging or checking them again
+        self._fields: dict[str, float | None] = {"samples": None, "tokens": None}
         self._declined: list[str] = []  # hooks set to None for Lightning's dispatcher (setup)
         # Each rank logs its own validation energy on purpose (no collective in a callback that
         # must never hang training); Lightning's advice to sync it does not apply.
@@ -228,7 +231,10 @@ class GreenTrackCallback(Callback, RunCallback):
             meter = self.run.meter
             if meter is None:
                 return
-            meter.close_step({"samples": self._samples or None, "tokens": self._tokens or None})
+            samples, tokens, fields = self._samples or None, self._tokens or None, self._fields
+            if fields["samples"] != samples or fields["tokens"] != tokens:
+                fields = self._fields = {"samples": samples, "tokens": tokens}
+            meter.close_step(fields)
             self._samples = self._tokens = 0.0
             if meter.tracker.budget_stop:  # on_budget="stop": set on the sampler thread
                 trainer.should_stop = True
