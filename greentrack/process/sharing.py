@@ -46,6 +46,10 @@ TOKEN_ENV = "GREENTRACK_PARENT_TOKEN"  # which tracker of that run answers joins
 JOIN_ACK_S = 2.0
 #: How often the host leases are scanned, and held join leases probed (a dead child's lease).
 SCAN_EVERY_S = 1.0
+#: How often the lease directory's mtime is looked at between scans: a run that lives longer than
+#: this inside ours is seen (a stat at every fast poll cost the sampler a system call, and the
+#: training thread a GIL hand-over, 20 times a second; issue 25).
+STAT_EVERY_S = 0.2
 MAX_REPORTED = 8  # other runs named per run: bounded
 MAX_LEASE_GPUS = 16  # GPU UUIDs listed in a lease (it is read up to 4 KiB)
 
@@ -64,14 +68,17 @@ class HostWatch:
         self.record = record
         self.lease = Lease(host_lease_dir(), record, shared=True)
         self.seen: dict[str, dict[str, Any]] = {}
-        self._next = 0.0
+        self._next = self._next_stat = 0.0
         self._mtime = -1
         self.check(time.monotonic())
 
     def __call__(self, now: float) -> None:
-        # A lease that came changes the directory's mtime: a stat per poll sees a run that starts
-        # and stops between two scans (one shorter than SCAN_EVERY_S inside this run's span
-        # went unseen by it); the scan each SCAN_EVERY_S still removes stale leases.
+        # A lease that came changes the directory's mtime: a stat every STAT_EVERY_S sees a run
+        # that starts and stops between two scans (one shorter than SCAN_EVERY_S inside this
+        # run's span went unseen by them); the scan each SCAN_EVERY_S still removes stale leases.
+        if now < self._next_stat and now < self._next:
+            return
+        self._next_stat = now + STAT_EVERY_S
         try:
             mtime = os.stat(self.lease.directory).st_mtime_ns
         except OSError:
