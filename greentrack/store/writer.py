@@ -189,31 +189,19 @@ class StoreWriter:
             batch, self._pending = self._pending, []
         if not batch:
             return
-        rejected: list[str] = []
+        # runs of one statement in one call (a flush's steps, samples, meta keys, ...)
+        runs = [(sql, [row for _, row in run]) for sql, run in groupby(batch, key=itemgetter(0))]
         try:
-            with self._transaction():
-                # runs of one statement in one call (a flush's steps, samples, meta keys, ...)
-                for sql, run in groupby(batch, key=itemgetter(0)):
-                    args = [row for _, row in run]
-                    if len(args) == 1 or not self._run_of(sql, args):
-                        for one in args:  # one at a time: set aside what SQLite refuses
-                            try:
-                                self._conn.execute(sql, one)
-                            except sqlite3.OperationalError:
-                                raise  # the database, not the row: keep the batch for a retry
-                            except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
-                                rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
-                if rejected:
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                       ("rows_rejected", str(self.rows_rejected + len(rejected))))
-                    if self.rows_rejected == 0:  # the first time: say what it was
-                        self._conn.execute(
-                            "INSERT INTO events (t, level, kind, channel_id, message, details) "
-                            "VALUES (?,?,?,?,?,?)",
-                            (0.0, "warning", "row-rejected", None, "a row could not be written "
-                             f"and was set aside (later ones are counted in the meta key "
-                             f"rows_rejected): {rejected[0][:300]}", "{}"))
-            self.rows_rejected += len(rejected)
+            try:  # the common case: every row taken, one transaction and no savepoints
+                with self._transaction():
+                    for sql, args in runs:
+                        self._execute(sql, args)
+                return
+            except sqlite3.OperationalError:
+                raise  # the database, not a row: keep the batch for a retry
+            except _REFUSED:
+                pass  # rolled back: find what SQLite refuses, run by run, then row by row
+            self._flush_careful(runs)
         except sqlite3.Error as e:
             with self._lock:
                 self._pending[:0] = batch
@@ -221,39 +209,68 @@ class StoreWriter:
                     self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
             raise RunStoreError(f"store {self.path.name}: {e}") from e
 
-    def _run_of(self, sql: str, args: list[tuple[Any, ...]]) -> bool:
-        """Execute a run of one statement, inside a savepoint; False (and nothing written) if
-        SQLite refused a row, for the caller to find it row by row. A failure of the database
-        itself raises.
+    def _flush_careful(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Commit ``runs``, setting aside the rows SQLite refuses (a run in a savepoint; one that
+        fails, row by row), counted in ``rows_rejected``."""
+        rejected: list[str] = []
+        with self._transaction():
+            for sql, args in runs:
+                if len(args) == 1 or not self._run_of(sql, args):
+                    for one in args:  # one at a time: set aside what SQLite refuses
+                        try:
+                            self._conn.execute(sql, one)
+                        except sqlite3.OperationalError:
+                            raise  # the database, not the row: keep the batch for a retry
+                        except _REFUSED as e:
+                            rejected.append(f"{sql.split()[2]}: {type(e).__name__}: {e}")
+            if rejected:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                   ("rows_rejected", str(self.rows_rejected + len(rejected))))
+                if self.rows_rejected == 0:  # the first time: say what it was
+                    self._conn.execute(
+                        "INSERT INTO events (t, level, kind, channel_id, message, details) "
+                        "VALUES (?,?,?,?,?,?)",
+                        (0.0, "warning", "row-rejected", None, "a row could not be written "
+                         f"and was set aside (later ones are counted in the meta key "
+                         f"rows_rejected): {rejected[0][:300]}", "{}"))
+        self.rows_rejected += len(rejected)
 
-        An ``INSERT ... VALUES (?,...)`` goes as multi-row inserts of up to 128 rows: Python's
-        sqlite3 lets go of the GIL at each statement it steps, and takes it back after, so row
-        by row, beside a training thread that holds the GIL (a Python-bound loop), each row
-        waited out the interpreter's switch interval: 500 step rows kept the sampler thread in
-        one commit for 0.8 s and cost the training thread a GIL hand-over each (issue 25)."""
-        multi = _multi_row(sql)
+    def _run_of(self, sql: str, args: list[tuple[Any, ...]]) -> bool:
+        """Execute a run of one statement inside a savepoint; False (and nothing written) if
+        SQLite refused a row, for the caller to find it row by row. A failure of the database
+        itself raises."""
         self._conn.execute("SAVEPOINT run_of")
         try:
-            if multi is None or set(map(len, args)) != {multi[2]}:
-                self._conn.executemany(sql, args)
-            else:
-                head, one, _ = multi
-                most = max(1, min(128, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                                  // multi[2]))
-                k = 0
-                while k < len(args):
-                    size = min(most, 1 << ((len(args) - k).bit_length() - 1))  # few statements
-                    self._conn.execute(head + ",".join([one] * size),
-                                       list(chain.from_iterable(args[k:k + size])))
-                    k += size
+            self._execute(sql, args)
         except sqlite3.OperationalError:
             raise
-        except (sqlite3.Error, ValueError, TypeError, OverflowError):
+        except _REFUSED:
             self._conn.execute("ROLLBACK TO run_of")
             return False
         finally:
             self._conn.execute("RELEASE run_of")
         return True
+
+    def _execute(self, sql: str, args: list[tuple[Any, ...]]) -> None:
+        """Execute a run of one statement. An ``INSERT ... VALUES (?,...)`` goes as multi-row
+        inserts of up to 128 rows: Python's sqlite3 lets go of the GIL at each statement it
+        steps, and takes it back after, so row by row, beside a training thread that holds the
+        GIL (a Python-bound loop), each row waited out the interpreter's switch interval: 500
+        step rows kept the sampler thread in one commit for 0.8 s and cost the training thread
+        a GIL hand-over each (issue 25). For the same reason a flush whose rows are all taken
+        uses no savepoints (two statements a run)."""
+        multi = _multi_row(sql)
+        if multi is None or set(map(len, args)) != {multi[2]}:
+            self._conn.executemany(sql, args)
+            return
+        head, one, width = multi
+        most = max(1, min(128, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+        k = 0
+        while k < len(args):
+            size = min(most, 1 << ((len(args) - k).bit_length() - 1))  # few statements
+            self._conn.execute(head + ",".join([one] * size),
+                               list(chain.from_iterable(args[k:k + size])))
+            k += size
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -283,6 +300,9 @@ class StoreWriter:
         except sqlite3.Error:
             pass
 
+
+#: What SQLite (or the binding of a value) refuses for a row's content, not for the database.
+_REFUSED = (sqlite3.Error, ValueError, TypeError, OverflowError)
 
 _VALUES = re.compile(r"(INSERT\b.*\bVALUES\s*)(\(\?(?:\s*,\s*\?)*\))\s*", re.S)
 
