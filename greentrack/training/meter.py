@@ -44,7 +44,6 @@ from greentrack.carbon.forecast import Forecast, format_forecast
 from greentrack.common.errors import ConfigError
 from greentrack.common.units import energy_text
 from greentrack.engine.steps import PHASE_SUMS, PhaseTally
-from greentrack.store.layout import StepRow
 from greentrack.training.flops import (METHOD_COUNTED, FirstStepCounter, Peak, StepFlops,
                                        device_peak, given)
 from greentrack.training.stepmarks import StepMarks, submitter
@@ -184,7 +183,9 @@ class TrainingMeter:
         if self.flops is not None:
             self._on_flops_known()
         self.plan(planned_steps)
-        tracker.add_step_listener(self._on_row)
+        self._progress_steps = -1  # resolved steps at the last progress line
+        if self._progress_every_s and engine is not None:
+            engine.watchers.append(self._on_poll)  # a look per poll, not a call per step
         sources = getattr(tracker, "forecast_sources", None)
         if isinstance(sources, list):
             sources.append(self.forecast_estimate)
@@ -328,12 +329,18 @@ class TrainingMeter:
             engine.event(level, kind, message, **details)
 
     # -- resolved steps (sampler thread) ------------------------------------------------------
-    def _on_row(self, row: StepRow) -> None:
-        """Step listener: the progress line when due (the sums are the engine's tally)."""
-        every = self._progress_every_s
-        if every and time.monotonic() >= self._next_progress:
-            self._next_progress = time.monotonic() + every
-            self._write_progress()
+    def _on_poll(self, now: float) -> None:
+        """Engine watcher (the sampler thread, at each poll): the progress line when due, once
+        steps have been resolved since the last one."""
+        t = time.monotonic()
+        if t < self._next_progress or self._progress_every_s is None:
+            return
+        steps = self.tally.steps
+        if steps == self._progress_steps:
+            return
+        self._progress_steps = steps
+        self._next_progress = t + self._progress_every_s
+        self._write_progress()
 
     def _write_progress(self) -> None:
         """The progress line, on stderr (sampler thread, rank 0): visible without any logging
