@@ -16,13 +16,17 @@ Printed per workload: steps a second, the sampler thread's CPU per step and as %
 training thread's voluntary context switches per step (waits for the GIL), the longest commit.
 
     python bench/sampler_steps.py [--steps 3000] [--no-record]
+    python bench/sampler_steps.py --baseline DIR [--pairs 7]   # against a checkout of an earlier commit
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -94,7 +98,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="a checkout of an earlier commit (git worktree add DIR REV): run its own "
+                        "copy of this bench and this one alternately, and compare")
+    p.add_argument("--pairs", type=int, default=7, help="with --baseline: alternations")
     args = p.parse_args()
+    if args.baseline is not None:
+        return compare(args)
     logging.getLogger("greentrack").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="gt-sampler-steps-hw-"))
     tree = powercap_tree(work / "powercap")
@@ -127,6 +137,58 @@ def main() -> int:
     if not args.no_record:
         record("sampler_steps", section(
             "sampler_steps", "The sampler thread's cost per step (`bench/sampler_steps.py`)", body))
+    return 0
+
+
+_PER_STEP = re.compile(r"costs \*\*([\d.]+) us per step\*\* and ([\d.]+)% of a core")
+_BUSY = re.compile(r"^\| busy \| (\d+) \| ([\d.]+) us \| [\d.]+% \| ([\d.]+) \|", re.M)
+
+
+def _one(root: Path) -> dict[str, float]:
+    """One run (``--repeat 1``) of ``root``'s copy of this bench, in a process of its own that
+    imports ``root``'s greentrack: its figures, read from what it prints."""
+    out = subprocess.run([sys.executable, str(root / "bench" / "sampler_steps.py"), "--no-record",
+                          "--repeat", "1"], cwd=root, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout
+    step, busy = _PER_STEP.search(out), _BUSY.search(out)
+    if step is None or busy is None:
+        raise SystemExit(f"unexpected output from {root}: {out[-500:]}")
+    return {"per_step": float(step.group(1)), "cadence": float(step.group(2)),
+            "busy_rate": float(busy.group(1)), "busy_cpu": float(busy.group(2)),
+            "busy_waits": float(busy.group(3))}
+
+
+def compare(args: argparse.Namespace) -> int:
+    """This code against ``--baseline``, alternating (A B, then B A, ...) so the VM's drift falls on
+    both: on a noisy VM one run of each tells nothing smaller than the drift between them."""
+    here, base = Path(__file__).resolve().parents[1], args.baseline.resolve()
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=base, capture_output=True,
+                         text=True).stdout.strip() or str(base)
+    got: dict[str, list[dict[str, float]]] = {"base": [], "here": []}
+    for k in range(args.pairs):
+        for who in (("base", "here") if k % 2 == 0 else ("here", "base")):
+            got[who].append(_one(base if who == "base" else here))
+    names = {"per_step": "sampler CPU per resolved step (us)",
+             "cadence": "fast cadence, % of a core",
+             "busy_cpu": "sampler CPU per step beside a GIL-holding 1.8 ms loop (us)",
+             "busy_waits": "training thread's waits for the GIL per step",
+             "busy_rate": "that loop's steps per second (higher is better)"}
+    rows = []
+    for key, name in names.items():
+        b, h = [r[key] for r in got["base"]], [r[key] for r in got["here"]]
+        better = sum((x > y) if key != "busy_rate" else (x < y) for x, y in zip(b, h))
+        rows.append([name, f"{median(b):g} ({min(b):g}-{max(b):g})",
+                     f"{median(h):g} ({min(h):g}-{max(h):g})",
+                     f"{median(h) / median(b) - 1:+.1%}", f"{better} of {args.pairs}"])
+    body = (md_table(["figure (median, range)", f"baseline {rev}", "this code", "change",
+                      "pairs where this code is better"], rows) +
+            f"\n\n{args.pairs} pairs of one run each (3,000 steps; 300 at 10 ms), the two "
+            "alternating; run with `--baseline DIR` (a `git worktree` of the earlier commit).")
+    print(body)
+    if not args.no_record:
+        record("sampler_steps_ab", section(
+            "sampler_steps_ab", f"The sampler thread's cost per step against {rev} "
+            "(`bench/sampler_steps.py --baseline`)", body))
     return 0
 
 
