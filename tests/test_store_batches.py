@@ -268,3 +268,32 @@ def test_live_sums_that_fail_keep_the_stored_rows(tmp_path: Path,
     r = StoreReader(writer.path)
     assert len(r.steps()) == 50
     assert [e["kind"] for e in r.events() if e["level"] == "error"] == ["internal-error"]
+
+
+def test_a_listener_whose_error_cannot_be_told_still_costs_no_step(tmp_path: Path) -> None:
+    """The listener and its exception are the user's objects: a ``__str__`` that raises, a
+    name that is no text. The failure is still one event, the steps all recorded."""
+    engine, writer = _engine(tmp_path)
+
+    class Mute(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    class Odd:
+        def __call__(self, row: StepRow) -> None:
+            raise Mute()
+
+    odd = Odd()
+    odd.__qualname__ = 42  # type: ignore[attr-defined]
+    engine.step_listeners.append(odd)
+    for k in range(100):
+        engine.steps.submit(StepSpan(k, "train", k * 0.05, k * 0.05 + 0.02))
+    engine._attribute(final=True)
+    engine._flush()
+    writer.close()
+    r = StoreReader(writer.path)
+    assert len(r.steps()) == 100 and r.meta["listener_errors"] == 100
+    assert [e["message"] for e in r.events() if e["kind"] == "listener-error"] == [
+        "step listener failed: Mute (further failures are counted in the store's meta "
+        "listener_errors)"]
+    assert not [e for e in r.events() if e["kind"] == "internal-error"]

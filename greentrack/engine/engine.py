@@ -718,9 +718,13 @@ class Engine:
                 len(self._failed_listeners) >= 16:
             return
         self._failed_listeners.append(listener)
-        msg = (f"step listener {getattr(listener, '__qualname__', type(listener).__name__)[:80]} "
-               f"failed: {type(e).__name__}: {str(e)[:200]} (further failures are counted in the "
-               "store's meta listener_errors)")
+        try:  # the listener's name and error are the user's objects: their text may fail too
+            what = f"{str(getattr(listener, '__qualname__', ''))[:80]} failed: " \
+                   f"{type(e).__name__}: {str(e)[:200]}"
+        except Exception:  # noqa: BLE001
+            what = f"failed: {type(e).__name__}"
+        msg = f"step listener {what} (further failures are counted in the store's meta " \
+              "listener_errors)"
         warn_once(log, self.run_key, f"listener-error:{len(self._failed_listeners)}",
                   "greentrack: %s", msg)
         self.event("warning", "listener-error", msg)

@@ -18,9 +18,9 @@ import numbers
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
-from dataclasses import dataclass, field
 from typing import Any
 
 from greentrack.common.once import warn_once

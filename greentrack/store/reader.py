@@ -365,7 +365,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "duration_s": (int, float), "pid_create_time": (int, float), "pid": (int,), "rank": (int,),
     "local_rank": (int,), "world_size": (int,), "settings": (dict,), "versions": (dict,),
     "counter_interval_s": (int, float), "counter_interval_max_s": (int, float),
-    "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,), "listener_errors": (int,),
+    "slow_cadence_changes": (int,), "rows_rejected": (int,), "steps_coalesced": (int,),
+    "listener_errors": (int,),
     "bad_step_fields": (dict,), "labels": (dict,), "rollup": (dict,),
 }
 

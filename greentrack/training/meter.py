@@ -183,7 +183,7 @@ class TrainingMeter:
         if self.flops is not None:
             self._on_flops_known()
         self.plan(planned_steps)
-        self._progress_steps = -1  # resolved steps at the last progress line
+        self._progress_steps = 0  # resolved steps at the last progress line (none: no line)
         if self._progress_every_s and engine is not None:
             engine.watchers.append(self._on_poll)  # a look per poll, not a call per step
         sources = getattr(tracker, "forecast_sources", None)
