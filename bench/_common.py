@@ -195,6 +195,23 @@ def median(values: list[float]) -> float:
     return quantile(values, 0.5)
 
 
+#: An A/A band (p25..p75 of untracked-over-untracked) wider than this many percentage points
+#: resolves nothing the ~1 ms Lightning goal asks about: the verdict is then "cannot tell", not a
+#: "yes" that only says the host was noisy. Quiet runs of the 2-core VM gave 3.8 and 4.4 points
+#: (2026-12-07); a run during a slow spell of the same VM gave 15.1.
+QUIET_BAND_PTS = 6.0
+
+
+def band_verdict(value: float, band: tuple[float, float]) -> str:
+    """Whether ``value`` (a median overhead, as a fraction) lies within an A/A ``band``
+    (``(p25, p75)``): ``**yes**``, ``**no**``, or ``**cannot tell**`` where the band is wider than
+    :data:`QUIET_BAND_PTS` points."""
+    width = (band[1] - band[0]) * 100
+    if width > QUIET_BAND_PTS:
+        return f"**cannot tell** (the band is {width:.1f} points wide; quiet runs give about 4)"
+    return "**yes**" if band[0] <= value <= band[1] else "**no**"
+
+
 def pct(x: float, digits: int = 2) -> str:
     return f"{x * 100:+.{digits}f}%"
 

@@ -45,6 +45,8 @@ BENCHES = (
           quick=("--window", "5", "--codecarbon-window", "16", "--quiet-wait", "2")),
     Bench("sampler_steps.py", "the sampler thread's CPU per attributed step, beside a GIL-bound loop",
           quick=("--repeat", "1")),
+    Bench("sampler_interference.py", "what the sampler thread costs a GIL-bound loop, parked "
+          "and beside a tracker process", quick=("--rounds", "6")),
     Bench("start_stop.py", "import, warm start(), stop() by segment count",
           quick=("--rounds", "10", "--stop-rounds", "3")),
     Bench("memory_week.py", "memory over a virtual week", quick=("--days", "2")),

@@ -35,15 +35,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (EnvPatch, QuietGate, cuda_device, fake_nvml_module,  # noqa: E402
-                     importable, md_table, median, powercap_tree, quantile, record, section)
+from _common import (EnvPatch, QuietGate, band_verdict, cuda_device,  # noqa: E402
+                     fake_nvml_module, importable, md_table, median, powercap_tree, quantile,
+                     record, section)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
-#: An A/A band (p25..p75 of untracked-over-untracked) wider than this many percentage points
-#: resolves nothing the ~1 ms Lightning goal asks about: the verdict is then "cannot tell", not a
-#: "yes" that only says the host was noisy. Quiet runs of the 2-core VM gave 3.8 and 4.4 points
-#: (2026-12-07); a run during a slow spell of the same VM gave 15.1.
-QUIET_BAND_PTS = 6.0
 #: A pause before each block of :func:`rotated`: a block right after a pause (the quiet-host
 #: gate's) ran ~6% faster than one right after another block on this VM (2026-12-07).
 SETTLE_S = 0.5
@@ -406,17 +402,13 @@ def main() -> int:
                                   "tracked": True}, max(8, args.rounds), gate)
             work = "MLP 256-32-10, batch 256, SGD, 1 thread; Lightning's own loop"
             band = (res["again"]["p25"], res["again"]["p75"])
-            within = band[0] <= res["tracked"]["median"] <= band[1]
-            wide = (band[1] - band[0]) * 100 > QUIET_BAND_PTS
             rows.append(row("CPU, Lightning, ~1 ms steps: A/A control (untracked vs untracked)",
                             work, res["again"], "noise floor", n + 10))
             rows.append(row("CPU, Lightning, ~1 ms steps: a callback that does nothing", work,
                             res["empty"], "(Lightning's own cost of a callback)", n + 10))
             rows.append(row("CPU, Lightning `Trainer` + `GreenTrackCallback`, ~1 ms steps", work,
-                            res["tracked"], "within the A/A band: " + (
-                                f"**cannot tell** (the band is {(band[1] - band[0]) * 100:.1f} "
-                                f"points wide; quiet runs give about 4)" if wide
-                                else "**yes**" if within else "**no**"), n + 10))
+                            res["tracked"], "within the A/A band: " +
+                            band_verdict(res["tracked"]["median"], band), n + 10))
             own = [t - e for t, e in zip(res["tracked"]["ratios"], res["empty"]["ratios"])]
             notes.append(
                 f"~1 ms Lightning rows: {max(8, args.rounds)} rounds, the four blocks of a round "

@@ -43,3 +43,14 @@ def test_record_replaces_its_own_section_only(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert BEGIN.findall(text) == ["a", "b"] == END.findall(text)
     assert "three" in text and "one" not in text and "two" in text
+
+
+def test_a_band_too_wide_gives_no_verdict() -> None:
+    from _common import QUIET_BAND_PTS, band_verdict
+
+    assert band_verdict(0.01, (-0.02, 0.02)) == "**yes**"
+    assert band_verdict(0.03, (-0.02, 0.02)) == "**no**"
+    assert band_verdict(-0.03, (-0.02, 0.02)) == "**no**"
+    wide = QUIET_BAND_PTS / 100
+    assert band_verdict(0.0, (-wide, wide)).startswith("**cannot tell**")
+    assert band_verdict(0.5, (-wide, wide)).startswith("**cannot tell**")
