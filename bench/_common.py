@@ -20,7 +20,10 @@ import re
 import shlex
 import sqlite3
 import sys
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +267,36 @@ def powercap_tree(root: Path) -> Any:
         if sub in tree.zones and not link.exists():
             link.symlink_to(tree.zones[sub])
     return tree
+
+
+@contextmanager
+def sampler_parked() -> Iterator[None]:
+    """A diagnostic, not a mode: trackers started inside keep their sampler thread asleep until
+    ``stop()`` (which resolves their steps), so a block measures the hooks alone: the floor of any
+    design that keeps the sampler's Python out of the training process."""
+    from greentrack.engine import engine
+
+    run = engine.Engine._run
+    engine.Engine._run = lambda self: self._stop.wait()  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        engine.Engine._run = run  # type: ignore[method-assign]
+
+
+@contextmanager
+def tracker_beside(step_s: float) -> Iterator[None]:
+    """Another process running a tracker on its own fake H100 and RAPL tree, a step every
+    ``step_s`` (a sleep), from its first reading until the block ends: the load a sampler in a
+    process of its own would put on the host."""
+    child = subprocess.Popen([sys.executable, str(REPO / "bench" / "sampler_interference.py"),
+                              "--beside", str(step_s)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # type: ignore[union-attr]  # "ready": its tracker runs
+        yield
+    finally:
+        child.communicate("", timeout=60)
 
 
 class EnvPatch:

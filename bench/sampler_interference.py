@@ -26,18 +26,19 @@ import argparse
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (EnvPatch, QuietGate, band_verdict, fake_nvml_module,  # noqa: E402
-                     md_table, median, powercap_tree, quantile, record, section)
+                     md_table, median, powercap_tree, quantile, record, sampler_parked, section,
+                     tracker_beside)
 
 STEP_S = 0.0018  # an untracked step, once sized: Lightning's ~1 ms rows run 1.8-2.1 ms here
 VARIANTS = ("untracked", "untracked again", "tracked", "tracked, sampler parked",
@@ -77,28 +78,22 @@ def _waits() -> int:
     return 0
 
 
-def _parked(self: Any) -> None:
-    self._stop.wait()
-
-
 def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
           ) -> tuple[float, float, float, float]:
     """One block: wall and training-thread CPU per step, the sampler thread's CPU as a share of a
     core (0 where none runs), and the training thread's waits for the GIL a second."""
     from greentrack import Tracker
-    from greentrack.engine import engine
 
-    tracker, beside, run = None, None, engine.Engine._run
-    if variant.startswith("parked +"):
-        beside = subprocess.Popen([sys.executable, __file__, "--beside", str(n)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        beside.stdout.readline()  # type: ignore[union-attr]  # its tracker runs
-    try:
-        if variant.startswith("tracked") or beside is not None:
-            if "parked" in variant or beside is not None:
-                engine.Engine._run = _parked  # type: ignore[method-assign]
+    tracker = None
+    with ExitStack() as stack:
+        if variant.startswith("parked +"):
+            stack.enter_context(tracker_beside(STEP_S))
+        if "parked" in variant:
+            stack.enter_context(sampler_parked())
+        if variant.startswith(("tracked", "parked")):
             with EnvPatch(**env):
                 tracker = Tracker(str(work / f"run-{time.monotonic_ns()}")).start()
+            stack.callback(tracker.stop)
             time.sleep(0.3)  # past the start-up reads
         sampler = next((t for t in threading.enumerate() if t.name == "greentrack-sampler"), None)
         clock = time.pthread_getcpuclockid(sampler.ident) if sampler and sampler.ident else None
@@ -114,18 +109,12 @@ def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         waits = _waits() - w0
         sampler_cpu = (time.clock_gettime(clock) - s0) if clock is not None else 0.0
-    finally:
-        if tracker is not None:
-            tracker.stop()
-        engine.Engine._run = run  # type: ignore[method-assign]
-        if beside is not None:
-            beside.communicate("", timeout=60)
     return wall / steps, cpu / steps, sampler_cpu / wall, waits / wall
 
 
-def beside(n: int, env: dict[str, Any], work: Path) -> None:
-    """The tracker process of the last variant: steps of a sleep as long as the parent's, until
-    its stdin closes."""
+def beside(step_s: float, env: dict[str, Any], work: Path) -> None:
+    """The tracker process of :func:`_common.tracker_beside`: a step every ``step_s`` (a sleep)
+    until its stdin closes."""
     from greentrack import Tracker
 
     with EnvPatch(**env):
@@ -135,7 +124,7 @@ def beside(n: int, env: dict[str, Any], work: Path) -> None:
     print("ready", flush=True)
     while not done.is_set():
         with tracker.step(samples=32):
-            time.sleep(STEP_S)
+            time.sleep(step_s)
     tracker.stop()
 
 
@@ -144,7 +133,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=16)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--no-record", action="store_true")
-    p.add_argument("--beside", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--beside", type=float, metavar="STEP_S", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.getLogger("greentrack").setLevel(logging.ERROR)
     os.environ["GREENTRACK_PROGRESS"] = "0"

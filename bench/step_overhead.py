@@ -16,6 +16,10 @@ untracked one; the figure is the median over ``--rounds`` rounds.
   on the GPU timeline (CUDA events, never a synchronize).
 * ``lightning`` (CPU, ``--lightning``): a Lightning ``Trainer`` with and without
   ``GreenTrackCallback``; step time from a timing callback (the first 10 steps of a block excluded).
+  At ~1 ms steps also a callback that does nothing and, as diagnostics, ``GreenTrackCallback`` with
+  its sampler thread parked until stop (the hooks alone) and that beside a tracker process doing the
+  sampler's work (what a sampler in a process of its own would leave; ``_common.sampler_parked``,
+  ``_common.tracker_beside``).
 
     python bench/step_overhead.py                      # CPU (+ Lightning), then GPU if present
     python bench/step_overhead.py --device cpu --rounds 5 --no-record
@@ -30,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (EnvPatch, QuietGate, band_verdict, cuda_device,  # noqa: E402
                      fake_nvml_module, importable, md_table, median, powercap_tree, quantile,
-                     record, section)
+                     record, sampler_parked, section, tracker_beside)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
 #: A pause before each block of :func:`rotated`: a block right after a pause (the quiet-host
@@ -236,10 +241,12 @@ def row(name: str, workload: str, res: dict[str, Any], goal: str, steps: int) ->
 
 def lightning_block(steps: int, tracked: Any, env: dict[str, str], width: int
                     ) -> tuple[float, float]:
-    """One fresh ``Trainer`` and model: ``tracked`` False (none), True (``GreenTrackCallback``)
-    or ``"empty"`` (a callback that does nothing: what Lightning's dispatch charges any one);
-    mean step time and training-thread CPU per step from a timing callback (first 10 steps
-    excluded)."""
+    """One fresh ``Trainer`` and model: ``tracked`` False (none), True (``GreenTrackCallback``),
+    ``"empty"`` (a callback that does nothing: what Lightning's dispatch charges any one), or, as
+    diagnostics, ``"parked"`` (``GreenTrackCallback`` with the sampler thread asleep until stop)
+    and ``"beside"`` (that, and a tracker process doing the sampler's work beside it); mean step
+    time and training-thread CPU per step from a timing callback (first 10 steps excluded). The
+    diagnostics' hook calls are left out of the hook column (it is the tracked variant's)."""
     import lightning as L
     import torch
     from greentrack.integrations.lightning import GreenTrackCallback
@@ -280,8 +287,18 @@ def lightning_block(steps: int, tracked: Any, env: dict[str, str], width: int
                         enable_model_summary=False, callbacks=callbacks, log_every_n_steps=EVERY)
     model = Model()
     gc.collect()  # no block inherits another's garbage (a full collection: ~170 ms here)
-    with EnvPatch(**env):
-        trainer.fit(model, data)
+    diagnostic = tracked in ("parked", "beside")
+    seen = {name: len(calls) for name, calls in HOOK_S.items()}
+    with ExitStack() as stack:
+        if tracked == "beside":
+            stack.enter_context(tracker_beside(0.0018))
+        if diagnostic:
+            stack.enter_context(sampler_parked())
+        with EnvPatch(**env):
+            trainer.fit(model, data)
+    if diagnostic:
+        for name, calls in HOOK_S.items():
+            del calls[seen.get(name, 0):]
     shutil.rmtree(run_dir, ignore_errors=True)
     t, c = timer.t[10:], timer.c[10:]
     return (t[-1] - t[0]) / (len(t) - 1), (c[-1] - c[0]) / (len(c) - 1)
@@ -399,7 +416,8 @@ def main() -> int:
                             interleaved(light, max(4, args.rounds // 3), gate), "<= 1%", n + 10))
             small = lambda tracked: lightning_block(n, tracked, env, 32)  # noqa: E731
             res = rotated(small, {"none": False, "again": False, "empty": "empty",
-                                  "tracked": True}, max(8, args.rounds), gate)
+                                  "tracked": True, "parked": "parked", "beside": "beside"},
+                          max(8, args.rounds), gate)
             work = "MLP 256-32-10, batch 256, SGD, 1 thread; Lightning's own loop"
             band = (res["again"]["p25"], res["again"]["p75"])
             rows.append(row("CPU, Lightning, ~1 ms steps: A/A control (untracked vs untracked)",
@@ -409,9 +427,17 @@ def main() -> int:
             rows.append(row("CPU, Lightning `Trainer` + `GreenTrackCallback`, ~1 ms steps", work,
                             res["tracked"], "within the A/A band: " +
                             band_verdict(res["tracked"]["median"], band), n + 10))
+            rows.append(row("CPU, Lightning, ~1 ms steps: `GreenTrackCallback`, its sampler "
+                            "thread parked (a diagnostic: steps resolved at stop)", work,
+                            res["parked"], "(the hooks alone) within the A/A band: " +
+                            band_verdict(res["parked"]["median"], band), n + 10))
+            rows.append(row("CPU, Lightning, ~1 ms steps: that, and a tracker process beside it "
+                            "(a diagnostic)", work, res["beside"],
+                            "(a sampler in a process of its own) within the A/A band: " +
+                            band_verdict(res["beside"]["median"], band), n + 10))
             own = [t - e for t, e in zip(res["tracked"]["ratios"], res["empty"]["ratios"])]
             notes.append(
-                f"~1 ms Lightning rows: {max(8, args.rounds)} rounds, the four blocks of a round "
+                f"~1 ms Lightning rows: {max(8, args.rounds)} rounds, the six blocks of a round "
                 "in a turning order, each over the round's untracked block; the A/A band is the "
                 f"control's p25..p75 ({pct(band[0])} .. {pct(band[1])}). Over the do-nothing "
                 f"callback, `GreenTrackCallback` adds {pct(median(own))} (median; p25..p75 "
