@@ -19,8 +19,8 @@ import platform
 import re
 import shlex
 import sqlite3
-import sys
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (EnvPatch, QuietGate, band_verdict, fake_nvml_module,  # noqa: E402
-                     md_table, median, powercap_tree, quantile, record, sampler_parked, section,
+from _common import (EnvPatch, QuietGate, band_verdict, fake_nvml_module, md_table,  # noqa: E402
+                     median, powercap_tree, quantile, record, sampler_parked, section,
                      tracker_beside)
 
 STEP_S = 0.0018  # an untracked step, once sized: Lightning's ~1 ms rows run 1.8-2.1 ms here

@@ -40,9 +40,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (EnvPatch, QuietGate, band_verdict, cuda_device,  # noqa: E402
-                     fake_nvml_module, importable, md_table, median, powercap_tree, quantile,
-                     record, sampler_parked, section, tracker_beside)
+from _common import (EnvPatch, QuietGate, band_verdict, cuda_device, fake_nvml_module,  # noqa: E402
+                     importable, md_table, median, powercap_tree, quantile, record, sampler_parked,
+                     section, tracker_beside)
 
 EVERY = 50  # metrics() cadence, as Lightning's default log_every_n_steps
 #: A pause before each block of :func:`rotated`: a block right after a pause (the quiet-host
@@ -308,6 +308,7 @@ def hf_block(steps: int, tracked: bool, env: dict[str, str]) -> tuple[float, flo
     """A tiny GPT-2 (the test suite's) under the Hugging Face ``Trainer``, with and without
     ``GreenTrackTrainerCallback``; step time from a timing callback (first 10 steps excluded)."""
     import transformers
+
     from greentrack.integrations.transformers import GreenTrackTrainerCallback
     from tests.tiny_models import Tokens, tiny_gpt2_config
 
