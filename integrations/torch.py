@@ -167,7 +167,7 @@ class OptimizerTracking:
             hook.remove()
         if not self._owns:
             self.meter.marks.drain()
-            self.meter.release_forecast()
+            self.meter.release()
             return
         if not hooks:
             return  # closed already: no second collective

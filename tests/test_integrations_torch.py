@@ -150,6 +150,35 @@ def test_a_tracker_passed_in_is_left_running(no_host_env: Path, tmp_path: Path) 
     assert greentrack.summarize(tmp_path / "run")["steps"] == 1
 
 
+def test_a_finished_tracking_prints_no_progress_beside_the_next(no_host_env: Path, tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    """Two trainings one after the other on one tracker the caller keeps running: once the first
+    closes, only the second's progress line is written. The first's meter stayed a watcher of the
+    sampler thread and went on printing "step 20/20, forecast ..." with the tracker's growing
+    energy between the second's lines."""
+    model, _ = model_and_opt()
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        for planned in (30, 40):
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            with track_optimizer(opt, tracker, model=model, planned_steps=planned,
+                                 progress_every_s=0.1):
+                for _ in range(planned):
+                    model(torch.randn(8, 16)).sum().backward()
+                    opt.step()
+                    time.sleep(0.02)  # 0.6-0.8 s of training: several lines each
+            time.sleep(0.3)  # polls go on after a close: a stale watcher would write now
+            lines = [line for line in capfd.readouterr().err.splitlines()
+                     if line.startswith("greentrack: step")]
+            assert lines, "no progress line at all"  # the check below looks at something
+            assert all(f"/{planned}," in line for line in lines), lines
+        assert tracker.engine is not None
+        assert not [w for w in tracker.engine.watchers
+                    if getattr(w, "__name__", "") == "_on_poll"], tracker.engine.watchers
+        assert not [h for h in tracker.engine.holds
+                    if getattr(h, "__name__", "") == "_earliest"], tracker.engine.holds
+
+
 def test_bad_setting_is_one_line_before_any_step(tmp_path: Path) -> None:
     _, opt = model_and_opt()
     with pytest.raises(ConfigError) as e:

@@ -319,7 +319,7 @@ class Engine:
         self._guard(lambda: self._poll_woken(self._clock()))
         if self._abandoned:
             return
-        for watch in self.watchers:
+        for watch in tuple(self.watchers):  # a copy: a watcher may be removed meanwhile
             self._guard(lambda: watch(now))
         if now >= self._next_account:  # nothing waits on it: steps are resolved a little late
             self._guard(lambda: self._account(final=False))
@@ -339,7 +339,7 @@ class Engine:
         return IDLE_COUNTER_INTERVAL_S
 
     def _open_step(self) -> bool:
-        for hold in self.holds:
+        for hold in tuple(self.holds):  # a copy: a hold may be removed meanwhile
             try:
                 if hold() is not None:
                     return True
@@ -637,7 +637,7 @@ class Engine:
         self.records.attribute(final, horizon, self._energy_at, self.origin)
         res = self.config.resolution_s
         held = [s.t0 for s in self._waiting] + self.records.held()
-        for hold in self.holds:
+        for hold in tuple(self.holds):  # a copy: a hold may be removed meanwhile
             try:
                 t = hold()
             except Exception:  # noqa: BLE001 - a racing owner: keep everything this time

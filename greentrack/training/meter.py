@@ -490,15 +490,21 @@ class TrainingMeter:
                             f"GPU after {timeout_s:g} s were not recorded")
         except Exception as e:  # noqa: BLE001 - stopping must never raise into training
             log.warning("greentrack: could not resolve the last steps: %s", e)
-        self.release_forecast()
+        self.release()
         self.tracker.stop(status)
 
-    def release_forecast(self) -> None:
-        """Stop offering this meter's forecast to the tracker's exporters (training is over: a
-        tracker left running shows no stale forecast)."""
+    def release(self) -> None:
+        """This meter's training is over, its tracker may run on: its forecast leaves the
+        tracker's exporters, its progress line and its marks' hold the sampler thread. A meter left as a watcher
+        printed its finished training's "step 150/150, forecast ..." with the tracker's growing
+        energy, between the lines of the next meter on the same tracker."""
         sources = getattr(self.tracker, "forecast_sources", None)
         if isinstance(sources, list) and self.forecast_estimate in sources:
             sources.remove(self.forecast_estimate)
+        watchers = getattr(getattr(self.tracker, "engine", None), "watchers", None)
+        if isinstance(watchers, list) and self._on_poll in watchers:
+            watchers.remove(self._on_poll)  # the sampler thread iterates over a copy
+        self.marks.release()
 
 
 __all__ = ["TrainingMeter", "progress_period", "FIRST_PROGRESS_S", "SETTLE_S", "METHOD_COUNTED"]

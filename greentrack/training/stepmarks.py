@@ -193,6 +193,14 @@ class StepMarks:
         self._pending.clear()
         return left
 
+    def release(self) -> None:
+        """No more steps from these marks (after :meth:`drain`): their hold leaves the engine,
+        which would otherwise call it at every poll for the rest of the tracker's life, one more
+        for each training run on that tracker."""
+        holds = getattr(self._engine, "holds", None)
+        if isinstance(holds, list) and self._earliest in holds:
+            holds.remove(self._earliest)
+
     # -- GPU clock mapping ------------------------------------------------------------------------
     def _bound(self, h: float, d: float) -> None:
         # Age the current bound by the allowed drift, then keep the larger (tighter) of the two.
