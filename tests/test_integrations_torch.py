@@ -179,6 +179,47 @@ def test_a_finished_tracking_prints_no_progress_beside_the_next(no_host_env: Pat
                     if getattr(h, "__name__", "") == "_earliest"], tracker.engine.holds
 
 
+def test_trainings_on_threads_of_one_tracker_leave_nothing_behind(no_host_env: Path,
+                                                                   tmp_path: Path) -> None:
+    """The neighbours of the case above: four threads, each three trainings one after the other
+    (each its own optimizer, opened and closed at random moments) on one tracker while its
+    sampler thread polls: every step recorded once, and no watcher or hold of a closed
+    training left on the engine."""
+    import random
+    import threading
+
+    errors: list[BaseException] = []
+
+    def trainings(seed: int, tracker: Any) -> None:
+        rnd = random.Random(seed)
+        model = torch.nn.Linear(4, 2)
+        try:
+            for _ in range(3):
+                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+                with track_optimizer(opt, tracker, planned_steps=20, progress_every_s=0.05):
+                    for _ in range(20):
+                        model(torch.randn(2, 4)).sum().backward()
+                        opt.step()
+                        time.sleep(rnd.uniform(0.0, 0.004))
+                time.sleep(rnd.uniform(0.0, 0.05))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    with greentrack.Tracker(tmp_path / "run", **FAST) as tracker:
+        threads = [threading.Thread(target=trainings, args=(k, tracker)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        engine = tracker.engine
+        assert engine is not None
+        assert not [w for w in engine.watchers if getattr(w, "__name__", "") == "_on_poll"]
+        assert not [h for h in engine.holds if getattr(h, "__name__", "") == "_earliest"]
+        assert engine.errors == 0
+    assert greentrack.summarize(tmp_path / "run")["steps"] == 4 * 3 * 20
+
+
 def test_bad_setting_is_one_line_before_any_step(tmp_path: Path) -> None:
     _, opt = model_and_opt()
     with pytest.raises(ConfigError) as e:
