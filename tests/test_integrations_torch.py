@@ -162,11 +162,12 @@ def test_a_finished_tracking_prints_no_progress_beside_the_next(no_host_env: Pat
         for planned in (30, 40):
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
             with track_optimizer(opt, tracker, model=model, planned_steps=planned,
-                                 progress_every_s=0.1):
+                                 progress_every_s=0.1) as tracking:
                 for _ in range(planned):
                     model(torch.randn(8, 16)).sum().backward()
                     opt.step()
                     time.sleep(0.02)  # 0.6-0.8 s of training: several lines each
+            tracking.close()  # a second close releases nothing twice and raises nothing
             time.sleep(0.3)  # polls go on after a close: a stale watcher would write now
             lines = [line for line in capfd.readouterr().err.splitlines()
                      if line.startswith("greentrack: step")]

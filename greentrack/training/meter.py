@@ -32,6 +32,7 @@ and the run's totals are in :mod:`greentrack.training.session`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -495,15 +496,16 @@ class TrainingMeter:
 
     def release(self) -> None:
         """This meter's training is over, its tracker may run on: its forecast leaves the
-        tracker's exporters, its progress line and its marks' hold the sampler thread. A meter left as a watcher
-        printed its finished training's "step 150/150, forecast ..." with the tracker's growing
-        energy, between the lines of the next meter on the same tracker."""
+        tracker's exporters, and its progress line and its marks' hold leave the sampler thread.
+        A meter left as a watcher printed its finished training's "step 150/150, forecast ..."
+        with the tracker's growing energy, between the lines of the next meter on the tracker.
+        Safe to call twice."""
         sources = getattr(self.tracker, "forecast_sources", None)
-        if isinstance(sources, list) and self.forecast_estimate in sources:
-            sources.remove(self.forecast_estimate)
         watchers = getattr(getattr(self.tracker, "engine", None), "watchers", None)
-        if isinstance(watchers, list) and self._on_poll in watchers:
-            watchers.remove(self._on_poll)  # the sampler thread iterates over a copy
+        for registry, mine in ((sources, self.forecast_estimate), (watchers, self._on_poll)):
+            if isinstance(registry, list):
+                with contextlib.suppress(ValueError):  # not there (released already)
+                    registry.remove(mine)  # the sampler thread iterates over a copy
         self.marks.release()
 
 

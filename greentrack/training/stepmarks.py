@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -198,8 +199,9 @@ class StepMarks:
         which would otherwise call it at every poll for the rest of the tracker's life, one more
         for each training run on that tracker."""
         holds = getattr(self._engine, "holds", None)
-        if isinstance(holds, list) and self._earliest in holds:
-            holds.remove(self._earliest)
+        if isinstance(holds, list):
+            with contextlib.suppress(ValueError):  # not there (released already)
+                holds.remove(self._earliest)
 
     # -- GPU clock mapping ------------------------------------------------------------------------
     def _bound(self, h: float, d: float) -> None:
