@@ -132,17 +132,22 @@ def _engine(tmp_path: Path) -> tuple[Engine, StoreWriter]:
     return engine, writer
 
 
-def test_a_step_whose_window_is_not_two_times_is_dropped_and_the_rest_recorded(
-        tmp_path: Path) -> None:
-    engine, writer = _engine(tmp_path)
-    bad: Any = "not a time"
-    for span in (StepSpan(0, "train", 1.0, 2.0), StepSpan(1, "train", bad, 3.0),
-                 StepSpan(2, "train", 3.0, 4.5)):
+def _recorded(engine: Engine, writer: StoreWriter, spans: Any) -> StoreReader:
+    """Submit ``spans``, resolve them as at stop, commit, close: the store as written."""
+    for span in spans:
         engine.steps.submit(span)
     engine._attribute(final=True)
     engine._flush()
     writer.close()
-    r = StoreReader(writer.path)
+    return StoreReader(writer.path)
+
+
+def test_a_step_whose_window_is_not_two_times_is_dropped_and_the_rest_recorded(
+        tmp_path: Path) -> None:
+    engine, writer = _engine(tmp_path)
+    bad: Any = "not a time"
+    r = _recorded(engine, writer, (StepSpan(0, "train", 1.0, 2.0), StepSpan(1, "train", bad, 3.0),
+                                   StepSpan(2, "train", 3.0, 4.5)))
     assert [(s["idx"], s["gpu_j"]) for s in r.steps()] == [(0, 100.0), (2, 150.0)]
     assert [e["details"] for e in r.events() if e["kind"] == "bad-step-field"] == [
         json.dumps({"field": "window", "reason": "t0 is str, not a time"})]
@@ -174,10 +179,7 @@ def test_every_step_with_a_real_window_is_recorded_whatever_the_others_hold(
             a, b = (1.0, bad) if bad_end else (bad, 2.0)
             engine.steps.submit(StepSpan(idx, "train", a, b))
             refused += 1
-    engine._attribute(final=True)
-    engine._flush()
-    writer.close()
-    r = StoreReader(writer.path)
+    r = _recorded(engine, writer, ())
     assert [(s["idx"], s["gpu_j"]) for s in r.steps()] == want
     assert r.meta.get("bad_step_fields", {}).get("window", 0) == refused
     assert not [e for e in r.events() if e["kind"] == "internal-error"]
@@ -187,12 +189,7 @@ def test_steps_resolved_in_a_batch_are_what_each_resolved_alone_gives(tmp_path: 
     engine, writer = _engine(tmp_path)
     cpu = engine.states[0]
     spans = [StepSpan(i, "train", 0.37 * i - 0.5, 0.37 * i + 0.2) for i in range(40)]
-    for span in spans:
-        engine.steps.submit(span)
-    engine._attribute(final=True)
-    engine._flush()
-    writer.close()
-    got = [s["gpu_j"] for s in StoreReader(writer.path).steps()]
+    got = [s["gpu_j"] for s in _recorded(engine, writer, spans).steps()]
     assert got == [max(0.0, cpu.timeline.between(s.t0, s.t1)) for s in spans]
     assert sqlite3.connect(writer.path).execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 40
 
@@ -260,12 +257,8 @@ def test_live_sums_that_fail_keep_the_stored_rows(tmp_path: Path,
         raise ValueError("tally bug")
 
     monkeypatch.setattr(engine.tally, "observe_many", broken)
-    for k in range(50):
-        engine.steps.submit(StepSpan(k, "train", k * 0.1, k * 0.1 + 0.05))
-    engine._attribute(final=True)
-    engine._flush()
-    writer.close()
-    r = StoreReader(writer.path)
+    r = _recorded(engine, writer, (StepSpan(k, "train", k * 0.1, k * 0.1 + 0.05)
+                                   for k in range(50)))
     assert len(r.steps()) == 50
     assert [e["kind"] for e in r.events() if e["level"] == "error"] == ["internal-error"]
 
@@ -286,12 +279,8 @@ def test_a_listener_whose_error_cannot_be_told_still_costs_no_step(tmp_path: Pat
     odd = Odd()
     odd.__qualname__ = 42  # type: ignore[attr-defined]
     engine.step_listeners.append(odd)
-    for k in range(100):
-        engine.steps.submit(StepSpan(k, "train", k * 0.05, k * 0.05 + 0.02))
-    engine._attribute(final=True)
-    engine._flush()
-    writer.close()
-    r = StoreReader(writer.path)
+    r = _recorded(engine, writer, (StepSpan(k, "train", k * 0.05, k * 0.05 + 0.02)
+                                   for k in range(100)))
     assert len(r.steps()) == 100 and r.meta["listener_errors"] == 100
     assert [e["message"] for e in r.events() if e["kind"] == "listener-error"] == [
         "step listener failed: Mute (further failures are counted in the store's meta "
