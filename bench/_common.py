@@ -293,10 +293,15 @@ def tracker_beside(step_s: float) -> Iterator[None]:
                               "--beside", str(step_s)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
-        child.stdout.readline()  # type: ignore[union-attr]  # "ready": its tracker runs
+        if child.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            raise RuntimeError(f"the tracker process beside did not start (exit {child.poll()})")
         yield
     finally:
-        child.communicate("", timeout=60)
+        try:
+            child.communicate("", timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 class EnvPatch:
