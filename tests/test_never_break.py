@@ -276,6 +276,83 @@ def test_codecarbons_rows_appended_meanwhile_are_never_lost(doc: dict[str, Any],
     assert mine["emissions"].sum() == pytest.approx(total_kg, rel=1e-9)
 
 
+def _codecarbons_file(doc: dict[str, Any], tmp_path: Path) -> bytes:
+    """The bytes codecarbon's own ``FileOutput`` writes when it creates an emissions.csv."""
+    from codecarbon.output_methods.emissions_data import EmissionsData
+    from codecarbon.output_methods.file import FileOutput
+
+    seed = tmp_path / "seed.csv"
+    assert append([doc], seed) == []
+    row = pd.read_csv(seed).iloc[0].to_dict()
+    row.update(run_id="codecarbon-0", water_consumed=0.0, wue=0.0)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    FileOutput("emissions.csv", str(theirs)).out(EmissionsData(**row), None)
+    return (theirs / "emissions.csv").read_bytes()
+
+
+@pytest.mark.parametrize("before", [0, 17, "header", "row"])
+def test_a_file_read_while_codecarbon_writes_it_is_neither_set_aside_nor_rewritten(
+        doc: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        before: int | str) -> None:
+    """codecarbon does not take greentrack's lock: it creates emissions.csv (empty), then writes
+    it. An append that read the first line before that write and the rest after saw an empty
+    header and moved codecarbon's valid file aside (its row gone from the project file: a CI
+    dry run at 5bdf64a).
+    Generated neighbours: codecarbon's bytes split before greentrack's first line read at every
+    kind of place (nothing yet, inside the header, after it, inside the row), the rest written
+    right after that read. Nothing is moved aside or rewritten; both rows are there once."""
+    from greentrack.reports import emissions_log
+
+    theirs = _codecarbons_file(doc, tmp_path)
+    header_end = theirs.index(b"\n") + 1
+    cut = {"header": header_end, "row": header_end + 20}.get(str(before), before)
+    assert isinstance(cut, int) and 0 <= cut < len(theirs)
+    path = tmp_path / "emissions.csv"
+    path.write_bytes(theirs[:cut])
+    rest = [theirs[cut:]]
+    real_open = open
+
+    class Torn:
+        """greentrack's read of the file, with codecarbon's write landing after its first line."""
+
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def readline(self) -> bytes:
+            line: bytes = self.f.readline()
+            if rest:
+                fd = os.open(path, os.O_WRONLY)  # codecarbon's own descriptor, no lock
+                os.pwrite(fd, rest.pop(), cut)
+                os.close(fd)
+            return line
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+        def __iter__(self) -> Any:
+            return iter(self.f)
+
+        def __enter__(self) -> Torn:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.f.close()
+
+    def torn_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = real_open(file, mode, *args, **kwargs)
+        return Torn(f) if Path(file) == path and "r" in mode else f
+
+    monkeypatch.setattr(emissions_log, "open", torn_open, raising=False)
+    notes = append([doc], path)
+    assert not rest, "the foreign write never happened: the test tried nothing"
+    assert notes == []
+    assert not list(tmp_path.glob("emissions.csv.damaged-*"))
+    df = pd.read_csv(path)
+    assert sorted(df["run_id"]) == sorted(["codecarbon-0", doc["run"]["run_id"]])
+    assert path.read_bytes().startswith(theirs)  # codecarbon's bytes untouched
+
+
 def test_a_bom_alone_is_an_empty_file(doc: dict[str, Any], tmp_path: Path) -> None:
     """8a2bbe5: an emissions.csv holding only a UTF-8 BOM lost every later row (IndexError)."""
     path = tmp_path / "emissions.csv"

@@ -30,6 +30,9 @@ Safety:
   it; a warning says which. A file that cannot be read as a CSV (NUL bytes, undecodable, a
   broken header) is left as it was under ``<file>.damaged-<UTC time>`` and a new file is
   started; a warning says where it went. A file that is not writable is refused in one line.
+* A file is moved aside or rewritten only once it has not changed for :data:`SETTLE_S` after it
+  was read: a program that writes it without the lock (codecarbon creates the file, then writes
+  it) is read again, not taken for damage.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ ADDITIVE = ("duration", "emissions", "energy_consumed", "cpu_energy", "gpu_energ
 POWERS = (("cpu_power", "cpu_energy"), ("gpu_power", "gpu_energy"), ("ram_power", "ram_energy"))
 #: a difference under this share of the run's energy and emissions is no new row
 SAME = 1e-9
+#: Before a file is moved aside or rewritten, it must not change for this long after it was read
+#: (another program may be writing it without the lock), up to this many reads.
+SETTLE_S = 0.05
+STABLE_READS = 5
 
 
 def append(docs: list[dict[str, Any]], path: str | os.PathLike[str],
@@ -143,17 +150,21 @@ def check_path(path: str | os.PathLike[str]) -> None:
 
 def _append_locked(fd: int, path: Path, cols: list[str], rows: list[dict[str, Any]]) -> list[str]:
     ids = {str(r.get("run_id")) for r in rows if r.get("run_id")}
-    with open(path, "rb") as f:  # the same file (checked): read line by line
-        first = f.readline()
-        if not first.decode("utf-8-sig", errors="replace").strip() and \
-                not f.read(64 * 1024).strip():  # empty, blanks or a UTF-8 BOM alone: a new file
+    for _ in range(STABLE_READS):
+        seen = _stamp(fd)
+        read = _read(path, ids)
+        if read is None:  # empty, blanks or a UTF-8 BOM alone: a new file
             _write(fd, _csv_text(cols, rows, header=True))
             return []
-        header, problem = _header(first)
-        found: dict[str, list[dict[str, str]]] = {}
-        ends_newline = True
-        if problem is None:
-            found, problem, ends_newline = _scan(f, header, ids, first)
+        header, found, problem, ends_newline = read
+        if problem is None and sorted(header) == sorted(cols):
+            break  # rows are only appended: nothing to make sure of
+        # about to move the file aside or rewrite it: only a file no one is writing. A program
+        # that does not take the lock (codecarbon creates the file with one write) can be read
+        # half-written: an empty first line, then its rows, once set a valid file aside.
+        time.sleep(SETTLE_S)
+        if _stamp(fd) == seen:
+            break
     if problem is not None:
         aside = _set_aside(path)
         _replace(path, cols, rows)
@@ -180,6 +191,27 @@ def _append_locked(fd: int, path: Path, cols: list[str], rows: list[dict[str, An
     return notes + [f"{path} had other columns than codecarbon's emissions.csv (missing: "
                     f"{', '.join(missing) or 'none'}; others: {', '.join(other) or 'none'}); "
                     f"rewrote it with both, all {len(old)} old row(s) kept"]
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
+
+
+def _read(path: Path, ids: set[str]
+          ) -> tuple[list[str], dict[str, list[dict[str, str]]], str | None, bool] | None:
+    """The file's header, the rows of ``ids``, what makes it unreadable (None: nothing) and
+    whether it ends with a newline; None for an empty file (blanks or a UTF-8 BOM alone)."""
+    with open(path, "rb") as f:  # the same file (checked): read line by line
+        first = f.readline()
+        if not first.decode("utf-8-sig", errors="replace").strip() and \
+                not f.read(64 * 1024).strip():
+            return None
+        header, problem = _header(first)
+        if problem is not None:
+            return header, {}, problem, True
+        found, problem, ends_newline = _scan(f, header, ids, first)
+        return header, found, problem, ends_newline
 
 
 def _header(first: bytes) -> tuple[list[str], str | None]:
