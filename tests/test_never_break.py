@@ -291,7 +291,7 @@ def _codecarbons_file(doc: dict[str, Any], tmp_path: Path) -> bytes:
     return (theirs / "emissions.csv").read_bytes()
 
 
-@pytest.mark.parametrize("before", [0, 17, "header", "row"])
+@pytest.mark.parametrize("before", [0, 17, "header", "row", "all, after the read"])
 def test_a_file_read_while_codecarbon_writes_it_is_neither_set_aside_nor_rewritten(
         doc: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         before: int | str) -> None:
@@ -301,12 +301,16 @@ def test_a_file_read_while_codecarbon_writes_it_is_neither_set_aside_nor_rewritt
     dry run at 5bdf64a).
     Generated neighbours: codecarbon's bytes split before greentrack's first line read at every
     kind of place (nothing yet, inside the header, after it, inside the row), the rest written
-    right after that read. Nothing is moved aside or rewritten; both rows are there once."""
+    right after that read; or the file still empty through the whole read and codecarbon's
+    bytes written before the append (a header written then lands after codecarbon's). Nothing is
+    moved aside or rewritten; one header; both rows are there once."""
     from greentrack.reports import emissions_log
 
     theirs = _codecarbons_file(doc, tmp_path)
     header_end = theirs.index(b"\n") + 1
-    cut = {"header": header_end, "row": header_end + 20}.get(str(before), before)
+    late = before == "all, after the read"
+    cut = {"header": header_end, "row": header_end + 20, "all, after the read": 0}.get(
+        str(before), before)
     assert isinstance(cut, int) and 0 <= cut < len(theirs)
     path = tmp_path / "emissions.csv"
     path.write_bytes(theirs[:cut])
@@ -321,10 +325,8 @@ def test_a_file_read_while_codecarbon_writes_it_is_neither_set_aside_nor_rewritt
 
         def readline(self) -> bytes:
             line: bytes = self.f.readline()
-            if rest:
-                fd = os.open(path, os.O_WRONLY)  # codecarbon's own descriptor, no lock
-                os.pwrite(fd, rest.pop(), cut)
-                os.close(fd)
+            if not late:
+                theirs_now()
             return line
 
         def __getattr__(self, name: str) -> Any:
@@ -338,6 +340,14 @@ def test_a_file_read_while_codecarbon_writes_it_is_neither_set_aside_nor_rewritt
 
         def __exit__(self, *exc: Any) -> None:
             self.f.close()
+            if late:
+                theirs_now()
+
+    def theirs_now() -> None:
+        if rest:
+            fd = os.open(path, os.O_WRONLY)  # codecarbon's own descriptor, no lock
+            os.pwrite(fd, rest.pop(), cut)
+            os.close(fd)
 
     def torn_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         f = real_open(file, mode, *args, **kwargs)

@@ -30,9 +30,9 @@ Safety:
   it; a warning says which. A file that cannot be read as a CSV (NUL bytes, undecodable, a
   broken header) is left as it was under ``<file>.damaged-<UTC time>`` and a new file is
   started; a warning says where it went. A file that is not writable is refused in one line.
-* A file is moved aside or rewritten only once it has not changed for :data:`SETTLE_S` after it
-  was read: a program that writes it without the lock (codecarbon creates the file, then writes
-  it) is read again, not taken for damage.
+* A file is started (its header written), moved aside or rewritten only once it has not changed
+  for :data:`SETTLE_S` after it was read: a program that writes it without the lock (codecarbon
+  creates the file, then writes it) is read again, not taken for damage or for an empty file.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ ADDITIVE = ("duration", "emissions", "energy_consumed", "cpu_energy", "gpu_energ
 POWERS = (("cpu_power", "cpu_energy"), ("gpu_power", "gpu_energy"), ("ram_power", "ram_energy"))
 #: a difference under this share of the run's energy and emissions is no new row
 SAME = 1e-9
-#: Before a file is moved aside or rewritten, it must not change for this long after it was read
-#: (another program may be writing it without the lock), up to this many reads.
+#: Before a file is started, moved aside or rewritten, it must not change for this long after it
+#: was read (another program may be writing it without the lock), up to this many reads.
 SETTLE_S = 0.05
 STABLE_READS = 5
 
@@ -153,18 +153,19 @@ def _append_locked(fd: int, path: Path, cols: list[str], rows: list[dict[str, An
     for _ in range(STABLE_READS):
         seen = _stamp(fd)
         read = _read(path, ids)
-        if read is None:  # empty, blanks or a UTF-8 BOM alone: a new file
-            _write(fd, _csv_text(cols, rows, header=True))
-            return []
-        header, found, problem, ends_newline = read
-        if problem is None and sorted(header) == sorted(cols):
+        if read is not None and read[2] is None and sorted(read[0]) == sorted(cols):
             break  # rows are only appended: nothing to make sure of
-        # about to move the file aside or rewrite it: only a file no one is writing. A program
-        # that does not take the lock (codecarbon creates the file with one write) can be read
-        # half-written: an empty first line, then its rows, once set a valid file aside.
+        # about to write a header, move the file aside or rewrite it: only into a file no one is
+        # writing. A program that does not take the lock (codecarbon creates the file, then
+        # writes it at offset 0) can be read half-written: an empty first line, then its rows,
+        # once set a valid file aside; a header written meanwhile is overwritten by its bytes.
         time.sleep(SETTLE_S)
         if _stamp(fd) == seen:
             break
+    if read is None:  # empty, blanks or a UTF-8 BOM alone: a new file
+        _write(fd, _csv_text(cols, rows, header=True))
+        return []
+    header, found, problem, ends_newline = read
     if problem is not None:
         aside = _set_aside(path)
         _replace(path, cols, rows)
