@@ -18,6 +18,7 @@ import functools
 import os
 import platform
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,38 @@ def _search_tdp(model: str) -> tuple[float, str] | None:
     return None
 
 
+#: The kernel's CPU counters (proc(5): the first line of /proc/stat, in USER_HZ ticks).
+PROC_STAT = "/proc/stat"
+
+
+class _ProcStat:
+    """The machine's cumulative CPU times, from a /proc/stat kept open and read with one
+    ``pread``: psutil opens, inspects, reads and closes the file each time, six system calls,
+    each of which lets go of the GIL, and a training thread that holds it (a Python-bound loop)
+    then waits out a hand-over per call (``bench/sampler_interference.py``, issue 25). The
+    figures are psutil's ``cpu_times()``: the same first line, the same ten fields (user ..
+    guest_nice), divided by the same clock ticks, so either source continues the other."""
+
+    def __init__(self) -> None:
+        fd = os.open(PROC_STAT, os.O_RDONLY)
+        self._fd = fd
+        self._tick = float(os.sysconf("SC_CLK_TCK"))
+        # closed with this object, whoever forgets to call close()
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def times(self) -> tuple[float, float]:
+        """(busy, total) CPU seconds: all fields but idle and iowait, and all ten fields."""
+        head = os.pread(self._fd, 1024, 0).split(b"\n", 1)[0].split()
+        if len(head) < 5 or head[0] != b"cpu":
+            raise OSError(f"{PROC_STAT}: unexpected first line {head[:3]!r}")
+        fields = [int(x) / self._tick for x in head[1:11]]
+        total = sum(fields)
+        return total - fields[3] - fields[4], total
+
+    def close(self) -> None:
+        self._closer()
+
+
 class Utilization:
     """CPU share over successive calls, from cumulative CPU times (non-blocking)."""
 
@@ -94,6 +127,12 @@ class Utilization:
         self._psutil = psutil
         self.mode, self.pid = mode, pid
         self._ncpu = psutil.cpu_count() or 1
+        self._stat: _ProcStat | None = None
+        if mode == "machine":
+            try:
+                self._stat = _ProcStat()
+            except OSError:  # not Linux, or no /proc: psutil's own way
+                self._stat = None
         self._last = self._sample()
 
     def _tree(self) -> list[Any]:
@@ -106,6 +145,12 @@ class Utilization:
     def _sample(self) -> tuple[float, float]:
         """(busy CPU seconds, elapsed capacity seconds) counters."""
         if self.mode == "machine":
+            if self._stat is not None:
+                try:
+                    return self._stat.times()
+                except (OSError, ValueError):  # read what psutil reads, its way, from now on
+                    self._stat.close()
+                    self._stat = None
             ct = self._psutil.cpu_times()
             busy = sum(ct) - ct.idle - getattr(ct, "iowait", 0.0)
             return busy, sum(ct)
@@ -125,6 +170,10 @@ class Utilization:
         if cap - pcap <= 0:
             return 0.0
         return min(1.0, max(0.0, (busy - pbusy) / (cap - pcap)))
+
+    def close(self) -> None:
+        if self._stat is not None:
+            self._stat.close()
 
     def rss_gb(self) -> float:
         total = 0
@@ -196,6 +245,9 @@ class CpuEstimate(_Integrating):
                    f"{sockets} socket(s) {tdp_source}; utilization from psutil ({mode} mode)",
             uncertainty=f"{QUALITY_LOW}: TDP is a thermal design figure, not a measurement",
             host_scope=True, details={"tdp_w": tdp, "sockets": sockets, "tdp_source": tdp_source})
+
+    def close(self) -> None:
+        self.util.close()
 
 
 class DramEstimate(_Integrating):

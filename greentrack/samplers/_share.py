@@ -88,3 +88,7 @@ class ProcessShare(ScaledChannel):
         if slow:
             self._update_share()
         return self._scale(self._inner.poll(t, slow))
+
+    def close(self) -> None:
+        self._machine.close()
+        super().close()
