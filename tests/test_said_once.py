@@ -96,7 +96,8 @@ def test_a_run_meeting_the_same_causes_again_and_again_says_each_once(
     the GPU's reads fail and come back, a step field is bad at every step. Each message is logged
     at most once; the events record every occurrence."""
     monkeypatch.setenv("GREENTRACK_LEASE_DIR", str(tmp_path / "leases"))
-    monkeypatch.setattr(sharing, "SCAN_EVERY_S", 0.02)  # neighbours seen within a poll or two
+    monkeypatch.setattr(sharing, "STAT_EVERY_S", 0.0)  # neighbours seen within a poll or two
+    monkeypatch.setattr(sharing, "SWEEP_S", 0.02)
     caplog.set_level(logging.WARNING, logger="greentrack")
     rng = random.Random(seed)
     run = tmp_path / "run"

@@ -50,6 +50,16 @@ SCAN_EVERY_S = 1.0
 #: this inside ours is seen (a stat at every fast poll cost the sampler a system call, and the
 #: training thread a GIL hand-over, 20 times a second; issue 25).
 STAT_EVERY_S = 0.2
+#: How often the host leases are scanned when the directory's mtime has not changed: a lease is
+#: written before it is renamed into place and never rewritten, so every lease that comes or goes
+#: changes the mtime, and the scan that follows sees it; this sweep only removes stale leases of
+#: processes that died (a scan each SCAN_EVERY_S cost the sampler 15-20 system calls a second,
+#: each a GIL hand-over for a Python-bound training thread; issue 25).
+SWEEP_S = 30.0
+#: The kernel dates a directory's mtime with a coarse clock (a tick: 1-10 ms): a lease that comes
+#: within the tick of the change last seen leaves the mtime as it was, so while the mtime seen is
+#: this recent, the next look scans again.
+FRESH_NS = 50_000_000
 MAX_REPORTED = 8  # other runs named per run: bounded
 MAX_LEASE_GPUS = 16  # GPU UUIDs listed in a lease (it is read up to 4 KiB)
 
@@ -70,12 +80,13 @@ class HostWatch:
         self.seen: dict[str, dict[str, Any]] = {}
         self._next = self._next_stat = 0.0
         self._mtime = -1
+        self._fresh = False
         self.check(time.monotonic())
 
     def __call__(self, now: float) -> None:
-        # A lease that came changes the directory's mtime: a stat every STAT_EVERY_S sees a run
-        # that starts and stops between two scans (one shorter than SCAN_EVERY_S inside this
-        # run's span went unseen by them); the scan each SCAN_EVERY_S still removes stale leases.
+        # A lease that came or went changes the directory's mtime: a stat every STAT_EVERY_S,
+        # and a scan when it changed, see a run that lives longer than that inside this one; the
+        # sweep each SWEEP_S removes stale leases.
         if now < self._next_stat and now < self._next:
             return
         self._next_stat = now + STAT_EVERY_S
@@ -83,9 +94,10 @@ class HostWatch:
             mtime = os.stat(self.lease.directory).st_mtime_ns
         except OSError:
             mtime = self._mtime
-        if now >= self._next or mtime != self._mtime:
-            self._next = now + SCAN_EVERY_S
+        if now >= self._next or mtime != self._mtime or self._fresh:
+            self._next = now + SWEEP_S
             self._mtime = mtime
+            self._fresh = time.time_ns() - mtime < FRESH_NS
             self.check(now)
 
     def check(self, now: float) -> None:
