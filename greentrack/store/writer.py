@@ -252,25 +252,33 @@ class StoreWriter:
         return True
 
     def _execute(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        """Execute a run of one statement. An ``INSERT ... VALUES (?,...)`` goes as multi-row
-        inserts of up to 128 rows: Python's sqlite3 lets go of the GIL at each statement it
-        steps, and takes it back after, so row by row, beside a training thread that holds the
-        GIL (a Python-bound loop), each row waited out the interpreter's switch interval: 500
-        step rows kept the sampler thread in one commit for 0.8 s and cost the training thread
-        a GIL hand-over each (issue 25). For the same reason a flush whose rows are all taken
-        uses no savepoints (two statements a run)."""
+        """Execute a run of one statement. An ``INSERT ... VALUES (?,...)`` goes as one multi-row
+        insert of up to :data:`MAX_ROWS` rows: Python's sqlite3 lets go of the GIL at each
+        statement it steps, and takes it back after, so row by row, beside a training thread
+        that holds the GIL (a Python-bound loop), each row waited out the interpreter's switch
+        interval: 500 step rows kept the sampler thread in one commit for 0.8 s and cost the
+        training thread a GIL hand-over each (issue 25). A run of any length is one statement:
+        its rows are padded to one of a few sizes (:func:`_padded`), so SQLite's statement cache
+        keeps the texts. For the same reason a flush whose rows are all taken uses no savepoints
+        (two statements a run)."""
         multi = _multi_row(sql)
         if multi is None or set(map(len, args)) != {multi[2]}:
             self._conn.executemany(sql, args)
             return
         head, one, width = multi
-        most = max(1, min(128, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+        most = max(1, min(MAX_ROWS,
+                          self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // (width + 1)))
         k = 0
         while k < len(args):
-            size = min(most, 1 << ((len(args) - k).bit_length() - 1))  # few statements
-            self._conn.execute(head + ",".join([one] * size),
-                               list(chain.from_iterable(args[k:k + size])))
-            k += size
+            rows = args[k:k + most]
+            size = _size_class(len(rows))
+            if size == len(rows):
+                self._conn.execute(head + ",".join([one] * size), list(chain.from_iterable(rows)))
+            else:
+                pad = (None,) * (width + 1)
+                self._conn.execute(_padded(head, one, size), list(chain.from_iterable(
+                    chain([(i, *row) for i, row in enumerate(rows)], [pad] * (size - len(rows))))))
+            k += len(rows)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -305,6 +313,32 @@ class StoreWriter:
 _REFUSED = (sqlite3.Error, ValueError, TypeError, OverflowError)
 
 _VALUES = re.compile(r"(INSERT\b.*\bVALUES\s*)(\(\?(?:\s*,\s*\?)*\))\s*", re.S)
+
+
+#: Most rows in one statement: ~1,000 steps a second flushed every 0.5 s fit in one (a statement
+#: of n rows compiles to some 16n instructions, kept in the statement cache).
+MAX_ROWS = 1024
+
+
+def _size_class(n: int) -> int:
+    """The number of rows of the statement that carries ``n``: ``n`` itself up to 8, else ``n``
+    rounded up to a quarter of its power of two (at most 4 sizes an octave, at most 25% padding)."""
+    if n <= 8:
+        return n
+    q = 1 << (n.bit_length() - 3)
+    return -(-n // q) * q
+
+
+@functools.lru_cache(maxsize=64)
+def _padded(head: str, one: str, size: int) -> str:
+    """``head`` (``INSERT ... VALUES``) for ``size`` rows each led by a marker, the row's place
+    in the run, or NULL for padding, which the insert leaves out; the rows go in their order (an
+    ``INSERT OR REPLACE`` run keeps its last row of a key, as row by row)."""
+    width = one.count("?")
+    cols = ", ".join(f"column{i + 2}" for i in range(width))
+    marked = "(?," + one[1:]
+    return (f"{head.rstrip().removesuffix('VALUES').rstrip()} SELECT {cols} FROM "
+            f"(VALUES {','.join([marked] * size)}) WHERE column1 IS NOT NULL ORDER BY column1")
 
 
 @functools.lru_cache(maxsize=64)
