@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,9 +103,6 @@ class GreenTrackCallback(Callback, RunCallback):
         #: batch size), so the meter and tracker take them without merging or checking them again
         self._fields: dict[str, float | None] = {"samples": None, "tokens": None}
         self._declined: list[str] = []  # hooks set to None for Lightning's dispatcher (setup)
-        # Each rank logs its own validation energy on purpose (no collective in a callback that
-        # must never hang training); Lightning's advice to sync it does not apply.
-        warnings.filterwarnings("ignore", message=r".*'greentrack/validation_energy_j'.*sync_dist")
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -118,6 +114,7 @@ class GreenTrackCallback(Callback, RunCallback):
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._decline_unused_hooks(trainer)
+        _sync_advice_given(VALIDATION_ENERGY)
         # rank 0 decides, every rank writes into the same directory
         self.run.choose_dir(trainer.default_root_dir,
                             lambda chosen: str(trainer.strategy.broadcast(chosen, src=0)))
@@ -334,6 +331,27 @@ class GreenTrackCallback(Callback, RunCallback):
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_end(batch)
+
+
+#: Logged by every rank for its own validation steps, on purpose without ``sync_dist``: a
+#: collective in a callback could hang training when a rank has nothing to log.
+VALIDATION_ENERGY = "greentrack/validation_energy_j"
+
+
+def _sync_advice_given(name: str) -> None:
+    """Lightning advises ``sync_dist=True`` for a metric logged per epoch in a distributed run,
+    once per message, through its own de-duplication cache (``WarningCache`` in
+    ``lightning.pytorch.trainer.connectors.logger_connector.result``): the message about this
+    callback's metric goes in as already given, so the advice, which does not apply to it, is
+    never shown. The process's ``warnings`` filters, the user's, stay as they are; with
+    another Lightning, where the cache or its message differ, the advice is simply shown."""
+    try:
+        from lightning.pytorch.trainer.connectors.logger_connector import result
+        result.warning_cache.add(
+            f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging on "
+            "epoch level in distributed setting to accumulate the metric across devices.")
+    except Exception:  # noqa: BLE001 - cosmetic: the advice is shown, nothing else changes
+        pass
 
 
 #: Per-step hooks this callback has no use for. Lightning dispatches every hook to every callback
