@@ -84,6 +84,41 @@ def test_a_run_of_any_length_reads_back_row_for_row_in_its_order(tmp_path: Path,
     assert all(r.meta[f"k{i}"] == i for i in range(min(n, 50)))
 
 
+_INFO = {"kind": "gpu", "device": "gpu0", "name": "H100", "method": "nvml-energy-counter",
+         "measured": True, "source": "NVML", "uncertainty": "+-5%", "host_scope": False,
+         "details": {}}
+
+
+@pytest.mark.parametrize("refused", [None, 3])
+def test_every_channels_totals_go_in_one_statement_and_the_last_of_each_stays(
+        tmp_path: Path, refused: int | None) -> None:
+    """A flush updates each channel's totals: one statement for all (not one a channel, each
+    two GIL hand-overs); a channel updated twice keeps the later values, as row by row, and a
+    row SQLite refuses is set aside with the others applied."""
+    w = StoreWriter(tmp_path, 0, {"run_id": "r"})
+    for c in range(1, 6):
+        w.add_channel(c, {**_INFO, "device": f"gpu{c}"})
+    w.flush()
+    seen = _statements(w)
+    for c in range(1, 6):
+        w.update_channel(c, c * 10.0, c * 2.0, c * 0.1, "ok")
+    w.update_channel(2, 99.0, 98.0, 0.5, "lost")  # later in the same flush: it stays
+    if refused is not None:
+        w.update_channel(refused, object(), 1.0, 0.0, "ok")  # type: ignore[arg-type]
+    w.flush()
+    w.close()
+    updates = [q for q in seen if q.startswith("UPDATE")]
+    # refused: the statement fails at binding, then the six rows that bind go one by one
+    assert len(updates) == (1 if refused is None else 6), updates
+    want = {c: (c * 10.0, c * 2.0, c * 0.1, "ok") for c in range(1, 6)}
+    want[2] = (99.0, 98.0, 0.5, "lost")
+    r = StoreReader(w.path)
+    got = {ch["id"]: (ch["energy_j"], ch["until_t"], ch["gap_s"], ch["status"])
+           for ch in r.channels()}
+    assert got == want
+    assert r.meta.get("rows_rejected", 0) == (refused is not None)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(MAX_ROWS + 1, MAX_ROWS + 300), bad=st.data())
 def test_a_refused_row_in_a_later_chunk_leaves_each_other_row_once(tmp_path_factory: Any, n: int,
