@@ -15,7 +15,10 @@ on its own, which hides effects of this size):
   design that keeps the sampler's Python out of the training process;
 * ``parked + a tracker process beside it``: that, plus another process running a tracker on the
   same fake devices that resolves as many steps a second: the load an out-of-process sampler would
-  put on the host, on the other core.
+  put on the host, on the other core;
+* ``tracked, a host of estimates``: tracked where no counter can be read (no RAPL, no GPU: CPU
+  and DRAM estimated), the default of a CPU-only machine or a container without powercap; the
+  sampler polls on the slow cadence only.
 
     python bench/sampler_interference.py [--rounds 16] [--steps 1000] [--no-record]
 """
@@ -41,8 +44,9 @@ from _common import (EnvPatch, QuietGate, band_verdict, fake_nvml_module, md_tab
                      tracker_beside)
 
 STEP_S = 0.0018  # an untracked step, once sized: Lightning's ~1 ms rows run 1.8-2.1 ms here
+ESTIMATES = "tracked, a host of estimates (no RAPL, no GPU)"
 VARIANTS = ("untracked", "untracked again", "tracked", "tracked, sampler parked",
-            "parked + a tracker process beside it")
+            "parked + a tracker process beside it", ESTIMATES)
 _DATA = list(range(64))
 
 
@@ -90,6 +94,8 @@ def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
             stack.enter_context(tracker_beside(STEP_S))
         if "parked" in variant:
             stack.enter_context(sampler_parked())
+        if variant == ESTIMATES:
+            env = {"GREENTRACK_POWERCAP_ROOT": str(work / "no-powercap"), "CUDA_VISIBLE_DEVICES": ""}
         if variant.startswith(("tracked", "parked")):
             with EnvPatch(**env):
                 tracker = Tracker(str(work / f"run-{time.monotonic_ns()}")).start()
@@ -195,6 +201,9 @@ def measure(args: argparse.Namespace, env: dict[str, Any], work: Path) -> int:
             f"{gate.summary()}.\n\n"
             f"The sampler thread's cost to this loop, tracked over parked (medians): "
             f"**{sampler:+.2%}** of its step time; that thread's own CPU: {own:.2%} of a core. "
+            f"On a host of estimates the training thread waits "
+            f"{median([x[3] for x in got[ESTIMATES]]):.0f} times a second for the GIL (sampler "
+            f"thread {median([x[2] for x in got[ESTIMATES]]):.2%} of a core). "
             "Parked, what is left is the hooks; with a tracker process beside it, what a sampler "
             "outside the training process would add. The waits (the training thread's voluntary "
             "context switches: it makes no blocking call of its own) count each time the sampler "
