@@ -5,7 +5,7 @@ that holds it (a Python-bound loop: Lightning's ~1 ms steps) a wait of its own f
 the sampler thread the interpreter's switch interval (issue 25; ``bench/sampler_interference.py``
 counts them). /proc/stat is read with one ``pread`` of a file kept open, not psutil's six calls;
 the host's lease directory is scanned when its mtime says a lease came or went, not every
-second; a flush is a statement per table (``tests/test_store_batches.py``). These tests keep
+second; a flush is one statement (``tests/test_store_batches.py``). These tests keep
 the figures those calls give, and the count the training thread sees.
 """
 
@@ -159,8 +159,8 @@ def test_a_python_bound_loop_beside_a_tracker_gives_up_the_gil_a_few_dozen_times
     """The training thread makes no blocking call of its own: each of its voluntary context
     switches is a wait for the GIL the sampler thread took. With the default cadences on a
     host of estimates (one slow poll each 0.2 s, a flush each 0.5 s) and ~1,000 steps a second:
-    108 a second before the calls above were cut, ~50 after (``bench/sampler_interference.py``
-    has both, and what they cost)."""
+    about 100 a second before the calls above were cut, about 30 after, a flush being one
+    statement (``bench/sampler_interference.py`` has both, and what they cost)."""
     data = list(range(64))
 
     def work(n: int) -> int:  # interpreter work, holding the GIL
@@ -179,4 +179,4 @@ def test_a_python_bound_loop_beside_a_tracker_gives_up_the_gil_a_few_dozen_times
             with tracker.step(samples=32):
                 work(n)
         rate = (_waits() - w0) / (time.monotonic() - t0)
-    assert rate < 80, f"{rate:.0f} waits a second"
+    assert rate < 60, f"{rate:.0f} waits a second"

@@ -52,10 +52,11 @@ def test_a_thousand_steps_commit_in_a_few_statements(tmp_path: Path) -> None:
     w.flush()
     w.close()
     ours = [s for s in seen if not s.startswith(("--", "PRAGMA"))]
-    # BEGIN, the steps, the samples, COMMIT: a run is one statement, its rows padded to a size
-    # SQLite's statement cache keeps; one statement per row before (1,300 hand-overs of the GIL
-    # in one commit), then one per power of two in the run's length (11 here)
-    assert [s.split()[0] for s in ours] == ["BEGIN", "INSERT", "INSERT", "COMMIT"], ours
+    # 1,300 rows of the steady statements go through the inbox view, MAX_ROWS (1,024) a statement,
+    # its rows padded to a size SQLite's statement cache keeps: one statement per row before
+    # (1,300 hand-overs of the GIL in one commit), then one per power of two in a run's length
+    assert [" ".join(s.split()[:3]) for s in ours] == [
+        "BEGIN", "INSERT INTO inbox", "INSERT INTO inbox", "COMMIT"], ours
     # every row taken: one transaction, no savepoint per run (two more statements each)
     assert not [s for s in ours if s.startswith(("SAVEPOINT", "RELEASE"))], ours
     r = StoreReader(w.path)
@@ -107,8 +108,9 @@ def test_every_channels_totals_go_in_one_statement_and_the_last_of_each_stays(
         w.update_channel(refused, object(), 1.0, 0.0, "ok")  # type: ignore[arg-type]
     w.flush()
     w.close()
-    updates = [q for q in seen if q.startswith("UPDATE")]
-    # refused: the statement fails at binding, then the six rows that bind go one by one
+    updates = [q for q in seen if q.startswith(("UPDATE", "INSERT INTO inbox"))]
+    # one statement (the inbox's); refused: it fails at binding, then the run goes as one UPDATE
+    # (which fails at binding too) and the six rows that bind one by one
     assert len(updates) == (1 if refused is None else 6), updates
     want = {c: (c * 10.0, c * 2.0, c * 0.1, "ok") for c in range(1, 6)}
     want[2] = (99.0, 98.0, 0.5, "lost")
@@ -117,6 +119,56 @@ def test_every_channels_totals_go_in_one_statement_and_the_last_of_each_stays(
            for ch in r.channels()}
     assert got == want
     assert r.meta.get("rows_rejected", 0) == (refused is not None)
+
+
+_STEADY = st.lists(st.tuples(st.sampled_from(["step", "sample", "meta", "channel"]),
+                             st.integers(0, 30), st.booleans()), max_size=300)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_STEADY)
+def test_a_steady_flush_is_one_statement_and_a_row_refused_inside_it_undoes_none_of_the_rest(
+        tmp_path_factory: Any, rows: list[tuple[str, int, bool]]) -> None:
+    """The steady statements (steps, samples, meta keys, channels' totals) go through the inbox
+    view in one statement; a row that breaks a constraint while the triggers run (a NOT NULL:
+    not at binding) fails that statement whole, and the batch is then written run by run and
+    row by row: every other row once, in its order, the last of a key kept."""
+    w = StoreWriter(tmp_path_factory.mktemp("store"), 0, {"run_id": "r"})
+    for c in range(1, 4):
+        w.add_channel(c, {**_INFO, "device": f"gpu{c}"})
+    w.flush()
+    seen = _statements(w)
+    want_steps, want_samples, want_meta, want_channels, refused = [], {}, {}, {}, 0
+    for n, (kind, key, bad) in enumerate(rows):
+        if kind == "step":
+            w.add_step(ROW._replace(idx=n, t0=float(key), phase=None if bad else "train"))
+            if not bad:
+                want_steps.append(n)
+        elif kind == "sample":
+            w.add_sample(1, float(key), 1.0, None if bad else n / 7.0)  # type: ignore[arg-type]
+            if not bad:
+                want_samples[float(key)] = n / 7.0
+        elif kind == "meta":
+            w.set_meta({f"m{key}": n})
+            want_meta[f"m{key}"] = n
+        else:
+            c = 1 + key % 3
+            w.update_channel(c, float(n), 1.0, 0.0, None if bad else "ok")  # type: ignore[arg-type]
+            if not bad:
+                want_channels[c] = float(n)
+        refused += bad and kind != "meta"
+    w.flush()
+    w.close()
+    if rows and not refused:
+        assert [" ".join(q.split()[:3]) for q in seen if not q.startswith("PRAGMA")] \
+            == ["INSERT INTO inbox"], seen
+    r = StoreReader(w.path)
+    assert [s["idx"] for s in r.steps()] == want_steps
+    assert {s["t"]: s["energy_j"] for s in r.samples()} == want_samples
+    assert {k: r.meta[k] for k in want_meta} == want_meta
+    assert {ch["id"]: ch["energy_j"] for ch in r.channels() if ch["id"] in want_channels} \
+        == want_channels
+    assert r.meta.get("rows_rejected", 0) == refused
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import chain, groupby
 from operator import itemgetter
 from pathlib import Path
@@ -102,7 +102,7 @@ class StoreWriter:
         offset = float(resolution) / 2.0 if is_number(resolution, 1e-6, 86400.0) else 0.5
         try:
             self._conn = _connect(self.path, readonly=False)
-            self._conn.executescript(_SCHEMA + rollup_schema(offset))
+            self._conn.executescript(_SCHEMA + rollup_schema(offset) + _inbox_schema())
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
                 raise RunStoreError(f"store {self.path.name}: {e}") from None
@@ -122,7 +122,7 @@ class StoreWriter:
 
     def set_meta(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
-            self._queue("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
+            self._queue(_SET_META, (k, _json(v)))
 
     def add_channel(self, channel_id: int, info: dict[str, Any]) -> None:
         self._queue(
@@ -144,7 +144,7 @@ class StoreWriter:
         self._queue(_UPDATE_CHANNEL, (energy_j, until_t, gap_s, status, channel_id))
 
     def add_sample(self, channel_id: int, t: float, dt: float, energy_j: float) -> None:
-        self._queue("INSERT OR REPLACE INTO samples VALUES (?,?,?,?)", (channel_id, t, dt, energy_j))
+        self._queue(_ADD_SAMPLE, (channel_id, t, dt, energy_j))
 
     def add_step(self, row: StepRow) -> None:
         self.add_steps([row])
@@ -192,6 +192,9 @@ class StoreWriter:
         runs = [(sql, [row for _, row in run]) for sql, run in groupby(batch, key=itemgetter(0))]
         try:
             try:  # the common case: every row taken, one transaction and no savepoints
+                if all(sql in _INBOX for sql, _ in runs):
+                    self._post(batch)
+                    return
                 with self._transaction():
                     for sql, args in runs:
                         self._execute(sql, args)
@@ -207,6 +210,23 @@ class StoreWriter:
                 if len(self._pending) > 200_000:  # bounded: drop oldest samples, keep the rest
                     self._pending = [p for p in self._pending if "samples" not in p[0]][-200_000:]
             raise RunStoreError(f"store {self.path.name}: {e}") from e
+
+    def _post(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit a batch of the steady statements (:data:`_INBOX`) as rows of the ``inbox``
+        view, whose triggers write each to its table in the batch's order: a flush of the meta
+        keys, the channels' totals, samples and steps is one statement, its own transaction
+        (two GIL hand-overs, where a statement a table and BEGIN and COMMIT took twelve).
+        Rows are padded to one of a few counts (:func:`_size_class`) with rows of no kind, which
+        no trigger takes; more than :data:`MAX_ROWS` go as several statements, one transaction."""
+        width = INBOX_WIDTH + 2
+        rows = [(i, _INBOX[sql], *args, *(None,) * (INBOX_WIDTH - len(args)))
+                for i, (sql, args) in enumerate(batch)]
+        chunks = [rows[k:k + MAX_ROWS] for k in range(0, len(rows), MAX_ROWS)]
+        with self._transaction() if len(chunks) > 1 else nullcontext():
+            for chunk in chunks:
+                size = _size_class(len(chunk))
+                self._conn.execute(_inbox_insert(size), list(chain.from_iterable(
+                    chain(chunk, [(None,) * width] * (size - len(chunk))))))
 
     def _flush_careful(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """Commit ``runs``, setting aside the rows SQLite refuses (a run in a savepoint; one that
@@ -368,6 +388,37 @@ def _update_channels(n: int) -> str:
 
 _ADD_STEP = ("INSERT INTO steps (idx, phase, t0, t1, duration_s, gpu_j, cpu_j, dram_j, gpu_seconds, "
              "flops, samples, tokens, timeline, extra, n) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+_ADD_SAMPLE = "INSERT OR REPLACE INTO samples VALUES (?,?,?,?)"
+
+#: The statements of every steady flush, by the kind an ``inbox`` row gives them.
+_INBOX = {_SET_META: 1, _UPDATE_CHANNEL: 2, _ADD_SAMPLE: 3, _ADD_STEP: 4}
+INBOX_WIDTH = max(sql.count("?") for sql in _INBOX)
+
+
+@functools.lru_cache(maxsize=64)
+def _inbox_insert(size: int) -> str:
+    """``size`` rows of the inbox: each its place in the batch, its kind (NULL: padding, which
+    no trigger takes), then the statement's values, padded with NULL to the widest."""
+    one = f"({','.join('?' * (INBOX_WIDTH + 2))})"
+    return f"INSERT INTO inbox VALUES {','.join([one] * size)}"
+
+
+def _inbox_schema() -> str:
+    """The ``inbox`` view of this connection (TEMP: never in the store) and a trigger a kind that
+    runs the kind's statement on the row's values. A statement is atomic, a failing row undoes
+    the whole insert, and the conflict clauses of the statements (``OR REPLACE``) hold, as the
+    insert into the view has none of its own."""
+    cols = ", ".join(f"NULL AS c{k}" for k in range(1, INBOX_WIDTH + 1))
+    out = ["PRAGMA temp_store=MEMORY;",
+           f"CREATE TEMP VIEW IF NOT EXISTS inbox AS SELECT NULL AS ord, NULL AS kind, {cols} "
+           "WHERE 0;"]
+    for sql, kind in _INBOX.items():
+        k = iter(range(1, INBOX_WIDTH + 1))
+        body = re.sub(r"\?", lambda _: f"NEW.c{next(k)}", sql)
+        out.append(f"CREATE TEMP TRIGGER IF NOT EXISTS inbox_{kind} INSTEAD OF INSERT ON inbox "
+                   f"WHEN NEW.kind = {kind} BEGIN {body}; END;")
+    return "\n".join(out)
 
 
 def _json(value: Any) -> str:
