@@ -47,6 +47,7 @@ BENCHES = (
           quick=("--repeat", "1")),
     Bench("sampler_interference.py", "what the sampler thread costs a GIL-bound loop, parked "
           "and beside a tracker process", quick=("--rounds", "6")),
+    Bench("flush_cost.py", "one commit of the store: CPU, statements, GIL hand-overs"),
     Bench("start_stop.py", "import, warm start(), stop() by segment count",
           quick=("--rounds", "10", "--stop-rounds", "3")),
     Bench("memory_week.py", "memory over a virtual week", quick=("--days", "2")),
