@@ -34,14 +34,6 @@ from typing import Any
 SIZES = (0, 10, 100, 600, 1000)
 
 
-def _switches() -> int:
-    with open(f"/proc/self/task/{threading.get_native_id()}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches"):
-                return int(line.split(":")[1])
-    return 0
-
-
 def _batch(writer: Any, step_row: Any, n: int, k: int) -> None:
     writer.set_meta({f"key{j}": j * k for j in range(9)})
     for c in range(1, 4):
@@ -54,8 +46,10 @@ def _batch(writer: Any, step_row: Any, n: int, k: int) -> None:
 
 
 def measure(n: int, flushes: int = 15) -> dict[str, float]:
-    from greentrack.store import StoreWriter
+    from greentrack.store import StoreWriter  # first: with --import-from, that checkout's
     from greentrack.store.layout import StepRow
+
+    from _common import voluntary_switches  # (it puts this checkout on sys.path)
 
     info = {"kind": "gpu", "device": "gpu", "name": "H100", "method": "nvml-energy-counter",
             "measured": True, "source": "NVML", "uncertainty": "+-5%", "host_scope": False,
@@ -90,11 +84,11 @@ def measure(n: int, flushes: int = 15) -> dict[str, float]:
     waits, own = [], []
     for k in range(5):
         _batch(writer, StepRow, n, flushes + 4 + k)
-        w0 = _switches()
+        w0 = voluntary_switches()
         writer.flush()
-        waits.append(_switches() - w0)
-        w0 = _switches()  # what reading the count costs (its own file read lets go of the GIL)
-        own.append(_switches() - w0)
+        waits.append(voluntary_switches() - w0)
+        w0 = voluntary_switches()  # what reading the count costs (its own file read lets go of the GIL)
+        own.append(voluntary_switches() - w0)
     spinning = False
     spinner.join()
     writer.close()

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (EnvPatch, QuietGate, band_verdict, fake_nvml_module, md_table,  # noqa: E402
                      median, powercap_tree, quantile, record, sampler_parked, section,
-                     tracker_beside)
+                     tracker_beside, voluntary_switches)
 
 STEP_S = 0.0018  # an untracked step, once sized: Lightning's ~1 ms rows run 1.8-2.1 ms here
 ESTIMATES = "tracked, a host of estimates (no RAPL, no GPU)"
@@ -72,16 +72,6 @@ def size_step() -> int:
     return n
 
 
-def _waits() -> int:
-    """This thread's voluntary context switches so far: under a GIL-bound loop, its waits for the
-    GIL (it makes no other blocking call)."""
-    with open(f"/proc/self/task/{threading.get_native_id()}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches"):
-                return int(line.split(":")[1])
-    return 0
-
-
 def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
           ) -> tuple[float, float, float, float]:
     """One block: wall and training-thread CPU per step, the sampler thread's CPU as a share of a
@@ -104,7 +94,7 @@ def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
         sampler = next((t for t in threading.enumerate() if t.name == "greentrack-sampler"), None)
         clock = time.pthread_getcpuclockid(sampler.ident) if sampler and sampler.ident else None
         s0 = time.clock_gettime(clock) if clock is not None else 0.0
-        t0, c0, w0 = time.perf_counter(), time.thread_time(), _waits()
+        t0, c0, w0 = time.perf_counter(), time.thread_time(), voluntary_switches()
         if tracker is None:
             for _ in range(steps):
                 python_step(n)
@@ -113,7 +103,7 @@ def block(variant: str, steps: int, n: int, env: dict[str, Any], work: Path
                 with tracker.step(samples=32):
                     python_step(n)
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-        waits = _waits() - w0
+        waits = voluntary_switches() - w0
         sampler_cpu = (time.clock_gettime(clock) - s0) if clock is not None else 0.0
     return wall / steps, cpu / steps, sampler_cpu / wall, waits / wall
 

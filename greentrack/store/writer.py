@@ -280,11 +280,10 @@ class StoreWriter:
         its rows are padded to one of a few sizes (:func:`_padded`), so SQLite's statement cache
         keeps the texts. For the same reason a flush whose rows are all taken uses no savepoints
         (two statements a run)."""
-        if sql == _UPDATE_CHANNEL and len(args) > 1:  # every channel's totals, at every flush
-            last = {row[-1]: row for row in args}  # row by row, a channel's last update stays
-            self._conn.execute(_update_channels(len(last)), [
-                *chain.from_iterable((row[-1], row[k]) for k in range(4) for row in last.values()),
-                *last])
+        ids = {row[-1] for row in args} if sql == _UPDATE_CHANNEL else set()
+        if 1 < len(args) == len(ids):  # every channel's totals once (twice: one by one)
+            self._conn.execute(_update_channels(len(args)), [
+                *chain.from_iterable((row[-1], row[k]) for k in range(4) for row in args), *ids])
             return
         multi = _multi_row(sql)
         if multi is None or set(map(len, args)) != {multi[2]}:
