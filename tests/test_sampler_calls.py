@@ -4,17 +4,20 @@ Every call that lets go of the GIL (a system call, a SQLite statement) costs a t
 that holds it (a Python-bound loop: Lightning's ~1 ms steps) a wait of its own for the GIL, and
 the sampler thread the interpreter's switch interval (issue 25; ``bench/sampler_interference.py``
 counts them). /proc/stat is read with one ``pread`` of a file kept open, not psutil's six calls;
-the host's lease directory is scanned when its mtime says a lease came or went, not every
+kernel files (/proc/stat, powercap's counters) are read with the GIL held (the kernel answers at
+once); the host's lease directory is scanned when its mtime says a lease came or went, not every
 second; a flush is one statement (``tests/test_store_batches.py``). These tests keep
 the figures those calls give, and the count the training thread sees.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,7 +25,8 @@ import pytest
 import greentrack
 from greentrack.common.leases import Lease
 from greentrack.process import sharing
-from greentrack.samplers import _estimate
+from greentrack.samplers import _estimate, _quickread
+from greentrack.samplers._quickread import QuickRead
 
 
 def _stat_line(user: int, system: int, idle: int, iowait: int, steal: int = 0) -> str:
@@ -157,6 +161,66 @@ def test_a_quiet_lease_directory_is_scanned_only_when_a_lease_comes_or_goes(
         assert len(scans) <= 1, len(scans)
     finally:
         watch.close()
+
+
+def _reads_beside_a_spinning_thread(read: Any, n: int = 200) -> int:
+    """This thread's voluntary context switches over ``n`` calls of ``read`` while another thread
+    spins holding the GIL: its waits for the GIL back after each call that let go of it."""
+    spinning = True
+
+    def spin() -> None:
+        while spinning:
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    time.sleep(0.02)
+    try:
+        w0 = _waits()
+        for _ in range(n):
+            read()
+        return _waits() - w0
+    finally:
+        spinning = False
+        spinner.join()
+
+
+def test_a_kernel_file_is_read_with_the_gil_held_as_os_pread_reads_it(tmp_path: Path) -> None:
+    """The same bytes and errors as ``os.pread``, without a hand-over per read: 200 reads of
+    /proc/stat beside a thread that spins holding the GIL wait for it back a few times at most
+    (the switch interval may fall inside one), where ``os.pread`` waits at every read."""
+    fd = os.open("/proc/stat", os.O_RDONLY)
+    try:
+        quick = QuickRead(fd)
+        assert quick.holds_gil
+        assert quick.pread(4, 0) == os.pread(fd, 4, 0) == b"cpu "
+        held = _reads_beside_a_spinning_thread(lambda: quick.pread(1024, 0))
+        released = _reads_beside_a_spinning_thread(lambda: os.pread(fd, 1024, 0))
+        assert held <= 10 and released >= 150, (held, released)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as e:  # a closed descriptor: EBADF, as os.pread says it
+        quick.pread(4, 0)
+    assert e.value.errno == errno.EBADF
+    zone = tmp_path / "energy_uj"
+    zone.write_text("123456\n")
+    fd = os.open(zone, os.O_RDONLY)
+    try:
+        assert QuickRead(fd).pread(64, 0) == b"123456\n"
+    finally:
+        os.close(fd)
+
+
+def test_a_file_slow_to_read_lets_go_of_the_gil_from_then_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_quickread, "SLOW_S", 0.0)  # every read is "slow"
+    fd = os.open("/proc/stat", os.O_RDONLY)
+    try:
+        quick = QuickRead(fd)
+        assert quick.pread(4, 0) == b"cpu " and not quick.holds_gil and quick.slow_reads == 1
+        assert quick.pread(4, 0) == b"cpu " and quick.slow_reads == 1  # os.pread now
+    finally:
+        os.close(fd)
 
 
 def _waits() -> int:

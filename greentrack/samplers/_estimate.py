@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from greentrack.common.codecarbon_data import cpu_power_table, cpu_table_key, version
+from greentrack.samplers._quickread import QuickRead
 from greentrack.samplers.base import QUALITY_LOW, ChannelInfo, Point
 
 DEFAULT_W_PER_CORE = 4.0  # codecarbon's DEFAULT_POWER_PER_CORE, when the CPU is not in the table
@@ -102,13 +103,14 @@ class _ProcStat:
     def __init__(self) -> None:
         fd = os.open(PROC_STAT, os.O_RDONLY)
         self._fd = fd
+        self._reader = QuickRead(fd)  # one system call, and the GIL kept through it
         self._tick = float(os.sysconf("SC_CLK_TCK"))
         # closed with this object, whoever forgets to call close()
         self._closer = weakref.finalize(self, os.close, fd)
 
     def times(self) -> tuple[float, float]:
         """(busy, total) CPU seconds: all fields but idle and iowait, and all ten fields."""
-        head = os.pread(self._fd, 1024, 0).split(b"\n", 1)[0].split()
+        head = self._reader.pread(1024, 0).split(b"\n", 1)[0].split()
         if len(head) < 5 or head[0] != b"cpu":
             raise OSError(f"{PROC_STAT}: unexpected first line {head[:3]!r}")
         fields = [int(x) / self._tick for x in head[1:11]]

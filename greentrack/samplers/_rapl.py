@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from greentrack.common.errors import DeviceLost, PermissionDenied, SamplerError
+from greentrack.samplers._quickread import QuickRead
 from greentrack.samplers.base import QUALITY_HIGH, ChannelInfo, Note, Point
 
 DEFAULT_ROOT = "/sys/class/powercap"
@@ -52,6 +53,7 @@ class RaplZone:
         try:
             self.range_uj = int((path / "max_energy_range_uj").read_text().strip())
             self._fd = os.open(self._energy_path, os.O_RDONLY)
+            self._reader = QuickRead(self._fd)
             first = self._read_uj()
         except PermissionError as e:
             raise PermissionDenied(f"{self._energy_path}: permission denied", PERMISSION_HINT) from e
@@ -76,7 +78,7 @@ class RaplZone:
 
     def _read_uj(self) -> int:
         try:
-            raw = os.pread(self._fd, 64, 0)
+            raw = self._reader.pread(64, 0)  # the GIL kept: a read the kernel answers at once
         except PermissionError as e:
             raise PermissionDenied(f"{self._energy_path}: permission denied", PERMISSION_HINT) from e
         except OSError as e:
