@@ -12,6 +12,7 @@ the figures those calls give, and the count the training thread sees.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -194,9 +195,16 @@ def test_a_kernel_file_is_read_with_the_gil_held_as_os_pread_reads_it(tmp_path: 
         quick = QuickRead(fd)
         assert quick.holds_gil
         assert quick.pread(4, 0) == os.pread(fd, 4, 0) == b"cpu "
-        held = _reads_beside_a_spinning_thread(lambda: quick.pread(1024, 0))
-        released = _reads_beside_a_spinning_thread(lambda: os.pread(fd, 1024, 0))
-        assert held <= 10 and released >= 150, (held, released)
+        # ctypes keeps the GIL through a call only for a PyDLL function (FUNCFLAG_PYTHONAPI)
+        assert _quickread._PREAD[0]._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+        # and it shows: where the spinning thread contends (on a loaded host it may not be
+        # running at each read), os.pread waits at most reads, the quick read at a few
+        for _ in range(5):
+            released = _reads_beside_a_spinning_thread(lambda: os.pread(fd, 1024, 0))
+            held = _reads_beside_a_spinning_thread(lambda: quick.pread(1024, 0))
+            if released >= 100:
+                break
+        assert released < 100 or held <= 10, (held, released)
     finally:
         os.close(fd)
     with pytest.raises(OSError) as e:  # a closed descriptor: EBADF, as os.pread says it
