@@ -245,7 +245,7 @@ def test_a_python_bound_loop_beside_a_tracker_gives_up_the_gil_a_few_dozen_times
     """The training thread makes no blocking call of its own: each of its voluntary context
     switches is a wait for the GIL the sampler thread took. With the default cadences on a
     host of estimates (one slow poll each 0.2 s, a flush each 0.5 s) and ~1,000 steps a second:
-    about 100 a second before the calls above were cut, about 30 after, a flush being one
+    about 100 a second before the calls above were cut, about 20 after, a flush being one
     statement (``bench/sampler_interference.py`` has both, and what they cost)."""
     data = list(range(64))
 
