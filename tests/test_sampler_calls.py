@@ -219,6 +219,27 @@ def test_a_kernel_file_is_read_with_the_gil_held_as_os_pread_reads_it(tmp_path: 
         os.close(fd)
 
 
+def test_only_a_file_in_memory_is_read_with_the_gil_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """procfs, sysfs, tmpfs: yes; the same read on FUSE (lxcfs serves a container's /proc/stat),
+    NFS or a disk could block, and must let go of the GIL."""
+    for path, memory in (("/proc/stat", True), (__file__, None)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            kind = _quickread.fs_type(fd)
+            assert QuickRead(fd).holds_gil == (kind in _quickread.MEMORY_FS), (path, kind)
+            if memory:
+                assert kind == 0x9FA0  # PROC_SUPER_MAGIC
+        finally:
+            os.close(fd)
+    monkeypatch.setattr(_quickread, "fs_type", lambda fd: 0x65735546)  # FUSE_SUPER_MAGIC
+    fd = os.open("/proc/stat", os.O_RDONLY)
+    try:
+        quick = QuickRead(fd)
+        assert not quick.holds_gil and quick.pread(4, 0) == b"cpu "
+    finally:
+        os.close(fd)
+
+
 def test_a_file_slow_to_read_lets_go_of_the_gil_from_then_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_quickread, "SLOW_S", 0.0)  # every read is "slow"

@@ -9,7 +9,10 @@ own, each time (issue 25; ``bench/sampler_interference.py`` counts them: two RAP
 every 50 ms fast poll were 40 of them a second). So the call goes through ``ctypes.PyDLL``, whose
 functions run with the GIL held (Python's ctypes documentation: "the Python GIL is not released
 during the function call"), and a file whose read ever takes longer than :data:`SLOW_S` goes back
-to ``os.pread`` for good. Anywhere ``libc``'s ``pread`` cannot be had this way, ``os.pread``.
+to ``os.pread`` for good. Only a file in memory is read so (sysfs, procfs, tmpfs: its
+filesystem's ``statfs(2)`` magic number): the same path on a FUSE mount (lxcfs serves a
+container's /proc/stat), NFS or a disk can block, and a read that blocks with the GIL held would
+stop training. Anywhere ``libc``'s ``pread`` cannot be had this way, ``os.pread``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,18 @@ from typing import Any
 #: A read slower than this is not "on the spot": it lets go of the GIL from then on (s).
 SLOW_S = 200e-6
 
+#: Filesystems whose files are made in memory, by ``statfs(2)`` magic (linux/magic.h).
+MEMORY_FS = {0x62656572: "sysfs", 0x9FA0: "proc", 0x01021994: "tmpfs"}
+
 _PREAD: Any = None
+_FSTATFS: Any = None
 _LOOKED = False
 
 
 def _libc_pread() -> Any:
     """(libc's ``pread`` called with the GIL held, ctypes' buffer maker, ctypes' errno getter),
     or None (not Linux, no libc symbol)."""
-    global _PREAD, _LOOKED
+    global _PREAD, _FSTATFS, _LOOKED
     if _LOOKED:
         return _PREAD
     _LOOKED = True
@@ -42,18 +49,37 @@ def _libc_pread() -> Any:
         fn = getattr(libc, "pread64", None) or libc.pread
         fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
         fn.restype = ctypes.c_ssize_t
+        # fstatfs may wait on a FUSE daemon: through CDLL, which lets go of the GIL
+        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+        fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        fstatfs.restype = ctypes.c_int
+        _FSTATFS = fstatfs
         _PREAD = (fn, ctypes.create_string_buffer, ctypes.get_errno)
     except (ImportError, OSError, AttributeError):
         _PREAD = None
     return _PREAD
 
 
+def fs_type(fd: int) -> int | None:
+    """The ``statfs(2)`` magic number of ``fd``'s filesystem (``f_type``, the first field of
+    Linux's ``struct statfs``), or None where it cannot be had."""
+    if _libc_pread() is None:
+        return None
+    import ctypes
+
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit Linux
+    if _FSTATFS(fd, buf) != 0:
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
 class QuickRead:
-    """``pread`` of one open descriptor, with the GIL held while reads stay quick."""
+    """``pread`` of one open descriptor, with the GIL held where its file is in memory and while
+    its reads stay quick."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.holds_gil = _libc_pread() is not None
+        self.holds_gil = _libc_pread() is not None and fs_type(fd) in MEMORY_FS
         self.slow_reads = 0
 
     def pread(self, n: int, offset: int = 0) -> bytes:
