@@ -9,6 +9,7 @@ energy it leaves out.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -17,6 +18,12 @@ from greentrack.samplers.base import Channel, Point
 
 #: Hard cap of points kept per channel (about 80 minutes at the 50 ms default cadence).
 MAX_POINTS = 100_000
+#: Poll intervals left out while a hand-over is open, kept at either end of it (the first ones
+#: and the latest ones: 40-100 s of polls each at the default cadences), to give back the energy
+#: that falls outside the span the other tracker turns out to have measured (see
+#: :meth:`ChannelState.end_hand_over`).
+HAND_OVER_PIECES = 2048
+INF = float("inf")
 
 
 class ChannelSnapshot(NamedTuple):
@@ -138,6 +145,13 @@ class ChannelState:
         self.handed_over: list[list[float]] = []
         self.offset = 0.0  # energy left out so far
         self.raw_last: float | None = None
+        self.raw_last_t = -INF
+        #: ``(t0, t1, joules)`` of the poll intervals left out while a hand-over is open: the
+        #: first HAND_OVER_PIECES, then the latest (the middle of a long hand-over is dropped)
+        self._head: list[tuple[float, float, float]] = []
+        self._tail: deque[tuple[float, float, float]] = deque(maxlen=HAND_OVER_PIECES)
+        #: the time of this channel's first point in the run (where its energy starts)
+        self.measured_from: float | None = None
 
     @property
     def key(self) -> str:
@@ -149,19 +163,66 @@ class ChannelState:
             points = self._from_origin(points)
         if not points:
             return
+        if self.measured_from is None:
+            self.measured_from = points[0][0]
         if self.handed_over:
             adjusted = []
             for t, e in points:
-                if self.raw_last is not None and any(a <= t < b for a, b in self.handed_over):
-                    self.offset += e - self.raw_last
-                self.raw_last = e
+                if self.raw_last is not None:
+                    self.offset += self._left_out(self.raw_last_t, t, e - self.raw_last)
+                self.raw_last, self.raw_last_t = e, t
                 adjusted.append((t, e - self.offset))
-            if all(t >= b for _, b in self.handed_over):
+            if all(self.raw_last_t >= b for _, b in self.handed_over):
                 self.handed_over.clear()  # every interval ended and passed: the cheap path again
             self.timeline.extend(adjusted)
             return
-        self.raw_last = points[-1][1]
+        self.raw_last_t, self.raw_last = points[-1]
         self.timeline.extend(points if not self.offset else [(t, e - self.offset) for t, e in points])
+
+    def _left_out(self, t0: float, t1: float, joules: float) -> float:
+        """The part of the energy ``joules`` drawn over ``[t0, t1]`` that falls in handed-over
+        intervals (linear over the interval: a hand-over between two polls splits it)."""
+        if t1 <= t0:  # no width: all or nothing
+            return joules if any(a <= t1 < b for a, b in self.handed_over) else 0.0
+        out = sum(joules * (min(b, t1) - max(a, t0)) / (t1 - t0)
+                  for a, b in self.handed_over if min(b, t1) > max(a, t0))
+        if out and self.handed_over[-1][1] == INF:  # open: the end may give some of it back
+            (self._head if len(self._head) < HAND_OVER_PIECES else self._tail).append(
+                (t0, t1, joules))
+        return out
+
+    def start_hand_over(self, t: float) -> bool:
+        """Leave out this channel's energy from ``t`` until :meth:`end_hand_over`; False if a
+        hand-over is open already."""
+        if any(b == INF for _, b in self.handed_over):
+            return False
+        self.handed_over.append([t, INF])
+        self._head.clear()
+        self._tail.clear()
+        return True
+
+    def end_hand_over(self, t: float, measured: tuple[float, float] | None = None) -> None:
+        """Count this channel again from ``t``. ``measured``: the span the other tracker measured
+        (its first and last points): the energy left out before its start or after its end is
+        given back (it appears at this channel's next point), so a hand-over loses nothing to
+        either side's polling cadence or to a late notice of its end."""
+        for span in self.handed_over:
+            if span[1] != INF:
+                continue
+            a0, a, b = span[0], span[0], t
+            if measured is not None and all(math.isfinite(x) for x in measured):
+                a = min(max(measured[0], a0), t)  # within what was handed over
+                b = min(max(measured[1], a), t)
+            span[0], span[1] = a, b
+            back = 0.0
+            for t0, t1, joules in (*self._head, *self._tail):
+                for lo, hi in ((a0, a), (b, INF)):
+                    lo, hi = max(lo, t0), min(hi, t1)
+                    if hi > lo:
+                        back += joules * (hi - lo) / (t1 - t0)
+            self.offset -= back
+            self._head.clear()
+            self._tail.clear()
 
     def _from_origin(self, points: list[Point]) -> list[Point]:
         """The points from the run's start on. A counter's first value is dated at the device's
@@ -179,7 +240,7 @@ class ChannelState:
             (ta, ea), self._pre = self._pre, None
             e0 = ea + (e - ea) * (self.origin - ta) / (t - ta)
             self.offset += e0
-            self.raw_last = e0
+            self.raw_last, self.raw_last_t = e0, self.origin
             return [(self.origin, e0), *points[i:]]
         return []
 

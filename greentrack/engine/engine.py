@@ -286,20 +286,16 @@ class Engine:
     def hand_over(self, keys: set[str], t: float) -> list[str]:
         """Stop counting the devices ``keys`` from ``t``: a joined tracker measures them now.
         Returns the keys of this engine's channels that matched."""
-        matched = []
-        for st in self.states:
-            if st.key in keys and not any(b == float("inf") for _, b in st.handed_over):
-                st.handed_over.append([t, float("inf")])
-                matched.append(st.key)
-        return matched
+        return [st.key for st in self.states if st.key in keys and st.start_hand_over(t)]
 
-    def take_back(self, keys: set[str], t: float) -> None:
-        """Count the devices ``keys`` again from ``t`` (the joined tracker stopped)."""
+    def take_back(self, keys: set[str], t: float,
+                  measured: dict[str, tuple[float, float]] | None = None) -> None:
+        """Count the devices ``keys`` again from ``t`` (the joined tracker stopped).
+        ``measured``: by key, the span the other tracker measured (its first and last points, on
+        this host's monotonic clock): energy left out outside it is counted here after all."""
         for st in self.states:
             if st.key in keys:
-                for span in st.handed_over:
-                    if span[1] == float("inf"):
-                        span[1] = t
+                st.end_hand_over(t, (measured or {}).get(st.key))
 
     def schedule(self, now: float) -> None:
         """Set the cadences running from ``now``: slow reads staggered over the slow period."""

@@ -80,17 +80,21 @@ class LivePublisher:
         engine = self.tracker.engine
         if engine is None:
             return
-        keys = {st.id: st.key for st in list(engine.states)}
+        states = {st.id: st for st in list(engine.states)}
         now = time.monotonic()
         end = now if not final else (engine.last_sample_t or now)
         span = max(0.0, end - engine.origin)
         channels = []
         for ch in engine.snapshot()[:MAX_CHANNELS]:
-            channels.append({"key": keys.get(ch.id, f"{ch.kind}:{ch.device}"), "kind": ch.kind,
+            st = states.get(ch.id)
+            channels.append({"key": st.key if st else f"{ch.kind}:{ch.device}", "kind": ch.kind,
                              "device": ch.device, "measured": bool(ch.measured),
                              "method": ch.method, "energy_j": float(ch.energy_j),
                              "power_w": None if ch.power_w is None else float(ch.power_w),
-                             "gap_s": float(ch.gap_s), "up": ch.status == "ok"})
+                             "gap_s": float(ch.gap_s), "up": ch.status == "ok",
+                             # the times of its first and last points (this host's monotonic
+                             # clock): the wrapper counts the device outside them
+                             "span": _span(st)})
         gpus = {c["key"]: span for c in channels if c["kind"] == "gpu"}
         doc = {"token": self.token, "pid": os.getpid(), "final": final, "t_unix": time.time(),
                "channels": channels, "gpu_seconds": gpus, "steps": self.steps.copy()}
@@ -158,16 +162,35 @@ def _load(path: Path, token: str) -> dict[str, Any] | None:
         energy, gap = _number(c.get("energy_j")), _number(c.get("gap_s"))
         if energy is None or gap is None:
             continue
+        span = c.get("span") if isinstance(c.get("span"), list) else []
+        ends = [_number(x) for x in span[:2]]
         channels.append({"key": str(c.get("key"))[:160], "kind": c["kind"],
                          "device": str(c.get("device"))[:64], "measured": c.get("measured") is True,
                          "method": str(c.get("method"))[:64], "energy_j": energy,
                          "power_w": _number(c.get("power_w")), "gap_s": gap,
-                         "up": c.get("up") is True})
+                         "up": c.get("up") is True,
+                         "span": (ends[0], ends[1]) if len(ends) == 2 and None not in ends
+                         and ends[0] <= ends[1] else None})  # type: ignore[operator]
     gpus, steps = _table(doc.get("gpu_seconds")), _table(doc.get("steps"))
     return {"final": doc.get("final") is True, "channels": channels[:MAX_CHANNELS],
             "gpu_seconds": {str(k)[:160]: v for k, v in list(gpus.items())[:MAX_CHANNELS]
                             if _number(v) is not None},
             "steps": _steps(steps)}
+
+
+def _span(st: Any) -> list[float] | None:
+    if st is None or st.measured_from is None or not math.isfinite(st.raw_last_t):
+        return None
+    return [float(st.measured_from), float(st.raw_last_t)]
+
+
+def measured_spans(lease: Path, token: str) -> dict[str, tuple[float, float]]:
+    """By device key, the span a joined tracker measured (its first and last points), from the
+    final totals it left beside its join lease ``lease``; empty when there are none (it died)."""
+    doc = _load(Path(str(lease)[:-len(".lease")] + LIVE_SUFFIX), token)
+    if doc is None or not doc["final"]:
+        return {}
+    return {c["key"]: c["span"] for c in doc["channels"] if c["span"] is not None}
 
 
 def _steps(raw: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -35,6 +36,7 @@ from typing import Any
 from greentrack.common.leases import Lease, host_lease_dir, is_held, live_leases
 from greentrack.common.once import warn_once
 from greentrack.engine.channelstate import channel_key
+from greentrack.exporters._joined import measured_spans
 from greentrack.samplers._share import ProcessShare
 from greentrack.store.layout import JOIN_DIR
 
@@ -182,8 +184,12 @@ class DeviceOwners:
     def close(self) -> None:
         held, self.held = self.held, {}
         waiting, self.waiting = self.waiting, {}
-        stamp = f"released {time.monotonic()!r}\n".encode()
-        for fd in held.values():
+        now = time.monotonic()
+        # where this owner's count of each device ends: its last point (the engine has stopped)
+        last = {st.key: st.raw_last_t for st in self.engine.states}
+        for key, fd in held.items():
+            t = last.get(key, now)
+            stamp = f"released {t if math.isfinite(t) and t <= now else now!r}\n".encode()
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, stamp, 0)  # when this owner stopped counting, for the next one
@@ -288,10 +294,21 @@ class JoinWatch:
 
     def _end(self, path: Path, now: float) -> None:
         keys = self.active.pop(path)
-        self.engine.take_back(keys, now)
+        # counted again from where the joined tracker's own points start and end (its start
+        # after the hand-over, and this poll's notice of its end, are late by up to a poll
+        # each: that energy would be nobody's)
+        spans = {k: v for k, v in measured_spans(path, self.token).items() if k in keys}
+        self.engine.take_back(keys, now, spans)
         path.with_suffix(".ack").unlink(missing_ok=True)
+        o = self.engine.origin
         self.engine.event("info", "join-ended", "a joined tracker stopped; this process counts "
-                          f"{', '.join(sorted(keys)) or 'no device'} again", devices=sorted(keys))
+                          f"{', '.join(sorted(keys)) or 'no device'} again" +
+                          ("" if spans else " from now (it left no final totals: it measured up "
+                           "to an unknown time)"), devices=sorted(keys),
+                          # run seconds each device was the joined tracker's (the engine clamps
+                          # them to the hand-over)
+                          measured_s={k: [round(a - o, 6), round(b - o, 6)]
+                                      for k, (a, b) in sorted(spans.items())})
 
 
 def parent_run() -> tuple[Path, str] | None:
