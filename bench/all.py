@@ -43,6 +43,8 @@ BENCHES = (
           ("--device", "cpu"), ("--device", "cpu", "--rounds", "3")),
     Bench("sampler_cost.py", "sampler CPU, % of a core, against codecarbon and Zeus",
           quick=("--window", "5", "--codecarbon-window", "16", "--quiet-wait", "2")),
+    Bench("lightning_windows.py", "the ~1 ms Lightning row: one Trainer, greentrack on and off in "
+          "alternating epochs", quick=("--rounds", "2", "--pairs", "30")),
     Bench("sampler_steps.py", "the sampler thread's CPU per attributed step, beside a GIL-bound loop",
           quick=("--repeat", "1")),
     Bench("sampler_interference.py", "what the sampler thread costs a GIL-bound loop, parked "
