@@ -10,14 +10,17 @@ its start-up) to its last."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from types import SimpleNamespace
-
 from greentrack.engine import channelstate
 from greentrack.engine.channelstate import ChannelState
+from greentrack.exporters._joined import measured_spans
 
 
 def _counter(times: list[float], watts: list[float]) -> list[tuple[float, float]]:
@@ -162,3 +165,25 @@ def test_the_kept_pieces_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     st.take([(10_002.0, 10_002.0)])
     # 1 J before, 2 J (1-3) and 2 J (9999-10001) given back, 1 J after
     assert st.timeline.e[-1] == pytest.approx(6.0)
+
+
+def test_the_spans_read_from_a_joined_trackers_file_are_checked(tmp_path: Path) -> None:
+    """The file sits in the run directory, where anything may write: another run's token, a
+    file that is not final (the tracker died), spans that are not two finite numbers in order
+    are left out, and the wrapper then counts from its own notice."""
+    lease = tmp_path / "123-abcd.lease"
+    live = tmp_path / "123-abcd.live.json"
+
+    def channel(key: str, span: object) -> dict[str, object]:
+        return {"key": key, "kind": "cpu", "device": key, "energy_j": 1.0, "gap_s": 0.0,
+                "span": span}
+    spans = {"a": [1.0, 2.0], "b": [2.0, 1.0], "c": ["1", 2.0], "d": [1.0], "e": None,
+             "f": [float("nan"), 2.0], "g": [True, 2.0], "h": [0.5, 0.5, 9.0], "i": "1,2"}
+    doc = {"token": "T", "final": True, "channels": [channel(k, v) for k, v in spans.items()]}
+    live.write_text(json.dumps(doc))
+    assert measured_spans(lease, "T") == {"a": (1.0, 2.0), "h": (0.5, 0.5)}
+    assert measured_spans(lease, "other") == {}
+    live.write_text(json.dumps({**doc, "final": False}))
+    assert measured_spans(lease, "T") == {}
+    live.write_text("{not json")
+    assert measured_spans(lease, "T") == {}

@@ -162,15 +162,16 @@ def _load(path: Path, token: str) -> dict[str, Any] | None:
         energy, gap = _number(c.get("energy_j")), _number(c.get("gap_s"))
         if energy is None or gap is None:
             continue
-        span = c.get("span") if isinstance(c.get("span"), list) else []
-        ends = [_number(x) for x in span[:2]]
+        given = c.get("span")
+        lo, hi = ([_number(x) for x in given[:2]] + [None, None])[:2] \
+            if isinstance(given, list) else (None, None)
         channels.append({"key": str(c.get("key"))[:160], "kind": c["kind"],
                          "device": str(c.get("device"))[:64], "measured": c.get("measured") is True,
                          "method": str(c.get("method"))[:64], "energy_j": energy,
                          "power_w": _number(c.get("power_w")), "gap_s": gap,
                          "up": c.get("up") is True,
-                         "span": (ends[0], ends[1]) if len(ends) == 2 and None not in ends
-                         and ends[0] <= ends[1] else None})  # type: ignore[operator]
+                         "span": (lo, hi) if lo is not None and hi is not None and lo <= hi
+                         else None})
     gpus, steps = _table(doc.get("gpu_seconds")), _table(doc.get("steps"))
     return {"final": doc.get("final") is True, "channels": channels[:MAX_CHANNELS],
             "gpu_seconds": {str(k)[:160]: v for k, v in list(gpus.items())[:MAX_CHANNELS]
