@@ -240,3 +240,43 @@ def test_fuzz_steps_never_lose_the_record(steps: list[dict[str, Any]], no_host_e
         for k in ("samples", "tokens", "flops"):
             assert r[k] is None or (math.isfinite(r[k]) and r[k] >= 0)
         json.loads(r["extra"], parse_constant=lambda c: pytest.fail(f"non-JSON {c} stored"))
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                    st.text(max_size=300), st.lists(st.integers(), max_size=3),
+                    st.just(object()), st.just(Decimal("1.5")), st.just(np.float32(2.5)))
+_NAMES = st.one_of(st.text(max_size=80), st.integers(), st.just(("a", 1)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(extra=st.dictionaries(_NAMES, _VALUES, max_size=5),
+       counts=st.tuples(*[st.one_of(st.none(), st.floats(), st.integers(-5, 2**65))] * 3))
+def test_the_cleaners_fast_paths_keep_what_the_rules_keep(extra: dict[Any, Any],
+                                                          counts: tuple[Any, ...]) -> None:
+    """The sampler thread cleans plain fields inline (no call a field: a Lightning step carries
+    its FLOPs method every step); what it keeps, drops and reports is what the rules
+    (``stepvalues.count``, ``stepvalues.extra_value``) say, field by field."""
+    from greentrack.engine import stepvalues
+    from greentrack.engine.steps import FieldCleaner, StepSpan
+
+    events: list[dict[str, Any]] = []
+    cleaner = FieldCleaner(lambda *a, **k: events.append(k))
+    span = StepSpan(1, "train", 1.0, 2.0, *counts, "host", dict(extra))
+    flops, samples, tokens, kept = cleaner.clean(span)
+    want_counts, bad = [], set()
+    for name, value in zip(("flops", "samples", "tokens"), counts):
+        got, why = (value, None) if value is None else stepvalues.count(name, value)
+        want_counts.append(got)
+        if why is not None:
+            bad.add(name)
+    want: dict[str, Any] = {}
+    for name, value in extra.items():
+        got, why = stepvalues.extra_value(value)
+        if why is None:
+            want[str(name)[:64]] = got
+        else:
+            bad.add(str(name)[:64])
+    same = [a == b or (a != a and b != b) for a, b in zip((flops, samples, tokens), want_counts)]
+    assert all(same), ((flops, samples, tokens), want_counts)
+    assert json.dumps(kept, default=repr) == json.dumps(want, default=repr)
+    assert set(cleaner.bad_fields) == bad

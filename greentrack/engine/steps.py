@@ -38,6 +38,7 @@ COLUMN_FIELDS = frozenset({"flops", "samples", "tokens", "timeline"})
 #: Distinct step-field names that get their own ``bad-step-field`` event (the rest are counted).
 BAD_FIELD_EVENTS = 20
 #: The counts' limits (:data:`stepvalues.COUNT_LIMITS`), as names for :meth:`FieldCleaner.clean`.
+_MAX_TEXT, _INF = stepvalues.MAX_TEXT, float("inf")
 _MAX_FLOPS, _MAX_SAMPLES, _MAX_TOKENS = (stepvalues.COUNT_LIMITS[k]
                                         for k in ("flops", "samples", "tokens"))
 
@@ -62,11 +63,17 @@ class StepSpan:
         for v in (self.flops, self.samples, self.tokens):
             if v is not None and type(v) not in _PLAIN and stepvalues.pending(v):
                 return True
-        return bool(self.extra) and any(stepvalues.pending(v) for v in self.extra.values())
+        if not self.extra:
+            return False
+        for v in self.extra.values():  # plain values (every extra of a loop's steps) need no call
+            if type(v) not in _PLAIN_EXTRA and stepvalues.pending(v):
+                return True
+        return False
 
 
 #: Values that are never pending (the common case, answered without a call).
 _PLAIN = frozenset({float, int})
+_PLAIN_EXTRA = frozenset({float, int, str, bool, type(None)})
 
 
 #: What :class:`PhaseTally` sums per phase: steps, joules (all kinds; GPU and how many rows had a
@@ -234,11 +241,34 @@ class FieldCleaner:
         flops, samples, tokens = span.flops, span.samples, span.tokens
         if (flops is None or type(flops) is float and 0.0 <= flops <= _MAX_FLOPS) and \
                 (samples is None or type(samples) is float and 0.0 <= samples <= _MAX_SAMPLES) \
-                and (tokens is None or type(tokens) is float and 0.0 <= tokens <= _MAX_TOKENS) \
-                and not span.extra:
-            return flops, samples, tokens, {}  # the common case (every step of a loop), no call
+                and (tokens is None or type(tokens) is float and 0.0 <= tokens <= _MAX_TOKENS):
+            if not span.extra:
+                return flops, samples, tokens, {}  # the common case (every step of a loop)
+        else:
+            flops, samples, tokens = self._counts(span)
+        extra: dict[str, Any] = {}
+        if not span.extra:
+            return flops, samples, tokens, extra
+        for name, value in span.extra.items():
+            kind = type(value)  # the plain values a loop passes (a method's name, an MFU): inline
+            if type(name) is str and len(name) <= 64 and (
+                    kind is str and len(value) <= _MAX_TEXT or value is None or kind is bool
+                    or kind is int and -2**63 < value < 2**63
+                    or kind is float and -_INF < value < _INF):
+                extra[name] = value
+                continue
+            clean, why = stepvalues.extra_value(value)
+            if why is not None:
+                self._bad(str(name), why, span)
+            else:
+                extra[str(name)[:64]] = clean
+        return flops, samples, tokens, extra
+
+    def _counts(self, span: StepSpan) -> tuple[float | None, float | None, float | None]:
+        """The step's counts as recordable values, a bad one dropped and reported."""
         counts: list[float | None] = []
-        for name, value in (("flops", flops), ("samples", samples), ("tokens", tokens)):
+        for name, value in (("flops", span.flops), ("samples", span.samples),
+                            ("tokens", span.tokens)):
             if value is None or (type(value) is float or type(value) is int and value < 2**63) \
                     and 0 <= value <= stepvalues.COUNT_LIMITS[name]:
                 counts.append(value)  # without a call (an int SQLite can hold)
@@ -247,16 +277,7 @@ class FieldCleaner:
             counts.append(value)
             if why is not None:
                 self._bad(name, why, span)
-        extra: dict[str, Any] = {}
-        if not span.extra:
-            return counts[0], counts[1], counts[2], extra
-        for name, value in span.extra.items():
-            clean, why = stepvalues.extra_value(value)
-            if why is not None:
-                self._bad(str(name), why, span)
-            else:
-                extra[str(name)[:64]] = clean
-        return counts[0], counts[1], counts[2], extra
+        return counts[0], counts[1], counts[2]
 
     def windows(self, spans: list[StepSpan], origin: float, now: float) -> list[StepSpan]:
         """The spans whose window can be placed in this run's time: two real times (made

@@ -420,13 +420,22 @@ def _inbox_schema() -> str:
     return "\n".join(out)
 
 
+def _type_name(o: Any) -> str:
+    return f"<{type(o).__name__}>"
+
+
+#: One encoder for every row (``json.dumps`` with options builds one a call: a third of a step
+#: row's JSON time on the sampler thread); encoders keep no state between calls.
+_ENCODE = json.JSONEncoder(allow_nan=False, default=_type_name).encode
+
+
 def _json(value: Any) -> str:
     """JSON for a store column: standard JSON only (NaN and infinities become null), and any
     object that slipped through as its type name rather than an error that loses the row."""
     try:
-        return json.dumps(value, allow_nan=False, default=lambda o: f"<{type(o).__name__}>")
+        return _ENCODE(value)
     except ValueError:
-        return json.dumps(_finite(value), default=lambda o: f"<{type(o).__name__}>")
+        return json.dumps(_finite(value), default=_type_name)
 
 
 def _finite(value: Any) -> Any:
