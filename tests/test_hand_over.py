@@ -182,8 +182,48 @@ def test_the_spans_read_from_a_joined_trackers_file_are_checked(tmp_path: Path) 
     doc = {"token": "T", "final": True, "channels": [channel(k, v) for k, v in spans.items()]}
     live.write_text(json.dumps(doc))
     assert measured_spans(lease, "T") == {"a": (1.0, 2.0), "h": (0.5, 0.5)}
+    # channels sharing a key (two RAPL packages are both host:cpu): the widest span, so that
+    # nothing one of them still measured is given back
+    doc2 = {**doc, "channels": [channel("a", [1.2, 99.0]), channel("a", [1.0, 10.0])]}
+    live.write_text(json.dumps(doc2))
+    assert measured_spans(lease, "T") == {"a": (1.0, 99.0)}
     assert measured_spans(lease, "other") == {}
     live.write_text(json.dumps({**doc, "final": False}))
     assert measured_spans(lease, "T") == {}
     live.write_text("{not json")
     assert measured_spans(lease, "T") == {}
+
+
+def test_an_owner_that_released_before_the_wait_began_gives_back_nothing_twice() -> None:
+    """A second tracker of a run waits from 2.5 s for a device whose owner stamped its lock with
+    its last point at 2.0 s (it stopped before the wait began): counted from 2.5 s, not from
+    2.0 s again (a review found 550 J of a true 500 J)."""
+    st = _state()
+    assert st.start_hand_over(2.5)
+    st.take([(1.0, 100.0), (2.0, 200.0), (3.0, 300.0), (4.0, 400.0)])
+    st.end_hand_over(min(4.0, 2.0))
+    st.take([(5.0, 500.0)])
+    assert st.timeline.e[-1] == pytest.approx(500.0)
+
+
+def test_an_owner_killed_before_it_wrote_its_end_is_counted_from_the_notice() -> None:
+    """A lock file with no end time (the owner was killed): its store holds up to its last
+    commit, an unknown time, so the waiting tracker counts from its notice, never the whole wait
+    again (a review found the first polls of the wait given back: 10,150 J of a true 10,100)."""
+    st = _state()
+    assert st.start_hand_over(0.5)
+    for i in range(1, 101):
+        st.take([(float(i), 100.0 * i)])
+    st.end_hand_over(float("-inf"))
+    st.take([(101.0, 10_100.0)])
+    assert st.timeline.e[-1] == pytest.approx(150.0)  # 0-0.5 s and 100-101 s
+
+
+def test_a_jump_at_one_instant_outside_the_measured_span_is_given_back() -> None:
+    st = _state()
+    st.take([(1.0, 100.0)])
+    assert st.start_hand_over(1.0)
+    st.take([(2.0, 200.0), (2.0, 250.0), (3.0, 350.0)])
+    st.end_hand_over(3.0, (2.5, 3.0))
+    st.take([(4.0, 450.0)])
+    assert st.timeline.e[-1] + 50.0 == pytest.approx(450.0)  # the other measured 2.5-3.0 s

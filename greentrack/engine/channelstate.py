@@ -183,9 +183,11 @@ class ChannelState:
         """The part of the energy ``joules`` drawn over ``[t0, t1]`` that falls in handed-over
         intervals (linear over the interval: a hand-over between two polls splits it)."""
         if t1 <= t0:  # no width: all or nothing
-            return joules if any(a <= t1 < b for a, b in self.handed_over) else 0.0
-        out = sum(joules * (min(b, t1) - max(a, t0)) / (t1 - t0)
-                  for a, b in self.handed_over if min(b, t1) > max(a, t0))
+            out = joules if any(a <= t1 < b for a, b in self.handed_over) else 0.0
+            t0 = t1
+        else:
+            out = sum(joules * (min(b, t1) - max(a, t0)) / (t1 - t0)
+                      for a, b in self.handed_over if min(b, t1) > max(a, t0))
         if out and self.handed_over[-1][1] == INF:  # open: the end may give some of it back
             (self._head if len(self._head) < HAND_OVER_PIECES else self._tail).append(
                 (t0, t1, joules))
@@ -209,13 +211,20 @@ class ChannelState:
         for span in self.handed_over:
             if span[1] != INF:
                 continue
-            a0, a, b = span[0], span[0], t
+            a0 = span[0]
+            # never before the hand-over began (a lock released before this tracker waited on
+            # it), and an unknown end (no time written: the owner was killed) is now, the notice
+            t = max(t, a0) if math.isfinite(t) else max(a0, self.raw_last_t)
+            a, b = a0, t
             if measured is not None and all(math.isfinite(x) for x in measured):
                 a = min(max(measured[0], a0), t)  # within what was handed over
                 b = min(max(measured[1], a), t)
             span[0], span[1] = a, b
             back = 0.0
             for t0, t1, joules in (*self._head, *self._tail):
+                if t1 <= t0:  # a jump at one instant: all or nothing
+                    back += joules if a0 <= t1 < a or t1 >= b else 0.0
+                    continue
                 for lo, hi in ((a0, a), (b, INF)):
                     lo, hi = max(lo, t0), min(hi, t1)
                     if hi > lo:

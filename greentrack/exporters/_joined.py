@@ -191,7 +191,15 @@ def measured_spans(lease: Path, token: str) -> dict[str, tuple[float, float]]:
     doc = _load(Path(str(lease)[:-len(".lease")] + LIVE_SUFFIX), token)
     if doc is None or not doc["final"]:
         return {}
-    return {c["key"]: c["span"] for c in doc["channels"] if c["span"] is not None}
+    spans: dict[str, tuple[float, float]] = {}
+    for c in doc["channels"]:
+        if c["span"] is None:
+            continue
+        # channels that share a key (a host's RAPL packages: host:cpu) get the widest span:
+        # the wrapper then gives back nothing one of them still measured
+        a, b = spans.get(c["key"], c["span"])
+        spans[c["key"]] = (min(a, c["span"][0]), max(b, c["span"][1]))
+    return spans
 
 
 def _steps(raw: dict[str, Any]) -> dict[str, Any]:

@@ -177,7 +177,9 @@ class DeviceOwners:
                 continue
             del self.waiting[key]
             self.held[key] = fd
-            self.engine.take_back({key}, min(now, released))
+            # from where the owner stopped (no time written: it was killed; its store holds
+            # up to its last commit, an unknown time: counted from now)
+            self.engine.take_back({key}, min(now, released) if math.isfinite(released) else now)
             self.engine.event("info", "device-taken-over", f"{key}: its other tracker stopped; "
                               "this one counts it from then", device=key)
 
@@ -186,7 +188,9 @@ class DeviceOwners:
         waiting, self.waiting = self.waiting, {}
         now = time.monotonic()
         # where this owner's count of each device ends: its last point (the engine has stopped)
-        last = {st.key: st.raw_last_t for st in self.engine.states}
+        last: dict[str, float] = {}  # the latest of the channels sharing a key (RAPL packages)
+        for st in self.engine.states:
+            last[st.key] = max(last.get(st.key, -math.inf), st.raw_last_t)
         for key, fd in held.items():
             t = last.get(key, now)
             stamp = f"released {t if math.isfinite(t) and t <= now else now!r}\n".encode()
@@ -298,7 +302,9 @@ class JoinWatch:
         # after the hand-over, and this poll's notice of its end, are late by up to a poll
         # each: that energy would be nobody's)
         spans = {k: v for k, v in measured_spans(path, self.token).items() if k in keys}
-        self.engine.take_back(keys, now, spans)
+        # the end is known by now, the moment its file was read (the poll's `now` came before
+        # the joined tracker's last point could have: that would give back what it counted)
+        self.engine.take_back(keys, max(now, time.monotonic()), spans)
         path.with_suffix(".ack").unlink(missing_ok=True)
         o = self.engine.origin
         self.engine.event("info", "join-ended", "a joined tracker stopped; this process counts "
