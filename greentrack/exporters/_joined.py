@@ -45,7 +45,7 @@ class LivePublisher:
 
     def __init__(self, lease: Any, token: str) -> None:
         self.lease, self.token = lease, token
-        self.path = Path(str(lease.path)[:-len(".lease")] + LIVE_SUFFIX)
+        self.path = live_path(lease.path)
         self.tracker: Any = None
         self.steps: Any = None
         self._next = 0.0
@@ -179,6 +179,11 @@ def _load(path: Path, token: str) -> dict[str, Any] | None:
             "steps": _steps(steps)}
 
 
+def live_path(lease: Path) -> Path:
+    """Where the tracker holding the join lease ``lease`` keeps its live totals (beside it)."""
+    return Path(lease).with_suffix(LIVE_SUFFIX)
+
+
 def _span(st: Any) -> list[float] | None:
     if st is None or st.measured_from is None or not math.isfinite(st.raw_last_t):
         return None
@@ -188,7 +193,7 @@ def _span(st: Any) -> list[float] | None:
 def measured_spans(lease: Path, token: str) -> dict[str, tuple[float, float]]:
     """By device key, the span a joined tracker measured (its first and last points), from the
     final totals it left beside its join lease ``lease``; empty when there are none (it died)."""
-    doc = _load(Path(str(lease)[:-len(".lease")] + LIVE_SUFFIX), token)
+    doc = _load(live_path(lease), token)
     if doc is None or not doc["final"]:
         return {}
     spans: dict[str, tuple[float, float]] = {}
